@@ -1,0 +1,25 @@
+"""Build of the native core (C11).  Everything else is in pyproject.toml."""
+import os
+
+from setuptools import Extension, setup
+
+SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c"]
+extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+         "-Wno-cast-function-type", "-fno-strict-aliasing"]
+link = ["-lpthread"]
+# ONVM_SANITIZE=1 builds the core with AddressSanitizer and UBSan (make test-sanitize).
+if os.environ.get("ONVM_SANITIZE"):
+    extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    link += ["-fsanitize=address,undefined"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "onvm._native",
+            sources=[f"src/onvm/_native/{s}" for s in SOURCES],
+            include_dirs=["src/onvm/_native"],
+            extra_compile_args=extra,
+            extra_link_args=link,
+        )
+    ]
+)

@@ -1,0 +1,985 @@
+/* module.c - the Python binding: Region, Manager, NFContext, Packet, Meta, Ring.
+ *
+ * All native error codes become Python exceptions here and nowhere else:
+ * RegionError (with errno and message) for the slow path, ValueError for
+ * arguments out of range.  The NF run loop lives in nfloop.c.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+
+#include "onvm_mgr.h"
+#include "onvm_nf.h"
+#include "onvm_parse.h"
+
+PyObject *onvm_RegionError;
+
+static PyObject *raise_region(int err, const char *msg) {
+    PyObject *v = Py_BuildValue("(is)", err < 0 ? -err : err, msg);
+    if (v) {
+        PyErr_SetObject(onvm_RegionError, v);
+        Py_DECREF(v);
+    }
+    return NULL;
+}
+
+/* ===== Region ============================================================= */
+
+static void Region_dealloc(RegionObject *self) {
+    if (self->r.base) {
+        if (self->r.owner && self->path)
+            unlink(PyUnicode_AsUTF8(self->path));
+        onvm_region_detach(&self->r);
+    }
+    Py_XDECREF(self->path);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Region_create(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", NULL};
+    const char *path, *name = "onvm";
+    unsigned int pool = 16384, slot = 2048, ring = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIII", kwlist, &path, &name, &pool, &slot, &ring))
+        return NULL;
+    RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    struct onvm_region_params p = {.pool_count = pool, .slot_size = slot, .ring_size = ring, .name = name};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_region_create(&self->r, path, &p);
+    Py_END_ALLOW_THREADS if (rc != 0) {
+        raise_region(rc, self->r.errmsg);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->path = PyUnicode_FromString(path);
+    return (PyObject *)self;
+}
+
+static PyObject *Region_attach(PyTypeObject *type, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path))
+        return NULL;
+    RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    int rc = onvm_region_attach(&self->r, path);
+    if (rc != 0) {
+        raise_region(rc, self->r.errmsg);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->path = PyUnicode_FromString(path);
+    return (PyObject *)self;
+}
+
+#define REGION_OPEN(self)                                                                          \
+    do {                                                                                           \
+        if (!(self)->r.base)                                                                       \
+            return raise_region(EBADF, "region is closed");                                        \
+    } while (0)
+
+static PyObject *Region_close(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    if (self->r.base) {
+        if (self->r.owner && self->path)
+            unlink(PyUnicode_AsUTF8(self->path));
+        onvm_region_detach(&self->r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_info(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    struct onvm_header *h = self->r.hdr;
+    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i}", "path", self->path, "name",
+                         h->name, "size", (unsigned long long)h->total_size, "pool_size",
+                         h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
+                         "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
+                         (long long)onvm_pool_free_count(&self->r), "max_nfs", ONVM_MAX_NFS,
+                         "owner", self->r.owner);
+}
+
+static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    return PyLong_FromLongLong(onvm_pool_free_count(&self->r));
+}
+
+static PyObject *list_from_slots(const uint32_t *s, uint32_t n) {
+    PyObject *l = PyList_New(n);
+    if (!l)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++)
+        PyList_SET_ITEM(l, i, PyLong_FromUnsignedLong(s[i]));
+    return l;
+}
+
+/* Read a sequence of slot indices, checked against the pool. */
+static int slots_from_seq(RegionObject *self, PyObject *seq, uint32_t **out, Py_ssize_t *n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of slot indices");
+    if (!fast)
+        return -1;
+    *n = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Malloc(sizeof(uint32_t) * (size_t)(*n ? *n : 1));
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred() || v >= self->r.pool_count) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool (0..%u)", v,
+                             self->r.pool_count - 1);
+            PyMem_Free(*out);
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*out)[i] = (uint32_t)v;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static PyObject *Region_alloc(RegionObject *self, PyObject *args) {
+    unsigned int n, owner = ONVM_OWNER_MGR;
+    if (!PyArg_ParseTuple(args, "I|I", &n, &owner))
+        return NULL;
+    REGION_OPEN(self);
+    uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    uint32_t got = 0;
+    while (got < n) {
+        uint32_t k = onvm_pool_alloc_burst(&self->r, buf + got, n - got > 256 ? 256 : n - got,
+                                           (uint16_t)owner);
+        if (!k)
+            break;
+        got += k;
+    }
+    for (uint32_t i = 0; i < got; i++)
+        onvm_slot_reset(&self->r, buf[i]);
+    PyObject *l = list_from_slots(buf, got);
+    PyMem_Free(buf);
+    return l;
+}
+
+static PyObject *Region_free(RegionObject *self, PyObject *seq) {
+    REGION_OPEN(self);
+    uint32_t *buf;
+    Py_ssize_t n;
+    if (slots_from_seq(self, seq, &buf, &n) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i += 256)
+        onvm_pool_free_burst(&self->r, buf + i, (uint32_t)(n - i > 256 ? 256 : n - i));
+    PyMem_Free(buf);
+    Py_RETURN_NONE;
+}
+
+static int check_slot(RegionObject *self, unsigned long s) {
+    if (s >= self->r.pool_count) {
+        PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool (0..%u)", s, self->r.pool_count - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Region_write(RegionObject *self, PyObject *args) {
+    unsigned long s;
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "ky*", &s, &b))
+        return NULL;
+    if (!self->r.base || check_slot(self, s) < 0) {
+        PyBuffer_Release(&b);
+        return self->r.base ? NULL : raise_region(EBADF, "region is closed");
+    }
+    if ((size_t)b.len > onvm_slot_room(&self->r)) {
+        PyErr_Format(PyExc_ValueError, "packet of %zd bytes does not fit a slot (%u bytes)", b.len,
+                     onvm_slot_room(&self->r));
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    struct onvm_meta *m = &self->r.meta[s];
+    m->data_off = ONVM_HEADROOM;
+    memcpy(onvm_slot_data(&self->r, (uint32_t)s), b.buf, (size_t)b.len);
+    m->len = (uint32_t)b.len;
+    onvm_parse(m, onvm_slot_data(&self->r, (uint32_t)s), m->len);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_read(RegionObject *self, PyObject *args) {
+    unsigned long s;
+    if (!PyArg_ParseTuple(args, "k", &s))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_slot(self, s) < 0)
+        return NULL;
+    struct onvm_meta *m = &self->r.meta[s];
+    uint32_t len = m->len <= onvm_slot_room(&self->r) ? m->len : 0;
+    return PyBytes_FromStringAndSize((const char *)onvm_slot_data(&self->r, (uint32_t)s), len);
+}
+
+static PyObject *meta_dict(const struct onvm_meta *m) {
+    return Py_BuildValue("{s:I,s:I,s:K,s:H,s:H,s:H,s:H,s:B,s:B,s:B,s:B,s:B,s:H,s:H,s:H}", "len",
+                         m->len, "flow_hash", m->flow_hash, "rx_ns", (unsigned long long)m->rx_ns,
+                         "in_port", m->in_port, "owner", (uint16_t)atomic_load(&((struct onvm_meta *)m)->owner),
+                         "dest", m->dest, "src_nf", m->src_nf, "action", m->action, "chain_idx",
+                         m->chain_idx, "flags", m->flags, "l3_type", m->l3_type, "l4_proto",
+                         m->l4_proto, "l3_off", m->l3_off, "l4_off", m->l4_off, "chain_id",
+                         m->chain_id);
+}
+
+static PyObject *Region_meta(RegionObject *self, PyObject *args) {
+    unsigned long s;
+    if (!PyArg_ParseTuple(args, "k", &s))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_slot(self, s) < 0)
+        return NULL;
+    return meta_dict(&self->r.meta[s]);
+}
+
+static PyObject *Region_owners(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    PyObject *d = PyDict_New();
+    for (uint32_t i = 0; d && i < self->r.pool_count; i++) {
+        PyObject *k = PyLong_FromLong(atomic_load_explicit(&self->r.meta[i].owner, ONVM_RELAXED));
+        PyObject *v = PyDict_GetItem(d, k);
+        PyObject *nv = PyLong_FromLong(v ? PyLong_AsLong(v) + 1 : 1);
+        PyDict_SetItem(d, k, nv);
+        Py_DECREF(k);
+        Py_DECREF(nv);
+    }
+    return d;
+}
+
+static int check_nf(unsigned id) {
+    if (id == 0 || id >= ONVM_MAX_NFS) {
+        PyErr_Format(PyExc_ValueError, "NF id %u is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Region_nf_activate(RegionObject *self, PyObject *args) {
+    unsigned id, svc, inst, txw;
+    int pid;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "IIIiIs", &id, &svc, &inst, &pid, &txw, &name))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    if (txw >= ONVM_MAX_WORKERS)
+        return PyErr_Format(PyExc_ValueError, "TX worker %u is out of range", txw);
+    int rc = onvm_nf_activate(&self->r, id, svc, inst, pid, txw, name);
+    if (rc)
+        return raise_region(rc, "NF slot is in use");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_nf_set_draining(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    atomic_store(&self->r.nfs[id].state, ONVM_NFS_DRAINING);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_nf_request_stop(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    onvm_nf_request_stop(&self->r, id);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_nf_reclaim(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    long n;
+    Py_BEGIN_ALLOW_THREADS n = onvm_region_reclaim(&self->r, id);
+    Py_END_ALLOW_THREADS if (n < 0) return raise_region((int)n, "reclaim failed");
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Region_nf_release(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    onvm_nf_release(&self->r, id);
+    Py_RETURN_NONE;
+}
+
+static PyObject *u64_tuple(const uint64_t *v, int n) {
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t && i < n; i++)
+        PyTuple_SET_ITEM(t, i, PyLong_FromUnsignedLongLong(v[i]));
+    return t;
+}
+
+static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (check_nf(id) < 0)
+        return NULL;
+    struct onvm_nf *nf = &self->r.nfs[id];
+    struct onvm_nf_stats st = nf->stats; /* a snapshot; each field is written by the NF alone */
+    return Py_BuildValue(
+        "{s:I,s:H,s:H,s:i,s:s,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
+        atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
+        "name", nf->name, "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
+        "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
+        (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
+        (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
+        u64_tuple(st.act, ONVM_ACT_COUNT), "drops", u64_tuple(st.drops, ONVM_DROP_COUNT),
+        "handler_ns", (unsigned long long)st.handler_ns, "sleeping",
+        atomic_load(&nf->wait.sleeping), "tx_worker", nf->tx_worker, "wakeups",
+        (unsigned long long)nf->wait.wakeups);
+}
+
+static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (id >= ONVM_MAX_PORTS)
+        return PyErr_Format(PyExc_ValueError, "port %u is out of range (0..%d)", id, ONVM_MAX_PORTS - 1);
+    struct onvm_port_info *p = &self->r.ports[id];
+    struct onvm_port_stats sum = {0};
+    for (int w = 0; w < ONVM_MAX_WORKERS; w++) {
+        sum.rx += p->by_worker[w].rx;
+        sum.rx_bytes += p->by_worker[w].rx_bytes;
+        sum.tx += p->by_worker[w].tx;
+        sum.tx_bytes += p->by_worker[w].tx_bytes;
+        for (int k = 0; k < ONVM_DROP_COUNT; k++)
+            sum.drops[k] += p->by_worker[w].drops[k];
+    }
+    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N}", "in_use", p->in_use, "kind", p->kind,
+                         "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+                         "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
+                         (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
+                         "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT));
+}
+
+static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
+    unsigned id, kind;
+    const char *uri;
+    if (!PyArg_ParseTuple(args, "IIs", &id, &kind, &uri))
+        return NULL;
+    REGION_OPEN(self);
+    if (id >= ONVM_MAX_PORTS)
+        return PyErr_Format(PyExc_ValueError, "port %u is out of range (0..%d)", id, ONVM_MAX_PORTS - 1);
+    struct onvm_port_info *p = &self->r.ports[id];
+    p->in_use = 1;
+    p->kind = kind;
+    snprintf(p->uri, sizeof p->uri, "%s", uri);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    REGION_OPEN(self);
+    if (id >= ONVM_MAX_WORKERS)
+        return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
+    struct onvm_worker *w = &self->r.workers[id];
+    return Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role", w->role,
+                         "loops", (unsigned long long)w->loops, "busy_loops",
+                         (unsigned long long)w->busy_loops, "sleeps",
+                         (unsigned long long)w->wait.sleeps, "wakeups",
+                         (unsigned long long)w->wait.wakeups);
+}
+
+static PyObject *Region_set_service(RegionObject *self, PyObject *args) {
+    unsigned svc, policy = 0;
+    PyObject *members;
+    if (!PyArg_ParseTuple(args, "IO|I", &svc, &members, &policy))
+        return NULL;
+    REGION_OPEN(self);
+    if (svc >= ONVM_MAX_SERVICES)
+        return PyErr_Format(PyExc_ValueError, "service %u is out of range (0..%d)", svc, ONVM_MAX_SERVICES - 1);
+    PyObject *fast = PySequence_Fast(members, "members must be a sequence of (nf_id, instance)");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > ONVM_MAX_INSTANCES) {
+        Py_DECREF(fast);
+        return PyErr_Format(PyExc_ValueError, "a service has at most %d instances", ONVM_MAX_INSTANCES);
+    }
+    uint16_t nf[ONVM_MAX_INSTANCES], inst[ONVM_MAX_INSTANCES];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned a, b;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &a, &b) || check_nf(a) < 0) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        nf[i] = (uint16_t)a;
+        inst[i] = (uint16_t)b;
+    }
+    Py_DECREF(fast);
+    onvm_service_set(&self->r, svc, nf, inst, (unsigned)n, policy);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_pick(RegionObject *self, PyObject *args) {
+    unsigned svc, hash;
+    if (!PyArg_ParseTuple(args, "II", &svc, &hash))
+        return NULL;
+    REGION_OPEN(self);
+    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash));
+}
+
+static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {
+    unsigned chain;
+    PyObject *hops;
+    if (!PyArg_ParseTuple(args, "IO", &chain, &hops))
+        return NULL;
+    REGION_OPEN(self);
+    PyObject *fast = PySequence_Fast(hops, "hops must be a sequence of (action, dest)");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS) {
+        Py_DECREF(fast);
+        return PyErr_Format(PyExc_ValueError, "chain %u with %zd hops: at most %d chains of %d hops",
+                            chain, n, ONVM_MAX_CHAINS, ONVM_MAX_HOPS);
+    }
+    struct onvm_hop h[ONVM_MAX_HOPS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned a, d;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &a, &d)) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if (a >= ONVM_ACT_COUNT || a == ONVM_ACT_NEXT) {
+            Py_DECREF(fast);
+            return PyErr_Format(PyExc_ValueError, "hop %zd: action %u is not DROP, TONF or OUT", i, a);
+        }
+        h[i].action = (uint8_t)a;
+        h[i].pad = 0;
+        h[i].dest = (uint16_t)d;
+    }
+    Py_DECREF(fast);
+    onvm_chain_set(&self->r, chain, h, (unsigned)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_chain(RegionObject *self, PyObject *args) {
+    unsigned chain;
+    if (!PyArg_ParseTuple(args, "I", &chain))
+        return NULL;
+    REGION_OPEN(self);
+    PyObject *l = PyList_New(0);
+    struct onvm_hop h;
+    for (unsigned i = 0; l && onvm_chain_hop(&self->r, chain, i, &h) == 0; i++) {
+        PyObject *t = Py_BuildValue("(BH)", h.action, h.dest);
+        PyList_Append(l, t);
+        Py_DECREF(t);
+    }
+    return l;
+}
+
+static PyObject *Region_getpath(RegionObject *self, void *c) {
+    (void)c;
+    Py_INCREF(self->path);
+    return self->path;
+}
+
+static PyMethodDef Region_methods[] = {
+    {"create", (PyCFunction)(void (*)(void))Region_create, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "create(path, name='onvm', pool_size=16384, slot_size=2048, ring_size=4096): make a region (manager)."},
+    {"attach", (PyCFunction)Region_attach, METH_VARARGS | METH_CLASS,
+     "attach(path): map a running manager's region."},
+    {"close", (PyCFunction)Region_close, METH_NOARGS, "Unmap; the creator also removes the file."},
+    {"info", (PyCFunction)Region_info, METH_NOARGS, "Header facts as a dict."},
+    {"free_count", (PyCFunction)Region_free_count, METH_NOARGS, "Free slots in the pool."},
+    {"alloc", (PyCFunction)Region_alloc, METH_VARARGS, "alloc(n, owner=0) -> list of slot indices."},
+    {"free", (PyCFunction)Region_free, METH_O, "free(slots): return slots to the pool."},
+    {"write", (PyCFunction)Region_write, METH_VARARGS, "write(slot, data): set a slot's packet."},
+    {"read", (PyCFunction)Region_read, METH_VARARGS, "read(slot) -> bytes of the packet."},
+    {"meta", (PyCFunction)Region_meta, METH_VARARGS, "meta(slot) -> dict."},
+    {"owners", (PyCFunction)Region_owners, METH_NOARGS, "{owner stamp: slot count}."},
+    {"nf_activate", (PyCFunction)Region_nf_activate, METH_VARARGS, "nf_activate(id, service, instance, pid, tx_worker, name)."},
+    {"nf_set_draining", (PyCFunction)Region_nf_set_draining, METH_VARARGS, ""},
+    {"nf_request_stop", (PyCFunction)Region_nf_request_stop, METH_VARARGS, ""},
+    {"nf_reclaim", (PyCFunction)Region_nf_reclaim, METH_VARARGS, "Return a dead NF's slots; -> count."},
+    {"nf_release", (PyCFunction)Region_nf_release, METH_VARARGS, ""},
+    {"nf_info", (PyCFunction)Region_nf_info, METH_VARARGS, "NF entry and counters."},
+    {"port_info", (PyCFunction)Region_port_info, METH_VARARGS, "Port counters summed over workers."},
+    {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
+    {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, ""},
+    {"set_service", (PyCFunction)Region_set_service, METH_VARARGS, "set_service(svc, [(nf_id, instance)], policy=0)."},
+    {"pick", (PyCFunction)Region_pick, METH_VARARGS, "pick(svc, flow_hash) -> NF id or 0."},
+    {"set_chain", (PyCFunction)Region_set_chain, METH_VARARGS, "set_chain(id, [(action, dest)])."},
+    {"chain", (PyCFunction)Region_chain, METH_VARARGS, "chain(id) -> [(action, dest)]."},
+    {NULL}};
+
+static PyGetSetDef Region_getset[] = {{"path", (getter)Region_getpath, NULL, "region file", NULL}, {NULL}};
+
+PyTypeObject RegionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Region",
+    .tp_basicsize = sizeof(RegionObject),
+    .tp_dealloc = (destructor)Region_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A mapped shared region (pool, rings, tables).",
+    .tp_methods = Region_methods,
+    .tp_getset = Region_getset,
+};
+
+/* ===== Manager ============================================================ */
+
+typedef struct {
+    PyObject_HEAD RegionObject *region;
+    struct onvm_mgr *m;
+    int running;
+} ManagerObject;
+
+static int Manager_init(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"region", "rx_workers", "tx_workers", "burst", NULL};
+    PyObject *region;
+    unsigned nrx = 1, ntx = 1, burst = 64;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|III", kwlist, &RegionType, &region, &nrx, &ntx, &burst))
+        return -1;
+    if (nrx < 1 || ntx < 1 || nrx + ntx > ONVM_MAX_WORKERS) {
+        PyErr_Format(PyExc_ValueError, "need at least one RX and one TX worker, at most %d in all",
+                     ONVM_MAX_WORKERS);
+        return -1;
+    }
+    if (burst < 1 || burst > ONVM_BURST_MAX) {
+        PyErr_Format(PyExc_ValueError, "burst must be between 1 and %d", ONVM_BURST_MAX);
+        return -1;
+    }
+    self->m = PyMem_Calloc(1, sizeof(struct onvm_mgr));
+    if (!self->m)
+        return -1;
+    Py_INCREF(region);
+    self->region = (RegionObject *)region;
+    self->m->r = &self->region->r;
+    self->m->nrx = nrx;
+    self->m->ntx = ntx;
+    self->m->burst = burst;
+    return 0;
+}
+
+static void manager_shutdown(ManagerObject *self) {
+    if (self->m && self->running) {
+        Py_BEGIN_ALLOW_THREADS onvm_mgr_stop(self->m);
+        Py_END_ALLOW_THREADS self->running = 0;
+    }
+}
+
+static void Manager_dealloc(ManagerObject *self) {
+    manager_shutdown(self);
+    if (self->m) {
+        for (int i = 0; i < ONVM_MAX_PORTS; i++)
+            onvm_port_close(self->m->ports[i]);
+        PyMem_Free(self->m);
+    }
+    Py_XDECREF(self->region);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int port_slot_ok(ManagerObject *self, unsigned id) {
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "ports are added before the workers start");
+        return 0;
+    }
+    if (id >= ONVM_MAX_PORTS || self->m->ports[id]) {
+        PyErr_Format(PyExc_ValueError, "port %u is out of range or taken (0..%d)", id, ONVM_MAX_PORTS - 1);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *port_added(ManagerObject *self, unsigned id, struct onvm_port *p, const char *err) {
+    if (!p)
+        return raise_region(EINVAL, err[0] ? err : "cannot open port");
+    self->m->ports[id] = p;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_add_null(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id) || !port_slot_ok(self, id))
+        return NULL;
+    return port_added(self, id, onvm_port_open_null((int)id), "");
+}
+
+static PyObject *Manager_add_gen(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "size", "mix", "flows", "proto", "rate", "count", "seed",
+                             "src_ip", "dst_ip", "sport", "dport", NULL};
+    struct onvm_gen_conf c = {.size = 64, .flows = 1, .proto = 17, .src_ip = 0x0a000001,
+                              .dst_ip = 0x0a010001, .sport = 1024, .dport = 80};
+    unsigned id, sport = 1024, dport = 80;
+    unsigned long long rate = 0, count = 0, seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|IIIIKKKIIII", kwlist, &id, &c.size, &c.mix, &c.flows,
+                                     &c.proto, &rate, &count, &seed, &c.src_ip, &c.dst_ip, &sport, &dport))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+    c.rate_pps = rate;
+    c.count = count;
+    c.seed = seed;
+    c.sport = (uint16_t)sport;
+    c.dport = (uint16_t)dport;
+    char err[256] = "";
+    return port_added(self, id, onvm_port_open_gen((int)id, &c, err, sizeof err), err);
+}
+
+static PyObject *Manager_add_pcap_in(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "path", "loops", "rate", NULL};
+    struct onvm_pcap_conf c = {0};
+    unsigned id;
+    unsigned long long loops = 1, rate = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|KK", kwlist, &id, &c.path, &loops, &rate))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+    c.loops = loops;
+    c.rate_pps = rate;
+    char err[256] = "";
+    return port_added(self, id, onvm_port_open_pcap_in((int)id, &c, err, sizeof err), err);
+}
+
+static PyObject *Manager_add_pcap_out(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "path", "snaplen", NULL};
+    struct onvm_pcap_conf c = {0};
+    unsigned id;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|I", kwlist, &id, &c.path, &c.snaplen))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+    char err[256] = "";
+    return port_added(self, id, onvm_port_open_pcap_out((int)id, &c, err, sizeof err), err);
+}
+
+static PyObject *Manager_start(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (self->running)
+        Py_RETURN_NONE;
+    int rc = onvm_mgr_start(self->m);
+    if (rc)
+        return raise_region(rc, "cannot start workers");
+    self->running = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_stop(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    manager_shutdown(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_close_ports(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    manager_shutdown(self);
+    for (int i = 0; i < ONVM_MAX_PORTS; i++) {
+        onvm_port_close(self->m->ports[i]);
+        self->m->ports[i] = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_kick(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    onvm_mgr_kick(self->m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_pause_input(ManagerObject *self, PyObject *arg) {
+    int paused = PyObject_IsTrue(arg);
+    if (paused < 0)
+        return NULL;
+    atomic_store(&self->m->rx_paused, paused);
+    onvm_mgr_kick(self->m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
+        Py_RETURN_NONE;
+    struct onvm_port *p = self->m->ports[id];
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
+                         atomic_load(&p->rx_done), "error", p->error, "pool_empty",
+                         (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
+                         "rx", p->rx != NULL, "tx", p->tx != NULL);
+}
+
+static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    PyObject *l = PyList_New(0);
+    for (unsigned i = 0; l && i < self->m->nrx + self->m->ntx; i++) {
+        struct onvm_mgr_worker *w = &self->m->workers[i];
+        PyObject *d = Py_BuildValue("{s:s,s:I,s:K,s:N,s:N}", "role", w->tx ? "tx" : "rx", "index",
+                                    w->index, "handed", (unsigned long long)w->handed, "actions",
+                                    u64_tuple(w->act, ONVM_ACT_COUNT), "drops",
+                                    u64_tuple(w->drops, ONVM_DROP_COUNT));
+        PyList_Append(l, d);
+        Py_DECREF(d);
+    }
+    return l;
+}
+
+static PyMethodDef Manager_methods[] = {
+    {"add_null", (PyCFunction)Manager_add_null, METH_VARARGS, "add_null(port)"},
+    {"add_gen", (PyCFunction)(void (*)(void))Manager_add_gen, METH_VARARGS | METH_KEYWORDS,
+     "add_gen(port, size, mix, flows, proto, rate, count, seed, src_ip, dst_ip, sport, dport)"},
+    {"add_pcap_in", (PyCFunction)(void (*)(void))Manager_add_pcap_in, METH_VARARGS | METH_KEYWORDS,
+     "add_pcap_in(port, path, loops=1, rate=0)"},
+    {"add_pcap_out", (PyCFunction)(void (*)(void))Manager_add_pcap_out, METH_VARARGS | METH_KEYWORDS,
+     "add_pcap_out(port, path, snaplen=65535)"},
+    {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
+    {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
+    {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
+    {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
+    {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
+    {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
+    {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
+    {NULL}};
+
+static PyTypeObject ManagerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Manager",
+    .tp_basicsize = sizeof(ManagerObject),
+    .tp_dealloc = (destructor)Manager_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Manager(region, rx_workers=1, tx_workers=1, burst=64): native workers and ports.",
+    .tp_methods = Manager_methods,
+    .tp_init = (initproc)Manager_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ===== Ring (a private ring for tests and models) ========================= */
+
+typedef struct {
+    PyObject_HEAD struct onvm_ring *ring;
+} RingObject;
+
+static int Ring_init(RingObject *self, PyObject *args) {
+    unsigned size;
+    if (!PyArg_ParseTuple(args, "I", &size))
+        return -1;
+    if (!onvm_ring_size_ok(size)) {
+        PyErr_Format(PyExc_ValueError, "ring size %u is not a power of two in 2..2^24", size);
+        return -1;
+    }
+    if (posix_memalign((void **)&self->ring, 64, onvm_ring_bytes(size)) != 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    onvm_ring_init(self->ring, size, 0);
+    return 0;
+}
+
+static void Ring_dealloc(RingObject *self) {
+    free(self->ring);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"items", "mp", "bulk", NULL};
+    PyObject *items;
+    int mp = 0, bulk = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &items, &mp, &bulk))
+        return NULL;
+    PyObject *fast = PySequence_Fast(items, "items must be a sequence of ints");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        buf[i] = (uint32_t)PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred() || buf[i] >= ONVM_SLOT_SKIP) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "ring entries must be below 0xfffffffe");
+            PyMem_Free(buf);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, buf, (uint32_t)n, bulk, NULL, 0)
+                       : onvm_ring_enqueue_sp(self->ring, buf, (uint32_t)n, bulk);
+    PyMem_Free(buf);
+    return PyLong_FromUnsignedLong(done);
+}
+
+static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"n", "bulk", NULL};
+    unsigned n;
+    int bulk = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &n, &bulk))
+        return NULL;
+    uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    uint32_t got = onvm_ring_dequeue_sc(self->ring, buf, n, bulk, NULL, 0);
+    PyObject *l = list_from_slots(buf, got);
+    PyMem_Free(buf);
+    return l;
+}
+
+static PyObject *Ring_count(RingObject *self, PyObject *u) {
+    (void)u;
+    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring));
+}
+static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
+    (void)u;
+    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring));
+}
+static PyObject *Ring_capacity(RingObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(self->ring->capacity);
+}
+
+struct stress_arg {
+    struct onvm_ring *ring;
+    uint32_t producer, count, burst;
+};
+
+static void *stress_producer(void *p) {
+    struct stress_arg *a = p;
+    uint32_t buf[ONVM_BURST_MAX], sent = 0;
+    while (sent < a->count) {
+        uint32_t k = a->count - sent < a->burst ? a->count - sent : a->burst;
+        for (uint32_t i = 0; i < k; i++)
+            buf[i] = a->producer << 24 | (sent + i);
+        uint32_t done = onvm_ring_enqueue_mp(a->ring, buf, k, 0, NULL, 0);
+        sent += done;
+        if (!done)
+            sched_yield();
+    }
+    return NULL;
+}
+
+/* stress(producers, per_producer, burst): MP producers in threads, one
+ * consumer here; checks every item arrives once and in per-producer order. */
+static PyObject *Ring_stress(RingObject *self, PyObject *args) {
+    unsigned np, per, burst;
+    if (!PyArg_ParseTuple(args, "III", &np, &per, &burst))
+        return NULL;
+    if (np < 1 || np > 8 || per >= (1u << 24) || burst < 1 || burst > ONVM_BURST_MAX)
+        return PyErr_Format(PyExc_ValueError, "1-8 producers, < 2^24 items each, burst 1..%d", ONVM_BURST_MAX);
+    pthread_t th[8];
+    struct stress_arg a[8];
+    uint32_t next[8] = {0}, errors = 0, got_total = 0;
+    Py_BEGIN_ALLOW_THREADS for (unsigned i = 0; i < np; i++) {
+        a[i] = (struct stress_arg){self->ring, i, per, burst};
+        pthread_create(&th[i], NULL, stress_producer, &a[i]);
+    }
+    uint32_t buf[ONVM_BURST_MAX];
+    while (got_total < np * per) {
+        uint32_t k = onvm_ring_dequeue_sc(self->ring, buf, burst, 0, NULL, 0);
+        if (!k)
+            sched_yield();
+        for (uint32_t i = 0; i < k; i++) {
+            uint32_t prod = buf[i] >> 24, seq = buf[i] & 0xffffff;
+            if (prod >= np || seq != next[prod])
+                errors++;
+            else
+                next[prod]++;
+        }
+        got_total += k;
+    }
+    for (unsigned i = 0; i < np; i++)
+        pthread_join(th[i], NULL);
+    Py_END_ALLOW_THREADS return Py_BuildValue("{s:I,s:I,s:I}", "received", got_total, "errors", errors,
+                                              "left", onvm_ring_count(self->ring));
+}
+
+static PyMethodDef Ring_methods[] = {
+    {"enqueue", (PyCFunction)(void (*)(void))Ring_enqueue, METH_VARARGS | METH_KEYWORDS,
+     "enqueue(items, mp=False, bulk=False) -> count enqueued"},
+    {"dequeue", (PyCFunction)(void (*)(void))Ring_dequeue, METH_VARARGS | METH_KEYWORDS,
+     "dequeue(n, bulk=False) -> list"},
+    {"count", (PyCFunction)Ring_count, METH_NOARGS, ""},
+    {"free_count", (PyCFunction)Ring_free_count, METH_NOARGS, ""},
+    {"stress", (PyCFunction)Ring_stress, METH_VARARGS, "stress(producers, per_producer, burst)"},
+    {NULL}};
+
+static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
+                                    {NULL}};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Ring",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ring(size): a process-private ring with the shared ring's code, for tests.",
+    .tp_methods = Ring_methods,
+    .tp_getset = Ring_getset,
+    .tp_init = (initproc)Ring_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ===== module functions ==================================================== */
+
+static PyObject *mod_parse(PyObject *m, PyObject *arg) {
+    (void)m;
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    struct onvm_meta meta = {0};
+    onvm_parse(&meta, b.buf, (uint32_t)b.len);
+    PyBuffer_Release(&b);
+    return meta_dict(&meta);
+}
+
+static PyObject *mod_flow_hash(PyObject *m, PyObject *args) {
+    (void)m;
+    unsigned a, b, pa, pb, proto;
+    if (!PyArg_ParseTuple(args, "IIIII", &a, &b, &pa, &pb, &proto))
+        return NULL;
+    return PyLong_FromUnsignedLong(onvm_flow_hash(a, b, (uint16_t)pa, (uint16_t)pb, (uint8_t)proto));
+}
+
+static PyMethodDef module_methods[] = {
+    {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
+    {"flow_hash", mod_flow_hash, METH_VARARGS, "flow_hash(a, b, port_a, port_b, proto)"},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "onvm._native",
+                                       "pyonvm's native core.", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m)
+        return NULL;
+    PyTypeObject *types[] = {&RegionType, &ManagerType, &RingType, &NFContextType, &PacketType, &MetaType,
+                             &HeaderType};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        if (PyType_Ready(types[i]) < 0)
+            return NULL;
+        Py_INCREF(types[i]);
+        PyModule_AddObject(m, strrchr(types[i]->tp_name, '.') + 1, (PyObject *)types[i]);
+    }
+    onvm_RegionError = PyErr_NewException("onvm._native.RegionError", PyExc_OSError, NULL);
+    PyModule_AddObject(m, "RegionError", onvm_RegionError);
+    PyModule_AddIntConstant(m, "LAYOUT_VERSION", ONVM_LAYOUT_VERSION);
+    PyModule_AddIntConstant(m, "MAX_NFS", ONVM_MAX_NFS);
+    PyModule_AddIntConstant(m, "MAX_SERVICES", ONVM_MAX_SERVICES);
+    PyModule_AddIntConstant(m, "MAX_PORTS", ONVM_MAX_PORTS);
+    PyModule_AddIntConstant(m, "MAX_WORKERS", ONVM_MAX_WORKERS);
+    PyModule_AddIntConstant(m, "MAX_HOPS", ONVM_MAX_HOPS);
+    PyModule_AddIntConstant(m, "MAX_INSTANCES", ONVM_MAX_INSTANCES);
+    PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);
+    PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
+    PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
+    PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
+    return m;
+}

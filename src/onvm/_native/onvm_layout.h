@@ -1,0 +1,241 @@
+/* onvm_layout.h - the shared region: every struct two processes must agree on.
+ *
+ * Theory of operation
+ * -------------------
+ * One manager creates one file (hugetlbfs or /dev/shm) and maps it; NFs map the
+ * same file.  Everything is addressed by offsets from the start of the region,
+ * never by pointers, because each process maps it at a different address.
+ *
+ *   header | free stack | NF table | services | chains | ports | workers | rings | meta[] | slots[]
+ *
+ * A packet is named by its slot index.  meta[i] is its 64-byte record and
+ * slots[i] its buffer (headroom + data).  Only indices travel through rings.
+ *
+ * Ownership stamps: meta[i].owner names who is responsible for slot i.  A
+ * consumer stamps slots with its own id while dequeuing (before it publishes
+ * the dequeue), an allocator stamps what it allocates, and whoever frees a slot
+ * stamps it ONVM_OWNER_FREE before pushing it.  When an NF dies, the slots still
+ * stamped with its id that sit in no ring are exactly the ones it held: the
+ * manager returns them to the free stack (see onvm_region_reclaim()).
+ *
+ * Counters are written only by their owner: an NF writes its own entry's
+ * stats, each manager worker writes its own row of the port stats.
+ *
+ * Any change to a struct below must bump ONVM_LAYOUT_VERSION.
+ */
+#ifndef ONVM_LAYOUT_H
+#define ONVM_LAYOUT_H
+
+#include <assert.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
+#define ONVM_LAYOUT_VERSION 1u
+#define ONVM_CACHE_LINE 64
+
+#define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
+#define ONVM_MAX_SERVICES 64
+#define ONVM_MAX_INSTANCES 16
+#define ONVM_MAX_PORTS 16
+#define ONVM_MAX_WORKERS 8
+#define ONVM_MAX_CHAINS 64 /* chain 0 is the default chain */
+#define ONVM_MAX_HOPS 16
+#define ONVM_BURST_MAX 512
+#define ONVM_HEADROOM 128
+
+#define ONVM_OWNER_MGR 0u
+#define ONVM_OWNER_FREE 0xffffu
+#define ONVM_SLOT_NIL 0xffffffffu
+#define ONVM_SLOT_SKIP 0xfffffffeu /* ring entry voided by crash repair */
+
+enum onvm_action {
+    ONVM_ACT_DROP = 0,
+    ONVM_ACT_NEXT = 1,
+    ONVM_ACT_TONF = 2,
+    ONVM_ACT_OUT = 3,
+    ONVM_ACT_COUNT
+};
+
+enum onvm_drop_reason {
+    ONVM_DROP_ACTION = 0,  /* a handler or chain hop said DROP */
+    ONVM_DROP_RING_FULL,   /* the next NF's RX ring (or a TX ring) was full */
+    ONVM_DROP_NO_DEST,     /* service without a running instance, or no such port */
+    ONVM_DROP_BAD_ACTION,  /* action or destination out of range */
+    ONVM_DROP_CHAIN_END,   /* NEXT past the last hop of the chain */
+    ONVM_DROP_NO_SLOT,     /* the pool was empty */
+    ONVM_DROP_PORT,        /* the port could not take it (error, too big) */
+    ONVM_DROP_COUNT
+};
+
+enum onvm_l3 { ONVM_L3_NONE = 0, ONVM_L3_IPV4 = 1, ONVM_L3_IPV6 = 2, ONVM_L3_ARP = 3 };
+
+/* meta flags */
+#define ONVM_MF_VLAN 0x01u
+#define ONVM_MF_TRUNC 0x02u /* a header was cut short: parsing stopped there */
+#define ONVM_MF_FRAG 0x04u
+
+/* Per-slot metadata: one cache line. */
+struct onvm_meta {
+    uint32_t len;       /* bytes of packet data */
+    uint32_t flow_hash; /* symmetric 5-tuple hash, 0 when not IP */
+    uint64_t rx_ns;     /* CLOCK_MONOTONIC at RX */
+    uint16_t in_port;
+    _Atomic uint16_t owner; /* ownership stamp, see the theory above */
+    uint16_t dest;          /* service id (TONF) or port id (OUT) */
+    uint16_t src_nf;        /* last NF that handled the packet */
+    uint8_t action;         /* enum onvm_action */
+    uint8_t chain_idx;      /* current hop in the chain */
+    uint8_t flags;
+    uint8_t l3_type; /* enum onvm_l3 */
+    uint8_t l4_proto;
+    uint8_t reserved0;
+    uint16_t l3_off; /* offsets from the packet start; 0 when absent */
+    uint16_t l4_off;
+    uint16_t chain_id;
+    _Atomic uint32_t next_free; /* free stack link */
+    uint32_t data_off;          /* packet start within the slot */
+    uint8_t reserved[20];
+};
+static_assert(sizeof(struct onvm_meta) == 64, "meta must be one cache line");
+
+/* A futex word a consumer sleeps on; a producer wakes it only when it is flagged. */
+struct onvm_waiter {
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t sleeping;
+    uint32_t pad0;
+    uint64_t sleeps;
+    uint64_t wakeups;
+};
+
+/* Lock-free ring of slot indices: power-of-two size, head/tail on separate lines. */
+struct onvm_ring {
+    alignas(ONVM_CACHE_LINE) uint32_t size;
+    uint32_t mask;
+    uint32_t capacity;
+    uint32_t waiter_off; /* region offset of the consumer's waiter, 0 for none */
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t head;
+        _Atomic uint32_t tail;
+    } prod;
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t head;
+        _Atomic uint32_t tail;
+    } cons;
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t entries[];
+};
+static_assert(sizeof(struct onvm_ring) == 3 * ONVM_CACHE_LINE, "ring header is three lines");
+
+/* Treiber stack of free slots; the head packs (tag << 32 | index) against ABA. */
+struct onvm_freestack {
+    alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
+    _Atomic int64_t count;
+};
+
+struct onvm_nf_stats {
+    alignas(ONVM_CACHE_LINE) uint64_t rx;
+    uint64_t tx; /* packets handed onward (to an NF, a port or the manager) */
+    uint64_t rx_bytes;
+    uint64_t bursts;
+    uint64_t act[ONVM_ACT_COUNT];
+    uint64_t drops[ONVM_DROP_COUNT];
+    uint64_t handler_ns; /* time spent in the Python handler */
+    uint64_t parse_errors;
+};
+
+enum onvm_nf_slot_state {
+    ONVM_NFS_FREE = 0,
+    ONVM_NFS_ACTIVE = 1,  /* rings valid, may receive packets */
+    ONVM_NFS_DRAINING = 2 /* dead or leaving: receives nothing, manager drains its TX */
+};
+
+struct onvm_nf {
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t state; /* enum onvm_nf_slot_state */
+    uint16_t service;
+    uint16_t instance;
+    int32_t pid;
+    uint32_t rx_ring_off;
+    uint32_t tx_ring_off;
+    uint32_t tx_worker;     /* row (in the worker table) of the TX worker draining our TX ring */
+    _Atomic uint32_t stop;  /* set by the manager: leave the run loop */
+    _Atomic uint32_t epoch; /* bumped each loop iteration, for grace periods */
+    char name[32];
+    struct onvm_waiter wait; /* the NF sleeps here when its RX ring is empty */
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t ring_off; /* nonzero while enqueuing */
+        _Atomic uint32_t start;
+        _Atomic uint32_t n;
+        _Atomic uint32_t reserved; /* 1 once [start, start+n) is this NF's */
+    } enq;
+    struct onvm_nf_stats stats;
+};
+
+/* Instances of a service; written under a seqlock by the manager. */
+struct onvm_service {
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t seq; /* odd while being written */
+    uint16_t count;
+    uint16_t policy;
+    uint16_t nf[ONVM_MAX_INSTANCES];   /* NF ids */
+    uint16_t inst[ONVM_MAX_INSTANCES]; /* instance numbers, the rendezvous keys */
+};
+
+struct onvm_hop {
+    uint8_t action;
+    uint8_t pad;
+    uint16_t dest;
+};
+
+struct onvm_chain {
+    alignas(16) _Atomic uint32_t seq;
+    uint8_t count;
+    uint8_t pad[3];
+    struct onvm_hop hops[ONVM_MAX_HOPS];
+};
+
+struct onvm_port_stats {
+    alignas(ONVM_CACHE_LINE) uint64_t rx;
+    uint64_t rx_bytes;
+    uint64_t tx;
+    uint64_t tx_bytes;
+    uint64_t drops[ONVM_DROP_COUNT];
+};
+
+struct onvm_port_info {
+    alignas(ONVM_CACHE_LINE) uint32_t in_use;
+    uint32_t kind;
+    uint32_t rx_done; /* an input that has nothing more to give */
+    uint32_t pad;
+    char uri[112];
+    struct onvm_port_stats by_worker[ONVM_MAX_WORKERS];
+};
+
+struct onvm_worker {
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t epoch;
+    uint32_t role; /* 0 rx, 1 tx */
+    uint64_t loops;
+    uint64_t busy_loops;
+    struct onvm_waiter wait;
+};
+
+struct onvm_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t total_size;
+    int32_t mgr_pid;
+    _Atomic uint32_t stopping;
+    uint32_t pool_count;
+    uint32_t slot_size;
+    uint32_t ring_size;
+    uint32_t sizeof_meta;
+    uint32_t sizeof_nf;
+    uint32_t sizeof_ring;
+    uint32_t max_nfs, max_services, max_ports, max_workers, max_chains, max_hops;
+    uint64_t off_nfs, off_services, off_chains, off_ports, off_workers, off_rings;
+    uint64_t off_meta, off_slots;
+    uint64_t ring_bytes; /* bytes per ring, header included */
+    char name[40];
+    struct onvm_freestack free;
+};
+
+#endif

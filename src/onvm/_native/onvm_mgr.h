@@ -1,0 +1,40 @@
+/* onvm_mgr.h - the manager's native RX and TX workers. */
+#ifndef ONVM_MGR_H
+#define ONVM_MGR_H
+
+#include <pthread.h>
+
+#include "onvm_route.h"
+
+struct onvm_mgr;
+
+struct onvm_mgr_worker {
+    struct onvm_mgr *mgr;
+    unsigned id;    /* row in the region's worker table and port stats */
+    unsigned index; /* among the workers of its role */
+    int tx;         /* 0: RX worker, 1: TX worker */
+    pthread_t thread;
+    int started;
+    struct onvm_route_ctx route;
+    uint64_t act[ONVM_ACT_COUNT];
+    uint64_t drops[ONVM_DROP_COUNT];
+    uint64_t handed;
+    uint32_t buf[ONVM_BURST_MAX];
+};
+
+struct onvm_mgr {
+    struct onvm_region *r;
+    struct onvm_port *ports[ONVM_MAX_PORTS];
+    unsigned nrx, ntx;
+    unsigned burst;
+    _Atomic int stop;
+    _Atomic int rx_paused; /* inputs wait (until the chain's NFs are up) */
+    struct onvm_mgr_worker workers[ONVM_MAX_WORKERS];
+};
+
+int onvm_mgr_start(struct onvm_mgr *m);
+void onvm_mgr_stop(struct onvm_mgr *m);
+/* Wake every worker (after a port or NF change). */
+void onvm_mgr_kick(struct onvm_mgr *m);
+
+#endif

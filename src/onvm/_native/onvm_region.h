@@ -1,0 +1,79 @@
+/* onvm_region.h - a process's handle on the shared region, the packet pool and
+ * the tables in it.  Slow-path calls return 0 or -errno and never exit. */
+#ifndef ONVM_REGION_H
+#define ONVM_REGION_H
+
+#include <stddef.h>
+
+#include "onvm_layout.h"
+#include "onvm_ring.h"
+
+struct onvm_region {
+    uint8_t *base;
+    size_t size;
+    int fd;
+    int owner; /* created (and will unlink) this region */
+    struct onvm_header *hdr;
+    struct onvm_meta *meta;
+    uint8_t *slots;
+    uint32_t slot_size;
+    uint32_t pool_count;
+    struct onvm_nf *nfs;
+    struct onvm_service *services;
+    struct onvm_chain *chains;
+    struct onvm_port_info *ports;
+    struct onvm_worker *workers;
+    char errmsg[256];
+};
+
+struct onvm_region_params {
+    uint32_t pool_count;
+    uint32_t slot_size;
+    uint32_t ring_size;
+    const char *name;
+};
+
+int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p);
+int onvm_region_attach(struct onvm_region *r, const char *path);
+void onvm_region_detach(struct onvm_region *r);
+
+static inline void *onvm_at(const struct onvm_region *r, uint64_t off) {
+    return off ? (void *)(r->base + off) : NULL;
+}
+
+static inline uint8_t *onvm_slot_data(const struct onvm_region *r, uint32_t idx) {
+    return r->slots + (size_t)idx * r->slot_size + r->meta[idx].data_off;
+}
+
+static inline uint32_t onvm_slot_room(const struct onvm_region *r) {
+    return r->slot_size - ONVM_HEADROOM;
+}
+
+/* NF ring k (0 = rx, 1 = tx) of NF id */
+struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsigned nf_id, int tx);
+uint32_t onvm_nf_ring_off(const struct onvm_region *r, unsigned nf_id, int tx);
+
+/* ---- pool ---- */
+uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner);
+void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
+int64_t onvm_pool_free_count(const struct onvm_region *r);
+void onvm_slot_reset(struct onvm_region *r, uint32_t idx);
+
+/* ---- services and chains (manager writes, everyone reads) ---- */
+void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
+                      unsigned count, unsigned policy);
+/* Returns an NF id for a packet of the service, 0 if the service has none. */
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash);
+int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n);
+int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);
+
+/* ---- NF slots (manager only) ---- */
+int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
+                     int pid, unsigned tx_worker, const char *name);
+void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id);
+/* After an NF is gone: repair a half-done enqueue it left, drain its RX ring,
+ * return the slots it held.  Returns the number of slots returned. */
+long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id);
+void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
+
+#endif

@@ -1,0 +1,443 @@
+/* ports.c - the gen, null, pcap and pcap-out port drivers.
+ *
+ * RX drivers allocate slots from the pool (stamped as the manager's), fill
+ * data, len, in_port and rx_ns; the RX worker parses them.  TX drivers take
+ * ownership of every slot they are given and free them all.
+ */
+#define _GNU_SOURCE
+#include "onvm_port.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+static struct onvm_port *port_new(int id, int kind) {
+    struct onvm_port *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->id = id;
+    p->kind = kind;
+    pthread_mutex_init(&p->tx_lock, NULL);
+    return p;
+}
+
+static void set_err(char *err, size_t len, const char *fmt, const char *a, long long b) {
+    if (err)
+        snprintf(err, len, fmt, a, b);
+}
+
+/* How many packets pacing allows now; sets *next_due when it allows none.
+ * Packets leave in small bursts (up to 100 us worth, at most 32) rather than
+ * one at a time, so a paced port costs a wake-up per burst, not per packet. */
+static uint32_t pace(struct onvm_port *p, uint32_t want, uint64_t now, uint64_t *next_due) {
+    if (!p->rate_pps)
+        return want;
+    if (p->budget_start == 0)
+        p->budget_start = now;
+    uint64_t batch = p->rate_pps / 10000;
+    if (batch < 1)
+        batch = 1;
+    if (batch > 32)
+        batch = 32;
+    uint64_t elapsed = now - p->budget_start;
+    uint64_t allowed = (uint64_t)((__uint128_t)elapsed * p->rate_pps / 1000000000ull);
+    if (allowed < p->sent_in_budget + batch) {
+        uint64_t due = p->budget_start + (uint64_t)((__uint128_t)(p->sent_in_budget + batch) *
+                                                    1000000000ull / p->rate_pps);
+        if (next_due && due < *next_due)
+            *next_due = due;
+        return 0;
+    }
+    uint64_t can = allowed - p->sent_in_budget;
+    /* Restart the budget now and then so a long stall does not turn into a burst. */
+    if (elapsed > 1000000000ull) {
+        p->budget_start = now;
+        p->sent_in_budget = 0;
+    }
+    return can < want ? (uint32_t)can : want;
+}
+
+/* The pool ran dry: note it and come back shortly instead of sleeping long. */
+static void pool_empty(struct onvm_region *r, struct onvm_port *p, uint32_t lost, uint64_t now,
+                       uint64_t *next_due) {
+    (void)r;
+    p->no_slot += lost;
+    if (next_due && now + 20000 < *next_due)
+        *next_due = now + 20000;
+}
+
+/* ---- null ---------------------------------------------------------------- */
+
+static uint32_t null_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
+                        uint32_t n, uint64_t *bytes) {
+    (void)p;
+    uint64_t b = 0;
+    for (uint32_t i = 0; i < n; i++)
+        b += r->meta[slots[i]].len;
+    *bytes = b;
+    onvm_pool_free_burst(r, slots, n);
+    return n;
+}
+
+struct onvm_port *onvm_port_open_null(int id) {
+    struct onvm_port *p = port_new(id, ONVM_PORT_NULL);
+    if (p)
+        p->tx = null_tx;
+    return p;
+}
+
+/* ---- gen ----------------------------------------------------------------- */
+
+static inline uint64_t xorshift(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void put16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static void put32(uint8_t *p, uint32_t v) {
+    put16(p, (uint16_t)(v >> 16));
+    put16(p + 2, (uint16_t)v);
+}
+
+static uint32_t csum_partial(const uint8_t *p, uint32_t len) {
+    uint32_t s = 0;
+    for (uint32_t i = 0; i + 1 < len; i += 2)
+        s += (uint32_t)(p[i] << 8 | p[i + 1]);
+    return s;
+}
+
+static uint16_t csum_fold(uint32_t s) {
+    while (s >> 16)
+        s = (s & 0xffff) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+/* Frame size (with FCS) of the next packet. */
+static uint32_t gen_size(struct onvm_port *p) {
+    uint64_t x = xorshift(&p->rng);
+    uint32_t pick = (uint32_t)(x % 1000);
+    uint32_t u = (uint32_t)(x >> 20);
+    switch (p->gen.mix) {
+    case ONVM_MIX_HTTP: /* 44.3% 64 B, 18.5% 65-1023 B, 37.2% 1024-1518 B */
+        if (pick < 443)
+            return 64;
+        if (pick < 628)
+            return 65 + u % (1023 - 65 + 1);
+        return 1024 + u % (1518 - 1024 + 1);
+    case ONVM_MIX_IMIX: /* 7:4:1 of 64, 570, 1518 */
+        pick %= 12;
+        return pick < 7 ? 64 : pick < 11 ? 570 : 1518;
+    default:
+        return p->gen.size;
+    }
+}
+
+static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
+                       uint64_t now, uint64_t *next_due) {
+    if (p->gen.count) {
+        uint64_t left = p->gen.count - p->produced;
+        if (left == 0) {
+            atomic_store(&p->rx_done, 1);
+            return 0;
+        }
+        if (n > left)
+            n = (uint32_t)left;
+    }
+    n = pace(p, n, now, next_due);
+    if (n == 0)
+        return 0;
+    uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
+    if (got < n)
+        pool_empty(r, p, n - got, now, next_due);
+    uint32_t room = onvm_slot_room(r);
+    for (uint32_t i = 0; i < got; i++) {
+        uint32_t s = slots[i];
+        onvm_slot_reset(r, s);
+        struct onvm_meta *m = &r->meta[s];
+        uint8_t *d = onvm_slot_data(r, s);
+        uint32_t flow = (uint32_t)(p->flow_next++ % p->gen.flows);
+        uint32_t len = gen_size(p) - 4; /* the NIC would strip the FCS */
+        if (len > room)
+            len = room;
+        if (len < p->hdr_len)
+            len = p->hdr_len;
+        memcpy(d, p->templates + (size_t)flow * 64, p->hdr_len);
+        memset(d + p->hdr_len, 0, len - p->hdr_len);
+        uint16_t ip_len = (uint16_t)(len - 14);
+        put16(d + 16, ip_len);
+        put16(d + 24, csum_fold(p->tmpl_csum[flow] + ip_len));
+        if (p->gen.proto == 17)
+            put16(d + 38, (uint16_t)(ip_len - 20));
+        m->len = len;
+        m->rx_ns = now;
+        m->in_port = (uint16_t)p->id;
+    }
+    p->produced += got;
+    p->sent_in_budget += got;
+    return got;
+}
+
+struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char *err, size_t errlen) {
+    if (c->flows == 0 || c->flows > (1u << 20)) {
+        set_err(err, errlen, "gen: flows must be between 1 and 1048576%s (got %lld)", "", c->flows);
+        return NULL;
+    }
+    if (c->mix == ONVM_MIX_FIXED && (c->size < 64 || c->size > 9018)) {
+        set_err(err, errlen, "gen: size must be between 64 and 9018%s (got %lld)", "", c->size);
+        return NULL;
+    }
+    if (c->proto != 17 && c->proto != 6) {
+        set_err(err, errlen, "gen: proto must be udp or tcp%s (got %lld)", "", c->proto);
+        return NULL;
+    }
+    struct onvm_port *p = port_new(id, ONVM_PORT_GEN);
+    if (!p)
+        return NULL;
+    p->gen = *c;
+    p->rx = gen_rx;
+    p->rate_pps = c->rate_pps;
+    p->rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
+    p->hdr_len = c->proto == 17 ? 42 : 54;
+    p->templates = calloc(c->flows, 64);
+    p->tmpl_csum = calloc(c->flows, sizeof(uint32_t));
+    if (!p->templates || !p->tmpl_csum) {
+        onvm_port_close(p);
+        return NULL;
+    }
+    for (uint32_t f = 0; f < c->flows; f++) {
+        uint8_t *t = p->templates + (size_t)f * 64;
+        static const uint8_t dmac[6] = {0x02, 0x00, 0x00, 0x00, 0x00, 0x02};
+        static const uint8_t smac[6] = {0x02, 0x00, 0x00, 0x00, 0x00, 0x01};
+        memcpy(t, dmac, 6);
+        memcpy(t + 6, smac, 6);
+        put16(t + 12, 0x0800);
+        uint8_t *ip = t + 14;
+        ip[0] = 0x45;
+        put16(ip + 4, (uint16_t)f);
+        put16(ip + 6, 0x4000); /* don't fragment */
+        ip[8] = 64;
+        ip[9] = (uint8_t)c->proto;
+        put32(ip + 12, c->src_ip + f);
+        put32(ip + 16, c->dst_ip);
+        /* checksum over the header without total length; added per packet */
+        p->tmpl_csum[f] = csum_partial(ip, 20);
+        uint8_t *l4 = ip + 20;
+        put16(l4, (uint16_t)(c->sport + f % 50000));
+        put16(l4 + 2, c->dport);
+        if (c->proto == 6) {
+            put32(l4 + 4, 1);
+            l4[12] = 5 << 4;
+            l4[13] = 0x10; /* ACK */
+            put16(l4 + 14, 65535);
+        }
+    }
+    return p;
+}
+
+/* ---- pcap in ------------------------------------------------------------- */
+
+static uint32_t rd32le(const uint8_t *p, int swapped) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
+                        uint64_t now, uint64_t *next_due) {
+    if (atomic_load_explicit(&p->rx_done, memory_order_relaxed))
+        return 0;
+    n = pace(p, n, now, next_due);
+    if (n == 0)
+        return 0;
+    uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
+    if (got == 0) {
+        /* a file waits for room rather than losing packets */
+        pool_empty(r, p, 0, now, next_due);
+        return 0;
+    }
+    uint32_t room = onvm_slot_room(r), k = 0, toobig = 0;
+    while (k < got) {
+        if (p->pos == p->map_len || p->pos + 16 > p->map_len) {
+            if (p->pos != p->map_len) {
+                snprintf(p->error, sizeof p->error, "truncated record header at byte %zu", p->pos);
+                atomic_store(&p->rx_done, 1);
+                break;
+            }
+            if (p->records_in_file == 0 || (p->loops_left && --p->loops_left == 0)) {
+                atomic_store(&p->rx_done, 1);
+                break;
+            }
+            p->pos = 24;
+            continue;
+        }
+        const uint8_t *h = p->map + p->pos;
+        uint32_t incl = rd32le(h + 8, p->swapped);
+        if (incl > 262144) {
+            snprintf(p->error, sizeof p->error,
+                     "corrupt record at byte %zu (captured length %u)", p->pos, incl);
+            atomic_store(&p->rx_done, 1);
+            break;
+        }
+        if (p->pos + 16 + incl > p->map_len) {
+            snprintf(p->error, sizeof p->error, "truncated record at byte %zu", p->pos);
+            atomic_store(&p->rx_done, 1);
+            break;
+        }
+        p->pos += 16 + incl;
+        p->records_in_file++;
+        if (incl > room || incl == 0) {
+            toobig++;
+            continue;
+        }
+        uint32_t s = slots[k++];
+        onvm_slot_reset(r, s);
+        memcpy(onvm_slot_data(r, s), h + 16, incl);
+        r->meta[s].len = incl;
+        r->meta[s].rx_ns = now;
+        r->meta[s].in_port = (uint16_t)p->id;
+    }
+    if (k < got)
+        onvm_pool_free_burst(r, slots + k, got - k);
+    p->sent_in_budget += k;
+    p->skipped += toobig;
+    return k;
+}
+
+struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c, char *err,
+                                         size_t errlen) {
+    int fd = open(c->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (err)
+            snprintf(err, errlen, "pcap %s: cannot open (%s)", c->path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 24) {
+        close(fd);
+        set_err(err, errlen, "pcap %s: too short for a pcap header (%lld bytes)", c->path,
+                (long long)st.st_size);
+        return NULL;
+    }
+    const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        set_err(err, errlen, "pcap %s: cannot map (errno %lld)", c->path, errno);
+        return NULL;
+    }
+    uint32_t magic;
+    memcpy(&magic, map, 4);
+    int swapped = 0, nsec = 0;
+    if (magic == 0xa1b2c3d4u) {
+    } else if (magic == 0xd4c3b2a1u) {
+        swapped = 1;
+    } else if (magic == 0xa1b23c4du) {
+        nsec = 1;
+    } else if (magic == 0x4d3cb2a1u) {
+        swapped = nsec = 1;
+    } else {
+        munmap((void *)map, (size_t)st.st_size);
+        if (err && magic == 0x0a0d0d0au)
+            snprintf(err, errlen, "pcap %s: pcapng files are not read yet; convert with "
+                                  "'editcap -F pcap'", c->path);
+        else if (err)
+            snprintf(err, errlen, "pcap %s: not a pcap file (bad magic at byte 0)", c->path);
+        return NULL;
+    }
+    uint32_t linktype = rd32le(map + 20, swapped) & 0x0fffffff;
+    if (linktype != 1) {
+        munmap((void *)map, (size_t)st.st_size);
+        set_err(err, errlen, "pcap %s: link type %lld is not Ethernet", c->path, linktype);
+        return NULL;
+    }
+    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_IN);
+    if (!p) {
+        munmap((void *)map, (size_t)st.st_size);
+        return NULL;
+    }
+    p->rx = pcap_rx;
+    p->map = map;
+    p->map_len = (size_t)st.st_size;
+    p->pos = 24;
+    p->swapped = swapped;
+    p->nsec = nsec;
+    p->loops_left = c->loops;
+    p->rate_pps = c->rate_pps;
+    return p;
+}
+
+/* ---- pcap out ------------------------------------------------------------ */
+
+static uint32_t pcap_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
+                        uint32_t n, uint64_t *bytes) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint32_t sent = 0;
+    uint64_t b = 0;
+    for (uint32_t i = 0; i < n && p->out; i++) {
+        struct onvm_meta *m = &r->meta[slots[i]];
+        uint32_t cap = m->len < p->snaplen ? m->len : p->snaplen;
+        uint32_t hdr[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), cap, m->len};
+        if (fwrite(hdr, sizeof hdr, 1, p->out) != 1 ||
+            (cap && fwrite(onvm_slot_data(r, slots[i]), cap, 1, p->out) != 1)) {
+            if (!p->error[0])
+                snprintf(p->error, sizeof p->error, "write failed: %s", strerror(errno));
+            break;
+        }
+        sent++;
+        b += m->len;
+    }
+    *bytes = b;
+    onvm_pool_free_burst(r, slots, n);
+    return sent;
+}
+
+struct onvm_port *onvm_port_open_pcap_out(int id, const struct onvm_pcap_conf *c, char *err,
+                                          size_t errlen) {
+    FILE *f = fopen(c->path, "wbe");
+    if (!f) {
+        if (err)
+            snprintf(err, errlen, "pcap-out %s: cannot create (%s)", c->path, strerror(errno));
+        return NULL;
+    }
+    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_OUT);
+    if (!p) {
+        fclose(f);
+        return NULL;
+    }
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    p->snaplen = c->snaplen ? c->snaplen : 65535;
+    uint32_t hdr[6] = {0xa1b2c3d4u, 0x00040002u /* version 2.4 */, 0, 0, p->snaplen, 1};
+    if (fwrite(hdr, sizeof hdr, 1, f) != 1) {
+        fclose(f);
+        free(p);
+        if (err)
+            snprintf(err, errlen, "pcap-out %s: cannot write header", c->path);
+        return NULL;
+    }
+    p->out = f;
+    p->tx = pcap_tx;
+    return p;
+}
+
+void onvm_port_close(struct onvm_port *p) {
+    if (!p)
+        return;
+    if (p->out) {
+        fflush(p->out);
+        fclose(p->out);
+    }
+    if (p->map)
+        munmap((void *)p->map, p->map_len);
+    free(p->templates);
+    free(p->tmpl_csum);
+    pthread_mutex_destroy(&p->tx_lock);
+    free(p);
+}

@@ -1,0 +1,506 @@
+/* region.c - create and attach the shared region; the packet pool; services,
+ * chains and NF slots; reclaiming what a dead NF held. */
+#define _GNU_SOURCE
+#include "onvm_region.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#define ALIGN_UP(x, a) (((x) + ((uint64_t)(a)-1)) & ~((uint64_t)(a)-1))
+#define HUGE_ALIGN (2u << 20)
+
+static int fail(struct onvm_region *r, int err, const char *fmt, const char *arg) {
+    snprintf(r->errmsg, sizeof r->errmsg, fmt, arg);
+    return -err;
+}
+
+static void bind_tables(struct onvm_region *r) {
+    struct onvm_header *h = r->hdr;
+    r->meta = onvm_at(r, h->off_meta);
+    r->slots = onvm_at(r, h->off_slots);
+    r->slot_size = h->slot_size;
+    r->pool_count = h->pool_count;
+    r->nfs = onvm_at(r, h->off_nfs);
+    r->services = onvm_at(r, h->off_services);
+    r->chains = onvm_at(r, h->off_chains);
+    r->ports = onvm_at(r, h->off_ports);
+    r->workers = onvm_at(r, h->off_workers);
+}
+
+int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p) {
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    if (p->pool_count < 64 || p->pool_count > (1u << 24))
+        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots%s", "");
+    if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
+        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536%s", "");
+    if (!onvm_ring_size_ok(p->ring_size))
+        return fail(r, EINVAL, "ring size must be a power of two%s", "");
+
+    struct onvm_header tmp = {0};
+    uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
+    tmp.off_nfs = off;
+    off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
+    tmp.off_services = off;
+    off += ALIGN_UP(sizeof(struct onvm_service) * ONVM_MAX_SERVICES, 64);
+    tmp.off_chains = off;
+    off += ALIGN_UP(sizeof(struct onvm_chain) * ONVM_MAX_CHAINS, 64);
+    tmp.off_ports = off;
+    off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
+    tmp.off_workers = off;
+    off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
+    tmp.off_rings = ALIGN_UP(off, 4096);
+    tmp.ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
+    off = tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS;
+    tmp.off_meta = ALIGN_UP(off, 4096);
+    off = tmp.off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
+    tmp.off_slots = ALIGN_UP(off, 4096);
+    off = tmp.off_slots + (uint64_t)p->pool_count * p->slot_size;
+    uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
+    if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
+        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size%s", "");
+
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail(r, errno, "cannot create region file %s", path);
+    /* The manager holds an exclusive lock for its whole life: a second
+     * manager fails here, and a dead one's lock is gone with it. */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return fail(r, EBUSY, "region %s belongs to a manager that is still running", path);
+        return fail(r, e, "cannot lock region file %s", path);
+    }
+    fchmod(fd, 0600);
+    if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)total) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(path);
+        return fail(r, e, "cannot size region file %s (out of memory in its file system?)", path);
+    }
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        unlink(path);
+        return fail(r, e, "cannot map region file %s", path);
+    }
+    r->base = base;
+    r->size = total;
+    r->fd = fd;
+    r->owner = 1;
+    r->hdr = base;
+    *r->hdr = tmp;
+    struct onvm_header *h = r->hdr;
+    h->version = ONVM_LAYOUT_VERSION;
+    h->header_size = sizeof(struct onvm_header);
+    h->total_size = total;
+    h->mgr_pid = getpid();
+    h->pool_count = p->pool_count;
+    h->slot_size = p->slot_size;
+    h->ring_size = p->ring_size;
+    h->sizeof_meta = sizeof(struct onvm_meta);
+    h->sizeof_nf = sizeof(struct onvm_nf);
+    h->sizeof_ring = sizeof(struct onvm_ring);
+    h->max_nfs = ONVM_MAX_NFS;
+    h->max_services = ONVM_MAX_SERVICES;
+    h->max_ports = ONVM_MAX_PORTS;
+    h->max_workers = ONVM_MAX_WORKERS;
+    h->max_chains = ONVM_MAX_CHAINS;
+    h->max_hops = ONVM_MAX_HOPS;
+    snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
+    bind_tables(r);
+    atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
+    atomic_store(&h->free.count, 0);
+    for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
+        onvm_ring_init(onvm_nf_ring(r, n, 0), p->ring_size,
+                       (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
+        onvm_ring_init(onvm_nf_ring(r, n, 1), p->ring_size, 0);
+    }
+    /* Push slots in reverse so that slot 0 is handed out first. */
+    uint32_t batch[256];
+    for (uint32_t top = p->pool_count; top > 0;) {
+        uint32_t k = top < 256 ? top : 256;
+        top -= k;
+        for (uint32_t i = 0; i < k; i++)
+            batch[i] = top + i;
+        onvm_pool_free_burst(r, batch, k);
+    }
+    /* Magic last: an NF that attaches early sees no half-built region. */
+    atomic_thread_fence(memory_order_release);
+    h->magic = ONVM_MAGIC;
+    return 0;
+}
+
+int onvm_region_attach(struct onvm_region *r, const char *path) {
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return fail(r, ENOENT, "no region at %s: is the manager running?", path);
+        return fail(r, errno, "cannot open region %s", path);
+    }
+    if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+        /* Nobody holds the manager's exclusive lock. */
+        flock(fd, LOCK_UN);
+        close(fd);
+        return fail(r, ESTALE, "region %s was left by a manager that is no longer running", path);
+    }
+    struct onvm_header h;
+    ssize_t got = pread(fd, &h, sizeof h, 0);
+    if (got < (ssize_t)offsetof(struct onvm_header, total_size) + 8 || h.magic != ONVM_MAGIC) {
+        close(fd);
+        return fail(r, EPROTO, "%s is not a pyonvm region (bad magic)", path);
+    }
+    if (h.version != ONVM_LAYOUT_VERSION || got < (ssize_t)sizeof h ||
+        h.header_size != sizeof(struct onvm_header) || h.sizeof_meta != sizeof(struct onvm_meta) ||
+        h.sizeof_nf != sizeof(struct onvm_nf) || h.sizeof_ring != sizeof(struct onvm_ring) ||
+        h.max_nfs != ONVM_MAX_NFS || h.max_services != ONVM_MAX_SERVICES ||
+        h.max_ports != ONVM_MAX_PORTS || h.max_workers != ONVM_MAX_WORKERS ||
+        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s has layout version %u; this build speaks version %u", path,
+                 h.version, ONVM_LAYOUT_VERSION);
+        close(fd);
+        return fail(r, EPROTO, "%s: rebuild the NF against the manager's pyonvm", msg);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < h.total_size) {
+        close(fd);
+        return fail(r, EPROTO, "region %s is shorter than its header says", path);
+    }
+    void *base = mmap(NULL, h.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return fail(r, e, "cannot map region %s", path);
+    }
+    r->base = base;
+    r->size = h.total_size;
+    r->fd = fd;
+    r->hdr = base;
+    bind_tables(r);
+    return 0;
+}
+
+void onvm_region_detach(struct onvm_region *r) {
+    if (r->base)
+        munmap(r->base, r->size);
+    if (r->fd >= 0)
+        close(r->fd);
+    r->base = NULL;
+    r->fd = -1;
+}
+
+uint32_t onvm_nf_ring_off(const struct onvm_region *r, unsigned nf_id, int tx) {
+    return (uint32_t)(r->hdr->off_rings + r->hdr->ring_bytes * (2u * nf_id + (tx ? 1u : 0u)));
+}
+
+struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsigned nf_id, int tx) {
+    return (struct onvm_ring *)(r->base + onvm_nf_ring_off(r, nf_id, tx));
+}
+
+/* ---- pool ---------------------------------------------------------------- */
+
+uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
+    struct onvm_freestack *fs = &r->hdr->free;
+    /* Acquire pairs with the release CAS in onvm_pool_free_burst: the links
+     * we walk were written before the push that published them. */
+    uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+    for (;;) {
+        uint32_t cur = (uint32_t)old;
+        uint32_t k = 0;
+        int torn = 0;
+        while (cur != ONVM_SLOT_NIL && k < n) {
+            if (cur >= r->pool_count) { /* link read from a slot popped under us */
+                torn = 1;
+                break;
+            }
+            out[k++] = cur;
+            cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
+        }
+        if (k == 0 && !torn)
+            return 0;
+        uint64_t next = ((old >> 32) + 1) << 32 | (torn ? ONVM_SLOT_NIL : cur);
+        if (!torn && atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE,
+                                                           ONVM_ACQUIRE)) {
+            atomic_fetch_sub_explicit(&fs->count, k, ONVM_RELAXED);
+            for (uint32_t i = 0; i < k; i++)
+                atomic_store_explicit(&r->meta[out[i]].owner, owner, ONVM_RELAXED);
+            return k;
+        }
+        if (torn)
+            old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+    }
+}
+
+void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
+    if (n == 0)
+        return;
+    struct onvm_freestack *fs = &r->hdr->free;
+    for (uint32_t i = 0; i < n; i++) {
+        atomic_store_explicit(&r->meta[idx[i]].owner, ONVM_OWNER_FREE, ONVM_RELAXED);
+        if (i + 1 < n)
+            atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
+    }
+    uint64_t old = atomic_load_explicit(&fs->head, ONVM_RELAXED);
+    uint64_t next;
+    do {
+        atomic_store_explicit(&r->meta[idx[n - 1]].next_free, (uint32_t)old, ONVM_RELAXED);
+        next = ((old >> 32) + 1) << 32 | idx[0];
+        /* Release publishes the links above to the acquire in alloc. */
+    } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE,
+                                                    ONVM_RELAXED));
+    atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
+}
+
+int64_t onvm_pool_free_count(const struct onvm_region *r) {
+    return atomic_load_explicit(&((struct onvm_region *)r)->hdr->free.count, ONVM_RELAXED);
+}
+
+void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
+    struct onvm_meta *m = &r->meta[idx];
+    m->len = 0;
+    m->flow_hash = 0;
+    m->rx_ns = 0;
+    m->in_port = 0;
+    m->dest = 0;
+    m->src_nf = 0;
+    m->action = ONVM_ACT_NEXT;
+    m->chain_idx = 0;
+    m->flags = 0;
+    m->l3_type = 0;
+    m->l4_proto = 0;
+    m->l3_off = 0;
+    m->l4_off = 0;
+    m->chain_id = 0;
+    m->data_off = ONVM_HEADROOM;
+}
+
+/* ---- services and chains -------------------------------------------------- */
+
+void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
+                      unsigned count, unsigned policy) {
+    if (svc >= ONVM_MAX_SERVICES)
+        return;
+    struct onvm_service *s = &r->services[svc];
+    uint32_t seq = atomic_load_explicit(&s->seq, ONVM_RELAXED);
+    atomic_store_explicit(&s->seq, seq + 1, ONVM_RELAXED);
+    /* Release fence orders the odd seq before the writes below (seqlock writer). */
+    atomic_thread_fence(memory_order_release);
+    if (count > ONVM_MAX_INSTANCES)
+        count = ONVM_MAX_INSTANCES;
+    for (unsigned i = 0; i < count; i++) {
+        s->nf[i] = nf[i];
+        s->inst[i] = inst[i];
+    }
+    s->count = (uint16_t)count;
+    s->policy = (uint16_t)policy;
+    /* Release pairs with the reader's acquire of seq in onvm_service_pick. */
+    atomic_store_explicit(&s->seq, seq + 2, ONVM_RELEASE);
+}
+
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash) {
+    if (svc >= ONVM_MAX_SERVICES)
+        return 0;
+    struct onvm_service *s = &r->services[svc];
+    for (;;) {
+        /* Acquire pairs with the writer's release store of seq. */
+        uint32_t s1 = atomic_load_explicit(&s->seq, ONVM_ACQUIRE);
+        if (s1 & 1) {
+            onvm_pause();
+            continue;
+        }
+        unsigned count = s->count, pick = 0;
+        if (count == 1) {
+            pick = s->nf[0];
+        } else if (count > 1) {
+            /* Rendezvous hashing: the instance with the highest score wins, so
+             * adding or removing an instance moves only the flows it gains
+             * or loses. */
+            uint32_t best = 0;
+            for (unsigned i = 0; i < count && i < ONVM_MAX_INSTANCES; i++) {
+                uint32_t score = mix32(hash ^ (0x9e3779b9u * (s->inst[i] + 1u)));
+                if (i == 0 || score > best) {
+                    best = score;
+                    pick = s->nf[i];
+                }
+            }
+        }
+        /* Acquire fence: the reads above complete before we recheck seq. */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1)
+            return pick;
+    }
+}
+
+int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n) {
+    if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS)
+        return -EINVAL;
+    struct onvm_chain *c = &r->chains[chain];
+    uint32_t seq = atomic_load_explicit(&c->seq, ONVM_RELAXED);
+    atomic_store_explicit(&c->seq, seq + 1, ONVM_RELAXED);
+    atomic_thread_fence(memory_order_release);
+    for (unsigned i = 0; i < n; i++)
+        c->hops[i] = hops[i];
+    c->count = (uint8_t)n;
+    atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
+    return 0;
+}
+
+int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out) {
+    if (chain >= ONVM_MAX_CHAINS)
+        return -EINVAL;
+    struct onvm_chain *c = &r->chains[chain];
+    for (;;) {
+        uint32_t s1 = atomic_load_explicit(&c->seq, ONVM_ACQUIRE);
+        if (s1 & 1) {
+            onvm_pause();
+            continue;
+        }
+        int found = idx < c->count;
+        if (found)
+            *out = c->hops[idx];
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&c->seq, ONVM_RELAXED) == s1)
+            return found ? 0 : -ENOENT;
+    }
+}
+
+/* ---- NF slots ------------------------------------------------------------- */
+
+int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
+                     int pid, unsigned tx_worker, const char *name) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return -EINVAL;
+    struct onvm_nf *nf = &r->nfs[nf_id];
+    if (atomic_load(&nf->state) != ONVM_NFS_FREE)
+        return -EBUSY;
+    uint32_t rx_off = onvm_nf_ring_off(r, nf_id, 0), tx_off = onvm_nf_ring_off(r, nf_id, 1);
+    struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0), *tx = onvm_nf_ring(r, nf_id, 1);
+    onvm_ring_init(rx, r->hdr->ring_size, (uint32_t)((uint8_t *)&nf->wait - r->base));
+    onvm_ring_init(tx, r->hdr->ring_size,
+                   (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
+    memset(&nf->stats, 0, sizeof nf->stats);
+    memset((void *)&nf->enq, 0, sizeof nf->enq);
+    nf->service = (uint16_t)service;
+    nf->instance = (uint16_t)instance;
+    nf->pid = pid;
+    nf->rx_ring_off = rx_off;
+    nf->tx_ring_off = tx_off;
+    nf->tx_worker = tx_worker;
+    atomic_store(&nf->stop, 0);
+    atomic_store(&nf->epoch, 0);
+    atomic_store(&nf->wait.sleeping, 0);
+    snprintf(nf->name, sizeof nf->name, "%s", name ? name : "");
+    /* Release: an NF or worker that sees ACTIVE sees initialised rings. */
+    atomic_store_explicit(&nf->state, ONVM_NFS_ACTIVE, ONVM_RELEASE);
+    return 0;
+}
+
+void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    atomic_store(&r->nfs[nf_id].stop, 1);
+    onvm_waiter_wake(&r->nfs[nf_id].wait);
+}
+
+static void repair_enqueue(struct onvm_region *r, struct onvm_nf *nf) {
+    uint32_t ring_off = atomic_load(&nf->enq.ring_off);
+    if (!ring_off || !atomic_load(&nf->enq.reserved))
+        return;
+    struct onvm_ring *ring = onvm_at(r, ring_off);
+    uint32_t start = atomic_load(&nf->enq.start), n = atomic_load(&nf->enq.n);
+    if ((uint64_t)ring_off < r->hdr->off_rings || n > ring->capacity)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&ring->entries[(start + i) & ring->mask], ONVM_SLOT_SKIP,
+                              ONVM_RELAXED);
+    /* Producers ahead of the dead one publish first; then we publish its
+     * voided reservation so the producers behind it can go on. */
+    uint64_t deadline = onvm_now_ns() + 200000000ull;
+    while (atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE) != start) {
+        if (onvm_now_ns() > deadline)
+            return;
+        sched_yield();
+    }
+    atomic_store_explicit(&ring->prod.tail, start + n, ONVM_RELEASE);
+    atomic_store(&nf->enq.reserved, 0);
+    atomic_store(&nf->enq.ring_off, 0);
+}
+
+static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
+    uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
+    uint32_t t = atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE);
+    for (uint32_t i = h; i != t && (uint32_t)(i - h) <= ring->capacity; i++) {
+        uint32_t v = atomic_load_explicit(&ring->entries[i & ring->mask], ONVM_RELAXED);
+        if (v < r->pool_count)
+            in_ring[v] = 1;
+    }
+}
+
+long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return -EINVAL;
+    struct onvm_nf *nf = &r->nfs[nf_id];
+    long returned = 0;
+    repair_enqueue(r, nf);
+
+    /* Its RX ring: nobody will read it again. */
+    struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0);
+    uint32_t buf[256], k;
+    while ((k = onvm_ring_dequeue_sc(rx, buf, 256, 0, r->meta, ONVM_OWNER_MGR)) > 0) {
+        onvm_pool_free_burst(r, buf, k);
+        returned += k;
+    }
+
+    /* Slots still stamped with its id that no ring holds were in its hands. */
+    uint8_t *in_ring = calloc(r->pool_count, 1);
+    if (!in_ring)
+        return -ENOMEM;
+    for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
+        if (atomic_load(&r->nfs[n].state) == ONVM_NFS_FREE)
+            continue;
+        mark_ring(r, onvm_nf_ring(r, n, 0), in_ring);
+        mark_ring(r, onvm_nf_ring(r, n, 1), in_ring);
+    }
+    uint32_t batch[256], nb = 0;
+    for (uint32_t i = 0; i < r->pool_count; i++) {
+        /* Acquire pairs with the release of cons.tail by a consumer that
+         * restamped the slot: if it left a ring after our scan, we see its
+         * new owner here. */
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE) != nf_id || in_ring[i])
+            continue;
+        batch[nb++] = i;
+        if (nb == 256) {
+            onvm_pool_free_burst(r, batch, nb);
+            returned += nb;
+            nb = 0;
+        }
+    }
+    onvm_pool_free_burst(r, batch, nb);
+    returned += nb;
+    free(in_ring);
+    return returned;
+}
+
+void onvm_nf_release(struct onvm_region *r, unsigned nf_id) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    atomic_store_explicit(&r->nfs[nf_id].state, ONVM_NFS_FREE, ONVM_RELEASE);
+}

@@ -1,0 +1,145 @@
+/* route.c - resolve actions and deliver bursts, grouped per destination. */
+#include "onvm_route.h"
+
+enum { GROUP_RING = 1, GROUP_PORT = 2 };
+
+static void drop(struct onvm_route_ctx *c, uint32_t slot, int reason) {
+    c->drops[reason]++;
+    c->freebuf[c->nfree++] = slot;
+    if (c->nfree == ONVM_BURST_MAX) {
+        onvm_pool_free_burst(c->r, c->freebuf, c->nfree);
+        c->nfree = 0;
+    }
+}
+
+static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
+    uint32_t done = 0;
+    if (g->n == 0)
+        return;
+    if (g->kind == GROUP_RING) {
+        struct onvm_ring *ring = g->target;
+        uint32_t ring_off = (uint32_t)((uint8_t *)ring - c->r->base);
+        if (ring == c->tx_ring)
+            done = onvm_ring_enqueue_sp(ring, g->slots, g->n, 0);
+        else
+            done = onvm_ring_enqueue_mp(ring, g->slots, g->n, 0, c->rec, ring_off);
+        if (done && ring->waiter_off)
+            onvm_waiter_kick(onvm_at(c->r, ring->waiter_off));
+        for (uint32_t i = done; i < g->n; i++)
+            drop(c, g->slots[i], ONVM_DROP_RING_FULL);
+    } else {
+        struct onvm_port *p = g->target;
+        uint64_t bytes = 0;
+        pthread_mutex_lock(&p->tx_lock);
+        done = p->tx(p, c->r, g->slots, g->n, &bytes);
+        pthread_mutex_unlock(&p->tx_lock);
+        struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
+        st->tx += done;
+        st->tx_bytes += bytes;
+        st->drops[ONVM_DROP_PORT] += g->n - done;
+        c->drops[ONVM_DROP_PORT] += g->n - done;
+    }
+    *c->tx += done;
+    g->n = 0;
+}
+
+static void flush_all(struct onvm_route_ctx *c) {
+    for (unsigned i = 0; i < c->ngroups; i++)
+        flush_group(c, &c->groups[i]);
+    c->ngroups = 0;
+    if (c->nfree) {
+        onvm_pool_free_burst(c->r, c->freebuf, c->nfree);
+        c->nfree = 0;
+    }
+}
+
+static void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot) {
+    struct onvm_route_group *g = NULL;
+    for (unsigned i = 0; i < c->ngroups; i++) {
+        if (c->groups[i].target == target) {
+            g = &c->groups[i];
+            break;
+        }
+    }
+    if (!g) {
+        if (c->ngroups == ONVM_ROUTE_GROUPS) {
+            for (unsigned i = 0; i < c->ngroups; i++)
+                flush_group(c, &c->groups[i]);
+            c->ngroups = 0;
+        }
+        g = &c->groups[c->ngroups++];
+        g->kind = kind;
+        g->target = target;
+        g->n = 0;
+    }
+    g->slots[g->n++] = slot;
+    if (g->n == ONVM_BURST_MAX)
+        flush_group(c, g);
+}
+
+void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t n, int mode) {
+    struct onvm_region *r = c->r;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = slots[i];
+        struct onvm_meta *m = &r->meta[s];
+        unsigned action, dest;
+        if (mode == ONVM_ROUTE_START || m->action == ONVM_ACT_NEXT) {
+            struct onvm_hop hop;
+            unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;
+            if (mode == ONVM_ROUTE_META)
+                c->act[ONVM_ACT_NEXT]++;
+            if (onvm_chain_hop(r, m->chain_id, idx, &hop) != 0) {
+                drop(c, s, ONVM_DROP_CHAIN_END);
+                continue;
+            }
+            m->chain_idx = (uint8_t)idx;
+            action = hop.action;
+            dest = hop.dest;
+            if (action == ONVM_ACT_NEXT) {
+                drop(c, s, ONVM_DROP_BAD_ACTION);
+                continue;
+            }
+        } else {
+            action = m->action;
+            dest = m->dest;
+            if (action < ONVM_ACT_COUNT)
+                c->act[action]++;
+        }
+        if (c->self_nf)
+            m->src_nf = (uint16_t)c->self_nf;
+        switch (action) {
+        case ONVM_ACT_DROP:
+            drop(c, s, ONVM_DROP_ACTION);
+            break;
+        case ONVM_ACT_TONF: {
+            unsigned nf = onvm_service_pick(r, dest, m->flow_hash);
+            if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
+                drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
+                break;
+            }
+            m->action = ONVM_ACT_TONF;
+            m->dest = (uint16_t)dest;
+            add(c, GROUP_RING, onvm_nf_ring(r, nf, 0), s);
+            break;
+        }
+        case ONVM_ACT_OUT:
+            if (dest >= ONVM_MAX_PORTS) {
+                drop(c, s, ONVM_DROP_BAD_ACTION);
+                break;
+            }
+            m->action = ONVM_ACT_OUT;
+            m->dest = (uint16_t)dest;
+            if (c->self_nf) {
+                add(c, GROUP_RING, c->tx_ring, s); /* the manager owns ports */
+            } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {
+                drop(c, s, ONVM_DROP_NO_DEST);
+            } else {
+                add(c, GROUP_PORT, c->ports[dest], s);
+            }
+            break;
+        default:
+            drop(c, s, ONVM_DROP_BAD_ACTION);
+        }
+    }
+    flush_all(c);
+}

@@ -1,0 +1,183 @@
+/* worker.c - manager RX and TX worker threads.  They never touch Python.
+ *
+ * RX worker i serves the input ports whose id % nrx == i: it pulls a burst,
+ * parses each packet once (offsets, flow hash) and sends it to hop 0 of its
+ * chain.  TX worker j drains the TX rings of the NFs assigned to it and does
+ * what their actions say, which for OUT means transmitting on a port.
+ * Both poll while there is work and sleep on their futex when there is none.
+ */
+#include "onvm_mgr.h"
+#include "onvm_parse.h"
+
+#define SPIN_POLLS 256
+#define MAX_SLEEP_NS 100000000L
+
+static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns);
+
+static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
+    struct onvm_mgr *m = w->mgr;
+    struct onvm_region *r = m->r;
+    int busy = 0;
+    if (atomic_load_explicit(&m->rx_paused, ONVM_RELAXED))
+        return 0;
+    uint64_t now = onvm_now_ns();
+    for (unsigned id = w->index; id < ONVM_MAX_PORTS; id += m->nrx) {
+        struct onvm_port *p = m->ports[id];
+        if (!p || !p->rx || atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
+            continue;
+        uint32_t n = p->rx(p, r, w->buf, m->burst, now, next_due);
+        if (atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
+            r->ports[id].rx_done = 1;
+        if (n == 0)
+            continue;
+        busy = 1;
+        struct onvm_port_stats *st = &r->ports[id].by_worker[w->id];
+        uint64_t bytes = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            struct onvm_meta *meta = &r->meta[w->buf[i]];
+            onvm_parse(meta, onvm_slot_data(r, w->buf[i]), meta->len);
+            bytes += meta->len;
+        }
+        st->rx += n;
+        st->rx_bytes += bytes;
+        uint64_t before[ONVM_DROP_COUNT];
+        memcpy(before, w->drops, sizeof before);
+        onvm_route_burst(&w->route, w->buf, n, ONVM_ROUTE_START);
+        /* What the first hop refused counts against the input port. */
+        for (int k = 0; k < ONVM_DROP_COUNT; k++)
+            if (k != ONVM_DROP_PORT)
+                st->drops[k] += w->drops[k] - before[k];
+    }
+    return busy;
+}
+
+static int tx_poll(struct onvm_mgr_worker *w) {
+    struct onvm_mgr *m = w->mgr;
+    struct onvm_region *r = m->r;
+    int busy = 0;
+    for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
+        struct onvm_nf *nf = &r->nfs[id];
+        if (atomic_load_explicit(&nf->state, ONVM_ACQUIRE) == ONVM_NFS_FREE ||
+            nf->tx_worker != w->id)
+            continue;
+        struct onvm_ring *ring = onvm_nf_ring(r, id, 1);
+        uint32_t n = onvm_ring_dequeue_sc(ring, w->buf, m->burst, 0, r->meta, ONVM_OWNER_MGR);
+        if (n == 0)
+            continue;
+        busy = 1;
+        onvm_route_burst(&w->route, w->buf, n, ONVM_ROUTE_META);
+    }
+    return busy;
+}
+
+static int tx_pending(struct onvm_mgr_worker *w) {
+    struct onvm_region *r = w->mgr->r;
+    for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
+        struct onvm_nf *nf = &r->nfs[id];
+        if (atomic_load_explicit(&nf->state, ONVM_ACQUIRE) != ONVM_NFS_FREE &&
+            nf->tx_worker == w->id && onvm_ring_count(onvm_nf_ring(r, id, 1)))
+            return 1;
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg) {
+    struct onvm_mgr_worker *w = arg;
+    struct onvm_mgr *m = w->mgr;
+    struct onvm_worker *shared = &m->r->workers[w->id];
+    unsigned idle = 0;
+    while (!atomic_load_explicit(&m->stop, ONVM_ACQUIRE)) {
+        uint64_t next_due = UINT64_MAX;
+        int busy = w->tx ? tx_poll(w) : rx_poll(w, &next_due);
+        atomic_fetch_add_explicit(&shared->epoch, 1, ONVM_RELAXED);
+        shared->loops++;
+        if (busy) {
+            shared->busy_loops++;
+            idle = 0;
+            continue;
+        }
+        if (++idle < SPIN_POLLS) {
+            onvm_pause();
+            continue;
+        }
+        long sleep_ns = MAX_SLEEP_NS;
+        if (next_due != UINT64_MAX) {
+            uint64_t now = onvm_now_ns();
+            sleep_ns = next_due > now ? (long)(next_due - now) : 0;
+            if (sleep_ns > MAX_SLEEP_NS)
+                sleep_ns = MAX_SLEEP_NS;
+        }
+        idle_wait(w, sleep_ns);
+        idle = 0;
+    }
+    return NULL;
+}
+
+static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns) {
+    struct onvm_worker *shared = &w->mgr->r->workers[w->id];
+    if (sleep_ns <= 0)
+        return;
+    if (sleep_ns < 50000) { /* a paced port is due soon: cheaper to spin */
+        uint64_t until = onvm_now_ns() + (uint64_t)sleep_ns;
+        while (onvm_now_ns() < until)
+            onvm_pause();
+        return;
+    }
+    onvm_waiter_prepare(&shared->wait);
+    if ((w->tx && tx_pending(w)) || atomic_load(&w->mgr->stop)) {
+        onvm_waiter_cancel(&shared->wait);
+        return;
+    }
+    onvm_waiter_sleep(&shared->wait, sleep_ns);
+}
+
+int onvm_mgr_start(struct onvm_mgr *m) {
+    unsigned total = m->nrx + m->ntx;
+    if (m->nrx < 1 || m->ntx < 1 || total > ONVM_MAX_WORKERS)
+        return -EINVAL;
+    if (m->burst == 0 || m->burst > ONVM_BURST_MAX)
+        m->burst = 64;
+    atomic_store(&m->stop, 0);
+    for (unsigned i = 0; i < total; i++) {
+        struct onvm_mgr_worker *w = &m->workers[i];
+        memset(w, 0, sizeof *w);
+        w->mgr = m;
+        w->id = i;
+        w->tx = i >= m->nrx;
+        w->index = w->tx ? i - m->nrx : i;
+        m->r->workers[i].role = (uint32_t)w->tx;
+        w->route.r = m->r;
+        w->route.ports = m->ports;
+        w->route.worker = i;
+        w->route.act = w->act;
+        w->route.drops = w->drops;
+        w->route.tx = &w->handed;
+    }
+    for (unsigned i = 0; i < total; i++) {
+        struct onvm_mgr_worker *w = &m->workers[i];
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        if (rc != 0) {
+            onvm_mgr_stop(m);
+            return -rc;
+        }
+        w->started = 1;
+    }
+    return 0;
+}
+
+void onvm_mgr_kick(struct onvm_mgr *m) {
+    for (unsigned i = 0; i < m->nrx + m->ntx; i++)
+        onvm_waiter_wake(&m->r->workers[i].wait);
+}
+
+void onvm_mgr_stop(struct onvm_mgr *m) {
+    atomic_store_explicit(&m->stop, 1, ONVM_RELEASE);
+    for (unsigned i = 0; i < m->nrx + m->ntx; i++) {
+        struct onvm_mgr_worker *w = &m->workers[i];
+        if (!w->started)
+            continue;
+        onvm_waiter_wake(&m->r->workers[i].wait);
+        pthread_join(w->thread, NULL);
+        w->started = 0;
+    }
+}

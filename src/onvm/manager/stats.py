@@ -1,0 +1,66 @@
+"""Live stats, printed once a second from the counters in the region."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onvm.manager.manager import Manager
+
+
+def _rate(now: int, before: int, secs: float) -> str:
+    pps = (now - before) / secs
+    return f"{pps / 1e6:7.3f} Mpps" if pps >= 1e4 else f"{pps:7.0f} pps "
+
+
+class StatsPrinter:
+    """A thread that prints per-port and per-NF rates every ``interval`` seconds."""
+
+    def __init__(self, manager: Manager, interval: float) -> None:
+        self.manager = manager
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="onvm-stats", daemon=True)
+        self._last: dict[tuple[str, int], tuple[int, int]] = {}
+        self._last_t = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.manager.lock:
+                    status = self.manager.status()
+            except Exception:  # the manager is going away under us
+                return
+            print(self.render(status), file=sys.stderr, flush=True)
+
+    def render(self, status: dict[str, Any]) -> str:
+        now = time.monotonic()
+        secs = max(now - self._last_t, 1e-9)
+        self._last_t = now
+        lines = [f"--- onvm[{status['manager']['name']}] {status['manager']['uptime']:.0f} s, "
+                 f"pool {status['pool']['free']}/{status['pool']['total']} free"]
+        for p in status["ports"]:
+            rx0, tx0 = self._last.get(("p", p["id"]), (p["rx"], p["tx"]))
+            self._last[("p", p["id"])] = (p["rx"], p["tx"])
+            drops = sum(p["drops"].values())
+            lines.append(f"  port {p['id']:<2} {p['kind']:<8} rx {_rate(p['rx'], rx0, secs)}"
+                         f"  tx {_rate(p['tx'], tx0, secs)}  drops {drops}"
+                         + ("  (done)" if p["done"] else ""))
+        for n in status["nfs"]:
+            rx0, tx0 = self._last.get(("n", n["id"]), (n["rx"], n["tx"]))
+            self._last[("n", n["id"])] = (n["rx"], n["tx"])
+            drops = sum(n["drops"].values())
+            lines.append(f"  NF {n['id']:<3} {n['name'][:14]:<14} svc {n['service']}.{n['instance']}"
+                         f" {n['state']:<8} rx {_rate(n['rx'], rx0, secs)}  tx {_rate(n['tx'], tx0, secs)}"
+                         f"  drops {drops}  ring {n['rx_ring']}")
+        return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""The NF library: write a network function as a Python handler."""
+
+from onvm.nf._batch import Batch
+from onvm.nf._nf import NF
+
+__all__ = ["NF", "Batch"]

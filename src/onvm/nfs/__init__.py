@@ -1,0 +1,20 @@
+"""The example NFs, run as ``onvm nf NAME``; each module is a short example of the API.
+
+Every module defines ``SUMMARY`` (one line), ``SERVICE`` (its default service),
+``add_arguments(parser)`` for its own options and ``make(args) -> NF``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+NAMES = ("speed_tester", "simple_forward", "basic_monitor", "bridge")
+
+
+def load(name: str) -> ModuleType:
+    """The module of example NF ``name`` (dashes may stand for underscores)."""
+    key = name.replace("-", "_")
+    if key not in NAMES:
+        raise KeyError(name)
+    return importlib.import_module(f"onvm.nfs.{key}")

@@ -1,0 +1,128 @@
+"""Port URIs.
+
+==================================  ==================================================
+``gen:size=64,flows=1024,rate=1M``  synthetic Ethernet/IPv4 traffic (input)
+``pcap:FILE?loop=N&rate=R``         replay a classic pcap file (input)
+``pcap-out:FILE?snaplen=N``         write what leaves the port (output)
+``null``                            swallow what leaves the port (output)
+==================================  ==================================================
+
+``gen`` options: ``size`` (frame bytes with FCS, 64-9018, default 64), ``mix``
+(``fixed``, ``http`` = the paper's 44.3% 64 B / 18.5% 65-1023 B / 37.2%
+1024-1518 B, or ``imix``), ``flows`` (default 1), ``proto`` (udp or tcp),
+``rate`` (packets per second; ``k``, ``M``, ``G`` suffixes; default unlimited),
+``count`` (packets in all; default unlimited), ``seed``.
+``pcap`` options: ``loop`` (times through the file, 0 = forever, default 1),
+``rate`` (packets per second, default as fast as possible).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from onvm.errors import ConfigError
+
+KINDS = ("gen", "pcap", "pcap-out", "null")
+MIXES = {"fixed": 0, "http": 1, "imix": 2}
+PROTOS = {"udp": 17, "tcp": 6}
+
+_GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed"}
+_PCAP_KEYS = {"loop", "rate"}
+_PCAP_OUT_KEYS = {"snaplen"}
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A parsed port URI: its kind, file path (pcap kinds) and options."""
+
+    uri: str
+    kind: str
+    path: str = ""
+    options: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_input(self) -> bool:
+        return self.kind in ("gen", "pcap")
+
+    @property
+    def is_output(self) -> bool:
+        return self.kind in ("pcap-out", "null")
+
+
+def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}
+    t = text.strip().lower()
+    mult = 1
+    if t and t[-1] in scale:
+        mult, t = scale[t[-1]], t[:-1]
+    try:
+        value = int(float(t) * mult) if "." in t else int(t) * mult
+    except ValueError:
+        raise ConfigError(f"port '{uri}': {key}={text} is not a number") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"port '{uri}': {key}={text} is out of range ({lo}..{hi})")
+    return value
+
+
+def _pairs(uri: str, text: str, sep: str, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, text.split(sep)):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not value:
+            raise ConfigError(f"port '{uri}': '{item}' should be key=value")
+        if key not in allowed:
+            raise ConfigError(
+                f"port '{uri}': unknown option '{key}' (expected one of {', '.join(sorted(allowed))})"
+            )
+        out[key] = value
+    return out
+
+
+def parse_port(uri: str) -> PortSpec:
+    """Parse a port URI; errors name the URI and the bad part."""
+    kind, _, rest = uri.partition(":")
+    kind = kind.strip().lower()
+    if kind == "null":
+        if rest:
+            raise ConfigError(f"port '{uri}': null takes no options")
+        return PortSpec(uri, "null")
+    if kind == "gen":
+        raw = _pairs(uri, rest, ",", _GEN_KEYS)
+        opts: dict[str, int] = {
+            "size": _number(uri, "size", raw.get("size", "64"), 64, 9018),
+            "flows": _number(uri, "flows", raw.get("flows", "1"), 1, 1 << 20),
+            "rate": _number(uri, "rate", raw.get("rate", "0"), 0, 10**10),
+            "count": _number(uri, "count", raw.get("count", "0"), 0, 1 << 62),
+            "seed": _number(uri, "seed", raw.get("seed", "0"), 0, (1 << 63) - 1),
+        }
+        mix = raw.get("mix", "fixed").lower()
+        if mix not in MIXES:
+            raise ConfigError(f"port '{uri}': mix={mix} (expected {', '.join(MIXES)})")
+        proto = raw.get("proto", "udp").lower()
+        if proto not in PROTOS:
+            raise ConfigError(f"port '{uri}': proto={proto} (expected udp or tcp)")
+        opts["mix"] = MIXES[mix]
+        opts["proto"] = PROTOS[proto]
+        return PortSpec(uri, "gen", "", opts)
+    if kind in ("pcap", "pcap-out"):
+        path, _, query = rest.partition("?")
+        if not path:
+            raise ConfigError(f"port '{uri}': expected {kind}:FILE")
+        if kind == "pcap":
+            raw = _pairs(uri, query, "&", _PCAP_KEYS)
+            if not os.path.isfile(path):
+                raise ConfigError(f"port '{uri}': no such file {path}")
+            opts = {
+                "loop": _number(uri, "loop", raw.get("loop", "1"), 0, 1 << 40),
+                "rate": _number(uri, "rate", raw.get("rate", "0"), 0, 10**10),
+            }
+        else:
+            raw = _pairs(uri, query, "&", _PCAP_OUT_KEYS)
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ConfigError(f"port '{uri}': directory {parent} does not exist")
+            opts = {"snaplen": _number(uri, "snaplen", raw.get("snaplen", "65535"), 14, 262144)}
+        return PortSpec(uri, kind, path, opts)
+    raise ConfigError(f"port '{uri}': unknown kind '{kind}' (expected one of {', '.join(KINDS)})")

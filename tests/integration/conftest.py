@@ -1,0 +1,74 @@
+"""Fixtures for tests that run managers and NFs as real processes.
+
+Each test gets its own runtime directory (sockets and regions) and unique
+manager names, so tests can run side by side; everything is removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from onvm._deploy import Deployment
+from onvm.control.client import Client
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="onvm-t-", dir="/tmp")
+    monkeypatch.setenv("ONVM_RUNTIME_DIR", d)
+    monkeypatch.delenv("ONVM_REGION_DIR", raising=False)
+    try:
+        yield d
+    finally:
+        left = os.listdir(d)
+        shutil.rmtree(d, ignore_errors=True)
+        assert not left, f"runtime files left behind: {left}"
+
+
+@pytest.fixture
+def deploy(runtime: str) -> Iterator[Any]:
+    """deploy(manager_args) -> a started Deployment; all are stopped at the end."""
+    made: list[Deployment] = []
+
+    def start(manager_args: list[str], verbose: bool = False) -> Deployment:
+        dep = Deployment(f"t{uuid.uuid4().hex[:8]}", manager_args, verbose=verbose)
+        made.append(dep)
+        dep.start_manager()
+        return dep
+
+    try:
+        yield start
+    finally:
+        for dep in made:
+            dep.stop()
+
+
+def onvm(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the onvm command; returns the completed process."""
+    return subprocess.run([sys.executable, "-m", "onvm.cli.main", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def wait_for(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(name: str) -> dict[str, Any]:
+    with Client(name) as c:
+        return c.request("status")

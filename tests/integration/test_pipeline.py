@@ -1,0 +1,138 @@
+"""Manager and NFs as real processes over a real region."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-untyped]
+
+from tests.integration.conftest import onvm, status, wait_for
+
+
+def test_gen_through_chain_to_pcap(deploy, tmp_path):
+    out = tmp_path / "out.pcap"
+    dep = deploy(["--port", "gen:size=128,flows=16,count=5000,rate=200k", "--port", f"pcap-out:{out}",
+                  "--default-chain", "1,2,out:1", "--exit-when-done"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["basic_monitor", "--service", "2", "--interval", "0"])
+    mgr = dep.procs[0]
+    assert mgr.wait(timeout=30) == 0
+    pkts = rdpcap(str(out))
+    assert len(pkts) == 5000
+    assert all(len(p) == 124 and p.haslayer(UDP) for p in pkts)  # 128 B frames less the FCS
+    assert len({(p[IP].src, p[UDP].sport) for p in pkts}) == 16
+
+
+def test_pcap_replay_is_byte_exact(deploy, tmp_path):
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    sent = [Ether() / IP(src=f"10.0.0.{i % 7}", dst="10.9.9.9") / UDP(sport=1000 + i, dport=53) / (b"x" * i)
+            for i in range(300)]
+    wrpcap(str(src), sent)
+    dep = deploy(["--port", f"pcap:{src}?loop=2", "--port", f"pcap-out:{out}",
+                  "--default-chain", "1,out:1", "--exit-when-done"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    assert dep.procs[0].wait(timeout=30) == 0
+    got = [bytes(p) for p in rdpcap(str(out))]
+    assert sorted(got) == sorted([bytes(p) for p in sent] * 2)
+
+
+def test_status_and_stop_commands(deploy):
+    dep = deploy(["--port", "gen:rate=10k", "--port", "null", "--default-chain", "1,out:1"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.wait_running(1)
+    r = onvm("status", "--name", dep.name, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["manager"]["name"] == dep.name
+    assert [n["state"] for n in st["nfs"]] == ["running"]
+    assert st["pool"]["total"] == 16384
+    r = onvm("status", "--name", dep.name)
+    assert "simple_forward" in r.stdout and "gen:rate=10k" in r.stdout
+    r = onvm("stop", "--name", dep.name)
+    assert r.returncode == 0, r.stderr
+    assert dep.procs[0].wait(timeout=15) == 0
+    assert dep.procs[1].wait(timeout=15) == 0
+
+
+def _pool(name):
+    st = status(name)
+    return st["pool"]["free"], st["pool"]["total"]
+
+
+def test_sigkill_under_traffic_loses_no_slot(deploy):
+    # Unpaced traffic through two NFs; the first is killed while packets are in its hands.
+    dep = deploy(["--port", "gen:size=64,flows=256,count=3000000", "--port", "null",
+                  "--default-chain", "1,2,out:1"])
+    victim = dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["simple_forward", "--service", "2"])
+    wait_for(lambda: status(dep.name)["ports"][0]["rx"] > 200_000, what="traffic")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=5)
+    # noticed at once: gone from the NF list, its slots back
+    wait_for(lambda: all(n["service"] != 1 for n in status(dep.name)["nfs"]), timeout=2,
+             what="the dead NF to be retired")
+    st = status(dep.name)
+    assert st["left"][-1]["state"] == "failed"
+    wait_for(lambda: status(dep.name)["ports"][0]["done"], timeout=30, what="traffic to end")
+    wait_for(lambda: _pool(dep.name)[0] == _pool(dep.name)[1], timeout=5, what="the pool to be whole")
+
+
+def test_sigkill_speed_tester_returns_its_packets(deploy):
+    dep = deploy([])
+    st_proc = dep.start_nf(["speed_tester", "--service", "1", "--packets", "3000", "--report", "0"])
+    dep.wait_running(1)
+    wait_for(lambda: status(dep.name)["nfs"][0]["rx"] > 100_000, what="looping")
+    free, total = _pool(dep.name)
+    assert free == total - 3000
+    st_proc.send_signal(signal.SIGKILL)
+    st_proc.wait(timeout=5)
+    wait_for(lambda: _pool(dep.name)[0] == total, timeout=2, what="the pool to be whole")
+
+
+def test_nf_stops_cleanly_on_sigterm(deploy):
+    dep = deploy(["--port", "gen:rate=50k", "--port", "null", "--default-chain", "1,out:1"])
+    nf = dep.start_nf(["simple_forward", "--service", "1"])
+    dep.wait_running(1)
+    nf.send_signal(signal.SIGTERM)
+    assert nf.wait(timeout=10) == 0
+    wait_for(lambda: status(dep.name)["left"] and status(dep.name)["left"][-1]["state"] == "stopped",
+             timeout=3, what="a clean stop")
+
+
+def test_replicas_share_a_service_by_flow(deploy):
+    dep = deploy(["--port", "gen:flows=512,count=40000,rate=400k", "--port", "null",
+                  "--default-chain", "1,out:1", "--exit-when-done"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.wait_running(2)
+    st = wait_for(lambda: (s := status(dep.name))["ports"][0]["done"] and s, timeout=30,
+                  what="traffic to end")
+    rx = sorted(n["rx"] for n in st["nfs"])
+    assert sum(rx) == 40000
+    assert rx[0] > 40000 * 0.3  # both instances carry a fair share of 512 flows
+    assert sorted(n["instance"] for n in st["nfs"]) == [0, 1]
+
+
+def test_idle_nfs_sleep(deploy):
+    dep = deploy([])
+    for svc in (1, 2, 3):
+        dep.start_nf(["simple_forward", "--service", str(svc)])
+    dep.wait_running(3)
+
+    def cpu():
+        total = 0
+        for p in dep.procs:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    c0, t0 = cpu(), time.monotonic()
+    time.sleep(2)
+    used = (cpu() - c0) / (time.monotonic() - t0)
+    assert used < 0.10, f"idle system used {used:.0%} of a core"
+
+

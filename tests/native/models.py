@@ -1,0 +1,341 @@
+"""Pure-Python reference models of the native core: the oracles of tests/native.
+
+Theory of operation
+-------------------
+Each model states what the native structure must do, in the plainest Python
+that says it, and nothing about how it does it:
+
+* ``RingModel`` is a bounded FIFO of ``size - 1`` entries.  A burst enqueue or
+  dequeue moves as many entries as fit (up to n); a bulk one moves all n or
+  nothing.  Single- and multi-producer enqueues mean the same thing to a
+  single thread.
+* ``PoolModel`` is the packet pool's LIFO free stack with ownership stamps.
+  A fresh pool hands out slots 0, 1, 2, ...; ``free(slots)`` puts the given
+  slots on top in the order given, so an ``alloc`` right after it returns
+  them in that same order.  The binding frees in bursts of ``FREE_BURST``
+  slots, each burst landing on top of the one before: that is modelled too.
+* ``parse_model`` reads Ethernet, up to two VLAN tags, IPv4, IPv6 with its
+  common extension headers, ARP, TCP, UDP and ICMP the way the RX path must,
+  and computes the symmetric flow hash bit for bit.
+* ``pick_model`` is rendezvous hashing over a service's instances.
+
+The hash functions read multi-byte words little endian, as the native code
+does on the little-endian machines pyonvm runs on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+M32 = 0xFFFFFFFF
+M64 = 0xFFFFFFFFFFFFFFFF
+
+SLOT_SKIP = 0xFFFFFFFE  # ring entries at or above this are reserved
+OWNER_FREE = 0xFFFF
+FREE_BURST = 256  # Region.free pushes at most this many slots per stack push
+
+L3_NONE, L3_IPV4, L3_IPV6, L3_ARP = 0, 1, 2, 3
+MF_VLAN, MF_TRUNC, MF_FRAG = 0x01, 0x02, 0x04
+
+# Smallest header the parser needs before it records an offset.
+L3_MIN = {L3_IPV4: 20, L3_IPV6: 40, L3_ARP: 28}
+L4_MIN = {6: 20, 17: 8, 1: 4, 58: 4}
+
+# The fields parse_model computes; the native metadata dict has more.
+PARSE_KEYS = ("len", "flow_hash", "flags", "l3_type", "l4_proto", "l3_off", "l4_off")
+
+
+# ---- ring ----------------------------------------------------------------------
+
+
+class RingModel:
+    """A bounded FIFO with the native ring's burst/bulk contract."""
+
+    def __init__(self, size: int) -> None:
+        if not (2 <= size <= 1 << 24) or size & (size - 1):
+            raise ValueError(f"ring size {size} is not a power of two in 2..2^24")
+        self.size = size
+        self.capacity = size - 1
+        self.entries: list[int] = []
+
+    def enqueue(self, items: Sequence[int], mp: bool = False, bulk: bool = False) -> int:
+        """Append up to len(items) (burst) or all of them or none (bulk); return how many."""
+        del mp  # one thread cannot tell single- from multi-producer enqueue apart
+        for v in items:
+            if not 0 <= v < SLOT_SKIP:
+                raise ValueError("ring entries must be below 0xfffffffe")
+        room = self.free_count()
+        n = len(items)
+        if n > room:
+            if bulk:
+                return 0
+            n = room
+        self.entries.extend(items[:n])
+        return n
+
+    def dequeue(self, n: int, bulk: bool = False) -> list[int]:
+        """Take up to n entries (burst) or exactly n or none (bulk), oldest first."""
+        if n > len(self.entries):
+            if bulk:
+                return []
+            n = len(self.entries)
+        out, self.entries = self.entries[:n], self.entries[n:]
+        return out
+
+    def count(self) -> int:
+        return len(self.entries)
+
+    def free_count(self) -> int:
+        return self.capacity - len(self.entries)
+
+    def __repr__(self) -> str:
+        shown = self.entries if len(self.entries) <= 16 else self.entries[:8] + ["..."]
+        return f"RingModel(size={self.size}, count={self.count()}, entries={shown})"
+
+
+# ---- pool ----------------------------------------------------------------------
+
+
+class PoolModel:
+    """The packet pool: a LIFO free stack of slot indices with owner stamps."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.stack = list(range(count - 1, -1, -1))  # top of the stack at the end
+        self.owner = [OWNER_FREE] * count
+
+    def alloc(self, n: int, owner: int = 0) -> list[int]:
+        """Pop up to n slots, most recently freed first, and stamp them with owner."""
+        k = min(n, len(self.stack))
+        out = [self.stack.pop() for _ in range(k)]
+        for s in out:
+            self.owner[s] = owner & 0xFFFF
+        return out
+
+    def free(self, slots: Iterable[int]) -> None:
+        """Return held slots; the first slot of each burst ends on top."""
+        slots = list(slots)
+        for s in slots:
+            if not 0 <= s < self.count:
+                raise ValueError(f"slot {s} is outside the pool (0..{self.count - 1})")
+            if self.owner[s] == OWNER_FREE:
+                raise ValueError(f"slot {s} is already free")
+        if len(set(slots)) != len(slots):
+            raise ValueError("a slot is freed twice in one call")
+        for i in range(0, len(slots), FREE_BURST):
+            burst = slots[i : i + FREE_BURST]
+            self.stack.extend(reversed(burst))
+            for s in burst:
+                self.owner[s] = OWNER_FREE
+
+    def free_count(self) -> int:
+        return len(self.stack)
+
+    def held(self) -> list[int]:
+        """Slots currently allocated, in index order."""
+        return [s for s, o in enumerate(self.owner) if o != OWNER_FREE]
+
+    def owners(self) -> dict[int, int]:
+        """{owner stamp: number of slots}, as Region.owners() reports it."""
+        return dict(Counter(self.owner))
+
+    def __repr__(self) -> str:
+        top = list(reversed(self.stack[-8:]))
+        return f"PoolModel(count={self.count}, free={self.free_count()}, top={top})"
+
+
+# ---- hashes --------------------------------------------------------------------
+
+
+def mix64(x: int) -> int:
+    x &= M64
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & M64
+    x ^= x >> 33
+    return x
+
+
+def mix32(x: int) -> int:
+    x &= M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    x ^= x >> 16
+    return x
+
+
+def flow_hash_model(a: int, b: int, pa: int, pb: int, proto: int) -> int:
+    """Symmetric 5-tuple hash: swapping (a, pa) with (b, pb) gives the same value; never 0."""
+    lo, hi = min(a, b), max(a, b)
+    plo, phi = min(pa, pb), max(pa, pb)
+    h = mix64(((lo << 32) | hi) ^ mix64((plo << 24) | (phi << 8) | (proto & 0xFF)))
+    v = (h ^ (h >> 32)) & M32
+    return v or 1
+
+
+def fold_ipv6(addr: bytes) -> int:
+    """Fold a 16-byte IPv6 address to the 32-bit word the flow hash takes."""
+    hi = int.from_bytes(addr[0:8], "little")
+    lo = int.from_bytes(addr[8:16], "little")
+    h = mix64(hi ^ mix64(lo))
+    return (h ^ (h >> 32)) & M32
+
+
+def pick_model(members: Sequence[tuple[int, int]], flow_hash: int) -> int:
+    """NF id that serves flow_hash among (nf_id, instance) members; 0 when there are none."""
+    if not members:
+        return 0
+    if len(members) == 1:
+        return members[0][0]
+    best, pick = -1, 0
+    for nf_id, inst in members:
+        score = mix32(flow_hash ^ ((0x9E3779B9 * (inst + 1)) & M32))
+        if score > best:  # the first of equal scores wins
+            best, pick = score, nf_id
+    return pick
+
+
+# ---- header parsing ------------------------------------------------------------
+
+
+def _rd16(p: bytes, off: int) -> int:
+    return p[off] << 8 | p[off + 1]
+
+
+def parse_model(data: bytes) -> dict[str, int]:
+    """What the RX path records about a frame: offsets, types, flags, flow hash.
+
+    Rules: a header that does not fit is never recorded; the frame is then
+    flagged MF_TRUNC and what was found before it stays.  ARP is the one
+    exception: its type and offset are recorded even when its 28 bytes are
+    cut short.  A non-first fragment (IPv4 offset != 0, or an IPv6 fragment
+    header with offset != 0) carries no transport header: it is flagged
+    MF_FRAG, its l4_proto is the fragment's protocol and it is hashed without
+    ports.  A first fragment is flagged MF_FRAG and parsed on.
+    """
+    n = len(data)
+    out = {k: 0 for k in PARSE_KEYS}
+    out["len"] = n
+
+    def done(**kw: int) -> dict[str, int]:
+        out.update(kw)
+        return out
+
+    if n < 14:
+        return done(flags=MF_TRUNC)
+    flags = 0
+    off = 12
+    et = _rd16(data, off)
+    for _ in range(2):  # 802.1Q / 802.1ad, at most two tags
+        if et not in (0x8100, 0x88A8):
+            break
+        if off + 6 > n:
+            return done(flags=flags | MF_TRUNC)
+        flags |= MF_VLAN
+        off += 4
+        et = _rd16(data, off)
+    off += 2
+
+    if et == 0x0806:
+        if off + 28 > n:
+            flags |= MF_TRUNC
+        return done(l3_type=L3_ARP, l3_off=off, flags=flags)
+
+    if et == 0x0800:
+        if off + 20 > n:
+            return done(flags=flags | MF_TRUNC)
+        ver, ihl = data[off] >> 4, (data[off] & 0x0F) * 4
+        if ver != 4 or ihl < 20 or off + ihl > n:
+            return done(flags=flags | MF_TRUNC)
+        proto = data[off + 9]
+        a = int.from_bytes(data[off + 12 : off + 16], "big")
+        b = int.from_bytes(data[off + 16 : off + 20], "big")
+        frag = _rd16(data, off + 6)
+        out.update(l3_type=L3_IPV4, l3_off=off)
+        if frag & 0x1FFF:
+            return done(
+                flags=flags | MF_FRAG, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto)
+            )
+        if frag & 0x2000:
+            flags |= MF_FRAG
+        l4 = off + ihl
+    elif et == 0x86DD:
+        if off + 40 > n:
+            return done(flags=flags | MF_TRUNC)
+        out.update(l3_type=L3_IPV6, l3_off=off)
+        proto = data[off + 6]
+        a = fold_ipv6(data[off + 8 : off + 24])
+        b = fold_ipv6(data[off + 24 : off + 40])
+        l4 = off + 40
+        for _ in range(8):  # hop-by-hop, routing, destination options, fragment
+            if proto in (0, 43, 60):
+                if l4 + 8 > n:
+                    return done(
+                        flags=flags | MF_TRUNC,
+                        l4_proto=proto,
+                        flow_hash=flow_hash_model(a, b, 0, 0, proto),
+                    )
+                proto, l4 = data[l4], l4 + 8 + data[l4 + 1] * 8
+            elif proto == 44:
+                if l4 + 8 > n:
+                    # l4_proto stays 0 here, unlike the cut-short options headers above.
+                    return done(flags=flags | MF_TRUNC, flow_hash=flow_hash_model(a, b, 0, 0, 44))
+                flags |= MF_FRAG
+                proto = data[l4]
+                if _rd16(data, l4 + 2) >> 3:
+                    return done(
+                        flags=flags, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto)
+                    )
+                l4 += 8
+            else:
+                break
+    else:
+        return done(flags=flags)
+
+    pa = pb = 0
+    need = L4_MIN.get(proto, 0)
+    if need:
+        if l4 + need > n:
+            flags |= MF_TRUNC
+        else:
+            out["l4_off"] = l4
+            if proto in (6, 17):
+                pa, pb = _rd16(data, l4), _rd16(data, l4 + 2)
+    return done(flags=flags, l4_proto=proto, flow_hash=flow_hash_model(a, b, pa, pb, proto))
+
+
+def is_later_ipv6_fragment(data: bytes) -> bool:
+    """True if data is an IPv6 packet whose fragment header has a nonzero offset.
+
+    The native parser treats such a fragment's payload as a transport header
+    (see test_parse.py::test_ipv6_later_fragment_has_no_transport_header).
+    """
+    n = len(data)
+    if n < 14:
+        return False
+    off, et = 12, _rd16(data, 12)
+    for _ in range(2):
+        if et not in (0x8100, 0x88A8) or off + 6 > n:
+            break
+        off += 4
+        et = _rd16(data, off)
+    off += 2
+    if et != 0x86DD or off + 40 > n:
+        return False
+    proto, l4 = data[off + 6], off + 40
+    for _ in range(8):
+        if l4 + 8 > n:
+            return False
+        if proto == 44:
+            if _rd16(data, l4 + 2) >> 3:
+                return True
+            proto, l4 = data[l4], l4 + 8
+        elif proto in (0, 43, 60):
+            proto, l4 = data[l4], l4 + 8 + data[l4 + 1] * 8
+        else:
+            return False
+    return False

@@ -1,0 +1,75 @@
+"""Chain specs and port URIs: parsing, and errors that name the bad part."""
+
+from __future__ import annotations
+
+import pytest
+
+from onvm.actions import Action
+from onvm.errors import ConfigError
+from onvm.flows.chain import Hop, format_chain, parse_chain
+from onvm.ports.uri import parse_port
+
+
+def test_chain_round_trip():
+    hops = parse_chain("1, 2,OUT:0")
+    assert hops == [Hop(Action.TONF, 1), Hop(Action.TONF, 2), Hop(Action.OUT, 0)]
+    assert format_chain(hops) == "1,2,out:0"
+    assert parse_chain("drop") == [Hop(Action.DROP)]
+    assert len(parse_chain(",".join(["3"] * 16))) == 16
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "at least one hop"),
+        ("1,x", "hop 2 'x': expected a service id, out:PORT or drop"),
+        ("1,out:a", "hop 2 'out:a': expected out:PORT"),
+        ("99", "hop 1 '99': service 99 is out of range"),
+        ("out:16", "port 16 is out of range"),
+        ("out:0,1", "hop 1 'out:0' ends the chain but more hops follow it"),
+        (",".join(["1"] * 17), "at most 16 hops"),
+    ],
+)
+def test_chain_errors_name_the_hop(spec, message):
+    with pytest.raises(ConfigError) as e:
+        parse_chain(spec)
+    assert message in str(e.value)
+
+
+def test_gen_uri_defaults_and_suffixes():
+    p = parse_port("gen:size=128,flows=1k,rate=2.5M,mix=http,proto=tcp,count=10")
+    assert p.kind == "gen" and p.is_input
+    assert p.options == {"size": 128, "flows": 1000, "rate": 2_500_000, "count": 10, "seed": 0,
+                         "mix": 1, "proto": 6}
+    assert parse_port("gen:").options["size"] == 64
+    assert parse_port("null").is_output
+
+
+def test_pcap_uris(tmp_path):
+    f = tmp_path / "a.pcap"
+    f.write_bytes(b"")
+    p = parse_port(f"pcap:{f}?loop=3&rate=1k")
+    assert (p.kind, p.path, p.options) == ("pcap", str(f), {"loop": 3, "rate": 1000})
+    q = parse_port(f"pcap-out:{tmp_path}/o.pcap?snaplen=96")
+    assert q.options == {"snaplen": 96} and q.is_output
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("bogus:1", "unknown kind 'bogus'"),
+        ("gen:size=12", "size=12 is out of range (64..9018)"),
+        ("gen:size=big", "size=big is not a number"),
+        ("gen:colour=red", "unknown option 'colour'"),
+        ("gen:mix=odd", "mix=odd"),
+        ("gen:proto=sctp", "proto=sctp"),
+        ("gen:flows", "'flows' should be key=value"),
+        ("pcap:/no/such/file.pcap", "no such file /no/such/file.pcap"),
+        ("pcap-out:/no/such/dir/x.pcap", "directory /no/such/dir does not exist"),
+        ("null:x", "null takes no options"),
+    ],
+)
+def test_port_errors_name_the_uri(uri, message):
+    with pytest.raises(ConfigError) as e:
+        parse_port(uri)
+    assert f"port '{uri}'" in str(e.value) and message in str(e.value)
