@@ -103,16 +103,16 @@ def test_nf_stops_cleanly_on_sigterm(deploy):
 
 
 def test_replicas_share_a_service_by_flow(deploy):
-    dep = deploy(["--port", "gen:flows=512,count=40000,rate=400k", "--port", "null",
-                  "--default-chain", "1,out:1", "--exit-when-done"])
+    dep = deploy(["--port", "gen:flows=512,rate=200k", "--port", "null", "--default-chain", "1,out:1"])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.wait_running(2)
-    st = wait_for(lambda: (s := status(dep.name))["ports"][0]["done"] and s, timeout=30,
-                  what="traffic to end")
-    rx = sorted(n["rx"] for n in st["nfs"])
-    assert sum(rx) == 40000
-    assert rx[0] > 40000 * 0.3  # both instances carry a fair share of 512 flows
+    before = {n["id"]: n["rx"] for n in status(dep.name)["nfs"]}
+    time.sleep(1.5)
+    st = status(dep.name)
+    got = [n["rx"] - before[n["id"]] for n in st["nfs"]]
+    assert sum(got) > 100_000
+    assert min(got) > 0.3 * sum(got)  # 512 flows spread over both instances
     assert sorted(n["instance"] for n in st["nfs"]) == [0, 1]
 
 

@@ -257,9 +257,7 @@ def parse_model(data: bytes) -> dict[str, int]:
         frag = _rd16(data, off + 6)
         out.update(l3_type=L3_IPV4, l3_off=off)
         if frag & 0x1FFF:
-            return done(
-                flags=flags | MF_FRAG, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto)
-            )
+            return done(flags=flags | MF_FRAG, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto))
         if frag & 0x2000:
             flags |= MF_FRAG
         l4 = off + ihl
@@ -287,9 +285,7 @@ def parse_model(data: bytes) -> dict[str, int]:
                 flags |= MF_FRAG
                 proto = data[l4]
                 if _rd16(data, l4 + 2) >> 3:
-                    return done(
-                        flags=flags, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto)
-                    )
+                    return done(flags=flags, l4_proto=proto, flow_hash=flow_hash_model(a, b, 0, 0, proto))
                 l4 += 8
             else:
                 break

@@ -21,7 +21,11 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import OWNER_FREE, PARSE_KEYS, PoolModel, flow_hash_model, parse_model, pick_model
+
+try:
+    from . import models
+except ImportError:  # collected as rootdir modules: tests/native is no package
+    import models  # type: ignore[no-redef]
 
 from onvm import _native
 
@@ -82,13 +86,22 @@ def udp_frame(payload: bytes = b"hello") -> bytes:
     """Ethernet + IPv4 + UDP 10.0.0.1:1234 -> 10.0.0.2:80, built by hand."""
     udp = struct.pack("!HHHH", 1234, 80, 8 + len(payload), 0) + payload
     ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        17,
+        0,
+        bytes([10, 0, 0, 1]),
         bytes([10, 0, 0, 2]),
     )
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
 
 
-def dump(region: _native.Region, model: PoolModel) -> str:
+def dump(region: _native.Region, model: models.PoolModel) -> str:
     return (
         f"\nnative: free={region.free_count()} owners={region.owners()}"
         f"\nmodel:  {model!r} owners={model.owners()}"
@@ -102,7 +115,7 @@ def dump(region: _native.Region, model: PoolModel) -> str:
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_alloc_free_sequences_match_model(count: int, data: st.DataObject) -> None:
-    model = PoolModel(count)
+    model = models.PoolModel(count)
     rnd = data.draw(st.randoms(use_true_random=False), label="rnd")
     steps = data.draw(st.integers(1, 25), label="steps")
     with fresh_region(pool_size=count) as region:
@@ -110,12 +123,18 @@ def test_alloc_free_sequences_match_model(count: int, data: st.DataObject) -> No
             held = model.held()
             if not held or data.draw(st.booleans(), label="alloc?"):
                 n = data.draw(st.integers(0, count + 8), label="n")
-                owner = data.draw(st.integers(0, OWNER_FREE - 1), label="owner")
+                owner = data.draw(st.integers(0, models.OWNER_FREE - 1), label="owner")
                 got = region.alloc(n, owner)
                 want = model.alloc(n, owner)
-                assert got == want, f"alloc({n}) -> {got[:10]}, model {want[:10]}" + dump(
-                    region, model
-                )
+                assert got == want, f"alloc({n}) -> {got[:10]}, model {want[:10]}" + dump(region, model)
+            elif model.free_count() and data.draw(st.integers(0, 5), label="bad?") == 0:
+                # A free naming a slot that is already free: refused whole by both.
+                slots = rnd.sample(held, min(len(held), 3)) + [rnd.choice(model.stack)]
+                rnd.shuffle(slots)
+                with pytest.raises(ValueError):
+                    model.free(slots)
+                with pytest.raises(ValueError, match="already free"):
+                    region.free(slots)
             else:
                 k = data.draw(st.integers(1, len(held)), label="k")
                 slots = rnd.sample(held, k)
@@ -133,14 +152,14 @@ def test_fresh_pool_hands_out_slots_in_order(count: int) -> None:
     with fresh_region(pool_size=count) as region:
         assert region.free_count() == count
         assert region.info()["pool_free"] == count
-        assert region.owners() == {OWNER_FREE: count}
+        assert region.owners() == {models.OWNER_FREE: count}
         assert region.alloc(10) == list(range(10))
 
 
 @pytest.mark.parametrize("count", [64, 100, 4096])
 def test_freed_slots_come_back_first(count: int) -> None:
     """LIFO: hot slots are reused first, in the order they were freed (burst by burst)."""
-    model = PoolModel(count)
+    model = models.PoolModel(count)
     rnd = random.Random(count)
     with fresh_region(pool_size=count) as region:
         held = region.alloc(count)
@@ -169,17 +188,17 @@ def test_exhausting_the_pool_returns_fewer(count: int) -> None:
 
 
 def test_owner_stamps(region: _native.Region) -> None:
-    assert _native.OWNER_FREE == OWNER_FREE
+    assert _native.OWNER_FREE == models.OWNER_FREE
     a = region.alloc(10, 5)
     b = region.alloc(3, 9)
     c = region.alloc(2)  # the manager's own stamp is 0
-    assert region.owners() == {5: 10, 9: 3, 0: 2, OWNER_FREE: 128 - 15}
+    assert region.owners() == {5: 10, 9: 3, 0: 2, models.OWNER_FREE: 128 - 15}
     assert {region.meta(s)["owner"] for s in a} == {5}
     region.free(a[:4] + b)
-    assert region.owners() == {5: 6, 0: 2, OWNER_FREE: 128 - 8}
-    assert region.meta(b[0])["owner"] == OWNER_FREE
+    assert region.owners() == {5: 6, 0: 2, models.OWNER_FREE: 128 - 8}
+    assert region.meta(b[0])["owner"] == models.OWNER_FREE
     region.free(a[4:] + c)
-    assert region.owners() == {OWNER_FREE: 128}
+    assert region.owners() == {models.OWNER_FREE: 128}
 
 
 def test_alloc_resets_the_metadata(region: _native.Region) -> None:
@@ -192,18 +211,20 @@ def test_alloc_resets_the_metadata(region: _native.Region) -> None:
     assert region.read(s) == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Region.free() accepts a slot that is already free (its owner stamp is "
-    "OWNER_FREE): the free stack gets a cycle, free_count exceeds the pool and "
-    "alloc() then returns the same slot many times",
-)
-def test_freeing_a_free_slot_is_rejected(region: _native.Region) -> None:
-    slots = region.alloc(2)
-    region.free(slots)
-    with pytest.raises(ValueError):
+def test_double_free_is_rejected_and_nothing_is_freed(region: _native.Region) -> None:
+    slots = region.alloc(3, 6)
+    region.free(slots[:1])
+    with pytest.raises(ValueError, match="already free"):
         region.free([slots[0]])
+    with pytest.raises(ValueError, match="already free"):
+        region.free([slots[1], slots[0]])  # the held slot before it stays held
+    with pytest.raises(ValueError, match="already free"):
+        region.free([slots[2], slots[2]])  # named twice in one call
+    assert region.free_count() == 126
+    assert region.owners() == {6: 2, models.OWNER_FREE: 126}
+    region.free(slots[1:])
     assert region.free_count() == 128
+    assert sorted(region.alloc(128)) == list(range(128))  # no slot is linked twice
 
 
 # ---- a second handle ---------------------------------------------------------------
@@ -219,7 +240,7 @@ def test_attached_handle_shares_the_pool(path: str) -> None:
             got = other.alloc(7, 3)
             assert got == list(range(7))
             assert region.free_count() == other.free_count() == 93
-            assert region.owners() == {3: 7, OWNER_FREE: 93}
+            assert region.owners() == {3: 7, models.OWNER_FREE: 93}
             frame = udp_frame(b"x" * 40)
             other.write(got[2], frame)
             assert region.read(got[2]) == frame
@@ -249,8 +270,8 @@ def test_write_parses_like_the_model(region: _native.Region) -> None:
     frame = udp_frame()
     region.write(s, frame)
     m = region.meta(s)
-    want = parse_model(frame)
-    assert {k: m[k] for k in PARSE_KEYS} == want
+    want = models.parse_model(frame)
+    assert {k: m[k] for k in models.PARSE_KEYS} == want
     assert (m["l3_off"], m["l4_off"], m["l4_proto"]) == (14, 34, 17)
 
 
@@ -287,6 +308,8 @@ def test_free_with_a_bad_slot_frees_nothing(region: _native.Region) -> None:
     assert region.owners()[0] == 4
     with pytest.raises(TypeError):
         region.free(5)
+    with pytest.raises(TypeError):
+        region.free(["0"])
     region.free(held)
     assert region.free_count() == 128
 
@@ -400,9 +423,7 @@ def test_stale_region_after_manager_killed(path: str) -> None:
     env = dict(os.environ)
     src = os.path.dirname(os.path.dirname(os.path.abspath(_native.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _OWNER_SCRIPT, path], stdout=subprocess.PIPE, env=env
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _OWNER_SCRIPT, path], stdout=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"ready"
@@ -421,7 +442,7 @@ def test_stale_region_after_manager_killed(path: str) -> None:
     region = _native.Region.create(path, pool_size=100, **SMALL)
     try:
         assert region.free_count() == 100
-        assert region.owners() == {OWNER_FREE: 100}
+        assert region.owners() == {models.OWNER_FREE: 100}
         assert region.info()["manager_pid"] == os.getpid()
         assert _native.Region.attach(path).free_count() == 100
     finally:
@@ -483,7 +504,7 @@ def test_pick_matches_model(region: _native.Region) -> None:
     members = [(3, 0), (7, 1), (8, 5), (11, 2), (12, 9)]
     region.set_service(6, members)
     for h in HASHES[:3000]:
-        assert region.pick(6, h) == pick_model(members, h), h
+        assert region.pick(6, h) == models.pick_model(members, h), h
 
 
 def test_pick_spreads_evenly(region: _native.Region) -> None:
@@ -556,4 +577,4 @@ def test_flow_hash_is_symmetric_and_matches_model(a: int, b: int, pa: int, pb: i
     h = _native.flow_hash(a, b, pa, pb, proto)
     assert h == _native.flow_hash(b, a, pb, pa, proto)
     assert h != 0
-    assert h == flow_hash_model(a, b, pa, pb, proto)
+    assert h == models.flow_hash_model(a, b, pa, pb, proto)

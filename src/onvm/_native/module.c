@@ -166,6 +166,22 @@ static PyObject *Region_free(RegionObject *self, PyObject *seq) {
     Py_ssize_t n;
     if (slots_from_seq(self, seq, &buf, &n) < 0)
         return NULL;
+    /* A double free would link a slot into the free stack twice: refuse it.
+     * Stamping as we go also catches a slot named twice in the list. */
+    uint16_t *saved = PyMem_Malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        saved[i] = atomic_load(&self->r.meta[buf[i]].owner);
+        if (saved[i] == ONVM_OWNER_FREE) {
+            for (Py_ssize_t j = i - 1; j >= 0; j--)
+                atomic_store(&self->r.meta[buf[j]].owner, saved[j]);
+            PyErr_Format(PyExc_ValueError, "slot %u is already free", buf[i]);
+            PyMem_Free(saved);
+            PyMem_Free(buf);
+            return NULL;
+        }
+        atomic_store(&self->r.meta[buf[i]].owner, ONVM_OWNER_FREE);
+    }
+    PyMem_Free(saved);
     for (Py_ssize_t i = 0; i < n; i += 256)
         onvm_pool_free_burst(&self->r, buf + i, (uint32_t)(n - i > 256 ? 256 : n - i));
     PyMem_Free(buf);
@@ -805,8 +821,9 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
     for (Py_ssize_t i = 0; i < n; i++) {
-        buf[i] = (uint32_t)PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (PyErr_Occurred() || buf[i] >= ONVM_SLOT_SKIP) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        buf[i] = (uint32_t)v;
+        if (PyErr_Occurred() || v >= ONVM_SLOT_SKIP) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "ring entries must be below 0xfffffffe");
             PyMem_Free(buf);
