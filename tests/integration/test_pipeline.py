@@ -136,3 +136,24 @@ def test_idle_nfs_sleep(deploy):
     assert used < 0.10, f"idle system used {used:.0%} of a core"
 
 
+
+
+def test_several_workers_and_direct_out(deploy, tmp_path):
+    # Two inputs on two RX workers; chain straight out (no NF) and via an NF on two TX workers.
+    out = tmp_path / "o.pcap"
+    dep = deploy(["--port", "gen:count=20000,rate=300k,flows=8", "--port", "gen:count=20000,rate=300k",
+                  "--port", f"pcap-out:{out}", "--default-chain", "1,out:2", "--rx-workers", "2",
+                  "--tx-workers", "2", "--exit-when-done"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    assert dep.procs[0].wait(timeout=30) == 0
+    assert len(rdpcap(str(out))) == 40000
+
+
+def test_region_and_socket_are_private(deploy, runtime):
+    dep = deploy([])
+    for f in os.listdir(runtime):
+        if f.endswith((".region", ".sock")):
+            assert os.stat(os.path.join(runtime, f)).st_mode & 0o777 == 0o600, f
+    assert {f for f in os.listdir(runtime) if not f.endswith(".lock")} == {
+        f"onvm-{dep.name}.region", f"onvm-{dep.name}.sock"}

@@ -12,15 +12,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-try:
-    from . import models
-except ImportError:  # collected as rootdir modules: tests/native is no package
-    import models  # type: ignore[no-redef]
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -34,6 +30,11 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Padding, Raw
 
 from onvm import _native
+
+try:
+    from . import models
+except ImportError:  # collected as rootdir modules: tests/native is no package
+    import models  # type: ignore[no-redef]
 
 FIELDS = ("flow_hash", "flags", "l3_type", "l4_proto", "l3_off", "l4_off")
 
@@ -51,17 +52,17 @@ def ends(fwd: bool, v6: bool = False) -> tuple[str, str, str, str, int, int]:
     return MAC_B, MAC_A, b, a, PORTS[1], PORTS[0]
 
 
-def eth(fwd: bool, **kw: object) -> Packet:
+def eth(fwd: bool, **kw: Any) -> Packet:
     ma, mb, *_ = ends(fwd)
     return Ether(src=ma, dst=mb, **kw)
 
 
-def v4(fwd: bool, **kw: object) -> Packet:
+def v4(fwd: bool, **kw: Any) -> Packet:
     _, _, s, d, _, _ = ends(fwd)
     return IP(src=s, dst=d, **kw)
 
 
-def v6(fwd: bool, **kw: object) -> Packet:
+def v6(fwd: bool, **kw: Any) -> Packet:
     _, _, s, d, _, _ = ends(fwd, v6=True)
     return IPv6(src=s, dst=d, **kw)
 
@@ -272,10 +273,10 @@ def test_other_flows_hash_differently() -> None:
 
 def test_parse_takes_any_buffer() -> None:
     data = PACKETS["ipv4_udp"]
-    assert parse(bytearray(data)) == parse(data)
-    assert parse(memoryview(data)) == parse(data)
+    assert parse(bytearray(data)) == parse(data)  # type: ignore[arg-type]
+    assert parse(memoryview(data)) == parse(data)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        _native.parse("not bytes")
+        _native.parse("not bytes")  # type: ignore[arg-type]
 
 
 @pytest.mark.xfail(

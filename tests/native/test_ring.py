@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from onvm import _native
+
 try:
     from . import models
 except ImportError:  # collected as rootdir modules: tests/native is no package
     import models  # type: ignore[no-redef]
-
-from onvm import _native
 
 SIZES = [2, 4, 16, 1024]
 

@@ -60,7 +60,8 @@ class StatsPrinter:
             rx0, tx0 = self._last.get(("n", n["id"]), (n["rx"], n["tx"]))
             self._last[("n", n["id"])] = (n["rx"], n["tx"])
             drops = sum(n["drops"].values())
+            acts = " ".join(f"{k} {v}" for k, v in n["actions"].items() if v)
             lines.append(f"  NF {n['id']:<3} {n['name'][:14]:<14} svc {n['service']}.{n['instance']}"
                          f" {n['state']:<8} rx {_rate(n['rx'], rx0, secs)}  tx {_rate(n['tx'], tx0, secs)}"
-                         f"  drops {drops}  ring {n['rx_ring']}")
+                         f"  drops {drops}  ring {n['rx_ring']}" + (f"  [{acts}]" if acts else ""))
         return "\n".join(lines)
