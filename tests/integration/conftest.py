@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,17 @@ def wait_for(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def pcap_records(path: Any) -> list[bytes]:
+    """The packets of a classic little-endian pcap file, as bytes (fast, no parsing)."""
+    out = []
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\xd4\xc3\xb2\xa1", "not a little-endian pcap file"
+        f.read(20)
+        while len(hdr := f.read(16)) == 16:
+            out.append(f.read(struct.unpack("<IIII", hdr)[2]))
+    return out
 
 
 def status(name: str) -> dict[str, Any]:

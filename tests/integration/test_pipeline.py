@@ -9,7 +9,7 @@ import time
 
 from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-untyped]
 
-from tests.integration.conftest import onvm, status, wait_for
+from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
 
 def test_gen_through_chain_to_pcap(deploy, tmp_path):
@@ -138,16 +138,29 @@ def test_idle_nfs_sleep(deploy):
 
 
 
-def test_several_workers_and_direct_out(deploy, tmp_path):
-    # Two inputs on two RX workers; chain straight out (no NF) and via an NF on two TX workers.
+def test_several_workers_account_for_every_packet(deploy, tmp_path):
+    # Two inputs on two RX workers, two NFs drained by two TX workers, one output.
     out = tmp_path / "o.pcap"
-    dep = deploy(["--port", "gen:count=20000,rate=300k,flows=8", "--port", "gen:count=20000,rate=300k",
+    dep = deploy(["--port", "gen:count=20000,rate=100k,flows=8", "--port", "gen:count=20000,rate=100k",
                   "--port", f"pcap-out:{out}", "--default-chain", "1,out:2", "--rx-workers", "2",
-                  "--tx-workers", "2", "--exit-when-done"])
+                  "--tx-workers", "2", "--ring-size", "16384"])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.start_nf(["simple_forward", "--service", "1"])
-    assert dep.procs[0].wait(timeout=30) == 0
-    assert len(rdpcap(str(out))) == 40000
+    dep.wait_running(2)
+
+    def settled():
+        st = status(dep.name)
+        done = all(p["done"] for p in st["ports"][:2]) and st["pool"]["free"] == st["pool"]["total"]
+        return done and st
+
+    st = wait_for(settled, timeout=30, what="traffic to end and the pool to be whole")
+    ports, nfs = st["ports"], st["nfs"]
+    assert ports[0]["rx"] == ports[1]["rx"] == 20000
+    dropped = sum(sum(x["drops"].values()) for x in ports + nfs)
+    assert ports[2]["tx"] + dropped == 40000
+    assert ports[2]["tx"] > 30000
+    dep.stop()
+    assert len(pcap_records(out)) == ports[2]["tx"]
 
 
 def test_region_and_socket_are_private(deploy, runtime):

@@ -299,7 +299,7 @@ def parse_model(data: bytes) -> dict[str, int]:
             flags |= MF_TRUNC
         else:
             out["l4_off"] = l4
-            if proto in (6, 17):
+            if proto in (6, 17) and not flags & MF_FRAG:  # fragments hash without ports
                 pa, pb = _rd16(data, l4), _rd16(data, l4 + 2)
     return done(flags=flags, l4_proto=proto, flow_hash=flow_hash_model(a, b, pa, pb, proto))
 
@@ -307,8 +307,8 @@ def parse_model(data: bytes) -> dict[str, int]:
 def is_later_ipv6_fragment(data: bytes) -> bool:
     """True if data is an IPv6 packet whose fragment header has a nonzero offset.
 
-    The native parser treats such a fragment's payload as a transport header
-    (see test_parse.py::test_ipv6_later_fragment_has_no_transport_header).
+    Such a fragment carries no transport header (see
+    test_parse.py::test_ipv6_later_fragment_has_no_transport_header).
     """
     n = len(data)
     if n < 14:

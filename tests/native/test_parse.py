@@ -195,8 +195,6 @@ def check_invariants(data: bytes, m: dict[str, int]) -> None:
 def check(data: bytes) -> None:
     got = parse(data)
     check_invariants(data, got)
-    if models.is_later_ipv6_fragment(data):
-        return  # known divergence: see test_ipv6_later_fragment_has_no_transport_header
     want = model(data)
     assert got == want, f"\n{data.hex()}\nnative: {got}\nmodel:  {want}"
 
@@ -279,22 +277,11 @@ def test_parse_takes_any_buffer() -> None:
         _native.parse("not bytes")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_native.parse() never sets the len field: it is always 0 "
-    "(Region.write sets it before parsing, mod_parse does not)",
-)
 def test_parse_reports_the_length() -> None:
     data = PACKETS["ipv4_tcp"]
     assert _native.parse(data)["len"] == len(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse.c walks past an IPv6 fragment header without looking at its offset: "
-    "a non-first fragment's payload is taken as the TCP/UDP header (l4_off set, ports "
-    "read from payload bytes), unlike the IPv4 path",
-)
 def test_ipv6_later_fragment_has_no_transport_header() -> None:
     data = bytes(later_v6_fragment(True))
     got = parse(data)

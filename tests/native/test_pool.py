@@ -221,12 +221,6 @@ def test_double_free_is_rejected_and_nothing_is_freed(region: _native.Region) ->
     assert sorted(region.alloc(128)) == list(range(128))  # no slot is linked twice
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Region.alloc() truncates owner to 16 bits without a check: owner 0xffff (or "
-    "0x1ffff) stamps the slots it hands out as free, so free() then refuses them and they "
-    "leak for good; 0x10005 silently stamps them as owner 5",
-)
 @pytest.mark.parametrize("owner", [models.OWNER_FREE, 0x1FFFF, 0x10005])
 def test_alloc_rejects_owner_stamps_that_do_not_fit(region: _native.Region, owner: int) -> None:
     with pytest.raises(ValueError):
@@ -493,11 +487,6 @@ except MemoryError:
 
 
 @pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""), reason="ASan needs the address space")
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ring.dequeue(n) and Region.alloc(n) size a PyMem_Malloc by n before clamping it "
-    "and never check the result: when the allocation fails they write through NULL (SIGSEGV)",
-)
 @pytest.mark.parametrize(
     "setup, call",
     [

@@ -123,6 +123,11 @@ static int slots_from_seq(RegionObject *self, PyObject *seq, uint32_t **out, Py_
         return -1;
     *n = PySequence_Fast_GET_SIZE(fast);
     *out = PyMem_Malloc(sizeof(uint32_t) * (size_t)(*n ? *n : 1));
+    if (!*out) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
     for (Py_ssize_t i = 0; i < *n; i++) {
         unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
         if (PyErr_Occurred() || v >= self->r.pool_count) {
@@ -144,7 +149,14 @@ static PyObject *Region_alloc(RegionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "I|I", &n, &owner))
         return NULL;
     REGION_OPEN(self);
+    if (owner >= ONVM_OWNER_FREE)
+        return PyErr_Format(PyExc_ValueError, "owner %u is not a valid stamp (0..%u)", owner,
+                            ONVM_OWNER_FREE - 1);
+    if (n > self->r.pool_count)
+        n = self->r.pool_count;
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    if (!buf)
+        return PyErr_NoMemory();
     uint32_t got = 0;
     while (got < n) {
         uint32_t k = onvm_pool_alloc_burst(&self->r, buf + got, n - got > 256 ? 256 : n - got,
@@ -169,6 +181,10 @@ static PyObject *Region_free(RegionObject *self, PyObject *seq) {
     /* A double free would link a slot into the free stack twice: refuse it.
      * Stamping as we go also catches a slot named twice in the list. */
     uint16_t *saved = PyMem_Malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
+    if (!saved) {
+        PyMem_Free(buf);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         saved[i] = atomic_load(&self->r.meta[buf[i]].owner);
         if (saved[i] == ONVM_OWNER_FREE) {
@@ -820,6 +836,10 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
+    if (!buf) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
         buf[i] = (uint32_t)v;
@@ -844,7 +864,14 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
     int bulk = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &n, &bulk))
         return NULL;
+    if (n > self->ring->capacity) {
+        if (bulk)
+            return PyList_New(0);
+        n = self->ring->capacity;
+    }
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    if (!buf)
+        return PyErr_NoMemory();
     uint32_t got = onvm_ring_dequeue_sc(self->ring, buf, n, bulk, NULL, 0);
     PyObject *l = list_from_slots(buf, got);
     PyMem_Free(buf);
@@ -952,6 +979,7 @@ static PyObject *mod_parse(PyObject *m, PyObject *arg) {
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
         return NULL;
     struct onvm_meta meta = {0};
+    meta.len = (uint32_t)b.len;
     onvm_parse(&meta, b.buf, (uint32_t)b.len);
     PyBuffer_Release(&b);
     return meta_dict(&meta);

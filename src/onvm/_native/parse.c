@@ -2,6 +2,9 @@
  *
  * A short or malformed header never reads past len: parsing stops where the
  * data runs out, ONVM_MF_TRUNC is set, and what was found so far stays.
+ * Fragments (IPv4 MF/offset, any IPv6 fragment header) are hashed without
+ * ports, so every fragment of a datagram reaches the same instance; only a
+ * first fragment has an L4 offset.
  */
 #include "onvm_parse.h"
 
@@ -123,6 +126,11 @@ void onvm_parse(struct onvm_meta *m, const uint8_t *p, uint32_t len) {
                 }
                 m->flags |= ONVM_MF_FRAG;
                 proto = p[l4];
+                if (rd16(p + l4 + 2) >> 3) { /* not the first fragment: no L4 header */
+                    m->l4_proto = proto;
+                    m->flow_hash = onvm_flow_hash(a, b, 0, 0, proto);
+                    return;
+                }
                 l4 += 8;
             } else {
                 break;
@@ -150,5 +158,8 @@ void onvm_parse(struct onvm_meta *m, const uint8_t *p, uint32_t len) {
             }
         }
     }
+    /* Every fragment of a datagram must hash alike, and only the first has ports. */
+    if (m->flags & ONVM_MF_FRAG)
+        pa = pb = 0;
     m->flow_hash = onvm_flow_hash(a, b, pa, pb, proto);
 }
