@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from onvm import _native
 from onvm.manager.region_path import region_path
 from tests.integration.conftest import onvm, status, wait_for
 
@@ -70,7 +71,7 @@ def test_nf_against_incompatible_region(deploy):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "layout version 99; this build speaks version 1" in lines[0]
+    assert f"layout version 99; this build speaks version {_native.LAYOUT_VERSION}" in lines[0]
 
 
 def test_stale_region_is_replaced(runtime):

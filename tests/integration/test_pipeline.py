@@ -11,6 +11,9 @@ from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-unty
 
 from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
+# Explicit addresses: scapy would otherwise look the destination MAC up on the network.
+MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
 
 def test_gen_through_chain_to_pcap(deploy, tmp_path):
     out = tmp_path / "out.pcap"
@@ -29,8 +32,8 @@ def test_gen_through_chain_to_pcap(deploy, tmp_path):
 
 def test_pcap_replay_is_byte_exact(deploy, tmp_path):
     src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
-    sent = [Ether() / IP(src=f"10.0.0.{i % 7}", dst="10.9.9.9") / UDP(sport=1000 + i, dport=53) / (b"x" * i)
-            for i in range(300)]
+    sent = [Ether(src=MAC_A, dst=MAC_B) / IP(src=f"10.0.0.{i % 7}", dst="10.9.9.9")
+            / UDP(sport=1000 + i, dport=53) / (b"x" * i) for i in range(300)]
     wrpcap(str(src), sent)
     dep = deploy(["--port", f"pcap:{src}?loop=2", "--port", f"pcap-out:{out}",
                   "--default-chain", "1,out:1", "--exit-when-done"])

@@ -40,7 +40,11 @@ def test_gen_uri_defaults_and_suffixes():
     p = parse_port("gen:size=128,flows=1k,rate=2.5M,mix=http,proto=tcp,count=10")
     assert p.kind == "gen" and p.is_input
     assert p.options == {"size": 128, "flows": 1000, "rate": 2_500_000, "count": 10, "seed": 0,
-                         "mix": 1, "proto": 6}
+                         "mix": 1, "proto": 6, "sport": 1024, "dport": 80, "src": 0x0A000001,
+                         "dst": 0x0A010001}
+    q = parse_port("gen:src=192.168.1.1,dst=10.9.9.9,sport=5000,dport=443")
+    assert (q.options["src"], q.options["dst"], q.options["sport"], q.options["dport"]) == (
+        0xC0A80101, 0x0A090909, 5000, 443)
     assert parse_port("gen:").options["size"] == 64
     assert parse_port("null").is_output
 
@@ -63,6 +67,8 @@ def test_pcap_uris(tmp_path):
         ("gen:colour=red", "unknown option 'colour'"),
         ("gen:mix=odd", "mix=odd"),
         ("gen:proto=sctp", "proto=sctp"),
+        ("gen:src=10.0.0.300", "src=10.0.0.300 is not an IPv4 address"),
+        ("gen:dport=70000", "dport=70000 is out of range"),
         ("gen:flows", "'flows' should be key=value"),
         ("pcap:/no/such/file.pcap", "no such file /no/such/file.pcap"),
         ("pcap-out:/no/such/dir/x.pcap", "directory /no/such/dir does not exist"),

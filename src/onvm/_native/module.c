@@ -36,15 +36,16 @@ static void Region_dealloc(RegionObject *self) {
 }
 
 static PyObject *Region_create(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", NULL};
+    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", NULL};
     const char *path, *name = "onvm";
-    unsigned int pool = 16384, slot = 2048, ring = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIII", kwlist, &path, &name, &pool, &slot, &ring))
+    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows))
         return NULL;
     RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    struct onvm_region_params p = {.pool_count = pool, .slot_size = slot, .ring_size = ring, .name = name};
+    struct onvm_region_params p = {
+        .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .name = name};
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = onvm_region_create(&self->r, path, &p);
     Py_END_ALLOW_THREADS if (rc != 0) {
@@ -479,7 +480,8 @@ static PyObject *Region_pick(RegionObject *self, PyObject *args) {
 static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {
     unsigned chain;
     PyObject *hops;
-    if (!PyArg_ParseTuple(args, "IO", &chain, &hops))
+    const char *name = "";
+    if (!PyArg_ParseTuple(args, "IO|s", &chain, &hops, &name))
         return NULL;
     REGION_OPEN(self);
     PyObject *fast = PySequence_Fast(hops, "hops must be a sequence of (action, dest)");
@@ -507,7 +509,7 @@ static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {
         h[i].dest = (uint16_t)d;
     }
     Py_DECREF(fast);
-    onvm_chain_set(&self->r, chain, h, (unsigned)n);
+    onvm_chain_set(&self->r, chain, h, (unsigned)n, name);
     Py_RETURN_NONE;
 }
 
@@ -559,6 +561,20 @@ static PyMethodDef Region_methods[] = {
     {"pick", (PyCFunction)Region_pick, METH_VARARGS, "pick(svc, flow_hash) -> NF id or 0."},
     {"set_chain", (PyCFunction)Region_set_chain, METH_VARARGS, "set_chain(id, [(action, dest)])."},
     {"chain", (PyCFunction)Region_chain, METH_VARARGS, "chain(id) -> [(action, dest)]."},
+    {"chains", (PyCFunction)Region_chains, METH_NOARGS, "chains() -> [(id, name, hops)] of named chains."},
+    {"flow_put", (PyCFunction)(void (*)(void))Region_flow_put, METH_VARARGS | METH_KEYWORDS,
+     "flow_put(key, chain, idle_ms=0, hard_ms=0, origin=2): steer an exact flow to a chain."},
+    {"flow_get", (PyCFunction)Region_flow_get, METH_O, "flow_get(key) -> dict or None."},
+    {"flow_del", (PyCFunction)Region_flow_del, METH_O, "flow_del(key) -> True if it was there."},
+    {"flow_list", (PyCFunction)(void (*)(void))Region_flow_list, METH_VARARGS | METH_KEYWORDS,
+     "flow_list(limit=1000, chain=-1) -> [dict]."},
+    {"flow_stats", (PyCFunction)Region_flow_stats, METH_NOARGS, "Flow table counters."},
+    {"flow_expire", (PyCFunction)Region_flow_expire, METH_VARARGS, "flow_expire(start, n) -> removed."},
+    {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},
+    {"set_rules", (PyCFunction)Region_set_rules, METH_VARARGS, "set_rules(rules, bump=()): replace the rules."},
+    {"rule_hits", (PyCFunction)Region_rule_hits, METH_NOARGS, "{rule id: hits}."},
+    {"classify", (PyCFunction)Region_classify, METH_VARARGS, "classify(slot) -> chain id (as RX would)."},
+    {"flow_key", (PyCFunction)Region_flow_key, METH_VARARGS, "flow_key(slot) -> key tuple or None."},
     {NULL}};
 
 static PyGetSetDef Region_getset[] = {{"path", (getter)Region_getpath, NULL, "region file", NULL}, {NULL}};

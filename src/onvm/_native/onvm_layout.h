@@ -32,7 +32,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 1u
+#define ONVM_LAYOUT_VERSION 2u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -41,6 +41,8 @@
 #define ONVM_MAX_PORTS 16
 #define ONVM_MAX_WORKERS 8
 #define ONVM_MAX_CHAINS 64 /* chain 0 is the default chain */
+#define ONVM_MAX_RULES 1024
+#define ONVM_FLOW_PROBE 32 /* entries probed before a lookup misses or an insert gives up */
 #define ONVM_MAX_HOPS 16
 #define ONVM_BURST_MAX 512
 #define ONVM_HEADROOM 128
@@ -96,7 +98,8 @@ struct onvm_meta {
     uint16_t chain_id;
     _Atomic uint32_t next_free; /* free stack link */
     uint32_t data_off;          /* packet start within the slot */
-    uint8_t reserved[20];
+    uint16_t vlan;              /* outer VLAN id when ONVM_MF_VLAN is set */
+    uint8_t reserved[18];
 };
 static_assert(sizeof(struct onvm_meta) == 64, "meta must be one cache line");
 
@@ -190,6 +193,7 @@ struct onvm_chain {
     uint8_t count;
     uint8_t pad[3];
     struct onvm_hop hops[ONVM_MAX_HOPS];
+    char name[24]; /* "" for an unused chain; chain 0 is "default" */
 };
 
 struct onvm_port_stats {
@@ -236,6 +240,15 @@ struct onvm_header {
     uint64_t ring_bytes; /* bytes per ring, header included */
     char name[40];
     struct onvm_freestack free;
+    /* flow table and rules (onvm_flow.h) */
+    alignas(ONVM_CACHE_LINE) uint64_t off_flows;
+    uint64_t off_rules;
+    uint32_t flow_count; /* entries, a power of two */
+    uint32_t max_rules;
+    _Atomic int64_t flows_used;
+    _Atomic uint64_t flows_installed;
+    _Atomic uint64_t flows_expired;
+    _Atomic uint64_t flows_full; /* installs that found no free entry within the probe limit */
 };
 
 #endif

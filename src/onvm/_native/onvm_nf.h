@@ -19,4 +19,18 @@ extern PyTypeObject MetaType;
 extern PyTypeObject HeaderType;
 extern PyObject *onvm_RegionError;
 
+/* flowbind.c */
+PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw);
+PyObject *Region_flow_get(RegionObject *self, PyObject *key);
+PyObject *Region_flow_del(RegionObject *self, PyObject *key);
+PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw);
+PyObject *Region_flow_stats(RegionObject *self, PyObject *unused);
+PyObject *Region_flow_expire(RegionObject *self, PyObject *args);
+PyObject *Region_flow_flush(RegionObject *self, PyObject *args);
+PyObject *Region_set_rules(RegionObject *self, PyObject *args);
+PyObject *Region_rule_hits(RegionObject *self, PyObject *unused);
+PyObject *Region_classify(RegionObject *self, PyObject *args);
+PyObject *Region_flow_key(RegionObject *self, PyObject *args);
+PyObject *Region_chains(RegionObject *self, PyObject *unused);
+
 #endif

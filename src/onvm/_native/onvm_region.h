@@ -30,6 +30,7 @@ struct onvm_region_params {
     uint32_t pool_count;
     uint32_t slot_size;
     uint32_t ring_size;
+    uint32_t flow_count; /* flow table entries: 0 or a power of two */
     const char *name;
 };
 
@@ -64,7 +65,8 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
                       unsigned count, unsigned policy);
 /* Returns an NF id for a packet of the service, 0 if the service has none. */
 unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash);
-int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n);
+int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
+                   const char *name);
 int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);
 
 /* ---- NF slots (manager only) ---- */

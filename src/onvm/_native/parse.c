@@ -48,6 +48,7 @@ void onvm_parse(struct onvm_meta *m, const uint8_t *p, uint32_t len) {
     m->l4_off = 0;
     m->flow_hash = 0;
     m->flags = 0;
+    m->vlan = 0;
     if (len < 14) {
         m->flags |= ONVM_MF_TRUNC;
         return;
@@ -60,6 +61,8 @@ void onvm_parse(struct onvm_meta *m, const uint8_t *p, uint32_t len) {
             m->flags |= ONVM_MF_TRUNC;
             return;
         }
+        if (!(m->flags & ONVM_MF_VLAN))
+            m->vlan = rd16(p + off + 2) & 0x0fff; /* the outer tag */
         m->flags |= ONVM_MF_VLAN;
         off += 4;
         et = rd16(p + off);

@@ -2,6 +2,7 @@
  * chains and NF slots; reclaiming what a dead NF held. */
 #define _GNU_SOURCE
 #include "onvm_region.h"
+#include "onvm_flow.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -40,6 +41,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536%s", "");
     if (!onvm_ring_size_ok(p->ring_size))
         return fail(r, EINVAL, "ring size must be a power of two%s", "");
+    if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
+        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26%s", "");
 
     struct onvm_header tmp = {0};
     uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
@@ -53,6 +56,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
     tmp.off_workers = off;
     off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
+    tmp.off_rules = ALIGN_UP(off, 64);
+    off = tmp.off_rules + sizeof(struct onvm_rules);
     tmp.off_rings = ALIGN_UP(off, 4096);
     tmp.ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
     off = tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS;
@@ -60,6 +65,10 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     off = tmp.off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
     tmp.off_slots = ALIGN_UP(off, 4096);
     off = tmp.off_slots + (uint64_t)p->pool_count * p->slot_size;
+    /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
+    tmp.off_flows = ALIGN_UP(off, 4096);
+    tmp.flow_count = p->flow_count;
+    off = tmp.off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
     uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
         return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size%s", "");
@@ -113,6 +122,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_workers = ONVM_MAX_WORKERS;
     h->max_chains = ONVM_MAX_CHAINS;
     h->max_hops = ONVM_MAX_HOPS;
+    h->max_rules = ONVM_MAX_RULES;
     snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
     bind_tables(r);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
@@ -163,7 +173,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         h.sizeof_nf != sizeof(struct onvm_nf) || h.sizeof_ring != sizeof(struct onvm_ring) ||
         h.max_nfs != ONVM_MAX_NFS || h.max_services != ONVM_MAX_SERVICES ||
         h.max_ports != ONVM_MAX_PORTS || h.max_workers != ONVM_MAX_WORKERS ||
-        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS) {
+        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS || h.max_rules != ONVM_MAX_RULES) {
         char msg[160];
         snprintf(msg, sizeof msg, "%s has layout version %u; this build speaks version %u", path,
                  h.version, ONVM_LAYOUT_VERSION);
@@ -349,7 +359,8 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
     }
 }
 
-int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n) {
+int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
+                   const char *name) {
     if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
@@ -359,6 +370,7 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     for (unsigned i = 0; i < n; i++)
         c->hops[i] = hops[i];
     c->count = (uint8_t)n;
+    snprintf(c->name, sizeof c->name, "%s", name ? name : "");
     atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
     return 0;
 }

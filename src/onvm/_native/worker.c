@@ -6,6 +6,7 @@
  * what their actions say, which for OUT means transmitting on a port.
  * Both poll while there is work and sleep on their futex when there is none.
  */
+#include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_parse.h"
 
@@ -35,7 +36,9 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
         uint64_t bytes = 0;
         for (uint32_t i = 0; i < n; i++) {
             struct onvm_meta *meta = &r->meta[w->buf[i]];
-            onvm_parse(meta, onvm_slot_data(r, w->buf[i]), meta->len);
+            const uint8_t *data = onvm_slot_data(r, w->buf[i]);
+            onvm_parse(meta, data, meta->len);
+            onvm_classify(r, meta, data, now); /* flow table, rules, default chain */
             bytes += meta->len;
         }
         st->rx += n;

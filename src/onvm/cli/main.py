@@ -15,6 +15,9 @@ EPILOG = """examples:
   onvm nf --list
   onvm status --json
   onvm bench loop --seconds 5 --json
+  onvm chain add web 2,3,out:1
+  onvm rule add tcp dst port 80 -> chain web
+  onvm flow list
   onvm stop
 """
 
@@ -39,6 +42,12 @@ def _manager_parser(sub: Any) -> None:
                    help="stop after this long (default: run until stopped)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop once every input port is exhausted and the pipeline drained")
+    p.add_argument("--flow-table-size", type=int, default=65536,
+                   help="exact-match flow entries, a power of two (default 65536; 0 = none)")
+    p.add_argument("--chain", action="append", default=[], metavar="NAME=HOPS",
+                   help="a named chain made at start, e.g. web=1,2,out:0 (repeatable)")
+    p.add_argument("--rule", action="append", default=[], metavar="RULE",
+                   help="a rule added at start, e.g. 'tcp dst port 80 -> chain web' (repeatable)")
     p.add_argument("--no-wait", action="store_true",
                    help="start input ports at once, not when the default chain's services run")
     p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
@@ -53,6 +62,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         rx_workers=args.rx_workers, tx_workers=args.tx_workers, burst=args.burst,
         stats_interval=0 if args.quiet else args.stats, duration=args.duration,
         exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
+        flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -130,6 +140,82 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+    from onvm.control.client import Client
+
+    with Client(args.name) as c:
+        result: dict[str, Any] = c.request(op, **kw)
+    return result
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    if args.action in ("add", "del") and not args.chain or args.action == "add" and not args.hops:
+        raise OnvmError(f"usage: onvm chain {args.action} NAME" + (" HOPS" if args.action == "add" else ""),
+                        code="bad_request")
+    if args.action == "add":
+        out = _request(args, "chain_add", name=args.chain, hops=args.hops)
+    elif args.action == "del":
+        out = _request(args, "chain_del", name=args.chain)
+    else:
+        out = _request(args, "chain_list")
+    if args.json:
+        print(json.dumps(out))
+    elif args.action == "list":
+        _table(out["chains"], ["id", "name", "hops"])
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_rule(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        out = _request(args, "rule_add", rule=" ".join(args.rule))
+    elif args.action == "del":
+        if len(args.rule) != 1 or not args.rule[0].isdigit():
+            raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
+        out = _request(args, "rule_del", id=int(args.rule[0]))
+    else:
+        out = _request(args, "rule_list")
+    if args.json:
+        print(json.dumps(out))
+    elif args.action == "list":
+        _table(out["rules"], ["id", "priority", "hits", "rule"])
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    flow = " ".join(args.flow)
+    if args.action == "list":
+        out = _request(args, "flow_list", limit=args.limit, **({"chain": args.chain} if args.chain else {}))
+    elif args.action == "stats":
+        out = _request(args, "flow_stats")
+    elif args.action == "add":
+        if not args.chain:
+            raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
+        out = _request(args, "flow_add", flow=flow, chain=args.chain, idle=args.idle, hard=args.hard)
+    else:
+        out = _request(args, "flow_del", flow=flow)
+    if args.json:
+        print(json.dumps(out))
+    elif args.action == "list":
+        _table(out["flows"], ["flow", "chain", "origin", "packets", "bytes", "age_s", "idle_s"])
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from onvm.bench import run_scenario
 
@@ -155,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stop", help="stop a manager and its NFs")
     s.add_argument("--name", default="onvm")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
+    c = sub.add_parser("chain", help="add, list or delete named chains",
+                       description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
+    c.add_argument("action", choices=["add", "list", "del"])
+    c.add_argument("chain", nargs="?", help="chain name (add, del)")
+    c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
+    c.add_argument("--name", default="onvm")
+    c.add_argument("--json", action="store_true")
+    r = sub.add_parser("rule", help="add, list or delete flow rules",
+                       description="Rules steer flows to chains, e.g. "
+                       "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
+    r.add_argument("action", choices=["add", "list", "del"])
+    r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
+    r.add_argument("--name", default="onvm")
+    r.add_argument("--json", action="store_true")
+    f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
+                       description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N], "
+                       "e.g. 10.0.0.1:1234 10.0.0.2:80 tcp")
+    f.add_argument("action", choices=["list", "add", "del", "stats"])
+    f.add_argument("flow", nargs="*", help="the flow (add, del)")
+    f.add_argument("--chain", help="chain (add; list filter)")
+    f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
+    f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")
+    f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")
+    f.add_argument("--name", default="onvm")
+    f.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
     b.add_argument("scenario", choices=sorted(SCENARIOS))
     b.add_argument("--seconds", type=float, default=5.0)
@@ -172,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench}
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+                   "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

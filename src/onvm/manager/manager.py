@@ -37,7 +37,9 @@ from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
 from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.flows.chain import Hop, format_chain, parse_chain
+from onvm.flows.keys import FlowKey
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
+from onvm.manager.flows import FlowRegistry
 from onvm.manager.region_path import region_path
 from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
@@ -69,6 +71,9 @@ class ManagerConfig:
     duration: float = 0.0  # 0: until stopped
     exit_when_done: bool = False  # stop once every input port is exhausted and drained
     wait_for_chain: bool = True  # hold input ports until the default chain's services run
+    flow_table_size: int = 65536  # exact-match entries (a power of two, 0 = no flow table)
+    chains: list[str] = field(default_factory=list)  # NAME=SPEC, made at start
+    rules: list[str] = field(default_factory=list)  # rule texts, added at start
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -89,6 +94,13 @@ class ManagerConfig:
             raise ConfigError(f"--burst {self.burst}: expected 1..{_native.BURST_MAX}")
         if len(self.ports) > _native.MAX_PORTS:
             raise ConfigError(f"at most {_native.MAX_PORTS} ports")
+        if self.flow_table_size and (not _power_of_two(self.flow_table_size)
+                                     or self.flow_table_size > 1 << 26):
+            raise ConfigError(f"--flow-table-size {self.flow_table_size}: expected 0 or a power of two "
+                              "up to 67108864")
+        for c in self.chains:
+            if "=" not in c:
+                raise ConfigError(f"--chain {c}: expected NAME=HOPS, e.g. web=1,2,out:0")
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
@@ -139,6 +151,7 @@ class Manager:
         self.stopping = threading.Event()
         self.started_at = time.monotonic()
         self.stats: StatsPrinter | None = None
+        self.flows: FlowRegistry | None = None
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -156,7 +169,7 @@ class Manager:
         try:
             stale = os.path.exists(path)
             self.region = _native.Region.create(
-                path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size
+                path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size
             )
             if stale:
                 self.log(f"replaced a stale region at {path} left by a manager that is gone")
@@ -168,7 +181,14 @@ class Manager:
             raise RegionError(e.strerror or str(e)) from None
         try:
             self._open_ports()
-            self.region.set_chain(0, [h.as_tuple() for h in cfg.chain])
+            self.flows = FlowRegistry(self.region, self._is_output)
+            self.flows.set_default(cfg.chain)
+            for c in cfg.chains:
+                name, _, spec = c.partition("=")
+                self.flows.add_chain(name.strip(), spec)
+            for text in cfg.rules:
+                self.flows.add_rule(text)
+            self.flows.start_sweeper()
             self._held = cfg.wait_for_chain and self._chain_services() != set()
             self.native.pause_input(self._held)
             self.native.start()
@@ -189,6 +209,10 @@ class Manager:
             self.stats = StatsPrinter(self, cfg.stats_interval)
             self.stats.start()
 
+    def _is_output(self, port: int) -> bool:
+        specs = self.config.port_specs
+        return 0 <= port < len(specs) and specs[port].is_output
+
     def _open_ports(self) -> None:
         cfg = self.config
         self.native = _native.Manager(self.region, cfg.rx_workers, cfg.tx_workers, cfg.burst)
@@ -207,6 +231,10 @@ class Manager:
                         rate=o["rate"],
                         count=o["count"],
                         seed=o["seed"] or pid + 1,
+                        src_ip=o["src"],
+                        dst_ip=o["dst"],
+                        sport=o["sport"],
+                        dport=o["dport"],
                     )
                 elif spec.kind == "pcap":
                     self.native.add_pcap_in(pid, spec.path, loops=o["loop"], rate=o["rate"])
@@ -280,6 +308,8 @@ class Manager:
             time.sleep(0.005)
 
     def _teardown(self) -> None:
+        if self.flows:
+            self.flows.stop_sweeper()
         if self.server:
             self.server.stop()
             self.server = None
@@ -402,6 +432,56 @@ class Manager:
         self._ask_stop(rec)
         return {"state": rec.life.state.value}
 
+    # ---- chains, rules and flows -------------------------------------------
+    def _flows(self) -> FlowRegistry:
+        assert self.flows is not None
+        return self.flows
+
+    @staticmethod
+    def _arg(args: dict[str, Any], key: str, kind: type) -> Any:
+        value = args.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise ConfigError(f"'{key}' must be a {kind.__name__}")
+        return value
+
+    def _op_chain_add(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().add_chain(self._arg(args, "name", str), self._arg(args, "hops", str))
+
+    def _op_chain_list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return {"chains": self._flows().list_chains()}
+
+    def _op_chain_del(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().del_chain(self._arg(args, "name", str))
+
+    def _op_rule_add(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().add_rule(self._arg(args, "rule", str))
+
+    def _op_rule_list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return {"rules": self._flows().list_rules()}
+
+    def _op_rule_del(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().del_rule(self._arg(args, "id", int))
+
+    def _op_flow_list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        limit = args.get("limit", 1000)
+        if not isinstance(limit, int) or not 1 <= limit <= 1_000_000:
+            raise ConfigError("'limit' must be an integer in 1..1000000")
+        chain = args.get("chain")
+        return {"flows": self._flows().list_flows(limit, chain if isinstance(chain, str) else None)}
+
+    def _op_flow_add(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        key = FlowKey.parse(self._arg(args, "flow", str))
+        idle, hard = args.get("idle", 0), args.get("hard", 0)
+        if not isinstance(idle, int | float) or not isinstance(hard, int | float):
+            raise ConfigError("'idle' and 'hard' are seconds")
+        return self._flows().add_flow(key, self._arg(args, "chain", str), float(idle), float(hard))
+
+    def _op_flow_del(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().del_flow(FlowKey.parse(self._arg(args, "flow", str)))
+
+    def _op_flow_stats(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return self._flows().stats()
+
     # ---- services and retirement ------------------------------------------
     def _publish_service(self, service: int) -> None:
         members = sorted(
@@ -511,6 +591,8 @@ class Manager:
             "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
             "ports": ports,
             "nfs": nfs,
+            "chains": self.flows.list_chains() if self.flows else [],
+            "flows": self.flows.stats() if self.flows else {},
             "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
         }
 

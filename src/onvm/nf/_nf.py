@@ -28,6 +28,7 @@ from onvm import _native
 from onvm.actions import Action, DropReason
 from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError, RegionError
+from onvm.flows.keys import FlowKey
 from onvm.nf._batch import Batch
 
 Handler = Callable[..., Any]
@@ -85,6 +86,7 @@ class NF:
         self._region: Any = None
         self._client: Client | None = None
         self._started = 0.0
+        self._chain_ids: dict[str, int] = {}
 
     # ---- decorators -----------------------------------------------------
     def packet(self, fn: Handler) -> Handler:
@@ -141,6 +143,46 @@ class NF:
                 return False
             time.sleep(0.005)
         return True
+
+    # ---- flow director ----------------------------------------------------
+    def _key(self, flow: Any) -> tuple[int, bytes, bytes, int, int, int, int]:
+        if isinstance(flow, FlowKey):
+            return flow.native()
+        slot = getattr(flow, "slot", None)
+        if slot is None or self._region is None:
+            raise ConfigError("a flow is a FlowKey or the packet being handled")
+        key = self._region.flow_key(slot)
+        if key is None:
+            raise ConfigError("the packet is not IPv4 or IPv6: it has no flow")
+        return key
+
+    def _chain(self, name: str) -> int:
+        if name not in self._chain_ids:
+            self._chain_ids = {n: cid for cid, n, _ in self._region.chains()} if self._region else {}
+        if name not in self._chain_ids:
+            raise OnvmError(f"no chain named '{name}'", code="not_found")
+        return self._chain_ids[name]
+
+    def steer(self, flow: Any, chain: str, idle: float = 0.0, hard: float = 0.0) -> None:
+        """Send ``flow`` (a FlowKey, or the packet in hand) through ``chain`` from now on.
+
+        The entry takes effect for the flow's next packets at RX; ``idle`` and
+        ``hard`` are timeouts in seconds (0: none)."""
+        if idle < 0 or hard < 0:
+            raise ConfigError("timeouts cannot be negative")
+        try:
+            self._region.flow_put(self._key(flow), self._chain(chain), int(idle * 1000), int(hard * 1000), 1)
+        except MemoryError as e:
+            raise OnvmError(str(e), code="busy") from None
+
+    def flow(self, flow: Any) -> dict[str, Any] | None:
+        """The flow table entry of ``flow`` (chain id, counters, timeouts), or None."""
+        entry: dict[str, Any] | None = self._region.flow_get(self._key(flow))
+        return entry
+
+    def unsteer(self, flow: Any) -> bool:
+        """Remove ``flow``'s entry; True if there was one."""
+        return bool(self._region.flow_del(self._key(flow)))
 
     def stop(self) -> None:
         """Leave the run loop after the current burst."""

@@ -11,13 +11,15 @@
 (``fixed``, ``http`` = the paper's 44.3% 64 B / 18.5% 65-1023 B / 37.2%
 1024-1518 B, or ``imix``), ``flows`` (default 1), ``proto`` (udp or tcp),
 ``rate`` (packets per second; ``k``, ``M``, ``G`` suffixes; default unlimited),
-``count`` (packets in all; default unlimited), ``seed``.
+``count`` (packets in all; default unlimited), ``seed``, ``src`` and ``dst`` (IPv4
+addresses; flow i comes from src + i), ``sport`` (flow i uses sport + i) and ``dport``.
 ``pcap`` options: ``loop`` (times through the file, 0 = forever, default 1),
 ``rate`` (packets per second, default as fast as possible).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ KINDS = ("gen", "pcap", "pcap-out", "null")
 MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
 
-_GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed"}
+_GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed", "src", "dst", "sport", "dport"}
 _PCAP_KEYS = {"loop", "rate"}
 _PCAP_OUT_KEYS = {"snaplen"}
 
@@ -96,7 +98,14 @@ def parse_port(uri: str) -> PortSpec:
             "rate": _number(uri, "rate", raw.get("rate", "0"), 0, 10**10),
             "count": _number(uri, "count", raw.get("count", "0"), 0, 1 << 62),
             "seed": _number(uri, "seed", raw.get("seed", "0"), 0, (1 << 63) - 1),
+            "sport": _number(uri, "sport", raw.get("sport", "1024"), 0, 65535),
+            "dport": _number(uri, "dport", raw.get("dport", "80"), 0, 65535),
         }
+        for key, default in (("src", "10.0.0.1"), ("dst", "10.1.0.1")):
+            try:
+                opts[key] = int(ipaddress.IPv4Address(raw.get(key, default)))
+            except ValueError:
+                raise ConfigError(f"port '{uri}': {key}={raw[key]} is not an IPv4 address") from None
         mix = raw.get("mix", "fixed").lower()
         if mix not in MIXES:
             raise ConfigError(f"port '{uri}': mix={mix} (expected {', '.join(MIXES)})")

@@ -1,0 +1,392 @@
+/* flowtable.c - exact-match flow table, wildcard rules and RX classification.
+ * See the theory of operation in onvm_flow.h. */
+#include "onvm_flow.h"
+#include "onvm_parse.h"
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm_flow_key *key) {
+    memset(key, 0, sizeof *key);
+    key->in_port = m->in_port;
+    if (m->l3_type == ONVM_L3_IPV4) {
+        const uint8_t *ip = data + m->l3_off;
+        memcpy(key->src, ip + 12, 4);
+        memcpy(key->dst, ip + 16, 4);
+        key->ipver = 4;
+    } else if (m->l3_type == ONVM_L3_IPV6) {
+        const uint8_t *ip = data + m->l3_off;
+        memcpy(key->src, ip + 8, 16);
+        memcpy(key->dst, ip + 24, 16);
+        key->ipver = 6;
+    } else {
+        return -1;
+    }
+    key->proto = m->l4_proto;
+    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG)) {
+        key->sport = rd16(data + m->l4_off);
+        key->dport = rd16(data + m->l4_off + 2);
+    }
+    return 0;
+}
+
+static uint32_t fold(const uint8_t *a, int ipver) {
+    if (ipver == 4)
+        return (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
+    uint32_t x = 0;
+    for (int i = 0; i < 16; i += 4)
+        x = x * 0x9e3779b1u ^ ((uint32_t)a[i] << 24 | (uint32_t)a[i + 1] << 16 | (uint32_t)a[i + 2] << 8 | a[i + 3]);
+    return x;
+}
+
+/* The same symmetric hash for both directions of a flow, so a flow and its
+ * reply sit near each other; the key itself stays directional. */
+uint32_t onvm_flow_key_hash(const struct onvm_flow_key *k) {
+    uint32_t h = onvm_flow_hash(fold(k->src, k->ipver), fold(k->dst, k->ipver), k->sport, k->dport, k->proto);
+    return h ^ (uint32_t)k->in_port * 0x85ebca6bu;
+}
+
+static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_key *b) {
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+static inline int expired(const struct onvm_flow *f, uint64_t now) {
+    if (f->idle_ms && now > f->last_ns + (uint64_t)f->idle_ms * 1000000ull)
+        return 1;
+    if (f->hard_ms && now > f->created_ns + (uint64_t)f->hard_ms * 1000000ull)
+        return 1;
+    return 0;
+}
+
+static inline int stale(struct onvm_region *r, const struct onvm_flow *f) {
+    if (!f->rule)
+        return 0;
+    unsigned i = f->rule - 1u;
+    return i >= ONVM_MAX_RULES || onvm_rules(r)->rule[i].gen != f->rule_gen;
+}
+
+/* Find key's entry; returns its index or -1.  *seq gets the entry's sequence. */
+static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq) {
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t mask = r->hdr->flow_count - 1;
+    for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
+        uint32_t i = (hash + p) & mask;
+        struct onvm_flow *f = &t[i];
+        for (int tries = 0; tries < 4; tries++) {
+            /* Acquire pairs with the writer's release of the even sequence. */
+            uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
+            if (s1 & 1) {
+                onvm_pause();
+                continue;
+            }
+            uint32_t state = f->state;
+            int match = state == ONVM_FLOW_VALID && f->hash == hash && key_eq(&f->key, key);
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
+                continue;
+            if (state == ONVM_FLOW_EMPTY)
+                return -1;
+            if (match) {
+                *seq = s1;
+                return (long)i;
+            }
+            break;
+        }
+    }
+    return -1;
+}
+
+int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, struct onvm_flow *out) {
+    if (!r->hdr->flow_count)
+        return -ENOENT;
+    uint32_t seq;
+    long i = find(r, key, onvm_flow_key_hash(key), &seq);
+    if (i < 0)
+        return -ENOENT;
+    struct onvm_flow *f = &onvm_flows(r)[i];
+    memcpy((void *)((uint8_t *)out + sizeof(f->seq)), (uint8_t *)f + sizeof(f->seq), sizeof *f - sizeof(f->seq));
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != seq)
+        return -EAGAIN;
+    if (expired(out, now) || stale(r, out))
+        return -ENOENT;
+    return 0;
+}
+
+static int claim(struct onvm_flow *f, uint32_t *seq) {
+    uint32_t s = atomic_load_explicit(&f->seq, ONVM_RELAXED);
+    if (s & 1)
+        return 0;
+    /* Acquire: we see the previous writer's fields before overwriting them. */
+    if (!atomic_compare_exchange_strong_explicit(&f->seq, &s, s + 1, ONVM_ACQUIRE, ONVM_RELAXED))
+        return 0;
+    *seq = s + 1;
+    return 1;
+}
+
+static void publish(struct onvm_flow *f, uint32_t seq) {
+    /* Release publishes the fields to readers' acquire of seq. */
+    atomic_store_explicit(&f->seq, seq + 1, ONVM_RELEASE);
+}
+
+int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
+                  uint32_t hard_ms, uint8_t origin, uint16_t rule, uint32_t rule_gen, uint64_t now) {
+    if (!r->hdr->flow_count)
+        return -ENOSPC;
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t hash = onvm_flow_key_hash(key), mask = r->hdr->flow_count - 1, seq;
+    long i = find(r, key, hash, &seq);
+    int fresh = i < 0;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        struct onvm_flow *f = NULL;
+        if (i >= 0) {
+            f = &t[i];
+            if (!claim(f, &seq))
+                f = NULL;
+            else if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) { /* changed under us */
+                publish(f, seq);
+                f = NULL;
+                i = -1;
+                fresh = 1;
+            }
+        }
+        for (uint32_t p = 0; !f && p < ONVM_FLOW_PROBE; p++) {
+            struct onvm_flow *c = &t[(hash + p) & mask];
+            if (c->state == ONVM_FLOW_VALID && !expired(c, now) && !stale(r, c))
+                continue;
+            if (!claim(c, &seq))
+                continue;
+            if (c->state == ONVM_FLOW_VALID && !expired(c, now) && !stale(r, c)) {
+                publish(c, seq);
+                continue;
+            }
+            if (c->state == ONVM_FLOW_VALID) { /* reusing a dead entry: it leaves now */
+                atomic_fetch_sub(&r->hdr->flows_used, 1);
+                atomic_fetch_add(&r->hdr->flows_expired, 1);
+            }
+            f = c;
+        }
+        if (!f) {
+            if (fresh)
+                continue;
+            break;
+        }
+        if (fresh) {
+            f->key = *key;
+            f->hash = hash;
+            f->created_ns = now;
+            f->packets = 0;
+            f->bytes = 0;
+            atomic_fetch_add(&r->hdr->flows_used, 1);
+            atomic_fetch_add(&r->hdr->flows_installed, 1);
+        }
+        f->last_ns = now;
+        f->chain = chain;
+        f->idle_ms = idle_ms;
+        f->hard_ms = hard_ms;
+        f->origin = origin;
+        f->rule = rule;
+        f->rule_gen = rule_gen;
+        f->state = ONVM_FLOW_VALID;
+        publish(f, seq);
+        return 0;
+    }
+    atomic_fetch_add(&r->hdr->flows_full, 1);
+    return -ENOSPC;
+}
+
+static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t seq) {
+    f->state = ONVM_FLOW_DELETED;
+    publish(f, seq);
+    atomic_fetch_sub(&r->hdr->flows_used, 1);
+}
+
+int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
+    if (!r->hdr->flow_count)
+        return -ENOENT;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        uint32_t seq;
+        long i = find(r, key, onvm_flow_key_hash(key), &seq);
+        if (i < 0)
+            return -ENOENT;
+        struct onvm_flow *f = &onvm_flows(r)[i];
+        if (!claim(f, &seq))
+            continue;
+        if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
+            publish(f, seq);
+            continue;
+        }
+        remove_entry(r, f, seq);
+        return 0;
+    }
+    return -EAGAIN;
+}
+
+uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now) {
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t count = r->hdr->flow_count, removed = 0, seq;
+    for (uint32_t k = 0; k < n && count; k++) {
+        struct onvm_flow *f = &t[(start + k) & (count - 1)];
+        if (f->state != ONVM_FLOW_VALID || !(expired(f, now) || stale(r, f)))
+            continue;
+        if (!claim(f, &seq))
+            continue;
+        if (f->state == ONVM_FLOW_VALID && (expired(f, now) || stale(r, f))) {
+            remove_entry(r, f, seq);
+            atomic_fetch_add(&r->hdr->flows_expired, 1);
+            removed++;
+        } else {
+            publish(f, seq);
+        }
+    }
+    return removed;
+}
+
+uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t removed = 0, seq;
+    for (uint32_t i = 0; i < r->hdr->flow_count; i++) {
+        struct onvm_flow *f = &t[i];
+        if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
+            continue;
+        if (!claim(f, &seq))
+            continue;
+        if (f->state == ONVM_FLOW_VALID && (chain < 0 || f->chain == chain)) {
+            remove_entry(r, f, seq);
+            removed++;
+        } else {
+            publish(f, seq);
+        }
+    }
+    return removed;
+}
+
+/* ---- rules ---------------------------------------------------------------- */
+
+static int prefix_match(const uint8_t *addr, const uint8_t *pfx, unsigned len) {
+    unsigned full = len / 8, rest = len % 8;
+    if (memcmp(addr, pfx, full) != 0)
+        return 0;
+    if (rest) {
+        uint8_t m = (uint8_t)(0xff << (8 - rest));
+        if ((addr[full] & m) != (pfx[full] & m))
+            return 0;
+    }
+    return 1;
+}
+
+static int rule_matches(const struct onvm_rule *u, const struct onvm_meta *m, const struct onvm_flow_key *k) {
+    if (u->in_port != 0xffff && u->in_port != k->in_port)
+        return 0;
+    if (u->vlan != 0xffff && (!m || !(m->flags & ONVM_MF_VLAN) || m->vlan != u->vlan))
+        return 0;
+    if (u->ipver && u->ipver != k->ipver)
+        return 0;
+    if (u->proto && u->proto != k->proto)
+        return 0;
+    if (u->src_len && !prefix_match(k->src, u->src, u->src_len))
+        return 0;
+    if (u->dst_len && !prefix_match(k->dst, u->dst, u->dst_len))
+        return 0;
+    if (k->sport < u->sport_lo || k->sport > u->sport_hi)
+        return 0;
+    if (k->dport < u->dport_lo || k->dport > u->dport_hi)
+        return 0;
+    return 1;
+}
+
+int onvm_rule_match(struct onvm_region *r, const struct onvm_meta *m, const struct onvm_flow_key *key,
+                    struct onvm_rule *out) {
+    struct onvm_rules *rs = onvm_rules(r);
+    for (;;) {
+        /* Seqlock reader: pairs with the manager's release of an even seq. */
+        uint32_t s1 = atomic_load_explicit(&rs->seq, ONVM_ACQUIRE);
+        if (s1 & 1) {
+            onvm_pause();
+            continue;
+        }
+        int found = -1;
+        uint32_t count = rs->count < ONVM_MAX_RULES ? rs->count : ONVM_MAX_RULES;
+        for (uint32_t k = 0; k < count; k++) {
+            unsigned slot = rs->order[k];
+            if (slot < ONVM_MAX_RULES && rule_matches(&rs->rule[slot], m, key)) {
+                memcpy((void *)out, &rs->rule[slot], offsetof(struct onvm_rule, hits));
+                found = (int)slot;
+                break;
+            }
+        }
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&rs->seq, ONVM_RELAXED) == s1) {
+            if (found >= 0)
+                atomic_fetch_add_explicit(&rs->rule[found].hits, 1, ONVM_RELAXED);
+            return found;
+        }
+    }
+}
+
+void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const uint16_t *slots, uint32_t n,
+                    const uint16_t *bump, uint32_t nbump) {
+    struct onvm_rules *rs = onvm_rules(r);
+    uint32_t seq = atomic_load_explicit(&rs->seq, ONVM_RELAXED);
+    atomic_store_explicit(&rs->seq, seq + 1, ONVM_RELAXED);
+    /* Release fence: the odd seq is visible before any field below changes. */
+    atomic_thread_fence(memory_order_release);
+    for (uint32_t k = 0; k < nbump; k++)
+        if (bump[k] < ONVM_MAX_RULES)
+            rs->rule[bump[k]].gen++;
+    for (uint32_t k = 0; k < n && k < ONVM_MAX_RULES; k++) {
+        struct onvm_rule *dst = &rs->rule[slots[k]];
+        uint32_t gen = dst->gen;
+        uint64_t hits = dst->id == rules[k].id ? atomic_load(&dst->hits) : 0;
+        memcpy((void *)dst, &rules[k], offsetof(struct onvm_rule, hits));
+        dst->gen = gen;
+        atomic_store(&dst->hits, hits);
+        rs->order[k] = slots[k];
+    }
+    rs->count = n < ONVM_MAX_RULES ? n : ONVM_MAX_RULES;
+    /* Release pairs with readers' acquire of seq. */
+    atomic_store_explicit(&rs->seq, seq + 2, ONVM_RELEASE);
+}
+
+void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
+    m->chain_id = 0;
+    if (!r->hdr->flow_count)
+        return;
+    /* Nothing to look up: neither entries nor rules. */
+    if (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_rules(r)->count == 0)
+        return;
+    struct onvm_flow_key key;
+    if (onvm_flow_key_of(m, data, &key) != 0)
+        return;
+    uint32_t hash = onvm_flow_key_hash(&key), seq;
+    long i = find(r, &key, hash, &seq);
+    if (i >= 0) {
+        struct onvm_flow *f = &onvm_flows(r)[i];
+        uint16_t chain = f->chain;
+        int dead = expired(f, now) || stale(r, f);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == seq && !dead) {
+            /* Only this RX worker sees this flow: plain updates are enough. */
+            f->packets++;
+            f->bytes += m->len;
+            f->last_ns = now;
+            m->chain_id = chain;
+            return;
+        }
+    }
+    struct onvm_rule rule;
+    int idx = onvm_rule_match(r, m, &key, &rule);
+    if (idx < 0)
+        return;
+    m->chain_id = rule.chain;
+    if (onvm_flow_put(r, &key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE, (uint16_t)(idx + 1),
+                      rule.gen, now) == 0) {
+        /* count this first packet too */
+        uint32_t s2;
+        long j = find(r, &key, hash, &s2);
+        if (j >= 0) {
+            struct onvm_flow *f = &onvm_flows(r)[j];
+            f->packets++;
+            f->bytes += m->len;
+        }
+    }
+}

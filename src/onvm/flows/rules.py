@@ -1,0 +1,297 @@
+"""Flow rules: a readable syntax shared by the CLI, the API and files, and a plain matcher.
+
+A rule is a list of conditions, an arrow and a target::
+
+    tcp dst port 80 src 10.0.0.0/8 -> chain web
+    priority 50 udp dst port 53 idle 30 -> chain dns
+    in-port 1 vlan 7 ip6 src 2001:db8::/32 dst port 1000-2000 -> default
+
+==========================  ===========================================================
+``tcp`` ``udp`` ``icmp``    protocol (``icmp6``/``ipv6-icmp`` for ICMPv6);
+``ip`` ``ip6``              IPv4 or IPv6, any protocol; ``any`` matches everything
+``src P`` ``dst P``         address prefix, IPv4 or IPv6 (``/len`` optional)
+``src port N[-M]``          source port or range (``sport`` also works)
+``dst port N[-M]``          destination port or range (``dport`` also works)
+``in-port N``               the port the packet came in on
+``vlan N``                  the outer VLAN id
+``priority N``              higher wins (default 100); equal priorities: older first
+``idle S`` ``hard S``       timeouts (seconds) of the exact entries the rule installs
+``-> chain NAME``           the target chain (``-> NAME`` also works; ``default`` is chain 0)
+==========================  ===========================================================
+
+Errors name the bad token.  :func:`match_rules` is the plain reference the
+native matcher is tested against.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onvm.errors import ConfigError
+
+PROTOCOLS = {"tcp": (6, 0), "udp": (17, 0), "icmp": (1, 4), "icmp6": (58, 6), "ipv6-icmp": (58, 6),
+             "sctp": (132, 0), "ip": (0, 4), "ipv4": (0, 4), "ip6": (0, 6), "ipv6": (0, 6), "any": (0, 0),
+             "all": (0, 0)}
+ANY = 0xFFFF
+DEFAULT_PRIORITY = 100
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class Rule:
+    """One parsed rule; ``chain`` is a chain name."""
+
+    chain: str
+    priority: int = DEFAULT_PRIORITY
+    proto: int = 0
+    ipver: int = 0
+    src: Network | None = None
+    dst: Network | None = None
+    sport: tuple[int, int] = (0, 65535)
+    dport: tuple[int, int] = (0, 65535)
+    in_port: int = ANY
+    vlan: int = ANY
+    idle: float = 0.0
+    hard: float = 0.0
+    text: str = ""
+    id: int = 0
+
+    def to_text(self) -> str:
+        """The canonical text form."""
+        out: list[str] = []
+        if self.priority != DEFAULT_PRIORITY:
+            out.append(f"priority {self.priority}")
+        if self.in_port != ANY:
+            out.append(f"in-port {self.in_port}")
+        if self.vlan != ANY:
+            out.append(f"vlan {self.vlan}")
+        name = next((k for k, v in PROTOCOLS.items() if v[0] == self.proto and self.proto), None)
+        if name:
+            out.append(name)
+        elif self.ipver:
+            out.append("ip" if self.ipver == 4 else "ip6")
+        for word, net in (("src", self.src), ("dst", self.dst)):
+            if net is not None:
+                out.append(f"{word} {net}")
+        for word, rng in (("src port", self.sport), ("dst port", self.dport)):
+            if rng != (0, 65535):
+                out.append(f"{word} {rng[0]}" if rng[0] == rng[1] else f"{word} {rng[0]}-{rng[1]}")
+        if self.idle:
+            out.append(f"idle {self.idle:g}")
+        if self.hard:
+            out.append(f"hard {self.hard:g}")
+        return " ".join([*out, "->", "chain", self.chain])
+
+    def native(self, slot: int, chain_id: int) -> dict[str, Any]:
+        """The dict the region's set_rules() takes."""
+
+        def packed(net: Network | None) -> tuple[bytes, int]:
+            if net is None:
+                return bytes(16), 0
+            raw = net.network_address.packed
+            return raw + bytes(16 - len(raw)), net.prefixlen
+
+        src, src_len = packed(self.src)
+        dst, dst_len = packed(self.dst)
+        return {"slot": slot, "id": self.id, "priority": self.priority, "chain": chain_id,
+                "in_port": self.in_port, "vlan": self.vlan, "proto": self.proto, "ipver": self.ipver,
+                "src": src, "src_len": src_len, "dst": dst, "dst_len": dst_len,
+                "sport_lo": self.sport[0], "sport_hi": self.sport[1],
+                "dport_lo": self.dport[0], "dport_hi": self.dport[1],
+                "idle_ms": int(self.idle * 1000), "hard_ms": int(self.hard * 1000)}
+
+
+class _Tokens:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.items = text.replace("->", " -> ").split()
+        self.pos = 0
+
+    def error(self, what: str, index: int | None = None) -> ConfigError:
+        i = self.pos - 1 if index is None else index
+        tok = self.items[i] if 0 <= i < len(self.items) else "end of rule"
+        where = f"token {i + 1} '{tok}'" if 0 <= i < len(self.items) else "the end of the rule"
+        return ConfigError(f"rule '{self.text}': {where}: {what}")
+
+    def next(self, what: str) -> str:
+        if self.pos >= len(self.items):
+            self.pos += 1
+            raise self.error(f"expected {what}")
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def peek(self) -> str | None:
+        return self.items[self.pos] if self.pos < len(self.items) else None
+
+
+def _int(t: _Tokens, what: str, lo: int, hi: int) -> int:
+    tok = t.next(what)
+    if not tok.isdigit() or not lo <= int(tok) <= hi:
+        raise t.error(f"expected {what} ({lo}..{hi})")
+    return int(tok)
+
+
+def _seconds(t: _Tokens, what: str) -> float:
+    tok = t.next(what)
+    try:
+        value = float(tok)
+    except ValueError:
+        raise t.error(f"expected {what} in seconds") from None
+    if not 0 <= value <= 4_000_000:
+        raise t.error(f"expected {what} in seconds (0..4000000)")
+    return value
+
+
+def _range(t: _Tokens, what: str) -> tuple[int, int]:
+    tok = t.next(what)
+    lo, _, hi = tok.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()):
+        raise t.error(f"expected {what} as N or N-M")
+    a, b = int(lo), int(hi or lo)
+    if not (0 <= a <= b <= 65535):
+        raise t.error(f"expected {what} in 0..65535 with the lower bound first")
+    return a, b
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse one rule; raises ConfigError naming the bad token."""
+    t = _Tokens(text)
+    rule = Rule(chain="", text=text.strip())
+    seen: set[str] = set()
+    proto_set = False
+    while True:
+        tok = t.peek()
+        if tok is None:
+            t.pos += 1
+            raise t.error("expected '-> chain NAME' at the end")
+        t.pos += 1
+        word = tok.lower()
+        if word == "->":
+            break
+        if word in PROTOCOLS:
+            if proto_set:
+                raise t.error("a rule names one protocol")
+            proto_set = True
+            rule.proto, ver = PROTOCOLS[word]
+            if ver:
+                if rule.ipver and rule.ipver != ver:
+                    raise t.error(f"protocol is IPv{ver} but an address is IPv{rule.ipver}")
+                rule.ipver = ver
+            continue
+        if word in ("src", "dst", "sport", "dport"):
+            if word in ("sport", "dport") or (t.peek() or "").lower() == "port":
+                if word in ("src", "dst"):
+                    t.pos += 1
+                key = "sport" if word in ("src", "sport") else "dport"
+                if key in seen:
+                    raise t.error(f"{key} given twice")
+                seen.add(key)
+                setattr(rule, key, _range(t, "a port"))
+                continue
+            if word in seen:
+                raise t.error(f"{word} given twice")
+            seen.add(word)
+            addr = t.next("an address prefix")
+            try:
+                net = ipaddress.ip_network(addr, strict=False)
+            except ValueError:
+                raise t.error("expected an IPv4 or IPv6 address prefix") from None
+            if rule.ipver and rule.ipver != net.version:
+                raise t.error(f"IPv{net.version} prefix in an IPv{rule.ipver} rule")
+            rule.ipver = net.version
+            setattr(rule, word, net)
+            continue
+        if word in ("in-port", "in_port", "inport"):
+            rule.in_port = _int(t, "a port number", 0, 65534)
+            continue
+        if word == "vlan":
+            rule.vlan = _int(t, "a VLAN id", 0, 4095)
+            continue
+        if word == "priority":
+            tok2 = t.next("a priority")
+            try:
+                rule.priority = int(tok2)
+            except ValueError:
+                raise t.error("expected a priority (an integer)") from None
+            if not -1_000_000 <= rule.priority <= 1_000_000:
+                raise t.error("priority must be within -1000000..1000000")
+            continue
+        if word in ("idle", "hard"):
+            setattr(rule, word, _seconds(t, f"an {word} timeout" if word == "idle" else "a hard timeout"))
+            continue
+        raise t.error("unknown word (expected a protocol, src, dst, src port, dst port, in-port, vlan, "
+                      "priority, idle, hard or '->')")
+    target = t.next("a chain name")
+    if target.lower() == "chain":
+        target = t.next("a chain name")
+    if not target.replace("-", "").replace("_", "").isalnum():
+        raise t.error("expected a chain name (letters, digits, - and _)")
+    if t.peek() is not None:
+        t.pos += 1
+        raise t.error("unexpected text after the target")
+    rule.chain = target
+    return rule
+
+
+def parse_rules(lines: Iterable[str]) -> list[Rule]:
+    """Parse rules, one per line; blank lines and ``#`` comments are skipped."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            try:
+                out.append(parse_rule(text))
+            except ConfigError as e:
+                raise ConfigError(f"line {n}: {e.message}") from None
+    return out
+
+
+# ---- the reference matcher ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PacketFields:
+    """What rules look at in a packet."""
+
+    ipver: int
+    src: bytes
+    dst: bytes
+    proto: int
+    sport: int
+    dport: int
+    in_port: int
+    vlan: int | None = None
+
+
+def rule_matches(rule: Rule, p: PacketFields) -> bool:
+    if rule.in_port != ANY and rule.in_port != p.in_port:
+        return False
+    if rule.vlan != ANY and rule.vlan != p.vlan:
+        return False
+    if rule.ipver and rule.ipver != p.ipver:
+        return False
+    if rule.proto and rule.proto != p.proto:
+        return False
+    for net, raw in ((rule.src, p.src), (rule.dst, p.dst)):
+        if net is not None:
+            if net.version != p.ipver:
+                return False
+            if ipaddress.ip_address(raw) not in net:
+                return False
+    if not rule.sport[0] <= p.sport <= rule.sport[1]:
+        return False
+    return rule.dport[0] <= p.dport <= rule.dport[1]
+
+
+def ordered(rules: Sequence[Rule]) -> list[Rule]:
+    """Rules in the order they are tried: priority high to low, then oldest first."""
+    return sorted(rules, key=lambda r: (-r.priority, r.id))
+
+
+def match_rules(rules: Sequence[Rule], p: PacketFields) -> Rule | None:
+    """The rule a packet takes, or None (default chain)."""
+    return next((r for r in ordered(rules) if rule_matches(r, p)), None)
