@@ -49,7 +49,7 @@ def _manager_parser(sub: Any) -> None:
     p.add_argument("--rule", action="append", default=[], metavar="RULE",
                    help="a rule added at start, e.g. 'tcp dst port 80 -> chain web' (repeatable)")
     p.add_argument("--no-wait", action="store_true",
-                   help="start input ports at once, not when the default chain's services run")
+                   help="start input ports at once, not when the services of the chains run")
     p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
 
 
@@ -227,6 +227,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quote_rule(argv: list[str]) -> list[str]:
+    """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
+    opts, words, rest = [], [], argv[2:]
+    while rest:
+        tok = rest.pop(0)
+        if tok == "--name" and rest:
+            opts += [tok, rest.pop(0)]
+        elif tok in ("--json", "-h", "--help") or tok.startswith("--name="):
+            opts.append(tok)
+        else:
+            words.append(tok)
+    return ["rule", "add", " ".join(words), *opts] if words else ["rule", "add", *opts]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from onvm.bench import SCENARIOS
 
@@ -278,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "nf":
             return cmd_nf(argv[1:])
+        if argv[:2] == ["rule", "add"]:
+            argv = _quote_rule(argv)
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

@@ -401,11 +401,15 @@ class Manager:
             if self._chain_services() <= running:
                 self._held = False
                 self.native.pause_input(False)
-                self.log("every service of the default chain runs: input ports start")
+                self.log("every service of the chains runs: input ports start")
         return {"state": rec.life.state.value}
 
     def _chain_services(self) -> set[int]:
-        return {h.dest for h in self.config.chain if h.action == Action.TONF}
+        """Services named by the default chain and by the chains made at start."""
+        hops = list(self.config.chain)
+        if self.flows:
+            hops += [h for _, chain in self.flows.chains.values() for h in chain]
+        return {h.dest for h in hops if h.action == Action.TONF}
 
     def _op_stopping(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(conn)

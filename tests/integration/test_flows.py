@@ -1,0 +1,109 @@
+"""Chains, rules and the flow table through a running manager, its CLI and an NF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.integration.conftest import onvm, status, wait_for
+
+
+def settled(name: str, inputs: int):
+    st = status(name)
+    done = all(p["done"] for p in st["ports"][:inputs]) and st["pool"]["free"] == st["pool"]["total"]
+    return done and st
+
+
+def test_rules_steer_flows_to_chains(deploy):
+    dep = deploy([
+        "--port", "gen:proto=tcp,dport=80,flows=8,count=2000,rate=40k",
+        "--port", "gen:proto=udp,dport=53,flows=4,count=1000,rate=40k,src=10.2.0.1",
+        "--port", "null",
+        "--default-chain", "1,out:2", "--chain", "web=2,out:2",
+        "--rule", "tcp dst port 80 idle 0.5 -> chain web", "--ring-size", "8192",
+    ])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["simple_forward", "--service", "2"])
+    dep.wait_running(2)
+    st = wait_for(lambda: settled(dep.name, 2), timeout=30, what="traffic to end")
+    rx = {n["service"]: n["rx"] for n in st["nfs"]}
+    assert rx == {1: 1000, 2: 2000}
+    assert st["ports"][2]["tx"] == 3000
+    flows = json.loads(onvm("flow", "list", "--name", dep.name, "--json").stdout)["flows"]
+    web = [f for f in flows if f["chain"] == "web"]
+    assert len(web) == 8 and sum(f["packets"] for f in web) == 2000
+    assert all(f["origin"] == "rule" and f["flow"].endswith(":80 tcp") for f in web)
+    rules = json.loads(onvm("rule", "list", "--name", dep.name, "--json").stdout)["rules"]
+    assert rules[0]["hits"] == 8  # one per flow: later packets hit the cached entry
+    # the idle timeout removes them once traffic has stopped
+    wait_for(lambda: json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["used"] == 0,
+             timeout=5, what="entries to expire")
+    assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["expired"] >= 8
+
+
+def test_chain_rule_flow_commands(deploy):
+    dep = deploy(["--port", "null"])
+    n = ["--name", dep.name]
+    r = onvm("chain", "add", "web", "2,3,out:0", *n, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["hops"] == "2,3,out:0"
+    chains = json.loads(onvm("chain", "list", *n, "--json").stdout)["chains"]
+    assert [c["name"] for c in chains] == ["default", "web"]
+    r = onvm("rule", "add", "tcp", "dst", "port", "80x", "->", "chain", "web", *n)
+    assert r.returncode == 1 and "token 4 '80x': expected a port as N or N-M" in r.stderr
+    r = onvm("rule", "add", "udp", "->", "chain", "nowhere", *n)
+    assert r.returncode == 1 and "no chain named 'nowhere'" in r.stderr
+    r = onvm("rule", "add", "tcp dst port 80 src 10.0.0.0/8 -> chain web", *n, "--json")
+    rule = json.loads(r.stdout)
+    assert rule["rule"] == "tcp src 10.0.0.0/8 dst port 80 -> chain web"
+    r = onvm("chain", "del", "web", *n)
+    assert r.returncode == 1 and f"used by rule(s) {rule['id']}" in r.stderr
+    r = onvm("flow", "add", "10.0.0.1:5 10.0.0.2:80", "tcp", "--chain", "web", "--idle", "30", *n)
+    assert r.returncode == 0, r.stderr
+    flows = json.loads(onvm("flow", "list", *n, "--json").stdout)["flows"]
+    assert [(f["flow"], f["chain"], f["origin"], f["idle_timeout"]) for f in flows] == [
+        ("10.0.0.1:5 10.0.0.2:80 tcp", "web", "api", 30.0)]
+    assert onvm("flow", "del", "10.0.0.1:5", "10.0.0.2:80", "tcp", *n).returncode == 0
+    r = onvm("flow", "del", "10.0.0.1:5", "10.0.0.2:80", "tcp", *n)
+    assert r.returncode == 1 and "no flow 10.0.0.1:5 10.0.0.2:80 tcp" in r.stderr
+    assert onvm("rule", "del", str(rule["id"]), *n).returncode == 0
+    assert onvm("chain", "del", "web", *n).returncode == 0
+    r = onvm("chain", "add", "bad", "1,out:0,2", *n)
+    assert r.returncode == 1 and "hop 2 'out:0' ends the chain but more hops follow it" in r.stderr
+    text = onvm("rule", "list", *n).stdout
+    assert "(none)" in text
+
+
+STEERER = textwrap.dedent('''
+    import sys
+    from onvm import NF
+
+    nf = NF("steerer", service=1, manager=sys.argv[1], quiet=True)
+
+    @nf.packet
+    def handle(pkt, meta):
+        if nf.flow(pkt) is None:
+            nf.steer(pkt, "alt", idle=10)
+        meta.next()
+
+    nf.run()
+''')
+
+
+def test_nf_steers_its_flows(deploy, tmp_path):
+    dep = deploy(["--port", "gen:flows=4,count=4000,rate=20k", "--port", "null",
+                  "--default-chain", "1,out:1", "--chain", "alt=2,out:1", "--ring-size", "8192"])
+    script = tmp_path / "steerer.py"
+    script.write_text(STEERER)
+    dep.procs.append(subprocess.Popen([sys.executable, str(script), dep.name]))
+    dep.start_nf(["simple_forward", "--service", "2"])
+    dep.wait_running(2)
+    st = wait_for(lambda: settled(dep.name, 1), timeout=30, what="traffic to end")
+    rx = {n["service"]: n["rx"] for n in st["nfs"]}
+    assert rx[1] + rx[2] == 4000 and st["ports"][1]["tx"] == 4000
+    assert rx[1] < 400  # only each flow's first packets reach the steering NF
+    flows = json.loads(onvm("flow", "list", "--name", dep.name, "--json").stdout)["flows"]
+    assert len(flows) == 4
+    assert {f["origin"] for f in flows} == {"nf"} and {f["chain"] for f in flows} == {"alt"}
