@@ -474,7 +474,8 @@ static PyObject *Region_pick(RegionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "II", &svc, &hash))
         return NULL;
     REGION_OPEN(self);
-    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash));
+    static uint32_t rr[ONVM_MAX_SERVICES];
+    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash, &rr[svc % ONVM_MAX_SERVICES]));
 }
 
 static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {

@@ -397,6 +397,7 @@ typedef struct {
     PacketObject *pkt;
     MetaObject *meta;
     int local_stop;
+    _Atomic int msg_flag; /* set by notify() from another thread: messages wait */
     uint32_t buf[ONVM_BURST_MAX];
 } NFContextObject;
 
@@ -503,14 +504,14 @@ static void free_slots(NFContextObject *self, const uint32_t *s, uint32_t n) {
  * burst in hand was finished (the rest of the burst is dropped and counted). */
 static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"handler", "batch", "arrays", "burst", "limit", "ttl", "periodic", "period",
-                             "default_action", "default_dest", NULL};
-    PyObject *handler, *arrays = Py_None, *periodic = Py_None;
+                             "default_action", "default_dest", "messages", NULL};
+    PyObject *handler, *arrays = Py_None, *periodic = Py_None, *messages = Py_None;
     int batch = 1;
     unsigned burst = 256, def_action = ONVM_ACT_NEXT, def_dest = 0;
     unsigned long long limit = 0;
     double ttl = 0.0, period = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pOIKdOdII", kwlist, &handler, &batch, &arrays, &burst,
-                                     &limit, &ttl, &periodic, &period, &def_action, &def_dest))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pOIKdOdIIO", kwlist, &handler, &batch, &arrays, &burst,
+                                     &limit, &ttl, &periodic, &period, &def_action, &def_dest, &messages))
         return NULL;
     if (burst < 1 || burst > ONVM_BURST_MAX)
         return PyErr_Format(PyExc_ValueError, "burst must be between 1 and %d", ONVM_BURST_MAX);
@@ -566,7 +567,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 sleep_ns = NF_MAX_SLEEP_NS;
             if (sleep_ns > 0) {
                 onvm_waiter_prepare(&nf->wait);
-                if (onvm_ring_count(rx) || atomic_load(&nf->stop)) {
+                if (onvm_ring_count(rx) || atomic_load(&nf->stop) || atomic_load(&self->msg_flag)) {
                     onvm_waiter_cancel(&nf->wait);
                 } else {
                     Py_BEGIN_ALLOW_THREADS onvm_waiter_sleep(&nf->wait, sleep_ns);
@@ -649,6 +650,14 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             failed = 1;
             break;
         }
+        if (messages != Py_None && atomic_exchange(&self->msg_flag, 0)) {
+            PyObject *ret = PyObject_CallNoArgs(messages);
+            if (!ret) {
+                failed = 1;
+                break;
+            }
+            Py_DECREF(ret);
+        }
         if (ttl_ns && now - start >= ttl_ns) {
             reason = "ttl";
             break;
@@ -676,6 +685,15 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
 static PyObject *NFContext_stop(NFContextObject *self, PyObject *u) {
     (void)u;
     self->local_stop = 1;
+    onvm_waiter_wake(&self->region->r.nfs[self->nf_id].wait);
+    Py_RETURN_NONE;
+}
+
+/* notify(): messages are waiting; the loop calls its messages hook soon, even asleep. */
+static PyObject *NFContext_notify(NFContextObject *self, PyObject *u) {
+    (void)u;
+    atomic_store(&self->msg_flag, 1);
+    onvm_waiter_wake(&self->region->r.nfs[self->nf_id].wait);
     Py_RETURN_NONE;
 }
 
@@ -722,8 +740,9 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
 static PyMethodDef NFContext_methods[] = {
     {"run", (PyCFunction)(void (*)(void))NFContext_run, METH_VARARGS | METH_KEYWORDS,
      "run(handler, batch=True, arrays=None, burst=256, limit=0, ttl=0.0, periodic=None, period=1.0, "
-     "default_action=1, default_dest=0) -> reason"},
+     "default_action=1, default_dest=0, messages=None) -> reason"},
     {"stop", (PyCFunction)NFContext_stop, METH_NOARGS, "Leave run() after the current burst."},
+    {"notify", (PyCFunction)NFContext_notify, METH_NOARGS, "Have run() call its messages hook soon."},
     {"inject", (PyCFunction)(void (*)(void))NFContext_inject, METH_VARARGS | METH_KEYWORDS,
      "inject(data, action=NEXT, dest=0, count=1, chain=0) -> packets sent"},
     {NULL}};

@@ -63,8 +63,13 @@ void onvm_slot_reset(struct onvm_region *r, uint32_t idx);
 /* ---- services and chains (manager writes, everyone reads) ---- */
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
                       unsigned count, unsigned policy);
+enum onvm_policy {
+    ONVM_POLICY_HASH = 0,  /* rendezvous hashing of the symmetric flow hash: flow affinity */
+    ONVM_POLICY_RR = 1,    /* round-robin, per producer (*rr is the producer's counter) */
+    ONVM_POLICY_LEAST = 2, /* the instance whose RX ring holds the fewest packets */
+};
 /* Returns an NF id for a packet of the service, 0 if the service has none. */
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash);
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr);
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
                    const char *name);
 int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);

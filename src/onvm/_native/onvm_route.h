@@ -35,6 +35,7 @@ struct onvm_route_ctx {
     unsigned ngroups;
     uint32_t nfree;
     uint32_t freebuf[ONVM_BURST_MAX];
+    uint32_t rr[ONVM_MAX_SERVICES]; /* round-robin position per service, this producer's own */
 };
 
 void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t n, int mode);

@@ -325,7 +325,7 @@ static inline uint32_t mix32(uint32_t x) {
     return x;
 }
 
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash) {
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr) {
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
@@ -336,15 +336,26 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
             onvm_pause();
             continue;
         }
-        unsigned count = s->count, pick = 0;
+        unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES, pick = 0;
         if (count == 1) {
             pick = s->nf[0];
+        } else if (count > 1 && s->policy == ONVM_POLICY_RR && rr) {
+            pick = s->nf[(*rr)++ % count];
+        } else if (count > 1 && s->policy == ONVM_POLICY_LEAST) {
+            uint32_t best = UINT32_MAX;
+            for (unsigned i = 0; i < count; i++) {
+                uint32_t load = s->nf[i] < ONVM_MAX_NFS ? onvm_ring_count(onvm_nf_ring(r, s->nf[i], 0)) : UINT32_MAX;
+                if (load < best) {
+                    best = load;
+                    pick = s->nf[i];
+                }
+            }
         } else if (count > 1) {
             /* Rendezvous hashing: the instance with the highest score wins, so
              * adding or removing an instance moves only the flows it gains
              * or loses. */
             uint32_t best = 0;
-            for (unsigned i = 0; i < count && i < ONVM_MAX_INSTANCES; i++) {
+            for (unsigned i = 0; i < count; i++) {
                 uint32_t score = mix32(hash ^ (0x9e3779b9u * (s->inst[i] + 1u)));
                 if (i == 0 || score > best) {
                     best = score;

@@ -112,7 +112,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             drop(c, s, ONVM_DROP_ACTION);
             break;
         case ONVM_ACT_TONF: {
-            unsigned nf = onvm_service_pick(r, dest, m->flow_hash);
+            unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES]);
             if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
                 drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
                 break;

@@ -18,6 +18,8 @@ EPILOG = """examples:
   onvm chain add web 2,3,out:1
   onvm rule add tcp dst port 80 -> chain web
   onvm flow list
+  onvm service policy 2 round-robin
+  onvm scale 2 3
   onvm stop
 """
 
@@ -48,6 +50,11 @@ def _manager_parser(sub: Any) -> None:
                    help="a named chain made at start, e.g. web=1,2,out:0 (repeatable)")
     p.add_argument("--rule", action="append", default=[], metavar="RULE",
                    help="a rule added at start, e.g. 'tcp dst port 80 -> chain web' (repeatable)")
+    p.add_argument("--policy", action="append", default=[], metavar="SERVICE=POLICY",
+                   help="load balancing of a service's instances: hash (default), round-robin or "
+                   "least-loaded (repeatable)")
+    p.add_argument("--autoscale", action="append", default=[], metavar="SERVICE:MIN:MAX",
+                   help="add instances while the service's rings stay half full, remove them when idle")
     p.add_argument("--no-wait", action="store_true",
                    help="start input ports at once, not when the services of the chains run")
     p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
@@ -63,6 +70,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         stats_interval=0 if args.quiet else args.stats, duration=args.duration,
         exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
         flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
+        policies=args.policy, autoscale=args.autoscale,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -216,6 +224,46 @@ def cmd_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    if args.action == "policy":
+        if args.service is None or not args.policy:
+            raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded",
+                            code="bad_request")
+        out = _request(args, "service_policy", service=args.service, policy=args.policy)
+    else:
+        out = _request(args, "service_list")
+    if args.json:
+        print(json.dumps(out))
+    elif args.action == "list":
+        rows = [{"service": s["service"], "policy": s["policy"], "instances": len(s["instances"]),
+                 "nfs": ",".join(str(i["nf_id"]) for i in s["instances"]),
+                 "autoscale": f"{s['autoscale']['min']}-{s['autoscale']['max']}" if s["autoscale"] else ""}
+                for s in out["services"]]
+        _table(rows, ["service", "policy", "instances", "nfs", "autoscale"])
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    if (args.nf is None) == (args.service is None):
+        raise OnvmError("onvm send needs exactly one of --nf ID or --service S", code="bad_request")
+    try:
+        data = json.loads(args.data)
+    except ValueError:
+        data = args.data
+    target = {"nf": args.nf} if args.nf is not None else {"service": args.service}
+    out = _request(args, "send", data=data, **target)
+    print(json.dumps(out) if args.json else f"delivered to {out['delivered']} of {out['targets']} NF(s)")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    out = _request(args, "scale", service=args.service, count=args.count)
+    print(json.dumps(out) if args.json else " ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from onvm.bench import run_scenario
 
@@ -280,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")
     f.add_argument("--name", default="onvm")
     f.add_argument("--json", action="store_true")
+    sv = sub.add_parser("service", help="list services or set a service's load-balancing policy")
+    sv.add_argument("action", choices=["list", "policy"])
+    sv.add_argument("service", nargs="?", type=int)
+    sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
+    sv.add_argument("--name", default="onvm")
+    sv.add_argument("--json", action="store_true")
+    sc = sub.add_parser("scale", help="start or stop instances of a service",
+                        description="Start copies of a running instance, or stop the highest-numbered ones.")
+    sc.add_argument("service", type=int)
+    sc.add_argument("count", type=int)
+    sc.add_argument("--name", default="onvm")
+    sc.add_argument("--json", action="store_true")
+    m = sub.add_parser("send", help="send a message to an NF or to every instance of a service",
+                       description="The NF's @nf.message hook receives it (JSON if DATA parses as JSON).")
+    m.add_argument("data")
+    m.add_argument("--nf", type=int, help="NF id")
+    m.add_argument("--service", type=int, help="service id: every running instance")
+    m.add_argument("--name", default="onvm")
+    m.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
     b.add_argument("scenario", choices=sorted(SCENARIOS))
     b.add_argument("--seconds", type=float, default=5.0)
@@ -300,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
-                   "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow}
+                   "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
+                   "scale": cmd_scale, "send": cmd_send}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

@@ -41,6 +41,7 @@ from onvm.flows.keys import FlowKey
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.region_path import region_path
+from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, Services, parse_policy
 from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
 from onvm.ports.uri import PortSpec, parse_port
@@ -74,6 +75,8 @@ class ManagerConfig:
     flow_table_size: int = 65536  # exact-match entries (a power of two, 0 = no flow table)
     chains: list[str] = field(default_factory=list)  # NAME=SPEC, made at start
     rules: list[str] = field(default_factory=list)  # rule texts, added at start
+    policies: list[str] = field(default_factory=list)  # SERVICE=POLICY
+    autoscale: list[str] = field(default_factory=list)  # SERVICE:MIN:MAX
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -98,6 +101,13 @@ class ManagerConfig:
                                      or self.flow_table_size > 1 << 26):
             raise ConfigError(f"--flow-table-size {self.flow_table_size}: expected 0 or a power of two "
                               "up to 67108864")
+        self.policy_map: dict[int, int] = {}
+        for text in self.policies:
+            svc, _, pol = text.partition("=")
+            if not svc.isdigit() or int(svc) >= _native.MAX_SERVICES:
+                raise ConfigError(f"--policy {text}: expected SERVICE=POLICY, e.g. 2=round-robin")
+            self.policy_map[int(svc)] = parse_policy(pol)
+        self.autoscale_specs = [AutoscaleSpec.parse(a) for a in self.autoscale]
         for c in self.chains:
             if "=" not in c:
                 raise ConfigError(f"--chain {c}: expected NAME=HOPS, e.g. web=1,2,out:0")
@@ -132,6 +142,8 @@ class NFRecord:
     registered_at: float = field(default_factory=time.monotonic)
     final: dict[str, Any] = field(default_factory=dict)  # counters when it left
     reclaimed: int = 0
+    inbox: Connection | None = None  # the NF's message connection
+    messages_in: int = 0
 
     def describe(self) -> str:
         return f"NF {self.nf_id} ({self.name}, service {self.service}.{self.instance})"
@@ -152,6 +164,9 @@ class Manager:
         self.started_at = time.monotonic()
         self.stats: StatsPrinter | None = None
         self.flows: FlowRegistry | None = None
+        self.services = Services(self, config.autoscale_specs)
+        for svc, pol in config.policy_map.items():
+            self.services.set_policy(svc, pol)
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -208,6 +223,7 @@ class Manager:
         if cfg.stats_interval > 0:
             self.stats = StatsPrinter(self, cfg.stats_interval)
             self.stats.start()
+        self.services.start()
 
     def _is_output(self, port: int) -> bool:
         specs = self.config.port_specs
@@ -282,12 +298,14 @@ class Manager:
             live = [r for r in self.nfs.values() if not r.life.terminal]
         for rec in live:
             self._ask_stop(rec)
+        self.services.stop()
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             with self.lock:
                 if not any(not r.life.terminal for r in self.nfs.values()):
                     break
             time.sleep(0.01)
+        self.services.wait_spawned(timeout=3.0)
         if self.stats:
             self.stats.stop()
         if self.server:
@@ -486,6 +504,59 @@ class Manager:
     def _op_flow_stats(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         return self._flows().stats()
 
+    # ---- messages ------------------------------------------------------------
+    def _op_subscribe(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """An NF's second connection, on which it receives messages."""
+        rec = self.nfs.get(self._arg(args, "nf_id", int))
+        if rec is None or (conn.pid and rec.pid and conn.pid != rec.pid):
+            raise OnvmError("only an NF's own process may take its messages", code="forbidden")
+        rec.inbox = conn
+        return {"nf_id": rec.nf_id}
+
+    def _op_send(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """Send ``data`` to one NF (``nf``) or to every running instance of a ``service``."""
+        if "data" not in args:
+            raise ConfigError("'data' is required")
+        sender: dict[str, Any] = {"manager": True}
+        if "nf_id" in conn.data and conn.data["nf_id"] in self.nfs:
+            src = self.nfs[conn.data["nf_id"]]
+            sender = {"nf": src.nf_id, "service": src.service, "instance": src.instance}
+        if "nf" in args:
+            rec = self.nfs.get(self._arg(args, "nf", int))
+            if rec is None:
+                raise OnvmError(f"no NF with id {args['nf']}", code="no_such_nf")
+            targets = [rec]
+        else:
+            svc = self._arg(args, "service", int)
+            targets = [r for r in self.nfs.values() if r.service == svc and r.life.state == NFState.RUNNING]
+        delivered = 0
+        message = {"from": sender, "data": args["data"]}
+        for rec in targets:
+            if rec.inbox is not None and rec.inbox.send_event("message", message):
+                rec.messages_in += 1
+                delivered += 1
+        return {"delivered": delivered, "targets": len(targets)}
+
+    def _op_service_list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        return {"services": self.services.describe()}
+
+    def _op_service_policy(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        svc = self._arg(args, "service", int)
+        if not 0 <= svc < _native.MAX_SERVICES:
+            raise ConfigError(f"service {svc} is out of range (0..{_native.MAX_SERVICES - 1})")
+        self.services.set_policy(svc, parse_policy(self._arg(args, "policy", str)))
+        self._publish_service(svc)
+        self.log(f"service {svc}: policy {POLICY_NAMES[self.services.policy_of(svc)]}")
+        return {"service": svc, "policy": POLICY_NAMES[self.services.policy_of(svc)]}
+
+    def _op_scale(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        svc = args.get("service")
+        if svc is None and "nf_id" in conn.data:
+            svc = self._record(conn).service
+        if not isinstance(svc, int):
+            raise ConfigError("'service' must be an int")
+        return self.services.scale(svc, self._arg(args, "count", int))
+
     # ---- services and retirement ------------------------------------------
     def _publish_service(self, service: int) -> None:
         members = sorted(
@@ -493,7 +564,8 @@ class Manager:
             for r in self.nfs.values()
             if r.service == service and r.life.state == NFState.RUNNING
         )
-        self.region.set_service(service, [(nf, inst) for inst, nf in members])
+        self.region.set_service(service, [(nf, inst) for inst, nf in members],
+                                self.services.policy_of(service))
 
     def _leave_service(self, rec: NFRecord) -> None:
         self._publish_service(rec.service)
@@ -596,6 +668,7 @@ class Manager:
             "ports": ports,
             "nfs": nfs,
             "chains": self.flows.list_chains() if self.flows else [],
+            "services": self.services.describe(),
             "flows": self.flows.stats() if self.flows else {},
             "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
         }
@@ -616,6 +689,7 @@ class Manager:
             "actions": {a.name.lower(): acts[a] for a in Action},
             "drops": _drops(info.get("drops", ())),
             "reclaimed": rec.reclaimed,
+            "messages": rec.messages_in,
         }
 
     def _print_summary(self) -> None:

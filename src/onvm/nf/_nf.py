@@ -17,9 +17,11 @@ by any signal is noticed at once.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +89,9 @@ class NF:
         self._client: Client | None = None
         self._started = 0.0
         self._chain_ids: dict[str, int] = {}
+        self._on_message: Handler | None = None
+        self._inbox: collections.deque[tuple[dict[str, Any], Any]] = collections.deque()
+        self.messages_dropped = 0  # messages lost because the inbox was full
 
     # ---- decorators -----------------------------------------------------
     def packet(self, fn: Handler) -> Handler:
@@ -110,6 +115,14 @@ class NF:
     def teardown(self, fn: Handler) -> Handler:
         """Register ``fn(nf)``, called after the loop ends."""
         self._teardown.append(fn)
+        return fn
+
+    def message(self, fn: Handler) -> Handler:
+        """Register ``fn(nf, sender, data)`` for messages from other NFs or the manager.
+
+        It runs in the packet loop between bursts, so it may touch the same
+        state as the packet handler without locks."""
+        self._on_message = fn
         return fn
 
     def periodic(self, seconds: float = 1.0) -> Callable[[Handler], Handler]:
@@ -184,6 +197,22 @@ class NF:
         """Remove ``flow``'s entry; True if there was one."""
         return bool(self._region.flow_del(self._key(flow)))
 
+    def send(self, data: Any, *, service: int | None = None, nf: int | None = None) -> int:
+        """Send JSON-able ``data`` to NF ``nf`` or to every instance of ``service``; returns deliveries."""
+        if self._client is None:
+            raise OnvmError("send() needs a running NF")
+        if (service is None) == (nf is None):
+            raise ConfigError("send() takes exactly one of service= or nf=")
+        target = {"nf": nf} if nf is not None else {"service": service}
+        return int(self._client.request("send", data=data, **target)["delivered"])
+
+    def scale(self, count: int) -> dict[str, Any]:
+        """Ask the manager to run ``count`` instances of this NF's service (copies of this one)."""
+        if self._client is None:
+            raise OnvmError("scale() needs a running NF")
+        result: dict[str, Any] = self._client.request("scale", service=self.service, count=count)
+        return result
+
     def stop(self) -> None:
         """Leave the run loop after the current burst."""
         if self._ctx is not None:
@@ -255,6 +284,7 @@ class NF:
             def periodic() -> None:
                 hook(self)
 
+        inbox = self._open_inbox() if self._on_message is not None else None
         try:
             client.request("start")
             for fn in self._setup:
@@ -271,6 +301,7 @@ class NF:
                 period=self._period,
                 default_action=int(self.default_action),
                 default_dest=self.default_dest,
+                messages=self._deliver if inbox is not None else None,
             )
             if self.stop_reason:
                 reason = self.stop_reason
@@ -278,6 +309,8 @@ class NF:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+            if inbox is not None:
+                inbox.close()
         try:
             client.request("stopping", reason=self.stop_reason)
         except OnvmError:
@@ -287,6 +320,17 @@ class NF:
         if not self.quiet:
             self._print_summary()
         return self.stop_reason
+
+    def _open_inbox(self) -> _Inbox:
+        client = Client(self.manager)
+        client.request("subscribe", nf_id=self.nf_id)
+        return _Inbox(self, client)
+
+    def _deliver(self) -> None:
+        handler = self._on_message
+        while self._inbox and handler is not None:
+            sender, data = self._inbox.popleft()
+            handler(self, sender, data)
 
     def _print_summary(self) -> None:
         st = self.stats
@@ -302,6 +346,41 @@ class NF:
             + f" in {secs:.1f} s ({st.get('rx', 0) / secs / 1e6:.2f} Mpps); stopped: {self.stop_reason}",
             file=sys.stderr,
         )
+
+
+class _Inbox:
+    """A second control connection whose reader thread queues messages for the loop."""
+
+    def __init__(self, nf: NF, client: Client) -> None:
+        self.nf = nf
+        self.client = client
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="onvm-nf-inbox", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.done.is_set():
+            try:
+                event = self.client.next_event(timeout=0.2)
+            except OnvmError:
+                return
+            if event is None or event.name != "message":
+                continue
+            if len(self.nf._inbox) >= MAX_INBOX:
+                self.nf.messages_dropped += 1
+                continue
+            self.nf._inbox.append((event.data.get("from", {}), event.data.get("data")))
+            ctx = self.nf._ctx
+            if ctx is not None:
+                ctx.notify()
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=1)
+        self.client.close()
+
+
+MAX_INBOX = 1024
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:

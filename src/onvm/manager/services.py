@@ -1,0 +1,217 @@
+"""Services: load-balancing policy per service, scaling by starting or stopping NF
+processes, and an optional autoscaler.
+
+A new instance is a copy of a running one: the manager reads that NF's command
+line from /proc and starts it again without its ``--instance`` option, so the
+new process registers as the next free instance of the same service.  Scaling
+down asks the highest-numbered instances to stop; they leave as any NF does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from onvm.errors import ConfigError, OnvmError
+
+if TYPE_CHECKING:
+    from onvm.manager.manager import Manager, NFRecord
+
+POLICIES = {"hash": 0, "rr": 1, "round-robin": 1, "least-loaded": 2, "least": 2}
+POLICY_NAMES = {0: "hash", 1: "round-robin", 2: "least-loaded"}
+MAX_INSTANCES = 16
+
+
+def parse_policy(text: str) -> int:
+    if text.lower() not in POLICIES:
+        raise ConfigError(f"policy '{text}': expected hash, round-robin or least-loaded")
+    return POLICIES[text.lower()]
+
+
+@dataclass
+class AutoscaleSpec:
+    """``SERVICE:MIN:MAX``: keep between MIN and MAX instances, adding while rings fill."""
+
+    service: int
+    low: int
+    high: int
+    busy_fill: float = 0.5  # mean RX ring fill above which an instance is added
+    busy_checks: int = 4  # consecutive busy checks (of CHECK_EVERY s) before adding
+    idle_checks: int = 20  # consecutive checks without packets before removing one
+    busy_seen: int = 0
+    idle_seen: int = 0
+    last_rx: int = -1
+    history: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> AutoscaleSpec:
+        parts = text.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"--autoscale {text}: expected SERVICE:MIN:MAX, e.g. 2:1:4")
+        svc, low, high = map(int, parts)
+        if not 1 <= low <= high <= MAX_INSTANCES:
+            raise ConfigError(f"--autoscale {text}: expected 1 <= MIN <= MAX <= {MAX_INSTANCES}")
+        return cls(svc, low, high)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode() for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def without_instance(argv: list[str]) -> list[str]:
+    """The command line without any ``--instance N`` / ``--instance=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--instance":
+            skip = True
+        elif not a.startswith("--instance="):
+            out.append(a)
+    return out
+
+
+class Services:
+    """Per-service policy, scaling and autoscaling for one manager."""
+
+    CHECK_EVERY = 0.5
+
+    def __init__(self, manager: Manager, autoscale: list[AutoscaleSpec]) -> None:
+        self.m = manager
+        self.policy: dict[int, int] = {}
+        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.autoscale = {a.service: a for a in autoscale}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- policy ---------------------------------------------------------------
+    def set_policy(self, service: int, policy: int) -> None:
+        self.policy[service] = policy
+
+    def policy_of(self, service: int) -> int:
+        return self.policy.get(service, 0)
+
+    def describe(self) -> list[dict[str, Any]]:
+        by_service: dict[int, list[NFRecord]] = {}
+        for r in self.m.nfs.values():
+            by_service.setdefault(r.service, []).append(r)
+        out = []
+        for svc in sorted(set(by_service) | set(self.policy) | set(self.autoscale)):
+            recs = sorted(by_service.get(svc, []), key=lambda r: r.instance)
+            auto = self.autoscale.get(svc)
+            out.append({
+                "service": svc,
+                "policy": POLICY_NAMES[self.policy_of(svc)],
+                "instances": [{"instance": r.instance, "nf_id": r.nf_id, "name": r.name, "pid": r.pid,
+                               "state": r.life.state.value} for r in recs],
+                "autoscale": {"min": auto.low, "max": auto.high} if auto else None,
+            })
+        return out
+
+    # ---- scaling --------------------------------------------------------------
+    def running(self, service: int) -> list[NFRecord]:
+        from onvm.manager._lifecycle import NFState
+
+        return sorted((r for r in self.m.nfs.values() if r.service == service
+                       and r.life.state in (NFState.READY, NFState.RUNNING, NFState.STARTING)),
+                      key=lambda r: r.instance)
+
+    def scale(self, service: int, count: int) -> dict[str, Any]:
+        if not 0 <= count <= MAX_INSTANCES:
+            raise ConfigError(f"scale {service} to {count}: expected 0..{MAX_INSTANCES} instances")
+        live = self.running(service)
+        started: list[int] = []
+        stopped: list[int] = []
+        if count > len(live):
+            if not live:
+                raise OnvmError(f"service {service} has no running NF to copy; start one first",
+                                code="not_found")
+            argv = without_instance(_cmdline(live[0].pid))
+            if not argv:
+                raise OnvmError(f"cannot read the command line of NF {live[0].nf_id}", code="internal")
+            for _ in range(count - len(live)):
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+                self.spawned.append(proc)
+                started.append(proc.pid)
+        elif count < len(live):
+            for rec in live[count:]:
+                self.m._ask_stop(rec)
+                stopped.append(rec.nf_id)
+        if started or stopped:
+            self.m.log(f"service {service}: {len(live)} -> {count} instances")
+        return {"service": service, "from": len(live), "to": count, "started_pids": started,
+                "stopping_nfs": stopped}
+
+    def reap(self) -> None:
+        self.spawned = [p for p in self.spawned if p.poll() is None]
+
+    def wait_spawned(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for p in self.spawned:
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                try:
+                    p.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.spawned = []
+
+    # ---- autoscaler -----------------------------------------------------------
+    def start(self) -> None:
+        if self.autoscale:
+            self._thread = threading.Thread(target=self._run, name="onvm-autoscale", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.CHECK_EVERY):
+            if self.m.stopping.is_set():
+                return
+            with self.m.lock:
+                self.reap()
+                for spec in self.autoscale.values():
+                    try:
+                        self.check(spec)
+                    except OnvmError as e:
+                        self.m.log(f"autoscale service {spec.service}: {e}")
+
+    def check(self, spec: AutoscaleSpec) -> None:
+        """One look at a service: add an instance while its rings stay full, drop one when idle."""
+        live = self.running(spec.service)
+        if not live:
+            return
+        ring = self.m.config.ring_size - 1
+        infos = [self.m.region.nf_info(r.nf_id) for r in live]
+        fill = sum(i["rx_ring"] for i in infos) / (ring * len(infos))
+        rx = sum(i["rx"] for i in infos)
+        moved = spec.last_rx >= 0 and rx != spec.last_rx
+        spec.last_rx = rx
+        spec.busy_seen = spec.busy_seen + 1 if fill > spec.busy_fill else 0
+        spec.idle_seen = 0 if moved else spec.idle_seen + 1
+        target = len(live)
+        if len(live) < spec.low:
+            target = spec.low
+        elif spec.busy_seen >= spec.busy_checks and len(live) < spec.high:
+            target = len(live) + 1
+        elif spec.idle_seen >= spec.idle_checks and len(live) > spec.low:
+            target = len(live) - 1
+        if target != len(live):
+            spec.busy_seen = spec.idle_seen = 0
+            why = f"rings {fill:.0%} full" if target > len(live) else "idle"
+            spec.history.append(f"{len(live)}->{target} ({why})")
+            self.m.log(f"autoscale service {spec.service}: {len(live)} -> {target} instances ({why})")
+            self.scale(spec.service, target)
