@@ -9,6 +9,8 @@ MAX_SERVICES: int
 MAX_PORTS: int
 MAX_WORKERS: int
 MAX_HOPS: int
+MAX_RULES: int
+MAX_CHAINS: int
 MAX_INSTANCES: int
 BURST_MAX: int
 HEADROOM: int
@@ -62,6 +64,7 @@ class Region:
     def rule_hits(self) -> dict[int, int]: ...
     def classify(self, slot: int) -> int: ...
     def flow_key(self, slot: int) -> FlowKeyTuple | None: ...
+    def bench_lookup(self, entries: int, lookups: int, bulk: bool = ...) -> dict[str, Any]: ...
 
 class Manager:
     def __init__(self, region: Region, rx_workers: int = ..., tx_workers: int = ...,

@@ -39,6 +39,12 @@ SCENARIOS: dict[str, Scenario] = {
          ["simple_forward", "--service", "2", "--dest", "3"],
          ["simple_forward", "--service", "3", "--dest", "1"]],
         note="speed_tester -> simple_forward -> simple_forward -> speed_tester"),
+    "lb": Scenario(
+        [["simple_forward", "--service", "1"], ["simple_forward", "--service", "1"]],
+        measure="lb", manager_args=["--port", "gen:flows=4096,rate=200k", "--port", "null",
+                                    "--default-chain", "1,out:1"],
+        note="two instances of one service share a gen: load of 4096 flows"),
+    "flow-setup": Scenario([], measure="flows", note="rules through the control API; 1M-entry lookups"),
     "idle": Scenario(
         [["simple_forward", "--service", "1", "--dest", "2"],
          ["simple_forward", "--service", "2", "--dest", "3"],
@@ -56,6 +62,33 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def flow_setup(dep: Deployment, seconds: float) -> dict[str, Any]:
+    """Rules per second through the control API, and the packet path's lookup rate at 1M flows."""
+    from onvm import _native
+    from onvm.control.client import Client
+
+    batch, total = 1000, 8000
+    rules = [f"udp src 10.{i >> 8 & 255}.{i & 255}.0/24 dst port {1 + i % 60000} -> chain c"
+             for i in range(total)]
+    with Client(dep.name) as c:
+        c.request("chain_add", name="c", hops="1")
+        t0 = time.monotonic()
+        for i in range(0, total, batch):
+            c.request("rule_add", rules=rules[i:i + batch])
+        dt = time.monotonic() - t0
+    path = os.path.join(os.environ.get("ONVM_RUNTIME_DIR", "/dev/shm"), f"onvm-{dep.name}-lookup.region")
+    region = _native.Region.create(path, "lookup", 256, 2048, 64, 1 << 21)
+    try:
+        lookups = max(1_000_000, int(seconds * 2_000_000))
+        bulk = region.bench_lookup(1 << 20, lookups, bulk=True)
+        single = region.bench_lookup(1 << 20, lookups, bulk=False)
+    finally:
+        region.close()
+    return {"mpps": 0.0, "packets": 0, "seconds": round(dt, 3), "rules": total,
+            "rules_per_second": round(total / dt), "lookups_mpps": round(bulk["mpps"], 2),
+            "lookups_mpps_one_at_a_time": round(single["mpps"], 2), "flow_entries": bulk["installed"]}
+
+
 def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
     """Run one scenario; returns its figures (``scenario``, ``mpps``, ``packets``, ``seconds``...)."""
     sc = SCENARIOS[name]
@@ -65,6 +98,8 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict
         for argv in sc.nfs:
             dep.start_nf(argv)
         dep.wait_running(len(sc.nfs))
+        if sc.measure == "flows":
+            return {"scenario": name, **flow_setup(dep, seconds)}
         time.sleep(WARMUP)
         measure: Callable[[], tuple[float, float]]
         if sc.measure == "cpu":
@@ -72,6 +107,18 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict
 
             def measure() -> tuple[float, float]:
                 return sum(_cpu_seconds(p) for p in pids), 0.0
+        elif sc.measure == "lb":
+            def rx() -> list[int]:
+                return [n["rx"] for n in sorted(dep.status()["nfs"], key=lambda n: n["id"])]
+
+            r0, t0 = rx(), time.monotonic()
+            time.sleep(seconds)
+            r1, dt = rx(), time.monotonic() - t0
+            got = [b - a for a, b in zip(r0, r1, strict=True)]
+            share = got[0] / max(1, sum(got))
+            return {"scenario": name, "mpps": round(sum(got) / dt / 1e6, 3), "packets": sum(got),
+                    "seconds": round(dt, 3), "shares": [round(g / max(1, sum(got)), 4) for g in got],
+                    "imbalance": round(abs(share - 0.5) * 2, 4)}
         else:
 
             def measure() -> tuple[float, float]:

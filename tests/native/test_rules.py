@@ -192,3 +192,39 @@ def test_a_million_entries_fit():
     finally:
         r.close()
 
+
+
+def test_both_directions_of_a_flow_reach_the_same_instance(region):
+    region.set_service(3, [(1, 0), (2, 1), (5, 2), (7, 3)])
+    slots = region.alloc(2)
+    seen = set()
+    for i in range(300):
+        a, b = f"10.{i % 7}.{i % 5}.{i % 251}", f"192.168.{i % 3}.{(i * 7) % 251}"
+        sp, dp = 1024 + i * 13 % 60000, 1 + i * 7 % 1000
+        fwd = Ether(src=MAC_A, dst=MAC_B) / IP(src=a, dst=b) / TCP(sport=sp, dport=dp)
+        rev = Ether(src=MAC_B, dst=MAC_A) / IP(src=b, dst=a) / TCP(sport=dp, dport=sp)
+        region.write(slots[0], bytes(fwd))
+        region.write(slots[1], bytes(rev))
+        h1, h2 = region.meta(slots[0])["flow_hash"], region.meta(slots[1])["flow_hash"]
+        assert h1 == h2
+        seen.add(region.pick(3, h1))
+        assert region.pick(3, h1) == region.pick(3, h2)
+    assert seen == {1, 2, 5, 7}
+    region.free(slots)
+
+
+def test_registry_adds_a_batch_all_or_none(region):
+    from onvm.errors import ConfigError
+    from onvm.manager.flows import FlowRegistry
+
+    reg = FlowRegistry(region, lambda port: True)
+    reg.add_chain("web", "1,out:0")
+    with pytest.raises(ConfigError, match="token 4 'x'"):
+        reg.add_rules(["tcp dst port 80 -> web", "udp dst port x -> web"])
+    with pytest.raises(ConfigError, match="no chain named 'nope'"):
+        reg.add_rules(["tcp dst port 80 -> web", "udp -> nope"])
+    assert reg.list_rules() == [] and region.flow_stats()["rules"] == 0
+    ids = [r["id"] for r in reg.add_rules(["priority 1 udp -> web", "priority 9 tcp -> web"])]
+    assert [r["id"] for r in reg.list_rules()] == ids[::-1]  # tried by priority
+    reg.del_rule(ids[0])
+    assert [r["rule"] for r in reg.list_rules()] == ["priority 9 tcp -> chain web"]

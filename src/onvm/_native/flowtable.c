@@ -46,7 +46,10 @@ uint32_t onvm_flow_key_hash(const struct onvm_flow_key *k) {
 }
 
 static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_key *b) {
-    return memcmp(a, b, sizeof *a) == 0;
+    uint64_t x[5], y[5];
+    memcpy(x, a, sizeof x);
+    memcpy(y, b, sizeof y);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
 static inline int expired(const struct onvm_flow *f, uint64_t now) {
@@ -347,18 +350,10 @@ void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const 
     atomic_store_explicit(&rs->seq, seq + 2, ONVM_RELEASE);
 }
 
-void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
-    m->chain_id = 0;
-    if (!r->hdr->flow_count)
-        return;
-    /* Nothing to look up: neither entries nor rules. */
-    if (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_rules(r)->count == 0)
-        return;
-    struct onvm_flow_key key;
-    if (onvm_flow_key_of(m, data, &key) != 0)
-        return;
-    uint32_t hash = onvm_flow_key_hash(&key), seq;
-    long i = find(r, &key, hash, &seq);
+static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struct onvm_flow_key *key,
+                         uint32_t hash, uint64_t now) {
+    uint32_t seq;
+    long i = find(r, key, hash, &seq);
     if (i >= 0) {
         struct onvm_flow *f = &onvm_flows(r)[i];
         uint16_t chain = f->chain;
@@ -374,19 +369,81 @@ void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *da
         }
     }
     struct onvm_rule rule;
-    int idx = onvm_rule_match(r, m, &key, &rule);
+    int idx = onvm_rule_match(r, m, key, &rule);
     if (idx < 0)
         return;
     m->chain_id = rule.chain;
-    if (onvm_flow_put(r, &key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE, (uint16_t)(idx + 1),
+    if (onvm_flow_put(r, key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE, (uint16_t)(idx + 1),
                       rule.gen, now) == 0) {
         /* count this first packet too */
         uint32_t s2;
-        long j = find(r, &key, hash, &s2);
+        long j = find(r, key, hash, &s2);
         if (j >= 0) {
             struct onvm_flow *f = &onvm_flows(r)[j];
             f->packets++;
             f->bytes += m->len;
+        }
+    }
+}
+
+static inline int nothing_to_look_up(struct onvm_region *r) {
+    return !r->hdr->flow_count ||
+           (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_rules(r)->count == 0);
+}
+
+void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
+    m->chain_id = 0;
+    if (nothing_to_look_up(r))
+        return;
+    struct onvm_flow_key key;
+    if (onvm_flow_key_of(m, data, &key) == 0)
+        classify_key(r, m, &key, onvm_flow_key_hash(&key), now);
+}
+
+void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
+                         uint32_t n, uint64_t now) {
+    for (uint32_t i = 0; i < n; i++)
+        m[i]->chain_id = 0;
+    if (nothing_to_look_up(r))
+        return;
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t mask = r->hdr->flow_count - 1;
+    struct onvm_flow_key keys[64];
+    uint32_t hash[64];
+    uint8_t ok[64];
+    for (uint32_t base = 0; base < n; base += 64) {
+        uint32_t k = n - base < 64 ? n - base : 64;
+        for (uint32_t i = 0; i < k; i++) {
+            ok[i] = onvm_flow_key_of(m[base + i], data[base + i], &keys[i]) == 0;
+            if (ok[i]) {
+                hash[i] = onvm_flow_key_hash(&keys[i]);
+                __builtin_prefetch(&t[hash[i] & mask]);
+                __builtin_prefetch((const uint8_t *)&t[hash[i] & mask] + 64); /* timeouts, rule */
+            }
+        }
+        for (uint32_t i = 0; i < k; i++)
+            if (ok[i])
+                classify_key(r, m[base + i], &keys[i], hash[i], now);
+    }
+}
+
+/* ---- bulk lookup ----------------------------------------------------------- */
+
+/* Look up n keys at once: hash them all, prefetch every first probe, then
+ * search.  The misses to memory overlap instead of queueing one after another.
+ * out[i] is the chain of key i, or -1 when it has no live entry. */
+void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t mask = r->hdr->flow_count - 1, hash[64], seq;
+    for (uint32_t base = 0; base < n; base += 64) {
+        uint32_t m = n - base < 64 ? n - base : 64;
+        for (uint32_t i = 0; i < m; i++) {
+            hash[i] = onvm_flow_key_hash(&keys[base + i]);
+            __builtin_prefetch(&t[hash[i] & mask]);
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            long j = find(r, &keys[base + i], hash[i], &seq);
+            out[base + i] = j < 0 ? -1 : t[j].chain;
         }
     }
 }

@@ -576,6 +576,8 @@ static PyMethodDef Region_methods[] = {
     {"rule_hits", (PyCFunction)Region_rule_hits, METH_NOARGS, "{rule id: hits}."},
     {"classify", (PyCFunction)Region_classify, METH_VARARGS, "classify(slot) -> chain id (as RX would)."},
     {"flow_key", (PyCFunction)Region_flow_key, METH_VARARGS, "flow_key(slot) -> key tuple or None."},
+    {"bench_lookup", (PyCFunction)(void (*)(void))Region_bench_lookup, METH_VARARGS | METH_KEYWORDS,
+     "bench_lookup(entries, lookups, bulk=True): time the packet path's flow lookup."},
     {NULL}};
 
 static PyGetSetDef Region_getset[] = {{"path", (getter)Region_getpath, NULL, "region file", NULL}, {NULL}};
@@ -1038,6 +1040,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "MAX_PORTS", ONVM_MAX_PORTS);
     PyModule_AddIntConstant(m, "MAX_WORKERS", ONVM_MAX_WORKERS);
     PyModule_AddIntConstant(m, "MAX_HOPS", ONVM_MAX_HOPS);
+    PyModule_AddIntConstant(m, "MAX_RULES", ONVM_MAX_RULES);
+    PyModule_AddIntConstant(m, "MAX_CHAINS", ONVM_MAX_CHAINS);
     PyModule_AddIntConstant(m, "MAX_INSTANCES", ONVM_MAX_INSTANCES);
     PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);

@@ -91,6 +91,9 @@ struct onvm_rules {
     struct onvm_rule rule[ONVM_MAX_RULES];
 };
 
+/* Look n keys up together (prefetching); out[i] = chain or -1. */
+void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out);
+
 /* Manager: replace the active rules.  rules[i] goes to slot slots[i]; gens of
  * the slots in bump[] move on (their cached entries become stale). */
 void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const uint16_t *slots, uint32_t n,
@@ -109,6 +112,9 @@ uint32_t onvm_flow_key_hash(const struct onvm_flow_key *key);
 
 /* RX: set m->chain_id for the packet (flow table, then rules, then 0). */
 void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
+/* The same for a burst, with the table's cache misses overlapped. */
+void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
+                         uint32_t n, uint64_t now);
 
 /* A copy of the entry for key; 0 if found (expired and stale ones are not). */
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now,

@@ -41,8 +41,8 @@
 #define ONVM_MAX_PORTS 16
 #define ONVM_MAX_WORKERS 8
 #define ONVM_MAX_CHAINS 64 /* chain 0 is the default chain */
-#define ONVM_MAX_RULES 1024
-#define ONVM_FLOW_PROBE 32 /* entries probed before a lookup misses or an insert gives up */
+#define ONVM_MAX_RULES 8192
+#define ONVM_FLOW_PROBE 64 /* entries probed before a lookup misses or an insert gives up */
 #define ONVM_MAX_HOPS 16
 #define ONVM_BURST_MAX 512
 #define ONVM_HEADROOM 128

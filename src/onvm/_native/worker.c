@@ -34,13 +34,15 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
         busy = 1;
         struct onvm_port_stats *st = &r->ports[id].by_worker[w->id];
         uint64_t bytes = 0;
+        struct onvm_meta *metas[ONVM_BURST_MAX];
+        const uint8_t *datas[ONVM_BURST_MAX];
         for (uint32_t i = 0; i < n; i++) {
-            struct onvm_meta *meta = &r->meta[w->buf[i]];
-            const uint8_t *data = onvm_slot_data(r, w->buf[i]);
-            onvm_parse(meta, data, meta->len);
-            onvm_classify(r, meta, data, now); /* flow table, rules, default chain */
-            bytes += meta->len;
+            metas[i] = &r->meta[w->buf[i]];
+            datas[i] = onvm_slot_data(r, w->buf[i]);
+            onvm_parse(metas[i], datas[i], metas[i]->len);
+            bytes += metas[i]->len;
         }
+        onvm_classify_burst(r, metas, datas, n, now); /* flow table, rules, default chain */
         st->rx += n;
         st->rx_bytes += bytes;
         uint64_t before[ONVM_DROP_COUNT];

@@ -186,7 +186,15 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_rule(args: argparse.Namespace) -> int:
-    if args.action == "add":
+    if args.action == "add" and args.file:
+        from onvm.flows.rules import parse_rules
+
+        with open(args.file, encoding="utf-8") as f:
+            lines = f.readlines()
+        parse_rules(lines)  # reject a bad file before sending any of it
+        texts = [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
+        out = _request(args, "rule_add", rules=texts)
+    elif args.action == "add":
         out = _request(args, "rule_add", rule=" ".join(args.rule))
     elif args.action == "del":
         if len(args.rule) != 1 or not args.rule[0].isdigit():
@@ -282,7 +290,9 @@ def _quote_rule(argv: list[str]) -> list[str]:
         tok = rest.pop(0)
         if tok == "--name" and rest:
             opts += [tok, rest.pop(0)]
-        elif tok in ("--json", "-h", "--help") or tok.startswith("--name="):
+        elif tok in ("--file", "-f") and rest:
+            opts += [tok, rest.pop(0)]
+        elif tok in ("--json", "-h", "--help") or tok.startswith(("--name=", "--file=")):
             opts.append(tok)
         else:
             words.append(tok)
@@ -315,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
+    r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
     r.add_argument("--name", default="onvm")
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",

@@ -9,18 +9,20 @@ thread removes expired and stale entries a slice of the table at a time.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from onvm import _native
 from onvm.actions import Action
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
-from onvm.flows.rules import Rule, ordered, parse_rule
+from onvm.flows.rules import Rule, parse_rule
 
-MAX_CHAINS = 64
-MAX_RULES = 1024
+MAX_CHAINS = _native.MAX_CHAINS
+MAX_RULES = _native.MAX_RULES
 SWEEP_INTERVAL = 0.05
 SWEEP_SLICE = 1 << 14
 ORIGINS = ("rule", "nf", "api")
@@ -34,6 +36,9 @@ class FlowRegistry:
         self.port_ok = port_ok  # is this port an output?
         self.chains: dict[str, tuple[int, list[Hop]]] = {}
         self.rules: dict[int, tuple[Rule, int]] = {}  # id -> (rule, slot)
+        self._order: list[tuple[int, int]] = []  # (-priority, id), the order rules are tried
+        self._native: dict[int, dict[str, Any]] = {}  # id -> what the region takes
+        self._free_slots = list(range(MAX_RULES - 1, -1, -1))
         self._next_rule = 1
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -90,32 +95,49 @@ class FlowRegistry:
 
     # ---- rules -------------------------------------------------------------
     def add_rule(self, text: str) -> dict[str, Any]:
-        rule = parse_rule(text)
-        if rule.chain not in self.chains:
-            raise ConfigError(f"rule '{text}': no chain named '{rule.chain}' (add it with onvm chain add)")
-        if len(self.rules) >= MAX_RULES:
-            raise OnvmError(f"at most {MAX_RULES} rules", code="busy")
-        used = {slot for _, slot in self.rules.values()}
-        slot = next(i for i in range(MAX_RULES) if i not in used)
-        rule.id = self._next_rule
-        self._next_rule += 1
-        # A new rule may claim flows that lower rules cached: those entries go.
-        bump = [s for r, s in self.rules.values() if r.priority < rule.priority] + [slot]
-        self.rules[rule.id] = (rule, slot)
-        self._publish_rules(bump)
+        rid = self.add_rules([text])[0]["id"]
+        rule, slot = self.rules[rid]
         return self._rule_dict(rule, slot, 0)
+
+    def add_rules(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Add rules all together or none: every rule is checked before any is applied."""
+        parsed = [parse_rule(t) for t in texts]
+        for rule in parsed:
+            if rule.chain not in self.chains:
+                raise ConfigError(f"rule '{rule.text}': no chain named '{rule.chain}' "
+                                  "(add it with onvm chain add)")
+        if len(self.rules) + len(parsed) > MAX_RULES:
+            raise OnvmError(f"at most {MAX_RULES} rules ({len(self.rules)} in place)", code="busy")
+        if not parsed:
+            return []
+        top = max(r.priority for r in parsed)
+        # New rules may claim flows that lower rules cached: those entries go.
+        bump = [s for r, s in self.rules.values() if r.priority < top]
+        out = []
+        for rule in parsed:
+            slot = self._free_slots.pop()
+            rule.id = self._next_rule
+            self._next_rule += 1
+            self.rules[rule.id] = (rule, slot)
+            self._native[rule.id] = rule.native(slot, self.chain_id(rule.chain))
+            bisect.insort(self._order, (-rule.priority, rule.id))
+            bump.append(slot)
+            out.append({"id": rule.id, "slot": slot})
+        self._publish_rules(bump)
+        return out
 
     def del_rule(self, rule_id: int) -> dict[str, Any]:
         if rule_id not in self.rules:
             raise OnvmError(f"no rule with id {rule_id}", code="not_found")
         rule, slot = self.rules.pop(rule_id)
+        self._order.remove((-rule.priority, rule_id))
+        del self._native[rule_id]
+        self._free_slots.append(slot)
         self._publish_rules([slot])
         return {"id": rule_id, "rule": rule.to_text()}
 
     def _publish_rules(self, bump: list[int]) -> None:
-        by_id = {r.id: s for r, s in self.rules.values()}
-        rules = ordered([r for r, _ in self.rules.values()])
-        self.region.set_rules([r.native(by_id[r.id], self.chain_id(r.chain)) for r in rules], bump)
+        self.region.set_rules([self._native[i] for _, i in self._order], bump)
 
     def _rule_dict(self, rule: Rule, slot: int, hits: int) -> dict[str, Any]:
         return {"id": rule.id, "priority": rule.priority, "rule": rule.to_text(), "chain": rule.chain,
@@ -123,8 +145,7 @@ class FlowRegistry:
 
     def list_rules(self) -> list[dict[str, Any]]:
         hits = self.region.rule_hits()
-        return [self._rule_dict(r, self.rules[r.id][1], hits.get(r.id, 0))
-                for r in ordered([r for r, _ in self.rules.values()])]
+        return [self._rule_dict(self.rules[i][0], self.rules[i][1], hits.get(i, 0)) for _, i in self._order]
 
     # ---- flows -------------------------------------------------------------
     def _chain_names(self) -> dict[int, str]:

@@ -476,6 +476,13 @@ class Manager:
         return self._flows().del_chain(self._arg(args, "name", str))
 
     def _op_rule_add(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """One rule (``rule``), or several applied together (``rules``: all or none)."""
+        if "rules" in args:
+            texts = args["rules"]
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ConfigError("'rules' must be a list of rule texts")
+            added = self._flows().add_rules(texts)
+            return {"added": len(added), "ids": [r["id"] for r in added]}
         return self._flows().add_rule(self._arg(args, "rule", str))
 
     def _op_rule_list(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
