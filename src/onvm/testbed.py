@@ -30,6 +30,8 @@ MAX_PREFIX = 13  # interface names have at most 15 characters: PREFIX + "-a"
 class Testbed:
     """Names and addresses of one testbed; ``prefix`` keeps parallel testbeds apart."""
 
+    __test__ = False  # not a pytest class, whatever its name
+
     prefix: str = "onvm"
     subnet: str = "10.211.0"  # hosts .1 (A) and .2 (B), /24
 
