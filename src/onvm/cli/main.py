@@ -162,7 +162,7 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onvm.bench import SCENARIOS
+    from onvm.bench import scenario_names
 
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
     t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted(SCENARIOS))
+    b.add_argument("scenario", choices=scenario_names())
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
