@@ -8,7 +8,16 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo test test-fast test-sanitize lint bench clean
+.PHONY: demo test test-fast test-sanitize lint bench clean deps
+
+# Tools the end-to-end tests drive (network namespaces, veth offloads, ping);
+# installed from Debian only when missing, and only as root (the tests skip otherwise).
+DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping
+deps:
+	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	elif [ -n "$$missing" ]; then echo "missing:$$missing (end-to-end tests will be skipped)"; fi
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +28,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) lint
+test: $(STAMP) deps lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 

@@ -9,13 +9,16 @@ ends are the manager's AF_PACKET ports), sends 64-byte UDP frames from A for
 ``seconds`` with one sender (sendmmsg bursts with qdisc bypass, in C), and
 counts what B's interface receives: first through pyonvm's ``bridge`` NF, then,
 in the same run with the same sender, through a Linux bridge that joins the
-same two links.  ``ratio`` is pyonvm's rate over the kernel's.
+same two links.  ``ratio`` is pyonvm's rate over the kernel's.  CPU use of the
+manager, the NF, the sender and the whole machine (everyone's load) is reported
+for each phase; ``ONVM_BENCH_ARGS`` adds manager options.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +33,9 @@ from onvm._deploy import Deployment
 
 WARMUP = 1.0
 PCAP_PACKETS = 1 << 20
+# A pool smaller than the rings: when the path is full, frames wait in (and are
+# dropped by) the kernel's ring, before we spend any work on them.
+VETH_MANAGER_ARGS = ["--burst", "256", "--pool-size", "2048"]
 
 
 def write_pcap(path: str, packets: int = PCAP_PACKETS, size: int = 64, flows: int = 1024) -> None:
@@ -102,6 +108,37 @@ def _udp_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str) -> bytes:
     return dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp + bytes(18)  # 60 bytes: 64 with FCS
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(v) - v[3] - v[4]) / hz, sum(v) / hz
+
+
+class _CpuMeter:
+    """CPU use (percent of one core) of processes and of the machine over an interval."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        from onvm.bench import _cpu_seconds
+
+        self._read = _cpu_seconds
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.c0 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        self.m0 = _machine_busy()
+        self.r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def done(self) -> dict[str, float]:
+        dt = time.monotonic() - self.t0
+        out = {k: round(100 * (self._read(p) - self.c0[k]) / dt, 1) for k, p in self.pids.items()}
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["sender"] = round(100 * (r1.ru_utime + r1.ru_stime - self.r0.ru_utime - self.r0.ru_stime) / dt, 1)
+        m1 = _machine_busy()
+        out["machine"] = round(100 * (m1[0] - self.m0[0]) / dt, 1)  # all cores, everyone's load
+        return out
+
+
 def _send_and_count(tb: Any, frame: bytes, seconds: float) -> tuple[float, float]:
     """Sends from A for ``seconds``; returns (sender Mpps, Mpps that reached B's interface)."""
     pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,14 +168,16 @@ def veth_bridge(seconds: float, verbose: bool = False) -> dict[str, Any]:
         frame = _udp_frame(_mac(tb.ns("a"), "eth0"), _mac(tb.ns("b"), "eth0"), tb.addr("a"), tb.addr("b"))
         dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}",
                          ["--port", tb.ports[0], "--port", tb.ports[1], "--default-chain", "1",
-                          "--burst", "256"], verbose)
+                          *VETH_MANAGER_ARGS, *os.environ.get("ONVM_BENCH_ARGS", "").split()], verbose)
         try:
             dep.start_manager()
             dep.start_nf(["bridge", "--service", "1"])
             dep.wait_running(1)
             _send_and_count(tb, frame, WARMUP)
             s0 = dep.status()
+            meter = _CpuMeter({"manager": dep.procs[0].pid, "bridge_nf": dep.procs[1].pid})
             sent, mpps = _send_and_count(tb, frame, seconds)
+            cpu = meter.done()
             s1 = dep.status()
         finally:
             dep.stop()
@@ -154,14 +193,17 @@ def veth_bridge(seconds: float, verbose: bool = False) -> dict[str, Any]:
                     ["ip", "link", "set", bridge, "up"]):
             subprocess.run(cmd, check=True, capture_output=True)
         _send_and_count(tb, frame, WARMUP)
+        meter = _CpuMeter({})
         kernel_sent, kernel_mpps = _send_and_count(tb, frame, seconds)
+        kernel_cpu = meter.done()
     finally:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         tb.down()
     return {"scenario": "veth-bridge", "mpps": round(mpps, 3), "kernel_mpps": round(kernel_mpps, 3),
             "ratio": round(mpps / kernel_mpps, 3) if kernel_mpps else 0.0,
             "sender_mpps": round(sent, 3), "kernel_sender_mpps": round(kernel_sent, 3),
-            "seconds": seconds, "frame_bytes": 64, "drops": drops, "nf_drops": nf}
+            "seconds": seconds, "frame_bytes": 64, "drops": drops, "nf_drops": nf,
+            "cpu_percent": cpu, "kernel_cpu_percent": kernel_cpu}
 
 
 SCENARIOS = {

@@ -189,3 +189,20 @@ def test_missing_interface_is_a_clear_error(runtime: str) -> None:
              "--quiet")
     assert r.returncode == 1
     assert "afpacket nosuchif0: no such interface" in r.stderr
+
+
+def test_kernel_ring_drops_are_counted(testbed: Testbed, deploy: Any) -> None:
+    """Input held (no NF yet): the kernel's ring fills, and what it drops shows in the port's stats."""
+    from onvm._bench_ports import _mac, _send_and_count, _udp_frame
+
+    dep = deploy(["--port", testbed.ports[0], "--port", testbed.ports[1], "--default-chain", "1"])
+    frame = _udp_frame(_mac(testbed.ns("a"), "eth0"), _mac(testbed.ns("b"), "eth0"), testbed.addr("a"),
+                       testbed.addr("b"))
+    sent, _ = _send_and_count(testbed, frame, 0.3)
+    dep.start_nf(["bridge", "--service", "1"])
+    dep.wait_running(1)
+    port = wait_for(lambda: (p := dep.status()["ports"][0])["drops"].get("kernel") and p,
+                    what="kernel drops on port 0")
+    # the ring (16 blocks of 128 KiB) holds far fewer frames than were sent
+    assert port["rx"] < 40000 < sent * 0.3e6
+    assert port["rx"] + port["drops"]["kernel"] <= sent * 0.3e6 + 100

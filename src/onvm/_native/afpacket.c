@@ -40,6 +40,7 @@
 #define PACKET_IGNORE_OUTGOING 23
 #endif
 
+#define POOL_RETRY_NS 100000ull  /* the pool was empty: come back this soon */
 #define STATS_EVERY_NS 100000000ull /* read the kernel's drop counter 10 times a second */
 
 struct afp_queue {
@@ -177,7 +178,6 @@ static void block_release(struct afp_queue *q) {
 
 static uint32_t afp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r, uint32_t *slots,
                         uint32_t n, uint64_t now, uint64_t *next_due, struct onvm_port_stats *st) {
-    (void)next_due;
     struct afp *a = p->drv;
     struct afp_queue *q = &a->q[qi];
     if (now - q->stats_ns > STATS_EVERY_NS) {
@@ -205,8 +205,12 @@ static uint32_t afp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
             want = q->left;
         uint32_t k = onvm_pool_alloc_burst(r, slots + got, want, ONVM_OWNER_MGR);
         if (k == 0) {
+            /* The frames wait in the ring (the kernel drops what no longer fits,
+             * at no cost to us); look again shortly rather than spin. */
             p->no_slot++;
-            break; /* the frames wait in the ring; the kernel drops if it fills */
+            if (next_due && now + POOL_RETRY_NS < *next_due)
+                *next_due = now + POOL_RETRY_NS;
+            break;
         }
         uint32_t used = 0;
         for (uint32_t i = 0; i < k; i++) {

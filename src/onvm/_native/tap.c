@@ -26,12 +26,13 @@ struct tap {
 static uint32_t tap_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r, uint32_t *slots,
                         uint32_t n, uint64_t now, uint64_t *next_due, struct onvm_port_stats *st) {
     (void)qi;
-    (void)next_due;
     struct tap *t = p->drv;
     uint32_t got = 0, room = onvm_slot_room(r);
     while (got < n) {
         if (onvm_pool_alloc_burst(r, slots + got, 1, ONVM_OWNER_MGR) != 1) {
             p->no_slot++;
+            if (next_due && now + 100000 < *next_due)
+                *next_due = now + 100000; /* look again soon rather than spin */
             break;
         }
         uint32_t s = slots[got];

@@ -16,6 +16,7 @@
 #define SPIN_POLLS 256
 #define MAX_SLEEP_NS 100000000L
 #define FD_SLEEP_NS 10000000L
+#define TIMED_SLEEP_NS 1000000L
 
 static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns);
 
@@ -159,7 +160,9 @@ static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns) {
         return;
     }
     struct pollfd fds[ONVM_MAX_PORTS];
-    int nfds = w->tx || atomic_load(&w->mgr->rx_paused) ? 0 : rx_fds(w, fds);
+    /* A port due again within TIMED_SLEEP_NS (pacing, an empty pool) gets a
+     * timed sleep: its descriptor may be readable already. */
+    int nfds = w->tx || sleep_ns < TIMED_SLEEP_NS || atomic_load(&w->mgr->rx_paused) ? 0 : rx_fds(w, fds);
     if (nfds) {
         /* Kernel-backed ports wake us through their descriptors; a kick
          * (pause, stop) is seen within FD_SLEEP_NS. */

@@ -93,7 +93,9 @@ def _print_status(st: dict[str, Any]) -> None:
     print("ports:")
     for p in st["ports"]:
         drops = sum(p["drops"].values())
+        why = ", ".join(f"{k} {v}" for k, v in p["drops"].items())
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
+              + (f" ({why})" if why else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else ""))
     print("NFs:")
     if not st["nfs"]:
