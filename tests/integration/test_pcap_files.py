@@ -173,3 +173,41 @@ def test_pcap_out_snaplen(runtime, tmp_path):
     assert struct.unpack("<I", data[16:20])[0] == 96  # the file header's snaplen
     assert pcap_records(out) == [p[:96] for p in pkts]
     assert struct.unpack("<IIII", data[24:40])[2:] == (96, 200)  # caplen, original length
+
+
+def model_read(data: bytes, room: int = 2048 - 128) -> tuple[list[bytes], int | None]:
+    """Reference reader for little-endian classic pcap: the packets, and the offset of the damage."""
+    snaplen = struct.unpack("<I", data[16:20])[0]
+    pos, out = 24, []
+    while pos < len(data):
+        if pos + 16 > len(data):
+            return out, pos
+        cap = struct.unpack("<I", data[pos + 8:pos + 12])[0]
+        if pos + 16 + cap > len(data) or cap == 0 or (snaplen and cap > snaplen) or cap > room:
+            return out, pos
+        out.append(data[pos + 16:pos + 16 + cap])
+        pos += 16 + cap
+    return out, None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mutated_files_against_the_model(runtime, tmp_path, seed):
+    import random
+
+    rnd = random.Random(seed)
+    pkts = [frame(i, rnd.randint(60, 1500)) for i in range(30)]
+    data = bytearray(classic(pkts, snaplen=1400))
+    if seed % 2:
+        data = data[: rnd.randint(25, len(data) - 1)]  # cut anywhere
+    else:
+        k = rnd.randrange(len(pkts))  # a lying caplen
+        at = 24 + sum(16 + len(p) for p in pkts[:k]) + 8
+        data[at:at + 4] = struct.pack("<I", rnd.choice([0, 1, 59, 2000, 70000, 0xFFFFFFFF]))
+    want, bad_at = model_read(bytes(data))
+    rc, err, got = replay(tmp_path, bytes(data))
+    assert rc == 0, err
+    assert got == want
+    if bad_at is None:
+        assert "error" not in err
+    else:
+        assert f"at byte {bad_at}" in err, (bad_at, err)

@@ -1036,7 +1036,23 @@ static PyObject *mod_afpacket_blast(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLongLong(sent);
 }
 
+static PyObject *mod_fix_l4_csum(PyObject *m, PyObject *arg) {
+    (void)m;
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) != 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(in.buf, in.len);
+    PyBuffer_Release(&in);
+    if (out && onvm_fix_l4_csum((uint8_t *)PyBytes_AS_STRING(out), (uint32_t)PyBytes_GET_SIZE(out)) != 0) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"fix_l4_csum", mod_fix_l4_csum, METH_O,
+     "fix_l4_csum(frame) -> the frame with its TCP/UDP checksum computed, or None"},
     {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
      "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
