@@ -203,7 +203,12 @@ def veth_bridge(seconds: float, verbose: bool = False) -> dict[str, Any]:
             "ratio": round(mpps / kernel_mpps, 3) if kernel_mpps else 0.0,
             "sender_mpps": round(sent, 3), "kernel_sender_mpps": round(kernel_sent, 3),
             "seconds": seconds, "frame_bytes": 64, "drops": drops, "nf_drops": nf,
-            "cpu_percent": cpu, "kernel_cpu_percent": kernel_cpu}
+            "cpu_percent": cpu, "kernel_cpu_percent": kernel_cpu,
+            # CPU time per delivered frame, all our processes and the sender together: what each
+            # path costs, whatever share of the (shared) machine it got
+            "us_per_frame": round(sum(v for k, v in cpu.items() if k != "machine") / 100 / mpps, 3)
+            if mpps else 0.0,
+            "kernel_us_per_frame": round(kernel_cpu["sender"] / 100 / kernel_mpps, 3) if kernel_mpps else 0.0}
 
 
 SCENARIOS = {
