@@ -97,3 +97,14 @@ def test_afpacket_and_tap_uris():
                      "power of two"), ("tap:t0?x=1", "no options"), ("afpacket:eth0?color=1", "unknown")]:
         with pytest.raises(ConfigError, match=msg):
             parse_port(bad)
+
+
+def test_live_stats_show_port_drops_by_reason():
+    from onvm.manager.stats import StatsPrinter
+
+    port = {"id": 0, "kind": "afpacket", "rx": 10, "tx": 5, "drops": {"kernel": 7, "ring_full": 2},
+            "done": False}
+    status = {"manager": {"name": "x", "uptime": 1.0}, "pool": {"free": 1, "total": 2},
+              "ports": [port], "nfs": []}
+    text = StatsPrinter(None, 1.0).render(status)  # type: ignore[arg-type]
+    assert "drops 9 (kernel 7, ring_full 2)" in text
