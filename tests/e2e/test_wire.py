@@ -181,6 +181,17 @@ def test_afpacket_fanout_two_rx_workers(testbed: Testbed, deploy: Any) -> None:
     dep.wait_running(1)
     _ping(testbed, "a", "b")
     _udp_echo(testbed, "b", "a", count=300)
+    # many flows: the kernel spreads them over both sockets, and each worker reads its own
+    code = (
+        "import socket\n"
+        "for i in range(64):\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"    s.sendto(b'x' * 32, ('{testbed.addr('b')}', 9))\n"
+        "    s.close()\n"
+    )
+    _in_ns(testbed, "a", code)
+    port = wait_for(lambda: (p := dep.status()["ports"][0])["rx"] >= 64 + 300 and p, what="the flows")
+    assert len(port["rx_by_worker"]) == 2 and min(port["rx_by_worker"]) > 0, port
 
 
 def test_missing_interface_is_a_clear_error(runtime: str) -> None:

@@ -400,11 +400,15 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
         for (int k = 0; k < ONVM_DROP_COUNT; k++)
             sum.drops[k] += p->by_worker[w].drops[k];
     }
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N}", "in_use", p->in_use, "kind", p->kind,
+    uint64_t rx_by_worker[ONVM_MAX_WORKERS];
+    for (int w = 0; w < ONVM_MAX_WORKERS; w++)
+        rx_by_worker[w] = p->by_worker[w].rx;
+    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
                          "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
-                         "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT));
+                         "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
+                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS));
 }
 
 static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {

@@ -517,6 +517,7 @@ class Manager:
                     "tx": info["tx"],
                     "tx_bytes": info["tx_bytes"],
                     "drops": _drops(info["drops"]),
+                    "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
                 }
