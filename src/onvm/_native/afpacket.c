@@ -207,7 +207,7 @@ static uint32_t afp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
         if (k == 0) {
             /* The frames wait in the ring (the kernel drops what no longer fits,
              * at no cost to us); look again shortly rather than spin. */
-            p->no_slot++;
+            __atomic_fetch_add(&p->no_slot, 1, __ATOMIC_RELAXED); /* queues share it */
             if (next_due && now + POOL_RETRY_NS < *next_due)
                 *next_due = now + POOL_RETRY_NS;
             break;
@@ -236,7 +236,7 @@ static uint32_t afp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
             block_release(q);
     }
     if (toobig) {
-        p->skipped += toobig;
+        __atomic_fetch_add(&p->skipped, toobig, __ATOMIC_RELAXED);
         if (st)
             st->drops[ONVM_DROP_PORT] += toobig;
     }

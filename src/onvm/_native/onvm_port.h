@@ -84,7 +84,7 @@ struct onvm_port {
     size_t pos;
     int swapped, nsec;
     uint64_t loops_left, records_in_file;
-    uint64_t skipped; /* records longer than a slot, or empty */
+    uint64_t skipped; /* frames that did not fit a slot (afpacket, tap) */
     /* pcap out */
     FILE *out;
     uint32_t snaplen;
@@ -98,7 +98,6 @@ struct onvm_port {
     /* pcap in: format and timing */
     int pcapng;
     uint32_t file_snaplen;
-    uint64_t ts_div;        /* pcapng: timestamp units per second */
     int timing;
     double speed;
     uint64_t first_ts_ns, base_ns; /* capture time of the first packet, when it was sent */

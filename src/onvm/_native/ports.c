@@ -24,7 +24,6 @@ struct onvm_port *onvm_port_new(int id, int kind) {
     pthread_mutex_init(&p->tx_lock, NULL);
     return p;
 }
-#define port_new onvm_port_new
 
 static void set_err(char *err, size_t len, const char *fmt, const char *a, long long b) {
     if (err)
@@ -85,7 +84,7 @@ static uint32_t null_tx(struct onvm_port *p, struct onvm_region *r, const uint32
 }
 
 struct onvm_port *onvm_port_open_null(int id) {
-    struct onvm_port *p = port_new(id, ONVM_PORT_NULL);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_NULL);
     if (p)
         p->tx = null_tx;
     return p;
@@ -201,7 +200,7 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
         set_err(err, errlen, "gen: proto must be udp or tcp%s (got %lld)", "", c->proto);
         return NULL;
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_GEN);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
     if (!p)
         return NULL;
     p->gen = *c;
@@ -579,7 +578,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
             return NULL;
         }
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_IN);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_IN);
     if (!p || !(p->drv = calloc(1, sizeof(struct pcap_state)))) {
         munmap((void *)map, (size_t)st.st_size);
         onvm_port_close(p);
@@ -640,7 +639,7 @@ struct onvm_port *onvm_port_open_pcap_out(int id, const struct onvm_pcap_conf *c
             snprintf(err, errlen, "pcap-out %s: cannot create (%s)", c->path, strerror(errno));
         return NULL;
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_OUT);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_OUT);
     if (!p) {
         fclose(f);
         return NULL;
