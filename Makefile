@@ -8,7 +8,16 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo test test-fast test-sanitize lint bench clean
+.PHONY: demo test test-fast test-sanitize lint bench clean deps
+
+# Tools the end-to-end tests drive (network namespaces, veth offloads, ping);
+# installed from Debian only when missing, and only as root (the tests skip otherwise).
+DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping
+deps:
+	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	elif [ -n "$$missing" ]; then echo "missing:$$missing (end-to-end tests will be skipped)"; fi
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +28,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) lint
+test: $(STAMP) deps lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 
@@ -38,7 +47,8 @@ test-sanitize: $(STAMP)
 	cp build/asan/lib/onvm/_native*.so build/asan/onvm/
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
-	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/integration/test_pipeline.py
+	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/integration/test_pipeline.py \
+	  ../../tests/integration/test_pcap_files.py ../../tests/e2e
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -23,7 +23,8 @@ class DropReason(enum.IntEnum):
     BAD_ACTION = 3  # action or destination out of range
     CHAIN_END = 4  # NEXT past the last hop of the chain
     NO_SLOT = 5  # the pool was empty
-    PORT = 6  # the port could not send it
+    PORT = 6  # the port could not take it (error, or too big for a slot)
+    KERNEL = 7  # the kernel's ring of an AF_PACKET or TAP port was full
 
 
 DROP, NEXT, TONF, OUT = Action.DROP, Action.NEXT, Action.TONF, Action.OUT

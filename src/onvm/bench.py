@@ -89,8 +89,19 @@ def flow_setup(dep: Deployment, seconds: float) -> dict[str, Any]:
             "lookups_mpps_one_at_a_time": round(single["mpps"], 2), "flow_entries": bulk["installed"]}
 
 
+def scenario_names() -> list[str]:
+    """Every scenario ``onvm bench`` knows, the port benchmarks included."""
+    from onvm._bench_ports import SCENARIOS as PORT_SCENARIOS
+
+    return sorted([*SCENARIOS, *PORT_SCENARIOS])
+
+
 def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
     """Run one scenario; returns its figures (``scenario``, ``mpps``, ``packets``, ``seconds``...)."""
+    from onvm._bench_ports import SCENARIOS as PORT_SCENARIOS
+
+    if name in PORT_SCENARIOS:
+        return PORT_SCENARIOS[name][0](seconds, verbose)
     sc = SCENARIOS[name]
     dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", sc.manager_args, verbose)
     try:

@@ -53,7 +53,8 @@ def test_pcap_uris(tmp_path):
     f = tmp_path / "a.pcap"
     f.write_bytes(b"")
     p = parse_port(f"pcap:{f}?loop=3&rate=1k")
-    assert (p.kind, p.path, p.options) == ("pcap", str(f), {"loop": 3, "rate": 1000})
+    assert (p.kind, p.path, p.options) == ("pcap", str(f), {"loop": 3, "rate": 1000, "timing": 0,
+                                                       "speed_milli": 1000})
     q = parse_port(f"pcap-out:{tmp_path}/o.pcap?snaplen=96")
     assert q.options == {"snaplen": 96} and q.is_output
 
@@ -79,3 +80,37 @@ def test_port_errors_name_the_uri(uri, message):
     with pytest.raises(ConfigError) as e:
         parse_port(uri)
     assert f"port '{uri}'" in str(e.value) and message in str(e.value)
+
+
+def test_pcap_capture_timing_uri(tmp_path):
+    f = tmp_path / "a.pcap"
+    f.write_bytes(b"")
+    p = parse_port(f"pcap:{f}?rate=capture&speed=2.5")
+    assert p.options["timing"] == 1 and p.options["rate"] == 0 and p.options["speed_milli"] == 2500
+    with pytest.raises(ConfigError, match="speed applies to rate=capture"):
+        parse_port(f"pcap:{f}?speed=2")
+    with pytest.raises(ConfigError, match="speed=fast is not a number"):
+        parse_port(f"pcap:{f}?rate=capture&speed=fast")
+
+
+def test_afpacket_and_tap_uris():
+    p = parse_port("afpacket:veth0?queues=2&promisc=0")
+    assert p.kind == "afpacket" and p.path == "veth0" and p.is_input and p.is_output
+    assert p.options["queues"] == 2 and p.options["promisc"] == 0 and p.options["bypass"] == 1
+    assert parse_port("tap:tap7").path == "tap7"
+    for bad, msg in [("afpacket:", "interface name"), ("afpacket:a-very-long-name0", "interface name"),
+                     ("afpacket:eth0?queues=9", "out of range"), ("afpacket:eth0?block_size=5000",
+                     "power of two"), ("tap:t0?x=1", "no options"), ("afpacket:eth0?color=1", "unknown")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_port(bad)
+
+
+def test_live_stats_show_port_drops_by_reason():
+    from onvm.manager.stats import StatsPrinter
+
+    port = {"id": 0, "kind": "afpacket", "rx": 10, "tx": 5, "drops": {"kernel": 7, "ring_full": 2},
+            "done": False}
+    status = {"manager": {"name": "x", "uptime": 1.0}, "pool": {"free": 1, "total": 2},
+              "ports": [port], "nfs": []}
+    text = StatsPrinter(None, 1.0).render(status)  # type: ignore[arg-type]
+    assert "drops 9 (kernel 7, ring_full 2)" in text

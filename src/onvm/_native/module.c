@@ -401,11 +401,15 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
         for (int k = 0; k < ONVM_DROP_COUNT; k++)
             sum.drops[k] += p->by_worker[w].drops[k];
     }
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N}", "in_use", p->in_use, "kind", p->kind,
+    uint64_t rx_by_worker[ONVM_MAX_WORKERS];
+    for (int w = 0; w < ONVM_MAX_WORKERS; w++)
+        rx_by_worker[w] = p->by_worker[w].rx;
+    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
                          "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
-                         "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT));
+                         "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
+                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS));
 }
 
 static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
@@ -693,11 +697,12 @@ static PyObject *Manager_add_gen(ManagerObject *self, PyObject *args, PyObject *
 }
 
 static PyObject *Manager_add_pcap_in(ManagerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"port", "path", "loops", "rate", NULL};
-    struct onvm_pcap_conf c = {0};
+    static char *kwlist[] = {"port", "path", "loops", "rate", "timing", "speed", NULL};
+    struct onvm_pcap_conf c = {.speed = 1.0};
     unsigned id;
     unsigned long long loops = 1, rate = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|KK", kwlist, &id, &c.path, &loops, &rate))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|KKpd", kwlist, &id, &c.path, &loops, &rate,
+                                     &c.timing, &c.speed))
         return NULL;
     if (!port_slot_ok(self, id))
         return NULL;
@@ -717,6 +722,29 @@ static PyObject *Manager_add_pcap_out(ManagerObject *self, PyObject *args, PyObj
         return NULL;
     char err[256] = "";
     return port_added(self, id, onvm_port_open_pcap_out((int)id, &c, err, sizeof err), err);
+}
+
+static PyObject *Manager_add_afpacket(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "ifname", "queues", "promisc", "qdisc_bypass", "block_size",
+                             "blocks", NULL};
+    struct onvm_afpacket_conf c = {.queues = 1, .promisc = 1, .qdisc_bypass = 1};
+    unsigned id;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|IppII", kwlist, &id, &c.ifname, &c.queues,
+                                     &c.promisc, &c.qdisc_bypass, &c.block_size, &c.blocks))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+    char err[256] = "";
+    return port_added(self, id, onvm_port_open_afpacket((int)id, &c, err, sizeof err), err);
+}
+
+static PyObject *Manager_add_tap(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "Is", &id, &name) || !port_slot_ok(self, id))
+        return NULL;
+    char err[256] = "";
+    return port_added(self, id, onvm_port_open_tap((int)id, name, err, sizeof err), err);
 }
 
 static PyObject *Manager_start(ManagerObject *self, PyObject *unused) {
@@ -794,9 +822,12 @@ static PyMethodDef Manager_methods[] = {
     {"add_gen", (PyCFunction)(void (*)(void))Manager_add_gen, METH_VARARGS | METH_KEYWORDS,
      "add_gen(port, size, mix, flows, proto, rate, count, seed, src_ip, dst_ip, sport, dport)"},
     {"add_pcap_in", (PyCFunction)(void (*)(void))Manager_add_pcap_in, METH_VARARGS | METH_KEYWORDS,
-     "add_pcap_in(port, path, loops=1, rate=0)"},
+     "add_pcap_in(port, path, loops=1, rate=0, timing=False, speed=1.0)"},
     {"add_pcap_out", (PyCFunction)(void (*)(void))Manager_add_pcap_out, METH_VARARGS | METH_KEYWORDS,
      "add_pcap_out(port, path, snaplen=65535)"},
+    {"add_afpacket", (PyCFunction)(void (*)(void))Manager_add_afpacket, METH_VARARGS | METH_KEYWORDS,
+     "add_afpacket(port, ifname, queues=1, promisc=True, qdisc_bypass=True, block_size=0, blocks=0)"},
+    {"add_tap", (PyCFunction)Manager_add_tap, METH_VARARGS, "add_tap(port, name)"},
     {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
@@ -1012,7 +1043,41 @@ static PyObject *mod_flow_hash(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLong(onvm_flow_hash(a, b, (uint16_t)pa, (uint16_t)pb, (uint8_t)proto));
 }
 
+static PyObject *mod_afpacket_blast(PyObject *m, PyObject *args) {
+    (void)m;
+    const char *ifname;
+    Py_buffer frame;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "sy*d", &ifname, &frame, &seconds))
+        return NULL;
+    uint64_t sent = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_afpacket_blast(ifname, frame.buf, (uint32_t)frame.len, seconds, &sent);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&frame);
+    if (rc)
+        return raise_region(rc, "afpacket_blast");
+    return PyLong_FromUnsignedLongLong(sent);
+}
+
+static PyObject *mod_fix_l4_csum(PyObject *m, PyObject *arg) {
+    (void)m;
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) != 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(in.buf, in.len);
+    PyBuffer_Release(&in);
+    if (out && onvm_fix_l4_csum((uint8_t *)PyBytes_AS_STRING(out), (uint32_t)PyBytes_GET_SIZE(out)) != 0) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"fix_l4_csum", mod_fix_l4_csum, METH_O,
+     "fix_l4_csum(frame) -> the frame with its TCP/UDP checksum computed, or None"},
+    {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
+     "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
     {"flow_hash", mod_flow_hash, METH_VARARGS, "flow_hash(a, b, port_a, port_b, proto)"},
     {NULL}};

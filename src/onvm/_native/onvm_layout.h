@@ -68,6 +68,7 @@ enum onvm_drop_reason {
     ONVM_DROP_CHAIN_END,   /* NEXT past the last hop of the chain */
     ONVM_DROP_NO_SLOT,     /* the pool was empty */
     ONVM_DROP_PORT,        /* the port could not take it (error, too big) */
+    ONVM_DROP_KERNEL,      /* the kernel's ring for an AF_PACKET/TAP port was full */
     ONVM_DROP_COUNT
 };
 

@@ -13,12 +13,14 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-static struct onvm_port *port_new(int id, int kind) {
+struct onvm_port *onvm_port_new(int id, int kind) {
     struct onvm_port *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->id = id;
     p->kind = kind;
+    for (int q = 0; q < ONVM_PORT_MAX_QUEUES; q++)
+        p->rx_fd[q] = -1;
     pthread_mutex_init(&p->tx_lock, NULL);
     return p;
 }
@@ -82,7 +84,7 @@ static uint32_t null_tx(struct onvm_port *p, struct onvm_region *r, const uint32
 }
 
 struct onvm_port *onvm_port_open_null(int id) {
-    struct onvm_port *p = port_new(id, ONVM_PORT_NULL);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_NULL);
     if (p)
         p->tx = null_tx;
     return p;
@@ -198,7 +200,7 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
         set_err(err, errlen, "gen: proto must be udp or tcp%s (got %lld)", "", c->proto);
         return NULL;
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_GEN);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
     if (!p)
         return NULL;
     p->gen = *c;
@@ -242,12 +244,218 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
     return p;
 }
 
-/* ---- pcap in ------------------------------------------------------------- */
+/* ---- pcap in ------------------------------------------------------------- *
+ *
+ * The file is mapped and read record by record.  Classic pcap (either byte
+ * order, microsecond or nanosecond stamps) and pcapng (section headers,
+ * interface descriptions with their timestamp resolution, enhanced and simple
+ * packet blocks; other blocks are skipped) are read.  Anything that does not
+ * add up stops the port with an error naming the file and the byte offset of
+ * the bad record, after the packets before it have been sent.
+ */
+
+#define PCAPNG_MAX_IFS 64
+
+struct pcapng_if {
+    uint32_t snaplen;
+    uint64_t units; /* timestamp units per second */
+};
+
+struct pcap_state {
+    struct pcapng_if ifs[PCAPNG_MAX_IFS];
+    uint32_t nifs;
+};
 
 static uint32_t rd32le(const uint8_t *p, int swapped) {
     uint32_t v;
     memcpy(&v, p, 4);
     return swapped ? __builtin_bswap32(v) : v;
+}
+
+static uint16_t rd16(const uint8_t *p, int swapped) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return swapped ? __builtin_bswap16(v) : v;
+}
+
+static void pcap_fail(struct onvm_port *p, const char *what, size_t at, uint64_t a, uint64_t b) {
+    char msg[112];
+    snprintf(msg, sizeof msg, what, (unsigned long long)a, (unsigned long long)b);
+    snprintf(p->error, sizeof p->error, "pcap %.100s: %.112s at byte %zu", p->path, msg, at);
+    atomic_store(&p->rx_done, 1);
+}
+
+/* Checks a captured length against the file's snaplen and the slot; 0 if fine. */
+static int pcap_check_len(struct onvm_port *p, size_t at, uint32_t caplen, uint32_t snaplen,
+                          uint32_t room) {
+    if (caplen == 0) {
+        pcap_fail(p, "zero-length record%.0llu%.0llu", at, 0, 0);
+        return -1;
+    }
+    if (snaplen && caplen > snaplen) {
+        pcap_fail(p, "captured length %llu exceeds the snaplen %llu", at, caplen, snaplen);
+        return -1;
+    }
+    if (caplen > room) {
+        pcap_fail(p, "a %llu-byte record does not fit a slot (%llu bytes of room; see --slot-size)",
+                  at, caplen, room);
+        return -1;
+    }
+    return 0;
+}
+
+/* pcapng: walks blocks from p->pos to the next packet.  Returns 1 with the
+ * packet, 0 at the end of the file, -1 after an error. */
+static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
+                       uint64_t *ts_ns, size_t *next) {
+    struct pcap_state *ps = p->drv;
+    size_t pos = p->pos;
+    for (;;) {
+        if (pos == p->map_len)
+            return 0;
+        if (pos + 12 > p->map_len) {
+            pcap_fail(p, "truncated block header (%llu of 12 bytes)%.0llu", pos, p->map_len - pos, 0);
+            return -1;
+        }
+        const uint8_t *b = p->map + pos;
+        uint32_t type;
+        memcpy(&type, b, 4);
+        if (type == 0x0a0d0d0au) { /* a section header: its byte order applies from here */
+            uint32_t bom;
+            memcpy(&bom, b + 8, 4);
+            if (bom == 0x1a2b3c4du)
+                p->swapped = 0;
+            else if (bom == 0x4d3c2b1au)
+                p->swapped = 1;
+            else {
+                pcap_fail(p, "bad byte-order magic 0x%08llx in a section header%.0llu", pos, bom, 0);
+                return -1;
+            }
+            ps->nifs = 0;
+        } else {
+            type = rd32le(b, p->swapped);
+        }
+        uint32_t blen = rd32le(b + 4, p->swapped);
+        if (blen < 12 || blen % 4 || blen > (1u << 26)) {
+            pcap_fail(p, "corrupt block (type %llu, length %llu)", pos, type, blen);
+            return -1;
+        }
+        if (pos + blen > p->map_len) {
+            pcap_fail(p, "truncated block: %llu bytes announced, %llu in the file", pos, blen,
+                      p->map_len - pos);
+            return -1;
+        }
+        if (rd32le(b + blen - 4, p->swapped) != blen) {
+            pcap_fail(p, "corrupt block: trailing length differs from %llu%.0llu", pos, blen, 0);
+            return -1;
+        }
+        size_t at = pos;
+        pos += blen;
+        if (type == 1) { /* interface description */
+            if (blen < 20) {
+                pcap_fail(p, "interface block too short (%llu bytes)%.0llu", at, blen, 0);
+                return -1;
+            }
+            uint16_t link = rd16(b + 8, p->swapped);
+            if (link != 1) {
+                pcap_fail(p, "interface %llu has link type %llu, not Ethernet", at, ps->nifs, link);
+                return -1;
+            }
+            if (ps->nifs == PCAPNG_MAX_IFS) {
+                pcap_fail(p, "more than %llu interfaces%.0llu", at, PCAPNG_MAX_IFS, 0);
+                return -1;
+            }
+            struct pcapng_if *f = &ps->ifs[ps->nifs++];
+            f->snaplen = rd32le(b + 12, p->swapped);
+            f->units = 1000000;
+            for (size_t o = 16; o + 4 <= blen - 4;) { /* options */
+                uint16_t code = rd16(b + o, p->swapped), olen = rd16(b + o + 2, p->swapped);
+                if (code == 0 || o + 4 + olen > blen - 4)
+                    break;
+                if (code == 9 && olen >= 1) { /* if_tsresol */
+                    uint8_t v = b[o + 4];
+                    uint64_t u = 1;
+                    for (unsigned k = 0; k < (v & 0x7f) && k < 19; k++)
+                        u *= (v & 0x80) ? 2 : 10;
+                    f->units = u ? u : 1000000;
+                }
+                o += 4 + ((olen + 3u) & ~3u);
+            }
+            continue;
+        }
+        if (type == 6 || type == 3) { /* enhanced or simple packet */
+            uint32_t ifid = 0, cap, hdr;
+            uint64_t ts = 0;
+            if (type == 6) {
+                if (blen < 32) {
+                    pcap_fail(p, "packet block too short (%llu bytes)%.0llu", at, blen, 0);
+                    return -1;
+                }
+                ifid = rd32le(b + 8, p->swapped);
+                ts = (uint64_t)rd32le(b + 12, p->swapped) << 32 | rd32le(b + 16, p->swapped);
+                cap = rd32le(b + 20, p->swapped);
+                hdr = 28;
+            } else {
+                if (blen < 16) {
+                    pcap_fail(p, "packet block too short (%llu bytes)%.0llu", at, blen, 0);
+                    return -1;
+                }
+                cap = rd32le(b + 8, p->swapped);
+                hdr = 12;
+            }
+            if (ifid >= ps->nifs) {
+                pcap_fail(p, "packet of interface %llu, which was not described%.0llu", at, ifid, 0);
+                return -1;
+            }
+            uint32_t snap = ps->ifs[ifid].snaplen;
+            if (type == 3 && snap && cap > snap)
+                cap = snap; /* a simple block stores min(original length, snaplen) */
+            if ((uint64_t)hdr + cap + 4 > blen) {
+                pcap_fail(p, "captured length %llu runs past its block of %llu bytes", at, cap, blen);
+                return -1;
+            }
+            if (pcap_check_len(p, at, cap, snap, room))
+                return -1;
+            uint64_t units = ps->ifs[ifid].units;
+            *ts_ns = units == 1000000000ull ? ts : (uint64_t)((__uint128_t)ts * 1000000000ull / units);
+            *data = b + hdr;
+            *caplen = cap;
+            *next = pos;
+            return 1;
+        }
+        /* statistics, name resolution, custom blocks: nothing to send */
+    }
+}
+
+/* Classic pcap: the record at p->pos.  Same returns as pcapng_next. */
+static int classic_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
+                        uint64_t *ts_ns, size_t *next) {
+    size_t pos = p->pos;
+    if (pos == p->map_len)
+        return 0;
+    if (pos + 16 > p->map_len) {
+        pcap_fail(p, "truncated record header (%llu of 16 bytes)%.0llu", pos, p->map_len - pos, 0);
+        return -1;
+    }
+    const uint8_t *h = p->map + pos;
+    uint32_t incl = rd32le(h + 8, p->swapped);
+    if (incl > 262144 && incl > p->file_snaplen) {
+        pcap_fail(p, "corrupt record (captured length %llu)%.0llu", pos, incl, 0);
+        return -1;
+    }
+    if (pos + 16 + incl > p->map_len) {
+        pcap_fail(p, "truncated record: %llu bytes announced, %llu in the file", pos, incl,
+                  p->map_len - pos - 16);
+        return -1;
+    }
+    if (pcap_check_len(p, pos, incl, p->file_snaplen, room))
+        return -1;
+    uint64_t sec = rd32le(h, p->swapped), frac = rd32le(h + 4, p->swapped);
+    *ts_ns = sec * 1000000000ull + (p->nsec ? frac : frac * 1000);
+    *data = h + 16;
+    *caplen = incl;
+    *next = pos + 16 + incl;
+    return 1;
 }
 
 static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
@@ -263,52 +471,58 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
         pool_empty(r, p, 0, now, next_due);
         return 0;
     }
-    uint32_t room = onvm_slot_room(r), k = 0, toobig = 0;
+    uint32_t room = onvm_slot_room(r), k = 0;
     while (k < got) {
-        if (p->pos == p->map_len || p->pos + 16 > p->map_len) {
-            if (p->pos != p->map_len) {
-                snprintf(p->error, sizeof p->error, "truncated record header at byte %zu", p->pos);
-                atomic_store(&p->rx_done, 1);
-                break;
-            }
+        const uint8_t *data;
+        uint32_t caplen;
+        uint64_t ts;
+        size_t next;
+        int rc = p->pcapng ? pcapng_next(p, room, &data, &caplen, &ts, &next)
+                           : classic_next(p, room, &data, &caplen, &ts, &next);
+        if (rc < 0)
+            break;
+        if (rc == 0) {
             if (p->records_in_file == 0 || (p->loops_left && --p->loops_left == 0)) {
                 atomic_store(&p->rx_done, 1);
                 break;
             }
-            p->pos = 24;
+            p->pos = p->pcapng ? 0 : 24;
+            p->records_in_file = 0;
+            p->loop_offset_ns += p->last_ts_ns - p->first_ts_ns;
             continue;
         }
-        const uint8_t *h = p->map + p->pos;
-        uint32_t incl = rd32le(h + 8, p->swapped);
-        if (incl > 262144) {
-            snprintf(p->error, sizeof p->error,
-                     "corrupt record at byte %zu (captured length %u)", p->pos, incl);
-            atomic_store(&p->rx_done, 1);
-            break;
+        if (p->timing) {
+            if (p->base_ns == 0) {
+                p->base_ns = now;
+                p->first_ts_ns = ts;
+            }
+            uint64_t rel = ts > p->first_ts_ns ? ts - p->first_ts_ns : 0;
+            uint64_t due = p->base_ns + (uint64_t)((double)(rel + p->loop_offset_ns) / p->speed);
+            if (due > now) {
+                if (next_due && due < *next_due)
+                    *next_due = due;
+                break;
+            }
+            p->last_ts_ns = ts > p->last_ts_ns ? ts : p->last_ts_ns;
         }
-        if (p->pos + 16 + incl > p->map_len) {
-            snprintf(p->error, sizeof p->error, "truncated record at byte %zu", p->pos);
-            atomic_store(&p->rx_done, 1);
-            break;
-        }
-        p->pos += 16 + incl;
+        p->pos = next;
         p->records_in_file++;
-        if (incl > room || incl == 0) {
-            toobig++;
-            continue;
-        }
         uint32_t s = slots[k++];
         onvm_slot_reset(r, s);
-        memcpy(onvm_slot_data(r, s), h + 16, incl);
-        r->meta[s].len = incl;
+        memcpy(onvm_slot_data(r, s), data, caplen);
+        r->meta[s].len = caplen;
         r->meta[s].rx_ns = now;
         r->meta[s].in_port = (uint16_t)p->id;
     }
     if (k < got)
         onvm_pool_free_burst(r, slots + k, got - k);
     p->sent_in_budget += k;
-    p->skipped += toobig;
     return k;
+}
+
+static void pcap_in_close(struct onvm_port *p) {
+    free(p->drv);
+    p->drv = NULL;
 }
 
 struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c, char *err,
@@ -316,14 +530,15 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     int fd = open(c->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (err)
-            snprintf(err, errlen, "pcap %s: cannot open (%s)", c->path, strerror(errno));
+            snprintf(err, errlen, "pcap %.160s: cannot open (%s)", c->path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || st.st_size < 24) {
         close(fd);
-        set_err(err, errlen, "pcap %s: too short for a pcap header (%lld bytes)", c->path,
-                (long long)st.st_size);
+        if (err)
+            snprintf(err, errlen, "pcap %.160s: truncated file header (%lld bytes; a pcap header has 24)",
+                     c->path, (long long)st.st_size);
         return NULL;
     }
     const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -334,7 +549,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     }
     uint32_t magic;
     memcpy(&magic, map, 4);
-    int swapped = 0, nsec = 0;
+    int swapped = 0, nsec = 0, ng = 0;
     if (magic == 0xa1b2c3d4u) {
     } else if (magic == 0xd4c3b2a1u) {
         swapped = 1;
@@ -342,34 +557,47 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
         nsec = 1;
     } else if (magic == 0x4d3cb2a1u) {
         swapped = nsec = 1;
+    } else if (magic == 0x0a0d0d0au) {
+        ng = 1;
     } else {
         munmap((void *)map, (size_t)st.st_size);
-        if (err && magic == 0x0a0d0d0au)
-            snprintf(err, errlen, "pcap %s: pcapng files are not read yet; convert with "
-                                  "'editcap -F pcap'", c->path);
-        else if (err)
-            snprintf(err, errlen, "pcap %s: not a pcap file (bad magic at byte 0)", c->path);
+        if (err)
+            snprintf(err, errlen, "pcap %.160s: not a pcap or pcapng file (magic 0x%08x at byte 0)",
+                     c->path, magic);
         return NULL;
     }
-    uint32_t linktype = rd32le(map + 20, swapped) & 0x0fffffff;
-    if (linktype != 1) {
+    uint32_t snaplen = 0;
+    if (!ng) {
+        uint32_t linktype = rd32le(map + 20, swapped) & 0x0fffffff;
+        snaplen = rd32le(map + 16, swapped);
+        if (linktype != 1) {
+            munmap((void *)map, (size_t)st.st_size);
+            if (err)
+                snprintf(err, errlen, "pcap %.160s: link type %u at byte 20 is not Ethernet (1)",
+                         c->path, linktype);
+            return NULL;
+        }
+    }
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_IN);
+    if (!p || !(p->drv = calloc(1, sizeof(struct pcap_state)))) {
         munmap((void *)map, (size_t)st.st_size);
-        set_err(err, errlen, "pcap %s: link type %lld is not Ethernet", c->path, linktype);
+        onvm_port_close(p);
         return NULL;
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_IN);
-    if (!p) {
-        munmap((void *)map, (size_t)st.st_size);
-        return NULL;
-    }
+    p->close = pcap_in_close;
+    snprintf(p->path, sizeof p->path, "%s", c->path);
     p->rx = pcap_rx;
     p->map = map;
     p->map_len = (size_t)st.st_size;
-    p->pos = 24;
+    p->pcapng = ng;
+    p->pos = ng ? 0 : 24;
     p->swapped = swapped;
     p->nsec = nsec;
+    p->file_snaplen = snaplen;
     p->loops_left = c->loops;
-    p->rate_pps = c->rate_pps;
+    p->rate_pps = c->timing ? 0 : c->rate_pps;
+    p->timing = c->timing;
+    p->speed = c->speed > 0 ? c->speed : 1.0;
     return p;
 }
 
@@ -387,8 +615,12 @@ static uint32_t pcap_tx(struct onvm_port *p, struct onvm_region *r, const uint32
         uint32_t hdr[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), cap, m->len};
         if (fwrite(hdr, sizeof hdr, 1, p->out) != 1 ||
             (cap && fwrite(onvm_slot_data(r, slots[i]), cap, 1, p->out) != 1)) {
-            if (!p->error[0])
-                snprintf(p->error, sizeof p->error, "write failed: %s", strerror(errno));
+            /* a full disk or a broken file: the file stays as far as it got, later
+             * packets are counted as port drops */
+            snprintf(p->error, sizeof p->error, "pcap-out %.160s: write failed: %s", p->path,
+                     strerror(errno));
+            fclose(p->out);
+            p->out = NULL;
             break;
         }
         sent++;
@@ -407,7 +639,7 @@ struct onvm_port *onvm_port_open_pcap_out(int id, const struct onvm_pcap_conf *c
             snprintf(err, errlen, "pcap-out %s: cannot create (%s)", c->path, strerror(errno));
         return NULL;
     }
-    struct onvm_port *p = port_new(id, ONVM_PORT_PCAP_OUT);
+    struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_OUT);
     if (!p) {
         fclose(f);
         return NULL;
@@ -424,12 +656,15 @@ struct onvm_port *onvm_port_open_pcap_out(int id, const struct onvm_pcap_conf *c
     }
     p->out = f;
     p->tx = pcap_tx;
+    snprintf(p->path, sizeof p->path, "%s", c->path);
     return p;
 }
 
 void onvm_port_close(struct onvm_port *p) {
     if (!p)
         return;
+    if (p->close)
+        p->close(p);
     if (p->out) {
         fflush(p->out);
         fclose(p->out);

@@ -1,19 +1,53 @@
 /* worker.c - manager RX and TX worker threads.  They never touch Python.
  *
- * RX worker i serves the input ports whose id % nrx == i: it pulls a burst,
+ * RX worker i serves the input ports whose id % nrx == i, and queue i of the
+ * ports with several RX queues (onvm_port.h): it pulls a burst,
  * parses each packet once (offsets, flow hash) and sends it to hop 0 of its
  * chain.  TX worker j drains the TX rings of the NFs assigned to it and does
  * what their actions say, which for OUT means transmitting on a port.
  * Both poll while there is work and sleep on their futex when there is none.
  */
+#define _GNU_SOURCE
 #include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_parse.h"
 
+#include <poll.h>
+
 #define SPIN_POLLS 256
 #define MAX_SLEEP_NS 100000000L
+#define FD_SLEEP_NS 10000000L
+#define TIMED_SLEEP_NS 1000000L
 
 static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns);
+
+/* Does RX worker w read port p, and which of its queues (*q)? */
+static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id, unsigned *q) {
+    if (!p || (!p->rx && !p->rxq))
+        return 0;
+    if (p->nrxq > 1) {
+        *q = w->index;
+        return w->index < p->nrxq;
+    }
+    *q = 0;
+    return id % w->mgr->nrx == w->index;
+}
+
+/* The descriptors an idle RX worker sleeps on (kernel-backed ports); returns how many. */
+static int rx_fds(struct onvm_mgr_worker *w, struct pollfd *fds) {
+    int n = 0;
+    for (unsigned id = 0; id < ONVM_MAX_PORTS; id++) {
+        struct onvm_port *p = w->mgr->ports[id];
+        unsigned q;
+        if (rx_serves(w, p, id, &q) && p->rxq && p->rx_fd[q] >= 0) {
+            fds[n].fd = p->rx_fd[q];
+            fds[n].events = POLLIN;
+            fds[n].revents = 0;
+            n++;
+        }
+    }
+    return n;
+}
 
 static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
     struct onvm_mgr *m = w->mgr;
@@ -22,17 +56,19 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
     if (atomic_load_explicit(&m->rx_paused, ONVM_RELAXED))
         return 0;
     uint64_t now = onvm_now_ns();
-    for (unsigned id = w->index; id < ONVM_MAX_PORTS; id += m->nrx) {
+    for (unsigned id = 0; id < ONVM_MAX_PORTS; id++) {
         struct onvm_port *p = m->ports[id];
-        if (!p || !p->rx || atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
+        unsigned q = 0;
+        if (!rx_serves(w, p, id, &q) || atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
             continue;
-        uint32_t n = p->rx(p, r, w->buf, m->burst, now, next_due);
+        struct onvm_port_stats *st = &r->ports[id].by_worker[w->id];
+        uint32_t n = p->rxq ? p->rxq(p, q, r, w->buf, m->burst, now, next_due, st)
+                            : p->rx(p, r, w->buf, m->burst, now, next_due);
         if (atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
             r->ports[id].rx_done = 1;
         if (n == 0)
             continue;
         busy = 1;
-        struct onvm_port_stats *st = &r->ports[id].by_worker[w->id];
         uint64_t bytes = 0;
         struct onvm_meta *metas[ONVM_BURST_MAX];
         const uint8_t *datas[ONVM_BURST_MAX];
@@ -126,6 +162,20 @@ static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns) {
         uint64_t until = onvm_now_ns() + (uint64_t)sleep_ns;
         while (onvm_now_ns() < until)
             onvm_pause();
+        return;
+    }
+    struct pollfd fds[ONVM_MAX_PORTS];
+    /* A port due again within TIMED_SLEEP_NS (pacing, an empty pool) gets a
+     * timed sleep: its descriptor may be readable already. */
+    int nfds = w->tx || sleep_ns < TIMED_SLEEP_NS || atomic_load(&w->mgr->rx_paused) ? 0 : rx_fds(w, fds);
+    if (nfds) {
+        /* Kernel-backed ports wake us through their descriptors; a kick
+         * (pause, stop) is seen within FD_SLEEP_NS. */
+        if (sleep_ns > FD_SLEEP_NS)
+            sleep_ns = FD_SLEEP_NS;
+        struct timespec ts = {sleep_ns / 1000000000L, sleep_ns % 1000000000L};
+        shared->wait.sleeps++;
+        ppoll(fds, (nfds_t)nfds, &ts, NULL);
         return;
     }
     onvm_waiter_prepare(&shared->wait);

@@ -1,4 +1,4 @@
-"""The ``onvm`` command: manager, nf, status, stop, bench."""
+"""The ``onvm`` command: manager, nf, status, stop, bench, testbed."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _manager_parser(sub: Any) -> None:
                        description="Run an NF manager: shared region, ports, workers, control socket.")
     p.add_argument("--name", default="onvm", help="manager name (default onvm)")
     p.add_argument("--port", action="append", default=[], metavar="URI",
-                   help="a port: gen:..., pcap:FILE, pcap-out:FILE, null (repeatable; ids from 0)")
+                   help="a port: gen:..., pcap:FILE, pcap-out:FILE, null, afpacket:IF, tap:NAME "
+                        "(repeatable; ids from 0)")
     p.add_argument("--default-chain", default="1", metavar="SPEC",
                    help="hops for packets from ports, e.g. 1,2,out:0 (default: 1)")
     p.add_argument("--pool-size", type=int, default=16384, help="packet slots (default 16384)")
@@ -110,7 +111,9 @@ def _print_status(st: dict[str, Any]) -> None:
     print("ports:")
     for p in st["ports"]:
         drops = sum(p["drops"].values())
+        why = ", ".join(f"{k} {v}" for k, v in p["drops"].items())
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
+              + (f" ({why})" if why else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else ""))
     print("NFs:")
     if not st["nfs"]:
@@ -299,8 +302,27 @@ def _quote_rule(argv: list[str]) -> list[str]:
     return ["rule", "add", " ".join(words), *opts] if words else ["rule", "add", *opts]
 
 
+def cmd_testbed(args: argparse.Namespace) -> int:
+    from onvm.testbed import Testbed
+
+    tb = Testbed(args.prefix, args.subnet)
+    if args.action == "down":
+        removed = tb.down()
+        print("removed " + ", ".join(removed) if removed else f"no testbed '{tb.prefix}' found")
+        return 0
+    tb.up()
+    print(f"hosts: {tb.ns('a')} ({tb.addr('a')}) and {tb.ns('b')} ({tb.addr('b')}), namespaces\n"
+          f"manager ports: {tb.port_if('a')} (port 0) and {tb.port_if('b')} (port 1)\n"
+          "try:\n"
+          f"  onvm manager --port {tb.ports[0]} --port {tb.ports[1]} --default-chain 1\n"
+          "  onvm nf bridge --service 1\n"
+          f"  {' '.join(tb.exec_argv('a', 'ping', '-c', '3', tb.addr('b')))}\n"
+          f"  onvm testbed down{'' if tb.prefix == 'onvm' else ' --prefix ' + tb.prefix}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from onvm.bench import SCENARIOS
+    from onvm.bench import scenario_names
 
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,8 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--service", type=int, help="service id: every running instance")
     m.add_argument("--name", default="onvm")
     m.add_argument("--json", action="store_true")
+    t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
+    t.add_argument("action", choices=["up", "down"])
+    t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
+    t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted(SCENARIOS))
+    b.add_argument("scenario", choices=scenario_names())
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
@@ -379,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
-                   "scale": cmd_scale, "send": cmd_send}
+                   "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

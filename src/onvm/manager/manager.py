@@ -46,7 +46,7 @@ from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
 from onvm.ports.uri import PortSpec, parse_port
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4}
+PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
 GRACE_TIMEOUT = 0.5
 DRAIN_TIMEOUT = 1.0
 
@@ -171,6 +171,7 @@ class Manager:
         self.start_free = 0
         self._held = False
         self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
+        self._port_errors: set[int] = set()  # ports whose error was logged
 
     # ---- start and stop -----------------------------------------------------
     def log(self, text: str) -> None:
@@ -253,9 +254,19 @@ class Manager:
                         dport=o["dport"],
                     )
                 elif spec.kind == "pcap":
-                    self.native.add_pcap_in(pid, spec.path, loops=o["loop"], rate=o["rate"])
+                    self.native.add_pcap_in(pid, spec.path, loops=o["loop"], rate=o["rate"],
+                                            timing=o["timing"], speed=o["speed_milli"] / 1000)
                 elif spec.kind == "pcap-out":
                     self.native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
+                elif spec.kind == "afpacket":
+                    if o["queues"] > cfg.rx_workers:
+                        raise ConfigError(f"port {pid} '{spec.uri}': {o['queues']} queues need as many "
+                                          f"RX workers (--rx-workers is {cfg.rx_workers})")
+                    self.native.add_afpacket(pid, spec.path, queues=o["queues"] or cfg.rx_workers,
+                                             promisc=bool(o["promisc"]), qdisc_bypass=bool(o["bypass"]),
+                                             block_size=o["block_size"], blocks=o["blocks"])
+                elif spec.kind == "tap":
+                    self.native.add_tap(pid, spec.path)
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
@@ -267,6 +278,7 @@ class Manager:
         deadline = self.started_at + self.config.duration if self.config.duration else None
         while not self.stopping.is_set():
             self.stopping.wait(0.1)
+            self._check_ports()
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {self.config.duration:g} s")
                 break
@@ -275,6 +287,18 @@ class Manager:
                 break
         self.stop()
         return 0
+
+    def _check_ports(self) -> None:
+        """Log, once, each port whose driver reported an error (a corrupt file, a failed send)."""
+        if self.native is None:
+            return
+        for pid, spec in enumerate(self.config.port_specs):
+            state = self.native.port_state(pid) or {}
+            err = state.get("error", "")
+            if err and pid not in self._port_errors:
+                self._port_errors.add(pid)
+                what = "stopped" if state.get("done") else "error"
+                self.log(f"port {pid} '{spec.uri}' {what}: {err}")
 
     def _inputs_done(self) -> bool:
         specs = self.config.port_specs
@@ -310,6 +334,7 @@ class Manager:
             self.stats.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
+        self._check_ports()
         self.status()  # keep the ports' final driver state for the summary
         self.native.close_ports()
         self._print_summary()
@@ -655,6 +680,7 @@ class Manager:
                     "tx": info["tx"],
                     "tx_bytes": info["tx_bytes"],
                     "drops": _drops(info["drops"]),
+                    "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
                 }

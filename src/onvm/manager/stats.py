@@ -53,8 +53,9 @@ class StatsPrinter:
             rx0, tx0 = self._last.get(("p", p["id"]), (p["rx"], p["tx"]))
             self._last[("p", p["id"])] = (p["rx"], p["tx"])
             drops = sum(p["drops"].values())
+            why = ", ".join(f"{k} {v}" for k, v in p["drops"].items())
             lines.append(f"  port {p['id']:<2} {p['kind']:<8} rx {_rate(p['rx'], rx0, secs)}"
-                         f"  tx {_rate(p['tx'], tx0, secs)}  drops {drops}"
+                         f"  tx {_rate(p['tx'], tx0, secs)}  drops {drops}" + (f" ({why})" if why else "")
                          + ("  (done)" if p["done"] else ""))
         for n in status["nfs"]:
             rx0, tx0 = self._last.get(("n", n["id"]), (n["rx"], n["tx"]))

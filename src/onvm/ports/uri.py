@@ -5,6 +5,8 @@
 ``pcap:FILE?loop=N&rate=R``         replay a classic pcap file (input)
 ``pcap-out:FILE?snaplen=N``         write what leaves the port (output)
 ``null``                            swallow what leaves the port (output)
+``afpacket:IFNAME?queues=N``        a Linux interface through AF_PACKET (input and output)
+``tap:NAME``                        a TAP device the manager creates (input and output)
 ==================================  ==================================================
 
 ``gen`` options: ``size`` (frame bytes with FCS, 64-9018, default 64), ``mix``
@@ -14,7 +16,12 @@
 ``count`` (packets in all; default unlimited), ``seed``, ``src`` and ``dst`` (IPv4
 addresses; flow i comes from src + i), ``sport`` (flow i uses sport + i) and ``dport``.
 ``pcap`` options: ``loop`` (times through the file, 0 = forever, default 1),
-``rate`` (packets per second, default as fast as possible).
+``rate`` (packets per second, default as fast as possible, or ``capture`` to
+replay at the capture's own timing), ``speed`` (with ``rate=capture``: 2 replays
+twice as fast, 0.5 at half speed).  Classic pcap and pcapng are both read.
+``afpacket`` options: ``queues`` (RX sockets in one fanout group; default: one
+per RX worker), ``promisc`` (1/0, default 1), ``bypass`` (PACKET_QDISC_BYPASS on
+TX, 1/0, default 1), ``blocks`` and ``block_size`` (the TPACKET_V3 ring).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from dataclasses import dataclass, field
 
 from onvm.errors import ConfigError
 
-KINDS = ("gen", "pcap", "pcap-out", "null")
+KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "tap")
 MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
 
 _GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed", "src", "dst", "sport", "dport"}
-_PCAP_KEYS = {"loop", "rate"}
+_PCAP_KEYS = {"loop", "rate", "speed"}
+_AFPACKET_KEYS = {"queues", "promisc", "bypass", "blocks", "block_size"}
+_IFNAME_BAD = set("/: \t\n?&=,")
 _PCAP_OUT_KEYS = {"snaplen"}
 
 
@@ -45,11 +54,11 @@ class PortSpec:
 
     @property
     def is_input(self) -> bool:
-        return self.kind in ("gen", "pcap")
+        return self.kind in ("gen", "pcap", "afpacket", "tap")
 
     @property
     def is_output(self) -> bool:
-        return self.kind in ("pcap-out", "null")
+        return self.kind in ("pcap-out", "null", "afpacket", "tap")
 
 
 def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
@@ -123,9 +132,22 @@ def parse_port(uri: str) -> PortSpec:
             raw = _pairs(uri, query, "&", _PCAP_KEYS)
             if not os.path.isfile(path):
                 raise ConfigError(f"port '{uri}': no such file {path}")
+            rate = raw.get("rate", "0")
+            capture = rate.strip().lower() == "capture"
+            speed = raw.get("speed", "1")
+            try:
+                speed_f = float(speed)
+            except ValueError:
+                raise ConfigError(f"port '{uri}': speed={speed} is not a number") from None
+            if not 0.001 <= speed_f <= 1e6:
+                raise ConfigError(f"port '{uri}': speed={speed} is out of range (0.001..1000000)")
+            if "speed" in raw and not capture:
+                raise ConfigError(f"port '{uri}': speed applies to rate=capture only")
             opts = {
                 "loop": _number(uri, "loop", raw.get("loop", "1"), 0, 1 << 40),
-                "rate": _number(uri, "rate", raw.get("rate", "0"), 0, 10**10),
+                "rate": 0 if capture else _number(uri, "rate", rate, 0, 10**10),
+                "timing": int(capture),
+                "speed_milli": round(speed_f * 1000),
             }
         else:
             raw = _pairs(uri, query, "&", _PCAP_OUT_KEYS)
@@ -134,4 +156,24 @@ def parse_port(uri: str) -> PortSpec:
                 raise ConfigError(f"port '{uri}': directory {parent} does not exist")
             opts = {"snaplen": _number(uri, "snaplen", raw.get("snaplen", "65535"), 14, 262144)}
         return PortSpec(uri, kind, path, opts)
+    if kind in ("afpacket", "tap"):
+        name, _, query = rest.partition("?")
+        if not 1 <= len(name) <= 15 or set(name) & _IFNAME_BAD:
+            raise ConfigError(f"port '{uri}': expected {kind}:NAME with an interface name of 1-15 "
+                              "characters")
+        if kind == "tap":
+            if query:
+                raise ConfigError(f"port '{uri}': tap takes no options")
+            return PortSpec(uri, kind, name, {})
+        raw = _pairs(uri, query, "&", _AFPACKET_KEYS)
+        opts = {
+            "queues": _number(uri, "queues", raw.get("queues", "0"), 0, 8),
+            "promisc": _number(uri, "promisc", raw.get("promisc", "1"), 0, 1),
+            "bypass": _number(uri, "bypass", raw.get("bypass", "1"), 0, 1),
+            "blocks": _number(uri, "blocks", raw.get("blocks", "16"), 2, 4096),
+            "block_size": _number(uri, "block_size", raw.get("block_size", "131072"), 4096, 1 << 26),
+        }
+        if opts["block_size"] & (opts["block_size"] - 1):
+            raise ConfigError(f"port '{uri}': block_size={opts['block_size']} is not a power of two")
+        return PortSpec(uri, kind, name, opts)
     raise ConfigError(f"port '{uri}': unknown kind '{kind}' (expected one of {', '.join(KINDS)})")

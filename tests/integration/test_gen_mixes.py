@@ -1,0 +1,56 @@
+"""The gen port's traffic: size mixes, flows, checksums and rate."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from scapy.all import IP, UDP, Ether  # type: ignore[import-untyped]
+
+from tests.integration.conftest import onvm, pcap_records
+
+
+def generate(tmp_path, spec: str) -> tuple[list[bytes], float]:
+    out = tmp_path / "gen.pcap"
+    t0 = time.monotonic()
+    r = onvm("manager", "--name", f"t{uuid.uuid4().hex[:8]}", "--port", f"gen:{spec}",
+             "--port", f"pcap-out:{out}", "--default-chain", "out:1", "--no-wait", "--exit-when-done",
+             "--quiet")
+    assert r.returncode == 0, r.stderr
+    return pcap_records(out), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("mix, bands", [
+    # frame sizes on the wire count the 4-byte FCS, which a pcap does not hold
+    ("http", [((60, 60), 0.443), ((61, 1019), 0.185), ((1020, 1514), 0.372)]),
+    ("imix", [((60, 60), 7 / 12), ((566, 566), 4 / 12), ((1514, 1514), 1 / 12)]),
+])
+def test_size_mix(runtime, tmp_path, mix, bands):
+    n = 20000
+    pkts, _ = generate(tmp_path, f"mix={mix},flows=100,count={n}")
+    assert len(pkts) == n
+    for (lo, hi), share in bands:
+        got = sum(lo <= len(p) <= hi for p in pkts) / n
+        assert abs(got - share) < 0.02, (mix, lo, hi, got, share)
+    assert sum(any(lo <= len(p) <= hi for (lo, hi), _ in bands) for p in pkts) == n
+
+
+def test_flows_and_checksums(runtime, tmp_path):
+    pkts, _ = generate(tmp_path, "size=128,flows=37,count=370")
+    assert {len(p) for p in pkts} == {124}
+    sources = Counter(Ether(p)[IP].src for p in pkts)
+    assert len(sources) == 37 and set(sources.values()) == {10}
+    for raw in pkts[:50]:
+        ip = Ether(raw)[IP]
+        want = ip.chksum
+        del ip.chksum
+        assert IP(bytes(ip))[IP].chksum == want
+        assert ip[UDP].len == len(raw) - 14 - 20
+
+
+def test_rate_limits(runtime, tmp_path):
+    pkts, secs = generate(tmp_path, "count=3000,rate=10k")
+    assert len(pkts) == 3000
+    assert secs >= 0.3  # 3000 packets at 10 kpps cannot take less than 0.3 s
