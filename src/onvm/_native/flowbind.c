@@ -40,12 +40,15 @@ static PyObject *key_tuple(const struct onvm_flow_key *k) {
                          k->sport, k->dport, k->in_port);
 }
 
-static PyObject *flow_dict(const struct onvm_flow *f, uint64_t now) {
+static PyObject *flow_dict(const struct onvm_flow_view *v, uint64_t now) {
+    const struct onvm_flow *f = &v->f;
+    const struct onvm_flow_data *d = &v->d;
     return Py_BuildValue("{s:N,s:H,s:B,s:I,s:I,s:H,s:K,s:K,s:d,s:d}", "key", key_tuple(&f->key), "chain",
-                         f->chain, "origin", f->origin, "idle_ms", f->idle_ms, "hard_ms", f->hard_ms, "rule_slot",
-                         (uint16_t)(f->rule ? f->rule - 1 : 0xffff), "packets", (unsigned long long)f->packets,
-                         "bytes", (unsigned long long)f->bytes, "age_s", (double)(now - f->created_ns) / 1e9,
-                         "idle_s", (double)(now > f->last_ns ? now - f->last_ns : 0) / 1e9);
+                         f->chain, "origin", f->origin, "idle_ms", d->idle_ms, "hard_ms", d->hard_ms, "rule_slot",
+                         (uint16_t)(f->rule ? f->rule - 1 : 0xffff), "packets", (unsigned long long)d->packets,
+                         "bytes", (unsigned long long)d->bytes, "age_s",
+                         (double)(now > d->created_ns ? now - d->created_ns : 0) / 1e9, "idle_s",
+                         (double)(now > d->last_ns ? now - d->last_ns : 0) / 1e9);
 }
 
 #define OPEN_OR_FAIL(self)                                                                                   \
@@ -80,7 +83,7 @@ PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
     struct onvm_flow_key k;
     if (key_from(ko, &k) < 0)
         return NULL;
-    struct onvm_flow f;
+    struct onvm_flow_view f;
     uint64_t now = onvm_now_ns();
     int rc;
     while ((rc = onvm_flow_get(&self->r, &k, now, &f)) == -EAGAIN)
@@ -106,19 +109,12 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     OPEN_OR_FAIL(self);
     PyObject *l = PyList_New(0);
-    struct onvm_flow *t = onvm_flows(&self->r);
     uint64_t now = onvm_now_ns();
     for (uint32_t i = 0; l && i < self->r.hdr->flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
-        struct onvm_flow copy;
-        uint32_t s1 = atomic_load_explicit(&t[i].seq, ONVM_ACQUIRE);
-        if ((s1 & 1) || t[i].state != ONVM_FLOW_VALID)
+        struct onvm_flow_view copy;
+        if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, &copy) != 0)
             continue;
-        memcpy((void *)((uint8_t *)&copy + sizeof copy.seq), (uint8_t *)&t[i] + sizeof copy.seq,
-               sizeof copy - sizeof copy.seq);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&t[i].seq, ONVM_RELAXED) != s1 || copy.state != ONVM_FLOW_VALID)
-            continue;
-        if (chain >= 0 && copy.chain != chain)
+        if (chain >= 0 && copy.f.chain != chain)
             continue;
         PyObject *d = flow_dict(&copy, now);
         PyList_Append(l, d);

@@ -52,12 +52,27 @@ static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_k
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
+/* The 32-bit millisecond clock of deadlines: compared by signed difference,
+ * so it may wrap (every 49 days) as long as no timeout exceeds 24 days. */
+static inline uint32_t ms32(uint64_t ns) { return (uint32_t)(ns / 1000000ull); }
+
 static inline int expired(const struct onvm_flow *f, uint64_t now) {
-    if (f->idle_ms && now > f->last_ns + (uint64_t)f->idle_ms * 1000000ull)
-        return 1;
-    if (f->hard_ms && now > f->created_ns + (uint64_t)f->hard_ms * 1000000ull)
-        return 1;
-    return 0;
+    return f->deadline_ms && (int32_t)(ms32(now) - f->deadline_ms) >= 0;
+}
+
+static uint32_t deadline(const struct onvm_flow_data *d, uint64_t now) {
+    uint64_t when = 0;
+    if (d->idle_ms)
+        when = now + (uint64_t)d->idle_ms * 1000000ull;
+    if (d->hard_ms) {
+        uint64_t hard = d->created_ns + (uint64_t)d->hard_ms * 1000000ull;
+        if (!when || hard < when)
+            when = hard;
+    }
+    if (!when)
+        return 0;
+    uint32_t ms = ms32(when);
+    return ms ? ms : 1;
 }
 
 static inline int stale(struct onvm_region *r, const struct onvm_flow *f) {
@@ -98,19 +113,32 @@ static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_
     return -1;
 }
 
-int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, struct onvm_flow *out) {
+int onvm_flow_read(struct onvm_region *r, uint32_t i, struct onvm_flow_view *out) {
+    struct onvm_flow *f = &onvm_flows(r)[i];
+    for (int tries = 0; tries < 8; tries++) {
+        uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
+        if (s1 & 1)
+            continue;
+        memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
+        out->d = onvm_flow_data(r)[i];
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
+            return out->f.state == ONVM_FLOW_VALID ? 0 : -ENOENT;
+    }
+    return -EAGAIN;
+}
+
+int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, struct onvm_flow_view *out) {
     if (!r->hdr->flow_count)
         return -ENOENT;
     uint32_t seq;
     long i = find(r, key, onvm_flow_key_hash(key), &seq);
     if (i < 0)
         return -ENOENT;
-    struct onvm_flow *f = &onvm_flows(r)[i];
-    memcpy((void *)((uint8_t *)out + sizeof(f->seq)), (uint8_t *)f + sizeof(f->seq), sizeof *f - sizeof(f->seq));
-    atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != seq)
-        return -EAGAIN;
-    if (expired(out, now) || stale(r, out))
+    int rc = onvm_flow_read(r, (uint32_t)i, out);
+    if (rc != 0)
+        return rc;
+    if (!key_eq(&out->f.key, key) || expired(&out->f, now) || stale(r, &out->f))
         return -ENOENT;
     return 0;
 }
@@ -127,8 +155,12 @@ static int claim(struct onvm_flow *f, uint32_t *seq) {
 }
 
 static void publish(struct onvm_flow *f, uint32_t seq) {
-    /* Release publishes the fields to readers' acquire of seq. */
+    /* Release publishes both parts of the entry to readers' acquire of seq. */
     atomic_store_explicit(&f->seq, seq + 1, ONVM_RELEASE);
+}
+
+static inline int live(struct onvm_region *r, const struct onvm_flow *f, uint64_t now) {
+    return f->state == ONVM_FLOW_VALID && !expired(f, now) && !stale(r, f);
 }
 
 int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
@@ -136,6 +168,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
     if (!r->hdr->flow_count)
         return -ENOSPC;
     struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_data *td = onvm_flow_data(r);
     uint32_t hash = onvm_flow_key_hash(key), mask = r->hdr->flow_count - 1, seq;
     long i = find(r, key, hash, &seq);
     int fresh = i < 0;
@@ -154,11 +187,11 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         }
         for (uint32_t p = 0; !f && p < ONVM_FLOW_PROBE; p++) {
             struct onvm_flow *c = &t[(hash + p) & mask];
-            if (c->state == ONVM_FLOW_VALID && !expired(c, now) && !stale(r, c))
+            if (live(r, c, now))
                 continue;
             if (!claim(c, &seq))
                 continue;
-            if (c->state == ONVM_FLOW_VALID && !expired(c, now) && !stale(r, c)) {
+            if (live(r, c, now)) {
                 publish(c, seq);
                 continue;
             }
@@ -173,19 +206,21 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
                 continue;
             break;
         }
+        struct onvm_flow_data *d = &td[f - t];
         if (fresh) {
             f->key = *key;
             f->hash = hash;
-            f->created_ns = now;
-            f->packets = 0;
-            f->bytes = 0;
+            d->created_ns = now;
+            d->packets = 0;
+            d->bytes = 0;
             atomic_fetch_add(&r->hdr->flows_used, 1);
             atomic_fetch_add(&r->hdr->flows_installed, 1);
         }
-        f->last_ns = now;
+        d->last_ns = now;
+        d->idle_ms = idle_ms;
+        d->hard_ms = hard_ms;
+        f->deadline_ms = deadline(d, now);
         f->chain = chain;
-        f->idle_ms = idle_ms;
-        f->hard_ms = hard_ms;
         f->origin = origin;
         f->rule = rule;
         f->rule_gen = rule_gen;
@@ -350,6 +385,16 @@ void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const 
     atomic_store_explicit(&rs->seq, seq + 2, ONVM_RELEASE);
 }
 
+/* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
+static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, uint64_t now) {
+    struct onvm_flow_data *d = &onvm_flow_data(r)[i];
+    d->packets++;
+    d->bytes += m->len;
+    d->last_ns = now;
+    if (d->idle_ms)
+        onvm_flows(r)[i].deadline_ms = deadline(d, now);
+}
+
 static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struct onvm_flow_key *key,
                          uint32_t hash, uint64_t now) {
     uint32_t seq;
@@ -360,10 +405,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
         int dead = expired(f, now) || stale(r, f);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == seq && !dead) {
-            /* Only this RX worker sees this flow: plain updates are enough. */
-            f->packets++;
-            f->bytes += m->len;
-            f->last_ns = now;
+            hit(r, i, m, now);
             m->chain_id = chain;
             return;
         }
@@ -375,14 +417,10 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
     m->chain_id = rule.chain;
     if (onvm_flow_put(r, key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE, (uint16_t)(idx + 1),
                       rule.gen, now) == 0) {
-        /* count this first packet too */
         uint32_t s2;
         long j = find(r, key, hash, &s2);
-        if (j >= 0) {
-            struct onvm_flow *f = &onvm_flows(r)[j];
-            f->packets++;
-            f->bytes += m->len;
-        }
+        if (j >= 0)
+            hit(r, j, m, now); /* count this first packet too */
     }
 }
 
@@ -418,7 +456,6 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
             if (ok[i]) {
                 hash[i] = onvm_flow_key_hash(&keys[i]);
                 __builtin_prefetch(&t[hash[i] & mask]);
-                __builtin_prefetch((const uint8_t *)&t[hash[i] & mask] + 64); /* timeouts, rule */
             }
         }
         for (uint32_t i = 0; i < k; i++)

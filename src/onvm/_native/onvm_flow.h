@@ -17,9 +17,11 @@
  * and retry if the sequence moved.  Deleted entries become tombstones that
  * keep probe chains intact and are reused by inserts.
  *
+ * An entry is two cache lines in two arrays: the key, chain and expiry
+ * deadline that a lookup reads, and the counters and times that a hit updates.
  * Counters, idle and hard timeouts: the RX worker that owns a flow (a flow
  * always arrives on one port, served by one RX worker) updates its packets,
- * bytes and last-seen time.  A lookup treats an expired entry as a miss, and
+ * bytes, last-seen time and deadline.  A lookup treats an expired entry as a miss, and
  * the manager's sweep removes expired entries and counts them, so timeouts are
  * exact at lookup and the table never fills with dead flows.
  *
@@ -49,24 +51,36 @@ struct onvm_flow_key {
 };
 static_assert(sizeof(struct onvm_flow_key) == 40, "flow key is 40 bytes");
 
+/* An entry is split in two lines: what a lookup reads, and what a hit updates. */
 struct onvm_flow {
     alignas(ONVM_CACHE_LINE) _Atomic uint32_t seq; /* odd while a writer owns the entry */
-    uint32_t state;
     uint32_t hash;
-    uint16_t chain;
+    uint8_t state;
     uint8_t origin;
-    uint8_t pad;
-    struct onvm_flow_key key;
+    uint16_t chain;
     uint16_t rule; /* rule slot + 1 that installed it, 0 if none */
-    uint16_t pad2;
+    uint16_t pad;
+    struct onvm_flow_key key;
+    uint32_t deadline_ms; /* when it expires, on the 32-bit millisecond clock; 0: never */
     uint32_t rule_gen;
-    uint32_t idle_ms, hard_ms; /* 0: none */
+};
+static_assert(sizeof(struct onvm_flow) == 64, "the lookup's part of an entry is one cache line");
+
+struct onvm_flow_data {
+    alignas(ONVM_CACHE_LINE) uint32_t idle_ms; /* 0: none */
+    uint32_t hard_ms;                          /* 0: none */
     uint64_t created_ns;
     uint64_t last_ns;
     uint64_t packets;
     uint64_t bytes;
 };
-static_assert(sizeof(struct onvm_flow) == 128, "flow entry is two cache lines");
+static_assert(sizeof(struct onvm_flow_data) == 64, "an entry's counters are one cache line");
+
+/* A consistent copy of both parts, for the API. */
+struct onvm_flow_view {
+    struct onvm_flow f;
+    struct onvm_flow_data d;
+};
 
 struct onvm_rule {
     uint32_t gen; /* bumped whenever the entries this slot produced must go */
@@ -102,6 +116,9 @@ void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const 
 static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
     return (struct onvm_flow *)onvm_at(r, r->hdr->off_flows);
 }
+static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
+    return (struct onvm_flow_data *)onvm_at(r, r->hdr->off_flow_data);
+}
 static inline struct onvm_rules *onvm_rules(const struct onvm_region *r) {
     return (struct onvm_rules *)onvm_at(r, r->hdr->off_rules);
 }
@@ -118,7 +135,9 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
 
 /* A copy of the entry for key; 0 if found (expired and stale ones are not). */
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now,
-                  struct onvm_flow *out);
+                  struct onvm_flow_view *out);
+/* A consistent copy of entry i if it is live; 0 if so. */
+int onvm_flow_read(struct onvm_region *r, uint32_t i, struct onvm_flow_view *out);
 /* Insert or replace; returns 0, -ENOSPC when no entry is free within the probe limit. */
 int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain,
                   uint32_t idle_ms, uint32_t hard_ms, uint8_t origin, uint16_t rule,

@@ -243,6 +243,7 @@ struct onvm_header {
     struct onvm_freestack free;
     /* flow table and rules (onvm_flow.h) */
     alignas(ONVM_CACHE_LINE) uint64_t off_flows;
+    uint64_t off_flow_data;
     uint64_t off_rules;
     uint32_t flow_count; /* entries, a power of two */
     uint32_t max_rules;

@@ -69,6 +69,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     tmp.off_flows = ALIGN_UP(off, 4096);
     tmp.flow_count = p->flow_count;
     off = tmp.off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
+    tmp.off_flow_data = ALIGN_UP(off, 4096);
+    off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
     uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
         return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size%s", "");
