@@ -1,0 +1,214 @@
+"""How an NF process is isolated: ``process``, ``namespace`` (bubblewrap), ``podman``, ``docker``.
+
+Every backend turns the same :class:`Launch` (the ``onvm nf`` command line,
+its environment, and the two files it shares with the manager: the region and
+the control socket) into the command that starts it.  The NF inside sees the
+region and the socket at the same paths as the manager, so nothing in the NF
+knows how it is isolated.
+
+- ``process``: a plain child process.
+- ``namespace``: bubblewrap with new pid, mount, ipc, uts, network (and, where
+  possible, cgroup) namespaces; the root is an empty read-only tmpfs holding
+  read-only binds of the system directories and the Python installation, a
+  private /tmp, a fresh /proc and /dev, and the region and socket bound
+  read-write.  Nothing else of the host is visible.
+- ``podman``: a container from the image ``onvm image build`` makes (no
+  registry), run as root with runc, no network, explicit nofile/nproc limits,
+  a read-only root and the region and socket bind-mounted; never privileged.
+- ``docker``: the same container with ``docker run``.
+
+A runtime that is not installed is reported by name with the package that
+brings it (:meth:`Isolation.check`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from onvm.errors import ConfigError
+
+IMAGE = "localhost/onvm-nf:latest"
+ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+
+
+class RuntimeMissing(ConfigError):
+    """The program an isolation mode needs is not installed or not usable."""
+
+
+@dataclass
+class Launch:
+    """One NF process to start: its command, environment and what it shares with the manager."""
+
+    argv: list[str]
+    env: dict[str, str]
+    shared: list[str]  # files bound read-write at the same path (region, socket)
+    name: str  # a unique name (container name)
+    image: str = IMAGE
+    python_paths: list[str] = field(default_factory=list)  # read-only, for the namespace backend
+
+
+def python_paths() -> list[str]:
+    """Directories the NF's Python needs: the interpreter's prefixes and where onvm and numpy live."""
+    import numpy
+
+    import onvm
+
+    dirs = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.abspath(onvm.__file__))),
+            os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))}
+    exe = os.path.realpath(sys.executable)
+    dirs.add(os.path.dirname(os.path.dirname(exe)))
+    for p in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if p and os.path.isdir(p):
+            dirs.add(os.path.abspath(p))
+    # drop directories inside others
+    out: list[str] = []
+    for d in sorted(dirs, key=len):
+        if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return sorted(out)
+
+
+class Isolation:
+    """A way to start an NF; subclasses fill in :meth:`command`."""
+
+    name = "process"
+    program: str | None = None
+    install_hint = ""
+
+    def check(self) -> None:
+        """Raise RuntimeMissing if this machine cannot start NFs this way."""
+        if self.program and shutil.which(self.program) is None:
+            raise RuntimeMissing(f"isolation '{self.name}' needs {self.program}, which is not installed"
+                                 f" (install it with: {self.install_hint})")
+
+    def command(self, launch: Launch) -> list[str]:
+        return list(launch.argv)
+
+    def env(self, launch: Launch) -> dict[str, str]:
+        """The environment of the launching process."""
+        env = dict(os.environ)
+        env.update(launch.env)
+        return env
+
+    def cleanup(self, launch: Launch) -> None:
+        """Remove what a launch may leave behind after its process is gone."""
+
+
+class ProcessIsolation(Isolation):
+    """A plain child process."""
+
+
+class NamespaceIsolation(Isolation):
+    """bubblewrap: own pid, mount, ipc, uts and network namespaces; read-only root."""
+
+    name = "namespace"
+    program = "bwrap"
+    install_hint = "apt-get install bubblewrap"
+    SYSTEM = ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin")
+    ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf")
+
+    def command(self, launch: Launch) -> list[str]:
+        cmd = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+               "--unshare-cgroup-try", "--die-with-parent", "--hostname", "onvm-nf"]
+        for d in self.SYSTEM:
+            if os.path.islink(d):
+                cmd += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                cmd += ["--ro-bind", d, d]
+        for f in self.ETC:
+            cmd += ["--ro-bind-try", f, f]
+        for d in launch.python_paths or python_paths():
+            cmd += ["--ro-bind", d, d]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        for f in launch.shared:
+            cmd += ["--bind", f, f]
+        for k, v in launch.env.items():
+            cmd += ["--setenv", k, v]
+        cmd += ["--chdir", "/", "--remount-ro", "/", "--", *launch.argv]
+        return cmd
+
+
+class ContainerIsolation(Isolation):
+    """A container from the onvm image; podman and docker differ only in a few flags."""
+
+    extra: tuple[str, ...] = ()
+
+    def image_exists(self, image: str) -> bool:
+        r = subprocess.run([self.program or "", "image", "inspect", image],
+                           capture_output=True, timeout=60)
+        return r.returncode == 0
+
+    def check_image(self, image: str) -> None:
+        if not self.image_exists(image):
+            raise ConfigError(f"isolation '{self.name}': image {image} not found; build it with "
+                              f"'onvm image build --runtime {self.name}' (no registry is needed)")
+
+    def command(self, launch: Launch) -> list[str]:
+        cmd = [self.program or "", *self.extra, "run", "--rm", "--name", launch.name,
+               "--network", "none", "--read-only", "--tmpfs", "/tmp", *ULIMITS,
+               "--security-opt", "no-new-privileges"]
+        for f in launch.shared:
+            cmd += ["-v", f"{f}:{f}"]
+        for k, v in launch.env.items():
+            cmd += ["-e", f"{k}={v}"]
+        cmd += [launch.image, *launch.argv]
+        return cmd
+
+    def cleanup(self, launch: Launch) -> None:
+        subprocess.run([self.program or "", *self.extra, "rm", "-f", "-i", launch.name],
+                       capture_output=True, timeout=60)
+
+
+class PodmanIsolation(ContainerIsolation):
+    """podman as root with runc (crun fails on this cgroup setup)."""
+
+    name = "podman"
+    program = "podman"
+    install_hint = "apt-get install podman runc"
+    extra = ("--runtime", "runc")
+
+    def check(self) -> None:
+        super().check()
+        if shutil.which("runc") is None:
+            raise RuntimeMissing("isolation 'podman' runs containers with runc, which is not installed"
+                                 " (install it with: apt-get install runc)")
+
+
+class DockerIsolation(ContainerIsolation):
+    """docker: the same container through a Docker engine."""
+
+    name = "docker"
+    program = "docker"
+    install_hint = "apt-get install docker.io, and start the engine"
+
+    def check(self) -> None:
+        super().check()
+        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            detail = (r.stderr.strip().splitlines() or ["no answer"])[-1]
+            raise RuntimeMissing(f"isolation 'docker' needs a running Docker engine: {detail} "
+                                 f"(install and start one with: {self.install_hint})")
+
+    def cleanup(self, launch: Launch) -> None:
+        subprocess.run(["docker", "rm", "-f", launch.name], capture_output=True, timeout=60)
+
+
+BACKENDS: dict[str, type[Isolation]] = {
+    "process": ProcessIsolation,
+    "namespace": NamespaceIsolation,
+    "podman": PodmanIsolation,
+    "docker": DockerIsolation,
+}
+
+
+def backend(name: str) -> Isolation:
+    """The backend for an isolation mode name."""
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown isolation '{name}' (expected one of: {', '.join(BACKENDS)})") from None
