@@ -161,6 +161,8 @@ class Supervisor:
                        for r in self.manager.nfs.values())
 
     def _run(self) -> None:
+        # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent
+        # ends a sandbox when the thread that started it exits, so no other thread may.
         try:
             self._start_all()
             self._watch()
@@ -168,6 +170,8 @@ class Supervisor:
             self.error = f"supervisor: {e}"
             self.log(self.error)
             self.manager.stopping.set()
+        finally:
+            self._reap()
 
     def _start_all(self) -> None:
         by_entry: dict[int, list[Child]] = {}
@@ -192,15 +196,13 @@ class Supervisor:
 
     # ---- watching --------------------------------------------------------------
     def _watch(self) -> None:
-        while not self.stopping.wait(0.05):
-            if self.manager.stopping.is_set():
-                return
+        while not self.manager.stopping.wait(0.05):
             now = time.monotonic()
             for c in self.children:
                 if c.done:
                     continue
                 if c.proc is None:
-                    if now >= c.next_start:
+                    if now >= c.next_start and not self.manager.stopping.is_set():
                         c.restarts += 1
                         self.log(f"restarting {c.label} (restart {c.restarts} of {c.spec.max_restarts})")
                         self._spawn(c)
@@ -228,9 +230,13 @@ class Supervisor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching; wait for every NF process, end those that hang, remove containers."""
+        """Stop watching; wait until every NF process is gone and its container removed."""
         self.stopping.set()
-        self._thread.join(timeout=START_TIMEOUT + 5)
+        self._thread.join(timeout=START_TIMEOUT + STOP_TIMEOUT + 30)
+
+    def _reap(self) -> None:
+        """Wait for every NF process (the manager asks them to stop), end those that hang."""
+        self.manager.stopping.wait()
         deadline = time.monotonic() + STOP_TIMEOUT
         for c in self.children:
             if c.proc is None:
