@@ -142,9 +142,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import run_scenario
+    from onvm.bench import nf_start, run_scenario
 
-    result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
+    if args.scenario == "nf-start":
+        result = nf_start(args.isolation, starts=args.starts, verbose=False)
+    else:
+        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted(SCENARIOS))
+    b.add_argument("scenario", choices=sorted([*SCENARIOS, "nf-start"]))
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
