@@ -406,11 +406,13 @@ def load_topology(path: str) -> Topology:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read topology file {path}: {e.strerror}") from None
-    data, lines = _yaml.load(text, path)
-    return validate(data, lines, path)
+    return loads_topology(text, path)
 
 
 def loads_topology(text: str, source: str = "<string>") -> Topology:
     """Validate a topology given as text (tests, tools)."""
-    data, lines = _yaml.load(text, source)
+    try:
+        data, lines = _yaml.load(text, source)
+    except _yaml.YamlError as e:
+        raise TopologyError([e.message]) from None
     return validate(data, lines, source)
