@@ -50,6 +50,11 @@ def test_service_defaults_to_the_programs_own():
     assert t.nfs[0].service == 1
 
 
+def test_restart_no_survives_yaml_booleans():
+    t = loads_topology("nfs: [{program: bridge, restart: no}]\n", "b.yaml")
+    assert t.nfs[0].restart == "no"
+
+
 def test_options_become_flags():
     t = loads_topology("nfs: [{program: speed_tester, service: 1, options: "
                        "{per_packet: true, dest: 3, quiet: false}}]\n", "o.yaml")

@@ -118,6 +118,12 @@ class NFSpec(_Model):
 
     _cpu = field_validator("cpus", mode="before")(lambda cls, v: _cpus(v))
 
+    @field_validator("restart", mode="before")
+    @classmethod
+    def _restart(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false: `restart: no` means what it says.
+        return "no" if v is False else v
+
     @field_validator("name")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
