@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo test test-fast test-sanitize lint bench clean
+.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,20 @@ $(STAMP): pyproject.toml setup.py $(NATIVE)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) lint
+# A topology file: a firewall chain started, supervised and stopped by 'onvm run'.
+demo-topology: $(STAMP)
+	mkdir -p demo-out && cd demo-out && ../$(VENV)/bin/onvm run ../examples/firewall-chain.yaml
+
+# Debian tools for NF isolation: bubblewrap (namespace), podman with runc (containers).
+# Installed only when missing.
+DEBS := bwrap:bubblewrap podman:podman runc:runc
+deps:
+	@missing=""; for t in $(DEBS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+test: $(STAMP) deps lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 

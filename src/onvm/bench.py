@@ -75,7 +75,7 @@ def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False
 
     iso = backend(isolation)
     iso.check()
-    spec = NFSpec(program="simple_forward", service=1, isolation=isolation)  # type: ignore[arg-type]
+    spec = NFSpec.model_validate({"program": "simple_forward", "service": 1, "isolation": isolation})
     if isinstance(iso, ContainerIsolation):
         iso.check_image(spec.image or "localhost/onvm-nf:latest")
     name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -93,8 +93,9 @@ def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False
                                 f"onvm-{name}-{i}", python_paths=paths)
                 cmd, penv = iso.command(launch), iso.env(launch)
                 t0 = time.monotonic()
+                err = None if verbose else subprocess.DEVNULL
                 proc = subprocess.Popen(cmd, env=penv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=None if verbose else subprocess.DEVNULL, start_new_session=True)
+                                        stderr=err, start_new_session=True)
                 nf_id = None
                 try:
                     deadline = t0 + 30

@@ -113,7 +113,8 @@ def test_isolated_nf_sees_only_its_mounts(tmp_path, request, mode):
     launch = Launch([sys.executable, "-S", "-c", PROBE, str(secret), str(ROOT / "tests"), str(shared)], {},
                     [str(shared)], f"onvm-probe-{uuid.uuid4().hex[:8]}", IMAGE)
     try:
-        r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True,
+                           timeout=120)
     finally:
         iso.cleanup(launch)
     assert r.returncode == 0, r.stderr

@@ -89,10 +89,12 @@ def test_podman_without_runc(monkeypatch):
 
 def test_docker_client_without_an_engine(monkeypatch, tmp_path):
     fake = tmp_path / "docker"
-    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2\n"
+    fake.write_text("#!/bin/sh\n"
+                    "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2\n"
                     "exit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeMissing) as ei:
         DockerIsolation().check()
-    assert "isolation 'docker' needs a running Docker engine: Cannot connect to the Docker daemon" in str(ei.value)
+    assert ("isolation 'docker' needs a running Docker engine: Cannot connect to the Docker daemon"
+            in str(ei.value))

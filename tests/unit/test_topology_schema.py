@@ -86,7 +86,8 @@ BAD = [
     ("ports:\n  - gen:size=10\n",
      "bad.yaml:2: ports[0]: port 'gen:size=10': size=10 is out of range (64..9018)"),
     ("ports:\n  - wire:eth0\n",
-     "bad.yaml:2: ports[0]: port 'wire:eth0': unknown kind 'wire' (expected one of gen, pcap, pcap-out, null)"),
+     "bad.yaml:2: ports[0]: port 'wire:eth0': unknown kind 'wire' "
+     "(expected one of gen, pcap, pcap-out, null)"),
     ("nfs:\n  - service: 1\n",
      "bad.yaml:2: nfs[0].program: required field is missing"),
     ("nfs:\n  - program: simple_forward\n    isolation: vm\n",
@@ -130,7 +131,8 @@ BAD = [
      "(named chains need flow rules)"),
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {dport: 80}\n    chain: default\n",
-     "bad.yaml:6: rules[0]: flow rules are not supported by this manager yet (only chains.default is applied)"),
+     "bad.yaml:6: rules[0]: flow rules are not supported by this manager yet "
+     "(only chains.default is applied)"),
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {dport: 80}\n    chain: web\n",
      "bad.yaml:7: rules[0].chain: no chain named 'web'"),

@@ -184,7 +184,7 @@ class RuleSpec(_Model):
 class Topology(_Model):
     """A whole deployment: one manager, its ports, NFs, chains and rules."""
 
-    manager: ManagerSpec = Field(default_factory=ManagerSpec)
+    manager: ManagerSpec = Field(default_factory=lambda: ManagerSpec.model_validate({}))
     ports: list[str] = Field(default_factory=list, max_length=16)
     nfs: list[NFSpec] = Field(default_factory=list)
     chains: dict[str, list[int | str] | str] = Field(default_factory=dict)
@@ -268,8 +268,9 @@ def _check_program(nf: NFSpec) -> list[tuple[str, str]]:
     try:
         mod = examples.load(nf.program)
     except KeyError:
+        names = ", ".join(examples.NAMES)
         return [("program", f"unknown NF program '{nf.program}' "
-                            f"(expected one of: {', '.join(examples.NAMES)}, or a path to an NF script *.py)")]
+                            f"(expected one of: {names}, or a path to an NF script *.py)")]
     out: list[tuple[str, str]] = []
     if isinstance(nf.options, dict):
         for key in nf.options:
