@@ -85,6 +85,39 @@ def test_each_isolation_mode_carries_packets(runtime, tmp_path, request, mode):
     assert len(pcap_records(out)) == 3000
 
 
+SCRIPT = """\
+from onvm import NF
+
+nf = NF("counter")  # manager, service and instance come from the topology
+
+
+@nf.packet
+def handle(pkt, meta):
+    meta.next()
+
+
+nf.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "namespace"])
+def test_nf_script_runs_from_a_topology(runtime, tmp_path, request, mode):
+    _need(mode, request)
+    (tmp_path / "counter.py").write_text(SCRIPT)
+    out = tmp_path / "out.pcap"
+    topo = _write(tmp_path, f"""\
+        manager: {{name: sc{uuid.uuid4().hex[:6]}, exit_when_done: true}}
+        ports: ["gen:size=64,count=500,rate=10k", "pcap-out:{out}"]
+        nfs:
+          - {{program: {tmp_path / "counter.py"}, service: 3, isolation: {mode}}}
+        chains: {{default: [3, out:1]}}
+        """)
+    p = _run(topo, "--quiet")
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr
+    assert len(pcap_records(out)) == 500
+
+
 PROBE = """\
 import json, os, socket, sys
 pids = [p for p in os.listdir('/proc') if p.isdigit()]

@@ -121,9 +121,10 @@ class NamespaceIsolation(Isolation):
                 cmd += ["--ro-bind", d, d]
         for f in self.ETC:
             cmd += ["--ro-bind-try", f, f]
+        # /tmp first: binds below it (a script's directory, a test's runtime dir) go on top.
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for d in launch.python_paths or python_paths():
             cmd += ["--ro-bind", d, d]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for f in launch.shared:
             cmd += ["--bind", f, f]
         for k, v in launch.env.items():
