@@ -265,3 +265,16 @@ def test_examples_run(runtime, tmp_path, request, example, count):
     if count is not None:
         (out,) = tmp_path.glob("*.pcap")
         assert len(pcap_records(out)) == count
+
+
+def test_image_built_from_other_code_is_refused(nf_image, monkeypatch):
+    from onvm.topology import image
+
+    iso = backend("podman")
+    iso.check_image(nf_image)  # just built from this code: fine
+    monkeypatch.setattr(image, "package_digest", lambda: "0" * 16)
+    with pytest.raises(OnvmError, match="holds other onvm code than this installation"):
+        iso.check_image(nf_image)
+    with pytest.raises(OnvmError, match="image localhost/onvm-nf:nosuch not found; build it with "
+                                        "'onvm image build --runtime podman'"):
+        iso.check_image("localhost/onvm-nf:nosuch")

@@ -172,6 +172,27 @@ class _Tree:
         return size
 
 
+def package_digest() -> str:
+    """A digest of the onvm package's code: an image made from other code is stale."""
+    import hashlib
+
+    import onvm
+
+    root = os.path.dirname(os.path.abspath(onvm.__file__))
+    h = hashlib.sha256()
+    for f in sorted(_walk(root)):
+        if f.endswith((".py", ".so")):
+            h.update(os.path.relpath(f, root).encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def image_labels() -> dict[str, str]:
+    """What an image must match to run this host's NFs: the interpreter and the package code."""
+    return {"onvm.python": sys.executable, "onvm.package": package_digest()}
+
+
 def assemble() -> _Tree:
     """The image's file tree."""
     import sysconfig
@@ -210,7 +231,10 @@ def build(runtime: str = "podman", tag: str = IMAGE, verbose: bool = True) -> di
     pythonpath = os.pathsep.join(sorted({os.path.dirname(p) for p in _nf_packages()}))
     cmd = [iso.program or runtime, *getattr(iso, "extra", ()), "import",
            "--change", f"ENV PYTHONPATH={pythonpath}", "--change", "WORKDIR /",
-           "--change", "ENV PYTHONDONTWRITEBYTECODE=1", "-", tag]
+           "--change", "ENV PYTHONDONTWRITEBYTECODE=1"]
+    for k, v in image_labels().items():
+        cmd += ["--change", f"LABEL {k}={v}"]
+    cmd += ["-", tag]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=log)
         assert proc.stdin is not None

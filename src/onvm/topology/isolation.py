@@ -23,6 +23,7 @@ brings it (:meth:`Isolation.check`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,15 +139,34 @@ class ContainerIsolation(Isolation):
 
     extra: tuple[str, ...] = ()
 
-    def image_exists(self, image: str) -> bool:
-        r = subprocess.run([self.program or "", "image", "inspect", image],
-                           capture_output=True, timeout=60)
-        return r.returncode == 0
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when there is no such image."""
+        r = subprocess.run([self.program or "", *self.extra, "image", "inspect", "--format",
+                            "{{json .Config.Labels}}", image], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            return None
+        try:
+            labels = json.loads(r.stdout.strip() or "null")
+        except ValueError:
+            return {}
+        return labels if isinstance(labels, dict) else {}
 
     def check_image(self, image: str) -> None:
-        if not self.image_exists(image):
-            raise ConfigError(f"isolation '{self.name}': image {image} not found; build it with "
-                              f"'onvm image build --runtime {self.name}' (no registry is needed)")
+        """Raise ConfigError unless ``image`` exists and was built from this Python and package."""
+        from onvm.topology.image import image_labels
+
+        build = f"build it with 'onvm image build --runtime {self.name}' (no registry is needed)"
+        labels = self.image_labels(image)
+        if labels is None:
+            raise ConfigError(f"isolation '{self.name}': image {image} not found; {build}")
+        want = image_labels()
+        if labels.get("onvm.python") != want["onvm.python"]:
+            raise ConfigError(f"isolation '{self.name}': image {image} was built for the Python at "
+                              f"{labels.get('onvm.python', '(unknown)')}, not {want['onvm.python']}; "
+                              f"re{build}")
+        if labels.get("onvm.package") != want["onvm.package"]:
+            raise ConfigError(f"isolation '{self.name}': image {image} holds other onvm code than "
+                              f"this installation (changed since it was built); re{build}")
 
     def command(self, launch: Launch) -> list[str]:
         cmd = [self.program or "", *self.extra, "run", "--rm", "--name", launch.name,
