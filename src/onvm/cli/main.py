@@ -145,7 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from onvm.bench import nf_start, run_scenario
 
     if args.scenario == "nf-start":
-        result = nf_start(args.isolation, starts=args.starts, verbose=False)
+        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
     if args.json:
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
                    help="nf-start: how the NF is isolated (default process)")
     b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
+    b.add_argument("--cold", action="store_true",
+                   help="nf-start: a new interpreter for every process NF, not the fork server")
     return p
 
 

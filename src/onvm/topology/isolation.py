@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 
-from onvm.errors import ConfigError
+from onvm.errors import ConfigError, OnvmError
 
 IMAGE = "localhost/onvm-nf:latest"
 ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
@@ -233,3 +235,113 @@ def backend(name: str) -> Isolation:
         return BACKENDS[name]()
     except KeyError:
         raise ConfigError(f"unknown isolation '{name}' (expected one of: {', '.join(BACKENDS)})") from None
+
+
+class ForkedProcess:
+    """An NF forked by the fork server; the part of Popen the runner uses."""
+
+    def __init__(self, pid: int, server: ForkServer) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.args = ["forkserver", str(pid)]
+        self._server = server
+        self._done = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _exited(self, status: int) -> None:
+        self.returncode = status
+        self._done.set()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """Starts example NFs by forking a process that has imported them already (see _forkserver)."""
+
+    PREFIX = [sys.executable, "-S", "-m", "onvm.cli.main"]
+
+    def __init__(self, env: dict[str, str], quiet: bool = False) -> None:
+        req_r, self._req_w = os.pipe()
+        self._rep_r, rep_w = os.pipe()
+        out = subprocess.DEVNULL if quiet else None
+        full = dict(os.environ, **env, OPENBLAS_NUM_THREADS="1")
+        self.proc = subprocess.Popen([*self.PREFIX[:3], "onvm.topology._forkserver", str(req_r), str(rep_w)],
+                                     pass_fds=(req_r, rep_w), env=full, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=out, start_new_session=True)
+        os.close(req_r)
+        os.close(rep_w)
+        self._replies = os.fdopen(self._rep_r, "r")
+        self._lock = threading.Lock()
+        self._children: dict[int, ForkedProcess] = {}
+        self._new: list[ForkedProcess] = []  # forked, not yet handed to spawn()
+        self._pid_ready = threading.Condition(self._lock)
+        first = self._replies.readline()
+        if not first:
+            self.proc.wait()
+            raise ConfigError(f"the NF fork server did not start (status {self.proc.returncode})")
+        self._reader = threading.Thread(target=self._read, name="onvm-forkserver", daemon=True)
+        self._reader.start()
+
+    def handles(self, argv: list[str]) -> bool:
+        return argv[:4] == self.PREFIX and len(argv) > 4 and argv[4] == "nf"
+
+    def _read(self) -> None:
+        for line in self._replies:
+            msg = json.loads(line)
+            with self._lock:
+                if "pid" in msg:
+                    # registered here, before the reader can see the same child's exit
+                    child = ForkedProcess(int(msg["pid"]), self)
+                    self._children[child.pid] = child
+                    self._new.append(child)
+                    self._pid_ready.notify_all()
+                elif "exit" in msg:
+                    gone = self._children.pop(int(msg["exit"]), None)
+                    if gone is not None:
+                        gone._exited(int(msg["status"]))
+        with self._lock:  # the server is gone: so are our claims on its children
+            for child in self._children.values():
+                if child.returncode is None:
+                    child._exited(-signal.SIGKILL)
+            self._children.clear()
+            self._pid_ready.notify_all()
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProcess:
+        req = json.dumps({"argv": argv[4:], "env": env}) + "\n"
+        with self._lock:
+            os.write(self._req_w, req.encode())
+            while not self._new:
+                if not self._reader.is_alive() or not self._pid_ready.wait(10):
+                    raise OnvmError("the NF fork server stopped answering")
+            return self._new.pop(0)
+
+    def close(self) -> None:
+        try:
+            os.close(self._req_w)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)

@@ -36,7 +36,16 @@ from onvm.manager.manager import Manager, ManagerConfig
 from onvm.manager.placement import check_available, format_cpus
 from onvm.manager.region_path import region_path
 from onvm.paths import runtime_dir, socket_path
-from onvm.topology.isolation import IMAGE, ContainerIsolation, Isolation, Launch, backend, python_paths
+from onvm.topology.isolation import (
+    IMAGE,
+    ContainerIsolation,
+    ForkedProcess,
+    ForkServer,
+    Isolation,
+    Launch,
+    backend,
+    python_paths,
+)
 from onvm.topology.schema import NFSpec, Topology
 
 START_TIMEOUT = 20.0  # seconds for one NF entry's instances to run
@@ -54,7 +63,7 @@ class Child:
     instance: int
     iso: Isolation
     launch: Launch
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
     next_start: float = 0.0
@@ -112,6 +121,11 @@ def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool
     return argv + spec.argv_options()
 
 
+def use_forkserver() -> bool:
+    """Whether process-isolated example NFs are forked from a warm parent (ONVM_FORKSERVER=0: no)."""
+    return os.environ.get("ONVM_FORKSERVER", "1") != "0"
+
+
 def nf_pythonpath() -> str:
     """PYTHONPATH for an NF started with -S: where onvm and numpy live, then the caller's own."""
     import numpy
@@ -133,6 +147,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = threading.Event()
         self.error: str = ""
+        self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
         name = topo.manager.name
         shared = [manager.region.path, socket_path(name)]
@@ -160,6 +175,10 @@ class Supervisor:
 
     # ---- starting -------------------------------------------------------------
     def _spawn(self, c: Child) -> None:
+        if self.forkserver is not None and c.spec.isolation == "process" \
+                and self.forkserver.handles(c.launch.argv):
+            c.proc = self.forkserver.spawn(c.launch.argv, c.launch.env)
+            return
         c.iso.cleanup(c.launch)  # a container of the same name left by a crash
         out = subprocess.DEVNULL if self.quiet else None
         c.proc = subprocess.Popen(c.iso.command(c.launch), env=c.iso.env(c.launch), stdin=subprocess.DEVNULL,
@@ -174,6 +193,10 @@ class Supervisor:
         # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent
         # ends a sandbox when the thread that started it exits, so no other thread may.
         try:
+            if use_forkserver() and any(c.spec.isolation == "process" and not c.spec.is_script
+                                        for c in self.children):
+                self.forkserver = ForkServer({"ONVM_RUNTIME_DIR": runtime_dir(),
+                                              "PYTHONPATH": nf_pythonpath()}, self.quiet)
             self._start_all()
             self._watch()
         except Exception as e:  # a bug or a dead runtime: stop the whole topology
@@ -260,10 +283,12 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     c.proc.kill()
                     c.proc.wait()
-            c.exits.append(c.proc.returncode)
+            c.exits.append(c.proc.wait())
             c.proc = None
         for c in self.children:
             c.iso.cleanup(c.launch)
+        if self.forkserver is not None:
+            self.forkserver.close()
 
     def summary(self) -> dict[str, dict[str, object]]:
         return {c.label: {"service": c.service, "instance": c.instance, "isolation": c.spec.isolation,
