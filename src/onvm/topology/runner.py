@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from onvm.errors import ConfigError, OnvmError
 from onvm.manager.manager import Manager, ManagerConfig
 from onvm.manager.placement import check_available, format_cpus
-from onvm.manager.region_path import region_path
 from onvm.paths import runtime_dir, socket_path
 from onvm.topology.isolation import (
     IMAGE,
@@ -324,4 +323,4 @@ def run(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None
     return rc
 
 
-__all__ = ["Child", "Supervisor", "manager_config", "nf_argv", "preflight", "region_path", "run"]
+__all__ = ["Child", "Supervisor", "manager_config", "nf_argv", "preflight", "run"]
