@@ -11,13 +11,14 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from onvm.control.client import Client
 from onvm.errors import OnvmError
-from onvm.topology.isolation import IMAGE, Launch, backend
+from onvm.topology.isolation import Launch, backend
 from tests.integration.conftest import onvm, pcap_records, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,20 +34,28 @@ def _have(mode: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def nf_image() -> str:
-    """The NF image, built once per test run from this checkout (no registry)."""
+def nf_image() -> Iterator[str]:
+    """The NF image, built once per test run from this checkout (no registry).
+
+    Its tag is unique: other checkouts on the machine build their own."""
     if not _have("podman"):
         pytest.skip("podman is not installed (make deps installs it)")
-    r = onvm("image", "build", "--json", timeout=600)
+    tag = f"localhost/onvm-nf:test-{uuid.uuid4().hex[:8]}"
+    r = onvm("image", "build", "--json", "--tag", tag, timeout=600)
     assert r.returncode == 0, r.stderr
-    return str(json.loads(r.stdout.splitlines()[-1])["image"])
+    try:
+        yield str(json.loads(r.stdout.splitlines()[-1])["image"])
+    finally:
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
 
 
-def _need(mode: str, request: pytest.FixtureRequest) -> None:
+def _need(mode: str, request: pytest.FixtureRequest) -> str:
+    """Skip unless ``mode`` works here; returns the image to use (containers) or ''."""
     if mode == "podman":
-        request.getfixturevalue("nf_image")
-    elif not _have(mode):
+        return str(request.getfixturevalue("nf_image"))
+    if not _have(mode):
         pytest.skip(f"{mode} isolation is not available here (make deps installs it)")
+    return ""
 
 
 def _run(path: Path, *args: str, cwd: Path | None = None, **kw) -> subprocess.Popen[str]:
@@ -70,13 +79,14 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_isolation_mode_carries_packets(runtime, tmp_path, request, mode):
-    _need(mode, request)
+    image = _need(mode, request)
     out = tmp_path / "out.pcap"
     topo = _write(tmp_path, f"""\
         manager: {{name: iso{uuid.uuid4().hex[:6]}, exit_when_done: true, ring_size: 8192}}
         ports: ["gen:size=96,flows=32,count=3000,rate=20k", "pcap-out:{out}"]
         nfs:
-          - {{name: fwd, program: simple_forward, service: 1, isolation: {mode}}}
+          - {{name: fwd, program: simple_forward, service: 1, isolation: {mode}{f", image: '{image}'"
+                                                                                if image else ""}}}
         chains: {{default: [1, out:1]}}
         """)
     p = _run(topo, "--quiet")
@@ -137,14 +147,14 @@ print(json.dumps({'pids': pids, 'secret': os.path.exists(sys.argv[1]), 'tests': 
 
 @pytest.mark.parametrize("mode", ["namespace", "podman"])
 def test_isolated_nf_sees_only_its_mounts(tmp_path, request, mode):
-    _need(mode, request)
+    image = _need(mode, request)
     secret = tmp_path / "secret"
     secret.write_text("host only")
     shared = tmp_path / "region"
     shared.write_text("shared")
     iso = backend(mode)
     launch = Launch([sys.executable, "-S", "-c", PROBE, str(secret), str(ROOT / "tests"), str(shared)], {},
-                    [str(shared)], f"onvm-probe-{uuid.uuid4().hex[:8]}", IMAGE)
+                    [str(shared)], f"onvm-probe-{uuid.uuid4().hex[:8]}", image)
     try:
         r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True,
                            timeout=120)
@@ -278,3 +288,37 @@ def test_image_built_from_other_code_is_refused(nf_image, monkeypatch):
     with pytest.raises(OnvmError, match="image localhost/onvm-nf:nosuch not found; build it with "
                                         "'onvm image build --runtime podman'"):
         iso.check_image("localhost/onvm-nf:nosuch")
+    assert nf_image != "localhost/onvm-nf:latest"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_manager_pinning_and_least_loaded_placement(runtime, tmp_path):
+    name = f"pl{uuid.uuid4().hex[:6]}"
+    topo = _write(tmp_path, f"""\
+        manager: {{name: {name}, stats: 0, cpus: 0, nf_cpus: "0-1"}}
+        ports: ["gen:size=64,rate=5k", "null"]
+        nfs:
+          - {{name: a, program: simple_forward, service: 1}}
+          - {{name: b, program: simple_forward, service: 2}}
+          - {{name: c, program: basic_monitor, service: 3, options: {{interval: 0}}}}
+        chains: {{default: [1, 2, 3, out:1]}}
+        """)
+    p = _run(topo, "--quiet", start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(runtime, f"onvm-{name}.sock")) and
+                 sum(n["state"] == "running" for n in _nfs(name)) == 3, timeout=30, what="three NFs")
+        st = _status(name)
+        assert os.sched_getaffinity(st["manager"]["pid"]) == {0}  # manager and workers pinned
+        assert st["manager"]["cpus"] == "0" and st["manager"]["nf_cpus"] == "0-1"
+        # CPU 0 carries the two workers: NFs fill CPU 1 first, then the tie goes to CPU 0
+        placed = {n["name"] + str(n["service"]): n["cpu"] for n in st["nfs"]}
+        assert placed == {"simple_forward1": 1, "simple_forward2": 1, "basic_monitor3": 0}
+        for n in st["nfs"]:
+            assert os.sched_getaffinity(n["pid"]) == {n["cpu"]}
+        os.kill(p.pid, signal.SIGTERM)
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0

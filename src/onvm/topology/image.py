@@ -227,6 +227,9 @@ def build(runtime: str = "podman", tag: str = IMAGE, verbose: bool = True) -> di
     iso = backend(runtime)
     iso.check()
     t0 = time.monotonic()
+    prog = [iso.program or runtime, *getattr(iso, "extra", ())]
+    old = subprocess.run([*prog, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True,
+                         text=True, timeout=60).stdout.strip()
     tree = assemble()
     pythonpath = os.pathsep.join(sorted({os.path.dirname(p) for p in _nf_packages()}))
     cmd = [iso.program or runtime, *getattr(iso, "extra", ()), "import",
@@ -248,6 +251,8 @@ def build(runtime: str = "podman", tag: str = IMAGE, verbose: bool = True) -> di
         err = log.read().decode(errors="replace").strip()
     if proc.returncode != 0:
         raise ConfigError(f"{runtime} import failed: {err}")
+    if old:  # the image this one replaces: remove it unless a container still uses it
+        subprocess.run([*prog, "rmi", old], capture_output=True, timeout=120)
     result = {"image": tag, "runtime": runtime, "files": len(tree.sources), "bytes": size,
               "seconds": round(time.monotonic() - t0, 2)}
     if verbose:
