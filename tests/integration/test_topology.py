@@ -269,12 +269,18 @@ def test_examples_run(runtime, tmp_path, request, example, count):
     if example == "lb-replicas.yaml":
         _need("namespace", request)
     shutil.copy(ROOT / "examples" / example, tmp_path / example)
-    p = _run(tmp_path / example, "--quiet", cwd=tmp_path)
+    p = _run(tmp_path / example, cwd=tmp_path)
     stdout, stderr = p.communicate(timeout=180)
     assert p.returncode == 0, stderr
+    assert "summary after" in stderr
     if count is not None:
         (out,) = tmp_path.glob("*.pcap")
         assert len(pcap_records(out)) == count
+    else:  # every replica got a share of the flows, and they add up to what the generator sent
+        shares = [int(ln.split(": in ")[1].split(",")[0]) for ln in stderr.splitlines()
+                  if ln.startswith("  NF ") and "simple_forward (service 1." in ln]
+        assert len(shares) == 3 and all(s > 0 for s in shares), shares
+        assert sum(shares) == 100000
 
 
 def test_image_built_from_other_code_is_refused(nf_image, monkeypatch):
