@@ -72,7 +72,7 @@ def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False
     from onvm.control.client import Client
     from onvm.paths import runtime_dir, socket_path
     from onvm.topology.isolation import ContainerIsolation, ForkServer, Launch, backend, python_paths
-    from onvm.topology.runner import nf_argv, nf_pythonpath
+    from onvm.topology.runner import nf_argv, nf_pythonpath, nf_threads
     from onvm.topology.schema import NFSpec
 
     iso = backend(isolation)
@@ -95,7 +95,7 @@ def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False
                                     quiet=not verbose)
         with Client(name) as c:
             for i in range(starts):
-                env = {"ONVM_RUNTIME_DIR": runtime_dir(), "PYTHONPATH": nf_pythonpath()}
+                env = {"ONVM_RUNTIME_DIR": runtime_dir(), "PYTHONPATH": nf_pythonpath(), **nf_threads()}
                 launch = Launch(nf_argv(spec, name, 1, 0, quiet=True), env, [region, socket_path(name)],
                                 f"onvm-{name}-{i}", python_paths=paths)
                 cmd, penv = iso.command(launch), iso.env(launch)

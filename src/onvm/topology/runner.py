@@ -125,6 +125,11 @@ def use_forkserver() -> bool:
     return os.environ.get("ONVM_FORKSERVER", "1") != "0"
 
 
+def nf_threads() -> dict[str, str]:
+    """An NF runs on one CPU: numpy's BLAS gets one thread unless the caller chose otherwise."""
+    return {} if "OPENBLAS_NUM_THREADS" in os.environ else {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def nf_pythonpath() -> str:
     """PYTHONPATH for an NF started with -S: where onvm and numpy live, then the caller's own."""
     import numpy
@@ -161,7 +166,7 @@ class Supervisor:
                 next_instance[spec.service] = inst + 1
                 env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
                        "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
-                       "PYTHONPATH": nf_pythonpath()}
+                       "PYTHONPATH": nf_pythonpath(), **nf_threads()}
                 if spec.cpus:
                     env["ONVM_CPUS"] = format_cpus(spec.cpus)
                 launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), env, shared,
