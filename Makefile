@@ -8,16 +8,18 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo test test-fast test-sanitize lint bench clean deps
+.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean
 
-# Tools the end-to-end tests drive (network namespaces, veth offloads, ping);
-# installed from Debian only when missing, and only as root (the tests skip otherwise).
-DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping
+# Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
+# tests), bubblewrap and podman with runc (NF isolation).  Installed only when
+# missing, and only as root; the tests that need them skip otherwise.
+DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && apt-get install -y -qq $$missing; \
-	elif [ -n "$$missing" ]; then echo "missing:$$missing (end-to-end tests will be skipped)"; fi
+	  echo "installing$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then echo "missing:$$missing (the tests that need them will be skipped)"; fi
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,10 @@ $(STAMP): pyproject.toml setup.py $(NATIVE)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# A topology file: a firewall chain started, supervised and stopped by 'onvm run'.
+demo-topology: $(STAMP)
+	mkdir -p demo-out && cd demo-out && ../$(VENV)/bin/onvm run ../examples/firewall-chain.yaml
 
 test: $(STAMP) deps lint
 	$(PY) -m pytest -q

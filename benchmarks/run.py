@@ -1,6 +1,7 @@
 """Run the benchmark scenarios side by side and record the figures.
 
     python benchmarks/run.py [--seconds 5] [--repeat 1] [SCENARIO ...]
+    python benchmarks/run.py nf-start-process nf-start-namespace nf-start-podman
 
 Prints each result and writes benchmarks/results.json and benchmarks/RESULTS.md
 (the table the README quotes).  The machine is shared and noisy: compare
@@ -17,12 +18,14 @@ import statistics
 import sys
 import time
 
-from onvm.bench import run_scenario, scenario_names
+from onvm.bench import nf_start, run_scenario, scenario_names
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpps", "idle": "< 2 % CPU",
            "pcap-replay": ">= 5 Mpps", "veth-bridge": ">= 80 % of a Linux bridge",
-           "lb": "imbalance < 0.1", "flow-setup": ">= 20,000 rules/s; >= 10 Mpps lookups"}
+           "lb": "imbalance < 0.1", "flow-setup": ">= 20,000 rules/s; >= 10 Mpps lookups",
+           "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms"}
+NF_START = ("nf-start-process", "nf-start-namespace", "nf-start-podman")  # not run by default
 # The figure each scenario is judged by (the median of --repeat runs is kept).
 KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second"}
 
@@ -30,6 +33,8 @@ KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-
 def render(r: dict) -> str:
     """One result as the table shows it."""
     name = r["scenario"]
+    if name in NF_START:
+        return f"{r['median_ms']:.0f} ms median of {r['starts']} starts"
     if name == "idle":
         return f"{r['cpu_percent']:.2f} % of one core"
     if name == "veth-bridge":
@@ -50,6 +55,12 @@ def main() -> int:
     args = p.parse_args()
     results = []
     for name in args.scenarios:
+        if name in NF_START:
+            r = nf_start(name.removeprefix("nf-start-"))
+            r["scenario"] = name
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            continue
         runs = [run_scenario(name, seconds=args.seconds) for _ in range(args.repeat)]
         key = KEYS.get(name, "mpps")
         best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]

@@ -21,6 +21,8 @@ EPILOG = """examples:
   onvm service policy 2 round-robin
   onvm scale 2 3
   onvm stop
+  onvm run examples/firewall-chain.yaml
+  onvm image build
 """
 
 
@@ -59,10 +61,15 @@ def _manager_parser(sub: Any) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="start input ports at once, not when the services of the chains run")
     p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="pin the manager and its workers to these CPUs, e.g. 0 or 0-1")
+    p.add_argument("--nf-cpus", default=None, metavar="LIST",
+                   help="CPUs NFs are placed on, least-loaded first (default: all allowed)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
     from onvm.manager.manager import Manager, ManagerConfig
+    from onvm.manager.placement import parse_cpus
 
     cfg = ManagerConfig(
         name=args.name, ports=args.port, default_chain=args.default_chain,
@@ -72,6 +79,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
         exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
         flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
         policies=args.policy, autoscale=args.autoscale,
+        cpus=parse_cpus(args.cpus) if args.cpus else None,
+        nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -107,7 +116,9 @@ def cmd_nf(argv: list[str]) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     m, pool = st["manager"], st["pool"]
     print(f"manager {m['name']} (pid {m['pid']}), up {m['uptime']:.1f} s, region {m['region']}")
-    print(f"default chain {m['default_chain']}; pool {pool['free']}/{pool['total']} slots free")
+    print(f"default chain {m['default_chain']}; pool {pool['free']}/{pool['total']} slots free"
+          + (f"; NF CPUs {m['nf_cpus']}" if m.get("nf_cpus") else "")
+          + (f"; manager CPUs {m['cpus']}" if m.get("cpus") else ""))
     print("ports:")
     for p in st["ports"]:
         drops = sum(p["drops"].values())
@@ -121,7 +132,7 @@ def _print_status(st: dict[str, Any]) -> None:
     for n in st["nfs"]:
         drops = sum(n["drops"].values())
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
-              f" pid {n['pid']:<8} rx {n['rx']:<12} tx {n['tx']:<12} drops {drops}")
+              f" pid {n['pid']:<8} cpu {n.get('cpu')!s:<4} rx {n['rx']:<12} tx {n['tx']:<12} drops {drops}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -276,9 +287,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import run_scenario
+    from onvm.bench import nf_start, run_scenario
 
-    result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
+    if args.scenario == "nf-start":
+        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
+    else:
+        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -318,6 +332,29 @@ def cmd_testbed(args: argparse.Namespace) -> int:
           "  onvm nf bridge --service 1\n"
           f"  {' '.join(tb.exec_argv('a', 'ping', '-c', '3', tb.addr('b')))}\n"
           f"  onvm testbed down{'' if tb.prefix == 'onvm' else ' --prefix ' + tb.prefix}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from onvm.manager.placement import parse_cpus
+    from onvm.topology import load_topology
+    from onvm.topology.runner import preflight, run
+
+    topo = load_topology(args.file)
+    if args.check:
+        preflight(topo)
+        print(f"{args.file}: ok ({len(topo.ports)} ports, {sum(n.instances for n in topo.nfs)} NF instances,"
+              f" default chain {topo.default_chain_text()})")
+        return 0
+    return run(topo, quiet=args.quiet, cpus=parse_cpus(args.cpus) if args.cpus else None)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from onvm.topology.image import build
+
+    result = build(args.runtime, args.tag, verbose=not args.json)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -384,10 +421,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["up", "down"])
     t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
     t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
+    r = sub.add_parser("run", help="run a topology file: manager, ports, NFs, chains",
+                       description="Validate a topology file, start everything it describes, supervise "
+                                   "the NFs and stop it all on Ctrl-C.")
+    r.add_argument("file", metavar="FILE.yaml")
+    r.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs the NFs are placed on (overrides manager.nf_cpus), e.g. 0-1")
+    r.add_argument("--check", action="store_true", help="validate the file and the runtimes, start nothing")
+    r.add_argument("--quiet", action="store_true", help="no log lines, stats or summaries")
+    i = sub.add_parser("image", help="build the NF container image (no registry needed)")
+    isub = i.add_subparsers(dest="image_command", metavar="build", required=True)
+    ib = isub.add_parser("build", help="build the image from this host's Python and the installed package")
+    ib.add_argument("--runtime", choices=("podman", "docker"), default="podman")
+    ib.add_argument("--tag", default="localhost/onvm-nf:latest")
+    ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=scenario_names())
+    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start"]))
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
+                   help="nf-start: how the NF is isolated (default process)")
+    b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
+    b.add_argument("--cold", action="store_true",
+                   help="nf-start: a new interpreter for every process NF, not the fork server")
     return p
 
 
@@ -405,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
-                   "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed}
+                   "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
+                   "image": cmd_image}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

@@ -40,6 +40,14 @@ from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
 from onvm.manager.flows import FlowRegistry
+from onvm.manager.placement import (
+    NumaTopology,
+    check_available,
+    cpu_load,
+    format_cpus,
+    least_loaded,
+    numa_plan,
+)
 from onvm.manager.region_path import region_path
 from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, Services, parse_policy
 from onvm.manager.stats import StatsPrinter
@@ -78,9 +86,17 @@ class ManagerConfig:
     policies: list[str] = field(default_factory=list)  # SERVICE=POLICY
     autoscale: list[str] = field(default_factory=list)  # SERVICE:MIN:MAX
     quiet: bool = False
+    cpus: tuple[int, ...] | None = None  # pin the manager and its workers
+    nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all the manager may use)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
+        for what, cpus in (("--cpus", self.cpus), ("--nf-cpus", self.nf_cpus)):
+            if cpus is not None:
+                try:
+                    check_available(cpus)
+                except ConfigError as e:
+                    raise ConfigError(f"{what}: {e.message}") from None
         if not 64 <= self.pool_size <= 1 << 24:
             raise ConfigError(f"--pool-size {self.pool_size}: expected 64..16777216 slots")
         if self.slot_size % 64 or not 384 <= self.slot_size <= 65536:
@@ -144,6 +160,7 @@ class NFRecord:
     reclaimed: int = 0
     inbox: Connection | None = None  # the NF's message connection
     messages_in: int = 0
+    cpu: int | None = None  # where the manager placed it
 
     def describe(self) -> str:
         return f"NF {self.nf_id} ({self.name}, service {self.service}.{self.instance})"
@@ -172,6 +189,7 @@ class Manager:
         self._held = False
         self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
         self._port_errors: set[int] = set()  # ports whose error was logged
+        self.nf_cpus: tuple[int, ...] = config.nf_cpus or tuple(sorted(os.sched_getaffinity(0)))
 
     # ---- start and stop -----------------------------------------------------
     def log(self, text: str) -> None:
@@ -179,9 +197,40 @@ class Manager:
         if not self.config.quiet:
             print(f"onvm[{self.config.name}]: {text}", file=sys.stderr, flush=True)
 
+    def _place_self(self) -> None:
+        """Pin the manager (and so its workers and the pool's first touch) as configured."""
+        cfg = self.config
+        if cfg.cpus:
+            os.sched_setaffinity(0, cfg.cpus)
+            self.log(f"manager and workers pinned to CPUs {format_cpus(cfg.cpus)}")
+            return
+        plan = numa_plan(NumaTopology.from_sysfs(), [None for _ in cfg.port_specs])
+        if plan.worker_cpus:
+            os.sched_setaffinity(0, plan.worker_cpus)
+            self.log(plan.reason)
+
+    def _worker_cpus(self) -> list[int]:
+        cpus = self.config.cpus
+        if not cpus:
+            return []
+        n = self.config.rx_workers + self.config.tx_workers
+        return [cpus[i % len(cpus)] for i in range(n)]
+
+    def _place_nf(self, requested: Any) -> int | None:
+        """The least-loaded allowed CPU for a new NF (see onvm.manager.placement)."""
+        allowed = self.nf_cpus
+        if requested:
+            if not isinstance(requested, list) or not all(isinstance(c, int) for c in requested):
+                raise ConfigError(f"cpus {requested!r}: expected a list of CPU numbers")
+            check_available(requested)
+            allowed = tuple(requested)
+        placed = [r.cpu for r in self.nfs.values() if r.cpu is not None and not r.life.terminal]
+        return least_loaded(allowed, cpu_load(placed, self._worker_cpus()))
+
     def start(self) -> None:
         cfg = self.config
         path = region_path(cfg.name)
+        self._place_self()
         try:
             stale = os.path.exists(path)
             self.region = _native.Region.create(
@@ -415,13 +464,15 @@ class Manager:
         pid = conn.pid or int(args.get("pid") or 0)
         # the row of its TX worker in the worker table: RX workers come first
         tx_worker = self.config.rx_workers + nf_id % self.config.tx_workers
-        rec = NFRecord(nf_id, name, service, instance, pid, tx_worker, Lifecycle(nf_id), conn)
+        cpu = self._place_nf(args.get("cpus"))
+        rec = NFRecord(nf_id, name, service, instance, pid, tx_worker, Lifecycle(nf_id), conn, cpu=cpu)
         self.region.nf_activate(nf_id, service, instance, pid, tx_worker, name)
         rec.life.apply(NFEvent.REGISTERED)
         self.nfs[nf_id] = rec
         conn.data["nf_id"] = nf_id
-        self.log(f"{rec.describe()} registered (pid {pid})")
+        self.log(f"{rec.describe()} registered (pid {pid}, CPU {cpu})")
         return {
+            "cpu": cpu,
             "nf_id": nf_id,
             "service": service,
             "instance": instance,
@@ -696,6 +747,8 @@ class Manager:
                 "layout": _native.LAYOUT_VERSION,
                 "protocol": PROTOCOL_VERSION,
                 "default_chain": format_chain(self.config.chain),
+                "cpus": format_cpus(self.config.cpus) if self.config.cpus else "",
+                "nf_cpus": format_cpus(self.nf_cpus),
             },
             "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
             "ports": ports,
@@ -715,6 +768,7 @@ class Manager:
             "instance": rec.instance,
             "pid": rec.pid,
             "state": rec.life.state.value,
+            "cpu": rec.cpu,
             "rx": info.get("rx", 0),
             "tx": info.get("tx", 0),
             "rx_ring": info.get("rx_ring", 0),

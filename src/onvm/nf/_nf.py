@@ -51,7 +51,7 @@ class NF:
         name: str,
         service: int | None = None,
         *,
-        manager: str = "onvm",
+        manager: str | None = None,
         instance: int | None = None,
         burst: int = 256,
         ttl: float = 0.0,
@@ -59,7 +59,20 @@ class NF:
         default_action: Action = Action.NEXT,
         default_dest: int = 0,
         quiet: bool = False,
+        cpus: tuple[int, ...] | list[int] | None = None,
     ) -> None:
+        # A topology runner starts NF scripts with these set (onvm run).
+        env = os.environ
+        if manager is None:
+            manager = env.get("ONVM_MANAGER") or "onvm"
+        if service is None and env.get("ONVM_SERVICE", "").isdigit():
+            service = int(env["ONVM_SERVICE"])
+        if instance is None and env.get("ONVM_INSTANCE", "").isdigit():
+            instance = int(env["ONVM_INSTANCE"])
+        if cpus is None and env.get("ONVM_CPUS"):
+            from onvm.manager.placement import parse_cpus
+
+            cpus = parse_cpus(env["ONVM_CPUS"])
         if service is not None and not 0 <= service < _native.MAX_SERVICES:
             raise ConfigError(f"service {service} is out of range (0..{_native.MAX_SERVICES - 1})")
         if not 1 <= burst <= _native.BURST_MAX:
@@ -76,6 +89,8 @@ class NF:
         self.default_action = Action(default_action)
         self.default_dest = default_dest
         self.quiet = quiet
+        self.cpus = tuple(cpus) if cpus else None
+        self.cpu: int | None = None  # where the manager placed it
         self.nf_id = 0
         self.stop_reason = ""
         self._handler: Handler | None = None
@@ -240,7 +255,14 @@ class NF:
                 service=self.service,
                 instance=self.instance,
                 pid=os.getpid(),
+                cpus=list(self.cpus) if self.cpus else None,
             )
+            self.cpu = reply.get("cpu")
+            if self.cpu is not None:
+                try:
+                    os.sched_setaffinity(0, {self.cpu})
+                except OSError:
+                    pass  # a container limited to other CPUs: run where we are allowed
             self.nf_id = int(reply["nf_id"])
             self.service = int(reply["service"])
             self.instance = int(reply["instance"])
@@ -393,6 +415,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = 
     g.add_argument("--limit", type=int, default=0, help="packets to handle, 0 = no limit")
     g.add_argument("--burst", type=int, default=256, help="packets per burst (1..512, default 256)")
     g.add_argument("--quiet", action="store_true", help="no summary at exit")
+    g.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs the manager may place this NF on, e.g. 1 or 2-3 (default: its NF CPUs)")
 
 
 def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
@@ -406,5 +430,14 @@ def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
         ttl=args.ttl,
         limit=args.limit,
         quiet=args.quiet,
+        cpus=_cpus(args.cpus),
         **kw,
     )
+
+
+def _cpus(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    from onvm.manager.placement import parse_cpus
+
+    return parse_cpus(text)

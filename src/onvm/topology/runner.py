@@ -1,0 +1,333 @@
+"""``onvm run FILE.yaml``: start a whole topology, supervise its NFs, stop it all on Ctrl-C.
+
+Theory of operation
+-------------------
+The file is validated first (:mod:`onvm.topology.schema`), then every
+isolation runtime it names is checked (installed, image present), so a
+topology that cannot run fails before anything starts.  The manager then runs
+in this process: region, ports, default chain, workers, control socket.  A
+supervisor thread starts the NFs in file order; each instance gets a fixed
+instance number of its service, and the next NF starts only once the
+previous one's instances run (input ports are held until the default chain's
+services run, so no packet meets a missing NF).
+
+The supervisor watches every NF process.  One that exits while the manager
+runs is restarted by its policy (``no``, ``on-failure``: a non-zero exit or a
+signal, ``always``) with a growing delay, at most ``max_restarts`` times, under
+the same instance number, so the same flows reach it again.  The manager has
+already returned the dead NF's slots to the pool when its socket closed.
+
+Ctrl-C (or SIGTERM, the duration, exhausted inputs) stops the manager, which
+asks the NFs to stop and prints the exit summary; the supervisor then waits
+for every NF process, ends any that hang and removes their containers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from onvm.errors import ConfigError, OnvmError
+from onvm.manager.manager import Manager, ManagerConfig
+from onvm.manager.placement import check_available, format_cpus
+from onvm.paths import runtime_dir, socket_path
+from onvm.topology.isolation import (
+    IMAGE,
+    ContainerIsolation,
+    ForkedProcess,
+    ForkServer,
+    Isolation,
+    Launch,
+    backend,
+    python_paths,
+)
+from onvm.topology.schema import NFSpec, Topology
+
+START_TIMEOUT = 20.0  # seconds for one NF entry's instances to run
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class Child:
+    """One NF instance the supervisor keeps running."""
+
+    spec: NFSpec
+    service: int
+    instance: int
+    iso: Isolation
+    launch: Launch
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
+    next_start: float = 0.0
+    done: bool = False  # exited for good (policy) or gave up
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.label}.{self.instance}"
+
+
+def preflight(topo: Topology) -> None:
+    """Check every runtime and image the topology needs; raises ConfigError naming what is missing."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for i, nf in enumerate(topo.nfs):
+        key = (nf.isolation, nf.image or IMAGE)
+        if key in seen:
+            continue
+        seen.add(key)
+        iso = backend(nf.isolation)
+        try:
+            iso.check()
+            if isinstance(iso, ContainerIsolation):
+                iso.check_image(nf.image or IMAGE)
+        except OnvmError as e:
+            problems.append(f"{topo.source}: nfs[{i}] ({nf.label}): {e.message}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def manager_config(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None) -> ManagerConfig:
+    m = topo.manager
+    return ManagerConfig(
+        name=m.name, ports=list(topo.ports), default_chain=topo.default_chain_text(),
+        pool_size=m.pool_size, slot_size=m.slot_size, ring_size=m.ring_size,
+        rx_workers=m.rx_workers, tx_workers=m.tx_workers, burst=m.burst,
+        stats_interval=0 if quiet else m.stats, duration=m.duration,
+        exit_when_done=m.exit_when_done, wait_for_chain=m.wait, quiet=quiet,
+        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus,
+        chains=[f"{name}={hops}" for name, hops in topo.named_chains.items()],
+        rules=[r.to_text() for r in topo.rules],
+    )
+
+
+def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool) -> list[str]:
+    """The command line of one NF instance (the same in every isolation mode)."""
+    if spec.is_script:
+        return [sys.executable, os.path.abspath(spec.program), *spec.argv_options()]
+    # -S: no site module.  The NF needs only onvm and numpy, whose directories
+    # nf_env() puts on PYTHONPATH; site's .pth processing costs tens of ms.
+    argv = [sys.executable, "-S", "-m", "onvm.cli.main", "nf", spec.program, "--name", manager,
+            "--service", str(service), "--instance", str(instance)]
+    if spec.cpus:
+        argv += ["--cpus", format_cpus(spec.cpus)]
+    if quiet:
+        argv.append("--quiet")
+    return argv + spec.argv_options()
+
+
+def use_forkserver() -> bool:
+    """Whether process-isolated example NFs are forked from a warm parent (ONVM_FORKSERVER=0: no)."""
+    return os.environ.get("ONVM_FORKSERVER", "1") != "0"
+
+
+def nf_threads() -> dict[str, str]:
+    """An NF runs on one CPU: numpy's BLAS gets one thread unless the caller chose otherwise."""
+    return {} if "OPENBLAS_NUM_THREADS" in os.environ else {"OPENBLAS_NUM_THREADS": "1"}
+
+
+def nf_pythonpath() -> str:
+    """PYTHONPATH for an NF started with -S: where onvm and numpy live, then the caller's own."""
+    import numpy
+
+    import onvm
+
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__ or ""))) for m in (onvm, numpy)]
+    dirs += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(dirs))
+
+
+class Supervisor:
+    """Starts NFs in order and restarts them by policy while the manager runs."""
+
+    def __init__(self, topo: Topology, manager: Manager, quiet: bool = False) -> None:
+        self.topo = topo
+        self.manager = manager
+        self.quiet = quiet
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.error: str = ""
+        self.forkserver: ForkServer | None = None
+        self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
+        name = topo.manager.name
+        shared = [manager.region.path, socket_path(name)]
+        paths = python_paths()
+        next_instance: dict[int, int] = {}
+        for spec in topo.nfs:
+            assert spec.service is not None  # filled in by validation
+            iso = backend(spec.isolation)
+            extra_paths = [os.path.dirname(os.path.abspath(spec.program))] if spec.is_script else []
+            for _ in range(spec.instances):
+                inst = next_instance.get(spec.service, 0)
+                next_instance[spec.service] = inst + 1
+                env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
+                       "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
+                       "PYTHONPATH": nf_pythonpath(), **nf_threads()}
+                if spec.cpus:
+                    env["ONVM_CPUS"] = format_cpus(spec.cpus)
+                launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), env, shared,
+                                f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
+                                paths + extra_paths)
+                self.children.append(Child(spec, spec.service, inst, iso, launch))
+
+    def log(self, text: str) -> None:
+        self.manager.log(text)
+
+    # ---- starting -------------------------------------------------------------
+    def _spawn(self, c: Child) -> None:
+        if self.forkserver is not None and c.spec.isolation == "process" \
+                and self.forkserver.handles(c.launch.argv):
+            c.proc = self.forkserver.spawn(c.launch.argv, c.launch.env)
+            return
+        c.iso.cleanup(c.launch)  # a container of the same name left by a crash
+        out = subprocess.DEVNULL if self.quiet else None
+        c.proc = subprocess.Popen(c.iso.command(c.launch), env=c.iso.env(c.launch), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=out, start_new_session=True)
+
+    def _running(self, c: Child) -> bool:
+        with self.manager.lock:
+            return any(r.service == c.service and r.instance == c.instance and r.life.state.value == "running"
+                       for r in self.manager.nfs.values())
+
+    def _run(self) -> None:
+        # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent
+        # ends a sandbox when the thread that started it exits, so no other thread may.
+        try:
+            if use_forkserver() and any(c.spec.isolation == "process" and not c.spec.is_script
+                                        for c in self.children):
+                self.forkserver = ForkServer({"ONVM_RUNTIME_DIR": runtime_dir(),
+                                              "PYTHONPATH": nf_pythonpath()}, self.quiet)
+            self._start_all()
+            self._watch()
+        except Exception as e:  # a bug or a dead runtime: stop the whole topology
+            self.error = f"supervisor: {e}"
+            self.log(self.error)
+            self.manager.stopping.set()
+        finally:
+            self._reap()
+
+    def _start_all(self) -> None:
+        by_entry: dict[int, list[Child]] = {}
+        for c in self.children:
+            by_entry.setdefault(id(c.spec), []).append(c)
+        for group in by_entry.values():
+            if self.stopping.is_set() or self.manager.stopping.is_set():
+                return
+            t0 = time.monotonic()
+            for c in group:
+                self._spawn(c)
+            deadline = t0 + START_TIMEOUT
+            while not all(self._running(c) or (c.proc is not None and c.proc.poll() is not None)
+                          for c in group):
+                if time.monotonic() > deadline or self.manager.stopping.is_set():
+                    break
+                time.sleep(0.005)
+            ready = sum(self._running(c) for c in group)
+            spec = group[0].spec
+            self.log(f"{spec.label}: {ready} of {len(group)} instances of service {spec.service} running"
+                     f" ({spec.isolation}, {time.monotonic() - t0:.2f} s)")
+
+    # ---- watching --------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self.manager.stopping.wait(0.05):
+            now = time.monotonic()
+            for c in self.children:
+                if c.done:
+                    continue
+                if c.proc is None:
+                    if now >= c.next_start and not self.manager.stopping.is_set():
+                        c.restarts += 1
+                        self.log(f"restarting {c.label} (restart {c.restarts} of {c.spec.max_restarts})")
+                        self._spawn(c)
+                    continue
+                rc = c.proc.poll()
+                if rc is None:
+                    continue
+                c.exits.append(rc)
+                c.proc = None
+                c.iso.cleanup(c.launch)
+                how = f"signal {-rc}" if rc < 0 else f"status {rc}"
+                policy = c.spec.restart
+                if policy == "no" or (policy == "on-failure" and rc == 0):
+                    self.log(f"{c.label} exited with {how}; restart policy '{policy}': left stopped")
+                    c.done = True
+                elif c.restarts >= c.spec.max_restarts:
+                    self.log(f"{c.label} exited with {how}; gave up after {c.restarts} restarts")
+                    c.done = True
+                else:
+                    delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** c.restarts))
+                    c.next_start = now + delay
+                    self.log(f"{c.label} exited with {how}; restarting in {delay:.1f} s")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; wait until every NF process is gone and its container removed."""
+        self.stopping.set()
+        self._thread.join(timeout=START_TIMEOUT + STOP_TIMEOUT + 30)
+
+    def _reap(self) -> None:
+        """Wait for every NF process (the manager asks them to stop), end those that hang."""
+        self.manager.stopping.wait()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for c in self.children:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.proc.terminate()
+                try:
+                    c.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
+                    c.proc.wait()
+            c.exits.append(c.proc.wait())
+            c.proc = None
+        for c in self.children:
+            c.iso.cleanup(c.launch)
+        if self.forkserver is not None:
+            self.forkserver.close()
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        return {c.label: {"service": c.service, "instance": c.instance, "isolation": c.spec.isolation,
+                          "restarts": c.restarts, "exits": list(c.exits)} for c in self.children}
+
+
+def run(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None) -> int:
+    """Run a validated topology until it is stopped; returns the exit status."""
+    if cpus:
+        check_available(cpus)
+    preflight(topo)
+    cfg = manager_config(topo, quiet, cpus)
+    mgr = Manager(cfg)
+    mgr.start()
+    sup: Supervisor | None = None
+    try:
+        sup = Supervisor(topo, mgr, quiet)
+        sup.start()
+        rc = mgr.run()  # returns once stopped: Ctrl-C, SIGTERM, onvm stop, duration, inputs done
+    finally:
+        if mgr.region is not None:
+            mgr.stop()
+        if sup is not None:
+            sup.stop()
+            if not quiet:
+                restarted = {k: v["restarts"] for k, v in sup.summary().items() if v["restarts"]}
+                if restarted:
+                    print(f"onvm[{cfg.name}]: restarts: "
+                          + ", ".join(f"{k} {v}" for k, v in restarted.items()), file=sys.stderr)
+    if sup is not None and sup.error:
+        print(f"onvm: error: {sup.error}", file=sys.stderr)
+        return 1
+    return rc
+
+
+__all__ = ["Child", "Supervisor", "manager_config", "nf_argv", "preflight", "run"]
