@@ -10,6 +10,7 @@
 
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
+#include "onvm_packet.h"
 #include "onvm_parse.h"
 
 PyObject *onvm_RegionError;
@@ -1026,5 +1027,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
+    if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
+        onvm_harness_register(m) < 0)
+        return NULL;
     return m;
 }

@@ -1,0 +1,53 @@
+/* onvm_packet.h - the objects a handler touches (packet.c) and the hooks the
+ * NF run loop (nfloop.c) calls on them. */
+#ifndef ONVM_PACKET_H
+#define ONVM_PACKET_H
+
+#include "onvm_nf.h"
+
+/* An action that never leaves the NF: the packet stays in the NF's hands
+ * (stamped with its id, so a killed NF still gives it back) until released. */
+#define ONVM_ACT_HOLD 0xfeu
+
+enum onvm_hv_kind { HV_ETH, HV_VLAN, HV_ARP, HV_IPV4, HV_IPV6, HV_ICMP, HV_ICMP6, HV_TCP, HV_UDP, HV_COUNT };
+
+typedef struct {
+    PyObject_HEAD struct onvm_region *r;
+    uint32_t slot;
+    struct onvm_meta *m; /* NULL outside a handler call */
+    uint8_t *data;
+    PyObject *views[HV_COUNT];
+} PacketObject;
+
+typedef struct {
+    PyObject_HEAD struct onvm_meta *m;
+    uint32_t slot;
+} MetaObject;
+
+/* Point the reused views at slot s (m NULL: invalidate them). */
+static inline void onvm_views_set(PacketObject *p, MetaObject *o, struct onvm_region *r, uint32_t s,
+                                  struct onvm_meta *m) {
+    p->slot = s;
+    p->m = m;
+    p->data = m ? onvm_slot_data(r, s) : NULL;
+    o->m = m;
+    o->slot = s;
+}
+
+PacketObject *onvm_packet_new(struct onvm_region *r);
+MetaObject *onvm_meta_new(void);
+
+/* Take the packets a handler held out of slots[0..n): they stay with the NF.
+ * Returns how many are left to route (compacted to the front). */
+uint32_t onvm_take_held(struct onvm_region *r, uint32_t *slots, uint32_t n);
+
+/* release(slots, action, dest): route held packets; returns how many were held. */
+PyObject *onvm_release_held(struct onvm_route_ctx *c, unsigned nf_id, PyObject *args);
+
+/* Adds the packet API's types and functions to the module. */
+int onvm_packet_register(PyObject *module);
+int onvm_lpm_register(PyObject *module);
+int onvm_gather_register(PyObject *module);
+int onvm_harness_register(PyObject *module);
+
+#endif
