@@ -73,23 +73,88 @@ class NFContext:
     def stop(self) -> None: ...
     def inject(self, data: bytes, action: int = ..., dest: int = ..., count: int = ...,
                chain: int = ...) -> int: ...
+    def release(self, slots: Sequence[int], action: int, dest: int = ...) -> int: ...
+    def hold(self, slots: Sequence[int]) -> int: ...
 
-class Header:
+class _View:
+    def bytes(self) -> bytes: ...
+
+class Ethernet(_View):
+    dst: bytes
+    src: bytes
+    type: int
+
+class Vlan(_View):
+    tci: int
+    vid: int
+    pcp: int
+    type: int
+
+class Arp(_View):
+    htype: int
+    ptype: int
+    op: int
+    sha: bytes
+    spa: int
+    tha: bytes
+    tpa: int
+
+class IPv4(_View):
+    version: int
+    ihl: int
+    tos: int
+    total_length: int
+    id: int
+    frag: int
+    ttl: int
+    proto: int
+    checksum: int
     src: int
     dst: int
+
+Header = IPv4
+
+class IPv6(_View):
+    version: int
+    flow_label: int
+    payload_length: int
+    next_header: int
+    proto: int
+    hop_limit: int
+    ttl: int
+    src: bytes
+    dst: bytes
+
+class Icmp(_View):
+    type: int
+    code: int
+    checksum: int
+    id: int
+    seq: int
+
+class Tcp(_View):
     src_port: int
     dst_port: int
-    ttl: int
-    @property
-    def proto(self) -> int: ...
-    @property
-    def total_length(self) -> int: ...
-    @property
-    def flags(self) -> int: ...
+    src: int
+    dst: int
+    seq: int
+    ack: int
+    data_offset: int
+    flags: int
+    window: int
+    checksum: int
+    urgent: int
+
+class Udp(_View):
+    src_port: int
+    dst_port: int
+    src: int
+    dst: int
+    length: int
+    checksum: int
 
 class Packet:
-    @property
-    def len(self) -> int: ...
+    len: int
     @property
     def slot(self) -> int: ...
     @property
@@ -99,17 +164,41 @@ class Packet:
     @property
     def rx_ns(self) -> int: ...
     @property
+    def flags(self) -> int: ...
+    @property
+    def truncated(self) -> bool: ...
+    @property
     def data(self) -> memoryview: ...
+    @property
+    def payload(self) -> memoryview: ...
+    @property
+    def payload_offset(self) -> int: ...
     @property
     def ether_type(self) -> int | None: ...
     @property
-    def ipv4(self) -> Header | None: ...
+    def eth(self) -> Ethernet | None: ...
     @property
-    def tcp(self) -> Header | None: ...
+    def vlan(self) -> Vlan | None: ...
     @property
-    def udp(self) -> Header | None: ...
+    def arp(self) -> Arp | None: ...
+    @property
+    def ipv4(self) -> IPv4 | None: ...
+    @property
+    def ipv6(self) -> IPv6 | None: ...
+    @property
+    def icmp(self) -> Icmp | None: ...
+    @property
+    def icmp6(self) -> Icmp | None: ...
+    @property
+    def tcp(self) -> Tcp | None: ...
+    @property
+    def udp(self) -> Udp | None: ...
     @property
     def five_tuple(self) -> tuple[int, int, int, int, int] | None: ...
+    def update_checksums(self, l4: bool = ...) -> int: ...
+    def reparse(self) -> None: ...
+    def to_scapy(self) -> Any: ...
+    def bytes(self) -> bytes: ...
 
 class Meta:
     action: int
@@ -124,6 +213,7 @@ class Meta:
     def next(self) -> None: ...
     def tonf(self, service: int) -> None: ...
     def out(self, port: int) -> None: ...
+    def hold(self) -> int: ...
 
 class Ring:
     capacity: int
@@ -136,3 +226,23 @@ class Ring:
 
 def parse(data: bytes) -> dict[str, int]: ...
 def flow_hash(a: int, b: int, port_a: int, port_b: int, proto: int) -> int: ...
+
+ACT_HOLD: int
+GATHER_FIELDS: dict[str, tuple[int, int]]
+
+class Gather:
+    def __init__(self, region: Region, slots: Any, fields: Sequence[tuple[int, Any]]) -> None: ...
+    def __call__(self, n: int) -> None: ...
+
+class LPM:
+    def __init__(self, default: int = ...) -> None: ...
+    def add(self, prefix: int, length: int, value: int) -> None: ...
+    def lookup(self, addr: int) -> int: ...
+    def lookup_into(self, addrs: Any, out: Any, n: int = ...) -> None: ...
+    def __len__(self) -> int: ...
+
+def checksum(data: bytes | bytearray | memoryview) -> int: ...
+def fix_checksums(data: bytearray | memoryview) -> int: ...
+def deliver(region: Region, nf_id: int, packets: Sequence[bytes], in_port: int = ...,
+            chain: int = ...) -> int: ...
+def drain(region: Region, nf_id: int, tx: bool) -> list[tuple[bytes, int, int, int, int]]: ...

@@ -27,6 +27,8 @@ typedef struct {
     MetaObject *meta;
     int local_stop;
     uint32_t buf[ONVM_BURST_MAX];
+    int running;              /* inside run(): releases wait for the end of the burst */
+    struct onvm_held held;    /* releases waiting to be routed */
 } NFContextObject;
 
 static int NFContext_init(NFContextObject *self, PyObject *args) {
@@ -67,6 +69,7 @@ static int NFContext_init(NFContextObject *self, PyObject *args) {
 static void NFContext_dealloc(NFContextObject *self) {
     Py_XDECREF(self->pkt);
     Py_XDECREF(self->meta);
+    onvm_held_free(&self->held);
     PyMem_Free(self->route);
     Py_XDECREF(self->region);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -157,6 +160,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     const char *reason = "stopped";
     int failed = 0;
     self->local_stop = 0;
+    self->running = 1;
 
     for (;;) {
         if (atomic_load_explicit(&nf->stop, ONVM_RELAXED)) {
@@ -259,6 +263,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             onvm_route_burst(self->route, self->buf, onvm_take_held(r, self->buf, routed), ONVM_ROUTE_META);
             if (routed < n)
                 free_slots(self, self->buf + routed, n - routed);
+            onvm_held_flush(self->route, &self->held);
             handled += n;
             if (failed)
                 break;
@@ -278,6 +283,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         if (periodic != Py_None && now >= next_periodic) {
             next_periodic = now + period_ns;
             PyObject *ret = PyObject_CallNoArgs(periodic);
+            onvm_held_flush(self->route, &self->held);
             if (!ret) {
                 failed = 1;
                 break;
@@ -290,6 +296,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         }
     }
     release_bufs(&bb);
+    self->running = 0;
+    onvm_held_flush(self->route, &self->held);
     if (failed)
         return NULL;
     return PyUnicode_FromString(reason);
@@ -342,12 +350,20 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
 }
 
 static PyObject *NFContext_release(NFContextObject *self, PyObject *args) {
-    return onvm_release_held(self->route, self->nf_id, args);
+    PyObject *res = onvm_release_held(&self->region->r, &self->held, self->nf_id, args);
+    if (res && !self->running)
+        onvm_held_flush(self->route, &self->held);
+    return res;
+}
+
+static PyObject *NFContext_hold(NFContextObject *self, PyObject *args) {
+    return onvm_hold_slots(&self->region->r, self->nf_id, args);
 }
 
 static PyMethodDef NFContext_methods[] = {
     {"release", (PyCFunction)NFContext_release, METH_VARARGS,
      "release(slots, action, dest=0) -> how many of them this NF held and sent on"},
+    {"hold", (PyCFunction)NFContext_hold, METH_VARARGS, "hold(slots) -> how many: keep packets of this burst"},
     {"run", (PyCFunction)(void (*)(void))NFContext_run, METH_VARARGS | METH_KEYWORDS,
      "run(handler, batch=True, arrays=None, burst=256, limit=0, ttl=0.0, periodic=None, period=1.0, "
      "default_action=1, default_dest=0) -> reason"},

@@ -37,12 +37,29 @@ static inline void onvm_views_set(PacketObject *p, MetaObject *o, struct onvm_re
 PacketObject *onvm_packet_new(struct onvm_region *r);
 MetaObject *onvm_meta_new(void);
 
+/* Meta flags of held packets (above the parse flags; a reparse never runs on them). */
+#define ONVM_MF_HELD 0x80u      /* held by the NF that owns the slot */
+#define ONVM_MF_RELEASING 0x40u /* released, waiting for the end of the burst */
+
+/* Releases wait in a list until the burst in hand is routed, so a packet held
+ * and released within one burst is routed once, with the release's action. */
+struct onvm_held {
+    uint32_t n, cap;
+    uint32_t *slot;
+    uint16_t *dest;
+    uint8_t *action;
+};
+
 /* Take the packets a handler held out of slots[0..n): they stay with the NF.
  * Returns how many are left to route (compacted to the front). */
 uint32_t onvm_take_held(struct onvm_region *r, uint32_t *slots, uint32_t n);
-
-/* release(slots, action, dest): route held packets; returns how many were held. */
-PyObject *onvm_release_held(struct onvm_route_ctx *c, unsigned nf_id, PyObject *args);
+/* hold(slots): mark packets of the burst in hand as held (batch handlers). */
+PyObject *onvm_hold_slots(struct onvm_region *r, unsigned nf_id, PyObject *args);
+/* release(slots, action, dest): queue held packets for routing; -> how many were held. */
+PyObject *onvm_release_held(struct onvm_region *r, struct onvm_held *h, unsigned nf_id, PyObject *args);
+/* Route the queued releases. */
+void onvm_held_flush(struct onvm_route_ctx *c, struct onvm_held *h);
+void onvm_held_free(struct onvm_held *h);
 
 /* Adds the packet API's types and functions to the module. */
 int onvm_packet_register(PyObject *module);

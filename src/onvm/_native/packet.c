@@ -412,6 +412,11 @@ static PyObject *Packet_payload(PacketObject *p, void *c) {
         b = a;
     return PyMemoryView_FromMemory((char *)p->data + a, b - a, PyBUF_WRITE);
 }
+static PyObject *Packet_payload_offset(PacketObject *p, void *c) {
+    (void)c;
+    PKT_LIVE(p);
+    return PyLong_FromUnsignedLong(payload_start(p->m, p->data));
+}
 static PyObject *Packet_ether_type(PacketObject *p, void *c) {
     (void)c;
     PKT_LIVE(p);
@@ -461,7 +466,7 @@ static uint16_t csum_fold(uint32_t sum) {
 
 /* Recompute the IPv4 header checksum and the TCP/UDP/ICMP checksum in place.
  * Returns the number of checksums written. */
-static int fix_checksums(const struct onvm_meta *m, uint8_t *d) {
+static int fix_checksums(const struct onvm_meta *m, uint8_t *d, int l4too) {
     int done = 0;
     uint32_t len = m->len, end = payload_end(m, d);
     if (m->l3_type == ONVM_L3_IPV4) {
@@ -473,7 +478,7 @@ static int fix_checksums(const struct onvm_meta *m, uint8_t *d) {
             done++;
         }
     }
-    if (!m->l4_off || (m->flags & ONVM_MF_FRAG) || end <= m->l4_off)
+    if (!l4too || !m->l4_off || (m->flags & ONVM_MF_FRAG) || end <= m->l4_off)
         return done;
     uint8_t *l4 = d + m->l4_off;
     uint32_t l4len = end - m->l4_off, at;
@@ -507,10 +512,13 @@ static int fix_checksums(const struct onvm_meta *m, uint8_t *d) {
     return done + 1;
 }
 
-static PyObject *Packet_update_checksums(PacketObject *p, PyObject *u) {
-    (void)u;
+static PyObject *Packet_update_checksums(PacketObject *p, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"l4", NULL};
+    int l4 = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", kwlist, &l4))
+        return NULL;
     PKT_LIVE(p);
-    return PyLong_FromLong(fix_checksums(p->m, p->data));
+    return PyLong_FromLong(fix_checksums(p->m, p->data, l4));
 }
 
 static PyObject *Packet_reparse(PacketObject *p, PyObject *u) {
@@ -550,8 +558,9 @@ static void Packet_dealloc(PacketObject *p) {
 }
 
 static PyMethodDef Packet_methods[] = {
-    {"update_checksums", (PyCFunction)Packet_update_checksums, METH_NOARGS,
-     "Recompute the IPv4 header and TCP/UDP/ICMP checksums in place; -> how many."},
+    {"update_checksums", (PyCFunction)(void (*)(void))Packet_update_checksums, METH_VARARGS | METH_KEYWORDS,
+     "update_checksums(l4=True): recompute the IPv4 header (and TCP/UDP/ICMP) checksums in place; "
+     "-> how many."},
     {"reparse", (PyCFunction)Packet_reparse, METH_NOARGS,
      "Parse the headers again (after changing their layout or the length)."},
     {"to_scapy", (PyCFunction)Packet_to_scapy, METH_NOARGS, "A scapy Ether of a copy of the bytes."},
@@ -568,6 +577,7 @@ static PyGetSetDef Packet_getset[] = {
     {"truncated", (getter)Packet_truncated, NULL, "a header was cut short (it is absent)", NULL},
     {"data", (getter)Packet_data, NULL, "writable memoryview of the bytes (zero copy)", NULL},
     {"payload", (getter)Packet_payload, NULL, "writable memoryview of what follows the last header", NULL},
+    {"payload_offset", (getter)Packet_payload_offset, NULL, "where the payload starts in data", NULL},
     {"ether_type", (getter)Packet_ether_type, NULL, "EtherType after any VLAN tags", NULL},
     {"eth", (getter)Packet_eth, NULL, "Ethernet header view or None", NULL},
     {"vlan", (getter)Packet_vlan, NULL, "outer VLAN tag view or None", NULL},
@@ -625,10 +635,11 @@ static PyObject *Meta_next(MetaObject *o, PyObject *u) {
     (void)u;
     return meta_set(o, ONVM_ACT_NEXT, 0);
 }
+static void hold_one(struct onvm_meta *m);
 static PyObject *Meta_hold(MetaObject *o, PyObject *u) {
     (void)u;
     META_LIVE(o);
-    o->m->action = ONVM_ACT_HOLD;
+    hold_one(o->m);
     return PyLong_FromUnsignedLong(o->slot);
 }
 static PyObject *dest_arg(MetaObject *o, PyObject *arg, unsigned action, unsigned limit) {
@@ -739,17 +750,89 @@ MetaObject *onvm_meta_new(void) {
     return o;
 }
 
-/* ===== held packets ======================================================== */
+/* ===== held packets ========================================================
+ *
+ * A held packet stays stamped with the NF's id (the run loop's dequeue put it
+ * there), so a killed NF's held packets are reclaimed with the rest of what it
+ * had.  The HELD flag, not the action, says a packet is held: a batch handler's
+ * action array is copied to the metas after the handler returned.
+ */
+
+static void hold_one(struct onvm_meta *m) {
+    m->flags |= ONVM_MF_HELD;
+    m->action = ONVM_ACT_HOLD;
+}
 
 uint32_t onvm_take_held(struct onvm_region *r, uint32_t *slots, uint32_t n) {
     uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++)
-        if (r->meta[slots[i]].action != ONVM_ACT_HOLD)
+    for (uint32_t i = 0; i < n; i++) {
+        struct onvm_meta *m = &r->meta[slots[i]];
+        if (m->action == ONVM_ACT_HOLD)
+            m->flags |= ONVM_MF_HELD;
+        if (!(m->flags & ONVM_MF_HELD))
             slots[k++] = slots[i];
+    }
     return k;
 }
 
-PyObject *onvm_release_held(struct onvm_route_ctx *c, unsigned nf_id, PyObject *args) {
+static unsigned long slot_arg(PyObject *o) {
+    PyObject *i = PyNumber_Index(o); /* numpy integers too */
+    if (!i)
+        return (unsigned long)-1;
+    unsigned long s = PyLong_AsUnsignedLong(i);
+    Py_DECREF(i);
+    return s;
+}
+
+static int held_by(struct onvm_region *r, unsigned long s, unsigned nf_id) {
+    return s < r->pool_count && atomic_load_explicit(&r->meta[s].owner, ONVM_RELAXED) == nf_id;
+}
+
+PyObject *onvm_hold_slots(struct onvm_region *r, unsigned nf_id, PyObject *args) {
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "O", &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "hold() takes a sequence of slots");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), done = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long s = slot_arg(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred())
+            break;
+        if (held_by(r, s, nf_id) && !(r->meta[s].flags & ONVM_MF_RELEASING)) {
+            hold_one(&r->meta[s]);
+            done++;
+        }
+    }
+    Py_DECREF(fast);
+    return PyErr_Occurred() ? NULL : PyLong_FromSsize_t(done);
+}
+
+static int held_push(struct onvm_held *h, uint32_t s, uint8_t action, uint16_t dest) {
+    if (h->n == h->cap) {
+        uint32_t cap = h->cap ? h->cap * 2 : 256;
+        uint32_t *ns = PyMem_Realloc(h->slot, cap * sizeof *ns);
+        if (ns)
+            h->slot = ns;
+        uint16_t *nd = ns ? PyMem_Realloc(h->dest, cap * sizeof *nd) : NULL;
+        if (nd)
+            h->dest = nd;
+        uint8_t *na = nd ? PyMem_Realloc(h->action, cap) : NULL;
+        if (!na) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        h->action = na;
+        h->cap = cap;
+    }
+    h->slot[h->n] = s;
+    h->action[h->n] = action;
+    h->dest[h->n++] = dest;
+    return 0;
+}
+
+PyObject *onvm_release_held(struct onvm_region *r, struct onvm_held *h, unsigned nf_id, PyObject *args) {
     PyObject *seq;
     unsigned action, dest = 0;
     if (!PyArg_ParseTuple(args, "OI|I", &seq, &action, &dest))
@@ -759,21 +842,35 @@ PyObject *onvm_release_held(struct onvm_route_ctx *c, unsigned nf_id, PyObject *
     PyObject *fast = PySequence_Fast(seq, "release() takes a sequence of slots");
     if (!fast)
         return NULL;
-    struct onvm_region *r = c->r;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), done = 0;
-    uint32_t buf[64], k = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long s = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        unsigned long s = slot_arg(PySequence_Fast_GET_ITEM(fast, i));
         if (PyErr_Occurred())
             break;
-        /* Only what this NF holds: a stale or foreign slot index is ignored. */
-        if (s >= r->pool_count || r->meta[s].action != ONVM_ACT_HOLD ||
-            atomic_load_explicit(&r->meta[s].owner, ONVM_RELAXED) != nf_id)
+        /* Only what this NF holds: a stale, foreign or twice-released slot is ignored. */
+        if (!held_by(r, s, nf_id) || (r->meta[s].flags & (ONVM_MF_HELD | ONVM_MF_RELEASING)) != ONVM_MF_HELD)
             continue;
-        r->meta[s].action = (uint8_t)action;
-        r->meta[s].dest = (uint16_t)dest;
-        buf[k++] = (uint32_t)s;
+        if (held_push(h, (uint32_t)s, (uint8_t)action, (uint16_t)dest) < 0)
+            break;
+        r->meta[s].flags |= ONVM_MF_RELEASING;
         done++;
+    }
+    Py_DECREF(fast);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSsize_t(done);
+}
+
+void onvm_held_flush(struct onvm_route_ctx *c, struct onvm_held *h) {
+    uint32_t buf[64], k = 0;
+    for (uint32_t i = 0; i < h->n; i++) {
+        struct onvm_meta *m = &c->r->meta[h->slot[i]];
+        if (atomic_load_explicit(&m->owner, ONVM_RELAXED) != c->self_nf)
+            continue; /* freed meanwhile (its burst failed): nothing to send */
+        m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING);
+        m->action = h->action[i];
+        m->dest = h->dest[i];
+        buf[k++] = h->slot[i];
         if (k == 64) {
             onvm_route_burst(c, buf, k, ONVM_ROUTE_META);
             k = 0;
@@ -781,10 +878,14 @@ PyObject *onvm_release_held(struct onvm_route_ctx *c, unsigned nf_id, PyObject *
     }
     if (k)
         onvm_route_burst(c, buf, k, ONVM_ROUTE_META);
-    Py_DECREF(fast);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromSsize_t(done);
+    h->n = 0;
+}
+
+void onvm_held_free(struct onvm_held *h) {
+    PyMem_Free(h->slot);
+    PyMem_Free(h->dest);
+    PyMem_Free(h->action);
+    memset(h, 0, sizeof *h);
 }
 
 /* ===== module functions ==================================================== */
@@ -808,7 +909,7 @@ static PyObject *mod_fix_checksums(PyObject *m, PyObject *arg) {
     struct onvm_meta meta = {0};
     meta.len = (uint32_t)b.len;
     onvm_parse(&meta, b.buf, meta.len);
-    int n = fix_checksums(&meta, b.buf);
+    int n = fix_checksums(&meta, b.buf, 1);
     PyBuffer_Release(&b);
     return PyLong_FromLong(n);
 }

@@ -67,7 +67,7 @@ class Batch:
     (``ipv4_src``, ``dst_port``, ...) are arrays of the same length.
     """
 
-    __slots__ = ("n", "fields", "_full", "_views", "_gathered", "_gather",
+    __slots__ = ("n", "fields", "_full", "_views", "_gathered", "_gather", "_ctx",
                  *(name for name, _ in _FIELDS), *GATHER_DTYPES)
 
     def __init__(self, capacity: int, fields: Iterable[str] = ()) -> None:
@@ -78,6 +78,7 @@ class Batch:
             for f in self.fields)
         self._views: dict[int, tuple[np.ndarray[Any, Any], ...]] = {}
         self._gather: Any = None
+        self._ctx: Any = None
         self.n = 0
         self._set(capacity)
 
@@ -86,10 +87,12 @@ class Batch:
         """The full-capacity arrays the native loop writes into."""
         return self._full
 
-    def bind(self, region: Any) -> None:
-        """Gather the requested fields from ``region`` on each burst."""
+    def bind(self, region: Any, ctx: Any = None) -> None:
+        """Gather the requested fields from ``region`` on each burst; hold through ``ctx``."""
+        self._ctx = ctx
         if self.fields:
-            specs = [(_native.GATHER_FIELDS[f][0], a) for f, a in zip(self.fields, self._gathered, strict=True)]
+            ids = [_native.GATHER_FIELDS[f][0] for f in self.fields]
+            specs = list(zip(ids, self._gathered, strict=True))
             self._gather = _native.Gather(region, self._full[0], specs)
 
     def _set(self, n: int) -> None:
@@ -106,7 +109,8 @@ class Batch:
 
     def __getattr__(self, name: str) -> Any:
         if name in GATHER_DTYPES:
-            raise AttributeError(f"batch field {name} was not requested: use @nf.batch(fields=[{name!r}, ...])")
+            raise AttributeError(
+                f"batch field {name} was not requested: use @nf.batch(fields=[{name!r}, ...])")
         raise AttributeError(name)
 
     # Convenience for whole-burst or masked decisions.
@@ -130,8 +134,12 @@ class Batch:
 
     def hold(self, mask: Any = slice(None)) -> np.ndarray[Any, Any]:
         """Keep packets in this NF; returns their slots, for ``NF.release``."""
+        if self._ctx is None:
+            raise RuntimeError("hold() needs a batch of a running NF")
+        slots = np.array(self.slots[mask], dtype=np.uint32)
+        self._ctx.hold(slots.tolist())
         self.action[mask] = HOLD
-        return np.array(self.slots[mask], dtype=np.uint32)
+        return slots
 
     def __len__(self) -> int:
         return self.n

@@ -76,6 +76,7 @@ class NF:
         self.quiet = quiet
         self.nf_id = 0
         self.stop_reason = ""
+        self.state: Any = None  # whatever the NF keeps (tables, counters), for hooks and tests
         self._handler: Handler | None = None
         self._batch_mode = True
         self._fields: tuple[str, ...] = ()
@@ -150,6 +151,8 @@ class NF:
         A slot this NF does not hold (released already, or never held) is ignored."""
         if self._ctx is None:
             raise OnvmError("release() needs a running NF")
+        if hasattr(slots, "tolist"):
+            slots = slots.tolist()
         return int(self._ctx.release(slots, int(action), dest))
 
     def service_ready(self, service: int) -> bool:
@@ -241,7 +244,7 @@ class NF:
         if not self._batch_mode:
             return user, None
         batch = Batch(self.burst, self._fields)
-        batch.bind(self._region)
+        batch.bind(self._region, self._ctx)
         set_n = batch._set
         if self._jit:
             kernel = _compile(user)
