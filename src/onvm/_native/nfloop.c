@@ -322,14 +322,14 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
         return PyErr_Format(PyExc_ValueError, "cannot inject: %zd bytes (slot room %u), action %u, chain %u",
                             b.len, onvm_slot_room(r), action, chain);
     }
-    uint32_t sent = 0;
+    uint32_t sent = 0, buf[64]; /* not self->buf: a handler may inject while a burst is in it */
     while (sent < count) {
-        uint32_t want = count - sent > ONVM_BURST_MAX ? ONVM_BURST_MAX : count - sent;
-        uint32_t got = onvm_pool_alloc_burst(r, self->buf, want, (uint16_t)self->nf_id);
+        uint32_t want = count - sent > 64 ? 64 : count - sent;
+        uint32_t got = onvm_pool_alloc_burst(r, buf, want, (uint16_t)self->nf_id);
         if (!got)
             break;
         for (uint32_t i = 0; i < got; i++) {
-            uint32_t s = self->buf[i];
+            uint32_t s = buf[i];
             onvm_slot_reset(r, s);
             struct onvm_meta *m = &r->meta[s];
             memcpy(onvm_slot_data(r, s), b.buf, (size_t)b.len);
@@ -342,7 +342,7 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
             m->chain_id = (uint16_t)chain;
             m->chain_idx = 0;
         }
-        onvm_route_burst(self->route, self->buf, got, ONVM_ROUTE_META);
+        onvm_route_burst(self->route, buf, got, ONVM_ROUTE_META);
         sent += got;
     }
     PyBuffer_Release(&b);
