@@ -133,7 +133,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from onvm.bench import run_scenario
 
-    result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
+    result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json, handler=args.handler)
     if args.json:
         print(json.dumps(result))
     else:
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("scenario", choices=sorted(SCENARIOS))
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
+                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 

@@ -1,0 +1,31 @@
+"""Example NFs as real processes: `onvm nf NAME` under a manager, pcap in and out."""
+
+from __future__ import annotations
+
+import json
+
+from scapy.all import IP, UDP, Ether, wrpcap  # type: ignore[import-untyped]
+
+from onvm import nfs
+from tests.integration.conftest import onvm, pcap_records
+
+
+def test_nf_list_names_every_nf_on_one_line():
+    r = onvm("nf", "--list")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(nfs.NAMES)
+    assert all(len(ln.split(None, 1)) == 2 for ln in lines)
+
+
+def test_firewall_process_filters_a_pcap(deploy, tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"default": "pass", "rules": [{"prefix": "10.0.0.0/24", "action": "drop"}]}))
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    sent = [Ether() / IP(src=f"10.0.{i % 2}.{i}", dst="192.0.2.1") / UDP(sport=i) for i in range(1, 101)]
+    wrpcap(str(src), sent)
+    dep = deploy(["--port", f"pcap:{src}", "--port", f"pcap-out:{out}", "--default-chain", "1,out:1",
+                  "--exit-when-done"])
+    dep.start_nf(["firewall", "--service", "1", "--rules", str(rules), "--handler", "packet"])
+    assert dep.procs[0].wait(timeout=30) == 0
+    assert pcap_records(out) == [bytes(p) for p in sent if p[IP].src.startswith("10.0.1.")]
