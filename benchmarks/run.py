@@ -20,7 +20,8 @@ import time
 from onvm.bench import SCENARIOS, run_scenario
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpps", "idle": "< 2 % CPU"}
+TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpps", "idle": "< 2 % CPU",
+           "firewall": ">= 8 Mpps"}
 
 
 def main() -> int:
