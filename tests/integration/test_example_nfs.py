@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 from scapy.all import IP, UDP, Ether, wrpcap  # type: ignore[import-untyped]
 
 from onvm import nfs
-from tests.integration.conftest import onvm, pcap_records
+from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
 
 def test_nf_list_names_every_nf_on_one_line():
@@ -29,3 +31,21 @@ def test_firewall_process_filters_a_pcap(deploy, tmp_path):
     dep.start_nf(["firewall", "--service", "1", "--rules", str(rules), "--handler", "packet"])
     assert dep.procs[0].wait(timeout=30) == 0
     assert pcap_records(out) == [bytes(p) for p in sent if p[IP].src.startswith("10.0.1.")]
+
+
+def _pool(name):
+    st = status(name)
+    return st["pool"]["free"], st["pool"]["total"]
+
+
+def test_killed_fair_queue_gives_back_the_packets_it_held(deploy):
+    # 1 packet/s out of fair_queue: nearly all of the 500 packets are held when it dies.
+    dep = deploy(["--port", "gen:size=64,flows=8,count=500,rate=50k", "--port", "null",
+                  "--default-chain", "1,out:1"])
+    fq = dep.start_nf(["fair_queue", "--service", "1", "--rate", "1"])
+    wait_for(lambda: status(dep.name)["ports"][0]["done"], timeout=20, what="the input to end")
+    free, total = _pool(dep.name)
+    assert total - free >= 450  # held by fair_queue
+    os.kill(fq.pid, signal.SIGKILL)
+    fq.wait(timeout=5)
+    wait_for(lambda: _pool(dep.name)[0] == total, timeout=5, what="the pool to be whole")
