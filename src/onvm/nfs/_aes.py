@@ -20,6 +20,15 @@ def add_key_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="only UDP packets to or from this port")
 
 
+def cipher_kit() -> tuple[Any, Any, Any]:
+    """cryptography's (Cipher, algorithms, modes), or a clear error when it is missing."""
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        raise ConfigError("this NF needs the cryptography package: pip install 'pyonvm[nfs]'") from None
+    return Cipher, algorithms, modes
+
+
 def parse_key(text: str) -> bytes:
     try:
         key = bytes.fromhex(text)

@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args
-from onvm.nfs._aes import NONCE, add_key_argument, parse_key, replace_payload, udp_payload
+from onvm.nfs._aes import NONCE, add_key_argument, cipher_kit, parse_key, replace_payload, udp_payload
 
 SUMMARY = "encrypts UDP payloads with AES-CTR (a nonce per packet)"
 SERVICE = 1
@@ -27,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> NF:
+    Cipher, algorithms, modes = cipher_kit()
     algo = algorithms.AES(parse_key(args.key))
     port = args.port
     nf = nf_from_args("aes_encrypt", args)

@@ -95,8 +95,10 @@ def make(args: argparse.Namespace) -> NF:
             nf.release(full, Action.DROP)
         dispatch()
 
-    @nf.periodic(0.001)
-    def tick(nf: NF) -> None:
-        dispatch()
+    if rate > 0:  # without a rate, every burst is released as it comes: no timer needed
+
+        @nf.periodic(0.001)
+        def tick(nf: NF) -> None:
+            dispatch()
 
     return nf
