@@ -8,6 +8,7 @@ frames must never make a view read past the packet's end.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import struct
 from typing import Any
@@ -24,6 +25,7 @@ from scapy.packet import Raw
 from onvm import NF, _native
 from onvm.actions import Action
 from onvm.nf import PrefixTable
+from onvm.nf._nf import _compile
 from onvm.testing import run_nf
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -336,6 +338,10 @@ def test_jit_handler_gives_the_same_results():
         outs.append(run_nf(nf, [bytes(f) for f in FRAMES.values()], services=[6]))
     assert outs[0].out == outs[1].out and outs[0].tonf == outs[1].tonf
     assert outs[1].tonf[6] == [bytes(FRAMES["tcp4"])]
+    if importlib.util.find_spec("numba") is not None:  # then the kernel really was compiled
+        assert type(_compile(kernel)).__name__ == "CPUDispatcher"
+    else:
+        assert _compile(kernel) is kernel
 
 
 # ---- LPM -----------------------------------------------------------------------------
