@@ -306,6 +306,7 @@ class NF:
             f"NF {self.name} (id {self.nf_id}, service {self.service}, instance {self.instance}): "
             f"{st.get('rx', 0)} in, {st.get('tx', 0)} onward, {drops} dropped"
             + (f" ({by_reason})" if by_reason else "")
+            + (f", {st['parse_errors']} malformed" if st.get("parse_errors") else "")
             + f" in {secs:.1f} s ({st.get('rx', 0) / secs / 1e6:.2f} Mpps); stopped: {self.stop_reason}",
             file=sys.stderr,
         )
