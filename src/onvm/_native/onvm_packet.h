@@ -37,10 +37,6 @@ static inline void onvm_views_set(PacketObject *p, MetaObject *o, struct onvm_re
 PacketObject *onvm_packet_new(struct onvm_region *r);
 MetaObject *onvm_meta_new(void);
 
-/* Meta flags of held packets (above the parse flags; a reparse never runs on them). */
-#define ONVM_MF_HELD 0x80u      /* held by the NF that owns the slot */
-#define ONVM_MF_RELEASING 0x40u /* released, waiting for the end of the burst */
-
 /* Releases wait in a list until the burst in hand is routed, so a packet held
  * and released within one burst is routed once, with the release's action. */
 struct onvm_held {
