@@ -47,9 +47,21 @@ static void gather_one(int id, void *out, uint32_t i, const struct onvm_meta *m,
     int v6 = m->l3_type == ONVM_L3_IPV6 && l3 + 40 <= len;
     int ports = l4 && (m->l4_proto == 6 || m->l4_proto == 17) && l4 + 4 <= len;
     switch (id) {
-    case GF_ETHER_TYPE:
-        ((uint16_t *)out)[i] = l3 && l3 <= len ? rd16(d + l3 - 2) : len >= 14 ? rd16(d + 12) : 0;
+    case GF_ETHER_TYPE: { /* after any VLAN tags, as Packet.ether_type */
+        uint16_t et = 0;
+        if (l3 && l3 <= len) {
+            et = rd16(d + l3 - 2);
+        } else if (len >= 14) {
+            uint32_t off = 12;
+            et = rd16(d + off);
+            for (int t = 0; t < 2 && (et == 0x8100 || et == 0x88a8) && off + 6 <= len; t++) {
+                off += 4;
+                et = rd16(d + off);
+            }
+        }
+        ((uint16_t *)out)[i] = et;
         break;
+    }
     case GF_L3_TYPE:
         ((uint8_t *)out)[i] = m->l3_type;
         break;
@@ -90,7 +102,10 @@ static void gather_one(int id, void *out, uint32_t i, const struct onvm_meta *m,
         ((uint8_t *)out)[i] = m->flags;
         break;
     case GF_ICMP_TYPE:
-        ((uint8_t *)out)[i] = l4 && (m->l4_proto == 1 || m->l4_proto == 58) && l4 < len ? d[l4] : 0;
+        ((uint8_t *)out)[i] = l4 && l4 < len && ((m->l4_proto == 1 && m->l3_type == ONVM_L3_IPV4) ||
+                                                 (m->l4_proto == 58 && m->l3_type == ONVM_L3_IPV6))
+                                  ? d[l4]
+                                  : 0;
         break;
     }
 }

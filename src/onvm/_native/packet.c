@@ -75,13 +75,21 @@ static uint32_t payload_start(const struct onvm_meta *m, const uint8_t *d) {
     else if (l4 && (m->l4_proto == 17 || m->l4_proto == 1 || m->l4_proto == 58))
         off = (uint32_t)l4 + 8;
     else if (m->l3_type == ONVM_L3_IPV4)
-        off = m->l3_off + (d[m->l3_off] & 0x0fu) * 4u;
+        off = m->l3_off < len ? m->l3_off + (d[m->l3_off] & 0x0fu) * 4u : len;
     else if (m->l3_type == ONVM_L3_IPV6)
         off = m->l3_off + 40u;
     else if (m->l3_type == ONVM_L3_ARP)
         off = m->l3_off + 28u;
-    else
-        off = len >= 14 ? ((m->flags & ONVM_MF_VLAN) ? 18u : 14u) : len;
+    else if (len >= 14) { /* after the Ethernet header and any VLAN tags */
+        off = 12;
+        uint16_t et = rd16(d + off);
+        for (int t = 0; t < 2 && (et == 0x8100 || et == 0x88a8) && off + 6 <= len; t++) {
+            off += 4;
+            et = rd16(d + off);
+        }
+        off += 2;
+    } else
+        off = len;
     return off < len ? off : len;
 }
 
@@ -420,24 +428,23 @@ static PyObject *Packet_payload_offset(PacketObject *p, void *c) {
 static PyObject *Packet_ether_type(PacketObject *p, void *c) {
     (void)c;
     PKT_LIVE(p);
-    if (p->m->len < 14)
+    uint32_t len = p->m->len, l3 = p->m->l3_off;
+    if (l3 && l3 <= len)
+        return PyLong_FromLong(rd16(p->data + l3 - 2));
+    if (len < 14)
         Py_RETURN_NONE;
-    uint32_t off = p->m->l3_off ? p->m->l3_off - 2u : 12u;
-    if (!p->m->l3_off && (p->m->flags & ONVM_MF_VLAN)) { /* tagged, non-IP: the innermost type */
-        off = 12;
-        for (int t = 0; t < 2 && off + 6 <= p->m->len; t++) {
-            uint16_t et = rd16(p->data + off);
-            if (et != 0x8100 && et != 0x88a8)
-                break;
-            off += 4;
-        }
+    uint32_t off = 12; /* not IP or ARP: the type after any VLAN tags */
+    uint16_t et = rd16(p->data + off);
+    for (int t = 0; t < 2 && (et == 0x8100 || et == 0x88a8) && off + 6 <= len; t++) {
+        off += 4;
+        et = rd16(p->data + off);
     }
-    return PyLong_FromLong(rd16(p->data + off));
+    return PyLong_FromLong(et);
 }
 static PyObject *Packet_five_tuple(PacketObject *p, void *c) {
     (void)c;
     PKT_LIVE(p);
-    if (p->m->l3_type != ONVM_L3_IPV4)
+    if (p->m->l3_type != ONVM_L3_IPV4 || p->m->l3_off + 20u > p->m->len)
         Py_RETURN_NONE;
     const uint8_t *ip = p->data + p->m->l3_off;
     unsigned sp = 0, dp = 0;
@@ -469,7 +476,7 @@ static uint16_t csum_fold(uint32_t sum) {
 static int fix_checksums(const struct onvm_meta *m, uint8_t *d, int l4too) {
     int done = 0;
     uint32_t len = m->len, end = payload_end(m, d);
-    if (m->l3_type == ONVM_L3_IPV4) {
+    if (m->l3_type == ONVM_L3_IPV4 && m->l3_off + 20u <= len) {
         uint8_t *ip = d + m->l3_off;
         uint32_t ihl = (ip[0] & 0x0fu) * 4u;
         if (m->l3_off + ihl <= len) {
