@@ -326,8 +326,16 @@ def test_skeleton_passes_everything():
     assert res.out == {0: [bytes(p) for p in pkts]} and nf.state["packets"] == 3
 
 
-def test_icmp_packets_pass_untranslated_by_nat_and_dropped_when_addressed_to_it():
-    nf = build("nat", "--public", "203.0.113.1")
-    ping_out = Ether() / IP(src="10.0.0.1", dst="8.8.8.8") / ICMP()
-    res = run_nf(nf, [ping_out])
+def test_nat_translates_icmp_echo_by_identifier_and_drops_other_icmp():
+    nf = build("nat", "--public", "203.0.113.1", "--ports", "30000-30009")
+    ping = Ether() / IP(src="10.0.0.1", dst="8.8.8.8") / ICMP(type=8, id=77, seq=1) / Raw(b"abc")
+    pong = Ether() / IP(src="8.8.8.8", dst="203.0.113.1") / ICMP(type=0, id=30000, seq=1) / Raw(b"abc")
+    unreachable = Ether() / IP(src="10.0.0.1", dst="8.8.8.8") / ICMP(type=3, code=1)
+    res = run_nf(nf, [ping, pong, unreachable])
+    wp, wq = ping.copy(), pong.copy()
+    wp[IP].src, wp[ICMP].id = "203.0.113.1", 30000
+    wq[IP].dst, wq[ICMP].id = "10.0.0.1", 77
+    for w in (wp, wq):
+        del w[IP].chksum, w[ICMP].chksum
+    assert res.out == {0: [bytes(Ether(bytes(wp))), bytes(Ether(bytes(wq)))]}
     assert res.drops == {"action": 1}

@@ -1,14 +1,14 @@
 """nat: source NAT: inside hosts share one public address, told apart by a pool of ports.
 
-Expects:   IPv4 TCP/UDP; outbound packets come from the ``--inside`` prefix, inbound
-           ones are addressed to ``--public``.
+Expects:   IPv4 TCP, UDP and ICMP echo; outbound packets come from the ``--inside``
+           prefix, inbound ones are addressed to ``--public``.
 Modifies:  outbound: source address and port become the public address and a port
            from the pool; inbound: destination address and port go back to the inside
-           host's.  Checksums follow.
+           host's (for ICMP echo, the identifier plays the port).  Checksums follow.
 Actions:   NEXT (or OUT to ``--outside-port`` / ``--inside-port`` when given) for
            translated packets; DROP for inbound packets with no mapping, other IPv4
-           protocols, and outbound packets when the pool is exhausted; packets that
-           are neither inside nor addressed to us pass with NEXT.
+           protocols and ICMP messages, and outbound packets when the pool is
+           exhausted; packets neither inside nor addressed to us pass with NEXT.
 Options:   --inside PREFIX, --public ADDR, --ports LO-HI, --timeout SECONDS
            (an idle mapping is forgotten), --inside-port N, --outside-port N.
 """
@@ -25,6 +25,7 @@ from onvm.nf._nf import nf_from_args
 
 SUMMARY = "source NAT with a port pool, both directions"
 SERVICE = 2
+ECHO_REQUEST, ECHO_REPLY = 8, 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,24 +108,33 @@ def make(args: argparse.Namespace) -> NF:
         inside = (src & mask) == net
         if not inside and dst != public:
             return
+        proto = ip.proto
         l4 = pkt.tcp or pkt.udp
-        if l4 is None:
+        icmp = pkt.icmp if l4 is None else None
+        if l4 is None and (icmp is None or icmp.type != (ECHO_REQUEST if inside else ECHO_REPLY)):
             meta.drop()
             return
-        proto = ip.proto
         if inside:
-            pub = table.outbound(proto, src, l4.src_port, clock())
+            pub = table.outbound(proto, src, l4.src_port if l4 else icmp.id, clock())
             if pub is None:
                 meta.drop()
                 return
-            ip.src, l4.src_port = public, pub
+            ip.src = public
+            if l4:
+                l4.src_port = pub
+            else:
+                icmp.id = pub
             where = to_out
         else:
-            back = table.inbound(proto, l4.dst_port, clock())
+            back = table.inbound(proto, l4.dst_port if l4 else icmp.id, clock())
             if back is None:
                 meta.drop()
                 return
-            ip.dst, l4.dst_port = back
+            ip.dst = back[0]
+            if l4:
+                l4.dst_port = back[1]
+            else:
+                icmp.id = back[1]
             where = to_in
         pkt.update_checksums()
         send(meta, where)
