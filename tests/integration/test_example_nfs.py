@@ -49,3 +49,10 @@ def test_killed_fair_queue_gives_back_the_packets_it_held(deploy):
     os.kill(fq.pid, signal.SIGKILL)
     fq.wait(timeout=5)
     wait_for(lambda: _pool(dep.name)[0] == total, timeout=5, what="the pool to be whole")
+
+
+def test_every_nf_explains_itself():
+    for name in nfs.NAMES:
+        r = onvm("nf", name, "--help")
+        assert r.returncode == 0, (name, r.stderr)
+        assert "Expects:" in r.stdout and "--service" in r.stdout, name
