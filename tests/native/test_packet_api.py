@@ -304,6 +304,37 @@ def test_batch_gathers_the_requested_fields():
     assert r["cut"]["flags"] & 2 and r["cut"]["ipv4_src"] == 0
 
 
+def test_batch_writes_fields_in_place():
+    nf = NF("bwrite", service=1)
+    counts: list[int] = []
+
+    @nf.batch(fields=["dst_port", "ttl"])
+    def h(b):  # type: ignore[no-untyped-def]
+        web = b.dst_port == 443
+        counts.append(b.write("ipv4_dst", ip("203.0.113.80"), web))
+        counts.append(b.write("ttl", b.ttl - 1))  # IPv4 and IPv6; ARP has none
+        counts.append(b.write("src_port", np.arange(b.n) + 1000))
+        assert (b.ttl == 8)[0]  # the gathered array follows
+        b.update_checksums()
+
+    frames = [FRAMES["tcp4"], FRAMES["udp6"], FRAMES["arp"]]
+    res = run_nf(nf, frames)
+    assert counts == [1, 2, 2]
+    t4, u6, arp = (Ether(p) for p in res.out[0])
+    want = Ether(bytes(FRAMES["tcp4"]))
+    want[IP].dst, want[IP].ttl, want[TCP].sport = "203.0.113.80", 8, 1000
+    del want[IP].chksum, want[TCP].chksum
+    assert bytes(t4) == bytes(Ether(bytes(want)))
+    want = Ether(bytes(FRAMES["udp6"]))
+    want[IPv6].hlim, want[UDP].sport = 63, 1001
+    del want[UDP].chksum
+    assert bytes(u6) == bytes(Ether(bytes(want)))
+    assert bytes(arp) == bytes(FRAMES["arp"])
+    with pytest.raises(ValueError, match="cannot be written"):
+        from onvm.nf import Batch
+        Batch(4).write("vlan", 1)
+
+
 def test_batch_fields_not_requested_say_so():
     nf = NF("lazy", service=1)
     errors: list[str] = []

@@ -4,6 +4,8 @@
  * asked for; calling it with a burst length fills entry i of each array from
  * packet slots[i].  A field a packet does not have is 0.  Every read checks
  * the packet's length, so a packet shortened after RX parsed it is safe.
+ * write_field() is the way back: it stores an array of values into a field
+ * of many packets, skipping those that lack the field.
  */
 #include "onvm_packet.h"
 
@@ -191,6 +193,88 @@ static PyObject *Gather_call(GatherObject *g, PyObject *args, PyObject *kw) {
     Py_RETURN_NONE;
 }
 
+/* Store v into field id of one packet; returns 1 if the packet has the field. */
+static int scatter_one(int id, uint32_t v, struct onvm_meta *m, uint8_t *d) {
+    uint32_t len = m->len, l3 = m->l3_off, l4 = m->l4_off;
+    int v4 = m->l3_type == ONVM_L3_IPV4 && l3 + 20 <= len;
+    int v6 = m->l3_type == ONVM_L3_IPV6 && l3 + 40 <= len;
+    int ports = l4 && (m->l4_proto == 6 || m->l4_proto == 17) && l4 + 4 <= len;
+    uint8_t *p;
+    switch (id) {
+    case GF_IPV4_SRC:
+    case GF_IPV4_DST:
+        if (!v4)
+            return 0;
+        p = d + l3 + (id == GF_IPV4_SRC ? 12 : 16);
+        p[0] = (uint8_t)(v >> 24);
+        p[1] = (uint8_t)(v >> 16);
+        p[2] = (uint8_t)(v >> 8);
+        p[3] = (uint8_t)v;
+        return 1;
+    case GF_SRC_PORT:
+    case GF_DST_PORT:
+        if (!ports)
+            return 0;
+        p = d + l4 + (id == GF_SRC_PORT ? 0 : 2);
+        p[0] = (uint8_t)(v >> 8);
+        p[1] = (uint8_t)v;
+        return 1;
+    case GF_TTL:
+        if (!v4 && !v6)
+            return 0;
+        d[l3 + (v4 ? 8 : 7)] = (uint8_t)v;
+        return 1;
+    case GF_TCP_FLAGS:
+        if (!(l4 && m->l4_proto == 6 && l4 + 14 <= len))
+            return 0;
+        d[l4 + 13] = (uint8_t)v;
+        return 1;
+    }
+    return 0;
+}
+
+/* write_field(region, field_id, slots uint32[n], values uint32[n]) -> packets written */
+static PyObject *mod_write_field(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *region, *so, *vo;
+    int id;
+    if (!PyArg_ParseTuple(args, "O!iOO", &RegionType, &region, &id, &so, &vo))
+        return NULL;
+    if (id != GF_IPV4_SRC && id != GF_IPV4_DST && id != GF_SRC_PORT && id != GF_DST_PORT && id != GF_TTL &&
+        id != GF_TCP_FLAGS)
+        return PyErr_Format(PyExc_ValueError, "field %d cannot be written", id);
+    struct onvm_region *r = &((RegionObject *)region)->r;
+    if (!r->base)
+        return PyErr_Format(PyExc_ValueError, "region is closed");
+    Py_buffer s, v;
+    if (PyObject_GetBuffer(so, &s, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(vo, &v, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&s);
+        return NULL;
+    }
+    Py_ssize_t n = s.len / 4, done = 0;
+    if (s.itemsize != 4 || v.itemsize != 4 || v.len != s.len) {
+        PyBuffer_Release(&s);
+        PyBuffer_Release(&v);
+        return PyErr_Format(PyExc_ValueError, "write_field needs uint32 slots and values of equal length");
+    }
+    const uint32_t *slots = s.buf, *vals = v.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[i] >= r->pool_count)
+            continue;
+        done += scatter_one(id, vals[i], &r->meta[slots[i]], onvm_slot_data(r, slots[i]));
+    }
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&v);
+    return PyLong_FromSsize_t(done);
+}
+
+static PyMethodDef gather_functions[] = {
+    {"write_field", mod_write_field, METH_VARARGS,
+     "write_field(region, field_id, slots, values) -> count: store values[i] into packet slots[i]"},
+    {NULL}};
+
 static PyTypeObject GatherType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Gather",
     .tp_basicsize = sizeof(GatherObject),
@@ -216,5 +300,7 @@ int onvm_gather_register(PyObject *module) {
             return -1;
         Py_DECREF(v);
     }
-    return PyModule_AddObject(module, "GATHER_FIELDS", d);
+    if (PyModule_AddObject(module, "GATHER_FIELDS", d) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, gather_functions);
 }

@@ -921,7 +921,36 @@ static PyObject *mod_fix_checksums(PyObject *m, PyObject *arg) {
     return PyLong_FromLong(n);
 }
 
+/* update_checksums(region, slots uint32[n], l4=True) -> checksums written */
+static PyObject *mod_update_checksums(PyObject *mod, PyObject *args, PyObject *kw) {
+    (void)mod;
+    static char *kwlist[] = {"region", "slots", "l4", NULL};
+    PyObject *region, *so;
+    int l4 = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O|p", kwlist, &RegionType, &region, &so, &l4))
+        return NULL;
+    struct onvm_region *r = &((RegionObject *)region)->r;
+    if (!r->base)
+        return PyErr_Format(PyExc_ValueError, "region is closed");
+    Py_buffer s;
+    if (PyObject_GetBuffer(so, &s, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (s.itemsize != 4) {
+        PyBuffer_Release(&s);
+        return PyErr_Format(PyExc_ValueError, "slots must be uint32");
+    }
+    const uint32_t *slots = s.buf;
+    long done = 0;
+    for (Py_ssize_t i = 0; i < s.len / 4; i++)
+        if (slots[i] < r->pool_count)
+            done += fix_checksums(&r->meta[slots[i]], onvm_slot_data(r, slots[i]), l4);
+    PyBuffer_Release(&s);
+    return PyLong_FromLong(done);
+}
+
 static PyMethodDef packet_functions[] = {
+    {"update_checksums", (PyCFunction)(void (*)(void))mod_update_checksums, METH_VARARGS | METH_KEYWORDS,
+     "update_checksums(region, slots, l4=True) -> count: Packet.update_checksums for many packets"},
     {"checksum", mod_checksum, METH_O, "checksum(data) -> the Internet checksum (RFC 1071) of data"},
     {"fix_checksums", mod_fix_checksums, METH_O,
      "fix_checksums(buffer) -> count: recompute a frame's IPv4 and L4 checksums in place"},

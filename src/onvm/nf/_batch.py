@@ -47,6 +47,7 @@ GATHER_DTYPES: dict[str, Any] = {
     "icmp_type": np.uint8,
 }
 HOLD = _native.ACT_HOLD
+WRITABLE = ("ipv4_src", "ipv4_dst", "src_port", "dst_port", "ttl", "tcp_flags")
 
 
 def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
@@ -67,7 +68,7 @@ class Batch:
     (``ipv4_src``, ``dst_port``, ...) are arrays of the same length.
     """
 
-    __slots__ = ("n", "fields", "_full", "_views", "_gathered", "_gather", "_ctx",
+    __slots__ = ("n", "fields", "_full", "_views", "_gathered", "_gather", "_ctx", "_region",
                  *(name for name, _ in _FIELDS), *GATHER_DTYPES)
 
     def __init__(self, capacity: int, fields: Iterable[str] = ()) -> None:
@@ -79,6 +80,7 @@ class Batch:
         self._views: dict[int, tuple[np.ndarray[Any, Any], ...]] = {}
         self._gather: Any = None
         self._ctx: Any = None
+        self._region: Any = None
         self.n = 0
         self._set(capacity)
 
@@ -90,6 +92,7 @@ class Batch:
     def bind(self, region: Any, ctx: Any = None) -> None:
         """Gather the requested fields from ``region`` on each burst; hold through ``ctx``."""
         self._ctx = ctx
+        self._region = region
         if self.fields:
             ids = [_native.GATHER_FIELDS[f][0] for f in self.fields]
             specs = list(zip(ids, self._gathered, strict=True))
@@ -140,6 +143,25 @@ class Batch:
         self._ctx.hold(slots.tolist())
         self.action[mask] = HOLD
         return slots
+
+    def write(self, field: str, values: Any, mask: Any = slice(None)) -> int:
+        """Store ``values`` (one, or one per selected packet) into ``field`` of the packets
+        ``mask`` selects, in place; packets without the field are skipped.  Writable:
+        ``ipv4_src``, ``ipv4_dst``, ``src_port``, ``dst_port``, ``ttl``, ``tcp_flags``.
+        Returns how many packets were written; checksums are left to ``update_checksums``."""
+        if field not in WRITABLE:
+            raise ValueError(f"batch field {field} cannot be written (writable: {', '.join(WRITABLE)})")
+        slots = np.ascontiguousarray(self.slots[mask], dtype=np.uint32)
+        vals = np.ascontiguousarray(np.broadcast_to(np.asarray(values).astype(np.uint32), slots.shape))
+        done = int(_native.write_field(self._region, _native.GATHER_FIELDS[field][0], slots, vals))
+        if field in self.fields:
+            getattr(self, field)[mask] = values
+        return done
+
+    def update_checksums(self, mask: Any = slice(None), l4: bool = True) -> int:
+        """Recompute the IPv4 (and TCP/UDP/ICMP) checksums of the selected packets."""
+        slots = np.ascontiguousarray(self.slots[mask], dtype=np.uint32)
+        return int(_native.update_checksums(self._region, slots, l4=l4))
 
     def __len__(self) -> int:
         return self.n
