@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpps", "idle": "< 2 % CPU",
            "pcap-replay": ">= 5 Mpps", "veth-bridge": ">= 80 % of a Linux bridge",
            "lb": "imbalance < 0.1", "flow-setup": ">= 20,000 rules/s; >= 10 Mpps lookups",
-           "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms"}
+           "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms",
+           "firewall": ">= 8 Mpps"}
 NF_START = ("nf-start-process", "nf-start-namespace", "nf-start-podman")  # not run by default
 # The figure each scenario is judged by (the median of --repeat runs is kept).
 KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second"}

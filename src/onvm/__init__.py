@@ -23,7 +23,7 @@ from onvm.errors import (
     ProtocolError,
     RegionError,
 )
-from onvm.nf import NF, Batch
+from onvm.nf import NF, Batch, PrefixTable
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "LifecycleError",
     "ManagerNotRunning",
     "OnvmError",
+    "PrefixTable",
     "ProtocolError",
     "RegionError",
 ]

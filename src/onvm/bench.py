@@ -8,12 +8,15 @@ the region (read through ``onvm status``), and stops everything it started.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from onvm import _bench_firewall
 from onvm._deploy import Deployment
 
 WARMUP = 1.0
@@ -27,6 +30,9 @@ class Scenario:
     measure: str = "rx"  # "rx": packets the first NF received; "cpu": CPU use
     manager_args: list[str] = field(default_factory=list)
     note: str = ""
+    measure_nf: str = ""  # measure this NF's rx (default: the first NF started)
+    prepare: Callable[[str], None] | None = None  # writes files into "{tmp}" before the start
+    extra: Callable[[str], dict[str, Any]] | None = None  # more figures, after the run
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -45,6 +51,12 @@ SCENARIOS: dict[str, Scenario] = {
                                     "--default-chain", "1,out:1"],
         note="two instances of one service share a gen: load of 4096 flows"),
     "flow-setup": Scenario([], measure="flows", note="rules through the control API; 1M-entry lookups"),
+    "firewall": Scenario(
+        [["speed_tester", "--service", "1", "--dest", "2", "--report", "0"],
+         ["firewall", "--service", "2", "--rules", "{tmp}/rules.json", "--handler", "{handler}"]],
+        measure_nf="firewall", prepare=_bench_firewall.write_rules, extra=_bench_firewall.references,
+        note="firewall with 1,000 prefix rules looping speed_tester's packets; the same logic "
+             "over dpkt and scapy in process"),
     "idle": Scenario(
         [["simple_forward", "--service", "1", "--dest", "2"],
          ["simple_forward", "--service", "2", "--dest", "3"],
@@ -183,18 +195,22 @@ def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False
             "load": round(os.getloadavg()[0], 2), "times_ms": [round(t, 1) for t in times]}
 
 
-def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
+def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False,
+                 handler: str = "batch") -> dict[str, Any]:
     """Run one scenario; returns its figures (``scenario``, ``mpps``, ``packets``, ``seconds``...)."""
     from onvm._bench_ports import SCENARIOS as PORT_SCENARIOS
 
     if name in PORT_SCENARIOS:
         return PORT_SCENARIOS[name][0](seconds, verbose)
     sc = SCENARIOS[name]
+    tmp = tempfile.mkdtemp(prefix="onvm-bench-")
     dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", sc.manager_args, verbose)
     try:
+        if sc.prepare is not None:
+            sc.prepare(tmp)
         dep.start_manager()
         for argv in sc.nfs:
-            dep.start_nf(argv)
+            dep.start_nf([a.format(tmp=tmp, handler=handler) for a in argv])
         dep.wait_running(len(sc.nfs))
         if sc.measure == "flows":
             return {"scenario": name, **flow_setup(dep, seconds)}
@@ -221,7 +237,8 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict
 
             def measure() -> tuple[float, float]:
                 st = dep.status()
-                first = min(st["nfs"], key=lambda n: n["id"])
+                named = [n for n in st["nfs"] if n.get("name") == sc.measure_nf]
+                first = named[0] if named else min(st["nfs"], key=lambda n: n["id"])
                 return float(first["rx"]), float(sum(sum(n["drops"].values()) for n in st["nfs"]))
 
         t0, (v0, d0) = time.monotonic(), measure()
@@ -235,6 +252,12 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False) -> dict
         else:
             result.update(mpps=round((v1 - v0) / dt / 1e6, 3), packets=int(v1 - v0),
                           seconds=round(dt, 3), drops=int(d1 - d0))
+        if sc.prepare is not None:
+            result["handler"] = handler
+        dep.stop()
+        if sc.extra is not None:
+            result.update(sc.extra(tmp))
         return result
     finally:
         dep.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

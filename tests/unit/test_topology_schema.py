@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from onvm.nfs import NAMES
 from onvm.topology import TopologyError, loads_topology
 from onvm.topology._yaml import YamlError, line_of, load
 
@@ -99,8 +100,8 @@ BAD = [
     ("nfs:\n  - program: simple_forward\n    service: 64\n",
      "bad.yaml:3: nfs[0].service: Input should be less than or equal to 63"),
     ("nfs:\n  - program: nosuch_nf\n    service: 1\n",
-     "bad.yaml:2: nfs[0].program: unknown NF program 'nosuch_nf' (expected one of: speed_tester, "
-     "simple_forward, basic_monitor, bridge, or a path to an NF script *.py)"),
+     "bad.yaml:2: nfs[0].program: unknown NF program 'nosuch_nf' (expected one of: "
+     + ", ".join(NAMES) + ", or a path to an NF script *.py)"),
     ("nfs:\n  - program: basic_monitor\n    options:\n      bogus: 3\n",
      "bad.yaml:3: nfs[0].options: basic_monitor: unrecognized arguments: --bogus 3"),
     ("nfs:\n  - program: simple_forward\n    options:\n      dest: three\n",
@@ -191,7 +192,8 @@ def test_named_chains_and_rules_reach_the_manager(tmp_path):
     from onvm.topology.runner import manager_config
 
     text = ("ports: [gen:size=64, 'null']\n"
-            "nfs:\n  - {program: simple_forward, service: 1}\n  - {program: simple_forward, service: 2, name: web}\n"
+            "nfs:\n  - {program: simple_forward, service: 1}\n"
+            "  - {program: simple_forward, service: 2, name: web}\n"
             "chains:\n  default: [1, out:1]\n  web: [2, out:1]\n"
             "rules:\n  - match: {proto: tcp, dport: 80, src: 10.0.0.0/8}\n    chain: web\n    priority: 5\n")
     topo = loads_topology(text, "ok.yaml")

@@ -10,6 +10,7 @@
 
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
+#include "onvm_packet.h"
 #include "onvm_parse.h"
 
 PyObject *onvm_RegionError;
@@ -371,7 +372,7 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
         return NULL;
     struct onvm_nf *nf = &self->r.nfs[id];
     struct onvm_nf_stats st = nf->stats; /* a snapshot; each field is written by the NF alone */
-    return Py_BuildValue(
+    PyObject *d = Py_BuildValue(
         "{s:I,s:H,s:H,s:i,s:s,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
         "name", nf->name, "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
@@ -382,6 +383,11 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
         "handler_ns", (unsigned long long)st.handler_ns, "sleeping",
         atomic_load(&nf->wait.sleeping), "tx_worker", nf->tx_worker, "wakeups",
         (unsigned long long)nf->wait.wakeups);
+    PyObject *pe = d ? PyLong_FromUnsignedLongLong(st.parse_errors) : NULL;
+    if (!pe || PyDict_SetItemString(d, "parse_errors", pe) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(pe);
+    return d;
 }
 
 static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
@@ -1112,5 +1118,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
+    if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
+        onvm_harness_register(m) < 0)
+        return NULL;
     return m;
 }

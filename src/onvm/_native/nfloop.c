@@ -6,387 +6,16 @@
  * action names a service, into the NF's TX ring when a port must send it.
  * It polls while packets come and sleeps on a futex when they stop.
  *
- * Packet, Meta and header views are reused for every packet: they are valid
- * only during the handler call.
+ * Packet, Meta and header views (packet.c) are reused for every packet: they
+ * are valid only during the handler call.
  */
 
 
-#include "onvm_nf.h"
+#include "onvm_packet.h"
 #include "onvm_parse.h"
 
 #define NF_SPIN_POLLS 512
 #define NF_MAX_SLEEP_NS 100000000L
-
-/* ===== views =============================================================== */
-
-typedef struct {
-    PyObject_HEAD struct onvm_region *r;
-    uint32_t slot;
-    struct onvm_meta *m;
-    uint8_t *data;
-    PyObject *views[3]; /* ipv4, tcp, udp */
-} PacketObject;
-
-enum { HV_IPV4 = 0, HV_TCP = 1, HV_UDP = 2 };
-
-typedef struct {
-    PyObject_HEAD PacketObject *pkt; /* borrowed: the packet owns its views */
-    int kind;
-} HeaderObject;
-
-typedef struct {
-    PyObject_HEAD struct onvm_meta *m;
-} MetaObject;
-
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline void wr16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static PyObject *need_packet(void) {
-    PyErr_SetString(PyExc_RuntimeError, "packet views are valid only inside the handler call");
-    return NULL;
-}
-
-#define PKT_LIVE(p)                                                                                \
-    do {                                                                                           \
-        if (!(p)->m)                                                                               \
-            return need_packet();                                                                  \
-    } while (0)
-
-static PyObject *Packet_len(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyLong_FromUnsignedLong(p->m->len);
-}
-static PyObject *Packet_slot(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyLong_FromUnsignedLong(p->slot);
-}
-static PyObject *Packet_in_port(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyLong_FromLong(p->m->in_port);
-}
-static PyObject *Packet_flow_hash(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyLong_FromUnsignedLong(p->m->flow_hash);
-}
-static PyObject *Packet_rx_ns(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyLong_FromUnsignedLongLong(p->m->rx_ns);
-}
-static PyObject *Packet_data(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    return PyMemoryView_FromMemory((char *)p->data, p->m->len, PyBUF_WRITE);
-}
-static PyObject *Packet_ether_type(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    if (p->m->len < 14)
-        Py_RETURN_NONE;
-    uint32_t off = p->m->l3_off ? p->m->l3_off - 2u : 12u;
-    return PyLong_FromLong(rd16(p->data + off));
-}
-
-static PyObject *view(PacketObject *p, int kind) {
-    PKT_LIVE(p);
-    int present = kind == HV_IPV4 ? p->m->l3_type == ONVM_L3_IPV4
-                                  : p->m->l4_off && p->m->l4_proto == (kind == HV_TCP ? 6 : 17);
-    if (!present)
-        Py_RETURN_NONE;
-    if (!p->views[kind]) {
-        HeaderObject *h = PyObject_New(HeaderObject, &HeaderType);
-        if (!h)
-            return NULL;
-        h->pkt = p;
-        h->kind = kind;
-        p->views[kind] = (PyObject *)h;
-    }
-    Py_INCREF(p->views[kind]);
-    return p->views[kind];
-}
-static PyObject *Packet_ipv4(PacketObject *p, void *c) {
-    (void)c;
-    return view(p, HV_IPV4);
-}
-static PyObject *Packet_tcp(PacketObject *p, void *c) {
-    (void)c;
-    return view(p, HV_TCP);
-}
-static PyObject *Packet_udp(PacketObject *p, void *c) {
-    (void)c;
-    return view(p, HV_UDP);
-}
-
-static PyObject *Packet_five_tuple(PacketObject *p, void *c) {
-    (void)c;
-    PKT_LIVE(p);
-    if (p->m->l3_type != ONVM_L3_IPV4)
-        Py_RETURN_NONE;
-    const uint8_t *ip = p->data + p->m->l3_off;
-    unsigned sp = 0, dp = 0;
-    if (p->m->l4_off && (p->m->l4_proto == 6 || p->m->l4_proto == 17)) {
-        sp = rd16(p->data + p->m->l4_off);
-        dp = rd16(p->data + p->m->l4_off + 2);
-    }
-    return Py_BuildValue("(kkBII)", (unsigned long)rd32(ip + 12), (unsigned long)rd32(ip + 16),
-                         p->m->l4_proto, sp, dp);
-}
-
-static void Packet_dealloc(PacketObject *p) {
-    for (int i = 0; i < 3; i++)
-        Py_XDECREF(p->views[i]);
-    Py_TYPE(p)->tp_free((PyObject *)p);
-}
-
-static PyGetSetDef Packet_getset[] = {
-    {"len", (getter)Packet_len, NULL, "packet length in bytes", NULL},
-    {"slot", (getter)Packet_slot, NULL, "pool slot index", NULL},
-    {"in_port", (getter)Packet_in_port, NULL, "port the packet came in on", NULL},
-    {"flow_hash", (getter)Packet_flow_hash, NULL, "symmetric 5-tuple hash (0: not IP)", NULL},
-    {"rx_ns", (getter)Packet_rx_ns, NULL, "CLOCK_MONOTONIC at RX", NULL},
-    {"data", (getter)Packet_data, NULL, "writable memoryview of the bytes (zero copy)", NULL},
-    {"ether_type", (getter)Packet_ether_type, NULL, "EtherType after any VLAN tags", NULL},
-    {"ipv4", (getter)Packet_ipv4, NULL, "IPv4 header view or None", NULL},
-    {"tcp", (getter)Packet_tcp, NULL, "TCP header view or None", NULL},
-    {"udp", (getter)Packet_udp, NULL, "UDP header view or None", NULL},
-    {"five_tuple", (getter)Packet_five_tuple, NULL, "(src, dst, proto, sport, dport) for IPv4, else None", NULL},
-    {NULL}};
-
-PyTypeObject PacketType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Packet",
-    .tp_basicsize = sizeof(PacketObject),
-    .tp_dealloc = (destructor)Packet_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A zero-copy view of the packet being handled.",
-    .tp_getset = Packet_getset,
-};
-
-/* ---- header views ---- */
-
-static uint8_t *hdr_base(HeaderObject *h) {
-    PacketObject *p = h->pkt;
-    if (!p->m)
-        return NULL;
-    return p->data + (h->kind == HV_IPV4 ? p->m->l3_off : p->m->l4_off);
-}
-
-#define HDR_GET(name, expr)                                                                        \
-    static PyObject *Header_##name(HeaderObject *h, void *c) {                                     \
-        (void)c;                                                                                   \
-        uint8_t *b = hdr_base(h);                                                                  \
-        if (!b)                                                                                    \
-            return need_packet();                                                                  \
-        return PyLong_FromUnsignedLong(expr);                                                      \
-    }
-
-HDR_GET(src, h->kind == HV_IPV4 ? rd32(b + 12) : rd16(b))
-HDR_GET(dst, h->kind == HV_IPV4 ? rd32(b + 16) : rd16(b + 2))
-HDR_GET(proto, h->kind == HV_IPV4 ? b[9] : 0)
-HDR_GET(ttl, h->kind == HV_IPV4 ? b[8] : 0)
-HDR_GET(total_length, h->kind == HV_IPV4 ? rd16(b + 2) : 0)
-HDR_GET(flags, h->kind == HV_TCP ? b[13] : 0)
-
-static int Header_set_port(HeaderObject *h, PyObject *v, int off) {
-    uint8_t *b = hdr_base(h);
-    if (!b) {
-        need_packet();
-        return -1;
-    }
-    unsigned long x = PyLong_AsUnsignedLong(v);
-    if (PyErr_Occurred())
-        return -1;
-    if (h->kind == HV_IPV4) {
-        if (x > 0xffffffffUL) {
-            PyErr_SetString(PyExc_ValueError, "an IPv4 address is 32 bits");
-            return -1;
-        }
-        uint8_t *a = b + 12 + off * 4;
-        a[0] = (uint8_t)(x >> 24);
-        a[1] = (uint8_t)(x >> 16);
-        a[2] = (uint8_t)(x >> 8);
-        a[3] = (uint8_t)x;
-        return 0;
-    }
-    if (x > 0xffff) {
-        PyErr_SetString(PyExc_ValueError, "a port is 16 bits");
-        return -1;
-    }
-    wr16(b + off * 2, (uint16_t)x);
-    return 0;
-}
-static int Header_set_src(HeaderObject *h, PyObject *v, void *c) {
-    (void)c;
-    return Header_set_port(h, v, 0);
-}
-static int Header_set_dst(HeaderObject *h, PyObject *v, void *c) {
-    (void)c;
-    return Header_set_port(h, v, 1);
-}
-static int Header_set_ttl(HeaderObject *h, PyObject *v, void *c) {
-    (void)c;
-    uint8_t *b = hdr_base(h);
-    if (!b || h->kind != HV_IPV4) {
-        PyErr_SetString(PyExc_AttributeError, "ttl belongs to an IPv4 header");
-        return -1;
-    }
-    unsigned long x = PyLong_AsUnsignedLong(v);
-    if (PyErr_Occurred())
-        return -1;
-    if (x > 255) {
-        PyErr_SetString(PyExc_ValueError, "ttl is 8 bits");
-        return -1;
-    }
-    b[8] = (uint8_t)x;
-    return 0;
-}
-
-static PyGetSetDef Header_getset[] = {
-    {"src", (getter)Header_src, (setter)Header_set_src, "source address (IPv4) or port (TCP/UDP)", NULL},
-    {"dst", (getter)Header_dst, (setter)Header_set_dst, "destination address or port", NULL},
-    {"src_port", (getter)Header_src, (setter)Header_set_src, "TCP/UDP source port", NULL},
-    {"dst_port", (getter)Header_dst, (setter)Header_set_dst, "TCP/UDP destination port", NULL},
-    {"proto", (getter)Header_proto, NULL, "IPv4 protocol", NULL},
-    {"ttl", (getter)Header_ttl, (setter)Header_set_ttl, "IPv4 time to live", NULL},
-    {"total_length", (getter)Header_total_length, NULL, "IPv4 total length", NULL},
-    {"flags", (getter)Header_flags, NULL, "TCP flags", NULL},
-    {NULL}};
-
-PyTypeObject HeaderType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Header",
-    .tp_basicsize = sizeof(HeaderObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A view of one header of the packet being handled.",
-    .tp_getset = Header_getset,
-};
-
-/* ---- meta ---- */
-
-#define META_LIVE(o)                                                                               \
-    do {                                                                                           \
-        if (!(o)->m)                                                                               \
-            return need_packet();                                                                  \
-    } while (0)
-
-static PyObject *meta_set(MetaObject *o, unsigned action, unsigned dest) {
-    META_LIVE(o);
-    o->m->action = (uint8_t)action;
-    o->m->dest = (uint16_t)dest;
-    Py_RETURN_NONE;
-}
-static PyObject *Meta_drop(MetaObject *o, PyObject *u) {
-    (void)u;
-    return meta_set(o, ONVM_ACT_DROP, 0);
-}
-static PyObject *Meta_next(MetaObject *o, PyObject *u) {
-    (void)u;
-    return meta_set(o, ONVM_ACT_NEXT, 0);
-}
-static PyObject *dest_arg(MetaObject *o, PyObject *arg, unsigned action, unsigned limit) {
-    unsigned long d = PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred())
-        return NULL;
-    if (d >= limit)
-        return PyErr_Format(PyExc_ValueError, "destination %lu is out of range (0..%u)", d, limit - 1);
-    return meta_set(o, action, (unsigned)d);
-}
-static PyObject *Meta_tonf(MetaObject *o, PyObject *arg) {
-    return dest_arg(o, arg, ONVM_ACT_TONF, ONVM_MAX_SERVICES);
-}
-static PyObject *Meta_out(MetaObject *o, PyObject *arg) {
-    return dest_arg(o, arg, ONVM_ACT_OUT, ONVM_MAX_PORTS);
-}
-
-static PyObject *Meta_get_action(MetaObject *o, void *c) {
-    (void)c;
-    META_LIVE(o);
-    return PyLong_FromLong(o->m->action);
-}
-static int Meta_set_action(MetaObject *o, PyObject *v, void *c) {
-    (void)c;
-    if (!o->m) {
-        need_packet();
-        return -1;
-    }
-    unsigned long a = PyLong_AsUnsignedLong(v);
-    if (PyErr_Occurred())
-        return -1;
-    if (a >= ONVM_ACT_COUNT) {
-        PyErr_Format(PyExc_ValueError, "action %lu is not DROP, NEXT, TONF or OUT", a);
-        return -1;
-    }
-    o->m->action = (uint8_t)a;
-    return 0;
-}
-static PyObject *Meta_get_dest(MetaObject *o, void *c) {
-    (void)c;
-    META_LIVE(o);
-    return PyLong_FromLong(o->m->dest);
-}
-static int Meta_set_dest(MetaObject *o, PyObject *v, void *c) {
-    (void)c;
-    if (!o->m) {
-        need_packet();
-        return -1;
-    }
-    unsigned long d = PyLong_AsUnsignedLong(v);
-    if (PyErr_Occurred())
-        return -1;
-    if (d > 0xffff) {
-        PyErr_SetString(PyExc_ValueError, "destination is 16 bits");
-        return -1;
-    }
-    o->m->dest = (uint16_t)d;
-    return 0;
-}
-static PyObject *Meta_chain_idx(MetaObject *o, void *c) {
-    (void)c;
-    META_LIVE(o);
-    return PyLong_FromLong(o->m->chain_idx);
-}
-static PyObject *Meta_src_nf(MetaObject *o, void *c) {
-    (void)c;
-    META_LIVE(o);
-    return PyLong_FromLong(o->m->src_nf);
-}
-static PyObject *Meta_flags(MetaObject *o, void *c) {
-    (void)c;
-    META_LIVE(o);
-    return PyLong_FromLong(o->m->flags);
-}
-
-static PyMethodDef Meta_methods[] = {
-    {"drop", (PyCFunction)Meta_drop, METH_NOARGS, "Drop the packet."},
-    {"next", (PyCFunction)Meta_next, METH_NOARGS, "Send it to the next hop of its chain."},
-    {"tonf", (PyCFunction)Meta_tonf, METH_O, "tonf(service): send it to a service."},
-    {"out", (PyCFunction)Meta_out, METH_O, "out(port): send it out of a port."},
-    {NULL}};
-
-static PyGetSetDef Meta_getset[] = {
-    {"action", (getter)Meta_get_action, (setter)Meta_set_action, "DROP=0, NEXT=1, TONF=2, OUT=3", NULL},
-    {"dest", (getter)Meta_get_dest, (setter)Meta_set_dest, "service (TONF) or port (OUT)", NULL},
-    {"chain_idx", (getter)Meta_chain_idx, NULL, "hop of the chain the packet is at", NULL},
-    {"src_nf", (getter)Meta_src_nf, NULL, "NF that handled the packet last", NULL},
-    {"flags", (getter)Meta_flags, NULL, "parse flags (1 VLAN, 2 truncated, 4 fragment)", NULL},
-    {NULL}};
-
-PyTypeObject MetaType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Meta",
-    .tp_basicsize = sizeof(MetaObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The action record of the packet being handled.",
-    .tp_methods = Meta_methods,
-    .tp_getset = Meta_getset,
-};
 
 /* ===== NFContext ============================================================ */
 
@@ -399,6 +28,8 @@ typedef struct {
     int local_stop;
     _Atomic int msg_flag; /* set by notify() from another thread: messages wait */
     uint32_t buf[ONVM_BURST_MAX];
+    int running;              /* inside run(): releases wait for the end of the burst */
+    struct onvm_held held;    /* releases waiting to be routed */
 } NFContextObject;
 
 static int NFContext_init(NFContextObject *self, PyObject *args) {
@@ -429,21 +60,17 @@ static int NFContext_init(NFContextObject *self, PyObject *args) {
     self->route->act = nf->stats.act;
     self->route->drops = nf->stats.drops;
     self->route->tx = &nf->stats.tx;
-    self->pkt = PyObject_New(PacketObject, &PacketType);
-    self->meta = PyObject_New(MetaObject, &MetaType);
+    self->pkt = onvm_packet_new(&ro->r);
+    self->meta = onvm_meta_new();
     if (!self->pkt || !self->meta)
         return -1;
-    self->pkt->r = &ro->r;
-    self->pkt->m = NULL;
-    self->pkt->data = NULL;
-    memset(self->pkt->views, 0, sizeof self->pkt->views);
-    self->meta->m = NULL;
     return 0;
 }
 
 static void NFContext_dealloc(NFContextObject *self) {
     Py_XDECREF(self->pkt);
     Py_XDECREF(self->meta);
+    onvm_held_free(&self->held);
     PyMem_Free(self->route);
     Py_XDECREF(self->region);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -534,6 +161,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     const char *reason = "stopped";
     int failed = 0;
     self->local_stop = 0;
+    self->running = 1;
 
     for (;;) {
         if (atomic_load_explicit(&nf->stop, ONVM_RELAXED)) {
@@ -590,6 +218,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                     a_slot[i] = self->buf[i];
                     a_len[i] = m->len;
                     bytes += m->len;
+                    st->parse_errors += (m->flags & ONVM_MF_TRUNC) != 0;
                     a_hash[i] = m->flow_hash;
                     a_port[i] = m->in_port;
                     a_act[i] = (uint8_t)def_action;
@@ -617,10 +246,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                     m->action = (uint8_t)def_action;
                     m->dest = (uint16_t)def_dest;
                     bytes += m->len;
-                    self->pkt->slot = s;
-                    self->pkt->m = m;
-                    self->pkt->data = onvm_slot_data(r, s);
-                    self->meta->m = m;
+                    st->parse_errors += (m->flags & ONVM_MF_TRUNC) != 0;
+                    onvm_views_set(self->pkt, self->meta, r, s, m);
                     PyObject *ret = PyObject_Vectorcall(handler, argv, 2, NULL);
                     if (!ret) {
                         routed = i; /* those before it have their actions */
@@ -629,15 +256,15 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                     }
                     Py_DECREF(ret);
                 }
-                self->pkt->m = NULL;
-                self->meta->m = NULL;
+                onvm_views_set(self->pkt, self->meta, r, 0, NULL);
             }
             now = onvm_now_ns();
             st->handler_ns += now - t0;
             st->rx_bytes += bytes;
-            onvm_route_burst(self->route, self->buf, routed, ONVM_ROUTE_META);
+            onvm_route_burst(self->route, self->buf, onvm_take_held(r, self->buf, routed), ONVM_ROUTE_META);
             if (routed < n)
                 free_slots(self, self->buf + routed, n - routed);
+            onvm_held_flush(self->route, &self->held);
             handled += n;
             if (failed)
                 break;
@@ -665,6 +292,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         if (periodic != Py_None && now >= next_periodic) {
             next_periodic = now + period_ns;
             PyObject *ret = PyObject_CallNoArgs(periodic);
+            onvm_held_flush(self->route, &self->held);
             if (!ret) {
                 failed = 1;
                 break;
@@ -677,6 +305,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         }
     }
     release_bufs(&bb);
+    self->running = 0;
+    onvm_held_flush(self->route, &self->held);
     if (failed)
         return NULL;
     return PyUnicode_FromString(reason);
@@ -710,14 +340,14 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
         return PyErr_Format(PyExc_ValueError, "cannot inject: %zd bytes (slot room %u), action %u, chain %u",
                             b.len, onvm_slot_room(r), action, chain);
     }
-    uint32_t sent = 0;
+    uint32_t sent = 0, buf[64]; /* not self->buf: a handler may inject while a burst is in it */
     while (sent < count) {
-        uint32_t want = count - sent > ONVM_BURST_MAX ? ONVM_BURST_MAX : count - sent;
-        uint32_t got = onvm_pool_alloc_burst(r, self->buf, want, (uint16_t)self->nf_id);
+        uint32_t want = count - sent > 64 ? 64 : count - sent;
+        uint32_t got = onvm_pool_alloc_burst(r, buf, want, (uint16_t)self->nf_id);
         if (!got)
             break;
         for (uint32_t i = 0; i < got; i++) {
-            uint32_t s = self->buf[i];
+            uint32_t s = buf[i];
             onvm_slot_reset(r, s);
             struct onvm_meta *m = &r->meta[s];
             memcpy(onvm_slot_data(r, s), b.buf, (size_t)b.len);
@@ -730,14 +360,28 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
             m->chain_id = (uint16_t)chain;
             m->chain_idx = 0;
         }
-        onvm_route_burst(self->route, self->buf, got, ONVM_ROUTE_META);
+        onvm_route_burst(self->route, buf, got, ONVM_ROUTE_META);
         sent += got;
     }
     PyBuffer_Release(&b);
     return PyLong_FromUnsignedLong(sent);
 }
 
+static PyObject *NFContext_release(NFContextObject *self, PyObject *args) {
+    PyObject *res = onvm_release_held(&self->region->r, &self->held, self->nf_id, args);
+    if (res && !self->running)
+        onvm_held_flush(self->route, &self->held);
+    return res;
+}
+
+static PyObject *NFContext_hold(NFContextObject *self, PyObject *args) {
+    return onvm_hold_slots(&self->region->r, self->nf_id, args);
+}
+
 static PyMethodDef NFContext_methods[] = {
+    {"release", (PyCFunction)NFContext_release, METH_VARARGS,
+     "release(slots, action, dest=0) -> how many of them this NF held and sent on"},
+    {"hold", (PyCFunction)NFContext_hold, METH_VARARGS, "hold(slots) -> how many: keep packets of this burst"},
     {"run", (PyCFunction)(void (*)(void))NFContext_run, METH_VARARGS | METH_KEYWORDS,
      "run(handler, batch=True, arrays=None, burst=256, limit=0, ttl=0.0, periodic=None, period=1.0, "
      "default_action=1, default_dest=0, messages=None) -> reason"},

@@ -78,6 +78,8 @@ enum onvm_l3 { ONVM_L3_NONE = 0, ONVM_L3_IPV4 = 1, ONVM_L3_IPV6 = 2, ONVM_L3_ARP
 #define ONVM_MF_VLAN 0x01u
 #define ONVM_MF_TRUNC 0x02u /* a header was cut short: parsing stopped there */
 #define ONVM_MF_FRAG 0x04u
+#define ONVM_MF_RELEASING 0x40u /* held, released, routed at the end of the NF's burst */
+#define ONVM_MF_HELD 0x80u      /* held by the NF whose id the owner stamp names */
 
 /* Per-slot metadata: one cache line. */
 struct onvm_meta {

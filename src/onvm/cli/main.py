@@ -292,7 +292,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.scenario == "nf-start":
         result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
     else:
-        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
+        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
+                              handler=args.handler)
     if args.json:
         print(json.dumps(result))
     else:
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
     b.add_argument("--cold", action="store_true",
                    help="nf-start: a new interpreter for every process NF, not the fork server")
+    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
+                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 

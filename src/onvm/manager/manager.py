@@ -775,6 +775,7 @@ class Manager:
             "tx_ring": info.get("tx_ring", 0),
             "actions": {a.name.lower(): acts[a] for a in Action},
             "drops": _drops(info.get("drops", ())),
+            "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import signal
 import sys
@@ -31,7 +32,7 @@ from onvm.actions import Action, DropReason
 from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.flows.keys import FlowKey
-from onvm.nf._batch import Batch
+from onvm.nf._batch import Batch, check_fields
 
 Handler = Callable[..., Any]
 
@@ -93,8 +94,11 @@ class NF:
         self.cpu: int | None = None  # where the manager placed it
         self.nf_id = 0
         self.stop_reason = ""
+        self.state: Any = None  # whatever the NF keeps (tables, counters), for hooks and tests
         self._handler: Handler | None = None
         self._batch_mode = True
+        self._fields: tuple[str, ...] = ()
+        self._jit = False
         self._setup: list[Handler] = []
         self._teardown: list[Handler] = []
         self._periodic: Handler | None = None
@@ -114,10 +118,22 @@ class NF:
         self._handler, self._batch_mode = fn, False
         return fn
 
-    def batch(self, fn: Handler) -> Handler:
-        """Register ``fn(batch)``, called once per burst with numpy arrays."""
-        self._handler, self._batch_mode = fn, True
-        return fn
+    def batch(self, fn: Handler | None = None, *, fields: Any = (), jit: bool = False) -> Any:
+        """Register ``fn(batch)``, called once per burst with numpy arrays.
+
+        ``@nf.batch(fields=["ipv4_src", "dst_port"])`` also gathers those parsed
+        fields into arrays of the batch (only the fields named are gathered).
+        ``@nf.batch(jit=True)`` marks a kernel ``fn(action, dest, ipv4_src, ...)``
+        whose parameter names pick batch arrays; it is compiled with numba when
+        numba is installed and runs as plain Python otherwise, with the same results.
+        """
+        names = check_fields(fields)
+
+        def deco(f: Handler) -> Handler:
+            self._handler, self._batch_mode, self._fields, self._jit = f, True, names, jit
+            return f
+
+        return deco(fn) if fn is not None else deco
 
     def setup(self, fn: Handler) -> Handler:
         """Register ``fn(nf)``, called once the NF has joined its service.
@@ -158,6 +174,16 @@ class NF:
             raise OnvmError("inject() needs a running NF (call it from setup or a handler)")
         raw = bytes(data)
         return int(self._ctx.inject(raw, int(action), dest, count))
+
+    def release(self, slots: Any, action: Action = Action.NEXT, dest: int = 0) -> int:
+        """Send on packets held with ``meta.hold()`` / ``batch.hold()``; returns how many were held.
+
+        A slot this NF does not hold (released already, or never held) is ignored."""
+        if self._ctx is None:
+            raise OnvmError("release() needs a running NF")
+        if hasattr(slots, "tolist"):
+            slots = slots.tolist()
+        return int(self._ctx.release(slots, int(action), dest))
 
     def service_ready(self, service: int) -> bool:
         """Whether ``service`` has a running instance (so packets sent there arrive)."""
@@ -288,46 +314,10 @@ class NF:
 
         for s in previous:
             signal.signal(s, on_signal)
-        batch = Batch(self.burst) if self._batch_mode else None
-        user = self._handler
-        assert user is not None  # checked in run()
-        handler: Handler = user
-        if batch is not None:
-            set_n = batch._set
-
-            def handler(n: int) -> None:
-                set_n(n)
-                user(batch)
-
-        periodic = None
-        if self._periodic is not None:
-            hook = self._periodic
-
-            def periodic() -> None:
-                hook(self)
-
         inbox = self._open_inbox() if self._on_message is not None else None
         try:
             client.request("start")
-            for fn in self._setup:
-                fn(self)
-            self._started = time.monotonic()
-            reason = self._ctx.run(
-                handler,
-                batch=batch is not None,
-                arrays=batch.arrays if batch is not None else None,
-                burst=self.burst,
-                limit=self.limit,
-                ttl=self.ttl,
-                periodic=periodic,
-                period=self._period,
-                default_action=int(self.default_action),
-                default_dest=self.default_dest,
-                messages=self._deliver if inbox is not None else None,
-            )
-            if self.stop_reason:
-                reason = self.stop_reason
-            self.stop_reason = reason
+            self._run_native(messages=self._deliver if inbox is not None else None)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
@@ -354,6 +344,65 @@ class NF:
             sender, data = self._inbox.popleft()
             handler(self, sender, data)
 
+    def _make_handler(self) -> tuple[Handler, Batch | None]:
+        user = self._handler
+        if user is None:
+            raise ConfigError(f"NF {self.name} has no handler: decorate one with @nf.packet or @nf.batch")
+        if not self._batch_mode:
+            return user, None
+        batch = Batch(self.burst, self._fields)
+        batch.bind(self._region, self._ctx)
+        set_n = batch._set
+        if self._jit:
+            kernel = _compile(user)
+            params = list(inspect.signature(user).parameters)
+            for p in params:
+                if not hasattr(batch, p):
+                    raise ConfigError(f"jit handler parameter {p!r} names no batch array "
+                                      f"(request parsed fields with fields=[...])")
+
+            def handler(n: int) -> None:
+                set_n(n)
+                kernel(*[getattr(batch, p) for p in params])
+        else:
+
+            def handler(n: int) -> None:
+                set_n(n)
+                user(batch)
+
+        return handler, batch
+
+    def _run_native(self, messages: Callable[[], None] | None = None) -> str:
+        """Setup hooks, then the native loop until it ends; sets and returns stop_reason."""
+        handler, batch = self._make_handler()
+        periodic = None
+        if self._periodic is not None:
+            hook = self._periodic
+
+            def periodic() -> None:
+                hook(self)
+
+        for fn in self._setup:
+            fn(self)
+        self._started = time.monotonic()
+        reason = self._ctx.run(
+            handler,
+            batch=batch is not None,
+            arrays=batch.arrays if batch is not None else None,
+            burst=self.burst,
+            limit=self.limit,
+            ttl=self.ttl,
+            periodic=periodic,
+            period=self._period,
+            default_action=int(self.default_action),
+            default_dest=self.default_dest,
+            messages=messages,
+        )
+        if self.stop_reason:
+            reason = self.stop_reason
+        self.stop_reason = reason
+        return reason
+
     def _print_summary(self) -> None:
         st = self.stats
         secs = max(time.monotonic() - self._started, 1e-9)
@@ -365,6 +414,7 @@ class NF:
             f"NF {self.name} (id {self.nf_id}, service {self.service}, instance {self.instance}): "
             f"{st.get('rx', 0)} in, {st.get('tx', 0)} onward, {drops} dropped"
             + (f" ({by_reason})" if by_reason else "")
+            + (f", {st['parse_errors']} malformed" if st.get("parse_errors") else "")
             + f" in {secs:.1f} s ({st.get('rx', 0) / secs / 1e6:.2f} Mpps); stopped: {self.stop_reason}",
             file=sys.stderr,
         )
@@ -403,6 +453,15 @@ class _Inbox:
 
 
 MAX_INBOX = 1024
+
+
+def _compile(fn: Handler) -> Handler:
+    """fn compiled by numba when it is installed, else fn itself."""
+    try:
+        import numba  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return numba.njit(cache=False)(fn)  # type: ignore[no-any-return]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:

@@ -9,7 +9,26 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-NAMES = ("speed_tester", "simple_forward", "basic_monitor", "bridge")
+NAMES = (
+    "speed_tester",
+    "simple_forward",
+    "basic_monitor",
+    "bridge",
+    "firewall",
+    "l2fwd",
+    "router",
+    "arp_response",
+    "load_balancer",
+    "nat",
+    "flow_tracker",
+    "payload_scan",
+    "aes_encrypt",
+    "aes_decrypt",
+    "rate_limiter",
+    "fair_queue",
+    "load_generator",
+    "skeleton",
+)
 
 
 def load(name: str) -> ModuleType:

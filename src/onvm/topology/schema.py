@@ -35,6 +35,8 @@ from onvm.topology import _yaml
 
 ISOLATIONS = ("process", "namespace", "podman", "docker")
 RESTARTS = ("no", "on-failure", "always")
+# Fields the loader fills in, not the file.
+_INTERNAL = ("source", "port_specs", "default_chain", "named_chains")
 MAX_INSTANCES = 16
 # Options the runner sets itself from the NF's fields.
 RESERVED_OPTIONS = {"name": "manager.name", "service": "service", "instance": "instances",
@@ -254,7 +256,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
             return []
-    return [k for k in model.model_fields if k not in ("source", "port_specs", "default_chain", "named_chains")]
+    return [k for k in model.model_fields if k not in _INTERNAL]
 
 
 class _ArgError(Exception):
@@ -321,7 +323,7 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topol
     if not isinstance(data, dict):
         raise TopologyError([f"{source}:1: (top): expected a mapping with manager, ports, nfs, "
                              f"chains and rules, got {type(data).__name__}"])
-    for key in ("source", "port_specs", "default_chain", "named_chains"):
+    for key in _INTERNAL:
         if key in data:
             add((key,), f"unknown field (expected one of: {', '.join(_fields_at((key,)))})")
     if problems:
