@@ -3,7 +3,7 @@ import os
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c"]
+SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c", "latency.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing"]
 link = ["-lpthread"]

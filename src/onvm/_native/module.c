@@ -13,6 +13,7 @@
 #include "onvm_parse.h"
 
 PyObject *onvm_RegionError;
+int onvm_latency_register(PyObject *m); /* latency.c */
 
 static PyObject *raise_region(int err, const char *msg) {
     PyObject *v = Py_BuildValue("(is)", err < 0 ? -err : err, msg);
@@ -1026,5 +1027,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
+    if (onvm_latency_register(m) < 0)
+        return NULL;
     return m;
 }

@@ -11,6 +11,7 @@
  */
 
 
+#include "onvm_latency.h"
 #include "onvm_nf.h"
 #include "onvm_parse.h"
 
@@ -633,6 +634,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             }
             now = onvm_now_ns();
             st->handler_ns += now - t0;
+            onvm_lat_record_burst(&st->lat, r->meta, self->buf, routed, now);
             st->rx_bytes += bytes;
             onvm_route_burst(self->route, self->buf, routed, ONVM_ROUTE_META);
             if (routed < n)

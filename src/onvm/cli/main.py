@@ -42,6 +42,8 @@ def _manager_parser(sub: Any) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="start input ports at once, not when the default chain's services run")
     p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
+    p.add_argument("--web", default="", metavar="HOST:PORT",
+                   help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -53,6 +55,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         rx_workers=args.rx_workers, tx_workers=args.tx_workers, burst=args.burst,
         stats_interval=0 if args.quiet else args.stats, duration=args.duration,
         exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
+        web=args.web,
     )
     mgr = Manager(cfg)
     mgr.start()

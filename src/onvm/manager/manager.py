@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onvm import _native
+from onvm import _native, latency
 from onvm.actions import Action, DropReason
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
@@ -70,9 +70,14 @@ class ManagerConfig:
     exit_when_done: bool = False  # stop once every input port is exhausted and drained
     wait_for_chain: bool = True  # hold input ports until the default chain's services run
     quiet: bool = False
+    web: str = ""  # HOST:PORT of the web dashboard and API ("" = none)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
+        if self.web:
+            from onvm.web.server import parse_listen
+
+            self.web_addr: tuple[str, int] = parse_listen(self.web)
         if not 64 <= self.pool_size <= 1 << 24:
             raise ConfigError(f"--pool-size {self.pool_size}: expected 64..16777216 slots")
         if self.slot_size % 64 or not 384 <= self.slot_size <= 65536:
@@ -139,6 +144,7 @@ class Manager:
         self.stopping = threading.Event()
         self.started_at = time.monotonic()
         self.stats: StatsPrinter | None = None
+        self.web: Any = None  # onvm.web.server.WebServer when --web is given
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -188,6 +194,21 @@ class Manager:
         if cfg.stats_interval > 0:
             self.stats = StatsPrinter(self, cfg.stats_interval)
             self.stats.start()
+        if cfg.web:
+            self._start_web()
+
+    def _start_web(self) -> None:
+        from onvm.web.server import WebServer
+
+        try:
+            self.web = WebServer(self, *self.config.web_addr)
+            self.web.start()
+        except BaseException:
+            self.web = None
+            self.stop()
+            raise
+        self.log(f"web dashboard and API at {self.web.url} (changes need the token in "
+                 f"{self.web.token_path}: {self.web.token})")
 
     def _open_ports(self) -> None:
         cfg = self.config
@@ -262,6 +283,8 @@ class Manager:
             time.sleep(0.01)
         if self.stats:
             self.stats.stop()
+        if self.web:
+            self.web.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
         self.status()  # keep the ports' final driver state for the summary
@@ -280,6 +303,9 @@ class Manager:
             time.sleep(0.005)
 
     def _teardown(self) -> None:
+        if self.web:
+            self.web.stop()
+            self.web = None
         if self.server:
             self.server.stop()
             self.server = None
@@ -442,7 +468,7 @@ class Manager:
             if self.native:
                 self.native.kick()
             time.sleep(0.001)
-        rec.final = self.region.nf_info(rec.nf_id)
+        rec.final = self._nf_info(rec.nf_id)
         self.region.nf_release(rec.nf_id)
         del self.nfs[rec.nf_id]
         self.retired.append(rec)
@@ -494,9 +520,10 @@ class Manager:
                     "drops": _drops(info["drops"]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
+                    "latency": latency.summary(_native.port_latency(region, pid)),
                 }
             )
-        nfs = [self._nf_status(r, region.nf_info(r.nf_id)) for r in self.nfs.values()]
+        nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.nfs.values()]
         info = region.info()
         return {
             "manager": {
@@ -507,12 +534,20 @@ class Manager:
                 "layout": _native.LAYOUT_VERSION,
                 "protocol": PROTOCOL_VERSION,
                 "default_chain": format_chain(self.config.chain),
+                "ring_size": self.config.ring_size,
+                "web": self.web.url if self.web else "",
             },
             "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
             "ports": ports,
             "nfs": nfs,
             "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
+            "events": [{"time": t, "text": text} for t, text in self.events[-20:]],
         }
+
+    def _nf_info(self, nf_id: int) -> dict[str, Any]:
+        info: dict[str, Any] = self.region.nf_info(nf_id)
+        info["latency"] = _native.nf_latency(self.region, nf_id)
+        return info
 
     def _nf_status(self, rec: NFRecord, info: dict[str, Any]) -> dict[str, Any]:
         acts = info.get("actions", (0, 0, 0, 0))
@@ -530,6 +565,7 @@ class Manager:
             "actions": {a.name.lower(): acts[a] for a in Action},
             "drops": _drops(info.get("drops", ())),
             "reclaimed": rec.reclaimed,
+            "latency": latency.summary(info.get("latency")),
         }
 
     def _print_summary(self) -> None:
