@@ -136,7 +136,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from onvm.bench import run_scenario
 
-    result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
+    if args.scenario == "latency":
+        from onvm.bench import run_latency
+
+        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json)
+    else:
+        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -159,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="onvm")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted(SCENARIOS))
+    b.add_argument("scenario", choices=sorted([*SCENARIOS, "latency"]))
+    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
+    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
