@@ -14,6 +14,8 @@ EPILOG = """examples:
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
   onvm status --json
+  onvm top
+  onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
   onvm bench loop --seconds 5 --json
   onvm stop
 """
@@ -104,6 +106,19 @@ def _print_status(st: dict[str, Any]) -> None:
         drops = sum(n["drops"].values())
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} rx {n['rx']:<12} tx {n['tx']:<12} drops {drops}")
+    _print_latency(st)
+
+
+def _print_latency(st: dict[str, Any]) -> None:
+    rows = [(f"NF {n['id']} {n['name']}", n.get("latency")) for n in st["nfs"]]
+    rows += [(f"port {p['id']} (end to end)", p.get("latency")) for p in st["ports"]]
+    rows = [(what, lat) for what, lat in rows if lat and lat["count"]]
+    if not rows:
+        return
+    print("latency since start (us):")
+    for what, lat in rows:
+        print(f"  {what:<26} p50 {lat['p50_us']:<10.1f} p99 {lat['p99_us']:<10.1f} "
+              f"max {lat['max_us']:<10.1f} mean {lat['mean_us']:<10.1f} packets {lat['count']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -116,6 +131,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         _print_status(st)
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from onvm.cli.top import run_top
+
+    return run_top(args.name, args.interval, args.iterations)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -160,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("top", help="a live full-screen view of a manager (Ctrl-C leaves)")
+    s.add_argument("--name", default="onvm")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
+    s.add_argument("--iterations", type=int, default=0, help="leave after this many screens (0: never)")
     s = sub.add_parser("stop", help="stop a manager and its NFs")
     s.add_argument("--name", default="onvm")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
@@ -182,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench}
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+                   "top": cmd_top}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

@@ -207,8 +207,9 @@ class Manager:
             self.web = None
             self.stop()
             raise
-        self.log(f"web dashboard and API at {self.web.url} (changes need the token in "
-                 f"{self.web.token_path}: {self.web.token})")
+        self.log(f"web dashboard and API at {self.web.url}; changes need the token in {self.web.token_path}")
+        # Not in the event log: anyone who can read the API can read that.
+        print(f"onvm[{self.config.name}]: web token: {self.web.token}", file=sys.stderr, flush=True)
 
     def _open_ports(self) -> None:
         cfg = self.config

@@ -45,7 +45,8 @@ class _Out:
 
     def add(self, name: str, kind: str, help_: str, labels: dict[str, Any], value: float,
             suffix: str = "") -> None:
-        self.family(name, kind, help_).append(f"{name}{suffix}{_labels(labels)} {_num(value)}")
+        full = name + suffix  # a counter's family is named with its _total, as the format wants
+        self.family(full, kind, help_).append(f"{full}{_labels(labels)} {_num(value)}")
 
     def histogram(self, name: str, help_: str, labels: dict[str, Any], lat: dict[str, Any]) -> None:
         lines = self.family(name, "histogram", help_)
@@ -64,7 +65,7 @@ class _Out:
 
 
 def _drops(out: _Out, name: str, help_: str, labels: dict[str, Any], drops: dict[str, int]) -> None:
-    out.family(name, "counter", help_)
+    out.family(name + "_total", "counter", help_)
     for reason, v in sorted(drops.items()):
         out.add(name, "counter", help_, {**labels, "reason": reason}, v, "_total")
 

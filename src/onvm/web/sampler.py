@@ -36,7 +36,7 @@ def _rate(now: int, before: int | None, dt: float) -> float:
 
 def add_rates(status: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> None:
     """Give every port and NF of ``status`` rates per second against ``prev``."""
-    before: dict[tuple[str, Any], dict[str, Any]] = {}
+    before: dict[tuple[Any, ...], dict[str, Any]] = {}
     if prev is not None:
         for p in prev["ports"]:
             before[("p", p["id"])] = p
