@@ -51,7 +51,10 @@ function drawChart(canvas, legend, kind, withTx) {
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, w, h);
   const all = [...series[kind].values()];
-  const now = Date.now() / 1000, span = 120;
+  const now = Date.now() / 1000;
+  let first = now;
+  for (const s of all) if (s.points.length) first = Math.min(first, s.points[0][0]);
+  const span = Math.min(120, Math.max(20, now - first)); // fill the width while history is short
   let max = 1;
   for (const s of all) for (const p of s.points) if (p[0] > now - span) max = Math.max(max, p[1], withTx ? p[2] : 0);
   max *= 1.1;
@@ -62,7 +65,7 @@ function drawChart(canvas, legend, kind, withTx) {
     g.beginPath(); g.moveTo(left, y); g.lineTo(w - 4, y); g.stroke();
     g.fillText(fmt(max * i / 4), 4, y + 4);
   }
-  g.fillText(`last ${span} s`, w - 60, h - 4);
+  g.fillText(`last ${Math.round(span)} s`, w - 60, h - 4);
   const x = (t) => left + (w - 4 - left) * (1 - (now - t) / span);
   const y = (v) => bottom - (bottom - 8) * v / max;
   legend.textContent = "";
@@ -143,7 +146,15 @@ function drawGraph(st, services, chains) {
     box(svg, x0 + i * (W + 20), 10, W, 40 + 14 * names.length, `service ${s.id} (own traffic)`, names, "", `g-svc-${s.id}`);
   });
   const width = x0 + others.length * (W + 20) + 10;
-  svg.setAttribute("viewBox", `0 0 ${Math.max(width, 600)} 230`);
+  let height = 80;
+  for (const node of svg.querySelectorAll("g.node")) {
+    const m = /translate\(([-\d.]+),([-\d.]+)\)/.exec(node.getAttribute("transform"));
+    const r = node.querySelector("rect");
+    if (m && r) height = Math.max(height, Number(m[2]) + Number(r.getAttribute("height")) + 10);
+  }
+  const vw = Math.max(width, 1000);
+  svg.setAttribute("viewBox", `0 0 ${vw} ${height}`);
+  svg.style.height = Math.min(400, Math.round(height * svg.clientWidth / vw)) + "px";
   void nfById;
 }
 
