@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo test test-fast test-sanitize lint bench clean
+.PHONY: demo deps test test-fast test-sanitize lint bench clean
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml setup.py $(NATIVE)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) lint
+# Debian packages the tests need: headless Chromium and its driver for the dashboard test.
+deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update && apt-get install -y chromium chromium-driver; }
+
+test: deps $(STAMP) lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 

@@ -106,7 +106,8 @@ def test_refusals(web):
     assert w.request("POST", f"/api/nfs/{nf_id}/stop", headers={"Authorization": "Bearer nope"})[0] == 403
     assert w.request("POST", "/api/shutdown")[0] == 401
     auth = {"Authorization": f"Bearer {w.token}"}
-    assert w.request("POST", f"/api/nfs/{nf_id}/stop", headers={**auth, "Origin": "http://evil.example"})[0] == 403
+    evil = {**auth, "Origin": "http://evil.example"}
+    assert w.request("POST", f"/api/nfs/{nf_id}/stop", headers=evil)[0] == 403
     assert w.request("POST", "/api/nfs/abc/stop", headers=auth)[0] == 400
     assert w.request("POST", "/api/nfs/60/stop", headers=auth)[0] == 404
     assert w.request("POST", f"/api/nfs/{nf_id}/stop", body=b"{oops", headers=auth)[0] == 400
@@ -125,7 +126,8 @@ def test_refusals(web):
 def test_stop_nf_with_the_token(web):
     dep, w = web
     nf_id = w.json("/api/nfs")[0]["id"]
-    code, _, body = w.request("POST", f"/api/nfs/{nf_id}/stop", headers={"Authorization": f"Bearer {w.token}"})
+    auth = {"Authorization": f"Bearer {w.token}"}
+    code, _, body = w.request("POST", f"/api/nfs/{nf_id}/stop", headers=auth)
     assert code == 200, body
     wait_for(lambda: not status(dep.name)["nfs"], what="the NF to leave")
     assert dep.procs[1].wait(timeout=10) == 0
