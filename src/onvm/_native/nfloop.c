@@ -550,7 +550,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         uint64_t now;
         if (n == 0) {
             if (++idle < NF_SPIN_POLLS) {
-                onvm_pause();
+                onvm_idle_poll(idle);
                 continue;
             }
             idle = 0;

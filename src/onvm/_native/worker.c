@@ -6,6 +6,7 @@
  * what their actions say, which for OUT means transmitting on a port.
  * Both poll while there is work and sleep on their futex when there is none.
  */
+#include "onvm_latency.h"
 #include "onvm_mgr.h"
 #include "onvm_parse.h"
 
@@ -97,7 +98,7 @@ static void *worker_main(void *arg) {
             continue;
         }
         if (++idle < SPIN_POLLS) {
-            onvm_pause();
+            onvm_idle_poll(idle);
             continue;
         }
         long sleep_ns = MAX_SLEEP_NS;
