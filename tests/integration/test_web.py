@@ -190,3 +190,17 @@ def test_bad_web_address(runtime):
 
     r = onvm("manager", "--name", "wbad", "--web", "127.0.0.1:notaport", "--duration", "1")
     assert r.returncode == 1 and "--web" in r.stderr
+
+
+def test_web_port_in_use(runtime):
+    import socket
+
+    from tests.integration.conftest import onvm
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = onvm("manager", "--name", "wbusy", "--web", f"127.0.0.1:{port}", "--duration", "1")
+    assert r.returncode == 1 and "in use" in r.stderr
+    assert os.listdir(runtime) == []  # region, socket and token file are gone again

@@ -199,12 +199,12 @@ class WebServer:
         self._streams = 0
         self._streams_lock = threading.Lock()
         self._static: dict[str, bytes] = {}
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        _Server.address_family = family
+        server_cls = type("_Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host
+                                                  else socket.AF_INET})
         try:
-            self.httpd = _Server((host, port), _Handler)
+            self.httpd = server_cls((host, port), _Handler)
         except OSError as e:
-            what = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be used: {e.strerror}"
+            what = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror})"
             raise ConfigError(f"--web {host}:{port}: the address {what}") from None
         self.httpd.web = self
         self.port = self.httpd.server_address[1]
