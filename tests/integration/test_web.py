@@ -177,12 +177,57 @@ def test_live_stream(web):
         c.close()
 
 
-def test_shutdown_over_the_web_removes_the_token(web):
+def test_shutdown_over_the_web_ends_streams_and_removes_the_token(web):
     dep, w = web
+    stream = http.client.HTTPConnection(w.host, w.port, timeout=10)
+    stream.request("GET", "/api/stream")
+    r = stream.getresponse()
+    assert r.status == 200
     code, _, _ = w.request("POST", "/api/shutdown", headers={"Authorization": f"Bearer {w.token}"})
     assert code == 200
     assert dep.procs[0].wait(timeout=15) == 0
+    while r.fp.readline():  # the manager closed the stream: EOF, not a timeout
+        pass
+    stream.close()
     assert not os.path.exists(w.token_path)
+
+
+def test_web_clients_do_not_hold_up_the_control_socket(web):
+    import threading
+
+    from onvm.control.client import Client
+
+    dep, w = web
+    streams = []
+    for _ in range(8):
+        c = http.client.HTTPConnection(w.host, w.port, timeout=10)
+        c.request("GET", "/api/stream")
+        assert c.getresponse().status == 200
+        streams.append(c)
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(40):
+                w.json("/api/status")
+                w.request("GET", "/metrics")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    answered = 0
+    with Client(dep.name, timeout=5) as c:  # each request must come back within the timeout
+        while any(t.is_alive() for t in threads):
+            assert c.request("status")["nfs"][0]["state"] == "running"
+            answered += 1
+    for t in threads:
+        t.join()
+    for s in streams:
+        s.close()
+    assert not errors and answered > 0
+    assert sum(sum(n["drops"].values()) for n in status(dep.name)["nfs"]) == 0
 
 
 def test_bad_web_address(runtime):
