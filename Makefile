@@ -11,9 +11,11 @@ ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 .PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
-# tests), bubblewrap and podman with runc (NF isolation).  Installed only when
+# tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
+# driver (the dashboard test).  Installed only when
 # missing, and only as root; the tests that need them skip otherwise.
-DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc
+DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
+	chromium:chromium chromedriver:chromium-driver
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -18,6 +18,7 @@ from typing import Any
 
 from onvm import _bench_firewall
 from onvm._deploy import Deployment
+from onvm.errors import ConfigError
 
 WARMUP = 1.0
 
@@ -63,6 +64,73 @@ SCENARIOS: dict[str, Scenario] = {
          ["basic_monitor", "--service", "3", "--interval", "0"]],
         measure="cpu", note="a manager and three NFs with no traffic"),
 }
+
+
+LATENCY_NOTE = "gen port at a low rate through a chain of simple_forward NFs to a null port"
+
+
+def run_latency(nfs: int = 1, seconds: float = 5.0, rate: int = 10000,
+                verbose: bool = False) -> dict[str, Any]:
+    """Latency at a low rate through ``nfs`` NFs: end to end (RX to the output port) and per NF.
+
+    The histograms are read from the region before and after the measuring
+    window, so warm-up packets do not count."""
+    from onvm import _native, latency
+
+    if not 1 <= nfs <= 15:
+        raise ConfigError(f"--nfs {nfs}: expected 1..15")
+    if rate < 1:
+        raise ConfigError(f"--rate {rate}: expected at least 1 packet/s")
+    chain = ",".join(str(i) for i in range(1, nfs + 1)) + ",out:1"
+    args = ["--port", f"gen:size=64,flows=64,rate={rate}", "--port", "null", "--default-chain", chain]
+    dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", args, verbose)
+    region = None
+    try:
+        dep.start_manager()
+        for i in range(1, nfs + 1):
+            dep.start_nf(["simple_forward", "--service", str(i)])
+        dep.wait_running(nfs)
+        time.sleep(WARMUP)
+        st = dep.status()
+        region = _native.Region.attach(st["manager"]["region"])
+        ids = sorted(n["id"] for n in st["nfs"])
+
+        def read() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+            return (_native.port_latency(region, 1), [_native.nf_latency(region, i) for i in ids],
+                    [region.nf_info(i) for i in ids])
+
+        e0, n0, i0 = read()
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        e1, n1, i1 = read()
+        dt = time.monotonic() - t0
+        e2e = latency.summary(latency.diff(e1, e0))
+        per_nf = [latency.summary(latency.diff(b, a)) for a, b in zip(n0, n1, strict=True)]
+        drops = sum(sum(n["drops"].values()) for n in dep.status()["nfs"])
+        return {
+            "scenario": "latency",
+            "nfs": nfs,
+            "rate_pps": rate,
+            "packets": e2e["count"],
+            "seconds": round(dt, 3),
+            "p50_us": e2e["p50_us"],
+            "p99_us": e2e["p99_us"],
+            "mean_us": e2e["mean_us"],
+            "max_us": e2e["max_us"],
+            "per_nf_p50_us": [n["p50_us"] for n in per_nf],
+            "per_nf_p99_us": [n["p99_us"] for n in per_nf],
+            "handler_us_per_burst": [
+                round((b["handler_ns"] - a["handler_ns"]) / max(b["bursts"] - a["bursts"], 1) / 1e3, 2)
+                for a, b in zip(i0, i1, strict=True)],
+            "packets_per_burst": [
+                round((b["rx"] - a["rx"]) / max(b["bursts"] - a["bursts"], 1), 1)
+                for a, b in zip(i0, i1, strict=True)],
+            "drops": drops,
+        }
+    finally:
+        if region is not None:
+            region.close()
+        dep.stop()
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -103,7 +103,7 @@ def test_nf_stops_cleanly_on_sigterm(deploy):
     nf.send_signal(signal.SIGTERM)
     assert nf.wait(timeout=10) == 0
     wait_for(lambda: status(dep.name)["left"] and status(dep.name)["left"][-1]["state"] == "stopped",
-             timeout=3, what="a clean stop")
+             timeout=10, what="a clean stop")
 
 
 def test_replicas_share_a_service_by_flow(deploy):

@@ -14,6 +14,7 @@
 #include "onvm_parse.h"
 
 PyObject *onvm_RegionError;
+int onvm_latency_register(PyObject *m); /* latency.c */
 
 static PyObject *raise_region(int err, const char *msg) {
     PyObject *v = Py_BuildValue("(is)", err < 0 ? -err : err, msg);
@@ -1119,7 +1120,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
-        onvm_harness_register(m) < 0)
+        onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0)
         return NULL;
     return m;
 }

@@ -12,6 +12,8 @@
 
 
 #include "onvm_packet.h"
+#include "onvm_latency.h"
+#include "onvm_nf.h"
 #include "onvm_parse.h"
 
 #define NF_SPIN_POLLS 512
@@ -178,7 +180,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         uint64_t now;
         if (n == 0) {
             if (++idle < NF_SPIN_POLLS) {
-                onvm_pause();
+                onvm_idle_poll(idle);
                 continue;
             }
             idle = 0;
@@ -260,6 +262,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             }
             now = onvm_now_ns();
             st->handler_ns += now - t0;
+            onvm_lat_record_burst(&st->lat, r->meta, self->buf, routed, now);
             st->rx_bytes += bytes;
             onvm_route_burst(self->route, self->buf, onvm_take_held(r, self->buf, routed), ONVM_ROUTE_META);
             if (routed < n)

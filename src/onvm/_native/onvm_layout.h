@@ -138,6 +138,19 @@ struct onvm_freestack {
     _Atomic int64_t count;
 };
 
+/* Latency histogram: 4 sub-buckets per power of two of nanoseconds (values
+ * 0-3 get a bucket each; see onvm_lat_bucket() in onvm_latency.h), the last
+ * bucket also takes everything above 2^33 ns (8.6 s).  Written only by its owner. */
+#define ONVM_LAT_BUCKETS 128
+
+struct onvm_lat_hist {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t max_ns;
+    uint64_t pad;
+    uint64_t buckets[ONVM_LAT_BUCKETS];
+};
+
 struct onvm_nf_stats {
     alignas(ONVM_CACHE_LINE) uint64_t rx;
     uint64_t tx; /* packets handed onward (to an NF, a port or the manager) */
@@ -147,6 +160,7 @@ struct onvm_nf_stats {
     uint64_t drops[ONVM_DROP_COUNT];
     uint64_t handler_ns; /* time spent in the Python handler */
     uint64_t parse_errors;
+    struct onvm_lat_hist lat; /* RX to the end of this NF's handler, per packet */
 };
 
 enum onvm_nf_slot_state {
@@ -205,6 +219,7 @@ struct onvm_port_stats {
     uint64_t tx;
     uint64_t tx_bytes;
     uint64_t drops[ONVM_DROP_COUNT];
+    struct onvm_lat_hist lat; /* end to end: RX to handing the packet to this port */
 };
 
 struct onvm_port_info {

@@ -1,5 +1,6 @@
 /* route.c - resolve actions and deliver bursts, grouped per destination. */
 #include "onvm_route.h"
+#include "onvm_latency.h"
 
 enum { GROUP_RING = 1, GROUP_PORT = 2 };
 
@@ -30,10 +31,12 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
     } else {
         struct onvm_port *p = g->target;
         uint64_t bytes = 0;
+        struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
+        /* before tx: the port frees the slots it sent */
+        onvm_lat_record_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
         pthread_mutex_lock(&p->tx_lock);
         done = p->tx(p, c->r, g->slots, g->n, &bytes);
         pthread_mutex_unlock(&p->tx_lock);
-        struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         st->tx += done;
         st->tx_bytes += bytes;
         st->drops[ONVM_DROP_PORT] += g->n - done;

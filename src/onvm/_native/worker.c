@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "onvm_flow.h"
+#include "onvm_latency.h"
 #include "onvm_mgr.h"
 #include "onvm_parse.h"
 
@@ -138,7 +139,7 @@ static void *worker_main(void *arg) {
             continue;
         }
         if (++idle < SPIN_POLLS) {
-            onvm_pause();
+            onvm_idle_poll(idle);
             continue;
         }
         long sleep_ns = MAX_SLEEP_NS;

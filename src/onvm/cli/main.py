@@ -14,6 +14,8 @@ EPILOG = """examples:
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
   onvm status --json
+  onvm top
+  onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
   onvm bench loop --seconds 5 --json
   onvm chain add web 2,3,out:1
   onvm rule add tcp dst port 80 -> chain web
@@ -65,6 +67,8 @@ def _manager_parser(sub: Any) -> None:
                    help="pin the manager and its workers to these CPUs, e.g. 0 or 0-1")
     p.add_argument("--nf-cpus", default=None, metavar="LIST",
                    help="CPUs NFs are placed on, least-loaded first (default: all allowed)")
+    p.add_argument("--web", default="", metavar="HOST:PORT",
+                   help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -81,6 +85,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         policies=args.policy, autoscale=args.autoscale,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None,
+        web=args.web,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -133,6 +138,19 @@ def _print_status(st: dict[str, Any]) -> None:
         drops = sum(n["drops"].values())
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} cpu {n.get('cpu')!s:<4} rx {n['rx']:<12} tx {n['tx']:<12} drops {drops}")
+    _print_latency(st)
+
+
+def _print_latency(st: dict[str, Any]) -> None:
+    rows = [(f"NF {n['id']} {n['name']}", n.get("latency")) for n in st["nfs"]]
+    rows += [(f"port {p['id']} (end to end)", p.get("latency")) for p in st["ports"]]
+    rows = [(what, lat) for what, lat in rows if lat and lat["count"]]
+    if not rows:
+        return
+    print("latency since start (us):")
+    for what, lat in rows:
+        print(f"  {what:<26} p50 {lat['p50_us']:<10.1f} p99 {lat['p99_us']:<10.1f} "
+              f"max {lat['max_us']:<10.1f} mean {lat['mean_us']:<10.1f} packets {lat['count']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -145,6 +163,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         _print_status(st)
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from onvm.cli.top import run_top
+
+    return run_top(args.name, args.interval, args.iterations)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -291,6 +315,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.scenario == "nf-start":
         result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
+    elif args.scenario == "latency":
+        from onvm.bench import run_latency
+
+        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
                               handler=args.handler)
@@ -370,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("top", help="a live full-screen view of a manager (Ctrl-C leaves)")
+    s.add_argument("--name", default="onvm")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
+    s.add_argument("--iterations", type=int, default=0, help="leave after this many screens (0: never)")
     s = sub.add_parser("stop", help="stop a manager and its NFs")
     s.add_argument("--name", default="onvm")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
@@ -437,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start"]))
+    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
+    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
+    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
@@ -465,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
-                   "image": cmd_image}
+                   "image": cmd_image, "top": cmd_top}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onvm import _native
+from onvm import _native, latency
 from onvm.actions import Action, DropReason
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
@@ -88,9 +88,14 @@ class ManagerConfig:
     quiet: bool = False
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all the manager may use)
+    web: str = ""  # HOST:PORT of the web dashboard and API ("" = none)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
+        if self.web:
+            from onvm.web.server import parse_listen
+
+            self.web_addr: tuple[str, int] = parse_listen(self.web)
         for what, cpus in (("--cpus", self.cpus), ("--nf-cpus", self.nf_cpus)):
             if cpus is not None:
                 try:
@@ -184,6 +189,7 @@ class Manager:
         self.services = Services(self, config.autoscale_specs)
         for svc, pol in config.policy_map.items():
             self.services.set_policy(svc, pol)
+        self.web: Any = None  # onvm.web.server.WebServer when --web is given
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -274,10 +280,26 @@ class Manager:
             self.stats = StatsPrinter(self, cfg.stats_interval)
             self.stats.start()
         self.services.start()
+        if cfg.web:
+            self._start_web()
 
     def _is_output(self, port: int) -> bool:
         specs = self.config.port_specs
         return 0 <= port < len(specs) and specs[port].is_output
+
+    def _start_web(self) -> None:
+        from onvm.web.server import WebServer
+
+        try:
+            self.web = WebServer(self, *self.config.web_addr)
+            self.web.start()
+        except BaseException:
+            self.web = None
+            self.stop()
+            raise
+        self.log(f"web dashboard and API at {self.web.url}; changes need the token in {self.web.token_path}")
+        # Not in the event log: anyone who can read the API can read that.
+        print(f"onvm[{self.config.name}]: web token: {self.web.token}", file=sys.stderr, flush=True)
 
     def _open_ports(self) -> None:
         cfg = self.config
@@ -381,6 +403,8 @@ class Manager:
         self.services.wait_spawned(timeout=3.0)
         if self.stats:
             self.stats.stop()
+        if self.web:
+            self.web.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
         self._check_ports()
@@ -402,6 +426,9 @@ class Manager:
     def _teardown(self) -> None:
         if self.flows:
             self.flows.stop_sweeper()
+        if self.web:
+            self.web.stop()
+            self.web = None
         if self.server:
             self.server.stop()
             self.server = None
@@ -681,7 +708,7 @@ class Manager:
             if self.native:
                 self.native.kick()
             time.sleep(0.001)
-        rec.final = self.region.nf_info(rec.nf_id)
+        rec.final = self._nf_info(rec.nf_id)
         self.region.nf_release(rec.nf_id)
         del self.nfs[rec.nf_id]
         self.retired.append(rec)
@@ -734,9 +761,10 @@ class Manager:
                     "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
+                    "latency": latency.summary(_native.port_latency(region, pid)),
                 }
             )
-        nfs = [self._nf_status(r, region.nf_info(r.nf_id)) for r in self.nfs.values()]
+        nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.nfs.values()]
         info = region.info()
         return {
             "manager": {
@@ -749,6 +777,8 @@ class Manager:
                 "default_chain": format_chain(self.config.chain),
                 "cpus": format_cpus(self.config.cpus) if self.config.cpus else "",
                 "nf_cpus": format_cpus(self.nf_cpus),
+                "ring_size": self.config.ring_size,
+                "web": self.web.url if self.web else "",
             },
             "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
             "ports": ports,
@@ -757,7 +787,20 @@ class Manager:
             "services": self.services.describe(),
             "flows": self.flows.stats() if self.flows else {},
             "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
+            "events": [{"time": t, "text": text} for t, text in self.events[-20:]],
         }
+
+    def _nf_info(self, nf_id: int) -> dict[str, Any]:
+        info: dict[str, Any] = self.region.nf_info(nf_id)
+        info["latency"] = _native.nf_latency(self.region, nf_id)
+        return info
+
+    def web_sections(self) -> dict[str, Any]:
+        """What the web API serves besides status (called under the lock)."""
+        if self.flows is None:
+            return {}
+        return {"rules": self.flows.list_rules(), "flows": self.flows.list_flows(200),
+                "flow_stats": self.flows.stats(), "chain_names": self.flows.list_chains()}
 
     def _nf_status(self, rec: NFRecord, info: dict[str, Any]) -> dict[str, Any]:
         acts = info.get("actions", (0, 0, 0, 0))
@@ -778,6 +821,7 @@ class Manager:
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
+            "latency": latency.summary(info.get("latency")),
         }
 
     def _print_summary(self) -> None:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from onvm import _native
+from onvm import _native, latency
 from onvm.actions import Action, DropReason
 from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError, RegionError
@@ -61,6 +61,7 @@ class NF:
         default_dest: int = 0,
         quiet: bool = False,
         cpus: tuple[int, ...] | list[int] | None = None,
+        csv: str | None = None,
     ) -> None:
         # A topology runner starts NF scripts with these set (onvm run).
         env = os.environ
@@ -92,6 +93,7 @@ class NF:
         self.quiet = quiet
         self.cpus = tuple(cpus) if cpus else None
         self.cpu: int | None = None  # where the manager placed it
+        self.csv = csv  # a file to append this NF's summary row to at exit
         self.nf_id = 0
         self.stop_reason = ""
         self.state: Any = None  # whatever the NF keeps (tables, counters), for hooks and tests
@@ -329,8 +331,11 @@ class NF:
             pass  # the manager may be shutting down already
         for fn in self._teardown:
             fn(self)
+        summary = self.summary()
         if not self.quiet:
-            self._print_summary()
+            print(format_summary(summary), file=sys.stderr)
+        if self.csv:
+            write_csv_row(self.csv, summary)
         return self.stop_reason
 
     def _open_inbox(self) -> _Inbox:
@@ -418,6 +423,63 @@ class NF:
             + f" in {secs:.1f} s ({st.get('rx', 0) / secs / 1e6:.2f} Mpps); stopped: {self.stop_reason}",
             file=sys.stderr,
         )
+    def summary(self) -> dict[str, Any]:
+        """This NF's figures at exit (also its CSV row): counters, rates and latency."""
+        st = self.stats
+        secs = max(time.monotonic() - self._started, 1e-9) if self._started else 0.0
+        lat = latency.summary(_native.nf_latency(self._region, self.nf_id)
+                              if self._region is not None and self.nf_id else None)
+        row: dict[str, Any] = {
+            "name": self.name, "nf_id": self.nf_id, "service": self.service, "instance": self.instance,
+            "seconds": round(secs, 3), "rx": st.get("rx", 0), "tx": st.get("tx", 0),
+            "rx_bytes": st.get("rx_bytes", 0), "bursts": st.get("bursts", 0),
+            "mpps": round(st.get("rx", 0) / secs / 1e6, 4) if secs else 0.0,
+            "handler_us_per_burst": round(st.get("handler_ns", 0) / max(st.get("bursts", 0), 1) / 1e3, 3),
+        }
+        acts = st.get("actions", (0,) * len(Action))
+        for a in Action:
+            row[f"act_{a.name.lower()}"] = acts[a] if a < len(acts) else 0
+        drops = st.get("drops", (0,) * _native.DROP_COUNT)
+        row["dropped"] = sum(drops)
+        for i, v in enumerate(drops):
+            row[f"drop_{DropReason(i).name.lower()}"] = v
+        for k in ("p50_us", "p99_us", "max_us", "mean_us"):
+            row[f"latency_{k}"] = lat[k]
+        row["stopped"] = self.stop_reason
+        return row
+
+
+def format_summary(row: dict[str, Any]) -> str:
+    """The lines an NF prints when it stops."""
+    by_reason = ", ".join(f"{k[5:]} {v}" for k, v in row.items() if k.startswith("drop_") and v)
+    acts = ", ".join(f"{k[4:]} {v}" for k, v in row.items() if k.startswith("act_") and v)
+    lines = [
+        f"NF {row['name']} (id {row['nf_id']}, service {row['service']}, instance {row['instance']}): "
+        f"{row['rx']} in, {row['tx']} onward, {row['dropped']} dropped"
+        + (f" ({by_reason})" if by_reason else "")
+        + f" in {row['seconds']:.1f} s ({row['mpps']:.2f} Mpps); stopped: {row['stopped']}",
+        f"  actions: {acts or 'none'}; {row['bursts']} bursts, "
+        f"{row['handler_us_per_burst']:.2f} us in the handler per burst",
+    ]
+    if row["latency_p50_us"] or row["latency_max_us"]:
+        lines.append(f"  latency RX to handled (us): p50 {row['latency_p50_us']:.1f}, "
+                     f"p99 {row['latency_p99_us']:.1f}, max {row['latency_max_us']:.1f}, "
+                     f"mean {row['latency_mean_us']:.1f}")
+    return "\n".join(lines)
+
+
+def write_csv_row(path: str, row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV file ``path``, with a header line when the file is new or empty."""
+    import csv
+
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if f.tell() == 0:
+                w.writeheader()
+            w.writerow(row)
+    except OSError as e:
+        print(f"NF {row['name']}: cannot write the summary to {path}: {e.strerror}", file=sys.stderr)
 
 
 class _Inbox:
@@ -476,6 +538,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = 
     g.add_argument("--quiet", action="store_true", help="no summary at exit")
     g.add_argument("--cpus", default=None, metavar="LIST",
                    help="CPUs the manager may place this NF on, e.g. 1 or 2-3 (default: its NF CPUs)")
+    g.add_argument("--csv", default=None, metavar="FILE",
+                   help="append this NF's summary (counters, latency) to a CSV file at exit")
 
 
 def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
@@ -490,6 +554,7 @@ def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
         limit=args.limit,
         quiet=args.quiet,
         cpus=_cpus(args.cpus),
+        csv=args.csv,
         **kw,
     )
 

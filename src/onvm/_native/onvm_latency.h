@@ -1,0 +1,57 @@
+/* onvm_latency.h - latency histograms recorded on the packet path.
+ *
+ * Each packet carries meta->rx_ns, CLOCK_MONOTONIC when it entered.  A
+ * recorder takes one clock reading per burst and adds (now - rx_ns) of every
+ * packet of the burst to a histogram it alone writes: an NF into its own
+ * stats after its handler ran, a manager worker into its row of a port's
+ * stats just before it hands a burst to the port.  Readers sum and convert.
+ *
+ * Buckets: values 0..3 ns have one bucket each; above, every power of two
+ * [2^k, 2^(k+1)) is split in 4 equal sub-buckets, so a bucket is at most 25%
+ * wide.  onvm/latency.py holds the same mapping in Python (the test oracle).
+ */
+#ifndef ONVM_LATENCY_H
+#define ONVM_LATENCY_H
+
+#include <sched.h>
+
+#include "onvm_layout.h"
+#include "onvm_ring.h"
+
+/* One empty poll of a spinning consumer.  The first empty poll after work
+ * yields once: a consumer we just woke is often queued on this very CPU
+ * (wake-affine placement) and would otherwise wait until our spin ends. */
+static inline void onvm_idle_poll(unsigned idle) {
+    if (idle == 1)
+        sched_yield();
+    else
+        onvm_pause();
+}
+
+static inline unsigned onvm_lat_bucket(uint64_t ns) {
+    if (ns < 4)
+        return (unsigned)ns;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(ns);
+    unsigned idx = 4u * (msb - 1u) + (unsigned)((ns >> (msb - 2u)) & 3u);
+    return idx < ONVM_LAT_BUCKETS ? idx : ONVM_LAT_BUCKETS - 1u;
+}
+
+/* Add the latency of n packets at time now.  Packets stamped after now (a
+ * clock read on another CPU a little later) count as 0. */
+static inline void onvm_lat_record_burst(struct onvm_lat_hist *h, const struct onvm_meta *meta,
+                                         const uint32_t *slots, uint32_t n, uint64_t now) {
+    uint64_t sum = 0, max = h->max_ns;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t rx = meta[slots[i]].rx_ns;
+        uint64_t d = now > rx ? now - rx : 0;
+        sum += d;
+        if (d > max)
+            max = d;
+        h->buckets[onvm_lat_bucket(d)]++;
+    }
+    h->count += n;
+    h->sum_ns += sum;
+    h->max_ns = max;
+}
+
+#endif

@@ -1,0 +1,1 @@
+"""The manager's web endpoint: JSON API, live updates, dashboard and metrics."""

@@ -1,0 +1,77 @@
+"""The sampler: rates, services, events, and waiting for a new sample, with a fake manager."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from onvm.web.sampler import Sampler, add_rates, describe_hops, services
+from tests.unit.test_web_api import make_status
+
+
+class FakeManager:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.region = self
+        self.stopping = threading.Event()
+        self.events = [(1.0, "one"), (2.0, "two")]
+        self.rx = 100
+
+    def status(self) -> dict[str, Any]:
+        return make_status(self.rx)
+
+    def chain(self, cid: int) -> list[tuple[int, int]]:
+        return [(2, 1), (3, 1)] if cid == 0 else []
+
+    def web_sections(self) -> dict[str, Any]:
+        return {"sdn": {"controller": "none"}}
+
+
+def test_rates_follow_the_counters_and_skip_a_replaced_nf():
+    before = make_status(100)
+    add_rates(before, None, 0)
+    assert before["nfs"][0]["rx_pps"] == 0.0
+    after = make_status(300)
+    after["nfs"][1]["pid"] = 999  # same id, another process: no rate against the old one
+    add_rates(after, before, 2.0)
+    assert after["nfs"][0]["rx_pps"] == 100.0 and after["nfs"][1]["rx_pps"] == 0.0
+    assert after["ports"][0]["rx_pps"] == 100.0 and after["ports"][0]["rx_bps"] == 100.0 * 60 * 8
+    assert after["nfs"][0]["drops_total"] == 2
+
+
+def test_services_group_instances():
+    st = make_status(10)
+    add_rates(st, None, 0)
+    (svc,) = services(st)
+    assert svc["id"] == 1 and [i["nf"] for i in svc["instances"]] == [1, 2]
+    assert svc["rx"] == 15 and svc["drops"] == 4 and svc["rx_ring"] == 6
+
+
+def test_describe_hops():
+    assert describe_hops([(2, 3), (3, 0), (0, 0), (9, 1)]) == [
+        {"action": "tonf", "dest": 3}, {"action": "out", "dest": 0}, {"action": "drop", "dest": 0},
+        {"action": "9", "dest": 1}]
+
+
+def test_sampler_publishes_samples_and_events():
+    m = FakeManager()
+    s = Sampler(m, interval=0.05)
+    s.start()
+    try:
+        first = s.latest()
+        assert first["chains"][0]["hops"][0] == {"action": "tonf", "dest": 1}
+        assert first["sdn"] == {"controller": "none"}  # extra sections from the manager
+        m.rx = 10_000
+        seq = s.seq
+        assert s.wait(seq, 5.0) != seq
+        deadline = time.monotonic() + 5
+        while s.latest()["status"]["nfs"][0]["rx"] != 10_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.latest()["status"]["nfs"][0]["rx_pps"] > 0
+        assert [e["text"] for e in s.events()] == ["one", "two"]
+        assert [e["id"] for e in s.events(since=1)] == [2]
+        assert len(s.history()) >= 2
+    finally:
+        s.stop()
+    assert s.stopped and s.wait(s.seq, 5.0) == s.seq  # returns at once once stopped
