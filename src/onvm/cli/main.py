@@ -69,6 +69,10 @@ def _manager_parser(sub: Any) -> None:
                    help="CPUs NFs are placed on, least-loaded first (default: all allowed)")
     p.add_argument("--web", default="", metavar="HOST:PORT",
                    help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
+    p.add_argument("--controller", action="append", default=[], metavar="tcp:HOST:PORT",
+                   help="an OpenFlow 1.3 controller that programs the manager (repeatable; needs os-ken)")
+    p.add_argument("--fail-mode", default="secure", choices=["secure", "standalone"],
+                   help="with no controller: keep its flows (secure, default) or drop them (standalone)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -85,7 +89,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         policies=args.policy, autoscale=args.autoscale,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None,
-        web=args.web,
+        web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
     )
     mgr = Manager(cfg)
     mgr.start()

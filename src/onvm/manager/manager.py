@@ -89,6 +89,8 @@ class ManagerConfig:
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all the manager may use)
     web: str = ""  # HOST:PORT of the web dashboard and API ("" = none)
+    controllers: list[str] = field(default_factory=list)  # OpenFlow controllers, tcp:HOST:PORT
+    fail_mode: str = "secure"  # with no controller: keep its flows (secure) or remove them (standalone)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -96,6 +98,10 @@ class ManagerConfig:
             from onvm.web.server import parse_listen
 
             self.web_addr: tuple[str, int] = parse_listen(self.web)
+        if self.controllers:
+            from onvm.sdn import check_controllers
+
+            check_controllers(self.controllers, self.fail_mode)
         for what, cpus in (("--cpus", self.cpus), ("--nf-cpus", self.nf_cpus)):
             if cpus is not None:
                 try:
@@ -190,6 +196,7 @@ class Manager:
         for svc, pol in config.policy_map.items():
             self.services.set_policy(svc, pol)
         self.web: Any = None  # onvm.web.server.WebServer when --web is given
+        self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -282,6 +289,12 @@ class Manager:
         self.services.start()
         if cfg.web:
             self._start_web()
+        if cfg.controllers:
+            from onvm.sdn.agent import OpenFlowAgent
+
+            self.sdn = OpenFlowAgent(self, cfg.controllers, cfg.fail_mode)
+            self.sdn.start()
+            self.log(f"OpenFlow 1.3 datapath {self.sdn.dpid:016x}: controllers {', '.join(cfg.controllers)}")
 
     def _is_output(self, port: int) -> bool:
         specs = self.config.port_specs
@@ -401,6 +414,8 @@ class Manager:
                     break
             time.sleep(0.01)
         self.services.wait_spawned(timeout=3.0)
+        if self.sdn:
+            self.sdn.stop()
         if self.stats:
             self.stats.stop()
         if self.web:
@@ -424,6 +439,9 @@ class Manager:
             time.sleep(0.005)
 
     def _teardown(self) -> None:
+        if self.sdn:
+            self.sdn.stop()
+            self.sdn = None
         if self.flows:
             self.flows.stop_sweeper()
         if self.web:
@@ -786,6 +804,7 @@ class Manager:
             "chains": self.flows.list_chains() if self.flows else [],
             "services": self.services.describe(),
             "flows": self.flows.stats() if self.flows else {},
+            **({"openflow": self.sdn.describe()} if self.sdn else {}),
             "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
             "events": [{"time": t, "text": text} for t, text in self.events[-20:]],
         }

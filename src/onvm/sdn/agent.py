@@ -1,0 +1,628 @@
+"""The manager's OpenFlow 1.3 agent: controllers program its rules and chains.
+
+Theory of operation
+-------------------
+``--controller tcp:HOST:PORT`` (several allowed) starts one session thread per
+controller.  A session connects, says HELLO, and serves the controller's
+requests until the connection ends; then it reconnects with an exponential
+back-off (0.1 s doubling to 5 s).  Nothing it does touches the packet path
+directly: a FLOW_MOD becomes a rule in the manager's FlowRegistry (under the
+manager's lock, as a control request would) and the RX workers pick the new
+rule up from the region.
+
+The OpenFlow table (one table, id 0) is kept here: each flow is a match, a
+priority, a cookie, timeouts, flags and its actions.  The match becomes a
+rule (see :mod:`onvm.sdn.translate`), the actions a chain named after its hops
+(flows with the same actions share it).  A flow's packet and byte counts are
+the counts of the exact flow-table entries its rule installed, plus what
+earlier rules of the same flow counted before a MODIFY replaced them.  Idle
+and hard timeouts are enforced by a timer thread here (an idle flow is one
+whose count did not move for ``idle_timeout`` seconds); FLOW_REMOVED goes to
+the controllers when the flow asked for it.
+
+When every controller is gone the flows stay and keep forwarding
+(``--fail-mode secure``, the default); ``--fail-mode standalone`` removes the
+flows this agent installed, so the manager's own rules and default chain
+forward alone until a controller is back.
+
+Roles: a session starts EQUAL.  ROLE_REQUEST MASTER makes the others SLAVE;
+a SLAVE gets IS_SLAVE errors for FLOW_MOD.  Generation ids are checked as the
+specification says.
+
+Not supported: PACKET_IN and PACKET_OUT (an output to CONTROLLER and a
+PACKET_OUT get BAD_ACTION / BAD_REQUEST errors), groups, meters and more than
+one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from onvm import __version__ as onvm_version
+from onvm.errors import ConfigError, OnvmError
+from onvm.flows.chain import MAX_SERVICES, Hop
+from onvm.sdn import wire
+from onvm.sdn.translate import (
+    Match,
+    chain_name,
+    hops_from_of,
+    match_from_of,
+    of_port_of,
+    outputs_of,
+    service_port,
+)
+from onvm.sdn.wire import OFError
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+ECHO_INTERVAL = 5.0
+ECHO_DEAD = 15.0
+TIMER_INTERVAL = 0.2
+FAIL_MODES = ("secure", "standalone")
+
+
+def parse_controller(text: str) -> tuple[str, int]:
+    """``tcp:HOST:PORT`` (or ``HOST:PORT``) -> (host, port)."""
+    rest = text[4:] if text.startswith("tcp:") else text
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--controller {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:6653")
+    return host, int(port)
+
+
+def datapath_id(name: str) -> int:
+    """A stable datapath id from the manager's name (48 bits, so it reads as a MAC)."""
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:6], "big")
+
+
+@dataclass
+class OFFlow:
+    """One flow of table 0."""
+
+    match: Match
+    of_match: Any  # os-ken OFPMatch, echoed in stats
+    priority: int
+    cookie: int
+    idle: int
+    hard: int
+    flags: int
+    hops: list[Hop]
+    instructions: list[Any]
+    rule_id: int = 0
+    installed: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    last_packets: int = 0
+    base_packets: int = 0
+    base_bytes: int = 0
+
+
+class FlowTable:
+    """Table 0 on top of the manager's FlowRegistry.  Callers hold ``self.lock``."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.lock = threading.RLock()
+        self.flows: list[OFFlow] = []
+        self.lookups = 0
+
+    # ---- the registry ------------------------------------------------------
+    def _registry(self) -> Any:
+        if self.manager.flows is None:
+            raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_UNKNOWN, "the manager is not running")
+        return self.manager.flows
+
+    def port_ok(self, port: int) -> bool:
+        return bool(self.manager._is_output(port))
+
+    def _install(self, fl: OFFlow) -> None:
+        name = chain_name(fl.hops)
+        with self.manager.lock:
+            reg = self._registry()
+            try:
+                if name not in reg.chains:
+                    reg.add_chain(name, ",".join(str(h) for h in fl.hops))
+                added = reg.add_rules([fl.match.rule(name, fl.priority).to_text()])
+            except (ConfigError, OnvmError) as e:
+                code = ofp.OFPFMFC_TABLE_FULL if getattr(e, "code", "") == "busy" else ofp.OFPFMFC_UNKNOWN
+                raise OFError(ofp.OFPET_FLOW_MOD_FAILED, code, str(e)) from None
+        fl.rule_id = added[0]["id"]
+
+    def _uninstall(self, fl: OFFlow) -> None:
+        with self.manager.lock:
+            reg = self.manager.flows
+            if reg is None or fl.rule_id not in reg.rules:
+                return
+            rule = reg.rules[fl.rule_id][0]
+            reg.del_rule(fl.rule_id)
+            if not any(r.chain == rule.chain for r, _ in reg.rules.values()):
+                try:
+                    reg.del_chain(rule.chain)
+                except OnvmError:
+                    pass
+        fl.rule_id = 0
+
+    def counts(self) -> dict[int, tuple[int, int]]:
+        """rule id -> (packets, bytes) of the exact entries each rule installed."""
+        reg = self.manager.flows
+        region = self.manager.region
+        if reg is None or region is None:
+            return {}
+        with self.manager.lock:
+            slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
+            size = region.flow_stats()["size"]
+            entries = region.flow_list(max(size, 1), -1) if size else []
+        out: dict[int, list[int]] = {}
+        for e in entries:
+            rid = slots.get(e["rule_slot"])
+            if rid is not None and e["origin"] == 0:
+                acc = out.setdefault(rid, [0, 0])
+                acc[0] += e["packets"]
+                acc[1] += e["bytes"]
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def stats_of(self, fl: OFFlow, counts: dict[int, tuple[int, int]]) -> tuple[int, int]:
+        p, b = counts.get(fl.rule_id, (0, 0))
+        return fl.base_packets + p, fl.base_bytes + b
+
+    # ---- FLOW_MOD ----------------------------------------------------------
+    def flow_mod(self, msg: Any) -> list[tuple[OFFlow, int]]:
+        """Apply one FLOW_MOD; returns the flows removed (with a reason) for FLOW_REMOVED."""
+        cmd = msg.command
+        if cmd in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT):
+            if msg.table_id not in (0, ofp.OFPTT_ALL):
+                raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_BAD_TABLE_ID)
+            match = match_from_of(list(msg.match.items()))
+            return self.delete(match, msg.priority, cmd == ofp.OFPFC_DELETE_STRICT, msg.cookie,
+                               msg.cookie_mask, msg.out_port)
+        if msg.table_id != 0:
+            raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_BAD_TABLE_ID)
+        if cmd not in (ofp.OFPFC_ADD, ofp.OFPFC_MODIFY, ofp.OFPFC_MODIFY_STRICT):
+            raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_BAD_COMMAND)
+        match = match_from_of(list(msg.match.items()))
+        hops = hops_from_of(msg.instructions, self.port_ok)
+        if cmd == ofp.OFPFC_ADD:
+            self.add(OFFlow(match, msg.match, msg.priority, msg.cookie, msg.idle_timeout, msg.hard_timeout,
+                            msg.flags, hops, list(msg.instructions)))
+        else:
+            self.modify(match, msg.priority, cmd == ofp.OFPFC_MODIFY_STRICT, msg.cookie, msg.cookie_mask,
+                        hops, list(msg.instructions), bool(msg.flags & ofp.OFPFF_RESET_COUNTS))
+        return []
+
+    def add(self, fl: OFFlow) -> None:
+        old = next((f for f in self.flows if f.priority == fl.priority and f.match == fl.match), None)
+        if old is None and fl.flags & ofp.OFPFF_CHECK_OVERLAP:
+            for f in self.flows:
+                if f.priority == fl.priority and (f.match.covers(fl.match) or fl.match.covers(f.match)):
+                    raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP)
+        self._install(fl)
+        if old is not None:  # an identical flow is replaced
+            if not fl.flags & ofp.OFPFF_RESET_COUNTS:
+                p, b = self.stats_of(old, self.counts())
+                fl.base_packets, fl.base_bytes = p, b
+            self._uninstall(old)
+            self.flows.remove(old)
+        self.flows.append(fl)
+
+    def _selected(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
+                  out_port: int = ofp.OFPP_ANY) -> list[OFFlow]:
+        out = []
+        for f in self.flows:
+            if mask and (f.cookie & mask) != (cookie & mask):
+                continue
+            if strict:
+                if f.priority != priority or f.match != match:
+                    continue
+            elif not match.covers(f.match):
+                continue
+            if out_port != ofp.OFPP_ANY and out_port not in outputs_of(f.hops):
+                continue
+            out.append(f)
+        return out
+
+    def modify(self, match: Match, priority: int, strict: bool, cookie: int, mask: int, hops: list[Hop],
+               instructions: list[Any], reset: bool) -> None:
+        targets = self._selected(match, priority, strict, cookie, mask)
+        counts = self.counts() if targets and not reset else {}
+        for f in targets:
+            p, b = self.stats_of(f, counts) if not reset else (0, 0)
+            old_rule = f.rule_id
+            old_hops = f.hops
+            f.hops, f.instructions = hops, instructions
+            try:
+                self._install(f)
+            except OFError:
+                f.hops, f.rule_id = old_hops, old_rule
+                raise
+            new_rule = f.rule_id
+            f.rule_id = old_rule
+            self._uninstall(f)
+            f.rule_id = new_rule
+            f.base_packets, f.base_bytes = p, b
+
+    def delete(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
+               out_port: int, reason: int = ofp.OFPRR_DELETE) -> list[tuple[OFFlow, int]]:
+        targets = self._selected(match, priority, strict, cookie, mask, out_port)
+        return self.remove(targets, reason)
+
+    def remove(self, targets: list[OFFlow], reason: int) -> list[tuple[OFFlow, int]]:
+        if not targets:
+            return []
+        counts = self.counts()
+        for f in targets:
+            f.base_packets, f.base_bytes = self.stats_of(f, counts)
+            self._uninstall(f)
+            self.flows.remove(f)
+        return [(f, reason) for f in targets]
+
+    def clear(self) -> None:
+        self.remove(list(self.flows), ofp.OFPRR_DELETE)
+
+    def expired(self) -> list[tuple[OFFlow, int]]:
+        """Flows whose idle or hard timeout has passed (removed from the table)."""
+        now = time.monotonic()
+        timed = [f for f in self.flows if f.idle or f.hard]
+        if not timed:
+            return []
+        counts = self.counts() if any(f.idle for f in timed) else {}
+        gone: list[tuple[OFFlow, int]] = []
+        for f in timed:
+            if f.idle:
+                p, _ = self.stats_of(f, counts)
+                if p != f.last_packets:
+                    f.last_packets, f.last_active = p, now
+            if f.hard and now - f.installed >= f.hard:
+                gone.append((f, ofp.OFPRR_HARD_TIMEOUT))
+            elif f.idle and now - f.last_active >= f.idle:
+                gone.append((f, ofp.OFPRR_IDLE_TIMEOUT))
+        for f, reason in gone:
+            self.remove([f], reason)
+        return gone
+
+
+class Session(threading.Thread):
+    """One controller connection, reconnected for ever until the agent stops."""
+
+    def __init__(self, agent: OpenFlowAgent, host: str, port: int) -> None:
+        super().__init__(name=f"onvm-of-{host}:{port}", daemon=True)
+        self.agent = agent
+        self.host, self.port = host, port
+        self.sock: socket.socket | None = None
+        self.send_lock = threading.Lock()
+        self.role = ofp.OFPCR_ROLE_EQUAL
+        self.connected = threading.Event()
+        self.connects = 0
+        self.negotiated = False
+        self.miss_send_len = 128
+        self.config_flags = 0
+
+    @property
+    def target(self) -> str:
+        return f"tcp:{self.host}:{self.port}"
+
+    # ---- connection ------------------------------------------------------------
+    def run(self) -> None:
+        backoff = BACKOFF_MIN
+        stop = self.agent.stopping
+        while not stop.is_set():
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=2.0)
+            except OSError:
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(5.0)
+            self.sock = sock
+            self.role = ofp.OFPCR_ROLE_EQUAL
+            self.negotiated = False
+            self.connects += 1
+            self.agent.log(f"OpenFlow: connected to controller {self.target}")
+            try:
+                self.send(wire.hello())
+                self.serve(sock)
+            except OSError:
+                pass
+            finally:
+                self.connected.clear()
+                self.sock = None
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            if not stop.is_set():
+                self.agent.log(f"OpenFlow: controller {self.target} is gone; reconnecting")
+                self.agent.session_lost()
+                stop.wait(backoff)
+
+    def close(self) -> None:
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def send(self, data: bytes) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        with self.send_lock:
+            sock.sendall(data)
+
+    def serve(self, sock: socket.socket) -> None:
+        buf = bytearray()
+        last_rx = time.monotonic()
+        echo_sent = 0.0
+        while not self.agent.stopping.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.5)
+            now = time.monotonic()
+            if ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                last_rx = now
+                echo_sent = 0.0
+                buf += data
+                while len(buf) >= wire.HEADER.size:
+                    version, mtype, length, xid = wire.HEADER.unpack_from(buf)
+                    if length < wire.HEADER.size:
+                        # No way to find the next message: say why and start over.
+                        self.send(wire.error(xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN, bytes(buf[:64])))
+                        return
+                    if len(buf) < length:
+                        break
+                    raw = bytes(buf[:length])
+                    del buf[:length]
+                    self.handle(version, mtype, xid, raw)
+            elif self.negotiated:
+                if now - last_rx > ECHO_DEAD:
+                    return
+                if now - last_rx > ECHO_INTERVAL and not echo_sent:
+                    self.send(wire.message(ofp.OFPT_ECHO_REQUEST, 0))
+                    echo_sent = now
+
+    # ---- messages ---------------------------------------------------------------
+    def handle(self, version: int, mtype: int, xid: int, raw: bytes) -> None:
+        try:
+            self.dispatch(version, mtype, xid, raw)
+        except OFError as e:
+            self.agent.errors += 1
+            self.send(wire.error(xid, e.type, e.code, raw))
+        except OSError:
+            raise
+        except Exception as e:  # a message the decoder chokes on must not end the session
+            self.agent.errors += 1
+            self.agent.log(f"OpenFlow: {self.target}: message type {mtype}: {type(e).__name__}: {e}")
+            self.send(wire.error(xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, raw))
+
+    def dispatch(self, version: int, mtype: int, xid: int, raw: bytes) -> None:
+        body = raw[wire.HEADER.size:]
+        if mtype == ofp.OFPT_HELLO:
+            if wire.VERSION not in wire.hello_versions(version, body):
+                self.send(wire.error(xid, ofp.OFPET_HELLO_FAILED, ofp.OFPHFC_INCOMPATIBLE,
+                                     b"pyonvm speaks OpenFlow 1.3 only"))
+                raise OSError("no common OpenFlow version")
+            self.negotiated = True
+            self.connected.set()
+            return
+        if not self.negotiated:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE, "HELLO first")
+        if version != wire.VERSION:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_VERSION)
+        agent = self.agent
+        if mtype == ofp.OFPT_ECHO_REQUEST:
+            self.send(wire.message(ofp.OFPT_ECHO_REPLY, xid, body))
+        elif mtype in (ofp.OFPT_ECHO_REPLY, ofp.OFPT_ERROR, ofp.OFPT_EXPERIMENTER):
+            if mtype == ofp.OFPT_EXPERIMENTER:
+                raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_EXPERIMENTER)
+        elif mtype == ofp.OFPT_FEATURES_REQUEST:
+            self.send(wire.features_reply(xid, agent.dpid))
+        elif mtype == ofp.OFPT_GET_CONFIG_REQUEST:
+            self.send(wire.config_reply(xid, self.config_flags, self.miss_send_len))
+        elif mtype == ofp.OFPT_SET_CONFIG:
+            if len(body) < 4:
+                raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN)
+            self.config_flags, self.miss_send_len = struct.unpack_from("!HH", body)
+        elif mtype == ofp.OFPT_BARRIER_REQUEST:
+            # Every earlier message is applied: they are handled in order, synchronously.
+            self.send(wire.message(ofp.OFPT_BARRIER_REPLY, xid))
+        elif mtype == ofp.OFPT_ROLE_REQUEST:
+            role, gen = wire.parse_role_request(body)
+            self.send(wire.role_reply(xid, *agent.set_role(self, role, gen)))
+        elif mtype == ofp.OFPT_FLOW_MOD:
+            if self.role == ofp.OFPCR_ROLE_SLAVE:
+                raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)
+            agent.flow_mod(wire.parse_flow_mod(raw))
+        elif mtype == ofp.OFPT_MULTIPART_REQUEST:
+            mp_type, _, mp_body = wire.parse_multipart_request(body)
+            for reply in agent.multipart(xid, mp_type, mp_body):
+                self.send(reply)
+        elif mtype == ofp.OFPT_PACKET_OUT:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE, "PACKET_OUT is not supported")
+        elif mtype in (ofp.OFPT_GROUP_MOD, ofp.OFPT_METER_MOD, ofp.OFPT_TABLE_MOD, ofp.OFPT_PORT_MOD):
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)
+        elif mtype == ofp.OFPT_GET_ASYNC_REQUEST or mtype == ofp.OFPT_SET_ASYNC:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)
+        else:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)
+
+
+class OpenFlowAgent:
+    """The manager's OpenFlow datapath (see the module docstring)."""
+
+    def __init__(self, manager: Any, controllers: list[str], fail_mode: str = "secure") -> None:
+        if fail_mode not in FAIL_MODES:
+            raise ConfigError(f"--fail-mode {fail_mode}: expected one of {', '.join(FAIL_MODES)}")
+        self.manager = manager
+        self.fail_mode = fail_mode
+        self.dpid = datapath_id(manager.config.name)
+        self.table = FlowTable(manager)
+        self.stopping = threading.Event()
+        self.sessions = [Session(self, *parse_controller(c)) for c in controllers]
+        self.generation: int | None = None
+        self.errors = 0
+        self.flow_mods = 0
+        self.started = time.monotonic()
+        self._timer: threading.Thread | None = None
+
+    def log(self, text: str) -> None:
+        try:
+            self.manager.log(text)
+        except Exception:
+            print(text, file=sys.stderr)
+
+    def start(self) -> None:
+        for s in self.sessions:
+            s.start()
+        self._timer = threading.Thread(target=self._tick, name="onvm-of-timer", daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for s in self.sessions:
+            s.close()
+        for s in self.sessions:
+            s.join(timeout=3)
+        if self._timer:
+            self._timer.join(timeout=3)
+
+    def describe(self) -> dict[str, Any]:
+        with self.table.lock:
+            flows = len(self.table.flows)
+        return {"datapath_id": f"{self.dpid:016x}", "fail_mode": self.fail_mode, "flows": flows,
+                "flow_mods": self.flow_mods, "errors": self.errors,
+                "controllers": [{"target": s.target, "connected": s.connected.is_set(), "connects": s.connects,
+                                 "role": {0: "nochange", 1: "equal", 2: "master", 3: "slave"}.get(s.role, "?")}
+                                for s in self.sessions]}
+
+    # ---- table changes ---------------------------------------------------------
+    def flow_mod(self, msg: Any) -> None:
+        with self.table.lock:
+            removed = self.table.flow_mod(msg)
+            self.flow_mods += 1
+        self._notify_removed(removed)
+
+    def _notify_removed(self, removed: list[tuple[OFFlow, int]]) -> None:
+        for fl, reason in removed:
+            if not fl.flags & ofp.OFPFF_SEND_FLOW_REM:
+                continue
+            data = wire.flow_removed(cookie=fl.cookie, priority=fl.priority, reason=reason,
+                                     duration=time.monotonic() - fl.installed, idle=fl.idle, hard=fl.hard,
+                                     packets=fl.base_packets, byte_count=fl.base_bytes, match=fl.of_match)
+            for s in self.sessions:
+                if s.connected.is_set() and s.role != ofp.OFPCR_ROLE_SLAVE:
+                    try:
+                        s.send(data)
+                    except OSError:
+                        pass
+
+    def _tick(self) -> None:
+        while not self.stopping.wait(TIMER_INTERVAL):
+            try:
+                with self.table.lock:
+                    gone = self.table.expired()
+                self._notify_removed(gone)
+            except Exception as e:  # the manager may be stopping under us
+                if not self.stopping.is_set():
+                    self.log(f"OpenFlow: timeout check failed: {e}")
+
+    def session_lost(self) -> None:
+        if self.fail_mode == "standalone" and not any(s.connected.is_set() for s in self.sessions):
+            with self.table.lock:
+                n = len(self.table.flows)
+                self.table.clear()
+            if n:
+                self.log(f"OpenFlow: no controller (fail-mode standalone): {n} flows removed")
+
+    def set_role(self, session: Session, role: int, gen: int) -> tuple[int, int]:
+        if role not in (ofp.OFPCR_ROLE_NOCHANGE, ofp.OFPCR_ROLE_EQUAL, ofp.OFPCR_ROLE_MASTER,
+                        ofp.OFPCR_ROLE_SLAVE):
+            raise OFError(ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_BAD_ROLE)
+        if role in (ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE):
+            if self.generation is not None and ((gen - self.generation) & (1 << 64) - 1) >= 1 << 63:
+                raise OFError(ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE)
+            self.generation = gen
+        if role == ofp.OFPCR_ROLE_MASTER:
+            for s in self.sessions:
+                if s is not session and s.role == ofp.OFPCR_ROLE_MASTER:
+                    s.role = ofp.OFPCR_ROLE_SLAVE
+        if role != ofp.OFPCR_ROLE_NOCHANGE:
+            session.role = role
+        return session.role, self.generation or 0
+
+    # ---- multipart -----------------------------------------------------------
+    def _ports(self) -> list[tuple[int, str, bool, dict[str, int]]]:
+        m = self.manager
+        out = []
+        for pid, spec in enumerate(m.config.port_specs):
+            info = m.region.port_info(pid) if m.region is not None else {}
+            st = {"rx": info.get("rx", 0), "tx": info.get("tx", 0), "rx_bytes": info.get("rx_bytes", 0),
+                  "tx_bytes": info.get("tx_bytes", 0), "tx_dropped": sum(info.get("drops", ()) or ())}
+            out.append((of_port_of(pid), f"p{pid}-{spec.kind}", True, st))
+        with m.lock:
+            running = {(r.service, r.life.state.value) for r in m.nfs.values()}
+            svc_rx: dict[int, list[int]] = {}
+            for r in m.nfs.values():
+                if m.region is not None:
+                    info = m.region.nf_info(r.nf_id)
+                    acc = svc_rx.setdefault(r.service, [0, 0])
+                    acc[0] += info.get("rx", 0)
+                    acc[1] += info.get("tx", 0)
+        up = {svc for svc, state in running if state == "running"}
+        for svc in range(MAX_SERVICES):
+            rx, tx = svc_rx.get(svc, [0, 0])
+            # Seen from the switch, packets sent into a service are its port's TX.
+            out.append((service_port(svc), f"svc{svc}", svc in up, {"tx": rx, "rx": tx}))
+        return out
+
+    def multipart(self, xid: int, mp_type: int, body: bytes) -> list[bytes]:
+        items: list[bytes]
+        if mp_type == ofp.OFPMP_DESC:
+            items = [wire.desc_body("pyonvm", "pyonvm shared-memory NFV manager", onvm_version,
+                                    self.manager.config.name, f"manager {self.manager.config.name}")]
+        elif mp_type == ofp.OFPMP_PORT_DESC:
+            items = [wire.port_body(no, (self.dpid + no).to_bytes(8, "big")[2:], name, up)
+                     for no, name, up, _ in self._ports()]
+        elif mp_type == ofp.OFPMP_PORT_STATS:
+            want = wire.parse_port_stats_request(body)
+            dur = time.monotonic() - self.started
+            items = [wire.port_stats_body(no, st, dur) for no, _, _, st in self._ports()
+                     if want in (no, ofp.OFPP_ANY)]
+        elif mp_type in (ofp.OFPMP_FLOW, ofp.OFPMP_AGGREGATE):
+            req = wire.parse_flow_stats_request(body)
+            match = match_from_of(list(req["match"].items()))
+            with self.table.lock:
+                flows = [] if req["table_id"] not in (0, ofp.OFPTT_ALL) else self.table._selected(
+                    match, 0, False, req["cookie"], req["cookie_mask"], req["out_port"])
+                counts = self.table.counts() if flows else {}
+                now = time.monotonic()
+                stats = [(f, *self.table.stats_of(f, counts)) for f in flows]
+            if mp_type == ofp.OFPMP_AGGREGATE:
+                items = [wire.aggregate_body(sum(s[1] for s in stats), sum(s[2] for s in stats), len(stats))]
+            else:
+                items = [wire.flow_stats_body(priority=f.priority, cookie=f.cookie, idle=f.idle, hard=f.hard,
+                                              flags=f.flags, duration=now - f.installed, packets=p,
+                                              byte_count=b, match=f.of_match, instructions=f.instructions)
+                         for f, p, b in stats]
+        elif mp_type == ofp.OFPMP_TABLE:
+            with self.table.lock:
+                items = [wire.table_stats_body(len(self.table.flows), 0, 0)]
+        else:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_MULTIPART)
+        return wire.multipart_replies(xid, mp_type, items)
+
+
+__all__ = ["OpenFlowAgent", "parse_controller", "datapath_id", "FlowTable", "OFFlow", "parser"]
