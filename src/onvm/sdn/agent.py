@@ -70,6 +70,7 @@ ECHO_INTERVAL = 5.0
 ECHO_DEAD = 15.0
 TIMER_INTERVAL = 0.2
 FAIL_MODES = ("secure", "standalone")
+ROLE_NAMES = {0: "nochange", 1: "equal", 2: "master", 3: "slave"}
 
 
 def parse_controller(text: str) -> tuple[str, int]:
@@ -504,8 +505,8 @@ class OpenFlowAgent:
             flows = len(self.table.flows)
         return {"datapath_id": f"{self.dpid:016x}", "fail_mode": self.fail_mode, "flows": flows,
                 "flow_mods": self.flow_mods, "errors": self.errors,
-                "controllers": [{"target": s.target, "connected": s.connected.is_set(), "connects": s.connects,
-                                 "role": {0: "nochange", 1: "equal", 2: "master", 3: "slave"}.get(s.role, "?")}
+                "controllers": [{"target": s.target, "connected": s.connected.is_set(),
+                                 "connects": s.connects, "role": ROLE_NAMES.get(s.role, "?")}
                                 for s in self.sessions]}
 
     # ---- table changes ---------------------------------------------------------

@@ -72,8 +72,8 @@ class Match:
         for a, b in ((self.ipver, other.ipver), (self.proto, other.proto)):
             if a and a != b:
                 return False
-        for a, b in ((self.sport, other.sport), (self.dport, other.dport)):
-            if a is not None and a != b:
+        for pa, pb in ((self.sport, other.sport), (self.dport, other.dport)):
+            if pa is not None and pa != pb:
                 return False
         for na, nb in ((self.src, other.src), (self.dst, other.dst)):
             if na is not None and (nb is None or nb.version != na.version or not nb.subnet_of(na)):
@@ -130,7 +130,8 @@ def match_from_of(fields: list[tuple[str, Any]]) -> Match:
             if out.get("ipver") != ver:
                 raise _bad_match(ofp.OFPBMC_BAD_PREREQ, f"{name} needs eth_type for IPv{ver}")
             out[key] = _prefix(f.pop(name), ver)
-    for proto, names in ((6, ("tcp_src", "tcp_dst")), (17, ("udp_src", "udp_dst")), (132, ("sctp_src", "sctp_dst"))):
+    l4 = ((6, ("tcp_src", "tcp_dst")), (17, ("udp_src", "udp_dst")), (132, ("sctp_src", "sctp_dst")))
+    for proto, names in l4:
         for name, key in zip(names, ("sport", "dport"), strict=True):
             if name in f:
                 if out.get("proto") != proto:

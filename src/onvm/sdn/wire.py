@@ -120,7 +120,8 @@ def multipart_replies(xid: int, mp_type: int, items: list[bytes]) -> list[bytes]
     out = []
     for i, chunk in enumerate(chunks):
         flags = ofp.OFPMPF_REPLY_MORE if i < len(chunks) - 1 else 0
-        out.append(message(ofp.OFPT_MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, flags) + b"".join(chunk)))
+        head = struct.pack("!HH4x", mp_type, flags)
+        out.append(message(ofp.OFPT_MULTIPART_REPLY, xid, head + b"".join(chunk)))
     return out
 
 
@@ -167,9 +168,9 @@ def port_body(port_no: int, hw_addr: bytes, name: str, up: bool, speed_kbps: int
 def port_stats_body(port_no: int, st: dict[str, int], duration: float) -> bytes:
     sec = int(duration)
     nsec = int((duration - sec) * 1e9)
-    return struct.pack("!I4xQQQQQQQQQQQQII", port_no, st.get("rx", 0), st.get("tx", 0), st.get("rx_bytes", 0),
-                       st.get("tx_bytes", 0), st.get("rx_dropped", 0), st.get("tx_dropped", 0), 0, 0, 0, 0, 0, 0,
-                       sec, nsec)
+    return struct.pack("!I4xQQQQQQQQQQQQII", port_no, st.get("rx", 0), st.get("tx", 0),
+                       st.get("rx_bytes", 0), st.get("tx_bytes", 0), st.get("rx_dropped", 0),
+                       st.get("tx_dropped", 0), 0, 0, 0, 0, 0, 0, sec, nsec)
 
 
 def _match_bytes(match: Any) -> bytes:
@@ -213,8 +214,58 @@ def flow_removed(*, cookie: int, priority: int, reason: int, duration: float, id
     return message(ofp.OFPT_FLOW_REMOVED, 0, body + _match_bytes(match))
 
 
+def _round8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def check_flow_mod(raw: bytes) -> None:
+    """Walk a FLOW_MOD's match, instructions and actions before os-ken's parser sees it.
+
+    That parser trusts the lengths inside (a zero-length or unknown instruction
+    makes it loop for ever), so every length is checked here first."""
+    if len(raw) < 56:
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN, "FLOW_MOD too short")
+    mtype, mlen = struct.unpack_from("!HH", raw, 48)
+    if mtype != ofp.OFPMT_OXM:
+        raise OFError(ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_TYPE)
+    if mlen < 4 or 48 + _round8(mlen) > len(raw):
+        raise OFError(ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_LEN)
+    off = 52
+    while off < 48 + mlen:
+        if off + 4 > 48 + mlen:
+            raise OFError(ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_LEN)
+        off += 4 + raw[off + 3]
+        if off > 48 + mlen:
+            raise OFError(ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_LEN)
+    off = 48 + _round8(mlen)
+    while off < len(raw):
+        if off + 4 > len(raw):
+            raise OFError(ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_LEN)
+        itype, ilen = struct.unpack_from("!HH", raw, off)
+        if ilen < 8 or ilen % 8 or off + ilen > len(raw):
+            raise OFError(ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_LEN)
+        if itype not in (ofp.OFPIT_GOTO_TABLE, ofp.OFPIT_WRITE_METADATA, ofp.OFPIT_WRITE_ACTIONS,
+                         ofp.OFPIT_APPLY_ACTIONS, ofp.OFPIT_CLEAR_ACTIONS, ofp.OFPIT_METER):
+            raise OFError(ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_UNKNOWN_INST)
+        if itype in (ofp.OFPIT_WRITE_ACTIONS, ofp.OFPIT_APPLY_ACTIONS, ofp.OFPIT_CLEAR_ACTIONS):
+            a = off + 8
+            while a < off + ilen:
+                if a + 4 > off + ilen:
+                    raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
+                atype, alen = struct.unpack_from("!HH", raw, a)
+                if alen < 8 or alen % 8 or a + alen > off + ilen:
+                    raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
+                if atype != ofp.OFPAT_OUTPUT:
+                    raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_TYPE)
+                if alen != 16:
+                    raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
+                a += alen
+        off += ilen
+
+
 def parse_flow_mod(raw: bytes) -> Any:
     """A FLOW_MOD through os-ken's parser; anything it cannot read is a BAD_REQUEST error."""
+    check_flow_mod(raw)
     try:
         version, msg_type, length, xid = ofproto_parser.header(raw)
         return ofproto_parser.msg(DP, version, msg_type, length, xid, bytearray(raw))
