@@ -13,9 +13,13 @@ rule up from the region.
 The OpenFlow table (one table, id 0) is kept here: each flow is a match, a
 priority, a cookie, timeouts, flags and its actions.  The match becomes a
 rule (see :mod:`onvm.sdn.translate`), the actions a chain named after its hops
-(flows with the same actions share it).  A flow's packet and byte counts are
-the counts of the exact flow-table entries its rule installed, plus what
-earlier rules of the same flow counted before a MODIFY replaced them.  Idle
+(flows with the same actions share it).  A flow's packet and byte counts
+come from the exact flow-table entries its rule installed: the timer thread
+polls them every 0.2 s and adds each entry's growth to the rule that owns it
+(so a MODIFY, which re-caches entries under the new rule, keeps the counts).
+Packets an entry counted after the last poll and before the sweep removed it
+are not seen.  An ADD of a flow already in the table with the same actions
+only updates cookie, timeouts and flags: the rule is left alone.  Idle
 and hard timeouts are enforced by a timer thread here (an idle flow is one
 whose count did not move for ``idle_timeout`` seconds); FLOW_REMOVED goes to
 the controllers when the flow asked for it.
@@ -116,7 +120,8 @@ class FlowTable:
         self.manager = manager
         self.lock = threading.RLock()
         self.flows: list[OFFlow] = []
-        self.lookups = 0
+        self.seen: dict[Any, tuple[int, int, int]] = {}  # entry key -> (rule id, packets, bytes) last poll
+        self.acc: dict[int, list[int]] = {}  # rule id -> [packets, bytes] counted so far
 
     # ---- the registry ------------------------------------------------------
     def _registry(self) -> Any:
@@ -154,28 +159,42 @@ class FlowTable:
                     pass
         fl.rule_id = 0
 
-    def counts(self) -> dict[int, tuple[int, int]]:
-        """rule id -> (packets, bytes) of the exact entries each rule installed."""
+    def poll(self) -> None:
+        """Fold what the exact entries counted since the last poll into their rules' totals.
+
+        An entry keeps its counters when it moves to another rule (a MODIFY
+        re-caches it), so what is added is the growth since the last poll, to
+        the rule that owns the entry now."""
         reg = self.manager.flows
         region = self.manager.region
         if reg is None or region is None:
-            return {}
+            return
         with self.manager.lock:
             slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
             size = region.flow_stats()["size"]
-            entries = region.flow_list(max(size, 1), -1) if size else []
-        out: dict[int, list[int]] = {}
+            entries = region.flow_list(max(size, 1), -1) if size and slots else []
+        seen: dict[Any, tuple[int, int, int]] = {}
         for e in entries:
             rid = slots.get(e["rule_slot"])
-            if rid is not None and e["origin"] == 0:
-                acc = out.setdefault(rid, [0, 0])
-                acc[0] += e["packets"]
-                acc[1] += e["bytes"]
-        return {k: (v[0], v[1]) for k, v in out.items()}
+            if rid is None or e["origin"] != 0:
+                continue
+            key, p, b = e["key"], e["packets"], e["bytes"]
+            old = self.seen.get(key)
+            dp, db = (p, b) if old is None or p < old[1] else (p - old[1], b - old[2])
+            acc = self.acc.setdefault(rid, [0, 0])
+            acc[0] += dp
+            acc[1] += db
+            seen[key] = (rid, p, b)
+        self.seen = seen
 
-    def stats_of(self, fl: OFFlow, counts: dict[int, tuple[int, int]]) -> tuple[int, int]:
-        p, b = counts.get(fl.rule_id, (0, 0))
+    def stats_of(self, fl: OFFlow) -> tuple[int, int]:
+        p, b = self.acc.get(fl.rule_id, (0, 0))
         return fl.base_packets + p, fl.base_bytes + b
+
+    def _retire_counts(self, fl: OFFlow) -> None:
+        """The flow's rule is about to go: its totals move into the flow's base."""
+        fl.base_packets, fl.base_bytes = self.stats_of(fl)
+        self.acc.pop(fl.rule_id, None)
 
     # ---- FLOW_MOD ----------------------------------------------------------
     def flow_mod(self, msg: Any) -> list[tuple[OFFlow, int]]:
@@ -207,11 +226,23 @@ class FlowTable:
             for f in self.flows:
                 if f.priority == fl.priority and (f.match.covers(fl.match) or fl.match.covers(f.match)):
                     raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP)
+        if old is not None and old.hops == fl.hops:
+            # The same flow again (a controller that reconnected, say): the rule
+            # stays as it is, so nothing forwarding it is disturbed.
+            self.poll()
+            if fl.flags & ofp.OFPFF_RESET_COUNTS:
+                self.acc.pop(old.rule_id, None)
+                old.base_packets = old.base_bytes = 0
+            old.cookie, old.idle, old.hard, old.flags = fl.cookie, fl.idle, fl.hard, fl.flags
+            old.of_match, old.instructions = fl.of_match, fl.instructions
+            old.installed = old.last_active = time.monotonic()
+            return
         self._install(fl)
-        if old is not None:  # an identical flow is replaced
+        if old is not None:  # an identical match with other actions replaces it
+            self.poll()
             if not fl.flags & ofp.OFPFF_RESET_COUNTS:
-                p, b = self.stats_of(old, self.counts())
-                fl.base_packets, fl.base_bytes = p, b
+                fl.base_packets, fl.base_bytes = self.stats_of(old)
+            self.acc.pop(old.rule_id, None)
             self._uninstall(old)
             self.flows.remove(old)
         self.flows.append(fl)
@@ -235,9 +266,10 @@ class FlowTable:
     def modify(self, match: Match, priority: int, strict: bool, cookie: int, mask: int, hops: list[Hop],
                instructions: list[Any], reset: bool) -> None:
         targets = self._selected(match, priority, strict, cookie, mask)
-        counts = self.counts() if targets and not reset else {}
+        if targets:
+            self.poll()
         for f in targets:
-            p, b = self.stats_of(f, counts) if not reset else (0, 0)
+            p, b = self.stats_of(f) if not reset else (0, 0)
             old_rule = f.rule_id
             old_hops = f.hops
             f.hops, f.instructions = hops, instructions
@@ -248,6 +280,7 @@ class FlowTable:
                 raise
             new_rule = f.rule_id
             f.rule_id = old_rule
+            self.acc.pop(old_rule, None)
             self._uninstall(f)
             f.rule_id = new_rule
             f.base_packets, f.base_bytes = p, b
@@ -260,9 +293,9 @@ class FlowTable:
     def remove(self, targets: list[OFFlow], reason: int) -> list[tuple[OFFlow, int]]:
         if not targets:
             return []
-        counts = self.counts()
+        self.poll()
         for f in targets:
-            f.base_packets, f.base_bytes = self.stats_of(f, counts)
+            self._retire_counts(f)
             self._uninstall(f)
             self.flows.remove(f)
         return [(f, reason) for f in targets]
@@ -271,16 +304,17 @@ class FlowTable:
         self.remove(list(self.flows), ofp.OFPRR_DELETE)
 
     def expired(self) -> list[tuple[OFFlow, int]]:
-        """Flows whose idle or hard timeout has passed (removed from the table)."""
+        """Poll the counters; remove and return the flows whose idle or hard timeout passed."""
+        if self.flows:
+            self.poll()
         now = time.monotonic()
         timed = [f for f in self.flows if f.idle or f.hard]
         if not timed:
             return []
-        counts = self.counts() if any(f.idle for f in timed) else {}
         gone: list[tuple[OFFlow, int]] = []
         for f in timed:
             if f.idle:
-                p, _ = self.stats_of(f, counts)
+                p, _ = self.stats_of(f)
                 if p != f.last_packets:
                     f.last_packets, f.last_active = p, now
             if f.hard and now - f.installed >= f.hard:
@@ -608,9 +642,10 @@ class OpenFlowAgent:
             with self.table.lock:
                 flows = [] if req["table_id"] not in (0, ofp.OFPTT_ALL) else self.table._selected(
                     match, 0, False, req["cookie"], req["cookie_mask"], req["out_port"])
-                counts = self.table.counts() if flows else {}
+                if flows:
+                    self.table.poll()
                 now = time.monotonic()
-                stats = [(f, *self.table.stats_of(f, counts)) for f in flows]
+                stats = [(f, *self.table.stats_of(f)) for f in flows]
             if mp_type == ofp.OFPMP_AGGREGATE:
                 items = [wire.aggregate_body(sum(s[1] for s in stats), sum(s[2] for s in stats), len(stats))]
             else:
