@@ -172,8 +172,9 @@ def flow_setup(dep: Deployment, seconds: float) -> dict[str, Any]:
 def scenario_names() -> list[str]:
     """Every scenario ``onvm bench`` knows, the port benchmarks included."""
     from onvm._bench_ports import SCENARIOS as PORT_SCENARIOS
+    from onvm.sdn.bench import SCENARIOS as SDN_SCENARIOS
 
-    return sorted([*SCENARIOS, *PORT_SCENARIOS])
+    return sorted([*SCENARIOS, *PORT_SCENARIOS, *SDN_SCENARIOS])
 
 
 def nf_start(isolation: str = "process", starts: int = 10, verbose: bool = False,
@@ -270,6 +271,10 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False,
 
     if name in PORT_SCENARIOS:
         return PORT_SCENARIOS[name][0](seconds, verbose)
+    from onvm.sdn.bench import SCENARIOS as SDN_SCENARIOS
+
+    if name in SDN_SCENARIOS:
+        return SDN_SCENARIOS[name][0](seconds, verbose)
     sc = SCENARIOS[name]
     tmp = tempfile.mkdtemp(prefix="onvm-bench-")
     dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", sc.manager_args, verbose)

@@ -201,3 +201,10 @@ def test_standalone_mode_drops_flows_without_a_controller(deploy):
         assert ctl.flow_stats() == []
     finally:
         ctl.close()
+
+
+def test_flow_mod_bench_runs(runtime):
+    out = onvm("bench", "flow-mod", "--seconds", "0.5", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["flow_mods"] >= 200 and res["errors"] == 0 and res["flow_mods_per_second"] > 0

@@ -15,6 +15,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp  # noqa: E402
 from os_ken.ofproto import ofproto_v1_3_parser as parser  # noqa: E402
 
 from onvm.actions import Action  # noqa: E402
+from onvm.errors import ConfigError  # noqa: E402
 from onvm.flows.chain import Hop  # noqa: E402
 from onvm.flows.rules import parse_rule  # noqa: E402
 from onvm.sdn import wire  # noqa: E402
@@ -96,7 +97,7 @@ def test_switch_side_messages():
     assert flags == [1, 1, 1, 0] and sum(len(r) - 16 for r in replies) == 200_000
     assert parse_controller("tcp:127.0.0.1:6653") == ("127.0.0.1", 6653)
     assert parse_controller("[::1]:6633") == ("::1", 6633)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         parse_controller("tcp:nowhere")
     assert datapath_id("a") != datapath_id("b") and datapath_id("a") < 1 << 48
 

@@ -170,9 +170,11 @@ class FlowTable:
         if reg is None or region is None:
             return
         with self.manager.lock:
+            fs = region.flow_stats()
+            if not fs["used"] and not self.seen:
+                return  # no entry anywhere: nothing counted since the last poll
             slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
-            size = region.flow_stats()["size"]
-            entries = region.flow_list(max(size, 1), -1) if size and slots else []
+            entries = region.flow_list(max(fs["size"], 1), -1) if fs["size"] and slots else []
         seen: dict[Any, tuple[int, int, int]] = {}
         for e in entries:
             rid = slots.get(e["rule_slot"])
