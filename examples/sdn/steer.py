@@ -2,10 +2,13 @@
 
 On every manager that connects it installs two flows in table 0:
 
-* priority 100, ``ip tcp dst port 80``: outputs ``STEER_WEB`` (default
-  ``1001,1002,2``: service 1, then service 2, then the manager's port 1);
+* priority 100, ``ip tcp dst port 80`` (``STEER_TCP_PORT``): outputs
+  ``STEER_WEB`` (default ``1001,1002,2``: service 1, then service 2, then
+  the manager's port 1);
 * priority 0, everything else (the table-miss flow): outputs
-  ``STEER_OTHER`` (default ``2``: straight out of port 1).
+  ``STEER_OTHER`` (default ``2``: straight out of port 1).  With
+  ``STEER_OTHER=none`` there is no such flow and the rest takes the
+  manager's default chain.
 
 OpenFlow port numbering: port N is the manager's port N-1, and 1000+S is
 service S (see onvm.sdn.translate).  Every 0.5 s it asks for flow statistics;
@@ -40,7 +43,8 @@ class Steer(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.web = _ports("STEER_WEB", "1001,1002,2")
-        self.other = _ports("STEER_OTHER", "2")
+        self.other = None if os.environ.get("STEER_OTHER") == "none" else _ports("STEER_OTHER", "2")
+        self.tcp_port = int(os.environ.get("STEER_TCP_PORT", "80"))
         self.log_path = os.environ.get("STEER_LOG", "")
         self.datapaths = {}
         self.poller = hub.spawn(self._poll)
@@ -65,8 +69,10 @@ class Steer(app_manager.OSKenApp):
         parser = dp.ofproto_parser
         self.datapaths[dp.id] = dp
         self.record("connected", dpid=dp.id)
-        self._flow(dp, 100, parser.OFPMatch(eth_type=0x0800, ip_proto=6, tcp_dst=80), self.web, cookie=0x80)
-        self._flow(dp, 0, parser.OFPMatch(), self.other, cookie=0x1)
+        web = parser.OFPMatch(eth_type=0x0800, ip_proto=6, tcp_dst=self.tcp_port)
+        self._flow(dp, 100, web, self.web, cookie=0x80)
+        if self.other is not None:
+            self._flow(dp, 0, parser.OFPMatch(), self.other, cookie=0x1)
         dp.send_msg(parser.OFPBarrierRequest(dp))
         dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
 
@@ -85,8 +91,8 @@ class Steer(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def on_flow_stats(self, ev):
-        flows = [{"cookie": s.cookie, "priority": s.priority, "packets": s.packet_count, "bytes": s.byte_count}
-                 for s in ev.msg.body]
+        flows = [{"cookie": s.cookie, "priority": s.priority, "packets": s.packet_count,
+                  "bytes": s.byte_count} for s in ev.msg.body]
         self.record("flow_stats", dpid=ev.msg.datapath.id, flows=flows)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER])

@@ -27,12 +27,13 @@ def free_port() -> int:
 
 
 class Controller:
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port, self.log = port, log
+        self.env = env or {"STEER_WEB": "1001,1002,3", "STEER_OTHER": "3"}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, STEER_WEB="1001,1002,3", STEER_OTHER="3", STEER_LOG=str(self.log))
+        env = dict(os.environ, **self.env, STEER_LOG=str(self.log))
         self.proc = subprocess.Popen([sys.executable, "-m", "onvm.sdn.controller", "--listen",
                                       f"127.0.0.1:{self.port}", str(APP)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
