@@ -7,6 +7,13 @@ a manager (``afpacket:PREFIX-a`` and ``afpacket:PREFIX-b``).
     [ns PREFIX-a] eth0 10.x.0.1 ==veth== PREFIX-a  (manager port 0)
                                           PREFIX-b  (manager port 1) ==veth== eth0 10.x.0.2 [ns PREFIX-b]
 
+With ``managers=2`` (``onvm testbed up --managers 2``) the hosts belong to two
+managers joined by a third veth pair, ``PREFIX-x1`` and ``PREFIX-x2``::
+
+    [ns A] == PREFIX-a (port 0) manager 1 PREFIX-x1 (port 1)
+                                              ==veth==
+              [ns B] == PREFIX-b (port 1) manager 2 PREFIX-x2 (port 0)
+
 Checksum offload is turned off on the namespace ends: a frame the kernel hands
 to AF_PACKET before its checksum is filled in would otherwise reach the other
 host with a wrong one, and TCP segmentation offload would hand over 64 KiB
@@ -34,6 +41,7 @@ class Testbed:
 
     prefix: str = "onvm"
     subnet: str = "10.211.0"  # hosts .1 (A) and .2 (B), /24
+    managers: int = 1  # 2: a link between two managers (see the module docstring)
 
     def __post_init__(self) -> None:
         ok = self.prefix.replace("-", "").replace("_", "").isalnum()
@@ -43,6 +51,8 @@ class Testbed:
         parts = self.subnet.split(".")
         if len(parts) != 3 or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
             raise ConfigError(f"testbed subnet '{self.subnet}': expected three octets like 10.211.0")
+        if self.managers not in (1, 2):
+            raise ConfigError(f"testbed managers {self.managers}: expected 1 or 2")
 
     def ns(self, side: str) -> str:
         """The namespace of host ``a`` or ``b``."""
@@ -58,6 +68,16 @@ class Testbed:
     @property
     def ports(self) -> list[str]:
         return [f"afpacket:{self.port_if('a')}", f"afpacket:{self.port_if('b')}"]
+
+    def trunk_if(self, manager: int) -> str:
+        """Manager 1's or 2's end of the link between them (managers=2)."""
+        return f"{self.prefix}-x{manager}"
+
+    def manager_ports(self, manager: int) -> list[str]:
+        """The --port URIs of manager 1 (host A, then the link) or 2 (the link, then host B)."""
+        if manager == 1:
+            return [f"afpacket:{self.port_if('a')}", f"afpacket:{self.trunk_if(1)}"]
+        return [f"afpacket:{self.trunk_if(2)}", f"afpacket:{self.port_if('b')}"]
 
     def exec_argv(self, side: str, *argv: str) -> list[str]:
         """An argument list running ``argv`` inside host ``side``'s namespace."""
@@ -88,6 +108,11 @@ class Testbed:
                 _ip("-n", ns, "link", "set", "eth0", "up")
                 _quiet_ipv6(port)
                 _ip("link", "set", port, "up")
+            if self.managers == 2:
+                _ip("link", "add", self.trunk_if(1), "type", "veth", "peer", "name", self.trunk_if(2))
+                for m in (1, 2):
+                    _quiet_ipv6(self.trunk_if(m))
+                    _ip("link", "set", self.trunk_if(m), "up")
         except BaseException:
             self.down()
             raise
@@ -103,6 +128,9 @@ class Testbed:
             if self.ns(side) in _netns_list():
                 subprocess.run(["ip", "netns", "del", self.ns(side)], capture_output=True)
                 removed.append(f"netns {self.ns(side)}")
+        if os.path.exists(f"/sys/class/net/{self.trunk_if(1)}"):
+            subprocess.run(["ip", "link", "del", self.trunk_if(1)], capture_output=True)
+            removed.append(f"link {self.trunk_if(1)}")
         return removed
 
 

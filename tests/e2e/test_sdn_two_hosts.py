@@ -4,6 +4,8 @@
 
     [ns A] == PREFIX-a  manager 1  PREFIX-x1 ==veth== PREFIX-x2  manager 2  PREFIX-b == [ns B]
 
+(``Testbed(managers=2)``, what ``onvm testbed up --managers 2`` builds.)
+
 Each manager's default chain is the bridge NF (ARP, replies and everything
 else).  The controller steers TCP to port 8080 through service 2 of manager 1,
 out to manager 2, through its service 2 and out to host B: a real HTTP transfer
@@ -12,7 +14,9 @@ from B's server to A's client takes that path one way and the bridges back.
 
 from __future__ import annotations
 
-import subprocess
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import pytest
 
 pytest.importorskip("os_ken")
 
-from onvm.testbed import Testbed, _quiet_ipv6  # noqa: E402
+from onvm.testbed import Testbed  # noqa: E402
 from tests.e2e.conftest import needs_root  # noqa: E402
 from tests.e2e.test_wire import _http_transfer, _ping  # noqa: E402
 from tests.integration.conftest import wait_for  # noqa: E402
@@ -29,19 +33,28 @@ from tests.integration.test_sdn_osken import Controller, free_port  # noqa: E402
 pytestmark = needs_root
 
 
-def test_a_chain_across_two_managers(testbed: Testbed, deploy: Any, tmp_path: Path) -> None:
-    x1, x2 = f"{testbed.prefix}-x1", f"{testbed.prefix}-x2"
+@pytest.fixture
+def testbed2() -> Iterator[Testbed]:
+    tb = Testbed(f"t{uuid.uuid4().hex[:7]}", "10.216.0", managers=2)
+    try:
+        tb.up()
+        assert os.path.exists(f"/sys/class/net/{tb.trunk_if(2)}")
+        yield tb
+    finally:
+        tb.down()
+        assert not os.path.exists(f"/sys/class/net/{tb.trunk_if(1)}"), "testbed left behind"
+
+
+def test_a_chain_across_two_managers(testbed2: Testbed, deploy: Any, tmp_path: Path) -> None:
+    testbed = testbed2
     ctl = Controller(free_port(), tmp_path / "steer.log",
                      env={"STEER_WEB": "1002,2", "STEER_OTHER": "none", "STEER_TCP_PORT": "8080"})
     try:
-        subprocess.run(["ip", "link", "add", x1, "type", "veth", "peer", "name", x2], check=True)
-        for link in (x1, x2):
-            _quiet_ipv6(link)
-            subprocess.run(["ip", "link", "set", link, "up"], check=True)
         ctl.start()
         deps = []
-        for ports in ((testbed.port_if("a"), x1), (x2, testbed.port_if("b"))):
-            dep = deploy(["--port", f"afpacket:{ports[0]}", "--port", f"afpacket:{ports[1]}",
+        for m in (1, 2):
+            ports = testbed.manager_ports(m)
+            dep = deploy(["--port", ports[0], "--port", ports[1],
                           "--default-chain", "1", "--controller", f"tcp:127.0.0.1:{ctl.port}"])
             dep.start_nf(["bridge", "--service", "1"])
             dep.start_nf(["simple_forward", "--service", "2"])
@@ -65,4 +78,3 @@ def test_a_chain_across_two_managers(testbed: Testbed, deploy: Any, tmp_path: Pa
         wait_for(counted, timeout=15, what="both managers to report the steered packets")
     finally:
         ctl.kill()
-        subprocess.run(["ip", "link", "del", x1], capture_output=True)

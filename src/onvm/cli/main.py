@@ -352,12 +352,22 @@ def _quote_rule(argv: list[str]) -> list[str]:
 def cmd_testbed(args: argparse.Namespace) -> int:
     from onvm.testbed import Testbed
 
-    tb = Testbed(args.prefix, args.subnet)
+    tb = Testbed(args.prefix, args.subnet, getattr(args, "managers", 1))
     if args.action == "down":
         removed = tb.down()
         print("removed " + ", ".join(removed) if removed else f"no testbed '{tb.prefix}' found")
         return 0
     tb.up()
+    if tb.managers == 2:
+        print(f"hosts: {tb.ns('a')} ({tb.addr('a')}) and {tb.ns('b')} ({tb.addr('b')}), namespaces\n"
+              f"manager 1 ports: {' '.join(tb.manager_ports(1))}\n"
+              f"manager 2 ports: {' '.join(tb.manager_ports(2))}\n"
+              "try (an OpenFlow controller steering across both: see examples/sdn/README.md):\n"
+              f"  onvm manager --name m1 --port {' --port '.join(tb.manager_ports(1))} --default-chain 1\n"
+              f"  onvm manager --name m2 --port {' --port '.join(tb.manager_ports(2))} --default-chain 1\n"
+              "  onvm nf bridge --name m1 --service 1; onvm nf bridge --name m2 --service 1\n"
+              f"  onvm testbed down{'' if tb.prefix == 'onvm' else ' --prefix ' + tb.prefix}")
+        return 0
     print(f"hosts: {tb.ns('a')} ({tb.addr('a')}) and {tb.ns('b')} ({tb.addr('b')}), namespaces\n"
           f"manager ports: {tb.port_if('a')} (port 0) and {tb.port_if('b')} (port 1)\n"
           "try:\n"
@@ -458,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["up", "down"])
     t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
     t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
+    t.add_argument("--managers", type=int, default=1, choices=[1, 2],
+                   help="2: host A on manager 1, host B on manager 2, and a link between the managers")
     r = sub.add_parser("run", help="run a topology file: manager, ports, NFs, chains",
                        description="Validate a topology file, start everything it describes, supervise "
                                    "the NFs and stop it all on Ctrl-C.")
