@@ -89,7 +89,9 @@ def test_what_rules_cannot_express_is_refused(switch):
         (dict(match=parser.OFPMatch(eth_dst="00:00:00:00:00:01"), outputs=[1]),
          (ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_FIELD)),
         (dict(match=parser.OFPMatch(ip_proto=6), outputs=[1]), (ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_PREREQ)),
-        (dict(match=WEB, outputs=[ofp.OFPP_CONTROLLER]), (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT)),
+        (dict(match=WEB, outputs=[ofp.OFPP_FLOOD]), (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT)),
+        (dict(match=WEB, outputs=[ofp.OFPP_CONTROLLER, 1]),
+         (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_UNSUPPORTED_ORDER)),
         (dict(match=WEB, outputs=[9]), (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT)),
         (dict(match=WEB, outputs=[1, 1001]), (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_UNSUPPORTED_ORDER)),
         (dict(match=WEB, outputs=[1], table_id=3), (ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_BAD_TABLE_ID)),
@@ -208,3 +210,59 @@ def test_flow_mod_bench_runs(runtime):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["flow_mods"] >= 200 and res["errors"] == 0 and res["flow_mods_per_second"] > 0
+
+
+def start_packet_io(dep):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "onvm.sdn.packet_io", "--name", dep.name, "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dep.procs.append(p)  # stopped with the deployment
+    return p
+
+
+def test_packet_in_and_packet_out(deploy):
+    ctl = RawController()
+    try:
+        dep = deploy(["--port", "gen:proto=udp,dport=53,count=10,rate=500,size=128",
+                      "--port", "gen:proto=tcp,dport=22,count=10,rate=500,src=10.9.0.1,size=128",
+                      "--port", "null",
+                      "--default-chain", "2,out:2", "--controller", ctl.target])
+        ctl.accept()
+        ctl.handshake()
+        ctl.flow_mod(match=parser.OFPMatch(eth_type=0x0800, ip_proto=17, udp_dst=53),
+                     outputs=[ofp.OFPP_CONTROLLER], priority=50, cookie=0x53)
+        ctl.flow_mod(outputs=[ofp.OFPP_CONTROLLER], priority=0, cookie=0x1)
+        assert ctl.barrier() == []
+        # PACKET_OUT before packet_io runs: refused
+        po = parser.OFPPacketOut(DP, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                 actions=[parser.OFPActionOutput(3)], data=bytes(60))
+        xid = ctl.send(po)
+        assert [(e.type, e.xid) for e in ctl.barrier()] == [(ofp.OFPET_BAD_REQUEST, xid)]
+        start_packet_io(dep)
+        dep.start_nf(["simple_forward", "--service", "2"])  # the default chain's service: input starts
+        dep.wait_running(2)
+        got = []
+        while len(got) < 20:
+            got.append(ctl.parse(ctl.recv_type(ofp.OFPT_PACKET_IN)[2]))
+        by = {}
+        for p in got:
+            assert p.total_len == len(p.data)
+            by.setdefault((p.reason, p.cookie, p.match["in_port"]), []).append(len(p.data))
+        assert by.keys() == {(ofp.OFPR_ACTION, 0x53, 1), (ofp.OFPR_NO_MATCH, 0x1, 2)}
+        # gen's size=128 counts the 4-byte FCS
+        assert all(len(v) == 10 and set(v) == {124} for v in by.values()), by
+        # PACKET_OUT: out of port 2 (the null port), three times
+        before = status(dep.name)["ports"][2]["tx"]
+        frame = got[0].data
+        for _ in range(3):
+            po = parser.OFPPacketOut(DP, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                     actions=[parser.OFPActionOutput(3)], data=frame)
+            ctl.send(po)
+        assert ctl.barrier() == []
+        wait_for(lambda: status(dep.name)["ports"][2]["tx"] == before + 3, what="the packets out")
+        of = status(dep.name)["openflow"]
+        assert of["packet_ins"] == 20 and of["packet_outs"] == 3
+    finally:
+        ctl.close()

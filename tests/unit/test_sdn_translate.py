@@ -71,11 +71,15 @@ def test_outputs_become_chains():
     hops = hops_from_of(actions(1001, 1002, 3), ok)
     assert hops == [Hop(Action.TONF, 1), Hop(Action.TONF, 2), Hop(Action.OUT, 2)]
     assert outputs_of(hops) == [1001, 1002, 3] and chain_name(hops) == "of-1-2-out2"
+    to_ctl = hops_from_of(actions(1001, ofp.OFPP_CONTROLLER), ok)
+    assert to_ctl == [Hop(Action.TONF, 1), Hop(Action.TONF, 63)]
+    assert outputs_of(to_ctl) == [1001, ofp.OFPP_CONTROLLER]
     assert hops_from_of([], ok) == [Hop(Action.DROP)] and chain_name([Hop(Action.DROP)]) == "of-drop"
     long = [Hop(Action.TONF, i) for i in range(10, 25)] + [Hop(Action.OUT, 0)]
     assert len(chain_name(long)) <= 23
     for ports, code in (([2], ofp.OFPBAC_BAD_OUT_PORT), ([1, 1001], ofp.OFPBAC_UNSUPPORTED_ORDER),
-                        ([ofp.OFPP_CONTROLLER], ofp.OFPBAC_BAD_OUT_PORT), ([1001] * 17, ofp.OFPBAC_TOO_MANY)):
+                        ([ofp.OFPP_FLOOD], ofp.OFPBAC_BAD_OUT_PORT), ([1001] * 17, ofp.OFPBAC_TOO_MANY),
+                        ([ofp.OFPP_CONTROLLER, 1], ofp.OFPBAC_UNSUPPORTED_ORDER)):
         with pytest.raises(OFError) as e:
             hops_from_of(actions(*ports), ok)
         assert e.value.code == code

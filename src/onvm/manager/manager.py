@@ -685,6 +685,17 @@ class Manager:
             raise ConfigError("'service' must be an int")
         return self.services.scale(svc, self._arg(args, "count", int))
 
+    def _op_packet_in(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
+        """A packet for the OpenFlow controllers, from the packet_io NF (see onvm.sdn)."""
+        if self.sdn is None:
+            raise OnvmError("no --controller: nowhere to send the packet", code="not_found")
+        import base64
+
+        data = base64.b64decode(self._arg(args, "data", str))
+        total = int(args.get("total_len") or len(data))
+        queued = self.sdn.packet_in(data, self._arg(args, "in_port", int), total)
+        return {"queued": queued}
+
     # ---- services and retirement ------------------------------------------
     def _publish_service(self, service: int) -> None:
         members = sorted(

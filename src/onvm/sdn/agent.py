@@ -33,14 +33,22 @@ Roles: a session starts EQUAL.  ROLE_REQUEST MASTER makes the others SLAVE;
 a SLAVE gets IS_SLAVE errors for FLOW_MOD.  Generation ids are checked as the
 specification says.
 
-Not supported: PACKET_IN and PACKET_OUT (an output to CONTROLLER and a
-PACKET_OUT get BAD_ACTION / BAD_REQUEST errors), groups, meters and more than
-one table.
+PACKET_IN and PACKET_OUT go through the packet_io NF (service 63, see
+:mod:`onvm.sdn.packet_io`): an output to CONTROLLER is a hop into it, it hands
+each packet to the manager, and :meth:`OpenFlowAgent.packet_in` queues it for a
+sender thread (a slow controller never holds the manager's lock).  The reason
+and cookie are those of the flow the packet matches (by the rules' reference
+matcher): NO_MATCH for the table-miss flow, ACTION for others.  A PACKET_OUT
+becomes a message to packet_io, which injects the packet once per output.
+
+Not supported: packet buffers, groups, meters and more than one table.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import queue
 import select
 import socket
 import struct
@@ -54,10 +62,14 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from onvm import __version__ as onvm_version
+from onvm.actions import Action
 from onvm.errors import ConfigError, OnvmError
-from onvm.flows.chain import MAX_SERVICES, Hop
+from onvm.flows.chain import MAX_PORTS, MAX_SERVICES, Hop
+from onvm.flows.rules import PacketFields, rule_matches
 from onvm.sdn import wire
 from onvm.sdn.translate import (
+    CONTROLLER_SERVICE,
+    SERVICE_PORT_BASE,
     Match,
     chain_name,
     hops_from_of,
@@ -488,7 +500,9 @@ class Session(threading.Thread):
             for reply in agent.multipart(xid, mp_type, mp_body):
                 self.send(reply)
         elif mtype == ofp.OFPT_PACKET_OUT:
-            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE, "PACKET_OUT is not supported")
+            if self.role == ofp.OFPCR_ROLE_SLAVE:
+                raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)
+            agent.packet_out(*wire.parse_packet_out(body))
         elif mtype in (ofp.OFPT_GROUP_MOD, ofp.OFPT_METER_MOD, ofp.OFPT_TABLE_MOD, ofp.OFPT_PORT_MOD):
             raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)
         elif mtype == ofp.OFPT_GET_ASYNC_REQUEST or mtype == ofp.OFPT_SET_ASYNC:
@@ -514,6 +528,11 @@ class OpenFlowAgent:
         self.flow_mods = 0
         self.started = time.monotonic()
         self._timer: threading.Thread | None = None
+        self._up: queue.Queue[bytes] = queue.Queue(maxsize=4096)  # PACKET_INs waiting to be sent
+        self._sender: threading.Thread | None = None
+        self.packet_ins = 0
+        self.packet_ins_dropped = 0
+        self.packet_outs = 0
 
     def log(self, text: str) -> None:
         try:
@@ -526,6 +545,8 @@ class OpenFlowAgent:
             s.start()
         self._timer = threading.Thread(target=self._tick, name="onvm-of-timer", daemon=True)
         self._timer.start()
+        self._sender = threading.Thread(target=self._send_up, name="onvm-of-packet-in", daemon=True)
+        self._sender.start()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -533,14 +554,16 @@ class OpenFlowAgent:
             s.close()
         for s in self.sessions:
             s.join(timeout=3)
-        if self._timer:
-            self._timer.join(timeout=3)
+        for t in (self._timer, self._sender):
+            if t:
+                t.join(timeout=3)
 
     def describe(self) -> dict[str, Any]:
         with self.table.lock:
             flows = len(self.table.flows)
         return {"datapath_id": f"{self.dpid:016x}", "fail_mode": self.fail_mode, "flows": flows,
-                "flow_mods": self.flow_mods, "errors": self.errors,
+                "flow_mods": self.flow_mods, "errors": self.errors, "packet_ins": self.packet_ins,
+                "packet_ins_dropped": self.packet_ins_dropped, "packet_outs": self.packet_outs,
                 "controllers": [{"target": s.target, "connected": s.connected.is_set(),
                                  "connects": s.connects, "role": ROLE_NAMES.get(s.role, "?")}
                                 for s in self.sessions]}
@@ -575,6 +598,69 @@ class OpenFlowAgent:
             except Exception as e:  # the manager may be stopping under us
                 if not self.stopping.is_set():
                     self.log(f"OpenFlow: timeout check failed: {e}")
+
+    # ---- packets to and from controllers ----------------------------------------
+    def packet_in(self, data: bytes, in_port: int, total_len: int) -> bool:
+        """Queue a PACKET_IN (called by the manager for packet_io; never blocks)."""
+        fields = packet_fields(data, in_port)
+        reason, cookie = ofp.OFPR_NO_MATCH, 0xFFFFFFFFFFFFFFFF
+        with self.table.lock:
+            order = sorted(self.table.flows, key=lambda f: -f.priority)
+            for f in order:
+                if fields is not None and rule_matches(f.match.rule("x", f.priority), fields):
+                    miss = f.priority == 0 and f.match == Match()
+                    reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
+                    break
+        msg = wire.packet_in(data=data, total_len=total_len, reason=reason, cookie=cookie,
+                             in_port=of_port_of(in_port) if in_port < MAX_PORTS else ofp.OFPP_CONTROLLER)
+        try:
+            self._up.put_nowait(msg)
+        except queue.Full:
+            self.packet_ins_dropped += 1
+            return False
+        return True
+
+    def _send_up(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                msg = self._up.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            sent = False
+            for s in self.sessions:
+                if s.connected.is_set() and s.role != ofp.OFPCR_ROLE_SLAVE:
+                    try:
+                        s.send(msg)
+                        sent = True
+                    except OSError:
+                        pass
+            if sent:
+                self.packet_ins += 1
+            else:
+                self.packet_ins_dropped += 1
+
+    def packet_out(self, in_port: int, ports: list[int], data: bytes) -> None:
+        """Hand a controller's packet to packet_io, which injects it once per output."""
+        outputs = []
+        for p in ports:
+            if SERVICE_PORT_BASE <= p < SERVICE_PORT_BASE + CONTROLLER_SERVICE:
+                outputs.append((int(Action.TONF), p - SERVICE_PORT_BASE))
+            elif 1 <= p <= MAX_PORTS and self.table.port_ok(p - 1):
+                outputs.append((int(Action.OUT), p - 1))
+            else:
+                raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT, f"port {p}")
+        if not outputs or not data:
+            return
+        m = self.manager
+        message = {"from": {"manager": True},
+                   "data": {"packet_out": base64.b64encode(data).decode(), "outputs": outputs}}
+        with m.lock:
+            for rec in m.nfs.values():
+                if rec.service == CONTROLLER_SERVICE and rec.inbox is not None and \
+                        rec.inbox.send_event("message", message):
+                    self.packet_outs += 1
+                    return
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, "no packet_io NF runs (service 63)")
 
     def session_lost(self) -> None:
         if self.fail_mode == "standalone" and not any(s.connected.is_set() for s in self.sessions):
@@ -661,6 +747,32 @@ class OpenFlowAgent:
         else:
             raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_MULTIPART)
         return wire.multipart_replies(xid, mp_type, items)
+
+
+def packet_fields(data: bytes, in_port: int) -> PacketFields | None:
+    """What the rules look at in a frame (None if it is not IPv4 or IPv6)."""
+    off, vlan = 12, None
+    if len(data) < 14:
+        return None
+    etype = int.from_bytes(data[12:14], "big")
+    if etype == 0x8100 and len(data) >= 18:
+        vlan = int.from_bytes(data[14:16], "big") & 0xFFF
+        etype = int.from_bytes(data[16:18], "big")
+        off = 16
+    ip = off + 2
+    if etype == 0x0800 and len(data) >= ip + 20:
+        ihl = (data[ip] & 0xF) * 4
+        proto, src, dst, l4 = data[ip + 9], data[ip + 12:ip + 16], data[ip + 16:ip + 20], ip + ihl
+        ver = 4
+    elif etype == 0x86DD and len(data) >= ip + 40:
+        proto, src, dst, l4 = data[ip + 6], data[ip + 8:ip + 24], data[ip + 24:ip + 40], ip + 40
+        ver = 6
+    else:
+        return None
+    sport = dport = 0
+    if proto in (6, 17, 132) and len(data) >= l4 + 4:
+        sport, dport = int.from_bytes(data[l4:l4 + 2], "big"), int.from_bytes(data[l4 + 2:l4 + 4], "big")
+    return PacketFields(ver, bytes(src), bytes(dst), proto, sport, dport, in_port, vlan)
 
 
 __all__ = ["OpenFlowAgent", "parse_controller", "datapath_id", "FlowTable", "OFFlow", "parser"]

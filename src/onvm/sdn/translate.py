@@ -6,8 +6,10 @@ Port numbering (what a controller sees in PORT_DESC):
 OpenFlow port     meaning
 ================  ==============================================================
 1..16             the manager's port N-1 (``--port`` order; port 0 is OpenFlow 1)
-1000 + S          service S as a logical port (1000..1063): an output to it
+1000 + S          service S as a logical port (1000..1062): an output to it
                   sends the packet into that service (TONF)
+CONTROLLER        service 63, where the packet_io NF sends packets up as
+                  PACKET_IN (port 1063 is the same service)
 ================  ==============================================================
 
 A flow's actions become a chain: its outputs, in order.  Outputs to service
@@ -35,6 +37,7 @@ from onvm.flows.rules import ANY, Rule
 from onvm.sdn.wire import OFError
 
 SERVICE_PORT_BASE = 1000
+CONTROLLER_SERVICE = 63  # where packet_io runs: an output to CONTROLLER is a hop into it
 
 
 def of_port_of(port: int) -> int:
@@ -168,8 +171,12 @@ def hops_from_of(instructions: list[Any], port_ok: Any) -> list[Hop]:
     hops = []
     for i, port in enumerate(outputs):
         last = i == len(outputs) - 1
-        if SERVICE_PORT_BASE <= port < SERVICE_PORT_BASE + MAX_SERVICES:
-            hops.append(Hop(Action.TONF, port - SERVICE_PORT_BASE))
+        if SERVICE_PORT_BASE <= port < SERVICE_PORT_BASE + MAX_SERVICES or port == ofp.OFPP_CONTROLLER:
+            svc = CONTROLLER_SERVICE if port == ofp.OFPP_CONTROLLER else port - SERVICE_PORT_BASE
+            if svc == CONTROLLER_SERVICE and not last:
+                raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_UNSUPPORTED_ORDER,
+                              "an output to the controller ends the chain")
+            hops.append(Hop(Action.TONF, svc))
         elif 1 <= port <= MAX_PORTS and port_ok(port - 1):
             if not last:
                 raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_UNSUPPORTED_ORDER,
@@ -184,7 +191,9 @@ def outputs_of(hops: list[Hop]) -> list[int]:
     """The OpenFlow output ports a chain stands for (the inverse of hops_from_of)."""
     out = []
     for h in hops:
-        if h.action == Action.TONF:
+        if h.action == Action.TONF and h.dest == CONTROLLER_SERVICE:
+            out.append(ofp.OFPP_CONTROLLER)
+        elif h.action == Action.TONF:
             out.append(service_port(h.dest))
         elif h.action == Action.OUT:
             out.append(of_port_of(h.dest))

@@ -11,9 +11,10 @@ ROLE_REQUEST, PACKET_OUT's header), are packed and unpacked here with
 packed here                 HELLO (with a version bitmap), ERROR, ECHO_REPLY,
                             FEATURES_REPLY, GET_CONFIG_REPLY, BARRIER_REPLY,
                             ROLE_REPLY, MULTIPART_REPLY (DESC, FLOW, AGGREGATE,
-                            PORT_STATS, PORT_DESC, TABLE), FLOW_REMOVED
+                            PORT_STATS, PORT_DESC, TABLE), FLOW_REMOVED, PACKET_IN
 unpacked here               the OpenFlow header, HELLO elements, MULTIPART_REQUEST
-                            (FLOW, AGGREGATE, PORT_STATS bodies), ROLE_REQUEST
+                            (FLOW, AGGREGATE, PORT_STATS bodies), ROLE_REQUEST,
+                            PACKET_OUT, and a length check of every FLOW_MOD
 os-ken                      FLOW_MOD decoding; OFPMatch and OFPInstructionActions
                             encoding inside FLOW stats and FLOW_REMOVED
 ==========================  =====================================================
@@ -261,6 +262,37 @@ def check_flow_mod(raw: bytes) -> None:
                     raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
                 a += alen
         off += ilen
+
+
+def packet_in(*, data: bytes, total_len: int, reason: int, cookie: int, in_port: int) -> bytes:
+    match = bytearray()
+    parser.OFPMatch(in_port=in_port).serialize(match, 0)
+    body = struct.pack("!IHBBQ", ofp.OFP_NO_BUFFER, total_len, reason, 0, cookie) + bytes(match) + b"\0\0"
+    return message(ofp.OFPT_PACKET_IN, 0, body + data)
+
+
+def parse_packet_out(body: bytes) -> tuple[int, list[int], bytes]:
+    """(in_port, output ports, packet) of a PACKET_OUT; only OUTPUT actions, no buffers."""
+    if len(body) < 16:
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN)
+    buffer_id, in_port, actions_len = struct.unpack_from("!IIH6x", body)
+    if buffer_id != ofp.OFP_NO_BUFFER:
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BUFFER_UNKNOWN, "no buffers here")
+    if 16 + actions_len > len(body):
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN)
+    ports = []
+    off = 16
+    while off < 16 + actions_len:
+        if off + 4 > 16 + actions_len:
+            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
+        atype, alen = struct.unpack_from("!HH", body, off)
+        if atype != ofp.OFPAT_OUTPUT:
+            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_TYPE)
+        if alen != 16 or off + alen > 16 + actions_len:
+            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_LEN)
+        ports.append(struct.unpack_from("!I", body, off + 4)[0])
+        off += alen
+    return in_port, ports, body[16 + actions_len:]
 
 
 def parse_flow_mod(raw: bytes) -> Any:
