@@ -126,7 +126,10 @@ class OFFlow:
 
 
 class FlowTable:
-    """Table 0 on top of the manager's FlowRegistry.  Callers hold ``self.lock``."""
+    """Table 0 on top of the manager's FlowRegistry.  Callers hold ``self.lock``.
+
+    Lock order: the table's lock, then the manager's.  Code that runs under the
+    manager's lock (status, packet_in) must not take the table's."""
 
     def __init__(self, manager: Any) -> None:
         self.manager = manager
@@ -559,8 +562,9 @@ class OpenFlowAgent:
                 t.join(timeout=3)
 
     def describe(self) -> dict[str, Any]:
-        with self.table.lock:
-            flows = len(self.table.flows)
+        # Called under the manager's lock: the table's lock would invert the order
+        # FLOW_MODs take them in (table, then manager).  A length needs no lock.
+        flows = len(self.table.flows)
         return {"datapath_id": f"{self.dpid:016x}", "fail_mode": self.fail_mode, "flows": flows,
                 "flow_mods": self.flow_mods, "errors": self.errors, "packet_ins": self.packet_ins,
                 "packet_ins_dropped": self.packet_ins_dropped, "packet_outs": self.packet_outs,
@@ -604,13 +608,13 @@ class OpenFlowAgent:
         """Queue a PACKET_IN (called by the manager for packet_io; never blocks)."""
         fields = packet_fields(data, in_port)
         reason, cookie = ofp.OFPR_NO_MATCH, 0xFFFFFFFFFFFFFFFF
-        with self.table.lock:
-            order = sorted(self.table.flows, key=lambda f: -f.priority)
-            for f in order:
-                if fields is not None and rule_matches(f.match.rule("x", f.priority), fields):
-                    miss = f.priority == 0 and f.match == Match()
-                    reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
-                    break
+        # A copy of the list, not the table's lock: this runs under the manager's lock.
+        order = sorted(list(self.table.flows), key=lambda f: -f.priority)
+        for f in order:
+            if fields is not None and rule_matches(f.match.rule("x", f.priority), fields):
+                miss = f.priority == 0 and f.match == Match()
+                reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
+                break
         msg = wire.packet_in(data=data, total_len=total_len, reason=reason, cookie=cookie,
                              in_port=of_port_of(in_port) if in_port < MAX_PORTS else ofp.OFPP_CONTROLLER)
         try:
