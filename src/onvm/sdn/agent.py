@@ -185,11 +185,12 @@ class FlowTable:
         if reg is None or region is None:
             return
         with self.manager.lock:
-            fs = region.flow_stats()
-            if not fs["used"] and not self.seen:
-                return  # no entry anywhere: nothing counted since the last poll
             slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
-            entries = region.flow_list(max(fs["size"], 1), -1) if fs["size"] and slots else []
+        # The scan reads the region's seqlocked entries: no need to hold the manager's lock.
+        fs = region.flow_stats()
+        if not fs["used"] and not self.seen:
+            return  # no entry anywhere: nothing counted since the last poll
+        entries = region.flow_list(max(fs["size"], 1), -1) if fs["size"] and slots else []
         seen: dict[Any, tuple[int, int, int]] = {}
         for e in entries:
             rid = slots.get(e["rule_slot"])
