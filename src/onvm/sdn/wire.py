@@ -22,12 +22,16 @@ os-ken                      FLOW_MOD decoding; OFPMatch and OFPInstructionAction
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Any
 
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+# What it cannot parse is an ERROR reply to the controller, not a traceback in the log.
+logging.getLogger("os_ken.ofproto.ofproto_parser").setLevel(logging.CRITICAL)
 
 VERSION = ofp.OFP_VERSION  # 4
 HEADER = struct.Struct("!BBHI")
@@ -300,8 +304,10 @@ def parse_flow_mod(raw: bytes) -> Any:
     check_flow_mod(raw)
     try:
         version, msg_type, length, xid = ofproto_parser.header(raw)
-        return ofproto_parser.msg(DP, version, msg_type, length, xid, bytearray(raw))
-    except OFError:
-        raise
+        # os-ken logs what it cannot parse and returns None
+        msg = ofproto_parser.msg(DP, version, msg_type, length, xid, bytearray(raw))
     except Exception:
-        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN, "undecodable FLOW_MOD") from None
+        msg = None
+    if msg is None or getattr(msg, "match", None) is None:
+        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN, "undecodable FLOW_MOD")
+    return msg
