@@ -123,7 +123,7 @@ FLOW_MOD = _flow_mod_bytes()
 def test_flow_mod_that_os_ken_cannot_parse():
     # an eth_type OXM whose length says 13: os-ken gives up (and returns None)
     raw = bytes.fromhex("040e004800000000570000000071000000000000000000000000000000008000ffffffff0000"
-                        "000000000000000000000001001580000a0d0800800014010680001c5f0050000000ad")
+                        "000000000000000000000001001580000a0d0800800014010680001c5f00500000ad")
     with pytest.raises(OFError) as e:
         wire.parse_flow_mod(raw)
     assert e.value.type == ofp.OFPET_BAD_REQUEST
