@@ -63,7 +63,8 @@ def test_flow_mods_become_rules_and_chains(switch):
     switch.flow_mod(outputs=[1], priority=0, cookie=0x1)
     assert switch.barrier() == []
     by_prio = {r["priority"]: r for r in rules(name)}
-    assert by_prio[200]["rule"] == "priority 200 tcp dst port 80 -> chain of-1-2-out1"
+    # eth_type IPv4 is kept as a /0 source prefix: IPv6 TCP to port 80 does not match
+    assert by_prio[200]["rule"] == "priority 200 tcp src 0.0.0.0/0 dst port 80 -> chain of-1-2-out1"
     assert by_prio[0]["chain"] == "of-out0"
     assert chains(name)["of-1-2-out1"] == "1,2,out:1"
     # MODIFY_STRICT changes the actions of exactly that flow

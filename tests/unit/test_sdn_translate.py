@@ -38,6 +38,9 @@ def test_matches_become_rules():
     assert v6.dst == ipaddress.ip_network("2001:db8::1/128") and v6.sport == 53 and v6.proto == 17
     assert m(vlan_vid=ofp.OFPVID_PRESENT | 7).vlan == 7
     assert m() == Match()
+    v4tcp = m(eth_type=0x0800, ip_proto=6, tcp_dst=80).rule("c", 1)
+    assert v4tcp.to_text() == "priority 1 tcp src 0.0.0.0/0 dst port 80 -> chain c"
+    assert parse_rule(v4tcp.to_text()).ipver == 4
 
 
 @pytest.mark.parametrize("kw, code", [

@@ -62,7 +62,11 @@ class Match:
     dport: int | None = None
 
     def rule(self, chain: str, priority: int) -> Rule:
-        return Rule(chain=chain, priority=priority, proto=self.proto, ipver=self.ipver, src=self.src,
+        src = self.src
+        if self.proto and self.ipver and src is None and self.dst is None:
+            # A rule's text names one protocol ("tcp", IPv4 or IPv6); a /0 prefix keeps the version.
+            src = ipaddress.ip_network("0.0.0.0/0" if self.ipver == 4 else "::/0")
+        return Rule(chain=chain, priority=priority, proto=self.proto, ipver=self.ipver, src=src,
                     dst=self.dst, sport=(self.sport, self.sport) if self.sport is not None else (0, 65535),
                     dport=(self.dport, self.dport) if self.dport is not None else (0, 65535),
                     in_port=self.in_port, vlan=self.vlan)
