@@ -267,3 +267,32 @@ def test_packet_in_and_packet_out(deploy):
         assert of["packet_ins"] == 20 and of["packet_outs"] == 3
     finally:
         ctl.close()
+
+
+def test_two_controllers_master_and_slave(deploy):
+    a, b = RawController(), RawController()
+    try:
+        dep = deploy(["--port", "null", "--default-chain", "out:0", "--controller", a.target,
+                      "--controller", b.target])
+        for c in (a, b):
+            c.accept()
+            c.handshake()
+        for c, gen in ((a, 1), (b, 2)):
+            xid = c.send(parser.OFPRoleRequest(DP, ofp.OFPCR_ROLE_MASTER, gen))
+            assert c.parse(c.recv_xid(xid)[2]).role == ofp.OFPCR_ROLE_MASTER
+        # b's claim made a a slave
+        a.flow_mod(match=WEB, outputs=[1])
+        assert [(e.type, e.code) for e in a.barrier()] == [(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)]
+        b.flow_mod(match=WEB, outputs=[1], hard=1, flags=ofp.OFPFF_SEND_FLOW_REM)
+        assert b.barrier() == []
+        assert len(a.flow_stats()) == 1  # a slave still reads
+        roles = {c["target"]: c["role"] for c in status(dep.name)["openflow"]["controllers"]}
+        assert roles == {a.target: "slave", b.target: "master"}
+        # FLOW_REMOVED goes to the master, not to the slave
+        assert b.parse(b.recv_type(ofp.OFPT_FLOW_REMOVED)[2]).reason == ofp.OFPRR_HARD_TIMEOUT
+        a.conn.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            a.recv(lambda m: m[0] == ofp.OFPT_FLOW_REMOVED, timeout=1.0)
+    finally:
+        a.close()
+        b.close()
