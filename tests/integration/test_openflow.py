@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import time
 
 import pytest
 
@@ -296,3 +297,22 @@ def test_two_controllers_master_and_slave(deploy):
     finally:
         a.close()
         b.close()
+
+
+def test_idle_timeout_waits_for_traffic_to_stop(deploy):
+    ctl = RawController()
+    try:
+        dep = deploy(["--port", "gen:proto=tcp,dport=80,count=3000,rate=1000", "--port", "null",
+                      "--default-chain", "out:1", "--controller", ctl.target])
+        ctl.accept()
+        ctl.handshake()
+        ctl.flow_mod(match=WEB, outputs=[2], idle=1, cookie=9, flags=ofp.OFPFF_SEND_FLOW_REM)
+        assert ctl.barrier() == []
+        t0 = time.monotonic()
+        msg = ctl.parse(ctl.recv_type(ofp.OFPT_FLOW_REMOVED)[2])
+        waited = time.monotonic() - t0
+        assert msg.reason == ofp.OFPRR_IDLE_TIMEOUT and msg.cookie == 9
+        assert waited > 1.5  # the traffic (3 s from the start) kept it alive
+        assert msg.packet_count > 0 and status(dep.name)["openflow"]["flows"] == 0
+    finally:
+        ctl.close()
