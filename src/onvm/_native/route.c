@@ -86,6 +86,10 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
         uint32_t s = slots[i];
         struct onvm_meta *m = &r->meta[s];
         unsigned action, dest;
+        if (mode == ONVM_ROUTE_META && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
+            m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
+            continue;
+        }
         if (mode == ONVM_ROUTE_START || m->action == ONVM_ACT_NEXT) {
             struct onvm_hop hop;
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;
