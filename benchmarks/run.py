@@ -18,17 +18,20 @@ import statistics
 import sys
 import time
 
-from onvm.bench import nf_start, run_scenario, scenario_names
+from onvm.bench import nf_start, run_latency, run_scenario, scenario_names
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpps", "idle": "< 2 % CPU",
            "pcap-replay": ">= 5 Mpps", "veth-bridge": ">= 80 % of a Linux bridge",
            "lb": "imbalance < 0.1", "flow-setup": ">= 20,000 rules/s; >= 10 Mpps lookups",
            "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms",
-           "firewall": ">= 8 Mpps"}
+           "firewall": ">= 8 Mpps", "latency": "p50 < 20 us through one NF",
+           "latency-3": "p50 and p99 through three NFs"}
+LATENCY = {"latency": 1, "latency-3": 3}
 NF_START = ("nf-start-process", "nf-start-namespace", "nf-start-podman")  # not run by default
 # The figure each scenario is judged by (the median of --repeat runs is kept).
-KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second"}
+KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second",
+        "latency": "p50_us", "latency-3": "p50_us"}
 
 
 def render(r: dict) -> str:
@@ -36,6 +39,8 @@ def render(r: dict) -> str:
     name = r["scenario"]
     if name in NF_START:
         return f"{r['median_ms']:.0f} ms median of {r['starts']} starts"
+    if name in LATENCY:
+        return f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us at {r['rate_pps']} packets/s"
     if name == "idle":
         return f"{r['cpu_percent']:.2f} % of one core"
     if name == "veth-bridge":
@@ -50,7 +55,7 @@ def render(r: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenarios", nargs="*", default=scenario_names())
+    p.add_argument("scenarios", nargs="*", default=[*scenario_names(), *LATENCY])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median is kept")
     args = p.parse_args()
@@ -62,7 +67,11 @@ def main() -> int:
             results.append(r)
             print(json.dumps(r), flush=True)
             continue
-        runs = [run_scenario(name, seconds=args.seconds) for _ in range(args.repeat)]
+        if name in LATENCY:
+            runs = [{**run_latency(nfs=LATENCY[name], seconds=args.seconds), "scenario": name}
+                    for _ in range(args.repeat)]
+        else:
+            runs = [run_scenario(name, seconds=args.seconds) for _ in range(args.repeat)]
         key = KEYS.get(name, "mpps")
         best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
         best["runs"] = [r[key] for r in runs]

@@ -31,7 +31,7 @@ class Scenario:
     measure: str = "rx"  # "rx": packets the first NF received; "cpu": CPU use
     manager_args: list[str] = field(default_factory=list)
     note: str = ""
-    measure_nf: str = ""  # measure this NF's rx (default: the first NF started)
+    measure_nf: str = ""  # measure this NF's rx (default: the first NF of the list)
     prepare: Callable[[str], None] | None = None  # writes files into "{tmp}" before the start
     extra: Callable[[str], dict[str, Any]] | None = None  # more figures, after the run
 
@@ -282,9 +282,15 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False,
         if sc.prepare is not None:
             sc.prepare(tmp)
         dep.start_manager()
-        for argv in sc.nfs:
-            dep.start_nf([a.format(tmp=tmp, handler=handler) for a in argv])
-        dep.wait_running(len(sc.nfs))
+        # The first NF (a traffic source such as speed_tester) starts last, once every NF
+        # downstream of it runs: packets it makes must find each service of the chain.
+        argvs = [[a.format(tmp=tmp, handler=handler) for a in argv] for argv in sc.nfs]
+        for argv in argvs[1:]:
+            dep.start_nf(argv)
+        dep.wait_running(len(argvs) - 1)
+        if argvs:
+            dep.start_nf(argvs[0])
+        dep.wait_running(len(argvs))
         if sc.measure == "flows":
             return {"scenario": name, **flow_setup(dep, seconds)}
         time.sleep(WARMUP)
@@ -310,7 +316,8 @@ def run_scenario(name: str, seconds: float = 5.0, verbose: bool = False,
 
             def measure() -> tuple[float, float]:
                 st = dep.status()
-                named = [n for n in st["nfs"] if n.get("name") == sc.measure_nf]
+                want = sc.measure_nf or (sc.nfs[0][0] if sc.nfs else "")
+                named = [n for n in st["nfs"] if n.get("name") == want]
                 first = named[0] if named else min(st["nfs"], key=lambda n: n["id"])
                 return float(first["rx"]), float(sum(sum(n["drops"].values()) for n in st["nfs"]))
 

@@ -262,9 +262,9 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             }
             now = onvm_now_ns();
             st->handler_ns += now - t0;
-            onvm_lat_record_burst(&st->lat, r->meta, self->buf, routed, now);
+            onvm_lat_sample_burst(&st->lat, r->meta, self->buf, routed, now);
             st->rx_bytes += bytes;
-            onvm_route_burst(self->route, self->buf, onvm_take_held(r, self->buf, routed), ONVM_ROUTE_META);
+            onvm_route_burst(self->route, self->buf, routed, ONVM_ROUTE_META); /* held packets stay */
             if (routed < n)
                 free_slots(self, self->buf + routed, n - routed);
             onvm_held_flush(self->route, &self->held);

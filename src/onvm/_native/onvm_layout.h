@@ -60,6 +60,9 @@ enum onvm_action {
     ONVM_ACT_COUNT
 };
 
+/* A handler's "keep this packet": never routed; the packet stays with its NF (ONVM_MF_HELD). */
+#define ONVM_ACT_HOLD 0xfeu
+
 enum onvm_drop_reason {
     ONVM_DROP_ACTION = 0,  /* a handler or chain hop said DROP */
     ONVM_DROP_RING_FULL,   /* the next NF's RX ring (or a TX ring) was full */

@@ -5,9 +5,8 @@
 
 #include "onvm_nf.h"
 
-/* An action that never leaves the NF: the packet stays in the NF's hands
- * (stamped with its id, so a killed NF still gives it back) until released. */
-#define ONVM_ACT_HOLD 0xfeu
+/* ONVM_ACT_HOLD (onvm_layout.h): the packet stays in the NF's hands (stamped
+ * with its id, so a killed NF still gives it back) until released. */
 
 enum onvm_hv_kind { HV_ETH, HV_VLAN, HV_ARP, HV_IPV4, HV_IPV6, HV_ICMP, HV_ICMP6, HV_TCP, HV_UDP, HV_COUNT };
 
@@ -46,9 +45,6 @@ struct onvm_held {
     uint8_t *action;
 };
 
-/* Take the packets a handler held out of slots[0..n): they stay with the NF.
- * Returns how many are left to route (compacted to the front). */
-uint32_t onvm_take_held(struct onvm_region *r, uint32_t *slots, uint32_t n);
 /* hold(slots): mark packets of the burst in hand as held (batch handlers). */
 PyObject *onvm_hold_slots(struct onvm_region *r, unsigned nf_id, PyObject *args);
 /* release(slots, action, dest): queue held packets for routing; -> how many were held. */

@@ -770,18 +770,6 @@ static void hold_one(struct onvm_meta *m) {
     m->action = ONVM_ACT_HOLD;
 }
 
-uint32_t onvm_take_held(struct onvm_region *r, uint32_t *slots, uint32_t n) {
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct onvm_meta *m = &r->meta[slots[i]];
-        if (m->action == ONVM_ACT_HOLD)
-            m->flags |= ONVM_MF_HELD;
-        if (!(m->flags & ONVM_MF_HELD))
-            slots[k++] = slots[i];
-    }
-    return k;
-}
-
 static unsigned long slot_arg(PyObject *o) {
     PyObject *i = PyNumber_Index(o); /* numpy integers too */
     if (!i)

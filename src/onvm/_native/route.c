@@ -33,7 +33,7 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         uint64_t bytes = 0;
         struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         /* before tx: the port frees the slots it sent */
-        onvm_lat_record_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
+        onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
         pthread_mutex_lock(&p->tx_lock);
         done = p->tx(p, c->r, g->slots, g->n, &bytes);
         pthread_mutex_unlock(&p->tx_lock);
@@ -86,6 +86,10 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
         uint32_t s = slots[i];
         struct onvm_meta *m = &r->meta[s];
         unsigned action, dest;
+        if (mode == ONVM_ROUTE_META && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
+            m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
+            continue;
+        }
         if (mode == ONVM_ROUTE_START || m->action == ONVM_ACT_NEXT) {
             struct onvm_hop hop;
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;

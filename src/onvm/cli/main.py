@@ -67,6 +67,9 @@ def _manager_parser(sub: Any) -> None:
                    help="pin the manager and its workers to these CPUs, e.g. 0 or 0-1")
     p.add_argument("--nf-cpus", default=None, metavar="LIST",
                    help="CPUs NFs are placed on, least-loaded first (default: all allowed)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin NFs to a CPU (unless an NF asks with --cpus): the scheduler "
+                   "moves them, which suits a machine shared with other work")
     p.add_argument("--web", default="", metavar="HOST:PORT",
                    help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
     p.add_argument("--controller", action="append", default=[], metavar="tcp:HOST:PORT",
@@ -88,7 +91,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
         policies=args.policy, autoscale=args.autoscale,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
-        nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None,
+        nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
         web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
     )
     mgr = Manager(cfg)

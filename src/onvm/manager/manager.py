@@ -89,6 +89,7 @@ class ManagerConfig:
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all the manager may use)
     web: str = ""  # HOST:PORT of the web dashboard and API ("" = none)
+    pin_nfs: bool = True  # place each NF on one CPU (least-loaded); False: NFs float
     controllers: list[str] = field(default_factory=list)  # OpenFlow controllers, tcp:HOST:PORT
     fail_mode: str = "secure"  # with no controller: keep its flows (secure) or remove them (standalone)
 
@@ -231,6 +232,8 @@ class Manager:
 
     def _place_nf(self, requested: Any) -> int | None:
         """The least-loaded allowed CPU for a new NF (see onvm.manager.placement)."""
+        if not self.config.pin_nfs and not requested:
+            return None  # the scheduler moves it where there is room
         allowed = self.nf_cpus
         if requested:
             if not isinstance(requested, list) or not all(isinstance(c, int) for c in requested):
