@@ -25,12 +25,14 @@ TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpp
            "pcap-replay": ">= 5 Mpps", "veth-bridge": ">= 80 % of a Linux bridge",
            "lb": "imbalance < 0.1", "flow-setup": ">= 20,000 rules/s; >= 10 Mpps lookups",
            "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms",
-           "firewall": ">= 8 Mpps", "latency": "p50 < 20 us through one NF",
+           "firewall": ">= 8 Mpps", "flow-mod": ">= 5,000 FLOW_MODs/s",
+           "latency": "p50 < 20 us through one NF",
            "latency-3": "p50 and p99 through three NFs"}
 LATENCY = {"latency": 1, "latency-3": 3}
 NF_START = ("nf-start-process", "nf-start-namespace", "nf-start-podman")  # not run by default
 # The figure each scenario is judged by (the median of --repeat runs is kept).
 KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second",
+        "flow-mod": "flow_mods_per_second",
         "latency": "p50_us", "latency-3": "p50_us"}
 
 
@@ -43,6 +45,8 @@ def render(r: dict) -> str:
         return f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us at {r['rate_pps']} packets/s"
     if name == "idle":
         return f"{r['cpu_percent']:.2f} % of one core"
+    if name == "flow-mod":
+        return f"{r['flow_mods_per_second']:,} FLOW_MODs/s ({r['errors']} errors)"
     if name == "veth-bridge":
         return f"{r['mpps']:.2f} Mpps vs {r['kernel_mpps']:.2f} Mpps (ratio {r['ratio']:.2f})"
     if name == "lb":
