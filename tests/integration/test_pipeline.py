@@ -9,6 +9,7 @@ import time
 
 from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-untyped]
 
+from onvm.bench import _cpu_seconds
 from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
 # Explicit addresses: scapy would otherwise look the destination MAC up on the network.
@@ -127,19 +128,12 @@ def test_idle_nfs_sleep(deploy):
     dep.wait_running(3)
 
     def cpu():
-        total = 0
-        for p in dep.procs:
-            with open(f"/proc/{p.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(_cpu_seconds(p.pid) for p in dep.procs)
 
     c0, t0 = cpu(), time.monotonic()
     time.sleep(2)
     used = (cpu() - c0) / (time.monotonic() - t0)
     assert used < 0.10, f"idle system used {used:.0%} of a core"
-
-
 
 
 def test_several_workers_account_for_every_packet(deploy, tmp_path):

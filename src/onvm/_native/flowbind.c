@@ -362,7 +362,7 @@ PyObject *Region_bench_lookup(RegionObject *self, PyObject *args, PyObject *kw) 
         k->dport = 80;
         k->proto = 6;
         k->ipver = 4;
-        if (onvm_flow_put(&self->r, k, 1, 0, 0, ONVM_FLOW_BY_API, 0, 0, now) == 0)
+        if (onvm_flow_put(&self->r, k, 1, 0, 0, ONVM_FLOW_BY_API, 0, 0, now) >= 0)
             installed++;
     }
     for (uint32_t i = 0; i < lookups; i++) {

@@ -226,7 +226,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         f->rule_gen = rule_gen;
         f->state = ONVM_FLOW_VALID;
         publish(f, seq);
-        return 0;
+        return (int)(f - t);
     }
     atomic_fetch_add(&r->hdr->flows_full, 1);
     return -ENOSPC;
@@ -415,13 +415,10 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
     if (idx < 0)
         return;
     m->chain_id = rule.chain;
-    if (onvm_flow_put(r, key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE, (uint16_t)(idx + 1),
-                      rule.gen, now) == 0) {
-        uint32_t s2;
-        long j = find(r, key, hash, &s2);
-        if (j >= 0)
-            hit(r, j, m, now); /* count this first packet too */
-    }
+    int j = onvm_flow_put(r, key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE,
+                          (uint16_t)(idx + 1), rule.gen, now);
+    if (j >= 0)
+        hit(r, j, m, now); /* count this first packet too */
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {

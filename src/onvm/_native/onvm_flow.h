@@ -138,7 +138,8 @@ int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64
                   struct onvm_flow_view *out);
 /* A consistent copy of entry i if it is live; 0 if so. */
 int onvm_flow_read(struct onvm_region *r, uint32_t i, struct onvm_flow_view *out);
-/* Insert or replace; returns 0, -ENOSPC when no entry is free within the probe limit. */
+/* Insert or replace; returns the entry's index, -ENOSPC when no entry is free
+ * within the probe limit. */
 int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain,
                   uint32_t idle_ms, uint32_t hard_ms, uint8_t origin, uint16_t rule,
                   uint32_t rule_gen, uint64_t now);

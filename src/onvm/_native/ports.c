@@ -8,6 +8,7 @@
 #include "onvm_port.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,9 +26,14 @@ struct onvm_port *onvm_port_new(int id, int kind) {
     return p;
 }
 
-static void set_err(char *err, size_t len, const char *fmt, const char *a, long long b) {
-    if (err)
-        snprintf(err, len, fmt, a, b);
+static void set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t len, const char *fmt, ...) {
+    if (!err)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
 }
 
 /* How many packets pacing allows now; sets *next_due when it allows none.
@@ -189,15 +195,15 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
 
 struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char *err, size_t errlen) {
     if (c->flows == 0 || c->flows > (1u << 20)) {
-        set_err(err, errlen, "gen: flows must be between 1 and 1048576%s (got %lld)", "", c->flows);
+        set_err(err, errlen, "gen: flows must be between 1 and 1048576 (got %u)", c->flows);
         return NULL;
     }
     if (c->mix == ONVM_MIX_FIXED && (c->size < 64 || c->size > 9018)) {
-        set_err(err, errlen, "gen: size must be between 64 and 9018%s (got %lld)", "", c->size);
+        set_err(err, errlen, "gen: size must be between 64 and 9018 (got %u)", c->size);
         return NULL;
     }
     if (c->proto != 17 && c->proto != 6) {
-        set_err(err, errlen, "gen: proto must be udp or tcp%s (got %lld)", "", c->proto);
+        set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
         return NULL;
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
@@ -544,7 +550,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) {
-        set_err(err, errlen, "pcap %s: cannot map (errno %lld)", c->path, errno);
+        set_err(err, errlen, "pcap %s: cannot map (%s)", c->path, strerror(errno));
         return NULL;
     }
     uint32_t magic;

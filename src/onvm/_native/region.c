@@ -5,6 +5,7 @@
 #include "onvm_flow.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
@@ -14,8 +15,12 @@
 #define ALIGN_UP(x, a) (((x) + ((uint64_t)(a)-1)) & ~((uint64_t)(a)-1))
 #define HUGE_ALIGN (2u << 20)
 
-static int fail(struct onvm_region *r, int err, const char *fmt, const char *arg) {
-    snprintf(r->errmsg, sizeof r->errmsg, fmt, arg);
+static int fail(struct onvm_region *r, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct onvm_region *r, int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
+    va_end(ap);
     return -err;
 }
 
@@ -36,13 +41,13 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     memset(r, 0, sizeof *r);
     r->fd = -1;
     if (p->pool_count < 64 || p->pool_count > (1u << 24))
-        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots%s", "");
+        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
     if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
-        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536%s", "");
+        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536");
     if (!onvm_ring_size_ok(p->ring_size))
-        return fail(r, EINVAL, "ring size must be a power of two%s", "");
+        return fail(r, EINVAL, "ring size must be a power of two");
     if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
-        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26%s", "");
+        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
 
     struct onvm_header tmp = {0};
     uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
@@ -73,7 +78,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
     uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
-        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size%s", "");
+        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
 
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
@@ -176,11 +181,10 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         h.max_nfs != ONVM_MAX_NFS || h.max_services != ONVM_MAX_SERVICES ||
         h.max_ports != ONVM_MAX_PORTS || h.max_workers != ONVM_MAX_WORKERS ||
         h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS || h.max_rules != ONVM_MAX_RULES) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s has layout version %u; this build speaks version %u", path,
-                 h.version, ONVM_LAYOUT_VERSION);
         close(fd);
-        return fail(r, EPROTO, "%s: rebuild the NF against the manager's pyonvm", msg);
+        return fail(r, EPROTO,
+                    "%s has layout version %u; this build speaks version %u: rebuild the NF against "
+                    "the manager's pyonvm", path, h.version, ONVM_LAYOUT_VERSION);
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < h.total_size) {
