@@ -12,6 +12,7 @@
 #include "onvm_nf.h"
 #include "onvm_packet.h"
 #include "onvm_parse.h"
+#include "onvm_sched.h"
 
 PyObject *onvm_RegionError;
 int onvm_latency_register(PyObject *m); /* latency.c */
@@ -364,6 +365,48 @@ static PyObject *u64_tuple(const uint64_t *v, int n) {
     return t;
 }
 
+/* The CPU request words (onvm_sched.h) as numbers: cpu_want is the CPU asked
+ * for or -1 for home; cpu_now is the CPU applied, -1 home, -2 refused. */
+static long cpu_word(uint32_t v) {
+    return v == ONVM_CPU_REFUSED ? -2 : (long)v - 1;
+}
+
+static int put_cpu(PyObject *d, _Atomic uint32_t *want, _Atomic uint32_t *now) {
+    PyObject *w = PyLong_FromLong(cpu_word(atomic_load_explicit(want, ONVM_RELAXED)));
+    PyObject *n = PyLong_FromLong(cpu_word(atomic_load_explicit(now, ONVM_RELAXED)));
+    int rc = w && n && PyDict_SetItemString(d, "cpu_want", w) == 0 && PyDict_SetItemString(d, "cpu_now", n) == 0
+                 ? 0 : -1;
+    Py_XDECREF(w);
+    Py_XDECREF(n);
+    return rc;
+}
+
+/* set_cpu(kind, index, cpu): ask NF or worker `index` to run on `cpu`, or at home with -1. */
+static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
+    const char *kind;
+    unsigned id;
+    int cpu;
+    if (!PyArg_ParseTuple(args, "sIi", &kind, &id, &cpu))
+        return NULL;
+    REGION_OPEN(self);
+    if (cpu < -1 || cpu >= CPU_SETSIZE)
+        return PyErr_Format(PyExc_ValueError, "CPU %d is out of range (-1 for home, 0..%d)", cpu, CPU_SETSIZE - 1);
+    _Atomic uint32_t *want;
+    if (strcmp(kind, "nf") == 0) {
+        if (check_nf(id) < 0)
+            return NULL;
+        want = &self->r.nfs[id].cpu.want;
+    } else if (strcmp(kind, "worker") == 0) {
+        if (id >= ONVM_MAX_WORKERS)
+            return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
+        want = &self->r.workers[id].cpu_want;
+    } else {
+        return PyErr_Format(PyExc_ValueError, "kind must be 'nf' or 'worker', not '%s'", kind);
+    }
+    atomic_store_explicit(want, (uint32_t)(cpu + 1), ONVM_RELAXED);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -388,6 +431,12 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     if (!pe || PyDict_SetItemString(d, "parse_errors", pe) < 0)
         Py_CLEAR(d);
     Py_XDECREF(pe);
+    PyObject *busy = d ? PyLong_FromUnsignedLongLong(st.busy_ns) : NULL;
+    if (!busy || PyDict_SetItemString(d, "busy_ns", busy) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(busy);
+    if (d && put_cpu(d, &nf->cpu.want, &nf->cpu.now) < 0)
+        Py_CLEAR(d);
     return d;
 }
 
@@ -442,11 +491,14 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
     if (id >= ONVM_MAX_WORKERS)
         return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
     struct onvm_worker *w = &self->r.workers[id];
-    return Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role", w->role,
-                         "loops", (unsigned long long)w->loops, "busy_loops",
-                         (unsigned long long)w->busy_loops, "sleeps",
-                         (unsigned long long)w->wait.sleeps, "wakeups",
-                         (unsigned long long)w->wait.wakeups);
+    PyObject *d = Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role",
+                                w->role, "loops", (unsigned long long)w->loops, "busy_loops",
+                                (unsigned long long)w->busy_loops, "sleeps",
+                                (unsigned long long)w->wait.sleeps, "wakeups",
+                                (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
+    if (d && put_cpu(d, &w->cpu_want, &w->cpu_now) < 0)
+        Py_CLEAR(d);
+    return d;
 }
 
 static PyObject *Region_set_service(RegionObject *self, PyObject *args) {
@@ -568,7 +620,9 @@ static PyMethodDef Region_methods[] = {
     {"nf_info", (PyCFunction)Region_nf_info, METH_VARARGS, "NF entry and counters."},
     {"port_info", (PyCFunction)Region_port_info, METH_VARARGS, "Port counters summed over workers."},
     {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
-    {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, ""},
+    {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, "Worker counters and CPU request."},
+    {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,
+     "set_cpu(kind, index, cpu): ask NF or worker index to run on cpu (-1: home)."},
     {"set_service", (PyCFunction)Region_set_service, METH_VARARGS, "set_service(svc, [(nf_id, instance)], policy=0)."},
     {"pick", (PyCFunction)Region_pick, METH_VARARGS, "pick(svc, flow_hash) -> NF id or 0."},
     {"set_chain", (PyCFunction)Region_set_chain, METH_VARARGS, "set_chain(id, [(action, dest)])."},

@@ -13,6 +13,7 @@
 
 #include "onvm_packet.h"
 #include "onvm_latency.h"
+#include "onvm_sched.h"
 #include "onvm_nf.h"
 #include "onvm_parse.h"
 
@@ -164,8 +165,11 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     int failed = 0;
     self->local_stop = 0;
     self->running = 1;
+    struct onvm_cpu_follow cpu;
+    onvm_cpu_follow_init(&cpu, &nf->cpu.now);
 
     for (;;) {
+        onvm_cpu_follow(&cpu, &nf->cpu.want, &nf->cpu.now);
         if (atomic_load_explicit(&nf->stop, ONVM_RELAXED)) {
             reason = "manager";
             break;
@@ -268,6 +272,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             if (routed < n)
                 free_slots(self, self->buf + routed, n - routed);
             onvm_held_flush(self->route, &self->held);
+            st->busy_ns += onvm_now_ns() - t0;
             handled += n;
             if (failed)
                 break;

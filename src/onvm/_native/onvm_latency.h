@@ -13,20 +13,8 @@
 #ifndef ONVM_LATENCY_H
 #define ONVM_LATENCY_H
 
-#include <sched.h>
-
 #include "onvm_layout.h"
 #include "onvm_ring.h"
-
-/* One empty poll of a spinning consumer.  The first empty poll after work
- * yields once: a consumer we just woke is often queued on this very CPU
- * (wake-affine placement) and would otherwise wait until our spin ends. */
-static inline void onvm_idle_poll(unsigned idle) {
-    if (idle == 1)
-        sched_yield();
-    else
-        onvm_pause();
-}
 
 static inline unsigned onvm_lat_bucket(uint64_t ns) {
     if (ns < 4)

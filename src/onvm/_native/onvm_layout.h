@@ -32,7 +32,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 2u
+#define ONVM_LAYOUT_VERSION 3u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -163,6 +163,7 @@ struct onvm_nf_stats {
     uint64_t drops[ONVM_DROP_COUNT];
     uint64_t handler_ns; /* time spent in the Python handler */
     uint64_t parse_errors;
+    uint64_t busy_ns; /* time spent on bursts, from dequeue to delivery (packing's load) */
     struct onvm_lat_hist lat; /* RX to the end of this NF's handler, per packet */
 };
 
@@ -190,6 +191,10 @@ struct onvm_nf {
         _Atomic uint32_t n;
         _Atomic uint32_t reserved; /* 1 once [start, start+n) is this NF's */
     } enq;
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t want; /* 1 + CPU the manager asks for; 0: home */
+        _Atomic uint32_t now;                           /* what the NF applied (onvm_sched.h) */
+    } cpu;
     struct onvm_nf_stats stats;
 };
 
@@ -239,6 +244,9 @@ struct onvm_worker {
     uint32_t role; /* 0 rx, 1 tx */
     uint64_t loops;
     uint64_t busy_loops;
+    _Atomic uint32_t cpu_want; /* 1 + CPU the manager asks for; 0: home (onvm_sched.h) */
+    _Atomic uint32_t cpu_now;  /* what the worker applied */
+    uint64_t busy_ns;          /* time spent in loops that found work (packing's load) */
     struct onvm_waiter wait;
 };
 

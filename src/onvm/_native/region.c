@@ -427,6 +427,8 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
                    (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
     memset(&nf->stats, 0, sizeof nf->stats);
     memset((void *)&nf->enq, 0, sizeof nf->enq);
+    atomic_store(&nf->cpu.want, 0);
+    atomic_store(&nf->cpu.now, 0);
     nf->service = (uint16_t)service;
     nf->instance = (uint16_t)instance;
     nf->pid = pid;

@@ -12,6 +12,7 @@
 #include "onvm_latency.h"
 #include "onvm_mgr.h"
 #include "onvm_parse.h"
+#include "onvm_sched.h"
 
 #include <poll.h>
 
@@ -128,13 +129,20 @@ static void *worker_main(void *arg) {
     struct onvm_mgr *m = w->mgr;
     struct onvm_worker *shared = &m->r->workers[w->id];
     unsigned idle = 0;
+    char name[16]; /* shown by top -H and in /proc/PID/task/TID/comm */
+    snprintf(name, sizeof name, "onvm-%s%u", w->tx ? "tx" : "rx", w->index);
+    pthread_setname_np(pthread_self(), name);
+    struct onvm_cpu_follow cpu;
+    onvm_cpu_follow_init(&cpu, &shared->cpu_now);
     while (!atomic_load_explicit(&m->stop, ONVM_ACQUIRE)) {
-        uint64_t next_due = UINT64_MAX;
+        onvm_cpu_follow(&cpu, &shared->cpu_want, &shared->cpu_now);
+        uint64_t next_due = UINT64_MAX, t0 = onvm_now_ns();
         int busy = w->tx ? tx_poll(w) : rx_poll(w, &next_due);
         atomic_fetch_add_explicit(&shared->epoch, 1, ONVM_RELAXED);
         shared->loops++;
         if (busy) {
             shared->busy_loops++;
+            shared->busy_ns += onvm_now_ns() - t0;
             idle = 0;
             continue;
         }

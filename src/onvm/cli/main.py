@@ -70,6 +70,10 @@ def _manager_parser(sub: Any) -> None:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin NFs to a CPU (unless an NF asks with --cpus): the scheduler "
                    "moves them, which suits a machine shared with other work")
+    p.add_argument("--pack-below", type=float, default=0.5, metavar="CPUS",
+                   help="while the whole pipeline uses less CPU than this, run its workers and NFs "
+                   "on one CPU, where hand-offs are cheap; spread again above 0.8 (default 0.5; "
+                   "0 = never)")
     p.add_argument("--web", default="", metavar="HOST:PORT",
                    help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
     p.add_argument("--controller", action="append", default=[], metavar="tcp:HOST:PORT",
@@ -92,7 +96,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         policies=args.policy, autoscale=args.autoscale,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
-        web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
+        pack_below=args.pack_below, web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -131,6 +135,11 @@ def _print_status(st: dict[str, Any]) -> None:
     print(f"default chain {m['default_chain']}; pool {pool['free']}/{pool['total']} slots free"
           + (f"; NF CPUs {m['nf_cpus']}" if m.get("nf_cpus") else "")
           + (f"; manager CPUs {m['cpus']}" if m.get("cpus") else ""))
+    pk = m.get("packing") or {}
+    if pk.get("enabled"):
+        where = (f"packed onto CPU {pk['packed_on']}" if pk["packed_on"] is not None
+                 else f"spread (packs below {pk['below']:g} CPU)")
+        print(f"pipeline uses {pk['load']:.2f} CPU: {where}")
     print("ports:")
     for p in st["ports"]:
         drops = sum(p["drops"].values())
@@ -142,9 +151,10 @@ def _print_status(st: dict[str, Any]) -> None:
     if not st["nfs"]:
         print("  (none)")
     for n in st["nfs"]:
-        drops = sum(n["drops"].values())
+        drops, cpu = sum(n["drops"].values()), n.get("cpu_now", n.get("cpu"))
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
-              f" pid {n['pid']:<8} cpu {n.get('cpu')!s:<4} rx {n['rx']:<12} tx {n['tx']:<12} drops {drops}")
+              f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
+              f" drops {drops}" + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
     _print_latency(st)
 
 

@@ -40,6 +40,7 @@ from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
 from onvm.manager.flows import FlowRegistry
+from onvm.manager.packing import Packing, PackSettings
 from onvm.manager.placement import (
     NumaTopology,
     check_available,
@@ -90,6 +91,7 @@ class ManagerConfig:
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all the manager may use)
     web: str = ""  # HOST:PORT of the web dashboard and API ("" = none)
     pin_nfs: bool = True  # place each NF on one CPU (least-loaded); False: NFs float
+    pack_below: float = PackSettings.below  # pack onto one CPU under this load (CPUs); 0: never
     controllers: list[str] = field(default_factory=list)  # OpenFlow controllers, tcp:HOST:PORT
     fail_mode: str = "secure"  # with no controller: keep its flows (secure) or remove them (standalone)
 
@@ -109,6 +111,9 @@ class ManagerConfig:
                     check_available(cpus)
                 except ConfigError as e:
                     raise ConfigError(f"{what}: {e.message}") from None
+        if not 0 <= self.pack_below < PackSettings.above:
+            raise ConfigError(f"--pack-below {self.pack_below:g}: expected 0 (never pack) up to, not "
+                              f"including, {PackSettings.above:g} CPU, where a packed pipeline spreads")
         if not 64 <= self.pool_size <= 1 << 24:
             raise ConfigError(f"--pool-size {self.pool_size}: expected 64..16777216 slots")
         if self.slot_size % 64 or not 384 <= self.slot_size <= 65536:
@@ -173,6 +178,7 @@ class NFRecord:
     inbox: Connection | None = None  # the NF's message connection
     messages_in: int = 0
     cpu: int | None = None  # where the manager placed it
+    placed: bool = False  # the manager chose cpu (the NF asked for none): packing may move it
 
     def describe(self) -> str:
         return f"NF {self.nf_id} ({self.name}, service {self.service}.{self.instance})"
@@ -198,6 +204,7 @@ class Manager:
             self.services.set_policy(svc, pol)
         self.web: Any = None  # onvm.web.server.WebServer when --web is given
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
+        self.packing: Packing | None = None
         self.events: list[tuple[float, str]] = []
         self.start_free = 0
         self._held = False
@@ -273,6 +280,7 @@ class Manager:
             self._held = cfg.wait_for_chain and self._chain_services() != set()
             self.native.pause_input(self._held)
             self.native.start()
+            self.packing = Packing(self, PackSettings(below=cfg.pack_below))
             self.server = ControlServer(socket_path(cfg.name), self._on_request, self._on_close)
             self.server.start()
         except BaseException:
@@ -366,6 +374,8 @@ class Manager:
         while not self.stopping.is_set():
             self.stopping.wait(0.1)
             self._check_ports()
+            if self.packing:
+                self.packing.tick()
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {self.config.duration:g} s")
                 break
@@ -513,10 +523,13 @@ class Manager:
         # the row of its TX worker in the worker table: RX workers come first
         tx_worker = self.config.rx_workers + nf_id % self.config.tx_workers
         cpu = self._place_nf(args.get("cpus"))
-        rec = NFRecord(nf_id, name, service, instance, pid, tx_worker, Lifecycle(nf_id), conn, cpu=cpu)
+        rec = NFRecord(nf_id, name, service, instance, pid, tx_worker, Lifecycle(nf_id), conn, cpu=cpu,
+                       placed=cpu is not None and not args.get("cpus"))
         self.region.nf_activate(nf_id, service, instance, pid, tx_worker, name)
         rec.life.apply(NFEvent.REGISTERED)
         self.nfs[nf_id] = rec
+        if self.packing:
+            self.packing.apply()  # joins a packed pipeline at once
         conn.data["nf_id"] = nf_id
         self.log(f"{rec.describe()} registered (pid {pid}, CPU {cpu})")
         return {
@@ -811,6 +824,7 @@ class Manager:
                 "nf_cpus": format_cpus(self.nf_cpus),
                 "ring_size": self.config.ring_size,
                 "web": self.web.url if self.web else "",
+                "packing": self.packing.describe() if self.packing else {"enabled": False},
             },
             "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
             "ports": ports,
@@ -845,6 +859,8 @@ class Manager:
             "pid": rec.pid,
             "state": rec.life.state.value,
             "cpu": rec.cpu,
+            "cpu_now": _cpu_now(rec.cpu, info.get("cpu_now", -1)),  # where it runs now (packing)
+            "cpu_refused": info.get("cpu_now") == -2,  # the kernel refused to move it
             "rx": info.get("rx", 0),
             "tx": info.get("tx", 0),
             "rx_ring": info.get("rx_ring", 0),
@@ -879,6 +895,11 @@ class Manager:
         pool = st["pool"]
         out.append(f"  pool: {pool['free']} of {pool['total']} slots free")
         print("\n".join(out), file=sys.stderr, flush=True)
+
+
+def _cpu_now(home: int | None, now: int) -> int | None:
+    """The CPU an NF runs on: the one packing moved it to, else where it was placed."""
+    return now if now >= 0 else home
 
 
 def _drops(values: Any) -> dict[str, int]:

@@ -1,0 +1,170 @@
+"""Packing: the whole pipeline on one CPU while it is lightly loaded.
+
+Theory of operation
+-------------------
+Each hand-off on the packet path (RX worker to NF, NF to NF, NF to TX worker)
+wakes a thread that went to sleep when its ring ran dry.  What that costs
+depends on the CPU the thread wakes on.  On a CPU that is running something
+(the waker itself, say) it is a context switch, one or two microseconds.  On
+an idle CPU the wake-up waits for the CPU to come out of its idle state: about
+45 us on a VM whose idle vCPUs halt (``benchmarks/wake.c`` measures it), and
+deep C-states on bare metal are no quicker.  At low rates every hand-off meets
+an idle CPU, so spreading the pipeline over CPUs, which throughput needs, is
+what latency can least afford.
+
+So the manager measures the pipeline's load: the time its workers and NFs
+spend on bursts (``busy_ns`` in the region; their CPU time would also count
+the polling they do before they sleep), summed over windows of
+:data:`WINDOW` seconds.  Once the load stays under ``--pack-below`` (0.5 CPU
+by default) for :attr:`PackSettings.settle` windows in a row, the manager asks
+its workers and the NFs it placed to run on one CPU.  Packed, a hand-off wakes
+a thread on a CPU that is awake anyway.  When the load passes
+:attr:`PackSettings.above` (one CPU is nearly full) every thread goes back to
+where it was placed.
+
+The pack CPU is the candidate that was least busy in the window before packing
+(from ``/proc/stat``), among the CPUs both the manager and its NFs may use.
+
+A request is a word in the region (``onvm_sched.h``) that each thread follows
+from its own loop, so NFs in containers move too.  A move the kernel refuses
+(a container's cpuset) shows as ``cpu_refused`` in ``onvm status``.
+
+What a user pinned stays pinned: the workers when the manager has ``--cpus``,
+an NF started with CPUs of its own.  ``--no-pin`` leaves NFs to the scheduler
+and turns packing off, as does ``--pack-below 0``.
+
+:class:`Packer` is the decision alone (pure, tested on made-up loads);
+:class:`Packing` measures and applies it for a manager.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from onvm._proc import cpu_busy_seconds
+
+if TYPE_CHECKING:
+    from onvm.manager.manager import Manager
+
+WINDOW = 0.5  # seconds between decisions
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    below: float = 0.5  # pack when the pipeline uses less CPU than this (in CPUs); 0: never
+    above: float = 0.8  # spread again above this
+    settle: int = 2  # quiet windows in a row before packing
+
+
+def least_busy(candidates: Sequence[int], busy: Mapping[int, float]) -> int:
+    """The candidate CPU with the least busy time; ties go to the lowest number."""
+    return min(candidates, key=lambda c: (busy.get(c, 0.0), c))
+
+
+class Packer:
+    """Pack or spread, one window at a time (see the module docstring)."""
+
+    def __init__(self, settings: PackSettings, candidates: Sequence[int]) -> None:
+        self.settings = settings
+        self.candidates = tuple(sorted(candidates))
+        self.cpu: int | None = None  # the CPU the pipeline is packed onto; None: spread
+        self._quiet = 0
+
+    def step(self, load: float, busy: Mapping[int, float]) -> int | None:
+        """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs).
+
+        Returns where the pipeline should be: a CPU to pack onto, or None."""
+        s = self.settings
+        if not self.candidates or s.below <= 0:
+            return None
+        if self.cpu is None:
+            self._quiet = self._quiet + 1 if load < s.below else 0
+            if self._quiet >= s.settle:
+                self.cpu = least_busy(self.candidates, busy)
+        elif load > s.above:
+            self.cpu, self._quiet = None, 0
+        return self.cpu
+
+
+class Packing:
+    """Measures a manager's pipeline each window and moves its threads as the Packer says."""
+
+    def __init__(self, manager: Manager, settings: PackSettings) -> None:
+        self.manager = manager
+        cfg = manager.config
+        self.move_workers = not cfg.cpus
+        candidates = set(os.sched_getaffinity(0)) & set(manager.nf_cpus)
+        enabled = settings.below > 0 and cfg.pin_nfs and len(candidates) > 1
+        self.packer = Packer(settings, sorted(candidates) if enabled else ())
+        self.applied: dict[tuple[str, int, float], int] = {}  # asked of each thread (-1: home)
+        self.load = 0.0
+        self._t = 0.0
+        self._work: dict[Any, float] = {}  # work seconds of each process at the last window
+        self._busy: dict[int, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.packer.candidates)
+
+    def tick(self, now: float | None = None) -> None:
+        """Called often; measures and decides once a window."""
+        if not self.enabled:
+            return
+        now = time.monotonic() if now is None else now
+        if now - self._t < WINDOW:
+            return
+        dt, self._t = now - self._t, now
+        work = self._work_seconds()
+        first = not self._work
+        self.load = sum(max(w - self._work.get(k, w), 0.0) for k, w in work.items()) / dt
+        self._work = work
+        busy_now = cpu_busy_seconds()
+        busy = {c: (b - self._busy.get(c, b)) / dt for c, b in busy_now.items()}
+        self._busy = busy_now
+        if first:
+            return
+        before = self.packer.cpu
+        target = self.packer.step(self.load, busy)
+        if target != before:
+            if target is None:
+                self.manager.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
+            else:
+                self.manager.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
+        self.apply()
+
+    def _work_seconds(self) -> dict[Any, float]:
+        """Seconds each thread of the pipeline has spent on bursts (its CPU time would count spinning)."""
+        mgr, region = self.manager, self.manager.region
+        work: dict[Any, float] = {
+            ("worker", w): region.worker_info(w)["busy_ns"] / 1e9
+            for w in range(mgr.config.rx_workers + mgr.config.tx_workers)}
+        with mgr.lock:
+            nfs = [r for r in mgr.nfs.values() if not r.life.terminal]
+        for r in nfs:
+            work[("nf", r.nf_id, r.registered_at)] = region.nf_info(r.nf_id)["busy_ns"] / 1e9
+        return work
+
+    def apply(self) -> None:
+        """Ask every movable thread to be where the packer says (NFs that joined since included)."""
+        mgr = self.manager
+        target = -1 if self.packer.cpu is None else self.packer.cpu
+        with mgr.lock:
+            want: dict[tuple[str, int, float], int] = {}
+            if self.move_workers:
+                for w in range(mgr.config.rx_workers + mgr.config.tx_workers):
+                    want[("worker", w, 0.0)] = target
+            for r in mgr.nfs.values():
+                if r.placed and not r.life.terminal:  # a new NF's slot starts at home
+                    want[("nf", r.nf_id, r.registered_at)] = target
+            for key, cpu in want.items():
+                if self.applied.get(key, -1) != cpu:
+                    mgr.region.set_cpu(key[0], key[1], cpu)
+            self.applied = want
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "packed_on": self.packer.cpu, "load": round(self.load, 3),
+                "below": self.packer.settings.below, "above": self.packer.settings.above}
