@@ -15,7 +15,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from onvm.bench import nf_start, run_latency, run_scenario, scenario_names
@@ -27,13 +29,15 @@ TARGETS = {"loop": ">= 10 Mpps", "loop-packet": ">= 1 Mpps", "chain3": ">= 3 Mpp
            "nf-start-process": "< 150 ms", "nf-start-namespace": "< 250 ms", "nf-start-podman": "< 1000 ms",
            "firewall": ">= 8 Mpps", "flow-mod": ">= 5,000 FLOW_MODs/s",
            "latency": "p50 < 20 us through one NF",
-           "latency-3": "p50 and p99 through three NFs"}
-LATENCY = {"latency": 1, "latency-3": 3}
+           "latency-3": "p50 and p99 through three NFs",
+           "latency-spread": "packing off, for comparison with latency",
+           "wake": "why packing: a wake-up on another, idle CPU against one on the waker's"}
+LATENCY = {"latency": (1, None), "latency-3": (3, None), "latency-spread": (1, 0.0)}
 NF_START = ("nf-start-process", "nf-start-namespace", "nf-start-podman")  # not run by default
 # The figure each scenario is judged by (the median of --repeat runs is kept).
 KEYS = {"idle": "cpu_percent", "veth-bridge": "ratio", "lb": "imbalance", "flow-setup": "rules_per_second",
         "flow-mod": "flow_mods_per_second",
-        "latency": "p50_us", "latency-3": "p50_us"}
+        "latency": "p50_us", "latency-3": "p50_us", "latency-spread": "p50_us", "wake": "cross_cpu_p50_us"}
 
 
 def render(r: dict) -> str:
@@ -42,7 +46,11 @@ def render(r: dict) -> str:
     if name in NF_START:
         return f"{r['median_ms']:.0f} ms median of {r['starts']} starts"
     if name in LATENCY:
-        return f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us at {r['rate_pps']} packets/s"
+        packed = "packed" if r.get("packed_on") is not None else "spread"
+        return f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us at {r['rate_pps']} packets/s ({packed})"
+    if name == "wake":
+        return (f"p50 {r['cross_cpu_p50_us']:.1f} us to an idle CPU, {r['same_cpu_p50_us']:.1f} us "
+                f"on the waker's CPU")
     if name == "idle":
         return f"{r['cpu_percent']:.2f} % of one core"
     if name == "flow-mod":
@@ -57,9 +65,27 @@ def render(r: dict) -> str:
     return f"{r['mpps']:.2f} Mpps"
 
 
+def wake() -> dict:
+    """benchmarks/wake.c, built here: a futex wake-up on the waker's CPU and on another, idle one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as d:
+        exe = os.path.join(d, "wake")
+        subprocess.run(["gcc", "-O2", "-pthread", os.path.join(HERE, "wake.c"), "-o", exe], check=True)
+
+        def run(sleeper: int, waker: int) -> dict:
+            out = subprocess.run([exe, str(sleeper), str(waker)], check=True, capture_output=True, text=True)
+            return json.loads(out.stdout)
+
+        same = run(cpus[0], cpus[0])
+        cross = run(cpus[-1], cpus[0]) if len(cpus) > 1 else same
+    return {"scenario": "wake", "same_cpu_p50_us": same["p50_us"], "same_cpu_p99_us": same["p99_us"],
+            "cross_cpu_p50_us": cross["p50_us"], "cross_cpu_p99_us": cross["p99_us"],
+            "gap_us": same["gap_us"], "rounds": same["rounds"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenarios", nargs="*", default=[*scenario_names(), *LATENCY])
+    p.add_argument("scenarios", nargs="*", default=[*scenario_names(), *LATENCY, "wake"])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median is kept")
     args = p.parse_args()
@@ -72,8 +98,11 @@ def main() -> int:
             print(json.dumps(r), flush=True)
             continue
         if name in LATENCY:
-            runs = [{**run_latency(nfs=LATENCY[name], seconds=args.seconds), "scenario": name}
+            nfs, pack_below = LATENCY[name]
+            runs = [{**run_latency(nfs=nfs, seconds=args.seconds, pack_below=pack_below), "scenario": name}
                     for _ in range(args.repeat)]
+        elif name == "wake":
+            runs = [wake() for _ in range(args.repeat)]
         else:
             runs = [run_scenario(name, seconds=args.seconds) for _ in range(args.repeat)]
         key = KEYS.get(name, "mpps")

@@ -71,11 +71,13 @@ LATENCY_NOTE = "gen port at a low rate through a chain of simple_forward NFs to 
 
 
 def run_latency(nfs: int = 1, seconds: float = 5.0, rate: int = 10000,
-                verbose: bool = False) -> dict[str, Any]:
+                verbose: bool = False, pack_below: float | None = None) -> dict[str, Any]:
     """Latency at a low rate through ``nfs`` NFs: end to end (RX to the output port) and per NF.
 
     The histograms are read from the region before and after the measuring
-    window, so warm-up packets do not count."""
+    window, so warm-up packets do not count.  The window starts once the
+    manager has packed the pipeline (onvm.manager.packing), unless
+    ``pack_below`` is 0."""
     from onvm import _native, latency
 
     if not 1 <= nfs <= 15:
@@ -84,6 +86,8 @@ def run_latency(nfs: int = 1, seconds: float = 5.0, rate: int = 10000,
         raise ConfigError(f"--rate {rate}: expected at least 1 packet/s")
     chain = ",".join(str(i) for i in range(1, nfs + 1)) + ",out:1"
     args = ["--port", f"gen:size=64,flows=64,rate={rate}", "--port", "null", "--default-chain", chain]
+    if pack_below is not None:
+        args += ["--pack-below", str(pack_below)]
     dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", args, verbose)
     region = None
     try:

@@ -381,6 +381,19 @@ static int put_cpu(PyObject *d, _Atomic uint32_t *want, _Atomic uint32_t *now) {
     return rc;
 }
 
+/* busy_ns() -> (workers, nfs): the busy_ns counter of every worker row and NF
+ * slot, in one call (packing reads them twice a second). */
+static PyObject *Region_busy_ns(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    uint64_t w[ONVM_MAX_WORKERS], n[ONVM_MAX_NFS];
+    for (int i = 0; i < ONVM_MAX_WORKERS; i++)
+        w[i] = self->r.workers[i].busy_ns;
+    for (int i = 0; i < ONVM_MAX_NFS; i++)
+        n[i] = self->r.nfs[i].stats.busy_ns;
+    return Py_BuildValue("(NN)", u64_tuple(w, ONVM_MAX_WORKERS), u64_tuple(n, ONVM_MAX_NFS));
+}
+
 /* set_cpu(kind, index, cpu): ask NF or worker `index` to run on `cpu`, or at home with -1. */
 static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
     const char *kind;
@@ -621,6 +634,7 @@ static PyMethodDef Region_methods[] = {
     {"port_info", (PyCFunction)Region_port_info, METH_VARARGS, "Port counters summed over workers."},
     {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
     {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, "Worker counters and CPU request."},
+    {"busy_ns", (PyCFunction)Region_busy_ns, METH_NOARGS, "busy_ns() -> (per worker, per NF slot)."},
     {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,
      "set_cpu(kind, index, cpu): ask NF or worker index to run on cpu (-1: home)."},
     {"set_service", (PyCFunction)Region_set_service, METH_VARARGS, "set_service(svc, [(nf_id, instance)], policy=0)."},

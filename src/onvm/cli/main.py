@@ -335,7 +335,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.scenario == "latency":
         from onvm.bench import run_latency
 
-        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json)
+        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json,
+                             pack_below=args.pack_below)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
                               handler=args.handler)
@@ -501,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
     b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
     b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
+    b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
+                   help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",

@@ -122,30 +122,33 @@ class Packing:
         first = not self._work
         self.load = sum(max(w - self._work.get(k, w), 0.0) for k, w in work.items()) / dt
         self._work = work
-        busy_now = cpu_busy_seconds()
-        busy = {c: (b - self._busy.get(c, b)) / dt for c, b in busy_now.items()}
-        self._busy = busy_now
+        busy: dict[int, float] = {}
+        if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
+            busy_now = cpu_busy_seconds()
+            busy = {c: (b - self._busy.get(c, b)) / dt for c, b in busy_now.items()}
+            self._busy = busy_now
         if first:
             return
         before = self.packer.cpu
         target = self.packer.step(self.load, busy)
-        if target != before:
-            if target is None:
-                self.manager.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
-            else:
-                self.manager.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
+        if target == before:
+            return  # NFs that join are placed by apply() as they register
+        if target is None:
+            self.manager.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
+        else:
+            self.manager.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
         self.apply()
 
     def _work_seconds(self) -> dict[Any, float]:
         """Seconds each thread of the pipeline has spent on bursts (its CPU time would count spinning)."""
-        mgr, region = self.manager, self.manager.region
+        mgr = self.manager
+        workers, nfs = mgr.region.busy_ns()
         work: dict[Any, float] = {
-            ("worker", w): region.worker_info(w)["busy_ns"] / 1e9
-            for w in range(mgr.config.rx_workers + mgr.config.tx_workers)}
+            ("worker", w): workers[w] / 1e9 for w in range(mgr.config.rx_workers + mgr.config.tx_workers)}
         with mgr.lock:
-            nfs = [r for r in mgr.nfs.values() if not r.life.terminal]
-        for r in nfs:
-            work[("nf", r.nf_id, r.registered_at)] = region.nf_info(r.nf_id)["busy_ns"] / 1e9
+            for r in mgr.nfs.values():
+                if not r.life.terminal:
+                    work[("nf", r.nf_id, r.registered_at)] = nfs[r.nf_id] / 1e9
         return work
 
     def apply(self) -> None:
