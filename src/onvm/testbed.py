@@ -49,7 +49,7 @@ class Testbed:
             raise ConfigError(f"testbed prefix '{self.prefix}': expected 1-{MAX_PREFIX} letters, "
                               "digits, '-' or '_'")
         parts = self.subnet.split(".")
-        if len(parts) != 3 or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
+        if len(parts) != 3 or not all(p.isdecimal() and 0 <= int(p) <= 255 for p in parts):
             raise ConfigError(f"testbed subnet '{self.subnet}': expected three octets like 10.211.0")
         if self.managers not in (1, 2):
             raise ConfigError(f"testbed managers {self.managers}: expected 1 or 2")

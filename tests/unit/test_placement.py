@@ -111,3 +111,8 @@ def test_topology_and_device_node_from_a_fake_sysfs(tmp_path):
 
 def test_this_machine_reads_as_at_least_one_node():
     assert len(NumaTopology.from_sysfs().nodes) >= 1
+
+
+def test_cpu_list_rejects_digits_int_cannot_read() -> None:
+    with pytest.raises(ConfigError, match="is not a CPU number"):
+        parse_cpus("\u00b9")  # superscript one

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from onvm.errors import ConfigError
@@ -63,6 +63,8 @@ WORDS = ["tcp", "udp", "icmp", "ip", "ip6", "any", "src", "dst", "port", "sport"
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=6)), max_size=12))
+@example(["in-port", "\u00b9"])  # superscript one: str.isdigit() says yes, int() says no
+@example(["sport", "\u00b9"])
 def test_fuzzed_rules_parse_or_fail_cleanly(words):
     text = " ".join(words)
     try:

@@ -252,7 +252,7 @@ def cmd_rule(args: argparse.Namespace) -> int:
     elif args.action == "add":
         out = _request(args, "rule_add", rule=" ".join(args.rule))
     elif args.action == "del":
-        if len(args.rule) != 1 or not args.rule[0].isdigit():
+        if len(args.rule) != 1 or not args.rule[0].isdecimal():
             raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
         out = _request(args, "rule_del", id=int(args.rule[0]))
     else:

@@ -50,13 +50,13 @@ def _hop(token: str, position: int) -> Hop:
         return Hop(Action.DROP)
     if t.startswith("out:"):
         num = t[4:]
-        if not num.isdigit():
+        if not num.isdecimal():
             raise ConfigError(f"{where}: expected out:PORT with a port number")
         try:
             return Hop(Action.OUT, int(num))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e.message}") from None
-    if t.isdigit():
+    if t.isdecimal():
         try:
             return Hop(Action.TONF, int(t))
         except ConfigError as e:

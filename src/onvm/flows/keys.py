@@ -36,7 +36,7 @@ class FlowKey:
            in_port: int = 0) -> FlowKey:
         """Build a key from strings, integers or address objects; ``proto`` may be a name."""
         if isinstance(proto, str):
-            if proto.lower() not in PROTO_NUMBERS and not proto.isdigit():
+            if proto.lower() not in PROTO_NUMBERS and not proto.isdecimal():
                 raise ConfigError(f"unknown protocol '{proto}'")
             proto = PROTO_NUMBERS.get(proto.lower()) or int(proto)
         try:
@@ -53,7 +53,7 @@ class FlowKey:
         parts = text.split()
         in_port = 0
         if len(parts) == 5 and parts[3] in ("in-port", "in_port"):
-            in_port = int(parts[4]) if parts[4].isdigit() else -1
+            in_port = int(parts[4]) if parts[4].isdecimal() else -1
             parts = parts[:3]
         if len(parts) != 3:
             raise ConfigError(f"flow '{text}': expected SRC[:PORT] DST[:PORT] PROTO [in-port N]")
@@ -61,10 +61,10 @@ class FlowKey:
         def host_port(tok: str) -> tuple[str, int]:
             if tok.startswith("["):
                 host, _, rest = tok[1:].partition("]")
-                return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 0
+                return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdecimal() else 0
             if tok.count(":") == 1:
                 host, port = tok.split(":")
-                if not port.isdigit():
+                if not port.isdecimal():
                     raise ConfigError(f"flow '{text}': bad port in '{tok}'")
                 return host, int(port)
             return tok, 0

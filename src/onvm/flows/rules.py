@@ -130,7 +130,7 @@ class _Tokens:
 
 def _int(t: _Tokens, what: str, lo: int, hi: int) -> int:
     tok = t.next(what)
-    if not tok.isdigit() or not lo <= int(tok) <= hi:
+    if not tok.isdecimal() or not lo <= int(tok) <= hi:
         raise t.error(f"expected {what} ({lo}..{hi})")
     return int(tok)
 
@@ -149,7 +149,7 @@ def _seconds(t: _Tokens, what: str) -> float:
 def _range(t: _Tokens, what: str) -> tuple[int, int]:
     tok = t.next(what)
     lo, _, hi = tok.partition("-")
-    if not lo.isdigit() or (hi and not hi.isdigit()):
+    if not lo.isdecimal() or (hi and not hi.isdecimal()):
         raise t.error(f"expected {what} as N or N-M")
     a, b = int(lo), int(hi or lo)
     if not (0 <= a <= b <= 65535):

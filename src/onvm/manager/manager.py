@@ -137,7 +137,7 @@ class ManagerConfig:
         self.policy_map: dict[int, int] = {}
         for text in self.policies:
             svc, _, pol = text.partition("=")
-            if not svc.isdigit() or int(svc) >= _native.MAX_SERVICES:
+            if not svc.isdecimal() or int(svc) >= _native.MAX_SERVICES:
                 raise ConfigError(f"--policy {text}: expected SERVICE=POLICY, e.g. 2=round-robin")
             self.policy_map[int(svc)] = parse_policy(pol)
         self.autoscale_specs = [AutoscaleSpec.parse(a) for a in self.autoscale]

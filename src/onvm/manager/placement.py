@@ -41,7 +41,7 @@ def parse_cpus(spec: str | int | Iterable[int]) -> tuple[int, ...]:
         items = []
         for part in filter(None, (p.strip() for p in spec.split(","))):
             lo, dash, hi = part.partition("-")
-            if not lo.isdigit() or (dash and not hi.isdigit()):
+            if not lo.isdecimal() or (dash and not hi.isdecimal()):
                 raise ConfigError(f"CPU list '{spec}': '{part}' is not a CPU number or range like 2-5")
             a, b = int(lo), int(hi) if dash else int(lo)
             if b < a:
@@ -118,7 +118,7 @@ class NumaTopology:
         except OSError:
             names = []
         for name in names:
-            if name.startswith("node") and name[4:].isdigit():
+            if name.startswith("node") and name[4:].isdecimal():
                 try:
                     with open(os.path.join(base, name, "cpulist"), encoding="ascii") as f:
                         text = f.read().strip()

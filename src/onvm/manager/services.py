@@ -49,7 +49,7 @@ class AutoscaleSpec:
     @classmethod
     def parse(cls, text: str) -> AutoscaleSpec:
         parts = text.split(":")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(p.isdecimal() for p in parts):
             raise ConfigError(f"--autoscale {text}: expected SERVICE:MIN:MAX, e.g. 2:1:4")
         svc, low, high = map(int, parts)
         if not 1 <= low <= high <= MAX_INSTANCES:

@@ -67,9 +67,9 @@ class NF:
         env = os.environ
         if manager is None:
             manager = env.get("ONVM_MANAGER") or "onvm"
-        if service is None and env.get("ONVM_SERVICE", "").isdigit():
+        if service is None and env.get("ONVM_SERVICE", "").isdecimal():
             service = int(env["ONVM_SERVICE"])
-        if instance is None and env.get("ONVM_INSTANCE", "").isdigit():
+        if instance is None and env.get("ONVM_INSTANCE", "").isdecimal():
             instance = int(env["ONVM_INSTANCE"])
         if cpus is None and env.get("ONVM_CPUS"):
             from onvm.manager.placement import parse_cpus

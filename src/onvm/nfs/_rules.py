@@ -37,6 +37,6 @@ def target(text: str, where: str) -> tuple[Action, int]:
     if t in ("pass", "next", "accept"):
         return Action.NEXT, 0
     kind, _, num = t.partition(":")
-    if kind in ("tonf", "out") and num.isdigit():
+    if kind in ("tonf", "out") and num.isdecimal():
         return (Action.TONF if kind == "tonf" else Action.OUT), int(num)
     raise ConfigError(f"{where}: {text!r} is not drop, pass, tonf:SERVICE or out:PORT")

@@ -94,7 +94,7 @@ def parse_controller(text: str) -> tuple[str, int]:
     rest = text[4:] if text.startswith("tcp:") else text
     host, _, port = rest.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise ConfigError(f"--controller {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:6653")
     return host, int(port)
 

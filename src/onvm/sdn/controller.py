@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("apps", nargs="+", metavar="APP", help="os-ken application modules or files")
     args = p.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdecimal():
         p.error(f"--listen {args.listen}: expected HOST:PORT")
 
     from os_ken.lib import hub

@@ -58,7 +58,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     elif ":" in text:
         host, _, port_s = text.rpartition(":")
         host = host or "127.0.0.1"
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+    if not port_s.isdecimal() or not 0 <= int(port_s) <= 65535:
         raise ConfigError(f"--web {text}: expected HOST:PORT with a port in 0..65535")
     return host, int(port_s)
 
@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         body = b""
         length = headers.get("content-length", "0")
-        if not length.isdigit():
+        if not length.isdecimal():
             self._send(error(400, "bad Content-Length"))
             return None
         if int(length) > MAX_BODY:
@@ -157,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             sampler = web.sampler
             since = int(req.headers.get("last-event-id", "0") or 0) if req.headers.get(
-                "last-event-id", "").isdigit() else 0
+                "last-event-id", "").isdecimal() else 0
             seq = -1
             quiet = 0.0
             while not sampler.stopped:
