@@ -74,7 +74,9 @@ def test_yaml_lines_are_kept():
 BAD = [
     ("manager:\n  name: t\n  colour: red\n",
      "bad.yaml:3: manager.colour: unknown field (expected one of: name, pool_size, slot_size, ring_size, "
-     "rx_workers, tx_workers, burst, cpus, nf_cpus, stats, duration, exit_when_done, wait)"),
+     "rx_workers, tx_workers, burst, cpus, nf_cpus, pack_below, stats, duration, exit_when_done, wait)"),
+    ("manager:\n  pack_below: 0.9\n",
+     "bad.yaml:2: manager.pack_below: Input should be less than 0.8"),
     ("manager:\n  ring_size: 1000\n",
      "bad.yaml:2: manager.ring_size: 1000 is not a power of two"),
     ("manager:\n  pool_size: 10\n",

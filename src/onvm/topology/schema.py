@@ -78,6 +78,7 @@ class ManagerSpec(_Model):
     burst: int = Field(64, ge=1, le=512)
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all allowed)
+    pack_below: float = Field(0.5, ge=0, lt=0.8)  # one CPU for the pipeline below this load; 0 = never
     stats: float = Field(1.0, ge=0)  # live stats interval in seconds, 0 = off
     duration: float = Field(0.0, ge=0)  # stop after this long, 0 = until stopped
     exit_when_done: bool = False  # stop once every input port is exhausted
