@@ -381,17 +381,35 @@ static int put_cpu(PyObject *d, _Atomic uint32_t *want, _Atomic uint32_t *now) {
     return rc;
 }
 
-/* busy_ns() -> (workers, nfs): the busy_ns counter of every worker row and NF
- * slot, in one call (packing reads them twice a second). */
-static PyObject *Region_busy_ns(RegionObject *self, PyObject *unused) {
-    (void)unused;
+/* busy_ns(workers, nf_ids) -> the sum of the busy_ns counters of worker rows
+ * 0..workers-1 and of the NF slots named.  Packing reads it twice a second;
+ * only the slots asked for are touched. */
+static PyObject *Region_busy_ns(RegionObject *self, PyObject *args) {
+    unsigned nw;
+    PyObject *ids;
+    if (!PyArg_ParseTuple(args, "IO", &nw, &ids))
+        return NULL;
     REGION_OPEN(self);
-    uint64_t w[ONVM_MAX_WORKERS], n[ONVM_MAX_NFS];
-    for (int i = 0; i < ONVM_MAX_WORKERS; i++)
-        w[i] = self->r.workers[i].busy_ns;
-    for (int i = 0; i < ONVM_MAX_NFS; i++)
-        n[i] = self->r.nfs[i].stats.busy_ns;
-    return Py_BuildValue("(NN)", u64_tuple(w, ONVM_MAX_WORKERS), u64_tuple(n, ONVM_MAX_NFS));
+    if (nw > ONVM_MAX_WORKERS)
+        return PyErr_Format(PyExc_ValueError, "at most %d workers", ONVM_MAX_WORKERS);
+    PyObject *fast = PySequence_Fast(ids, "nf_ids must be a sequence of NF ids");
+    if (!fast)
+        return NULL;
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < nw; i++)
+        sum += self->r.workers[i].busy_ns;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (id < 1 || id >= ONVM_MAX_NFS) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "NF id %ld is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
+            return NULL;
+        }
+        sum += self->r.nfs[id].stats.busy_ns;
+    }
+    Py_DECREF(fast);
+    return PyLong_FromUnsignedLongLong(sum);
 }
 
 /* set_cpu(kind, index, cpu): ask NF or worker `index` to run on `cpu`, or at home with -1. */
@@ -634,7 +652,8 @@ static PyMethodDef Region_methods[] = {
     {"port_info", (PyCFunction)Region_port_info, METH_VARARGS, "Port counters summed over workers."},
     {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
     {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, "Worker counters and CPU request."},
-    {"busy_ns", (PyCFunction)Region_busy_ns, METH_NOARGS, "busy_ns() -> (per worker, per NF slot)."},
+    {"busy_ns", (PyCFunction)Region_busy_ns, METH_VARARGS,
+     "busy_ns(workers, nf_ids) -> total busy ns of worker rows 0..workers-1 and the NFs named."},
     {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,
      "set_cpu(kind, index, cpu): ask NF or worker index to run on cpu (-1: home)."},
     {"set_service", (PyCFunction)Region_set_service, METH_VARARGS, "set_service(svc, [(nf_id, instance)], policy=0)."},

@@ -24,6 +24,7 @@ from onvm.flows.rules import Rule, parse_rule
 MAX_CHAINS = _native.MAX_CHAINS
 MAX_RULES = _native.MAX_RULES
 SWEEP_INTERVAL = 0.1  # timeouts are exact at lookup; the sweep only frees entries and counts them
+SWEEP_IDLE_INTERVAL = 1.0  # while the table is empty
 SWEEP_SLICE = 1 << 14
 ORIGINS = ("rule", "nf", "api")
 
@@ -197,9 +198,11 @@ class FlowRegistry:
 
     def _sweep(self) -> None:
         size = self.region.flow_stats()["size"]
-        pos = 0
-        while size and not self._stop.wait(SWEEP_INTERVAL):
+        pos, wait = 0, SWEEP_INTERVAL
+        while size and not self._stop.wait(wait):
             if self.region.flow_stats()["used"] <= 0:
-                continue  # an empty table costs nothing to keep
+                wait = SWEEP_IDLE_INTERVAL  # an empty table costs nothing to keep: look less often
+                continue
+            wait = SWEEP_INTERVAL
             self.region.flow_expire(pos, SWEEP_SLICE)
             pos = (pos + SWEEP_SLICE) % size

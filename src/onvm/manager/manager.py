@@ -371,8 +371,11 @@ class Manager:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, lambda signum, frame: self.stopping.set())
         deadline = self.started_at + self.config.duration if self.config.duration else None
+        # A wake-up costs CPU even on an idle machine: wake often only to watch the inputs end.
+        interval = 0.1 if self.config.exit_when_done else 0.5
         while not self.stopping.is_set():
-            self.stopping.wait(0.1)
+            self.stopping.wait(interval if deadline is None
+                               else max(0.0, min(interval, deadline - time.monotonic())))
             self._check_ports()
             if self.packing:
                 self.packing.tick()

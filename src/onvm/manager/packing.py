@@ -103,7 +103,8 @@ class Packing:
         self.applied: dict[tuple[str, int, float], int] = {}  # asked of each thread (-1: home)
         self.load = 0.0
         self._t = 0.0
-        self._work: dict[Any, float] = {}  # work seconds of each process at the last window
+        self._work: int | None = None  # busy ns of the pipeline at the last window
+        self.workers = cfg.rx_workers + cfg.tx_workers
         self._busy: dict[int, float] = {}
 
     @property
@@ -118,17 +119,19 @@ class Packing:
         if now - self._t < WINDOW:
             return
         dt, self._t = now - self._t, now
-        work = self._work_seconds()
-        first = not self._work
-        self.load = sum(max(w - self._work.get(k, w), 0.0) for k, w in work.items()) / dt
+        mgr = self.manager
+        # Workers and the NFs now registered (a snapshot); when one leaves, the
+        # total falls, and that window counts as idle.
+        work, last = mgr.region.busy_ns(self.workers, list(mgr.nfs)), self._work
         self._work = work
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
             busy_now = cpu_busy_seconds()
             busy = {c: (b - self._busy.get(c, b)) / dt for c, b in busy_now.items()}
             self._busy = busy_now
-        if first:
-            return
+        if last is None:
+            return  # the first window starts here
+        self.load = max(work - last, 0) / 1e9 / dt
         before = self.packer.cpu
         target = self.packer.step(self.load, busy)
         if target == before:
@@ -139,18 +142,6 @@ class Packing:
             self.manager.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
         self.apply()
 
-    def _work_seconds(self) -> dict[Any, float]:
-        """Seconds each thread of the pipeline has spent on bursts (its CPU time would count spinning)."""
-        mgr = self.manager
-        workers, nfs = mgr.region.busy_ns()
-        work: dict[Any, float] = {
-            ("worker", w): workers[w] / 1e9 for w in range(mgr.config.rx_workers + mgr.config.tx_workers)}
-        with mgr.lock:
-            for r in mgr.nfs.values():
-                if not r.life.terminal:
-                    work[("nf", r.nf_id, r.registered_at)] = nfs[r.nf_id] / 1e9
-        return work
-
     def apply(self) -> None:
         """Ask every movable thread to be where the packer says (NFs that joined since included)."""
         mgr = self.manager
@@ -158,7 +149,7 @@ class Packing:
         with mgr.lock:
             want: dict[tuple[str, int, float], int] = {}
             if self.move_workers:
-                for w in range(mgr.config.rx_workers + mgr.config.tx_workers):
+                for w in range(self.workers):
                     want[("worker", w, 0.0)] = target
             for r in mgr.nfs.values():
                 if r.placed and not r.life.terminal:  # a new NF's slot starts at home
