@@ -18,7 +18,7 @@
 #include "onvm_parse.h"
 
 #define NF_SPIN_POLLS 512
-#define NF_MAX_SLEEP_NS 100000000L
+#define NF_MAX_SLEEP_NS 1000000000L /* every stop, message and signal wakes it sooner */
 
 /* ===== NFContext ============================================================ */
 

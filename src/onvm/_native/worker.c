@@ -17,7 +17,7 @@
 #include <poll.h>
 
 #define SPIN_POLLS 256
-#define MAX_SLEEP_NS 100000000L
+#define MAX_SLEEP_NS 1000000000L /* a kick (stop, pause, grace period) wakes it sooner */
 #define FD_SLEEP_NS 10000000L
 #define TIMED_SLEEP_NS 1000000L
 
