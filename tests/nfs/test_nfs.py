@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Padding, Raw
 
-from onvm import nfs
+from onvm import NF, nfs
 from onvm.errors import ConfigError
 from onvm.testing import run_nf
 from tests.nfs.conftest import build
@@ -339,3 +340,20 @@ def test_nat_translates_icmp_echo_by_identifier_and_drops_other_icmp():
         del w[IP].chksum, w[ICMP].chksum
     assert res.out == {0: [bytes(Ether(bytes(wp))), bytes(Ether(bytes(wq)))]}
     assert res.drops == {"action": 1}
+
+
+def test_a_burst_spread_over_services_reaches_each_in_order():
+    # The router reuses its pick for a run of packets to a one-instance service;
+    # switching between services inside one burst must still deliver each packet once.
+    dests = [2, 3, 3, 2, 4, 4, 4, 2, 3, 7]  # 7 has no NF
+    pkts = [frame(sport=i) for i in range(len(dests))]
+    nf = NF("spread", service=1, quiet=True)
+
+    @nf.batch
+    def spread(b):  # type: ignore[no-untyped-def]
+        b.tonf(np.array(dests[: b.n], dtype=b.dest.dtype))
+
+    res = run_nf(nf, pkts, services=[2, 3, 4])
+    for svc in (2, 3, 4):
+        assert res.tonf[svc] == [bytes(p) for p, d in zip(pkts, dests, strict=True) if d == svc]
+    assert res.drops == {"no_dest": 1}

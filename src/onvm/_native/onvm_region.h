@@ -51,8 +51,14 @@ static inline uint32_t onvm_slot_room(const struct onvm_region *r) {
 }
 
 /* NF ring k (0 = rx, 1 = tx) of NF id */
-struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsigned nf_id, int tx);
-uint32_t onvm_nf_ring_off(const struct onvm_region *r, unsigned nf_id, int tx);
+/* Where NF nf_id's RX (tx == 0) or TX ring lives: inline, the packet path asks per packet. */
+static inline uint32_t onvm_nf_ring_off(const struct onvm_region *r, unsigned nf_id, int tx) {
+    return (uint32_t)(r->hdr->off_rings + r->hdr->ring_bytes * (2u * nf_id + (tx ? 1u : 0u)));
+}
+
+static inline struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsigned nf_id, int tx) {
+    return (struct onvm_ring *)(r->base + onvm_nf_ring_off(r, nf_id, tx));
+}
 
 /* ---- pool ---- */
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner);

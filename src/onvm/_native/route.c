@@ -2,6 +2,8 @@
 #include "onvm_route.h"
 #include "onvm_latency.h"
 
+#include <limits.h>
+
 enum { GROUP_RING = 1, GROUP_PORT = 2 };
 
 static void drop(struct onvm_route_ctx *c, uint32_t slot, int reason) {
@@ -56,7 +58,7 @@ static void flush_all(struct onvm_route_ctx *c) {
     }
 }
 
-static void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot) {
+static inline void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot) {
     struct onvm_route_group *g = NULL;
     for (unsigned i = 0; i < c->ngroups; i++) {
         if (c->groups[i].target == target) {
@@ -82,6 +84,14 @@ static void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot)
 
 void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t n, int mode) {
     struct onvm_region *r = c->r;
+    /* The last service with one instance this burst sent to, and that NF's ring.
+     * Packets of a burst mostly go to one place; reusing the pick spares each a
+     * service read and a read of the NF's state line, which its owner writes on
+     * every loop.  A service that changes during the burst is seen from the next
+     * one on; an NF that leaves is reclaimed only after a grace period, which
+     * waits for this loop iteration to end (Manager._grace). */
+    unsigned one_dest = UINT_MAX;
+    struct onvm_ring *one_ring = NULL;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = slots[i];
         struct onvm_meta *m = &r->meta[s];
@@ -119,14 +129,22 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             drop(c, s, ONVM_DROP_ACTION);
             break;
         case ONVM_ACT_TONF: {
-            unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES]);
-            if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
-                drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
-                break;
+            struct onvm_ring *ring = one_ring;
+            if (dest != one_dest) {
+                unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES]);
+                if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
+                    drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
+                    break;
+                }
+                ring = onvm_nf_ring(r, nf, 0);
+                if (r->services[dest].count == 1) { /* every flow picks it */
+                    one_dest = dest;
+                    one_ring = ring;
+                }
             }
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
-            add(c, GROUP_RING, onvm_nf_ring(r, nf, 0), s);
+            add(c, GROUP_RING, ring, s);
             break;
         }
         case ONVM_ACT_OUT:
