@@ -69,6 +69,13 @@ def test_dashboard_shows_nfs_and_moving_counters(deploy, browser):
     graph = browser.find_element(By.ID, "graph").text
     assert "simple_forward" in graph and "basic_monitor" in graph
     assert "µs" in browser.page_source
+    # At this light load the manager packs the pipeline onto one CPU (tests/integration/
+    # test_packing.py proves that); the page says where the pipeline and each NF run.
+    wait.until(lambda d: d.find_element(By.ID, "mgr-packing").text.startswith(("packed on CPU", "spread")))
+    packed = status(dep.name)["manager"]["packing"]["packed_on"]
+    if packed is not None:
+        wait.until(ec.text_to_be_present_in_element((By.ID, "mgr-packing"), f"packed on CPU {packed}"))
+        wait.until(ec.text_to_be_present_in_element((By.ID, f"nf-{ids['simple_forward']}-cpu"), str(packed)))
     time.sleep(2.5)  # let the charts draw a few points before the picture
     wait.until(lambda d: browser.find_element(By.ID, f"nf-{ids['simple_forward']}-lat").text != "–")
     ARTIFACTS.mkdir(exist_ok=True)

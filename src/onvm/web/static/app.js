@@ -181,6 +181,7 @@ function drawTables(st) {
     cell(tr, n.name, "name", `nf-${n.id}-name`);
     cell(tr, `${n.service}.${n.instance}`);
     cell(tr, n.state);
+    cell(tr, n.cpu_now ?? "–", "num", `nf-${n.id}-cpu`);
     cell(tr, n.rx, "num", `nf-${n.id}-rx`);
     cell(tr, n.tx, "num", `nf-${n.id}-tx`);
     cell(tr, fmt(n.rx_pps || 0), "num");
@@ -218,6 +219,14 @@ function addEvent(ev) {
   while (list.children.length > 200) list.lastChild.remove();
 }
 
+// Where the pipeline runs: packed onto one CPU at low load, or spread (onvm/manager/packing.py).
+function packing(pk) {
+  if (!pk.enabled) return "as placed";
+  const load = `${(pk.load || 0).toFixed(2)} CPU busy`;
+  return pk.packed_on === null || pk.packed_on === undefined
+    ? `spread, ${load}` : `packed on CPU ${pk.packed_on}, ${load}`;
+}
+
 // ---- updates --------------------------------------------------------------
 function onSample(s) {
   const st = s.status;
@@ -225,6 +234,7 @@ function onSample(s) {
   $("mgr-name").textContent = st.manager.name;
   $("mgr-uptime").textContent = Math.round(st.manager.uptime);
   $("mgr-chain").textContent = st.manager.default_chain;
+  $("mgr-packing").textContent = packing(st.manager.packing || {});
   $("pool-free").textContent = st.pool.free;
   $("pool-total").textContent = st.pool.total;
   for (const n of st.nfs) push("nfs", n.id, `${n.name} #${n.id}`, s.time, n.rx_pps || 0, n.tx_pps || 0);
