@@ -42,6 +42,7 @@ def browser(tmp_path):
 
 
 def test_dashboard_shows_nfs_and_moving_counters(deploy, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -56,7 +57,8 @@ def test_dashboard_shows_nfs_and_moving_counters(deploy, browser):
     ids = {n["name"]: n["id"] for n in st["nfs"]}
 
     browser.get(url)
-    wait = WebDriverWait(browser, 20)
+    # The tables are rebuilt on every update: an element found a moment ago can be gone.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
     for name, nf_id in ids.items():
         wait.until(ec.text_to_be_present_in_element((By.ID, f"nf-{nf_id}-name"), name))
     wait.until(ec.text_to_be_present_in_element((By.ID, "conn"), "live"))
@@ -64,7 +66,7 @@ def test_dashboard_shows_nfs_and_moving_counters(deploy, browser):
     def tx() -> int:
         return int(browser.find_element(By.ID, "port-1-tx").text or 0)
 
-    first = tx()
+    first = wait.until(lambda d: tx() + 1) - 1  # read once the cell stands still
     wait.until(lambda d: tx() > first)
     graph = browser.find_element(By.ID, "graph").text
     assert "simple_forward" in graph and "basic_monitor" in graph

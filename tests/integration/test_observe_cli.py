@@ -19,10 +19,12 @@ def test_status_top_and_nf_csv(deploy, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "latency since start" in r.stdout and "port 1 (end to end)" in r.stdout
     assert "NF 1 simple_forward" in r.stdout
+    assert "pipeline uses" in r.stdout  # packing on: its load, and packed or spread
 
     r = onvm("top", "--name", dep.name, "--iterations", "2", "--interval", "0.2")
     assert r.returncode == 0, r.stderr
     assert "simple_forward" in r.stdout and "ports" in r.stdout and "events" in r.stdout
+    assert "pipeline uses" in r.stdout
 
     nf_id = status(dep.name)["nfs"][0]["id"]
     with Client(dep.name) as c:

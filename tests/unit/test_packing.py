@@ -9,7 +9,7 @@ import pytest
 from onvm._proc import cpu_busy_seconds, cpu_seconds
 from onvm.errors import ConfigError
 from onvm.manager.manager import ManagerConfig
-from onvm.manager.packing import Packer, PackSettings, least_busy
+from onvm.manager.packing import Packer, PackSettings, least_busy, summary
 
 IDLE = {0: 0.0, 1: 0.0}
 
@@ -57,3 +57,10 @@ def test_proc_readers() -> None:
     assert cpu_seconds(2**22 + 12345) is None  # above pid_max: no such process
     busy = cpu_busy_seconds()
     assert set(busy) >= set(os.sched_getaffinity(0)) and all(v >= 0 for v in busy.values())
+
+
+def test_summary_line() -> None:
+    base = {"enabled": True, "load": 0.123, "below": 0.5, "above": 0.8}
+    assert summary({**base, "packed_on": 1}) == "pipeline uses 0.12 CPU: packed onto CPU 1"
+    assert summary({**base, "packed_on": None}) == "pipeline uses 0.12 CPU: spread (packs below 0.5 CPU)"
+    assert summary({"enabled": False, "packed_on": None}) == ""

@@ -135,11 +135,10 @@ def _print_status(st: dict[str, Any]) -> None:
     print(f"default chain {m['default_chain']}; pool {pool['free']}/{pool['total']} slots free"
           + (f"; NF CPUs {m['nf_cpus']}" if m.get("nf_cpus") else "")
           + (f"; manager CPUs {m['cpus']}" if m.get("cpus") else ""))
-    pk = m.get("packing") or {}
-    if pk.get("enabled"):
-        where = (f"packed onto CPU {pk['packed_on']}" if pk["packed_on"] is not None
-                 else f"spread (packs below {pk['below']:g} CPU)")
-        print(f"pipeline uses {pk['load']:.2f} CPU: {where}")
+    from onvm.manager.packing import summary
+
+    if line := summary(m.get("packing") or {}):
+        print(line)
     print("ports:")
     for p in st["ports"]:
         drops = sum(p["drops"].values())

@@ -35,11 +35,14 @@ def render(st: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from onvm.manager.packing import summary
+
     m, pool = st["manager"], st["pool"]
+    packing = summary(m.get("packing") or {})
     head = Text.assemble(
         (f"onvm[{m['name']}]", "bold"), f"  pid {m['pid']}  up {m['uptime']:.0f} s  ",
         f"chain {m['default_chain']}  pool {pool['free']}/{pool['total']} free",
-        (f"  web {m['web']}" if m.get("web") else ""))
+        (f"  web {m['web']}" if m.get("web") else ""), (f"\n{packing}" if packing else ""))
     ports = Table(title="ports", expand=True, title_justify="left")
     for col in ("id", "uri", "rx/s", "tx/s", "rx", "tx", "drops", "e2e p50/p99/max us"):
         ports.add_column(col, justify="right" if col not in ("uri",) else "left")
@@ -50,16 +53,17 @@ def render(st: dict[str, Any]) -> Any:
                       _lat(p.get("latency", {})))
     nfs = Table(title="NFs", expand=True, title_justify="left")
     ring_size = m.get("ring_size", 0) or 1
-    for col in ("id", "name", "svc", "state", "rx/s", "tx/s", "rx", "drops", "ring", "p50/p99/max us"):
+    for col in ("id", "name", "svc", "state", "cpu", "rx/s", "tx/s", "rx", "drops", "ring", "p50/p99/max us"):
         nfs.add_column(col, justify="left" if col in ("name", "state") else "right")
     for n in st["nfs"]:
         drops = sum(n["drops"].values())
         ring = f"{n['rx_ring']} ({100 * n['rx_ring'] / ring_size:.0f}%)"
         nfs.add_row(str(n["id"]), n["name"], f"{n['service']}.{n['instance']}", n["state"],
-                    _si(n.get("rx_pps", 0)), _si(n.get("tx_pps", 0)), str(n["rx"]),
+                    str(n.get("cpu_now", n.get("cpu"))), _si(n.get("rx_pps", 0)), _si(n.get("tx_pps", 0)),
+                    str(n["rx"]),
                     Text(str(drops), style="red" if drops else ""), ring, _lat(n.get("latency", {})))
     if not st["nfs"]:
-        nfs.add_row("", "(none)", "", "", "", "", "", "", "", "")
+        nfs.add_row("", "(none)", "", "", "", "", "", "", "", "", "")
     events = Text("\n".join(time.strftime("%H:%M:%S ", time.localtime(e["time"])) + e["text"]
                             for e in st.get("events", [])[-8:]) or "(none)")
     return Group(Panel(head), ports, nfs, Panel(events, title="events", title_align="left"))

@@ -162,3 +162,12 @@ class Packing:
     def describe(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "packed_on": self.packer.cpu, "load": round(self.load, 3),
                 "below": self.packer.settings.below, "above": self.packer.settings.above}
+
+
+def summary(packing: Mapping[str, Any]) -> str:
+    """One line for people, from a status's ``manager.packing`` ("" when packing is off)."""
+    if not packing.get("enabled"):
+        return ""
+    where = (f"packed onto CPU {packing['packed_on']}" if packing.get("packed_on") is not None
+             else f"spread (packs below {packing['below']:g} CPU)")
+    return f"pipeline uses {packing['load']:.2f} CPU: {where}"
