@@ -86,6 +86,28 @@ def rules(draw):
     return parse_rule(" ".join(parts + ["-> chain c"]))
 
 
+def test_flows_that_differ_only_in_vlan_get_their_own_entries(region):
+    # A rule hit installs an exact entry.  Its key carries the VLAN, so the same
+    # 5-tuple untagged (or on another VLAN) is classified afresh, not by that entry.
+    publish(region, [parse_rule("udp vlan 7 -> chain c")])
+    l3 = IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=22, dport=0)
+    eth = Ether(src=MAC_A, dst=MAC_B)
+    frames = {7: eth / Dot1Q(vlan=7) / l3, None: eth / l3, 5: eth / Dot1Q(vlan=5) / l3}
+    slots = region.alloc(len(frames))
+    try:
+        got = {}
+        for order in ([7, None, 5], [None, 5, 7]):  # the second round finds the entry installed
+            for slot, vlan in zip(slots, order, strict=True):
+                region.write(slot, bytes(frames[vlan]))
+                got.setdefault(vlan, set()).add(region.classify(slot))
+        assert got == {7: {1}, None: {0}, 5: {0}}
+        key = FlowKey.of("2001:db8::1", "2001:db8::2", "udp", 22, 0, vlan=7)
+        assert region.flow_get(key.native()) is not None
+        assert region.flow_get(FlowKey.of("2001:db8::1", "2001:db8::2", "udp", 22, 0).native()) is None
+    finally:
+        region.free(slots)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(rules(), max_size=8), st.lists(packets(), min_size=1, max_size=6))
 def test_native_rules_agree_with_the_reference(region, rule_list, pkts):

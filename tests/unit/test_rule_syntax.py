@@ -82,6 +82,12 @@ def test_flow_keys():
     assert str(k.reverse()) == "10.0.0.2:80 10.0.0.1:1234 tcp in-port 2"
     assert FlowKey.from_native(k.native()) == k
     assert str(FlowKey.parse("[2001:db8::1]:5 [2001:db8::2]:6 udp")) == "[2001:db8::1]:5 [2001:db8::2]:6 udp"
-    for bad in ("10.0.0.1 tcp", "10.0.0.1:1 ::1:2 tcp", "10.0.0.1:x 10.0.0.2 tcp", "a b c"):
+    v = FlowKey.parse("10.0.0.1:1234 10.0.0.2:80 tcp vlan 7 in-port 2")
+    assert (v.vlan, v.in_port, str(v)) == (7, 2, "10.0.0.1:1234 10.0.0.2:80 tcp in-port 2 vlan 7")
+    assert FlowKey.from_native(v.native()) == v and v.native()[-1] == 8  # 1 + the VLAN id
+    assert k.native()[-1] == 0 and v != k and v.reverse().vlan == 7  # untagged is its own key
+    for bad in ("10.0.0.1 tcp", "10.0.0.1:1 ::1:2 tcp", "10.0.0.1:x 10.0.0.2 tcp", "a b c",
+                "10.0.0.1 10.0.0.2 tcp vlan 4096", "10.0.0.1 10.0.0.2 tcp vlan x",
+                "10.0.0.1 10.0.0.2 tcp vlan 1 vlan 2"):
         with pytest.raises(ConfigError):
             FlowKey.parse(bad)

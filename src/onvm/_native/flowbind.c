@@ -4,17 +4,18 @@
 
 #include <stdlib.h>
 
-/* key: (ipver, src bytes, dst bytes, proto, sport, dport, in_port) */
+/* key: (ipver, src bytes, dst bytes, proto, sport, dport, in_port[, vlan]); vlan is
+ * 1 + the outer VLAN id, 0 (the default) for untagged packets. */
 static int key_from(PyObject *o, struct onvm_flow_key *k) {
-    unsigned ipver, proto, sport, dport, in_port;
+    unsigned ipver, proto, sport, dport, in_port, vlan = 0;
     Py_buffer src, dst;
     memset(k, 0, sizeof *k);
-    if (!PyArg_ParseTuple(o, "Iy*y*IIII;key must be (ipver, src, dst, proto, sport, dport, in_port)", &ipver,
-                          &src, &dst, &proto, &sport, &dport, &in_port))
+    if (!PyArg_ParseTuple(o, "Iy*y*IIII|I;key must be (ipver, src, dst, proto, sport, dport, in_port[, vlan])",
+                          &ipver, &src, &dst, &proto, &sport, &dport, &in_port, &vlan))
         return -1;
     Py_ssize_t want = ipver == 4 ? 4 : 16;
     int ok = (ipver == 4 || ipver == 6) && src.len == want && dst.len == want && proto < 256 &&
-             sport < 65536 && dport < 65536 && in_port < 65536;
+             sport < 65536 && dport < 65536 && in_port < 65536 && vlan <= 4096;
     if (ok) {
         memcpy(k->src, src.buf, (size_t)want);
         memcpy(k->dst, dst.buf, (size_t)want);
@@ -23,12 +24,13 @@ static int key_from(PyObject *o, struct onvm_flow_key *k) {
         k->sport = (uint16_t)sport;
         k->dport = (uint16_t)dport;
         k->in_port = (uint16_t)in_port;
+        k->vlan = (uint16_t)vlan;
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "bad flow key: IPv4 needs 4-byte addresses, IPv6 16; ports and "
-                                          "in_port are 16 bits, proto 8");
+                                          "in_port are 16 bits, proto 8, vlan 0..4096 (1 + the VLAN id)");
         return -1;
     }
     return 0;
@@ -36,8 +38,8 @@ static int key_from(PyObject *o, struct onvm_flow_key *k) {
 
 static PyObject *key_tuple(const struct onvm_flow_key *k) {
     Py_ssize_t n = k->ipver == 4 ? 4 : 16;
-    return Py_BuildValue("(By#y#BHHH)", k->ipver, (const char *)k->src, n, (const char *)k->dst, n, k->proto,
-                         k->sport, k->dport, k->in_port);
+    return Py_BuildValue("(By#y#BHHHH)", k->ipver, (const char *)k->src, n, (const char *)k->dst, n, k->proto,
+                         k->sport, k->dport, k->in_port, k->vlan);
 }
 
 static PyObject *flow_dict(const struct onvm_flow_view *v, uint64_t now) {

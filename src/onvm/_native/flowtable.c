@@ -8,6 +8,7 @@ static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[
 int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm_flow_key *key) {
     memset(key, 0, sizeof *key);
     key->in_port = m->in_port;
+    key->vlan = (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
     if (m->l3_type == ONVM_L3_IPV4) {
         const uint8_t *ip = data + m->l3_off;
         memcpy(key->src, ip + 12, 4);
@@ -42,14 +43,15 @@ static uint32_t fold(const uint8_t *a, int ipver) {
  * reply sit near each other; the key itself stays directional. */
 uint32_t onvm_flow_key_hash(const struct onvm_flow_key *k) {
     uint32_t h = onvm_flow_hash(fold(k->src, k->ipver), fold(k->dst, k->ipver), k->sport, k->dport, k->proto);
-    return h ^ (uint32_t)k->in_port * 0x85ebca6bu;
+    return h ^ (uint32_t)k->in_port * 0x85ebca6bu ^ (uint32_t)k->vlan * 0xc2b2ae35u;
 }
 
 static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_key *b) {
     uint64_t x[5], y[5];
     memcpy(x, a, sizeof x);
     memcpy(y, b, sizeof y);
-    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0 &&
+           a->vlan == b->vlan;
 }
 
 /* The 32-bit millisecond clock of deadlines: compared by signed difference,

@@ -3,7 +3,7 @@
  * Theory of operation
  * -------------------
  * The RX path classifies each packet once: it looks the packet's exact key
- * (IPv4 or IPv6 5-tuple plus in-port) up in the flow table; on a miss it
+ * (IPv4 or IPv6 5-tuple plus in-port and outer VLAN) up in the flow table; on a miss it
  * scans the rules by priority, and a rule hit installs an exact entry so the
  * next packet of the flow finds it at once (the cached lookup).  What matches
  * nothing takes the default chain (0).
@@ -48,8 +48,9 @@ struct onvm_flow_key {
     uint16_t in_port;
     uint8_t proto;
     uint8_t ipver; /* 4 or 6 */
+    uint16_t vlan; /* 1 + the outer VLAN id; 0: untagged (rules may match on it) */
 };
-static_assert(sizeof(struct onvm_flow_key) == 40, "flow key is 40 bytes");
+static_assert(sizeof(struct onvm_flow_key) == 42, "flow key is 42 bytes");
 
 /* An entry is split in two lines: what a lookup reads, and what a hit updates. */
 struct onvm_flow {
@@ -59,7 +60,6 @@ struct onvm_flow {
     uint8_t origin;
     uint16_t chain;
     uint16_t rule; /* rule slot + 1 that installed it, 0 if none */
-    uint16_t pad;
     struct onvm_flow_key key;
     uint32_t deadline_ms; /* when it expires, on the 32-bit millisecond clock; 0: never */
     uint32_t rule_gen;

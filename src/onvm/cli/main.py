@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default="onvm")
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
-                       description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N], "
+                       description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N] "
+                       "(without vlan: untagged packets), "
                        "e.g. 10.0.0.1:1234 10.0.0.2:80 tcp")
     f.add_argument("action", choices=["list", "add", "del", "stats"])
     f.add_argument("flow", nargs="*", help="the flow (add, del)")

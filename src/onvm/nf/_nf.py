@@ -201,7 +201,7 @@ class NF:
         return True
 
     # ---- flow director ----------------------------------------------------
-    def _key(self, flow: Any) -> tuple[int, bytes, bytes, int, int, int, int]:
+    def _key(self, flow: Any) -> tuple[Any, ...]:
         if isinstance(flow, FlowKey):
             return flow.native()
         slot = getattr(flow, "slot", None)
