@@ -569,7 +569,7 @@ static PyObject *Region_pick(RegionObject *self, PyObject *args) {
         return NULL;
     REGION_OPEN(self);
     static uint32_t rr[ONVM_MAX_SERVICES];
-    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash, &rr[svc % ONVM_MAX_SERVICES]));
+    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash, &rr[svc % ONVM_MAX_SERVICES], NULL));
 }
 
 static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {

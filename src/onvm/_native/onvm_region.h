@@ -75,7 +75,10 @@ enum onvm_policy {
     ONVM_POLICY_LEAST = 2, /* the instance whose RX ring holds the fewest packets */
 };
 /* Returns an NF id for a packet of the service, 0 if the service has none. */
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr);
+/* An instance of svc for a flow (0: none); *count_out, when given, gets the number of
+ * instances the pick saw (1: every flow gets the same one). */
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
+                           unsigned *count_out);
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
                    const char *name);
 int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);

@@ -57,18 +57,13 @@ static inline void onvm_cpu_follow(struct onvm_cpu_follow *f, _Atomic uint32_t *
         return;
     f->seen = w;
     cpu_set_t one, *set = &f->home;
-    if (w > CPU_SETSIZE) {
-        atomic_store_explicit(now, ONVM_CPU_REFUSED, ONVM_RELAXED);
-        return;
-    }
     if (w) {
         CPU_ZERO(&one);
-        CPU_SET(w - 1, &one);
+        if (w <= CPU_SETSIZE)
+            CPU_SET(w - 1, &one);
         set = &one;
-    } else if (CPU_COUNT(&f->home) == 0) {
-        atomic_store_explicit(now, ONVM_CPU_REFUSED, ONVM_RELAXED);
-        return;
     }
+    /* An empty set (a CPU out of range, no home mask) is refused like any other. */
     int rc = sched_setaffinity(0, sizeof *set, set);
     atomic_store_explicit(now, rc == 0 ? w : ONVM_CPU_REFUSED, ONVM_RELAXED);
 }

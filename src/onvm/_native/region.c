@@ -323,7 +323,8 @@ static inline uint32_t mix32(uint32_t x) {
     return x;
 }
 
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr) {
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
+                           unsigned *count_out) {
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
@@ -363,8 +364,11 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
         }
         /* Acquire fence: the reads above complete before we recheck seq. */
         atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1)
+        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1) {
+            if (count_out)
+                *count_out = count;
             return pick;
+        }
     }
 }
 

@@ -131,13 +131,14 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
         case ONVM_ACT_TONF: {
             struct onvm_ring *ring = one_ring;
             if (dest != one_dest) {
-                unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES]);
+                unsigned count = 0;
+                unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
                 if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
                     drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
                     break;
                 }
                 ring = onvm_nf_ring(r, nf, 0);
-                if (r->services[dest].count == 1) { /* every flow picks it */
+                if (count == 1) { /* every flow picks it */
                     one_dest = dest;
                     one_ring = ring;
                 }

@@ -51,13 +51,13 @@ static int rx_fds(struct onvm_mgr_worker *w, struct pollfd *fds) {
     return n;
 }
 
-static int rx_poll(struct onvm_mgr_worker *w, uint64_t *next_due) {
+/* now: the loop's clock reading for this iteration. */
+static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due) {
     struct onvm_mgr *m = w->mgr;
     struct onvm_region *r = m->r;
     int busy = 0;
     if (atomic_load_explicit(&m->rx_paused, ONVM_RELAXED))
         return 0;
-    uint64_t now = onvm_now_ns();
     for (unsigned id = 0; id < ONVM_MAX_PORTS; id++) {
         struct onvm_port *p = m->ports[id];
         unsigned q = 0;
@@ -137,7 +137,7 @@ static void *worker_main(void *arg) {
     while (!atomic_load_explicit(&m->stop, ONVM_ACQUIRE)) {
         onvm_cpu_follow(&cpu, &shared->cpu_want, &shared->cpu_now);
         uint64_t next_due = UINT64_MAX, t0 = onvm_now_ns();
-        int busy = w->tx ? tx_poll(w) : rx_poll(w, &next_due);
+        int busy = w->tx ? tx_poll(w) : rx_poll(w, t0, &next_due);
         atomic_fetch_add_explicit(&shared->epoch, 1, ONVM_RELAXED);
         shared->loops++;
         if (busy) {
