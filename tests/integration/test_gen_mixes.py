@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from scapy.all import IP, UDP, Ether  # type: ignore[import-untyped]
 
-from tests.integration.conftest import onvm, pcap_records
+from tests.integration.conftest import fitted_rate, onvm, pcap_records, pcap_stamps
 
 
 def generate(tmp_path, spec: str) -> tuple[list[bytes], float]:
@@ -54,3 +54,13 @@ def test_rate_limits(runtime, tmp_path):
     pkts, secs = generate(tmp_path, "count=3000,rate=10k")
     assert len(pkts) == 3000
     assert secs >= 0.3  # 3000 packets at 10 kpps cannot take less than 0.3 s
+
+
+@pytest.mark.parametrize("rate, count", [(1, 3), (3, 10)])
+def test_low_rates_hold(runtime, tmp_path, rate, count):
+    """1 and 3 pps: packets one interval apart from the first on (the pcap-out
+    timestamps are taken as each packet leaves), none lost at second boundaries."""
+    pkts, _ = generate(tmp_path, f"count={count},rate={rate}")
+    assert len(pkts) == count
+    stamps = pcap_stamps(tmp_path / "gen.pcap")
+    assert fitted_rate(stamps) == pytest.approx(rate, rel=0.05), stamps

@@ -18,6 +18,10 @@ that says it, and nothing about how it does it:
   common extension headers, ARP, TCP, UDP and ICMP the way the RX path must,
   and computes the symmetric flow hash bit for bit.
 * ``pick_model`` is rendezvous hashing over a service's instances.
+* ``PacerModel`` is a paced port's schedule: packet k is due at
+  ``t0 + k / rate`` (exact fractions), t0 being the first time it is asked.
+  It releases packets once a burst of them is due (100 us worth, 1 to 32),
+  and lets go of what lies more than ``MAX_LAG`` seconds behind.
 
 The hash functions read multi-byte words little endian, as the native code
 does on the little-endian machines pyonvm runs on.
@@ -25,8 +29,10 @@ does on the little-endian machines pyonvm runs on.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
@@ -143,6 +149,45 @@ class PoolModel:
     def __repr__(self) -> str:
         top = list(reversed(self.stack[-8:]))
         return f"PoolModel(count={self.count}, free={self.free_count()}, top={top})"
+
+
+# ---- pacer ---------------------------------------------------------------------
+
+
+class PacerModel:
+    """When a port paced at ``rate`` packets per second may send."""
+
+    MAX_LAG = Fraction(1, 10)  # seconds a port may fall behind and still catch up
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.t0: int | None = None
+        self.sent = 0  # packets of the schedule sent or let go
+        self.missed = 0
+        self.burst = min(32, max(1, rate // 10000))
+        self.lag_packets = max(self.burst, math.floor(rate * self.MAX_LAG))
+
+    def due_at(self, k: int) -> Fraction:
+        """When packet k of the schedule is due, in ns."""
+        assert self.t0 is not None
+        return self.t0 + Fraction(k * 10**9, self.rate)
+
+    def pace(self, now: int, want: int) -> tuple[int, int | None]:
+        """(packets allowed now, the ns when more will be, or None)."""
+        if self.t0 is None:
+            self.t0 = now
+        burst = min(self.burst, want)
+        due = 0 if now < self.t0 else math.floor(Fraction(now - self.t0) * self.rate / 10**9) + 1
+        if due - self.sent > self.lag_packets:
+            self.missed += due - self.sent - self.lag_packets
+            self.sent = due - self.lag_packets
+        can = max(0, due - self.sent)
+        if can < burst:
+            return 0, math.ceil(self.due_at(self.sent + burst - 1))
+        return min(can, want), None
+
+    def took(self, n: int) -> None:
+        self.sent += n
 
 
 # ---- hashes --------------------------------------------------------------------

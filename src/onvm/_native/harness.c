@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "onvm_parse.h"
+#include "onvm_port.h"
 
 static int region_nf(PyObject *region, unsigned nf_id, struct onvm_region **out) {
     if (!PyObject_TypeCheck(region, &RegionType)) {
@@ -101,11 +102,50 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
     return out;
 }
 
+/* pace_run(rate, steps) -> ([(granted, next_due)], missed): drives a port's
+ * pacer with made-up clock readings.  Each step is (now, want, taken): the
+ * pacer is asked for up to want packets at now, and the caller then sends
+ * taken of those granted (fewer when the pool ran dry).  next_due is 0 when
+ * the pacer set no wake-up time. */
+static PyObject *mod_pace_run(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long rate;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "KO", &rate, &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "steps must be a sequence of (now, want, taken)");
+    if (!fast)
+        return NULL;
+    struct onvm_pacer pc = {.rate_pps = rate};
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out && i < PySequence_Fast_GET_SIZE(fast); i++) {
+        unsigned long long now;
+        unsigned want, taken;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "KII", &now, &want, &taken)) {
+            Py_CLEAR(out);
+            break;
+        }
+        uint64_t due = UINT64_MAX;
+        uint32_t granted = onvm_pace(&pc, want, now, &due);
+        onvm_pace_sent(&pc, taken < granted ? taken : granted);
+        PyObject *t = Py_BuildValue("(IK)", granted, (unsigned long long)(due == UINT64_MAX ? 0 : due));
+        if (!t || PyList_Append(out, t) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(t);
+    }
+    Py_DECREF(fast);
+    if (!out)
+        return NULL;
+    return Py_BuildValue("(NK)", out, (unsigned long long)pc.missed);
+}
+
 static PyMethodDef harness_functions[] = {
     {"deliver", mod_deliver, METH_VARARGS,
      "deliver(region, nf_id, packets, in_port=0, chain=0) -> count: as RX would, into the NF's RX ring"},
     {"drain", mod_drain, METH_VARARGS,
      "drain(region, nf_id, tx) -> [(bytes, action, dest, in_port, src_nf)]: empty a ring, free its slots"},
+    {"pace_run", mod_pace_run, METH_VARARGS,
+     "pace_run(rate, steps) -> ([(granted, next_due)], missed): a port's pacer on made-up clock readings"},
     {NULL}};
 
 int onvm_harness_register(PyObject *module) { return PyModule_AddFunctions(module, harness_functions); }

@@ -890,10 +890,11 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
                          atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                          (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL, "tx", p->tx != NULL);
+                         "missed", (unsigned long long)p->pace.missed, "rx", p->rx != NULL, "tx",
+                         p->tx != NULL);
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {

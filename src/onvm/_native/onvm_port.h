@@ -48,6 +48,15 @@ struct onvm_pcap_conf {
     double speed;      /* with timing: 2.0 replays twice as fast */
 };
 
+/* A paced input's schedule (ports.c): packet k is due at t0 + k / rate. */
+struct onvm_pacer {
+    uint64_t rate_pps; /* 0: not paced */
+    uint64_t t0;       /* when packet 0 was due: the first time the port was asked */
+    uint64_t sent;     /* packets of the schedule sent, or let go as missed */
+    uint64_t missed;   /* let go because the port fell too far behind */
+    int started;
+};
+
 struct onvm_port;
 typedef uint32_t (*onvm_port_rx_fn)(struct onvm_port *p, struct onvm_region *r, uint32_t *slots,
                                    uint32_t n, uint64_t now, uint64_t *next_due);
@@ -70,8 +79,7 @@ struct onvm_port {
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
-    /* pacing */
-    uint64_t rate_pps, next_ns, budget_start, sent_in_budget;
+    struct onvm_pacer pace;
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -129,6 +137,10 @@ int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, 
                         uint64_t *sent);
 
 /* Shared by the drivers (ports.c). */
+/* How many of want packets the schedule allows at now; when none, lowers
+ * *next_due to when it will.  The caller reports what it sent. */
+uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due);
+static inline void onvm_pace_sent(struct onvm_pacer *pc, uint32_t n) { pc->sent += n; }
 struct onvm_port *onvm_port_new(int id, int kind);
 /* Completes the TCP/UDP checksum of a frame whose checksum the sending host
  * left to offload (CHECKSUM_PARTIAL on veth and loopback); 0 if it did. */

@@ -36,33 +36,50 @@ static void set_err(char *err, size_t len, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* How many packets pacing allows now; sets *next_due when it allows none.
- * Packets leave in small bursts (up to 100 us worth, at most 32) rather than
- * one at a time, so a paced port costs a wake-up per burst, not per packet. */
-static uint32_t pace(struct onvm_port *p, uint32_t want, uint64_t now, uint64_t *next_due) {
-    if (!p->rate_pps)
+/* Pacing.  Packet k (from 0) of a paced port's schedule is due at
+ * t0 + k * 1e9 / rate ns, t0 being the first time the port is asked; the
+ * schedule is one fixed grid for the port's whole life, so the rate holds
+ * exactly over any window however late each wake-up is.  Packets leave in
+ * small bursts (up to 100 us worth, at most 32) rather than one at a time,
+ * so a paced port costs a wake-up per burst, not per packet.  A port that
+ * falls more than ONVM_PACE_MAX_LAG_NS behind (a stalled worker, a full
+ * pool, input held back) catches up that much at full speed and lets the
+ * older packets of the schedule go: they are counted in `missed`, and the
+ * grid stays where it was. */
+#define ONVM_PACE_MAX_LAG_NS 100000000ull
+#define NS_PER_S 1000000000ull
+
+/* When packet k of the schedule is due (rounded up to a whole ns). */
+static uint64_t pace_due(const struct onvm_pacer *pc, uint64_t k) {
+    return pc->t0 + (uint64_t)(((__uint128_t)k * NS_PER_S + pc->rate_pps - 1) / pc->rate_pps);
+}
+
+uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due) {
+    if (!pc->rate_pps || want == 0)
         return want;
-    if (p->budget_start == 0)
-        p->budget_start = now;
-    uint64_t batch = p->rate_pps / 10000;
-    if (batch < 1)
-        batch = 1;
-    if (batch > 32)
-        batch = 32;
-    uint64_t elapsed = now - p->budget_start;
-    uint64_t allowed = (uint64_t)((__uint128_t)elapsed * p->rate_pps / 1000000000ull);
-    if (allowed < p->sent_in_budget + batch) {
-        uint64_t due = p->budget_start + (uint64_t)((__uint128_t)(p->sent_in_budget + batch) *
-                                                    1000000000ull / p->rate_pps);
-        if (next_due && due < *next_due)
-            *next_due = due;
-        return 0;
+    if (!pc->started) {
+        pc->started = 1;
+        pc->t0 = now;
     }
-    uint64_t can = allowed - p->sent_in_budget;
-    /* Restart the budget now and then so a long stall does not turn into a burst. */
-    if (elapsed > 1000000000ull) {
-        p->budget_start = now;
-        p->sent_in_budget = 0;
+    uint64_t burst = pc->rate_pps / 10000;
+    burst = burst < 1 ? 1 : burst > 32 ? 32 : burst;
+    if (burst > want)
+        burst = want;
+    /* packets 0 .. due-1 are due by now */
+    uint64_t due = now < pc->t0 ? 0 : (uint64_t)((__uint128_t)(now - pc->t0) * pc->rate_pps / NS_PER_S) + 1;
+    uint64_t lag_max = (uint64_t)((__uint128_t)pc->rate_pps * ONVM_PACE_MAX_LAG_NS / NS_PER_S);
+    if (lag_max < burst)
+        lag_max = burst;
+    if (due > pc->sent + lag_max) {
+        pc->missed += due - lag_max - pc->sent;
+        pc->sent = due - lag_max;
+    }
+    uint64_t can = due > pc->sent ? due - pc->sent : 0;
+    if (can < burst) {
+        uint64_t at = pace_due(pc, pc->sent + burst - 1);
+        if (next_due && at < *next_due)
+            *next_due = at;
+        return 0;
     }
     return can < want ? (uint32_t)can : want;
 }
@@ -159,7 +176,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         if (n > left)
             n = (uint32_t)left;
     }
-    n = pace(p, n, now, next_due);
+    n = onvm_pace(&p->pace, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -189,7 +206,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         m->in_port = (uint16_t)p->id;
     }
     p->produced += got;
-    p->sent_in_budget += got;
+    onvm_pace_sent(&p->pace, got);
     return got;
 }
 
@@ -211,7 +228,7 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
         return NULL;
     p->gen = *c;
     p->rx = gen_rx;
-    p->rate_pps = c->rate_pps;
+    p->pace.rate_pps = c->rate_pps;
     p->rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
     p->hdr_len = c->proto == 17 ? 42 : 54;
     p->templates = calloc(c->flows, 64);
@@ -468,7 +485,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
                         uint64_t now, uint64_t *next_due) {
     if (atomic_load_explicit(&p->rx_done, memory_order_relaxed))
         return 0;
-    n = pace(p, n, now, next_due);
+    n = onvm_pace(&p->pace, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -522,7 +539,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
     }
     if (k < got)
         onvm_pool_free_burst(r, slots + k, got - k);
-    p->sent_in_budget += k;
+    onvm_pace_sent(&p->pace, k);
     return k;
 }
 
@@ -601,7 +618,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     p->nsec = nsec;
     p->file_snaplen = snaplen;
     p->loops_left = c->loops;
-    p->rate_pps = c->timing ? 0 : c->rate_pps;
+    p->pace.rate_pps = c->timing ? 0 : c->rate_pps;
     p->timing = c->timing;
     p->speed = c->speed > 0 ? c->speed : 1.0;
     return p;
