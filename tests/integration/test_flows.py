@@ -43,14 +43,29 @@ def test_rules_steer_flows_to_chains(deploy):
     assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["expired"] >= 8
 
 
-def test_chain_rule_flow_commands(deploy):
+def test_chain_rule_flow_commands(deploy, tmp_path):
     dep = deploy(["--port", "null"])
     n = ["--name", dep.name]
     r = onvm("chain", "add", "web", "2,3,out:0", *n, "--json")
     assert r.returncode == 0, r.stderr
+
     assert json.loads(r.stdout)["hops"] == "2,3,out:0"
     chains = json.loads(onvm("chain", "list", *n, "--json").stdout)["chains"]
     assert [c["name"] for c in chains] == ["default", "web"]
+    def bash(line: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", f"{sys.executable} -m onvm.cli.main {line} --name {dep.name}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    # the README's rule, pasted into bash as it is printed
+    r = bash("rule add tcp dst port 80 src 10.0.0.0/8 idle 30 to chain web")
+    assert r.returncode == 0 and list(tmp_path.iterdir()) == [], r.stderr
+    # an unquoted arrow: bash redirects into a file 'chain'; the error says what happened
+    r = bash("rule add udp dst port 53 -> chain web")
+    assert r.returncode == 1 and "took the '>' of '->' as a redirect" in r.stderr
+    (tmp_path / "chain").unlink()
+    readme_rule = json.loads(onvm("rule", "list", *n, "--json").stdout)["rules"][0]
+    assert readme_rule["rule"] == "tcp src 10.0.0.0/8 dst port 80 idle 30 -> chain web"
+    assert onvm("rule", "del", str(readme_rule["id"]), *n).returncode == 0
     r = onvm("rule", "add", "tcp", "dst", "port", "80x", "->", "chain", "web", *n)
     assert r.returncode == 1 and "token 4 '80x': expected a port as N or N-M" in r.stderr
     r = onvm("rule", "add", "udp", "->", "chain", "nowhere", *n)

@@ -18,7 +18,7 @@ EPILOG = """examples:
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
   onvm bench loop --seconds 5 --json
   onvm chain add web 2,3,out:1
-  onvm rule add tcp dst port 80 -> chain web
+  onvm rule add tcp dst port 80 to chain web
   onvm flow list
   onvm service policy 2 round-robin
   onvm scale 2 3
@@ -54,7 +54,7 @@ def _manager_parser(sub: Any) -> None:
     p.add_argument("--chain", action="append", default=[], metavar="NAME=HOPS",
                    help="a named chain made at start, e.g. web=1,2,out:0 (repeatable)")
     p.add_argument("--rule", action="append", default=[], metavar="RULE",
-                   help="a rule added at start, e.g. 'tcp dst port 80 -> chain web' (repeatable)")
+                   help="a rule added at start, e.g. 'tcp dst port 80 to chain web' (repeatable)")
     p.add_argument("--policy", action="append", default=[], metavar="SERVICE=POLICY",
                    help="load balancing of a service's instances: hash (default), round-robin or "
                    "least-loaded (repeatable)")
@@ -347,7 +347,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _quote_rule(argv: list[str]) -> list[str]:
-    """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
+    """``onvm rule add tcp ... to chain web``: the rule's words as one argument."""
     opts, words, rest = [], [], argv[2:]
     while rest:
         tok = rest.pop(0)
@@ -441,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
                        description="Rules steer flows to chains, e.g. "
-                       "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
+                       "onvm rule add tcp dst port 80 src 10.0.0.0/8 to chain web "
+                       "(an arrow, '-> chain web', works too when quoted)")
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
     r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")

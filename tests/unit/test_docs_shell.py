@@ -1,0 +1,101 @@
+"""Command lines in the README and in every --help text work when pasted into bash.
+
+A command line is read the way bash reads it (shlex with bash's operator
+characters): a redirect or a pipe where the text means a rule's arrow would
+run something else, silently, and leave a file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from onvm.cli.main import build_parser, main
+from onvm.nfs import NAMES
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+COMMANDS = {"onvm", "make", "ip", "curl", "python", "sudo"}
+SHELL_TAGS = {"", "sh", "shell", "bash", "console"}
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The contents of the fenced blocks that hold shell (untagged or tagged as shell)."""
+    return [body for tag, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M) if tag in SHELL_TAGS]
+
+
+def command_lines(block: str) -> list[str]:
+    """The command lines of a block: continuations joined, prompts dropped, output left out."""
+    out = []
+    for line in block.replace("\\\n", " ").splitlines():
+        line = line.strip().removeprefix("$ ")
+        if line.split(" ", 1)[0] in COMMANDS:
+            out.append(line)
+    return out
+
+
+def shell_problems(line: str) -> list[str]:
+    """Operators bash would act on; a command sent to the background ('&' last) is fine."""
+    lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    tokens = list(lex)
+    ops = [(i, t) for i, t in enumerate(tokens) if t and all(c in "();<>|&" for c in t)]
+    return [t for i, t in ops if not (t == "&" and i == len(tokens) - 1)]
+
+
+def help_texts() -> dict[str, str]:
+    """`onvm --help`, `onvm COMMAND --help` for every command and `onvm nf NAME --help`."""
+
+    def text(argv: list[str]) -> str:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            main(argv)
+        return buf.getvalue()
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    texts = {"onvm": text(["--help"])}
+    texts.update({f"onvm {c}": text([c, "--help"]) for c in sub.choices})
+    texts.update({f"onvm nf {n}": text(["nf", n, "--help"]) for n in NAMES})
+    return texts
+
+
+def test_the_checker_sees_what_bash_sees():
+    assert shell_problems("onvm rule add tcp dst port 80 -> chain web") == [">"]
+    assert shell_problems("onvm manager --port gen:rate=1k,count=5 2>&1 | head -1") == [">&", "|"]
+    assert shell_problems("onvm rule add 'tcp dst port 80 -> chain web'") == []
+    assert shell_problems("python -m onvm.sdn.controller --listen 127.0.0.1:6653 x.py &") == []
+    assert command_lines("$ onvm run bad.yaml\nonvm: error: bad.yaml:3: ...\n") == ["onvm run bad.yaml"]
+
+
+def test_readme_command_lines_are_safe_in_bash():
+    lines = [line for block in shell_blocks(README.read_text()) for line in command_lines(block)]
+    assert len(lines) > 20 and any(line.startswith("onvm rule add") for line in lines)
+    bad = {line: p for line in lines if (p := shell_problems(line))}
+    assert not bad, f"README command lines bash would read otherwise: {bad}"
+
+
+def test_help_texts_are_safe_in_bash():
+    texts = help_texts()
+    assert len(texts) > 20
+    bad = {}
+    for name, text in texts.items():
+        for line in text.splitlines():
+            if line.strip().startswith("onvm ") and (p := shell_problems(line.strip())):
+                bad[f"{name}: {line.strip()}"] = p
+        # an arrow outside quotes, anywhere in the text (an example inside a sentence)
+        if re.search(r"(?<!<)->", re.sub(r"'[^']*'", "", text)):
+            bad[name] = ["unquoted '->'"]
+    assert not bad, f"--help examples bash would read otherwise: {bad}"
+
+
+@pytest.mark.parametrize("text", ["tcp dst port 80 src 10.0.0.0/8 idle 30 to chain web"])
+def test_the_documented_rule_is_one_the_parser_takes(text):
+    from onvm.flows.rules import parse_rule
+
+    assert text in README.read_text()
+    assert parse_rule(text).chain == "web"
