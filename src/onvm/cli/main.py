@@ -157,6 +157,12 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
               f" drops {drops}" + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+    if st.get("left"):
+        print("NFs that left (latest last):")
+        for n in st["left"]:
+            print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
+                  f" pid {n['pid']:<8} rx {n['rx']:<12} tx {n['tx']:<12} drops {sum(n['drops'].values())}"
+                  f"  {n['reclaimed']} slots reclaimed")
     _print_latency(st)
 
 
