@@ -491,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
     t.add_argument("action", choices=["up", "down"])
     t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
-    t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
+    t.add_argument("--subnet", default="10.211.0.0/24",
+                   help="the hosts' /24: host A is .1, host B .2 (default 10.211.0.0/24)")
     t.add_argument("--managers", type=int, default=1, choices=[1, 2],
                    help="2: host A on manager 1, host B on manager 2, and a link between the managers")
     r = sub.add_parser("run", help="run a topology file: manager, ports, NFs, chains",
