@@ -64,3 +64,21 @@ def test_low_rates_hold(runtime, tmp_path, rate, count):
     assert len(pkts) == count
     stamps = pcap_stamps(tmp_path / "gen.pcap")
     assert fitted_rate(stamps) == pytest.approx(rate, rel=0.05), stamps
+
+
+def test_frames_beyond_the_slot_are_refused(runtime, tmp_path):
+    """A frame the slot cannot hold is refused before anything runs, never cut to fit."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    for spec, slot, frame in (("size=9018", 2048, 9018), ("mix=http", 1024, 1518)):
+        r = onvm("manager", "--name", name, "--port", f"gen:{spec},count=10", "--port", "null",
+                 "--default-chain", "out:1", "--slot-size", str(slot), "--no-wait", "--exit-when-done")
+        assert r.returncode == 1
+        need = (frame - 4 + 128 + 63) // 64 * 64
+        assert (f"port 0 'gen:{spec},count=10': gen: a {frame}-byte frame ({frame - 4} bytes without the "
+                f"FCS) does not fit a {slot}-byte slot, whose first 128 bytes are headroom; start the "
+                f"manager with --slot-size {need} or more") in r.stderr, r.stderr
+    out = tmp_path / "jumbo.pcap"
+    r = onvm("manager", "--name", name, "--port", "gen:size=9018,count=10", "--port", f"pcap-out:{out}",
+             "--default-chain", "out:1", "--slot-size", "9152", "--no-wait", "--exit-when-done", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert [len(p) for p in pcap_records(out)] == [9014] * 10

@@ -850,6 +850,7 @@ static PyObject *Manager_add_gen(ManagerObject *self, PyObject *args, PyObject *
     c.rate_pps = rate;
     c.count = count;
     c.seed = seed;
+    c.slot_size = self->m->r->slot_size;
     c.sport = (uint16_t)sport;
     c.dport = (uint16_t)dport;
     char err[256] = "";

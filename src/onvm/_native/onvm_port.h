@@ -37,6 +37,7 @@ struct onvm_gen_conf {
     uint32_t src_ip, dst_ip;
     uint16_t sport, dport;
     uint64_t seed;
+    uint32_t slot_size; /* the pool's: a frame that does not fit is refused at open */
 };
 
 struct onvm_pcap_conf {

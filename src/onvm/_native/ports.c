@@ -191,7 +191,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         uint8_t *d = onvm_slot_data(r, s);
         uint32_t flow = (uint32_t)(p->flow_next++ % p->gen.flows);
         uint32_t len = gen_size(p) - 4; /* the NIC would strip the FCS */
-        if (len > room)
+        if (len > room) /* refused at open; kept so a slot is never overrun */
             len = room;
         if (len < p->hdr_len)
             len = p->hdr_len;
@@ -222,6 +222,15 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
     }
     if (c->proto != 17 && c->proto != 6) {
         set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
+        return NULL;
+    }
+    uint32_t largest = c->mix == ONVM_MIX_FIXED ? c->size : 1518; /* frame bytes with FCS */
+    if (largest - 4 + ONVM_HEADROOM > c->slot_size) {
+        set_err(err, errlen,
+                "gen: a %u-byte frame (%u bytes without the FCS) does not fit a %u-byte slot, whose "
+                "first %u bytes are headroom; start the manager with --slot-size %u or more",
+                largest, largest - 4, c->slot_size, ONVM_HEADROOM,
+                (largest - 4 + ONVM_HEADROOM + 63) / 64 * 64);
         return NULL;
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
