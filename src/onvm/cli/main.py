@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from onvm._streams import guard_output
+
+    guard_output()  # a reader that goes away (| head) does not take a manager down
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":
