@@ -218,6 +218,7 @@ class DataPlane:
                 "tx": info["tx"], "tx_bytes": info["tx_bytes"],
                 "drops": drops_by_reason(info["drops"]),
                 "rx_by_worker": list(info["rx_by_worker"][: self.layout.rx_workers]),
+                "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
             })
@@ -234,14 +235,21 @@ class DataPlane:
                 out.append(f"port {pid} '{self.ports[pid].uri}' {what}: {err}")
         return out
 
-    def inputs_done(self, start_free: int) -> bool:
-        """Every input port is exhausted and the pool is whole again (nothing in flight)."""
+    def inputs_done(self, start_in_use: int) -> bool:
+        """Every input port is exhausted and no more slots are in use than at the start."""
         if not any(s.is_input for s in self.ports):
             return False
         states = self.port_states()
         if not all(states.get(pid, {}).get("done") for pid, s in enumerate(self.ports) if s.is_input):
             return False
-        return self.region.free_count() >= start_free
+        return self.pool()["in_use"] <= start_in_use
+
+    def pool(self) -> dict[str, int]:
+        """The pool's balance: free + lent to ports' devices + in use = total."""
+        info = self.region.info()
+        free, lent, total = info["pool_free"], info["pool_lent"], info["pool_size"]
+        return {"free": free, "lent": lent, "in_use": total - free - lent, "total": total,
+                "slot_size": info["slot_size"]}
 
     def is_output(self, port: int) -> bool:
         return 0 <= port < len(self.ports) and self.ports[port].is_output

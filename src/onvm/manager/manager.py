@@ -177,7 +177,7 @@ class Manager:
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
         self.packing: Packing | None = None
         self.events: list[tuple[float, str]] = []
-        self.start_free = 0
+        self.start_in_use = 0  # slots in use once started (nothing in flight)
         self._held = False
 
     @property
@@ -227,7 +227,7 @@ class Manager:
         except BaseException:
             self._teardown()
             raise
-        self.start_free = dp.region.free_count()
+        self.start_in_use = dp.pool()["in_use"]
         self.started_at = time.monotonic()
         self.log(f"running: {dp.summary_line()}, default chain {format_chain(cfg.chain)}")
         if cfg.stats_interval > 0:
@@ -275,7 +275,7 @@ class Manager:
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {self.config.duration:g} s")
                 break
-            if self.config.exit_when_done and self.dp is not None and self.dp.inputs_done(self.start_free):
+            if self.config.exit_when_done and self.dp is not None and self.dp.inputs_done(self.start_in_use):
                 self.log("every input port is done and the pipeline drained")
                 break
         self.stop()
@@ -581,7 +581,6 @@ class Manager:
     def status(self) -> dict[str, Any]:
         dp = self._dp()
         nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.registry]
-        info = dp.region.info()
         return {
             "manager": {
                 "name": self.config.name,
@@ -597,7 +596,7 @@ class Manager:
                 "web": self.web.url if self.web else "",
                 "packing": self.packing.describe() if self.packing else {"enabled": False},
             },
-            "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
+            "pool": dp.pool(),
             "ports": dp.port_status(),
             "nfs": nfs,
             "chains": self.flows.list_chains() if self.flows else [],
@@ -661,8 +660,9 @@ class Manager:
                 f"in {n['rx']}, onward {n['tx']}, dropped {sum(n['drops'].values())}"
                 + (f" {n['drops']}" if n["drops"] else "")
             )
-        pool = st["pool"]
-        out.append(f"  pool: {pool['free']} of {pool['total']} slots free")
+        pool = st["pool"]  # after the ports closed: their devices hold nothing
+        out.append(f"  pool: {pool['free']} of {pool['total']} slots free"
+                   + (f", {pool['lent']} still lent to ports" if pool["lent"] else ""))
         print("\n".join(out), file=sys.stderr, flush=True)
 
 
