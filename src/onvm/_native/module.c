@@ -8,6 +8,8 @@
 #include <Python.h>
 
 
+#include <sys/mman.h>
+
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
 #include "onvm_packet.h"
@@ -28,12 +30,34 @@ static PyObject *raise_region(int err, const char *msg) {
 
 /* ===== Region ============================================================= */
 
-static void Region_dealloc(RegionObject *self) {
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
+/* Unmap (the creator also removes the file).  While Python still holds buffers over
+ * the region, the mapping stays until the last of them is released. */
+static void region_close(RegionObject *self) {
+    if (!self->r.base)
+        return;
+    if (self->r.owner && self->path)
+        unlink(PyUnicode_AsUTF8(self->path));
+    if (self->exports) {
+        self->kept_base = self->r.base;
+        self->kept_size = self->r.size;
+        self->r.base = NULL; /* closed for every other use */
+        if (self->r.fd >= 0)
+            close(self->r.fd);
+        self->r.fd = -1;
+        return;
     }
+    onvm_region_detach(&self->r);
+}
+
+void onvm_region_export_done(RegionObject *self) {
+    if (--self->exports == 0 && self->kept_base) {
+        munmap(self->kept_base, self->kept_size);
+        self->kept_base = NULL;
+    }
+}
+
+static void Region_dealloc(RegionObject *self) {
+    region_close(self); /* no buffer is left: each holds a reference to us */
     Py_XDECREF(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -85,11 +109,7 @@ static PyObject *Region_attach(PyTypeObject *type, PyObject *args) {
 
 static PyObject *Region_close(RegionObject *self, PyObject *unused) {
     (void)unused;
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
-    }
+    region_close(self);
     Py_RETURN_NONE;
 }
 
@@ -698,7 +718,7 @@ typedef struct {
     int running;
 } ManagerObject;
 
-static int Manager_init(ManagerObject *self, PyObject *args, PyObject *kw) {
+static int Manager_build(ManagerObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"region", "rx_workers", "tx_workers", "burst", NULL};
     PyObject *region;
     unsigned nrx = 1, ntx = 1, burst = 64;
@@ -931,6 +951,14 @@ static PyMethodDef Manager_methods[] = {
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Manager_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    ManagerObject *self = (ManagerObject *)type->tp_alloc(type, 0);
+    if (self && Manager_build(self, args, kw) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 static PyTypeObject ManagerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Manager",
     .tp_basicsize = sizeof(ManagerObject),
@@ -938,8 +966,7 @@ static PyTypeObject ManagerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Manager(region, rx_workers=1, tx_workers=1, burst=64): native workers and ports.",
     .tp_methods = Manager_methods,
-    .tp_init = (initproc)Manager_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Manager_new,
 };
 
 /* ===== Ring (a private ring for tests and models) ========================= */
@@ -948,7 +975,7 @@ typedef struct {
     PyObject_HEAD struct onvm_ring *ring;
 } RingObject;
 
-static int Ring_init(RingObject *self, PyObject *args) {
+static int Ring_build(RingObject *self, PyObject *args) {
     unsigned size;
     if (!PyArg_ParseTuple(args, "I", &size))
         return -1;
@@ -1103,6 +1130,15 @@ static PyMethodDef Ring_methods[] = {
 static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
                                     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)kw;
+    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
+    if (self && Ring_build(self, args) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Ring",
     .tp_basicsize = sizeof(RingObject),
@@ -1111,8 +1147,7 @@ static PyTypeObject RingType = {
     .tp_doc = "Ring(size): a process-private ring with the shared ring's code, for tests.",
     .tp_methods = Ring_methods,
     .tp_getset = Ring_getset,
-    .tp_init = (initproc)Ring_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Ring_new,
 };
 
 /* ===== module functions ==================================================== */

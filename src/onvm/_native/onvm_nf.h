@@ -10,7 +10,16 @@
 typedef struct {
     PyObject_HEAD struct onvm_region r;
     PyObject *path;
+    /* Buffers over the region handed to Python (pkt.data, pkt.payload) that are not
+     * released yet.  close() leaves the mapping in place until the last one goes, so
+     * no buffer, whoever holds it, ever points at unmapped memory. */
+    Py_ssize_t exports;
+    void *kept_base;
+    size_t kept_size;
 } RegionObject;
+
+/* A buffer over the region was released (the other half of a getbuffer on it). */
+void onvm_region_export_done(RegionObject *self);
 
 extern PyTypeObject RegionType;
 extern PyTypeObject NFContextType;
