@@ -117,12 +117,13 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i}", "path", self->path, "name",
-                         h->name, "size", (unsigned long long)h->total_size, "pool_size",
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i,s:i}", "path", self->path, "name",
+                         onvm_text(h->name, sizeof h->name), "size",
+                         (unsigned long long)h->total_size, "pool_size",
                          h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "max_nfs", ONVM_MAX_NFS,
-                         "owner", self->r.owner);
+                         "owner", self->r.owner, "replaced", self->r.replaced);
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -468,9 +469,9 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     struct onvm_nf *nf = &self->r.nfs[id];
     struct onvm_nf_stats st = nf->stats; /* a snapshot; each field is written by the NF alone */
     PyObject *d = Py_BuildValue(
-        "{s:I,s:H,s:H,s:i,s:s,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
+        "{s:I,s:H,s:H,s:i,s:N,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
-        "name", nf->name, "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
+        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
         "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
         (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
         (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
@@ -511,8 +512,8 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
     uint64_t rx_by_worker[ONVM_MAX_WORKERS];
     for (int w = 0; w < ONVM_MAX_WORKERS; w++)
         rx_by_worker[w] = p->by_worker[w].rx;
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
-                         "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+    return Py_BuildValue("{s:I,s:I,s:I,s:N,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
+                         "rx_done", p->rx_done, "uri", onvm_text(p->uri, sizeof p->uri), "rx", (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
                          "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
@@ -888,6 +889,21 @@ static PyObject *Manager_close_ports(ManagerObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* flush_ports(): stop the workers, then have output ports write what they buffered
+ * (their errors show in port_state, which stays readable until close_ports). */
+static PyObject *Manager_flush_ports(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    manager_shutdown(self);
+    for (int i = 0; i < ONVM_MAX_PORTS; i++) {
+        struct onvm_port *p = self->m->ports[i];
+        if (p && p->flush) {
+            Py_BEGIN_ALLOW_THREADS p->flush(p);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Manager_kick(ManagerObject *self, PyObject *unused) {
     (void)unused;
     onvm_mgr_kick(self->m);
@@ -910,10 +926,10 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K}", "kind", p->kind, "done",
                          atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                          (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL, "tx", p->tx != NULL);
+                         "rx", p->rx != NULL, "tx", p->tx != NULL, "lost", (unsigned long long)p->lost);
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -945,6 +961,8 @@ static PyMethodDef Manager_methods[] = {
     {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
+    {"flush_ports", (PyCFunction)Manager_flush_ports, METH_NOARGS,
+     "Stop, then flush output ports (their errors stay readable in port_state)."},
     {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},

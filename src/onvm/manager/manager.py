@@ -255,11 +255,10 @@ class Manager:
         path = region_path(cfg.name)
         self._place_self()
         try:
-            stale = os.path.exists(path)
             self.region = _native.Region.create(
                 path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size
             )
-            if stale:
+            if self.region.info()["replaced"]:
                 self.log(f"replaced a stale region at {path} left by a manager that is gone")
         except _native.RegionError as e:
             if e.errno == 16:  # EBUSY
@@ -438,6 +437,7 @@ class Manager:
             self.web.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
+        self.native.flush_ports()  # a write that fails only now is reported too
         self._check_ports()
         self.status()  # keep the ports' final driver state for the summary
         self.native.close_ports()
@@ -809,6 +809,7 @@ class Manager:
                     "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
+                    "lost": state.get("lost", 0),  # counted as sent, never reached the file
                     "latency": latency.summary(_native.port_latency(region, pid)),
                 }
             )
@@ -888,6 +889,7 @@ class Manager:
                 f"out {p['tx']} pkts / {p['tx_bytes']} B, dropped {sum(p['drops'].values())}"
                 + (f" {p['drops']}" if p["drops"] else "")
                 + (f"; error: {p['error']}" if p["error"] else "")
+                + (f"; {p['lost']} packets lost after being counted as sent" if p["lost"] else "")
             )
         for n in st["nfs"] + st["left"]:
             out.append(
