@@ -148,7 +148,8 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
               + (f" ({why})" if why else "")
               + (f"  lent {p['lent']}" if p.get("lent") else "")
-              + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else ""))
+              + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else "")
+              + (f"  lost {p['lost']}" if p.get("lost") else ""))
     print("NFs:")
     if not st["nfs"]:
         print("  (none)")
