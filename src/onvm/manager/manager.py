@@ -55,7 +55,7 @@ from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
 from onvm.ports.uri import PortSpec, parse_port
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
+PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "afxdp": 7}
 GRACE_TIMEOUT = 0.5
 DRAIN_TIMEOUT = 1.0
 
@@ -147,6 +147,13 @@ class ManagerConfig:
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
+        for pid, spec in enumerate(self.port_specs):
+            if spec.kind in ("afpacket", "afxdp") and spec.options["queues"] > self.rx_workers:
+                raise ConfigError(f"port {pid} '{spec.uri}': {spec.options['queues']} queues need as many "
+                                  f"RX workers (--rx-workers is {self.rx_workers})")
+            if spec.kind == "afxdp" and self.slot_size not in (2048, 4096):
+                raise ConfigError(f"port {pid} '{spec.uri}': the pool's slots are the AF_XDP UMEM's chunks, "
+                                  f"2048 or 4096 bytes: --slot-size {self.slot_size} will not do")
         try:
             self.chain: list[Hop] = parse_chain(self.default_chain)
         except ConfigError as e:
@@ -354,17 +361,20 @@ class Manager:
                 elif spec.kind == "pcap-out":
                     self.native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
                 elif spec.kind == "afpacket":
-                    if o["queues"] > cfg.rx_workers:
-                        raise ConfigError(f"port {pid} '{spec.uri}': {o['queues']} queues need as many "
-                                          f"RX workers (--rx-workers is {cfg.rx_workers})")
                     self.native.add_afpacket(pid, spec.path, queues=o["queues"] or cfg.rx_workers,
                                              promisc=bool(o["promisc"]), qdisc_bypass=bool(o["bypass"]),
                                              block_size=o["block_size"], blocks=o["blocks"])
+                elif spec.kind == "afxdp":
+                    self.native.add_afxdp(pid, spec.path, queues=o["queues"] or cfg.rx_workers,
+                                          mode=o["mode"], ring=o["ring"], fill=o["fill"],
+                                          promisc=bool(o["promisc"]))
                 elif spec.kind == "tap":
                     self.native.add_tap(pid, spec.path)
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
+            if notice := self.native.port_state(pid)["notice"]:
+                self.log(f"port {pid} '{spec.uri}': {notice}")
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, ``onvm stop``, the duration or exhausted inputs."""
@@ -817,6 +827,7 @@ class Manager:
                     "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
+                    "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
                     "latency": latency.summary(_native.port_latency(region, pid)),
                 }
             )
