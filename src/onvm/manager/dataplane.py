@@ -140,7 +140,7 @@ class DataPlane:
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
-            if notice := native.port_state(pid)["notice"]:  # e.g. a stale XDP program replaced
+            if notice := (native.port_state(pid) or {}).get("notice"):  # a stale XDP program replaced
                 self.log(f"port {pid} '{spec.uri}': {notice}")
 
     def start(self, hold_input: bool) -> None:
