@@ -81,21 +81,22 @@ struct onvm_port {
     uint32_t hdr_len;
     uint32_t *tmpl_csum; /* per-flow IPv4 checksum partial sum */
     uint64_t produced, rng, flow_next;
-    /* pcap in */
-    const uint8_t *map;
-    size_t map_len;
-    size_t pos;
+    /* pcap in: read with pread into the driver's buffer (a file that shrinks or changes
+     * while it is read gives an error, never a SIGBUS) */
+    uint64_t file_len; /* the file's size when this pass through it began */
+    uint64_t pos;
     int swapped, nsec;
     uint64_t loops_left, records_in_file;
     uint64_t skipped; /* frames that did not fit a slot (afpacket, tap) */
     /* pcap out */
-    FILE *out;
     uint32_t snaplen;
+    uint64_t lost; /* packets counted as sent whose bytes never reached the file */
     /* queues and kernel-backed drivers (afpacket.c, tap.c) */
     unsigned nrxq;          /* > 1: RX worker i polls queue i */
     onvm_port_rxq_fn rxq;   /* used instead of rx when set */
     int rx_fd[ONVM_PORT_MAX_QUEUES]; /* what an idle worker polls, valid when rxq is set */
     void (*close)(struct onvm_port *p); /* driver cleanup */
+    void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
     char path[256];         /* file or interface, for messages */
     char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */

@@ -149,7 +149,8 @@ def _print_status(st: dict[str, Any]) -> None:
               + (f" ({why})" if why else "")
               + (f"  mode {p['mode']}" if p.get("mode") else "")
               + (f"  lent {p['lent']}" if p.get("lent") else "")
-              + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else ""))
+              + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else "")
+              + (f"  lost {p['lost']}" if p.get("lost") else ""))
     print("NFs:")
     if not st["nfs"]:
         print("  (none)")

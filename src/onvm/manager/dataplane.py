@@ -92,7 +92,6 @@ class DataPlane:
         """Create the region, open the ports; the workers wait for :meth:`start`."""
         _place_self(layout, ports, log)
         path = region_path(layout.name)
-        stale = os.path.exists(path)
         try:
             region = _native.Region.create(path, layout.name, layout.pool_size, layout.slot_size,
                                            layout.ring_size, layout.flow_table_size)
@@ -101,7 +100,7 @@ class DataPlane:
                 raise OnvmError(f"a manager named '{layout.name}' is already running (region {path})",
                                 code="busy") from None
             raise RegionError(e.strerror or str(e)) from None
-        if stale:
+        if region.info()["replaced"]:
             log(f"replaced a stale region at {path} left by a manager that is gone")
         native = _native.Manager(region, layout.rx_workers, layout.tx_workers, layout.burst)
         dp = cls(layout, ports, region, native, log)
@@ -150,6 +149,10 @@ class DataPlane:
 
     def pause_input(self, paused: bool) -> None:
         self.native.pause_input(paused)
+
+    def flush_ports(self) -> None:
+        """Stop the workers and have output ports write what they hold (errors show in port_states)."""
+        self.native.flush_ports()
 
     def close_ports(self) -> None:
         """Stop the workers, flush and close the ports (their last state stays readable)."""
@@ -223,6 +226,7 @@ class DataPlane:
                 "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),
                 "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
+                "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
             })
         return out

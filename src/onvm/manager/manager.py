@@ -318,6 +318,7 @@ class Manager:
             self.web.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
+        dp.flush_ports()  # a write that fails only now is logged and summed up too
         self._check_ports()
         dp.close_ports()
         self._print_summary()
@@ -660,6 +661,7 @@ class Manager:
                 f"out {p['tx']} pkts / {p['tx_bytes']} B, dropped {sum(p['drops'].values())}"
                 + (f" {p['drops']}" if p["drops"] else "")
                 + (f"; error: {p['error']}" if p["error"] else "")
+                + (f"; {p['lost']} packets lost after being counted as sent" if p.get("lost") else "")
             )
         for n in st["nfs"] + st["left"]:
             out.append(
