@@ -8,11 +8,13 @@ A fenced block runs in the tests when the line before its fence is a marker::
 Markers are HTML comments, so they do not show where the README is rendered.
 The Python blocks of one top-level section (``## ...``) run in order in one
 interpreter, sharing their names, as a reader who pastes them one after
-another would run them.  Errors point at README.md and the line.
+another would run them.  Errors point at README.md and the line.  Shell
+blocks, and the options a marker may carry, are described in shell.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,20 +65,18 @@ def blocks(path: Path = README) -> list[Block]:
     return out
 
 
-def python_groups(path: Path = README) -> dict[str, list[Block]]:
-    """Marked Python blocks by section, in order."""
+def sections(path: Path = README) -> dict[str, list[Block]]:
+    """Marked blocks by top-level section, in order."""
     groups: dict[str, list[Block]] = {}
     for b in blocks(path):
-        if b.lang == "python":
-            groups.setdefault(b.section, []).append(b)
+        groups.setdefault(b.section, []).append(b)
     return groups
 
 
 def python_script(group: list[Block]) -> str:
     """A script that runs a section's blocks in one namespace, each compiled at its own
     README line so that a traceback names README.md and the line."""
-    parts = ["ns: dict = {'__name__': '__readme__'}"]
-    for b in group:
-        source = "\n" * (b.line - 1) + b.code
-        parts.append(f"exec(compile({source!r}, 'README.md', 'exec'), ns)")
-    return "\n".join(parts) + "\n"
+    data = json.dumps([(b.line, b.code) for b in group])
+    return (f"import json\nns = {{'__name__': '__readme__'}}\n"
+            f"for line, code in json.loads({data!r}):\n"
+            f"    exec(compile('\\n' * (line - 1) + code, 'README.md', 'exec'), ns)\n")
