@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean FORCE
+.PHONY: demo demo-topology deps docs test test-fast test-sanitize lint bench clean FORCE
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
@@ -69,6 +69,10 @@ test-sanitize: $(STAMP)
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/integration/test_pipeline.py \
 	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py ../../tests/e2e
+
+# The command reference, made from the program's own parsers (a test checks it is current).
+docs: $(STAMP)
+	$(PY) -m onvm.cli.reference > docs/cli.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
