@@ -276,11 +276,14 @@ def test_examples_run(runtime, tmp_path, request, example, count):
     if count is not None:
         (out,) = tmp_path.glob("*.pcap")
         assert len(pcap_records(out)) == count
-    else:  # every replica got a share of the flows, and they add up to what the generator sent
+    else:  # every replica got a share of the flows; with what the port could not hand over
+        # (a replica's ring full while a loaded machine stalled it), they add up to what was sent
         shares = [int(ln.split(": in ")[1].split(",")[0]) for ln in stderr.splitlines()
                   if ln.startswith("  NF ") and "simple_forward (service 1." in ln]
         assert len(shares) == 3 and all(s > 0 for s in shares), shares
-        assert sum(shares) == 100000
+        port0 = [ln for ln in stderr.splitlines() if ln.startswith("  port 0 ")][-1]  # the summary's
+        dropped = int(port0.split("dropped ")[1].split()[0])
+        assert sum(shares) + dropped == 100000 and dropped < 10000, (shares, port0)
 
 
 def test_image_built_from_other_code_is_refused(nf_image, monkeypatch):
