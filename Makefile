@@ -12,19 +12,29 @@ ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
-# driver (the dashboard test).  Installed only when
-# missing, and only as root; the tests that need them skip otherwise.
+# driver (the dashboard test), and DPDK 22.11 (dpdk: ports: the headers and pkg-config
+# file the build looks for, the PMDs, and dpdk-testpmd as a peer).  Each is a command
+# or a file, and the package that brings it.  Installed only when missing, and only as
+# root; the tests that need them skip otherwise.
 DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
-	chromium:chromium chromedriver:chromium-driver
+	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf \
+	/usr/include/dpdk/rte_ethdev.h:libdpdk-dev dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev
 deps:
-	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	@missing=""; for t in $(DEB_TOOLS); do c=$${t%%:*}; \
+	  command -v $$c >/dev/null 2>&1 || [ -e "$$c" ] || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing$$missing"; { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	  echo "installing$$missing"; { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; } || \
 	  echo "could not install$$missing (the tests that need them will be skipped)"; \
 	elif [ -n "$$missing" ]; then echo "missing:$$missing (the tests that need them will be skipped)"; fi
 
-$(STAMP): pyproject.toml setup.py $(NATIVE)
+# The optional module onvm._dpdk is built where pkg-config finds DPDK: a build made
+# before DPDK was installed (or after it was removed) is made again.
+DPDK_SEEN := $(VENV)/.dpdk-$(shell pkg-config --exists libdpdk 2>/dev/null && echo yes || echo no)
+$(DPDK_SEEN):
+	mkdir -p $(VENV) && rm -f $(VENV)/.dpdk-* && touch $@
+
+$(STAMP): pyproject.toml setup.py $(NATIVE) $(DPDK_SEEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -37,7 +47,7 @@ demo: $(STAMP)
 demo-topology: $(STAMP)
 	mkdir -p demo-out && cd demo-out && ../$(VENV)/bin/onvm run ../examples/firewall-chain.yaml
 
-test: $(STAMP) deps lint
+test: deps $(STAMP) lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 
@@ -51,13 +61,14 @@ lint: $(STAMP)
 # The native core built with AddressSanitizer and UBSan, run under the native tests.
 test-sanitize: $(STAMP)
 	rm -rf build/asan && mkdir -p build/asan
-	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/_native*.so
+	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/_*.so
 	ONVM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
-	cp build/asan/lib/onvm/_native*.so build/asan/onvm/
+	cp build/asan/lib/onvm/_*.so build/asan/onvm/
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/integration/test_pipeline.py \
-	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py ../../tests/e2e
+	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py \
+	  ../../tests/integration/test_dpdk.py ../../tests/e2e
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -53,9 +53,11 @@ from onvm.manager.region_path import region_path
 from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, Services, parse_policy
 from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
+from onvm.ports.dpdk import DpdkPorts
+from onvm.ports.dpdk import check_available as check_dpdk
 from onvm.ports.uri import PortSpec, parse_port
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
+PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "dpdk": 8}
 GRACE_TIMEOUT = 0.5
 DRAIN_TIMEOUT = 1.0
 
@@ -94,6 +96,7 @@ class ManagerConfig:
     pack_below: float = PackSettings.below  # pack onto one CPU under this load (CPUs); 0: never
     controllers: list[str] = field(default_factory=list)  # OpenFlow controllers, tcp:HOST:PORT
     fail_mode: str = "secure"  # with no controller: keep its flows (secure) or remove them (standalone)
+    dpdk_eal: str = ""  # DPDK EAL options for dpdk: ports, added to (or replacing) the defaults
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -147,6 +150,7 @@ class ManagerConfig:
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
+        check_dpdk(self.port_specs)
         try:
             self.chain: list[Hop] = parse_chain(self.default_chain)
         except ConfigError as e:
@@ -203,6 +207,7 @@ class Manager:
         for svc, pol in config.policy_map.items():
             self.services.set_policy(svc, pol)
         self.web: Any = None  # onvm.web.server.WebServer when --web is given
+        self.dpdk: DpdkPorts | None = None  # the EAL and mbuf pool, with dpdk: ports
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
         self.packing: Packing | None = None
         self.events: list[tuple[float, str]] = []
@@ -362,9 +367,20 @@ class Manager:
                                              block_size=o["block_size"], blocks=o["blocks"])
                 elif spec.kind == "tap":
                     self.native.add_tap(pid, spec.path)
+                elif spec.kind == "dpdk":
+                    self._add_dpdk(pid, spec)
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
+
+    def _add_dpdk(self, pid: int, spec: PortSpec) -> None:
+        cfg = self.config
+        if self.dpdk is None:
+            self.dpdk = DpdkPorts(self.region, cfg.name, cfg.dpdk_eal, cfg.pool_size, cfg.port_specs,
+                                  self.log)
+        f = self.dpdk.add(self.native, pid, spec)
+        self.log(f"port {pid} '{spec.uri}': DPDK port {f['port_id']} ({f['driver']}), "
+                 f"{f['rx_queues']} RX and {f['tx_queues']} TX queues")
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, ``onvm stop``, the duration or exhausted inputs."""
@@ -392,6 +408,8 @@ class Manager:
         """Log, once, each port whose driver reported an error (a corrupt file, a failed send)."""
         if self.native is None:
             return
+        if self.dpdk:
+            self.dpdk.forward_log()
         for pid, spec in enumerate(self.config.port_specs):
             state = self.native.port_state(pid) or {}
             err = state.get("error", "")
@@ -476,6 +494,9 @@ class Manager:
         if self.native is not None:
             self.native.close_ports()
             self.native = None
+        if self.dpdk is not None:
+            self.dpdk.close()  # after the ports: the mbuf pool goes with the last of them
+            self.dpdk = None
         if self.region is not None:
             self.region.close()
             self.region = None
@@ -818,6 +839,7 @@ class Manager:
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
                     "latency": latency.summary(_native.port_latency(region, pid)),
+                    **({"device": state["device"]} if "device" in state else {}),
                 }
             )
         nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.nfs.values()]
