@@ -113,13 +113,11 @@ def runtime_dir(args: Sequence[str]) -> str:
 class DpdkPorts:
     """The dpdk: ports of one manager: the EAL (once per process) and the mbuf pool over its region."""
 
-    def __init__(self, region: Any, name: str, extra: str, pool_size: int, specs: Sequence[PortSpec],
-                 log: Any) -> None:
+    def __init__(self, region: Any, name: str, extra: str, pool_size: int, specs: Sequence[PortSpec]) -> None:
         mod = _module()
         if mod is None:
             raise ConfigError(f"dpdk: ports need DPDK: {INSTALL}")
         self._mod = mod
-        self._log = log
         self._runtime_dir = ""
         self.eal = eal_args(name, extra, sorted(os.sched_getaffinity(0)), pool_size, specs, mod.PMD_DIR)
         try:
@@ -146,10 +144,9 @@ class DpdkPorts:
             self._mod.log()
         return facts
 
-    def forward_log(self) -> None:
-        """Pass what DPDK warns of while the ports run (a memif peer that left) on to the manager's log."""
-        for line in self._mod.log(serious_only=True):
-            self._log(f"dpdk: {line}")
+    def new_log_lines(self) -> list[str]:
+        """What DPDK warned of while the ports ran (a memif peer that left), for the manager's log."""
+        return [f"dpdk: {line}" for line in self._mod.log(serious_only=True)]
 
     def close(self) -> None:
         """After the ports are closed: let go of the pool, remove the EAL's (empty) runtime directory."""
