@@ -8,33 +8,37 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean
+.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean FORCE
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
-# driver (the dashboard test), and DPDK 22.11 (dpdk: ports: the headers and pkg-config
-# file the build looks for, the PMDs, and dpdk-testpmd as a peer).  Each is a command
-# or a file, and the package that brings it.  Installed only when missing, and only as
-# root; the tests that need them skip otherwise.
+# driver (the dashboard test), and DPDK's PMDs and dpdk-testpmd (dpdk: ports and their
+# peer).  Installed only when missing, and only as root; the tests that need them skip
+# otherwise.
 DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
-	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf \
-	/usr/include/dpdk/rte_ethdev.h:libdpdk-dev dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev
+	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev
+# Headers the native build uses when they are there (the afxdp port: libxdp and libbpf;
+# the dpdk port, in the optional module onvm._dpdk: DPDK 22.11, found by pkg-config).
+DEB_HEADERS := xdp/xsk.h:libxdp-dev bpf/libbpf.h:libbpf-dev dpdk/rte_ethdev.h:libdpdk-dev
 deps:
-	@missing=""; for t in $(DEB_TOOLS); do c=$${t%%:*}; \
-	  command -v $$c >/dev/null 2>&1 || [ -e "$$c" ] || missing="$$missing $${t#*:}"; done; \
+	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	for h in $(DEB_HEADERS); do test -e /usr/include/$${h%%:*} || missing="$$missing $${h#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing"; { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; } || \
 	  echo "could not install$$missing (the tests that need them will be skipped)"; \
 	elif [ -n "$$missing" ]; then echo "missing:$$missing (the tests that need them will be skipped)"; fi
 
-# The optional module onvm._dpdk is built where pkg-config finds DPDK: a build made
-# before DPDK was installed (or after it was removed) is made again.
-DPDK_SEEN := $(VENV)/.dpdk-$(shell pkg-config --exists libdpdk 2>/dev/null && echo yes || echo no)
-$(DPDK_SEEN):
-	mkdir -p $(VENV) && rm -f $(VENV)/.dpdk-* && touch $@
+# What the native build found (optional headers): it is rebuilt when that changes, e.g.
+# after make deps installed libxdp-dev or libdpdk-dev.
+FEATURES := build/native-features
+$(FEATURES): FORCE
+	@mkdir -p build; f="afxdp:$$(test -e /usr/include/xdp/xsk.h && test -e /usr/include/bpf/libbpf.h && echo 1)"; \
+	  f="$$f dpdk:$$(pkg-config --exists libdpdk 2>/dev/null && echo 1)"; \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$f" ] || echo "$$f" > $@
+FORCE:
 
-$(STAMP): pyproject.toml setup.py $(NATIVE) $(DPDK_SEEN)
+$(STAMP): pyproject.toml setup.py $(NATIVE) $(FEATURES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

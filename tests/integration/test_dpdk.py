@@ -222,7 +222,7 @@ def test_missing_dpdk_is_one_clear_line_and_starts_nothing(runtime: str) -> None
 @pytest.mark.parametrize("port, eal, expect", [
     ("dpdk:net_nul0", "", "DPDK cannot probe 'net_nul0'"),
     ("dpdk:net_null0,bogus=1", "", "DPDK cannot probe 'net_null0,bogus=1'"),
-    ("dpdk:net_null0?rxq=4", "", "4 RX queues need as many RX workers"),
+    ("dpdk:net_null0?rxq=4", "", "4 queues need as many RX workers"),
     ("dpdk:net_null0", "--bogus-option", "DPDK's EAL did not start"),
     ("dpdk:net null0", "", "expected dpdk:DEVICE"),
 ])
