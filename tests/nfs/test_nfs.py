@@ -357,3 +357,22 @@ def test_a_burst_spread_over_services_reaches_each_in_order():
     for svc in (2, 3, 4):
         assert res.tonf[svc] == [bytes(p) for p, d in zip(pkts, dests, strict=True) if d == svc]
     assert res.drops == {"no_dest": 1}
+
+
+def test_a_stop_before_the_loop_is_kept():
+    """A SIGTERM that lands after the NF registered but before its loop began (its handler
+    calls nf.stop(), as a setup hook does here) ends the loop at once; it used to be
+    forgotten when the loop started, and the NF ran on."""
+    nf = NF("early_stop", service=1)
+    seen = []
+
+    @nf.setup
+    def stop_early(nf: NF) -> None:
+        nf.stop()
+
+    @nf.packet
+    def handle(pkt, meta):
+        seen.append(pkt.len)
+
+    res = run_nf(nf, [frame() for _ in range(4)])
+    assert res.reason == "stopped" and seen == []

@@ -163,7 +163,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     unsigned idle = 0;
     const char *reason = "stopped";
     int failed = 0;
-    self->local_stop = 0;
+    /* local_stop is not cleared here: a stop() that came before run() (a signal between
+     * registering and this loop) must end it at once.  Each run has a fresh context. */
     self->running = 1;
     struct onvm_cpu_follow cpu;
     onvm_cpu_follow_init(&cpu, &nf->cpu.now);
