@@ -98,12 +98,13 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i}", "path", self->path, "name",
+    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i}", "path", self->path, "name",
                          h->name, "size", (unsigned long long)h->total_size, "pool_size",
                          h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
-                         (long long)onvm_pool_free_count(&self->r), "max_nfs", ONVM_MAX_NFS,
-                         "owner", self->r.owner);
+                         (long long)onvm_pool_free_count(&self->r), "pool_lent",
+                         (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
+                         self->r.owner);
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -286,6 +287,64 @@ static PyObject *Region_owners(RegionObject *self, PyObject *unused) {
         Py_DECREF(nv);
     }
     return d;
+}
+
+/* Lending as a port driver does it (onvm_port.h), for tests of the pool's balance. */
+static struct onvm_port_stats *port_row(RegionObject *self, unsigned port, unsigned worker) {
+    if (port >= ONVM_MAX_PORTS || worker >= ONVM_MAX_WORKERS) {
+        PyErr_Format(PyExc_ValueError, "port %u or worker %u is out of range (0..%d, 0..%d)", port,
+                     worker, ONVM_MAX_PORTS - 1, ONVM_MAX_WORKERS - 1);
+        return NULL;
+    }
+    return &self->r.ports[port].by_worker[worker];
+}
+
+static PyObject *Region_lend(RegionObject *self, PyObject *args) {
+    unsigned port, worker, n;
+    if (!PyArg_ParseTuple(args, "III", &port, &worker, &n))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    if (!st)
+        return NULL;
+    if (n > 4096)
+        return PyErr_Format(PyExc_ValueError, "lend at most 4096 slots at a time (not %u)", n);
+    uint32_t buf[4096];
+    uint32_t got = onvm_port_lend_alloc(&self->r, st, port, buf, n);
+    return list_from_slots(buf, got);
+}
+
+static PyObject *Region_took_back(RegionObject *self, PyObject *args) {
+    unsigned port, worker;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "IIO", &port, &worker, &seq))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    uint32_t *buf;
+    Py_ssize_t n;
+    if (!st || slots_from_seq(self, seq, &buf, &n) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (atomic_load(&self->r.meta[buf[i]].owner) != ONVM_OWNER_PORT(port)) {
+            PyErr_Format(PyExc_ValueError, "slot %u is not lent to port %u", buf[i], port);
+            PyMem_Free(buf);
+            return NULL;
+        }
+    }
+    onvm_port_took_back(&self->r, st, buf, (uint32_t)n);
+    PyMem_Free(buf);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_port_reclaim(RegionObject *self, PyObject *args) {
+    unsigned port;
+    if (!PyArg_ParseTuple(args, "I", &port))
+        return NULL;
+    REGION_OPEN(self);
+    if (!port_row(self, port, 0))
+        return NULL;
+    return PyLong_FromLong(onvm_port_reclaim(&self->r, port));
 }
 
 static int check_nf(unsigned id) {
@@ -499,12 +558,13 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
     uint64_t rx_by_worker[ONVM_MAX_WORKERS];
     for (int w = 0; w < ONVM_MAX_WORKERS; w++)
         rx_by_worker[w] = p->by_worker[w].rx;
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
-                         "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N,s:L}", "in_use", p->in_use, "kind",
+                         p->kind, "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
                          "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
-                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS));
+                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS), "lent",
+                         (long long)onvm_port_lent(&self->r, id));
 }
 
 static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
@@ -530,8 +590,8 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
     if (id >= ONVM_MAX_WORKERS)
         return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
     struct onvm_worker *w = &self->r.workers[id];
-    PyObject *d = Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role",
-                                w->role, "loops", (unsigned long long)w->loops, "busy_loops",
+    PyObject *d = Py_BuildValue("{s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch),
+                                "sleeping", atomic_load(&w->wait.sleeping), "role", w->role, "loops", (unsigned long long)w->loops, "busy_loops",
                                 (unsigned long long)w->busy_loops, "sleeps",
                                 (unsigned long long)w->wait.sleeps, "wakeups",
                                 (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
@@ -674,6 +734,12 @@ static PyMethodDef Region_methods[] = {
     {"read", (PyCFunction)Region_read, METH_VARARGS, "read(slot) -> bytes of the packet."},
     {"meta", (PyCFunction)Region_meta, METH_VARARGS, "meta(slot) -> dict."},
     {"owners", (PyCFunction)Region_owners, METH_NOARGS, "{owner stamp: slot count}."},
+    {"lend", (PyCFunction)Region_lend, METH_VARARGS,
+     "lend(port, worker, n) -> slots allocated as lent to the port's device (as a driver does)."},
+    {"took_back", (PyCFunction)Region_took_back, METH_VARARGS,
+     "took_back(port, worker, slots): the device gave them back; they are the manager's."},
+    {"port_reclaim", (PyCFunction)Region_port_reclaim, METH_VARARGS,
+     "port_reclaim(port) -> slots still lent to the port, now freed (after it closed)."},
     {"nf_activate", (PyCFunction)Region_nf_activate, METH_VARARGS, "nf_activate(id, service, instance, pid, tx_worker, name)."},
     {"nf_set_draining", (PyCFunction)Region_nf_set_draining, METH_VARARGS, ""},
     {"nf_request_stop", (PyCFunction)Region_nf_request_stop, METH_VARARGS, ""},
@@ -915,6 +981,42 @@ static PyObject *Manager_pause_input(ManagerObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* retire(nf_id, grace=0.5, drain=1.0) -> {"reclaimed", "grace_ok", "pending", "drained", "grace_s"} */
+static PyObject *Manager_retire(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"nf_id", "grace", "drain", NULL};
+    unsigned id;
+    double grace = 0.5, drain = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|dd", kwlist, &id, &grace, &drain))
+        return NULL;
+    if (id == 0 || id >= ONVM_MAX_NFS)
+        return PyErr_Format(PyExc_ValueError, "NF id %u is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
+    if (!(grace >= 0 && grace <= 60 && drain >= 0 && drain <= 60))
+        return PyErr_Format(PyExc_ValueError, "grace and drain are 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    struct onvm_retire_result res;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_mgr_retire_nf(self->m, id, (uint64_t)(grace * 1e9), (uint64_t)(drain * 1e9), &res);
+    Py_END_ALLOW_THREADS if (rc) return raise_region(rc, "retiring the NF failed");
+    return Py_BuildValue("{s:l,s:O,s:I,s:O,s:d}", "reclaimed", res.reclaimed, "grace_ok",
+                         res.grace_ok ? Py_True : Py_False, "pending", res.pending, "drained",
+                         res.drained ? Py_True : Py_False, "grace_s", (double)res.grace_ns / 1e9);
+}
+
+/* drain(timeout) -> True once every NF ring is empty, False if the timeout came first */
+static PyObject *Manager_drain(ManagerObject *self, PyObject *arg) {
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(timeout >= 0 && timeout <= 60))
+        return PyErr_Format(PyExc_ValueError, "timeout is 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    int ok;
+    Py_BEGIN_ALLOW_THREADS ok = onvm_mgr_wait_drained(self->m, (uint64_t)(timeout * 1e9));
+    Py_END_ALLOW_THREADS return PyBool_FromLong(ok);
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -958,6 +1060,9 @@ static PyMethodDef Manager_methods[] = {
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
     {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
+    {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
+     "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
+    {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
@@ -1251,6 +1356,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
+    PyModule_AddIntConstant(m, "OWNER_PORT_BASE", ONVM_OWNER_PORT_BASE);
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
         onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0 ||

@@ -32,7 +32,7 @@ ORIGINS = ("rule", "nf", "api")
 class FlowRegistry:
     """Chains, rules and flows of one manager (all methods run under the manager's lock)."""
 
-    def __init__(self, region: Any, port_ok: Callable[[int], bool]) -> None:
+    def __init__(self, region: _native.Region, port_ok: Callable[[int], bool]) -> None:
         self.region = region
         self.port_ok = port_ok  # is this port an output?
         self.chains: dict[str, tuple[int, list[Hop]]] = {}
@@ -91,7 +91,10 @@ class FlowRegistry:
         return self.chains[name][0]
 
     def list_chains(self) -> list[dict[str, Any]]:
-        return [{"id": cid, "name": name, "hops": format_chain(hops)}
+        """Chains with their drops per hop: early (at RX, the hop was congested or had no
+        instance) and late (after the hop's NF handled the packet)."""
+        return [{"id": cid, "name": name, "hops": format_chain(hops),
+                 "drops": [{"early": e, "late": late} for e, late in self.region.chain_drops(cid)]}
                 for name, (cid, hops) in sorted(self.chains.items(), key=lambda kv: kv[1][0])]
 
     # ---- rules -------------------------------------------------------------
