@@ -165,8 +165,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     unsigned idle = 0;
     const char *reason = "stopped";
     int failed = 0;
-    self->local_stop = 0;
-    self->running = 1;
+    self->running = 1; /* a stop() that came before run() (a signal at start-up) ends it at once */
     struct onvm_cpu_follow cpu;
     onvm_cpu_follow_init(&cpu, &nf->cpu.now);
 
@@ -336,6 +335,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         }
     }
     release_bufs(&bb);
+    self->local_stop = 0;
     if (blocked_since) {
         st->blocked_ns += onvm_now_ns() - blocked_since;
         atomic_store(&nf->bp.blocked_on, 0);

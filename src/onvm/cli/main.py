@@ -354,10 +354,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.scenario == "nf-start":
         result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
+    elif args.scenario in ("overload", "paper"):
+        from onvm import _bench_overload
+
+        if args.scenario == "overload":
+            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
+        else:
+            result = _bench_overload.paper(args.seconds, verbose=not args.json)
     elif args.scenario == "latency":
         from onvm.bench import run_latency
 
-        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json,
+        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
                              pack_below=args.pack_below)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
@@ -522,8 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
-    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
+    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
+                                               "paper"]))
+    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
     b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
     b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
                    help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
