@@ -18,10 +18,11 @@ that says it, and nothing about how it does it:
   common extension headers, ARP, TCP, UDP and ICMP the way the RX path must,
   and computes the symmetric flow hash bit for bit.
 * ``pick_model`` is rendezvous hashing over a service's instances.
-* ``PacerModel`` is a paced port's schedule: packet k is due at
-  ``t0 + k / rate`` (exact fractions), t0 being the first time it is asked.
-  It releases packets once a burst of them is due (100 us worth, 1 to 32),
-  and lets go of what lies more than ``MAX_LAG`` seconds behind.
+* ``PacerModel`` is a paced gen port's schedule: packet k is due at
+  ``t0 + k / rate`` (exact fractions), t0 being the first time it is asked,
+  up to ``cap`` packets.  It releases packets once a burst of them is due
+  (100 us worth, 1 to 32), and counts as missed what lies more than
+  ``QUEUE`` packets behind.
 
 The hash functions read multi-byte words little endian, as the native code
 does on the little-endian machines pyonvm runs on.
@@ -99,6 +100,32 @@ class RingModel:
     def __repr__(self) -> str:
         shown = self.entries if len(self.entries) <= 16 else self.entries[:8] + ["..."]
         return f"RingModel(size={self.size}, count={self.count()}, entries={shown})"
+
+
+class WatermarkModel:
+    """A ring's backpressure flag (onvm_bp.h): congested from high until drained to low."""
+
+    def __init__(self, size: int) -> None:
+        self.ring = RingModel(size)
+        self.high, self.low = size // 2, size // 4
+        self.congested = False
+
+    def enqueue(self, items: Sequence[int]) -> int:
+        """A producer's enqueue: the ring congests once it holds high entries or more."""
+        n = self.ring.enqueue(items)
+        if self.ring.count() >= self.high:
+            self.congested = True
+        return n
+
+    def dequeue(self, n: int) -> list[int]:
+        """The consumer's dequeue (an empty poll too): it clears the flag at low or below."""
+        out = self.ring.dequeue(n)
+        if self.ring.count() <= self.low:
+            self.congested = False
+        return out
+
+    def __repr__(self) -> str:
+        return f"WatermarkModel(high={self.high}, low={self.low}, congested={self.congested}, {self.ring!r})"
 
 
 # ---- pool ----------------------------------------------------------------------
@@ -186,17 +213,17 @@ class PoolModel:
 
 
 class PacerModel:
-    """When a port paced at ``rate`` packets per second may send."""
+    """When a gen port paced at ``rate`` packets per second (``cap`` in all) may send."""
 
-    MAX_LAG = Fraction(1, 10)  # seconds a port may fall behind and still catch up
+    QUEUE = 4096  # packets that may fall due unread before the oldest are missed
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, cap: int = 0) -> None:
         self.rate = rate
+        self.cap = cap
         self.t0: int | None = None
-        self.sent = 0  # packets of the schedule sent or let go
+        self.sent = 0  # packets of the schedule sent or missed
         self.missed = 0
         self.burst = min(32, max(1, rate // 10000))
-        self.lag_packets = max(self.burst, math.floor(rate * self.MAX_LAG))
 
     def due_at(self, k: int) -> Fraction:
         """When packet k of the schedule is due, in ns."""
@@ -207,12 +234,16 @@ class PacerModel:
         """(packets allowed now, the ns when more will be, or None)."""
         if self.t0 is None:
             self.t0 = now
-        burst = min(self.burst, want)
         due = 0 if now < self.t0 else math.floor(Fraction(now - self.t0) * self.rate / 10**9) + 1
-        if due - self.sent > self.lag_packets:
-            self.missed += due - self.sent - self.lag_packets
-            self.sent = due - self.lag_packets
-        can = max(0, due - self.sent)
+        if self.cap:
+            due = min(due, self.cap)
+        if due - self.sent > self.QUEUE:
+            self.missed += due - self.sent - self.QUEUE
+            self.sent = due - self.QUEUE
+        if want == 0:
+            return 0, None
+        burst = min(self.burst, want)
+        can = due - self.sent
         if can < burst:
             return 0, math.ceil(self.due_at(self.sent + burst - 1))
         return min(can, want), None

@@ -31,6 +31,7 @@ WANT = 64  # the RX worker's burst
 @dataclass
 class Run:
     rate: int
+    cap: int
     steps: list[tuple[int, int, int]] = field(default_factory=list)  # (now, want, taken)
     answers: list[tuple[int, int]] = field(default_factory=list)  # (granted, next_due or 0)
     sent_at: list[int] = field(default_factory=list)  # the clock reading each packet left at
@@ -38,16 +39,23 @@ class Run:
 
 
 def simulate(rate: int, seconds: float, seed: int, late_ns: int = 20_000, short: float = 0.0,
-             stall: tuple[float, float] | None = None) -> Run:
-    """A worker polling a paced port: woken up to late_ns after the due time; with
-    probability short the pool has room for fewer packets than granted; stall=(at, for)
-    holds the worker for a while (in seconds from the start)."""
+             stall: tuple[float, float] | None = None, held: float = 0.0, cap: int = 0) -> Run:
+    """A worker polling a paced gen port (cap: its count): woken up to late_ns after the
+    due time; with probability short the pool has room for fewer packets than granted,
+    with probability held the worker leaves the port unread (backpressure) for a poll;
+    stall=(at, for) holds the worker for a while (in seconds from the start)."""
     rng = random.Random(seed)
-    model = models.PacerModel(rate)
-    run = Run(rate, model=model)
+    model = models.PacerModel(rate, cap)
+    run = Run(rate, cap, model=model)
     start = now = NS + rng.randrange(10**12)  # anywhere on the clock
     stalled = False
-    while now < start + seconds * NS:
+    while now < start + seconds * NS and not (cap and model.sent >= cap):  # a gen port is done
+        if rng.random() < held:
+            model.pace(now, 0)
+            run.steps.append((now, 0, 0))
+            run.answers.append((0, 0))
+            now += rng.randrange(1_000, 200_000)
+            continue
         granted, due = model.pace(now, WANT)
         taken = granted if rng.random() >= short else rng.randrange(granted + 1)
         model.took(taken)
@@ -66,7 +74,7 @@ def simulate(rate: int, seconds: float, seed: int, late_ns: int = 20_000, short:
 
 
 def check_native(run: Run) -> None:
-    answers, missed = _native.pace_run(run.rate, run.steps)
+    answers, missed = _native.pace_run(run.rate, run.steps, run.cap)
     assert run.model is not None
     for i, (got, want) in enumerate(zip(answers, run.answers, strict=True)):
         if got != want:
@@ -85,7 +93,7 @@ def test_native_pacer_follows_the_model(rate):
     seconds = min(6.0, 200_000 / rate)
     for seed in range(3):
         check_native(simulate(rate, seconds, seed))
-        check_native(simulate(rate, seconds, seed, late_ns=3_000_000, short=0.2))
+        check_native(simulate(rate, seconds, seed, late_ns=3_000_000, short=0.2, held=0.1))
 
 
 @pytest.mark.parametrize("rate", RATES)
@@ -111,17 +119,26 @@ def test_packets_leave_on_the_grid(rate):
 
 
 def test_a_stall_keeps_the_grid():
-    """A worker held for half a second catches up 100 ms worth at once, lets the rest
-    go as missed, and then sends on the same grid as before."""
-    rate = 1000
-    run = simulate(rate, 2.0, seed=5, late_ns=0, stall=(0.5, 0.5))
+    """A worker held for two seconds finds the last 4096 packets of its schedule waiting
+    (as in a NIC's ring) and sends them at once; the older ones are missed, and then
+    packets go out on the same grid as before."""
+    rate = 5000
+    run = simulate(rate, 4.0, seed=5, late_ns=0, stall=(0.5, 2.0))
     check_native(run)
-    assert run.model is not None
-    assert 390 <= run.model.missed <= 410
+    assert run.model is not None and run.model.t0 is not None
+    assert abs(run.model.missed - (2 * rate - models.PacerModel.QUEUE)) <= 2
     t0 = run.model.t0
-    assert t0 is not None
-    after = [at for at in run.sent_at if at > t0 + 1.2 * NS]
+    after = [at for at in run.sent_at if at > t0 + 3 * NS]
     assert after and all((at - t0) * rate % NS < NS // 100 for at in after), "off the grid"
+
+
+def test_a_count_ends_the_schedule():
+    """With a count, sent and missed together never pass it, stall or not."""
+    for seed in range(3):
+        run = simulate(100_000, 1.5, seed, stall=(0.2, 0.5), held=0.05, cap=30_000)
+        check_native(run)
+        assert run.model is not None and run.model.missed > 0
+        assert len(run.sent_at) + run.model.missed == 30_000
 
 
 def test_unpaced_and_zero_want():

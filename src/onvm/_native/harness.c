@@ -68,6 +68,7 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         sent++;
     }
     Py_DECREF(fast);
+    onvm_bp_pushed(r, rx); /* a producer: past high, the ring is congested */
     if (PyErr_Occurred())
         return NULL;
     return PyLong_FromSsize_t(sent);
@@ -99,24 +100,26 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
         }
         onvm_pool_free_burst(r, buf, n);
     }
+    onvm_bp_drained(r, ring); /* the consumer: producers waiting for the ring go on */
     return out;
 }
 
-/* pace_run(rate, steps) -> ([(granted, next_due)], missed): drives a port's
- * pacer with made-up clock readings.  Each step is (now, want, taken): the
- * pacer is asked for up to want packets at now, and the caller then sends
- * taken of those granted (fewer when the pool ran dry).  next_due is 0 when
+/* pace_run(rate, steps, cap=0) -> ([(granted, next_due)], missed): drives a
+ * gen port's pacer (cap: its count) with made-up clock readings.  Each step
+ * is (now, want, taken): the pacer is asked for up to want packets at now,
+ * and the caller then sends taken of those granted (fewer when the pool ran
+ * dry; want 0: a port its RX worker left unread).  next_due is 0 when
  * the pacer set no wake-up time. */
 static PyObject *mod_pace_run(PyObject *mod, PyObject *args) {
     (void)mod;
-    unsigned long long rate;
+    unsigned long long rate, cap = 0;
     PyObject *seq;
-    if (!PyArg_ParseTuple(args, "KO", &rate, &seq))
+    if (!PyArg_ParseTuple(args, "KO|K", &rate, &seq, &cap))
         return NULL;
     PyObject *fast = PySequence_Fast(seq, "steps must be a sequence of (now, want, taken)");
     if (!fast)
         return NULL;
-    struct onvm_pacer pc = {.rate_pps = rate};
+    struct onvm_pacer pc = {.rate_pps = rate, .cap = cap, .lossy = 1};
     PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out && i < PySequence_Fast_GET_SIZE(fast); i++) {
         unsigned long long now;
@@ -145,7 +148,7 @@ static PyMethodDef harness_functions[] = {
     {"drain", mod_drain, METH_VARARGS,
      "drain(region, nf_id, tx) -> [(bytes, action, dest, in_port, src_nf)]: empty a ring, free its slots"},
     {"pace_run", mod_pace_run, METH_VARARGS,
-     "pace_run(rate, steps) -> ([(granted, next_due)], missed): a port's pacer on made-up clock readings"},
+     "pace_run(rate, steps, cap=0) -> ([(granted, next_due)], missed): a gen port's pacer, made-up clock"},
     {NULL}};
 
 int onvm_harness_register(PyObject *module) { return PyModule_AddFunctions(module, harness_functions); }

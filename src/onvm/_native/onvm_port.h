@@ -63,9 +63,11 @@ struct onvm_port_devstats {
 /* A paced input's schedule (ports.c): packet k is due at t0 + k / rate. */
 struct onvm_pacer {
     uint64_t rate_pps; /* 0: not paced */
+    uint64_t cap;      /* packets in the whole schedule (gen's count); 0: no end */
     uint64_t t0;       /* when packet 0 was due: the first time the port was asked */
-    uint64_t sent;     /* packets of the schedule sent, or let go as missed */
-    uint64_t missed;   /* let go because the port fell too far behind */
+    uint64_t sent;     /* packets of the schedule sent, or let go */
+    uint64_t missed;   /* let go because the port fell behind, when `lossy` */
+    int lossy;         /* 1: what falls behind is lost (gen); 0: it is only late (a file) */
     int started;
 };
 
@@ -95,6 +97,7 @@ struct onvm_port {
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
     struct onvm_pacer pace;
+    uint64_t missed_counted; /* how much of pace.missed the RX worker has put in the port's stats */
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -164,6 +167,10 @@ struct onvm_afxdp_conf {
 struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
                                        char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
+/* The RX worker left an input unread this round (backpressure): a paced port
+ * counts what its queue could not keep (missed) and a gen port with a count
+ * ends once all of it was made or missed. */
+void onvm_port_held(struct onvm_port *p, uint64_t now);
 /* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
 int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
                         uint64_t *sent);
@@ -206,7 +213,8 @@ static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_s
 
 /* Shared by the drivers (ports.c). */
 /* How many of want packets the schedule allows at now; when none, lowers
- * *next_due to when it will.  The caller reports what it sent. */
+ * *next_due to when it will.  The caller reports what it sent.  want 0 only
+ * moves what fell out of the port's queue to missed (a port left unread). */
 uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due);
 static inline void onvm_pace_sent(struct onvm_pacer *pc, uint32_t n) { pc->sent += n; }
 struct onvm_port *onvm_port_new(int id, int kind);

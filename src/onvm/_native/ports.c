@@ -40,12 +40,14 @@ static void set_err(char *err, size_t len, const char *fmt, ...) {
  * schedule is one fixed grid for the port's whole life, so the rate holds
  * exactly over any window however late each wake-up is.  Packets leave in
  * small bursts (up to 100 us worth, at most 32) rather than one at a time,
- * so a paced port costs a wake-up per burst, not per packet.  A port that
- * falls more than ONVM_PACE_MAX_LAG_NS behind (a stalled worker, a full
- * pool, input held back) catches up that much at full speed and lets the
- * older packets of the schedule go: they are counted in `missed`, and the
- * grid stays where it was. */
-#define ONVM_PACE_MAX_LAG_NS 100000000ull
+ * so a paced port costs a wake-up per burst, not per packet.
+ *
+ * What falls due and is not read yet waits, up to PACE_QUEUE packets, as
+ * frames wait in a NIC's RX descriptor ring.  Beyond that the oldest are let
+ * go and the grid stays where it was: a gen port counts them missed (they were
+ * never made: no CPU spent on them), so delivered + missed is what the rate
+ * asked for, less at most PACE_QUEUE still waiting; a file just sends later. */
+#define PACE_QUEUE 4096
 #define NS_PER_S 1000000000ull
 
 /* When packet k of the schedule is due (rounded up to a whole ns). */
@@ -54,26 +56,29 @@ static uint64_t pace_due(const struct onvm_pacer *pc, uint64_t k) {
 }
 
 uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due) {
-    if (!pc->rate_pps || want == 0)
+    if (!pc->rate_pps)
         return want;
     if (!pc->started) {
         pc->started = 1;
         pc->t0 = now;
     }
+    uint64_t cap = pc->cap ? pc->cap : UINT64_MAX;
+    /* packets 0 .. due-1 are due by now */
+    uint64_t due = now < pc->t0 ? 0 : (uint64_t)((__uint128_t)(now - pc->t0) * pc->rate_pps / NS_PER_S) + 1;
+    if (due > cap)
+        due = cap;
+    if (due > pc->sent + PACE_QUEUE) {
+        if (pc->lossy)
+            pc->missed += due - PACE_QUEUE - pc->sent;
+        pc->sent = due - PACE_QUEUE;
+    }
+    if (want == 0)
+        return 0;
     uint64_t burst = pc->rate_pps / 10000;
     burst = burst < 1 ? 1 : burst > 32 ? 32 : burst;
     if (burst > want)
         burst = want;
-    /* packets 0 .. due-1 are due by now */
-    uint64_t due = now < pc->t0 ? 0 : (uint64_t)((__uint128_t)(now - pc->t0) * pc->rate_pps / NS_PER_S) + 1;
-    uint64_t lag_max = (uint64_t)((__uint128_t)pc->rate_pps * ONVM_PACE_MAX_LAG_NS / NS_PER_S);
-    if (lag_max < burst)
-        lag_max = burst;
-    if (due > pc->sent + lag_max) {
-        pc->missed += due - lag_max - pc->sent;
-        pc->sent = due - lag_max;
-    }
-    uint64_t can = due > pc->sent ? due - pc->sent : 0;
+    uint64_t can = due - pc->sent;
     if (can < burst) {
         uint64_t at = pace_due(pc, pc->sent + burst - 1);
         if (next_due && at < *next_due)
@@ -81,6 +86,12 @@ uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t 
         return 0;
     }
     return can < want ? (uint32_t)can : want;
+}
+
+void onvm_port_held(struct onvm_port *p, uint64_t now) {
+    onvm_pace(&p->pace, 0, now, NULL); /* moves what overflowed its queue to missed */
+    if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->pace.missed >= p->gen.count)
+        atomic_store(&p->rx_done, 1);
 }
 
 /* The pool ran dry: note it and come back shortly instead of sleeping long. */
@@ -168,7 +179,7 @@ static uint32_t gen_size(struct onvm_port *p) {
 static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
                        uint64_t now, uint64_t *next_due) {
     if (p->gen.count) {
-        uint64_t left = p->gen.count - p->produced;
+        uint64_t left = p->gen.count - p->produced - p->pace.missed;
         if (left == 0) {
             atomic_store(&p->rx_done, 1);
             return 0;
@@ -238,6 +249,8 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
     p->gen = *c;
     p->rx = gen_rx;
     p->pace.rate_pps = c->rate_pps;
+    p->pace.cap = c->count;
+    p->pace.lossy = 1;
     p->rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
     p->hdr_len = c->proto == 17 ? 42 : 54;
     p->templates = calloc(c->flows, 64);
