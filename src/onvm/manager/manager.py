@@ -225,6 +225,7 @@ class Manager:
         for part in (self.sdn, self.stats, self.web, self.server):
             if part is not None:
                 part.stop()  # the server closes what is left; closing retires them
+        dp.flush_ports()  # a write that fails only now is logged and summed up too
         for line in dp.new_port_errors():
             self.log(line)
         dp.close_ports()

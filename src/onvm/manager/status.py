@@ -118,6 +118,7 @@ def summary(st: dict[str, Any], seconds: float) -> str:
             f"out {p['tx']} pkts / {p['tx_bytes']} B, dropped {sum(p['drops'].values())}"
             + (f" {p['drops']}" if p["drops"] else "")
             + (f"; error: {p['error']}" if p["error"] else "")
+            + (f"; {p['lost']} packets lost after being counted as sent" if p.get("lost") else "")
         )
     for n in st["nfs"] + st["left"]:
         out.append(
