@@ -18,7 +18,7 @@ class FakeManager:
         self.rx = 100
 
     def sample(self) -> dict[str, Any]:
-        return {"status": make_status(self.rx), "chains": [(0, [(2, 1), (3, 1)])],
+        return {"status": make_status(self.rx), "chains": [(0, [(2, 1), (3, 1)], [(5, 0), (0, 2)])],
                 "sections": {"sdn": {"controller": "none"}}}
 
 
@@ -55,6 +55,7 @@ def test_sampler_publishes_samples_and_events():
     try:
         first = s.latest()
         assert first["chains"][0]["hops"][0] == {"action": "tonf", "dest": 1}
+        assert first["chains"][0]["drops"] == [{"early": 5, "late": 0}, {"early": 0, "late": 2}]
         assert first["sdn"] == {"controller": "none"}  # extra sections from the manager
         m.rx = 10_000
         seq = s.seq

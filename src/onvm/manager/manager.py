@@ -89,7 +89,7 @@ class Manager:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: self.stopping.set())
         layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus)
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.dpdk_eal)
         self.dp = dp = DataPlane.open(layout, cfg.port_specs, self.log)
         try:
             self.flows = flows = FlowRegistry(dp.region, dp.is_output)

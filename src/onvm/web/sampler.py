@@ -93,7 +93,7 @@ class EventSource(Protocol):
 class Sampler:
     """Samples a manager every ``interval`` seconds on its own thread.
 
-    ``source()`` returns ``{"status", "chains": [(id, hops)], "sections"}`` or
+    ``source()`` returns ``{"status", "chains": [(id, hops, drops)], "sections"}`` or
     None once the manager is gone; ``log`` is its event log."""
 
     def __init__(self, source: Callable[[], dict[str, Any] | None], log: EventSource,
@@ -133,7 +133,9 @@ class Sampler:
         if snap is None:
             return
         status = snap["status"]
-        chains = [{"id": cid, "hops": describe_hops(hops)} for cid, hops in snap["chains"]]
+        chains = [{"id": cid, "hops": describe_hops(hops),
+                   "drops": [{"early": e, "late": late} for e, late in drops]}
+                  for cid, hops, drops in snap["chains"]]
         extra: dict[str, Any] = snap.get("sections", {})
         now = time.time()
         prev = self._sample or None
