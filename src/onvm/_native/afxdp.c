@@ -354,8 +354,11 @@ static int check_interface(int ifindex, const char *ifname, int *stale_fd, uint3
     }
     if (owner_alive(&o)) {
         close(fd);
-        snprintf(err, errlen, "afxdp %s: in use by manager '%s' (pid %d), which is running", ifname,
-                 o.manager, o.pid);
+        if (o.pid == getpid())
+            snprintf(err, errlen, "afxdp %s: the interface is a port of this manager already", ifname);
+        else
+            snprintf(err, errlen, "afxdp %s: in use by manager '%s' (pid %d), which is running", ifname,
+                     o.manager, o.pid);
         return -EBUSY;
     }
     *stale_fd = fd;
@@ -363,6 +366,23 @@ static int check_interface(int ifindex, const char *ifname, int *stale_fd, uint3
     snprintf(notice, nlen, "replaced the XDP program (id %u) left on %s by manager '%s' (pid %d, gone)", id,
              ifname, o.manager, o.pid);
     return 1;
+}
+
+/* One try in one mode, through a BPF link or by netlink. */
+static int attach_mode(struct axp *a, uint32_t mode, int use_link) {
+    if (use_link) {
+        LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = mode);
+        int fd = bpf_link_create(a->prog_fd, a->ifindex, BPF_XDP, &lo);
+        if (fd < 0)
+            return fd;
+        a->link_fd = fd;
+    } else {
+        int rc = bpf_xdp_attach(a->ifindex, a->prog_fd, mode | XDP_FLAGS_UPDATE_IF_NOEXIST, NULL);
+        if (rc != 0)
+            return rc;
+    }
+    a->xdp_flags = mode;
+    return 0;
 }
 
 /* Attach the program in the wanted mode (auto: native, else generic). */
@@ -384,28 +404,10 @@ static int attach(struct axp *a, int want_flags, int stale_fd, uint32_t stale_mo
     }
     int rc = -EOPNOTSUPP;
     for (unsigned i = 0; i < nmodes; i++) {
-        if (use_link) {
-            LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = modes[i]);
-            int fd = bpf_link_create(a->prog_fd, a->ifindex, BPF_XDP, &lo);
-            if (fd >= 0) {
-                a->link_fd = fd;
-                a->xdp_flags = modes[i];
-                return 0;
-            }
-            rc = fd;
-            if (rc == -EINVAL && i == 0) { /* no XDP links here: netlink it is */
-                use_link = 0;
-                i--;
-                continue;
-            }
-        } else {
-            rc = bpf_xdp_attach(a->ifindex, a->prog_fd, modes[i] | XDP_FLAGS_UPDATE_IF_NOEXIST, NULL);
-            if (rc == 0) {
-                a->xdp_flags = modes[i];
-                return 0;
-            }
-        }
-        if (rc != -EOPNOTSUPP && rc != -EINVAL)
+        rc = attach_mode(a, modes[i], use_link);
+        if (rc == -EINVAL && use_link) /* a kernel without XDP links (before 5.9) */
+            rc = attach_mode(a, modes[i], use_link = 0);
+        if (rc == 0 || (rc != -EOPNOTSUPP && rc != -EINVAL))
             break;
     }
     return rc;
