@@ -211,5 +211,5 @@ def test_afxdp_ports_in_a_file(monkeypatch: pytest.MonkeyPatch):
     t = loads_topology("manager: {rx_workers: 2}\nports: ['afxdp:eth1?queues=2', 'afxdp:eth2?mode=skb']\n"
                        "chains: {default: [out:1]}\n", "x.yaml")
     assert [p.split("?")[0] for p in t.ports] == ["afxdp:eth1", "afxdp:eth2"]
-    with pytest.raises(TopologyError, match=r"x.yaml:2: ports\[0\]: .*mode=fast"):
+    with pytest.raises(TopologyError, match=r"x.yaml:1: ports\[0\]: .*mode=fast"):
         loads_topology("ports: ['afxdp:eth1?mode=fast']\n", "x.yaml")
