@@ -122,7 +122,8 @@ def _afxdp(uri: str, name: str, query: str) -> PortSpec:
     if opts["ring"] & (opts["ring"] - 1):
         raise ConfigError(f"port '{uri}': ring={opts['ring']} is not a power of two")
     if opts["fill"] > opts["ring"]:
-        raise ConfigError(f"port '{uri}': fill={opts['fill']} is more than the RX ring holds (ring={opts['ring']})")
+        raise ConfigError(f"port '{uri}': fill={opts['fill']} is more than the RX ring holds "
+                          f"(ring={opts['ring']})")
     return PortSpec(uri, "afxdp", name, opts)
 
 
