@@ -51,9 +51,9 @@ lint: $(STAMP)
 # The native core built with AddressSanitizer and UBSan, run under the native tests.
 test-sanitize: $(STAMP)
 	rm -rf build/asan && mkdir -p build/asan
-	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/_native*.so
+	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/*.so
 	ONVM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
-	cp build/asan/lib/onvm/_native*.so build/asan/onvm/
+	cp build/asan/lib/onvm/*.so build/asan/onvm/
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/integration/test_pipeline.py \

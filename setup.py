@@ -1,14 +1,17 @@
 """Build of the native core (C11).  Everything else is in pyproject.toml."""
+import glob
 import os
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c",
-           "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "harness.c",
-           "latency.c"]
+SOURCES = ["module.c", "constants.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c",
+           "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "latency.c"]
+# Test and benchmark entry points: a second module, which the package never imports at run
+# time; it calls the core through the function table onvm._native exports (onvm_core_api.h).
+HOOKS = ["hooks.c", "harness.c", "hookbench.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing",
-         # Only PyInit__native leaves the module: calls between its files bind directly, not
+         # Only a module's PyInit leaves it: calls between its files bind directly, not
          # through the PLT (the packet path makes some per packet).
          "-fvisibility=hidden"]
 link = ["-lpthread"]
@@ -17,14 +20,10 @@ if os.environ.get("ONVM_SANITIZE"):
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     link += ["-fsanitize=address,undefined"]
 
-setup(
-    ext_modules=[
-        Extension(
-            "onvm._native",
-            sources=[f"src/onvm/_native/{s}" for s in SOURCES],
-            include_dirs=["src/onvm/_native"],
-            extra_compile_args=extra,
-            extra_link_args=link,
-        )
-    ]
-)
+
+def extension(name: str, sources: list[str]) -> Extension:
+    return Extension(name, sources=[f"src/onvm/_native/{s}" for s in sources], include_dirs=["src/onvm/_native"],
+                     depends=glob.glob("src/onvm/_native/*.h"), extra_compile_args=extra, extra_link_args=link)
+
+
+setup(ext_modules=[extension("onvm._native", SOURCES), extension("onvm._hooks", HOOKS)])

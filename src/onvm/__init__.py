@@ -13,7 +13,7 @@ The public API::
     nf.run()
 """
 
-from onvm.actions import DROP, NEXT, OUT, TONF, Action, DropReason
+from onvm.constants import DROP, NEXT, OUT, TONF, Action, DropReason
 from onvm.control.client import Client
 from onvm.errors import (
     ConfigError,

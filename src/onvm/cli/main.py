@@ -326,26 +326,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import nf_start, run_scenario
-
-    if args.scenario == "nf-start":
-        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
-    elif args.scenario == "latency":
-        from onvm.bench import run_latency
-
-        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json,
-                             pack_below=args.pack_below)
-    else:
-        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
-                              handler=args.handler)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(" ".join(f"{k}={v}" for k, v in result.items()))
-    return 0
-
-
 def _quote_rule(argv: list[str]) -> list[str]:
     """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
     opts, words, rest = [], [], argv[2:]
@@ -415,13 +395,12 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onvm.bench import scenario_names
-
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _manager_parser(sub)
     sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
+    sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
     s.add_argument("--json", action="store_true")
@@ -498,21 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--runtime", choices=("podman", "docker"), default="podman")
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
-    b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
-    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
-    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
-    b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
-                   help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
-    b.add_argument("--seconds", type=float, default=5.0)
-    b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
-                   help="nf-start: how the NF is isolated (default process)")
-    b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
-    b.add_argument("--cold", action="store_true",
-                   help="nf-start: a new interpreter for every process NF, not the fork server")
-    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
-                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 
@@ -521,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "nf":
             return cmd_nf(argv[1:])
+        if argv and argv[0] == "bench":
+            from onvm.bench._cli import main as bench_main
+
+            return bench_main(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
         parser = build_parser()
@@ -528,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
                    "image": cmd_image, "top": cmd_top}

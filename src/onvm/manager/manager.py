@@ -23,6 +23,7 @@ the registry needs no lock of its own beyond the one the stats thread takes.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action, DropReason
+from onvm.constants import PORT_KINDS, Action, drop_counts
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
 from onvm.errors import ConfigError, OnvmError, RegionError
@@ -55,7 +56,6 @@ from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
 from onvm.ports.uri import PortSpec, parse_port
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
 GRACE_TIMEOUT = 0.5
 DRAIN_TIMEOUT = 1.0
 
@@ -261,12 +261,12 @@ class Manager:
             )
             if stale:
                 self.log(f"replaced a stale region at {path} left by a manager that is gone")
-        except _native.RegionError as e:
-            if e.errno == 16:  # EBUSY
+        except RegionError as e:
+            if e.errno == errno.EBUSY:  # the lock of a live manager
                 raise OnvmError(
                     f"a manager named '{cfg.name}' is already running (region {path})", code="busy"
                 ) from None
-            raise RegionError(e.strerror or str(e)) from None
+            raise
         try:
             self._open_ports()
             self.flows = FlowRegistry(self.region, self._is_output)
@@ -362,8 +362,8 @@ class Manager:
                                              block_size=o["block_size"], blocks=o["blocks"])
                 elif spec.kind == "tap":
                     self.native.add_tap(pid, spec.path)
-            except _native.RegionError as e:
-                raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
+            except RegionError as e:
+                raise ConfigError(f"port {pid} '{spec.uri}': {e.message}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
 
     def run(self) -> int:
@@ -805,7 +805,7 @@ class Manager:
                     "rx_bytes": info["rx_bytes"],
                     "tx": info["tx"],
                     "tx_bytes": info["tx_bytes"],
-                    "drops": _drops(info["drops"]),
+                    "drops": drop_counts(info["drops"]),
                     "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
@@ -869,7 +869,7 @@ class Manager:
             "rx_ring": info.get("rx_ring", 0),
             "tx_ring": info.get("tx_ring", 0),
             "actions": {a.name.lower(): acts[a] for a in Action},
-            "drops": _drops(info.get("drops", ())),
+            "drops": drop_counts(info.get("drops", ())),
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
@@ -904,6 +904,3 @@ def _cpu_now(home: int | None, now: int) -> int | None:
     """The CPU an NF runs on: the one packing moved it to, else where it was placed."""
     return now if now >= 0 else home
 
-
-def _drops(values: Any) -> dict[str, int]:
-    return {DropReason(i).name.lower(): int(v) for i, v in enumerate(values) if v}

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action, DropReason
+from onvm.constants import DROP_REASON_NAMES, Action, drop_counts
 from onvm.control.client import Client
-from onvm.errors import ConfigError, OnvmError, RegionError
+from onvm.errors import ConfigError, OnvmError
 from onvm.flows.keys import FlowKey
 from onvm.nf._batch import Batch, check_fields
 
@@ -294,10 +294,7 @@ class NF:
             self.nf_id = int(reply["nf_id"])
             self.service = int(reply["service"])
             self.instance = int(reply["instance"])
-            try:
-                self._region = _native.Region.attach(reply["region"])
-            except _native.RegionError as e:
-                raise RegionError(e.strerror or str(e)) from None
+            self._region = _native.Region.attach(reply["region"])
             self._ctx = _native.NFContext(self._region, self.nf_id)
             return self._loop(client)
         finally:
@@ -412,9 +409,7 @@ class NF:
         st = self.stats
         secs = max(time.monotonic() - self._started, 1e-9)
         drops = sum(st.get("drops", ()))
-        by_reason = ", ".join(
-            f"{DropReason(i).name.lower()} {v}" for i, v in enumerate(st.get("drops", ())) if v
-        )
+        by_reason = ", ".join(f"{k} {v}" for k, v in drop_counts(st.get("drops", ())).items())
         print(
             f"NF {self.name} (id {self.nf_id}, service {self.service}, instance {self.instance}): "
             f"{st.get('rx', 0)} in, {st.get('tx', 0)} onward, {drops} dropped"
@@ -442,7 +437,7 @@ class NF:
         drops = st.get("drops", (0,) * _native.DROP_COUNT)
         row["dropped"] = sum(drops)
         for i, v in enumerate(drops):
-            row[f"drop_{DropReason(i).name.lower()}"] = v
+            row[f"drop_{DROP_REASON_NAMES[i]}"] = v
         for k in ("p50_us", "p99_us", "max_us", "mean_us"):
             row[f"latency_{k}"] = lat[k]
         row["stopped"] = self.stop_reason

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args

@@ -17,7 +17,7 @@ import argparse
 import time
 from collections import deque
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args
 

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args
 from onvm.nfs.speed_tester import udp_packet

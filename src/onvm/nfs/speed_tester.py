@@ -17,7 +17,7 @@ import struct
 import sys
 import time
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args
 

@@ -20,13 +20,14 @@ import base64
 import sys
 from typing import Any
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import OnvmError
 from onvm.nf import NF
 from onvm.nf._nf import nf_from_args
+from onvm.sdn import CONTROLLER_SERVICE
 
 SUMMARY = "PACKET_IN and PACKET_OUT between the datapath and OpenFlow controllers"
-SERVICE = 63
+SERVICE = CONTROLLER_SERVICE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

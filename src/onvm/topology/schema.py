@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from onvm.actions import Action
+from onvm.constants import MAX_INSTANCES, MAX_PORTS, MAX_SERVICES, Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.rules import parse_rule
@@ -37,7 +37,6 @@ ISOLATIONS = ("process", "namespace", "podman", "docker")
 RESTARTS = ("no", "on-failure", "always")
 # Fields the loader fills in, not the file.
 _INTERNAL = ("source", "port_specs", "default_chain", "named_chains")
-MAX_INSTANCES = 16
 # Options the runner sets itself from the NF's fields.
 RESERVED_OPTIONS = {"name": "manager.name", "service": "service", "instance": "instances",
                     "cpus": "cpus"}
@@ -108,7 +107,7 @@ class NFSpec(_Model):
     name: str | None = None  # label in logs and container names (default: the program)
     program: str  # an example NF (onvm nf --list) or a path to an NF script (*.py)
     options: dict[str, Any] | list[str] = Field(default_factory=dict)
-    service: int | None = Field(None, ge=0, le=63)  # default: the program's own
+    service: int | None = Field(None, ge=0, le=MAX_SERVICES - 1)  # default: the program's own
     instances: int = Field(1, ge=1, le=MAX_INSTANCES)
     isolation: Literal["process", "namespace", "podman", "docker"] = "process"
     image: str | None = None  # podman/docker image (default: the one 'onvm image build' makes)
@@ -170,7 +169,7 @@ class RuleMatch(_Model):
     proto: Literal["tcp", "udp", "icmp"] | int | None = None
     sport: int | None = Field(None, ge=0, le=65535)
     dport: int | None = Field(None, ge=0, le=65535)
-    in_port: int | None = Field(None, ge=0, le=15)
+    in_port: int | None = Field(None, ge=0, le=MAX_PORTS - 1)
 
 
 class RuleSpec(_Model):
@@ -202,7 +201,7 @@ class Topology(_Model):
     """A whole deployment: one manager, its ports, NFs, chains and rules."""
 
     manager: ManagerSpec = Field(default_factory=lambda: ManagerSpec.model_validate({}))
-    ports: list[str] = Field(default_factory=list, max_length=16)
+    ports: list[str] = Field(default_factory=list, max_length=MAX_PORTS)
     nfs: list[NFSpec] = Field(default_factory=list)
     chains: dict[str, list[int | str] | str] = Field(default_factory=dict)
     rules: list[RuleSpec] = Field(default_factory=list)

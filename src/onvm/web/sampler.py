@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Any
 
-from onvm.actions import Action
+from onvm.constants import MAX_CHAINS, Action
 
 HISTORY = 240  # samples kept for charts that open late
 
@@ -132,7 +132,7 @@ class Sampler:
                 return
             status = m.status()
             chains = []
-            for cid in range(64):
+            for cid in range(MAX_CHAINS):
                 try:
                     hops = m.region.chain(cid)
                 except (ValueError, OSError):
