@@ -69,6 +69,7 @@ static const struct named limits[] = {
     {"BURST_MAX", ONVM_BURST_MAX},
     {"HEADROOM", ONVM_HEADROOM},
     {"OWNER_FREE", ONVM_OWNER_FREE},
+    {"OWNER_PORT_BASE", ONVM_OWNER_PORT_BASE},
     {"ACT_HOLD", ONVM_ACT_HOLD},
     {"DROP_COUNT", ONVM_DROP_COUNT},
     {"LAT_BUCKETS", ONVM_LAT_BUCKETS},

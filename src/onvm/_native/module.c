@@ -104,12 +104,13 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i}", "path", self->path, "name",
+    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i}", "path", self->path, "name",
                          h->name, "size", (unsigned long long)h->total_size, "pool_size",
                          h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
-                         (long long)onvm_pool_free_count(&self->r), "max_nfs", ONVM_MAX_NFS,
-                         "owner", self->r.owner);
+                         (long long)onvm_pool_free_count(&self->r), "pool_lent",
+                         (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
+                         self->r.owner);
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -292,6 +293,64 @@ static PyObject *Region_owners(RegionObject *self, PyObject *unused) {
         Py_DECREF(nv);
     }
     return d;
+}
+
+/* Lending as a port driver does it (onvm_port.h), for tests of the pool's balance. */
+static struct onvm_port_stats *port_row(RegionObject *self, unsigned port, unsigned worker) {
+    if (port >= ONVM_MAX_PORTS || worker >= ONVM_MAX_WORKERS) {
+        PyErr_Format(PyExc_ValueError, "port %u or worker %u is out of range (0..%d, 0..%d)", port,
+                     worker, ONVM_MAX_PORTS - 1, ONVM_MAX_WORKERS - 1);
+        return NULL;
+    }
+    return &self->r.ports[port].by_worker[worker];
+}
+
+static PyObject *Region_lend(RegionObject *self, PyObject *args) {
+    unsigned port, worker, n;
+    if (!PyArg_ParseTuple(args, "III", &port, &worker, &n))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    if (!st)
+        return NULL;
+    if (n > 4096)
+        return PyErr_Format(PyExc_ValueError, "lend at most 4096 slots at a time (not %u)", n);
+    uint32_t buf[4096];
+    uint32_t got = onvm_port_lend_alloc(&self->r, st, port, buf, n);
+    return list_from_slots(buf, got);
+}
+
+static PyObject *Region_took_back(RegionObject *self, PyObject *args) {
+    unsigned port, worker;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "IIO", &port, &worker, &seq))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    uint32_t *buf;
+    Py_ssize_t n;
+    if (!st || slots_from_seq(self, seq, &buf, &n) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (atomic_load(&self->r.meta[buf[i]].owner) != ONVM_OWNER_PORT(port)) {
+            PyErr_Format(PyExc_ValueError, "slot %u is not lent to port %u", buf[i], port);
+            PyMem_Free(buf);
+            return NULL;
+        }
+    }
+    onvm_port_took_back(&self->r, st, buf, (uint32_t)n);
+    PyMem_Free(buf);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_port_reclaim(RegionObject *self, PyObject *args) {
+    unsigned port;
+    if (!PyArg_ParseTuple(args, "I", &port))
+        return NULL;
+    REGION_OPEN(self);
+    if (!port_row(self, port, 0))
+        return NULL;
+    return PyLong_FromLong(onvm_port_reclaim(&self->r, port));
 }
 
 static int check_nf(unsigned id) {
@@ -498,12 +557,13 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
     uint64_t rx_by_worker[ONVM_MAX_WORKERS];
     for (int w = 0; w < ONVM_MAX_WORKERS; w++)
         rx_by_worker[w] = p->by_worker[w].rx;
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
-                         "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N,s:L}", "in_use", p->in_use, "kind",
+                         p->kind, "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
                          "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
-                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS));
+                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS), "lent",
+                         (long long)onvm_port_lent(&self->r, id));
 }
 
 static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
@@ -654,6 +714,12 @@ static PyMethodDef Region_methods[] = {
     {"read", (PyCFunction)Region_read, METH_VARARGS, "read(slot) -> bytes of the packet."},
     {"meta", (PyCFunction)Region_meta, METH_VARARGS, "meta(slot) -> dict."},
     {"owners", (PyCFunction)Region_owners, METH_NOARGS, "{owner stamp: slot count}."},
+    {"lend", (PyCFunction)Region_lend, METH_VARARGS,
+     "lend(port, worker, n) -> slots allocated as lent to the port's device (as a driver does)."},
+    {"took_back", (PyCFunction)Region_took_back, METH_VARARGS,
+     "took_back(port, worker, slots): the device gave them back; they are the manager's."},
+    {"port_reclaim", (PyCFunction)Region_port_reclaim, METH_VARARGS,
+     "port_reclaim(port) -> slots still lent to the port, now freed (after it closed)."},
     {"nf_activate", (PyCFunction)Region_nf_activate, METH_VARARGS, "nf_activate(id, service, instance, pid, tx_worker, name)."},
     {"nf_set_draining", (PyCFunction)Region_nf_set_draining, METH_VARARGS, ""},
     {"nf_request_stop", (PyCFunction)Region_nf_request_stop, METH_VARARGS, ""},

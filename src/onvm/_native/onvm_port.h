@@ -60,9 +60,11 @@ struct onvm_pcap_conf {
 struct onvm_port;
 typedef uint32_t (*onvm_port_rx_fn)(struct onvm_port *p, struct onvm_region *r, uint32_t *slots,
                                    uint32_t n, uint64_t now, uint64_t *next_due);
-/* Takes every slot (frees them all); returns how many went out. */
+/* Takes every slot (frees them, or lends them to the device until it has sent
+ * them); returns how many went out.  st: the port's stats row of the caller. */
 typedef uint32_t (*onvm_port_tx_fn)(struct onvm_port *p, struct onvm_region *r,
-                                   const uint32_t *slots, uint32_t n, uint64_t *bytes);
+                                   const uint32_t *slots, uint32_t n, uint64_t *bytes,
+                                   struct onvm_port_stats *st);
 
 /* Reads up to n packets of queue q; drops it sees (kernel ring full, too big)
  * go to st, the port's stats row of the calling worker. */
@@ -133,6 +135,42 @@ struct onvm_port *onvm_port_open_afpacket(int id, const struct onvm_afpacket_con
                                           size_t errlen);
 struct onvm_port *onvm_port_open_tap(int id, const char *name, char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
+
+/* ---- slots lent to a device ------------------------------------------------
+ *
+ * A driver that hands pool slots to its device (AF_XDP fill and TX rings, DPDK
+ * RX and TX queues) stamps them ONVM_OWNER_PORT(id) and counts them in the
+ * stats row of the worker that lends them (st->lent, see onvm_layout.h); the
+ * worker that takes them back restamps them and counts them down in its own
+ * row.  So, at every moment, pool free + sum of lent + in use = total, and
+ * after the device has let go of everything, onvm_port_reclaim() returns the
+ * slots still stamped as lent to the port (it never got them back) to the pool.
+ * The rows are written only by their worker; setup and teardown run while the
+ * workers are stopped. */
+
+/* Allocates up to n slots stamped as lent to port p; returns how many. */
+static inline uint32_t onvm_port_lend_alloc(struct onvm_region *r, struct onvm_port_stats *st,
+                                            unsigned port, uint32_t *out, uint32_t n) {
+    uint32_t got = onvm_pool_alloc_burst(r, out, n, ONVM_OWNER_PORT(port));
+    st->lent += got;
+    return got;
+}
+
+/* Lends slots the caller owns (a TX ring takes them until they are sent). */
+static inline void onvm_port_lend(struct onvm_region *r, struct onvm_port_stats *st, unsigned port,
+                                  const uint32_t *slots, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_PORT(port), ONVM_RELAXED);
+    st->lent += n;
+}
+
+/* The device gave these back: they are the manager's again (to route or to free). */
+static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_stats *st,
+                                       const uint32_t *slots, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
+    st->lent -= n;
+}
 
 /* Shared by the drivers (ports.c). */
 struct onvm_port *onvm_port_new(int id, int kind);

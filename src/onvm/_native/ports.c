@@ -79,8 +79,9 @@ static void pool_empty(struct onvm_region *r, struct onvm_port *p, uint32_t lost
 /* ---- null ---------------------------------------------------------------- */
 
 static uint32_t null_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
-                        uint32_t n, uint64_t *bytes) {
+                        uint32_t n, uint64_t *bytes, struct onvm_port_stats *st) {
     (void)p;
+    (void)st;
     uint64_t b = 0;
     for (uint32_t i = 0; i < n; i++)
         b += r->meta[slots[i]].len;
@@ -610,7 +611,8 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
 /* ---- pcap out ------------------------------------------------------------ */
 
 static uint32_t pcap_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
-                        uint32_t n, uint64_t *bytes) {
+                        uint32_t n, uint64_t *bytes, struct onvm_port_stats *st) {
+    (void)st;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint32_t sent = 0;

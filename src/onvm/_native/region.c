@@ -526,6 +526,43 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     return returned;
 }
 
+int64_t onvm_port_lent(const struct onvm_region *r, unsigned port) {
+    int64_t lent = 0;
+    for (unsigned w = 0; port < ONVM_MAX_PORTS && w < ONVM_MAX_WORKERS; w++)
+        lent += r->ports[port].by_worker[w].lent;
+    return lent;
+}
+
+int64_t onvm_pool_lent(const struct onvm_region *r) {
+    int64_t lent = 0;
+    for (unsigned p = 0; p < ONVM_MAX_PORTS; p++)
+        lent += onvm_port_lent(r, p);
+    return lent;
+}
+
+long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
+    if (port >= ONVM_MAX_PORTS)
+        return -EINVAL;
+    uint16_t stamp = ONVM_OWNER_PORT(port);
+    uint32_t batch[256], nb = 0;
+    long returned = 0;
+    for (uint32_t i = 0; i < r->pool_count; i++) {
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) != stamp)
+            continue;
+        batch[nb++] = i;
+        if (nb == 256) {
+            onvm_pool_free_burst(r, batch, nb);
+            returned += nb;
+            nb = 0;
+        }
+    }
+    onvm_pool_free_burst(r, batch, nb);
+    returned += nb;
+    for (unsigned w = 0; w < ONVM_MAX_WORKERS; w++)
+        r->ports[port].by_worker[w].lent = 0;
+    return returned;
+}
+
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return;

@@ -132,7 +132,9 @@ def cmd_nf(argv: list[str]) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     m, pool = st["manager"], st["pool"]
     print(f"manager {m['name']} (pid {m['pid']}), up {m['uptime']:.1f} s, region {m['region']}")
-    print(f"default chain {m['default_chain']}; pool {pool['free']}/{pool['total']} slots free"
+    from onvm.manager.stats import describe_pool
+
+    print(f"default chain {m['default_chain']}; {describe_pool(pool)}"
           + (f"; NF CPUs {m['nf_cpus']}" if m.get("nf_cpus") else "")
           + (f"; manager CPUs {m['cpus']}" if m.get("cpus") else ""))
     from onvm.manager.packing import summary
@@ -145,6 +147,7 @@ def _print_status(st: dict[str, Any]) -> None:
         why = ", ".join(f"{k} {v}" for k, v in p["drops"].items())
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
               + (f" ({why})" if why else "")
+              + (f"  lent {p['lent']}" if p.get("lent") else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else ""))
     print("NFs:")
     if not st["nfs"]:

@@ -206,7 +206,7 @@ class Manager:
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
         self.packing: Packing | None = None
         self.events: list[tuple[float, str]] = []
-        self.start_free = 0
+        self.start_in_use = 0  # slots in use once started (nothing in flight)
         self._held = False
         self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
         self._port_errors: set[int] = set()  # ports whose error was logged
@@ -286,7 +286,7 @@ class Manager:
         except BaseException:
             self._teardown()
             raise
-        self.start_free = self.region.free_count()
+        self.start_in_use = self._pool()["in_use"]
         self.started_at = time.monotonic()
         info = self.region.info()
         self.log(
@@ -408,7 +408,14 @@ class Manager:
             if s.is_input and not self.native.port_state(pid)["done"]:
                 return False
         # The pool is whole again once nothing is in flight.
-        return bool(self.region.free_count() >= self.start_free)
+        return bool(self._pool()["in_use"] <= self.start_in_use)
+
+    def _pool(self) -> dict[str, int]:
+        """The pool's balance: free + lent to ports' devices + in use = total."""
+        info = self.region.info()
+        free, lent, total = info["pool_free"], info["pool_lent"], info["pool_size"]
+        return {"free": free, "lent": lent, "in_use": total - free - lent, "total": total,
+                "slot_size": info["slot_size"]}
 
     def stop(self) -> None:
         """Ask NFs to stop, wait for them, stop workers, flush ports, print the summary."""
@@ -807,6 +814,7 @@ class Manager:
                     "tx_bytes": info["tx_bytes"],
                     "drops": drop_counts(info["drops"]),
                     "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
+                    "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                     "done": bool(state.get("done")),
                     "error": state.get("error", ""),
                     "latency": latency.summary(_native.port_latency(region, pid)),
@@ -829,7 +837,7 @@ class Manager:
                 "web": self.web.url if self.web else "",
                 "packing": self.packing.describe() if self.packing else {"enabled": False},
             },
-            "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
+            "pool": self._pool(),
             "ports": ports,
             "nfs": nfs,
             "chains": self.flows.list_chains() if self.flows else [],
@@ -895,8 +903,9 @@ class Manager:
                 f"in {n['rx']}, onward {n['tx']}, dropped {sum(n['drops'].values())}"
                 + (f" {n['drops']}" if n["drops"] else "")
             )
-        pool = st["pool"]
-        out.append(f"  pool: {pool['free']} of {pool['total']} slots free")
+        pool = st["pool"]  # after the ports closed: their devices hold nothing
+        out.append(f"  pool: {pool['free']} of {pool['total']} slots free"
+                   + (f", {pool['lent']} still lent to ports" if pool["lent"] else ""))
         print("\n".join(out), file=sys.stderr, flush=True)
 
 

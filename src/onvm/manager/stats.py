@@ -11,6 +11,14 @@ if TYPE_CHECKING:
     from onvm.manager.manager import Manager
 
 
+def describe_pool(pool: dict[str, Any]) -> str:
+    """The pool's balance in one line: free + lent to ports + in use = total."""
+    if not pool.get("lent"):
+        return f"pool {pool['free']}/{pool['total']} slots free"
+    return (f"pool {pool['free']} free + {pool['lent']} lent to ports + {pool['in_use']} in use"
+            f" = {pool['total']} slots")
+
+
 def _rate(now: int, before: int, secs: float) -> str:
     pps = (now - before) / secs
     return f"{pps / 1e6:7.3f} Mpps" if pps >= 1e4 else f"{pps:7.0f} pps "
@@ -48,7 +56,7 @@ class StatsPrinter:
         secs = max(now - self._last_t, 1e-9)
         self._last_t = now
         lines = [f"--- onvm[{status['manager']['name']}] {status['manager']['uptime']:.0f} s, "
-                 f"pool {status['pool']['free']}/{status['pool']['total']} free"]
+                 + describe_pool(status["pool"])]
         for p in status["ports"]:
             rx0, tx0 = self._last.get(("p", p["id"]), (p["rx"], p["tx"]))
             self._last[("p", p["id"])] = (p["rx"], p["tx"])
