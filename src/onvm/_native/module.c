@@ -591,8 +591,8 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
     if (id >= ONVM_MAX_WORKERS)
         return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
     struct onvm_worker *w = &self->r.workers[id];
-    PyObject *d = Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role",
-                                w->role, "loops", (unsigned long long)w->loops, "busy_loops",
+    PyObject *d = Py_BuildValue("{s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch),
+                                "sleeping", atomic_load(&w->wait.sleeping), "role", w->role, "loops", (unsigned long long)w->loops, "busy_loops",
                                 (unsigned long long)w->busy_loops, "sleeps",
                                 (unsigned long long)w->wait.sleeps, "wakeups",
                                 (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
@@ -957,6 +957,42 @@ static PyObject *Manager_pause_input(ManagerObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* retire(nf_id, grace=0.5, drain=1.0) -> {"reclaimed", "grace_ok", "pending", "drained", "grace_s"} */
+static PyObject *Manager_retire(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"nf_id", "grace", "drain", NULL};
+    unsigned id;
+    double grace = 0.5, drain = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|dd", kwlist, &id, &grace, &drain))
+        return NULL;
+    if (id == 0 || id >= ONVM_MAX_NFS)
+        return PyErr_Format(PyExc_ValueError, "NF id %u is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
+    if (!(grace >= 0 && grace <= 60 && drain >= 0 && drain <= 60))
+        return PyErr_Format(PyExc_ValueError, "grace and drain are 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    struct onvm_retire_result res;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_mgr_retire_nf(self->m, id, (uint64_t)(grace * 1e9), (uint64_t)(drain * 1e9), &res);
+    Py_END_ALLOW_THREADS if (rc) return raise_region(rc, "retiring the NF failed");
+    return Py_BuildValue("{s:l,s:O,s:I,s:O,s:d}", "reclaimed", res.reclaimed, "grace_ok",
+                         res.grace_ok ? Py_True : Py_False, "pending", res.pending, "drained",
+                         res.drained ? Py_True : Py_False, "grace_s", (double)res.grace_ns / 1e9);
+}
+
+/* drain(timeout) -> True once every NF ring is empty, False if the timeout came first */
+static PyObject *Manager_drain(ManagerObject *self, PyObject *arg) {
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(timeout >= 0 && timeout <= 60))
+        return PyErr_Format(PyExc_ValueError, "timeout is 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    int ok;
+    Py_BEGIN_ALLOW_THREADS ok = onvm_mgr_wait_drained(self->m, (uint64_t)(timeout * 1e9));
+    Py_END_ALLOW_THREADS return PyBool_FromLong(ok);
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -1000,6 +1036,9 @@ static PyMethodDef Manager_methods[] = {
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
     {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
+    {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
+     "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
+    {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},

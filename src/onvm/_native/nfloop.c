@@ -180,7 +180,9 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         if (limit && limit - handled < want)
             want = (uint32_t)(limit - handled);
         uint32_t n = onvm_ring_dequeue_sc(rx, self->buf, want, 0, r->meta, (uint16_t)self->nf_id);
-        atomic_fetch_add_explicit(&nf->epoch, 1, ONVM_RELAXED);
+        /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
+        atomic_fetch_add_explicit(&nf->epoch, 1, memory_order_seq_cst);
+        onvm_grace_pass(r->hdr);
         uint64_t now;
         if (n == 0) {
             if (++idle < NF_SPIN_POLLS) {

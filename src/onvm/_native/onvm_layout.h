@@ -29,10 +29,11 @@
 #include <assert.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 4u
+#define ONVM_LAYOUT_VERSION 5u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -304,6 +305,14 @@ struct onvm_header {
     _Atomic uint64_t flows_installed;
     _Atomic uint64_t flows_expired;
     _Atomic uint64_t flows_full; /* installs that found no free entry within the probe limit */
+    /* The manager waits for the packet path here (retire.c): it sets waiting and
+     * sleeps on it; the next loop iteration of any NF or worker clears it and
+     * wakes the manager to look again (onvm_grace_pass).  Its own line: every
+     * loop iteration reads it, and it is written only while the manager waits. */
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t waiting;
+    } grace;
 };
+static_assert(offsetof(struct onvm_header, grace) % ONVM_CACHE_LINE == 0, "grace word on its own line");
 
 #endif

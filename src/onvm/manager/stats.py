@@ -5,10 +5,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from onvm.manager.manager import Manager
+from collections.abc import Callable
+from typing import Any
 
 
 def describe_pool(pool: dict[str, Any]) -> str:
@@ -25,10 +23,12 @@ def _rate(now: int, before: int, secs: float) -> str:
 
 
 class StatsPrinter:
-    """A thread that prints per-port and per-NF rates every ``interval`` seconds."""
+    """A thread that prints per-port and per-NF rates every ``interval`` seconds.
 
-    def __init__(self, manager: Manager, interval: float) -> None:
-        self.manager = manager
+    ``status`` returns the manager's status (as ``onvm status --json`` shows it)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], interval: float) -> None:
+        self.status = status
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onvm-stats", daemon=True)
@@ -45,8 +45,7 @@ class StatsPrinter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                with self.manager.lock:
-                    status = self.manager.status()
+                status = self.status()
             except Exception:  # the manager is going away under us
                 return
             print(self.render(status), file=sys.stderr, flush=True)
