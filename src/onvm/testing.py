@@ -54,6 +54,18 @@ class Result:
             [p for k in sorted(self.tonf) for p in self.tonf[k]]
 
 
+def make_nf(program: Any, *argv: str) -> NF:
+    """The NF that ``onvm nf PROGRAM ARGV...`` would run, built but not running.
+
+    ``program`` is an NF module (or object with ``make``), or anything ``onvm nf``
+    takes: an example's name, a file's path, an installed NF's name."""
+    from onvm import nfs
+
+    obj = nfs.find(program).load() if isinstance(program, str) else program
+    name = program if isinstance(program, str) else getattr(program, "__name__", "nf")
+    return obj.make(nfs.parser(obj, f"onvm nf {name}").parse_args(list(argv)))  # type: ignore[no-any-return]
+
+
 def run_nf(nf: NF, packets: Iterable[Any], *, in_port: int = 0, services: Sequence[int] = (),
            ttl: float = 0.0, limit: int | None = None, pool_size: int = 4096,
            ring_size: int = 4096) -> Result:

@@ -13,6 +13,8 @@ EPILOG = """examples:
   onvm manager --port gen:size=64,flows=64 --port null --default-chain 1,out:1
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
+  onvm nf path/to/my_nf.py --service 3
+  onvm nf new my_nf
   onvm status --json
   onvm top
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
@@ -101,32 +103,6 @@ def cmd_manager(args: argparse.Namespace) -> int:
     mgr = Manager(cfg)
     mgr.start()
     return mgr.run()
-
-
-def cmd_nf(argv: list[str]) -> int:
-    from onvm import nfs
-    from onvm.nf._nf import add_common_arguments
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: onvm nf NAME [--name MANAGER] [--service S] [NF options]\n"
-              "       onvm nf --list\n\nrun 'onvm nf --list' to see the NFs")
-        return 0
-    if argv[0] == "--list":
-        for name in nfs.NAMES:
-            print(f"{name:<16} {nfs.load(name).SUMMARY}")
-        return 0
-    try:
-        mod = nfs.load(argv[0])
-    except KeyError:
-        raise OnvmError(f"no NF named '{argv[0]}' (see 'onvm nf --list')", code="not_found") from None
-    p = argparse.ArgumentParser(prog=f"onvm nf {argv[0]}", description=mod.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, service=mod.SERVICE)
-    mod.add_arguments(p)
-    args = p.parse_args(argv[1:])
-    nf = mod.make(args)
-    nf.run()
-    return 0
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -400,9 +376,13 @@ def cmd_image(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from onvm import __version__
+
+    p.add_argument("--version", action="version", version=f"pyonvm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _manager_parser(sub)
-    sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
+    sub.add_parser("nf", help="run an NF: an example, a file or an installed one (onvm nf --list)",
+                   add_help=False)
     sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
@@ -487,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":
-            return cmd_nf(argv[1:])
+            from onvm.nfs._cli import main as nf_main
+
+            return nf_main(argv[1:])
         if argv and argv[0] == "bench":
             from onvm.bench._cli import main as bench_main
 

@@ -521,8 +521,8 @@ def _compile(fn: Handler) -> Handler:
     return numba.njit(cache=False)(fn)  # type: ignore[no-any-return]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
-    """The options every NF takes on the command line."""
+def common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
+    """Add the options every NF takes on the command line (``--name``, ``--service``, ...) to ``parser``."""
     g = parser.add_argument_group("NF options")
     g.add_argument("--name", default="onvm", help="manager to join (default: onvm)")
     g.add_argument("--service", type=int, default=service, help=f"service id (default: {service})")
@@ -537,8 +537,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = 
                    help="append this NF's summary (counters, latency) to a CSV file at exit")
 
 
-def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
-    """Build an NF from the common options."""
+def from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
+    """An NF named ``name`` built from the common options in ``args`` (see :func:`common_arguments`);
+    ``kw`` are further :class:`NF` arguments."""
     return NF(
         name,
         args.service,
