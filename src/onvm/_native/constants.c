@@ -55,7 +55,7 @@ static_assert(sizeof drop_reasons / sizeof *drop_reasons == ONVM_DROP_COUNT, "on
 static_assert(sizeof port_kinds / sizeof *port_kinds == ONVM_PORT_KIND_END - 1, "one name per port kind");
 static_assert(sizeof policies / sizeof *policies == ONVM_POLICY_COUNT, "one name per policy");
 
-/* limits and layout facts, as module ints */
+/* limits, layout and build facts, as module ints */
 static const struct named limits[] = {
     {"LAYOUT_VERSION", ONVM_LAYOUT_VERSION},
     {"MAX_NFS", ONVM_MAX_NFS},
@@ -73,6 +73,11 @@ static const struct named limits[] = {
     {"ACT_HOLD", ONVM_ACT_HOLD},
     {"DROP_COUNT", ONVM_DROP_COUNT},
     {"LAT_BUCKETS", ONVM_LAT_BUCKETS},
+#ifdef ONVM_HAVE_AFXDP /* a build fact: the afxdp port is compiled in */
+    {"HAVE_AFXDP", 1},
+#else
+    {"HAVE_AFXDP", 0},
+#endif
 };
 
 int onvm_constants_register(PyObject *m) {

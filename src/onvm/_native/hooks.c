@@ -50,7 +50,7 @@ static PyObject *list_from_slots(const uint32_t *buf, uint32_t n) {
     return l;
 }
 
-static int Ring_init(RingObject *self, PyObject *args) {
+static int Ring_build(RingObject *self, PyObject *args) {
     unsigned size;
     if (!PyArg_ParseTuple(args, "I", &size))
         return -1;
@@ -58,8 +58,6 @@ static int Ring_init(RingObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "ring size %u is not a power of two in 2..2^24", size);
         return -1;
     }
-    free(self->ring);
-    self->ring = NULL;
     if (posix_memalign((void **)&self->ring, 64, onvm_ring_bytes(size)) != 0) {
         self->ring = NULL;
         PyErr_NoMemory();
@@ -67,6 +65,15 @@ static int Ring_init(RingObject *self, PyObject *args) {
     }
     onvm_ring_init(self->ring, size, 0);
     return 0;
+}
+
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)kw;
+    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
+    if (self && Ring_build(self, args) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
 }
 
 static void Ring_dealloc(RingObject *self) {
@@ -216,8 +223,7 @@ static PyTypeObject RingType = {
     .tp_doc = "Ring(size): a process-private ring with the shared ring's code, for tests.",
     .tp_methods = Ring_methods,
     .tp_getset = Ring_getset,
-    .tp_init = (initproc)Ring_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Ring_new,
 };
 
 /* ===== latency recorder ==================================================== */

@@ -9,6 +9,8 @@
 
 
 #include "onvm_core_api.h"
+#include <sys/mman.h>
+
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
 #include "onvm_packet.h"
@@ -35,12 +37,34 @@ static PyObject *raise_region(int err, const char *msg) {
 
 /* ===== Region ============================================================= */
 
-static void Region_dealloc(RegionObject *self) {
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
+/* Unmap (the creator also removes the file).  While Python still holds buffers over
+ * the region, the mapping stays until the last of them is released. */
+static void region_close(RegionObject *self) {
+    if (!self->r.base)
+        return;
+    if (self->r.owner && self->path)
+        unlink(PyUnicode_AsUTF8(self->path));
+    if (self->exports) {
+        self->kept_base = self->r.base;
+        self->kept_size = self->r.size;
+        self->r.base = NULL; /* closed for every other use */
+        if (self->r.fd >= 0)
+            close(self->r.fd);
+        self->r.fd = -1;
+        return;
     }
+    onvm_region_detach(&self->r);
+}
+
+void onvm_region_export_done(RegionObject *self) {
+    if (--self->exports == 0 && self->kept_base) {
+        munmap(self->kept_base, self->kept_size);
+        self->kept_base = NULL;
+    }
+}
+
+static void Region_dealloc(RegionObject *self) {
+    region_close(self); /* no buffer is left: each holds a reference to us */
     Py_XDECREF(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -92,11 +116,7 @@ static PyObject *Region_attach(PyTypeObject *type, PyObject *args) {
 
 static PyObject *Region_close(RegionObject *self, PyObject *unused) {
     (void)unused;
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
-    }
+    region_close(self);
     Py_RETURN_NONE;
 }
 
@@ -104,13 +124,13 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i}", "path", self->path, "name",
-                         h->name, "size", (unsigned long long)h->total_size, "pool_size",
-                         h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i}", "path", self->path, "name",
+                         onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
+                         "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
-                         self->r.owner);
+                         self->r.owner, "replaced", self->r.replaced);
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -514,9 +534,9 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     struct onvm_nf *nf = &self->r.nfs[id];
     struct onvm_nf_stats st = nf->stats; /* a snapshot; each field is written by the NF alone */
     PyObject *d = Py_BuildValue(
-        "{s:I,s:H,s:H,s:i,s:s,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
+        "{s:I,s:H,s:H,s:i,s:N,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
-        "name", nf->name, "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
+        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
         "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
         (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
         (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
@@ -557,8 +577,9 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
     uint64_t rx_by_worker[ONVM_MAX_WORKERS];
     for (int w = 0; w < ONVM_MAX_WORKERS; w++)
         rx_by_worker[w] = p->by_worker[w].rx;
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N,s:L}", "in_use", p->in_use, "kind",
-                         p->kind, "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+    return Py_BuildValue("{s:I,s:I,s:I,s:N,s:K,s:K,s:K,s:K,s:N,s:N,s:L}", "in_use", p->in_use, "kind",
+                         p->kind, "rx_done", p->rx_done, "uri", onvm_text(p->uri, sizeof p->uri), "rx",
+                         (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
                          "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
@@ -772,7 +793,7 @@ typedef struct {
     int running;
 } ManagerObject;
 
-static int Manager_init(ManagerObject *self, PyObject *args, PyObject *kw) {
+static int Manager_build(ManagerObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"region", "rx_workers", "tx_workers", "burst", NULL};
     PyObject *region;
     unsigned nrx = 1, ntx = 1, burst = 64;
@@ -906,6 +927,29 @@ static PyObject *Manager_add_afpacket(ManagerObject *self, PyObject *args, PyObj
     return port_added(self, id, onvm_port_open_afpacket((int)id, &c, err, sizeof err), err);
 }
 
+#define AFXDP_MISSING                                                                              \
+    "this build of pyonvm has no AF_XDP support: install the libxdp and libbpf headers (apt-get "  \
+    "install libxdp-dev libbpf-dev) and rebuild (pip install -e .)"
+
+static PyObject *Manager_add_afxdp(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "ifname", "queues", "mode", "ring", "fill", "promisc", NULL};
+    struct onvm_afxdp_conf c = {.queues = 1, .ring = 2048, .promisc = 1};
+    unsigned id;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|IIIIp", kwlist, &id, &c.ifname, &c.queues, &c.mode,
+                                     &c.ring, &c.fill, &c.promisc))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+#ifdef ONVM_HAVE_AFXDP
+    char err[256] = "";
+    struct onvm_port *p;
+    Py_BEGIN_ALLOW_THREADS p = onvm_port_open_afxdp((int)id, &self->region->r, &c, err, sizeof err);
+    Py_END_ALLOW_THREADS return port_added(self, id, p, err);
+#else
+    return raise_region(EOPNOTSUPP, AFXDP_MISSING);
+#endif
+}
+
 static PyObject *Manager_add_tap(ManagerObject *self, PyObject *args) {
     unsigned id;
     const char *name;
@@ -938,6 +982,21 @@ static PyObject *Manager_close_ports(ManagerObject *self, PyObject *unused) {
     for (int i = 0; i < ONVM_MAX_PORTS; i++) {
         onvm_port_close(self->m->ports[i]);
         self->m->ports[i] = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* flush_ports(): stop the workers, then have output ports write what they buffered
+ * (their errors show in port_state, which stays readable until close_ports). */
+static PyObject *Manager_flush_ports(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    manager_shutdown(self);
+    for (int i = 0; i < ONVM_MAX_PORTS; i++) {
+        struct onvm_port *p = self->m->ports[i];
+        if (p && p->flush) {
+            Py_BEGIN_ALLOW_THREADS p->flush(p);
+            Py_END_ALLOW_THREADS
+        }
     }
     Py_RETURN_NONE;
 }
@@ -1000,10 +1059,11 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
                          atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                          (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL, "tx", p->tx != NULL);
+                         "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
+                         (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -1032,9 +1092,14 @@ static PyMethodDef Manager_methods[] = {
     {"add_afpacket", (PyCFunction)(void (*)(void))Manager_add_afpacket, METH_VARARGS | METH_KEYWORDS,
      "add_afpacket(port, ifname, queues=1, promisc=True, qdisc_bypass=True, block_size=0, blocks=0)"},
     {"add_tap", (PyCFunction)Manager_add_tap, METH_VARARGS, "add_tap(port, name)"},
+    {"add_afxdp", (PyCFunction)(void (*)(void))Manager_add_afxdp, METH_VARARGS | METH_KEYWORDS,
+     "add_afxdp(port, ifname, queues=1, mode=0, ring=2048, fill=0, promisc=True): mode 0 auto, 1 zc, "
+     "2 copy, 3 skb"},
     {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
+    {"flush_ports", (PyCFunction)Manager_flush_ports, METH_NOARGS,
+     "Stop, then flush output ports (their errors stay readable in port_state)."},
     {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
     {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
      "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
@@ -1044,6 +1109,14 @@ static PyMethodDef Manager_methods[] = {
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Manager_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    ManagerObject *self = (ManagerObject *)type->tp_alloc(type, 0);
+    if (self && Manager_build(self, args, kw) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 static PyTypeObject ManagerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Manager",
     .tp_basicsize = sizeof(ManagerObject),
@@ -1051,8 +1124,7 @@ static PyTypeObject ManagerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Manager(region, rx_workers=1, tx_workers=1, burst=64): native workers and ports.",
     .tp_methods = Manager_methods,
-    .tp_init = (initproc)Manager_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Manager_new,
 };
 
 /* ===== module functions ==================================================== */

@@ -22,7 +22,8 @@
     X(PCAP_IN, "pcap")                                                                             \
     X(PCAP_OUT, "pcap-out")                                                                        \
     X(AFPACKET, "afpacket")                                                                        \
-    X(TAP, "tap")
+    X(TAP, "tap")                                                                                  \
+    X(AFXDP, "afxdp")
 
 enum onvm_port_kind {
     ONVM_PORT_UNUSED = 0,
@@ -89,23 +90,26 @@ struct onvm_port {
     uint32_t hdr_len;
     uint32_t *tmpl_csum; /* per-flow IPv4 checksum partial sum */
     uint64_t produced, rng, flow_next;
-    /* pcap in */
-    const uint8_t *map;
-    size_t map_len;
-    size_t pos;
+    /* pcap in: read with pread into the driver's buffer (a file that shrinks or changes
+     * while it is read gives an error, never a SIGBUS) */
+    uint64_t file_len; /* the file's size when this pass through it began */
+    uint64_t pos;
     int swapped, nsec;
     uint64_t loops_left, records_in_file;
     uint64_t skipped; /* frames that did not fit a slot (afpacket, tap) */
     /* pcap out */
-    FILE *out;
     uint32_t snaplen;
+    uint64_t lost; /* packets counted as sent whose bytes never reached the file */
     /* queues and kernel-backed drivers (afpacket.c, tap.c) */
     unsigned nrxq;          /* > 1: RX worker i polls queue i */
     onvm_port_rxq_fn rxq;   /* used instead of rx when set */
     int rx_fd[ONVM_PORT_MAX_QUEUES]; /* what an idle worker polls, valid when rxq is set */
     void (*close)(struct onvm_port *p); /* driver cleanup */
+    void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
     char path[256];         /* file or interface, for messages */
+    char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */
+    char notice[224];       /* something the manager logs once the port is open */
     /* pcap in: format and timing */
     int pcapng;
     uint32_t file_snaplen;
@@ -134,6 +138,18 @@ struct onvm_afpacket_conf {
 struct onvm_port *onvm_port_open_afpacket(int id, const struct onvm_afpacket_conf *c, char *err,
                                           size_t errlen);
 struct onvm_port *onvm_port_open_tap(int id, const char *name, char *err, size_t errlen);
+enum onvm_afxdp_mode { ONVM_AFXDP_AUTO = 0, ONVM_AFXDP_ZC = 1, ONVM_AFXDP_COPY = 2, ONVM_AFXDP_SKB = 3 };
+struct onvm_afxdp_conf {
+    const char *ifname;
+    unsigned queues; /* one socket per RX queue 0..queues-1; RX worker i serves queue i */
+    unsigned mode;   /* enum onvm_afxdp_mode */
+    unsigned ring;   /* RX and TX ring entries, a power of two */
+    unsigned fill;   /* slots kept in each fill ring; 0: a quarter of the pool over the queues */
+    int promisc;
+};
+/* Built only where libxdp and libbpf are (ONVM_HAVE_AFXDP; see afxdp.c). */
+struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
+                                       char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
 
 /* ---- slots lent to a device ------------------------------------------------

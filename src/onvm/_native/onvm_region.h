@@ -12,7 +12,8 @@ struct onvm_region {
     uint8_t *base;
     size_t size;
     int fd;
-    int owner; /* created (and will unlink) this region */
+    int owner;    /* created (and will unlink) this region */
+    int replaced; /* create found a stale or foreign file at the path and removed it */
     struct onvm_header *hdr;
     struct onvm_meta *meta;
     uint8_t *slots;

@@ -86,7 +86,6 @@ class DataPlane:
         """Create the region, open the ports; the workers wait for :meth:`start`."""
         _place_self(layout, ports, log)
         path = region_path(layout.name)
-        stale = os.path.exists(path)
         try:
             region = _native.Region.create(path, layout.name, layout.pool_size, layout.slot_size,
                                            layout.ring_size, layout.flow_table_size)
@@ -95,7 +94,7 @@ class DataPlane:
                 raise OnvmError(f"a manager named '{layout.name}' is already running (region {path})",
                                 code="busy") from None
             raise
-        if stale:
+        if region.info()["replaced"]:
             log(f"replaced a stale region at {path} left by a manager that is gone")
         native = _native.Manager(region, layout.rx_workers, layout.tx_workers, layout.burst)
         dp = cls(layout, ports, region, native, log)
@@ -123,17 +122,19 @@ class DataPlane:
                 elif spec.kind == "pcap-out":
                     native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
                 elif spec.kind == "afpacket":
-                    if o["queues"] > lay.rx_workers:
-                        raise ConfigError(f"port {pid} '{spec.uri}': {o['queues']} queues need as many "
-                                          f"RX workers (--rx-workers is {lay.rx_workers})")
                     native.add_afpacket(pid, spec.path, queues=o["queues"] or lay.rx_workers,
                                         promisc=bool(o["promisc"]), qdisc_bypass=bool(o["bypass"]),
                                         block_size=o["block_size"], blocks=o["blocks"])
+                elif spec.kind == "afxdp":
+                    native.add_afxdp(pid, spec.path, queues=o["queues"] or lay.rx_workers, mode=o["mode"],
+                                     ring=o["ring"], fill=o["fill"], promisc=bool(o["promisc"]))
                 elif spec.kind == "tap":
                     native.add_tap(pid, spec.path)
             except RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.message}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
+            if notice := (native.port_state(pid) or {}).get("notice"):  # a stale XDP program replaced
+                self.log(f"port {pid} '{spec.uri}': {notice}")
 
     def start(self, hold_input: bool) -> None:
         """Run the workers; input ports wait while ``hold_input``."""
@@ -142,6 +143,10 @@ class DataPlane:
 
     def pause_input(self, paused: bool) -> None:
         self.native.pause_input(paused)
+
+    def flush_ports(self) -> None:
+        """Stop the workers and have output ports write what they hold (errors show in port_states)."""
+        self.native.flush_ports()
 
     def close_ports(self) -> None:
         """Stop the workers, flush and close the ports (their last state stays readable)."""
@@ -214,6 +219,8 @@ class DataPlane:
                 "rx_by_worker": list(info["rx_by_worker"][: self.layout.rx_workers]),
                 "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),
+                "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
+                "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
             })
         return out
