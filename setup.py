@@ -1,6 +1,7 @@
 """Build of the native core (C11).  Everything else is in pyproject.toml."""
 import glob
 import os
+import subprocess
 
 from setuptools import Extension, setup
 
@@ -8,7 +9,7 @@ SOURCES = ["module.c", "constants.c", "nfloop.c", "region.c", "parse.c", "route.
            "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "latency.c",
            "retire.c"]
 # Test and benchmark entry points: a second module, which the package never imports at run
-# time; it calls the core through the function table onvm._native exports (onvm_core_api.h).
+# time; it calls the core through the function table onvm._native exports (onvm_capi.h).
 HOOKS = ["hooks.c", "harness.c", "hookbench.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing",
@@ -33,9 +34,40 @@ if _afxdp():
     macros.append(("ONVM_HAVE_AFXDP", "1"))
     link += ["-lxdp", "-lbpf"]
 # ONVM_SANITIZE=1 builds the core with AddressSanitizer and UBSan (make test-sanitize).
-if os.environ.get("ONVM_SANITIZE"):
+SANITIZE_LINK = ["-fsanitize=address,undefined"] if os.environ.get("ONVM_SANITIZE") else []
+if SANITIZE_LINK:
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
-    link += ["-fsanitize=address,undefined"]
+    link += SANITIZE_LINK
+
+
+
+def dpdk_extension() -> list[Extension]:
+    """onvm._dpdk (the dpdk: port), built only where pkg-config finds DPDK (Debian: libdpdk-dev).
+
+    It links DPDK; the core module does not, so NFs never load DPDK."""
+    try:
+        def pkg(*args: str) -> str:
+            return subprocess.run(["pkg-config", *args, "libdpdk"], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+        cflags, libs, libdir = pkg("--cflags").split(), pkg("--libs").split(), pkg("--variable=libdir")
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    # Debian's PMDs are plugins the EAL loads from here (-d), e.g. lib/x86_64-linux-gnu/dpdk/pmds-23.0.
+    pmds = sorted(glob.glob(os.path.join(libdir, "dpdk", "pmds-*")))
+    pmd_dir = pmds[-1] if pmds else ""
+    # DPDK's headers as system headers: our warnings are for our code.
+    flags = [f"-isystem{f[2:]}" if f.startswith("-I") else f for f in cflags]
+    return [
+        Extension(
+            "onvm._dpdk",
+            sources=[f"src/onvm/_native/{s}" for s in ("dpdkmod.c", "dpdk.c")],
+            include_dirs=["src/onvm/_native"],
+            define_macros=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')],
+            extra_compile_args=extra + flags,
+            extra_link_args=["-lpthread", *SANITIZE_LINK, *libs],
+        )
+    ]
+
 
 
 def extension(name: str, sources: list[str]) -> Extension:
@@ -44,4 +76,4 @@ def extension(name: str, sources: list[str]) -> Extension:
                      define_macros=macros)
 
 
-setup(ext_modules=[extension("onvm._native", SOURCES), extension("onvm._hooks", HOOKS)])
+setup(ext_modules=[extension("onvm._native", SOURCES), extension("onvm._hooks", HOOKS), *dpdk_extension()])

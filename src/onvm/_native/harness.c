@@ -2,12 +2,12 @@
  * process: what the manager's RX and TX workers do, for tests of NFs that run
  * the real native loop without a manager (onvm.testing).  Part of the hooks
  * module (hooks.c). */
-#include "onvm_core_api.h"
+#include "onvm_hooks.h"
 
 #include <string.h>
 
 static int region_nf(PyObject *region, unsigned nf_id, struct onvm_region **out) {
-    struct onvm_region *r = onvm_hook_region(region);
+    struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return -1;
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS || atomic_load(&r->nfs[nf_id].state) == ONVM_NFS_FREE) {

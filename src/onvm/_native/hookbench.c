@@ -2,7 +2,7 @@
  * table's lookup rate, an AF_PACKET sender, and how long a futex wake-up takes
  * to reach a sleeping thread.  onvm.bench calls them. */
 #define _GNU_SOURCE
-#include "onvm_core_api.h"
+#include "onvm_hooks.h"
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -28,7 +28,7 @@ static PyObject *mod_bench_lookup(PyObject *mod, PyObject *args, PyObject *kw) {
     int bulk = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OII|p", kwlist, &region, &entries, &lookups, &bulk))
         return NULL;
-    struct onvm_region *r = onvm_hook_region(region);
+    struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return NULL;
     if (!entries || entries > r->hdr->flow_count)

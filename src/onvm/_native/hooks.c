@@ -2,12 +2,12 @@
  *
  * Nothing in the package imports this module at run time; tests, onvm.testing
  * and onvm.bench do.  It reaches the core through the function table that
- * onvm._native exports (onvm_core_api.h).  Here: a process-private Ring with
+ * onvm._native lends (onvm_capi.h).  Here: a process-private Ring with
  * the shared ring's code, the latency recorder, the RX classifier on one slot
  * and the checksum completion of AF_PACKET RX.  harness.c feeds and drains NF
  * rings in process; hookbench.c holds the benchmark hooks.
  */
-#include "onvm_core_api.h"
+#include "onvm_hooks.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -16,20 +16,7 @@
 
 #include "onvm_latency.h"
 
-const struct onvm_core_api *onvm_core;
-
-struct onvm_region *onvm_hook_region(PyObject *obj) {
-    if (!PyObject_TypeCheck(obj, onvm_core->region_type)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Region");
-        return NULL;
-    }
-    struct onvm_region *r = &((RegionObject *)obj)->r;
-    if (!r->base) {
-        PyErr_SetString(onvm_core->region_error, "region is closed");
-        return NULL;
-    }
-    return r;
-}
+const struct onvm_capi *onvm_core;
 
 /* ===== Ring (a private ring for tests and models) ========================= */
 
@@ -281,7 +268,7 @@ static PyObject *mod_classify(PyObject *m, PyObject *args) {
     unsigned long s;
     if (!PyArg_ParseTuple(args, "Ok", &region, &s))
         return NULL;
-    struct onvm_region *r = onvm_hook_region(region);
+    struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return NULL;
     if (s >= r->pool_count)
@@ -319,13 +306,13 @@ static struct PyModuleDef hooksdef = {PyModuleDef_HEAD_INIT, "onvm._hooks",
                                       hooks_methods};
 
 PyMODINIT_FUNC PyInit__hooks(void) {
-    const struct onvm_core_api *api = PyCapsule_Import(ONVM_CORE_API_CAPSULE, 0);
+    const struct onvm_capi *api = PyCapsule_Import(ONVM_CAPI_NAME, 0);
     if (!api)
         return NULL;
-    if (api->size != sizeof *api || api->layout_version != ONVM_LAYOUT_VERSION) {
+    if (api->version != ONVM_CAPI_VERSION || api->layout_version != ONVM_LAYOUT_VERSION) {
         PyErr_Format(PyExc_ImportError,
-                     "onvm._hooks was built against another onvm._native (layout %u, here %u): rebuild both",
-                     api->layout_version, ONVM_LAYOUT_VERSION);
+                     "onvm._hooks was built against another onvm._native (C API %u, layout %u; here %u, %u): "
+                     "rebuild both", api->version, api->layout_version, ONVM_CAPI_VERSION, ONVM_LAYOUT_VERSION);
         return NULL;
     }
     onvm_core = api;

@@ -8,7 +8,7 @@
 #include <Python.h>
 
 
-#include "onvm_core_api.h"
+#include "onvm_capi.h"
 #include <sys/mman.h>
 
 #include "onvm_mgr.h"
@@ -1059,11 +1059,24 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
-                         atomic_load(&p->rx_done), "error", p->error, "pool_empty",
-                         (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
-                         (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
+    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
+                                atomic_load(&p->rx_done), "error", p->error, "pool_empty",
+                                (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
+                                "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
+                                (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
+    if (d && p->has_devstats) {
+        const struct onvm_port_devstats *s = &p->devstats;
+        PyObject *dev = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "ipackets",
+                                      (unsigned long long)s->ipackets, "opackets", (unsigned long long)s->opackets,
+                                      "ibytes", (unsigned long long)s->ibytes, "obytes",
+                                      (unsigned long long)s->obytes, "imissed", (unsigned long long)s->imissed,
+                                      "ierrors", (unsigned long long)s->ierrors, "oerrors",
+                                      (unsigned long long)s->oerrors, "rx_nombuf", (unsigned long long)s->rx_nombuf);
+        if (!dev || PyDict_SetItemString(d, "device", dev) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(dev);
+    }
+    return d;
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -1127,6 +1140,58 @@ static PyTypeObject ManagerType = {
     .tp_new = Manager_new,
 };
 
+/* ===== C API for the modules built apart: drivers, hooks (onvm_capi.h) ===== */
+
+static struct onvm_region *capi_region(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &RegionType)) {
+        PyErr_SetString(PyExc_TypeError, "expected an onvm._native.Region");
+        return NULL;
+    }
+    RegionObject *self = (RegionObject *)obj;
+    if (!self->r.base) {
+        raise_region(EBADF, "region is closed");
+        return NULL;
+    }
+    return &self->r;
+}
+
+static struct onvm_mgr *capi_manager(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &ManagerType)) {
+        PyErr_SetString(PyExc_TypeError, "expected an onvm._native.Manager");
+        return NULL;
+    }
+    return ((ManagerObject *)obj)->m;
+}
+
+static int capi_add_port(PyObject *obj, unsigned id, struct onvm_port *p) {
+    if (!capi_manager(obj) || !port_slot_ok((ManagerObject *)obj, id))
+        return -1;
+    ((ManagerObject *)obj)->m->ports[id] = p;
+    return 0;
+}
+
+static const struct onvm_capi capi = {
+    .version = ONVM_CAPI_VERSION,
+    .layout_version = ONVM_LAYOUT_VERSION,
+    .sizeof_port = sizeof(struct onvm_port),
+    .sizeof_region = sizeof(struct onvm_region),
+    .region = capi_region,
+    .manager = capi_manager,
+    .add_port = capi_add_port,
+    .port_new = onvm_port_new,
+    .port_close = onvm_port_close,
+    .pool_alloc_burst = onvm_pool_alloc_burst,
+    .pool_free_burst = onvm_pool_free_burst,
+    .port_reclaim = onvm_port_reclaim,
+    .slot_reset = onvm_slot_reset,
+    .parse = onvm_parse,
+    .classify = onvm_classify,
+    .flow_put = onvm_flow_put,
+    .flow_lookup_bulk = onvm_flow_lookup_bulk,
+    .fix_l4_csum = onvm_fix_l4_csum,
+    .lat_hist_dict = onvm_lat_hist_dict,
+};
+
 /* ===== module functions ==================================================== */
 
 static PyObject *mod_parse(PyObject *m, PyObject *arg) {
@@ -1175,23 +1240,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_XDECREF(errors);
     if (!onvm_RegionError || PyModule_AddObjectRef(m, "RegionError", onvm_RegionError) < 0)
         return NULL;
-    static struct onvm_core_api api = {
-        .size = sizeof api,
-        .layout_version = ONVM_LAYOUT_VERSION,
-        .region_type = &RegionType,
-        .pool_alloc_burst = onvm_pool_alloc_burst,
-        .pool_free_burst = onvm_pool_free_burst,
-        .slot_reset = onvm_slot_reset,
-        .parse = onvm_parse,
-        .classify = onvm_classify,
-        .flow_put = onvm_flow_put,
-        .flow_lookup_bulk = onvm_flow_lookup_bulk,
-        .fix_l4_csum = onvm_fix_l4_csum,
-        .lat_hist_dict = onvm_lat_hist_dict,
-    };
-    api.region_error = onvm_RegionError;
-    PyObject *capsule = PyCapsule_New(&api, ONVM_CORE_API_CAPSULE, NULL);
-    if (!capsule || PyModule_AddObject(m, "core_api", capsule) < 0) {
+    PyObject *capsule = PyCapsule_New((void *)&capi, ONVM_CAPI_NAME, NULL);
+    if (!capsule || PyModule_AddObject(m, "_C_API", capsule) < 0) {
         Py_XDECREF(capsule);
         return NULL;
     }

@@ -23,7 +23,8 @@
     X(PCAP_OUT, "pcap-out")                                                                        \
     X(AFPACKET, "afpacket")                                                                        \
     X(TAP, "tap")                                                                                  \
-    X(AFXDP, "afxdp")
+    X(AFXDP, "afxdp")                                                                              \
+    X(DPDK, "dpdk") /* dpdk.c, in the optional module onvm._dpdk */
 
 enum onvm_port_kind {
     ONVM_PORT_UNUSED = 0,
@@ -58,6 +59,15 @@ struct onvm_pcap_conf {
     double speed;      /* with timing: 2.0 replays twice as fast */
 };
 
+/* Counters a device keeps itself (DPDK's rte_eth_stats), as last read by the
+ * one worker that reads them. */
+struct onvm_port_devstats {
+    uint64_t ipackets, opackets, ibytes, obytes;
+    uint64_t imissed;   /* the device's RX ring was full */
+    uint64_t ierrors, oerrors;
+    uint64_t rx_nombuf; /* RX refills that found the pool empty */
+};
+
 struct onvm_port;
 typedef uint32_t (*onvm_port_rx_fn)(struct onvm_port *p, struct onvm_region *r, uint32_t *slots,
                                    uint32_t n, uint64_t now, uint64_t *next_due);
@@ -78,6 +88,7 @@ struct onvm_port {
     int kind;
     onvm_port_rx_fn rx; /* NULL: not an input */
     onvm_port_tx_fn tx; /* NULL: not an output */
+    int tx_mt;          /* tx is safe on several workers at once (queues of its own): no tx_lock */
     pthread_mutex_t tx_lock;
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
@@ -107,6 +118,8 @@ struct onvm_port {
     void (*close)(struct onvm_port *p); /* driver cleanup */
     void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
+    int has_devstats;       /* devstats is kept */
+    struct onvm_port_devstats devstats;
     char path[256];         /* file or interface, for messages */
     char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */
     char notice[224];       /* something the manager logs once the port is open */

@@ -323,29 +323,6 @@ void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n
     atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
 }
 
-int64_t onvm_pool_free_count(const struct onvm_region *r) {
-    return atomic_load_explicit(&((struct onvm_region *)r)->hdr->free.count, ONVM_RELAXED);
-}
-
-void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
-    struct onvm_meta *m = &r->meta[idx];
-    m->len = 0;
-    m->flow_hash = 0;
-    m->rx_ns = 0;
-    m->in_port = 0;
-    m->dest = 0;
-    m->src_nf = 0;
-    m->action = ONVM_ACT_NEXT;
-    m->chain_idx = 0;
-    m->flags = 0;
-    m->l3_type = 0;
-    m->l4_proto = 0;
-    m->l3_off = 0;
-    m->l4_off = 0;
-    m->chain_id = 0;
-    m->data_off = ONVM_HEADROOM;
-}
-
 /* ---- services and chains -------------------------------------------------- */
 
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,

@@ -36,9 +36,13 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         /* before tx: the port frees the slots it sent */
         onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
-        pthread_mutex_lock(&p->tx_lock);
-        done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
-        pthread_mutex_unlock(&p->tx_lock);
+        if (p->tx_mt) {
+            done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
+        } else {
+            pthread_mutex_lock(&p->tx_lock);
+            done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
+            pthread_mutex_unlock(&p->tx_lock);
+        }
         st->tx += done;
         st->tx_bytes += bytes;
         st->drops[ONVM_DROP_PORT] += g->n - done;

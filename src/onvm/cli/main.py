@@ -82,6 +82,9 @@ def _manager_parser(sub: Any) -> None:
                    help="an OpenFlow 1.3 controller that programs the manager (repeatable; needs os-ken)")
     p.add_argument("--fail-mode", default="secure", choices=["secure", "standalone"],
                    help="with no controller: keep its flows (secure, default) or drop them (standalone)")
+    p.add_argument("--dpdk-eal", default="", metavar="ARGS",
+                   help="DPDK EAL options for dpdk: ports, e.g. \"--socket-mem 512\" (default: no hugepages, "
+                        "Debian's PMDs; see the README)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -99,6 +102,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
         pack_below=args.pack_below, web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
+        dpdk_eal=args.dpdk_eal,
     )
     mgr = Manager(cfg)
     mgr.start()
