@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "onvm_bp.h"
 #include "onvm_latency.h"
 
 const struct onvm_capi *onvm_core;
@@ -46,21 +47,11 @@ static int Ring_build(RingObject *self, PyObject *args) {
         return -1;
     }
     if (posix_memalign((void **)&self->ring, 64, onvm_ring_bytes(size)) != 0) {
-        self->ring = NULL;
         PyErr_NoMemory();
         return -1;
     }
     onvm_ring_init(self->ring, size, 0);
     return 0;
-}
-
-/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
-static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    (void)kw;
-    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
-    if (self && Ring_build(self, args) < 0)
-        Py_CLEAR(self);
-    return (PyObject *)self;
 }
 
 static void Ring_dealloc(RingObject *self) {
@@ -69,10 +60,10 @@ static void Ring_dealloc(RingObject *self) {
 }
 
 static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"items", "mp", "bulk", NULL};
+    static char *kwlist[] = {"items", "mp", "bulk", "bp", NULL};
     PyObject *items;
-    int mp = 0, bulk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &items, &mp, &bulk))
+    int mp = 0, bulk = 0, bp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ppp", kwlist, &items, &mp, &bulk, &bp))
         return NULL;
     PyObject *fast = PySequence_Fast(items, "items must be a sequence of ints");
     if (!fast)
@@ -97,15 +88,17 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(fast);
     uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, buf, (uint32_t)n, bulk, NULL, 0)
                        : onvm_ring_enqueue_sp(self->ring, buf, (uint32_t)n, bulk);
+    if (bp)
+        onvm_bp_pushed(NULL, self->ring);
     PyMem_Free(buf);
     return PyLong_FromUnsignedLong(done);
 }
 
 static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"n", "bulk", NULL};
+    static char *kwlist[] = {"n", "bulk", "bp", NULL};
     unsigned n;
-    int bulk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &n, &bulk))
+    int bulk = 0, bp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|pp", kwlist, &n, &bulk, &bp))
         return NULL;
     if (n > self->ring->capacity) {
         if (bulk)
@@ -116,6 +109,8 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
     if (!buf)
         return PyErr_NoMemory();
     uint32_t got = onvm_ring_dequeue_sc(self->ring, buf, n, bulk, NULL, 0);
+    if (bp)
+        onvm_bp_drained(NULL, self->ring);
     PyObject *l = list_from_slots(buf, got);
     PyMem_Free(buf);
     return l;
@@ -132,6 +127,14 @@ static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
 static PyObject *Ring_capacity(RingObject *self, void *c) {
     (void)c;
     return PyLong_FromUnsignedLong(self->ring->capacity);
+}
+static PyObject *Ring_watermarks(RingObject *self, void *c) {
+    (void)c;
+    return Py_BuildValue("(II)", self->ring->high, self->ring->low);
+}
+static PyObject *Ring_congested(RingObject *self, void *c) {
+    (void)c;
+    return PyBool_FromLong(onvm_bp_congested(self->ring));
 }
 
 struct stress_arg {
@@ -191,16 +194,27 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
 
 static PyMethodDef Ring_methods[] = {
     {"enqueue", (PyCFunction)(void (*)(void))Ring_enqueue, METH_VARARGS | METH_KEYWORDS,
-     "enqueue(items, mp=False, bulk=False) -> count enqueued"},
+     "enqueue(items, mp=False, bulk=False, bp=False) -> count enqueued; bp: as a producer sets the watermark flag"},
     {"dequeue", (PyCFunction)(void (*)(void))Ring_dequeue, METH_VARARGS | METH_KEYWORDS,
-     "dequeue(n, bulk=False) -> list"},
+     "dequeue(n, bulk=False, bp=False) -> list; bp: as the consumer clears the watermark flag"},
     {"count", (PyCFunction)Ring_count, METH_NOARGS, ""},
     {"free_count", (PyCFunction)Ring_free_count, METH_NOARGS, ""},
     {"stress", (PyCFunction)Ring_stress, METH_VARARGS, "stress(producers, per_producer, burst)"},
     {NULL}};
 
 static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
+                                     {"watermarks", (getter)Ring_watermarks, NULL, "(high, low)", NULL},
+                                     {"congested", (getter)Ring_congested, NULL, "past high, not yet drained to low", NULL},
                                     {NULL}};
+
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)kw;
+    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
+    if (self && Ring_build(self, args) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
 
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._hooks.Ring",
@@ -320,7 +334,8 @@ PyMODINIT_FUNC PyInit__hooks(void) {
     if (!m)
         return NULL;
     if (PyType_Ready(&RingType) < 0 || PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
-        onvm_harness_register(m) < 0 || onvm_hookbench_register(m) < 0) {
+        onvm_harness_register(m) < 0 || onvm_hookbench_register(m) < 0 ||
+        onvm_bpstress_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

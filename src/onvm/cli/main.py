@@ -138,8 +138,28 @@ def _print_status(st: dict[str, Any]) -> None:
         drops, cpu = sum(n["drops"].values()), n.get("cpu_now", n.get("cpu"))
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
-              f" drops {drops}" + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+              f" drops {drops}" + _overload(n)
+              + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+    _print_chain_drops(st)
     _print_latency(st)
+
+
+def _overload(n: dict[str, Any]) -> str:
+    """An NF's backpressure figures, when there are any (see README: Overload)."""
+    out = f"  early {n['early']} late {n['late']}" if n.get("early") or n.get("late") else ""
+    if n.get("blocked"):
+        out += f"  waited {n['blocked']}x ({n['blocked_ms']:.0f} ms)"
+    return out + ("  congested" if n.get("rx_congested") else "")
+
+
+def _print_chain_drops(st: dict[str, Any]) -> None:
+    rows = [(c, i, d) for c in st.get("chains", []) for i, d in enumerate(c.get("drops", []))
+            if d["early"] or d["late"]]
+    if not rows:
+        return
+    print("drops per chain hop (early: at RX, before any NF; late: after the hop's NF):")
+    for c, i, d in rows:
+        print(f"  {c['name']:<16} hop {i} ({c['hops'].split(',')[i]}): early {d['early']}, late {d['late']}")
 
 
 def _print_latency(st: dict[str, Any]) -> None:
