@@ -20,6 +20,7 @@
 PyObject *onvm_RegionError; /* onvm.errors.RegionError */
 int onvm_latency_register(PyObject *m);   /* latency.c */
 int onvm_constants_register(PyObject *m); /* constants.c */
+PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args); /* flowbind.c */
 
 /* RegionError(message, errno=err): the slow path's -errno and message, as Python sees them. */
 static PyObject *raise_region(int err, const char *msg) {
@@ -1247,6 +1248,8 @@ static PyObject *mod_flow_hash(PyObject *m, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
+    {"packet_key", onvm_mod_packet_key, METH_VARARGS,
+     "packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP)"},
     {"flow_hash", mod_flow_hash, METH_VARARGS, "flow_hash(a, b, port_a, port_b, proto)"},
     {NULL}};
 
