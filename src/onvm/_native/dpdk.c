@@ -70,6 +70,7 @@
 #include <rte_log.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_prefetch.h>
 #include <rte_spinlock.h>
 
 #define OPS_NAME "onvm_slots"
@@ -261,6 +262,8 @@ int onvm_dpdk_eal_init(int argc, char **argv, char *err, size_t errlen) {
 
 /* ---- the mbuf pool over the slots -------------------------------------------- */
 
+#define DEFER_MAX 512
+
 struct onvm_dpdk_pool {
     struct onvm_region *r;
     struct rte_mempool *mp;
@@ -274,11 +277,20 @@ struct onvm_dpdk_pool {
     void *ext_va;
     size_t ext_len;
     int ext_registered;
+    /* Slots a device gave back during a call of worker w into it, freed when
+     * the call returns (ops_enqueue).  Setup and teardown use row 0, while
+     * the workers are stopped. */
+    uint32_t defer[ONVM_MAX_WORKERS][DEFER_MAX];
 };
 
+/* Thread-local state of this module, read per packet: initial-exec, a load
+ * from the thread pointer instead of a __tls_get_addr() call per access (a
+ * module loaded later gets only a little static TLS: keep it to a few words). */
+#define THREAD_LOCAL static __thread __attribute__((tls_model("initial-exec")))
+
 /* Whose call into DPDK this thread is making (see the theory above). */
-static __thread int cur_port = -1;
-static __thread unsigned cur_worker;
+THREAD_LOCAL int cur_port = -1;
+THREAD_LOCAL unsigned cur_worker;
 
 static inline uint32_t slot_of(const struct onvm_dpdk_pool *pool, const struct rte_mbuf *m) {
     size_t off = (size_t)((const uint8_t *)m->buf_addr - pool->slots);
@@ -302,6 +314,19 @@ static unsigned ops_count(const struct rte_mempool *mp) {
     return n > 0 ? (unsigned)n : 0;
 }
 
+/* Slots a device gave back during one of our calls into it (tx_burst frees
+ * what it sent one mbuf at a time): freed together when the call returns,
+ * one push onto the free stack instead of one per packet.  Until then they
+ * are the manager's (in use), no longer lent. */
+THREAD_LOCAL struct onvm_dpdk_pool *defer_pool;
+THREAD_LOCAL unsigned defer_n;
+
+static void defer_flush(void) {
+    if (defer_n)
+        onvm_pool_free_burst(defer_pool->r, defer_pool->defer[cur_worker], defer_n);
+    defer_n = 0;
+}
+
 /* The device is done with these: take them back from the port they were lent
  * to and free them.  While the pool is populated, objects enqueue themselves:
  * their slots are in the free stack already. */
@@ -310,20 +335,24 @@ static int ops_enqueue(struct rte_mempool *mp, void *const *objs, unsigned n) {
     if (!pool->ready)
         return 0;
     struct onvm_region *r = pool->r;
-    uint32_t buf[64];
-    unsigned k = 0;
+    int later = cur_port >= 0; /* inside rx/tx on this thread: they flush */
+    if (later && defer_pool != pool) {
+        defer_flush();
+        defer_pool = pool;
+    }
     for (unsigned i = 0; i < n; i++) {
         uint32_t s = slot_of(pool, objs[i]);
         uint16_t owner = atomic_load_explicit(&r->meta[s].owner, ONVM_RELAXED);
         if (owner >= ONVM_OWNER_PORT_BASE && owner < ONVM_OWNER_PORT(ONVM_MAX_PORTS))
             onvm_port_took_back(r, row(pool, owner - ONVM_OWNER_PORT_BASE, cur_worker), &s, 1);
-        buf[k++] = s;
-        if (k == 64) {
-            onvm_pool_free_burst(r, buf, k);
-            k = 0;
+        if (!later) {
+            onvm_pool_free_burst(r, &s, 1);
+            continue;
         }
+        if (defer_n == DEFER_MAX)
+            defer_flush();
+        pool->defer[cur_worker][defer_n++] = s;
     }
-    onvm_pool_free_burst(r, buf, k);
     return 0;
 }
 
@@ -586,6 +615,7 @@ static uint32_t dpdk_rxq(struct onvm_port *p, unsigned q, struct onvm_region *r,
     if (q == 0 && !d->stats_on_tx)
         read_stats(p, d, st, now);
     cur_port = -1;
+    defer_flush();
     if (got == 0) {
         if (d->idle_since[q] == 0)
             d->idle_since[q] = now;
@@ -637,6 +667,8 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
             bad[nbad++] = s;
             continue;
         }
+        if (i + 4 < n && slots[i + 4] < pool->count)
+            rte_prefetch0(pool->mbuf[slots[i + 4]]); /* headers are cold: 16384 of them span MiBs */
         struct rte_mbuf *m = pool->mbuf[s];
         m->data_off = (uint16_t)off;
         m->data_len = (uint16_t)len;
@@ -644,8 +676,7 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
         m->port = d->port_id;
         m->ol_flags = RTE_MBUF_F_EXTERNAL;
         m->packet_type = 0;
-        m->tx_offload = 0;
-        m->vlan_tci = 0;
+        /* tx_offload (the second cache line) stays 0: allocation resets it and nothing sets it */
         mb[k] = m;
         ok[k] = s;
         upto[k + 1] = upto[k] + len;
@@ -666,6 +697,7 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
     if (d->txq_shared)
         rte_spinlock_unlock(&d->txlock[q]);
     cur_port = -1;
+    defer_flush();
     if (sent < k) { /* the device's ring is full: they are dropped, counted by the caller */
         onvm_port_took_back(r, st, ok + sent, k - sent);
         onvm_pool_free_burst(r, ok + sent, k - sent);
@@ -688,6 +720,7 @@ static void release(struct dport *d, int id) {
         if (d->dev)
             rte_dev_remove(d->dev);
         cur_port = -1;
+        defer_flush();
         /* What the device never gave back is still stamped as lent to it. */
         onvm_dpdk_api->port_reclaim(pool->r, (unsigned)id);
     }
@@ -872,6 +905,7 @@ struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const
     if (rc == 0 && (rc = rte_eth_dev_start(d->port_id)) < 0)
         snprintf(why, sizeof why, "cannot start the device: %s", rte_strerror(-rc));
     cur_port = -1;
+    defer_flush();
     if (rc < 0) {
         char logged[160];
         log_first_error(mark, logged, sizeof logged);
