@@ -524,7 +524,8 @@ struct onvm_region *onvm_dpdk_pool_region(const struct onvm_dpdk_pool *pool) { r
 struct dport {
     struct onvm_dpdk_pool *pool;
     uint16_t port_id;
-    struct rte_device *dev;
+    struct rte_device *dev;   /* set when we probed it: removed at close */
+    struct rte_device *dma;   /* a PCI device the pool is mapped for: unmapped at close */
     unsigned nrxq, ntxq, workers;
     int txq_shared; /* fewer TX queues than workers */
     int found;   /* port_id names the device */
@@ -706,6 +707,38 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
     return sent;
 }
 
+/* Maps (or unmaps) the region for a device's DMA, at the slots' virtual
+ * addresses (IOVA as VA; rte_dev_dma_map is experimental in 22.11). */
+static int dma_map(struct rte_device *dev, struct onvm_dpdk_pool *pool, int map) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    uint64_t iova = (uint64_t)(uintptr_t)pool->ext_va;
+    return map ? rte_dev_dma_map(dev, pool->ext_va, iova, pool->ext_len)
+               : rte_dev_dma_unmap(dev, pool->ext_va, iova, pool->ext_len);
+#pragma GCC diagnostic pop
+}
+
+/* A PCI device DMAs into the slots: map the region for it, or say why it cannot be. */
+static int dma_setup(struct dport *d, struct rte_device *dev, char *why, size_t len) {
+    if (strcmp(rte_bus_name(rte_dev_bus(dev)), "pci") != 0)
+        return 0; /* virtual devices copy with the CPU */
+    if (!d->pool->ext_registered) {
+        snprintf(why, len, "the region's memory could not be registered with DPDK for the device's DMA");
+        return -EINVAL;
+    }
+    if (rte_eal_iova_mode() != RTE_IOVA_VA) {
+        snprintf(why, len, "a PCI device reaches the slots by their virtual addresses: the EAL must use IOVA "
+                           "as VA (vfio-pci with an IOMMU, --dpdk-eal=--iova-mode=va)");
+        return -EINVAL;
+    }
+    if (dma_map(dev, d->pool, 1) < 0 && rte_errno != EEXIST) {
+        snprintf(why, len, "cannot map the slots for the device's DMA: %s", rte_strerror(rte_errno));
+        return -rte_errno;
+    }
+    d->dma = dev;
+    return 0;
+}
+
 /* Stops the device (if it was found), takes back what it held, removes it if we
  * probed it, and lets go of the pool. */
 static void release(struct dport *d, int id) {
@@ -717,6 +750,8 @@ static void release(struct dport *d, int id) {
         if (d->started)
             rte_eth_dev_stop(d->port_id);
         rte_eth_dev_close(d->port_id); /* its queues give their buffers back here */
+        if (d->dma)
+            dma_map(d->dma, pool, 0);
         if (d->dev)
             rte_dev_remove(d->dev);
         cur_port = -1;
@@ -867,6 +902,8 @@ struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const
     }
     if (probed)
         d->dev = info.device;
+    if (dma_setup(d, info.device, why, sizeof why) < 0)
+        goto fail;
     rte_eth_dev_get_name_by_port(d->port_id, d->name);
     snprintf(d->driver, sizeof d->driver, "%s", info.driver_name ? info.driver_name : "");
     d->workers = c->workers;
