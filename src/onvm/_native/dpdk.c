@@ -848,8 +848,8 @@ static int find_port(const char *devargs, uint16_t *port_id, int *probed, char *
     else if (rc != -EEXIST) {
         char why[256];
         log_first_error(mark, why, sizeof why);
-        set_err(err, errlen, "DPDK cannot probe '%s': %s%s%s", devargs, rte_strerror(-rc), why[0] ? ": " : "",
-                why);
+        /* DPDK's own words when it said something (its error codes here can be odd: EFAULT for a bad name) */
+        set_err(err, errlen, "DPDK cannot probe '%s': %s", devargs, why[0] ? why : rte_strerror(-rc));
         return rc;
     }
     RTE_ETH_FOREACH_MATCHING_DEV(pid, devargs, &it) {
