@@ -84,8 +84,11 @@ struct onvm_port {
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
-    /* pacing */
-    uint64_t rate_pps, next_ns, budget_start, sent_in_budget;
+    /* pacing (ports.c: pace) */
+    uint64_t rate_pps, budget_start;
+    uint64_t taken;          /* packets delivered or missed since budget_start */
+    uint64_t missed;         /* gen with a rate: due but never made (the port's queue was full) */
+    uint64_t missed_counted; /* how much of missed the RX worker has put in the port's stats */
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -155,6 +158,10 @@ struct onvm_afxdp_conf {
 struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
                                        char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
+/* The RX worker left an input unread this round (backpressure): a paced port
+ * counts what its queue could not keep (missed) and a gen port with a count
+ * ends once all of it was made or missed. */
+void onvm_port_held(struct onvm_port *p, uint64_t now);
 /* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
 int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
                         uint64_t *sent);

@@ -109,6 +109,8 @@ enum onvm_policy {
  * instances the pick saw (1: every flow gets the same one). */
 unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
                            unsigned *count_out);
+/* The NF ids of svc's instances (a consistent copy, up to ONVM_MAX_INSTANCES); returns how many. */
+unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf);
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
                    const char *name);
 int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);
@@ -116,6 +118,8 @@ int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, st
 /* ---- NF slots (manager only) ---- */
 int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
                      int pid, unsigned tx_worker, const char *name);
+/* It receives nothing more; producers waiting on its RX ring are released. */
+void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id);
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id);
 /* After an NF is gone: repair a half-done enqueue it left, drain its RX ring,
  * return the slots it held.  Returns the number of slots returned. */

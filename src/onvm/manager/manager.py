@@ -647,6 +647,14 @@ class Manager:
             "tx_ring": info.get("tx_ring", 0),
             "actions": {a.name.lower(): acts[a] for a in Action},
             "drops": drops_by_reason(info.get("drops", ())),
+            # Overload (onvm_bp.h): dropped at RX before any NF because this NF was congested,
+            # and handled by this NF and then dropped (the next ring full or gone).
+            "early": info.get("early", 0),
+            "late": info.get("late", 0),
+            "rx_congested": bool(info.get("rx_congested")),  # its RX ring is past its high watermark
+            "blocked": info.get("blocked", 0),  # times it stopped taking packets (a ring it feeds congested)
+            "blocked_ms": round(info.get("blocked_ns", 0) / 1e6, 3),
+            "blocked_on": info.get("blocked_on", 0),  # the NF it waits for now (0: none)
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
@@ -672,6 +680,7 @@ class Manager:
                 f"  NF {n['id']} {n['name']} (service {n['service']}.{n['instance']}, {n['state']}): "
                 f"in {n['rx']}, onward {n['tx']}, dropped {sum(n['drops'].values())}"
                 + (f" {n['drops']}" if n["drops"] else "")
+                + (f"; early {n['early']}, late {n['late']}" if n["early"] or n["late"] else "")
             )
         pool = st["pool"]  # after the ports closed: their devices hold nothing
         out.append(f"  pool: {pool['free']} of {pool['total']} slots free"
