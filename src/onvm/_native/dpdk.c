@@ -41,8 +41,8 @@
  * Device counters (rte_eth_stats) are read by one worker only, ten times a
  * second (ethdev calls for one port must not run concurrently): the worker
  * that polls RX queue 0, or for an output-only port the one sending on TX
- * queue 0.  The deltas become drop reasons of the port: imissed -> kernel (the
- * device's ring was full), ierrors and oerrors -> port, rx_nombuf -> no_slot.
+ * queue 0.  The deltas become drop reasons of the port: imissed -> missed (the
+ * device's RX ring was full), ierrors and oerrors -> port, rx_nombuf -> no_slot.
  *
  * Idle.  Most DPDK devices give no descriptor to sleep on, so an empty RX queue
  * asks to be polled again after a nap that grows with the time it has been
@@ -558,7 +558,7 @@ static void read_stats(struct onvm_port *p, struct dport *d, struct onvm_port_st
         return;
     /* counters that went backwards were reset (by the device): count from there */
     if (s.imissed >= d->last.imissed)
-        st->drops[ONVM_DROP_KERNEL] += s.imissed - d->last.imissed;
+        st->drops[ONVM_DROP_MISSED] += s.imissed - d->last.imissed;
     if (s.ierrors >= d->last.ierrors)
         st->drops[ONVM_DROP_PORT] += s.ierrors - d->last.ierrors;
     if (s.oerrors >= d->last.oerrors)

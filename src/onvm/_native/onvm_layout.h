@@ -77,7 +77,7 @@ enum onvm_drop_reason {
     ONVM_DROP_NO_SLOT,     /* the pool was empty */
     ONVM_DROP_PORT,        /* the port could not take it (error, too big) */
     ONVM_DROP_KERNEL,      /* the kernel's ring for an AF_PACKET/TAP port was full */
-    ONVM_DROP_MISSED,      /* left in the port: a paced gen port could not deliver it (rx_missed) */
+    ONVM_DROP_MISSED,      /* left in the port: a paced gen port could not deliver it, a device's RX ring was full (rx_missed) */
     ONVM_DROP_EARLY,       /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */
     ONVM_DROP_COUNT
 };
