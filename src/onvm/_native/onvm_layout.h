@@ -87,7 +87,7 @@ enum onvm_action {
     X(NO_SLOT, "no_slot")       /* the pool was empty */                                           \
     X(PORT, "port")             /* the port could not take it (error, too big) */                  \
     X(KERNEL, "kernel")         /* the kernel's ring for an AF_PACKET/TAP port was full */         \
-    X(MISSED, "missed")         /* left in the port: a paced gen port could not deliver it */      \
+    X(MISSED, "missed")         /* left in the port: a paced gen port, a full device RX ring */    \
     X(EARLY, "early")           /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */
 
 enum onvm_drop_reason {
