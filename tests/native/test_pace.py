@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from onvm import _native
+from onvm import _hooks
 
 try:
     from . import models
@@ -74,7 +74,7 @@ def simulate(rate: int, seconds: float, seed: int, late_ns: int = 20_000, short:
 
 
 def check_native(run: Run) -> None:
-    answers, missed = _native.pace_run(run.rate, run.steps, run.cap)
+    answers, missed = _hooks.pace_run(run.rate, run.steps, run.cap)
     assert run.model is not None
     for i, (got, want) in enumerate(zip(answers, run.answers, strict=True)):
         if got != want:
@@ -142,7 +142,7 @@ def test_a_count_ends_the_schedule():
 
 
 def test_unpaced_and_zero_want():
-    answers, missed = _native.pace_run(0, [(5, 64, 64), (5, 0, 0)])
+    answers, missed = _hooks.pace_run(0, [(5, 64, 64), (5, 0, 0)])
     assert answers == [(64, 0), (0, 0)] and missed == 0
-    answers, _ = _native.pace_run(10, [(NS, 0, 0), (NS, 4, 4)])
+    answers, _ = _hooks.pace_run(10, [(NS, 0, 0), (NS, 4, 4)])
     assert answers[1] == (1, 0)

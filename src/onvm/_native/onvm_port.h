@@ -12,17 +12,27 @@
 #include <pthread.h>
 #include <stdio.h>
 
+#include "onvm_pace.h"
 #include "onvm_region.h"
 
+/* Port kinds, listed once (see ONVM_ACTIONS in onvm_layout.h); the names are the
+ * URI schemes.  Kind 0 marks an unused port. */
+#define ONVM_PORT_KINDS(X)                                                                         \
+    X(NULL, "null")                                                                                \
+    X(GEN, "gen")                                                                                  \
+    X(PCAP_IN, "pcap")                                                                             \
+    X(PCAP_OUT, "pcap-out")                                                                        \
+    X(AFPACKET, "afpacket")                                                                        \
+    X(TAP, "tap")                                                                                  \
+    X(AFXDP, "afxdp")                                                                              \
+    X(DPDK, "dpdk") /* dpdk.c, in the optional module onvm._dpdk */
+
 enum onvm_port_kind {
-    ONVM_PORT_NULL = 1,
-    ONVM_PORT_GEN = 2,
-    ONVM_PORT_PCAP_IN = 3,
-    ONVM_PORT_PCAP_OUT = 4,
-    ONVM_PORT_AFPACKET = 5,
-    ONVM_PORT_TAP = 6,
-    ONVM_PORT_AFXDP = 7,
-    ONVM_PORT_DPDK = 8, /* dpdk.c, in the optional module onvm._dpdk */
+    ONVM_PORT_UNUSED = 0,
+#define ONVM_X_ENUM(id, name) ONVM_PORT_##id,
+    ONVM_PORT_KINDS(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
+    ONVM_PORT_KIND_END
 };
 
 #define ONVM_PORT_MAX_QUEUES ONVM_MAX_WORKERS
@@ -58,17 +68,6 @@ struct onvm_port_devstats {
     uint64_t imissed;   /* the device's RX ring was full */
     uint64_t ierrors, oerrors;
     uint64_t rx_nombuf; /* RX refills that found the pool empty */
-};
-
-/* A paced input's schedule (ports.c): packet k is due at t0 + k / rate. */
-struct onvm_pacer {
-    uint64_t rate_pps; /* 0: not paced */
-    uint64_t cap;      /* packets in the whole schedule (gen's count); 0: no end */
-    uint64_t t0;       /* when packet 0 was due: the first time the port was asked */
-    uint64_t sent;     /* packets of the schedule sent, or let go */
-    uint64_t missed;   /* let go because the port fell behind, when `lossy` */
-    int lossy;         /* 1: what falls behind is lost (gen); 0: it is only late (a file) */
-    int started;
 };
 
 struct onvm_port;
@@ -171,9 +170,6 @@ void onvm_port_close(struct onvm_port *p);
  * counts what its queue could not keep (missed) and a gen port with a count
  * ends once all of it was made or missed. */
 void onvm_port_held(struct onvm_port *p, uint64_t now);
-/* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
-int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
-                        uint64_t *sent);
 
 /* ---- slots lent to a device ------------------------------------------------
  *
@@ -212,11 +208,6 @@ static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_s
 }
 
 /* Shared by the drivers (ports.c). */
-/* How many of want packets the schedule allows at now; when none, lowers
- * *next_due to when it will.  The caller reports what it sent.  want 0 only
- * moves what fell out of the port's queue to missed (a port left unread). */
-uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due);
-static inline void onvm_pace_sent(struct onvm_pacer *pc, uint32_t n) { pc->sent += n; }
 struct onvm_port *onvm_port_new(int id, int kind);
 /* Completes the TCP/UDP checksum of a frame whose checksum the sending host
  * left to offload (CHECKSUM_PARTIAL on veth and loopback); 0 if it did. */

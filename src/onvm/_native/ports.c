@@ -35,59 +35,8 @@ static void set_err(char *err, size_t len, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Pacing.  Packet k (from 0) of a paced port's schedule is due at
- * t0 + k * 1e9 / rate ns, t0 being the first time the port is asked; the
- * schedule is one fixed grid for the port's whole life, so the rate holds
- * exactly over any window however late each wake-up is.  Packets leave in
- * small bursts (up to 100 us worth, at most 32) rather than one at a time,
- * so a paced port costs a wake-up per burst, not per packet.
- *
- * What falls due and is not read yet waits, up to PACE_QUEUE packets, as
- * frames wait in a NIC's RX descriptor ring.  Beyond that the oldest are let
- * go and the grid stays where it was: a gen port counts them missed (they were
- * never made: no CPU spent on them), so delivered + missed is what the rate
- * asked for, less at most PACE_QUEUE still waiting; a file just sends later. */
-#define PACE_QUEUE 4096
-#define NS_PER_S 1000000000ull
-
-/* When packet k of the schedule is due (rounded up to a whole ns). */
-static uint64_t pace_due(const struct onvm_pacer *pc, uint64_t k) {
-    return pc->t0 + (uint64_t)(((__uint128_t)k * NS_PER_S + pc->rate_pps - 1) / pc->rate_pps);
-}
-
-uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t now, uint64_t *next_due) {
-    if (!pc->rate_pps)
-        return want;
-    if (!pc->started) {
-        pc->started = 1;
-        pc->t0 = now;
-    }
-    uint64_t cap = pc->cap ? pc->cap : UINT64_MAX;
-    /* packets 0 .. due-1 are due by now */
-    uint64_t due = now < pc->t0 ? 0 : (uint64_t)((__uint128_t)(now - pc->t0) * pc->rate_pps / NS_PER_S) + 1;
-    if (due > cap)
-        due = cap;
-    if (due > pc->sent + PACE_QUEUE) {
-        if (pc->lossy)
-            pc->missed += due - PACE_QUEUE - pc->sent;
-        pc->sent = due - PACE_QUEUE;
-    }
-    if (want == 0)
-        return 0;
-    uint64_t burst = pc->rate_pps / 10000;
-    burst = burst < 1 ? 1 : burst > 32 ? 32 : burst;
-    if (burst > want)
-        burst = want;
-    uint64_t can = due - pc->sent;
-    if (can < burst) {
-        uint64_t at = pace_due(pc, pc->sent + burst - 1);
-        if (next_due && at < *next_due)
-            *next_due = at;
-        return 0;
-    }
-    return can < want ? (uint32_t)can : want;
-}
-
+/* A port its RX worker leaves unread (a congested chain): its schedule goes on
+ * (onvm_pace.h), and a gen port whose count is all sent or missed is done. */
 void onvm_port_held(struct onvm_port *p, uint64_t now) {
     onvm_pace(&p->pace, 0, now, NULL); /* moves what overflowed its queue to missed */
     if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->pace.missed >= p->gen.count)
