@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from onvm import _native
+from onvm._proc import cpu_seconds
 from onvm.control.client import Client
 from onvm.errors import ManagerNotRunning
 from onvm.testbed import Testbed
@@ -390,3 +392,23 @@ def test_testbed_prints_afxdp_ports(runtime: str) -> None:
         assert len(os.listdir(f"/sys/class/net/{prefix}-a/queues")) == 4  # rx-0, rx-1, tx-0, tx-1
     finally:
         onvm("testbed", "down", "--prefix", prefix)
+
+
+def test_interface_removed_under_the_port(afxdp_testbed: Testbed, managers: Callable[..., Manager]) -> None:
+    """The link goes away while the manager runs: the port stops receiving, nothing
+    spins, and the slots the kernel held still come back at the end."""
+    tb = afxdp_testbed
+    m = managers(["--port", tb.ports[0], "--port", tb.ports[1], "--default-chain", "1"]).wait_up()
+    m.nf("bridge", "--service", "1")
+    m.running(1)
+    _ping(tb, "a", "b")
+    subprocess.run(["ip", "link", "del", tb.port_if("b")], check=True)
+    time.sleep(1.0)
+    st = m.status()
+    assert st["pool"]["free"] + st["pool"]["lent"] + st["pool"]["in_use"] == st["pool"]["total"]
+    cpu0 = cpu_seconds(m.proc.pid) or 0.0
+    time.sleep(1.0)
+    assert (cpu_seconds(m.proc.pid) or 0.0) - cpu0 < 0.3, "the manager spins"
+    log = m.stop()
+    total = st["pool"]["total"]
+    assert f"pool: {total} of {total} slots free" in log, log
