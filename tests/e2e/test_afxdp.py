@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +30,7 @@ from tests.e2e.conftest import needs_root
 from tests.e2e.test_wire import CHAINS, _http_transfer, _in_ns, _mac, _neighbor, _ping, _start, _udp_echo
 from tests.integration.conftest import wait_for
 
-pytestmark = [needs_root, pytest.mark.skipif(
+pytestmark = [needs_root, pytest.mark.usefixtures("region_in_tmpfs"), pytest.mark.skipif(
     not _native.HAVE_AFXDP, reason="built without AF_XDP: apt-get install libxdp-dev libbpf-dev, rebuild")]
 
 FOREIGN_PROG = "/usr/lib/x86_64-linux-gnu/bpf/xsk_def_xdp_prog.o"  # libxdp's own, from libxdp1
@@ -50,19 +48,6 @@ def _balanced(st: dict[str, Any]) -> bool:
     lent = sum(p["lent"] for p in st["ports"])
     return bool(pool["in_use"] == 0 and pool["lent"] == lent
                 and pool["free"] + pool["lent"] + pool["in_use"] == pool["total"])
-
-
-@pytest.fixture(autouse=True)
-def region_in_tmpfs(runtime: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A UMEM must be pinnable memory: the regions go to tmpfs, not the runtime directory."""
-    d = tempfile.mkdtemp(prefix="onvm-t-", dir="/dev/shm")
-    monkeypatch.setenv("ONVM_REGION_DIR", d)
-    try:
-        yield
-    finally:
-        left = os.listdir(d)
-        shutil.rmtree(d, ignore_errors=True)
-        assert not left, f"region files left behind: {left}"
 
 
 @pytest.fixture
@@ -202,28 +187,6 @@ def test_generated_packets_leave_through_afxdp(afxdp_testbed: Testbed, deploy: A
     st = dep.status()
     assert st["ports"][1]["tx"] == 3000 and not st["ports"][1]["drops"]
     wait_for(lambda: _balanced(dep.status()), what="completions back in the pool")
-
-
-def test_two_queues_two_rx_workers(make_testbed: Callable[..., Testbed], deploy: Any) -> None:
-    """Links with two queues each way: two XSKs per port, RX worker i serves queue i."""
-    tb = make_testbed(kind="afxdp", queues=2)
-    assert tb.ports[0].endswith("?queues=2")
-    dep = deploy(["--rx-workers", "2", "--port", tb.ports[0], "--port", tb.ports[1], "--default-chain", "1"])
-    dep.start_nf(["bridge", "--service", "1"])
-    dep.wait_running(1)
-    _ping(tb, "a", "b")
-    _udp_echo(tb, "b", "a", count=300)
-    # many flows: host A's veth spreads them over its two queues, which are the port's
-    code = (
-        "import socket\n"
-        "for i in range(64):\n"
-        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"    s.sendto(b'x' * 32, ('{tb.addr('b')}', 9))\n"
-        "    s.close()\n"
-    )
-    _in_ns(tb, "a", code)
-    port = wait_for(lambda: (p := dep.status()["ports"][0])["rx"] >= 64 + 300 and p, what="the flows")
-    assert len(port["rx_by_worker"]) == 2 and min(port["rx_by_worker"]) > 0, port
 
 
 def test_generic_mode(afxdp_testbed: Testbed, deploy: Any) -> None:

@@ -178,10 +178,12 @@ def send_and_count(tb: Any, frame: bytes, seconds: float, sender: str = "socket"
 SINK_MAC = bytes.fromhex("02000000000b")
 PORT_KINDS = ("afxdp", "afpacket")
 SENDERS = ("socket", "xdp")
-# An AF_PACKET ring is memory of its own: a small pool keeps the excess waiting (and
-# dropped) there.  An AF_XDP port's buffers are pool slots lent to its fill rings, so
-# it gets the default pool (2048 slots in each fill ring).
-KIND_ARGS = {"afpacket": ["--pool-size", "2048"], "afxdp": []}
+# Each path buffers about 16k frames while the manager waits for a CPU.  An AF_PACKET
+# ring is memory of its own (16 blocks of 128 KiB hold about 20k small frames), so a
+# small pool keeps the excess waiting (and dropped) there.  An AF_XDP port's buffers
+# are pool slots lent to its fill ring: 16384 of them, from a pool of 65536.
+KIND_ARGS = {"afpacket": ("", ["--pool-size", "2048"]),
+             "afxdp": ("?ring=16384&fill=16384", ["--pool-size", "65536"])}
 
 
 def _bridge(tb: Any, up: bool) -> None:
@@ -209,9 +211,10 @@ def _phase(tb: Any, kind: str, frame: bytes, seconds: float, sender: str, verbos
             _bridge(tb, False)
         drops: dict[str, int] = {}
     else:
-        dep = deployment(["--port", f"{kind}:{tb.port_if('a')}", "--port", f"{kind}:{tb.port_if('b')}",
-                          "--default-chain", "1", "--burst", "256", *KIND_ARGS[kind],
-                          *os.environ.get("ONVM_BENCH_ARGS", "").split()], verbose)
+        query, args = KIND_ARGS[kind]
+        ports = [f"{kind}:{tb.port_if(side)}{query}" for side in "ab"]
+        dep = deployment(["--port", ports[0], "--port", ports[1], "--default-chain", "1", "--burst", "256",
+                          *args, *os.environ.get("ONVM_BENCH_ARGS", "").split()], verbose)
         try:
             dep.start_manager()
             dep.start_nf(["bridge", "--service", "1"])
