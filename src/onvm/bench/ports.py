@@ -82,90 +82,10 @@ def pcap_replay(seconds: float, verbose: bool = False) -> dict[str, Any]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-# ---- veth-bridge -------------------------------------------------------------------
-
-def rx_packets(ns: str, ifname: str) -> int:
-    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", ifname], capture_output=True,
-                         text=True, check=True).stdout
-    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
-
-
-def mac_of(ns: str, ifname: str) -> bytes:
-    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", ifname], capture_output=True, text=True,
-                         check=True).stdout
-    return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
-
-
-def udp_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str) -> bytes:
-    def ip4(a: str) -> bytes:
-        return bytes(int(x) for x in a.split("."))
-    ip = bytearray(bytes.fromhex("4500002e00004000401100 00".replace(" ", "")) + ip4(src) + ip4(dst))
-    s = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(0, 20, 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    ip[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
-    udp = bytes.fromhex("04000009001a0000")  # port 1024 -> 9 (discard), no checksum
-    return dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp + bytes(18)  # 60 bytes: 64 with FCS
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(v) - v[3] - v[4]) / hz, sum(v) / hz
-
-
-class _CpuMeter:
-    """CPU use (percent of one core) of processes and of the machine over an interval."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.t0 = time.monotonic()
-        self.c0 = {k: self._read(p) for k, p in pids.items()}
-        self.m0 = _machine_busy()
-        self.r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-
-    @staticmethod
-    def _read(pid: int) -> float:
-        return cpu_seconds(pid) or 0.0
-
-    def done(self) -> dict[str, float]:
-        dt = time.monotonic() - self.t0
-        out = {k: round(100 * (self._read(p) - self.c0[k]) / dt, 1) for k, p in self.pids.items()}
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out["sender"] = round(100 * (r1.ru_utime + r1.ru_stime - self.r0.ru_utime - self.r0.ru_stime) / dt, 1)
-        m1 = _machine_busy()
-        out["machine"] = round(100 * (m1[0] - self.m0[0]) / dt, 1)  # all cores, everyone's load
-        return out
-
-
-def send_and_count(tb: Any, frame: bytes, seconds: float, sender: str = "socket") -> tuple[float, float]:
-    """Sends from A for ``seconds``; returns (sender Mpps, Mpps that reached B's interface)."""
-    import onvm
-
-    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(onvm.__file__)))  # where "import onvm" finds it
-    env = dict(os.environ, PYTHONPATH=pkg_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    blast = "xdp_blast" if sender == "xdp" else "afpacket_blast"
-    code = ("import sys; from onvm import _hooks; "
-            f"print(_hooks.{blast}('eth0', bytes.fromhex('{frame.hex()}'), {seconds}))")
-    before = rx_packets(tb.ns("b"), "eth0")
-    t0 = time.monotonic()
-    r = subprocess.run(tb.exec_argv("a", sys.executable, "-c", code), capture_output=True, text=True,
-                       env=env, timeout=seconds + 30)
-    dt = time.monotonic() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"the sender failed: {r.stderr.strip()}")
-    time.sleep(0.3)  # what is in flight arrives
-    got = rx_packets(tb.ns("b"), "eth0") - before
-    sent = int(r.stdout.split()[-1])
-    return sent / seconds / 1e6, got / min(dt, seconds + 0.2) / 1e6
-
-
 # ---- veth-bridge ---------------------------------------------------------------------
 #
-# Theory: the same sender and the same links carry three paths in turn -- pyonvm's
-# bridge NF on afxdp ports, on afpacket ports, and a Linux bridge -- alternated
+# Theory of operation: the same sender and the same links carry three paths in turn:
+# pyonvm's bridge NF on afxdp ports, on afpacket ports, and a Linux bridge, alternated
 # ``repeats`` times in one run, so that whatever else the (shared) machine does falls
 # on all three alike; each figure is the median of its phases.  The frames go to a MAC
 # that no host has: host B's stack drops them in ip_rcv, so the run measures the
@@ -177,7 +97,14 @@ def send_and_count(tb: Any, frame: bytes, seconds: float, sender: str = "socket"
 
 SINK_MAC = bytes.fromhex("02000000000b")
 PORT_KINDS = ("afxdp", "afpacket")
-SENDERS = ("socket", "xdp")
+# The sender.  A socket (sendmmsg with qdisc bypass) makes each frame an skb of host A's
+# stack; veth must then copy it into a page of its own before an XDP program may see it,
+# work that a NIC's driver never does and that lands on the sender's CPU.  The XDP
+# sender makes frames in the kernel as XDP frames (BPF_PROG_TEST_RUN with live frames)
+# and redirects them out of A's eth0: the other end takes them into its NAPI the way a
+# NIC's driver takes frames off the wire, before any skb.  GRO on the root ends gives
+# them a NAPI in every phase.
+SENDERS = ("xdp", "socket")
 # Each path buffers about 16k frames while the manager waits for a CPU.  An AF_PACKET
 # ring is memory of its own (16 blocks of 128 KiB hold about 20k small frames), so a
 # small pool keeps the excess waiting (and dropped) there.  An AF_XDP port's buffers
@@ -239,13 +166,14 @@ def _median(values: list[float]) -> float:
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
-def veth_bridge(seconds: float, verbose: bool = False, port_kind: str = "afxdp", sender: str = "socket",
+def veth_bridge(seconds: float, verbose: bool = False, port_kind: str = "afxdp", sender: str = "xdp",
                 repeats: int = 3) -> dict[str, Any]:
     from onvm import _native
     from onvm.testbed import Testbed
 
     kinds = [port_kind, *(k for k in PORT_KINDS if k != port_kind)]
-    if not _native.HAVE_AFXDP:
+    if not _native.HAVE_AFXDP:  # no libbpf either: the XDP sender is missing too
+        sender = "socket"
         if port_kind == "afxdp":
             raise ConfigError("bench veth-bridge --port-kind afxdp: this build has no AF_XDP (apt-get "
                               "install libxdp-dev libbpf-dev, then rebuild)")
@@ -296,7 +224,8 @@ SCENARIOS = [
                                                      if "afxdp_vs_afpacket" in r else "")),
              options=(Option("--port-kind", "afxdp", "the ports' kind that mpps and ratio are about",
                              choices=PORT_KINDS),
-                      Option("--sender", "socket", "socket: sendmmsg on A's eth0; xdp: XDP frames redirected "
-                             "out of it (no skb until the link's receiving end)", choices=SENDERS),
+                      Option("--sender", "xdp", "xdp: XDP frames redirected out of A's eth0, which the link's "
+                             "other end receives as a NIC's driver would, before any skb; socket: sendmmsg, each "
+                             "frame an skb of A's stack", choices=SENDERS),
                       Option("--repeats", 3, "how many times each path runs (the figures are medians)"))),
 ]
