@@ -224,8 +224,8 @@ SCENARIOS = [
                                                      if "afxdp_vs_afpacket" in r else "")),
              options=(Option("--port-kind", "afxdp", "the ports' kind that mpps and ratio are about",
                              choices=PORT_KINDS),
-                      Option("--sender", "xdp", "xdp: XDP frames redirected out of A's eth0, which the link's "
-                             "other end receives as a NIC's driver would, before any skb; socket: sendmmsg, each "
-                             "frame an skb of A's stack", choices=SENDERS),
+                      Option("--sender", "xdp", "xdp: XDP frames redirected out of A's eth0, which the "
+                             "link's other end receives as a NIC's driver would, before any skb; socket: "
+                             "sendmmsg, each frame an skb of A's stack", choices=SENDERS),
                       Option("--repeats", 3, "how many times each path runs (the figures are medians)"))),
 ]
