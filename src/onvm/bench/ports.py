@@ -82,7 +82,87 @@ def pcap_replay(seconds: float, verbose: bool = False) -> dict[str, Any]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-# ---- veth-bridge ---------------------------------------------------------------------
+# ---- veth-bridge -------------------------------------------------------------------
+
+def rx_packets(ns: str, ifname: str) -> int:
+    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", ifname], capture_output=True,
+                         text=True, check=True).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def mac_of(ns: str, ifname: str) -> bytes:
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", ifname], capture_output=True, text=True,
+                         check=True).stdout
+    return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
+
+
+def udp_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str) -> bytes:
+    def ip4(a: str) -> bytes:
+        return bytes(int(x) for x in a.split("."))
+    ip = bytearray(bytes.fromhex("4500002e00004000401100 00".replace(" ", "")) + ip4(src) + ip4(dst))
+    s = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(0, 20, 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    ip[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
+    udp = bytes.fromhex("04000009001a0000")  # port 1024 -> 9 (discard), no checksum
+    return dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp + bytes(18)  # 60 bytes: 64 with FCS
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(v) - v[3] - v[4]) / hz, sum(v) / hz
+
+
+class _CpuMeter:
+    """CPU use (percent of one core) of processes and of the machine over an interval."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.c0 = {k: self._read(p) for k, p in pids.items()}
+        self.m0 = _machine_busy()
+        self.r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    @staticmethod
+    def _read(pid: int) -> float:
+        return cpu_seconds(pid) or 0.0
+
+    def done(self) -> dict[str, float]:
+        dt = time.monotonic() - self.t0
+        out = {k: round(100 * (self._read(p) - self.c0[k]) / dt, 1) for k, p in self.pids.items()}
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["sender"] = round(100 * (r1.ru_utime + r1.ru_stime - self.r0.ru_utime - self.r0.ru_stime) / dt, 1)
+        m1 = _machine_busy()
+        out["machine"] = round(100 * (m1[0] - self.m0[0]) / dt, 1)  # all cores, everyone's load
+        return out
+
+
+def send_and_count(tb: Any, frame: bytes, seconds: float, sender: str = "socket") -> tuple[float, float]:
+    """Sends from A for ``seconds``; returns (sender Mpps, Mpps that reached B's interface)."""
+    import onvm
+
+    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(onvm.__file__)))  # where "import onvm" finds it
+    env = dict(os.environ, PYTHONPATH=pkg_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    blast = "xdp_blast" if sender == "xdp" else "afpacket_blast"
+    code = ("import sys; from onvm import _hooks; "
+            f"print(_hooks.{blast}('eth0', bytes.fromhex('{frame.hex()}'), {seconds}))")
+    before = rx_packets(tb.ns("b"), "eth0")
+    t0 = time.monotonic()
+    r = subprocess.run(tb.exec_argv("a", sys.executable, "-c", code), capture_output=True, text=True,
+                       env=env, timeout=seconds + 30)
+    dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"the sender failed: {r.stderr.strip()}")
+    time.sleep(0.3)  # what is in flight arrives
+    got = rx_packets(tb.ns("b"), "eth0") - before
+    sent = int(r.stdout.split()[-1])
+    return sent / seconds / 1e6, got / min(dt, seconds + 0.2) / 1e6
+
+
+# ---- veth-bridge: the scenario ----------------------------------------------------------
 #
 # Theory of operation: the same sender and the same links carry three paths in turn:
 # pyonvm's bridge NF on afxdp ports, on afpacket ports, and a Linux bridge, alternated
