@@ -186,7 +186,7 @@ PORT_KINDS = ("afxdp", "afpacket")
 # them a NAPI in every phase.
 SENDERS = ("xdp", "socket")
 # Each path buffers about 16k frames while the manager waits for a CPU.  An AF_PACKET
-# ring is memory of its own (16 blocks of 128 KiB hold about 20k small frames), so a
+# ring is memory of its own (16 blocks of 128 KiB hold about 16k small frames), so a
 # small pool keeps the excess waiting (and dropped) there.  An AF_XDP port's buffers
 # are pool slots lent to its fill ring: 16384 of them, from a pool of 65536.
 KIND_ARGS = {"afpacket": ("", ["--pool-size", "2048"]),
