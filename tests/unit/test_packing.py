@@ -64,3 +64,11 @@ def test_summary_line() -> None:
     assert summary({**base, "packed_on": 1}) == "pipeline uses 0.12 CPU: packed onto CPU 1"
     assert summary({**base, "packed_on": None}) == "pipeline uses 0.12 CPU: spread (packs below 0.5 CPU)"
     assert summary({"enabled": False, "packed_on": None}) == ""
+
+
+def test_a_pipeline_that_meets_backpressure_is_not_light() -> None:
+    # Starved of CPU, a pipeline spends little time on bursts and looks light; waits say otherwise.
+    p = Packer(PackSettings(below=0.5, settle=1), [0, 1])
+    assert p.step(0.1, IDLE, waited=True) is None
+    assert p.step(0.1, IDLE) == 0
+    assert p.step(0.2, IDLE, waited=True) is None  # packed and waiting: spread again

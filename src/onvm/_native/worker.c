@@ -37,12 +37,15 @@ static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id
     return id % w->mgr->nrx == w->index;
 }
 
-/* Is port id to be left unread: do all the chains its last burst took stop at
- * a congested hop (onvm_bp.h)?  With bit, looks afresh and registers bit on
- * the congested rings, before the worker sleeps; otherwise uses this round's
- * verdicts. */
+/* Is port id to be left unread (onvm_bp.h): is a first-hop ring its last burst
+ * fed congested, or do all the chains it took stop at a congested hop?  With
+ * bit, looks afresh and registers bit on the congested rings, before the worker
+ * sleeps; otherwise uses this round's verdicts. */
 static int rx_held(struct onvm_mgr_worker *w, unsigned id, uint64_t bit) {
     struct onvm_rx_seen *sn = &w->seen[id];
+    for (unsigned k = 0; k < sn->nring; k++)
+        if (bit ? onvm_bp_wait_on(sn->ring[k], bit) : onvm_bp_congested(sn->ring[k]))
+            return 1;
     if (sn->n == 0 || sn->mixed)
         return 0;
     for (unsigned k = 0; k < sn->n; k++) {
@@ -153,6 +156,9 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
         uint64_t before[ONVM_DROP_COUNT];
         memcpy(before, w->drops, sizeof before);
         onvm_route_burst(&w->route, w->buf, n, ONVM_ROUTE_START);
+        memcpy(sn->ring, w->route.fed, w->route.nfed * sizeof *sn->ring);
+        sn->nring = (uint8_t)w->route.nfed;
+        w->route.nfed = 0;
         /* What the first hop refused counts against the input port. */
         for (int k = 0; k < ONVM_DROP_COUNT; k++)
             if (k != ONVM_DROP_PORT)

@@ -283,6 +283,10 @@ class DataPlane:
         """Time the workers and these NFs spent on bursts, in all (packing's load)."""
         return self.region.busy_ns(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
 
+    def pressure(self, nf_ids: Sequence[int]) -> int:
+        """Times the workers held a port and these NFs waited for a congested ring, in all."""
+        return self.region.pressure(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
+
     def set_cpu(self, kind: str, index: int, cpu: int) -> None:
         """Ask a worker or an NF to run on ``cpu`` (-1: where it started)."""
         self.region.set_cpu(kind, index, cpu)

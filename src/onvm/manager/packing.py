@@ -73,18 +73,20 @@ class Packer:
         self.cpu: int | None = None  # the CPU the pipeline is packed onto; None: spread
         self._quiet = 0
 
-    def step(self, load: float, busy: Mapping[int, float]) -> int | None:
-        """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs).
+    def step(self, load: float, busy: Mapping[int, float], waited: bool = False) -> int | None:
+        """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs),
+        and whether it met backpressure (then it is not light, whatever its load says:
+        a starved pipeline spends little time on bursts because it gets little CPU).
 
         Returns where the pipeline should be: a CPU to pack onto, or None."""
         s = self.settings
         if not self.candidates or s.below <= 0:
             return None
         if self.cpu is None:
-            self._quiet = self._quiet + 1 if load < s.below else 0
+            self._quiet = self._quiet + 1 if load < s.below and not waited else 0
             if self._quiet >= s.settle:
                 self.cpu = least_busy(self.candidates, busy)
-        elif load > s.above:
+        elif load > s.above or waited:
             self.cpu, self._quiet = None, 0
         return self.cpu
 
@@ -109,6 +111,7 @@ class Packing:
         self.load = 0.0
         self._t = 0.0
         self._work: int | None = None  # busy ns of the pipeline at the last window
+        self._waits: int | None = None  # backpressure waits of the pipeline at the last window
         self.workers = dataplane.layout.rx_workers + dataplane.layout.tx_workers
         self._busy: dict[int, float] = {}
 
@@ -130,6 +133,8 @@ class Packing:
             ids = self.registry.ids()
         work, last = self.dataplane.busy_ns(ids), self._work
         self._work = work
+        waits, last_waits = self.dataplane.pressure(ids), self._waits
+        self._waits = waits
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
             busy_now = cpu_busy_seconds()
@@ -139,11 +144,14 @@ class Packing:
             return  # the first window starts here
         self.load = max(work - last, 0) / 1e9 / dt
         before = self.packer.cpu
-        target = self.packer.step(self.load, busy)
+        waited = last_waits is not None and waits > last_waits
+        target = self.packer.step(self.load, busy, waited)
         if target == before:
             return  # NFs that join are placed by apply() as they register
         if target is None:
-            self.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
+            why = "meets backpressure" if waited and self.load <= self.packer.settings.above else \
+                f"at {self.load:.2f} CPU"
+            self.log(f"pipeline {why}: spread again over its CPUs")
         else:
             self.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
         self.apply()
