@@ -17,6 +17,7 @@
 #include <poll.h>
 
 #define SPIN_POLLS 256
+#define HELD_POLLS 16 /* every port held: a congested ring drains by a quarter before it clears */
 #define MAX_SLEEP_NS 1000000000L /* a kick (stop, pause, grace period) wakes it sooner */
 #define FD_SLEEP_NS 10000000L
 #define TIMED_SLEEP_NS 1000000L
@@ -216,7 +217,9 @@ static void *worker_main(void *arg) {
     struct onvm_mgr_worker *w = arg;
     struct onvm_mgr *m = w->mgr;
     struct onvm_worker *shared = &m->r->workers[w->id];
-    unsigned idle = 0;
+    unsigned idle = 0, spin_budget = SPIN_POLLS;
+    struct onvm_spin spin;
+    onvm_spin_init(&spin, SPIN_POLLS);
     char name[16]; /* shown by top -H and in /proc/PID/task/TID/comm */
     snprintf(name, sizeof name, "onvm-%s%u", w->tx ? "tx" : "rx", w->index);
     pthread_setname_np(pthread_self(), name);
@@ -237,7 +240,9 @@ static void *worker_main(void *arg) {
             idle = 0;
             continue;
         }
-        if (++idle < SPIN_POLLS) {
+        if (++idle == 1)
+            spin_budget = held ? HELD_POLLS : onvm_spin_budget(&spin, t0, shared->busy_ns, SPIN_POLLS);
+        if (idle < spin_budget) {
             onvm_idle_poll(idle);
             continue;
         }

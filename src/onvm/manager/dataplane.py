@@ -283,6 +283,12 @@ class DataPlane:
         """Time the workers and these NFs spent on bursts, in all (packing's load)."""
         return self.region.busy_ns(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
 
+    def busy_each(self, workers: int, nf_ids: Sequence[int]) -> dict[tuple[str, int], int]:
+        """Busy ns of worker rows 0..workers-1 and of these NFs, each on its own (balancing)."""
+        out = {("worker", w): int(self.region.worker_info(w)["busy_ns"]) for w in range(workers)}
+        out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
+        return out
+
     def pressure(self, nf_ids: Sequence[int]) -> int:
         """Times the workers held a port and these NFs waited for a congested ring, in all."""
         return self.region.pressure(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
