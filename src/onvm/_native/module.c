@@ -501,38 +501,6 @@ static PyObject *Region_busy_ns(RegionObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(sum);
 }
 
-/* pressure(workers, nf_ids) -> how often the pipeline met backpressure: the
- * times worker rows 0..workers-1 left a port unread and the NFs named stopped
- * for a congested ring (onvm_bp.h).  A pipeline that waits is not light, however
- * little time it spends on bursts. */
-static PyObject *Region_pressure(RegionObject *self, PyObject *args) {
-    unsigned nw;
-    PyObject *ids;
-    if (!PyArg_ParseTuple(args, "IO", &nw, &ids))
-        return NULL;
-    REGION_OPEN(self);
-    if (nw > ONVM_MAX_WORKERS)
-        return PyErr_Format(PyExc_ValueError, "at most %d workers", ONVM_MAX_WORKERS);
-    PyObject *fast = PySequence_Fast(ids, "nf_ids must be a sequence of NF ids");
-    if (!fast)
-        return NULL;
-    uint64_t sum = 0;
-    for (unsigned i = 0; i < nw; i++)
-        sum += self->r.workers[i].held;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-        long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (id < 1 || id >= ONVM_MAX_NFS) {
-            Py_DECREF(fast);
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "NF id %ld is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
-            return NULL;
-        }
-        sum += self->r.nfs[id].stats.blocked;
-    }
-    Py_DECREF(fast);
-    return PyLong_FromUnsignedLongLong(sum);
-}
-
 /* set_cpu(kind, index, cpu): ask NF or worker `index` to run on `cpu`, or at home with -1. */
 static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
     const char *kind;
@@ -804,8 +772,6 @@ static PyMethodDef Region_methods[] = {
     {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
     {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, "Worker counters and CPU request."},
     {"chain_drops", (PyCFunction)Region_chain_drops, METH_VARARGS, "chain_drops(chain) -> [(early, late)] per hop."},
-    {"pressure", (PyCFunction)Region_pressure, METH_VARARGS,
-     "pressure(workers, nf_ids) -> times workers held a port and NFs stopped for a congested ring."},
     {"busy_ns", (PyCFunction)Region_busy_ns, METH_VARARGS,
      "busy_ns(workers, nf_ids) -> total busy ns of worker rows 0..workers-1 and the NFs named."},
     {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,

@@ -289,9 +289,9 @@ class DataPlane:
         out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
         return out
 
-    def pressure(self, nf_ids: Sequence[int]) -> int:
-        """Times the workers held a port and these NFs waited for a congested ring, in all."""
-        return self.region.pressure(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
+    def held(self) -> int:
+        """Times the RX workers left a port unread because its chain was congested, in all."""
+        return sum(int(self.region.worker_info(w)["held"]) for w in range(self.layout.rx_workers))
 
     def set_cpu(self, kind: str, index: int, cpu: int) -> None:
         """Ask a worker or an NF to run on ``cpu`` (-1: where it started)."""

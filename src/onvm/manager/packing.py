@@ -23,9 +23,12 @@ a thread on a CPU that is awake anyway.  When the load passes
 :attr:`PackSettings.above` (one CPU is nearly full) every thread goes back to
 where it was placed.
 
-A pipeline that meets backpressure (an NF waiting for a congested ring, an RX
-worker holding a port: ``onvm_bp.h``) counts as loaded whatever its busy time:
-starved of CPU, it spends little time on bursts because it gets little CPU.
+A pipeline whose input meets backpressure (an RX worker leaves a port unread
+because its chain is congested: ``onvm_bp.h``) counts as loaded whatever its
+busy time: it is offered more than it handles, and starved of CPU it spends
+little time on bursts because it gets little CPU.  NFs that wait for each
+other do not count: packets circling a closed loop pile up in the slowest
+ring at any load.
 
 The pack CPU is the candidate that was least busy in the window before packing
 (from ``/proc/stat``), among the CPUs both the manager and its NFs may use.
@@ -96,8 +99,8 @@ class Packer:
 
     def step(self, load: float, busy: Mapping[int, float], waited: bool = False) -> int | None:
         """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs),
-        and whether it met backpressure (then it is not light, whatever its load says:
-        a starved pipeline spends little time on bursts because it gets little CPU).
+        and whether its input met backpressure (then it is not light, whatever its load
+        says: a starved pipeline spends little time on bursts because it gets little CPU).
 
         Returns where the pipeline should be: a CPU to pack onto, or None."""
         s = self.settings
@@ -184,7 +187,7 @@ class Packing:
         self.load = 0.0
         self._t = 0.0
         self._work: int | None = None  # busy ns of the pipeline at the last window
-        self._waits: int | None = None  # backpressure waits of the pipeline at the last window
+        self._waits: int | None = None  # ports held by RX workers (backpressure) at the last window
         self.workers = dataplane.layout.rx_workers + dataplane.layout.tx_workers
         self._busy: dict[int, float] = {}
 
@@ -206,7 +209,7 @@ class Packing:
             ids = self.registry.ids()
         work, last = self.dataplane.busy_ns(ids), self._work
         self._work = work
-        waits, last_waits = self.dataplane.pressure(ids), self._waits
+        waits, last_waits = self.dataplane.held(), self._waits
         self._waits = waits
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
@@ -225,7 +228,7 @@ class Packing:
             return  # NFs that join are placed by apply() as they register
         self.balancer.reset()
         if target is None:
-            why = "meets backpressure" if waited and self.load <= self.packer.settings.above else \
+            why = "input held by backpressure" if waited and self.load <= self.packer.settings.above else \
                 f"at {self.load:.2f} CPU"
             self.log(f"pipeline {why}: spread again over its CPUs")
         else:
