@@ -203,3 +203,14 @@ def test_named_chains_and_rules_reach_the_manager(tmp_path):
     cfg = manager_config(topo, quiet=True)
     assert cfg.chains == ["web=2,out:1"]
     assert cfg.rules == ["priority 5 tcp src 10.0.0.0/8 dst port 80 -> chain web"]
+
+
+def test_afxdp_ports_in_a_file(monkeypatch: pytest.MonkeyPatch):
+    from onvm import _native
+
+    monkeypatch.setattr(_native, "HAVE_AFXDP", 1)
+    t = loads_topology("manager: {rx_workers: 2}\nports: ['afxdp:eth1?queues=2', 'afxdp:eth2?mode=skb']\n"
+                       "chains: {default: [out:1]}\n", "x.yaml")
+    assert [p.split("?")[0] for p in t.ports] == ["afxdp:eth1", "afxdp:eth2"]
+    with pytest.raises(TopologyError, match=r"x.yaml:1: ports\[0\]: .*mode=fast"):
+        loads_topology("ports: ['afxdp:eth1?mode=fast']\n", "x.yaml")

@@ -19,6 +19,7 @@
 
 PyObject *onvm_RegionError;
 int onvm_latency_register(PyObject *m); /* latency.c */
+PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args); /* flowbind.c */
 int onvm_bpstress_register(PyObject *m); /* bpstress.c */
 
 static PyObject *raise_region(int err, const char *msg) {
@@ -1463,6 +1464,8 @@ static PyMethodDef module_methods[] = {
     {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
      "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
+    {"packet_key", onvm_mod_packet_key, METH_VARARGS,
+     "packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP)"},
     {"flow_hash", mod_flow_hash, METH_VARARGS, "flow_hash(a, b, port_a, port_b, proto)"},
     {NULL}};
 

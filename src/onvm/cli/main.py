@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from onvm.control import ops
 from onvm.errors import OnvmError
 
 EPILOG = """examples:
@@ -86,7 +87,8 @@ def _manager_parser(sub: Any) -> None:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from onvm.manager.manager import Manager, ManagerConfig
+    from onvm.manager.config import ManagerConfig
+    from onvm.manager.manager import Manager
     from onvm.manager.placement import parse_cpus
 
     cfg = ManagerConfig(
@@ -199,10 +201,7 @@ def _print_latency(st: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from onvm.control.client import Client
-
-    with Client(args.name) as c:
-        st = c.request("status")
+    st = _call(args, ops.Status())
     if args.json:
         print(json.dumps(st))
     else:
@@ -224,19 +223,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from onvm.paths import socket_path
 
     with Client(args.name) as c:
-        c.request("shutdown")
+        c.shutdown()
     deadline = time.monotonic() + args.timeout
     while os.path.exists(socket_path(args.name)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return 0
 
 
-def _request(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+def _call(args: argparse.Namespace, op: ops.Op) -> dict[str, Any]:
+    """Run one operation of the table on manager ``--name``."""
     from onvm.control.client import Client
 
     with Client(args.name) as c:
-        result: dict[str, Any] = c.request(op, **kw)
-    return result
+        return c.call(op)
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -254,11 +253,11 @@ def cmd_chain(args: argparse.Namespace) -> int:
         raise OnvmError(f"usage: onvm chain {args.action} NAME" + (" HOPS" if args.action == "add" else ""),
                         code="bad_request")
     if args.action == "add":
-        out = _request(args, "chain_add", name=args.chain, hops=args.hops)
+        out = _call(args, ops.ChainAdd(args.chain, args.hops))
     elif args.action == "del":
-        out = _request(args, "chain_del", name=args.chain)
+        out = _call(args, ops.ChainDel(args.chain))
     else:
-        out = _request(args, "chain_list")
+        out = _call(args, ops.ChainList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -276,15 +275,15 @@ def cmd_rule(args: argparse.Namespace) -> int:
             lines = f.readlines()
         parse_rules(lines)  # reject a bad file before sending any of it
         texts = [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
-        out = _request(args, "rule_add", rules=texts)
+        out = _call(args, ops.RuleAdd(rules=texts))
     elif args.action == "add":
-        out = _request(args, "rule_add", rule=" ".join(args.rule))
+        out = _call(args, ops.RuleAdd(rule=" ".join(args.rule)))
     elif args.action == "del":
         if len(args.rule) != 1 or not args.rule[0].isdecimal():
             raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
-        out = _request(args, "rule_del", id=int(args.rule[0]))
+        out = _call(args, ops.RuleDel(int(args.rule[0])))
     else:
-        out = _request(args, "rule_list")
+        out = _call(args, ops.RuleList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -297,15 +296,15 @@ def cmd_rule(args: argparse.Namespace) -> int:
 def cmd_flow(args: argparse.Namespace) -> int:
     flow = " ".join(args.flow)
     if args.action == "list":
-        out = _request(args, "flow_list", limit=args.limit, **({"chain": args.chain} if args.chain else {}))
+        out = _call(args, ops.FlowList(args.limit, args.chain or None))
     elif args.action == "stats":
-        out = _request(args, "flow_stats")
+        out = _call(args, ops.FlowStats())
     elif args.action == "add":
         if not args.chain:
             raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
-        out = _request(args, "flow_add", flow=flow, chain=args.chain, idle=args.idle, hard=args.hard)
+        out = _call(args, ops.FlowAdd(flow, args.chain, args.idle, args.hard))
     else:
-        out = _request(args, "flow_del", flow=flow)
+        out = _call(args, ops.FlowDel(flow))
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -320,9 +319,9 @@ def cmd_service(args: argparse.Namespace) -> int:
         if args.service is None or not args.policy:
             raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded",
                             code="bad_request")
-        out = _request(args, "service_policy", service=args.service, policy=args.policy)
+        out = _call(args, ops.ServicePolicy(args.service, args.policy))
     else:
-        out = _request(args, "service_list")
+        out = _call(args, ops.ServiceList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -343,14 +342,13 @@ def cmd_send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError:
         data = args.data
-    target = {"nf": args.nf} if args.nf is not None else {"service": args.service}
-    out = _request(args, "send", data=data, **target)
+    out = _call(args, ops.Send(data, nf=args.nf, service=args.service))
     print(json.dumps(out) if args.json else f"delivered to {out['delivered']} of {out['targets']} NF(s)")
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    out = _request(args, "scale", service=args.service, count=args.count)
+    out = _call(args, ops.Scale(args.count, args.service))
     print(json.dumps(out) if args.json else " ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 

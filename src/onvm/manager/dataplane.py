@@ -207,8 +207,15 @@ class DataPlane:
         """Wait until no NF ring holds packets; False if the timeout came first."""
         return self.native.drain(timeout)
 
-    def set_chain(self, chain: int, hops: Sequence[tuple[int, int]], name: str) -> None:
-        self.region.set_chain(chain, list(hops), name)
+    def chains(self) -> list[tuple[int, list[tuple[int, int]], list[tuple[int, int]]]]:
+        """The chains the packet path sees, the default and each used one: (id,
+        [(action, dest)], [(early, late) drops per hop])."""
+        out = []
+        for cid in range(_native.MAX_CHAINS):
+            hops = self.region.chain(cid)
+            if hops or cid == 0:
+                out.append((cid, hops, self.region.chain_drops(cid)))
+        return out
 
     # ---- counters -------------------------------------------------------------
     def nf_info(self, nf_id: int) -> dict[str, Any]:
@@ -275,6 +282,16 @@ class DataPlane:
         free, lent, total = info["pool_free"], info["pool_lent"], info["pool_size"]
         return {"free": free, "lent": lent, "in_use": total - free - lent, "total": total,
                 "slot_size": info["slot_size"]}
+
+    def rule_flow_counts(self) -> list[tuple[Any, int, int, int]]:
+        """(key, rule slot, packets, bytes) of each flow-table entry a rule installed.
+
+        Reads the region's seqlocked entries: no lock needed."""
+        fs = self.region.flow_stats()
+        if not fs["used"] or not fs["size"]:
+            return []
+        return [(e["key"], e["rule_slot"], e["packets"], e["bytes"])
+                for e in self.region.flow_list(fs["size"], -1) if e["origin"] == 0]
 
     def is_output(self, port: int) -> bool:
         return 0 <= port < len(self.ports) and self.ports[port].is_output
