@@ -38,17 +38,20 @@ static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id
     return id % w->mgr->nrx == w->index;
 }
 
-/* Is port id to be left unread (onvm_bp.h): is a first-hop ring its last burst
- * fed congested, or do all the chains it took stop at a congested hop?  With
+/* Is port id to be left unread (onvm_bp.h)?  When its last burst took one
+ * chain: while a first-hop ring it fed is congested (replicas: no packet is
+ * read for a full ring), or the chain is congested further on.  When it took
+ * several: only while all of them are congested; packets of the congested ones
+ * are dropped at RX instead (selective early discard), the others go on.  With
  * bit, looks afresh and registers bit on the congested rings, before the worker
  * sleeps; otherwise uses this round's verdicts. */
 static int rx_held(struct onvm_mgr_worker *w, unsigned id, uint64_t bit) {
     struct onvm_rx_seen *sn = &w->seen[id];
-    for (unsigned k = 0; k < sn->nring; k++)
-        if (bit ? onvm_bp_wait_on(sn->ring[k], bit) : onvm_bp_congested(sn->ring[k]))
-            return 1;
     if (sn->n == 0 || sn->mixed)
         return 0;
+    for (unsigned k = 0; sn->n == 1 && k < sn->nring; k++)
+        if (bit ? onvm_bp_wait_on(sn->ring[k], bit) : onvm_bp_congested(sn->ring[k]))
+            return 1;
     for (unsigned k = 0; k < sn->n; k++) {
         struct onvm_chain_verdict v;
         int state = bit ? onvm_chain_check(w->mgr->r, sn->chain[k], bit, &v)
