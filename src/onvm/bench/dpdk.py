@@ -13,7 +13,11 @@ lcore and one forwarding lcore), in the same run.  testpmd forwards both ways
 sends out of net_null1 per second, the direction of pyonvm's figure, and
 ``testpmd_total_mpps`` both ways.  ``ratio`` = mpps / testpmd_mpps.
 
-The two alternate, ``rounds`` times each, pyonvm first; the medians are
+``direct_mpps``: the same ports with no NF (default chain ``out:1``): the RX
+worker parses, classifies and hands each burst to net_null1 itself, so the
+figure is DPDK's drivers, the slot mempool and the manager's RX path alone.
+
+The three alternate, ``rounds`` times each, pyonvm first; the medians are
 reported with each round's figures, and the CPU each used (in cores) and spent
 per packet forwarded (``ns_per_packet``): on a shared machine the rates follow
 the CPU each side gets, the costs per packet do not.
@@ -39,15 +43,17 @@ def _cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
-def _pyonvm(seconds: float, verbose: bool, burst: int) -> tuple[float, float, float]:
-    """Mpps out of net_null1, CPU used (cores) and ns of CPU per packet."""
+def _pyonvm(seconds: float, verbose: bool, burst: int, nf: bool = True) -> tuple[float, float, float]:
+    """Mpps out of net_null1, CPU used (cores) and ns of CPU per packet; without the NF, the
+    RX worker hands each burst to net_null1 itself."""
     dep = deployment(["--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
-                      "--default-chain", "1,out:1", "--burst", str(burst), "--pool-size", "4096",
-                      "--ring-size", "1024"], verbose)
+                      "--default-chain", "1,out:1" if nf else "out:1", "--burst", str(burst),
+                      "--pool-size", "4096", "--ring-size", "1024"], verbose)
     try:
         dep.start_manager()
-        dep.start_nf(["simple_forward", "--service", "1", "--burst", str(burst)])
-        dep.wait_running(1)
+        if nf:
+            dep.start_nf(["simple_forward", "--service", "1", "--burst", str(burst)])
+            dep.wait_running(1)
         time.sleep(WARMUP)
         pids = [p.pid for p in dep.procs]
         t0, n0, c0 = time.monotonic(), dep.status()["ports"][1]["tx"], _cpu(pids)
@@ -81,10 +87,12 @@ def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
     if missing:
         raise ConfigError(f"bench dpdk: {missing}")
     ours: list[tuple[float, float, float]] = []
+    direct: list[tuple[float, float, float]] = []
     theirs: list[tuple[float, float, float, float]] = []
     for _ in range(rounds):
         ours.append(_pyonvm(seconds, verbose, burst))
         theirs.append(_reference(seconds))
+        direct.append(_pyonvm(seconds, verbose, burst, nf=False))
 
     def med(values: Sequence[tuple[float, ...]], i: int) -> float:
         return round(statistics.median(v[i] for v in values), 3)
@@ -94,6 +102,7 @@ def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
             "testpmd_total_mpps": med(theirs, 1),
             "cpu": med(ours, 1), "testpmd_cpu": med(theirs, 2),
             "ns_per_packet": med(ours, 2), "testpmd_ns_per_packet": med(theirs, 3),
+            "direct_mpps": med(direct, 0), "direct_ns_per_packet": med(direct, 2),
             "rounds_mpps": [round(v[0], 3) for v in ours],
             "rounds_testpmd_mpps": [round(t[0], 3) for t in theirs],
             "frame_bytes": 64, "burst": burst, "cpus": CPUS, "seconds": seconds}
