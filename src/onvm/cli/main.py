@@ -29,13 +29,14 @@ EPILOG = """examples:
 """
 
 
-def _manager_parser(sub: Any) -> None:
-    from onvm.manager.config import add_flags
-
+def _manager_parser(sub: Any, flags: bool) -> None:
     p = sub.add_parser("manager", help="run an NF manager",
                        description="Run an NF manager: shared region, ports, workers, control socket. "
                                    "Every option can also be said in a topology file (onvm run).")
-    add_flags(p)
+    if flags:  # made from the configuration model, whose import (pydantic) the other commands skip
+        from onvm.manager.config import add_flags
+
+        add_flags(p)
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -398,13 +399,16 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; the manager's options are added to ``manager`` and ``run`` when
+    ``command`` is one of them (or None: every command whole)."""
     from onvm.bench import scenario_names
 
+    flags = command in (None, "manager", "run")
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    _manager_parser(sub)
+    _manager_parser(sub, flags)
     sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
@@ -482,11 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "object on stdout")
     r.add_argument("--schema", action="store_true",
                    help="print the topology file's JSON Schema (for editors) and exit")
-    from onvm.manager.config import ManagerOptions, add_flags
+    if flags:
+        from onvm.manager.config import ManagerOptions, add_flags
 
-    o = r.add_argument_group("manager options", "override the file's manager: section (same meaning as in "
-                                                "onvm manager)")
-    add_flags(o, ManagerOptions)
+        o = r.add_argument_group("manager options", "override the file's manager: section (same meaning "
+                                                    "as in onvm manager)")
+        add_flags(o, ManagerOptions)
     i = sub.add_parser("image", help="build the NF container image (no registry needed)")
     isub = i.add_subparsers(dest="image_command", metavar="build", required=True)
     ib = isub.add_parser("build", help="build the image from this host's Python and the installed package")
@@ -519,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_nf(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
-        parser = build_parser()
+        parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
