@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from onvm import env
 from onvm.control import ops
 from onvm.errors import OnvmError
 
@@ -14,6 +15,8 @@ EPILOG = """examples:
   onvm manager --port gen:size=64,flows=64 --port null --default-chain 1,out:1
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
+  onvm nf path/to/my_nf.py --service 3
+  onvm nf new my_nf
   onvm status --json
   onvm top
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
@@ -46,32 +49,6 @@ def cmd_manager(args: argparse.Namespace) -> int:
     mgr = Manager(from_flags(args))
     mgr.start()
     return mgr.run()
-
-
-def cmd_nf(argv: list[str]) -> int:
-    from onvm import nfs
-    from onvm.nf._nf import add_common_arguments
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: onvm nf NAME [--name MANAGER] [--service S] [NF options]\n"
-              "       onvm nf --list\n\nrun 'onvm nf --list' to see the NFs")
-        return 0
-    if argv[0] == "--list":
-        for name in nfs.NAMES:
-            print(f"{name:<16} {nfs.load(name).SUMMARY}")
-        return 0
-    try:
-        mod = nfs.load(argv[0])
-    except KeyError:
-        raise OnvmError(f"no NF named '{argv[0]}' (see 'onvm nf --list')", code="not_found") from None
-    p = argparse.ArgumentParser(prog=f"onvm nf {argv[0]}", description=mod.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, service=mod.SERVICE)
-    mod.add_arguments(p)
-    args = p.parse_args(argv[1:])
-    nf = mod.make(args)
-    nf.run()
-    return 0
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -292,33 +269,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import nf_start, run_scenario
-
-    if args.scenario == "nf-start":
-        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
-    elif args.scenario in ("overload", "paper"):
-        from onvm import _bench_overload
-
-        if args.scenario == "overload":
-            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
-        else:
-            result = _bench_overload.paper(args.seconds, verbose=not args.json)
-    elif args.scenario == "latency":
-        from onvm.bench import run_latency
-
-        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
-                             pack_below=args.pack_below)
-    else:
-        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
-                              handler=args.handler)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(" ".join(f"{k}={v}" for k, v in result.items()))
-    return 0
-
-
 def _quote_rule(argv: list[str]) -> list[str]:
     """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
     opts, words, rest = [], [], argv[2:]
@@ -402,30 +352,33 @@ def cmd_image(args: argparse.Namespace) -> int:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line; the manager's options are added to ``manager`` and ``run`` when
     ``command`` is one of them (or None: every command whole)."""
-    from onvm.bench import scenario_names
-
     flags = command in (None, "manager", "run")
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from onvm import __version__
+
+    p.add_argument("--version", action="version", version=f"pyonvm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _manager_parser(sub, flags)
-    sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
+    sub.add_parser("nf", help="run an NF: an example, a file or an installed one (onvm nf --list)",
+                   add_help=False)
+    sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
-    s.add_argument("--name", default="onvm")
+    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("top", help="a live full-screen view of a manager (Ctrl-C leaves)")
-    s.add_argument("--name", default="onvm")
+    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
     s.add_argument("--iterations", type=int, default=0, help="leave after this many screens (0: never)")
     s = sub.add_parser("stop", help="stop a manager and its NFs")
-    s.add_argument("--name", default="onvm")
+    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
     c = sub.add_parser("chain", help="add, list or delete named chains",
                        description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
     c.add_argument("action", choices=["add", "list", "del"])
     c.add_argument("chain", nargs="?", help="chain name (add, del)")
     c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
-    c.add_argument("--name", default="onvm")
+    c.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
                        description="Rules steer flows to chains, e.g. "
@@ -433,7 +386,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
     r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
-    r.add_argument("--name", default="onvm")
+    r.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
                        description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N] "
@@ -445,26 +398,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
     f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")
     f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")
-    f.add_argument("--name", default="onvm")
+    f.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     f.add_argument("--json", action="store_true")
     sv = sub.add_parser("service", help="list services or set a service's load-balancing policy")
     sv.add_argument("action", choices=["list", "policy"])
     sv.add_argument("service", nargs="?", type=int)
     sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
-    sv.add_argument("--name", default="onvm")
+    sv.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     sv.add_argument("--json", action="store_true")
     sc = sub.add_parser("scale", help="start or stop instances of a service",
                         description="Start copies of a running instance, or stop the highest-numbered ones.")
     sc.add_argument("service", type=int)
     sc.add_argument("count", type=int)
-    sc.add_argument("--name", default="onvm")
+    sc.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     sc.add_argument("--json", action="store_true")
     m = sub.add_parser("send", help="send a message to an NF or to every instance of a service",
                        description="The NF's @nf.message hook receives it (JSON if DATA parses as JSON).")
     m.add_argument("data")
     m.add_argument("--nf", type=int, help="NF id")
     m.add_argument("--service", type=int, help="service id: every running instance")
-    m.add_argument("--name", default="onvm")
+    m.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
     m.add_argument("--json", action="store_true")
     t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
     t.add_argument("action", choices=["up", "down"])
@@ -498,22 +451,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ib.add_argument("--runtime", choices=("podman", "docker"), default="podman")
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
-    b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
-                                               "paper"]))
-    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
-    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
-    b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
-                   help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
-    b.add_argument("--seconds", type=float, default=5.0)
-    b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
-                   help="nf-start: how the NF is isolated (default process)")
-    b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
-    b.add_argument("--cold", action="store_true",
-                   help="nf-start: a new interpreter for every process NF, not the fork server")
-    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
-                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 
@@ -521,7 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":
-            return cmd_nf(argv[1:])
+            from onvm.nfs._cli import main as nf_main
+
+            return nf_main(argv[1:])
+        if argv and argv[0] == "bench":
+            from onvm.bench._cli import main as bench_main
+
+            return bench_main(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
         parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
@@ -529,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
                    "image": cmd_image, "top": cmd_top}

@@ -52,14 +52,14 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from onvm import _native, env
-from onvm.actions import Action
+from onvm import env
+from onvm.constants import BURST_MAX, MAX_INSTANCES, MAX_PORTS, MAX_SERVICES, MAX_WORKERS, Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.rules import parse_rule
 from onvm.manager.packing import PackSettings
 from onvm.manager.placement import check_available, parse_cpus
-from onvm.manager.services import MAX_INSTANCES, POLICY_NAMES, AutoscaleSpec, parse_policy
+from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, parse_policy
 from onvm.paths import validate_name
 from onvm.ports.uri import PortSpec, parse_port
 
@@ -149,7 +149,7 @@ ChainText = Annotated[str, BeforeValidator(_hops),
                       AfterValidator(_checked(lambda t: format_chain(parse_chain(t))))]
 PortUri = Annotated[str, AfterValidator(_checked(lambda u: parse_port(u).uri))]
 RuleText = Annotated[str, AfterValidator(_checked(lambda t: parse_rule(t) and t.strip()))]
-ServiceId = Annotated[int, Field(ge=0, lt=_native.MAX_SERVICES)]
+ServiceId = Annotated[int, Field(ge=0, lt=MAX_SERVICES)]
 
 
 class Bounds(BaseModel):
@@ -192,9 +192,9 @@ class ManagerOptions(BaseModel):
                            "headroom", json_schema_extra={"unit": "bytes"})
     ring_size: Annotated[int, AfterValidator(_power_of_two(64, 1 << 20))] = Field(
         4096, description="entries per NF RX/TX ring, a power of two")
-    rx_workers: int = Field(1, ge=1, le=_native.MAX_WORKERS - 1, description="RX worker threads")
-    tx_workers: int = Field(1, ge=1, le=_native.MAX_WORKERS - 1, description="TX worker threads")
-    burst: int = Field(64, ge=1, le=_native.BURST_MAX, description="packets per worker burst")
+    rx_workers: int = Field(1, ge=1, le=MAX_WORKERS - 1, description="RX worker threads")
+    tx_workers: int = Field(1, ge=1, le=MAX_WORKERS - 1, description="TX worker threads")
+    burst: int = Field(64, ge=1, le=BURST_MAX, description="packets per worker burst")
     flow_table_size: Annotated[int, AfterValidator(_power_of_two(1, 1 << 26, zero=True))] = Field(
         65536, description="exact-match flow entries, a power of two (0: no flow table)")
     stats: Annotated[float, Flag(metavar="SECONDS")] = Field(
@@ -247,8 +247,8 @@ class ManagerOptions(BaseModel):
     @field_validator("tx_workers")
     @classmethod
     def _workers(cls, v: int, info: ValidationInfo) -> int:
-        if v + info.data.get("rx_workers", 1) > _native.MAX_WORKERS:
-            raise ValueError(f"at most {_native.MAX_WORKERS} workers in all (RX and TX)")
+        if v + info.data.get("rx_workers", 1) > MAX_WORKERS:
+            raise ValueError(f"at most {MAX_WORKERS} workers in all (RX and TX)")
         return v
 
     @field_validator("web", mode="before")
@@ -292,7 +292,7 @@ class ManagerConfig(ManagerOptions):
     """A whole manager: its options, ports, default and named chains, and rules."""
 
     ports: Annotated[list[PortUri], Flag("--port", metavar="URI")] = Field(
-        default_factory=list, max_length=_native.MAX_PORTS,
+        default_factory=list, max_length=MAX_PORTS,
         description="a port, numbered from 0 in order: gen:..., pcap:FILE, pcap-out:FILE, null, "
                     "afpacket:IF, afxdp:IF, tap:NAME, dpdk:DEVARGS (repeatable)")
     default_chain: Annotated[ChainText, Flag(metavar="HOPS")] = Field(
