@@ -349,6 +349,11 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default=env.manager_name(),
+                   help="the manager (default: $ONVM_MANAGER, else onvm)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line; the manager's options are added to ``manager`` and ``run`` when
     ``command`` is one of them (or None: every command whole)."""
@@ -364,21 +369,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
-    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(s)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("top", help="a live full-screen view of a manager (Ctrl-C leaves)")
-    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(s)
     s.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
     s.add_argument("--iterations", type=int, default=0, help="leave after this many screens (0: never)")
     s = sub.add_parser("stop", help="stop a manager and its NFs")
-    s.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(s)
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
     c = sub.add_parser("chain", help="add, list or delete named chains",
                        description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
     c.add_argument("action", choices=["add", "list", "del"])
     c.add_argument("chain", nargs="?", help="chain name (add, del)")
     c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
-    c.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(c)
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
                        description="Rules steer flows to chains, e.g. "
@@ -386,7 +391,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
     r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
-    r.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(r)
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
                        description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N] "
@@ -398,26 +403,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
     f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")
     f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")
-    f.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(f)
     f.add_argument("--json", action="store_true")
     sv = sub.add_parser("service", help="list services or set a service's load-balancing policy")
     sv.add_argument("action", choices=["list", "policy"])
     sv.add_argument("service", nargs="?", type=int)
     sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
-    sv.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(sv)
     sv.add_argument("--json", action="store_true")
     sc = sub.add_parser("scale", help="start or stop instances of a service",
                         description="Start copies of a running instance, or stop the highest-numbered ones.")
     sc.add_argument("service", type=int)
     sc.add_argument("count", type=int)
-    sc.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(sc)
     sc.add_argument("--json", action="store_true")
     m = sub.add_parser("send", help="send a message to an NF or to every instance of a service",
                        description="The NF's @nf.message hook receives it (JSON if DATA parses as JSON).")
     m.add_argument("data")
     m.add_argument("--nf", type=int, help="NF id")
     m.add_argument("--service", type=int, help="service id: every running instance")
-    m.add_argument("--name", default=env.manager_name(), help="the manager (default: $ONVM_MANAGER, else onvm)")
+    _name_arg(m)
     m.add_argument("--json", action="store_true")
     t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
     t.add_argument("action", choices=["up", "down"])
