@@ -104,7 +104,7 @@ def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool
     # -S: no site module.  The NF needs onvm, numpy and its own code, whose directories
     # PYTHONPATH names (nf_pythonpath(), Program.paths); site's .pth processing costs tens of ms.
     program = find(spec.program)
-    argv = [sys.executable, "-S", "-m", "onvm.cli.main", "nf", program.command_target]
+    argv = [sys.executable, "-S", "-m", "onvm.cli.main", "nf", program.target]
     if program.is_script:  # it reads its manager, service and instance from the environment
         return argv + spec.argv_options()
     argv += ["--name", manager, "--service", str(service), "--instance", str(instance)]
