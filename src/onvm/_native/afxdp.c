@@ -755,6 +755,31 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
         (rc = a->prog_fd = load_program(a->map_fd, a->owner_fd)) < 0)
         goto fail;
 
+    if (c->promisc) {
+        /* Held through an AF_PACKET membership: the kernel undoes it when the socket
+         * closes, crash or not. */
+        step = "promiscuous mode";
+        a->promisc_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+        struct packet_mreq mr = {.mr_ifindex = a->ifindex, .mr_type = PACKET_MR_PROMISC};
+        if (a->promisc_fd < 0 ||
+            setsockopt(a->promisc_fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) != 0) {
+            rc = -errno;
+            goto fail;
+        }
+    }
+    /* The program goes first: until the sockets are in its map it passes every frame. */
+    step = "attaching the XDP program";
+    uint32_t want = c->mode == ONVM_AFXDP_SKB ? XDP_FLAGS_SKB_MODE
+                    : c->mode == ONVM_AFXDP_AUTO ? 0
+                                                 : XDP_FLAGS_DRV_MODE;
+    rc = attach(a, (int)want, stale_fd, stale_mode);
+    if (rc != 0) {
+        if (rc == -EOPNOTSUPP && want == XDP_FLAGS_DRV_MODE)
+            hint = " (the driver has no native XDP: use mode=skb)";
+        else if (rc == -EBUSY || rc == -EEXIST)
+            hint = " (another XDP program was attached meanwhile)";
+        goto fail;
+    }
     /* The UMEM and the sockets. */
     pthread_mutex_lock(&umem_lock);
     a->u = umem_get(r, ifname, err, errlen);
@@ -791,30 +816,6 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
         fill = FILL_BATCH;
     a->fill_target = fill;
 
-    if (c->promisc) {
-        /* Held through an AF_PACKET membership: the kernel undoes it when the socket
-         * closes, crash or not. */
-        step = "promiscuous mode";
-        a->promisc_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
-        struct packet_mreq mr = {.mr_ifindex = a->ifindex, .mr_type = PACKET_MR_PROMISC};
-        if (a->promisc_fd < 0 ||
-            setsockopt(a->promisc_fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) != 0) {
-            rc = -errno;
-            goto fail;
-        }
-    }
-    step = "attaching the XDP program";
-    uint32_t want = c->mode == ONVM_AFXDP_SKB ? XDP_FLAGS_SKB_MODE
-                    : c->mode == ONVM_AFXDP_AUTO ? 0
-                                                 : XDP_FLAGS_DRV_MODE;
-    rc = attach(a, (int)want, stale_fd, stale_mode);
-    if (rc != 0) {
-        if (rc == -EOPNOTSUPP && want == XDP_FLAGS_DRV_MODE)
-            hint = " (the driver has no native XDP: use mode=skb)";
-        else if (rc == -EBUSY || rc == -EEXIST)
-            hint = " (another XDP program was attached meanwhile)";
-        goto fail;
-    }
     if (stale_fd >= 0)
         close(stale_fd);
     snprintf(p->mode, sizeof p->mode, "%s", zc ? "zc" : a->xdp_flags == XDP_FLAGS_SKB_MODE ? "skb" : "copy");
