@@ -36,22 +36,27 @@ def command_lines(block: str) -> list[str]:
 
 
 def shell_problems(line: str) -> list[str]:
-    """Operators bash would act on; a command sent to the background ('&' last) is fine."""
+    """What bash would read otherwise than the text means: an arrow (``->``, ``=>``) it splits
+    into a word and a redirect, or a quote left open.  Redirects and pipes meant as such
+    (``> file``, ``2>&1 | head``) are fine."""
     lex = shlex.shlex(line, posix=True, punctuation_chars=True)
     lex.whitespace_split = True
     try:
         tokens = list(lex)
     except ValueError as e:  # an open quote: bash would wait for more
         return [str(e)]
-    ops = [(i, t) for i, t in enumerate(tokens) if t and all(c in "();<>|&" for c in t)]
-    return [t for i, t in ops if not (t == "&" and i == len(tokens) - 1)]
+    return [f"{a}{b}" for a, b in zip(tokens, tokens[1:], strict=False)
+            if b.startswith(">") and a.endswith(("-", "="))]
 
 
 def test_the_checker_sees_what_bash_sees():
-    assert shell_problems("onvm rule add tcp dst port 80 -> chain web") == [">"]
-    assert shell_problems("onvm manager --port gen:rate=1k,count=5 2>&1 | head -1") == [">&", "|"]
+    assert shell_problems("onvm rule add tcp dst port 80 -> chain web") == ["->"]
+    assert shell_problems("onvm rule add tcp dst port 80 => web") == ["=>"]
     assert shell_problems("onvm rule add 'tcp dst port 80 -> chain web'") == []
-    assert shell_problems("python -m onvm.sdn.controller --listen 127.0.0.1:6653 x.py &") == []
+    assert shell_problems("onvm rule add tcp dst port 80 to chain web") == []
+    assert shell_problems("onvm manager --port gen:rate=1k,count=5 2>&1 | head -1") == []
+    assert shell_problems("onvm run --schema > topology.schema.json") == []
+    assert shell_problems("onvm rule add 'tcp -> chain web") == ["No closing quotation"]
     assert command_lines("$ onvm run bad.yaml\nonvm: error: bad.yaml:3: ...\n") == ["onvm run bad.yaml"]
 
 
