@@ -136,7 +136,8 @@ BAD = [
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {dport: 80}\n    chain: web\n",
      "bad.yaml:7: rules[0].chain: no chain named 'web'"),
-    ("nfs:\n  - {program: simple_forward, service: 1}\nrules:\n  - match: {dport: 70000}\n    chain: default\n",
+    ("nfs:\n  - {program: simple_forward, service: 1}\n"
+     "rules:\n  - match: {dport: 70000}\n    chain: default\n",
      "bad.yaml:4: rules[0].match.dport: Input should be less than or equal to 65535"),
     ("ports: [gen:size=64]\nnfs:\n  - {program: simple_forward, service: 2}\n",
      "bad.yaml:1: chains: no default chain: packets from ports would go to service 1, which no NF provides; "
