@@ -20,6 +20,17 @@ def test_examples_are_marked():
     assert langs.count("python") >= 2 and langs.count("sh") >= 4
 
 
+def test_topology_examples_load():
+    """The topology files the README shows (but the one that shows errors) are valid."""
+    from onvm.topology import loads_topology
+
+    files = [b for blocks in SECTIONS.values() for b in blocks
+             if b.lang == "yaml" and not b.options.get("file", "bad").startswith("bad")]
+    assert files
+    for b in files:
+        loads_topology(b.code, f"README.md:{b.line}")
+
+
 @pytest.mark.parametrize("section", list(SECTIONS))
 def test_section_examples_run(section, runtime, tmp_path):
     try:

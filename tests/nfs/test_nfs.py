@@ -68,14 +68,17 @@ FW_RULES = {"default": "drop", "rules": [
 
 
 @pytest.mark.parametrize("handler", ["batch", "packet"])
-@pytest.mark.parametrize("fmt", ["json", "yaml"])
+@pytest.mark.parametrize("fmt", ["json", "yaml", "options"])
 def test_firewall_first_match_wins(tmp_path, handler, fmt):
     path = tmp_path / f"rules.{fmt}"
     if fmt == "json":
         path.write_text(json.dumps(FW_RULES))
-    else:
+    elif fmt == "yaml":
         import yaml
         path.write_text(yaml.safe_dump(FW_RULES))
+    given = ["--rules", str(path)] if fmt != "options" else [
+        *[a for r in FW_RULES["rules"] for a in ("--rule", f"{r['prefix']}={r['action']}")],
+        "--default", str(FW_RULES["default"])]
     pkts = {
         "10.6.1.1": frame(src="10.6.1.1"),        # first rule: pass
         "10.9.9.9": frame(src="10.9.9.9"),        # pass
@@ -84,8 +87,7 @@ def test_firewall_first_match_wins(tmp_path, handler, fmt):
         "172.16.0.1": frame(src="172.16.0.1"),    # default: drop
     }
     arp = Ether() / ARP(psrc="10.0.0.1")          # not IPv4: default
-    res = run_nf(build("firewall", "--rules", str(path), "--handler", handler),
-                 [*pkts.values(), arp], services=[5])
+    res = run_nf(build("firewall", *given, "--handler", handler), [*pkts.values(), arp], services=[5])
     assert res.out == {0: [bytes(pkts["10.6.1.1"]), bytes(pkts["10.9.9.9"])]}
     assert res.tonf == {5: [bytes(pkts["192.168.2.7"])]}
     assert res.drops == {"action": 3}
@@ -99,6 +101,17 @@ def test_firewall_rejects_bad_rules(tmp_path):
     path.write_text(json.dumps({"rules": [{"prefix": "10.0.0.0/8", "action": "explode"}]}))
     with pytest.raises(ConfigError, match="rule 1"):
         build("firewall", "--rules", str(path))
+
+
+def test_firewall_takes_its_rules_one_way():
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build("firewall")
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build("firewall", "--rules", "r.yaml", "--rule", "10.0.0.0/8=drop")
+    with pytest.raises(ConfigError, match="--rule 10.0.0.0/8: expected PREFIX=ACTION"):
+        build("firewall", "--rule", "10.0.0.0/8")
+    with pytest.raises(ConfigError, match="--rule: rule 1"):
+        build("firewall", "--rule", "10.0.0.0/8=explode")
 
 
 def test_firewall_with_many_rules_matches_a_python_reference(tmp_path):
