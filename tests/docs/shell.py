@@ -10,8 +10,8 @@ default manager name ``onvm`` belongs to the test alone.
 
 Each line runs in bash from the working directory and must succeed.  A
 command that runs until it is stopped (``onvm manager``, ``onvm nf``,
-``onvm run`` without ``--check``, a line ending in ``&``) starts in the
-background, as in a terminal of its own, and the next line runs once what it
+``onvm run`` of a file that does not end by itself, a line ending in ``&``)
+starts in the background, as in a terminal of its own, and the next line runs once what it
 starts is up: a manager answering, one more NF running, a topology's NFs all
 running.  When the section's blocks are done, what still runs is stopped the
 way the README says (``onvm stop`` for a manager, which stops its NFs; Ctrl-C
@@ -167,7 +167,8 @@ class Sandbox:
             return True
         if words[0] != "onvm" or len(words) < 2:
             return False
-        return words[1] in ("manager", "nf", "top") or (words[1] == "run" and "--check" not in words)
+        runs_a_file = len(words) > 2 and not words[2].startswith("-") and "--check" not in words
+        return words[1] in ("manager", "nf", "top") or (words[1] == "run" and runs_a_file)
 
     def foreground(self, line: str, block: Block) -> None:
         r = subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, capture_output=True, text=True,
@@ -212,6 +213,15 @@ class Sandbox:
 
             topo = load_topology(str(self.cwd / words[2]))
             bg.name = topo.manager.name
+            if topo.manager.exit_when_done or topo.manager.duration:  # it ends by itself: wait for it
+                try:
+                    rc = proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
+                if rc != 0:
+                    raise ExampleFailed(f"`{line}` exited with {rc}:\n{bg.output()}")
+                return
             want = sum(n.instances for n in topo.nfs)
             self.wait(bg, lambda: self.running_nfs(bg.name) >= want, f"{want} NFs of {words[2]} running")
         elif kind == "manager":
@@ -236,8 +246,6 @@ class Sandbox:
             if cond():
                 return
             if bg.proc.poll() is not None:
-                if bg.kind == "run" and bg.proc.returncode == 0:
-                    return  # a topology that ran to its end (exit_when_done) before we looked
                 break
             time.sleep(0.05)
         raise ExampleFailed(f"`{bg.line}`: no {what} (exit status {bg.proc.poll()}):\n{bg.output()}")
