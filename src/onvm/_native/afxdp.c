@@ -464,10 +464,9 @@ static void refill(struct onvm_port *p, struct axp *a, struct axq *q, struct onv
 }
 
 /* Kernel drop counters of a queue, folded into the calling worker's row. */
-static void read_stats(struct onvm_port *p, struct axq *q, struct onvm_port_stats *st) {
+static void read_stats(struct axq *q, struct onvm_port_stats *st) {
     struct xdp_statistics ks;
     socklen_t len = sizeof ks;
-    (void)p;
     if (getsockopt(q->fd, SOL_XDP, XDP_STATISTICS, &ks, &len) != 0)
         return;
     uint64_t drops = ks.rx_dropped + (len >= sizeof ks ? ks.rx_ring_full : 0);
@@ -487,7 +486,7 @@ static uint32_t axp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
     struct axq *q = &a->q[qi];
     if (now - q->stats_ns > STATS_EVERY_NS) {
         q->stats_ns = now;
-        read_stats(p, q, st);
+        read_stats(q, st);
     }
     refill(p, a, q, r, st, now, next_due);
     uint32_t idx, got = xsk_ring_cons__peek(&q->rx, n, &idx), k = 0, bad = 0;
