@@ -226,6 +226,10 @@ class Sandbox:
             self.wait(bg, lambda: self.running_nfs(bg.name) >= want, f"{want} NFs of {words[2]} running")
         elif kind == "manager":
             self.wait(bg, lambda: self.running_nfs(name) >= 0, f"manager {name} answering")
+            web = _option(words, "--web", "")
+            if web:  # the dashboard starts after the control socket (its token line is printed last)
+                port, token = int(web.rpartition(":")[2]), self.runtime / f"onvm-{name}.web-token"
+                self.wait(bg, lambda: token.exists() and _listening(port), f"web server on port {port}")
         elif kind == "nf":
             before = max(self.running_nfs(name), 0)
             self.wait(bg, lambda: self.running_nfs(name) > before, f"the NF of `{line}` running")
@@ -240,7 +244,7 @@ class Sandbox:
         except OnvmError:
             return -1
 
-    def wait(self, bg: Background, cond: Any, what: str, timeout: float = 30) -> None:
+    def wait(self, bg: Background, cond: Any, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():
@@ -281,6 +285,14 @@ class Sandbox:
 
     def background_output(self) -> str:
         return "".join(f"\n--- `{bg.line}`:\n{bg.output()}" for bg in self.running)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _option(words: list[str], flag: str, default: str) -> str:
