@@ -8,6 +8,7 @@
 #include <Python.h>
 
 
+#include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
 #include "onvm_packet.h"
@@ -39,16 +40,18 @@ static void Region_dealloc(RegionObject *self) {
 }
 
 static PyObject *Region_create(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", NULL};
+    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", "max_rules", NULL};
     const char *path, *name = "onvm";
-    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows))
+    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536, max_rules = ONVM_RULES_DEFAULT;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows,
+                                     &max_rules))
         return NULL;
     RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
     struct onvm_region_params p = {
-        .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .name = name};
+        .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .max_rules = max_rules,
+        .name = name};
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = onvm_region_create(&self->r, path, &p);
     Py_END_ALLOW_THREADS if (rc != 0) {
@@ -670,9 +673,16 @@ static PyMethodDef Region_methods[] = {
     {"flow_stats", (PyCFunction)Region_flow_stats, METH_NOARGS, "Flow table counters."},
     {"flow_expire", (PyCFunction)Region_flow_expire, METH_VARARGS, "flow_expire(start, n) -> removed."},
     {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},
-    {"set_rules", (PyCFunction)Region_set_rules, METH_VARARGS, "set_rules(rules, bump=()): replace the rules."},
-    {"rule_hits", (PyCFunction)Region_rule_hits, METH_NOARGS, "{rule id: hits}."},
-    {"classify", (PyCFunction)Region_classify, METH_VARARGS, "classify(slot) -> chain id (as RX would)."},
+    {"rules_apply", (PyCFunction)(void (*)(void))Region_rules_apply, METH_VARARGS | METH_KEYWORDS,
+     "rules_apply(adds=(), dels=(), ports=()) -> slots: one change of the rules, all or nothing (manager)."},
+    {"rule_hits", (PyCFunction)Region_rule_hits, METH_O, "rule_hits(slots) -> [new flows each rule decided]."},
+    {"rule_lookup", (PyCFunction)Region_rule_lookup, METH_O, "rule_lookup(key) -> (slot or -1, version)."},
+    {"rules_stats", (PyCFunction)Region_rules_stats, METH_NOARGS, "The classifier's sizes and counters."},
+    {"set_flow_idle", (PyCFunction)Region_set_flow_idle, METH_O,
+     "set_flow_idle(ms): idle timeout of cached results whose rule names none."},
+    {"bench_rules", (PyCFunction)(void (*)(void))Region_bench_rules, METH_VARARGS | METH_KEYWORDS,
+     "bench_rules(keys, lookups): time the classifier on these keys, cycled."},
+    {"classify", (PyCFunction)Region_classify, METH_VARARGS, "classify(slot, in_port=-1) -> chain id (as RX would)."},
     {"flow_key", (PyCFunction)Region_flow_key, METH_VARARGS, "flow_key(slot) -> key tuple or None."},
     {"bench_lookup", (PyCFunction)(void (*)(void))Region_bench_lookup, METH_VARARGS | METH_KEYWORDS,
      "bench_lookup(entries, lookups, bulk=True): time the packet path's flow lookup."},
@@ -1199,7 +1209,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "MAX_PORTS", ONVM_MAX_PORTS);
     PyModule_AddIntConstant(m, "MAX_WORKERS", ONVM_MAX_WORKERS);
     PyModule_AddIntConstant(m, "MAX_HOPS", ONVM_MAX_HOPS);
-    PyModule_AddIntConstant(m, "MAX_RULES", ONVM_MAX_RULES);
+    PyModule_AddIntConstant(m, "RULES_DEFAULT", ONVM_RULES_DEFAULT);
+    PyModule_AddIntConstant(m, "RULES_LIMIT", ONVM_RULES_LIMIT);
+    PyModule_AddIntConstant(m, "TUPLES_MAX", ONVM_TUPLES_MAX);
+    PyModule_AddObject(m, "IDLE_DEFAULT", PyLong_FromUnsignedLong(ONVM_IDLE_DEFAULT));
+    PyModule_AddIntConstant(m, "TIMEOUT_MAX_MS", ONVM_TIMEOUT_MAX_MS);
+    PyModule_AddIntConstant(m, "DEFAULT_IDLE_MS", ONVM_DEFAULT_IDLE_MS);
     PyModule_AddIntConstant(m, "MAX_CHAINS", ONVM_MAX_CHAINS);
     PyModule_AddIntConstant(m, "MAX_INSTANCES", ONVM_MAX_INSTANCES);
     PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);

@@ -29,6 +29,8 @@ EPILOG = """examples:
 
 
 def _manager_parser(sub: Any) -> None:
+    from onvm._native import RULES_DEFAULT as _RULES_DEFAULT
+
     p = sub.add_parser("manager", help="run an NF manager",
                        description="Run an NF manager: shared region, ports, workers, control socket.")
     p.add_argument("--name", default="onvm", help="manager name (default onvm)")
@@ -51,6 +53,12 @@ def _manager_parser(sub: Any) -> None:
                    help="stop once every input port is exhausted and the pipeline drained")
     p.add_argument("--flow-table-size", type=int, default=65536,
                    help="exact-match flow entries, a power of two (default 65536; 0 = none)")
+    p.add_argument("--flow-idle", type=float, default=10.0, metavar="SECONDS",
+                   help="idle timeout of the flow entries that cache what the rules (or the default chain) "
+                   "decided, when the rule names none (default 10)")
+    p.add_argument("--max-rules", type=int, default=_RULES_DEFAULT,
+                   help=f"rules the manager can hold (default {_RULES_DEFAULT}; only the rules in place "
+                   "take memory)")
     p.add_argument("--chain", action="append", default=[], metavar="NAME=HOPS",
                    help="a named chain made at start, e.g. web=1,2,out:0 (repeatable)")
     p.add_argument("--rule", action="append", default=[], metavar="RULE",
@@ -92,7 +100,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
         rx_workers=args.rx_workers, tx_workers=args.tx_workers, burst=args.burst,
         stats_interval=0 if args.quiet else args.stats, duration=args.duration,
         exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
-        flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
+        flow_table_size=args.flow_table_size, flow_idle=args.flow_idle, max_rules=args.max_rules,
+        chains=args.chain, rules=args.rule,
         policies=args.policy, autoscale=args.autoscale,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,

@@ -38,6 +38,7 @@ from onvm.control.server import Connection, ControlServer
 from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
+from onvm.flows.rules import check_timeouts
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.packing import Packing, PackSettings
@@ -82,6 +83,8 @@ class ManagerConfig:
     exit_when_done: bool = False  # stop once every input port is exhausted and drained
     wait_for_chain: bool = True  # hold input ports until the default chain's services run
     flow_table_size: int = 65536  # exact-match entries (a power of two, 0 = no flow table)
+    flow_idle: float = 10.0  # idle timeout (s) of cached results whose rule names none
+    max_rules: int = _native.RULES_DEFAULT  # rule slots the region reserves (used ones only are resident)
     chains: list[str] = field(default_factory=list)  # NAME=SPEC, made at start
     rules: list[str] = field(default_factory=list)  # rule texts, added at start
     policies: list[str] = field(default_factory=list)  # SERVICE=POLICY
@@ -134,6 +137,12 @@ class ManagerConfig:
                                      or self.flow_table_size > 1 << 26):
             raise ConfigError(f"--flow-table-size {self.flow_table_size}: expected 0 or a power of two "
                               "up to 67108864")
+        if not 1 <= self.max_rules <= _native.RULES_LIMIT:
+            raise ConfigError(f"--max-rules {self.max_rules}: expected 1..{_native.RULES_LIMIT}")
+        try:
+            check_timeouts(self.flow_idle, 0)
+        except ConfigError as e:
+            raise ConfigError(f"--flow-idle {self.flow_idle}: {e.message}") from None
         self.policy_map: dict[int, int] = {}
         for text in self.policies:
             svc, _, pol = text.partition("=")
@@ -257,8 +266,8 @@ class Manager:
         try:
             stale = os.path.exists(path)
             self.region = _native.Region.create(
-                path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size
-            )
+                path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
+                cfg.max_rules)
             if stale:
                 self.log(f"replaced a stale region at {path} left by a manager that is gone")
         except _native.RegionError as e:
@@ -274,8 +283,8 @@ class Manager:
             for c in cfg.chains:
                 name, _, spec = c.partition("=")
                 self.flows.add_chain(name.strip(), spec)
-            for text in cfg.rules:
-                self.flows.add_rule(text)
+            self.flows.set_flow_idle(cfg.flow_idle)
+            self.flows.add_rules(cfg.rules)
             self.flows.start_sweeper()
             self._held = cfg.wait_for_chain and self._chain_services() != set()
             self.native.pause_input(self._held)
