@@ -120,10 +120,10 @@ PyObject *Region_flow_del(RegionObject *self, PyObject *ko) {
 }
 
 PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"limit", "chain", NULL};
+    static char *kwlist[] = {"limit", "chain", "origin", NULL};
     unsigned limit = 1000;
-    int chain = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Ii", kwlist, &limit, &chain))
+    int chain = -1, origin = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Iii", kwlist, &limit, &chain, &origin))
         return NULL;
     OPEN_OR_FAIL(self);
     PyObject *l = PyList_New(0);
@@ -132,7 +132,7 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
         struct onvm_flow_view copy;
         if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
             continue;
-        if (chain >= 0 && copy.f.chain != chain)
+        if ((chain >= 0 && copy.f.chain != chain) || (origin >= 0 && copy.f.origin != origin))
             continue;
         PyObject *d = flow_dict(&copy, now);
         PyList_Append(l, d);

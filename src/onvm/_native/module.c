@@ -669,7 +669,7 @@ static PyMethodDef Region_methods[] = {
     {"flow_get", (PyCFunction)Region_flow_get, METH_O, "flow_get(key) -> dict or None."},
     {"flow_del", (PyCFunction)Region_flow_del, METH_O, "flow_del(key) -> True if it was there."},
     {"flow_list", (PyCFunction)(void (*)(void))Region_flow_list, METH_VARARGS | METH_KEYWORDS,
-     "flow_list(limit=1000, chain=-1) -> [dict]."},
+     "flow_list(limit=1000, chain=-1, origin=-1) -> [dict] of live entries (of a chain, an origin)."},
     {"flow_stats", (PyCFunction)Region_flow_stats, METH_NOARGS, "Flow table counters."},
     {"flow_expire", (PyCFunction)Region_flow_expire, METH_VARARGS, "flow_expire(start, n) -> removed."},
     {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},

@@ -47,6 +47,7 @@ Not supported: packet buffers, groups, meters and more than one table.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import queue
 import select
@@ -65,7 +66,7 @@ from onvm import __version__ as onvm_version
 from onvm.actions import Action
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import MAX_PORTS, MAX_SERVICES, Hop
-from onvm.flows.rules import PacketFields, rule_matches
+from onvm.flows.rules import PacketFields
 from onvm.sdn import wire
 from onvm.sdn.translate import (
     CONTROLLER_SERVICE,
@@ -118,15 +119,27 @@ class OFFlow:
     hops: list[Hop]
     instructions: list[Any]
     rule_id: int = 0
+    slot: int = -1  # the rule's slot in the region's classifier
     installed: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     last_packets: int = 0
     base_packets: int = 0
     base_bytes: int = 0
 
+    @property
+    def key(self) -> tuple[int, Match]:
+        """What tells flows apart in the table (OpenFlow's strict identity)."""
+        return self.priority, self.match
+
 
 class FlowTable:
     """Table 0 on top of the manager's FlowRegistry.  Callers hold ``self.lock``.
+
+    A FLOW_MOD costs the same however many flows the table holds: flows are
+    found by their (priority, match) and by their rule's slot, each ADD or
+    DELETE_STRICT is one change of the registry, and a MODIFY replaces a rule
+    in one change.  Only what OpenFlow defines as a scan (non-strict MODIFY and
+    DELETE, stats requests) looks at every flow.
 
     Lock order: the table's lock, then the manager's.  Code that runs under the
     manager's lock (status, packet_in) must not take the table's."""
@@ -134,7 +147,9 @@ class FlowTable:
     def __init__(self, manager: Any) -> None:
         self.manager = manager
         self.lock = threading.RLock()
-        self.flows: list[OFFlow] = []
+        self.flows: dict[tuple[int, Match], OFFlow] = {}  # by key, in the order they came
+        self.by_slot: dict[int, OFFlow] = {}  # by their rule's slot
+        self.timed: dict[tuple[int, Match], OFFlow] = {}  # those with an idle or hard timeout
         self.seen: dict[Any, tuple[int, int, int]] = {}  # entry key -> (rule id, packets, bytes) last poll
         self.acc: dict[int, list[int]] = {}  # rule id -> [packets, bytes] counted so far
 
@@ -147,32 +162,66 @@ class FlowTable:
     def port_ok(self, port: int) -> bool:
         return bool(self.manager._is_output(port))
 
-    def _install(self, fl: OFFlow) -> None:
+    def _install(self, fl: OFFlow, replacing: OFFlow | None = None) -> None:
+        """Give fl its rule (and chain); with ``replacing``, that flow's rule goes in the same change."""
         name = chain_name(fl.hops)
         with self.manager.lock:
             reg = self._registry()
             try:
                 if name not in reg.chains:
                     reg.add_chain(name, ",".join(str(h) for h in fl.hops))
-                added = reg.add_rules([fl.match.rule(name, fl.priority).to_text()])
+                old = [replacing.rule_id] if replacing is not None and replacing.rule_id in reg.rules else []
+                added = reg.change([fl.match.rule(name, fl.priority)], old)
             except (ConfigError, OnvmError) as e:
+                self._drop_chain_if_unused(reg, name)
                 code = ofp.OFPFMFC_TABLE_FULL if getattr(e, "code", "") == "busy" else ofp.OFPFMFC_UNKNOWN
                 raise OFError(ofp.OFPET_FLOW_MOD_FAILED, code, str(e)) from None
-        fl.rule_id = added[0]["id"]
+            if replacing is not None:
+                self._forget_rule(reg, replacing)
+        fl.rule_id, fl.slot = added[0]["id"], added[0]["slot"]
+        self.by_slot[fl.slot] = fl
+
+    def _forget_rule(self, reg: Any, fl: OFFlow) -> None:
+        """fl's rule is gone from the registry: forget its slot, and its chain if nothing uses it."""
+        if self.by_slot.get(fl.slot) is fl:
+            del self.by_slot[fl.slot]
+        self._drop_chain_if_unused(reg, chain_name(fl.hops))
+        fl.rule_id, fl.slot = 0, -1
+
+    @staticmethod
+    def _drop_chain_if_unused(reg: Any, name: str) -> None:
+        if name in reg.chains and not reg.chain_rules[name]:
+            try:
+                reg.del_chain(name)
+            except OnvmError:
+                pass
 
     def _uninstall(self, fl: OFFlow) -> None:
         with self.manager.lock:
             reg = self.manager.flows
             if reg is None or fl.rule_id not in reg.rules:
                 return
-            rule = reg.rules[fl.rule_id][0]
-            reg.del_rule(fl.rule_id)
-            if not any(r.chain == rule.chain for r, _ in reg.rules.values()):
-                try:
-                    reg.del_chain(rule.chain)
-                except OnvmError:
-                    pass
-        fl.rule_id = 0
+            reg.change([], [fl.rule_id])
+            self._forget_rule(reg, fl)
+
+    def _enter(self, fl: OFFlow) -> None:
+        self.flows[fl.key] = fl
+        if fl.idle or fl.hard:
+            self.timed[fl.key] = fl
+
+    def _leave(self, fl: OFFlow) -> None:
+        self.flows.pop(fl.key, None)
+        self.timed.pop(fl.key, None)
+
+    def match_packet(self, key: tuple[Any, ...]) -> OFFlow | None:
+        """The flow whose rule the manager's classifier picks for a packet key (None: none of ours).
+
+        Runs under the manager's lock, without the table's: one dict read."""
+        region = self.manager.region
+        if region is None:
+            return None
+        slot, _ = region.rule_lookup(key)
+        return self.by_slot.get(slot)
 
     def poll(self) -> None:
         """Fold what the exact entries counted since the last poll into their rules' totals.
@@ -180,22 +229,20 @@ class FlowTable:
         An entry keeps its counters when it moves to another rule (a MODIFY
         re-caches it), so what is added is the growth since the last poll, to
         the rule that owns the entry now."""
-        reg = self.manager.flows
         region = self.manager.region
-        if reg is None or region is None:
+        if region is None:
             return
-        with self.manager.lock:
-            slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
         # The scan reads the region's seqlocked entries: no need to hold the manager's lock.
         fs = region.flow_stats()
         if not fs["used"] and not self.seen:
             return  # no entry anywhere: nothing counted since the last poll
-        entries = region.flow_list(max(fs["size"], 1), -1) if fs["size"] and slots else []
+        entries = region.flow_list(max(fs["size"], 1), -1, 0) if fs["size"] and self.by_slot else []
         seen: dict[Any, tuple[int, int, int]] = {}
         for e in entries:
-            rid = slots.get(e["rule_slot"])
-            if rid is None or e["origin"] != 0:
+            fl = self.by_slot.get(e["rule_slot"])
+            if fl is None:
                 continue
+            rid = fl.rule_id
             key, p, b = e["key"], e["packets"], e["bytes"]
             old = self.seen.get(key)
             dp, db = (p, b) if old is None or p < old[1] else (p - old[1], b - old[2])
@@ -239,9 +286,9 @@ class FlowTable:
         return []
 
     def add(self, fl: OFFlow) -> None:
-        old = next((f for f in self.flows if f.priority == fl.priority and f.match == fl.match), None)
+        old = self.flows.get(fl.key)
         if old is None and fl.flags & ofp.OFPFF_CHECK_OVERLAP:
-            for f in self.flows:
+            for f in self.flows.values():
                 if f.priority == fl.priority and (f.match.covers(fl.match) or fl.match.covers(f.match)):
                     raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP)
         if old is not None and old.hops == fl.hops:
@@ -254,21 +301,30 @@ class FlowTable:
             old.cookie, old.idle, old.hard, old.flags = fl.cookie, fl.idle, fl.hard, fl.flags
             old.of_match, old.instructions = fl.of_match, fl.instructions
             old.installed = old.last_active = time.monotonic()
+            self._enter(old)
+            if not (old.idle or old.hard):
+                self.timed.pop(old.key, None)
             return
-        self._install(fl)
-        if old is not None:  # an identical match with other actions replaces it
+        if old is not None:  # an identical match with other actions replaces it, in one change
             self.poll()
             if not fl.flags & ofp.OFPFF_RESET_COUNTS:
                 fl.base_packets, fl.base_bytes = self.stats_of(old)
             self.acc.pop(old.rule_id, None)
-            self._uninstall(old)
-            self.flows.remove(old)
-        self.flows.append(fl)
+            self._install(fl, replacing=old)
+            self._leave(old)
+        else:
+            self._install(fl)
+        self._enter(fl)
 
     def _selected(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
                   out_port: int = ofp.OFPP_ANY) -> list[OFFlow]:
+        if strict:
+            f = self.flows.get((priority, match))
+            candidates = [f] if f is not None else []
+        else:
+            candidates = list(self.flows.values())
         out = []
-        for f in self.flows:
+        for f in candidates:
             if mask and (f.cookie & mask) != (cookie & mask):
                 continue
             if strict:
@@ -288,20 +344,10 @@ class FlowTable:
             self.poll()
         for f in targets:
             p, b = self.stats_of(f) if not reset else (0, 0)
-            old_rule = f.rule_id
-            old_hops = f.hops
-            f.hops, f.instructions = hops, instructions
-            try:
-                self._install(f)
-            except OFError:
-                f.hops, f.rule_id = old_hops, old_rule
-                raise
-            new_rule = f.rule_id
-            f.rule_id = old_rule
-            self.acc.pop(old_rule, None)
-            self._uninstall(f)
-            f.rule_id = new_rule
-            f.base_packets, f.base_bytes = p, b
+            self.acc.pop(f.rule_id, None)
+            new = dataclasses.replace(f, hops=hops, instructions=instructions, base_packets=p, base_bytes=b)
+            self._install(new, replacing=f)
+            self._enter(new)
 
     def delete(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
                out_port: int, reason: int = ofp.OFPRR_DELETE) -> list[tuple[OFFlow, int]]:
@@ -315,20 +361,20 @@ class FlowTable:
         for f in targets:
             self._retire_counts(f)
             self._uninstall(f)
-            self.flows.remove(f)
+            self._leave(f)
         return [(f, reason) for f in targets]
 
     def clear(self) -> None:
-        self.remove(list(self.flows), ofp.OFPRR_DELETE)
+        self.remove(list(self.flows.values()), ofp.OFPRR_DELETE)
 
     def expired(self) -> list[tuple[OFFlow, int]]:
-        """Poll the counters; remove and return the flows whose idle or hard timeout passed."""
-        if self.flows:
-            self.poll()
-        now = time.monotonic()
-        timed = [f for f in self.flows if f.idle or f.hard]
+        """Remove and return the flows whose idle or hard timeout passed (counters polled for idle ones)."""
+        timed = list(self.timed.values())
         if not timed:
             return []
+        if any(f.idle for f in timed):
+            self.poll()
+        now = time.monotonic()
         gone: list[tuple[OFFlow, int]] = []
         for f in timed:
             if f.idle:
@@ -609,13 +655,10 @@ class OpenFlowAgent:
         """Queue a PACKET_IN (called by the manager for packet_io; never blocks)."""
         fields = packet_fields(data, in_port)
         reason, cookie = ofp.OFPR_NO_MATCH, 0xFFFFFFFFFFFFFFFF
-        # A copy of the list, not the table's lock: this runs under the manager's lock.
-        order = sorted(list(self.table.flows), key=lambda f: -f.priority)
-        for f in order:
-            if fields is not None and rule_matches(f.match.rule("x", f.priority), fields):
-                miss = f.priority == 0 and f.match == Match()
-                reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
-                break
+        f = self.table.match_packet(flow_key(fields)) if fields is not None else None
+        if f is not None:
+            miss = f.priority == 0 and f.match == Match()
+            reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
         msg = wire.packet_in(data=data, total_len=total_len, reason=reason, cookie=cookie,
                              in_port=of_port_of(in_port) if in_port < MAX_PORTS else ofp.OFPP_CONTROLLER)
         try:
@@ -778,6 +821,12 @@ def packet_fields(data: bytes, in_port: int) -> PacketFields | None:
     if proto in (6, 17, 132) and len(data) >= l4 + 4:
         sport, dport = int.from_bytes(data[l4:l4 + 2], "big"), int.from_bytes(data[l4 + 2:l4 + 4], "big")
     return PacketFields(ver, bytes(src), bytes(dst), proto, sport, dport, in_port, vlan)
+
+
+def flow_key(p: PacketFields) -> tuple[Any, ...]:
+    """The region's key for packet fields (ports only for TCP and UDP, as the packet path keys flows)."""
+    ports = (p.sport, p.dport) if p.proto in (6, 17) else (0, 0)
+    return (p.ipver, p.src, p.dst, p.proto, *ports, p.in_port, 0 if p.vlan is None else p.vlan + 1)
 
 
 __all__ = ["OpenFlowAgent", "parse_controller", "datapath_id", "FlowTable", "OFFlow", "parser"]
