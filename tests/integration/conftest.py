@@ -41,8 +41,8 @@ def deploy(runtime: str) -> Iterator[Any]:
     """deploy(manager_args) -> a started Deployment; all are stopped at the end."""
     made: list[Deployment] = []
 
-    def start(manager_args: list[str], verbose: bool = False) -> Deployment:
-        dep = Deployment(f"t{uuid.uuid4().hex[:8]}", manager_args, verbose=verbose)
+    def start(manager_args: list[str], verbose: bool = False, name: str | None = None) -> Deployment:
+        dep = Deployment(name or f"t{uuid.uuid4().hex[:8]}", manager_args, verbose=verbose)
         made.append(dep)
         dep.start_manager()
         return dep

@@ -8,7 +8,11 @@ offsets come from a small reference reader written here in Python.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import struct
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -211,3 +215,56 @@ def test_mutated_files_against_the_model(runtime, tmp_path, seed):
         assert "error" not in err
     else:
         assert f"at byte {bad_at}" in err, (bad_at, err)
+
+
+def test_pcap_input_truncated_while_read_stops_the_port_not_the_manager(deploy, tmp_path):
+    from tests.integration.conftest import wait_for
+
+    src = tmp_path / "in.pcap"
+    src.write_bytes(classic([frame(i, 1000) for i in range(4000)]))  # about 4 MiB
+    dep = deploy(["--port", f"pcap:{src}?loop=0&rate=20k", "--port", "null", "--default-chain", "out:1",
+                  "--no-wait"])
+    wait_for(lambda: dep.status()["ports"][0]["rx"] > 200, what="packets from the file")
+    os.truncate(src, 5000)  # the pages the reader is about to read are gone
+    port = wait_for(lambda: (p := dep.status()["ports"][0])["done"] and p, what="the port to stop")
+    assert "the file shrank while being read" in port["error"], port
+    assert dep.procs[0].poll() is None  # the manager lives on
+    src.write_bytes(b"\0" * 64)  # rewritten in place under the same name: still nothing but errors
+    assert dep.status()["ports"][1]["tx"] == port["rx"]
+    dep.stop()
+    assert dep.procs[0].returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: the disk a pcap-out file fills."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("count", [400, 3000])  # all of it in the last flush / a flush while running
+def test_pcap_out_on_a_full_disk_reports_the_packets_it_lost(runtime, small_disk, count):
+    out = small_disk / "out.pcap"
+    r = onvm("manager", "--name", f"t{uuid.uuid4().hex[:8]}", "--port", f"gen:size=1000,count={count}",
+             "--port", f"pcap-out:{out}", "--default-chain", "out:1", "--no-wait", "--exit-when-done",
+             "--stats", "0")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"port 1 pcap-out:\S+: in 0 pkts / 0 B, out (\d+) pkts.*write failed \(No space left on "
+                  r"device\): (\d+) packets lost.*; (\d+) packets lost after being counted as sent", r.stderr)
+    assert m, r.stderr
+    sent, lost, lost_again = (int(g) for g in m.groups())
+    assert lost == lost_again > 0
+    kept = pcap_records(out)  # the file ends on a whole record: tcpdump reads it
+    assert len(kept) == sent - lost
+    assert all(len(p) == 996 for p in kept)
+    assert out.stat().st_size == 24 + len(kept) * (16 + 996)

@@ -33,6 +33,7 @@ M64 = 0xFFFFFFFFFFFFFFFF
 
 SLOT_SKIP = 0xFFFFFFFE  # ring entries at or above this are reserved
 OWNER_FREE = 0xFFFF
+OWNER_PORT_BASE = 0xFF00  # + port id: the slot is lent to that port's device
 FREE_BURST = 256  # Region.free pushes at most this many slots per stack push
 
 L3_NONE, L3_IPV4, L3_IPV6, L3_ARP = 0, 1, 2, 3
@@ -104,6 +105,7 @@ class PoolModel:
         self.count = count
         self.stack = list(range(count - 1, -1, -1))  # top of the stack at the end
         self.owner = [OWNER_FREE] * count
+        self.lent: dict[tuple[int, int], int] = {}
 
     def alloc(self, n: int, owner: int = 0) -> list[int]:
         """Pop up to n slots, most recently freed first, and stamp them with owner."""
@@ -139,6 +141,35 @@ class PoolModel:
     def owners(self) -> dict[int, int]:
         """{owner stamp: number of slots}, as Region.owners() reports it."""
         return dict(Counter(self.owner))
+
+    # Slots lent to ports' devices: lent[(port, worker)] is each worker's count.
+    def lend(self, port: int, worker: int, n: int) -> list[int]:
+        out = self.alloc(n, OWNER_PORT_BASE + port)
+        self.lent[port, worker] = self.lent.get((port, worker), 0) + len(out)
+        return out
+
+    def took_back(self, port: int, worker: int, slots: Iterable[int]) -> None:
+        slots = list(slots)
+        if any(self.owner[s] != OWNER_PORT_BASE + port for s in slots):
+            raise ValueError(f"a slot is not lent to port {port}")
+        for s in slots:
+            self.owner[s] = 0
+        self.lent[port, worker] = self.lent.get((port, worker), 0) - len(slots)
+
+    def port_reclaim(self, port: int) -> int:
+        """After the port closed: what its device still held goes back to the pool."""
+        slots = [s for s, o in enumerate(self.owner) if o == OWNER_PORT_BASE + port]
+        self.free(slots)
+        for key in [k for k in self.lent if k[0] == port]:
+            del self.lent[key]
+        return len(slots)
+
+    def port_lent(self, port: int) -> int:
+        return sum(v for (p, _), v in self.lent.items() if p == port)
+
+    def in_use(self) -> int:
+        """Slots neither free nor lent: in rings, NFs, workers."""
+        return sum(1 for o in self.owner if o < OWNER_PORT_BASE)
 
     def __repr__(self) -> str:
         top = list(reversed(self.stack[-8:]))

@@ -195,6 +195,62 @@ def test_owner_stamps(region: _native.Region) -> None:
     assert region.owners() == {models.OWNER_FREE: 128}
 
 
+@pytest.mark.parametrize("count", [64, 100, 4096])
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_lending_to_ports_keeps_the_balance(count: int, data: st.DataObject) -> None:
+    """Slots lent to ports' devices (fill rings, TX rings, device queues), taken back by
+    any worker, freed, and reclaimed once a port closes: free + lent + in use = total."""
+    assert _native.OWNER_PORT_BASE == models.OWNER_PORT_BASE
+    model = models.PoolModel(count)
+    rnd = data.draw(st.randoms(use_true_random=False), label="rnd")
+    ports, workers = st.integers(0, 2), st.integers(0, _native.MAX_WORKERS - 1)
+    with fresh_region(pool_size=count) as region:
+        for _ in range(data.draw(st.integers(1, 30), label="steps")):
+            op = data.draw(st.sampled_from(["lend", "back", "free", "reclaim"]), label="op")
+            port, worker = data.draw(ports, label="port"), data.draw(workers, label="worker")
+            lent = [s for s, o in enumerate(model.owner) if o == models.OWNER_PORT_BASE + port]
+            mine = [s for s, o in enumerate(model.owner) if o == 0]
+            if op == "lend":
+                n = data.draw(st.integers(0, count // 2), label="n")
+                assert region.lend(port, worker, n) == model.lend(port, worker, n), dump(region, model)
+            elif op == "back" and lent:
+                slots = rnd.sample(lent, data.draw(st.integers(1, len(lent)), label="k"))
+                region.took_back(port, worker, slots)
+                model.took_back(port, worker, slots)
+            elif op == "free" and mine:
+                slots = rnd.sample(mine, data.draw(st.integers(1, len(mine)), label="k"))
+                region.free(slots)
+                model.free(slots)
+            elif op == "reclaim":
+                assert region.port_reclaim(port) == model.port_reclaim(port), dump(region, model)
+            info = region.info()
+            assert info["pool_lent"] == sum(model.lent.values()), dump(region, model)
+            assert info["pool_free"] + info["pool_lent"] + model.in_use() == count, dump(region, model)
+            for p in range(3):
+                assert region.port_info(p)["lent"] == model.port_lent(p), f"port {p}" + dump(region, model)
+            assert region.owners() == model.owners(), dump(region, model)
+        # Every port closes: what is not in use comes back, the order as the model's.
+        for p in range(3):
+            region.port_reclaim(p)
+            model.port_reclaim(p)
+        assert region.info()["pool_lent"] == 0
+        assert region.free_count() + model.in_use() == count
+        assert region.alloc(count) == model.alloc(count), dump(region, model)
+
+
+def test_took_back_refuses_slots_the_port_does_not_hold(region: _native.Region) -> None:
+    mine = region.alloc(2)
+    lent = region.lend(1, 0, 2)
+    with pytest.raises(ValueError, match="not lent to port 1"):
+        region.took_back(1, 0, [lent[0], mine[0]])
+    with pytest.raises(ValueError, match="not lent to port 2"):
+        region.took_back(2, 0, lent)
+    assert region.port_info(1)["lent"] == 2
+    with pytest.raises(ValueError, match="out of range"):
+        region.lend(_native.MAX_PORTS, 0, 1)
+
+
 def test_alloc_resets_the_metadata(region: _native.Region) -> None:
     (s,) = region.alloc(1)
     region.write(s, udp_frame())

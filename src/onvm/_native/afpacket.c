@@ -246,7 +246,8 @@ static uint32_t afp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
 /* ---- TX -------------------------------------------------------------------- */
 
 static uint32_t afp_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots, uint32_t n,
-                       uint64_t *bytes) {
+                       uint64_t *bytes, struct onvm_port_stats *st) {
+    (void)st;
     struct afp *a = p->drv;
     uint64_t b = 0;
     for (uint32_t i = 0; i < n; i++) {

@@ -401,7 +401,7 @@ PyObject *Region_chains(RegionObject *self, PyObject *u) {
             PyList_Append(hops, t);
             Py_DECREF(t);
         }
-        PyObject *t = Py_BuildValue("(IsN)", c, ch->name, hops);
+        PyObject *t = Py_BuildValue("(INN)", c, onvm_text(ch->name, sizeof ch->name), hops);
         PyList_Append(l, t);
         Py_DECREF(t);
     }

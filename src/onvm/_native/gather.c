@@ -122,7 +122,7 @@ static void Gather_dealloc(GatherObject *g) {
 }
 
 /* Gather(region, slots, [(field_id, array), ...]) */
-static int Gather_init(GatherObject *g, PyObject *args, PyObject *kw) {
+static int Gather_build(GatherObject *g, PyObject *args, PyObject *kw) {
     (void)kw;
     PyObject *region, *slots, *specs;
     if (!PyArg_ParseTuple(args, "O!OO", &RegionType, &region, &slots, &specs))
@@ -275,14 +275,21 @@ static PyMethodDef gather_functions[] = {
      "write_field(region, field_id, slots, values) -> count: store values[i] into packet slots[i]"},
     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Gather_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    GatherObject *self = (GatherObject *)type->tp_alloc(type, 0);
+    if (self && Gather_build(self, args, kw) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 static PyTypeObject GatherType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Gather",
     .tp_basicsize = sizeof(GatherObject),
     .tp_dealloc = (destructor)Gather_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Gather(region, slots, [(field id, array)]): g(n) fills the arrays for a burst.",
-    .tp_init = (initproc)Gather_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Gather_new,
     .tp_call = (ternaryfunc)Gather_call,
 };
 

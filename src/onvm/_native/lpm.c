@@ -154,7 +154,8 @@ static PyObject *LPM_lookup_into(LPMObject *t, PyObject *const *args, Py_ssize_t
         if (n == -1 && PyErr_Occurred())
             goto fail;
     }
-    if (a.itemsize != 4 || o.itemsize != 4 || n < 0 || n * 4 > a.len || n * 4 > o.len) {
+    /* n is compared with what the buffers hold, never multiplied: a huge n must not wrap. */
+    if (a.itemsize != 4 || o.itemsize != 4 || n < 0 || n > a.len / 4 || n > o.len / 4) {
         PyErr_SetString(PyExc_ValueError, "lookup_into needs uint32 addresses and an int32 output of room n");
         goto fail;
     }

@@ -8,6 +8,8 @@
 #include <Python.h>
 
 
+#include <sys/mman.h>
+
 #include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
@@ -29,12 +31,34 @@ static PyObject *raise_region(int err, const char *msg) {
 
 /* ===== Region ============================================================= */
 
-static void Region_dealloc(RegionObject *self) {
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
+/* Unmap (the creator also removes the file).  While Python still holds buffers over
+ * the region, the mapping stays until the last of them is released. */
+static void region_close(RegionObject *self) {
+    if (!self->r.base)
+        return;
+    if (self->r.owner && self->path)
+        unlink(PyUnicode_AsUTF8(self->path));
+    if (self->exports) {
+        self->kept_base = self->r.base;
+        self->kept_size = self->r.size;
+        self->r.base = NULL; /* closed for every other use */
+        if (self->r.fd >= 0)
+            close(self->r.fd);
+        self->r.fd = -1;
+        return;
     }
+    onvm_region_detach(&self->r);
+}
+
+void onvm_region_export_done(RegionObject *self) {
+    if (--self->exports == 0 && self->kept_base) {
+        munmap(self->kept_base, self->kept_size);
+        self->kept_base = NULL;
+    }
+}
+
+static void Region_dealloc(RegionObject *self) {
+    region_close(self); /* no buffer is left: each holds a reference to us */
     Py_XDECREF(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -88,11 +112,7 @@ static PyObject *Region_attach(PyTypeObject *type, PyObject *args) {
 
 static PyObject *Region_close(RegionObject *self, PyObject *unused) {
     (void)unused;
-    if (self->r.base) {
-        if (self->r.owner && self->path)
-            unlink(PyUnicode_AsUTF8(self->path));
-        onvm_region_detach(&self->r);
-    }
+    region_close(self);
     Py_RETURN_NONE;
 }
 
@@ -100,12 +120,13 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:s,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:I,s:i}", "path", self->path, "name",
-                         h->name, "size", (unsigned long long)h->total_size, "pool_size",
-                         h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i}", "path", self->path, "name",
+                         onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
+                         "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
-                         (long long)onvm_pool_free_count(&self->r), "max_nfs", ONVM_MAX_NFS,
-                         "owner", self->r.owner);
+                         (long long)onvm_pool_free_count(&self->r), "pool_lent",
+                         (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
+                         self->r.owner, "replaced", self->r.replaced);
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -290,6 +311,64 @@ static PyObject *Region_owners(RegionObject *self, PyObject *unused) {
     return d;
 }
 
+/* Lending as a port driver does it (onvm_port.h), for tests of the pool's balance. */
+static struct onvm_port_stats *port_row(RegionObject *self, unsigned port, unsigned worker) {
+    if (port >= ONVM_MAX_PORTS || worker >= ONVM_MAX_WORKERS) {
+        PyErr_Format(PyExc_ValueError, "port %u or worker %u is out of range (0..%d, 0..%d)", port,
+                     worker, ONVM_MAX_PORTS - 1, ONVM_MAX_WORKERS - 1);
+        return NULL;
+    }
+    return &self->r.ports[port].by_worker[worker];
+}
+
+static PyObject *Region_lend(RegionObject *self, PyObject *args) {
+    unsigned port, worker, n;
+    if (!PyArg_ParseTuple(args, "III", &port, &worker, &n))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    if (!st)
+        return NULL;
+    if (n > 4096)
+        return PyErr_Format(PyExc_ValueError, "lend at most 4096 slots at a time (not %u)", n);
+    uint32_t buf[4096];
+    uint32_t got = onvm_port_lend_alloc(&self->r, st, port, buf, n);
+    return list_from_slots(buf, got);
+}
+
+static PyObject *Region_took_back(RegionObject *self, PyObject *args) {
+    unsigned port, worker;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "IIO", &port, &worker, &seq))
+        return NULL;
+    REGION_OPEN(self);
+    struct onvm_port_stats *st = port_row(self, port, worker);
+    uint32_t *buf;
+    Py_ssize_t n;
+    if (!st || slots_from_seq(self, seq, &buf, &n) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (atomic_load(&self->r.meta[buf[i]].owner) != ONVM_OWNER_PORT(port)) {
+            PyErr_Format(PyExc_ValueError, "slot %u is not lent to port %u", buf[i], port);
+            PyMem_Free(buf);
+            return NULL;
+        }
+    }
+    onvm_port_took_back(&self->r, st, buf, (uint32_t)n);
+    PyMem_Free(buf);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_port_reclaim(RegionObject *self, PyObject *args) {
+    unsigned port;
+    if (!PyArg_ParseTuple(args, "I", &port))
+        return NULL;
+    REGION_OPEN(self);
+    if (!port_row(self, port, 0))
+        return NULL;
+    return PyLong_FromLong(onvm_port_reclaim(&self->r, port));
+}
+
 static int check_nf(unsigned id) {
     if (id == 0 || id >= ONVM_MAX_NFS) {
         PyErr_Format(PyExc_ValueError, "NF id %u is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
@@ -451,9 +530,9 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     struct onvm_nf *nf = &self->r.nfs[id];
     struct onvm_nf_stats st = nf->stats; /* a snapshot; each field is written by the NF alone */
     PyObject *d = Py_BuildValue(
-        "{s:I,s:H,s:H,s:i,s:s,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
+        "{s:I,s:H,s:H,s:i,s:N,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
-        "name", nf->name, "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
+        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
         "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
         (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
         (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
@@ -494,12 +573,14 @@ static PyObject *Region_port_info(RegionObject *self, PyObject *args) {
     uint64_t rx_by_worker[ONVM_MAX_WORKERS];
     for (int w = 0; w < ONVM_MAX_WORKERS; w++)
         rx_by_worker[w] = p->by_worker[w].rx;
-    return Py_BuildValue("{s:I,s:I,s:I,s:s,s:K,s:K,s:K,s:K,s:N,s:N}", "in_use", p->in_use, "kind", p->kind,
-                         "rx_done", p->rx_done, "uri", p->uri, "rx", (unsigned long long)sum.rx,
+    return Py_BuildValue("{s:I,s:I,s:I,s:N,s:K,s:K,s:K,s:K,s:N,s:N,s:L}", "in_use", p->in_use, "kind",
+                         p->kind, "rx_done", p->rx_done, "uri", onvm_text(p->uri, sizeof p->uri), "rx",
+                         (unsigned long long)sum.rx,
                          "rx_bytes", (unsigned long long)sum.rx_bytes, "tx",
                          (unsigned long long)sum.tx, "tx_bytes", (unsigned long long)sum.tx_bytes,
                          "drops", u64_tuple(sum.drops, ONVM_DROP_COUNT), "rx_by_worker",
-                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS));
+                         u64_tuple(rx_by_worker, ONVM_MAX_WORKERS), "lent",
+                         (long long)onvm_port_lent(&self->r, id));
 }
 
 static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
@@ -525,8 +606,8 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
     if (id >= ONVM_MAX_WORKERS)
         return PyErr_Format(PyExc_ValueError, "worker %u is out of range", id);
     struct onvm_worker *w = &self->r.workers[id];
-    PyObject *d = Py_BuildValue("{s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch), "role",
-                                w->role, "loops", (unsigned long long)w->loops, "busy_loops",
+    PyObject *d = Py_BuildValue("{s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "epoch", atomic_load(&w->epoch),
+                                "sleeping", atomic_load(&w->wait.sleeping), "role", w->role, "loops", (unsigned long long)w->loops, "busy_loops",
                                 (unsigned long long)w->busy_loops, "sleeps",
                                 (unsigned long long)w->wait.sleeps, "wakeups",
                                 (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
@@ -646,6 +727,12 @@ static PyMethodDef Region_methods[] = {
     {"read", (PyCFunction)Region_read, METH_VARARGS, "read(slot) -> bytes of the packet."},
     {"meta", (PyCFunction)Region_meta, METH_VARARGS, "meta(slot) -> dict."},
     {"owners", (PyCFunction)Region_owners, METH_NOARGS, "{owner stamp: slot count}."},
+    {"lend", (PyCFunction)Region_lend, METH_VARARGS,
+     "lend(port, worker, n) -> slots allocated as lent to the port's device (as a driver does)."},
+    {"took_back", (PyCFunction)Region_took_back, METH_VARARGS,
+     "took_back(port, worker, slots): the device gave them back; they are the manager's."},
+    {"port_reclaim", (PyCFunction)Region_port_reclaim, METH_VARARGS,
+     "port_reclaim(port) -> slots still lent to the port, now freed (after it closed)."},
     {"nf_activate", (PyCFunction)Region_nf_activate, METH_VARARGS, "nf_activate(id, service, instance, pid, tx_worker, name)."},
     {"nf_set_draining", (PyCFunction)Region_nf_set_draining, METH_VARARGS, ""},
     {"nf_request_stop", (PyCFunction)Region_nf_request_stop, METH_VARARGS, ""},
@@ -708,7 +795,7 @@ typedef struct {
     int running;
 } ManagerObject;
 
-static int Manager_init(ManagerObject *self, PyObject *args, PyObject *kw) {
+static int Manager_build(ManagerObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"region", "rx_workers", "tx_workers", "burst", NULL};
     PyObject *region;
     unsigned nrx = 1, ntx = 1, burst = 64;
@@ -842,6 +929,29 @@ static PyObject *Manager_add_afpacket(ManagerObject *self, PyObject *args, PyObj
     return port_added(self, id, onvm_port_open_afpacket((int)id, &c, err, sizeof err), err);
 }
 
+#define AFXDP_MISSING                                                                              \
+    "this build of pyonvm has no AF_XDP support: install the libxdp and libbpf headers (apt-get "  \
+    "install libxdp-dev libbpf-dev) and rebuild (pip install -e .)"
+
+static PyObject *Manager_add_afxdp(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "ifname", "queues", "mode", "ring", "fill", "promisc", NULL};
+    struct onvm_afxdp_conf c = {.queues = 1, .ring = 2048, .promisc = 1};
+    unsigned id;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|IIIIp", kwlist, &id, &c.ifname, &c.queues, &c.mode,
+                                     &c.ring, &c.fill, &c.promisc))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+#ifdef ONVM_HAVE_AFXDP
+    char err[256] = "";
+    struct onvm_port *p;
+    Py_BEGIN_ALLOW_THREADS p = onvm_port_open_afxdp((int)id, &self->region->r, &c, err, sizeof err);
+    Py_END_ALLOW_THREADS return port_added(self, id, p, err);
+#else
+    return raise_region(EOPNOTSUPP, AFXDP_MISSING);
+#endif
+}
+
 static PyObject *Manager_add_tap(ManagerObject *self, PyObject *args) {
     unsigned id;
     const char *name;
@@ -878,6 +988,21 @@ static PyObject *Manager_close_ports(ManagerObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* flush_ports(): stop the workers, then have output ports write what they buffered
+ * (their errors show in port_state, which stays readable until close_ports). */
+static PyObject *Manager_flush_ports(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    manager_shutdown(self);
+    for (int i = 0; i < ONVM_MAX_PORTS; i++) {
+        struct onvm_port *p = self->m->ports[i];
+        if (p && p->flush) {
+            Py_BEGIN_ALLOW_THREADS p->flush(p);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Manager_kick(ManagerObject *self, PyObject *unused) {
     (void)unused;
     onvm_mgr_kick(self->m);
@@ -893,6 +1018,42 @@ static PyObject *Manager_pause_input(ManagerObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* retire(nf_id, grace=0.5, drain=1.0) -> {"reclaimed", "grace_ok", "pending", "drained", "grace_s"} */
+static PyObject *Manager_retire(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"nf_id", "grace", "drain", NULL};
+    unsigned id;
+    double grace = 0.5, drain = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|dd", kwlist, &id, &grace, &drain))
+        return NULL;
+    if (id == 0 || id >= ONVM_MAX_NFS)
+        return PyErr_Format(PyExc_ValueError, "NF id %u is out of range (1..%d)", id, ONVM_MAX_NFS - 1);
+    if (!(grace >= 0 && grace <= 60 && drain >= 0 && drain <= 60))
+        return PyErr_Format(PyExc_ValueError, "grace and drain are 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    struct onvm_retire_result res;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_mgr_retire_nf(self->m, id, (uint64_t)(grace * 1e9), (uint64_t)(drain * 1e9), &res);
+    Py_END_ALLOW_THREADS if (rc) return raise_region(rc, "retiring the NF failed");
+    return Py_BuildValue("{s:l,s:O,s:I,s:O,s:d}", "reclaimed", res.reclaimed, "grace_ok",
+                         res.grace_ok ? Py_True : Py_False, "pending", res.pending, "drained",
+                         res.drained ? Py_True : Py_False, "grace_s", (double)res.grace_ns / 1e9);
+}
+
+/* drain(timeout) -> True once every NF ring is empty, False if the timeout came first */
+static PyObject *Manager_drain(ManagerObject *self, PyObject *arg) {
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(timeout >= 0 && timeout <= 60))
+        return PyErr_Format(PyExc_ValueError, "timeout is 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    int ok;
+    Py_BEGIN_ALLOW_THREADS ok = onvm_mgr_wait_drained(self->m, (uint64_t)(timeout * 1e9));
+    Py_END_ALLOW_THREADS return PyBool_FromLong(ok);
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -900,10 +1061,11 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i}", "kind", p->kind, "done",
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
                          atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                          (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL, "tx", p->tx != NULL);
+                         "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
+                         (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -932,14 +1094,30 @@ static PyMethodDef Manager_methods[] = {
     {"add_afpacket", (PyCFunction)(void (*)(void))Manager_add_afpacket, METH_VARARGS | METH_KEYWORDS,
      "add_afpacket(port, ifname, queues=1, promisc=True, qdisc_bypass=True, block_size=0, blocks=0)"},
     {"add_tap", (PyCFunction)Manager_add_tap, METH_VARARGS, "add_tap(port, name)"},
+    {"add_afxdp", (PyCFunction)(void (*)(void))Manager_add_afxdp, METH_VARARGS | METH_KEYWORDS,
+     "add_afxdp(port, ifname, queues=1, mode=0, ring=2048, fill=0, promisc=True): mode 0 auto, 1 zc, "
+     "2 copy, 3 skb"},
     {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
+    {"flush_ports", (PyCFunction)Manager_flush_ports, METH_NOARGS,
+     "Stop, then flush output ports (their errors stay readable in port_state)."},
     {"kick", (PyCFunction)Manager_kick, METH_NOARGS, "Wake every worker."},
+    {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
+     "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
+    {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
     {NULL}};
+
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Manager_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    ManagerObject *self = (ManagerObject *)type->tp_alloc(type, 0);
+    if (self && Manager_build(self, args, kw) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
 
 static PyTypeObject ManagerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Manager",
@@ -948,8 +1126,7 @@ static PyTypeObject ManagerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Manager(region, rx_workers=1, tx_workers=1, burst=64): native workers and ports.",
     .tp_methods = Manager_methods,
-    .tp_init = (initproc)Manager_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Manager_new,
 };
 
 /* ===== Ring (a private ring for tests and models) ========================= */
@@ -958,7 +1135,7 @@ typedef struct {
     PyObject_HEAD struct onvm_ring *ring;
 } RingObject;
 
-static int Ring_init(RingObject *self, PyObject *args) {
+static int Ring_build(RingObject *self, PyObject *args) {
     unsigned size;
     if (!PyArg_ParseTuple(args, "I", &size))
         return -1;
@@ -1113,6 +1290,15 @@ static PyMethodDef Ring_methods[] = {
 static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
                                     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)kw;
+    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
+    if (self && Ring_build(self, args) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Ring",
     .tp_basicsize = sizeof(RingObject),
@@ -1121,8 +1307,7 @@ static PyTypeObject RingType = {
     .tp_doc = "Ring(size): a process-private ring with the shared ring's code, for tests.",
     .tp_methods = Ring_methods,
     .tp_getset = Ring_getset,
-    .tp_init = (initproc)Ring_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Ring_new,
 };
 
 /* ===== module functions ==================================================== */
@@ -1220,6 +1405,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
+    PyModule_AddIntConstant(m, "OWNER_PORT_BASE", ONVM_OWNER_PORT_BASE);
+#ifdef ONVM_HAVE_AFXDP
+    PyModule_AddIntConstant(m, "HAVE_AFXDP", 1);
+#else
+    PyModule_AddIntConstant(m, "HAVE_AFXDP", 0);
+#endif
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
         onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0)

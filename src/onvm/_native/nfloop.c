@@ -35,7 +35,7 @@ typedef struct {
     struct onvm_held held;    /* releases waiting to be routed */
 } NFContextObject;
 
-static int NFContext_init(NFContextObject *self, PyObject *args) {
+static int NFContext_build(NFContextObject *self, PyObject *args) {
     PyObject *region;
     unsigned id;
     if (!PyArg_ParseTuple(args, "O!I", &RegionType, &region, &id))
@@ -63,7 +63,7 @@ static int NFContext_init(NFContextObject *self, PyObject *args) {
     self->route->act = nf->stats.act;
     self->route->drops = nf->stats.drops;
     self->route->tx = &nf->stats.tx;
-    self->pkt = onvm_packet_new(&ro->r);
+    self->pkt = onvm_packet_new(ro);
     self->meta = onvm_meta_new();
     if (!self->pkt || !self->meta)
         return -1;
@@ -180,7 +180,9 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         if (limit && limit - handled < want)
             want = (uint32_t)(limit - handled);
         uint32_t n = onvm_ring_dequeue_sc(rx, self->buf, want, 0, r->meta, (uint16_t)self->nf_id);
-        atomic_fetch_add_explicit(&nf->epoch, 1, ONVM_RELAXED);
+        /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
+        atomic_fetch_add_explicit(&nf->epoch, 1, memory_order_seq_cst);
+        onvm_grace_pass(r->hdr);
         uint64_t now;
         if (n == 0) {
             if (++idle < NF_SPIN_POLLS) {
@@ -399,6 +401,15 @@ static PyMethodDef NFContext_methods[] = {
      "inject(data, action=NEXT, dest=0, count=1, chain=0) -> packets sent"},
     {NULL}};
 
+/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
+static PyObject *NFContext_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)kw;
+    NFContextObject *self = (NFContextObject *)type->tp_alloc(type, 0);
+    if (self && NFContext_build(self, args) < 0)
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+
 PyTypeObject NFContextType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.NFContext",
     .tp_basicsize = sizeof(NFContextObject),
@@ -406,6 +417,5 @@ PyTypeObject NFContextType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "NFContext(region, nf_id): the native side of one NF.",
     .tp_methods = NFContext_methods,
-    .tp_init = (initproc)NFContext_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = NFContext_new,
 };

@@ -29,10 +29,11 @@
 #include <assert.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 4u
+#define ONVM_LAYOUT_VERSION 6u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -47,6 +48,10 @@
 
 #define ONVM_OWNER_MGR 0u
 #define ONVM_OWNER_FREE 0xffffu
+/* Slots lent to port p's device (an AF_XDP fill or TX ring, a DPDK queue) are
+ * stamped ONVM_OWNER_PORT(p) until the device gives them back (onvm_port.h). */
+#define ONVM_OWNER_PORT_BASE 0xff00u
+#define ONVM_OWNER_PORT(p) ((uint16_t)(ONVM_OWNER_PORT_BASE + (p)))
 #define ONVM_SLOT_NIL 0xffffffffu
 #define ONVM_SLOT_SKIP 0xfffffffeu /* ring entry voided by crash repair */
 
@@ -106,6 +111,8 @@ struct onvm_meta {
     uint8_t reserved[18];
 };
 static_assert(sizeof(struct onvm_meta) == 64, "meta must be one cache line");
+static_assert(ONVM_OWNER_PORT_BASE >= ONVM_MAX_NFS && ONVM_OWNER_PORT(ONVM_MAX_PORTS) <= ONVM_OWNER_FREE,
+              "port owner stamps collide with NF ids or the free stamp");
 
 /* A futex word a consumer sleeps on; a producer wakes it only when it is flagged. */
 struct onvm_waiter {
@@ -225,6 +232,10 @@ struct onvm_port_stats {
     uint64_t tx;
     uint64_t tx_bytes;
     uint64_t drops[ONVM_DROP_COUNT];
+    /* Slots this worker lent to the port's device minus those it took back.  A
+     * row may go negative (one worker lends, another takes back); the sum over
+     * the rows is what the device holds: pool free + lent + in use = total. */
+    int64_t lent;
     struct onvm_lat_hist lat; /* end to end: RX to handing the packet to this port */
 };
 
@@ -279,6 +290,14 @@ struct onvm_header {
     _Atomic uint64_t flows_full;    /* results not cached: no free entry within the probe limit */
     _Atomic uint64_t flows_evicted; /* cached results an explicit entry replaced */
     _Atomic uint64_t flows_changed; /* cached results the rules changed, rewritten or removed */
+    /* The manager waits for the packet path here (retire.c): it sets waiting and
+     * sleeps on it; the next loop iteration of any NF or worker clears it and
+     * wakes the manager to look again (onvm_grace_pass).  Its own line: every
+     * loop iteration reads it, and it is written only while the manager waits. */
+    struct {
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t waiting;
+    } grace;
 };
+static_assert(offsetof(struct onvm_header, grace) % ONVM_CACHE_LINE == 0, "grace word on its own line");
 
 #endif

@@ -37,4 +37,20 @@ void onvm_mgr_stop(struct onvm_mgr *m);
 /* Wake every worker (after a port or NF change). */
 void onvm_mgr_kick(struct onvm_mgr *m);
 
+/* retire.c: an NF that left its service, taken out of the packet path. */
+struct onvm_retire_result {
+    long reclaimed;    /* slots returned to the pool: its RX ring and what it held */
+    int grace_ok;      /* every other NF and worker passed an iteration in time */
+    unsigned pending;  /* how many had not, when grace_ok is 0 */
+    int drained;       /* its TX ring was emptied in time */
+    uint64_t grace_ns; /* how long the grace period took */
+};
+/* Mark nf_id DRAINING, wait a grace period (at most grace_ns), reclaim its
+ * slots, wait for its TX ring to drain (at most drain_ns).  The caller took it
+ * out of its service first and releases its slot (onvm_nf_release) after. */
+int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, uint64_t drain_ns,
+                       struct onvm_retire_result *out);
+/* Wait until every NF ring is empty; 1 if it happened within timeout_ns. */
+int onvm_mgr_wait_drained(struct onvm_mgr *m, uint64_t timeout_ns);
+
 #endif

@@ -10,7 +10,22 @@
 typedef struct {
     PyObject_HEAD struct onvm_region r;
     PyObject *path;
+    /* Buffers over the region handed to Python (pkt.data, pkt.payload) that are not
+     * released yet.  close() leaves the mapping in place until the last one goes, so
+     * no buffer, whoever holds it, ever points at unmapped memory. */
+    Py_ssize_t exports;
+    void *kept_base;
+    size_t kept_size;
 } RegionObject;
+
+/* A fixed-size text field of the region as str: up to its first NUL or its size, bad
+ * UTF-8 replaced.  Any process that maps the region may have written it. */
+static inline PyObject *onvm_text(const char *s, size_t size) {
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strnlen(s, size), "replace");
+}
+
+/* A buffer over the region was released (the other half of a getbuffer on it). */
+void onvm_region_export_done(RegionObject *self);
 
 extern PyTypeObject RegionType;
 extern PyTypeObject NFContextType;

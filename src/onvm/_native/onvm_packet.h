@@ -12,10 +12,12 @@ enum onvm_hv_kind { HV_ETH, HV_VLAN, HV_ARP, HV_IPV4, HV_IPV6, HV_ICMP, HV_ICMP6
 
 typedef struct {
     PyObject_HEAD struct onvm_region *r;
+    RegionObject *region; /* borrowed: the NF context that owns this packet holds it */
     uint32_t slot;
     struct onvm_meta *m; /* NULL outside a handler call */
     uint8_t *data;
     PyObject *views[HV_COUNT];
+    PyObject *handed; /* memoryviews given out for this packet, released when it changes */
 } PacketObject;
 
 typedef struct {
@@ -23,9 +25,14 @@ typedef struct {
     uint32_t slot;
 } MetaObject;
 
-/* Point the reused views at slot s (m NULL: invalidate them). */
+void onvm_packet_release_views(PacketObject *p);
+
+/* Point the reused views at slot s (m NULL: invalidate them).  The memoryviews the
+ * handler took of the previous packet are released: using one later raises. */
 static inline void onvm_views_set(PacketObject *p, MetaObject *o, struct onvm_region *r, uint32_t s,
                                   struct onvm_meta *m) {
+    if (PyList_GET_SIZE(p->handed))
+        onvm_packet_release_views(p);
     p->slot = s;
     p->m = m;
     p->data = m ? onvm_slot_data(r, s) : NULL;
@@ -33,7 +40,7 @@ static inline void onvm_views_set(PacketObject *p, MetaObject *o, struct onvm_re
     o->slot = s;
 }
 
-PacketObject *onvm_packet_new(struct onvm_region *r);
+PacketObject *onvm_packet_new(RegionObject *region);
 MetaObject *onvm_meta_new(void);
 
 /* Releases wait in a list until the burst in hand is routed, so a packet held

@@ -21,6 +21,7 @@ enum onvm_port_kind {
     ONVM_PORT_PCAP_OUT = 4,
     ONVM_PORT_AFPACKET = 5,
     ONVM_PORT_TAP = 6,
+    ONVM_PORT_AFXDP = 7,
 };
 
 #define ONVM_PORT_MAX_QUEUES ONVM_MAX_WORKERS
@@ -51,9 +52,11 @@ struct onvm_pcap_conf {
 struct onvm_port;
 typedef uint32_t (*onvm_port_rx_fn)(struct onvm_port *p, struct onvm_region *r, uint32_t *slots,
                                    uint32_t n, uint64_t now, uint64_t *next_due);
-/* Takes every slot (frees them all); returns how many went out. */
+/* Takes every slot (frees them, or lends them to the device until it has sent
+ * them); returns how many went out.  st: the port's stats row of the caller. */
 typedef uint32_t (*onvm_port_tx_fn)(struct onvm_port *p, struct onvm_region *r,
-                                   const uint32_t *slots, uint32_t n, uint64_t *bytes);
+                                   const uint32_t *slots, uint32_t n, uint64_t *bytes,
+                                   struct onvm_port_stats *st);
 
 /* Reads up to n packets of queue q; drops it sees (kernel ring full, too big)
  * go to st, the port's stats row of the calling worker. */
@@ -78,23 +81,26 @@ struct onvm_port {
     uint32_t hdr_len;
     uint32_t *tmpl_csum; /* per-flow IPv4 checksum partial sum */
     uint64_t produced, rng, flow_next;
-    /* pcap in */
-    const uint8_t *map;
-    size_t map_len;
-    size_t pos;
+    /* pcap in: read with pread into the driver's buffer (a file that shrinks or changes
+     * while it is read gives an error, never a SIGBUS) */
+    uint64_t file_len; /* the file's size when this pass through it began */
+    uint64_t pos;
     int swapped, nsec;
     uint64_t loops_left, records_in_file;
     uint64_t skipped; /* frames that did not fit a slot (afpacket, tap) */
     /* pcap out */
-    FILE *out;
     uint32_t snaplen;
+    uint64_t lost; /* packets counted as sent whose bytes never reached the file */
     /* queues and kernel-backed drivers (afpacket.c, tap.c) */
     unsigned nrxq;          /* > 1: RX worker i polls queue i */
     onvm_port_rxq_fn rxq;   /* used instead of rx when set */
     int rx_fd[ONVM_PORT_MAX_QUEUES]; /* what an idle worker polls, valid when rxq is set */
     void (*close)(struct onvm_port *p); /* driver cleanup */
+    void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
     char path[256];         /* file or interface, for messages */
+    char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */
+    char notice[224];       /* something the manager logs once the port is open */
     /* pcap in: format and timing */
     int pcapng;
     uint32_t file_snaplen;
@@ -123,10 +129,58 @@ struct onvm_afpacket_conf {
 struct onvm_port *onvm_port_open_afpacket(int id, const struct onvm_afpacket_conf *c, char *err,
                                           size_t errlen);
 struct onvm_port *onvm_port_open_tap(int id, const char *name, char *err, size_t errlen);
+enum onvm_afxdp_mode { ONVM_AFXDP_AUTO = 0, ONVM_AFXDP_ZC = 1, ONVM_AFXDP_COPY = 2, ONVM_AFXDP_SKB = 3 };
+struct onvm_afxdp_conf {
+    const char *ifname;
+    unsigned queues; /* one socket per RX queue 0..queues-1; RX worker i serves queue i */
+    unsigned mode;   /* enum onvm_afxdp_mode */
+    unsigned ring;   /* RX and TX ring entries, a power of two */
+    unsigned fill;   /* slots kept in each fill ring; 0: a quarter of the pool over the queues */
+    int promisc;
+};
+/* Built only where libxdp and libbpf are (ONVM_HAVE_AFXDP; see afxdp.c). */
+struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
+                                       char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
 /* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
 int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
                         uint64_t *sent);
+
+/* ---- slots lent to a device ------------------------------------------------
+ *
+ * A driver that hands pool slots to its device (AF_XDP fill and TX rings, DPDK
+ * RX and TX queues) stamps them ONVM_OWNER_PORT(id) and counts them in the
+ * stats row of the worker that lends them (st->lent, see onvm_layout.h); the
+ * worker that takes them back restamps them and counts them down in its own
+ * row.  So, at every moment, pool free + sum of lent + in use = total, and
+ * after the device has let go of everything, onvm_port_reclaim() returns the
+ * slots still stamped as lent to the port (it never got them back) to the pool.
+ * The rows are written only by their worker; setup and teardown run while the
+ * workers are stopped. */
+
+/* Allocates up to n slots stamped as lent to port p; returns how many. */
+static inline uint32_t onvm_port_lend_alloc(struct onvm_region *r, struct onvm_port_stats *st,
+                                            unsigned port, uint32_t *out, uint32_t n) {
+    uint32_t got = onvm_pool_alloc_burst(r, out, n, ONVM_OWNER_PORT(port));
+    st->lent += got;
+    return got;
+}
+
+/* Lends slots the caller owns (a TX ring takes them until they are sent). */
+static inline void onvm_port_lend(struct onvm_region *r, struct onvm_port_stats *st, unsigned port,
+                                  const uint32_t *slots, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_PORT(port), ONVM_RELAXED);
+    st->lent += n;
+}
+
+/* The device gave these back: they are the manager's again (to route or to free). */
+static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_stats *st,
+                                       const uint32_t *slots, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
+    st->lent -= n;
+}
 
 /* Shared by the drivers (ports.c). */
 struct onvm_port *onvm_port_new(int id, int kind);

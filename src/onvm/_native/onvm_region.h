@@ -12,7 +12,8 @@ struct onvm_region {
     uint8_t *base;
     size_t size;
     int fd;
-    int owner; /* created (and will unlink) this region */
+    int owner;    /* created (and will unlink) this region */
+    int replaced; /* create found a stale or foreign file at the path and removed it */
     struct onvm_header *hdr;
     struct onvm_meta *meta;
     uint8_t *slots;
@@ -72,6 +73,13 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
 int64_t onvm_pool_free_count(const struct onvm_region *r);
 void onvm_slot_reset(struct onvm_region *r, uint32_t idx);
+/* Once port's device holds nothing any more (its queues and rings are gone):
+ * frees every slot still stamped as lent to the port and zeroes the port's
+ * lent counts (onvm_port.h).  Returns how many slots came back. */
+long onvm_port_reclaim(struct onvm_region *r, unsigned port);
+/* Slots lent to port's device now, and to every port's (sums of the workers' rows). */
+int64_t onvm_port_lent(const struct onvm_region *r, unsigned port);
+int64_t onvm_pool_lent(const struct onvm_region *r);
 
 /* ---- services and chains (manager writes, everyone reads) ---- */
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,

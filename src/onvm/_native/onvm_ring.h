@@ -12,6 +12,7 @@
 #define ONVM_RING_H
 
 #include <errno.h>
+#include <stdint.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stddef.h>
@@ -228,6 +229,18 @@ static inline void onvm_waiter_sleep(struct onvm_waiter *w, long timeout_ns) {
 
 static inline void onvm_waiter_cancel(struct onvm_waiter *w) {
     atomic_store_explicit(&w->sleeping, 0, ONVM_RELAXED);
+}
+
+/* A packet-path loop iteration is over: if the manager waits for one (a grace
+ * period, a ring to drain; see retire.c), wake it to look again.  The caller
+ * bumped its epoch with a seq_cst RMW just before: with the seq_cst load here
+ * and the manager's seq_cst store of waiting before it reads the epochs, either
+ * the manager sees the new epoch or this sees waiting set (on x86 both are the
+ * instructions a relaxed bump and load would be). */
+static inline void onvm_grace_pass(struct onvm_header *h) {
+    if (atomic_load_explicit(&h->grace.waiting, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&h->grace.waiting, 0, ONVM_RELAXED))
+        syscall(SYS_futex, (uint32_t *)&h->grace.waiting, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
 /* Unconditional wake, for stop requests. */

@@ -407,10 +407,84 @@ static PyObject *Packet_truncated(PacketObject *p, void *c) {
     PKT_LIVE(p);
     return PyBool_FromLong(p->m->flags & ONVM_MF_TRUNC);
 }
+/* ---- pkt.data and pkt.payload ----
+ *
+ * They are memoryviews over the slot (zero copy), valid while the handler has the
+ * packet.  Each is made over a small exporter that holds the region, and is
+ * released when the loop moves to the next packet or the burst ends: using it
+ * afterwards raises ValueError.  A slice of it, or a buffer another object took
+ * from it (numpy.frombuffer), cannot be recalled; it keeps the region mapped
+ * instead (see RegionObject.exports), so it reads stale bytes, never unmapped
+ * memory. */
+
+typedef struct {
+    PyObject_HEAD RegionObject *region;
+    char *buf;
+    Py_ssize_t len;
+} SlotBufObject;
+
+static int SlotBuf_getbuffer(SlotBufObject *o, Py_buffer *view, int flags) {
+    if (PyBuffer_FillInfo(view, (PyObject *)o, o->buf, o->len, 0, flags) < 0)
+        return -1;
+    o->region->exports++;
+    return 0;
+}
+
+static void SlotBuf_releasebuffer(SlotBufObject *o, Py_buffer *view) {
+    (void)view;
+    onvm_region_export_done(o->region);
+}
+
+static void SlotBuf_dealloc(SlotBufObject *o) {
+    Py_XDECREF(o->region);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyBufferProcs SlotBuf_as_buffer = {(getbufferproc)SlotBuf_getbuffer,
+                                          (releasebufferproc)SlotBuf_releasebuffer};
+
+static PyTypeObject SlotBufType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.SlotBuffer",
+    .tp_basicsize = sizeof(SlotBufObject),
+    .tp_dealloc = (destructor)SlotBuf_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The bytes of a packet in its slot, behind pkt.data and pkt.payload.",
+    .tp_as_buffer = &SlotBuf_as_buffer,
+};
+
+static PyObject *slot_view(PacketObject *p, uint8_t *at, uint32_t len) {
+    SlotBufObject *o = PyObject_New(SlotBufObject, &SlotBufType);
+    if (!o)
+        return NULL;
+    Py_INCREF(p->region);
+    o->region = p->region;
+    o->buf = (char *)at;
+    o->len = len;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)o);
+    Py_DECREF(o);
+    if (mv && PyList_Append(p->handed, mv) < 0)
+        Py_CLEAR(mv);
+    return mv;
+}
+
+void onvm_packet_release_views(PacketObject *p) {
+    PyObject *et, *ev, *tb; /* a handler's exception survives this */
+    PyErr_Fetch(&et, &ev, &tb);
+    Py_ssize_t n = PyList_GET_SIZE(p->handed);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyObject_CallMethod(PyList_GET_ITEM(p->handed, i), "release", NULL);
+        if (!r)
+            PyErr_Clear(); /* something exported from it: it stays, and so does the mapping */
+        Py_XDECREF(r);
+    }
+    PyList_SetSlice(p->handed, 0, n, NULL);
+    PyErr_Restore(et, ev, tb);
+}
+
 static PyObject *Packet_data(PacketObject *p, void *c) {
     (void)c;
     PKT_LIVE(p);
-    return PyMemoryView_FromMemory((char *)p->data, p->m->len, PyBUF_WRITE);
+    return slot_view(p, p->data, p->m->len);
 }
 static PyObject *Packet_payload(PacketObject *p, void *c) {
     (void)c;
@@ -418,7 +492,7 @@ static PyObject *Packet_payload(PacketObject *p, void *c) {
     uint32_t a = payload_start(p->m, p->data), b = payload_end(p->m, p->data);
     if (b < a)
         b = a;
-    return PyMemoryView_FromMemory((char *)p->data + a, b - a, PyBUF_WRITE);
+    return slot_view(p, p->data + a, b - a);
 }
 static PyObject *Packet_payload_offset(PacketObject *p, void *c) {
     (void)c;
@@ -561,6 +635,9 @@ static PyObject *Packet_bytes(PacketObject *p, PyObject *u) {
 static void Packet_dealloc(PacketObject *p) {
     for (int i = 0; i < HV_COUNT; i++)
         Py_XDECREF(p->views[i]);
+    if (p->handed)
+        onvm_packet_release_views(p);
+    Py_XDECREF(p->handed);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -608,15 +685,19 @@ PyTypeObject PacketType = {
     .tp_getset = Packet_getset,
 };
 
-PacketObject *onvm_packet_new(struct onvm_region *r) {
+PacketObject *onvm_packet_new(RegionObject *region) {
     PacketObject *p = PyObject_New(PacketObject, &PacketType);
     if (!p)
         return NULL;
-    p->r = r;
+    p->r = &region->r;
+    p->region = region;
+    p->handed = PyList_New(0);
     p->slot = 0;
     p->m = NULL;
     p->data = NULL;
     memset(p->views, 0, sizeof p->views);
+    if (!p->handed)
+        Py_CLEAR(p);
     return p;
 }
 
@@ -945,6 +1026,8 @@ static PyMethodDef packet_functions[] = {
     {NULL}};
 
 int onvm_packet_register(PyObject *module) {
+    if (PyType_Ready(&SlotBufType) < 0)
+        return -1;
     PyTypeObject *types[] = {&EthernetType, &VlanType, &ArpType, &IPv6Type, &IcmpType, &TcpType, &UdpType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)

@@ -11,7 +11,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 struct onvm_port *onvm_port_new(int id, int kind) {
@@ -79,8 +78,9 @@ static void pool_empty(struct onvm_region *r, struct onvm_port *p, uint32_t lost
 /* ---- null ---------------------------------------------------------------- */
 
 static uint32_t null_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
-                        uint32_t n, uint64_t *bytes) {
+                        uint32_t n, uint64_t *bytes, struct onvm_port_stats *st) {
     (void)p;
+    (void)st;
     uint64_t b = 0;
     for (uint32_t i = 0; i < n; i++)
         b += r->meta[slots[i]].len;
@@ -252,7 +252,9 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
 
 /* ---- pcap in ------------------------------------------------------------- *
  *
- * The file is mapped and read record by record.  Classic pcap (either byte
+ * The file is read with pread() into a buffer, record by record; it is never
+ * mapped, so a file truncated or rewritten while the port reads it gives an
+ * error (or damaged records), not a SIGBUS in the manager.  Classic pcap (either byte
  * order, microsecond or nanosecond stamps) and pcapng (section headers,
  * interface descriptions with their timestamp resolution, enhanced and simple
  * packet blocks; other blocks are skipped) are read.  Anything that does not
@@ -267,9 +269,15 @@ struct pcapng_if {
     uint64_t units; /* timestamp units per second */
 };
 
+#define PCAP_BUF (1u << 17) /* bytes read at once, cache-sized; a packet or interface block must fit */
+
 struct pcap_state {
     struct pcapng_if ifs[PCAPNG_MAX_IFS];
     uint32_t nifs;
+    int fd;
+    uint8_t *buf;     /* PCAP_BUF bytes of the file from buf_off */
+    uint64_t buf_off; /* file offset of buf[0] */
+    size_t buf_len;   /* bytes of the file in buf */
 };
 
 static uint32_t rd32le(const uint8_t *p, int swapped) {
@@ -284,15 +292,54 @@ static uint16_t rd16(const uint8_t *p, int swapped) {
     return swapped ? __builtin_bswap16(v) : v;
 }
 
-static void pcap_fail(struct onvm_port *p, const char *what, size_t at, uint64_t a, uint64_t b) {
+static void pcap_fail(struct onvm_port *p, const char *what, uint64_t at, uint64_t a, uint64_t b) {
     char msg[112];
     snprintf(msg, sizeof msg, what, (unsigned long long)a, (unsigned long long)b);
-    snprintf(p->error, sizeof p->error, "pcap %.100s: %.112s at byte %zu", p->path, msg, at);
+    snprintf(p->error, sizeof p->error, "pcap %.100s: %.112s at byte %llu", p->path, msg,
+             (unsigned long long)at);
     atomic_store(&p->rx_done, 1);
 }
 
+/* pread until len bytes or the end of the file; -1 on an error. */
+static ssize_t pread_full(int fd, uint8_t *to, size_t len, uint64_t off) {
+    size_t got = 0;
+    while (got < len) {
+        ssize_t k = pread(fd, to + got, len - got, (off_t)(off + got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -1;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    return (ssize_t)got;
+}
+
+/* The file's bytes [off, off + len), len <= PCAP_BUF, which the caller knows lie
+ * below file_len; valid until the next call.  NULL (and the port stops) when the
+ * file no longer has them: it shrank, or the read failed. */
+static const uint8_t *pcap_at(struct onvm_port *p, uint64_t off, size_t len) {
+    struct pcap_state *ps = p->drv;
+    if (off >= ps->buf_off && off + len <= ps->buf_off + ps->buf_len)
+        return ps->buf + (off - ps->buf_off);
+    size_t want = p->file_len - off < PCAP_BUF ? (size_t)(p->file_len - off) : PCAP_BUF;
+    ssize_t got = pread_full(ps->fd, ps->buf, want, off);
+    ps->buf_off = off;
+    ps->buf_len = got > 0 ? (size_t)got : 0;
+    if (got < 0) {
+        pcap_fail(p, "read failed (errno %llu)%.0llu", off, (uint64_t)errno, 0);
+        return NULL;
+    }
+    if ((size_t)got < len) {
+        pcap_fail(p, "the file shrank while being read: %llu of %llu bytes left", off, (uint64_t)got, len);
+        return NULL;
+    }
+    return ps->buf;
+}
+
 /* Checks a captured length against the file's snaplen and the slot; 0 if fine. */
-static int pcap_check_len(struct onvm_port *p, size_t at, uint32_t caplen, uint32_t snaplen,
+static int pcap_check_len(struct onvm_port *p, uint64_t at, uint32_t caplen, uint32_t snaplen,
                           uint32_t room) {
     if (caplen == 0) {
         pcap_fail(p, "zero-length record%.0llu%.0llu", at, 0, 0);
@@ -313,17 +360,19 @@ static int pcap_check_len(struct onvm_port *p, size_t at, uint32_t caplen, uint3
 /* pcapng: walks blocks from p->pos to the next packet.  Returns 1 with the
  * packet, 0 at the end of the file, -1 after an error. */
 static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
-                       uint64_t *ts_ns, size_t *next) {
+                       uint64_t *ts_ns, uint64_t *next) {
     struct pcap_state *ps = p->drv;
-    size_t pos = p->pos;
+    uint64_t pos = p->pos;
     for (;;) {
-        if (pos == p->map_len)
+        if (pos == p->file_len)
             return 0;
-        if (pos + 12 > p->map_len) {
-            pcap_fail(p, "truncated block header (%llu of 12 bytes)%.0llu", pos, p->map_len - pos, 0);
+        if (pos + 12 > p->file_len) {
+            pcap_fail(p, "truncated block header (%llu of 12 bytes)%.0llu", pos, p->file_len - pos, 0);
             return -1;
         }
-        const uint8_t *b = p->map + pos;
+        const uint8_t *b = pcap_at(p, pos, 12);
+        if (!b)
+            return -1;
         uint32_t type;
         memcpy(&type, b, 4);
         if (type == 0x0a0d0d0au) { /* a section header: its byte order applies from here */
@@ -346,16 +395,27 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
             pcap_fail(p, "corrupt block (type %llu, length %llu)", pos, type, blen);
             return -1;
         }
-        if (pos + blen > p->map_len) {
+        if (pos + blen > p->file_len) {
             pcap_fail(p, "truncated block: %llu bytes announced, %llu in the file", pos, blen,
-                      p->map_len - pos);
+                      p->file_len - pos);
             return -1;
         }
-        if (rd32le(b + blen - 4, p->swapped) != blen) {
+        int whole = type == 1 || type == 3 || type == 6; /* blocks read whole; others only framed */
+        if (whole && blen > PCAP_BUF) {
+            pcap_fail(p, "a %llu-byte block of type %llu is longer than this reader takes", pos, blen, type);
+            return -1;
+        }
+        const uint8_t *tail = pcap_at(p, pos + blen - 4, 4); /* each read may move the buffer */
+        if (!tail)
+            return -1;
+        uint32_t trailer = rd32le(tail, p->swapped);
+        if (whole && !(b = pcap_at(p, pos, blen)))
+            return -1;
+        if (trailer != blen) {
             pcap_fail(p, "corrupt block: trailing length differs from %llu%.0llu", pos, blen, 0);
             return -1;
         }
-        size_t at = pos;
+        uint64_t at = pos;
         pos += blen;
         if (type == 1) { /* interface description */
             if (blen < 20) {
@@ -435,26 +495,30 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
 
 /* Classic pcap: the record at p->pos.  Same returns as pcapng_next. */
 static int classic_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
-                        uint64_t *ts_ns, size_t *next) {
-    size_t pos = p->pos;
-    if (pos == p->map_len)
+                        uint64_t *ts_ns, uint64_t *next) {
+    uint64_t pos = p->pos;
+    if (pos == p->file_len)
         return 0;
-    if (pos + 16 > p->map_len) {
-        pcap_fail(p, "truncated record header (%llu of 16 bytes)%.0llu", pos, p->map_len - pos, 0);
+    if (pos + 16 > p->file_len) {
+        pcap_fail(p, "truncated record header (%llu of 16 bytes)%.0llu", pos, p->file_len - pos, 0);
         return -1;
     }
-    const uint8_t *h = p->map + pos;
+    const uint8_t *h = pcap_at(p, pos, 16);
+    if (!h)
+        return -1;
     uint32_t incl = rd32le(h + 8, p->swapped);
     if (incl > 262144 && incl > p->file_snaplen) {
         pcap_fail(p, "corrupt record (captured length %llu)%.0llu", pos, incl, 0);
         return -1;
     }
-    if (pos + 16 + incl > p->map_len) {
+    if (pos + 16 + incl > p->file_len) {
         pcap_fail(p, "truncated record: %llu bytes announced, %llu in the file", pos, incl,
-                  p->map_len - pos - 16);
+                  p->file_len - pos - 16);
         return -1;
     }
     if (pcap_check_len(p, pos, incl, p->file_snaplen, room))
+        return -1;
+    if (!(h = pcap_at(p, pos, 16 + (size_t)incl))) /* room < PCAP_BUF: the record fits */
         return -1;
     uint64_t sec = rd32le(h, p->swapped), frac = rd32le(h + 4, p->swapped);
     *ts_ns = sec * 1000000000ull + (p->nsec ? frac : frac * 1000);
@@ -463,6 +527,8 @@ static int classic_next(struct onvm_port *p, uint32_t room, const uint8_t **data
     *next = pos + 16 + incl;
     return 1;
 }
+
+static int pcap_rewind(struct onvm_port *p);
 
 static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
                         uint64_t now, uint64_t *next_due) {
@@ -481,8 +547,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
     while (k < got) {
         const uint8_t *data;
         uint32_t caplen;
-        uint64_t ts;
-        size_t next;
+        uint64_t ts, next;
         int rc = p->pcapng ? pcapng_next(p, room, &data, &caplen, &ts, &next)
                            : classic_next(p, room, &data, &caplen, &ts, &next);
         if (rc < 0)
@@ -492,7 +557,8 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
                 atomic_store(&p->rx_done, 1);
                 break;
             }
-            p->pos = p->pcapng ? 0 : 24;
+            if (pcap_rewind(p) < 0)
+                break;
             p->records_in_file = 0;
             p->loop_offset_ns += p->last_ts_ns - p->first_ts_ns;
             continue;
@@ -526,7 +592,28 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
     return k;
 }
 
+/* Back to the first record for another pass; the file's size is taken again. */
+static int pcap_rewind(struct onvm_port *p) {
+    struct pcap_state *ps = p->drv;
+    struct stat st;
+    uint64_t start = p->pcapng ? 0 : 24;
+    if (fstat(ps->fd, &st) != 0 || (uint64_t)st.st_size < start) {
+        pcap_fail(p, "the file shrank to %llu bytes%.0llu", 0, (uint64_t)st.st_size, 0);
+        return -1;
+    }
+    p->file_len = (uint64_t)st.st_size;
+    p->pos = start;
+    ps->buf_len = 0;
+    return 0;
+}
+
 static void pcap_in_close(struct onvm_port *p) {
+    struct pcap_state *ps = p->drv;
+    if (ps) {
+        if (ps->fd >= 0)
+            close(ps->fd);
+        free(ps->buf);
+    }
     free(p->drv);
     p->drv = NULL;
 }
@@ -540,21 +627,16 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
         return NULL;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < 24) {
+    uint8_t head[24];
+    if (fstat(fd, &st) != 0 || st.st_size < 24 || pread_full(fd, head, sizeof head, 0) != (ssize_t)sizeof head) {
         close(fd);
         if (err)
             snprintf(err, errlen, "pcap %.160s: truncated file header (%lld bytes; a pcap header has 24)",
                      c->path, (long long)st.st_size);
         return NULL;
     }
-    const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        set_err(err, errlen, "pcap %s: cannot map (%s)", c->path, strerror(errno));
-        return NULL;
-    }
     uint32_t magic;
-    memcpy(&magic, map, 4);
+    memcpy(&magic, head, 4);
     int swapped = 0, nsec = 0, ng = 0;
     if (magic == 0xa1b2c3d4u) {
     } else if (magic == 0xd4c3b2a1u) {
@@ -566,7 +648,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     } else if (magic == 0x0a0d0d0au) {
         ng = 1;
     } else {
-        munmap((void *)map, (size_t)st.st_size);
+        close(fd);
         if (err)
             snprintf(err, errlen, "pcap %.160s: not a pcap or pcapng file (magic 0x%08x at byte 0)",
                      c->path, magic);
@@ -574,10 +656,10 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     }
     uint32_t snaplen = 0;
     if (!ng) {
-        uint32_t linktype = rd32le(map + 20, swapped) & 0x0fffffff;
-        snaplen = rd32le(map + 16, swapped);
+        uint32_t linktype = rd32le(head + 20, swapped) & 0x0fffffff;
+        snaplen = rd32le(head + 16, swapped);
         if (linktype != 1) {
-            munmap((void *)map, (size_t)st.st_size);
+            close(fd);
             if (err)
                 snprintf(err, errlen, "pcap %.160s: link type %u at byte 20 is not Ethernet (1)",
                          c->path, linktype);
@@ -585,16 +667,21 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
         }
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_IN);
-    if (!p || !(p->drv = calloc(1, sizeof(struct pcap_state)))) {
-        munmap((void *)map, (size_t)st.st_size);
+    struct pcap_state *ps = p ? calloc(1, sizeof *ps) : NULL;
+    uint8_t *buf = ps ? malloc(PCAP_BUF) : NULL;
+    if (!buf) {
+        close(fd);
+        free(ps);
         onvm_port_close(p);
         return NULL;
     }
+    ps->fd = fd;
+    ps->buf = buf;
+    p->drv = ps;
     p->close = pcap_in_close;
     snprintf(p->path, sizeof p->path, "%s", c->path);
     p->rx = pcap_rx;
-    p->map = map;
-    p->map_len = (size_t)st.st_size;
+    p->file_len = (uint64_t)st.st_size;
     p->pcapng = ng;
     p->pos = ng ? 0 : 24;
     p->swapped = swapped;
@@ -607,28 +694,81 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     return p;
 }
 
-/* ---- pcap out ------------------------------------------------------------ */
+/* ---- pcap out ------------------------------------------------------------ *
+ *
+ * Records gather in a buffer that is written with write() when it fills and
+ * when the port is flushed or closed.  A write that fails (a full disk, a file
+ * system gone read-only) stops the port: the file is cut back to the end of
+ * the last whole record, so it stays readable, and the packets that were
+ * counted as sent but never reached it are counted in `lost`.  Later packets
+ * are port drops. */
+
+#define PCAP_OUT_BUF (1u << 20)
+#define PCAP_OUT_RECS (PCAP_OUT_BUF / 64) /* records buffered at most */
+
+struct pcap_writer {
+    int fd;
+    int failed;
+    uint64_t file_len; /* bytes in the file: the header and whole records */
+    uint32_t len;      /* bytes in buf */
+    uint32_t nrec;     /* records in buf; end[i] is where record i ends */
+    uint32_t end[PCAP_OUT_RECS];
+    uint8_t buf[PCAP_OUT_BUF];
+};
+
+static void pcap_out_flush(struct onvm_port *p) {
+    struct pcap_writer *w = p->drv;
+    if (!w || w->failed || w->len == 0)
+        return;
+    uint32_t done = 0;
+    int err = 0;
+    while (done < w->len) {
+        ssize_t k = write(w->fd, w->buf + done, w->len - done);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            err = k < 0 ? errno : ENOSPC;
+            break;
+        }
+        done += (uint32_t)k;
+    }
+    if (!err) {
+        w->file_len += w->len;
+        w->len = w->nrec = 0;
+        return;
+    }
+    uint32_t whole = 0; /* records that reached the file complete */
+    while (whole < w->nrec && w->end[whole] <= done)
+        whole++;
+    uint64_t keep = w->file_len + (whole ? w->end[whole - 1] : 0);
+    int cut = ftruncate(w->fd, (off_t)keep);
+    p->lost += w->nrec - whole;
+    snprintf(p->error, sizeof p->error, "pcap-out %.160s: write failed (%s): %u packets lost%s", p->path,
+             strerror(err), w->nrec - whole, cut ? "; the file ends in a cut record" : "");
+    w->failed = 1;
+    w->len = w->nrec = 0;
+}
 
 static uint32_t pcap_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots,
-                        uint32_t n, uint64_t *bytes) {
+                        uint32_t n, uint64_t *bytes, struct onvm_port_stats *st) {
+    (void)st;
+    struct pcap_writer *w = p->drv;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint32_t sent = 0;
     uint64_t b = 0;
-    for (uint32_t i = 0; i < n && p->out; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         struct onvm_meta *m = &r->meta[slots[i]];
         uint32_t cap = m->len < p->snaplen ? m->len : p->snaplen;
+        if (w->len + 16 + cap > PCAP_OUT_BUF || w->nrec == PCAP_OUT_RECS)
+            pcap_out_flush(p);
+        if (w->failed)
+            break; /* the rest are port drops */
         uint32_t hdr[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), cap, m->len};
-        if (fwrite(hdr, sizeof hdr, 1, p->out) != 1 ||
-            (cap && fwrite(onvm_slot_data(r, slots[i]), cap, 1, p->out) != 1)) {
-            /* a full disk or a broken file: the file stays as far as it got, later
-             * packets are counted as port drops */
-            snprintf(p->error, sizeof p->error, "pcap-out %.160s: write failed: %s", p->path,
-                     strerror(errno));
-            fclose(p->out);
-            p->out = NULL;
-            break;
-        }
+        memcpy(w->buf + w->len, hdr, sizeof hdr);
+        memcpy(w->buf + w->len + sizeof hdr, onvm_slot_data(r, slots[i]), cap);
+        w->len += (uint32_t)sizeof hdr + cap;
+        w->end[w->nrec++] = w->len;
         sent++;
         b += m->len;
     }
@@ -637,30 +777,49 @@ static uint32_t pcap_tx(struct onvm_port *p, struct onvm_region *r, const uint32
     return sent;
 }
 
+static void pcap_out_close(struct onvm_port *p) {
+    struct pcap_writer *w = p->drv;
+    if (!w)
+        return;
+    pcap_out_flush(p);
+    close(w->fd);
+    free(w);
+    p->drv = NULL;
+}
+
 struct onvm_port *onvm_port_open_pcap_out(int id, const struct onvm_pcap_conf *c, char *err,
                                           size_t errlen) {
-    FILE *f = fopen(c->path, "wbe");
-    if (!f) {
+    int fd = open(c->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
         if (err)
             snprintf(err, errlen, "pcap-out %s: cannot create (%s)", c->path, strerror(errno));
         return NULL;
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_PCAP_OUT);
-    if (!p) {
-        fclose(f);
+    struct pcap_writer *w = p ? calloc(1, sizeof *w) : NULL;
+    if (!w) {
+        close(fd);
+        onvm_port_close(p);
         return NULL;
     }
-    setvbuf(f, NULL, _IOFBF, 1 << 20);
     p->snaplen = c->snaplen ? c->snaplen : 65535;
     uint32_t hdr[6] = {0xa1b2c3d4u, 0x00040002u /* version 2.4 */, 0, 0, p->snaplen, 1};
-    if (fwrite(hdr, sizeof hdr, 1, f) != 1) {
-        fclose(f);
-        free(p);
+    /* Written at once, so a file that cannot be written fails here, by name. */
+    ssize_t k = write(fd, hdr, sizeof hdr);
+    if (k != (ssize_t)sizeof hdr) {
         if (err)
-            snprintf(err, errlen, "pcap-out %s: cannot write header", c->path);
+            snprintf(err, errlen, "pcap-out %s: cannot write its header (%s)", c->path,
+                     k < 0 ? strerror(errno) : "no space left");
+        close(fd);
+        free(w);
+        onvm_port_close(p);
         return NULL;
     }
-    p->out = f;
+    w->fd = fd;
+    w->file_len = sizeof hdr;
+    p->drv = w;
+    p->close = pcap_out_close;
+    p->flush = pcap_out_flush;
     p->tx = pcap_tx;
     snprintf(p->path, sizeof p->path, "%s", c->path);
     return p;
@@ -671,12 +830,6 @@ void onvm_port_close(struct onvm_port *p) {
         return;
     if (p->close)
         p->close(p);
-    if (p->out) {
-        fflush(p->out);
-        fclose(p->out);
-    }
-    if (p->map)
-        munmap((void *)p->map, p->map_len);
     free(p->templates);
     free(p->tmpl_csum);
     pthread_mutex_destroy(&p->tx_lock);

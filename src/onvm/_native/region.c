@@ -51,6 +51,71 @@ static void bind_tables(struct onvm_region *r) {
     r->workers = onvm_at(r, h->off_workers);
 }
 
+/* Does fd still have the name path? */
+static int named(int fd, const char *path) {
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && lstat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* A new region file at path: always a fresh inode made here (O_EXCL, never through a
+ * symlink), mode 0600, owned by us and locked.  Nothing another process opened or
+ * mapped before can be the region.  The manager holds the exclusive lock for its
+ * whole life: a file at path whose lock is held is a running manager's (EBUSY);
+ * anything else there (a stale region, a symlink, a file planted by someone) is
+ * unlinked while we hold its lock, and we create again.  Two managers starting at
+ * once: whichever holds the lock on the file the name finally points to wins. */
+static int create_fresh(struct onvm_region *r, const char *path, int *fd_out) {
+    for (int attempt = 0; attempt < 16; attempt++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            struct stat st;
+            errno = 0;
+            /* Locked before anyone else could lock it, and still under its name. */
+            if (flock(fd, LOCK_EX | LOCK_NB) != 0 || !named(fd, path)) {
+                close(fd);
+                continue;
+            }
+            if (fchmod(fd, 0600) != 0 || fstat(fd, &st) != 0 || st.st_uid != geteuid() ||
+                (st.st_mode & 07777) != 0600 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+                int e = errno ? errno : EPERM;
+                unlink(path);
+                close(fd);
+                return fail(r, e, "cannot make region file %s private (mode 0600, ours, one link)", path);
+            }
+            *fd_out = fd;
+            return 0;
+        }
+        if (errno != EEXIST)
+            return fail(r, errno, "cannot create region file %s", path);
+        int old = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (old < 0) {
+            if (errno == ENOENT)
+                continue; /* gone meanwhile */
+            /* A symlink (ELOOP) or a file we may not even read: not a region of ours. */
+            if (unlink(path) != 0 && errno != ENOENT)
+                return fail(r, errno, "%s is in the way of the region file and cannot be removed", path);
+            r->replaced = 1;
+            continue;
+        }
+        if (flock(old, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            close(old);
+            if (e == EWOULDBLOCK)
+                return fail(r, EBUSY, "region %s belongs to a manager that is still running", path);
+            return fail(r, e, "cannot lock region file %s", path);
+        }
+        /* Nobody runs on it: remove the name while we hold the lock, then create anew. */
+        if (named(old, path) && unlink(path) != 0 && errno != ENOENT) {
+            int e = errno;
+            close(old);
+            return fail(r, e, "cannot remove the stale region file %s", path);
+        }
+        r->replaced = 1;
+        close(old);
+    }
+    return fail(r, EBUSY, "region %s keeps being replaced by another process", path);
+}
+
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p) {
     memset(r, 0, sizeof *r);
     r->fd = -1;
@@ -100,20 +165,10 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
         return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
 
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return fail(r, errno, "cannot create region file %s", path);
-    /* The manager holds an exclusive lock for its whole life: a second
-     * manager fails here, and a dead one's lock is gone with it. */
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-        close(fd);
-        if (e == EWOULDBLOCK)
-            return fail(r, EBUSY, "region %s belongs to a manager that is still running", path);
-        return fail(r, e, "cannot lock region file %s", path);
-    }
-    fchmod(fd, 0600);
-    if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)total) != 0) {
+    int fd = -1, rc = create_fresh(r, path, &fd);
+    if (rc)
+        return rc;
+    if (ftruncate(fd, (off_t)total) != 0) {
         int e = errno;
         close(fd);
         unlink(path);
@@ -186,7 +241,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
 int onvm_region_attach(struct onvm_region *r, const char *path) {
     memset(r, 0, sizeof *r);
     r->fd = -1;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT)
             return fail(r, ENOENT, "no region at %s: is the manager running?", path);
@@ -557,6 +612,43 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     onvm_pool_free_burst(r, batch, nb);
     returned += nb;
     free(in_ring);
+    return returned;
+}
+
+int64_t onvm_port_lent(const struct onvm_region *r, unsigned port) {
+    int64_t lent = 0;
+    for (unsigned w = 0; port < ONVM_MAX_PORTS && w < ONVM_MAX_WORKERS; w++)
+        lent += r->ports[port].by_worker[w].lent;
+    return lent;
+}
+
+int64_t onvm_pool_lent(const struct onvm_region *r) {
+    int64_t lent = 0;
+    for (unsigned p = 0; p < ONVM_MAX_PORTS; p++)
+        lent += onvm_port_lent(r, p);
+    return lent;
+}
+
+long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
+    if (port >= ONVM_MAX_PORTS)
+        return -EINVAL;
+    uint16_t stamp = ONVM_OWNER_PORT(port);
+    uint32_t batch[256], nb = 0;
+    long returned = 0;
+    for (uint32_t i = 0; i < r->pool_count; i++) {
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) != stamp)
+            continue;
+        batch[nb++] = i;
+        if (nb == 256) {
+            onvm_pool_free_burst(r, batch, nb);
+            returned += nb;
+            nb = 0;
+        }
+    }
+    onvm_pool_free_burst(r, batch, nb);
+    returned += nb;
+    for (unsigned w = 0; w < ONVM_MAX_WORKERS; w++)
+        r->ports[port].by_worker[w].lent = 0;
     return returned;
 }
 

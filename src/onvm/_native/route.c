@@ -37,7 +37,7 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         /* before tx: the port frees the slots it sent */
         onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
         pthread_mutex_lock(&p->tx_lock);
-        done = p->tx(p, c->r, g->slots, g->n, &bytes);
+        done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
         pthread_mutex_unlock(&p->tx_lock);
         st->tx += done;
         st->tx_bytes += bytes;

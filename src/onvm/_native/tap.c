@@ -61,7 +61,8 @@ static uint32_t tap_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
 }
 
 static uint32_t tap_tx(struct onvm_port *p, struct onvm_region *r, const uint32_t *slots, uint32_t n,
-                       uint64_t *bytes) {
+                       uint64_t *bytes, struct onvm_port_stats *st) {
+    (void)st;
     struct tap *t = p->drv;
     uint32_t sent = 0;
     uint64_t b = 0;

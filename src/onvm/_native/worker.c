@@ -138,7 +138,9 @@ static void *worker_main(void *arg) {
         onvm_cpu_follow(&cpu, &shared->cpu_want, &shared->cpu_now);
         uint64_t next_due = UINT64_MAX, t0 = onvm_now_ns();
         int busy = w->tx ? tx_poll(w) : rx_poll(w, t0, &next_due);
-        atomic_fetch_add_explicit(&shared->epoch, 1, ONVM_RELAXED);
+        /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
+        atomic_fetch_add_explicit(&shared->epoch, 1, memory_order_seq_cst);
+        onvm_grace_pass(m->r->hdr);
         shared->loops++;
         if (busy) {
             shared->busy_loops++;

@@ -36,12 +36,13 @@ def render(st: dict[str, Any]) -> Any:
     from rich.text import Text
 
     from onvm.manager.packing import summary
+    from onvm.manager.stats import describe_pool
 
     m, pool = st["manager"], st["pool"]
     packing = summary(m.get("packing") or {})
     head = Text.assemble(
         (f"onvm[{m['name']}]", "bold"), f"  pid {m['pid']}  up {m['uptime']:.0f} s  ",
-        f"chain {m['default_chain']}  pool {pool['free']}/{pool['total']} free",
+        f"chain {m['default_chain']}  {describe_pool(pool)}",
         (f"  web {m['web']}" if m.get("web") else ""), (f"\n{packing}" if packing else ""))
     ports = Table(title="ports", expand=True, title_justify="left")
     for col in ("id", "uri", "rx/s", "tx/s", "rx", "tx", "drops", "e2e p50/p99/max us"):

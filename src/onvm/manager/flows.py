@@ -35,7 +35,7 @@ ORIGINS = ("rule", "nf", "api", "default")
 class FlowRegistry:
     """Chains, rules and flows of one manager (all methods run under the manager's lock)."""
 
-    def __init__(self, region: Any, port_ok: Callable[[int], bool]) -> None:
+    def __init__(self, region: _native.Region, port_ok: Callable[[int], bool]) -> None:
         self.region = region
         self.port_ok = port_ok  # is this port an output?
         self.chains: dict[str, tuple[int, list[Hop]]] = {}

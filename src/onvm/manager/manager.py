@@ -32,33 +32,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action, DropReason
+from onvm.actions import Action
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
-from onvm.errors import ConfigError, OnvmError, RegionError
+from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import check_timeouts
-from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
+from onvm.manager.dataplane import DataPlane, Layout, drops_by_reason
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.packing import Packing, PackSettings
-from onvm.manager.placement import (
-    NumaTopology,
-    check_available,
-    cpu_load,
-    format_cpus,
-    least_loaded,
-    numa_plan,
-)
-from onvm.manager.region_path import region_path
+from onvm.manager.placement import check_available, format_cpus
+from onvm.manager.registry import NFRecord, Registry
 from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, Services, parse_policy
 from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
 from onvm.ports.uri import PortSpec, parse_port
-
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
-GRACE_TIMEOUT = 0.5
-DRAIN_TIMEOUT = 1.0
 
 
 def _power_of_two(n: int) -> bool:
@@ -156,6 +145,13 @@ class ManagerConfig:
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
+        for pid, spec in enumerate(self.port_specs):
+            if spec.kind in ("afpacket", "afxdp") and spec.options["queues"] > self.rx_workers:
+                raise ConfigError(f"port {pid} '{spec.uri}': {spec.options['queues']} queues need as many "
+                                  f"RX workers (--rx-workers is {self.rx_workers})")
+            if spec.kind == "afxdp" and self.slot_size not in (2048, 4096):
+                raise ConfigError(f"port {pid} '{spec.uri}': the pool's slots are the AF_XDP UMEM's chunks, "
+                                  f"2048 or 4096 bytes: --slot-size {self.slot_size} will not do")
         try:
             self.chain: list[Hop] = parse_chain(self.default_chain)
         except ConfigError as e:
@@ -169,75 +165,46 @@ class ManagerConfig:
                     )
 
 
-@dataclass
-class NFRecord:
-    """What the manager knows of one NF."""
-
-    nf_id: int
-    name: str
-    service: int
-    instance: int
-    pid: int
-    tx_worker: int
-    life: Lifecycle
-    conn: Connection | None
-    registered_at: float = field(default_factory=time.monotonic)
-    final: dict[str, Any] = field(default_factory=dict)  # counters when it left
-    reclaimed: int = 0
-    inbox: Connection | None = None  # the NF's message connection
-    messages_in: int = 0
-    cpu: int | None = None  # where the manager placed it
-    placed: bool = False  # the manager chose cpu (the NF asked for none): packing may move it
-
-    def describe(self) -> str:
-        return f"NF {self.nf_id} ({self.name}, service {self.service}.{self.instance})"
-
-
 class Manager:
     """One manager process (see the module docstring)."""
 
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
-        self.region: Any = None
-        self.native: Any = None
+        self.dp: DataPlane | None = None
         self.server: ControlServer | None = None
-        self.nfs: dict[int, NFRecord] = {}
-        self.retired: list[NFRecord] = []
+        nf_cpus = config.nf_cpus or tuple(sorted(os.sched_getaffinity(0)))
+        self.registry = Registry(rx_workers=config.rx_workers, tx_workers=config.tx_workers,
+                                 nf_cpus=nf_cpus, worker_cpus=self._worker_cpus(), pin=config.pin_nfs)
+        self.nf_cpus = nf_cpus
+        self.conns: dict[int, Connection] = {}  # an NF's control connection
+        self.inboxes: dict[int, Connection] = {}  # its message connection
         self.lock = threading.RLock()
+        self._gone = threading.Condition(self.lock)  # notified when an NF is retired
         self.stopping = threading.Event()
         self.started_at = time.monotonic()
         self.stats: StatsPrinter | None = None
         self.flows: FlowRegistry | None = None
-        self.services = Services(self, config.autoscale_specs)
         for svc, pol in config.policy_map.items():
-            self.services.set_policy(svc, pol)
+            self.registry.set_policy(svc, pol)
+        self.services = Services(self.registry, config.autoscale_specs, stop_nf=self._ask_stop,
+                                 nf_info=self._nf_info, ring_size=config.ring_size, lock=self.lock,
+                                 log=self.log)
         self.web: Any = None  # onvm.web.server.WebServer when --web is given
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent when --controller is given
         self.packing: Packing | None = None
         self.events: list[tuple[float, str]] = []
-        self.start_free = 0
+        self.start_in_use = 0  # slots in use once started (nothing in flight)
         self._held = False
-        self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
-        self._port_errors: set[int] = set()  # ports whose error was logged
-        self.nf_cpus: tuple[int, ...] = config.nf_cpus or tuple(sorted(os.sched_getaffinity(0)))
+
+    @property
+    def region(self) -> _native.Region | None:
+        return self.dp.region if self.dp is not None and self.dp.is_open else None
 
     # ---- start and stop -----------------------------------------------------
     def log(self, text: str) -> None:
         self.events.append((time.time(), text))
         if not self.config.quiet:
             print(f"onvm[{self.config.name}]: {text}", file=sys.stderr, flush=True)
-
-    def _place_self(self) -> None:
-        """Pin the manager (and so its workers and the pool's first touch) as configured."""
-        cfg = self.config
-        if cfg.cpus:
-            os.sched_setaffinity(0, cfg.cpus)
-            self.log(f"manager and workers pinned to CPUs {format_cpus(cfg.cpus)}")
-            return
-        plan = numa_plan(NumaTopology.from_sysfs(), [None for _ in cfg.port_specs])
-        if plan.worker_cpus:
-            os.sched_setaffinity(0, plan.worker_cpus)
-            self.log(plan.reason)
 
     def _worker_cpus(self) -> list[int]:
         cpus = self.config.cpus
@@ -246,39 +213,17 @@ class Manager:
         n = self.config.rx_workers + self.config.tx_workers
         return [cpus[i % len(cpus)] for i in range(n)]
 
-    def _place_nf(self, requested: Any) -> int | None:
-        """The least-loaded allowed CPU for a new NF (see onvm.manager.placement)."""
-        if not self.config.pin_nfs and not requested:
-            return None  # the scheduler moves it where there is room
-        allowed = self.nf_cpus
-        if requested:
-            if not isinstance(requested, list) or not all(isinstance(c, int) for c in requested):
-                raise ConfigError(f"cpus {requested!r}: expected a list of CPU numbers")
-            check_available(requested)
-            allowed = tuple(requested)
-        placed = [r.cpu for r in self.nfs.values() if r.cpu is not None and not r.life.terminal]
-        return least_loaded(allowed, cpu_load(placed, self._worker_cpus()))
-
     def start(self) -> None:
         cfg = self.config
-        path = region_path(cfg.name)
-        self._place_self()
+        layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.max_rules)
+        if threading.current_thread() is threading.main_thread():
+            # Before the socket answers: whoever sees it may stop us with a signal at once.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: self.stopping.set())
+        self.dp = dp = DataPlane.open(layout, cfg.port_specs, self.log)
         try:
-            stale = os.path.exists(path)
-            self.region = _native.Region.create(
-                path, cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                cfg.max_rules)
-            if stale:
-                self.log(f"replaced a stale region at {path} left by a manager that is gone")
-        except _native.RegionError as e:
-            if e.errno == 16:  # EBUSY
-                raise OnvmError(
-                    f"a manager named '{cfg.name}' is already running (region {path})", code="busy"
-                ) from None
-            raise RegionError(e.strerror or str(e)) from None
-        try:
-            self._open_ports()
-            self.flows = FlowRegistry(self.region, self._is_output)
+            self.flows = FlowRegistry(dp.region, dp.is_output)
             self.flows.set_default(cfg.chain)
             for c in cfg.chains:
                 name, _, spec = c.partition("=")
@@ -287,24 +232,22 @@ class Manager:
             self.flows.add_rules(cfg.rules)
             self.flows.start_sweeper()
             self._held = cfg.wait_for_chain and self._chain_services() != set()
-            self.native.pause_input(self._held)
-            self.native.start()
-            self.packing = Packing(self, PackSettings(below=cfg.pack_below))
+            dp.start(hold_input=self._held)
+            packs = cfg.pin_nfs and cfg.pack_below > 0
+            candidates = set(os.sched_getaffinity(0)) & set(self.nf_cpus) if packs else set()
+            self.packing = Packing(PackSettings(below=cfg.pack_below), dataplane=dp, registry=self.registry,
+                                   lock=self.lock, log=self.log, candidates=sorted(candidates),
+                                   move_workers=not cfg.cpus)
             self.server = ControlServer(socket_path(cfg.name), self._on_request, self._on_close)
             self.server.start()
         except BaseException:
             self._teardown()
             raise
-        self.start_free = self.region.free_count()
+        self.start_in_use = dp.pool()["in_use"]
         self.started_at = time.monotonic()
-        info = self.region.info()
-        self.log(
-            f"running: region {path} ({info['size'] >> 20} MiB, {cfg.pool_size} slots of "
-            f"{cfg.slot_size} B), {len(cfg.port_specs)} ports, default chain {format_chain(cfg.chain)},"
-            f" {cfg.rx_workers} RX + {cfg.tx_workers} TX workers"
-        )
+        self.log(f"running: {dp.summary_line()}, default chain {format_chain(cfg.chain)}")
         if cfg.stats_interval > 0:
-            self.stats = StatsPrinter(self, cfg.stats_interval)
+            self.stats = StatsPrinter(self.locked_status, cfg.stats_interval)
             self.stats.start()
         self.services.start()
         if cfg.web:
@@ -334,51 +277,8 @@ class Manager:
         # Not in the event log: anyone who can read the API can read that.
         print(f"onvm[{self.config.name}]: web token: {self.web.token}", file=sys.stderr, flush=True)
 
-    def _open_ports(self) -> None:
-        cfg = self.config
-        self.native = _native.Manager(self.region, cfg.rx_workers, cfg.tx_workers, cfg.burst)
-        for pid, spec in enumerate(cfg.port_specs):
-            o = spec.options
-            try:
-                if spec.kind == "null":
-                    self.native.add_null(pid)
-                elif spec.kind == "gen":
-                    self.native.add_gen(
-                        pid,
-                        size=o["size"],
-                        mix=o["mix"],
-                        flows=o["flows"],
-                        proto=o["proto"],
-                        rate=o["rate"],
-                        count=o["count"],
-                        seed=o["seed"] or pid + 1,
-                        src_ip=o["src"],
-                        dst_ip=o["dst"],
-                        sport=o["sport"],
-                        dport=o["dport"],
-                    )
-                elif spec.kind == "pcap":
-                    self.native.add_pcap_in(pid, spec.path, loops=o["loop"], rate=o["rate"],
-                                            timing=o["timing"], speed=o["speed_milli"] / 1000)
-                elif spec.kind == "pcap-out":
-                    self.native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
-                elif spec.kind == "afpacket":
-                    if o["queues"] > cfg.rx_workers:
-                        raise ConfigError(f"port {pid} '{spec.uri}': {o['queues']} queues need as many "
-                                          f"RX workers (--rx-workers is {cfg.rx_workers})")
-                    self.native.add_afpacket(pid, spec.path, queues=o["queues"] or cfg.rx_workers,
-                                             promisc=bool(o["promisc"]), qdisc_bypass=bool(o["bypass"]),
-                                             block_size=o["block_size"], blocks=o["blocks"])
-                elif spec.kind == "tap":
-                    self.native.add_tap(pid, spec.path)
-            except _native.RegionError as e:
-                raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
-            self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
-
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, ``onvm stop``, the duration or exhausted inputs."""
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda signum, frame: self.stopping.set())
         deadline = self.started_at + self.config.duration if self.config.duration else None
         # A wake-up costs CPU even on an idle machine: wake often only to watch the inputs end.
         interval = 0.1 if self.config.exit_when_done else 0.5
@@ -391,7 +291,7 @@ class Manager:
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {self.config.duration:g} s")
                 break
-            if self.config.exit_when_done and self._inputs_done():
+            if self.config.exit_when_done and self.dp is not None and self.dp.inputs_done(self.start_in_use):
                 self.log("every input port is done and the pipeline drained")
                 break
         self.stop()
@@ -399,45 +299,25 @@ class Manager:
 
     def _check_ports(self) -> None:
         """Log, once, each port whose driver reported an error (a corrupt file, a failed send)."""
-        if self.native is None:
-            return
-        for pid, spec in enumerate(self.config.port_specs):
-            state = self.native.port_state(pid) or {}
-            err = state.get("error", "")
-            if err and pid not in self._port_errors:
-                self._port_errors.add(pid)
-                what = "stopped" if state.get("done") else "error"
-                self.log(f"port {pid} '{spec.uri}' {what}: {err}")
-
-    def _inputs_done(self) -> bool:
-        specs = self.config.port_specs
-        if not any(s.is_input for s in specs):
-            return False
-        for pid, s in enumerate(specs):
-            if s.is_input and not self.native.port_state(pid)["done"]:
-                return False
-        # The pool is whole again once nothing is in flight.
-        return bool(self.region.free_count() >= self.start_free)
+        if self.dp is not None and self.dp.is_open:
+            for line in self.dp.new_port_errors():
+                self.log(line)
 
     def stop(self) -> None:
         """Ask NFs to stop, wait for them, stop workers, flush ports, print the summary."""
-        if self.region is None:
+        dp = self.dp
+        if dp is None or not dp.is_open:
             return
         self.stopping.set()
-        # Inputs first, then let what is in flight reach its end before NFs leave.
-        self.native.pause_input(True)
-        self._drain(timeout=1.0)
-        with self.lock:
-            live = [r for r in self.nfs.values() if not r.life.terminal]
-        for rec in live:
-            self._ask_stop(rec)
         self.services.stop()
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            with self.lock:
-                if not any(not r.life.terminal for r in self.nfs.values()):
-                    break
-            time.sleep(0.01)
+        # Inputs first, then let what is in flight reach its end before NFs leave.
+        dp.pause_input(True)
+        dp.drain(timeout=1.0)
+        with self.lock:
+            live = self.registry.live()
+            for rec in live:
+                self._ask_stop(rec)
+            self._gone.wait_for(lambda: not self.registry.live(), timeout=3.0)
         self.services.wait_spawned(timeout=3.0)
         if self.sdn:
             self.sdn.stop()
@@ -447,21 +327,11 @@ class Manager:
             self.web.stop()
         if self.server:
             self.server.stop()  # closes what is left; on_close retires them
+        dp.flush_ports()  # a write that fails only now is logged and summed up too
         self._check_ports()
-        self.status()  # keep the ports' final driver state for the summary
-        self.native.close_ports()
+        dp.close_ports()
         self._print_summary()
         self._teardown()
-
-    def _drain(self, timeout: float) -> None:
-        """Wait until no NF ring holds packets (or the timeout passes)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                ids = list(self.nfs)
-            if not any(self.region.nf_info(i)["rx_ring"] or self.region.nf_info(i)["tx_ring"] for i in ids):
-                return
-            time.sleep(0.005)
 
     def _teardown(self) -> None:
         if self.sdn:
@@ -475,20 +345,19 @@ class Manager:
         if self.server:
             self.server.stop()
             self.server = None
-        if self.native is not None:
-            self.native.close_ports()
-            self.native = None
-        if self.region is not None:
-            self.region.close()
-            self.region = None
+        if self.dp is not None:
+            self.dp.close()
 
     def _ask_stop(self, rec: NFRecord) -> None:
-        if rec.life.can(NFEvent.STOP):
-            rec.life.apply(NFEvent.STOP)
-            self._leave_service(rec)
-        self.region.nf_request_stop(rec.nf_id)
-        if rec.conn is not None:
-            rec.conn.send_event("stop", {"reason": "manager"})
+        self._dp().publish(self.registry.stop(rec.nf_id))
+        self._dp().request_stop(rec.nf_id)
+        conn = self.conns.get(rec.nf_id)
+        if conn is not None:
+            conn.send_event("stop", {"reason": "manager"})
+
+    def _dp(self) -> DataPlane:
+        assert self.dp is not None
+        return self.dp
 
     # ---- control requests ---------------------------------------------------
     def _on_request(self, conn: Connection, req: Request) -> dict[str, Any]:
@@ -512,63 +381,46 @@ class Manager:
             raise OnvmError("the manager is shutting down", code="busy")
         if "nf_id" in conn.data:
             raise ConfigError("this connection already registered an NF")
-        name = str(args.get("name") or "nf")[:31]
         service = args.get("service")
         if service is None:
             service = 1
-        if not isinstance(service, int) or not 0 <= service < _native.MAX_SERVICES:
+        if not isinstance(service, int) or isinstance(service, bool):
             raise ConfigError(f"service {service!r} is out of range (0..{_native.MAX_SERVICES - 1})")
-        taken = {r.instance for r in self.nfs.values() if r.service == service and not r.life.terminal}
         instance = args.get("instance")
-        if instance is None:
-            instance = next(i for i in range(len(taken) + 1) if i not in taken)
-        if not isinstance(instance, int) or instance < 0:
+        if instance is not None and (not isinstance(instance, int) or isinstance(instance, bool)):
             raise ConfigError(f"instance {instance!r} must be a non-negative integer")
-        if instance in taken:
-            raise OnvmError(f"service {service} already has an instance {instance}", code="busy")
-        if len(taken) >= _native.MAX_INSTANCES:
-            raise OnvmError(f"service {service} has {_native.MAX_INSTANCES} instances already", code="busy")
-        nf_id = next((i for i in range(1, _native.MAX_NFS) if i not in self.nfs), 0)
-        if not nf_id:
-            raise OnvmError(f"all {_native.MAX_NFS - 1} NF slots are in use", code="busy")
+        requested = args.get("cpus")
+        if requested:
+            if not isinstance(requested, list) or not all(isinstance(c, int) for c in requested):
+                raise ConfigError(f"cpus {requested!r}: expected a list of CPU numbers")
+            check_available(requested)
         pid = conn.pid or int(args.get("pid") or 0)
-        # the row of its TX worker in the worker table: RX workers come first
-        tx_worker = self.config.rx_workers + nf_id % self.config.tx_workers
-        cpu = self._place_nf(args.get("cpus"))
-        rec = NFRecord(nf_id, name, service, instance, pid, tx_worker, Lifecycle(nf_id), conn, cpu=cpu,
-                       placed=cpu is not None and not args.get("cpus"))
-        self.region.nf_activate(nf_id, service, instance, pid, tx_worker, name)
-        rec.life.apply(NFEvent.REGISTERED)
-        self.nfs[nf_id] = rec
+        rec = self.registry.register(str(args.get("name") or "nf"), service, pid, instance,
+                                     tuple(requested) if requested else None)
+        dp = self._dp()
+        dp.activate(rec)
+        self.conns[rec.nf_id] = conn
         if self.packing:
             self.packing.apply()  # joins a packed pipeline at once
-        conn.data["nf_id"] = nf_id
-        self.log(f"{rec.describe()} registered (pid {pid}, CPU {cpu})")
-        return {
-            "cpu": cpu,
-            "nf_id": nf_id,
-            "service": service,
-            "instance": instance,
-            "region": self.region.path,
-        }
+        conn.data["nf_id"] = rec.nf_id
+        self.log(f"{rec.describe()} registered (pid {pid}, CPU {rec.cpu})")
+        return {"cpu": rec.cpu, "nf_id": rec.nf_id, "service": rec.service, "instance": rec.instance,
+                "region": dp.region.path}
 
     def _record(self, conn: Connection) -> NFRecord:
         nf_id = conn.data.get("nf_id")
-        if nf_id is None or nf_id not in self.nfs:
+        if nf_id is None or nf_id not in self.registry:
             raise OnvmError("this connection has no registered NF", code="no_such_nf")
-        return self.nfs[nf_id]
+        return self.registry.get(nf_id)
 
     def _op_start(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(conn)
-        rec.life.apply(NFEvent.STARTED)
-        self._publish_service(rec.service)
+        self._dp().publish(self.registry.start(rec.nf_id))
         self.log(f"{rec.describe()} running")
-        if self._held:
-            running = {r.service for r in self.nfs.values() if r.life.state == NFState.RUNNING}
-            if self._chain_services() <= running:
-                self._held = False
-                self.native.pause_input(False)
-                self.log("every service of the chains runs: input ports start")
+        if self._held and self._chain_services() <= self.registry.running_services():
+            self._held = False
+            self._dp().pause_input(False)
+            self.log("every service of the chains runs: input ports start")
         return {"state": rec.life.state.value}
 
     def _chain_services(self) -> set[int]:
@@ -580,9 +432,7 @@ class Manager:
 
     def _op_stopping(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(conn)
-        if rec.life.can(NFEvent.STOP):
-            rec.life.apply(NFEvent.STOP)
-        self._leave_service(rec)
+        self._dp().publish(self.registry.stop(rec.nf_id))
         return {"state": rec.life.state.value}
 
     def _op_status(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
@@ -595,11 +445,10 @@ class Manager:
 
     def _op_stop_nf(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         nf_id = args.get("nf_id")
-        rec = self.nfs.get(nf_id) if isinstance(nf_id, int) else None
+        rec = self.registry.get(nf_id) if isinstance(nf_id, int) else None
         if rec is None:
             raise OnvmError(f"no NF with id {nf_id!r}", code="no_such_nf")
-        if not rec.life.can(NFEvent.STOP):
-            rec.life.apply(NFEvent.STOP)  # raises the exact lifecycle error
+        self.registry.stop(rec.nf_id, strict=True)  # raises the exact lifecycle error
         self._ask_stop(rec)
         return {"state": rec.life.state.value}
 
@@ -663,10 +512,11 @@ class Manager:
     # ---- messages ------------------------------------------------------------
     def _op_subscribe(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         """An NF's second connection, on which it receives messages."""
-        rec = self.nfs.get(self._arg(args, "nf_id", int))
+        nf_id = self._arg(args, "nf_id", int)
+        rec = self.registry.get(nf_id) if nf_id in self.registry else None
         if rec is None or (conn.pid and rec.pid and conn.pid != rec.pid):
             raise OnvmError("only an NF's own process may take its messages", code="forbidden")
-        rec.inbox = conn
+        self.inboxes[rec.nf_id] = conn
         return {"nf_id": rec.nf_id}
 
     def _op_send(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
@@ -674,21 +524,18 @@ class Manager:
         if "data" not in args:
             raise ConfigError("'data' is required")
         sender: dict[str, Any] = {"manager": True}
-        if "nf_id" in conn.data and conn.data["nf_id"] in self.nfs:
-            src = self.nfs[conn.data["nf_id"]]
+        if "nf_id" in conn.data and conn.data["nf_id"] in self.registry:
+            src = self.registry.get(conn.data["nf_id"])
             sender = {"nf": src.nf_id, "service": src.service, "instance": src.instance}
         if "nf" in args:
-            rec = self.nfs.get(self._arg(args, "nf", int))
-            if rec is None:
-                raise OnvmError(f"no NF with id {args['nf']}", code="no_such_nf")
-            targets = [rec]
+            targets = [self.registry.get(self._arg(args, "nf", int))]
         else:
-            svc = self._arg(args, "service", int)
-            targets = [r for r in self.nfs.values() if r.service == svc and r.life.state == NFState.RUNNING]
+            targets = self.registry.running(self._arg(args, "service", int))
         delivered = 0
         message = {"from": sender, "data": args["data"]}
         for rec in targets:
-            if rec.inbox is not None and rec.inbox.send_event("message", message):
+            inbox = self.inboxes.get(rec.nf_id)
+            if inbox is not None and inbox.send_event("message", message):
                 rec.messages_in += 1
                 delivered += 1
         return {"delivered": delivered, "targets": len(targets)}
@@ -700,10 +547,10 @@ class Manager:
         svc = self._arg(args, "service", int)
         if not 0 <= svc < _native.MAX_SERVICES:
             raise ConfigError(f"service {svc} is out of range (0..{_native.MAX_SERVICES - 1})")
-        self.services.set_policy(svc, parse_policy(self._arg(args, "policy", str)))
-        self._publish_service(svc)
-        self.log(f"service {svc}: policy {POLICY_NAMES[self.services.policy_of(svc)]}")
-        return {"service": svc, "policy": POLICY_NAMES[self.services.policy_of(svc)]}
+        self._dp().publish(self.registry.set_policy(svc, parse_policy(self._arg(args, "policy", str))))
+        name = POLICY_NAMES[self.registry.policy_of(svc)]
+        self.log(f"service {svc}: policy {name}")
+        return {"service": svc, "policy": name}
 
     def _op_scale(self, conn: Connection, args: dict[str, Any]) -> dict[str, Any]:
         svc = args.get("service")
@@ -724,111 +571,39 @@ class Manager:
         queued = self.sdn.packet_in(data, self._arg(args, "in_port", int), total)
         return {"queued": queued}
 
-    # ---- services and retirement ------------------------------------------
-    def _publish_service(self, service: int) -> None:
-        members = sorted(
-            (r.instance, r.nf_id)
-            for r in self.nfs.values()
-            if r.service == service and r.life.state == NFState.RUNNING
-        )
-        self.region.set_service(service, [(nf, inst) for inst, nf in members],
-                                self.services.policy_of(service))
-
-    def _leave_service(self, rec: NFRecord) -> None:
-        self._publish_service(rec.service)
-
+    # ---- retirement -----------------------------------------------------------
     def _on_close(self, conn: Connection) -> None:
         nf_id = conn.data.get("nf_id")
         if nf_id is None:
             return
         with self.lock:
-            rec = self.nfs.get(nf_id)
-            if rec is None or rec.life.terminal:
+            closed = self.registry.closed(nf_id)
+            if closed is None:
                 return
-            if rec.life.state == NFState.STOPPING:
-                rec.life.apply(NFEvent.EXITED)
-                how = "stopped"
-            else:
-                rec.life.apply(NFEvent.DIED)
-                how = "died"
-            rec.conn = None
-            self._retire(rec)
+            rec, how, image = closed
+            self.conns.pop(nf_id, None)
+            self.inboxes.pop(nf_id, None)
+            dp = self._dp()
+            dp.publish(image)
+            gone = dp.retire(nf_id)
+            self.registry.retired(nf_id, gone.final, gone.reclaimed)
+            self._gone.notify_all()
             self.log(f"{rec.describe()} {how}; {rec.reclaimed} slots returned to the pool")
 
-    def _retire(self, rec: NFRecord) -> None:
-        self._publish_service(rec.service)
-        self.region.nf_set_draining(rec.nf_id)
-        self._grace(rec.nf_id)
-        rec.reclaimed = self.region.nf_reclaim(rec.nf_id)
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while self.region.nf_info(rec.nf_id)["tx_ring"] and time.monotonic() < deadline:
-            if self.native:
-                self.native.kick()
-            time.sleep(0.001)
-        rec.final = self._nf_info(rec.nf_id)
-        self.region.nf_release(rec.nf_id)
-        del self.nfs[rec.nf_id]
-        self.retired.append(rec)
-
-    def _grace(self, leaving: int) -> None:
-        """Wait until every other NF and worker has passed a loop iteration or sleeps."""
-        region = self.region
-        seen: dict[tuple[str, int], int] = {}
-        for nf_id in self.nfs:
-            if nf_id != leaving:
-                seen[("nf", nf_id)] = region.nf_info(nf_id)["epoch"]
-        for w in range(self.config.rx_workers + self.config.tx_workers):
-            seen[("w", w)] = region.worker_info(w)["epoch"]
-        deadline = time.monotonic() + GRACE_TIMEOUT
-        while seen and time.monotonic() < deadline:
-            for key in list(seen):
-                kind, ident = key
-                if kind == "nf":
-                    info = region.nf_info(ident)
-                    passed = info["epoch"] != seen[key] or info["sleeping"] or info["state"] == 0
-                else:
-                    passed = region.worker_info(ident)["epoch"] != seen[key]
-                if passed:
-                    del seen[key]
-            if seen:
-                time.sleep(0.0002)
-                if self.native:
-                    self.native.kick()
-
     # ---- status ---------------------------------------------------------------
+    def locked_status(self) -> dict[str, Any]:
+        with self.lock:
+            return self.status()
+
     def status(self) -> dict[str, Any]:
-        region = self.region
-        ports = []
-        for pid, spec in enumerate(self.config.port_specs):
-            info = region.port_info(pid)
-            state = (self.native.port_state(pid) if self.native else None) or {}
-            if state:
-                self._port_state[pid] = state
-            state = self._port_state.get(pid, {})
-            ports.append(
-                {
-                    "id": pid,
-                    "uri": spec.uri,
-                    "kind": spec.kind,
-                    "rx": info["rx"],
-                    "rx_bytes": info["rx_bytes"],
-                    "tx": info["tx"],
-                    "tx_bytes": info["tx_bytes"],
-                    "drops": _drops(info["drops"]),
-                    "rx_by_worker": list(info["rx_by_worker"][: self.config.rx_workers]),
-                    "done": bool(state.get("done")),
-                    "error": state.get("error", ""),
-                    "latency": latency.summary(_native.port_latency(region, pid)),
-                }
-            )
-        nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.nfs.values()]
-        info = region.info()
+        dp = self._dp()
+        nfs = [self._nf_status(r, self._nf_info(r.nf_id)) for r in self.registry]
         return {
             "manager": {
                 "name": self.config.name,
                 "pid": os.getpid(),
                 "uptime": round(time.monotonic() - self.started_at, 3),
-                "region": region.path,
+                "region": dp.region.path,
                 "layout": _native.LAYOUT_VERSION,
                 "protocol": PROTOCOL_VERSION,
                 "default_chain": format_chain(self.config.chain),
@@ -838,21 +613,19 @@ class Manager:
                 "web": self.web.url if self.web else "",
                 "packing": self.packing.describe() if self.packing else {"enabled": False},
             },
-            "pool": {"free": info["pool_free"], "total": info["pool_size"], "slot_size": info["slot_size"]},
-            "ports": ports,
+            "pool": dp.pool(),
+            "ports": dp.port_status(),
             "nfs": nfs,
             "chains": self.flows.list_chains() if self.flows else [],
             "services": self.services.describe(),
             "flows": self.flows.stats() if self.flows else {},
             **({"openflow": self.sdn.describe()} if self.sdn else {}),
-            "left": [self._nf_status(r, r.final) for r in self.retired[-16:]],
+            "left": [self._nf_status(r, r.final) for r in list(self.registry.left)[-16:]],
             "events": [{"time": t, "text": text} for t, text in self.events[-20:]],
         }
 
     def _nf_info(self, nf_id: int) -> dict[str, Any]:
-        info: dict[str, Any] = self.region.nf_info(nf_id)
-        info["latency"] = _native.nf_latency(self.region, nf_id)
-        return info
+        return self._dp().nf_info(nf_id)
 
     def web_sections(self) -> dict[str, Any]:
         """What the web API serves besides status (called under the lock)."""
@@ -878,7 +651,7 @@ class Manager:
             "rx_ring": info.get("rx_ring", 0),
             "tx_ring": info.get("tx_ring", 0),
             "actions": {a.name.lower(): acts[a] for a in Action},
-            "drops": _drops(info.get("drops", ())),
+            "drops": drops_by_reason(info.get("drops", ())),
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
@@ -897,6 +670,7 @@ class Manager:
                 f"out {p['tx']} pkts / {p['tx_bytes']} B, dropped {sum(p['drops'].values())}"
                 + (f" {p['drops']}" if p["drops"] else "")
                 + (f"; error: {p['error']}" if p["error"] else "")
+                + (f"; {p['lost']} packets lost after being counted as sent" if p.get("lost") else "")
             )
         for n in st["nfs"] + st["left"]:
             out.append(
@@ -904,8 +678,9 @@ class Manager:
                 f"in {n['rx']}, onward {n['tx']}, dropped {sum(n['drops'].values())}"
                 + (f" {n['drops']}" if n["drops"] else "")
             )
-        pool = st["pool"]
-        out.append(f"  pool: {pool['free']} of {pool['total']} slots free")
+        pool = st["pool"]  # after the ports closed: their devices hold nothing
+        out.append(f"  pool: {pool['free']} of {pool['total']} slots free"
+                   + (f", {pool['lent']} still lent to ports" if pool["lent"] else ""))
         print("\n".join(out), file=sys.stderr, flush=True)
 
 
@@ -913,6 +688,3 @@ def _cpu_now(home: int | None, now: int) -> int | None:
     """The CPU an NF runs on: the one packing moved it to, else where it was placed."""
     return now if now >= 0 else home
 
-
-def _drops(values: Any) -> dict[str, int]:
-    return {DropReason(i).name.lower(): int(v) for i, v in enumerate(values) if v}

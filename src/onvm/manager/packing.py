@@ -39,16 +39,15 @@ and turns packing off, as does ``--pack-below 0``.
 
 from __future__ import annotations
 
-import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from onvm._proc import cpu_busy_seconds
-
-if TYPE_CHECKING:
-    from onvm.manager.manager import Manager
+from onvm.manager.dataplane import DataPlane
+from onvm.manager.registry import Registry
 
 WINDOW = 0.5  # seconds between decisions
 
@@ -91,20 +90,26 @@ class Packer:
 
 
 class Packing:
-    """Measures a manager's pipeline each window and moves its threads as the Packer says."""
+    """Measures a pipeline each window and moves its threads as the Packer says.
 
-    def __init__(self, manager: Manager, settings: PackSettings) -> None:
-        self.manager = manager
-        cfg = manager.config
-        self.move_workers = not cfg.cpus
-        candidates = set(os.sched_getaffinity(0)) & set(manager.nf_cpus)
-        enabled = settings.below > 0 and cfg.pin_nfs and len(candidates) > 1
-        self.packer = Packer(settings, sorted(candidates) if enabled else ())
+    ``candidates`` are the CPUs it may pack onto (an empty set turns packing
+    off); the workers move too when ``move_workers``.  ``lock`` is the one the
+    control handlers change ``registry`` under."""
+
+    def __init__(self, settings: PackSettings, *, dataplane: DataPlane, registry: Registry,
+                 lock: threading.RLock, log: Callable[[str], None], candidates: Sequence[int],
+                 move_workers: bool) -> None:
+        self.dataplane = dataplane
+        self.registry = registry
+        self.lock = lock
+        self.log = log
+        self.move_workers = move_workers
+        self.packer = Packer(settings, sorted(candidates) if len(candidates) > 1 else ())
         self.applied: dict[tuple[str, int, float], int] = {}  # asked of each thread (-1: home)
         self.load = 0.0
         self._t = 0.0
         self._work: int | None = None  # busy ns of the pipeline at the last window
-        self.workers = cfg.rx_workers + cfg.tx_workers
+        self.workers = dataplane.layout.rx_workers + dataplane.layout.tx_workers
         self._busy: dict[int, float] = {}
 
     @property
@@ -119,10 +124,11 @@ class Packing:
         if now - self._t < WINDOW:
             return
         dt, self._t = now - self._t, now
-        mgr = self.manager
         # Workers and the NFs now registered (a snapshot); when one leaves, the
         # total falls, and that window counts as idle.
-        work, last = mgr.region.busy_ns(self.workers, list(mgr.nfs)), self._work
+        with self.lock:
+            ids = self.registry.ids()
+        work, last = self.dataplane.busy_ns(ids), self._work
         self._work = work
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
@@ -137,26 +143,24 @@ class Packing:
         if target == before:
             return  # NFs that join are placed by apply() as they register
         if target is None:
-            self.manager.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
+            self.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
         else:
-            self.manager.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
+            self.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
         self.apply()
 
     def apply(self) -> None:
         """Ask every movable thread to be where the packer says (NFs that joined since included)."""
-        mgr = self.manager
         target = -1 if self.packer.cpu is None else self.packer.cpu
-        with mgr.lock:
+        with self.lock:
             want: dict[tuple[str, int, float], int] = {}
             if self.move_workers:
                 for w in range(self.workers):
                     want[("worker", w, 0.0)] = target
-            for r in mgr.nfs.values():
-                if r.placed and not r.life.terminal:  # a new NF's slot starts at home
-                    want[("nf", r.nf_id, r.registered_at)] = target
+            for nf_id, registered_at in self.registry.movable():  # a new NF's slot starts at home
+                want[("nf", nf_id, registered_at)] = target
             for key, cpu in want.items():
                 if self.applied.get(key, -1) != cpu:
-                    mgr.region.set_cpu(key[0], key[1], cpu)
+                    self.dataplane.set_cpu(key[0], key[1], cpu)
             self.applied = want
 
     def describe(self) -> dict[str, Any]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from onvm.errors import ConfigError, OnvmError
-
-if TYPE_CHECKING:
-    from onvm.manager.manager import Manager, NFRecord
+from onvm.manager.registry import NFRecord, Registry
 
 POLICIES = {"hash": 0, "rr": 1, "round-robin": 1, "least-loaded": 2, "least": 2}
 POLICY_NAMES = {0: "hash", 1: "round-robin", 2: "least-loaded"}
@@ -79,36 +78,41 @@ def without_instance(argv: list[str]) -> list[str]:
 
 
 class Services:
-    """Per-service policy, scaling and autoscaling for one manager."""
+    """Scaling and autoscaling of the services of one manager's registry.
+
+    ``stop_nf`` asks an NF to stop (as ``onvm stop`` would), ``nf_info`` reads
+    an NF's counters, and ``lock`` serializes the autoscaler with the control
+    handlers, which change the registry.
+    """
 
     CHECK_EVERY = 0.5
 
-    def __init__(self, manager: Manager, autoscale: list[AutoscaleSpec]) -> None:
-        self.m = manager
-        self.policy: dict[int, int] = {}
+    def __init__(self, registry: Registry, autoscale: list[AutoscaleSpec], *,
+                 stop_nf: Callable[[NFRecord], None], nf_info: Callable[[int], dict[str, Any]],
+                 ring_size: int, lock: threading.RLock, log: Callable[[str], None]) -> None:
+        self.registry = registry
+        self.stop_nf = stop_nf
+        self.nf_info = nf_info
+        self.ring_size = ring_size
+        self.lock = lock
+        self.log = log
         self.spawned: list[subprocess.Popen[bytes]] = []
         self.autoscale = {a.service: a for a in autoscale}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # ---- policy ---------------------------------------------------------------
-    def set_policy(self, service: int, policy: int) -> None:
-        self.policy[service] = policy
-
-    def policy_of(self, service: int) -> int:
-        return self.policy.get(service, 0)
-
     def describe(self) -> list[dict[str, Any]]:
         by_service: dict[int, list[NFRecord]] = {}
-        for r in self.m.nfs.values():
+        for r in self.registry:
             by_service.setdefault(r.service, []).append(r)
+        policies = self.registry.policies()
         out = []
-        for svc in sorted(set(by_service) | set(self.policy) | set(self.autoscale)):
+        for svc in sorted(set(by_service) | set(policies) | set(self.autoscale)):
             recs = sorted(by_service.get(svc, []), key=lambda r: r.instance)
             auto = self.autoscale.get(svc)
             out.append({
                 "service": svc,
-                "policy": POLICY_NAMES[self.policy_of(svc)],
+                "policy": POLICY_NAMES[self.registry.policy_of(svc)],
                 "instances": [{"instance": r.instance, "nf_id": r.nf_id, "name": r.name, "pid": r.pid,
                                "state": r.life.state.value} for r in recs],
                 "autoscale": {"min": auto.low, "max": auto.high} if auto else None,
@@ -116,17 +120,10 @@ class Services:
         return out
 
     # ---- scaling --------------------------------------------------------------
-    def running(self, service: int) -> list[NFRecord]:
-        from onvm.manager._lifecycle import NFState
-
-        return sorted((r for r in self.m.nfs.values() if r.service == service
-                       and r.life.state in (NFState.READY, NFState.RUNNING, NFState.STARTING)),
-                      key=lambda r: r.instance)
-
     def scale(self, service: int, count: int) -> dict[str, Any]:
         if not 0 <= count <= MAX_INSTANCES:
             raise ConfigError(f"scale {service} to {count}: expected 0..{MAX_INSTANCES} instances")
-        live = self.running(service)
+        live = self.registry.instances(service)
         started: list[int] = []
         stopped: list[int] = []
         if count > len(live):
@@ -142,10 +139,10 @@ class Services:
                 started.append(proc.pid)
         elif count < len(live):
             for rec in live[count:]:
-                self.m._ask_stop(rec)
+                self.stop_nf(rec)
                 stopped.append(rec.nf_id)
         if started or stopped:
-            self.m.log(f"service {service}: {len(live)} -> {count} instances")
+            self.log(f"service {service}: {len(live)} -> {count} instances")
         return {"service": service, "from": len(live), "to": count, "started_pids": started,
                 "stopping_nfs": stopped}
 
@@ -173,29 +170,30 @@ class Services:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the autoscaler (it scales nothing more once this returns)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
         while not self._stop.wait(self.CHECK_EVERY):
-            if self.m.stopping.is_set():
-                return
-            with self.m.lock:
+            with self.lock:
+                if self._stop.is_set():
+                    return
                 self.reap()
                 for spec in self.autoscale.values():
                     try:
                         self.check(spec)
                     except OnvmError as e:
-                        self.m.log(f"autoscale service {spec.service}: {e}")
+                        self.log(f"autoscale service {spec.service}: {e}")
 
     def check(self, spec: AutoscaleSpec) -> None:
         """One look at a service: add an instance while its rings stay full, drop one when idle."""
-        live = self.running(spec.service)
+        live = self.registry.instances(spec.service)
         if not live:
             return
-        ring = self.m.config.ring_size - 1
-        infos = [self.m.region.nf_info(r.nf_id) for r in live]
+        ring = self.ring_size - 1
+        infos = [self.nf_info(r.nf_id) for r in live]
         fill = sum(i["rx_ring"] for i in infos) / (ring * len(infos))
         rx = sum(i["rx"] for i in infos)
         moved = spec.last_rx >= 0 and rx != spec.last_rx
@@ -213,5 +211,5 @@ class Services:
             spec.busy_seen = spec.idle_seen = 0
             why = f"rings {fill:.0%} full" if target > len(live) else "idle"
             spec.history.append(f"{len(live)}->{target} ({why})")
-            self.m.log(f"autoscale service {spec.service}: {len(live)} -> {target} instances ({why})")
+            self.log(f"autoscale service {spec.service}: {len(live)} -> {target} instances ({why})")
             self.scale(spec.service, target)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from onvm.manager.manager import Manager
+
+def describe_pool(pool: dict[str, Any]) -> str:
+    """The pool's balance in one line: free + lent to ports + in use = total."""
+    if not pool.get("lent"):
+        return f"pool {pool['free']}/{pool['total']} slots free"
+    return (f"pool {pool['free']} free + {pool['lent']} lent to ports + {pool['in_use']} in use"
+            f" = {pool['total']} slots")
 
 
 def _rate(now: int, before: int, secs: float) -> str:
@@ -17,10 +23,12 @@ def _rate(now: int, before: int, secs: float) -> str:
 
 
 class StatsPrinter:
-    """A thread that prints per-port and per-NF rates every ``interval`` seconds."""
+    """A thread that prints per-port and per-NF rates every ``interval`` seconds.
 
-    def __init__(self, manager: Manager, interval: float) -> None:
-        self.manager = manager
+    ``status`` returns the manager's status (as ``onvm status --json`` shows it)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], interval: float) -> None:
+        self.status = status
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onvm-stats", daemon=True)
@@ -37,8 +45,7 @@ class StatsPrinter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                with self.manager.lock:
-                    status = self.manager.status()
+                status = self.status()
             except Exception:  # the manager is going away under us
                 return
             print(self.render(status), file=sys.stderr, flush=True)
@@ -48,7 +55,7 @@ class StatsPrinter:
         secs = max(now - self._last_t, 1e-9)
         self._last_t = now
         lines = [f"--- onvm[{status['manager']['name']}] {status['manager']['uptime']:.0f} s, "
-                 f"pool {status['pool']['free']}/{status['pool']['total']} free"]
+                 + describe_pool(status["pool"])]
         for p in status["ports"]:
             rx0, tx0 = self._last.get(("p", p["id"]), (p["rx"], p["tx"]))
             self._last[("p", p["id"])] = (p["rx"], p["tx"])

@@ -703,9 +703,10 @@ class OpenFlowAgent:
         message = {"from": {"manager": True},
                    "data": {"packet_out": base64.b64encode(data).decode(), "outputs": outputs}}
         with m.lock:
-            for rec in m.nfs.values():
-                if rec.service == CONTROLLER_SERVICE and rec.inbox is not None and \
-                        rec.inbox.send_event("message", message):
+            for rec in m.registry:
+                inbox = m.inboxes.get(rec.nf_id)
+                if rec.service == CONTROLLER_SERVICE and inbox is not None and \
+                        inbox.send_event("message", message):
                     self.packet_outs += 1
                     return
         raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, "no packet_io NF runs (service 63)")
@@ -744,9 +745,9 @@ class OpenFlowAgent:
                   "tx_bytes": info.get("tx_bytes", 0), "tx_dropped": sum(info.get("drops", ()) or ())}
             out.append((of_port_of(pid), f"p{pid}-{spec.kind}", True, st))
         with m.lock:
-            running = {(r.service, r.life.state.value) for r in m.nfs.values()}
+            running = {(r.service, r.life.state.value) for r in m.registry}
             svc_rx: dict[int, list[int]] = {}
-            for r in m.nfs.values():
+            for r in m.registry:
                 if m.region is not None:
                     info = m.region.nf_info(r.nf_id)
                     acc = svc_rx.setdefault(r.service, [0, 0])

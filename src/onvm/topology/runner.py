@@ -156,7 +156,7 @@ class Supervisor:
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
         name = topo.manager.name
-        shared = [manager.region.path, socket_path(name)]
+        shared = [manager._dp().region.path, socket_path(name)]
         paths = python_paths()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
@@ -192,8 +192,8 @@ class Supervisor:
 
     def _running(self, c: Child) -> bool:
         with self.manager.lock:
-            return any(r.service == c.service and r.instance == c.instance and r.life.state.value == "running"
-                       for r in self.manager.nfs.values())
+            rec = self.manager.registry.find(c.service, c.instance)
+            return rec is not None and rec.life.state.value == "running"
 
     def _run(self) -> None:
         # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent

@@ -79,6 +79,8 @@ def render(sample: dict[str, Any]) -> str:
     out.add("onvm_uptime_seconds", "gauge", "seconds since the manager started", {}, float(m["uptime"]))
     out.add("onvm_pool_free_slots", "gauge", "free packet slots", {}, st["pool"]["free"])
     out.add("onvm_pool_slots", "gauge", "packet slots in the pool", {}, st["pool"]["total"])
+    out.add("onvm_pool_lent_slots", "gauge", "packet slots lent to the ports' devices", {},
+            st["pool"].get("lent", 0))
     for p in st["ports"]:
         lab = {"port": p["id"], "kind": p["kind"]}
         out.add("onvm_port_rx_packets", "counter", "packets received on the port", lab, p["rx"], "_total")

@@ -237,6 +237,7 @@ function onSample(s) {
   $("mgr-packing").textContent = packing(st.manager.packing || {});
   $("pool-free").textContent = st.pool.free;
   $("pool-total").textContent = st.pool.total;
+  $("pool-lent").textContent = st.pool.lent ? `, ${st.pool.lent} lent to ports` : "";
   for (const n of st.nfs) push("nfs", n.id, `${n.name} #${n.id}`, s.time, n.rx_pps || 0, n.tx_pps || 0);
   for (const p of st.ports) push("ports", p.id, `port ${p.id} ${p.kind}`, s.time, p.rx_pps || 0, p.tx_pps || 0);
   const live = new Set(st.nfs.map((n) => n.id));
