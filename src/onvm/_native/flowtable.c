@@ -338,6 +338,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
                 f->origin = origin;
             }
             publish(f, seq);
+            dedupe(r, key, hash, i);
             return (int)i;
         }
         int evict = 0;
