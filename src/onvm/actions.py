@@ -25,6 +25,8 @@ class DropReason(enum.IntEnum):
     NO_SLOT = 5  # the pool was empty
     PORT = 6  # the port could not take it (error, or too big for a slot)
     KERNEL = 7  # the kernel's ring of an AF_PACKET or TAP port was full
+    MISSED = 8  # left in the port: a paced gen port could not deliver it (as a NIC's rx_missed)
+    EARLY = 9  # dropped at RX, before any NF, because its chain was congested
 
 
 DROP, NEXT, TONF, OUT = Action.DROP, Action.NEXT, Action.TONF, Action.OUT

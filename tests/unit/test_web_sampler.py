@@ -24,6 +24,9 @@ class FakeManager:
     def chain(self, cid: int) -> list[tuple[int, int]]:
         return [(2, 1), (3, 1)] if cid == 0 else []
 
+    def chain_drops(self, cid: int) -> list[tuple[int, int]]:
+        return [(5, 0), (0, 2)] if cid == 0 else []
+
     def web_sections(self) -> dict[str, Any]:
         return {"sdn": {"controller": "none"}}
 
@@ -61,6 +64,7 @@ def test_sampler_publishes_samples_and_events():
     try:
         first = s.latest()
         assert first["chains"][0]["hops"][0] == {"action": "tonf", "dest": 1}
+        assert first["chains"][0]["drops"] == [{"early": 5, "late": 0}, {"early": 0, "late": 2}]
         assert first["sdn"] == {"controller": "none"}  # extra sections from the manager
         m.rx = 10_000
         seq = s.seq

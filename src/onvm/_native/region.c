@@ -2,6 +2,7 @@
  * chains and NF slots; reclaiming what a dead NF held. */
 #define _GNU_SOURCE
 #include "onvm_region.h"
+#include "onvm_bp.h"
 #include "onvm_flow.h"
 
 #include <fcntl.h>
@@ -357,29 +358,6 @@ void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n
     atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
 }
 
-int64_t onvm_pool_free_count(const struct onvm_region *r) {
-    return atomic_load_explicit(&((struct onvm_region *)r)->hdr->free.count, ONVM_RELAXED);
-}
-
-void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
-    struct onvm_meta *m = &r->meta[idx];
-    m->len = 0;
-    m->flow_hash = 0;
-    m->rx_ns = 0;
-    m->in_port = 0;
-    m->dest = 0;
-    m->src_nf = 0;
-    m->action = ONVM_ACT_NEXT;
-    m->chain_idx = 0;
-    m->flags = 0;
-    m->l3_type = 0;
-    m->l4_proto = 0;
-    m->l3_off = 0;
-    m->l4_off = 0;
-    m->chain_id = 0;
-    m->data_off = ONVM_HEADROOM;
-}
-
 /* ---- services and chains -------------------------------------------------- */
 
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
@@ -401,6 +379,25 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     s->policy = (uint16_t)policy;
     /* Release pairs with the reader's acquire of seq in onvm_service_pick. */
     atomic_store_explicit(&s->seq, seq + 2, ONVM_RELEASE);
+}
+
+unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf) {
+    if (svc >= ONVM_MAX_SERVICES)
+        return 0;
+    struct onvm_service *s = &r->services[svc];
+    for (;;) {
+        /* Acquire pairs with the writer's release store of seq (onvm_service_set). */
+        uint32_t s1 = atomic_load_explicit(&s->seq, ONVM_ACQUIRE);
+        if (s1 & 1) {
+            onvm_pause();
+            continue;
+        }
+        unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES;
+        memcpy(nf, s->nf, count * sizeof *nf);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1)
+            return count;
+    }
 }
 
 static inline uint32_t mix32(uint32_t x) {
@@ -466,6 +463,7 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
+    int same = c->count == n && memcmp(c->hops, hops, n * sizeof *hops) == 0;
     uint32_t seq = atomic_load_explicit(&c->seq, ONVM_RELAXED);
     atomic_store_explicit(&c->seq, seq + 1, ONVM_RELAXED);
     atomic_thread_fence(memory_order_release);
@@ -474,6 +472,10 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     c->count = (uint8_t)n;
     snprintf(c->name, sizeof c->name, "%s", name ? name : "");
     atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
+    for (unsigned i = 0; !same && i < ONVM_MAX_HOPS; i++) { /* counters of the chain as it is now */
+        atomic_store_explicit(&c->drops[i].early, 0, ONVM_RELAXED);
+        atomic_store_explicit(&c->drops[i].late, 0, ONVM_RELAXED);
+    }
     return 0;
 }
 
@@ -527,6 +529,17 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
     /* Release: an NF or worker that sees ACTIVE sees initialised rings. */
     atomic_store_explicit(&nf->state, ONVM_NFS_ACTIVE, ONVM_RELEASE);
     return 0;
+}
+
+void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    /* Release (seq_cst): a TX worker that sees DRAINING also sees the service without it. */
+    atomic_store(&r->nfs[nf_id].state, ONVM_NFS_DRAINING);
+    /* Producers waiting for it must not wait for an NF that will not drain
+     * its ring: they go on, and the chain's packets go to the instances left
+     * or are dropped at RX (no instance). */
+    onvm_bp_clear(r, onvm_nf_ring(r, nf_id, 0));
 }
 
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
@@ -584,6 +597,8 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
         onvm_pool_free_burst(r, buf, k);
         returned += k;
     }
+    onvm_bp_clear(r, rx); /* whoever still waits on it goes on */
+    atomic_store(&nf->bp.blocked_on, 0);
 
     /* Slots still stamped with its id that no ring holds were in its hands. */
     uint8_t *in_ring = calloc(r->pool_count, 1);

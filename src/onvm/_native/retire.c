@@ -113,8 +113,7 @@ int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, ui
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
     uint64_t t0 = onvm_now_ns();
-    /* Release: a TX worker that sees DRAINING also sees the service without it. */
-    atomic_store_explicit(&r->nfs[nf_id].state, ONVM_NFS_DRAINING, ONVM_RELEASE);
+    onvm_nf_set_draining(r, nf_id); /* and producers waiting for it go on (onvm_bp.h) */
 
     struct pending *p = calloc(1, sizeof *p);
     if (!p)

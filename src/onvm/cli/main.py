@@ -88,6 +88,9 @@ def _manager_parser(sub: Any) -> None:
                    help="an OpenFlow 1.3 controller that programs the manager (repeatable; needs os-ken)")
     p.add_argument("--fail-mode", default="secure", choices=["secure", "standalone"],
                    help="with no controller: keep its flows (secure, default) or drop them (standalone)")
+    p.add_argument("--dpdk-eal", default="", metavar="ARGS",
+                   help="DPDK EAL options for dpdk: ports, e.g. \"--socket-mem 512\" (default: no hugepages, "
+                        "Debian's PMDs; see the README)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -106,6 +109,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
         pack_below=args.pack_below, web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
+        dpdk_eal=args.dpdk_eal,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -167,8 +171,28 @@ def _print_status(st: dict[str, Any]) -> None:
         drops, cpu = sum(n["drops"].values()), n.get("cpu_now", n.get("cpu"))
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
-              f" drops {drops}" + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+              f" drops {drops}" + _overload(n)
+              + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+    _print_chain_drops(st)
     _print_latency(st)
+
+
+def _overload(n: dict[str, Any]) -> str:
+    """An NF's backpressure figures, when there are any (see README: Overload)."""
+    out = f"  early {n['early']} late {n['late']}" if n.get("early") or n.get("late") else ""
+    if n.get("blocked"):
+        out += f"  waited {n['blocked']}x ({n['blocked_ms']:.0f} ms)"
+    return out + ("  congested" if n.get("rx_congested") else "")
+
+
+def _print_chain_drops(st: dict[str, Any]) -> None:
+    rows = [(c, i, d) for c in st.get("chains", []) for i, d in enumerate(c.get("drops", []))
+            if d["early"] or d["late"]]
+    if not rows:
+        return
+    print("drops per chain hop (early: at RX, before any NF; late: after the hop's NF):")
+    for c, i, d in rows:
+        print(f"  {c['name']:<16} hop {i} ({c['hops'].split(',')[i]}): early {d['early']}, late {d['late']}")
 
 
 def _print_latency(st: dict[str, Any]) -> None:
@@ -345,10 +369,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.scenario == "nf-start":
         result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
+    elif args.scenario in ("overload", "paper"):
+        from onvm import _bench_overload
+
+        if args.scenario == "overload":
+            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
+        else:
+            result = _bench_overload.paper(args.seconds, verbose=not args.json)
     elif args.scenario == "latency":
         from onvm.bench import run_latency
 
-        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json,
+        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
                              pack_below=args.pack_below)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
@@ -519,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
-    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
+    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
+                                               "paper"]))
+    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
     b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
     b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
                    help="latency: the manager's --pack-below (0 keeps the pipeline spread)")

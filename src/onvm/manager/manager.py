@@ -47,6 +47,7 @@ from onvm.manager.registry import NFRecord, Registry
 from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, Services, parse_policy
 from onvm.manager.stats import StatsPrinter
 from onvm.paths import socket_path, validate_name
+from onvm.ports.dpdk import check_available as check_dpdk
 from onvm.ports.uri import PortSpec, parse_port
 
 
@@ -86,6 +87,7 @@ class ManagerConfig:
     pack_below: float = PackSettings.below  # pack onto one CPU under this load (CPUs); 0: never
     controllers: list[str] = field(default_factory=list)  # OpenFlow controllers, tcp:HOST:PORT
     fail_mode: str = "secure"  # with no controller: keep its flows (secure) or remove them (standalone)
+    dpdk_eal: str = ""  # DPDK EAL options for dpdk: ports, added to (or replacing) the defaults
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -145,10 +147,12 @@ class ManagerConfig:
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
+        check_dpdk(self.port_specs)
         for pid, spec in enumerate(self.port_specs):
-            if spec.kind in ("afpacket", "afxdp") and spec.options["queues"] > self.rx_workers:
-                raise ConfigError(f"port {pid} '{spec.uri}': {spec.options['queues']} queues need as many "
-                                  f"RX workers (--rx-workers is {self.rx_workers})")
+            queues = spec.options.get("rxq" if spec.kind == "dpdk" else "queues", 0)
+            if spec.kind in ("afpacket", "afxdp", "dpdk") and queues > self.rx_workers:
+                raise ConfigError(f"port {pid} '{spec.uri}': {queues} queues need as many RX workers "
+                                  f"(--rx-workers is {self.rx_workers})")
             if spec.kind == "afxdp" and self.slot_size not in (2048, 4096):
                 raise ConfigError(f"port {pid} '{spec.uri}': the pool's slots are the AF_XDP UMEM's chunks, "
                                   f"2048 or 4096 bytes: --slot-size {self.slot_size} will not do")
@@ -216,7 +220,8 @@ class Manager:
     def start(self) -> None:
         cfg = self.config
         layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.max_rules)
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.dpdk_eal,
+                        max_rules=cfg.max_rules)
         if threading.current_thread() is threading.main_thread():
             # Before the socket answers: whoever sees it may stop us with a signal at once.
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -652,6 +657,14 @@ class Manager:
             "tx_ring": info.get("tx_ring", 0),
             "actions": {a.name.lower(): acts[a] for a in Action},
             "drops": drops_by_reason(info.get("drops", ())),
+            # Overload (onvm_bp.h): dropped at RX before any NF because this NF was congested,
+            # and handled by this NF and then dropped (the next ring full or gone).
+            "early": info.get("early", 0),
+            "late": info.get("late", 0),
+            "rx_congested": bool(info.get("rx_congested")),  # its RX ring is past its high watermark
+            "blocked": info.get("blocked", 0),  # times it stopped taking packets (a ring it feeds congested)
+            "blocked_ms": round(info.get("blocked_ns", 0) / 1e6, 3),
+            "blocked_on": info.get("blocked_on", 0),  # the NF it waits for now (0: none)
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
             "messages": rec.messages_in,
@@ -677,6 +690,7 @@ class Manager:
                 f"  NF {n['id']} {n['name']} (service {n['service']}.{n['instance']}, {n['state']}): "
                 f"in {n['rx']}, onward {n['tx']}, dropped {sum(n['drops'].values())}"
                 + (f" {n['drops']}" if n["drops"] else "")
+                + (f"; early {n['early']}, late {n['late']}" if n["early"] or n["late"] else "")
             )
         pool = st["pool"]  # after the ports closed: their devices hold nothing
         out.append(f"  pool: {pool['free']} of {pool['total']} slots free"

@@ -101,7 +101,7 @@ def manager_config(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | 
         rx_workers=m.rx_workers, tx_workers=m.tx_workers, burst=m.burst,
         stats_interval=0 if quiet else m.stats, duration=m.duration,
         exit_when_done=m.exit_when_done, wait_for_chain=m.wait, quiet=quiet,
-        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus, pack_below=m.pack_below,
+        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus, pack_below=m.pack_below, dpdk_eal=m.dpdk_eal,
         chains=[f"{name}={hops}" for name, hops in topo.named_chains.items()],
         rules=[r.to_text() for r in topo.rules],
     )

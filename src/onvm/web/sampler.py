@@ -138,7 +138,8 @@ class Sampler:
                 except (ValueError, OSError):
                     break
                 if hops or cid == 0:
-                    chains.append({"id": cid, "hops": describe_hops(hops)})
+                    drops = [{"early": e, "late": late} for e, late in m.region.chain_drops(cid)]
+                    chains.append({"id": cid, "hops": describe_hops(hops), "drops": drops})
             extra_fn = getattr(m, "web_sections", None)
             extra: dict[str, Any] = extra_fn() if callable(extra_fn) else {}
         now = time.time()
