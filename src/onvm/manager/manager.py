@@ -220,7 +220,7 @@ class Manager:
     def start(self) -> None:
         cfg = self.config
         layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.dpdk_eal,
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, dpdk_eal=cfg.dpdk_eal,
                         max_rules=cfg.max_rules)
         if threading.current_thread() is threading.main_thread():
             # Before the socket answers: whoever sees it may stop us with a signal at once.
