@@ -225,6 +225,7 @@ def test_missing_dpdk_is_one_clear_line_and_starts_nothing(runtime: str) -> None
     ("dpdk:net_null0?rxq=4", "", "4 queues need as many RX workers"),
     ("dpdk:net_null0", "--bogus-option", "DPDK's EAL did not start"),
     ("dpdk:net null0", "", "expected dpdk:DEVICE"),
+    ("dpdk:0000:99:00.0", "", "Cannot find device (0000:99:00.0)"),  # a PCI device that is not there
 ])
 def test_bad_devargs_is_one_clear_line_and_starts_nothing(runtime: str, port: str, eal: str,
                                                             expect: str) -> None:
@@ -257,21 +258,21 @@ def test_memif_with_testpmd_as_the_peer(manager: Any, tmp_path: Path, onvm_role:
         m.running(2)
         return m
 
+    burst = 32  # tx_first: one burst from testpmd starts the loop
     # The server side first: a memif client connects when it starts.
     m = start_onvm() if onvm_role == "server" else None
     with tp:
         m = m or start_onvm()
         wait_for(tp.link_up, timeout=15, what="the memif link up")
         tp.command("start tx_first")
-        time.sleep(1.5)
+        # Many times round (how fast depends on the CPUs: testpmd's forwarding lcore spins on one of
+        # the two, and the manager may have packed the pipeline onto it).
+        wait_for(lambda: tp.counts()[0]["rx"] > 20 * burst, timeout=30, what="the burst going round")
         tp.command("stop")
         time.sleep(0.2)  # what was in flight lands
         peer = tp.counts()[0]
         port = m.status()["ports"][0]
-    burst = 32  # tx_first: one burst from testpmd started the loop
-    # Packets came back, many times round (how many depends on the CPUs: testpmd's forwarding
-    # lcore spins on one of the two, and the manager may have packed the pipeline onto it).
-    assert peer["rx"] > 20 * burst, (peer, port)
+    assert peer["rx"] > 20 * burst, (peer, port)  # packets came back
     # Both sides agree: what testpmd sent pyonvm received, and what pyonvm sent testpmd received,
     # save the packets in flight when testpmd stopped.
     assert 0 <= peer["tx"] - port["rx"] <= burst, (peer, port)

@@ -22,6 +22,7 @@ def test_rules_steer_flows_to_chains(deploy):
         "--port", "gen:proto=udp,dport=53,flows=4,count=1000,rate=40k,src=10.2.0.1",
         "--port", "null",
         "--default-chain", "1,out:2", "--chain", "web=2,out:2",
+        # Long enough to list the entries on a loaded machine before they expire.
         "--rule", "tcp dst port 80 idle 3 -> chain web", "--ring-size", "8192", "--flow-idle", "2",
     ])
     dep.start_nf(["simple_forward", "--service", "1"])

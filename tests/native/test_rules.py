@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, Dot1Q, Ether, IPv6  # type: ignore[import-untyped]
 
-from onvm import _native
+from onvm import _hooks, _native
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import PacketFields, Rule, match_rules, parse_rule
 
@@ -147,7 +147,7 @@ def check_all(model: Model, slots: list[int], pkts: list[tuple[bytes, PacketFiel
         slot_got, _ = model.region.rule_lookup(key_of(fields))
         assert slot_got == (model.rules[want.id][1] if want else -1), (model.log, fields)
         for _ in range(2):  # the second finds the cached entry
-            got = model.region.classify(slot, fields.in_port)
+            got = _hooks.classify(model.region, slot, fields.in_port)
             assert got == chain, (model.log, want and want.to_text(), fields)
 
 
@@ -228,7 +228,7 @@ def test_flows_that_differ_only_in_vlan_get_their_own_entries(region):
         for order in ([7, None, 5], [None, 5, 7]):  # the second round finds the entries installed
             for slot, vlan in zip(slots, order, strict=True):
                 region.write(slot, bytes(frames[vlan]))
-                got.setdefault(vlan, set()).add(region.classify(slot))
+                got.setdefault(vlan, set()).add(_hooks.classify(region, slot))
         assert got == {7: {1}, None: {0}, 5: {0}}
         key = FlowKey.of("2001:db8::1", "2001:db8::2", "udp", 22, 0, vlan=7)
         assert region.flow_get(key.native())["chain"] == 1
@@ -244,7 +244,7 @@ def test_rule_hit_installs_one_exact_entry_and_counts(region):
     slot = region.alloc(1)[0]
     region.write(slot, frame())
     for _ in range(5):
-        assert region.classify(slot) == 1
+        assert _hooks.classify(region, slot) == 1
     flows = region.flow_list()
     assert len(flows) == 1 and flows[0]["packets"] == 5 and flows[0]["chain"] == 1
     assert flows[0]["rule_slot"] == slot_r
@@ -258,7 +258,7 @@ def test_flows_no_rule_matches_are_cached_for_the_default_chain(region):
     slot = region.alloc(1)[0]
     region.write(slot, frame())
     for _ in range(3):
-        assert region.classify(slot) == 0
+        assert _hooks.classify(region, slot) == 0
     (entry,) = region.flow_list()
     assert entry["origin"] == 3 and entry["chain"] == 0 and entry["packets"] == 3
     assert entry["idle_ms"] == _native.DEFAULT_IDLE_MS  # the same idle policy as rule results
@@ -271,10 +271,10 @@ def test_a_new_matching_rule_takes_over_a_cached_default_flow(region):
     slots = region.alloc(2)
     region.write(slots[0], frame(dport=80))
     region.write(slots[1], frame(dport=22))
-    assert [region.classify(s) for s in slots] == [0, 0]
+    assert [_hooks.classify(region, s) for s in slots] == [0, 0]
     one_rule(region, "tcp dst port 80 -> chain web", 2, 2)
-    assert region.classify(slots[0]) == 2  # the flow's next packet
-    assert region.classify(slots[1]) == 0
+    assert _hooks.classify(region, slots[0]) == 2  # the flow's next packet
+    assert _hooks.classify(region, slots[1]) == 0
     st_ = region.flow_stats()
     assert st_["changed"] == 1 and st_["installed"] == 3  # only the flow the rule matches was redone
     by_port = {FlowKey.from_native(f["key"]).dport: f for f in region.flow_list()}
@@ -286,14 +286,14 @@ def test_a_rule_change_leaves_the_entries_it_cannot_change_alone(region):
     one_rule(region, "priority 5 tcp -> chain a", 1, 1)
     slot = region.alloc(1)[0]
     region.write(slot, frame())
-    assert region.classify(slot) == 1
+    assert _hooks.classify(region, slot) == 1
     version = region.rules_stats()["version"]
     one_rule(region, "priority 9 udp -> chain b", 2, 2)  # does not match the flow
     one_rule(region, "priority 1 tcp dst port 80 -> chain c", 3, 3)  # matches, but loses to rule 1
     one_rule(region, "priority 5 tcp -> chain d", 4, 4)  # matches, same priority, younger: loses
     assert region.rules_stats()["version"] == version + 3
     for _ in range(3):
-        assert region.classify(slot) == 1
+        assert _hooks.classify(region, slot) == 1
     st_ = region.flow_stats()
     assert st_["installed"] == 1 and st_["changed"] == 0
     assert region.flow_list()[0]["packets"] == 4
@@ -306,9 +306,9 @@ def test_removing_a_rule_reclassifies_only_its_flows(region):
     slots = region.alloc(2)
     region.write(slots[0], frame(dport=80))
     region.write(slots[1], frame(dport=22))
-    assert [region.classify(s) for s in slots] == [1, 2]
+    assert [_hooks.classify(region, s) for s in slots] == [1, 2]
     region.rules_apply(dels=[s1])
-    assert [region.classify(s) for s in slots] == [0, 2]
+    assert [_hooks.classify(region, s) for s in slots] == [0, 2]
     assert region.flow_stats()["changed"] == 1
     region.free(slots)
 
@@ -317,10 +317,10 @@ def test_a_log_that_wrapped_still_keeps_unchanged_entries(region):
     one_rule(region, "tcp -> chain a", 1, 1)
     slot = region.alloc(1)[0]
     region.write(slot, frame())
-    assert region.classify(slot) == 1
+    assert _hooks.classify(region, slot) == 1
     for i in range(300):  # more changes than the log keeps, none of them about this flow
         one_rule(region, f"udp dst port {i + 1} -> chain b", i + 2, 2)
-    assert region.classify(slot) == 1
+    assert _hooks.classify(region, slot) == 1
     st_ = region.flow_stats()
     assert st_["installed"] == 1 and st_["changed"] == 0  # classified afresh, same answer: kept
     assert region.flow_list()[0]["packets"] == 2
@@ -332,11 +332,11 @@ def test_the_sweep_removes_outdated_entries_and_marks_the_others_current(region)
     slots = region.alloc(2)
     region.write(slots[0], frame(dport=80))
     region.write(slots[1], frame(dport=22))
-    assert [region.classify(s) for s in slots] == [1, 0]
+    assert [_hooks.classify(region, s) for s in slots] == [1, 0]
     region.rules_apply(dels=[s1])
     assert region.flow_expire(0, 1024) == 1  # the rule's entry went; the default one is still right
     assert region.flow_stats()["used"] == 1 and region.flow_stats()["changed"] == 1
-    assert [region.classify(s) for s in slots] == [0, 0]
+    assert [_hooks.classify(region, s) for s in slots] == [0, 0]
     region.free(slots)
 
 
@@ -344,12 +344,12 @@ def test_port_defaults_are_cached_and_changing_them_reclassifies(region):
     one_rule(region, "udp -> chain c", 1, 1)
     slot = region.alloc(1)[0]
     region.write(slot, frame())
-    assert region.classify(slot, 1) == 0
+    assert _hooks.classify(region, slot, 1) == 0
     region.rules_apply(ports=[(1, 7)])
-    assert region.classify(slot, 1) == 7
-    assert region.classify(slot, 2) == 0  # another port keeps the default chain
+    assert _hooks.classify(region, slot, 1) == 7
+    assert _hooks.classify(region, slot, 2) == 0  # another port keeps the default chain
     region.rules_apply(ports=[(1, 0)])
-    assert region.classify(slot, 1) == 0
+    assert _hooks.classify(region, slot, 1) == 0
     with pytest.raises(ValueError, match="out of range"):
         region.rules_apply(ports=[(16, 1)])
     region.free([slot])
@@ -442,7 +442,7 @@ def test_rules_without_an_idle_timeout_get_the_default(region):
     slots = region.alloc(2)
     region.write(slots[0], frame())
     region.write(slots[1], bytes(Ether(src=MAC_A, dst=MAC_B) / IP() / UDP()))
-    assert [region.classify(s) for s in slots] == [1, 2]
+    assert [_hooks.classify(region, s) for s in slots] == [1, 2]
     idle = {f["chain"]: f["idle_ms"] for f in region.flow_list()}
     assert idle == {1: 2500, 2: 0}  # 'idle 0' asks for none
     region.free(slots)
@@ -455,15 +455,15 @@ def test_a_full_table_keeps_its_flows_and_classifies_the_rest_uncached():
         slot = r.alloc(1)[0]
         for i in range(64):
             r.write(slot, frame(sport=1000 + i))
-            assert r.classify(slot) == 1
+            assert _hooks.classify(r, slot) == 1
         assert r.flow_stats()["used"] == 64
         r.write(slot, frame(sport=5000))
         for _ in range(3):
-            assert r.classify(slot) == 1  # still the right chain, not cached
+            assert _hooks.classify(r, slot) == 1  # still the right chain, not cached
         st_ = r.flow_stats()
         assert st_["used"] == 64 and st_["full"] == 3 and st_["installed"] == 64
         r.write(slot, frame(sport=1000))
-        assert r.classify(slot) == 1
+        assert _hooks.classify(r, slot) == 1
         old = {FlowKey.from_native(f["key"]).sport: f["packets"] for f in r.flow_list()}
         assert old[1000] == 2  # the entries already in the table stay and keep counting
         # An explicit entry makes way for itself by replacing a cached result ...
@@ -581,3 +581,25 @@ def test_registry_pages_and_changes_atomically(region):
         reg.del_chain("web")
     reg.set_port_chain(1, None)
     reg.del_chain("web")
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets())
+def test_packet_key_reads_what_the_reference_fields_say(pkt):
+    data, fields = pkt
+    ipver, src, dst, proto, sport, dport, in_port, vlan = _native.packet_key(data, fields.in_port)
+    assert PacketFields(ipver, src, dst, proto, sport, dport, in_port, vlan - 1 if vlan else None) == fields
+    assert _native.packet_key(data, 9)[6] == 9
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=120), packets().map(lambda p: p[0]).flatmap(
+    lambda d: st.integers(0, len(d)).map(lambda n: d[:n]))))
+def test_packet_key_on_any_bytes_is_the_rx_paths_key(region, data):
+    """Bytes from a controller or an NF (cut, garbage) give the key the RX path computes, or None."""
+    slot = region.alloc(1)[0]
+    try:
+        region.write(slot, data)
+        assert _native.packet_key(data) == region.flow_key(slot)
+    finally:
+        region.free([slot])

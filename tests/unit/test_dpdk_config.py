@@ -104,3 +104,22 @@ def test_a_build_without_dpdk_refuses_dpdk_ports(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigError) as e:
         dpdk.check_available([parse_port("null"), parse_port("dpdk:net_null0")])
     assert "port 'dpdk:net_null0'" in e.value.message and "libdpdk-dev" in e.value.message
+
+
+def test_a_build_whose_dpdk_does_not_load_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.abc
+
+    import onvm
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "onvm._dpdk":
+                raise ImportError("librte_ethdev.so.23: cannot open shared object file")
+            return None
+
+    monkeypatch.delitem(sys.modules, "onvm._dpdk", raising=False)
+    monkeypatch.delattr(onvm, "_dpdk", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(ConfigError) as e:
+        dpdk.check_available([parse_port("dpdk:net_null0")])
+    assert "does not load (librte_ethdev.so.23" in e.value.message and "rebuild" in e.value.message

@@ -41,8 +41,8 @@
  * Device counters (rte_eth_stats) are read by one worker only, ten times a
  * second (ethdev calls for one port must not run concurrently): the worker
  * that polls RX queue 0, or for an output-only port the one sending on TX
- * queue 0.  The deltas become drop reasons of the port: imissed -> kernel (the
- * device's ring was full), ierrors and oerrors -> port, rx_nombuf -> no_slot.
+ * queue 0.  The deltas become drop reasons of the port: imissed -> missed (the
+ * device's RX ring was full), ierrors and oerrors -> port, rx_nombuf -> no_slot.
  *
  * Idle.  Most DPDK devices give no descriptor to sleep on, so an empty RX queue
  * asks to be polled again after a nap that grows with the time it has been
@@ -70,6 +70,7 @@
 #include <rte_log.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_prefetch.h>
 #include <rte_spinlock.h>
 
 #define OPS_NAME "onvm_slots"
@@ -261,6 +262,8 @@ int onvm_dpdk_eal_init(int argc, char **argv, char *err, size_t errlen) {
 
 /* ---- the mbuf pool over the slots -------------------------------------------- */
 
+#define DEFER_MAX 512
+
 struct onvm_dpdk_pool {
     struct onvm_region *r;
     struct rte_mempool *mp;
@@ -274,11 +277,20 @@ struct onvm_dpdk_pool {
     void *ext_va;
     size_t ext_len;
     int ext_registered;
+    /* Slots a device gave back during a call of worker w into it, freed when
+     * the call returns (ops_enqueue).  Setup and teardown use row 0, while
+     * the workers are stopped. */
+    uint32_t defer[ONVM_MAX_WORKERS][DEFER_MAX];
 };
 
+/* Thread-local state of this module, read per packet: initial-exec, a load
+ * from the thread pointer instead of a __tls_get_addr() call per access (a
+ * module loaded later gets only a little static TLS: keep it to a few words). */
+#define THREAD_LOCAL static __thread __attribute__((tls_model("initial-exec")))
+
 /* Whose call into DPDK this thread is making (see the theory above). */
-static __thread int cur_port = -1;
-static __thread unsigned cur_worker;
+THREAD_LOCAL int cur_port = -1;
+THREAD_LOCAL unsigned cur_worker;
 
 static inline uint32_t slot_of(const struct onvm_dpdk_pool *pool, const struct rte_mbuf *m) {
     size_t off = (size_t)((const uint8_t *)m->buf_addr - pool->slots);
@@ -302,6 +314,19 @@ static unsigned ops_count(const struct rte_mempool *mp) {
     return n > 0 ? (unsigned)n : 0;
 }
 
+/* Slots a device gave back during one of our calls into it (tx_burst frees
+ * what it sent one mbuf at a time): freed together when the call returns,
+ * one push onto the free stack instead of one per packet.  Until then they
+ * are the manager's (in use), no longer lent. */
+THREAD_LOCAL struct onvm_dpdk_pool *defer_pool;
+THREAD_LOCAL unsigned defer_n;
+
+static void defer_flush(void) {
+    if (defer_n)
+        onvm_pool_free_burst(defer_pool->r, defer_pool->defer[cur_worker], defer_n);
+    defer_n = 0;
+}
+
 /* The device is done with these: take them back from the port they were lent
  * to and free them.  While the pool is populated, objects enqueue themselves:
  * their slots are in the free stack already. */
@@ -310,20 +335,24 @@ static int ops_enqueue(struct rte_mempool *mp, void *const *objs, unsigned n) {
     if (!pool->ready)
         return 0;
     struct onvm_region *r = pool->r;
-    uint32_t buf[64];
-    unsigned k = 0;
+    int later = cur_port >= 0; /* inside rx/tx on this thread: they flush */
+    if (later && defer_pool != pool) {
+        defer_flush();
+        defer_pool = pool;
+    }
     for (unsigned i = 0; i < n; i++) {
         uint32_t s = slot_of(pool, objs[i]);
         uint16_t owner = atomic_load_explicit(&r->meta[s].owner, ONVM_RELAXED);
         if (owner >= ONVM_OWNER_PORT_BASE && owner < ONVM_OWNER_PORT(ONVM_MAX_PORTS))
             onvm_port_took_back(r, row(pool, owner - ONVM_OWNER_PORT_BASE, cur_worker), &s, 1);
-        buf[k++] = s;
-        if (k == 64) {
-            onvm_pool_free_burst(r, buf, k);
-            k = 0;
+        if (!later) {
+            onvm_pool_free_burst(r, &s, 1);
+            continue;
         }
+        if (defer_n == DEFER_MAX)
+            defer_flush();
+        pool->defer[cur_worker][defer_n++] = s;
     }
-    onvm_pool_free_burst(r, buf, k);
     return 0;
 }
 
@@ -495,7 +524,8 @@ struct onvm_region *onvm_dpdk_pool_region(const struct onvm_dpdk_pool *pool) { r
 struct dport {
     struct onvm_dpdk_pool *pool;
     uint16_t port_id;
-    struct rte_device *dev;
+    struct rte_device *dev;   /* set when we probed it: removed at close */
+    struct rte_device *dma;   /* a PCI device the pool is mapped for: unmapped at close */
     unsigned nrxq, ntxq, workers;
     int txq_shared; /* fewer TX queues than workers */
     int found;   /* port_id names the device */
@@ -528,7 +558,7 @@ static void read_stats(struct onvm_port *p, struct dport *d, struct onvm_port_st
         return;
     /* counters that went backwards were reset (by the device): count from there */
     if (s.imissed >= d->last.imissed)
-        st->drops[ONVM_DROP_KERNEL] += s.imissed - d->last.imissed;
+        st->drops[ONVM_DROP_MISSED] += s.imissed - d->last.imissed;
     if (s.ierrors >= d->last.ierrors)
         st->drops[ONVM_DROP_PORT] += s.ierrors - d->last.ierrors;
     if (s.oerrors >= d->last.oerrors)
@@ -586,6 +616,7 @@ static uint32_t dpdk_rxq(struct onvm_port *p, unsigned q, struct onvm_region *r,
     if (q == 0 && !d->stats_on_tx)
         read_stats(p, d, st, now);
     cur_port = -1;
+    defer_flush();
     if (got == 0) {
         if (d->idle_since[q] == 0)
             d->idle_since[q] = now;
@@ -637,6 +668,8 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
             bad[nbad++] = s;
             continue;
         }
+        if (i + 4 < n && slots[i + 4] < pool->count)
+            rte_prefetch0(pool->mbuf[slots[i + 4]]); /* headers are cold: 16384 of them span MiBs */
         struct rte_mbuf *m = pool->mbuf[s];
         m->data_off = (uint16_t)off;
         m->data_len = (uint16_t)len;
@@ -644,8 +677,7 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
         m->port = d->port_id;
         m->ol_flags = RTE_MBUF_F_EXTERNAL;
         m->packet_type = 0;
-        m->tx_offload = 0;
-        m->vlan_tci = 0;
+        /* tx_offload (the second cache line) stays 0: allocation resets it and nothing sets it */
         mb[k] = m;
         ok[k] = s;
         upto[k + 1] = upto[k] + len;
@@ -666,12 +698,45 @@ static uint32_t dpdk_tx(struct onvm_port *p, struct onvm_region *r, const uint32
     if (d->txq_shared)
         rte_spinlock_unlock(&d->txlock[q]);
     cur_port = -1;
+    defer_flush();
     if (sent < k) { /* the device's ring is full: they are dropped, counted by the caller */
         onvm_port_took_back(r, st, ok + sent, k - sent);
         onvm_pool_free_burst(r, ok + sent, k - sent);
     }
     *bytes = upto[sent];
     return sent;
+}
+
+/* Maps (or unmaps) the region for a device's DMA, at the slots' virtual
+ * addresses (IOVA as VA; rte_dev_dma_map is experimental in 22.11). */
+static int dma_map(struct rte_device *dev, struct onvm_dpdk_pool *pool, int map) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    uint64_t iova = (uint64_t)(uintptr_t)pool->ext_va;
+    return map ? rte_dev_dma_map(dev, pool->ext_va, iova, pool->ext_len)
+               : rte_dev_dma_unmap(dev, pool->ext_va, iova, pool->ext_len);
+#pragma GCC diagnostic pop
+}
+
+/* A PCI device DMAs into the slots: map the region for it, or say why it cannot be. */
+static int dma_setup(struct dport *d, struct rte_device *dev, char *why, size_t len) {
+    if (strcmp(rte_bus_name(rte_dev_bus(dev)), "pci") != 0)
+        return 0; /* virtual devices copy with the CPU */
+    if (!d->pool->ext_registered) {
+        snprintf(why, len, "the region's memory could not be registered with DPDK for the device's DMA");
+        return -EINVAL;
+    }
+    if (rte_eal_iova_mode() != RTE_IOVA_VA) {
+        snprintf(why, len, "a PCI device reaches the slots by their virtual addresses: the EAL must use IOVA "
+                           "as VA (vfio-pci with an IOMMU, --dpdk-eal=--iova-mode=va)");
+        return -EINVAL;
+    }
+    if (dma_map(dev, d->pool, 1) < 0 && rte_errno != EEXIST) {
+        snprintf(why, len, "cannot map the slots for the device's DMA: %s", rte_strerror(rte_errno));
+        return -rte_errno;
+    }
+    d->dma = dev;
+    return 0;
 }
 
 /* Stops the device (if it was found), takes back what it held, removes it if we
@@ -685,9 +750,12 @@ static void release(struct dport *d, int id) {
         if (d->started)
             rte_eth_dev_stop(d->port_id);
         rte_eth_dev_close(d->port_id); /* its queues give their buffers back here */
+        if (d->dma)
+            dma_map(d->dma, pool, 0);
         if (d->dev)
             rte_dev_remove(d->dev);
         cur_port = -1;
+        defer_flush();
         /* What the device never gave back is still stamped as lent to it. */
         onvm_dpdk_api->port_reclaim(pool->r, (unsigned)id);
     }
@@ -780,8 +848,8 @@ static int find_port(const char *devargs, uint16_t *port_id, int *probed, char *
     else if (rc != -EEXIST) {
         char why[256];
         log_first_error(mark, why, sizeof why);
-        set_err(err, errlen, "DPDK cannot probe '%s': %s%s%s", devargs, rte_strerror(-rc), why[0] ? ": " : "",
-                why);
+        /* DPDK's own words when it said something (its error codes here can be odd: EFAULT for a bad name) */
+        set_err(err, errlen, "DPDK cannot probe '%s': %s", devargs, why[0] ? why : rte_strerror(-rc));
         return rc;
     }
     RTE_ETH_FOREACH_MATCHING_DEV(pid, devargs, &it) {
@@ -834,6 +902,8 @@ struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const
     }
     if (probed)
         d->dev = info.device;
+    if (dma_setup(d, info.device, why, sizeof why) < 0)
+        goto fail;
     rte_eth_dev_get_name_by_port(d->port_id, d->name);
     snprintf(d->driver, sizeof d->driver, "%s", info.driver_name ? info.driver_name : "");
     d->workers = c->workers;
@@ -872,6 +942,7 @@ struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const
     if (rc == 0 && (rc = rte_eth_dev_start(d->port_id)) < 0)
         snprintf(why, sizeof why, "cannot start the device: %s", rte_strerror(-rc));
     cur_port = -1;
+    defer_flush();
     if (rc < 0) {
         char logged[160];
         log_first_error(mark, logged, sizeof logged);

@@ -1,12 +1,13 @@
 /* flowbind.c - Region methods for chains by name, the flow table and rules. */
 #include "onvm_flow.h"
+#include "onvm_parse.h"
 #include "onvm_nf.h"
 
 #include <stdlib.h>
 
 /* key: (ipver, src bytes, dst bytes, proto, sport, dport, in_port[, vlan]); vlan is
  * 1 + the outer VLAN id, 0 (the default) for untagged packets. */
-static int key_from(PyObject *o, struct onvm_flow_key *k) {
+int onvm_key_from(PyObject *o, struct onvm_flow_key *k) {
     unsigned ipver, proto, sport, dport, in_port, vlan = 0;
     Py_buffer src, dst;
     memset(k, 0, sizeof *k);
@@ -78,7 +79,7 @@ PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OI|III", kwlist, &ko, &chain, &idle, &hard, &origin))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     if (chain >= ONVM_MAX_CHAINS)
         return PyErr_Format(PyExc_ValueError, "chain %u is out of range (0..%d)", chain, ONVM_MAX_CHAINS - 1);
@@ -99,7 +100,7 @@ PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw) {
 PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
     OPEN_OR_FAIL(self);
     struct onvm_flow_key k;
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     struct onvm_flow_view f;
     uint64_t now = onvm_now_ns();
@@ -114,7 +115,7 @@ PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
 PyObject *Region_flow_del(RegionObject *self, PyObject *ko) {
     OPEN_OR_FAIL(self);
     struct onvm_flow_key k;
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     return PyBool_FromLong(onvm_flow_del(&self->r, &k) == 0);
 }
@@ -322,7 +323,7 @@ PyObject *Region_rule_hits(RegionObject *self, PyObject *slots) {
 PyObject *Region_rule_lookup(RegionObject *self, PyObject *ko) {
     OPEN_OR_FAIL(self);
     struct onvm_flow_key k;
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     struct onvm_cls_result res;
     if (onvm_cls_lookup(&self->r, &k, &res) < 0)
@@ -353,24 +354,6 @@ PyObject *Region_set_flow_idle(RegionObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* classify(slot, in_port=-1) -> chain id, as the RX path would decide it (updates counters). */
-PyObject *Region_classify(RegionObject *self, PyObject *args) {
-    unsigned long s;
-    int in_port = -1;
-    if (!PyArg_ParseTuple(args, "k|i", &s, &in_port))
-        return NULL;
-    OPEN_OR_FAIL(self);
-    if (s >= self->r.pool_count)
-        return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
-    if (in_port >= ONVM_MAX_PORTS)
-        return PyErr_Format(PyExc_ValueError, "port %d is out of range", in_port);
-    struct onvm_meta *m = &self->r.meta[s];
-    if (in_port >= 0)
-        m->in_port = (uint16_t)in_port;
-    onvm_classify(&self->r, m, onvm_slot_data(&self->r, (uint32_t)s), onvm_now_ns());
-    return PyLong_FromLong(m->chain_id);
-}
-
 /* flow_key(slot) -> the slot's key tuple, or None when it is not IP */
 PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
     unsigned long s;
@@ -381,6 +364,29 @@ PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
     struct onvm_flow_key k;
     if (onvm_flow_key_of(&self->r.meta[s], onvm_slot_data(&self->r, (uint32_t)s), &k) != 0)
+        Py_RETURN_NONE;
+    return key_tuple(&k);
+}
+
+/* packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP) */
+PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer b;
+    unsigned in_port = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &in_port))
+        return NULL;
+    if (in_port > UINT16_MAX || b.len > UINT16_MAX) {
+        PyBuffer_Release(&b);
+        return PyErr_Format(PyExc_ValueError, "in_port is 16 bits and a packet at most 65535 bytes");
+    }
+    struct onvm_meta meta = {0};
+    meta.len = (uint32_t)b.len;
+    meta.in_port = (uint16_t)in_port;
+    onvm_parse(&meta, b.buf, meta.len);
+    struct onvm_flow_key k;
+    int rc = onvm_flow_key_of(&meta, b.buf, &k);
+    PyBuffer_Release(&b);
+    if (rc != 0)
         Py_RETURN_NONE;
     return key_tuple(&k);
 }
@@ -406,115 +412,4 @@ PyObject *Region_chains(RegionObject *self, PyObject *u) {
         Py_DECREF(t);
     }
     return l;
-}
-
-/* bench_lookup(entries, lookups, bulk=True) -> {"mpps", "seconds", "found", ...}
- * Fills the table with `entries` distinct flows, then looks `lookups` of them
- * up in random order with the packet path's lookup (bulk: 32 at a time). */
-PyObject *Region_bench_lookup(RegionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"entries", "lookups", "bulk", NULL};
-    unsigned entries, lookups;
-    int bulk = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "II|p", kwlist, &entries, &lookups, &bulk))
-        return NULL;
-    OPEN_OR_FAIL(self);
-    if (!entries || entries > self->r.hdr->flow_count)
-        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", self->r.hdr->flow_count);
-    struct onvm_flow_key *keys = PyMem_Calloc(entries, sizeof *keys);
-    uint32_t *order = PyMem_Malloc(sizeof(uint32_t) * (lookups ? lookups : 1));
-    if (!keys || !order) {
-        PyMem_Free(keys);
-        PyMem_Free(order);
-        return PyErr_NoMemory();
-    }
-    uint64_t x = 0x9e3779b97f4a7c15ull, now = onvm_now_ns(), installed = 0, found = 0;
-    double secs;
-    Py_BEGIN_ALLOW_THREADS for (uint32_t i = 0; i < entries; i++) {
-        struct onvm_flow_key *k = &keys[i];
-        uint32_t a = 0x0a000000u | (i >> 8), b = 0xc0a80000u | (i & 0xff);
-        memcpy(k->src, &a, 4);
-        memcpy(k->dst, &b, 4);
-        k->sport = (uint16_t)(1024 + i % 50000);
-        k->dport = 80;
-        k->proto = 6;
-        k->ipver = 4;
-        if (onvm_flow_put(&self->r, k, 1, 0, 0, ONVM_FLOW_BY_API, now) >= 0)
-            installed++;
-    }
-    for (uint32_t i = 0; i < lookups; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order[i] = (uint32_t)(x % entries);
-    }
-    /* The keys to look up, laid out in lookup order as packets would bring them. */
-    struct onvm_flow_key *seqkeys = malloc(sizeof *seqkeys * (lookups ? lookups : 1));
-    if (seqkeys)
-        for (uint32_t i = 0; i < lookups; i++)
-            seqkeys[i] = keys[order[i]];
-    int32_t out[32];
-    uint64_t t0 = onvm_now_ns();
-    for (uint32_t i = 0; seqkeys && i < lookups; i += 32) {
-        uint32_t m = lookups - i < 32 ? lookups - i : 32;
-        if (bulk) {
-            onvm_flow_lookup_bulk(&self->r, &seqkeys[i], m, out);
-        } else {
-            for (uint32_t j = 0; j < m; j++) /* one at a time: each miss waits for the last */
-                onvm_flow_lookup_bulk(&self->r, &seqkeys[i + j], 1, &out[j]);
-        }
-        for (uint32_t j = 0; j < m; j++)
-            found += out[j] >= 0;
-    }
-    free(seqkeys);
-    secs = (double)(onvm_now_ns() - t0) / 1e9;
-    Py_END_ALLOW_THREADS PyMem_Free(keys);
-    PyMem_Free(order);
-    return Py_BuildValue("{s:I,s:K,s:I,s:K,s:d,s:d,s:i}", "entries", entries, "installed",
-                         (unsigned long long)installed, "lookups", lookups, "found", (unsigned long long)found,
-                         "seconds", secs, "mpps", secs > 0 ? lookups / secs / 1e6 : 0.0, "bulk", bulk);
-}
-
-/* bench_rules(keys, lookups) -> {"mpps", "ns_per_lookup", "matched", "seconds", "lookups"}
- * Looks the keys up in the classifier, cycling through them, as RX does for a new flow. */
-PyObject *Region_bench_rules(RegionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"keys", "lookups", NULL};
-    PyObject *ko;
-    unsigned lookups;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OI", kwlist, &ko, &lookups))
-        return NULL;
-    OPEN_OR_FAIL(self);
-    PyObject *f = PySequence_Fast(ko, "keys must be a sequence of key tuples");
-    if (!f)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(f);
-    struct onvm_flow_key *keys = PyMem_Calloc((size_t)n + 1, sizeof *keys);
-    if (!keys) {
-        Py_DECREF(f);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (key_from(PySequence_Fast_GET_ITEM(f, i), &keys[i]) < 0) {
-            Py_DECREF(f);
-            PyMem_Free(keys);
-            return NULL;
-        }
-    }
-    Py_DECREF(f);
-    if (n == 0 || lookups == 0) {
-        PyMem_Free(keys);
-        return PyErr_Format(PyExc_ValueError, "bench_rules needs keys and lookups");
-    }
-    uint64_t matched = 0, t0, t1;
-    Py_BEGIN_ALLOW_THREADS t0 = onvm_now_ns();
-    for (uint32_t i = 0; i < lookups; i++) {
-        struct onvm_cls_result res;
-        if (onvm_cls_lookup(&self->r, &keys[i % (uint32_t)n], &res) == 0 && res.slot >= 0)
-            matched++;
-    }
-    t1 = onvm_now_ns();
-    Py_END_ALLOW_THREADS PyMem_Free(keys);
-    double secs = (double)(t1 - t0) / 1e9;
-    return Py_BuildValue("{s:I,s:K,s:d,s:d,s:d}", "lookups", lookups, "matched", (unsigned long long)matched,
-                         "seconds", secs, "mpps", secs > 0 ? lookups / secs / 1e6 : 0.0, "ns_per_lookup",
-                         (double)(t1 - t0) / lookups);
 }

@@ -1,20 +1,16 @@
 /* harness.c - put packets into an NF's ring and take them out of rings, in
  * process: what the manager's RX and TX workers do, for tests of NFs that run
- * the real native loop without a manager (onvm.testing). */
-#include "onvm_packet.h"
+ * the real native loop without a manager (onvm.testing).  Part of the hooks
+ * module (hooks.c). */
+#include "onvm_hooks.h"
 
 #include <string.h>
 
-#include "onvm_parse.h"
-
 static int region_nf(PyObject *region, unsigned nf_id, struct onvm_region **out) {
-    if (!PyObject_TypeCheck(region, &RegionType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Region");
+    struct onvm_region *r = onvm_core->region(region);
+    if (!r)
         return -1;
-    }
-    struct onvm_region *r = &((RegionObject *)region)->r;
-    if (!r->base || nf_id == 0 || nf_id >= ONVM_MAX_NFS ||
-        atomic_load(&r->nfs[nf_id].state) == ONVM_NFS_FREE) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS || atomic_load(&r->nfs[nf_id].state) == ONVM_NFS_FREE) {
         PyErr_Format(PyExc_ValueError, "NF %u is not active in an open region", nf_id);
         return -1;
     }
@@ -42,17 +38,17 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), &b, PyBUF_SIMPLE) < 0)
             break;
         uint32_t s;
-        if ((size_t)b.len > onvm_slot_room(r) || onvm_pool_alloc_burst(r, &s, 1, ONVM_OWNER_MGR) != 1) {
+        if ((size_t)b.len > onvm_slot_room(r) || onvm_core->pool_alloc_burst(r, &s, 1, ONVM_OWNER_MGR) != 1) {
             PyBuffer_Release(&b);
             PyErr_Format(PyExc_ValueError, "packet %zd: too long or the pool is empty", i);
             break;
         }
-        onvm_slot_reset(r, s);
+        onvm_core->slot_reset(r, s);
         struct onvm_meta *m = &r->meta[s];
         memcpy(onvm_slot_data(r, s), b.buf, (size_t)b.len);
         PyBuffer_Release(&b);
         m->len = (uint32_t)b.len;
-        onvm_parse(m, onvm_slot_data(r, s), m->len);
+        onvm_core->parse(m, onvm_slot_data(r, s), m->len);
         m->rx_ns = onvm_now_ns();
         m->in_port = (uint16_t)in_port;
         m->chain_id = (uint16_t)chain;
@@ -60,7 +56,7 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         m->action = ONVM_ACT_TONF;
         m->dest = r->nfs[nf_id].service;
         if (onvm_ring_enqueue_mp(rx, &s, 1, 1, NULL, 0) != 1) {
-            onvm_pool_free_burst(r, &s, 1);
+            onvm_core->pool_free_burst(r, &s, 1);
             PyErr_Format(PyExc_ValueError, "NF %u's RX ring is full", nf_id);
             break;
         }
@@ -97,7 +93,7 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
                 Py_CLEAR(out);
             Py_XDECREF(t);
         }
-        onvm_pool_free_burst(r, buf, n);
+        onvm_core->pool_free_burst(r, buf, n);
     }
     onvm_bp_drained(r, ring); /* the consumer: producers waiting for the ring go on */
     return out;

@@ -76,8 +76,20 @@
 #include "onvm_region.h"
 
 enum { ONVM_FLOW_EMPTY = 0, ONVM_FLOW_VALID = 1, ONVM_FLOW_DELETED = 2 };
-/* Who made an entry.  RULE and DEFAULT entries are cached classification results. */
-enum { ONVM_FLOW_BY_RULE = 0, ONVM_FLOW_BY_NF = 1, ONVM_FLOW_BY_API = 2, ONVM_FLOW_BY_DEFAULT = 3 };
+/* Who made an entry, listed once (see ONVM_ACTIONS in onvm_layout.h).  RULE and
+ * DEFAULT entries are cached classification results; NF and API ones are explicit. */
+#define ONVM_FLOW_ORIGINS(X)                                                                       \
+    X(RULE, "rule")       /* a rule decided it */                                                  \
+    X(NF, "nf")           /* an NF steered it (nf.steer) */                                        \
+    X(API, "api")         /* onvm flow add */                                                      \
+    X(DEFAULT, "default") /* no rule matched: the input port's default chain, or the default chain */
+
+enum onvm_flow_origin {
+#define ONVM_X_ENUM(id, name) ONVM_FLOW_BY_##id,
+    ONVM_FLOW_ORIGINS(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
+    ONVM_FLOW_ORIGIN_COUNT
+};
 
 #define ONVM_FLOW_PROBE 64              /* entries probed before a lookup misses or an insert gives up */
 #define ONVM_TIMEOUT_MAX_MS 2000000000u /* 23.1 days: below 2^31 ms, what the 32-bit clock can compare */
@@ -132,8 +144,8 @@ struct onvm_flow_view {
 
 /* ---- rules and the classifier ------------------------------------------------ */
 
-#define ONVM_RULES_DEFAULT (1u << 18) /* rule slots a region reserves unless told otherwise */
-#define ONVM_RULES_LIMIT (1u << 22)
+#define ONVM_RULES_DEFAULT 262144u /* rule slots a region reserves unless told otherwise */
+#define ONVM_RULES_LIMIT 4194304u
 #define ONVM_TUPLES_MAX 4096 /* distinct masks among the rules */
 #define ONVM_CLS_PROBE 64    /* group entries probed before a lookup gives up */
 #define ONVM_CLS_LOG 256     /* change records kept for revalidating cached entries */

@@ -106,10 +106,17 @@ static inline void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
 /* ---- services and chains (manager writes, everyone reads) ---- */
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
                       unsigned count, unsigned policy);
+/* Load-balancing policies, listed once (see ONVM_ACTIONS in onvm_layout.h). */
+#define ONVM_POLICIES(X)                                                                           \
+    X(HASH, "hash")          /* rendezvous hashing of the symmetric flow hash: flow affinity */    \
+    X(RR, "round-robin")     /* round-robin, per producer (*rr is the producer's counter) */       \
+    X(LEAST, "least-loaded") /* the instance whose RX ring holds the fewest packets */
+
 enum onvm_policy {
-    ONVM_POLICY_HASH = 0,  /* rendezvous hashing of the symmetric flow hash: flow affinity */
-    ONVM_POLICY_RR = 1,    /* round-robin, per producer (*rr is the producer's counter) */
-    ONVM_POLICY_LEAST = 2, /* the instance whose RX ring holds the fewest packets */
+#define ONVM_X_ENUM(id, name) ONVM_POLICY_##id,
+    ONVM_POLICIES(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
+    ONVM_POLICY_COUNT
 };
 /* Returns an NF id for a packet of the service, 0 if the service has none. */
 /* An instance of svc for a flow (0: none); *count_out, when given, gets the number of

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Any
 
+from onvm.control import ops
 from onvm.errors import OnvmError
 
 EPILOG = """examples:
   onvm manager --port gen:size=64,flows=64 --port null --default-chain 1,out:1
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
+  onvm nf path/to/my_nf.py --service 3
+  onvm nf new my_nf
   onvm status --json
   onvm top
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
@@ -29,6 +33,7 @@ EPILOG = """examples:
 
 
 def _manager_parser(sub: Any) -> None:
+    from onvm._native import DEFAULT_IDLE_MS as _DEFAULT_IDLE_MS
     from onvm._native import RULES_DEFAULT as _RULES_DEFAULT
 
     p = sub.add_parser("manager", help="run an NF manager",
@@ -53,9 +58,9 @@ def _manager_parser(sub: Any) -> None:
                    help="stop once every input port is exhausted and the pipeline drained")
     p.add_argument("--flow-table-size", type=int, default=65536,
                    help="exact-match flow entries, a power of two (default 65536; 0 = none)")
-    p.add_argument("--flow-idle", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--flow-idle", type=float, default=_DEFAULT_IDLE_MS / 1000, metavar="SECONDS",
                    help="idle timeout of the flow entries that cache what the rules (or the default chain) "
-                   "decided, when the rule names none (default 10)")
+                   f"decided, when the rule names none (default {_DEFAULT_IDLE_MS // 1000})")
     p.add_argument("--max-rules", type=int, default=_RULES_DEFAULT,
                    help=f"rules the manager can hold (default {_RULES_DEFAULT}; only the rules in place "
                    "take memory)")
@@ -94,7 +99,8 @@ def _manager_parser(sub: Any) -> None:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from onvm.manager.manager import Manager, ManagerConfig
+    from onvm.manager.config import ManagerConfig
+    from onvm.manager.manager import Manager
     from onvm.manager.placement import parse_cpus
 
     cfg = ManagerConfig(
@@ -114,32 +120,6 @@ def cmd_manager(args: argparse.Namespace) -> int:
     mgr = Manager(cfg)
     mgr.start()
     return mgr.run()
-
-
-def cmd_nf(argv: list[str]) -> int:
-    from onvm import nfs
-    from onvm.nf._nf import add_common_arguments
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: onvm nf NAME [--name MANAGER] [--service S] [NF options]\n"
-              "       onvm nf --list\n\nrun 'onvm nf --list' to see the NFs")
-        return 0
-    if argv[0] == "--list":
-        for name in nfs.NAMES:
-            print(f"{name:<16} {nfs.load(name).SUMMARY}")
-        return 0
-    try:
-        mod = nfs.load(argv[0])
-    except KeyError:
-        raise OnvmError(f"no NF named '{argv[0]}' (see 'onvm nf --list')", code="not_found") from None
-    p = argparse.ArgumentParser(prog=f"onvm nf {argv[0]}", description=mod.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, service=mod.SERVICE)
-    mod.add_arguments(p)
-    args = p.parse_args(argv[1:])
-    nf = mod.make(args)
-    nf.run()
-    return 0
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -208,10 +188,7 @@ def _print_latency(st: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from onvm.control.client import Client
-
-    with Client(args.name) as c:
-        st = c.request("status")
+    st = _call(args, ops.Status())
     if args.json:
         print(json.dumps(st))
     else:
@@ -233,19 +210,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from onvm.paths import socket_path
 
     with Client(args.name) as c:
-        c.request("shutdown")
+        c.shutdown()
     deadline = time.monotonic() + args.timeout
     while os.path.exists(socket_path(args.name)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return 0
 
 
-def _request(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+def _call(args: argparse.Namespace, op: ops.Op) -> dict[str, Any]:
+    """Run one operation of the table on manager ``--name``."""
     from onvm.control.client import Client
 
     with Client(args.name) as c:
-        result: dict[str, Any] = c.request(op, **kw)
-    return result
+        return c.call(op)
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -262,12 +239,18 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.action in ("add", "del") and not args.chain or args.action == "add" and not args.hops:
         raise OnvmError(f"usage: onvm chain {args.action} NAME" + (" HOPS" if args.action == "add" else ""),
                         code="bad_request")
-    if args.action == "add":
-        out = _request(args, "chain_add", name=args.chain, hops=args.hops)
+    if args.action == "port":
+        if not (args.chain or "").isdecimal() or not args.hops:
+            raise OnvmError("usage: onvm chain port PORT NAME (NAME default: the default chain again)",
+                            code="bad_request")
+        name = None if args.hops == "default" else args.hops
+        out = _call(args, ops.PortChain(int(args.chain), name))
+    elif args.action == "add":
+        out = _call(args, ops.ChainAdd(args.chain, args.hops))
     elif args.action == "del":
-        out = _request(args, "chain_del", name=args.chain)
+        out = _call(args, ops.ChainDel(args.chain))
     else:
-        out = _request(args, "chain_list")
+        out = _call(args, ops.ChainList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -278,22 +261,27 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_rule(args: argparse.Namespace) -> int:
-    if args.action == "add" and args.file:
-        from onvm.flows.rules import parse_rules
+    from onvm.control.client import Client
 
-        with open(args.file, encoding="utf-8") as f:
-            lines = f.readlines()
-        parse_rules(lines)  # reject a bad file before sending any of it
-        texts = [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
-        out = _request(args, "rule_add", rules=texts)
+    if args.action == "add" and args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise OnvmError(f"rule file {args.file}: {e}", code="bad_request") from None
+        with Client(args.name) as c:  # in parts, applied all together or not at all
+            out = c.load_rules(lines)
     elif args.action == "add":
-        out = _request(args, "rule_add", rule=" ".join(args.rule))
+        out = _call(args, ops.RuleAdd(rule=" ".join(args.rule)))
     elif args.action == "del":
-        if len(args.rule) != 1 or not args.rule[0].isdecimal():
-            raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
-        out = _request(args, "rule_del", id=int(args.rule[0]))
+        if not args.rule or not all(r.isdecimal() for r in args.rule):
+            raise OnvmError("onvm rule del takes rule ids (see onvm rule list)", code="bad_request")
+        ids = [int(r) for r in args.rule]
+        out = _call(args, ops.RuleDel(ids[0]) if len(ids) == 1 else ops.RuleChange(delete=ids))
     else:
-        out = _request(args, "rule_list")
+        with Client(args.name) as c:
+            rules = list(itertools.islice(c.rules(args.offset), args.limit))
+        out = {"rules": rules}
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -306,15 +294,15 @@ def cmd_rule(args: argparse.Namespace) -> int:
 def cmd_flow(args: argparse.Namespace) -> int:
     flow = " ".join(args.flow)
     if args.action == "list":
-        out = _request(args, "flow_list", limit=args.limit, **({"chain": args.chain} if args.chain else {}))
+        out = _call(args, ops.FlowList(args.limit, args.chain or None))
     elif args.action == "stats":
-        out = _request(args, "flow_stats")
+        out = _call(args, ops.FlowStats())
     elif args.action == "add":
         if not args.chain:
             raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
-        out = _request(args, "flow_add", flow=flow, chain=args.chain, idle=args.idle, hard=args.hard)
+        out = _call(args, ops.FlowAdd(flow, args.chain, args.idle, args.hard))
     else:
-        out = _request(args, "flow_del", flow=flow)
+        out = _call(args, ops.FlowDel(flow))
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -329,9 +317,9 @@ def cmd_service(args: argparse.Namespace) -> int:
         if args.service is None or not args.policy:
             raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded",
                             code="bad_request")
-        out = _request(args, "service_policy", service=args.service, policy=args.policy)
+        out = _call(args, ops.ServicePolicy(args.service, args.policy))
     else:
-        out = _request(args, "service_list")
+        out = _call(args, ops.ServiceList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -352,42 +340,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError:
         data = args.data
-    target = {"nf": args.nf} if args.nf is not None else {"service": args.service}
-    out = _request(args, "send", data=data, **target)
+    out = _call(args, ops.Send(data, nf=args.nf, service=args.service))
     print(json.dumps(out) if args.json else f"delivered to {out['delivered']} of {out['targets']} NF(s)")
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    out = _request(args, "scale", service=args.service, count=args.count)
+    out = _call(args, ops.Scale(args.count, args.service))
     print(json.dumps(out) if args.json else " ".join(f"{k}={v}" for k, v in out.items()))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import nf_start, run_scenario
-
-    if args.scenario == "nf-start":
-        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
-    elif args.scenario in ("overload", "paper"):
-        from onvm import _bench_overload
-
-        if args.scenario == "overload":
-            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
-        else:
-            result = _bench_overload.paper(args.seconds, verbose=not args.json)
-    elif args.scenario == "latency":
-        from onvm.bench import run_latency
-
-        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
-                             pack_below=args.pack_below)
-    else:
-        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
-                              handler=args.handler)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(" ".join(f"{k}={v}" for k, v in result.items()))
     return 0
 
 
@@ -462,13 +422,16 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onvm.bench import scenario_names
-
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from onvm import __version__
+
+    p.add_argument("--version", action="version", version=f"pyonvm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _manager_parser(sub)
-    sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
+    sub.add_parser("nf", help="run an NF: an example, a file or an installed one (onvm nf --list)",
+                   add_help=False)
+    sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
     s.add_argument("--json", action="store_true")
@@ -479,11 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stop", help="stop a manager and its NFs")
     s.add_argument("--name", default="onvm")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
-    c = sub.add_parser("chain", help="add, list or delete named chains",
-                       description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
-    c.add_argument("action", choices=["add", "list", "del"])
-    c.add_argument("chain", nargs="?", help="chain name (add, del)")
-    c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
+    c = sub.add_parser("chain", help="add, list or delete named chains; a port's default chain",
+                       description="Named chains of up to 16 hops: a service id, out:PORT or drop.  "
+                       "'onvm chain port 1 web': what arrives on port 1 and matches no rule takes chain "
+                       "web ('default': the default chain again).")
+    c.add_argument("action", choices=["add", "list", "del", "port"])
+    c.add_argument("chain", nargs="?", help="chain name (add, del); the port (port)")
+    c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0; the chain (port)")
     c.add_argument("--name", default="onvm")
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
@@ -491,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
-    r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
+    r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments; any number of "
+                   "them); all or none")
+    r.add_argument("--offset", type=int, default=0, help="list from the rule at this position (default 0)")
+    r.add_argument("--limit", type=int, default=None, help="list at most this many rules (default: all)")
     r.add_argument("--name", default="onvm")
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
@@ -549,22 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--runtime", choices=("podman", "docker"), default="podman")
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
-    b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
-                                               "paper"]))
-    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
-    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
-    b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
-                   help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
-    b.add_argument("--seconds", type=float, default=5.0)
-    b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
-                   help="nf-start: how the NF is isolated (default process)")
-    b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
-    b.add_argument("--cold", action="store_true",
-                   help="nf-start: a new interpreter for every process NF, not the fork server")
-    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
-                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 
@@ -572,7 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":
-            return cmd_nf(argv[1:])
+            from onvm.nfs._cli import main as nf_main
+
+            return nf_main(argv[1:])
+        if argv and argv[0] == "bench":
+            from onvm.bench._cli import main as bench_main
+
+            return bench_main(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
         parser = build_parser()
@@ -580,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
                    "image": cmd_image, "top": cmd_top}

@@ -3,9 +3,14 @@
 ::
 
     with Client("onvm") as c:
-        c.request("scale", service=2, count=3)
+        c.scale(3, service=2)
+        c.rule_add(rule="tcp dst port 80 -> chain web")
         for event in c.events(timeout=1.0):
             ...
+
+Each operation of the table in :mod:`onvm.control.ops` is a typed method here
+(its fields are the method's parameters); :meth:`Client.call` sends any
+operation object and :meth:`Client.request` any name with raw arguments.
 
 Requests are synchronous and serialized by a lock, so one Client may be
 shared between threads.  Events pushed by the manager while a request waits
@@ -14,6 +19,7 @@ for its reply are queued and handed out by :meth:`Client.next_event`.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -21,9 +27,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Self
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, Self
 
+from onvm.control import ops
 from onvm.control.protocol import (
     MAX_MESSAGE,
     Event,
@@ -44,6 +51,20 @@ __all__ = ["Client"]
 
 # Messages read at most after a failed send, looking for the manager's reason.
 MAX_SALVAGE = 64
+
+_P = ParamSpec("_P")
+
+
+def method(op: Callable[_P, ops.Op]) -> Callable[Concatenate[Client, _P], dict[str, Any]]:
+    """A Client method for an operation class: its fields are the parameters."""
+
+    def call(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> dict[str, Any]:
+        return self.call(op(*args, **kwargs))
+
+    name = getattr(op, "op_name", "")
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = op.__doc__
+    return call
 
 
 def _close_fds(*fds: int) -> None:
@@ -117,6 +138,70 @@ class Client:
             return self._request(op, args)
         except OnvmError as exc:
             raise exc.add_context(f"command {op}") from None
+
+    def call(self, op: ops.Op) -> dict[str, Any]:
+        """Send one operation (see :mod:`onvm.control.ops`) and return the manager's result."""
+        return self.request(op.op_name, **op.args())
+
+    # One method per operation of the table (tests/unit/test_ops.py checks there are all).
+    hello = method(ops.Hello)
+    register = method(ops.Register)
+    start = method(ops.Start)
+    stopping = method(ops.Stopping)
+    subscribe = method(ops.Subscribe)
+    status = method(ops.Status)
+    shutdown = method(ops.Shutdown)
+    stop_nf = method(ops.StopNF)
+    chain_add = method(ops.ChainAdd)
+    chain_list = method(ops.ChainList)
+    chain_del = method(ops.ChainDel)
+    rule_add = method(ops.RuleAdd)
+    rule_load = method(ops.RuleLoad)
+    rule_change = method(ops.RuleChange)
+    rule_list = method(ops.RuleList)
+    rule_del = method(ops.RuleDel)
+    port_chain = method(ops.PortChain)
+    flow_list = method(ops.FlowList)
+    flow_add = method(ops.FlowAdd)
+    flow_del = method(ops.FlowDel)
+    flow_stats = method(ops.FlowStats)
+    send = method(ops.Send)
+    service_list = method(ops.ServiceList)
+    service_policy = method(ops.ServicePolicy)
+    scale = method(ops.Scale)
+    packet_in = method(ops.PacketIn)
+
+    def load_rules(self, lines: Sequence[str], first_line: int = 1) -> dict[str, Any]:
+        """Add the rules of a rule file (its lines; blanks and ``#`` comments are skipped), however
+        many: sent in parts that each fit a message, applied together or not at all."""
+        budget = MAX_MESSAGE - 1024  # what the request's other fields may take
+        parts: list[tuple[int, list[str]]] = []
+        part: list[str] = []
+        size, start = 0, first_line
+        for i, text in enumerate(lines):
+            cost = len(json.dumps(text)) + 1
+            if cost > budget:
+                raise OnvmError(f"line {first_line + i}: {cost} bytes is too long for a rule",
+                                code="bad_request")
+            if part and size + cost > budget:
+                parts.append((start, part))
+                part, size, start = [], 0, first_line + i
+            part.append(text)
+            size += cost
+        parts.append((start, part))
+        result: dict[str, Any] = {}
+        for n, (line, texts) in enumerate(parts):
+            result = self.rule_load(texts, line=line, begin=n == 0, commit=n == len(parts) - 1)
+        return result
+
+    def rules(self, offset: int = 0, page: int = ops.RULE_PAGE) -> Iterator[dict[str, Any]]:
+        """The rules from position ``offset`` in the order they are tried, fetched a page at a time."""
+        while True:
+            got = self.rule_list(offset=offset, limit=page)["rules"]
+            yield from got
+            if len(got) < page:
+                return
+            offset += len(got)
 
     def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -247,10 +247,11 @@ def parse_rule(text: str) -> Rule:
     return rule
 
 
-def parse_rules(lines: Iterable[str]) -> list[Rule]:
-    """Parse rules, one per line; blank lines and ``#`` comments are skipped."""
+def parse_rules(lines: Iterable[str], first_line: int = 1) -> list[Rule]:
+    """Parse rules, one per line (the first is line ``first_line`` of its file); blank lines
+    and ``#`` comments are skipped."""
     out = []
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(lines, first_line):
         text = line.split("#", 1)[0].strip()
         if text:
             try:

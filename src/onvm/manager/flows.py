@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import FLOW_ORIGINS, Action
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import MAX_PORTS, Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
@@ -29,7 +29,7 @@ MAX_CHAINS = _native.MAX_CHAINS
 SWEEP_INTERVAL = 0.1  # timeouts are exact at lookup; the sweep only frees entries and counts them
 SWEEP_IDLE_INTERVAL = 1.0  # while the table is empty
 SWEEP_SLICE = 1 << 14
-ORIGINS = ("rule", "nf", "api", "default")
+ORIGIN_NAMES = {v: k for k, v in FLOW_ORIGINS.items()}
 
 
 class FlowRegistry:
@@ -207,14 +207,14 @@ class FlowRegistry:
         for f in self.region.flow_list(limit, cid):
             key = FlowKey.from_native(f["key"])
             out.append({"flow": str(key), "chain": names.get(f["chain"], str(f["chain"])),
-                        "origin": ORIGINS[f["origin"]] if f["origin"] < len(ORIGINS) else f["origin"],
+                        "origin": ORIGIN_NAMES.get(f["origin"], f["origin"]),
                         "packets": f["packets"], "bytes": f["bytes"], "age_s": round(f["age_s"], 3),
                         "idle_s": round(f["idle_s"], 3), "idle_timeout": f["idle_ms"] / 1000,
                         "hard_timeout": f["hard_ms"] / 1000})
         return out
 
     def add_flow(self, key: FlowKey, chain: str, idle: float = 0.0, hard: float = 0.0,
-                 origin: int = 2) -> dict[str, Any]:
+                 origin: int = FLOW_ORIGINS["api"]) -> dict[str, Any]:
         check_timeouts(idle, hard)
         try:
             self.region.flow_put(key.native(), self.chain_id(chain), int(idle * 1000), int(hard * 1000),

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action, DropReason
+from onvm.constants import DROP_REASON_NAMES, FLOW_ORIGINS, Action, drop_counts
 from onvm.control.client import Client
-from onvm.errors import ConfigError, OnvmError, RegionError
+from onvm.errors import ConfigError, OnvmError
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import check_timeouts
 from onvm.nf._batch import Batch, check_fields
@@ -228,7 +228,7 @@ class NF:
         check_timeouts(idle, hard)
         try:
             self._region.flow_put(self._key(flow), self._chain(chain), round(idle * 1000), round(hard * 1000),
-                                  1)
+                                  FLOW_ORIGINS["nf"])
         except MemoryError as e:
             raise OnvmError(str(e), code="busy") from None
 
@@ -247,15 +247,13 @@ class NF:
             raise OnvmError("send() needs a running NF")
         if (service is None) == (nf is None):
             raise ConfigError("send() takes exactly one of service= or nf=")
-        target = {"nf": nf} if nf is not None else {"service": service}
-        return int(self._client.request("send", data=data, **target)["delivered"])
+        return int(self._client.send(data, nf=nf, service=service)["delivered"])
 
     def scale(self, count: int) -> dict[str, Any]:
         """Ask the manager to run ``count`` instances of this NF's service (copies of this one)."""
         if self._client is None:
             raise OnvmError("scale() needs a running NF")
-        result: dict[str, Any] = self._client.request("scale", service=self.service, count=count)
-        return result
+        return self._client.scale(count, self.service)
 
     def stop(self) -> None:
         """Leave the run loop after the current burst."""
@@ -278,14 +276,8 @@ class NF:
         client = Client(self.manager)
         self._client = client
         try:
-            reply = client.request(
-                "register",
-                name=self.name,
-                service=self.service,
-                instance=self.instance,
-                pid=os.getpid(),
-                cpus=list(self.cpus) if self.cpus else None,
-            )
+            reply = client.register(self.name, self.service, self.instance, os.getpid(),
+                                    list(self.cpus) if self.cpus else None)
             self.cpu = reply.get("cpu")
             if self.cpu is not None:
                 try:
@@ -295,10 +287,7 @@ class NF:
             self.nf_id = int(reply["nf_id"])
             self.service = int(reply["service"])
             self.instance = int(reply["instance"])
-            try:
-                self._region = _native.Region.attach(reply["region"])
-            except _native.RegionError as e:
-                raise RegionError(e.strerror or str(e)) from None
+            self._region = _native.Region.attach(reply["region"])
             self._ctx = _native.NFContext(self._region, self.nf_id)
             return self._loop(client)
         finally:
@@ -319,7 +308,7 @@ class NF:
             signal.signal(s, on_signal)
         inbox = self._open_inbox() if self._on_message is not None else None
         try:
-            client.request("start")
+            client.start()
             self._run_native(messages=self._deliver if inbox is not None else None)
         finally:
             for s, h in previous.items():
@@ -327,7 +316,7 @@ class NF:
             if inbox is not None:
                 inbox.close()
         try:
-            client.request("stopping", reason=self.stop_reason)
+            client.stopping(self.stop_reason)
         except OnvmError:
             pass  # the manager may be shutting down already
         for fn in self._teardown:
@@ -341,7 +330,7 @@ class NF:
 
     def _open_inbox(self) -> _Inbox:
         client = Client(self.manager)
-        client.request("subscribe", nf_id=self.nf_id)
+        client.subscribe(self.nf_id)
         return _Inbox(self, client)
 
     def _deliver(self) -> None:
@@ -413,9 +402,7 @@ class NF:
         st = self.stats
         secs = max(time.monotonic() - self._started, 1e-9)
         drops = sum(st.get("drops", ()))
-        by_reason = ", ".join(
-            f"{DropReason(i).name.lower()} {v}" for i, v in enumerate(st.get("drops", ())) if v
-        )
+        by_reason = ", ".join(f"{k} {v}" for k, v in drop_counts(st.get("drops", ())).items())
         print(
             f"NF {self.name} (id {self.nf_id}, service {self.service}, instance {self.instance}): "
             f"{st.get('rx', 0)} in, {st.get('tx', 0)} onward, {drops} dropped"
@@ -443,7 +430,7 @@ class NF:
         drops = st.get("drops", (0,) * _native.DROP_COUNT)
         row["dropped"] = sum(drops)
         for i, v in enumerate(drops):
-            row[f"drop_{DropReason(i).name.lower()}"] = v
+            row[f"drop_{DROP_REASON_NAMES[i]}"] = v
         for k in ("p50_us", "p99_us", "max_us", "mean_us"):
             row[f"latency_{k}"] = lat[k]
         row["stopped"] = self.stop_reason
@@ -527,8 +514,8 @@ def _compile(fn: Handler) -> Handler:
     return numba.njit(cache=False)(fn)  # type: ignore[no-any-return]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
-    """The options every NF takes on the command line."""
+def common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
+    """Add the options every NF takes on the command line (``--name``, ``--service``, ...) to ``parser``."""
     g = parser.add_argument_group("NF options")
     g.add_argument("--name", default="onvm", help="manager to join (default: onvm)")
     g.add_argument("--service", type=int, default=service, help=f"service id (default: {service})")
@@ -543,8 +530,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = 
                    help="append this NF's summary (counters, latency) to a CSV file at exit")
 
 
-def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
-    """Build an NF from the common options."""
+def from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
+    """An NF named ``name`` built from the common options in ``args`` (see :func:`common_arguments`);
+    ``kw`` are further :class:`NF` arguments."""
     return NF(
         name,
         args.service,

@@ -35,12 +35,17 @@ _LCORES = ("-l", "-c", "--lcores", "--main-lcore")
 _BUS = ("-a", "--allow", "-b", "--block", "--no-pci")
 
 
-def _module() -> ModuleType | None:
+def _module() -> tuple[ModuleType | None, str]:
+    """onvm._dpdk, or None and why not."""
     try:
         from onvm import _dpdk
-    except ImportError:
-        return None
-    return _dpdk
+    except ModuleNotFoundError as e:
+        if e.name != "onvm._dpdk":
+            raise
+        return None, f"this pyonvm was built without DPDK: {INSTALL}"
+    except ImportError as e:  # built, but it does not load (DPDK's libraries gone, another build)
+        return None, f"onvm._dpdk does not load ({e}): reinstall {PACKAGES} and rebuild pyonvm"
+    return _dpdk, ""
 
 
 def check_available(specs: Sequence[PortSpec]) -> None:
@@ -48,9 +53,9 @@ def check_available(specs: Sequence[PortSpec]) -> None:
     first = next((s for s in specs if s.kind == "dpdk"), None)
     if first is None:
         return
-    mod = _module()
+    mod, why = _module()
     if mod is None:
-        raise ConfigError(f"port '{first.uri}': this pyonvm was built without DPDK: {INSTALL}")
+        raise ConfigError(f"port '{first.uri}': {why}")
     if not mod.PMD_DIR or not os.path.isdir(mod.PMD_DIR):
         where = mod.PMD_DIR or "dpdk/pmds-*"
         raise ConfigError(f"port '{first.uri}': DPDK's drivers (PMDs) are not installed (no directory "
@@ -114,9 +119,9 @@ class DpdkPorts:
     """The dpdk: ports of one manager: the EAL (once per process) and the mbuf pool over its region."""
 
     def __init__(self, region: Any, name: str, extra: str, pool_size: int, specs: Sequence[PortSpec]) -> None:
-        mod = _module()
+        mod, why = _module()
         if mod is None:
-            raise ConfigError(f"dpdk: ports need DPDK: {INSTALL}")
+            raise ConfigError(f"dpdk: ports: {why}")
         self._mod = mod
         self._runtime_dir = ""
         self.eal = eal_args(name, extra, sorted(os.sched_getaffinity(0)), pool_size, specs, mod.PMD_DIR)

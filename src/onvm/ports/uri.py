@@ -28,8 +28,8 @@ TX, 1/0, default 1), ``blocks`` and ``block_size`` (the TPACKET_V3 ring).
 RX worker), ``mode`` (``auto``: zero-copy where the driver offers it, else copy, with
 the XDP program in the driver or, failing that, generic; ``zc``, ``copy``, ``skb``
 force one), ``ring`` (RX and TX ring entries, a power of two, default 2048),
-``fill`` (slots kept in each fill ring; default a quarter of the pool over the
-queues, at most 2048), ``promisc`` (1/0, default 1).  The build needs libxdp and
+``fill`` (slots kept in each fill ring, at most ``ring``; default a quarter of the
+pool over the queues, at most ``ring``), ``promisc`` (1/0, default 1).  The build needs libxdp and
 libbpf (``apt-get install libxdp-dev libbpf-dev``).
 ``dpdk`` takes DPDK's own device arguments (``net_null0``,
 ``net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap``, ``0000:03:00.0``; the text up to
@@ -137,11 +137,14 @@ def _afxdp(uri: str, name: str, query: str) -> PortSpec:
         "queues": _number(uri, "queues", raw.get("queues", "0"), 0, 8),
         "mode": AFXDP_MODES[mode],
         "ring": _number(uri, "ring", raw.get("ring", "2048"), 64, 16384),
-        "fill": _number(uri, "fill", raw.get("fill", "0"), 0, 4096),
+        "fill": _number(uri, "fill", raw.get("fill", "0"), 0, 16384),
         "promisc": _number(uri, "promisc", raw.get("promisc", "1"), 0, 1),
     }
     if opts["ring"] & (opts["ring"] - 1):
         raise ConfigError(f"port '{uri}': ring={opts['ring']} is not a power of two")
+    if opts["fill"] > opts["ring"]:
+        raise ConfigError(f"port '{uri}': fill={opts['fill']} is more than the RX ring holds "
+                          f"(ring={opts['ring']})")
     return PortSpec(uri, "afxdp", name, opts)
 
 
