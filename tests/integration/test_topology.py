@@ -247,7 +247,7 @@ def test_examples_run(runtime, tmp_path, request, example, count):
     assert sum(gen["drops"].values()) == gen["drops"].get("missed", 0), gen
     if example != "lb-replicas.yaml":
         (out,) = tmp_path.glob("*.pcap")
-        fw = sum(n["drops"].get("action", 0) for n in status["nfs"] if n["service"] == 2)
+        fw = sum(n["actions"]["drop"] for n in status["nfs"] + status["left"] if n["service"] == 2)
         assert len(pcap_records(out)) == gen["rx"] - fw
         if example == "firewall-chain.yaml":  # it drops flows 0-14 of 256 (10.0.0.0/28)
             assert fw > 0
