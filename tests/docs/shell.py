@@ -148,12 +148,10 @@ class Sandbox:
             self.foreground(f"{shlex.quote(sys.executable)} {script}", group[0])
             return
         self.start(f"{shlex.quote(sys.executable)} {script}", kind="nf")
-        manager = next(bg for bg in self.running if bg.kind == "manager")
-        subprocess.run([str(VENV_BIN / "onvm"), "stop", "--name", manager.name], env=self.env,
-                       capture_output=True, timeout=30)
+        self.onvm_stop(next(bg for bg in self.running if bg.kind == "manager").name)
         for bg in self.running:
             try:
-                bg.proc.wait(timeout=30)
+                bg.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 raise ExampleFailed(f"`{bg.line}` did not end after onvm stop:\n{bg.output()}") from None
             if bg.proc.returncode != 0:
@@ -200,14 +198,16 @@ class Sandbox:
         if words[-1] == "&":
             words = words[:-1]
             line = line[:line.rindex("&")]
+        if not kind:
+            kind = words[1] if words[0] == "onvm" and words[1] in ("manager", "nf", "run") else "other"
+        name = _option(words, "--name", "onvm")
+        before = max(self.running_nfs(name), 0) if kind == "nf" else 0  # before it can register
         log = self.tmp / f"bg{len(self.running)}.log"
         with open(log, "wb") as f:
             proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=self.cwd, env=self.env, stdout=f,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        if not kind:
-            kind = words[1] if words[0] == "onvm" and words[1] in ("manager", "nf", "run") else "other"
-        name = _option(words, "--name", "onvm")
         bg = Background(line, proc, log, kind, name)
+        self.running.append(bg)  # stopped at the end whatever happens next
         if kind == "run":
             from onvm.topology import load_topology
 
@@ -217,7 +217,7 @@ class Sandbox:
                 try:
                     rc = proc.wait(timeout=120)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                     rc = proc.wait()
                 if rc != 0:
                     raise ExampleFailed(f"`{line}` exited with {rc}:\n{bg.output()}")
@@ -231,9 +231,15 @@ class Sandbox:
                 port, token = int(web.rpartition(":")[2]), self.runtime / f"onvm-{name}.web-token"
                 self.wait(bg, lambda: token.exists() and _listening(port), f"web server on port {port}")
         elif kind == "nf":
-            before = max(self.running_nfs(name), 0)
             self.wait(bg, lambda: self.running_nfs(name) > before, f"the NF of `{line}` running")
-        self.running.append(bg)
+
+    def onvm_stop(self, name: str) -> None:
+        """``onvm stop``; what does not end in time is seen (and killed) by the waits after it."""
+        try:
+            subprocess.run([str(VENV_BIN / "onvm"), "stop", "--name", name], env=self.env,
+                           capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
 
     @staticmethod
     def running_nfs(name: str) -> int:
@@ -258,22 +264,21 @@ class Sandbox:
     def stop(self) -> list[str]:
         """Stop what still runs, as the README says; returns what did not end cleanly."""
         problems = []
+        for bg in reversed(self.running):  # last started first; an NF ends with its manager
+            if bg.proc.poll() is None:
+                if bg.kind == "run":
+                    bg.proc.send_signal(signal.SIGINT)
+                elif bg.kind == "manager":
+                    self.onvm_stop(bg.name)
+                elif bg.kind == "other":
+                    bg.proc.terminate()
         for bg in reversed(self.running):
-            if bg.proc.poll() is not None:
-                continue
-            if bg.kind == "run":
-                bg.proc.send_signal(signal.SIGINT)
-            elif bg.kind == "manager":
-                subprocess.run([str(VENV_BIN / "onvm"), "stop", "--name", bg.name], env=self.env,
-                               capture_output=True, timeout=30)
-            elif bg.kind == "other":
-                bg.proc.terminate()
             try:
-                bg.proc.wait(timeout=30)
+                bg.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(bg.proc.pid, signal.SIGKILL)
                 bg.proc.wait()
-                problems.append(f"`{bg.line}` did not stop within 30 s")
+                problems.append(f"`{bg.line}` did not stop within 60 s")
         for bg in self.running:
             ok = (0, -signal.SIGTERM) if bg.kind == "other" else (0,)
             if bg.proc.returncode not in ok:
