@@ -139,24 +139,33 @@ class Sandbox:
                         self.foreground(line, b)
 
     def python(self, group: list[Block]) -> None:
-        """A section's Python blocks as one script.  With a manager, an NF in them runs
-        until the manager stops (nf.run()): the script is then a background process that
-        must reach the end of its blocks once the manager has stopped its NF."""
+        """A section's Python blocks as one script.  With a manager, the script runs beside
+        it: a client that ends by itself must end well; an NF in it (nf.run()) runs until
+        the manager stops, and the script must then reach the end of its blocks."""
         script = self.tmp / "readme_examples.py"
         script.write_text(python_script(group))
+        command = f"{shlex.quote(sys.executable)} {script}"
         if self.manager_args is None:
-            self.foreground(f"{shlex.quote(sys.executable)} {script}", group[0])
+            self.foreground(command, group[0])
             return
-        self.start(f"{shlex.quote(sys.executable)} {script}", kind="nf")
-        self.onvm_stop(next(bg for bg in self.running if bg.kind == "manager").name)
-        for bg in self.running:
+        manager = next(bg for bg in self.running if bg.kind == "manager")
+        before = max(self.running_nfs(manager.name), 0)
+        self.start(command, kind="script")
+        bg = self.running[-1]
+        self.wait(bg, lambda: bg.proc.poll() is not None or self.running_nfs(manager.name) > before,
+                  "NF running nor end of the examples")
+        ended = [bg]
+        if bg.proc.poll() is None:  # an NF: it ends with its manager
+            self.onvm_stop(manager.name)
+            ended.append(manager)
+        for b in ended:
             try:
-                bg.proc.wait(timeout=60)
+                b.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                raise ExampleFailed(f"`{bg.line}` did not end after onvm stop:\n{bg.output()}") from None
-            if bg.proc.returncode != 0:
-                raise ExampleFailed(f"README.md:{group[0].line}: the examples exited with "
-                                    f"{bg.proc.returncode}:\n{bg.output()}")
+                raise ExampleFailed(f"`{b.line}` did not end after onvm stop:\n{b.output()}") from None
+        if bg.proc.returncode != 0:
+            raise ExampleFailed(f"README.md:{group[0].line}: the examples exited with "
+                                f"{bg.proc.returncode}:\n{bg.output()}")
 
     @staticmethod
     def long_running(line: str) -> bool:
