@@ -98,7 +98,8 @@ def test_cooked_and_raw_ip_captures_become_ethernet_frames(runtime, tmp_path):
                bytes(CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, src=lladdr, proto=0x0004)) + b"llc"],
               [eth(DMAC, mac, 0x0800, v4), eth(b"\xff" * 6, mac, 0x0806, arp),
                eth(DMAC, SMAC, 0x86DD, v6)], 1),
-        276: ([bytes(CookedLinuxV2(proto=0x0800, ifindex=2, lladdrtype=1, pkttype=0, lladdrlen=6, src=lladdr) / v4),
+        276: ([bytes(CookedLinuxV2(proto=0x0800, ifindex=2, lladdrtype=1, pkttype=0, lladdrlen=6,
+                                   src=lladdr) / v4),
                bytes(CookedLinuxV2(proto=0x86DD, ifindex=1, lladdrtype=772, pkttype=1, lladdrlen=6,
                                    src=lladdr) / v6),
                b"\x08\x00" + bytes(8)],  # shorter than its 20-byte header: a runt
