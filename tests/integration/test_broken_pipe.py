@@ -32,7 +32,6 @@ def test_manager_outlives_its_reader(runtime):
     assert os.listdir(runtime) == []
 
 
-
 def test_topology_and_its_nfs_outlive_their_reader(runtime, tmp_path):
     """`onvm run FILE | head -1`: the runner, the manager and an NF that keeps printing
     (basic_monitor, forked from the warm parent) all carry on; every packet gets through."""
