@@ -176,6 +176,9 @@ class Register(Op, name="register"):
     instance: int | None = None  # default: the lowest free one
     pid: int = 0  # used when the connection carries no credentials
     cpus: list[int] | None = None  # CPUs it may be placed on
+    # How this process was started (argv, cwd, env): recorded for scaling only when the
+    # process holds the manager's own privileges (see onvm.manager.launch).
+    launch: Json = None
 
     def check(self) -> None:
         if self.service is not None:
@@ -184,6 +187,10 @@ class Register(Op, name="register"):
             raise ConfigError(f"instance {self.instance} must be a non-negative integer")
         if self.cpus is not None and any(c < 0 for c in self.cpus):
             raise ConfigError(f"cpus {list(self.cpus)}: CPU numbers cannot be negative")
+        if self.launch is not None:
+            from onvm.manager.launch import Recipe
+
+            Recipe.parse(self.launch)
 
 
 class Start(Op, name="start"):

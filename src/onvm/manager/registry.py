@@ -33,6 +33,7 @@ from typing import Any
 from onvm import _native
 from onvm.errors import ConfigError, OnvmError
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
+from onvm.manager.launch import Recipe
 from onvm.manager.placement import cpu_load, least_loaded
 
 __all__ = ["LIVE_STATES", "LEFT_KEPT", "NFRecord", "Registry", "ServiceImage"]
@@ -70,6 +71,7 @@ class NFRecord:
     final: dict[str, Any] = field(default_factory=dict)  # its counters when it left
     reclaimed: int = 0  # slots returned to the pool when it left
     messages_in: int = 0  # messages delivered to it
+    launch: Recipe | None = None  # how to start a copy (only for an NF with the manager's privileges)
 
     @property
     def state(self) -> NFState:

@@ -72,7 +72,8 @@ class Child:
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
     next_start: float = 0.0
-    done: bool = False  # exited for good (policy) or gave up
+    done: bool = False  # exited for good (policy), gave up or scaled away
+    fresh: bool = False  # added by scaling: its first start is not a restart
 
     @property
     def label(self) -> str:
@@ -153,25 +154,89 @@ class Supervisor:
         self.error: str = ""
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
-        name = manager.config.name
-        paths = python_paths()
+        self._paths = python_paths()
+        self._shared = shared
+        # Scaling asks from the control thread; the supervisor's own thread starts and
+        # retires (bubblewrap's --die-with-parent follows the thread that started it).
+        self._asked = threading.Lock()
+        self._new: list[Child] = []
+        self._retiring: set[tuple[int, int]] = set()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
             assert spec.service is not None  # filled in by validation
-            iso = backend(spec.isolation)
-            code = find(spec.program).paths  # where the NF's own code lives, outside the package
             for _ in range(spec.instances):
                 inst = next_instance.get(spec.service, 0)
                 next_instance[spec.service] = inst + 1
-                nf_env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
-                          "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
-                          "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
-                if spec.cpus:
-                    nf_env["ONVM_CPUS"] = format_cpus(spec.cpus)
-                launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), nf_env, shared,
-                                f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
-                                paths, code)
-                self.children.append(Child(spec, spec.service, inst, iso, launch))
+                self.children.append(self._child(spec, inst))
+
+    def _child(self, spec: NFSpec, inst: int) -> Child:
+        """Instance ``inst`` of a topology entry, as the file says to start it."""
+        assert spec.service is not None
+        name = self.manager.config.name
+        code = find(spec.program).paths  # where the NF's own code lives, outside the package
+        nf_env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
+                  "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
+                  "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
+        if spec.cpus:
+            nf_env["ONVM_CPUS"] = format_cpus(spec.cpus)
+        launch = Launch(nf_argv(spec, name, spec.service, inst, self.quiet), nf_env, self._shared,
+                        f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
+                        self._paths, code)
+        return Child(spec, spec.service, inst, backend(spec.isolation), launch)
+
+    # ---- the launcher of the topology's services (see onvm.manager.launch) ----
+    name = "topology"
+
+    def owns(self, service: int) -> bool:
+        return any(spec.service == service for spec in self.topo.nfs)
+
+    def grow(self, service: int, count: int, taken: set[int]) -> list[str]:
+        """``count`` more instances of the service's (last) topology entry, started and
+        supervised by this supervisor's thread like the first ones."""
+        spec = [s for s in self.topo.nfs if s.service == service][-1]
+        with self._asked:
+            held = taken | {c.instance for c in [*self.children, *self._new]
+                            if c.service == service and not c.done
+                            and (service, c.instance) not in self._retiring}
+            out = []
+            for _ in range(count):
+                inst = next(i for i in range(len(held) + 1) if i not in held)
+                held.add(inst)
+                self._retiring.discard((service, inst))
+                child = self._child(spec, inst)
+                self._new.append(child)
+                out.append(child.label)
+        return out
+
+    def shrink(self, service: int, instances: list[int]) -> None:
+        with self._asked:
+            self._retiring.update((service, i) for i in instances)
+
+    def _take_asked(self) -> None:
+        """Apply what scaling asked for: new children to start, instances not to restart."""
+        with self._asked:
+            new, self._new = self._new, []
+            retiring = set(self._retiring)
+        for c in self.children:
+            if (c.service, c.instance) in retiring and not c.done:
+                c.done = True
+                if c.proc is None:
+                    with self._asked:
+                        self._retiring.discard((c.service, c.instance))
+        later = []
+        for child in new:
+            key = (child.service, child.instance)
+            old = next((c for c in self.children if (c.service, c.instance) == key), None)
+            if old is None:
+                child.fresh = True
+                self.children.append(child)
+            elif old.proc is None:  # an instance scaled away and back: the same record
+                old.done, old.next_start, old.fresh = False, 0.0, True
+            else:
+                later.append(child)  # its previous process is still leaving
+        if later:
+            with self._asked:
+                self._new[:0] = later
 
     def log(self, text: str) -> None:
         self.manager.log(text)
@@ -234,15 +299,19 @@ class Supervisor:
     # ---- watching --------------------------------------------------------------
     def _watch(self) -> None:
         while not self.manager.stopping.wait(0.05):
+            self._take_asked()
             now = time.monotonic()
             for c in self.children:
-                if c.done:
-                    continue
                 if c.proc is None:
-                    if now >= c.next_start and not self.manager.stopping.is_set():
+                    if c.done or now < c.next_start or self.manager.stopping.is_set():
+                        continue
+                    if c.fresh:
+                        c.fresh = False
+                        self.log(f"starting {c.label} (scaled up)")
+                    else:
                         c.restarts += 1
                         self.log(f"restarting {c.label} (restart {c.restarts} of {c.spec.max_restarts})")
-                        self._spawn(c)
+                    self._spawn(c)
                     continue
                 rc = c.proc.poll()
                 if rc is None:
@@ -252,7 +321,11 @@ class Supervisor:
                 c.iso.cleanup(c.launch)
                 how = f"signal {-rc}" if rc < 0 else f"status {rc}"
                 policy = c.spec.restart
-                if policy == "no" or (policy == "on-failure" and rc == 0):
+                if c.done:  # scaled away
+                    with self._asked:
+                        self._retiring.discard((c.service, c.instance))
+                    self.log(f"{c.label} exited with {how}; scaled away")
+                elif policy == "no" or (policy == "on-failure" and rc == 0):
                     self.log(f"{c.label} exited with {how}; restart policy '{policy}': left stopped")
                     c.done = True
                 elif c.restarts >= c.spec.max_restarts:
@@ -264,6 +337,8 @@ class Supervisor:
                     self.log(f"{c.label} exited with {how}; restarting in {delay:.1f} s")
 
     def start(self) -> None:
+        if self.manager.services is not None:
+            self.manager.services.add_launcher(self)
         self._thread.start()
 
     def stop(self) -> None:
