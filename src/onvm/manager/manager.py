@@ -122,6 +122,7 @@ class Manager:
             dp.start(hold_input=handlers.held)
             self.server = ControlServer(socket_path(cfg.name), handlers.on_request, handlers.on_close)
             self.server.start()
+            view.extra["refused"] = self._refused
         except BaseException:
             self._teardown()
             raise
@@ -188,6 +189,11 @@ class Manager:
         """Wait until ``done()``, looking again whenever an NF registers, starts or leaves."""
         assert self.handlers is not None
         return self.handlers.nfs.wait(done, timeout)
+
+    def _refused(self) -> dict[str, Any]:
+        """Connections and streams refused for a cap (control socket, web)."""
+        return {"control": self.server.refused if self.server is not None else 0,
+                "web": self.web.refused() if self.web is not None else {}}
 
     def _web_sample(self) -> dict[str, Any] | None:
         with self.lock:
