@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ from onvm.manager.registry import NFRecord, Registry
 # the native policies by name, and two short spellings
 POLICY_NAMES = {v: k for k, v in NATIVE_POLICIES.items()}
 POLICIES = {**NATIVE_POLICIES, "rr": NATIVE_POLICIES["round-robin"], "least": NATIVE_POLICIES["least-loaded"]}
+
+
+HISTORY_KEPT = 32  # autoscaling decisions kept per service
 
 
 def parse_policy(text: str) -> int:
@@ -48,7 +52,7 @@ class AutoscaleSpec:
     busy_seen: int = 0
     idle_seen: int = 0
     last_rx: int = -1
-    history: list[str] = field(default_factory=list)
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))  # the last changes
 
     @classmethod
     def parse(cls, text: str) -> AutoscaleSpec:

@@ -13,8 +13,13 @@ services run, so no packet meets a missing NF).
 
 The supervisor watches every NF process.  One that exits while the manager
 runs is restarted by its policy (``no``, ``on-failure``: a non-zero exit or a
-signal, ``always``) with a growing delay, at most ``max_restarts`` times, under
-the same instance number, so the same flows reach it again.  The manager has
+signal, ``always``) under the same instance number, so the same flows reach it
+again.  The budget is a rate: at most ``max_restarts`` restarts within any
+``restart_window`` seconds; one more and the supervisor gives up on it.  The
+delay before a restart doubles with each exit that follows a short run and
+goes back to the first one after a healthy run (:data:`HEALTHY_RUN`), so an
+NF that crashes once a day is restarted at once for ever, and one that
+crashes at start is held back.  The manager has
 already returned the dead NF's slots to the pool when its socket closed.
 
 Ctrl-C (or SIGTERM, the duration, exhausted inputs) stops the manager, which
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +61,8 @@ from onvm.topology.schema import NFSpec, Topology
 START_TIMEOUT = 20.0  # seconds for one NF entry's instances to run
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+HEALTHY_RUN = 10.0  # seconds an NF must run for its next restart to come at once again
+EXITS_KEPT = 32  # exit statuses kept per NF instance (its total restarts are counted apart)
 STOP_TIMEOUT = 5.0
 EXIT_LOOK = 0.1  # seconds between looks at NF processes that may have died before registering
 
@@ -69,8 +77,11 @@ class Child:
     iso: Isolation
     launch: Launch
     proc: subprocess.Popen[bytes] | ForkedProcess | None = None
-    restarts: int = 0
-    exits: list[int] = field(default_factory=list)
+    restarts: int = 0  # in all
+    exits: deque[int] = field(default_factory=lambda: deque(maxlen=EXITS_KEPT))  # the last statuses
+    recent: deque[float] = field(default_factory=deque)  # when it was restarted, within the window
+    quick_exits: int = 0  # exits in a row after a short run: the back-off's exponent
+    started_at: float = 0.0
     next_start: float = 0.0
     done: bool = False  # exited for good (policy), gave up or scaled away
     fresh: bool = False  # added by scaling: its first start is not a restart
@@ -78,6 +89,23 @@ class Child:
     @property
     def label(self) -> str:
         return f"{self.spec.label}.{self.instance}"
+
+
+def restart_delay(c: Child, now: float) -> float | None:
+    """After ``c`` exited at ``now``: seconds before its restart, or None when it had
+    ``max_restarts`` restarts within the last ``restart_window`` seconds already.
+
+    The delay doubles with each exit after a run shorter than :data:`HEALTHY_RUN`
+    (up to :data:`BACKOFF_MAX`) and is back to :data:`BACKOFF_FIRST` after a healthy run."""
+    while c.recent and c.recent[0] <= now - c.spec.restart_window:
+        c.recent.popleft()
+    if len(c.recent) >= c.spec.max_restarts:
+        return None
+    if now - c.started_at >= HEALTHY_RUN:
+        c.quick_exits = 0
+    delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(c.quick_exits, 16))
+    c.quick_exits += 1
+    return delay
 
 
 def preflight(topo: Topology) -> None:
@@ -255,6 +283,7 @@ class Supervisor:
 
     # ---- starting -------------------------------------------------------------
     def _spawn(self, c: Child) -> None:
+        c.started_at = time.monotonic()
         if self.forkserver is not None and c.spec.isolation == "process" \
                 and self.forkserver.handles(c.launch.argv):
             c.proc = self.forkserver.spawn(c.launch.argv, c.launch.env)
@@ -322,7 +351,9 @@ class Supervisor:
                         self.log(f"starting {c.label} (scaled up)")
                     else:
                         c.restarts += 1
-                        self.log(f"restarting {c.label} (restart {c.restarts} of {c.spec.max_restarts})")
+                        c.recent.append(now)
+                        self.log(f"restarting {c.label} (restart {c.restarts}; {len(c.recent)} of "
+                                 f"{c.spec.max_restarts} within {c.spec.restart_window:g} s)")
                     self._spawn(c)
                     continue
                 rc = c.proc.poll()
@@ -340,11 +371,11 @@ class Supervisor:
                 elif policy == "no" or (policy == "on-failure" and rc == 0):
                     self.log(f"{c.label} exited with {how}; restart policy '{policy}': left stopped")
                     c.done = True
-                elif c.restarts >= c.spec.max_restarts:
-                    self.log(f"{c.label} exited with {how}; gave up after {c.restarts} restarts")
+                elif (delay := restart_delay(c, now)) is None:
+                    self.log(f"{c.label} exited with {how}; gave up: {len(c.recent)} restarts within "
+                             f"{c.spec.restart_window:g} s ({c.restarts} in all)")
                     c.done = True
                 else:
-                    delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** c.restarts))
                     c.next_start = now + delay
                     self.log(f"{c.label} exited with {how}; restarting in {delay:.1f} s")
 
@@ -419,4 +450,4 @@ def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: boo
     return rc
 
 
-__all__ = ["Child", "ManagerView", "Supervisor", "nf_argv", "preflight", "run"]
+__all__ = ["Child", "ManagerView", "Supervisor", "nf_argv", "preflight", "restart_delay", "run"]
