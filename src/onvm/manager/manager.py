@@ -170,13 +170,16 @@ class Manager:
         print(f"onvm[{self.config.name}]: web token: {web.token}", file=sys.stderr, flush=True)
 
     def _start_sdn(self) -> None:
+        from onvm.sdn import tls_context
         from onvm.sdn.agent import OpenFlowAgent
 
         cfg = self.config
         assert self.handlers is not None and self.view is not None and self.dp is not None
+        key, cert, ca = cfg.tls_files
+        tls = tls_context(key, cert, ca) if key and cert and ca else None
         sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
                             ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
-                            rule_of=self.dp.rule_of, log=self.log)
+                            rule_of=self.dp.rule_of, log=self.log, tls=tls)
         self.sdn = sdn
         self.handlers.packet_in_sink = sdn.packet_in
         self.view.extra["openflow"] = sdn.describe
