@@ -187,3 +187,10 @@ def test_nf_started_by_hand_is_copied_from_its_recorded_command(deploy, tmp_path
              what="the copy")
     names = {n["name"] for n in status(dep.name)["nfs"]}
     assert names == {"by_hand"}
+
+
+def test_a_command_line_too_long_for_one_control_message_is_not_carried(monkeypatch):
+    import sys as _sys
+
+    monkeypatch.setattr(_sys, "orig_argv", [_sys.executable, "-c", "x" * 100_000])
+    assert Recipe.of_this_process() is None

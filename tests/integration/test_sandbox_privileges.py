@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import uuid
 
 import pytest
 
-from onvm.topology.isolation import Launch, backend
-from tests.integration.conftest import need
+from tests.integration.conftest import need, probe_isolated
 
 # Runs inside the sandbox as the NF would: reports its capabilities and tries what
 # only a privileged process could do.
@@ -52,16 +47,7 @@ def _disk() -> str:
 @pytest.mark.parametrize("mode", ["namespace", "podman"])
 def test_sandboxed_nf_has_no_capabilities_and_cannot_mount_mknod_or_read_disks(request, mode):
     image = need(mode, request)
-    iso = backend(mode)
-    launch = Launch([sys.executable, "-S", "-c", PROBE, _disk()], {}, [],
-                    f"onvm-priv-{uuid.uuid4().hex[:8]}", image)
-    try:
-        r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True,
-                           timeout=120)
-    finally:
-        iso.cleanup(launch)
-    assert r.returncode == 0, r.stderr
-    seen = json.loads(r.stdout.splitlines()[-1])
+    seen = probe_isolated(mode, image, PROBE, [_disk()], [])
     # None held, and none to gain: with no_new_privs an exec never raises the permitted set
     # (bubblewrap leaves the bounding set as it is; podman empties it too).
     assert (seen["cap_eff"], seen["cap_prm"]) == (0, 0), seen

@@ -372,9 +372,9 @@ class ManagerConfig(ManagerOptions):
             return v  # the ports are refused already
         ports = [parse_port(u) for u in info.data["ports"]]
         for name, text in ([("", v)] if isinstance(v, str) else list(v.items())):
-            if name and (name == "default" or len(name) > 23
+            if name and (name == "default" or len(name) > 23 or not name.isascii()
                          or not name.replace("-", "").replace("_", "").isalnum()):
-                raise ValueError(f"chain name '{name}': 1-23 letters, digits, - or _, not 'default' "
+                raise ValueError(f"chain name '{name}': 1-23 ASCII letters, digits, - or _, not 'default' "
                                  "(that is the default chain)")
             for hop in parse_chain(text):
                 if hop.action == Action.OUT and (hop.dest >= len(ports) or not ports[hop.dest].is_output):

@@ -40,6 +40,7 @@ __all__ = ["Launcher", "Recipe", "same_privileges", "without_instance"]
 MAX_ARGS = 256
 MAX_ARG = 4096
 MAX_ENV = 64
+MAX_RECIPE = 16384  # bytes of a recipe as JSON: a register request must fit one control message
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: The environment an NF's recipe carries: where it finds its manager and its code.
 RECIPE_ENV = ("PYTHONPATH", "PATH", "VIRTUAL_ENV", "OPENBLAS_NUM_THREADS")
@@ -115,14 +116,23 @@ class Recipe:
         return cls(args, cwd, tuple(sorted(pairs)))
 
     @classmethod
-    def of_this_process(cls) -> dict[str, Any]:
-        """This process's recipe as a register request carries it (an NF calls this)."""
+    def of_this_process(cls) -> dict[str, Any] | None:
+        """This process's recipe as a register request carries it (an NF calls this); None
+        when it is too large to carry or would be refused (the NF is then not copied)."""
+        import json
         import sys
 
         argv = without_instance([sys.executable, *sys.orig_argv[1:]])
         env = {k: v for k, v in os.environ.items()
                if (k.startswith("ONVM_") and k != "ONVM_INSTANCE") or k in RECIPE_ENV}
-        return {"argv": argv, "cwd": os.getcwd(), "env": env}
+        try:
+            recipe = {"argv": argv, "cwd": os.getcwd(), "env": env}
+            cls.parse(recipe)
+            if len(json.dumps(recipe)) > MAX_RECIPE:
+                return None
+        except (ConfigError, OSError, ValueError):
+            return None
+        return recipe
 
     def start(self) -> subprocess.Popen[bytes]:
         """A copy of the NF, as a child of this process, in its own session."""
