@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +12,6 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -233,49 +230,28 @@ def test_missing_runtime_fails_before_anything_starts(runtime, tmp_path):
 
 
 @pytest.mark.parametrize("example,count", [("firewall-chain.yaml", 100000), ("bump-in-the-wire.yaml", 20000),
-                                           ("lb-replicas.yaml", None)])
+                                           ("lb-replicas.yaml", 100000)])
 def test_examples_run(runtime, tmp_path, request, example, count):
     if example == "lb-replicas.yaml":
         need("namespace", request)
     shutil.copy(ROOT / "examples" / example, tmp_path / example)
-    p = _run(tmp_path / example, cwd=tmp_path)
+    p = _run(tmp_path / example, "--json", cwd=tmp_path)
     stdout, stderr = p.communicate(timeout=180)
     assert p.returncode == 0, stderr
-    ports, nfs = summary_counts(stderr)
-    # Every packet the generator was asked for is accounted for: delivered, or dropped and
-    # counted once where it was dropped (a busy machine can keep the pipeline away long
-    # enough for the paced port to miss some, as a NIC counts rx_missed).
-    sent = 100000 if count is None else count
-    gen, out = ports[0], ports[1]
-    assert gen["in"] + gen["drops"].get("missed", 0) == sent, ports
-    dropped = sum(sum(x["drops"].values()) for x in ports + nfs)
-    assert out["out"] + dropped == sent and out["out"] > sent // 2, (ports, nfs)
-    if count is not None:
-        (path,) = tmp_path.glob("*.pcap")
-        assert len(pcap_records(path)) == out["out"]
-    else:  # every replica got a share of the flows, and they add up to what the port let in
-        shares = [n["in"] for n in nfs if "simple_forward (service 1." in n["line"]]
+    assert "summary after" in stderr
+    # The generator sends `count` frames, less those it missed while the chain held it
+    # (backpressure on a loaded machine); whatever it sent reaches the end, none lost inside.
+    gen = json.loads(stdout.strip().splitlines()[-1])["status"]["ports"][0]
+    assert gen["rx"] > 0 and gen["rx"] + gen["drops"].get("missed", 0) == count, gen
+    assert sum(gen["drops"].values()) == gen["drops"].get("missed", 0), gen
+    if example != "lb-replicas.yaml":
+        (out,) = tmp_path.glob("*.pcap")
+        assert len(pcap_records(out)) == gen["rx"]
+    else:  # every replica got a share of the flows, and they add up to what the generator sent
+        shares = [int(ln.split(": in ")[1].split(",")[0]) for ln in stderr.splitlines()
+                  if ln.startswith("  NF ") and "simple_forward (service 1." in ln]
         assert len(shares) == 3 and all(s > 0 for s in shares), shares
-        assert sum(shares) == gen["in"] - (sum(gen["drops"].values()) - gen["drops"].get("missed", 0))
-
-
-SUMMARY_PORT = re.compile(r"  port \d+ .*: in (\d+) pkts / \d+ B, out (\d+) pkts / \d+ B, "
-                          r"dropped \d+ ?(\{.*?\})?")
-SUMMARY_NF = re.compile(r"  NF \d+ .*: in (\d+), onward (\d+), dropped \d+ ?(\{.*?\})?")
-
-
-def summary_counts(stderr: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ports' and the NFs' packets in and out, and drops by reason, from the exit summary
-    of ``onvm run``."""
-    assert "summary after" in stderr, stderr
-    ports: list[dict[str, Any]] = []
-    nfs: list[dict[str, Any]] = []
-    for ln in stderr.splitlines():
-        for pattern, into in ((SUMMARY_PORT, ports), (SUMMARY_NF, nfs)):
-            if m := pattern.match(ln):
-                into.append({"line": ln, "in": int(m[1]), "out": int(m[2]),
-                             "drops": ast.literal_eval(m[3]) if m[3] else {}})
-    return ports, nfs
+        assert sum(shares) == gen["rx"]
 
 
 def test_image_built_from_other_code_is_refused(nf_image, monkeypatch):
