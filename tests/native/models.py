@@ -21,7 +21,7 @@ that says it, and nothing about how it does it:
 * ``PacerModel`` is a paced gen port's schedule: packet k is due at
   ``t0 + k / rate`` (exact fractions), t0 being the first time it is asked,
   up to ``cap`` packets.  It releases packets once a burst of them is due
-  (100 us worth, 1 to 32), and counts as missed what lies more than
+  (100 us worth, 1 to 256), and counts as missed what lies more than
   ``QUEUE`` packets behind.
 
 The hash functions read multi-byte words little endian, as the native code
@@ -223,7 +223,7 @@ class PacerModel:
         self.t0: int | None = None
         self.sent = 0  # packets of the schedule sent or missed
         self.missed = 0
-        self.burst = min(32, max(1, rate // 10000))
+        self.burst = min(256, max(1, rate // 10000))
 
     def due_at(self, k: int) -> Fraction:
         """When packet k of the schedule is due, in ns."""

@@ -4,8 +4,8 @@
  * at t0 + k * 1e9 / rate ns, t0 being the first time the port is asked.  The
  * schedule is one fixed grid for the port's whole life, so the rate holds
  * exactly over any window however late each wake-up is (nothing restarts, so
- * no interval is lost).  Packets leave in small bursts (up to 100 us worth, at
- * most 32) rather than one at a time, so a paced port costs a wake-up per
+ * no interval is lost).  Packets leave in bursts (up to 100 us worth, at
+ * most 256) rather than one at a time, so a paced port costs a wake-up per
  * burst, not per packet.
  *
  * What falls due and is not read yet waits, up to ONVM_PACE_QUEUE packets, as
@@ -66,7 +66,7 @@ static inline uint32_t onvm_pace(struct onvm_pacer *pc, uint32_t want, uint64_t 
     if (want == 0)
         return 0;
     uint64_t burst = pc->rate_pps / 10000;
-    burst = burst < 1 ? 1 : burst > 32 ? 32 : burst;
+    burst = burst < 1 ? 1 : burst > 256 ? 256 : burst;
     if (burst > want)
         burst = want;
     uint64_t can = due - pc->sent;
