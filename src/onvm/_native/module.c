@@ -41,6 +41,7 @@ static void region_close(RegionObject *self) {
         self->kept_base = self->r.base;
         self->kept_size = self->r.size;
         self->r.base = NULL; /* closed for every other use */
+        onvm_guard_file_closed(self->kept_base);
         if (self->r.fd >= 0)
             close(self->r.fd);
         self->r.fd = -1;
@@ -51,6 +52,7 @@ static void region_close(RegionObject *self) {
 
 void onvm_region_export_done(RegionObject *self) {
     if (--self->exports == 0 && self->kept_base) {
+        onvm_guard_unmap(self->kept_base);
         munmap(self->kept_base, self->kept_size);
         self->kept_base = NULL;
     }
@@ -124,6 +126,14 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
                          self->r.owner, "replaced", self->r.replaced);
+}
+
+/* damaged() -> True once the region's file was cut short under this process's mapping
+ * (see mapguard.c): what it holds past the cut reads as zeros, and nothing can go on. */
+static PyObject *Region_damaged(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    return PyBool_FromLong(onvm_region_damaged(&self->r));
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -718,6 +728,8 @@ static PyMethodDef Region_methods[] = {
     {"close", (PyCFunction)Region_close, METH_NOARGS, "Unmap; the creator also removes the file."},
     {"info", (PyCFunction)Region_info, METH_NOARGS, "Header facts as a dict."},
     {"free_count", (PyCFunction)Region_free_count, METH_NOARGS, "Free slots in the pool."},
+    {"damaged", (PyCFunction)Region_damaged, METH_NOARGS,
+     "True once the region's file was cut short under this mapping (it reads zeros past the cut)."},
     {"alloc", (PyCFunction)Region_alloc, METH_VARARGS, "alloc(n, owner=0) -> list of slot indices."},
     {"free", (PyCFunction)Region_free, METH_O, "free(slots): return slots to the pool."},
     {"write", (PyCFunction)Region_write, METH_VARARGS, "write(slot, data): set a slot's packet."},

@@ -174,6 +174,10 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             reason = "manager";
             break;
         }
+        if (atomic_load_explicit(&onvm_guard_tripped, ONVM_RELAXED)) {
+            reason = "region"; /* its file was cut short (mapguard.c): nothing here is real now */
+            break;
+        }
         if (self->local_stop)
             break;
         uint32_t want = burst;

@@ -36,6 +36,13 @@ struct onvm_region_params {
 };
 
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p);
+/* mapguard.c: a SIGBUS in a registered mapping (its file was cut short) puts zero
+ * pages over the part past the file's end instead of killing the process. */
+void onvm_guard_map(void *base, size_t size, int fd);
+void onvm_guard_file_closed(void *base); /* the mapping stays, its file descriptor is gone */
+void onvm_guard_unmap(void *base);       /* call before munmap */
+int onvm_region_damaged(const struct onvm_region *r);
+extern _Atomic int onvm_guard_tripped; /* some mapping of this process was damaged */
 int onvm_region_attach(struct onvm_region *r, const char *path);
 void onvm_region_detach(struct onvm_region *r);
 

@@ -161,6 +161,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         unlink(path);
         return fail(r, e, "cannot map region file %s", path);
     }
+    onvm_guard_map(base, total, fd);
     r->base = base;
     r->size = total;
     r->fd = fd;
@@ -252,6 +253,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         close(fd);
         return fail(r, e, "cannot map region %s", path);
     }
+    onvm_guard_map(base, h.total_size, fd);
     r->base = base;
     r->size = h.total_size;
     r->fd = fd;
@@ -261,8 +263,10 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
 }
 
 void onvm_region_detach(struct onvm_region *r) {
-    if (r->base)
+    if (r->base) {
+        onvm_guard_unmap(r->base);
         munmap(r->base, r->size);
+    }
     if (r->fd >= 0)
         close(r->fd);
     r->base = NULL;

@@ -185,6 +185,10 @@ class DataPlane:
         self.region.nf_release(nf_id)
         return Retired(int(res["reclaimed"]), final, bool(res["grace_ok"]), bool(res["drained"]))
 
+    def damaged(self) -> bool:
+        """The region's file was cut short under us (a SIGBUS caught, see mapguard.c)."""
+        return bool(self.region.damaged())
+
     def drain(self, timeout: float) -> bool:
         """Wait until no NF ring holds packets; False if the timeout came first."""
         return self.native.drain(timeout)

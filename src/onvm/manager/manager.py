@@ -278,6 +278,11 @@ class Manager:
             if self.config.exit_when_done and self.dp is not None and self.dp.inputs_done(self.start_in_use):
                 self.log("every input port is done and the pipeline drained")
                 break
+            if self.dp is not None and self.dp.damaged():
+                self.log(f"the region file {self.dp.region.path} was cut short by another process: "
+                         "what it held is gone; stopping")
+                self.stop()
+                return 1
         self.stop()
         return 0
 
