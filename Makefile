@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean
+.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean FORCE
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
@@ -16,15 +16,26 @@ ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 # missing, and only as root; the tests that need them skip otherwise.
 DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
 	chromium:chromium chromedriver:chromium-driver
+# Headers the native build uses when they are there (the afxdp port: libxdp and libbpf).
+DEB_HEADERS := xdp/xsk.h:libxdp-dev bpf/libbpf.h:libbpf-dev
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	for h in $(DEB_HEADERS); do test -e /usr/include/$${h%%:*} || missing="$$missing $${h#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing"; { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
 	  echo "could not install$$missing (the tests that need them will be skipped)"; \
 	elif [ -n "$$missing" ]; then echo "missing:$$missing (the tests that need them will be skipped)"; fi
 
-$(STAMP): pyproject.toml setup.py $(NATIVE)
+# What the native build found (optional headers): it is rebuilt when that changes, e.g.
+# after make deps installed libxdp-dev.
+FEATURES := build/native-features
+$(FEATURES): FORCE
+	@mkdir -p build; f="afxdp:$$(test -e /usr/include/xdp/xsk.h && test -e /usr/include/bpf/libbpf.h && echo 1)"; \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$f" ] || echo "$$f" > $@
+FORCE:
+
+$(STAMP): pyproject.toml setup.py $(NATIVE) $(FEATURES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -37,7 +48,7 @@ demo: $(STAMP)
 demo-topology: $(STAMP)
 	mkdir -p demo-out && cd demo-out && ../$(VENV)/bin/onvm run ../examples/firewall-chain.yaml
 
-test: $(STAMP) deps lint
+test: deps $(STAMP) lint
 	$(PY) -m pytest -q
 	$(MAKE) test-sanitize
 

@@ -1,6 +1,8 @@
 """A two-host testbed on one machine: network namespaces A and B, each linked
 by a veth pair to the root namespace, where the pair's other ends are ports of
-a manager (``afpacket:PREFIX-a`` and ``afpacket:PREFIX-b``).
+a manager (``afpacket:PREFIX-a`` and ``afpacket:PREFIX-b``, or ``afxdp:...`` with
+``kind="afxdp"``).  With ``queues=N`` every link has N queues each way, and the
+ports ask for N queues (one per RX worker).
 
 ::
 
@@ -42,6 +44,8 @@ class Testbed:
     prefix: str = "onvm"
     subnet: str = "10.211.0"  # hosts .1 (A) and .2 (B), /24
     managers: int = 1  # 2: a link between two managers (see the module docstring)
+    kind: str = "afpacket"  # the port URIs' kind: afpacket or afxdp
+    queues: int = 1  # queues of each link, and the ports' queues option when above 1
 
     def __post_init__(self) -> None:
         ok = self.prefix.replace("-", "").replace("_", "").isalnum()
@@ -53,6 +57,10 @@ class Testbed:
             raise ConfigError(f"testbed subnet '{self.subnet}': expected three octets like 10.211.0")
         if self.managers not in (1, 2):
             raise ConfigError(f"testbed managers {self.managers}: expected 1 or 2")
+        if self.kind not in ("afpacket", "afxdp"):
+            raise ConfigError(f"testbed kind '{self.kind}': expected afpacket or afxdp")
+        if not 1 <= self.queues <= 8:
+            raise ConfigError(f"testbed queues {self.queues}: expected 1..8")
 
     def ns(self, side: str) -> str:
         """The namespace of host ``a`` or ``b``."""
@@ -65,9 +73,13 @@ class Testbed:
     def addr(self, side: str) -> str:
         return f"{self.subnet}.{1 if side == 'a' else 2}"
 
+    def uri(self, ifname: str) -> str:
+        """The port URI of one of the manager's interfaces."""
+        return f"{self.kind}:{ifname}" + (f"?queues={self.queues}" if self.queues > 1 else "")
+
     @property
     def ports(self) -> list[str]:
-        return [f"afpacket:{self.port_if('a')}", f"afpacket:{self.port_if('b')}"]
+        return [self.uri(self.port_if("a")), self.uri(self.port_if("b"))]
 
     def trunk_if(self, manager: int) -> str:
         """Manager 1's or 2's end of the link between them (managers=2)."""
@@ -76,8 +88,8 @@ class Testbed:
     def manager_ports(self, manager: int) -> list[str]:
         """The --port URIs of manager 1 (host A, then the link) or 2 (the link, then host B)."""
         if manager == 1:
-            return [f"afpacket:{self.port_if('a')}", f"afpacket:{self.trunk_if(1)}"]
-        return [f"afpacket:{self.trunk_if(2)}", f"afpacket:{self.port_if('b')}"]
+            return [self.uri(self.port_if("a")), self.uri(self.trunk_if(1))]
+        return [self.uri(self.trunk_if(2)), self.uri(self.port_if("b"))]
 
     def exec_argv(self, side: str, *argv: str) -> list[str]:
         """An argument list running ``argv`` inside host ``side``'s namespace."""
@@ -100,7 +112,8 @@ class Testbed:
             for side in ("a", "b"):
                 ns, port = self.ns(side), self.port_if(side)
                 _ip("netns", "add", ns)
-                _ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                q = ["numtxqueues", str(self.queues), "numrxqueues", str(self.queues)]
+                _ip("link", "add", port, *q, "type", "veth", "peer", "name", "eth0", *q, "netns", ns)
                 _run(self.exec_argv(side, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
                                     "gso", "off"))
                 _ip("-n", ns, "addr", "add", f"{self.addr(side)}/24", "dev", "eth0")
@@ -109,7 +122,8 @@ class Testbed:
                 _quiet_ipv6(port)
                 _ip("link", "set", port, "up")
             if self.managers == 2:
-                _ip("link", "add", self.trunk_if(1), "type", "veth", "peer", "name", self.trunk_if(2))
+                q = ["numtxqueues", str(self.queues), "numrxqueues", str(self.queues)]
+                _ip("link", "add", self.trunk_if(1), *q, "type", "veth", "peer", "name", self.trunk_if(2), *q)
                 for m in (1, 2):
                     _quiet_ipv6(self.trunk_if(m))
                     _ip("link", "set", self.trunk_if(m), "up")

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -25,13 +25,28 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or bool(MISSING),
 
 
 @pytest.fixture
-def testbed() -> Iterator[Testbed]:
-    tb = Testbed(f"t{uuid.uuid4().hex[:7]}")
-    try:
+def make_testbed() -> Iterator[Callable[..., Testbed]]:
+    """make_testbed(kind=..., queues=...) -> a testbed that is up; all are removed at the end."""
+    made: list[Testbed] = []
+
+    def make(**options: object) -> Testbed:
+        tb = Testbed(f"t{uuid.uuid4().hex[:7]}", **options)  # type: ignore[arg-type]
+        made.append(tb)
         tb.up()
-        yield tb
+        return tb
+
+    try:
+        yield make
     finally:
-        tb.down()
-        leftover = [n for n in (tb.port_if("a"), tb.port_if("b")) if os.path.exists(f"/sys/class/net/{n}")]
+        for tb in made:
+            tb.down()
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not leftover and tb.ns("a") not in names, "testbed left behind"
+        for tb in made:
+            leftover = [n for n in (tb.port_if("a"), tb.port_if("b"))
+                        if os.path.exists(f"/sys/class/net/{n}")]
+            assert not leftover and tb.ns("a") not in names, "testbed left behind"
+
+
+@pytest.fixture
+def testbed(make_testbed: Callable[..., Testbed]) -> Testbed:
+    return make_testbed()

@@ -105,6 +105,56 @@ def test_afpacket_and_tap_uris():
             parse_port(bad)
 
 
+def test_afxdp_uris(monkeypatch: pytest.MonkeyPatch):
+    from onvm import _native
+
+    monkeypatch.setattr(_native, "HAVE_AFXDP", 1)
+    p = parse_port("afxdp:veth0?queues=2&mode=skb&ring=512&fill=256&promisc=0")
+    assert p.kind == "afxdp" and p.path == "veth0" and p.is_input and p.is_output
+    assert p.options == {"queues": 2, "mode": 3, "ring": 512, "fill": 256, "promisc": 0}
+    assert parse_port("afxdp:eth1").options == {"queues": 0, "mode": 0, "ring": 2048, "fill": 0, "promisc": 1}
+    modes = [parse_port(f"afxdp:e?mode={m}").options["mode"] for m in ("auto", "zc", "copy", "skb")]
+    assert modes == [0, 1, 2, 3]
+    for bad, msg in [("afxdp:", "interface name"), ("afxdp:eth0?mode=fast", r"mode=fast \(expected auto, zc"),
+                     ("afxdp:eth0?ring=1000", "not a power of two"), ("afxdp:eth0?ring=32", "out of range"),
+                     ("afxdp:eth0?queues=9", "out of range"), ("afxdp:eth0?fill=5000", "out of range"),
+                     ("afxdp:eth0?blocks=4", "unknown option 'blocks'")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_port(bad)
+
+
+def test_afxdp_refused_without_libxdp(monkeypatch: pytest.MonkeyPatch):
+    """A build without libxdp's and libbpf's headers refuses the port before anything
+    starts, naming what to install."""
+    from onvm import _native
+    from onvm.manager.manager import ManagerConfig
+
+    monkeypatch.setattr(_native, "HAVE_AFXDP", 0)
+    with pytest.raises(ConfigError, match=r"apt-get install libxdp-dev libbpf-dev"):
+        ManagerConfig(ports=["afxdp:eth0"])
+
+
+def test_afxdp_config_checks(monkeypatch: pytest.MonkeyPatch):
+    from onvm import _native
+    from onvm.manager.manager import ManagerConfig
+
+    monkeypatch.setattr(_native, "HAVE_AFXDP", 1)
+    with pytest.raises(ConfigError, match="2 queues need as many RX workers"):
+        ManagerConfig(ports=["afxdp:eth0?queues=2"])
+    with pytest.raises(ConfigError, match="2048 or 4096 bytes: --slot-size 9216 will not do"):
+        ManagerConfig(ports=["afxdp:eth0"], slot_size=9216)
+    cfg = ManagerConfig(ports=["afxdp:eth0?queues=2"], rx_workers=2, slot_size=4096)
+    assert cfg.port_specs[0].kind == "afxdp"
+
+
+def test_pool_line_shows_what_ports_hold():
+    from onvm.manager.stats import describe_pool
+
+    assert describe_pool({"free": 10, "total": 64}) == "pool 10/64 slots free"
+    assert describe_pool({"free": 10, "lent": 50, "in_use": 4, "total": 64}) == (
+        "pool 10 free + 50 lent to ports + 4 in use = 64 slots")
+
+
 def test_live_stats_show_port_drops_by_reason():
     from onvm.manager.stats import StatsPrinter
 

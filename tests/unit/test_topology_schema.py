@@ -90,7 +90,7 @@ BAD = [
      "bad.yaml:2: ports[0]: port 'gen:size=10': size=10 is out of range (64..9018)"),
     ("ports:\n  - wire:eth0\n",
      "bad.yaml:2: ports[0]: port 'wire:eth0': unknown kind 'wire' "
-     "(expected one of gen, pcap, pcap-out, null, afpacket, tap)"),
+     "(expected one of gen, pcap, pcap-out, null, afpacket, afxdp, tap)"),
     ("nfs:\n  - service: 1\n",
      "bad.yaml:2: nfs[0].program: required field is missing"),
     ("nfs:\n  - program: simple_forward\n    isolation: vm\n",

@@ -931,6 +931,29 @@ static PyObject *Manager_add_afpacket(ManagerObject *self, PyObject *args, PyObj
     return port_added(self, id, onvm_port_open_afpacket((int)id, &c, err, sizeof err), err);
 }
 
+#define AFXDP_MISSING                                                                              \
+    "this build of pyonvm has no AF_XDP support: install the libxdp and libbpf headers (apt-get "  \
+    "install libxdp-dev libbpf-dev) and rebuild (pip install -e .)"
+
+static PyObject *Manager_add_afxdp(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"port", "ifname", "queues", "mode", "ring", "fill", "promisc", NULL};
+    struct onvm_afxdp_conf c = {.queues = 1, .ring = 2048, .promisc = 1};
+    unsigned id;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|IIIIp", kwlist, &id, &c.ifname, &c.queues, &c.mode,
+                                     &c.ring, &c.fill, &c.promisc))
+        return NULL;
+    if (!port_slot_ok(self, id))
+        return NULL;
+#ifdef ONVM_HAVE_AFXDP
+    char err[256] = "";
+    struct onvm_port *p;
+    Py_BEGIN_ALLOW_THREADS p = onvm_port_open_afxdp((int)id, &self->region->r, &c, err, sizeof err);
+    Py_END_ALLOW_THREADS return port_added(self, id, p, err);
+#else
+    return raise_region(EOPNOTSUPP, AFXDP_MISSING);
+#endif
+}
+
 static PyObject *Manager_add_tap(ManagerObject *self, PyObject *args) {
     unsigned id;
     const char *name;
@@ -1040,10 +1063,11 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K}", "kind", p->kind, "done",
+    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
                          atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                          (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL, "tx", p->tx != NULL, "lost", (unsigned long long)p->lost);
+                         "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
+                         (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -1072,6 +1096,9 @@ static PyMethodDef Manager_methods[] = {
     {"add_afpacket", (PyCFunction)(void (*)(void))Manager_add_afpacket, METH_VARARGS | METH_KEYWORDS,
      "add_afpacket(port, ifname, queues=1, promisc=True, qdisc_bypass=True, block_size=0, blocks=0)"},
     {"add_tap", (PyCFunction)Manager_add_tap, METH_VARARGS, "add_tap(port, name)"},
+    {"add_afxdp", (PyCFunction)(void (*)(void))Manager_add_afxdp, METH_VARARGS | METH_KEYWORDS,
+     "add_afxdp(port, ifname, queues=1, mode=0, ring=2048, fill=0, promisc=True): mode 0 auto, 1 zc, "
+     "2 copy, 3 skb"},
     {"start", (PyCFunction)Manager_start, METH_NOARGS, "Start the worker threads."},
     {"stop", (PyCFunction)Manager_stop, METH_NOARGS, "Stop and join the worker threads."},
     {"close_ports", (PyCFunction)Manager_close_ports, METH_NOARGS, "Stop, then flush and close ports."},
@@ -1376,6 +1403,11 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
     PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
     PyModule_AddIntConstant(m, "OWNER_PORT_BASE", ONVM_OWNER_PORT_BASE);
+#ifdef ONVM_HAVE_AFXDP
+    PyModule_AddIntConstant(m, "HAVE_AFXDP", 1);
+#else
+    PyModule_AddIntConstant(m, "HAVE_AFXDP", 0);
+#endif
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
         onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0)

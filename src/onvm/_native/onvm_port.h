@@ -21,6 +21,7 @@ enum onvm_port_kind {
     ONVM_PORT_PCAP_OUT = 4,
     ONVM_PORT_AFPACKET = 5,
     ONVM_PORT_TAP = 6,
+    ONVM_PORT_AFXDP = 7,
 };
 
 #define ONVM_PORT_MAX_QUEUES ONVM_MAX_WORKERS
@@ -98,6 +99,8 @@ struct onvm_port {
     void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
     char path[256];         /* file or interface, for messages */
+    char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */
+    char notice[224];       /* something the manager logs once the port is open */
     /* pcap in: format and timing */
     int pcapng;
     uint32_t file_snaplen;
@@ -126,6 +129,18 @@ struct onvm_afpacket_conf {
 struct onvm_port *onvm_port_open_afpacket(int id, const struct onvm_afpacket_conf *c, char *err,
                                           size_t errlen);
 struct onvm_port *onvm_port_open_tap(int id, const char *name, char *err, size_t errlen);
+enum onvm_afxdp_mode { ONVM_AFXDP_AUTO = 0, ONVM_AFXDP_ZC = 1, ONVM_AFXDP_COPY = 2, ONVM_AFXDP_SKB = 3 };
+struct onvm_afxdp_conf {
+    const char *ifname;
+    unsigned queues; /* one socket per RX queue 0..queues-1; RX worker i serves queue i */
+    unsigned mode;   /* enum onvm_afxdp_mode */
+    unsigned ring;   /* RX and TX ring entries, a power of two */
+    unsigned fill;   /* slots kept in each fill ring; 0: a quarter of the pool over the queues */
+    int promisc;
+};
+/* Built only where libxdp and libbpf are (ONVM_HAVE_AFXDP; see afxdp.c). */
+struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
+                                       char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
 /* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
 int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,

@@ -33,7 +33,7 @@ def _manager_parser(sub: Any) -> None:
                        description="Run an NF manager: shared region, ports, workers, control socket.")
     p.add_argument("--name", default="onvm", help="manager name (default onvm)")
     p.add_argument("--port", action="append", default=[], metavar="URI",
-                   help="a port: gen:..., pcap:FILE, pcap-out:FILE, null, afpacket:IF, tap:NAME "
+                   help="a port: gen:..., pcap:FILE, pcap-out:FILE, null, afpacket:IF, afxdp:IF, tap:NAME "
                         "(repeatable; ids from 0)")
     p.add_argument("--default-chain", default="1", metavar="SPEC",
                    help="hops for packets from ports, e.g. 1,2,out:0 (default: 1)")
@@ -147,6 +147,7 @@ def _print_status(st: dict[str, Any]) -> None:
         why = ", ".join(f"{k} {v}" for k, v in p["drops"].items())
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
               + (f" ({why})" if why else "")
+              + (f"  mode {p['mode']}" if p.get("mode") else "")
               + (f"  lent {p['lent']}" if p.get("lent") else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else "")
               + (f"  lost {p['lost']}" if p.get("lost") else ""))
@@ -369,7 +370,9 @@ def _quote_rule(argv: list[str]) -> list[str]:
 def cmd_testbed(args: argparse.Namespace) -> int:
     from onvm.testbed import Testbed
 
-    tb = Testbed(args.prefix, args.subnet, getattr(args, "managers", 1))
+    tb = Testbed(args.prefix, args.subnet, getattr(args, "managers", 1), getattr(args, "kind", "afpacket"),
+                 getattr(args, "queues", 1))
+    workers = f" --rx-workers {tb.queues}" if tb.queues > 1 else ""
     if args.action == "down":
         removed = tb.down()
         print("removed " + ", ".join(removed) if removed else f"no testbed '{tb.prefix}' found")
@@ -380,15 +383,15 @@ def cmd_testbed(args: argparse.Namespace) -> int:
               f"manager 1 ports: {' '.join(tb.manager_ports(1))}\n"
               f"manager 2 ports: {' '.join(tb.manager_ports(2))}\n"
               "try (an OpenFlow controller steering across both: see examples/sdn/README.md):\n"
-              f"  onvm manager --name m1 --port {' --port '.join(tb.manager_ports(1))} --default-chain 1\n"
-              f"  onvm manager --name m2 --port {' --port '.join(tb.manager_ports(2))} --default-chain 1\n"
+              + "".join(f"  onvm manager --name m{m} --port {' --port '.join(tb.manager_ports(m))} "
+                        f"--default-chain 1{workers}\n" for m in (1, 2)) +
               "  onvm nf bridge --name m1 --service 1; onvm nf bridge --name m2 --service 1\n"
               f"  onvm testbed down{'' if tb.prefix == 'onvm' else ' --prefix ' + tb.prefix}")
         return 0
     print(f"hosts: {tb.ns('a')} ({tb.addr('a')}) and {tb.ns('b')} ({tb.addr('b')}), namespaces\n"
           f"manager ports: {tb.port_if('a')} (port 0) and {tb.port_if('b')} (port 1)\n"
           "try:\n"
-          f"  onvm manager --port {tb.ports[0]} --port {tb.ports[1]} --default-chain 1\n"
+          f"  onvm manager --port {tb.ports[0]} --port {tb.ports[1]} --default-chain 1{workers}\n"
           "  onvm nf bridge --service 1\n"
           f"  {' '.join(tb.exec_argv('a', 'ping', '-c', '3', tb.addr('b')))}\n"
           f"  onvm testbed down{'' if tb.prefix == 'onvm' else ' --prefix ' + tb.prefix}")
@@ -488,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
     t.add_argument("--managers", type=int, default=1, choices=[1, 2],
                    help="2: host A on manager 1, host B on manager 2, and a link between the managers")
+    t.add_argument("--kind", default="afpacket", choices=["afpacket", "afxdp"],
+                   help="the port URIs printed for the manager (default afpacket)")
+    t.add_argument("--queues", type=int, default=1,
+                   help="queues of each link (the ports and RX workers follow)")
     r = sub.add_parser("run", help="run a topology file: manager, ports, NFs, chains",
                        description="Validate a topology file, start everything it describes, supervise "
                                    "the NFs and stop it all on Ctrl-C.")

@@ -37,7 +37,7 @@ from onvm.ports.uri import PortSpec
 
 __all__ = ["GRACE_TIMEOUT", "DRAIN_TIMEOUT", "PORT_KINDS", "DataPlane", "Retired", "drops_by_reason"]
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6}
+PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "afxdp": 7}
 GRACE_TIMEOUT = 0.5  # at most this long for the others to pass a loop iteration
 DRAIN_TIMEOUT = 1.0  # at most this long for a leaving NF's TX ring to drain
 
@@ -128,17 +128,19 @@ class DataPlane:
                 elif spec.kind == "pcap-out":
                     native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
                 elif spec.kind == "afpacket":
-                    if o["queues"] > lay.rx_workers:
-                        raise ConfigError(f"port {pid} '{spec.uri}': {o['queues']} queues need as many "
-                                          f"RX workers (--rx-workers is {lay.rx_workers})")
                     native.add_afpacket(pid, spec.path, queues=o["queues"] or lay.rx_workers,
                                         promisc=bool(o["promisc"]), qdisc_bypass=bool(o["bypass"]),
                                         block_size=o["block_size"], blocks=o["blocks"])
+                elif spec.kind == "afxdp":
+                    native.add_afxdp(pid, spec.path, queues=o["queues"] or lay.rx_workers, mode=o["mode"],
+                                     ring=o["ring"], fill=o["fill"], promisc=bool(o["promisc"]))
                 elif spec.kind == "tap":
                     native.add_tap(pid, spec.path)
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
+            if notice := (native.port_state(pid) or {}).get("notice"):  # a stale XDP program replaced
+                self.log(f"port {pid} '{spec.uri}': {notice}")
 
     def start(self, hold_input: bool) -> None:
         """Run the workers; input ports wait while ``hold_input``."""
@@ -227,6 +229,7 @@ class DataPlane:
                 "rx_by_worker": list(info["rx_by_worker"][: self.layout.rx_workers]),
                 "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),
+                "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
                 "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
             })

@@ -136,6 +136,13 @@ class ManagerConfig:
         if self.stats_interval < 0 or self.duration < 0:
             raise ConfigError("--stats and --duration cannot be negative")
         self.port_specs: list[PortSpec] = [parse_port(p) for p in self.ports]
+        for pid, spec in enumerate(self.port_specs):
+            if spec.kind in ("afpacket", "afxdp") and spec.options["queues"] > self.rx_workers:
+                raise ConfigError(f"port {pid} '{spec.uri}': {spec.options['queues']} queues need as many "
+                                  f"RX workers (--rx-workers is {self.rx_workers})")
+            if spec.kind == "afxdp" and self.slot_size not in (2048, 4096):
+                raise ConfigError(f"port {pid} '{spec.uri}': the pool's slots are the AF_XDP UMEM's chunks, "
+                                  f"2048 or 4096 bytes: --slot-size {self.slot_size} will not do")
         try:
             self.chain: list[Hop] = parse_chain(self.default_chain)
         except ConfigError as e:

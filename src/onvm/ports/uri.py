@@ -6,6 +6,7 @@
 ``pcap-out:FILE?snaplen=N``         write what leaves the port (output)
 ``null``                            swallow what leaves the port (output)
 ``afpacket:IFNAME?queues=N``        a Linux interface through AF_PACKET (input and output)
+``afxdp:IFNAME?queues=N&mode=auto``  a Linux interface through AF_XDP, the pool as UMEM (input and output)
 ``tap:NAME``                        a TAP device the manager creates (input and output)
 ==================================  ==================================================
 
@@ -22,6 +23,13 @@ twice as fast, 0.5 at half speed).  Classic pcap and pcapng are both read.
 ``afpacket`` options: ``queues`` (RX sockets in one fanout group; default: one
 per RX worker), ``promisc`` (1/0, default 1), ``bypass`` (PACKET_QDISC_BYPASS on
 TX, 1/0, default 1), ``blocks`` and ``block_size`` (the TPACKET_V3 ring).
+``afxdp`` options: ``queues`` (one AF_XDP socket per RX queue 0..N-1; default: one per
+RX worker), ``mode`` (``auto``: zero-copy where the driver offers it, else copy, with
+the XDP program in the driver or, failing that, generic; ``zc``, ``copy``, ``skb``
+force one), ``ring`` (RX and TX ring entries, a power of two, default 2048),
+``fill`` (slots kept in each fill ring; default a quarter of the pool over the
+queues, at most 2048), ``promisc`` (1/0, default 1).  The build needs libxdp and
+libbpf (``apt-get install libxdp-dev libbpf-dev``).
 """
 
 from __future__ import annotations
@@ -32,13 +40,17 @@ from dataclasses import dataclass, field
 
 from onvm.errors import ConfigError
 
-KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "tap")
+KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "afxdp", "tap")
+AFXDP_MODES = {"auto": 0, "zc": 1, "copy": 2, "skb": 3}
 MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
 
 _GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed", "src", "dst", "sport", "dport"}
 _PCAP_KEYS = {"loop", "rate", "speed"}
 _AFPACKET_KEYS = {"queues", "promisc", "bypass", "blocks", "block_size"}
+_AFXDP_KEYS = {"queues", "mode", "ring", "fill", "promisc"}
+AFXDP_MISSING = ("afxdp ports need a build of pyonvm with libxdp and libbpf: install their headers "
+                 "(apt-get install libxdp-dev libbpf-dev, or make deps) and rebuild (pip install -e .)")
 _IFNAME_BAD = set("/: \t\n?&=,")
 _PCAP_OUT_KEYS = {"snaplen"}
 
@@ -54,11 +66,11 @@ class PortSpec:
 
     @property
     def is_input(self) -> bool:
-        return self.kind in ("gen", "pcap", "afpacket", "tap")
+        return self.kind in ("gen", "pcap", "afpacket", "afxdp", "tap")
 
     @property
     def is_output(self) -> bool:
-        return self.kind in ("pcap-out", "null", "afpacket", "tap")
+        return self.kind in ("pcap-out", "null", "afpacket", "afxdp", "tap")
 
 
 def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
@@ -89,6 +101,27 @@ def _pairs(uri: str, text: str, sep: str, allowed: set[str]) -> dict[str, str]:
             )
         out[key] = value
     return out
+
+
+def _afxdp(uri: str, name: str, query: str) -> PortSpec:
+    from onvm import _native
+
+    if not _native.HAVE_AFXDP:
+        raise ConfigError(f"port '{uri}': {AFXDP_MISSING}")
+    raw = _pairs(uri, query, "&", _AFXDP_KEYS)
+    mode = raw.get("mode", "auto").lower()
+    if mode not in AFXDP_MODES:
+        raise ConfigError(f"port '{uri}': mode={mode} (expected {', '.join(AFXDP_MODES)})")
+    opts = {
+        "queues": _number(uri, "queues", raw.get("queues", "0"), 0, 8),
+        "mode": AFXDP_MODES[mode],
+        "ring": _number(uri, "ring", raw.get("ring", "2048"), 64, 16384),
+        "fill": _number(uri, "fill", raw.get("fill", "0"), 0, 4096),
+        "promisc": _number(uri, "promisc", raw.get("promisc", "1"), 0, 1),
+    }
+    if opts["ring"] & (opts["ring"] - 1):
+        raise ConfigError(f"port '{uri}': ring={opts['ring']} is not a power of two")
+    return PortSpec(uri, "afxdp", name, opts)
 
 
 def parse_port(uri: str) -> PortSpec:
@@ -156,7 +189,7 @@ def parse_port(uri: str) -> PortSpec:
                 raise ConfigError(f"port '{uri}': directory {parent} does not exist")
             opts = {"snaplen": _number(uri, "snaplen", raw.get("snaplen", "65535"), 14, 262144)}
         return PortSpec(uri, kind, path, opts)
-    if kind in ("afpacket", "tap"):
+    if kind in ("afpacket", "afxdp", "tap"):
         name, _, query = rest.partition("?")
         if not 1 <= len(name) <= 15 or set(name) & _IFNAME_BAD:
             raise ConfigError(f"port '{uri}': expected {kind}:NAME with an interface name of 1-15 "
@@ -165,6 +198,8 @@ def parse_port(uri: str) -> PortSpec:
             if query:
                 raise ConfigError(f"port '{uri}': tap takes no options")
             return PortSpec(uri, kind, name, {})
+        if kind == "afxdp":
+            return _afxdp(uri, name, query)
         raw = _pairs(uri, query, "&", _AFPACKET_KEYS)
         opts = {
             "queues": _number(uri, "queues", raw.get("queues", "0"), 0, 8),
