@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c",
            "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "harness.c", "mapguard.c",
-           "latency.c", "retire.c"]
+           "latency.c", "retire.c", "fence.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing",
          # Only PyInit__native leaves the module: calls between its files bind directly, not

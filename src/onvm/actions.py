@@ -25,6 +25,7 @@ class DropReason(enum.IntEnum):
     NO_SLOT = 5  # the pool was empty
     PORT = 6  # the port could not take it (error, or too big for a slot)
     KERNEL = 7  # the kernel's ring of an AF_PACKET or TAP port was full
+    INVALID = 8  # failed validation: a ring entry naming no slot handed over, a record outside its slot
 
 
 DROP, NEXT, TONF, OUT = Action.DROP, Action.NEXT, Action.TONF, Action.OUT

@@ -76,7 +76,7 @@ PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw) {
     int rc = onvm_flow_put(&self->r, &k, (uint16_t)chain, idle, hard, (uint8_t)origin, 0, 0, onvm_now_ns());
     if (rc == -ENOSPC)
         return PyErr_Format(PyExc_MemoryError, "flow table is full near this flow (%u entries, %d probed)",
-                            self->r.hdr->flow_count, ONVM_FLOW_PROBE);
+                            self->r.flow_count, ONVM_FLOW_PROBE);
     Py_RETURN_NONE;
 }
 
@@ -112,7 +112,7 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
     OPEN_OR_FAIL(self);
     PyObject *l = PyList_New(0);
     uint64_t now = onvm_now_ns();
-    for (uint32_t i = 0; l && i < self->r.hdr->flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
+    for (uint32_t i = 0; l && i < self->r.flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
         struct onvm_flow_view copy;
         if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, &copy) != 0)
             continue;
@@ -290,11 +290,13 @@ PyObject *Region_classify(RegionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "k", &s))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (s >= self->r.pool_count)
-        return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
-    struct onvm_meta *m = &self->r.meta[s];
-    onvm_classify(&self->r, m, onvm_slot_data(&self->r, (uint32_t)s), onvm_now_ns());
-    return PyLong_FromLong(m->chain_id);
+    struct onvm_meta m;
+    uint8_t *d;
+    if (!onvm_slot_view(&self->r, s, &m, &d))
+        return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
+    onvm_classify(&self->r, &m, d, onvm_now_ns());
+    self->r.meta[s].chain_id = m.chain_id;
+    return PyLong_FromLong(m.chain_id);
 }
 
 /* flow_key(slot) -> the slot's key tuple, or None when it is not IP */
@@ -303,10 +305,12 @@ PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "k", &s))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (s >= self->r.pool_count)
-        return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
+    struct onvm_meta m;
+    uint8_t *d;
+    if (!onvm_slot_view(&self->r, s, &m, &d))
+        return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
     struct onvm_flow_key k;
-    if (onvm_flow_key_of(&self->r.meta[s], onvm_slot_data(&self->r, (uint32_t)s), &k) != 0)
+    if (onvm_flow_key_of(&m, d, &k) != 0)
         Py_RETURN_NONE;
     return key_tuple(&k);
 }
@@ -344,8 +348,8 @@ PyObject *Region_bench_lookup(RegionObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "II|p", kwlist, &entries, &lookups, &bulk))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (!entries || entries > self->r.hdr->flow_count)
-        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", self->r.hdr->flow_count);
+    if (!entries || entries > self->r.flow_count)
+        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", self->r.flow_count);
     struct onvm_flow_key *keys = PyMem_Calloc(entries, sizeof *keys);
     uint32_t *order = PyMem_Malloc(sizeof(uint32_t) * (lookups ? lookups : 1));
     if (!keys || !order) {

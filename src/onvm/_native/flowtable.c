@@ -87,7 +87,7 @@ static inline int stale(struct onvm_region *r, const struct onvm_flow *f) {
 /* Find key's entry; returns its index or -1.  *seq gets the entry's sequence. */
 static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1;
+    uint32_t mask = r->flow_count - 1;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
         struct onvm_flow *f = &t[i];
@@ -131,7 +131,7 @@ int onvm_flow_read(struct onvm_region *r, uint32_t i, struct onvm_flow_view *out
 }
 
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, struct onvm_flow_view *out) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOENT;
     uint32_t seq;
     long i = find(r, key, onvm_flow_key_hash(key), &seq);
@@ -167,11 +167,11 @@ static inline int live(struct onvm_region *r, const struct onvm_flow *f, uint64_
 
 int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
                   uint32_t hard_ms, uint8_t origin, uint16_t rule, uint32_t rule_gen, uint64_t now) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOSPC;
     struct onvm_flow *t = onvm_flows(r);
     struct onvm_flow_data *td = onvm_flow_data(r);
-    uint32_t hash = onvm_flow_key_hash(key), mask = r->hdr->flow_count - 1, seq;
+    uint32_t hash = onvm_flow_key_hash(key), mask = r->flow_count - 1, seq;
     long i = find(r, key, hash, &seq);
     int fresh = i < 0;
     for (int attempt = 0; attempt < 8; attempt++) {
@@ -241,7 +241,7 @@ static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t se
 }
 
 int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOENT;
     for (int attempt = 0; attempt < 8; attempt++) {
         uint32_t seq;
@@ -263,7 +263,7 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
 
 uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t count = r->hdr->flow_count, removed = 0, seq;
+    uint32_t count = r->flow_count, removed = 0, seq;
     for (uint32_t k = 0; k < n && count; k++) {
         struct onvm_flow *f = &t[(start + k) & (count - 1)];
         if (f->state != ONVM_FLOW_VALID || !(expired(f, now) || stale(r, f)))
@@ -284,7 +284,7 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
 uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
     struct onvm_flow *t = onvm_flows(r);
     uint32_t removed = 0, seq;
-    for (uint32_t i = 0; i < r->hdr->flow_count; i++) {
+    for (uint32_t i = 0; i < r->flow_count; i++) {
         struct onvm_flow *f = &t[i];
         if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
             continue;
@@ -337,13 +337,9 @@ static int rule_matches(const struct onvm_rule *u, const struct onvm_meta *m, co
 int onvm_rule_match(struct onvm_region *r, const struct onvm_meta *m, const struct onvm_flow_key *key,
                     struct onvm_rule *out) {
     struct onvm_rules *rs = onvm_rules(r);
-    for (;;) {
-        /* Seqlock reader: pairs with the manager's release of an even seq. */
-        uint32_t s1 = atomic_load_explicit(&rs->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&rs->seq, &s1, &rd)) { /* bounded: see onvm_region.h */
         int found = -1;
         uint32_t count = rs->count < ONVM_MAX_RULES ? rs->count : ONVM_MAX_RULES;
         for (uint32_t k = 0; k < count; k++) {
@@ -354,22 +350,20 @@ int onvm_rule_match(struct onvm_region *r, const struct onvm_meta *m, const stru
                 break;
             }
         }
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&rs->seq, ONVM_RELAXED) == s1) {
+        if (onvm_seq_end(&rs->seq, s1, &rd)) {
             if (found >= 0)
                 atomic_fetch_add_explicit(&rs->rule[found].hits, 1, ONVM_RELAXED);
             return found;
         }
     }
+    atomic_fetch_add_explicit(&r->table_stalls, 1, ONVM_RELAXED);
+    return -1; /* the rules could not be read in time: the default chain */
 }
 
 void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const uint16_t *slots, uint32_t n,
                     const uint16_t *bump, uint32_t nbump) {
     struct onvm_rules *rs = onvm_rules(r);
-    uint32_t seq = atomic_load_explicit(&rs->seq, ONVM_RELAXED);
-    atomic_store_explicit(&rs->seq, seq + 1, ONVM_RELAXED);
-    /* Release fence: the odd seq is visible before any field below changes. */
-    atomic_thread_fence(memory_order_release);
+    uint32_t odd = onvm_seq_write_begin(&rs->seq);
     for (uint32_t k = 0; k < nbump; k++)
         if (bump[k] < ONVM_MAX_RULES)
             rs->rule[bump[k]].gen++;
@@ -383,8 +377,7 @@ void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const 
         rs->order[k] = slots[k];
     }
     rs->count = n < ONVM_MAX_RULES ? n : ONVM_MAX_RULES;
-    /* Release pairs with readers' acquire of seq. */
-    atomic_store_explicit(&rs->seq, seq + 2, ONVM_RELEASE);
+    onvm_seq_write_end(&rs->seq, odd);
 }
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
@@ -424,7 +417,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
-    return !r->hdr->flow_count ||
+    return !r->flow_count ||
            (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_rules(r)->count == 0);
 }
 
@@ -444,7 +437,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
     if (nothing_to_look_up(r))
         return;
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1;
+    uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
     uint8_t ok[64];
@@ -470,7 +463,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
  * out[i] is the chain of key i, or -1 when it has no live entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1, hash[64], seq;
+    uint32_t mask = r->flow_count - 1, hash[64], seq;
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < m; i++) {

@@ -115,10 +115,25 @@ static PyObject *Region_close(RegionObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h);
+
 static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
+    PyObject *d = region_info_dict(self, h);
+    /* What this process found damaged in the shared tables (each counted where it was met). */
+    PyObject *c = d ? Py_BuildValue("{s:K,s:K}", "broken_links",
+                                    (unsigned long long)atomic_load(&self->r.broken_links), "table_stalls",
+                                    (unsigned long long)atomic_load(&self->r.table_stalls))
+                    : NULL;
+    if (!c || PyDict_Update(d, c) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(c);
+    return d;
+}
+
+static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h) {
     return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i}", "path", self->path, "name",
                          onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
                          "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
@@ -232,6 +247,8 @@ static PyObject *Region_free(RegionObject *self, PyObject *seq) {
         }
         atomic_store(&self->r.meta[buf[i]].owner, ONVM_OWNER_FREE);
     }
+    for (Py_ssize_t i = 0; i < n; i++) /* checked: the free below stamps them itself */
+        atomic_store(&self->r.meta[buf[i]].owner, saved[i]);
     PyMem_Free(saved);
     for (Py_ssize_t i = 0; i < n; i += 256)
         onvm_pool_free_burst(&self->r, buf + i, (uint32_t)(n - i > 256 ? 256 : n - i));
@@ -278,9 +295,11 @@ static PyObject *Region_read(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (check_slot(self, s) < 0)
         return NULL;
-    struct onvm_meta *m = &self->r.meta[s];
-    uint32_t len = m->len <= onvm_slot_room(&self->r) ? m->len : 0;
-    return PyBytes_FromStringAndSize((const char *)onvm_slot_data(&self->r, (uint32_t)s), len);
+    struct onvm_meta m;
+    uint8_t *d;
+    if (!onvm_slot_view(&self->r, s, &m, &d))
+        return PyBytes_FromStringAndSize("", 0); /* a record that names no bytes of its slot */
+    return PyBytes_FromStringAndSize((const char *)d, m.len);
 }
 
 static PyObject *meta_dict(const struct onvm_meta *m) {
@@ -408,7 +427,7 @@ static PyObject *Region_nf_set_draining(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (check_nf(id) < 0)
         return NULL;
-    atomic_store(&self->r.nfs[id].state, ONVM_NFS_DRAINING);
+    onvm_nf_set_state(&self->r, id, ONVM_NFS_DRAINING);
     Py_RETURN_NONE;
 }
 
@@ -527,6 +546,13 @@ static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static const char *fault_name(unsigned why) {
+    static const char *const names[ONVM_FAULT_COUNT] = {
+        [ONVM_FAULT_NONE] = "", [ONVM_FAULT_SLOT] = "slot", [ONVM_FAULT_RECORD] = "record",
+        [ONVM_FAULT_STALL] = "stall"};
+    return why < ONVM_FAULT_COUNT ? names[why] : "";
+}
+
 static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -539,8 +565,8 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     PyObject *d = Py_BuildValue(
         "{s:I,s:H,s:H,s:i,s:N,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
-        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
-        "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
+        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0), self->r.ring_mask),
+        "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1), self->r.ring_mask), "rx",
         (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
         (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
         u64_tuple(st.act, ONVM_ACT_COUNT), "drops", u64_tuple(st.drops, ONVM_DROP_COUNT),
@@ -557,6 +583,16 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     Py_XDECREF(busy);
     if (d && put_cpu(d, &nf->cpu.want, &nf->cpu.now) < 0)
         Py_CLEAR(d);
+    /* The manager's own view of it (what the NF cannot write): fenced, and why. */
+    struct onvm_nf_view *v = &self->r.view[id];
+    PyObject *view = d ? Py_BuildValue("{s:O,s:K,s:s}", "fenced",
+                                       atomic_load(&v->fenced) ? Py_True : Py_False, "faults",
+                                       (unsigned long long)atomic_load(&v->faults), "fault",
+                                       fault_name(atomic_load(&v->fault_why)))
+                       : NULL;
+    if (!view || PyDict_Update(d, view) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(view);
     return d;
 }
 
@@ -1056,6 +1092,57 @@ static PyObject *Manager_drain(ManagerObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS return PyBool_FromLong(ok);
 }
 
+/* audit() -> [event]: one look for what the packet path cannot settle itself (fence.c). */
+static PyObject *Manager_audit(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    static const char *const kinds[] = {[ONVM_AUDIT_FAULT] = "fault", [ONVM_AUDIT_STALL] = "stall",
+                                        [ONVM_AUDIT_RING] = "ring", [ONVM_AUDIT_TABLE] = "table",
+                                        [ONVM_AUDIT_POOL] = "pool"};
+    static const char *const tables[] = {"chain", "service", "rules"};
+    struct onvm_audit_event ev[2 * ONVM_MAX_NFS + ONVM_MAX_CHAINS + ONVM_MAX_SERVICES + 2];
+    int n = onvm_mgr_audit(self->m, ev, (int)(sizeof ev / sizeof *ev));
+    PyObject *l = PyList_New(0);
+    for (int i = 0; l && i < n; i++) {
+        const char *why = ev[i].kind == ONVM_AUDIT_TABLE ? tables[ev[i].why < 3 ? ev[i].why : 0]
+                                                         : fault_name(ev[i].why);
+        PyObject *d = Py_BuildValue("{s:s,s:I,s:I,s:s,s:K}", "kind", kinds[ev[i].kind], "nf", ev[i].nf, "peer",
+                                    ev[i].peer, "why", why, "count", (unsigned long long)ev[i].count);
+        if (!d || PyList_Append(l, d) < 0)
+            Py_CLEAR(l);
+        Py_XDECREF(d);
+    }
+    return l;
+}
+
+/* sweep(grace=0.5) -> slots returned: those nobody can free any more (see fence.c). */
+static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"grace", NULL};
+    double grace = 0.5;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|d", kwlist, &grace))
+        return NULL;
+    if (!(grace >= 0 && grace <= 60))
+        return PyErr_Format(PyExc_ValueError, "grace is 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    long n;
+    Py_BEGIN_ALLOW_THREADS n = onvm_mgr_sweep(self->m, (uint64_t)(grace * 1e9));
+    Py_END_ALLOW_THREADS if (n < 0) return raise_region((int)n, "sweep failed");
+    return PyLong_FromLong(n);
+}
+
+/* fence(nf_id): take nothing more from the NF and send it nothing more (see fence.c). */
+static PyObject *Manager_fence(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    if (check_nf(id) < 0)
+        return NULL;
+    atomic_store(&self->region->r.view[id].fenced, 1);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -1108,6 +1195,12 @@ static PyMethodDef Manager_methods[] = {
     {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
      "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
     {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
+    {"audit", (PyCFunction)Manager_audit, METH_NOARGS,
+     "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
+    {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
+     "sweep(grace=0.5) -> slots returned that nobody could free any more (see fence.c)."},
+    {"fence", (PyCFunction)Manager_fence, METH_VARARGS,
+     "fence(nf_id): take nothing more from the NF and send it nothing more."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
@@ -1135,6 +1228,8 @@ static PyTypeObject ManagerType = {
 
 typedef struct {
     PyObject_HEAD struct onvm_ring *ring;
+    uint32_t mask; /* the geometry is ours, as every user of a shared ring keeps its own */
+    uint32_t head; /* the consumer's position */
 } RingObject;
 
 static int Ring_build(RingObject *self, PyObject *args) {
@@ -1150,6 +1245,8 @@ static int Ring_build(RingObject *self, PyObject *args) {
         return -1;
     }
     onvm_ring_init(self->ring, size, 0);
+    self->mask = size - 1;
+    self->head = 0;
     return 0;
 }
 
@@ -1176,17 +1273,17 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
         buf[i] = (uint32_t)v;
-        if (PyErr_Occurred() || v >= ONVM_SLOT_SKIP) {
+        if (PyErr_Occurred() || v > UINT32_MAX) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "ring entries must be below 0xfffffffe");
+                PyErr_SetString(PyExc_ValueError, "ring entries are 32 bits");
             PyMem_Free(buf);
             Py_DECREF(fast);
             return NULL;
         }
     }
     Py_DECREF(fast);
-    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, buf, (uint32_t)n, bulk, NULL, 0)
-                       : onvm_ring_enqueue_sp(self->ring, buf, (uint32_t)n, bulk);
+    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, self->mask, buf, (uint32_t)n, bulk, NULL, 0)
+                       : onvm_ring_enqueue_sp(self->ring, self->mask, buf, (uint32_t)n, bulk);
     PyMem_Free(buf);
     return PyLong_FromUnsignedLong(done);
 }
@@ -1197,15 +1294,15 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
     int bulk = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &n, &bulk))
         return NULL;
-    if (n > self->ring->capacity) {
+    if (n > self->mask) {
         if (bulk)
             return PyList_New(0);
-        n = self->ring->capacity;
+        n = self->mask;
     }
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
     if (!buf)
         return PyErr_NoMemory();
-    uint32_t got = onvm_ring_dequeue_sc(self->ring, buf, n, bulk, NULL, 0);
+    uint32_t got = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, n, bulk);
     PyObject *l = list_from_slots(buf, got);
     PyMem_Free(buf);
     return l;
@@ -1213,20 +1310,20 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *Ring_count(RingObject *self, PyObject *u) {
     (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring));
+    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring, self->mask));
 }
 static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
     (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring));
+    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring, self->mask));
 }
 static PyObject *Ring_capacity(RingObject *self, void *c) {
     (void)c;
-    return PyLong_FromUnsignedLong(self->ring->capacity);
+    return PyLong_FromUnsignedLong(self->mask);
 }
 
 struct stress_arg {
     struct onvm_ring *ring;
-    uint32_t producer, count, burst;
+    uint32_t mask, producer, count, burst;
 };
 
 static void *stress_producer(void *p) {
@@ -1236,7 +1333,7 @@ static void *stress_producer(void *p) {
         uint32_t k = a->count - sent < a->burst ? a->count - sent : a->burst;
         for (uint32_t i = 0; i < k; i++)
             buf[i] = a->producer << 24 | (sent + i);
-        uint32_t done = onvm_ring_enqueue_mp(a->ring, buf, k, 0, NULL, 0);
+        uint32_t done = onvm_ring_enqueue_mp(a->ring, a->mask, buf, k, 0, NULL, 0);
         sent += done;
         if (!done)
             sched_yield();
@@ -1256,12 +1353,12 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
     struct stress_arg a[8];
     uint32_t next[8] = {0}, errors = 0, got_total = 0;
     Py_BEGIN_ALLOW_THREADS for (unsigned i = 0; i < np; i++) {
-        a[i] = (struct stress_arg){self->ring, i, per, burst};
+        a[i] = (struct stress_arg){self->ring, self->mask, i, per, burst};
         pthread_create(&th[i], NULL, stress_producer, &a[i]);
     }
     uint32_t buf[ONVM_BURST_MAX];
     while (got_total < np * per) {
-        uint32_t k = onvm_ring_dequeue_sc(self->ring, buf, burst, 0, NULL, 0);
+        uint32_t k = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, burst, 0);
         if (!k)
             sched_yield();
         for (uint32_t i = 0; i < k; i++) {
@@ -1276,7 +1373,7 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
     for (unsigned i = 0; i < np; i++)
         pthread_join(th[i], NULL);
     Py_END_ALLOW_THREADS return Py_BuildValue("{s:I,s:I,s:I}", "received", got_total, "errors", errors,
-                                              "left", onvm_ring_count(self->ring));
+                                              "left", onvm_ring_count(self->ring, self->mask));
 }
 
 static PyMethodDef Ring_methods[] = {
@@ -1409,6 +1506,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "HAVE_AFXDP", 0);
 #endif
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
+    PyModule_AddIntConstant(m, "DROP_INVALID", ONVM_DROP_INVALID);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
         onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0)
         return NULL;

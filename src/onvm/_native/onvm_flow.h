@@ -113,14 +113,15 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
 void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const uint16_t *slots, uint32_t n,
                     const uint16_t *bump, uint32_t nbump);
 
+/* From the process's own copy of the layout (onvm_region.h), never from the header. */
 static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
-    return (struct onvm_flow *)onvm_at(r, r->hdr->off_flows);
+    return r->flows;
 }
 static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
-    return (struct onvm_flow_data *)onvm_at(r, r->hdr->off_flow_data);
+    return r->flow_data;
 }
 static inline struct onvm_rules *onvm_rules(const struct onvm_region *r) {
-    return (struct onvm_rules *)onvm_at(r, r->hdr->off_rules);
+    return r->rules;
 }
 
 /* Fill key from a parsed packet; returns 0, or -1 if it is not IP. */

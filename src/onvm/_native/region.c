@@ -1,5 +1,5 @@
 /* region.c - create and attach the shared region; the packet pool; services,
- * chains and NF slots; reclaiming what a dead NF held. */
+ * chains and NF slots; reclaiming what an NF that left held. */
 #define _GNU_SOURCE
 #include "onvm_region.h"
 #include "onvm_flow.h"
@@ -24,12 +24,68 @@ static int fail(struct onvm_region *r, int err, const char *fmt, ...) {
     return -err;
 }
 
-static void bind_tables(struct onvm_region *r) {
-    struct onvm_header *h = r->hdr;
+/* Where everything goes for these parameters: the one place the layout is decided.
+ * attach recomputes it from the header's parameters and requires the header's
+ * offsets to match, so no offset in the header can point anywhere else. */
+static int compute_layout(struct onvm_region *r, const struct onvm_region_params *p, struct onvm_header *tmp) {
+    if (p->pool_count < 64 || p->pool_count > (1u << 24))
+        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
+    if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
+        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536");
+    if (!onvm_ring_size_ok(p->ring_size))
+        return fail(r, EINVAL, "ring size must be a power of two");
+    if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
+        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
+    memset(tmp, 0, sizeof *tmp);
+    uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
+    tmp->off_nfs = off;
+    off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
+    tmp->off_services = off;
+    off += ALIGN_UP(sizeof(struct onvm_service) * ONVM_MAX_SERVICES, 64);
+    tmp->off_chains = off;
+    off += ALIGN_UP(sizeof(struct onvm_chain) * ONVM_MAX_CHAINS, 64);
+    tmp->off_ports = off;
+    off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
+    tmp->off_workers = off;
+    off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
+    tmp->off_rules = ALIGN_UP(off, 64);
+    off = tmp->off_rules + sizeof(struct onvm_rules);
+    tmp->off_rings = ALIGN_UP(off, 4096);
+    tmp->ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
+    off = tmp->off_rings + tmp->ring_bytes * 2 * ONVM_MAX_NFS;
+    tmp->off_meta = ALIGN_UP(off, 4096);
+    off = tmp->off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
+    tmp->off_slots = ALIGN_UP(off, 4096);
+    off = tmp->off_slots + (uint64_t)p->pool_count * p->slot_size;
+    /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
+    tmp->off_flows = ALIGN_UP(off, 4096);
+    tmp->flow_count = p->flow_count;
+    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
+    tmp->off_flow_data = ALIGN_UP(off, 4096);
+    off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    tmp->total_size = ALIGN_UP(off, HUGE_ALIGN);
+    tmp->pool_count = p->pool_count;
+    tmp->slot_size = p->slot_size;
+    tmp->ring_size = p->ring_size;
+    if (tmp->off_rings + tmp->ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
+        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
+    return 0;
+}
+
+/* The process's own copy of the geometry; everything after this uses it, not the header. */
+static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->meta = onvm_at(r, h->off_meta);
     r->slots = onvm_at(r, h->off_slots);
     r->slot_size = h->slot_size;
     r->pool_count = h->pool_count;
+    r->ring_size = h->ring_size;
+    r->ring_mask = h->ring_size - 1;
+    r->off_rings = h->off_rings;
+    r->ring_bytes = h->ring_bytes;
+    r->flow_count = h->flow_count;
+    r->flows = onvm_at(r, h->off_flows);
+    r->flow_data = onvm_at(r, h->off_flow_data);
+    r->rules = onvm_at(r, h->off_rules);
     r->nfs = onvm_at(r, h->off_nfs);
     r->services = onvm_at(r, h->off_services);
     r->chains = onvm_at(r, h->off_chains);
@@ -105,47 +161,13 @@ static int create_fresh(struct onvm_region *r, const char *path, int *fd_out) {
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p) {
     memset(r, 0, sizeof *r);
     r->fd = -1;
-    if (p->pool_count < 64 || p->pool_count > (1u << 24))
-        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
-    if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
-        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536");
-    if (!onvm_ring_size_ok(p->ring_size))
-        return fail(r, EINVAL, "ring size must be a power of two");
-    if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
-        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
+    struct onvm_header tmp;
+    int lrc = compute_layout(r, p, &tmp);
+    if (lrc)
+        return lrc;
+    uint64_t total = tmp.total_size;
 
-    struct onvm_header tmp = {0};
-    uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
-    tmp.off_nfs = off;
-    off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
-    tmp.off_services = off;
-    off += ALIGN_UP(sizeof(struct onvm_service) * ONVM_MAX_SERVICES, 64);
-    tmp.off_chains = off;
-    off += ALIGN_UP(sizeof(struct onvm_chain) * ONVM_MAX_CHAINS, 64);
-    tmp.off_ports = off;
-    off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
-    tmp.off_workers = off;
-    off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
-    tmp.off_rules = ALIGN_UP(off, 64);
-    off = tmp.off_rules + sizeof(struct onvm_rules);
-    tmp.off_rings = ALIGN_UP(off, 4096);
-    tmp.ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
-    off = tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS;
-    tmp.off_meta = ALIGN_UP(off, 4096);
-    off = tmp.off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
-    tmp.off_slots = ALIGN_UP(off, 4096);
-    off = tmp.off_slots + (uint64_t)p->pool_count * p->slot_size;
-    /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
-    tmp.off_flows = ALIGN_UP(off, 4096);
-    tmp.flow_count = p->flow_count;
-    off = tmp.off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
-    tmp.off_flow_data = ALIGN_UP(off, 4096);
-    off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
-    uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
-    if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
-        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
-
-    int fd, rc = create_fresh(r, path, &fd);
+    int fd = -1, rc = create_fresh(r, path, &fd);
     if (rc)
         return rc;
     if (ftruncate(fd, (off_t)total) != 0) {
@@ -171,11 +193,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     struct onvm_header *h = r->hdr;
     h->version = ONVM_LAYOUT_VERSION;
     h->header_size = sizeof(struct onvm_header);
-    h->total_size = total;
     h->mgr_pid = getpid();
-    h->pool_count = p->pool_count;
-    h->slot_size = p->slot_size;
-    h->ring_size = p->ring_size;
     h->sizeof_meta = sizeof(struct onvm_meta);
     h->sizeof_nf = sizeof(struct onvm_nf);
     h->sizeof_ring = sizeof(struct onvm_ring);
@@ -187,7 +205,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_hops = ONVM_MAX_HOPS;
     h->max_rules = ONVM_MAX_RULES;
     snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
-    bind_tables(r);
+    bind_tables(r, &tmp);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
     atomic_store(&h->free.count, 0);
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
@@ -195,6 +213,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
         onvm_ring_init(onvm_nf_ring(r, n, 1), p->ring_size, 0);
     }
+    for (uint32_t i = 0; i < p->pool_count; i++) /* not free yet: the pushes below make them so */
+        atomic_store_explicit(&r->meta[i].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
     /* Push slots in reverse so that slot 0 is handed out first. */
     uint32_t batch[256];
     for (uint32_t top = p->pool_count; top > 0;) {
@@ -242,6 +262,19 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
                     "%s has layout version %u; this build speaks version %u: rebuild the NF against "
                     "the manager's pyonvm", path, h.version, ONVM_LAYOUT_VERSION);
     }
+    /* The offsets must be exactly what the parameters give: a header that says
+     * anything else (damaged, or written by someone) maps nothing. */
+    struct onvm_region_params want = {.pool_count = h.pool_count, .slot_size = h.slot_size,
+                                      .ring_size = h.ring_size, .flow_count = h.flow_count};
+    struct onvm_header lay;
+    if (compute_layout(r, &want, &lay) != 0 || lay.total_size != h.total_size || lay.off_nfs != h.off_nfs ||
+        lay.off_services != h.off_services || lay.off_chains != h.off_chains || lay.off_ports != h.off_ports ||
+        lay.off_workers != h.off_workers || lay.off_rules != h.off_rules || lay.off_rings != h.off_rings ||
+        lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta || lay.off_slots != h.off_slots ||
+        lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data) {
+        close(fd);
+        return fail(r, EPROTO, "region %s has a damaged header: its offsets do not follow from its sizes", path);
+    }
     struct stat st;
     if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < h.total_size) {
         close(fd);
@@ -258,7 +291,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
     r->size = h.total_size;
     r->fd = fd;
     r->hdr = base;
-    bind_tables(r);
+    bind_tables(r, &lay);
     return 0;
 }
 
@@ -275,56 +308,85 @@ void onvm_region_detach(struct onvm_region *r) {
 
 /* ---- pool ---------------------------------------------------------------- */
 
+/* The free stack is in the region, so anything that maps it may have damaged it.
+ * alloc walks at most n links and trusts a link only if it names a slot of the
+ * pool: one that does not ends the stack there (the CAS that takes the prefix
+ * cuts it off, so nobody walks into it again).  After the CAS, a slot not stamped
+ * free (a link into a slot in use, or a cycle) is not handed out.  Every loop is
+ * bounded; an allocation that cannot get anything returns 0. */
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
     struct onvm_freestack *fs = &r->hdr->free;
     /* Acquire pairs with the release CAS in onvm_pool_free_burst: the links
      * we walk were written before the push that published them. */
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
-    for (;;) {
-        uint32_t cur = (uint32_t)old;
-        uint32_t k = 0;
-        int torn = 0;
+    for (unsigned tries = 0; tries < ONVM_RING_TRIES; tries++) {
+        uint32_t cur = (uint32_t)old, k = 0;
+        int broken = 0;
         while (cur != ONVM_SLOT_NIL && k < n) {
-            if (cur >= r->pool_count) { /* link read from a slot popped under us */
-                torn = 1;
+            if (cur >= r->pool_count) {
+                broken = 1;
                 break;
             }
             out[k++] = cur;
             cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
         }
-        if (k == 0 && !torn)
+        if (k == 0 && !broken)
             return 0;
-        uint64_t next = ((old >> 32) + 1) << 32 | (torn ? ONVM_SLOT_NIL : cur);
-        if (!torn && atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE,
-                                                           ONVM_ACQUIRE)) {
-            atomic_fetch_sub_explicit(&fs->count, k, ONVM_RELAXED);
-            for (uint32_t i = 0; i < k; i++)
-                atomic_store_explicit(&r->meta[out[i]].owner, owner, ONVM_RELAXED);
-            return k;
+        uint64_t next = ((old >> 32) + 1) << 32 | (broken ? ONVM_SLOT_NIL : cur);
+        /* If head (and its tag) did not move, nobody pushed or popped meanwhile, so
+         * the links we read were stable: a broken one is damage, not a race. */
+        if (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE))
+            continue;
+        if (broken)
+            atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+        uint32_t got = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            _Atomic uint16_t *o = &r->meta[out[i]].owner;
+            if (atomic_load_explicit(o, ONVM_RELAXED) != ONVM_OWNER_FREE) {
+                atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+                continue; /* in use (a link into it was damage), or met twice */
+            }
+            atomic_store_explicit(o, owner, ONVM_RELAXED);
+            out[got++] = out[i];
         }
-        if (torn)
-            old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+        atomic_fetch_sub_explicit(&fs->count, got, ONVM_RELAXED);
+        if (got)
+            return got;
+        /* Nothing free in what we took: the stack runs through slots in use (a cycle).
+         * Cut it; what is free beyond the cut comes back with the manager's sweep. */
+        old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+        if (!broken && (uint32_t)old != ONVM_SLOT_NIL &&
+            atomic_compare_exchange_strong_explicit(&fs->head, &old, ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL,
+                                                    ONVM_ACQUIRE, ONVM_ACQUIRE))
+            atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+        return 0;
     }
+    return 0;
 }
 
-void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
-    if (n == 0)
-        return;
+void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
     struct onvm_freestack *fs = &r->hdr->free;
-    for (uint32_t i = 0; i < n; i++) {
-        atomic_store_explicit(&r->meta[idx[i]].owner, ONVM_OWNER_FREE, ONVM_RELAXED);
-        if (i + 1 < n)
-            atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
-    }
+    for (uint32_t i = 0; i + 1 < n; i++)
+        atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_RELAXED);
     uint64_t next;
     do {
         atomic_store_explicit(&r->meta[idx[n - 1]].next_free, (uint32_t)old, ONVM_RELAXED);
         next = ((old >> 32) + 1) << 32 | idx[0];
         /* Release publishes the links above to the acquire in alloc. */
-    } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE,
-                                                    ONVM_RELAXED));
+    } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE, ONVM_RELAXED));
     atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
+}
+
+void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
+    /* The caller holds these slots (it took them validated, or the reclaim scan picked
+     * them by stamp), whatever their stamp says now: an NF may have written over the
+     * stamp of a slot it held.  A slot pushed twice all the same is handed out once
+     * (see onvm_pool_alloc_burst). */
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[idx[i]].owner, ONVM_OWNER_FREE, ONVM_RELAXED);
+    if (n)
+        onvm_pool_push(r, idx, n);
 }
 
 int64_t onvm_pool_free_count(const struct onvm_region *r) {
@@ -357,10 +419,7 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     if (svc >= ONVM_MAX_SERVICES)
         return;
     struct onvm_service *s = &r->services[svc];
-    uint32_t seq = atomic_load_explicit(&s->seq, ONVM_RELAXED);
-    atomic_store_explicit(&s->seq, seq + 1, ONVM_RELAXED);
-    /* Release fence orders the odd seq before the writes below (seqlock writer). */
-    atomic_thread_fence(memory_order_release);
+    uint32_t odd = onvm_seq_write_begin(&s->seq);
     if (count > ONVM_MAX_INSTANCES)
         count = ONVM_MAX_INSTANCES;
     for (unsigned i = 0; i < count; i++) {
@@ -369,8 +428,7 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     }
     s->count = (uint16_t)count;
     s->policy = (uint16_t)policy;
-    /* Release pairs with the reader's acquire of seq in onvm_service_pick. */
-    atomic_store_explicit(&s->seq, seq + 2, ONVM_RELEASE);
+    onvm_seq_write_end(&s->seq, odd);
 }
 
 static inline uint32_t mix32(uint32_t x) {
@@ -387,13 +445,9 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
-    for (;;) {
-        /* Acquire pairs with the writer's release store of seq. */
-        uint32_t s1 = atomic_load_explicit(&s->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&s->seq, &s1, &rd)) {
         unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES, pick = 0;
         if (count == 1) {
             pick = s->nf[0];
@@ -402,7 +456,8 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
         } else if (count > 1 && s->policy == ONVM_POLICY_LEAST) {
             uint32_t best = UINT32_MAX;
             for (unsigned i = 0; i < count; i++) {
-                uint32_t load = s->nf[i] < ONVM_MAX_NFS ? onvm_ring_count(onvm_nf_ring(r, s->nf[i], 0)) : UINT32_MAX;
+                uint32_t load = s->nf[i] < ONVM_MAX_NFS ? onvm_ring_count(onvm_nf_ring(r, s->nf[i], 0), r->ring_mask)
+                                                        : UINT32_MAX;
                 if (load < best) {
                     best = load;
                     pick = s->nf[i];
@@ -421,14 +476,14 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
                 }
             }
         }
-        /* Acquire fence: the reads above complete before we recheck seq. */
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1) {
+        if (onvm_seq_end(&s->seq, s1, &rd)) {
             if (count_out)
                 *count_out = count;
-            return pick;
+            return pick < ONVM_MAX_NFS ? pick : 0; /* a table written over names no NF */
         }
     }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return ONVM_PICK_STUCK;
 }
 
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
@@ -436,14 +491,12 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
-    uint32_t seq = atomic_load_explicit(&c->seq, ONVM_RELAXED);
-    atomic_store_explicit(&c->seq, seq + 1, ONVM_RELAXED);
-    atomic_thread_fence(memory_order_release);
+    uint32_t odd = onvm_seq_write_begin(&c->seq);
     for (unsigned i = 0; i < n; i++)
         c->hops[i] = hops[i];
     c->count = (uint8_t)n;
     snprintf(c->name, sizeof c->name, "%s", name ? name : "");
-    atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
+    onvm_seq_write_end(&c->seq, odd);
     return 0;
 }
 
@@ -451,35 +504,33 @@ int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, st
     if (chain >= ONVM_MAX_CHAINS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
-    for (;;) {
-        uint32_t s1 = atomic_load_explicit(&c->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
-        int found = idx < c->count;
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&c->seq, &s1, &rd)) {
+        int found = idx < c->count && idx < ONVM_MAX_HOPS;
         if (found)
             *out = c->hops[idx];
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&c->seq, ONVM_RELAXED) == s1)
+        if (onvm_seq_end(&c->seq, s1, &rd))
             return found ? 0 : -ENOENT;
     }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return -EAGAIN;
 }
 
 /* ---- NF slots ------------------------------------------------------------- */
 
 int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
                      int pid, unsigned tx_worker, const char *name) {
-    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS || tx_worker >= ONVM_MAX_WORKERS)
         return -EINVAL;
     struct onvm_nf *nf = &r->nfs[nf_id];
-    if (atomic_load(&nf->state) != ONVM_NFS_FREE)
+    struct onvm_nf_view *v = &r->view[nf_id];
+    if (atomic_load(&v->state) != ONVM_NFS_FREE)
         return -EBUSY;
     uint32_t rx_off = onvm_nf_ring_off(r, nf_id, 0), tx_off = onvm_nf_ring_off(r, nf_id, 1);
     struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0), *tx = onvm_nf_ring(r, nf_id, 1);
-    onvm_ring_init(rx, r->hdr->ring_size, (uint32_t)((uint8_t *)&nf->wait - r->base));
-    onvm_ring_init(tx, r->hdr->ring_size,
-                   (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
+    onvm_ring_init(rx, r->ring_size, (uint32_t)((uint8_t *)&nf->wait - r->base));
+    onvm_ring_init(tx, r->ring_size, (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
     memset(&nf->stats, 0, sizeof nf->stats);
     memset((void *)&nf->enq, 0, sizeof nf->enq);
     atomic_store(&nf->cpu.want, 0);
@@ -494,9 +545,23 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
     atomic_store(&nf->epoch, 0);
     atomic_store(&nf->wait.sleeping, 0);
     snprintf(nf->name, sizeof nf->name, "%s", name ? name : "");
-    /* Release: an NF or worker that sees ACTIVE sees initialised rings. */
-    atomic_store_explicit(&nf->state, ONVM_NFS_ACTIVE, ONVM_RELEASE);
+    v->tx_worker = tx_worker;
+    v->tx_head = 0;
+    v->told = 0;
+    v->stuck_since = 0;
+    atomic_store(&v->faults, 0);
+    atomic_store(&v->fault_why, ONVM_FAULT_NONE);
+    atomic_store(&v->fenced, 0);
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_ACTIVE);
     return 0;
+}
+
+void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    /* Release: whoever sees the state sees what was set up before (rings, the view). */
+    atomic_store_explicit(&r->view[nf_id].state, state, ONVM_RELEASE);
+    atomic_store_explicit(&r->nfs[nf_id].state, state, ONVM_RELEASE);
 }
 
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
@@ -506,35 +571,14 @@ void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
     onvm_waiter_wake(&r->nfs[nf_id].wait);
 }
 
-static void repair_enqueue(struct onvm_region *r, struct onvm_nf *nf) {
-    uint32_t ring_off = atomic_load(&nf->enq.ring_off);
-    if (!ring_off || !atomic_load(&nf->enq.reserved))
-        return;
-    struct onvm_ring *ring = onvm_at(r, ring_off);
-    uint32_t start = atomic_load(&nf->enq.start), n = atomic_load(&nf->enq.n);
-    if ((uint64_t)ring_off < r->hdr->off_rings || n > ring->capacity)
-        return;
-    for (uint32_t i = 0; i < n; i++)
-        atomic_store_explicit(&ring->entries[(start + i) & ring->mask], ONVM_SLOT_SKIP,
-                              ONVM_RELAXED);
-    /* Producers ahead of the dead one publish first; then we publish its
-     * voided reservation so the producers behind it can go on. */
-    uint64_t deadline = onvm_now_ns() + 200000000ull;
-    while (atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE) != start) {
-        if (onvm_now_ns() > deadline)
-            return;
-        sched_yield();
-    }
-    atomic_store_explicit(&ring->prod.tail, start + n, ONVM_RELEASE);
-    atomic_store(&nf->enq.reserved, 0);
-    atomic_store(&nf->enq.ring_off, 0);
-}
-
+/* Mark the slots a ring holds between its consumer's tail and its producers'
+ * published tail (at most a ring's worth, whatever the ring says). */
 static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
     uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
-    uint32_t t = atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE);
-    for (uint32_t i = h; i != t && (uint32_t)(i - h) <= ring->capacity; i++) {
-        uint32_t v = atomic_load_explicit(&ring->entries[i & ring->mask], ONVM_RELAXED);
+    uint32_t t = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE));
+    uint32_t n = t - h <= r->ring_mask ? t - h : r->ring_mask;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & r->ring_mask], ONVM_RELAXED);
         if (v < r->pool_count)
             in_ring[v] = 1;
     }
@@ -543,34 +587,27 @@ static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
-    struct onvm_nf *nf = &r->nfs[nf_id];
-    long returned = 0;
-    repair_enqueue(r, nf);
-
-    /* Its RX ring: nobody will read it again. */
-    struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0);
-    uint32_t buf[256], k;
-    while ((k = onvm_ring_dequeue_sc(rx, buf, 256, 0, r->meta, ONVM_OWNER_MGR)) > 0) {
-        onvm_pool_free_burst(r, buf, k);
-        returned += k;
-    }
-
-    /* Slots still stamped with its id that no ring holds were in its hands. */
     uint8_t *in_ring = calloc(r->pool_count, 1);
     if (!in_ring)
         return -ENOMEM;
+    /* Rings someone will still read: the RX rings of the other live NFs, and this
+     * NF's TX ring while the manager drains it (it left without being fenced). */
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
-        if (atomic_load(&r->nfs[n].state) == ONVM_NFS_FREE)
+        struct onvm_nf_view *v = &r->view[n];
+        if (atomic_load_explicit(&v->state, ONVM_ACQUIRE) == ONVM_NFS_FREE || atomic_load(&v->fenced))
             continue;
-        mark_ring(r, onvm_nf_ring(r, n, 0), in_ring);
-        mark_ring(r, onvm_nf_ring(r, n, 1), in_ring);
+        mark_ring(r, onvm_nf_ring(r, n, n == nf_id), in_ring);
     }
+    long returned = 0;
     uint32_t batch[256], nb = 0;
     for (uint32_t i = 0; i < r->pool_count; i++) {
         /* Acquire pairs with the release of cons.tail by a consumer that
          * restamped the slot: if it left a ring after our scan, we see its
          * new owner here. */
-        if (atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE) != nf_id || in_ring[i])
+        uint16_t o = atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE);
+        int transit = ONVM_IS_TRANSIT(o);
+        if (!(o == nf_id || (transit && (o & 63u) == nf_id) ||
+              (transit && ONVM_TRANSIT_FROM(o) == nf_id && !in_ring[i])))
             continue;
         batch[nb++] = i;
         if (nb == 256) {
@@ -623,7 +660,5 @@ long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
 }
 
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id) {
-    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
-        return;
-    atomic_store_explicit(&r->nfs[nf_id].state, ONVM_NFS_FREE, ONVM_RELEASE);
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_FREE);
 }

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action
+from onvm.actions import Action, DropReason
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.control.server import Connection, ControlServer
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
 from onvm.manager.dataplane import DataPlane, Layout, drops_by_reason
+from onvm.manager.fencing import kill_process, read_audit
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.packing import Packing, PackSettings
 from onvm.manager.placement import check_available, format_cpus
@@ -168,6 +169,7 @@ class Manager:
                                  nf_cpus=nf_cpus, worker_cpus=self._worker_cpus(), pin=config.pin_nfs)
         self.nf_cpus = nf_cpus
         self.conns: dict[int, Connection] = {}  # an NF's control connection
+        self._refused: dict[int, int] = {}  # invalid packets each NF refused, as last reported
         self.inboxes: dict[int, Connection] = {}  # its message connection
         self.lock = threading.RLock()
         self._gone = threading.Condition(self.lock)  # notified when an NF is retired
@@ -276,7 +278,13 @@ class Manager:
         while not self.stopping.is_set():
             self.stopping.wait(interval if deadline is None
                                else max(0.0, min(interval, deadline - time.monotonic())))
+            if self.dp is not None and self.dp.damaged():
+                self.log(f"the region file {self.dp.region.path} was cut short by another process: "
+                         "what it held is gone; stopping")
+                self.stop()
+                return 1
             self._check_ports()
+            self._audit()
             if self.packing:
                 self.packing.tick()
             if deadline and time.monotonic() >= deadline:
@@ -285,11 +293,6 @@ class Manager:
             if self.config.exit_when_done and self.dp is not None and self.dp.inputs_done(self.start_in_use):
                 self.log("every input port is done and the pipeline drained")
                 break
-            if self.dp is not None and self.dp.damaged():
-                self.log(f"the region file {self.dp.region.path} was cut short by another process: "
-                         "what it held is gone; stopping")
-                self.stop()
-                return 1
         self.stop()
         return 0
 
@@ -567,6 +570,53 @@ class Manager:
         queued = self.sdn.packet_in(data, self._arg(args, "in_port", int), total)
         return {"queued": queued}
 
+    # ---- fencing ---------------------------------------------------------------
+    def _audit(self) -> None:
+        """Fence the NFs that broke the rules of the region; log the repairs (see fencing.py)."""
+        dp = self.dp
+        if dp is None or not dp.is_open or dp.damaged():
+            return  # a region cut short reads zeros: nothing in it says anything about an NF
+        for finding in read_audit(dp.audit()):
+            if finding.fence:
+                self._fence(finding.fence, finding.text)
+            else:
+                self.log(finding.text)
+        with self.lock:
+            for rec in self.registry.live():  # NFs refusing what another NF sent them
+                refused = dp.nf_info(rec.nf_id)["drops"][DropReason.INVALID]
+                if refused > self._refused.get(rec.nf_id, 0):
+                    self.log(f"{rec.describe()} refused {refused - self._refused.get(rec.nf_id, 0)} invalid "
+                             "packets handed to it (not slots sent to it, or records outside their slots)")
+                    self._refused[rec.nf_id] = refused
+
+    def _fence(self, nf_id: int, why: str) -> None:
+        """Stop an NF that broke the rules: out of its service, its process killed, then reclaimed."""
+        dp = self._dp()
+        with self.lock:
+            dp.fence(nf_id)  # the manager's packet path takes nothing more from it at once
+            fenced = self.registry.fenced(nf_id)
+            if fenced is None:
+                return
+            rec, image = fenced
+            dp.publish(image)
+            conn = self.conns.pop(nf_id, None)
+            inbox = self.inboxes.pop(nf_id, None)
+            self.log(f"{rec.describe()} fenced off: {why}")
+        # Reclaimed only once it is gone: it must not write into slots others are given.
+        err = kill_process(conn.pid if conn is not None else 0)
+        for c in (conn, inbox):
+            if c is not None:
+                c.close()
+        with self.lock:
+            if err:
+                self.log(f"{rec.describe()} stays fenced and its slots are not reclaimed: {err}")
+                return
+            gone = dp.retire(nf_id)
+            self.registry.retired(nf_id, gone.final, gone.reclaimed)
+            self._refused.pop(nf_id, None)
+            self._gone.notify_all()
+            self.log(f"{rec.describe()} stopped; {rec.reclaimed} slots returned to the pool")
+
     # ---- retirement -----------------------------------------------------------
     def _on_close(self, conn: Connection) -> None:
         nf_id = conn.data.get("nf_id")
@@ -650,6 +700,8 @@ class Manager:
             "drops": drops_by_reason(info.get("drops", ())),
             "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
             "reclaimed": rec.reclaimed,
+            "fenced": bool(info.get("fenced")),  # broke the rules of the region (see fencing.py)
+            "faults": info.get("faults", 0),  # what it handed over that failed validation
             "messages": rec.messages_in,
             "latency": latency.summary(info.get("latency")),
         }
