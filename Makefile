@@ -12,26 +12,29 @@ ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
-# driver (the dashboard test).  Installed only when
-# missing, and only as root; the tests that need them skip otherwise.
+# driver (the dashboard test), and DPDK's PMDs and dpdk-testpmd (dpdk: ports and their
+# peer).  Installed only when missing, and only as root; the tests that need them skip
+# otherwise.
 DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
-	chromium:chromium chromedriver:chromium-driver
-# Headers the native build uses when they are there (the afxdp port: libxdp and libbpf).
-DEB_HEADERS := xdp/xsk.h:libxdp-dev bpf/libbpf.h:libbpf-dev
+	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev
+# Headers the native build uses when they are there (the afxdp port: libxdp and libbpf;
+# the dpdk port, in the optional module onvm._dpdk: DPDK 22.11, found by pkg-config).
+DEB_HEADERS := xdp/xsk.h:libxdp-dev bpf/libbpf.h:libbpf-dev dpdk/rte_ethdev.h:libdpdk-dev
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	for h in $(DEB_HEADERS); do test -e /usr/include/$${h%%:*} || missing="$$missing $${h#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing$$missing"; { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	  echo "installing$$missing"; { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; } || \
 	  echo "could not install$$missing (the tests that need them will be skipped)"; \
 	elif [ -n "$$missing" ]; then echo "missing:$$missing (the tests that need them will be skipped)"; fi
 
 # What the native build found (optional headers): it is rebuilt when that changes, e.g.
-# after make deps installed libxdp-dev.
+# after make deps installed libxdp-dev or libdpdk-dev.
 FEATURES := build/native-features
 $(FEATURES): FORCE
 	@mkdir -p build; f="afxdp:$$(test -e /usr/include/xdp/xsk.h && test -e /usr/include/bpf/libbpf.h && echo 1)"; \
+	  f="$$f dpdk:$$(pkg-config --exists libdpdk 2>/dev/null && echo 1)"; \
 	  [ "$$(cat $@ 2>/dev/null)" = "$$f" ] || echo "$$f" > $@
 FORCE:
 
@@ -62,14 +65,15 @@ lint: $(STAMP)
 # The native core built with AddressSanitizer and UBSan, run under the native tests.
 test-sanitize: $(STAMP)
 	rm -rf build/asan && mkdir -p build/asan
-	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/_native*.so
+	cp -r src/onvm build/asan/onvm && rm -f build/asan/onvm/_*.so
 	ONVM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
-	cp build/asan/lib/onvm/_native*.so build/asan/onvm/
+	cp build/asan/lib/onvm/_*.so build/asan/onvm/
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ONVM_FUZZ_SECONDS=60 ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/fuzz \
 	  ../../tests/integration/test_pipeline.py ../../tests/integration/test_lifecycle_faults.py \
-	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py ../../tests/e2e
+	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py \
+	  ../../tests/integration/test_overload.py ../../tests/integration/test_dpdk.py ../../tests/e2e
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -1,11 +1,13 @@
 """Build of the native core (C11).  Everything else is in pyproject.toml."""
+import glob
 import os
+import subprocess
 
 from setuptools import Extension, setup
 
 SOURCES = ["module.c", "nfloop.c", "region.c", "parse.c", "route.c", "ports.c", "worker.c",
-           "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "harness.c", "mapguard.c",
-           "latency.c", "retire.c", "fence.c"]
+           "flowtable.c", "flowbind.c", "afpacket.c", "tap.c", "packet.c", "gather.c", "lpm.c", "harness.c",
+           "latency.c", "retire.c", "bpstress.c", "mapguard.c", "fence.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing",
          # Only PyInit__native leaves the module: calls between its files bind directly, not
@@ -29,9 +31,40 @@ if _afxdp():
     macros.append(("ONVM_HAVE_AFXDP", "1"))
     link += ["-lxdp", "-lbpf"]
 # ONVM_SANITIZE=1 builds the core with AddressSanitizer and UBSan (make test-sanitize).
-if os.environ.get("ONVM_SANITIZE"):
+SANITIZE_LINK = ["-fsanitize=address,undefined"] if os.environ.get("ONVM_SANITIZE") else []
+if SANITIZE_LINK:
     extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
-    link += ["-fsanitize=address,undefined"]
+    link += SANITIZE_LINK
+
+
+
+def dpdk_extension() -> list[Extension]:
+    """onvm._dpdk (the dpdk: port), built only where pkg-config finds DPDK (Debian: libdpdk-dev).
+
+    It links DPDK; the core module does not, so NFs never load DPDK."""
+    try:
+        def pkg(*args: str) -> str:
+            return subprocess.run(["pkg-config", *args, "libdpdk"], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+        cflags, libs, libdir = pkg("--cflags").split(), pkg("--libs").split(), pkg("--variable=libdir")
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    # Debian's PMDs are plugins the EAL loads from here (-d), e.g. lib/x86_64-linux-gnu/dpdk/pmds-23.0.
+    pmds = sorted(glob.glob(os.path.join(libdir, "dpdk", "pmds-*")))
+    pmd_dir = pmds[-1] if pmds else ""
+    # DPDK's headers as system headers: our warnings are for our code.
+    flags = [f"-isystem{f[2:]}" if f.startswith("-I") else f for f in cflags]
+    return [
+        Extension(
+            "onvm._dpdk",
+            sources=[f"src/onvm/_native/{s}" for s in ("dpdkmod.c", "dpdk.c")],
+            include_dirs=["src/onvm/_native"],
+            define_macros=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')],
+            extra_compile_args=extra + flags,
+            extra_link_args=["-lpthread", *SANITIZE_LINK, *libs],
+        )
+    ]
+
 
 setup(
     ext_modules=[
@@ -44,4 +77,5 @@ setup(
             define_macros=macros,
         )
     ]
+    + dpdk_extension()
 )

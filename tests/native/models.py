@@ -95,6 +95,32 @@ class RingModel:
         return f"RingModel(size={self.size}, count={self.count()}, entries={shown})"
 
 
+class WatermarkModel:
+    """A ring's backpressure flag (onvm_bp.h): congested from high until drained to low."""
+
+    def __init__(self, size: int) -> None:
+        self.ring = RingModel(size)
+        self.high, self.low = size // 2, size // 4
+        self.congested = False
+
+    def enqueue(self, items: Sequence[int]) -> int:
+        """A producer's enqueue: the ring congests once it holds high entries or more."""
+        n = self.ring.enqueue(items)
+        if self.ring.count() >= self.high:
+            self.congested = True
+        return n
+
+    def dequeue(self, n: int) -> list[int]:
+        """The consumer's dequeue (an empty poll too): it clears the flag at low or below."""
+        out = self.ring.dequeue(n)
+        if self.ring.count() <= self.low:
+            self.congested = False
+        return out
+
+    def __repr__(self) -> str:
+        return f"WatermarkModel(high={self.high}, low={self.low}, congested={self.congested}, {self.ring!r})"
+
+
 # ---- pool ----------------------------------------------------------------------
 
 

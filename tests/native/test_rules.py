@@ -250,3 +250,25 @@ def test_registry_adds_a_batch_all_or_none(region):
     assert [r["id"] for r in reg.list_rules()] == ids[::-1]  # tried by priority
     reg.del_rule(ids[0])
     assert [r["rule"] for r in reg.list_rules()] == ["priority 9 tcp -> chain web"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets())
+def test_packet_key_reads_what_the_reference_fields_say(pkt):
+    data, fields = pkt
+    ipver, src, dst, proto, sport, dport, in_port, vlan = _native.packet_key(data, 0)
+    assert PacketFields(ipver, src, dst, proto, sport, dport, in_port, vlan - 1 if vlan else None) == fields
+    assert _native.packet_key(data, 9)[6] == 9
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=120), packets().map(lambda p: p[0]).flatmap(
+    lambda d: st.integers(0, len(d)).map(lambda n: d[:n]))))
+def test_packet_key_on_any_bytes_is_the_rx_paths_key(region, data):
+    """Bytes from a controller or an NF (cut, garbage) give the key the RX path computes, or None."""
+    slot = region.alloc(1)[0]
+    try:
+        region.write(slot, data)
+        assert _native.packet_key(data) == region.flow_key(slot)
+    finally:
+        region.free([slot])

@@ -117,7 +117,8 @@ def test_afxdp_uris(monkeypatch: pytest.MonkeyPatch):
     assert modes == [0, 1, 2, 3]
     for bad, msg in [("afxdp:", "interface name"), ("afxdp:eth0?mode=fast", r"mode=fast \(expected auto, zc"),
                      ("afxdp:eth0?ring=1000", "not a power of two"), ("afxdp:eth0?ring=32", "out of range"),
-                     ("afxdp:eth0?queues=9", "out of range"), ("afxdp:eth0?fill=5000", "out of range"),
+                     ("afxdp:eth0?queues=9", "out of range"),
+                     ("afxdp:eth0?fill=4096", "more than the RX ring holds"),
                      ("afxdp:eth0?blocks=4", "unknown option 'blocks'")]:
         with pytest.raises(ConfigError, match=msg):
             parse_port(bad)

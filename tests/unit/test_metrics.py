@@ -41,3 +41,22 @@ def test_metrics_parse_and_carry_the_counters():
     assert count == [100] and abs(total[0] - (90 * 5e-6 + 10 * 1e-3)) < 1e-9
     assert "onvm_port_latency_seconds" in fams
     assert fams["onvm_up"].samples[0].value == 1
+
+
+def test_metrics_carry_early_and_late_drops_per_nf_and_chain_hop():
+    sample = FakeSource().sample
+    st = sample["status"]
+    st["nfs"][0].update(early=7, late=2, blocked=3, rx_congested=True)
+    st["ports"][0]["drops"] = {"missed": 40, "early": 7}
+    st["chains"] = [{"id": 0, "name": "default", "hops": "1,2,out:1",
+                     "drops": [{"early": 0, "late": 0}, {"early": 7, "late": 2}, {"early": 0, "late": 0}]}]
+    fams = families(metrics.render(sample))
+    early = {s.labels["nf"]: s.value for s in fams["onvm_nf_early_drops"].samples}
+    late = {s.labels["nf"]: s.value for s in fams["onvm_nf_late_drops"].samples}
+    assert early == {"1": 7, "2": 0} and late == {"1": 2, "2": 0}
+    assert [s.value for s in fams["onvm_nf_rx_congested"].samples] == [1, 0]
+    hop = {(s.labels["chain"], s.labels["hop"]): s.value for s in fams["onvm_chain_hop_late_drops"].samples}
+    assert hop == {("default", "0"): 0, ("default", "1"): 2, ("default", "2"): 0}
+    assert fams["onvm_chain_hop_early_drops"].samples[1].value == 7
+    port = {s.labels["reason"]: s.value for s in fams["onvm_port_drops"].samples if s.labels["port"] == "0"}
+    assert port == {"missed": 40, "early": 7}

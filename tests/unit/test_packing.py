@@ -8,7 +8,7 @@ import pytest
 
 from onvm._proc import cpu_busy_seconds, cpu_seconds
 from onvm.errors import ConfigError
-from onvm.manager.manager import ManagerConfig
+from onvm.manager.config import ManagerConfig
 from onvm.manager.packing import Packer, PackSettings, least_busy, summary
 
 IDLE = {0: 0.0, 1: 0.0}

@@ -74,7 +74,8 @@ def test_yaml_lines_are_kept():
 BAD = [
     ("manager:\n  name: t\n  colour: red\n",
      "bad.yaml:3: manager.colour: unknown field (expected one of: name, pool_size, slot_size, ring_size, "
-     "rx_workers, tx_workers, burst, cpus, nf_cpus, pack_below, stats, duration, exit_when_done, wait)"),
+     "rx_workers, tx_workers, burst, cpus, nf_cpus, pack_below, dpdk_eal, stats, duration, exit_when_done, "
+     "wait)"),
     ("manager:\n  pack_below: 0.9\n",
      "bad.yaml:2: manager.pack_below: Input should be less than 0.8"),
     ("manager:\n  ring_size: 1000\n",
@@ -90,7 +91,7 @@ BAD = [
      "bad.yaml:2: ports[0]: port 'gen:size=10': size=10 is out of range (64..9018)"),
     ("ports:\n  - wire:eth0\n",
      "bad.yaml:2: ports[0]: port 'wire:eth0': unknown kind 'wire' "
-     "(expected one of gen, pcap, pcap-out, null, afpacket, afxdp, tap)"),
+     "(expected one of gen, pcap, pcap-out, null, afpacket, afxdp, tap, dpdk)"),
     ("nfs:\n  - service: 1\n",
      "bad.yaml:2: nfs[0].program: required field is missing"),
     ("nfs:\n  - program: simple_forward\n    isolation: vm\n",
@@ -202,3 +203,14 @@ def test_named_chains_and_rules_reach_the_manager(tmp_path):
     cfg = manager_config(topo, quiet=True)
     assert cfg.chains == ["web=2,out:1"]
     assert cfg.rules == ["priority 5 tcp src 10.0.0.0/8 dst port 80 -> chain web"]
+
+
+def test_afxdp_ports_in_a_file(monkeypatch: pytest.MonkeyPatch):
+    from onvm import _native
+
+    monkeypatch.setattr(_native, "HAVE_AFXDP", 1)
+    t = loads_topology("manager: {rx_workers: 2}\nports: ['afxdp:eth1?queues=2', 'afxdp:eth2?mode=skb']\n"
+                       "chains: {default: [out:1]}\n", "x.yaml")
+    assert [p.split("?")[0] for p in t.ports] == ["afxdp:eth1", "afxdp:eth2"]
+    with pytest.raises(TopologyError, match=r"x.yaml:1: ports\[0\]: .*mode=fast"):
+        loads_topology("ports: ['afxdp:eth1?mode=fast']\n", "x.yaml")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from onvm import latency
+from onvm.control import ops
 from onvm.errors import LifecycleError, OnvmError
 from onvm.web.api import Api, Request
 from onvm.web.sampler import add_rates, services
@@ -66,13 +67,14 @@ class FakeControl:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
-        self.calls.append((op, args))
-        if op == "stop_nf" and args["nf_id"] == 99:
+    def __call__(self, op: ops.Op) -> dict[str, Any]:
+        args = op.args()
+        self.calls.append((op.op_name, args))
+        if op.op_name == "stop_nf" and args["nf_id"] == 99:
             raise OnvmError("no NF with id 99", code="no_such_nf")
-        if op == "stop_nf" and args["nf_id"] == 7:
+        if op.op_name == "stop_nf" and args["nf_id"] == 7:
             raise LifecycleError("can't stop NF 7 in state STOPPED")
-        return {"ok": op}
+        return {"ok": op.op_name}
 
 
 @pytest.fixture
@@ -187,10 +189,20 @@ def test_stop_nf_with_the_token(api):
 
 def test_shutdown_and_generic_control(api):
     assert call(api, "POST", "/api/shutdown", token=TOKEN)[0] == 200
+    body = b'{"service": 2, "policy": "round-robin"}'
+    code, data, _ = call(api, "POST", "/api/control/service_policy", body=body, token=TOKEN)
+    assert code == 200
+    assert api.control.calls[-1] == ("service_policy", {"service": 2, "policy": "round-robin"})
+    calls = len(api.control.calls)
+    # The operations table checks the arguments before anything reaches the manager.
     code, data, _ = call(api, "POST", "/api/control/status", body=b'{"verbose": true}', token=TOKEN)
-    assert code == 200 and api.control.calls[-1] == ("status", {"verbose": True})
-    for op in ("register", "start", "stopping", "Bad-Op"):
+    assert code == 400 and "unknown argument 'verbose'" in data["error"]
+    code, data, _ = call(api, "POST", "/api/control/service_policy", body=b'{"service": 2, "policy": "x"}',
+                         token=TOKEN)
+    assert code == 400 and "policy 'x'" in data["error"]
+    for op in ("register", "start", "stopping", "hello", "subscribe", "packet_in", "Bad-Op", "x" * 300):
         assert call(api, "POST", f"/api/control/{op}", token=TOKEN)[0] == 400
+    assert len(api.control.calls) == calls
 
 
 def test_foreign_origin_and_host_are_refused(api):

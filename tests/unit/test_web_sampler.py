@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
+from onvm.manager.events import EventLog
 from onvm.web.sampler import Sampler, add_rates, describe_hops, services
 from tests.unit.test_web_api import make_status
 
 
 class FakeManager:
     def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.region = self
-        self.stopping = threading.Event()
-        self.events = [(1.0, "one"), (2.0, "two")]
+        self.log = EventLog("m", quiet=True)
+        self.log("one")
+        self.log("two")
         self.rx = 100
 
-    def status(self) -> dict[str, Any]:
-        return make_status(self.rx)
-
-    def chain(self, cid: int) -> list[tuple[int, int]]:
-        return [(2, 1), (3, 1)] if cid == 0 else []
-
-    def web_sections(self) -> dict[str, Any]:
-        return {"sdn": {"controller": "none"}}
+    def sample(self) -> dict[str, Any]:
+        return {"status": make_status(self.rx), "chains": [(0, [(2, 1), (3, 1)], [(5, 0), (0, 2)])],
+                "sections": {"sdn": {"controller": "none"}}}
 
 
 def test_rates_follow_the_counters_and_skip_a_replaced_nf():
@@ -56,11 +50,12 @@ def test_describe_hops():
 
 def test_sampler_publishes_samples_and_events():
     m = FakeManager()
-    s = Sampler(m, interval=0.05)
+    s = Sampler(m.sample, m.log, interval=0.05)
     s.start()
     try:
         first = s.latest()
         assert first["chains"][0]["hops"][0] == {"action": "tonf", "dest": 1}
+        assert first["chains"][0]["drops"] == [{"early": 5, "late": 0}, {"early": 0, "late": 2}]
         assert first["sdn"] == {"controller": "none"}  # extra sections from the manager
         m.rx = 10_000
         seq = s.seq

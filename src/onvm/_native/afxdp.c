@@ -73,7 +73,7 @@
 #define XDP_MAX_TX_SKB_BUDGET 9 /* Linux 6.17: frames one sendto() may transmit in copy mode */
 #endif
 
-#define UMEM_RING 4096u              /* fill and completion ring entries (UMEM-wide) */
+#define UMEM_RING 16384u             /* fill and completion ring entries (UMEM-wide) */
 #define FILL_BATCH 32u               /* refill when this many are missing */
 #define POOL_RETRY_NS 100000ull      /* the pool was empty: come back this soon */
 #define STATS_EVERY_NS 100000000ull  /* read the kernel's drop counters 10 times a second */
@@ -354,8 +354,11 @@ static int check_interface(int ifindex, const char *ifname, int *stale_fd, uint3
     }
     if (owner_alive(&o)) {
         close(fd);
-        snprintf(err, errlen, "afxdp %s: in use by manager '%s' (pid %d), which is running", ifname,
-                 o.manager, o.pid);
+        if (o.pid == getpid())
+            snprintf(err, errlen, "afxdp %s: the interface is a port of this manager already", ifname);
+        else
+            snprintf(err, errlen, "afxdp %s: in use by manager '%s' (pid %d), which is running", ifname,
+                     o.manager, o.pid);
         return -EBUSY;
     }
     *stale_fd = fd;
@@ -363,6 +366,23 @@ static int check_interface(int ifindex, const char *ifname, int *stale_fd, uint3
     snprintf(notice, nlen, "replaced the XDP program (id %u) left on %s by manager '%s' (pid %d, gone)", id,
              ifname, o.manager, o.pid);
     return 1;
+}
+
+/* One try in one mode, through a BPF link or by netlink. */
+static int attach_mode(struct axp *a, uint32_t mode, int use_link) {
+    if (use_link) {
+        LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = mode);
+        int fd = bpf_link_create(a->prog_fd, a->ifindex, BPF_XDP, &lo);
+        if (fd < 0)
+            return fd;
+        a->link_fd = fd;
+    } else {
+        int rc = bpf_xdp_attach(a->ifindex, a->prog_fd, mode | XDP_FLAGS_UPDATE_IF_NOEXIST, NULL);
+        if (rc != 0)
+            return rc;
+    }
+    a->xdp_flags = mode;
+    return 0;
 }
 
 /* Attach the program in the wanted mode (auto: native, else generic). */
@@ -384,28 +404,10 @@ static int attach(struct axp *a, int want_flags, int stale_fd, uint32_t stale_mo
     }
     int rc = -EOPNOTSUPP;
     for (unsigned i = 0; i < nmodes; i++) {
-        if (use_link) {
-            LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = modes[i]);
-            int fd = bpf_link_create(a->prog_fd, a->ifindex, BPF_XDP, &lo);
-            if (fd >= 0) {
-                a->link_fd = fd;
-                a->xdp_flags = modes[i];
-                return 0;
-            }
-            rc = fd;
-            if (rc == -EINVAL && i == 0) { /* no XDP links here: netlink it is */
-                use_link = 0;
-                i--;
-                continue;
-            }
-        } else {
-            rc = bpf_xdp_attach(a->ifindex, a->prog_fd, modes[i] | XDP_FLAGS_UPDATE_IF_NOEXIST, NULL);
-            if (rc == 0) {
-                a->xdp_flags = modes[i];
-                return 0;
-            }
-        }
-        if (rc != -EOPNOTSUPP && rc != -EINVAL)
+        rc = attach_mode(a, modes[i], use_link);
+        if (rc == -EINVAL && use_link) /* a kernel without XDP links (before 5.9) */
+            rc = attach_mode(a, modes[i], use_link = 0);
+        if (rc == 0 || (rc != -EOPNOTSUPP && rc != -EINVAL))
             break;
     }
     return rc;
@@ -434,25 +436,30 @@ static void refill(struct onvm_port *p, struct axp *a, struct axq *q, struct onv
     uint32_t want = a->fill_target - q->rx_lent;
     if (want < FILL_BATCH && q->rx_lent)
         return;
-    uint32_t buf[UMEM_RING], idx;
-    uint32_t got = onvm_port_lend_alloc(r, st, (unsigned)p->id, buf, want);
-    if (got < want && q->rx_lent < FILL_BATCH) {
-        /* The fill ring runs dry (the kernel drops what arrives): look again soon. */
-        __atomic_fetch_add(&p->no_slot, 1, __ATOMIC_RELAXED);
-        if (next_due && now + POOL_RETRY_NS < *next_due)
-            *next_due = now + POOL_RETRY_NS;
-    }
-    if (got == 0)
-        return;
-    /* The ring holds UMEM_RING >= fill_target >= what is lent to it: this fits. */
-    uint32_t room = xsk_ring_prod__reserve(&q->fill, got, &idx);
-    for (uint32_t i = 0; i < room; i++)
-        *xsk_ring_prod__fill_addr(&q->fill, idx + i) = slot_addr(r, buf[i]);
-    xsk_ring_prod__submit(&q->fill, room);
-    q->rx_lent += room;
-    if (room < got) {
-        onvm_port_took_back(r, st, buf + room, got - room);
-        onvm_pool_free_burst(r, buf + room, got - room);
+    while (want) {
+        uint32_t buf[256], idx, n = want < 256 ? want : 256;
+        uint32_t got = onvm_port_lend_alloc(r, st, (unsigned)p->id, buf, n);
+        if (got == 0) {
+            if (q->rx_lent < FILL_BATCH) {
+                /* The fill ring runs dry (the kernel drops what arrives): look again soon. */
+                __atomic_fetch_add(&p->no_slot, 1, __ATOMIC_RELAXED);
+                if (next_due && now + POOL_RETRY_NS < *next_due)
+                    *next_due = now + POOL_RETRY_NS;
+            }
+            return;
+        }
+        /* The fill ring has UMEM_RING >= fill_target >= rx_lent entries: this fits. */
+        uint32_t room = xsk_ring_prod__reserve(&q->fill, got, &idx);
+        for (uint32_t i = 0; i < room; i++)
+            *xsk_ring_prod__fill_addr(&q->fill, idx + i) = slot_addr(r, buf[i]);
+        xsk_ring_prod__submit(&q->fill, room);
+        q->rx_lent += room;
+        if (room < got) {
+            onvm_port_took_back(r, st, buf + room, got - room);
+            onvm_pool_free_burst(r, buf + room, got - room);
+            return;
+        }
+        want -= got;
     }
 }
 
@@ -485,6 +492,15 @@ static uint32_t axp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
     refill(p, a, q, r, st, now, next_due);
     uint32_t idx, got = xsk_ring_cons__peek(&q->rx, n, &idx), k = 0, bad = 0;
     uint16_t stamp = ONVM_OWNER_PORT(p->id);
+    /* The kernel wrote these frames on another CPU: start fetching their first
+     * line and their meta for the whole burst before touching any of them. */
+    for (uint32_t i = 0; i < got; i++) {
+        uint64_t addr = xsk_ring_cons__rx_desc(&q->rx, idx + i)->addr;
+        if (addr < (uint64_t)r->pool_count * r->slot_size) {
+            __builtin_prefetch(r->slots + addr);
+            __builtin_prefetch(&r->meta[addr / r->slot_size], 1);
+        }
+    }
     for (uint32_t i = 0; i < got; i++) {
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx + i);
         uint64_t s = d->addr / r->slot_size;
@@ -673,8 +689,8 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
     const char *ifname = c->ifname;
     unsigned nq = c->queues ? c->queues : 1;
     if (nq > ONVM_PORT_MAX_QUEUES || c->ring < 64 || c->ring > 16384 || (c->ring & (c->ring - 1)) ||
-        c->fill > UMEM_RING || c->mode > ONVM_AFXDP_SKB) {
-        snprintf(err, errlen, "afxdp %s: queues 1..%d, ring a power of two 64..16384, fill 0..%u", ifname,
+        c->fill > c->ring || c->mode > ONVM_AFXDP_SKB) {
+        snprintf(err, errlen, "afxdp %s: queues 1..%d, ring a power of two 64..%u, fill 0..ring", ifname,
                  ONVM_PORT_MAX_QUEUES, UMEM_RING);
         return NULL;
     }
@@ -767,10 +783,10 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
         goto fail;
     }
     /* Enough slots in each fill ring to ride out a burst, not so many that a
-     * port starves the pool. */
+     * port starves the pool; never more than the RX ring holds. */
     uint32_t fill = c->fill ? c->fill : r->pool_count / (4 * nq);
-    if (fill > UMEM_RING / 2 && !c->fill)
-        fill = UMEM_RING / 2;
+    if (fill > c->ring)
+        fill = c->ring;
     if (fill < FILL_BATCH)
         fill = FILL_BATCH;
     a->fill_target = fill;

@@ -1,5 +1,6 @@
 /* flowbind.c - Region methods for chains by name, the flow table and rules. */
 #include "onvm_flow.h"
+#include "onvm_parse.h"
 #include "onvm_nf.h"
 
 #include <stdlib.h>
@@ -311,6 +312,29 @@ PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
     struct onvm_flow_key k;
     if (onvm_flow_key_of(&m, d, &k) != 0)
+        Py_RETURN_NONE;
+    return key_tuple(&k);
+}
+
+/* packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP) */
+PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer b;
+    unsigned in_port = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &in_port))
+        return NULL;
+    if (in_port > UINT16_MAX || b.len > UINT16_MAX) {
+        PyBuffer_Release(&b);
+        return PyErr_Format(PyExc_ValueError, "in_port is 16 bits and a packet at most 65535 bytes");
+    }
+    struct onvm_meta meta = {0};
+    meta.len = (uint32_t)b.len;
+    meta.in_port = (uint16_t)in_port;
+    onvm_parse(&meta, b.buf, meta.len);
+    struct onvm_flow_key k;
+    int rc = onvm_flow_key_of(&meta, b.buf, &k);
+    PyBuffer_Release(&b);
+    if (rc != 0)
         Py_RETURN_NONE;
     return key_tuple(&k);
 }

@@ -72,6 +72,7 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         sent++;
     }
     Py_DECREF(fast);
+    onvm_bp_pushed(r, rx); /* a producer: past high, the ring is congested */
     if (PyErr_Occurred())
         return NULL;
     return PyLong_FromSsize_t(sent);
@@ -108,6 +109,7 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
         }
         onvm_pool_free_burst(r, buf, n);
     }
+    onvm_bp_drained(r, ring); /* the consumer: producers waiting for the ring go on */
     return out;
 }
 

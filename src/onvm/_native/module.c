@@ -8,6 +8,7 @@
 #include <Python.h>
 
 
+#include "onvm_capi.h"
 #include <sys/mman.h>
 
 #include "onvm_mgr.h"
@@ -18,6 +19,8 @@
 
 PyObject *onvm_RegionError;
 int onvm_latency_register(PyObject *m); /* latency.c */
+PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args); /* flowbind.c */
+int onvm_bpstress_register(PyObject *m); /* bpstress.c */
 
 static PyObject *raise_region(int err, const char *msg) {
     PyObject *v = Py_BuildValue("(is)", err < 0 ? -err : err, msg);
@@ -427,7 +430,7 @@ static PyObject *Region_nf_set_draining(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (check_nf(id) < 0)
         return NULL;
-    onvm_nf_set_state(&self->r, id, ONVM_NFS_DRAINING);
+    onvm_nf_set_draining(&self->r, id);
     Py_RETURN_NONE;
 }
 
@@ -477,6 +480,14 @@ static PyObject *u64_tuple(const uint64_t *v, int n) {
  * for or -1 for home; cpu_now is the CPU applied, -1 home, -2 refused. */
 static long cpu_word(uint32_t v) {
     return v == ONVM_CPU_REFUSED ? -2 : (long)v - 1;
+}
+
+/* d[key] = v for counters; -1 with an exception set on failure. */
+static int put_u64(PyObject *d, const char *key, uint64_t v) {
+    PyObject *o = d ? PyLong_FromUnsignedLongLong(v) : NULL;
+    int rc = o && PyDict_SetItemString(d, key, o) == 0 ? 0 : -1;
+    Py_XDECREF(o);
+    return rc;
 }
 
 static int put_cpu(PyObject *d, _Atomic uint32_t *want, _Atomic uint32_t *now) {
@@ -573,15 +584,14 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
         "handler_ns", (unsigned long long)st.handler_ns, "sleeping",
         atomic_load(&nf->wait.sleeping), "tx_worker", nf->tx_worker, "wakeups",
         (unsigned long long)nf->wait.wakeups);
-    PyObject *pe = d ? PyLong_FromUnsignedLongLong(st.parse_errors) : NULL;
-    if (!pe || PyDict_SetItemString(d, "parse_errors", pe) < 0)
-        Py_CLEAR(d);
-    Py_XDECREF(pe);
-    PyObject *busy = d ? PyLong_FromUnsignedLongLong(st.busy_ns) : NULL;
-    if (!busy || PyDict_SetItemString(d, "busy_ns", busy) < 0)
-        Py_CLEAR(d);
-    Py_XDECREF(busy);
-    if (d && put_cpu(d, &nf->cpu.want, &nf->cpu.now) < 0)
+    struct onvm_ring *rx = onvm_nf_ring(&self->r, id, 0);
+    if (put_u64(d, "parse_errors", st.parse_errors) < 0 || put_u64(d, "busy_ns", st.busy_ns) < 0 ||
+        put_u64(d, "late", st.late) < 0 || put_u64(d, "blocked", st.blocked) < 0 ||
+        put_u64(d, "blocked_ns", st.blocked_ns) < 0 ||
+        put_u64(d, "early", atomic_load_explicit(&nf->bp.early, ONVM_RELAXED)) < 0 ||
+        put_u64(d, "blocked_on", atomic_load_explicit(&nf->bp.blocked_on, ONVM_RELAXED)) < 0 ||
+        put_u64(d, "rx_congested", onvm_bp_congested(rx)) < 0 ||
+        put_cpu(d, &nf->cpu.want, &nf->cpu.now) < 0)
         Py_CLEAR(d);
     /* The manager's own view of it (what the NF cannot write): fenced, and why. */
     struct onvm_nf_view *v = &self->r.view[id];
@@ -654,9 +664,32 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
                                 (unsigned long long)w->busy_loops, "sleeps",
                                 (unsigned long long)w->wait.sleeps, "wakeups",
                                 (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
-    if (d && put_cpu(d, &w->cpu_want, &w->cpu_now) < 0)
+    if (put_u64(d, "held", w->held) < 0 || put_cpu(d, &w->cpu_want, &w->cpu_now) < 0)
         Py_CLEAR(d);
     return d;
+}
+
+/* chain_drops(chain) -> [(early, late)] for each hop of the chain (onvm_hop_drops). */
+static PyObject *Region_chain_drops(RegionObject *self, PyObject *args) {
+    unsigned chain;
+    if (!PyArg_ParseTuple(args, "I", &chain))
+        return NULL;
+    REGION_OPEN(self);
+    if (chain >= ONVM_MAX_CHAINS)
+        return PyErr_Format(PyExc_ValueError, "chain %u is out of range (0..%d)", chain, ONVM_MAX_CHAINS - 1);
+    struct onvm_chain *c = &self->r.chains[chain];
+    unsigned n = c->count < ONVM_MAX_HOPS ? c->count : ONVM_MAX_HOPS;
+    PyObject *l = PyList_New(n);
+    for (unsigned i = 0; l && i < n; i++) {
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)atomic_load_explicit(&c->drops[i].early, ONVM_RELAXED),
+                                    (unsigned long long)atomic_load_explicit(&c->drops[i].late, ONVM_RELAXED));
+        if (!t) {
+            Py_CLEAR(l);
+            break;
+        }
+        PyList_SET_ITEM(l, i, t);
+    }
+    return l;
 }
 
 static PyObject *Region_set_service(RegionObject *self, PyObject *args) {
@@ -787,6 +820,7 @@ static PyMethodDef Region_methods[] = {
     {"port_info", (PyCFunction)Region_port_info, METH_VARARGS, "Port counters summed over workers."},
     {"set_port_info", (PyCFunction)Region_set_port_info, METH_VARARGS, ""},
     {"worker_info", (PyCFunction)Region_worker_info, METH_VARARGS, "Worker counters and CPU request."},
+    {"chain_drops", (PyCFunction)Region_chain_drops, METH_VARARGS, "chain_drops(chain) -> [(early, late)] per hop."},
     {"busy_ns", (PyCFunction)Region_busy_ns, METH_VARARGS,
      "busy_ns(workers, nf_ids) -> total busy ns of worker rows 0..workers-1 and the NFs named."},
     {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,
@@ -1150,11 +1184,24 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    return Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
-                         atomic_load(&p->rx_done), "error", p->error, "pool_empty",
-                         (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
-                         "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
-                         (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
+    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
+                                atomic_load(&p->rx_done), "error", p->error, "pool_empty",
+                                (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
+                                "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
+                                (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
+    if (d && p->has_devstats) {
+        const struct onvm_port_devstats *s = &p->devstats;
+        PyObject *dev = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "ipackets",
+                                      (unsigned long long)s->ipackets, "opackets", (unsigned long long)s->opackets,
+                                      "ibytes", (unsigned long long)s->ibytes, "obytes",
+                                      (unsigned long long)s->obytes, "imissed", (unsigned long long)s->imissed,
+                                      "ierrors", (unsigned long long)s->ierrors, "oerrors",
+                                      (unsigned long long)s->oerrors, "rx_nombuf", (unsigned long long)s->rx_nombuf);
+        if (!dev || PyDict_SetItemString(d, "device", dev) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(dev);
+    }
+    return d;
 }
 
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
@@ -1256,10 +1303,10 @@ static void Ring_dealloc(RingObject *self) {
 }
 
 static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"items", "mp", "bulk", NULL};
+    static char *kwlist[] = {"items", "mp", "bulk", "bp", NULL};
     PyObject *items;
-    int mp = 0, bulk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &items, &mp, &bulk))
+    int mp = 0, bulk = 0, bp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ppp", kwlist, &items, &mp, &bulk, &bp))
         return NULL;
     PyObject *fast = PySequence_Fast(items, "items must be a sequence of ints");
     if (!fast)
@@ -1284,15 +1331,17 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(fast);
     uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, self->mask, buf, (uint32_t)n, bulk, NULL, 0)
                        : onvm_ring_enqueue_sp(self->ring, self->mask, buf, (uint32_t)n, bulk);
+    if (bp)
+        onvm_bp_pushed(NULL, self->ring);
     PyMem_Free(buf);
     return PyLong_FromUnsignedLong(done);
 }
 
 static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"n", "bulk", NULL};
+    static char *kwlist[] = {"n", "bulk", "bp", NULL};
     unsigned n;
-    int bulk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &n, &bulk))
+    int bulk = 0, bp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|pp", kwlist, &n, &bulk, &bp))
         return NULL;
     if (n > self->mask) {
         if (bulk)
@@ -1303,6 +1352,8 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
     if (!buf)
         return PyErr_NoMemory();
     uint32_t got = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, n, bulk);
+    if (bp)
+        onvm_bp_drained(NULL, self->ring);
     PyObject *l = list_from_slots(buf, got);
     PyMem_Free(buf);
     return l;
@@ -1319,6 +1370,14 @@ static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
 static PyObject *Ring_capacity(RingObject *self, void *c) {
     (void)c;
     return PyLong_FromUnsignedLong(self->mask);
+}
+static PyObject *Ring_watermarks(RingObject *self, void *c) {
+    (void)c;
+    return Py_BuildValue("(II)", self->ring->high, self->ring->low);
+}
+static PyObject *Ring_congested(RingObject *self, void *c) {
+    (void)c;
+    return PyBool_FromLong(onvm_bp_congested(self->ring));
 }
 
 struct stress_arg {
@@ -1378,15 +1437,17 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
 
 static PyMethodDef Ring_methods[] = {
     {"enqueue", (PyCFunction)(void (*)(void))Ring_enqueue, METH_VARARGS | METH_KEYWORDS,
-     "enqueue(items, mp=False, bulk=False) -> count enqueued"},
+     "enqueue(items, mp=False, bulk=False, bp=False) -> count enqueued; bp: as a producer sets the watermark flag"},
     {"dequeue", (PyCFunction)(void (*)(void))Ring_dequeue, METH_VARARGS | METH_KEYWORDS,
-     "dequeue(n, bulk=False) -> list"},
+     "dequeue(n, bulk=False, bp=False) -> list; bp: as the consumer clears the watermark flag"},
     {"count", (PyCFunction)Ring_count, METH_NOARGS, ""},
     {"free_count", (PyCFunction)Ring_free_count, METH_NOARGS, ""},
     {"stress", (PyCFunction)Ring_stress, METH_VARARGS, "stress(producers, per_producer, burst)"},
     {NULL}};
 
 static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
+                                     {"watermarks", (getter)Ring_watermarks, NULL, "(high, low)", NULL},
+                                     {"congested", (getter)Ring_congested, NULL, "past high, not yet drained to low", NULL},
                                     {NULL}};
 
 /* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
@@ -1407,6 +1468,51 @@ static PyTypeObject RingType = {
     .tp_methods = Ring_methods,
     .tp_getset = Ring_getset,
     .tp_new = Ring_new,
+};
+
+/* ===== C API for driver modules (onvm_capi.h) ============================== */
+
+static struct onvm_region *capi_region(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &RegionType)) {
+        PyErr_SetString(PyExc_TypeError, "expected an onvm._native.Region");
+        return NULL;
+    }
+    RegionObject *self = (RegionObject *)obj;
+    if (!self->r.base) {
+        raise_region(EBADF, "region is closed");
+        return NULL;
+    }
+    return &self->r;
+}
+
+static struct onvm_mgr *capi_manager(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &ManagerType)) {
+        PyErr_SetString(PyExc_TypeError, "expected an onvm._native.Manager");
+        return NULL;
+    }
+    return ((ManagerObject *)obj)->m;
+}
+
+static int capi_add_port(PyObject *obj, unsigned id, struct onvm_port *p) {
+    if (!capi_manager(obj) || !port_slot_ok((ManagerObject *)obj, id))
+        return -1;
+    ((ManagerObject *)obj)->m->ports[id] = p;
+    return 0;
+}
+
+static const struct onvm_capi capi = {
+    .version = ONVM_CAPI_VERSION,
+    .layout_version = ONVM_LAYOUT_VERSION,
+    .sizeof_port = sizeof(struct onvm_port),
+    .sizeof_region = sizeof(struct onvm_region),
+    .region = capi_region,
+    .manager = capi_manager,
+    .add_port = capi_add_port,
+    .port_new = onvm_port_new,
+    .port_close = onvm_port_close,
+    .pool_alloc_burst = onvm_pool_alloc_burst,
+    .pool_free_burst = onvm_pool_free_burst,
+    .port_reclaim = onvm_port_reclaim,
 };
 
 /* ===== module functions ==================================================== */
@@ -1467,6 +1573,8 @@ static PyMethodDef module_methods[] = {
     {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
      "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
+    {"packet_key", onvm_mod_packet_key, METH_VARARGS,
+     "packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP)"},
     {"flow_hash", mod_flow_hash, METH_VARARGS, "flow_hash(a, b, port_a, port_b, proto)"},
     {NULL}};
 
@@ -1485,6 +1593,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_INCREF(types[i]);
         PyModule_AddObject(m, strrchr(types[i]->tp_name, '.') + 1, (PyObject *)types[i]);
     }
+    PyModule_AddObject(m, "_C_API", PyCapsule_New((void *)&capi, ONVM_CAPI_NAME, NULL));
     onvm_RegionError = PyErr_NewException("onvm._native.RegionError", PyExc_OSError, NULL);
     PyModule_AddObject(m, "RegionError", onvm_RegionError);
     PyModule_AddIntConstant(m, "LAYOUT_VERSION", ONVM_LAYOUT_VERSION);
@@ -1508,7 +1617,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
     PyModule_AddIntConstant(m, "DROP_INVALID", ONVM_DROP_INVALID);
     if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
-        onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0)
+        onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0 ||
+        onvm_bpstress_register(m) < 0)
         return NULL;
     return m;
 }

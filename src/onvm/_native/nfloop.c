@@ -18,6 +18,7 @@
 #include "onvm_parse.h"
 
 #define NF_SPIN_POLLS 512
+#define NF_BLOCKED_POLLS 16 /* a congested ring drains by ring_size/4 before it clears: sleep soon */
 #define NF_MAX_SLEEP_NS 1000000000L /* every stop, message and signal wakes it sooner */
 
 /* ===== NFContext ============================================================ */
@@ -66,6 +67,7 @@ static int NFContext_build(NFContextObject *self, PyObject *args) {
     self->route->act = nf->stats.act;
     self->route->drops = nf->stats.drops;
     self->route->tx = &nf->stats.tx;
+    self->route->late = &nf->stats.late;
     self->pkt = onvm_packet_new(ro);
     self->meta = onvm_meta_new();
     if (!self->pkt || !self->meta)
@@ -163,12 +165,11 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     uint64_t ttl_ns = ttl > 0 ? (uint64_t)(ttl * 1e9) : 0;
     uint64_t period_ns = period > 0 ? (uint64_t)(period * 1e9) : 1000000000ull;
     uint64_t next_periodic = start + period_ns, next_yield = start + 10000000ull;
-    uint64_t handled = 0;
+    uint64_t handled = 0, blocked_since = 0;
     unsigned idle = 0;
     const char *reason = "stopped";
     int failed = 0;
-    self->local_stop = 0;
-    self->running = 1;
+    self->running = 1; /* a stop() that came before run() (a signal at start-up) ends it at once */
     struct onvm_cpu_follow cpu;
     onvm_cpu_follow_init(&cpu, &nf->cpu.now);
 
@@ -184,20 +185,36 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         }
         if (self->local_stop)
             break;
-        uint32_t want = burst;
-        if (limit && limit - handled < want)
-            want = (uint32_t)(limit - handled);
-        uint32_t bad_slot = 0, bad_rec = 0;
-        uint32_t n = onvm_take(r, rx, &rx_head, self->buf, want, ONVM_TRANSIT_TO,
-                               ONVM_OWNER_TRANSIT(0, self->nf_id), (uint16_t)self->nf_id, &bad_slot, &bad_rec);
-        if (bad_slot | bad_rec)
-            st->drops[ONVM_DROP_INVALID] += bad_slot + bad_rec; /* what another NF sent wrongly */
+        /* Backpressure (onvm_bp.h): while a ring it fed is congested, take nothing new. */
+        struct onvm_ring *blocked = NULL;
+        if (self->route->nfed || blocked_since) {
+            blocked = onvm_route_blocked(self->route);
+            if (blocked && !blocked_since) {
+                blocked_since = onvm_now_ns();
+                st->blocked++;
+            } else if (!blocked && blocked_since) {
+                st->blocked_ns += onvm_now_ns() - blocked_since;
+                blocked_since = 0;
+            }
+        }
+        uint32_t n = 0;
+        if (!blocked) {
+            uint32_t want = burst;
+            if (limit && limit - handled < want)
+                want = (uint32_t)(limit - handled);
+            uint32_t bad_slot = 0, bad_rec = 0;
+            n = onvm_take(r, rx, &rx_head, self->buf, want, ONVM_TRANSIT_TO, ONVM_OWNER_TRANSIT(0, self->nf_id),
+                          (uint16_t)self->nf_id, &bad_slot, &bad_rec);
+            if (bad_slot | bad_rec)
+                st->drops[ONVM_DROP_INVALID] += bad_slot + bad_rec; /* what another NF sent wrongly */
+            onvm_bp_drained(r, rx);
+        }
         /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
         atomic_fetch_add_explicit(&nf->epoch, 1, memory_order_seq_cst);
         onvm_grace_pass(r->hdr);
         uint64_t now;
         if (n == 0) {
-            if (++idle < NF_SPIN_POLLS) {
+            if (++idle < (blocked ? NF_BLOCKED_POLLS : NF_SPIN_POLLS)) {
                 onvm_idle_poll(idle);
                 continue;
             }
@@ -215,7 +232,10 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 sleep_ns = NF_MAX_SLEEP_NS;
             if (sleep_ns > 0) {
                 onvm_waiter_prepare(&nf->wait);
-                if (onvm_ring_count(rx, r->ring_mask) || atomic_load(&nf->stop) || atomic_load(&self->msg_flag)) {
+                if (!blocked)
+                    onvm_bp_drained(r, rx); /* after the fence: a flag set as we drained is seen */
+                if (atomic_load(&nf->stop) || atomic_load(&self->msg_flag) ||
+                    (blocked ? !onvm_bp_wait_on(blocked, 1ull << self->nf_id) : onvm_ring_count(rx, r->ring_mask) != 0)) {
                     onvm_waiter_cancel(&nf->wait);
                 } else {
                     Py_BEGIN_ALLOW_THREADS onvm_waiter_sleep(&nf->wait, sleep_ns);
@@ -329,6 +349,11 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         }
     }
     release_bufs(&bb);
+    self->local_stop = 0;
+    if (blocked_since) {
+        st->blocked_ns += onvm_now_ns() - blocked_since;
+        atomic_store(&nf->bp.blocked_on, 0);
+    }
     self->running = 0;
     onvm_held_flush(self->route, &self->held);
     if (failed)

@@ -18,7 +18,7 @@
  * takes it out.  A producer stamps what it enqueues before it publishes it; a
  * consumer takes an entry only if the slot it names is in the pool and stamped
  * in transit to it, and stamps it with its own id; whoever frees a slot stamps
- * it free (a slot already free is refused).  So a ring can hand a consumer only
+ * it free, and only slots stamped free are handed out.  So a ring can hand a consumer only
  * what some producer gave it, once, whatever anyone wrote into the ring: a
  * wrong index, a slot twice, a slot the writer does not hold.  When an NF
  * leaves, the slots stamped with its id, or in transit to it, or in transit from
@@ -40,7 +40,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 6u
+#define ONVM_LAYOUT_VERSION 7u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -68,7 +68,6 @@
 #define ONVM_TRANSIT_FROM(o) (((unsigned)(o) >> 6) & 63u)
 #define ONVM_IS_TRANSIT(o) (((o) & 0xf000u) == 0x8000u)
 #define ONVM_SLOT_NIL 0xffffffffu
-#define ONVM_SLOT_SKIP 0xfffffffeu /* ring entry voided by crash repair */
 
 enum onvm_action {
     ONVM_ACT_DROP = 0,
@@ -90,6 +89,8 @@ enum onvm_drop_reason {
     ONVM_DROP_NO_SLOT,     /* the pool was empty */
     ONVM_DROP_PORT,        /* the port could not take it (error, too big) */
     ONVM_DROP_KERNEL,      /* the kernel's ring for an AF_PACKET/TAP port was full */
+    ONVM_DROP_MISSED,      /* left in the port: a paced gen port could not deliver it, a device's RX ring was full (rx_missed) */
+    ONVM_DROP_EARLY,       /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */
     ONVM_DROP_INVALID,     /* failed validation: a ring entry naming no slot of the pool or a
                             * slot not handed over to the reader, a packet record whose length
                             * or offset lies outside its slot, a table left half written */
@@ -119,7 +120,7 @@ struct onvm_meta {
     uint8_t flags;
     uint8_t l3_type; /* enum onvm_l3 */
     uint8_t l4_proto;
-    uint8_t reserved0;
+    uint8_t from_hop; /* the chain hop whose NF handed the packet on last (late-drop accounting) */
     uint16_t l3_off; /* offsets from the packet start; 0 when absent */
     uint16_t l4_off;
     uint16_t chain_id;
@@ -144,14 +145,20 @@ struct onvm_waiter {
 
 /* Lock-free ring of slot indices: power-of-two size, head/tail on separate lines.
  * The producer side packs {position, count of reservations} into 64 bits (see
- * onvm_ring.h).  size, mask, capacity and waiter_off are written once, for dumps:
- * a ring's users take its geometry from their own copy of the header, never from
- * a ring that its consumer or a producer may have scribbled on. */
+ * onvm_ring.h).  size, mask, capacity, waiter_off and the watermarks are written
+ * once, for dumps: a ring's users take its geometry from their own copy of the
+ * header, never from a ring that its consumer or a producer may have scribbled on.
+ * The first line is read rarely and written rarely: the watermark state
+ * (onvm_bp.h) changes once per fill and drain, not per burst. */
 struct onvm_ring {
     alignas(ONVM_CACHE_LINE) uint32_t size;
     uint32_t mask;
     uint32_t capacity;
-    uint32_t waiter_off; /* region offset of the consumer's waiter, 0 for none */
+    uint32_t waiter_off;         /* region offset of the consumer's waiter, 0 for none */
+    uint32_t high, low;          /* watermarks: congested past high until drained to low */
+    _Atomic uint32_t congested;  /* set by a producer past high, cleared by the consumer at low */
+    uint32_t pad0;
+    _Atomic uint64_t waiting;    /* producers asleep until it clears: bit = NF id, bit 0 = RX workers */
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
         _Atomic uint64_t tail;
@@ -193,6 +200,9 @@ struct onvm_nf_stats {
     uint64_t handler_ns; /* time spent in the Python handler */
     uint64_t parse_errors;
     uint64_t busy_ns; /* time spent on bursts, from dequeue to delivery (packing's load) */
+    uint64_t late;       /* packets this NF handled that were then dropped: the next ring full or gone */
+    uint64_t blocked;    /* times it stopped taking packets because a ring it feeds was congested */
+    uint64_t blocked_ns; /* time spent so */
     struct onvm_lat_hist lat; /* RX to the end of this NF's handler, per packet */
 };
 
@@ -224,6 +234,11 @@ struct onvm_nf {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t want; /* 1 + CPU the manager asks for; 0: home */
         _Atomic uint32_t now;                           /* what the NF applied (onvm_sched.h) */
     } cpu;
+    struct { /* backpressure (onvm_bp.h); written rarely, by several parties */
+        alignas(ONVM_CACHE_LINE) _Atomic uint32_t blocked_on; /* NF id it waits for, 0: none */
+        uint32_t pad;
+        _Atomic uint64_t early; /* packets RX dropped before any NF because this NF was congested */
+    } bp;
     struct onvm_nf_stats stats;
 };
 
@@ -242,13 +257,21 @@ struct onvm_hop {
     uint16_t dest;
 };
 
+/* Drops per chain hop, added to by RX workers (early) and NFs (late), a burst at a time. */
+struct onvm_hop_drops {
+    _Atomic uint64_t early; /* at RX, before any NF: this hop was congested or had no instance */
+    _Atomic uint64_t late;  /* after this hop's NF handled them: the next ring was full or gone */
+};
+
 struct onvm_chain {
-    alignas(16) _Atomic uint32_t seq;
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t seq;
     uint8_t count;
     uint8_t pad[3];
     struct onvm_hop hops[ONVM_MAX_HOPS];
     char name[24]; /* "" for an unused chain; chain 0 is "default" */
+    alignas(ONVM_CACHE_LINE) struct onvm_hop_drops drops[ONVM_MAX_HOPS];
 };
+static_assert(sizeof(struct onvm_chain) == 6 * ONVM_CACHE_LINE, "a chain: two lines of hops, four of counters");
 
 struct onvm_port_stats {
     alignas(ONVM_CACHE_LINE) uint64_t rx;
@@ -280,6 +303,7 @@ struct onvm_worker {
     _Atomic uint32_t cpu_want; /* 1 + CPU the manager asks for; 0: home (onvm_sched.h) */
     _Atomic uint32_t cpu_now;  /* what the worker applied */
     uint64_t busy_ns;          /* time spent in loops that found work (packing's load) */
+    uint64_t held;             /* RX: times it left a port unread because its chain was congested */
     struct onvm_waiter wait;
 };
 

@@ -8,6 +8,16 @@
 
 struct onvm_mgr;
 
+#define ONVM_RX_SEEN 4 /* chains remembered per port; more: the port is mixed */
+
+/* RX: where a port's last burst went, to leave the port unread while that is congested. */
+struct onvm_rx_seen {
+    uint16_t chain[ONVM_RX_SEEN];
+    uint8_t n;
+    uint8_t mixed; /* more chains than remembered: never held, early discard instead */
+    uint8_t held;  /* left unread in the last round */
+};
+
 struct onvm_mgr_worker {
     struct onvm_mgr *mgr;
     unsigned id;    /* row in the region's worker table and port stats */
@@ -20,6 +30,7 @@ struct onvm_mgr_worker {
     uint64_t drops[ONVM_DROP_COUNT];
     uint64_t handed;
     uint32_t buf[ONVM_BURST_MAX];
+    struct onvm_rx_seen seen[ONVM_MAX_PORTS];
 };
 
 /* A sequence word of a table the audit watches (fence.c): its value and since when. */

@@ -22,6 +22,7 @@ enum onvm_port_kind {
     ONVM_PORT_AFPACKET = 5,
     ONVM_PORT_TAP = 6,
     ONVM_PORT_AFXDP = 7,
+    ONVM_PORT_DPDK = 8, /* dpdk.c, in the optional module onvm._dpdk */
 };
 
 #define ONVM_PORT_MAX_QUEUES ONVM_MAX_WORKERS
@@ -49,6 +50,15 @@ struct onvm_pcap_conf {
     double speed;      /* with timing: 2.0 replays twice as fast */
 };
 
+/* Counters a device keeps itself (DPDK's rte_eth_stats), as last read by the
+ * one worker that reads them. */
+struct onvm_port_devstats {
+    uint64_t ipackets, opackets, ibytes, obytes;
+    uint64_t imissed;   /* the device's RX ring was full */
+    uint64_t ierrors, oerrors;
+    uint64_t rx_nombuf; /* RX refills that found the pool empty */
+};
+
 struct onvm_port;
 typedef uint32_t (*onvm_port_rx_fn)(struct onvm_port *p, struct onvm_region *r, uint32_t *slots,
                                    uint32_t n, uint64_t now, uint64_t *next_due);
@@ -69,12 +79,16 @@ struct onvm_port {
     int kind;
     onvm_port_rx_fn rx; /* NULL: not an input */
     onvm_port_tx_fn tx; /* NULL: not an output */
+    int tx_mt;          /* tx is safe on several workers at once (queues of its own): no tx_lock */
     pthread_mutex_t tx_lock;
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
-    /* pacing */
-    uint64_t rate_pps, next_ns, budget_start, sent_in_budget;
+    /* pacing (ports.c: pace) */
+    uint64_t rate_pps, budget_start;
+    uint64_t taken;          /* packets delivered or missed since budget_start */
+    uint64_t missed;         /* gen with a rate: due but never made (the port's queue was full) */
+    uint64_t missed_counted; /* how much of missed the RX worker has put in the port's stats */
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -98,6 +112,8 @@ struct onvm_port {
     void (*close)(struct onvm_port *p); /* driver cleanup */
     void (*flush)(struct onvm_port *p); /* output drivers: push what is buffered (errors in error) */
     void *drv;              /* driver state */
+    int has_devstats;       /* devstats is kept */
+    struct onvm_port_devstats devstats;
     char path[256];         /* file or interface, for messages */
     char mode[16];          /* how the driver runs, for status (afxdp: zc, copy or skb) */
     char notice[224];       /* something the manager logs once the port is open */
@@ -142,6 +158,10 @@ struct onvm_afxdp_conf {
 struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const struct onvm_afxdp_conf *c,
                                        char *err, size_t errlen);
 void onvm_port_close(struct onvm_port *p);
+/* The RX worker left an input unread this round (backpressure): a paced port
+ * counts what its queue could not keep (missed) and a gen port with a count
+ * ends once all of it was made or missed. */
+void onvm_port_held(struct onvm_port *p, uint64_t now);
 /* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
 int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
                         uint64_t *sent);

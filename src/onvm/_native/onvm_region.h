@@ -133,8 +133,6 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
 /* Pushes slots stamped free already, linked in the order given (n >= 1). */
 void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n);
-int64_t onvm_pool_free_count(const struct onvm_region *r);
-void onvm_slot_reset(struct onvm_region *r, uint32_t idx);
 /* Once port's device holds nothing any more (its queues and rings are gone):
  * frees every slot still stamped as lent to the port and zeroes the port's
  * lent counts (onvm_port.h).  Returns how many slots came back. */
@@ -206,6 +204,30 @@ static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
     atomic_store_explicit(seq, odd + 1, ONVM_RELEASE);
 }
 
+static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
+    return atomic_load_explicit(&r->hdr->free.count, ONVM_RELAXED);
+}
+
+/* A fresh packet's metadata: inline, RX drivers call it per packet. */
+static inline void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
+    struct onvm_meta *m = &r->meta[idx];
+    m->len = 0;
+    m->flow_hash = 0;
+    m->rx_ns = 0;
+    m->in_port = 0;
+    m->dest = 0;
+    m->src_nf = 0;
+    m->action = ONVM_ACT_NEXT;
+    m->chain_idx = 0;
+    m->flags = 0;
+    m->l3_type = 0;
+    m->l4_proto = 0;
+    m->l3_off = 0;
+    m->l4_off = 0;
+    m->chain_id = 0;
+    m->data_off = ONVM_HEADROOM;
+}
+
 /* ---- services and chains (manager writes, everyone reads) ---- */
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
                       unsigned count, unsigned policy);
@@ -222,6 +244,8 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
 /* onvm_service_pick's answer when the service could not be read in time (a sequence
  * left odd): no NF id, and not 0 either, so that it is told from "no instance". */
 #define ONVM_PICK_STUCK 0xffffu
+/* The NF ids of svc's instances (a consistent copy, up to ONVM_MAX_INSTANCES); returns how many. */
+unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf);
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
                    const char *name);
 /* 0 with hop idx of chain; -ENOENT past its end; -EINVAL for no such chain; -EAGAIN when the
@@ -231,6 +255,8 @@ int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, st
 /* ---- NF slots (manager only) ---- */
 int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
                      int pid, unsigned tx_worker, const char *name);
+/* It receives nothing more; producers waiting on its RX ring are released. */
+void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id);
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id);
 /* Both the region's record and the manager's view. */
 void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state);

@@ -72,6 +72,10 @@ static inline void onvm_ring_init(struct onvm_ring *r, uint32_t size, uint32_t w
     r->mask = size - 1;
     r->capacity = size - 1;
     r->waiter_off = waiter_off;
+    /* Backpressure watermarks (onvm_bp.h): the half above high is headroom for
+     * bursts already handled when the ring filled, so they are not dropped. */
+    r->high = size / 2;
+    r->low = size / 4;
 }
 
 /* Entries published and not yet consumed (at most mask, whatever the ring says). */

@@ -35,35 +35,55 @@ static void set_err(char *err, size_t len, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A paced input keeps what falls due and is not read yet, up to this many
+ * packets, as a NIC keeps frames in its RX descriptor ring.  Beyond that a gen
+ * port counts them missed (they were never made: no CPU spent on them) and a
+ * file simply waits. */
+#define PACE_QUEUE 4096
+
 /* How many packets pacing allows now; sets *next_due when it allows none.
  * Packets leave in small bursts (up to 100 us worth, at most 32) rather than
- * one at a time, so a paced port costs a wake-up per burst, not per packet. */
+ * one at a time, so a paced port costs a wake-up per burst, not per packet.
+ * taken counts what was delivered plus what was missed, so that for a gen
+ * port delivered + missed = what the rate asked for, less at most PACE_QUEUE
+ * still waiting. */
 static uint32_t pace(struct onvm_port *p, uint32_t want, uint64_t now, uint64_t *next_due) {
     if (!p->rate_pps)
         return want;
     if (p->budget_start == 0)
         p->budget_start = now;
+    uint64_t cap = p->kind == ONVM_PORT_GEN && p->gen.count ? p->gen.count : UINT64_MAX;
+    uint64_t due = (uint64_t)((__uint128_t)(now - p->budget_start) * p->rate_pps / 1000000000ull);
+    if (due > cap)
+        due = cap;
+    if (due - p->taken > PACE_QUEUE) {
+        uint64_t lost = due - p->taken - PACE_QUEUE;
+        p->taken += lost;
+        if (p->kind == ONVM_PORT_GEN)
+            p->missed += lost;
+    }
     uint64_t batch = p->rate_pps / 10000;
     if (batch < 1)
         batch = 1;
     if (batch > 32)
         batch = 32;
-    uint64_t elapsed = now - p->budget_start;
-    uint64_t allowed = (uint64_t)((__uint128_t)elapsed * p->rate_pps / 1000000000ull);
-    if (allowed < p->sent_in_budget + batch) {
-        uint64_t due = p->budget_start + (uint64_t)((__uint128_t)(p->sent_in_budget + batch) *
-                                                    1000000000ull / p->rate_pps);
-        if (next_due && due < *next_due)
-            *next_due = due;
+    uint64_t target = p->taken + batch < cap ? p->taken + batch : cap;
+    if (due < target) {
+        uint64_t at = p->budget_start + (uint64_t)((__uint128_t)target * 1000000000ull / p->rate_pps);
+        if (next_due && at < *next_due)
+            *next_due = at;
         return 0;
     }
-    uint64_t can = allowed - p->sent_in_budget;
-    /* Restart the budget now and then so a long stall does not turn into a burst. */
-    if (elapsed > 1000000000ull) {
-        p->budget_start = now;
-        p->sent_in_budget = 0;
-    }
+    uint64_t can = due - p->taken;
     return can < want ? (uint32_t)can : want;
+}
+
+void onvm_port_held(struct onvm_port *p, uint64_t now) {
+    if (!p->rate_pps)
+        return;
+    pace(p, 0, now, NULL); /* moves what overflowed its queue to missed */
+    if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->missed >= p->gen.count)
+        atomic_store(&p->rx_done, 1);
 }
 
 /* The pool ran dry: note it and come back shortly instead of sleeping long. */
@@ -151,7 +171,7 @@ static uint32_t gen_size(struct onvm_port *p) {
 static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
                        uint64_t now, uint64_t *next_due) {
     if (p->gen.count) {
-        uint64_t left = p->gen.count - p->produced;
+        uint64_t left = p->gen.count - p->produced - p->missed;
         if (left == 0) {
             atomic_store(&p->rx_done, 1);
             return 0;
@@ -189,7 +209,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         m->in_port = (uint16_t)p->id;
     }
     p->produced += got;
-    p->sent_in_budget += got;
+    p->taken += got;
     return got;
 }
 
@@ -588,7 +608,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
     }
     if (k < got)
         onvm_pool_free_burst(r, slots + k, got - k);
-    p->sent_in_budget += k;
+    p->taken += k;
     return k;
 }
 

@@ -2,6 +2,7 @@
  * chains and NF slots; reclaiming what an NF that left held. */
 #define _GNU_SOURCE
 #include "onvm_region.h"
+#include "onvm_bp.h"
 #include "onvm_flow.h"
 
 #include <fcntl.h>
@@ -389,29 +390,6 @@ void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n
         onvm_pool_push(r, idx, n);
 }
 
-int64_t onvm_pool_free_count(const struct onvm_region *r) {
-    return atomic_load_explicit(&((struct onvm_region *)r)->hdr->free.count, ONVM_RELAXED);
-}
-
-void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
-    struct onvm_meta *m = &r->meta[idx];
-    m->len = 0;
-    m->flow_hash = 0;
-    m->rx_ns = 0;
-    m->in_port = 0;
-    m->dest = 0;
-    m->src_nf = 0;
-    m->action = ONVM_ACT_NEXT;
-    m->chain_idx = 0;
-    m->flags = 0;
-    m->l3_type = 0;
-    m->l4_proto = 0;
-    m->l3_off = 0;
-    m->l4_off = 0;
-    m->chain_id = 0;
-    m->data_off = ONVM_HEADROOM;
-}
-
 /* ---- services and chains -------------------------------------------------- */
 
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
@@ -429,6 +407,22 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     s->count = (uint16_t)count;
     s->policy = (uint16_t)policy;
     onvm_seq_write_end(&s->seq, odd);
+}
+
+unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf) {
+    if (svc >= ONVM_MAX_SERVICES)
+        return 0;
+    struct onvm_service *s = &r->services[svc];
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&s->seq, &s1, &rd)) {
+        unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES;
+        memcpy(nf, s->nf, count * sizeof *nf);
+        if (onvm_seq_end(&s->seq, s1, &rd))
+            return count;
+    }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return 0; /* unreadable in time: no instance, as far as this reader can tell */
 }
 
 static inline uint32_t mix32(uint32_t x) {
@@ -491,12 +485,17 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     if (chain >= ONVM_MAX_CHAINS || n > ONVM_MAX_HOPS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
+    int same = c->count == n && memcmp(c->hops, hops, n * sizeof *hops) == 0;
     uint32_t odd = onvm_seq_write_begin(&c->seq);
     for (unsigned i = 0; i < n; i++)
         c->hops[i] = hops[i];
     c->count = (uint8_t)n;
     snprintf(c->name, sizeof c->name, "%s", name ? name : "");
     onvm_seq_write_end(&c->seq, odd);
+    for (unsigned i = 0; !same && i < ONVM_MAX_HOPS; i++) { /* counters of the chain as it is now */
+        atomic_store_explicit(&c->drops[i].early, 0, ONVM_RELAXED);
+        atomic_store_explicit(&c->drops[i].late, 0, ONVM_RELAXED);
+    }
     return 0;
 }
 
@@ -564,6 +563,16 @@ void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state) {
     atomic_store_explicit(&r->nfs[nf_id].state, state, ONVM_RELEASE);
 }
 
+void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_DRAINING);
+    /* Producers waiting for it must not wait for an NF that will not drain
+     * its ring: they go on, and the chain's packets go to the instances left
+     * or are dropped at RX (no instance). */
+    onvm_bp_clear(r, onvm_nf_ring(r, nf_id, 0));
+}
+
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return;
@@ -587,6 +596,9 @@ static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
+    /* Whoever still waits on its RX ring goes on (onvm_bp.h). */
+    onvm_bp_clear(r, onvm_nf_ring(r, nf_id, 0));
+    atomic_store(&r->nfs[nf_id].bp.blocked_on, 0);
     uint8_t *in_ring = calloc(r->pool_count, 1);
     if (!in_ring)
         return -ENOMEM;

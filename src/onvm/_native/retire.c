@@ -145,8 +145,9 @@ int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, ui
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
     uint64_t t0 = onvm_now_ns();
-    /* Release: a TX worker that sees DRAINING also sees the service without it. */
-    onvm_nf_set_state(r, nf_id, ONVM_NFS_DRAINING);
+    /* Release: a TX worker that sees DRAINING also sees the service without it;
+     * producers waiting for it go on (onvm_bp.h). */
+    onvm_nf_set_draining(r, nf_id);
 
     unsigned pending = 0;
     int ok = onvm_mgr_grace(m, nf_id, grace_ns, &pending);

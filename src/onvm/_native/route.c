@@ -12,8 +12,42 @@
 
 enum { GROUP_RING = 1, GROUP_PORT = 2 };
 
+static void flush_tallies(struct onvm_route_ctx *c) {
+    struct onvm_region *r = c->r;
+    for (unsigned i = 0; i < c->ntally; i++) {
+        struct onvm_route_tally *t = &c->tally[i];
+        /* Relaxed adds: counters, read by the manager's stats. */
+        if (t->chain < ONVM_MAX_CHAINS && t->hop < ONVM_MAX_HOPS) {
+            struct onvm_hop_drops *d = &r->chains[t->chain].drops[t->hop];
+            atomic_fetch_add_explicit(t->late ? &d->late : &d->early, t->n, ONVM_RELAXED);
+        }
+        if (t->nf && t->nf < ONVM_MAX_NFS)
+            atomic_fetch_add_explicit(&r->nfs[t->nf].bp.early, t->n, ONVM_RELAXED);
+    }
+    c->ntally = 0;
+}
+
+static void tally(struct onvm_route_ctx *c, unsigned chain, unsigned hop, int late, unsigned nf) {
+    for (unsigned i = 0; i < c->ntally; i++) {
+        struct onvm_route_tally *t = &c->tally[i];
+        if (t->chain == chain && t->hop == hop && t->late == late && t->nf == nf) {
+            t->n++;
+            return;
+        }
+    }
+    if (c->ntally == ONVM_ROUTE_TALLIES)
+        flush_tallies(c);
+    c->tally[c->ntally++] = (struct onvm_route_tally){(uint16_t)chain, (uint8_t)hop, (uint8_t)late, (uint16_t)nf, 1};
+}
+
 static void drop(struct onvm_route_ctx *c, uint32_t slot, int reason) {
     c->drops[reason]++;
+    if (c->self_nf && (reason == ONVM_DROP_RING_FULL || reason == ONVM_DROP_NO_DEST)) {
+        /* An NF handled it, and then it could not go on: work lost (a late drop). */
+        struct onvm_meta *m = &c->r->meta[slot];
+        (*c->late)++;
+        tally(c, m->chain_id, m->from_hop, 1, 0);
+    }
     c->freebuf[c->nfree++] = slot;
     if (c->nfree == ONVM_BURST_MAX) {
         onvm_pool_free_burst(c->r, c->freebuf, c->nfree);
@@ -48,6 +82,14 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
             if (w)
                 onvm_waiter_kick(w);
         }
+        onvm_bp_pushed(r, ring);
+        if (c->self_nf) {
+            unsigned k = 0;
+            while (k < c->nfed && c->fed[k] != ring)
+                k++;
+            if (k == c->nfed && k < ONVM_ROUTE_FED)
+                c->fed[c->nfed++] = ring;
+        }
         for (uint32_t i = done; i < g->n; i++)
             drop(c, g->slots[i], ONVM_DROP_RING_FULL);
     } else {
@@ -56,9 +98,13 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         /* before tx: the port frees the slots it sent */
         onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
-        pthread_mutex_lock(&p->tx_lock);
-        done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
-        pthread_mutex_unlock(&p->tx_lock);
+        if (p->tx_mt) {
+            done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
+        } else {
+            pthread_mutex_lock(&p->tx_lock);
+            done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
+            pthread_mutex_unlock(&p->tx_lock);
+        }
         st->tx += done;
         st->tx_bytes += bytes;
         st->drops[ONVM_DROP_PORT] += g->n - done;
@@ -76,6 +122,82 @@ static void flush_all(struct onvm_route_ctx *c) {
         onvm_pool_free_burst(c->r, c->freebuf, c->nfree);
         c->nfree = 0;
     }
+    if (c->ntally)
+        flush_tallies(c);
+}
+
+const struct onvm_route_verdict *onvm_route_verdict(struct onvm_route_ctx *c, unsigned chain) {
+    static const struct onvm_route_verdict none = {0, ONVM_CHAIN_OK, 0, 0};
+    if (chain >= ONVM_MAX_CHAINS)
+        return &none; /* no such chain: routing counts it */
+    struct onvm_route_verdict *v = &c->verdict[chain];
+    if (v->stamp != c->stamp) {
+        struct onvm_chain_verdict cv;
+        onvm_chain_check(c->r, chain, 0, &cv);
+        *v = (struct onvm_route_verdict){c->stamp, (uint8_t)cv.state, (uint8_t)cv.hop, (uint16_t)cv.nf};
+    }
+    return v;
+}
+
+struct onvm_ring *onvm_route_blocked(struct onvm_route_ctx *c) {
+    struct onvm_region *r = c->r;
+    struct onvm_nf *self = &r->nfs[c->self_nf];
+    unsigned k = 0;
+    for (unsigned i = 0; i < c->nfed; i++) /* keep only the congested ones */
+        if (onvm_bp_congested(c->fed[i]))
+            c->fed[k++] = c->fed[i];
+    c->nfed = k;
+    for (unsigned i = 0; i < c->nfed; i++) {
+        struct onvm_ring *ring = c->fed[i];
+        unsigned owner = onvm_ring_consumer_nf(r, ring);
+        if (owner == c->self_nf)
+            continue; /* its own RX ring: only it can drain that */
+        /* seq_cst: the loop check below, or that of an NF closing the loop
+         * with us, sees this store (onvm_bp_cycle). */
+        atomic_store(&self->bp.blocked_on, owner);
+        if (owner && onvm_bp_cycle(r, c->self_nf, owner))
+            continue;
+        return ring;
+    }
+    if (atomic_load_explicit(&self->bp.blocked_on, ONVM_RELAXED))
+        atomic_store_explicit(&self->bp.blocked_on, 0, ONVM_RELAXED);
+    return NULL;
+}
+
+int onvm_chain_check(struct onvm_region *r, unsigned chain, uint64_t bit, struct onvm_chain_verdict *v) {
+    struct onvm_hop hops[ONVM_MAX_HOPS];
+    unsigned n = 0;
+    *v = (struct onvm_chain_verdict){ONVM_CHAIN_OK, 0, 0};
+    while (n < ONVM_MAX_HOPS && onvm_chain_hop(r, chain, n, &hops[n]) == 0)
+        n++;
+    for (unsigned h = 0; h < n; h++) {
+        unsigned svc = hops[h].dest;
+        if (hops[h].action != ONVM_ACT_TONF || svc >= ONVM_MAX_SERVICES)
+            continue; /* ports never congest; bad hops are routing's to count */
+        uint16_t nf[ONVM_MAX_INSTANCES];
+        unsigned count = onvm_service_members(r, svc, nf);
+        unsigned running = 0, congested = 0, first = 0;
+        for (unsigned i = 0; i < count; i++) {
+            if (nf[i] == 0 || nf[i] >= ONVM_MAX_NFS ||
+                atomic_load_explicit(&r->nfs[nf[i]].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE)
+                continue;
+            running++;
+            struct onvm_ring *ring = onvm_nf_ring(r, nf[i], 0);
+            if (bit ? onvm_bp_wait_on(ring, bit) : onvm_bp_congested(ring)) {
+                congested++;
+                first = first ? first : nf[i];
+            }
+        }
+        if (running == 0) {
+            *v = (struct onvm_chain_verdict){ONVM_CHAIN_BROKEN, h, 0};
+            return v->state;
+        }
+        if (congested == running) {
+            *v = (struct onvm_chain_verdict){ONVM_CHAIN_CONGESTED, h, first};
+            return v->state;
+        }
+    }
+    return v->state;
 }
 
 static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot) {
@@ -122,6 +244,15 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
             continue;
         }
+        if (c->early_discard) { /* RX: a chain congested further on takes nothing new */
+            const struct onvm_route_verdict *v = onvm_route_verdict(c, m->chain_id);
+            if (v->state != ONVM_CHAIN_OK) {
+                drop(c, s, v->state == ONVM_CHAIN_CONGESTED ? ONVM_DROP_EARLY : ONVM_DROP_NO_DEST);
+                tally(c, m->chain_id, v->hop, 0, v->nf);
+                continue;
+            }
+        }
+        m->from_hop = m->chain_idx;
         if (mode == ONVM_ROUTE_START || m->action == ONVM_ACT_NEXT) {
             struct onvm_hop hop;
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;

@@ -20,8 +20,10 @@
 #define MAX_SLEEP_NS 1000000000L /* a kick (stop, pause, grace period) wakes it sooner */
 #define FD_SLEEP_NS 10000000L
 #define TIMED_SLEEP_NS 1000000L
+#define HELD_SLEEP_NS 10000000L  /* a held paced port counts what it misses at least this often */
+#define HELD_FD_SLEEP_NS 200000L /* ppoll cannot see a congested chain clear: look this often */
 
-static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns);
+static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns, int held);
 
 /* Does RX worker w read port p, and which of its queues (*q)? */
 static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id, unsigned *q) {
@@ -35,13 +37,61 @@ static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id
     return id % w->mgr->nrx == w->index;
 }
 
-/* The descriptors an idle RX worker sleeps on (kernel-backed ports); returns how many. */
+/* Is port id to be left unread: do all the chains its last burst took stop at
+ * a congested hop (onvm_bp.h)?  With bit, looks afresh and registers bit on
+ * the congested rings, before the worker sleeps; otherwise uses this round's
+ * verdicts. */
+static int rx_held(struct onvm_mgr_worker *w, unsigned id, uint64_t bit) {
+    struct onvm_rx_seen *sn = &w->seen[id];
+    if (sn->n == 0 || sn->mixed)
+        return 0;
+    for (unsigned k = 0; k < sn->n; k++) {
+        struct onvm_chain_verdict v;
+        int state = bit ? onvm_chain_check(w->mgr->r, sn->chain[k], bit, &v)
+                        : onvm_route_verdict(&w->route, sn->chain[k])->state;
+        if (state != ONVM_CHAIN_CONGESTED)
+            return 0;
+    }
+    return 1;
+}
+
+/* Remember the chains of a burst (onvm_rx_seen). */
+static void rx_note_chains(struct onvm_rx_seen *sn, struct onvm_meta **metas, uint32_t n) {
+    unsigned last = UINT32_MAX;
+    sn->n = 0;
+    sn->mixed = 0;
+    for (uint32_t i = 0; i < n && !sn->mixed; i++) {
+        unsigned c = metas[i]->chain_id, k = 0;
+        if (c == last)
+            continue;
+        last = c;
+        while (k < sn->n && sn->chain[k] != c)
+            k++;
+        if (k < sn->n)
+            continue;
+        if (sn->n == ONVM_RX_SEEN)
+            sn->mixed = 1;
+        else
+            sn->chain[sn->n++] = (uint16_t)c;
+    }
+}
+
+/* What a paced port missed goes into the port's drops, in this worker's row. */
+static void rx_count_missed(struct onvm_port *p, struct onvm_port_stats *st) {
+    if (p->missed != p->missed_counted) {
+        st->drops[ONVM_DROP_MISSED] += p->missed - p->missed_counted;
+        p->missed_counted = p->missed;
+    }
+}
+
+/* The descriptors an idle RX worker sleeps on (kernel-backed ports it is not
+ * holding); returns how many. */
 static int rx_fds(struct onvm_mgr_worker *w, struct pollfd *fds) {
     int n = 0;
     for (unsigned id = 0; id < ONVM_MAX_PORTS; id++) {
         struct onvm_port *p = w->mgr->ports[id];
         unsigned q;
-        if (rx_serves(w, p, id, &q) && p->rxq && p->rx_fd[q] >= 0) {
+        if (rx_serves(w, p, id, &q) && p->rxq && p->rx_fd[q] >= 0 && !w->seen[id].held) {
             fds[n].fd = p->rx_fd[q];
             fds[n].events = POLLIN;
             fds[n].revents = 0;
@@ -51,21 +101,37 @@ static int rx_fds(struct onvm_mgr_worker *w, struct pollfd *fds) {
     return n;
 }
 
-/* now: the loop's clock reading for this iteration. */
-static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due) {
+/* now: the loop's clock reading for this iteration.  *held: a port was left
+ * unread (2: a paced one, which counts what it misses while held). */
+static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, int *held) {
     struct onvm_mgr *m = w->mgr;
     struct onvm_region *r = m->r;
     int busy = 0;
     if (atomic_load_explicit(&m->rx_paused, ONVM_RELAXED))
         return 0;
+    w->route.stamp++; /* chain verdicts are taken afresh once a round */
     for (unsigned id = 0; id < ONVM_MAX_PORTS; id++) {
         struct onvm_port *p = m->ports[id];
         unsigned q = 0;
         if (!rx_serves(w, p, id, &q) || atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
             continue;
         struct onvm_port_stats *st = &r->ports[id].by_worker[w->id];
+        struct onvm_rx_seen *sn = &w->seen[id];
+        if (rx_held(w, id, 0)) { /* its packets wait in the port, where that is free */
+            if (!sn->held)
+                r->workers[w->id].held++;
+            sn->held = 1;
+            *held |= p->rate_pps ? 2 : 1;
+            onvm_port_held(p, now);
+            rx_count_missed(p, st);
+            if (atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
+                r->ports[id].rx_done = 1;
+            continue;
+        }
+        sn->held = 0;
         uint32_t n = p->rxq ? p->rxq(p, q, r, w->buf, m->burst, now, next_due, st)
                             : p->rx(p, r, w->buf, m->burst, now, next_due);
+        rx_count_missed(p, st);
         if (atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
             r->ports[id].rx_done = 1;
         if (n == 0)
@@ -81,6 +147,7 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due) 
             bytes += metas[i]->len;
         }
         onvm_classify_burst(r, metas, datas, n, now); /* flow table, rules, default chain */
+        rx_note_chains(sn, metas, n);
         st->rx += n;
         st->rx_bytes += bytes;
         uint64_t before[ONVM_DROP_COUNT];
@@ -110,13 +177,15 @@ static int tx_poll(struct onvm_mgr_worker *w) {
         if (!tx_serves(w, v))
             continue;
         /* Only what the NF handed to the manager: slots in transit from it to us. */
+        struct onvm_ring *ring = onvm_nf_ring(r, id, 1);
         uint32_t bad_slot = 0, bad_rec = 0;
-        uint32_t n = onvm_take(r, onvm_nf_ring(r, id, 1), &v->tx_head, w->buf, m->burst, 0xffffu,
+        uint32_t n = onvm_take(r, ring, &v->tx_head, w->buf, m->burst, 0xffffu,
                                ONVM_OWNER_TRANSIT(id, ONVM_OWNER_MGR), ONVM_OWNER_MGR, &bad_slot, &bad_rec);
         if (bad_slot | bad_rec) {
             w->drops[ONVM_DROP_INVALID] += bad_slot + bad_rec;
             onvm_fault(r, id, bad_slot ? ONVM_FAULT_SLOT : ONVM_FAULT_RECORD, bad_slot + bad_rec);
         }
+        onvm_bp_drained(r, ring); /* the NF may wait for its TX ring to drain */
         if (n == 0)
             continue;
         busy = 1;
@@ -125,10 +194,26 @@ static int tx_poll(struct onvm_mgr_worker *w) {
     return busy;
 }
 
+/* After onvm_waiter_prepare: work queued meanwhile?  Also clears a TX ring's
+ * congested flag set as we drained it (onvm_bp.h). */
 static int tx_pending(struct onvm_mgr_worker *w) {
     struct onvm_region *r = w->mgr->r;
-    for (unsigned id = 1; id < ONVM_MAX_NFS; id++)
-        if (tx_serves(w, &r->view[id]) && onvm_ring_count(onvm_nf_ring(r, id, 1), r->ring_mask))
+    for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
+        if (!tx_serves(w, &r->view[id]))
+            continue;
+        struct onvm_ring *ring = onvm_nf_ring(r, id, 1);
+        onvm_bp_drained(r, ring);
+        if (onvm_ring_count(ring, r->ring_mask))
+            return 1;
+    }
+    return 0;
+}
+
+/* After onvm_waiter_prepare: has a held port's chain cleared?  Registers the
+ * worker on the congested rings it still finds. */
+static int rx_released(struct onvm_mgr_worker *w) {
+    for (unsigned id = 0; id < ONVM_MAX_PORTS; id++)
+        if (w->seen[id].held && !rx_held(w, id, ONVM_BP_WORKERS))
             return 1;
     return 0;
 }
@@ -146,7 +231,8 @@ static void *worker_main(void *arg) {
     while (!atomic_load_explicit(&m->stop, ONVM_ACQUIRE)) {
         onvm_cpu_follow(&cpu, &shared->cpu_want, &shared->cpu_now);
         uint64_t next_due = UINT64_MAX, t0 = onvm_now_ns();
-        int busy = w->tx ? tx_poll(w) : rx_poll(w, t0, &next_due);
+        int held = 0;
+        int busy = w->tx ? tx_poll(w) : rx_poll(w, t0, &next_due, &held);
         /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
         atomic_fetch_add_explicit(&shared->epoch, 1, memory_order_seq_cst);
         onvm_grace_pass(m->r->hdr);
@@ -168,13 +254,15 @@ static void *worker_main(void *arg) {
             if (sleep_ns > MAX_SLEEP_NS)
                 sleep_ns = MAX_SLEEP_NS;
         }
-        idle_wait(w, sleep_ns);
+        if ((held & 2) && sleep_ns > HELD_SLEEP_NS)
+            sleep_ns = HELD_SLEEP_NS;
+        idle_wait(w, sleep_ns, held);
         idle = 0;
     }
     return NULL;
 }
 
-static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns) {
+static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns, int held) {
     struct onvm_worker *shared = &w->mgr->r->workers[w->id];
     if (sleep_ns <= 0)
         return;
@@ -190,16 +278,19 @@ static void idle_wait(struct onvm_mgr_worker *w, long sleep_ns) {
     int nfds = w->tx || sleep_ns < TIMED_SLEEP_NS || atomic_load(&w->mgr->rx_paused) ? 0 : rx_fds(w, fds);
     if (nfds) {
         /* Kernel-backed ports wake us through their descriptors; a kick
-         * (pause, stop) is seen within FD_SLEEP_NS. */
+         * (pause, stop) is seen within FD_SLEEP_NS, a held port's chain
+         * clearing within HELD_FD_SLEEP_NS. */
         if (sleep_ns > FD_SLEEP_NS)
             sleep_ns = FD_SLEEP_NS;
+        if (held && sleep_ns > HELD_FD_SLEEP_NS)
+            sleep_ns = HELD_FD_SLEEP_NS;
         struct timespec ts = {sleep_ns / 1000000000L, sleep_ns % 1000000000L};
         shared->wait.sleeps++;
         ppoll(fds, (nfds_t)nfds, &ts, NULL);
         return;
     }
     onvm_waiter_prepare(&shared->wait);
-    if ((w->tx && tx_pending(w)) || atomic_load(&w->mgr->stop)) {
+    if ((w->tx ? tx_pending(w) : held && rx_released(w)) || atomic_load(&w->mgr->stop)) {
         onvm_waiter_cancel(&shared->wait);
         return;
     }
@@ -227,6 +318,7 @@ int onvm_mgr_start(struct onvm_mgr *m) {
         w->route.act = w->act;
         w->route.drops = w->drops;
         w->route.tx = &w->handed;
+        w->route.early_discard = !w->tx;
     }
     for (unsigned i = 0; i < total; i++) {
         struct onvm_mgr_worker *w = &m->workers[i];

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from onvm.control import ops
 from onvm.errors import OnvmError
 
 EPILOG = """examples:
@@ -80,10 +81,14 @@ def _manager_parser(sub: Any) -> None:
                    help="an OpenFlow 1.3 controller that programs the manager (repeatable; needs os-ken)")
     p.add_argument("--fail-mode", default="secure", choices=["secure", "standalone"],
                    help="with no controller: keep its flows (secure, default) or drop them (standalone)")
+    p.add_argument("--dpdk-eal", default="", metavar="ARGS",
+                   help="DPDK EAL options for dpdk: ports, e.g. \"--socket-mem 512\" (default: no hugepages, "
+                        "Debian's PMDs; see the README)")
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from onvm.manager.manager import Manager, ManagerConfig
+    from onvm.manager.config import ManagerConfig
+    from onvm.manager.manager import Manager
     from onvm.manager.placement import parse_cpus
 
     cfg = ManagerConfig(
@@ -97,6 +102,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         cpus=parse_cpus(args.cpus) if args.cpus else None,
         nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
         pack_below=args.pack_below, web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
+        dpdk_eal=args.dpdk_eal,
     )
     mgr = Manager(cfg)
     mgr.start()
@@ -158,8 +164,28 @@ def _print_status(st: dict[str, Any]) -> None:
         drops, cpu = sum(n["drops"].values()), n.get("cpu_now", n.get("cpu"))
         print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
               f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
-              f" drops {drops}" + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+              f" drops {drops}" + _overload(n)
+              + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+    _print_chain_drops(st)
     _print_latency(st)
+
+
+def _overload(n: dict[str, Any]) -> str:
+    """An NF's backpressure figures, when there are any (see README: Overload)."""
+    out = f"  early {n['early']} late {n['late']}" if n.get("early") or n.get("late") else ""
+    if n.get("blocked"):
+        out += f"  waited {n['blocked']}x ({n['blocked_ms']:.0f} ms)"
+    return out + ("  congested" if n.get("rx_congested") else "")
+
+
+def _print_chain_drops(st: dict[str, Any]) -> None:
+    rows = [(c, i, d) for c in st.get("chains", []) for i, d in enumerate(c.get("drops", []))
+            if d["early"] or d["late"]]
+    if not rows:
+        return
+    print("drops per chain hop (early: at RX, before any NF; late: after the hop's NF):")
+    for c, i, d in rows:
+        print(f"  {c['name']:<16} hop {i} ({c['hops'].split(',')[i]}): early {d['early']}, late {d['late']}")
 
 
 def _print_latency(st: dict[str, Any]) -> None:
@@ -175,10 +201,7 @@ def _print_latency(st: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from onvm.control.client import Client
-
-    with Client(args.name) as c:
-        st = c.request("status")
+    st = _call(args, ops.Status())
     if args.json:
         print(json.dumps(st))
     else:
@@ -200,19 +223,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from onvm.paths import socket_path
 
     with Client(args.name) as c:
-        c.request("shutdown")
+        c.shutdown()
     deadline = time.monotonic() + args.timeout
     while os.path.exists(socket_path(args.name)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return 0
 
 
-def _request(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+def _call(args: argparse.Namespace, op: ops.Op) -> dict[str, Any]:
+    """Run one operation of the table on manager ``--name``."""
     from onvm.control.client import Client
 
     with Client(args.name) as c:
-        result: dict[str, Any] = c.request(op, **kw)
-    return result
+        return c.call(op)
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -230,11 +253,11 @@ def cmd_chain(args: argparse.Namespace) -> int:
         raise OnvmError(f"usage: onvm chain {args.action} NAME" + (" HOPS" if args.action == "add" else ""),
                         code="bad_request")
     if args.action == "add":
-        out = _request(args, "chain_add", name=args.chain, hops=args.hops)
+        out = _call(args, ops.ChainAdd(args.chain, args.hops))
     elif args.action == "del":
-        out = _request(args, "chain_del", name=args.chain)
+        out = _call(args, ops.ChainDel(args.chain))
     else:
-        out = _request(args, "chain_list")
+        out = _call(args, ops.ChainList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -252,15 +275,15 @@ def cmd_rule(args: argparse.Namespace) -> int:
             lines = f.readlines()
         parse_rules(lines)  # reject a bad file before sending any of it
         texts = [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
-        out = _request(args, "rule_add", rules=texts)
+        out = _call(args, ops.RuleAdd(rules=texts))
     elif args.action == "add":
-        out = _request(args, "rule_add", rule=" ".join(args.rule))
+        out = _call(args, ops.RuleAdd(rule=" ".join(args.rule)))
     elif args.action == "del":
         if len(args.rule) != 1 or not args.rule[0].isdecimal():
             raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
-        out = _request(args, "rule_del", id=int(args.rule[0]))
+        out = _call(args, ops.RuleDel(int(args.rule[0])))
     else:
-        out = _request(args, "rule_list")
+        out = _call(args, ops.RuleList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -273,15 +296,15 @@ def cmd_rule(args: argparse.Namespace) -> int:
 def cmd_flow(args: argparse.Namespace) -> int:
     flow = " ".join(args.flow)
     if args.action == "list":
-        out = _request(args, "flow_list", limit=args.limit, **({"chain": args.chain} if args.chain else {}))
+        out = _call(args, ops.FlowList(args.limit, args.chain or None))
     elif args.action == "stats":
-        out = _request(args, "flow_stats")
+        out = _call(args, ops.FlowStats())
     elif args.action == "add":
         if not args.chain:
             raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
-        out = _request(args, "flow_add", flow=flow, chain=args.chain, idle=args.idle, hard=args.hard)
+        out = _call(args, ops.FlowAdd(flow, args.chain, args.idle, args.hard))
     else:
-        out = _request(args, "flow_del", flow=flow)
+        out = _call(args, ops.FlowDel(flow))
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -296,9 +319,9 @@ def cmd_service(args: argparse.Namespace) -> int:
         if args.service is None or not args.policy:
             raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded",
                             code="bad_request")
-        out = _request(args, "service_policy", service=args.service, policy=args.policy)
+        out = _call(args, ops.ServicePolicy(args.service, args.policy))
     else:
-        out = _request(args, "service_list")
+        out = _call(args, ops.ServiceList())
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -319,14 +342,13 @@ def cmd_send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError:
         data = args.data
-    target = {"nf": args.nf} if args.nf is not None else {"service": args.service}
-    out = _request(args, "send", data=data, **target)
+    out = _call(args, ops.Send(data, nf=args.nf, service=args.service))
     print(json.dumps(out) if args.json else f"delivered to {out['delivered']} of {out['targets']} NF(s)")
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    out = _request(args, "scale", service=args.service, count=args.count)
+    out = _call(args, ops.Scale(args.count, args.service))
     print(json.dumps(out) if args.json else " ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
@@ -336,10 +358,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.scenario == "nf-start":
         result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
+    elif args.scenario in ("overload", "paper"):
+        from onvm import _bench_overload
+
+        if args.scenario == "overload":
+            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
+        else:
+            result = _bench_overload.paper(args.seconds, verbose=not args.json)
     elif args.scenario == "latency":
         from onvm.bench import run_latency
 
-        result = run_latency(nfs=args.nfs, seconds=args.seconds, rate=args.rate, verbose=not args.json,
+        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
                              pack_below=args.pack_below)
     else:
         result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
@@ -510,8 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency"]))
-    b.add_argument("--nfs", type=int, default=1, help="latency: NFs in the chain (default 1)")
+    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
+                                               "paper"]))
+    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
     b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
     b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
                    help="latency: the manager's --pack-below (0 keeps the pipeline spread)")

@@ -82,13 +82,13 @@ def run_top(name: str, interval: float = 1.0, iterations: int = 0) -> int:
     prev_t = 0.0
     shown = 0
     with Client(name) as c:
-        st = c.request("status")
+        st = c.status()
         add_rates(st, None, 0.0)
         with Live(render(st), console=console, screen=console.is_terminal, auto_refresh=False) as live:
             try:
                 while True:
                     now = time.monotonic()
-                    st = c.request("status")
+                    st = c.status()
                     add_rates(st, prev, now - prev_t)
                     prev, prev_t = st, now
                     live.update(render(st), refresh=True)

@@ -3,9 +3,14 @@
 ::
 
     with Client("onvm") as c:
-        c.request("scale", service=2, count=3)
+        c.scale(3, service=2)
+        c.rule_add(rule="tcp dst port 80 -> chain web")
         for event in c.events(timeout=1.0):
             ...
+
+Each operation of the table in :mod:`onvm.control.ops` is a typed method here
+(its fields are the method's parameters); :meth:`Client.call` sends any
+operation object and :meth:`Client.request` any name with raw arguments.
 
 Requests are synchronous and serialized by a lock, so one Client may be
 shared between threads.  Events pushed by the manager while a request waits
@@ -21,9 +26,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Self
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, Self
 
+from onvm.control import ops
 from onvm.control.protocol import (
     MAX_MESSAGE,
     Event,
@@ -44,6 +50,20 @@ __all__ = ["Client"]
 
 # Messages read at most after a failed send, looking for the manager's reason.
 MAX_SALVAGE = 64
+
+_P = ParamSpec("_P")
+
+
+def method(op: Callable[_P, ops.Op]) -> Callable[Concatenate[Client, _P], dict[str, Any]]:
+    """A Client method for an operation class: its fields are the parameters."""
+
+    def call(self: Client, /, *args: _P.args, **kwargs: _P.kwargs) -> dict[str, Any]:
+        return self.call(op(*args, **kwargs))
+
+    name = getattr(op, "op_name", "")
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = op.__doc__
+    return call
 
 
 def _close_fds(*fds: int) -> None:
@@ -117,6 +137,35 @@ class Client:
             return self._request(op, args)
         except OnvmError as exc:
             raise exc.add_context(f"command {op}") from None
+
+    def call(self, op: ops.Op) -> dict[str, Any]:
+        """Send one operation (see :mod:`onvm.control.ops`) and return the manager's result."""
+        return self.request(op.op_name, **op.args())
+
+    # One method per operation of the table (tests/unit/test_ops.py checks there are all).
+    hello = method(ops.Hello)
+    register = method(ops.Register)
+    start = method(ops.Start)
+    stopping = method(ops.Stopping)
+    subscribe = method(ops.Subscribe)
+    status = method(ops.Status)
+    shutdown = method(ops.Shutdown)
+    stop_nf = method(ops.StopNF)
+    chain_add = method(ops.ChainAdd)
+    chain_list = method(ops.ChainList)
+    chain_del = method(ops.ChainDel)
+    rule_add = method(ops.RuleAdd)
+    rule_list = method(ops.RuleList)
+    rule_del = method(ops.RuleDel)
+    flow_list = method(ops.FlowList)
+    flow_add = method(ops.FlowAdd)
+    flow_del = method(ops.FlowDel)
+    flow_stats = method(ops.FlowStats)
+    send = method(ops.Send)
+    service_list = method(ops.ServiceList)
+    service_policy = method(ops.ServicePolicy)
+    scale = method(ops.Scale)
+    packet_in = method(ops.PacketIn)
 
     def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -33,11 +33,12 @@ from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.manager.placement import NumaTopology, format_cpus, numa_plan
 from onvm.manager.region_path import region_path
 from onvm.manager.registry import NFRecord, ServiceImage
+from onvm.ports.dpdk import DpdkPorts
 from onvm.ports.uri import PortSpec
 
 __all__ = ["GRACE_TIMEOUT", "DRAIN_TIMEOUT", "PORT_KINDS", "DataPlane", "Retired", "drops_by_reason"]
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "afxdp": 7}
+PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "afxdp": 7, "dpdk": 8}
 GRACE_TIMEOUT = 0.5  # at most this long for the others to pass a loop iteration
 DRAIN_TIMEOUT = 1.0  # at most this long for a leaving NF's TX ring to drain
 
@@ -55,6 +56,7 @@ class Layout:
     tx_workers: int
     burst: int
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
+    dpdk_eal: str = ""  # DPDK EAL options for dpdk: ports (onvm.ports.dpdk.eal_args)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class DataPlane:
         self.is_open = True
         self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
         self._port_errors: set[int] = set()  # ports whose error was logged
+        self.dpdk: DpdkPorts | None = None  # the EAL and the mbuf pool, once a dpdk: port opens
 
     # ---- opening and closing ------------------------------------------------
     @classmethod
@@ -136,11 +139,21 @@ class DataPlane:
                                      ring=o["ring"], fill=o["fill"], promisc=bool(o["promisc"]))
                 elif spec.kind == "tap":
                     native.add_tap(pid, spec.path)
+                elif spec.kind == "dpdk":
+                    self._add_dpdk(pid, spec)
             except _native.RegionError as e:
                 raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
             if notice := (native.port_state(pid) or {}).get("notice"):  # a stale XDP program replaced
                 self.log(f"port {pid} '{spec.uri}': {notice}")
+
+    def _add_dpdk(self, pid: int, spec: PortSpec) -> None:
+        lay = self.layout
+        if self.dpdk is None:
+            self.dpdk = DpdkPorts(self.region, lay.name, lay.dpdk_eal, lay.pool_size, self.ports)
+        f = self.dpdk.add(self.native, pid, spec)
+        self.log(f"port {pid} '{spec.uri}': DPDK port {f['port_id']} ({f['driver']}), "
+                 f"{f['rx_queues']} RX and {f['tx_queues']} TX queues")
 
     def start(self, hold_input: bool) -> None:
         """Run the workers; input ports wait while ``hold_input``."""
@@ -165,6 +178,9 @@ class DataPlane:
             return
         self.is_open = False
         self.native.close_ports()
+        if self.dpdk is not None:
+            self.dpdk.close()  # after the ports: the mbuf pool goes with the last of them
+            self.dpdk = None
         self.region.close()
 
     # ---- what the registry decided -----------------------------------------
@@ -208,8 +224,15 @@ class DataPlane:
         """Wait until no NF ring holds packets; False if the timeout came first."""
         return self.native.drain(timeout)
 
-    def set_chain(self, chain: int, hops: Sequence[tuple[int, int]], name: str) -> None:
-        self.region.set_chain(chain, list(hops), name)
+    def chains(self) -> list[tuple[int, list[tuple[int, int]], list[tuple[int, int]]]]:
+        """The chains the packet path sees, the default and each used one: (id,
+        [(action, dest)], [(early, late) drops per hop])."""
+        out = []
+        for cid in range(_native.MAX_CHAINS):
+            hops = self.region.chain(cid)
+            if hops or cid == 0:
+                out.append((cid, hops, self.region.chain_drops(cid)))
+        return out
 
     # ---- counters -------------------------------------------------------------
     def nf_info(self, nf_id: int) -> dict[str, Any]:
@@ -245,12 +268,14 @@ class DataPlane:
                 "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
                 "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
+                **({"device": state["device"]} if "device" in state else {}),  # its own counters
             })
         return out
 
     def new_port_errors(self) -> list[str]:
-        """A line for each port whose driver newly reported an error (a corrupt file, a failed send)."""
-        out = []
+        """A line for each port whose driver newly reported an error (a corrupt file, a failed send),
+        and what DPDK warned of meanwhile."""
+        out = self.dpdk.new_log_lines() if self.dpdk else []
         for pid, state in self.port_states().items():
             err = state.get("error", "")
             if err and pid not in self._port_errors:
@@ -274,6 +299,16 @@ class DataPlane:
         free, lent, total = info["pool_free"], info["pool_lent"], info["pool_size"]
         return {"free": free, "lent": lent, "in_use": total - free - lent, "total": total,
                 "slot_size": info["slot_size"]}
+
+    def rule_flow_counts(self) -> list[tuple[Any, int, int, int]]:
+        """(key, rule slot, packets, bytes) of each flow-table entry a rule installed.
+
+        Reads the region's seqlocked entries: no lock needed."""
+        fs = self.region.flow_stats()
+        if not fs["used"] or not fs["size"]:
+            return []
+        return [(e["key"], e["rule_slot"], e["packets"], e["bytes"])
+                for e in self.region.flow_list(fs["size"], -1) if e["origin"] == 0]
 
     def is_output(self, port: int) -> bool:
         return 0 <= port < len(self.ports) and self.ports[port].is_output

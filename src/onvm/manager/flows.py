@@ -91,7 +91,10 @@ class FlowRegistry:
         return self.chains[name][0]
 
     def list_chains(self) -> list[dict[str, Any]]:
-        return [{"id": cid, "name": name, "hops": format_chain(hops)}
+        """Chains with their drops per hop: early (at RX, the hop was congested or had no
+        instance) and late (after the hop's NF handled the packet)."""
+        return [{"id": cid, "name": name, "hops": format_chain(hops),
+                 "drops": [{"early": e, "late": late} for e, late in self.region.chain_drops(cid)]}
                 for name, (cid, hops) in sorted(self.chains.items(), key=lambda kv: kv[1][0])]
 
     # ---- rules -------------------------------------------------------------

@@ -37,7 +37,7 @@ class AutoscaleSpec:
     service: int
     low: int
     high: int
-    busy_fill: float = 0.5  # mean RX ring fill above which an instance is added
+    busy_fill: float = 0.5  # mean RX ring fill above which an instance is added (or: all congested)
     busy_checks: int = 4  # consecutive busy checks (of CHECK_EVERY s) before adding
     idle_checks: int = 20  # consecutive checks without packets before removing one
     busy_seen: int = 0
@@ -188,7 +188,7 @@ class Services:
                         self.log(f"autoscale service {spec.service}: {e}")
 
     def check(self, spec: AutoscaleSpec) -> None:
-        """One look at a service: add an instance while its rings stay full, drop one when idle."""
+        """One look at a service: add an instance while its rings stay full or congested, drop one idle."""
         live = self.registry.instances(spec.service)
         if not live:
             return
@@ -198,7 +198,10 @@ class Services:
         rx = sum(i["rx"] for i in infos)
         moved = spec.last_rx >= 0 and rx != spec.last_rx
         spec.last_rx = rx
-        spec.busy_seen = spec.busy_seen + 1 if fill > spec.busy_fill else 0
+        # Backpressure holds a ring near its high watermark (half of it) while the
+        # service cannot keep up: congested counts as full.
+        busy = fill > spec.busy_fill or all(i.get("rx_congested") for i in infos)
+        spec.busy_seen = spec.busy_seen + 1 if busy else 0
         spec.idle_seen = 0 if moved else spec.idle_seen + 1
         target = len(live)
         if len(live) < spec.low:

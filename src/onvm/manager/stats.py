@@ -71,5 +71,7 @@ class StatsPrinter:
             acts = " ".join(f"{k} {v}" for k, v in n["actions"].items() if v)
             lines.append(f"  NF {n['id']:<3} {n['name'][:14]:<14} svc {n['service']}.{n['instance']}"
                          f" {n['state']:<8} rx {_rate(n['rx'], rx0, secs)}  tx {_rate(n['tx'], tx0, secs)}"
-                         f"  drops {drops}  ring {n['rx_ring']}" + (f"  [{acts}]" if acts else ""))
+                         f"  drops {drops}  ring {n['rx_ring']}" + (f"  [{acts}]" if acts else "")
+                         + (f"  early {n['early']} late {n['late']}" if n.get("early") or n.get("late")
+                            else ""))
         return "\n".join(lines)

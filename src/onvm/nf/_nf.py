@@ -252,15 +252,13 @@ class NF:
             raise OnvmError("send() needs a running NF")
         if (service is None) == (nf is None):
             raise ConfigError("send() takes exactly one of service= or nf=")
-        target = {"nf": nf} if nf is not None else {"service": service}
-        return int(self._client.request("send", data=data, **target)["delivered"])
+        return int(self._client.send(data, nf=nf, service=service)["delivered"])
 
     def scale(self, count: int) -> dict[str, Any]:
         """Ask the manager to run ``count`` instances of this NF's service (copies of this one)."""
         if self._client is None:
             raise OnvmError("scale() needs a running NF")
-        result: dict[str, Any] = self._client.request("scale", service=self.service, count=count)
-        return result
+        return self._client.scale(count, self.service)
 
     def stop(self) -> None:
         """Leave the run loop after the current burst."""
@@ -284,14 +282,8 @@ class NF:
         self._client = client
         watch: _ManagerWatch | None = None
         try:
-            reply = client.request(
-                "register",
-                name=self.name,
-                service=self.service,
-                instance=self.instance,
-                pid=os.getpid(),
-                cpus=list(self.cpus) if self.cpus else None,
-            )
+            reply = client.register(self.name, self.service, self.instance, os.getpid(),
+                                    list(self.cpus) if self.cpus else None)
             self.cpu = reply.get("cpu")
             if self.cpu is not None:
                 try:
@@ -329,7 +321,7 @@ class NF:
             signal.signal(s, on_signal)
         inbox = self._open_inbox() if self._on_message is not None else None
         try:
-            client.request("start")
+            client.start()
             self._run_native(messages=self._deliver if inbox is not None else None)
         finally:
             if self._watch is not None:
@@ -339,7 +331,7 @@ class NF:
             if inbox is not None:
                 inbox.close()
         try:
-            client.request("stopping", reason=self.stop_reason)
+            client.stopping(self.stop_reason)
         except OnvmError:
             pass  # the manager may be shutting down already
         for fn in self._teardown:
@@ -353,7 +345,7 @@ class NF:
 
     def _open_inbox(self) -> _Inbox:
         client = Client(self.manager)
-        client.request("subscribe", nf_id=self.nf_id)
+        client.subscribe(self.nf_id)
         return _Inbox(self, client)
 
     def _deliver(self) -> None:

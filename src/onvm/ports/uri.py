@@ -8,6 +8,7 @@
 ``afpacket:IFNAME?queues=N``        a Linux interface through AF_PACKET (input and output)
 ``afxdp:IFNAME?queues=N&mode=auto``  a Linux interface through AF_XDP, the pool as UMEM (input and output)
 ``tap:NAME``                        a TAP device the manager creates (input and output)
+``dpdk:DEVARGS?rxq=N``              any device DPDK drives: a NIC or a vdev (input and output)
 ==================================  ==================================================
 
 ``gen`` options: ``size`` (frame bytes with FCS, 64-9018, default 64), ``mix``
@@ -27,20 +28,27 @@ TX, 1/0, default 1), ``blocks`` and ``block_size`` (the TPACKET_V3 ring).
 RX worker), ``mode`` (``auto``: zero-copy where the driver offers it, else copy, with
 the XDP program in the driver or, failing that, generic; ``zc``, ``copy``, ``skb``
 force one), ``ring`` (RX and TX ring entries, a power of two, default 2048),
-``fill`` (slots kept in each fill ring; default a quarter of the pool over the
-queues, at most 2048), ``promisc`` (1/0, default 1).  The build needs libxdp and
+``fill`` (slots kept in each fill ring, at most ``ring``; default a quarter of the
+pool over the queues, at most ``ring``), ``promisc`` (1/0, default 1).  The build needs libxdp and
 libbpf (``apt-get install libxdp-dev libbpf-dev``).
+``dpdk`` takes DPDK's own device arguments (``net_null0``,
+``net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap``, ``0000:03:00.0``; the text up to
+the first ``?``), then options of ours: ``rxq`` (RX queues; default one per RX
+worker, as many as the device has; 0 makes an output-only port), ``txq`` (TX
+queues; default one per worker), ``rxd`` and ``txd`` (descriptors per queue,
+default 1024) and ``promisc`` (1/0, default 1).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from onvm.errors import ConfigError
 
-KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "afxdp", "tap")
+KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "afxdp", "tap", "dpdk")
 AFXDP_MODES = {"auto": 0, "zc": 1, "copy": 2, "skb": 3}
 MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
@@ -53,6 +61,10 @@ AFXDP_MISSING = ("afxdp ports need a build of pyonvm with libxdp and libbpf: ins
                  "(apt-get install libxdp-dev libbpf-dev, or make deps) and rebuild (pip install -e .)")
 _IFNAME_BAD = set("/: \t\n?&=,")
 _PCAP_OUT_KEYS = {"snaplen"}
+_DPDK_KEYS = {"rxq", "txq", "rxd", "txd", "promisc"}
+# A DPDK device name: a vdev (net_pcap0) or a bus address (0000:03:00.0); its arguments follow a comma.
+_DPDK_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+_PCI_ADDR = re.compile(r"([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 
 
 @dataclass(frozen=True)
@@ -66,11 +78,20 @@ class PortSpec:
 
     @property
     def is_input(self) -> bool:
+        if self.kind == "dpdk":
+            return self.options["rxq"] != 0
         return self.kind in ("gen", "pcap", "afpacket", "afxdp", "tap")
 
     @property
     def is_output(self) -> bool:
+        if self.kind == "dpdk":
+            return self.options["txq"] != 0
         return self.kind in ("pcap-out", "null", "afpacket", "afxdp", "tap")
+
+    @property
+    def is_pci(self) -> bool:
+        """A dpdk port on a PCI device (the EAL must be allowed to use it)."""
+        return self.kind == "dpdk" and _PCI_ADDR.fullmatch(self.path.partition(",")[0]) is not None
 
 
 def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
@@ -116,11 +137,14 @@ def _afxdp(uri: str, name: str, query: str) -> PortSpec:
         "queues": _number(uri, "queues", raw.get("queues", "0"), 0, 8),
         "mode": AFXDP_MODES[mode],
         "ring": _number(uri, "ring", raw.get("ring", "2048"), 64, 16384),
-        "fill": _number(uri, "fill", raw.get("fill", "0"), 0, 4096),
+        "fill": _number(uri, "fill", raw.get("fill", "0"), 0, 16384),
         "promisc": _number(uri, "promisc", raw.get("promisc", "1"), 0, 1),
     }
     if opts["ring"] & (opts["ring"] - 1):
         raise ConfigError(f"port '{uri}': ring={opts['ring']} is not a power of two")
+    if opts["fill"] > opts["ring"]:
+        raise ConfigError(f"port '{uri}': fill={opts['fill']} is more than the RX ring holds "
+                          f"(ring={opts['ring']})")
     return PortSpec(uri, "afxdp", name, opts)
 
 
@@ -211,4 +235,28 @@ def parse_port(uri: str) -> PortSpec:
         if opts["block_size"] & (opts["block_size"] - 1):
             raise ConfigError(f"port '{uri}': block_size={opts['block_size']} is not a power of two")
         return PortSpec(uri, kind, name, opts)
+    if kind == "dpdk":
+        return _parse_dpdk(uri, rest)
     raise ConfigError(f"port '{uri}': unknown kind '{kind}' (expected one of {', '.join(KINDS)})")
+
+
+def _parse_dpdk(uri: str, rest: str) -> PortSpec:
+    devargs, _, query = rest.partition("?")
+    name = devargs.partition(",")[0]
+    if not _DPDK_NAME.fullmatch(name):
+        raise ConfigError(f"port '{uri}': expected dpdk:DEVICE[,ARG=VALUE...], e.g. dpdk:net_null0 or "
+                          "dpdk:0000:03:00.0")
+    if any(c.isspace() or not c.isprintable() for c in devargs):
+        raise ConfigError(f"port '{uri}': device arguments cannot hold spaces or control characters")
+    raw = _pairs(uri, query, "&", _DPDK_KEYS)
+    opts = {
+        # -1: as many as the manager's workers and the device allow
+        "rxq": _number(uri, "rxq", raw["rxq"], 0, 8) if "rxq" in raw else -1,
+        "txq": _number(uri, "txq", raw["txq"], 0, 8) if "txq" in raw else -1,
+        "rxd": _number(uri, "rxd", raw.get("rxd", "0"), 0, 32768),
+        "txd": _number(uri, "txd", raw.get("txd", "0"), 0, 32768),
+        "promisc": _number(uri, "promisc", raw.get("promisc", "1"), 0, 1),
+    }
+    if opts["rxq"] == 0 and opts["txq"] == 0:
+        raise ConfigError(f"port '{uri}': rxq=0 and txq=0 leave the port nothing to do")
+    return PortSpec(uri, "dpdk", devargs, opts)

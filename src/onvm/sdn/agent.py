@@ -5,17 +5,19 @@ Theory of operation
 ``--controller tcp:HOST:PORT`` (several allowed) starts one session thread per
 controller.  A session connects, says HELLO, and serves the controller's
 requests until the connection ends; then it reconnects with an exponential
-back-off (0.1 s doubling to 5 s).  Nothing it does touches the packet path
-directly: a FLOW_MOD becomes a rule in the manager's FlowRegistry (under the
-manager's lock, as a control request would) and the RX workers pick the new
-rule up from the region.
+back-off (0.1 s doubling to 5 s).  The agent is a client of the manager like
+any other: a FLOW_MOD becomes operations of the control table (``chain_add``,
+``rule_add``, ``rule_del``; see ``onvm.control.ops``) that it hands to the
+manager's handlers in process, with the checks and the lock every client's
+requests get, and the RX workers pick the new rule up from the region.
 
 The OpenFlow table (one table, id 0) is kept here: each flow is a match, a
 priority, a cookie, timeouts, flags and its actions.  The match becomes a
 rule (see :mod:`onvm.sdn.translate`), the actions a chain named after its hops
 (flows with the same actions share it).  A flow's packet and byte counts
-come from the exact flow-table entries its rule installed: the timer thread
-polls them every 0.2 s and adds each entry's growth to the rule that owns it
+come from the exact flow-table entries its rule installed (read from the
+region by the manager's data plane): the timer thread polls them every 0.2 s
+and adds each entry's growth to the rule that owns it
 (so a MODIFY, which re-caches entries under the new rule, keeps the counts).
 Packets an entry counted after the last poll and before the sweep removed it
 are not seen.  An ADD of a flow already in the table with the same actions
@@ -37,8 +39,9 @@ PACKET_IN and PACKET_OUT go through the packet_io NF (service 63, see
 :mod:`onvm.sdn.packet_io`): an output to CONTROLLER is a hop into it, it hands
 each packet to the manager, and :meth:`OpenFlowAgent.packet_in` queues it for a
 sender thread (a slow controller never holds the manager's lock).  The reason
-and cookie are those of the flow the packet matches (by the rules' reference
-matcher): NO_MATCH for the table-miss flow, ACTION for others.  A PACKET_OUT
+and cookie are those of the flow the packet matches (the native parser reads
+the packet as the RX path does; the rules' reference matcher finds the flow):
+NO_MATCH for the table-miss flow, ACTION for others.  A PACKET_OUT
 becomes a message to packet_io, which injects the packet once per output.
 
 Not supported: packet buffers, groups, meters and more than one table.
@@ -55,6 +58,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +66,13 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from onvm import __version__ as onvm_version
+from onvm import _native
 from onvm.actions import Action
+from onvm.control import ops
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import MAX_PORTS, MAX_SERVICES, Hop
 from onvm.flows.rules import PacketFields, rule_matches
+from onvm.ports.uri import PortSpec
 from onvm.sdn import wire
 from onvm.sdn.translate import (
     CONTROLLER_SERVICE,
@@ -125,78 +132,89 @@ class OFFlow:
     base_bytes: int = 0
 
 
+Control = Callable[[ops.Op], dict[str, Any]]
+#: (key, rule slot, packets, bytes) of each flow-table entry a rule installed.
+FlowCounts = Callable[[], list[tuple[Any, int, int, int]]]
+
+
 class FlowTable:
-    """Table 0 on top of the manager's FlowRegistry.  Callers hold ``self.lock``.
+    """Table 0 on top of the manager's rules and chains.  Callers hold ``self.lock``.
 
-    Lock order: the table's lock, then the manager's.  Code that runs under the
-    manager's lock (status, packet_in) must not take the table's."""
+    ``control`` runs an operation in the manager; ``ports`` are the manager's
+    ports; ``flow_counts`` reads the counters of the entries rules installed.
 
-    def __init__(self, manager: Any) -> None:
-        self.manager = manager
+    Lock order: the table's lock, then the manager's (``control`` takes it).
+    Code that runs under the manager's lock (status, packet_in) must not take
+    the table's."""
+
+    def __init__(self, control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts) -> None:
+        self.control = control
+        self.ports = list(ports)
+        self.flow_counts = flow_counts
         self.lock = threading.RLock()
         self.flows: list[OFFlow] = []
+        self.chains: set[str] = set()  # chains this table made and believes exist
+        self.slots: dict[int, int] = {}  # rule slot in the region -> rule id, of this table's rules
         self.seen: dict[Any, tuple[int, int, int]] = {}  # entry key -> (rule id, packets, bytes) last poll
         self.acc: dict[int, list[int]] = {}  # rule id -> [packets, bytes] counted so far
 
-    # ---- the registry ------------------------------------------------------
-    def _registry(self) -> Any:
-        if self.manager.flows is None:
-            raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_UNKNOWN, "the manager is not running")
-        return self.manager.flows
-
     def port_ok(self, port: int) -> bool:
-        return bool(self.manager._is_output(port))
+        return 0 <= port < len(self.ports) and self.ports[port].is_output
 
     def _install(self, fl: OFFlow) -> None:
         name = chain_name(fl.hops)
-        with self.manager.lock:
-            reg = self._registry()
+        rule = ops.RuleAdd(rules=[fl.match.rule(name, fl.priority).to_text()])
+        try:
+            if name not in self.chains:
+                self.control(ops.ChainAdd(name, ",".join(str(h) for h in fl.hops)))
+                self.chains.add(name)
             try:
-                if name not in reg.chains:
-                    reg.add_chain(name, ",".join(str(h) for h in fl.hops))
-                added = reg.add_rules([fl.match.rule(name, fl.priority).to_text()])
-            except (ConfigError, OnvmError) as e:
-                code = ofp.OFPFMFC_TABLE_FULL if getattr(e, "code", "") == "busy" else ofp.OFPFMFC_UNKNOWN
-                raise OFError(ofp.OFPET_FLOW_MOD_FAILED, code, str(e)) from None
-        fl.rule_id = added[0]["id"]
+                added = self.control(rule)
+            except OnvmError as e:
+                if "no chain named" not in e.message:
+                    raise
+                # Someone removed the chain under us: make it again, once.
+                self.control(ops.ChainAdd(name, ",".join(str(h) for h in fl.hops)))
+                added = self.control(rule)
+        except OnvmError as e:
+            code = ofp.OFPFMFC_TABLE_FULL if e.code == "busy" else ofp.OFPFMFC_UNKNOWN
+            raise OFError(ofp.OFPET_FLOW_MOD_FAILED, code, str(e)) from None
+        fl.rule_id = added["ids"][0]
+        self.slots[added["slots"][0]] = fl.rule_id
 
-    def _uninstall(self, fl: OFFlow) -> None:
-        with self.manager.lock:
-            reg = self.manager.flows
-            if reg is None or fl.rule_id not in reg.rules:
-                return
-            rule = reg.rules[fl.rule_id][0]
-            reg.del_rule(fl.rule_id)
-            if not any(r.chain == rule.chain for r, _ in reg.rules.values()):
-                try:
-                    reg.del_chain(rule.chain)
-                except OnvmError:
-                    pass
+    def _uninstall(self, fl: OFFlow, hops: list[Hop] | None = None) -> None:
+        """Remove the flow's rule (made for ``hops``, by default its own), and its chain
+        once no other flow of the table uses it."""
+        rule_id, hops = fl.rule_id, fl.hops if hops is None else hops
+        if not rule_id:
+            return
         fl.rule_id = 0
+        self.slots = {slot: rid for slot, rid in self.slots.items() if rid != rule_id}
+        try:
+            self.control(ops.RuleDel(rule_id))
+        except OnvmError:
+            pass  # gone already (the manager is stopping, or someone removed it)
+        name = chain_name(hops)
+        if name in self.chains and not any(f.rule_id and chain_name(f.hops) == name for f in self.flows):
+            try:
+                self.control(ops.ChainDel(name))
+                self.chains.discard(name)
+            except OnvmError:
+                pass  # a rule of someone else's still uses it
 
     def poll(self) -> None:
         """Fold what the exact entries counted since the last poll into their rules' totals.
 
         An entry keeps its counters when it moves to another rule (a MODIFY
         re-caches it), so what is added is the growth since the last poll, to
-        the rule that owns the entry now."""
-        reg = self.manager.flows
-        region = self.manager.region
-        if reg is None or region is None:
+        the rule that owns it now."""
+        if not self.slots and not self.seen:
             return
-        with self.manager.lock:
-            slots = {slot: rid for rid, (_, slot) in reg.rules.items()}
-        # The scan reads the region's seqlocked entries: no need to hold the manager's lock.
-        fs = region.flow_stats()
-        if not fs["used"] and not self.seen:
-            return  # no entry anywhere: nothing counted since the last poll
-        entries = region.flow_list(max(fs["size"], 1), -1) if fs["size"] and slots else []
         seen: dict[Any, tuple[int, int, int]] = {}
-        for e in entries:
-            rid = slots.get(e["rule_slot"])
-            if rid is None or e["origin"] != 0:
+        for key, slot, p, b in self.flow_counts():
+            rid = self.slots.get(slot)
+            if rid is None:
                 continue
-            key, p, b = e["key"], e["packets"], e["bytes"]
             old = self.seen.get(key)
             dp, db = (p, b) if old is None or p < old[1] else (p - old[1], b - old[2])
             acc = self.acc.setdefault(rid, [0, 0])
@@ -299,7 +317,7 @@ class FlowTable:
             new_rule = f.rule_id
             f.rule_id = old_rule
             self.acc.pop(old_rule, None)
-            self._uninstall(f)
+            self._uninstall(f, old_hops)
             f.rule_id = new_rule
             f.base_packets, f.base_bytes = p, b
 
@@ -516,15 +534,22 @@ class Session(threading.Thread):
 
 
 class OpenFlowAgent:
-    """The manager's OpenFlow datapath (see the module docstring)."""
+    """The OpenFlow datapath of manager ``name`` (see the module docstring).
 
-    def __init__(self, manager: Any, controllers: list[str], fail_mode: str = "secure") -> None:
+    ``control`` runs an operation in the manager, ``ports`` are its ports,
+    ``flow_counts`` reads the counters of the entries its rules installed."""
+
+    def __init__(self, name: str, controllers: list[str], fail_mode: str = "secure", *,
+                 control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts,
+                 log: Callable[[str], None] = print) -> None:
         if fail_mode not in FAIL_MODES:
             raise ConfigError(f"--fail-mode {fail_mode}: expected one of {', '.join(FAIL_MODES)}")
-        self.manager = manager
+        self.name = name
+        self.control = control
+        self._log = log
         self.fail_mode = fail_mode
-        self.dpid = datapath_id(manager.config.name)
-        self.table = FlowTable(manager)
+        self.dpid = datapath_id(name)
+        self.table = FlowTable(control, ports, flow_counts)
         self.stopping = threading.Event()
         self.sessions = [Session(self, *parse_controller(c)) for c in controllers]
         self.generation: int | None = None
@@ -540,7 +565,7 @@ class OpenFlowAgent:
 
     def log(self, text: str) -> None:
         try:
-            self.manager.log(text)
+            self._log(text)
         except Exception:
             print(text, file=sys.stderr)
 
@@ -656,17 +681,14 @@ class OpenFlowAgent:
                 raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT, f"port {p}")
         if not outputs or not data:
             return
-        m = self.manager
-        message = {"from": {"manager": True},
-                   "data": {"packet_out": base64.b64encode(data).decode(), "outputs": outputs}}
-        with m.lock:
-            for rec in m.registry:
-                inbox = m.inboxes.get(rec.nf_id)
-                if rec.service == CONTROLLER_SERVICE and inbox is not None and \
-                        inbox.send_event("message", message):
-                    self.packet_outs += 1
-                    return
-        raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, "no packet_io NF runs (service 63)")
+        message = {"packet_out": base64.b64encode(data).decode(), "outputs": outputs}
+        try:
+            sent = self.control(ops.Send(message, service=CONTROLLER_SERVICE))
+        except OnvmError as e:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, str(e)) from None
+        if not sent["delivered"]:
+            raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM, "no packet_io NF runs (service 63)")
+        self.packet_outs += 1
 
     def session_lost(self) -> None:
         if self.fail_mode == "standalone" and not any(s.connected.is_set() for s in self.sessions):
@@ -694,23 +716,19 @@ class OpenFlowAgent:
 
     # ---- multipart -----------------------------------------------------------
     def _ports(self) -> list[tuple[int, str, bool, dict[str, int]]]:
-        m = self.manager
+        """(OpenFlow port, name, up, counters) of the manager's ports and of the services."""
+        st = self.control(ops.Status())
         out = []
-        for pid, spec in enumerate(m.config.port_specs):
-            info = m.region.port_info(pid) if m.region is not None else {}
-            st = {"rx": info.get("rx", 0), "tx": info.get("tx", 0), "rx_bytes": info.get("rx_bytes", 0),
-                  "tx_bytes": info.get("tx_bytes", 0), "tx_dropped": sum(info.get("drops", ()) or ())}
-            out.append((of_port_of(pid), f"p{pid}-{spec.kind}", True, st))
-        with m.lock:
-            running = {(r.service, r.life.state.value) for r in m.registry}
-            svc_rx: dict[int, list[int]] = {}
-            for r in m.registry:
-                if m.region is not None:
-                    info = m.region.nf_info(r.nf_id)
-                    acc = svc_rx.setdefault(r.service, [0, 0])
-                    acc[0] += info.get("rx", 0)
-                    acc[1] += info.get("tx", 0)
-        up = {svc for svc, state in running if state == "running"}
+        for p in st["ports"]:
+            counts = {"rx": p["rx"], "tx": p["tx"], "rx_bytes": p["rx_bytes"], "tx_bytes": p["tx_bytes"],
+                      "tx_dropped": sum(p["drops"].values())}
+            out.append((of_port_of(p["id"]), f"p{p['id']}-{p['kind']}", True, counts))
+        up = {n["service"] for n in st["nfs"] if n["state"] == "running"}
+        svc_rx: dict[int, list[int]] = {}
+        for n in st["nfs"]:
+            acc = svc_rx.setdefault(n["service"], [0, 0])
+            acc[0] += n["rx"]
+            acc[1] += n["tx"]
         for svc in range(MAX_SERVICES):
             rx, tx = svc_rx.get(svc, [0, 0])
             # Seen from the switch, packets sent into a service are its port's TX.
@@ -721,7 +739,7 @@ class OpenFlowAgent:
         items: list[bytes]
         if mp_type == ofp.OFPMP_DESC:
             items = [wire.desc_body("pyonvm", "pyonvm shared-memory NFV manager", onvm_version,
-                                    self.manager.config.name, f"manager {self.manager.config.name}")]
+                                    self.name, f"manager {self.name}")]
         elif mp_type == ofp.OFPMP_PORT_DESC:
             items = [wire.port_body(no, (self.dpid + no).to_bytes(8, "big")[2:], name, up)
                      for no, name, up, _ in self._ports()]
@@ -756,29 +774,13 @@ class OpenFlowAgent:
 
 
 def packet_fields(data: bytes, in_port: int) -> PacketFields | None:
-    """What the rules look at in a frame (None if it is not IPv4 or IPv6)."""
-    off, vlan = 12, None
-    if len(data) < 14:
+    """What the rules look at in a frame, read by the native parser as the RX path reads it
+    (None if it is not IPv4 or IPv6)."""
+    key = _native.packet_key(data, in_port)
+    if key is None:
         return None
-    etype = int.from_bytes(data[12:14], "big")
-    if etype == 0x8100 and len(data) >= 18:
-        vlan = int.from_bytes(data[14:16], "big") & 0xFFF
-        etype = int.from_bytes(data[16:18], "big")
-        off = 16
-    ip = off + 2
-    if etype == 0x0800 and len(data) >= ip + 20:
-        ihl = (data[ip] & 0xF) * 4
-        proto, src, dst, l4 = data[ip + 9], data[ip + 12:ip + 16], data[ip + 16:ip + 20], ip + ihl
-        ver = 4
-    elif etype == 0x86DD and len(data) >= ip + 40:
-        proto, src, dst, l4 = data[ip + 6], data[ip + 8:ip + 24], data[ip + 24:ip + 40], ip + 40
-        ver = 6
-    else:
-        return None
-    sport = dport = 0
-    if proto in (6, 17, 132) and len(data) >= l4 + 4:
-        sport, dport = int.from_bytes(data[l4:l4 + 2], "big"), int.from_bytes(data[l4 + 2:l4 + 4], "big")
-    return PacketFields(ver, bytes(src), bytes(dst), proto, sport, dport, in_port, vlan)
+    ipver, src, dst, proto, sport, dport, port, vlan = key
+    return PacketFields(ipver, src, dst, proto, sport, dport, port, vlan - 1 if vlan else None)
 
 
 __all__ = ["OpenFlowAgent", "parse_controller", "datapath_id", "FlowTable", "OFFlow", "parser"]

@@ -42,8 +42,7 @@ def make(args: argparse.Namespace) -> NF:
         data = pkt.bytes()
         try:
             assert nf._client is not None
-            nf._client.request("packet_in", data=base64.b64encode(data[:args.max_len]).decode(),
-                               in_port=pkt.in_port, total_len=len(data))
+            nf._client.packet_in(base64.b64encode(data[:args.max_len]).decode(), pkt.in_port, len(data))
             counts["in"] += 1
         except OnvmError:
             counts["lost"] += 1

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 
 from onvm.errors import ConfigError, OnvmError
-from onvm.manager.manager import Manager, ManagerConfig
+from onvm.manager.config import ManagerConfig
+from onvm.manager.manager import Manager
 from onvm.manager.placement import check_available, format_cpus
 from onvm.paths import runtime_dir, socket_path
 from onvm.topology.isolation import (
@@ -101,7 +102,7 @@ def manager_config(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | 
         rx_workers=m.rx_workers, tx_workers=m.tx_workers, burst=m.burst,
         stats_interval=0 if quiet else m.stats, duration=m.duration,
         exit_when_done=m.exit_when_done, wait_for_chain=m.wait, quiet=quiet,
-        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus, pack_below=m.pack_below,
+        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus, pack_below=m.pack_below, dpdk_eal=m.dpdk_eal,
         chains=[f"{name}={hops}" for name, hops in topo.named_chains.items()],
         rules=[r.to_text() for r in topo.rules],
     )
@@ -156,7 +157,8 @@ class Supervisor:
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
         name = topo.manager.name
-        shared = [manager._dp().region.path, socket_path(name)]
+        assert manager.dp is not None
+        shared = [manager.dp.region.path, socket_path(name)]
         paths = python_paths()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
@@ -315,8 +317,7 @@ def run(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None
         sup.start()
         rc = mgr.run()  # returns once stopped: Ctrl-C, SIGTERM, onvm stop, duration, inputs done
     finally:
-        if mgr.region is not None:
-            mgr.stop()
+        mgr.stop()
         if sup is not None:
             sup.stop()
             if not quiet:

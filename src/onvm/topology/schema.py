@@ -30,6 +30,7 @@ from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.rules import parse_rule
 from onvm.manager.placement import check_available, parse_cpus
 from onvm.paths import validate_name
+from onvm.ports.dpdk import check_available as check_dpdk
 from onvm.ports.uri import PortSpec, parse_port
 from onvm.topology import _yaml
 
@@ -79,6 +80,7 @@ class ManagerSpec(_Model):
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
     nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all allowed)
     pack_below: float = Field(0.5, ge=0, lt=0.8)  # one CPU for the pipeline below this load; 0 = never
+    dpdk_eal: str = Field("", max_length=4096)  # DPDK EAL options for dpdk: ports (onvm manager --dpdk-eal)
     stats: float = Field(1.0, ge=0)  # live stats interval in seconds, 0 = off
     duration: float = Field(0.0, ge=0)  # stop after this long, 0 = until stopped
     exit_when_done: bool = False  # stop once every input port is exhausted
@@ -344,6 +346,7 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topol
     for i, uri in enumerate(topo.ports):
         try:
             topo.port_specs.append(parse_port(uri))
+            check_dpdk(topo.port_specs[-1:])
         except ConfigError as e:
             add(("ports", i), e.message)
     labels: dict[str, int] = {}

@@ -5,15 +5,16 @@ Theory of operation
 Nothing here touches a socket, so every endpoint is tested in microseconds.
 ``Api.handle(request)`` finds the route by method and path, checks the host,
 origin and (for changes) the bearer token, and returns a ``Response``.
-Reads are answered from the sampler's latest sample; changes go through the
-manager's control socket with the one control client, like every other tool.
+Reads are answered from the sampler's latest sample; changes are operations
+of the table in ``onvm.control.ops``, sent over the manager's control socket
+with the one typed client, like every other tool.
 
 Adding an endpoint::
 
     @api.route("POST", "/api/rules", change=True)
     def add_rule(req: Request, **params: str) -> Response:
-        body = req.json()            # raises BadRequest on bad JSON
-        return ok(api.control("add_rule", **body))
+        body = req.json()            # raises HttpError 400 on bad JSON
+        return ok(api.control(ops.RuleAdd(rule=body.get("rule"))))
 
 Security: the server binds 127.0.0.1 unless told otherwise; it sends no CORS
 headers, so no other origin may read its answers; requests whose ``Host`` is
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from onvm.control import ops
 from onvm.errors import ConfigError, OnvmError
 from onvm.web import metrics
 
@@ -113,9 +115,9 @@ def _int_param(value: str, what: str) -> int:
 
 
 class Api:
-    """Routes and handlers; ``source`` is a Sampler, ``control(op, **args)`` asks the manager."""
+    """Routes and handlers; ``source`` is a Sampler, ``control(op)`` runs an operation on the manager."""
 
-    def __init__(self, source: Any, control: Callable[..., dict[str, Any]], token: str,
+    def __init__(self, source: Any, control: Callable[[ops.Op], dict[str, Any]], token: str,
                  allowed_hosts: set[str] | None = None) -> None:
         self.source = source
         self.control = control
@@ -279,19 +281,20 @@ class Api:
         @route("POST", "/api/nfs/{nf}/stop", change=True)
         def stop_nf(req: Request, nf: str) -> Response:
             req.json()  # a body, if any, must be JSON
-            return ok(self.control("stop_nf", nf_id=_int_param(nf, "NF id")))
+            return ok(self.control(ops.StopNF(_int_param(nf, "NF id"))))
 
         @route("POST", "/api/shutdown", change=True)
         def shutdown(req: Request) -> Response:
             req.json()
-            return ok(self.control("shutdown"))
+            return ok(self.control(ops.Shutdown()))
 
         @route("POST", "/api/control/{op}", change=True)
         def control(req: Request, op: str) -> Response:
             """Any control operation by name, with the JSON body as its arguments."""
-            if not re.fullmatch(r"[a-z_]{1,32}", op) or op in ("register", "start", "stopping", "hello"):
-                raise ConfigError(f"'{op}' is not an operation the web API may ask for")
-            return ok(self.control(op, **req.json()))
+            cls = ops.OPS.get(op)
+            if cls is None or not cls.from_web:
+                raise ConfigError(f"'{op[:40]}' is not an operation the web API may ask for")
+            return ok(self.control(ops.decode(op, req.json())))
 
 
 def sse_frame(event: str, data: Any, ident: int | None = None) -> bytes:

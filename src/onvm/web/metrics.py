@@ -104,6 +104,23 @@ def render(sample: dict[str, Any]) -> str:
     for n in st["nfs"]:
         _drops(out, "onvm_nf_drops", "packets the NF dropped, by reason",
                {"nf": n["id"], "name": n["name"]}, n["drops"])
+    for n in st["nfs"]:
+        lab = {"nf": n["id"], "name": n["name"]}
+        out.add("onvm_nf_early_drops", "counter", "packets dropped at RX, before any NF, because this NF "
+                "was congested", lab, n.get("early", 0), "_total")
+        out.add("onvm_nf_late_drops", "counter", "packets this NF handled that were then dropped (the next "
+                "ring full or gone)", lab, n.get("late", 0), "_total")
+        out.add("onvm_nf_blocked", "counter", "times the NF stopped taking packets because a ring it "
+                "feeds was congested", lab, n.get("blocked", 0), "_total")
+        out.add("onvm_nf_rx_congested", "gauge", "1 while the NF's RX ring is past its high watermark",
+                lab, int(bool(n.get("rx_congested"))))
+    for c in st.get("chains", []):
+        for hop, d in enumerate(c.get("drops", [])):
+            lab = {"chain": c["name"], "hop": hop}
+            out.add("onvm_chain_hop_early_drops", "counter", "packets dropped at RX because the chain hop "
+                    "was congested or had no instance", lab, d["early"], "_total")
+            out.add("onvm_chain_hop_late_drops", "counter", "packets dropped after the chain hop's NF "
+                    "handled them", lab, d["late"], "_total")
     for s in sample.get("services", []):
         lab = {"service": s["id"]}
         out.add("onvm_service_instances", "gauge", "NF instances of the service", lab, len(s["instances"]))

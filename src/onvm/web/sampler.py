@@ -2,18 +2,16 @@
 
 Theory of operation
 -------------------
-However many browsers, scrapers and API clients there are, the manager's
-registry is read once per ``interval``: the sampler takes ``Manager.lock``,
-calls ``Manager.status()`` (plus the chains in the region and any extra
-sections the manager offers), lets go of the lock and turns the counters into
-rates against the previous sample.  Requests are answered from that sample and
-never touch the lock, so the web side cannot stall the control socket, and
-the packet path (native threads without the GIL) never waits for either.
+However many browsers, scrapers and API clients there are, the manager is
+read once per ``interval``: the sampler calls its ``source``, which takes the
+manager's lock and returns the status, the chains as the region holds them and
+any further sections, and turns the counters into rates against the previous
+sample.  Requests are answered from that sample and never touch the lock, so
+the web side cannot stall the control socket, and the packet path (native
+threads without the GIL) never waits for either.
 
-Sections other parts of the manager may add: if the manager has a
-``web_sections()`` method, each key of the dict it returns (called under the
-lock) becomes a section of the sample, and ``/api/<key>`` serves it.  ``rules``
-and ``flows`` are taken from ``status()`` when it has them.
+Each key of the source's ``sections`` (rules, flows, ...) becomes a section
+of the sample, and ``/api/<key>`` serves it.
 """
 
 from __future__ import annotations
@@ -21,7 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from onvm.actions import Action
 
@@ -87,11 +86,20 @@ def describe_hops(hops: list[tuple[int, int]]) -> list[dict[str, Any]]:
     return out
 
 
-class Sampler:
-    """Samples ``manager`` every ``interval`` seconds on its own thread."""
+class EventSource(Protocol):
+    def since(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]: ...
 
-    def __init__(self, manager: Any, interval: float = 0.5) -> None:
-        self.manager = manager
+
+class Sampler:
+    """Samples a manager every ``interval`` seconds on its own thread.
+
+    ``source()`` returns ``{"status", "chains": [(id, hops, drops)], "sections"}`` or
+    None once the manager is gone; ``log`` is its event log."""
+
+    def __init__(self, source: Callable[[], dict[str, Any] | None], log: EventSource,
+                 interval: float = 0.5) -> None:
+        self.source = source
+        self.log = log
         self.interval = interval
         self.seq = 0
         self._sample: dict[str, Any] = {}
@@ -117,30 +125,18 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.sample()
-            except Exception:  # the manager is tearing down under us
-                if self.manager.region is None or self.manager.stopping.is_set():
-                    return
-                raise
+            self.sample()
 
     def sample(self) -> None:
         """Read the manager once and publish the result."""
-        m = self.manager
-        with m.lock:
-            if m.region is None:
-                return
-            status = m.status()
-            chains = []
-            for cid in range(64):
-                try:
-                    hops = m.region.chain(cid)
-                except (ValueError, OSError):
-                    break
-                if hops or cid == 0:
-                    chains.append({"id": cid, "hops": describe_hops(hops)})
-            extra_fn = getattr(m, "web_sections", None)
-            extra: dict[str, Any] = extra_fn() if callable(extra_fn) else {}
+        snap = self.source()
+        if snap is None:
+            return
+        status = snap["status"]
+        chains = [{"id": cid, "hops": describe_hops(hops),
+                   "drops": [{"early": e, "late": late} for e, late in drops]}
+                  for cid, hops, drops in snap["chains"]]
+        extra: dict[str, Any] = snap.get("sections", {})
         now = time.time()
         prev = self._sample or None
         add_rates(status, prev["status"] if prev else None, now - prev["time"] if prev else 0.0)
@@ -174,9 +170,7 @@ class Sampler:
 
     def events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Manager log entries with an id greater than ``since`` (ids count from 1)."""
-        log = self.manager.events
-        start = max(since, len(log) - limit, 0)
-        return [{"id": i + 1, "time": t, "text": text} for i, (t, text) in enumerate(log[start:], start)]
+        return self.log.since(since, limit)
 
     def wait(self, seq: int, timeout: float) -> int:
         """Wait until a sample newer than ``seq`` is out (or the timeout, or stop)."""

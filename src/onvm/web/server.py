@@ -22,16 +22,17 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from onvm.control.client import Client
+from onvm.control.ops import Op
 from onvm.errors import ConfigError
 from onvm.paths import runtime_dir
 from onvm.web.api import MAX_BODY, Api, Request, Response, error, sse_frame
-from onvm.web.sampler import Sampler
+from onvm.web.sampler import EventSource, Sampler
 
 MAX_STREAMS = 16
 HEARTBEAT = 15.0
@@ -187,15 +188,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class WebServer:
-    """The manager's web endpoint (see the module docstring)."""
+    """The web endpoint of manager ``name`` (see the module docstring).
 
-    def __init__(self, manager: Any, host: str = "127.0.0.1", port: int = 0,
-                 interval: float = 0.5) -> None:
-        self.manager = manager
+    ``source`` and ``log`` feed the sampler (see sampler.py); ``control`` runs
+    an operation as a client of the manager (the typed client on its socket)."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *,
+                 source: Callable[[], dict[str, Any] | None], log: EventSource,
+                 control: Callable[[Op], dict[str, Any]], interval: float = 0.5) -> None:
         self.host = host
         self.token = secrets.token_urlsafe(32)
-        self.token_path = token_path(manager.config.name)
-        self.sampler = Sampler(manager, interval)
+        self.token_path = token_path(name)
+        self.sampler = Sampler(source, log, interval)
         self._streams = 0
         self._streams_lock = threading.Lock()
         self._static: dict[str, bytes] = {}
@@ -208,7 +212,7 @@ class WebServer:
             raise ConfigError(f"--web {host}:{port}: the address {what}") from None
         self.httpd.web = self
         self.port = self.httpd.server_address[1]
-        self.api = Api(self.sampler, self._control, self.token, self._allowed_hosts())
+        self.api = Api(self.sampler, control, self.token, self._allowed_hosts())
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="onvm-web", daemon=True)
         self._started = False
@@ -227,11 +231,6 @@ class WebServer:
         h = f"[{self.host}]" if ":" in self.host else self.host
         names = {h, "localhost", "127.0.0.1", "[::1]"}
         return {f"{n}:{self.port}".lower() for n in names} | ({h.lower()} if self.port == 80 else set())
-
-    def _control(self, op: str, **args: Any) -> dict[str, Any]:
-        with Client(self.manager.config.name, path=self.manager.server.path if self.manager.server
-                    else None) as c:
-            return c.request(op, **args)
 
     def static(self, name: str) -> bytes:
         if name not in self._static:

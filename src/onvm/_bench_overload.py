@@ -1,0 +1,151 @@
+"""Open-loop benchmarks for ``onvm bench``: ``overload`` and ``paper``.
+
+Closed-loop benchmarks (``loop``, ``chain3``) circle a fixed set of packets, so
+no queue ever overflows.  These offer traffic the way a port does, whether or
+not the chain keeps up: ``gen:mix=http`` ports (the paper's HTTP size mix) into
+``simple_forward`` NFs and out of a ``null`` port.  Delivered traffic is what
+left by the output port over the window, read from the ports' counters.
+
+``overload`` sweeps a chain of N NFs over offered rates (fractions and
+multiples of what an unpaced run delivered, then unpaced again) and reports
+whether throughput holds at the chain's peak when the port offers more than
+the chain can take (``overload_ratio``), and how much work was thrown away
+after an NF had done it (``late_drop_ratio``).
+
+``paper`` runs the three configurations of the OpenNetVM paper's Figure 2,
+unpaced: one NF with one RX and one TX worker, two replicas of one service
+with two RX and two TX workers (one gen port each), a chain of five NFs.
+
+Every point starts its own manager and NFs, and reports the load average of
+the machine: on a shared machine, compare figures from one run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from onvm._deploy import Deployment
+from onvm.errors import ConfigError
+
+WARMUP = 1.5
+SWEEP = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # offered rates, times what an unpaced run delivered
+PAPER_GBPS = {"one_nf": 48, "replicas": 68, "chain5": 40}  # Figure 2, 10/40G NICs, many cores
+HTTP = "gen:mix=http,flows=1024"
+
+
+@dataclass
+class Setup:
+    """One open-loop configuration: input ports, NFs (``onvm nf`` argument lists), workers."""
+
+    inputs: int = 1
+    nfs: tuple[tuple[str, ...], ...] = (("simple_forward", "--service", "1"),)
+    chain: str = "1"
+    workers: int = 1  # RX and TX workers each
+
+
+def chain_setup(nfs: int) -> Setup:
+    if not 1 <= nfs <= 15:
+        raise ConfigError(f"--nfs {nfs}: expected 1..15")
+    return Setup(nfs=tuple(("simple_forward", "--service", str(i)) for i in range(1, nfs + 1)),
+                 chain=",".join(str(i) for i in range(1, nfs + 1)))
+
+
+def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run a setup once; ``rate`` packets/s per input port (None: unpaced)."""
+    port = HTTP + (f",rate={int(rate)}" if rate else "")
+    out = setup.inputs  # the null port comes after the inputs
+    args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
+        "--port", "null", "--default-chain", f"{setup.chain},out:{out}",
+        "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers)]
+    dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", args, verbose)
+    try:
+        dep.start_manager()
+        for argv in setup.nfs:
+            dep.start_nf(list(argv))
+        dep.wait_running(len(setup.nfs))
+        time.sleep(WARMUP)
+        s0, t0 = dep.status(), time.monotonic()
+        time.sleep(seconds)
+        s1, dt = dep.status(), time.monotonic() - t0
+    finally:
+        dep.stop()
+
+    def port_delta(key: str, ids: range) -> int:
+        return sum(s1["ports"][i][key] - s0["ports"][i][key] for i in ids)
+
+    def drops_delta(reason: str, ids: range) -> int:
+        return sum(s1["ports"][i]["drops"].get(reason, 0) - s0["ports"][i]["drops"].get(reason, 0)
+                   for i in ids)
+
+    def nf_delta(key: str, service: int | None = None) -> int:
+        before = {n["id"]: n[key] for n in s0["nfs"]}
+        return sum(n[key] - before.get(n["id"], 0) for n in s1["nfs"] if service in (None, n["service"]))
+
+    inputs = range(setup.inputs)
+    made = port_delta("rx", inputs)
+    early = sum(drops_delta(r, inputs) for r in ("early", "ring_full", "no_dest"))
+    return {
+        # Paced: the rate asked for; unpaced: what the ports made (RX read it).
+        "offered_mpps": round(rate * setup.inputs / 1e6 if rate else made / dt / 1e6, 3),
+        "paced": bool(rate),
+        "delivered_mpps": round(port_delta("tx", range(out, out + 1)) / dt / 1e6, 3),
+        "delivered_gbps": round(port_delta("tx_bytes", range(out, out + 1)) * 8 / dt / 1e9, 2),
+        "read_mpps": round(made / dt / 1e6, 3),  # what RX took from the input ports
+        "missed": drops_delta("missed", inputs),
+        "early_drops": early,
+        "late_drops": nf_delta("late"),
+        "first_nf_packets": nf_delta("rx", 1),
+        "blocked": nf_delta("blocked"),
+        "seconds": round(dt, 3),
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def overload(nfs: int = 5, seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
+    """Delivered against offered rate through a chain of ``nfs`` NFs (see the module docstring)."""
+    setup = chain_setup(nfs)
+    first = measure(setup, seconds, None, verbose)
+    base = max(first["delivered_mpps"], 0.01) * 1e6
+    points = [measure(setup, seconds, f * base, verbose) for f in SWEEP]
+    last = measure(setup, seconds, None, verbose)
+    points += [first, last]
+    peak = max(p["delivered_mpps"] for p in points)
+    unpaced = last["delivered_mpps"]
+    return {
+        "scenario": "overload",
+        "nfs": nfs,
+        "peak_mpps": peak,
+        "overload_mpps": unpaced,
+        "overload_ratio": round(unpaced / peak, 3) if peak else 0.0,
+        "late_drop_ratio": round(last["late_drops"] / max(last["first_nf_packets"], 1), 6),
+        "curve": [[p["offered_mpps"], p["delivered_mpps"]] for p in points],
+        "unpaced_read_mpps": last["read_mpps"],
+        "points": points,
+        "mpps": unpaced,
+        "seconds": seconds,
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
+    """The paper's Figure 2 configurations, unpaced (see the module docstring)."""
+    setups = {
+        "one_nf": Setup(),
+        "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2),
+        "chain5": chain_setup(5),
+    }
+    out: dict[str, Any] = {"scenario": "paper"}
+    for name, setup in setups.items():
+        r = measure(setup, seconds, None, verbose)
+        out[f"{name}_mpps"] = r["delivered_mpps"]
+        out[f"{name}_gbps"] = r["delivered_gbps"]
+        out[f"{name}_late_drops"] = r["late_drops"]
+        out[f"{name}_load"] = r["load"]
+    out["paper_gbps"] = PAPER_GBPS
+    out["mpps"] = out["chain5_mpps"]
+    out["seconds"] = seconds
+    return out
