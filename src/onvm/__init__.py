@@ -13,7 +13,8 @@ The public API::
     nf.run()
 """
 
-from onvm.actions import DROP, NEXT, OUT, TONF, Action, DropReason
+from onvm._version import __version__
+from onvm.constants import DROP, NEXT, OUT, TONF, Action, DropReason
 from onvm.control.client import Client
 from onvm.errors import (
     ConfigError,
@@ -25,9 +26,8 @@ from onvm.errors import (
 )
 from onvm.nf import NF, Batch, PrefixTable
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "DROP",
     "NEXT",
     "OUT",

@@ -97,10 +97,19 @@ class LifecycleError(OnvmError):
     default_code = "illegal_transition"
 
 
-class RegionError(OnvmError):
-    """The shared region is missing, incompatible or damaged."""
+class RegionError(OnvmError, OSError):
+    """The shared region is missing, incompatible or damaged, or a native slow-path call failed.
+
+    The native core raises this very class, with the ``errno`` it failed with
+    (``errno.EBUSY``: another live manager holds the region) and its message.
+    """
 
     default_code = "region"
+
+    def __init__(self, message: str, *, code: str | None = None, errno: int | None = None) -> None:
+        OnvmError.__init__(self, message, code=code)
+        self.errno = errno  # type: ignore[assignment]
+        self.strerror = message  # type: ignore[assignment]
 
 
 class ConfigError(OnvmError):

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-LAT_BUCKETS = 128
+from onvm._native import LAT_BUCKETS
+
 LOG2_BUCKETS = 34  # powers of two of ns, [2^k, 2^(k+1)) for k < 33, then the rest
 
 

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from onvm import _native
-from onvm.actions import Action, DropReason
+from onvm import _hooks, _native
+from onvm.constants import Action, drop_counts
 from onvm.nf._nf import NF
 
 NF_ID = 1
@@ -54,6 +54,18 @@ class Result:
             [p for k in sorted(self.tonf) for p in self.tonf[k]]
 
 
+def make_nf(program: Any, *argv: str) -> NF:
+    """The NF that ``onvm nf PROGRAM ARGV...`` would run, built but not running.
+
+    ``program`` is an NF module (or object with ``make``), or anything ``onvm nf``
+    takes: an example's name, a file's path, an installed NF's name."""
+    from onvm import nfs
+
+    obj = nfs.find(program).load() if isinstance(program, str) else program
+    name = program if isinstance(program, str) else getattr(program, "__name__", "nf")
+    return obj.make(nfs.parser(obj, f"onvm nf {name}").parse_args(list(argv)))  # type: ignore[no-any-return]
+
+
 def run_nf(nf: NF, packets: Iterable[Any], *, in_port: int = 0, services: Sequence[int] = (),
            ttl: float = 0.0, limit: int | None = None, pool_size: int = 4096,
            ring_size: int = 4096) -> Result:
@@ -76,7 +88,7 @@ def run_nf(nf: NF, packets: Iterable[Any], *, in_port: int = 0, services: Sequen
             region.nf_activate(sinks[svc], svc, 0, os.getpid(), 0, f"sink{svc}")
             region.set_service(svc, [(sinks[svc], 0)])
         region.set_chain(0, [(int(Action.TONF), service), (int(Action.OUT), 0)])
-        _native.deliver(region, NF_ID, raw, in_port, 0)
+        _hooks.deliver(region, NF_ID, raw, in_port, 0)
         nf.service, nf.nf_id, nf.stop_reason = service, NF_ID, ""
         nf.ttl = ttl
         nf.limit = (len(raw) if not ttl else 0) if limit is None else limit
@@ -92,12 +104,12 @@ def run_nf(nf: NF, packets: Iterable[Any], *, in_port: int = 0, services: Sequen
             res.stats = region.nf_info(NF_ID)
             nf._ctx = None
             nf._region = None
-        for data, _action, port, *_ in _native.drain(region, NF_ID, True):
+        for data, _action, port, *_ in _hooks.drain(region, NF_ID, True):
             res.out.setdefault(port, []).append(data)
         for svc, nf_id in [(service, NF_ID), *sinks.items()]:
-            for data, *_ in _native.drain(region, nf_id, False):
+            for data, *_ in _hooks.drain(region, nf_id, False):
                 res.tonf.setdefault(svc, []).append(data)
-        res.drops = {DropReason(i).name.lower(): v for i, v in enumerate(res.stats["drops"]) if v}
+        res.drops = drop_counts(res.stats["drops"])
         res.held = region.owners().get(NF_ID, 0)
         if res.held:
             region.nf_set_draining(NF_ID)

@@ -190,13 +190,13 @@ def test_afpacket_in_afxdp_out_and_back(make_testbed: Callable[..., Testbed], de
 
 def test_generated_packets_leave_through_afxdp(afxdp_testbed: Testbed, deploy: Any) -> None:
     """A gen port's slots go straight onto the XSK's TX ring (default chain out:1)."""
-    from onvm._bench_ports import _rx_packets
+    from onvm.bench.ports import rx_packets
 
     tb = afxdp_testbed
-    before = _rx_packets(tb.ns("a"), "eth0")
+    before = rx_packets(tb.ns("a"), "eth0")
     dep = deploy(["--port", "gen:count=3000,rate=100k", "--port", f"afxdp:{tb.port_if('a')}",
                   "--default-chain", "out:1", "--no-wait"])
-    wait_for(lambda: _rx_packets(tb.ns("a"), "eth0") - before >= 3000, what="3000 frames at host A")
+    wait_for(lambda: rx_packets(tb.ns("a"), "eth0") - before >= 3000, what="3000 frames at host A")
     st = dep.status()
     assert st["ports"][1]["tx"] == 3000 and not st["ports"][1]["drops"]
     wait_for(lambda: _balanced(dep.status()), what="completions back in the pool")

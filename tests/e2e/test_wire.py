@@ -204,12 +204,12 @@ def test_missing_interface_is_a_clear_error(runtime: str) -> None:
 
 def test_kernel_ring_drops_are_counted(testbed: Testbed, deploy: Any) -> None:
     """Input held (no NF yet): the kernel's ring fills, and what it drops shows in the port's stats."""
-    from onvm._bench_ports import _mac, _send_and_count, _udp_frame
+    from onvm.bench.ports import mac_of, send_and_count, udp_frame
 
     dep = deploy(["--port", testbed.ports[0], "--port", testbed.ports[1], "--default-chain", "1"])
-    frame = _udp_frame(_mac(testbed.ns("a"), "eth0"), _mac(testbed.ns("b"), "eth0"), testbed.addr("a"),
-                       testbed.addr("b"))
-    sent, _ = _send_and_count(testbed, frame, 0.3)
+    frame = udp_frame(mac_of(testbed.ns("a"), "eth0"), mac_of(testbed.ns("b"), "eth0"), testbed.addr("a"),
+                      testbed.addr("b"))
+    sent, _ = send_and_count(testbed, frame, 0.3)
     dep.start_nf(["bridge", "--service", "1"])
     dep.wait_running(1)
     port = wait_for(lambda: (p := dep.status()["ports"][0])["drops"].get("kernel") and p,

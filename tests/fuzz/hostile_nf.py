@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from onvm import NF, _native
+from onvm import NF, _hooks
 
 manager, seed, per_burst = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 nf = NF("hostile", service=2, manager=manager, quiet=True, burst=64)
@@ -29,7 +29,7 @@ def handle(b):  # type: ignore[no-untyped-def]
     b.action[:] = rng.integers(0, 5, n, dtype=np.uint8)
     b.dest[:] = rng.integers(0, 6, n, dtype=np.uint16)
     # ...and random bytes over their records and data, its rings and its record.
-    state["seed"] = _native.hostile_writes(nf._region, nf.nf_id, b.slots, per_burst, state["seed"])
+    state["seed"] = _hooks.hostile_writes(nf._region, nf.nf_id, b.slots, per_burst, state["seed"])
 
 
 @nf.setup
@@ -40,7 +40,7 @@ def scribble_all_the_time(nf_: NF) -> None:
         s = seed ^ 0x5DEECE66D
         while nf_._ctx is not None:
             try:
-                s = _native.hostile_writes(nf_._region, nf_.nf_id, NO_SLOTS, 1, s)
+                s = _hooks.hostile_writes(nf_._region, nf_.nf_id, NO_SLOTS, 1, s)
             except (ValueError, TypeError):
                 return  # the region closed as the NF left
             time.sleep(0.002)

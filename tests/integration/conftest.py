@@ -6,6 +6,7 @@ manager names, so tests can run side by side; everything is removed after.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -21,6 +22,8 @@ import pytest
 
 from onvm._deploy import Deployment
 from onvm.control.client import Client
+from onvm.errors import OnvmError
+from onvm.topology.isolation import backend
 
 
 @pytest.fixture
@@ -84,3 +87,36 @@ def pcap_records(path: Any) -> list[bytes]:
 def status(name: str) -> dict[str, Any]:
     with Client(name) as c:
         return c.request("status")
+
+
+def _have(mode: str) -> bool:
+    try:
+        backend(mode).check()
+        return True
+    except OnvmError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def nf_image() -> Iterator[str]:
+    """The NF image, built once per test run from this checkout (no registry).
+
+    Its tag is unique: other checkouts on the machine build their own."""
+    if not _have("podman"):
+        pytest.skip("podman is not installed (make deps installs it)")
+    tag = f"localhost/onvm-nf:test-{uuid.uuid4().hex[:8]}"
+    r = onvm("image", "build", "--json", "--tag", tag, timeout=600)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield str(json.loads(r.stdout.splitlines()[-1])["image"])
+    finally:
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def need(mode: str, request: pytest.FixtureRequest) -> str:
+    """Skip unless ``mode`` works here; returns the image to use (containers) or ''."""
+    if mode == "podman":
+        return str(request.getfixturevalue("nf_image"))
+    if not _have(mode):
+        pytest.skip(f"{mode} isolation is not available here (make deps installs it)")
+    return ""

@@ -9,7 +9,7 @@ import time
 
 from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-untyped]
 
-from onvm.bench import _cpu_seconds
+from onvm._proc import cpu_seconds
 from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
 # Explicit addresses: scapy would otherwise look the destination MAC up on the network.
@@ -128,7 +128,7 @@ def test_idle_nfs_sleep(deploy):
     dep.wait_running(3)
 
     def cpu():
-        return sum(_cpu_seconds(p.pid) for p in dep.procs)
+        return sum(cpu_seconds(p.pid) or 0.0 for p in dep.procs)
 
     c0, t0 = cpu(), time.monotonic()
     time.sleep(2)

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,43 +18,10 @@ import pytest
 from onvm.control.client import Client
 from onvm.errors import OnvmError
 from onvm.topology.isolation import Launch, backend
-from tests.integration.conftest import onvm, pcap_records, wait_for
+from tests.integration.conftest import need, onvm, pcap_records, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["process", "namespace", "podman"]
-
-
-def _have(mode: str) -> bool:
-    try:
-        backend(mode).check()
-        return True
-    except OnvmError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def nf_image() -> Iterator[str]:
-    """The NF image, built once per test run from this checkout (no registry).
-
-    Its tag is unique: other checkouts on the machine build their own."""
-    if not _have("podman"):
-        pytest.skip("podman is not installed (make deps installs it)")
-    tag = f"localhost/onvm-nf:test-{uuid.uuid4().hex[:8]}"
-    r = onvm("image", "build", "--json", "--tag", tag, timeout=600)
-    assert r.returncode == 0, r.stderr
-    try:
-        yield str(json.loads(r.stdout.splitlines()[-1])["image"])
-    finally:
-        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
-
-
-def _need(mode: str, request: pytest.FixtureRequest) -> str:
-    """Skip unless ``mode`` works here; returns the image to use (containers) or ''."""
-    if mode == "podman":
-        return str(request.getfixturevalue("nf_image"))
-    if not _have(mode):
-        pytest.skip(f"{mode} isolation is not available here (make deps installs it)")
-    return ""
 
 
 def _run(path: Path, *args: str, cwd: Path | None = None, **kw) -> subprocess.Popen[str]:
@@ -79,7 +45,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_isolation_mode_carries_packets(runtime, tmp_path, request, mode):
-    image = _need(mode, request)
+    image = need(mode, request)
     out = tmp_path / "out.pcap"
     topo = _write(tmp_path, f"""\
         manager: {{name: iso{uuid.uuid4().hex[:6]}, exit_when_done: true, ring_size: 8192}}
@@ -112,7 +78,7 @@ nf.run()
 
 @pytest.mark.parametrize("mode", ["process", "namespace"])
 def test_nf_script_runs_from_a_topology(runtime, tmp_path, request, mode):
-    _need(mode, request)
+    need(mode, request)
     (tmp_path / "counter.py").write_text(SCRIPT)
     out = tmp_path / "out.pcap"
     topo = _write(tmp_path, f"""\
@@ -147,7 +113,7 @@ print(json.dumps({'pids': pids, 'secret': os.path.exists(sys.argv[1]), 'tests': 
 
 @pytest.mark.parametrize("mode", ["namespace", "podman"])
 def test_isolated_nf_sees_only_its_mounts(tmp_path, request, mode):
-    image = _need(mode, request)
+    image = need(mode, request)
     secret = tmp_path / "secret"
     secret.write_text("host only")
     shared = tmp_path / "region"
@@ -267,7 +233,7 @@ def test_missing_runtime_fails_before_anything_starts(runtime, tmp_path):
                                            ("lb-replicas.yaml", None)])
 def test_examples_run(runtime, tmp_path, request, example, count):
     if example == "lb-replicas.yaml":
-        _need("namespace", request)
+        need("namespace", request)
     shutil.copy(ROOT / "examples" / example, tmp_path / example)
     p = _run(tmp_path / example, cwd=tmp_path)
     stdout, stderr = p.communicate(timeout=180)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onvm import _native
+from onvm import _hooks
 
 try:
     from . import models
@@ -24,14 +24,14 @@ SIZES = [4, 16, 64, 1024]
 
 @pytest.mark.parametrize("size", SIZES)
 def test_watermarks_are_half_and_a_quarter(size: int) -> None:
-    assert _native.Ring(size).watermarks == (size // 2, size // 4)
+    assert _hooks.Ring(size).watermarks == (size // 2, size // 4)
 
 
 @pytest.mark.parametrize("size", SIZES)
 @settings(max_examples=60, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 1100)), max_size=60))
 def test_flag_follows_the_model(size: int, ops: list[tuple[bool, int]]) -> None:
-    ring, model = _native.Ring(size), models.WatermarkModel(size)
+    ring, model = _hooks.Ring(size), models.WatermarkModel(size)
     history: list[str] = []
     item = 0
     for push, n in ops:
@@ -48,7 +48,7 @@ def test_flag_follows_the_model(size: int, ops: list[tuple[bool, int]]) -> None:
 def test_a_producer_that_sees_the_ring_drained_clears_its_own_flag() -> None:
     # The consumer drained to low before the producer's flag was visible: the producer's
     # recheck after setting it clears it, or nobody would (onvm_bp_pushed).
-    ring = _native.Ring(16)
+    ring = _hooks.Ring(16)
     ring.enqueue(list(range(8)), bp=True)
     assert ring.congested
     ring.dequeue(8)  # a consumer that did not look at the flag
@@ -66,7 +66,7 @@ def test_no_lost_wake_up_under_threads(ring_size: int, producers: int, burst: in
         for nf in range(1, producers + 2):
             region.nf_activate(nf, nf, 0, os.getpid(), 0, f"nf{nf}")
         items = 300000 // producers
-        res = _native.bp_stress(region, producers, items, burst, ring_size)
+        res = _hooks.bp_stress(region, producers, items, burst, ring_size)
     finally:
         region.close()  # the creator's close unlinks the file
     assert res["received"] == producers * items and res["errors"] == 0, res

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from onvm import _native
+from onvm import _hooks, _native
 
 try:
     from tests.native.test_pool import create, new_path
@@ -58,18 +58,18 @@ def test_the_loop_waits_while_the_ring_it_feeds_is_congested() -> None:
         t = threading.Thread(target=ctx.run, args=(forward,), kwargs={"batch": False, "ttl": 20.0})
         t.start()
         try:
-            assert _native.deliver(r, 1, [FRAME] * 40) == 40
+            assert _hooks.deliver(r, 1, [FRAME] * 40) == 40
             wait_for(lambda: r.nf_info(1)["rx"] == 40, "the first packets")
             assert r.nf_info(2)["rx_congested"]
             wait_for(lambda: r.nf_info(1)["blocked_on"] == 2, "the loop to wait for NF 2")
-            assert _native.deliver(r, 1, [FRAME] * 30) == 30
+            assert _hooks.deliver(r, 1, [FRAME] * 30) == 30
             time.sleep(0.2)
             info = r.nf_info(1)
             assert info["rx"] == 40 and info["rx_ring"] == 30, "it took packets while NF 2 was congested"
             assert info["blocked"] == 1 and info["late"] == 0
-            assert len(_native.drain(r, 2, False)) == 40  # NF 2 drains: it wakes the loop
+            assert len(_hooks.drain(r, 2, False)) == 40  # NF 2 drains: it wakes the loop
             wait_for(lambda: r.nf_info(1)["rx"] == 70, "the loop to go on")
-            assert len(_native.drain(r, 2, False)) == 30
+            assert len(_hooks.drain(r, 2, False)) == 30
             wait_for(lambda: r.nf_info(1)["blocked_on"] == 0, "the loop to wait no more")
             info = r.nf_info(1)
             assert info["late"] == 0 and sum(info["drops"]) == 0 and info["blocked_ns"] > 0
@@ -97,7 +97,7 @@ def test_the_loop_never_waits_for_its_own_ring() -> None:
                 meta.drop()
 
         ctx = _native.NFContext(r, 1)
-        _native.deliver(r, 1, [FRAME] * 40)  # past its own high watermark
+        _hooks.deliver(r, 1, [FRAME] * 40)  # past its own high watermark
         t = threading.Thread(target=ctx.run, args=(again,), kwargs={"batch": False, "ttl": 20.0})
         t.start()
         try:

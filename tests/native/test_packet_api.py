@@ -23,7 +23,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from onvm import NF, _native
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.nf import PrefixTable
 from onvm.nf._nf import _compile
 from onvm.testing import run_nf

@@ -532,7 +532,7 @@ def test_stale_region_after_manager_killed(path: str) -> None:
 
 _LIMITED_SCRIPT = """
 import resource, sys
-from onvm import _native
+from onvm import _hooks, _native
 {setup}
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 try:
@@ -546,7 +546,7 @@ except MemoryError:
 @pytest.mark.parametrize(
     "setup, call",
     [
-        ("r = _native.Ring(4); r.enqueue([1, 2, 3])", "r.dequeue(2**32 - 1)"),
+        ("r = _hooks.Ring(4); r.enqueue([1, 2, 3])", "r.dequeue(2**32 - 1)"),
         (
             "r = _native.Region.create(sys.argv[1], pool_size=64, slot_size=512, ring_size=64)",
             "r.alloc(2**32 - 1)",

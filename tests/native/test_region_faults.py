@@ -24,7 +24,7 @@ def run_child(code: str, timeout: float = 60) -> str:
 
 PRELUDE = """
 import os, tempfile
-from onvm import _native
+from onvm import _hooks, _native
 d = tempfile.mkdtemp()
 path = os.path.join(d, "r")
 """
@@ -72,7 +72,7 @@ finally:
 HOSTILE = PRELUDE + """
 import struct, threading, time
 r = _native.Region.create(path, "h", pool_size=1024, slot_size=512, ring_size=64)
-L = _native.layout(r)
+L = _hooks.layout(r)
 PID = os.getpid()
 FRAME = bytes.fromhex("020000000002020000000001080045000020000000004011") + bytes(22)
 
@@ -85,9 +85,9 @@ def nf_rec(nf):
 def meta(s, field):
     return L["meta"] + s * L["meta_size"] + L[field]
 
-def u16(off, v): _native.poke(r, off, struct.pack("<H", v))
-def u32(off, v): _native.poke(r, off, struct.pack("<I", v))
-def u64(off, v): _native.poke(r, off, struct.pack("<Q", v))
+def u16(off, v): _hooks.poke(r, off, struct.pack("<H", v))
+def u32(off, v): _hooks.poke(r, off, struct.pack("<I", v))
+def u64(off, v): _hooks.poke(r, off, struct.pack("<Q", v))
 
 def transit(p, c):
     return 0x8000 | p << 6 | c
@@ -159,7 +159,7 @@ r.nf_activate(1, 1, 0, PID, 1, "twice")
 m.start()
 s = r.alloc(1, 1)[0]  # the NF holds it, and may stamp it handed over
 r.write(s, FRAME)
-_native.poke(r, meta(s, "action"), bytes([3]))  # OUT
+_hooks.poke(r, meta(s, "action"), bytes([3]))  # OUT
 u16(meta(s, "dest"), 0)
 u16(meta(s, "owner"), transit(1, 0))
 publish(1, 1, [s, s])
@@ -226,7 +226,7 @@ r.set_chain(0, [(2, 1), (3, 1)])  # service 1, then out of port 1
 ctx = _native.NFContext(r, 1)
 t = threading.Thread(target=ctx.run, args=(lambda pkt, meta: None,), kwargs={"batch": False, "ttl": 20})
 t.start()
-_native.reserve_only(r, 1, 4, 2)  # NF 2 reserved room in NF 1's ring and will never complete it
+_hooks.reserve_only(r, 1, 4, 2)  # NF 2 reserved room in NF 1's ring and will never complete it
 m.start()
 wait(lambda: r.port_info(0)["rx"] > 2000, "the RX worker to go on")
 held = r.nf_info(1)["rx"]

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from onvm import _native
-from onvm.actions import Action
+from onvm import _hooks, _native
+from onvm.constants import Action
 
 try:
     from tests.native.test_pool import fresh_region
@@ -53,7 +53,7 @@ def test_nobody_else_means_no_wait_and_held_slots_come_back() -> None:
         m = _native.Manager(r, 1, 1)
         r.nf_activate(1, 1, 0, PID, 1, "leaving")
         r.alloc(10, 1)  # slots in the NF's hands
-        _native.deliver(r, 1, [FRAME] * 5)  # and packets in its RX ring
+        _hooks.deliver(r, 1, [FRAME] * 5)  # and packets in its RX ring
         res = m.retire(1, grace=5.0, drain=5.0)
         assert res["grace_ok"] and res["drained"] and res["pending"] == 0
         assert res["grace_s"] < 5.0
@@ -102,7 +102,7 @@ def test_the_grace_period_ends_when_a_busy_nf_finishes_its_iteration() -> None:
             in_handler.set()
             release.wait(10)
 
-        _native.deliver(r, 2, [FRAME])
+        _hooks.deliver(r, 2, [FRAME])
         with nf_loop(r, 2, handler):
             assert in_handler.wait(5)
             threading.Timer(0.3, release.set).start()
@@ -146,7 +146,7 @@ def test_drain_waits_for_every_ring_to_empty() -> None:
         m = _native.Manager(r, 1, 1)
         r.nf_activate(1, 1, 0, PID, 1, "nf")
         assert m.drain(0.0)  # nothing in any ring
-        _native.deliver(r, 1, [FRAME] * 8)
+        _hooks.deliver(r, 1, [FRAME] * 8)
         assert not m.drain(0.1)  # nobody reads it
         with nf_loop(r, 1, lambda pkt, meta: meta.drop()):
             assert m.drain(10.0)

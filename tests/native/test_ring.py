@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from onvm import _native
+from onvm import _hooks
 
 try:
     from . import models
@@ -26,7 +26,7 @@ class Pair:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.ring = _native.Ring(size)
+        self.ring = _hooks.Ring(size)
         self.model = models.RingModel(size)
         self.history: list[str] = []
         self.next_item = 0
@@ -79,7 +79,7 @@ def op_strategy(size: int) -> st.SearchStrategy[tuple]:
 
 @pytest.mark.parametrize("size", SIZES + [1 << 24])
 def test_capacity_is_size_minus_one(size: int) -> None:
-    ring = _native.Ring(size)
+    ring = _hooks.Ring(size)
     assert ring.capacity == size - 1
     assert ring.count() == 0
     assert ring.free_count() == size - 1
@@ -89,13 +89,13 @@ def test_capacity_is_size_minus_one(size: int) -> None:
 @pytest.mark.parametrize("size", [0, 1, 3, 6, 100, 1000, 1023, 1025, 1 << 25, 2**32 - 1])
 def test_invalid_size_is_rejected(size: int) -> None:
     with pytest.raises(ValueError, match="power of two"):
-        _native.Ring(size)
+        _hooks.Ring(size)
     with pytest.raises(ValueError, match="power of two"):
         models.RingModel(size)
 
 
 def test_entries_wider_than_32_bits_are_rejected_and_nothing_is_enqueued() -> None:
-    ring = _native.Ring(16)
+    ring = _hooks.Ring(16)
     bad = models.ENTRY_MAX + 1
     with pytest.raises(ValueError, match="32 bits"):
         ring.enqueue([1, 2, bad], mp=False)
@@ -107,7 +107,7 @@ def test_entries_wider_than_32_bits_are_rejected_and_nothing_is_enqueued() -> No
 
 
 def test_negative_entries_are_rejected() -> None:
-    ring = _native.Ring(16)
+    ring = _hooks.Ring(16)
     with pytest.raises((ValueError, OverflowError)):
         ring.enqueue([3, -1])
     assert ring.count() == 0
@@ -115,7 +115,7 @@ def test_negative_entries_are_rejected() -> None:
 
 @pytest.mark.parametrize("wide", [2**32, 2**32 + 5, 2**63])
 def test_entries_wider_than_32_bits_are_rejected(wide: int) -> None:
-    ring = _native.Ring(16)
+    ring = _hooks.Ring(16)
     with pytest.raises((ValueError, OverflowError)):
         ring.enqueue([1, wide], mp=bool(wide & 1))
     assert ring.count() == 0
@@ -224,7 +224,7 @@ test_ring_state_machine = RingMachine.TestCase
 @pytest.mark.parametrize("burst", [1, 32, 256])
 @pytest.mark.parametrize("size", [16, 1024])
 def test_stress_multi_producer(producers: int, burst: int, size: int) -> None:
-    ring = _native.Ring(size)
+    ring = _hooks.Ring(size)
     per = 120_000 // producers
     res = ring.stress(producers, per, burst)
     assert res == {"received": producers * per, "errors": 0, "left": 0}, res
@@ -232,7 +232,7 @@ def test_stress_multi_producer(producers: int, burst: int, size: int) -> None:
 
 
 def test_stress_on_smallest_ring() -> None:
-    ring = _native.Ring(2)  # one usable entry: every enqueue contends
+    ring = _hooks.Ring(2)  # one usable entry: every enqueue contends
     res = ring.stress(4, 5_000, 32)
     assert res == {"received": 20_000, "errors": 0, "left": 0}, res
 
@@ -240,4 +240,4 @@ def test_stress_on_smallest_ring() -> None:
 @pytest.mark.parametrize("args", [(0, 10, 1), (9, 10, 1), (1, 1 << 24, 1), (1, 10, 0), (1, 10, 513)])
 def test_stress_rejects_bad_arguments(args: tuple[int, int, int]) -> None:
     with pytest.raises(ValueError):
-        _native.Ring(16).stress(*args)
+        _hooks.Ring(16).stress(*args)

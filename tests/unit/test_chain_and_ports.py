@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.ports.uri import parse_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from onvm import _native, latency
+from onvm import _hooks, latency
 from onvm.web import metrics
 from tests.unit.test_web_api import FakeSource
 
@@ -15,7 +15,7 @@ def families(text: str) -> dict:
 
 def test_metrics_parse_and_carry_the_counters():
     sample = FakeSource().sample
-    lat = _native.lat_record([1_000_000 - 5_000] * 90 + [0] * 10, 1_000_000)  # 90 x 5 us, 10 x 1 ms
+    lat = _hooks.lat_record([1_000_000 - 5_000] * 90 + [0] * 10, 1_000_000)  # 90 x 5 us, 10 x 1 ms
     sample["status"]["nfs"][0]["latency"] = latency.summary(lat)
     sample["status"]["nfs"][0]["name"] = 'we"ird\\name'
     fams = families(metrics.render(sample))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st  # noqa: E402
 from os_ken.ofproto import ofproto_v1_3 as ofp  # noqa: E402
 from os_ken.ofproto import ofproto_v1_3_parser as parser  # noqa: E402
 
-from onvm.actions import Action  # noqa: E402
+from onvm.constants import Action  # noqa: E402
 from onvm.errors import ConfigError  # noqa: E402
 from onvm.flows.chain import Hop  # noqa: E402
 from onvm.flows.rules import parse_rule  # noqa: E402

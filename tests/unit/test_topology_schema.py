@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 
-from onvm.nfs import NAMES
 from onvm.topology import TopologyError, loads_topology
 from onvm.topology._yaml import YamlError, line_of, load
 
@@ -103,8 +102,8 @@ BAD = [
     ("nfs:\n  - program: simple_forward\n    service: 64\n",
      "bad.yaml:3: nfs[0].service: Input should be less than or equal to 63"),
     ("nfs:\n  - program: nosuch_nf\n    service: 1\n",
-     "bad.yaml:2: nfs[0].program: unknown NF program 'nosuch_nf' (expected one of: "
-     + ", ".join(NAMES) + ", or a path to an NF script *.py)"),
+     "bad.yaml:2: nfs[0].program: no NF named 'nosuch_nf': not an example NF (see 'onvm nf --list'), "
+     "a Python file, an NF an installed package publishes (entry point group 'onvm.nfs') or a module"),
     ("nfs:\n  - program: basic_monitor\n    options:\n      bogus: 3\n",
      "bad.yaml:3: nfs[0].options: basic_monitor: unrecognized arguments: --bogus 3"),
     ("nfs:\n  - program: simple_forward\n    options:\n      dest: three\n",
@@ -143,7 +142,7 @@ BAD = [
      "bad.yaml:1: chains: no default chain: packets from ports would go to service 1, which no NF provides; "
      "add chains: {default: [...]}"),
     ("nfs: [{program: p.py}]\n",
-     "bad.yaml:1: nfs[0].program: no such NF script 'p.py'"),
+     "bad.yaml:1: nfs[0].program: no NF file 'p.py'"),
     ("nfs:\n  - program: simple_forward\n    isolation: podman\n    isolation: process\n",
      "bad.yaml:4: nfs[0].isolation: duplicate key 'isolation' (first on line 3)"),
     ("- just\n- a list\n",

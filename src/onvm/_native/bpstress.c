@@ -6,8 +6,9 @@
  * clears it at the low watermark and sleeps when the ring is empty.  Every
  * sleep has a long timeout; a sleep that runs into it means a wake-up was lost
  * (nobody else keeps the others from moving), and the test fails on it.
+ * Part of the hooks module (hooks.c).
  */
-#include "onvm_nf.h"
+#include "onvm_hooks.h"
 
 #include <pthread.h>
 
@@ -132,11 +133,11 @@ static PyObject *mod_bp_stress(PyObject *mod, PyObject *args) {
     PyObject *region;
     unsigned np, items, burst = 32;
     unsigned long long seed = 1;
-    if (!PyArg_ParseTuple(args, "O!II|IK", &RegionType, &region, &np, &items, &burst, &seed))
+    if (!PyArg_ParseTuple(args, "OII|IK", &region, &np, &items, &burst, &seed))
         return NULL;
-    struct onvm_region *r = &((RegionObject *)region)->r;
-    if (!r->base)
-        return PyErr_Format(PyExc_ValueError, "region is closed");
+    struct onvm_region *r = onvm_core->region(region);
+    if (!r)
+        return NULL;
     if (np < 1 || np > 8 || items >= (1u << 24) || burst < 1 || burst > ONVM_BURST_MAX)
         return PyErr_Format(PyExc_ValueError, "1-8 producers, < 2^24 items each, burst 1..%d", ONVM_BURST_MAX);
     for (unsigned id = 1; id <= np + 1; id++)

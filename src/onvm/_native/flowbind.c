@@ -285,21 +285,6 @@ PyObject *Region_rule_hits(RegionObject *self, PyObject *u) {
     return d;
 }
 
-/* classify(slot) -> chain id, as the RX path would decide it (updates counters). */
-PyObject *Region_classify(RegionObject *self, PyObject *args) {
-    unsigned long s;
-    if (!PyArg_ParseTuple(args, "k", &s))
-        return NULL;
-    OPEN_OR_FAIL(self);
-    struct onvm_meta m;
-    uint8_t *d;
-    if (!onvm_slot_view(&self->r, s, &m, &d))
-        return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
-    onvm_classify(&self->r, &m, d, onvm_now_ns());
-    self->r.meta[s].chain_id = m.chain_id;
-    return PyLong_FromLong(m.chain_id);
-}
-
 /* flow_key(slot) -> the slot's key tuple, or None when it is not IP */
 PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
     unsigned long s;
@@ -360,70 +345,4 @@ PyObject *Region_chains(RegionObject *self, PyObject *u) {
         Py_DECREF(t);
     }
     return l;
-}
-
-/* bench_lookup(entries, lookups, bulk=True) -> {"mpps", "seconds", "found", ...}
- * Fills the table with `entries` distinct flows, then looks `lookups` of them
- * up in random order with the packet path's lookup (bulk: 32 at a time). */
-PyObject *Region_bench_lookup(RegionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"entries", "lookups", "bulk", NULL};
-    unsigned entries, lookups;
-    int bulk = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "II|p", kwlist, &entries, &lookups, &bulk))
-        return NULL;
-    OPEN_OR_FAIL(self);
-    if (!entries || entries > self->r.flow_count)
-        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", self->r.flow_count);
-    struct onvm_flow_key *keys = PyMem_Calloc(entries, sizeof *keys);
-    uint32_t *order = PyMem_Malloc(sizeof(uint32_t) * (lookups ? lookups : 1));
-    if (!keys || !order) {
-        PyMem_Free(keys);
-        PyMem_Free(order);
-        return PyErr_NoMemory();
-    }
-    uint64_t x = 0x9e3779b97f4a7c15ull, now = onvm_now_ns(), installed = 0, found = 0;
-    double secs;
-    Py_BEGIN_ALLOW_THREADS for (uint32_t i = 0; i < entries; i++) {
-        struct onvm_flow_key *k = &keys[i];
-        uint32_t a = 0x0a000000u | (i >> 8), b = 0xc0a80000u | (i & 0xff);
-        memcpy(k->src, &a, 4);
-        memcpy(k->dst, &b, 4);
-        k->sport = (uint16_t)(1024 + i % 50000);
-        k->dport = 80;
-        k->proto = 6;
-        k->ipver = 4;
-        if (onvm_flow_put(&self->r, k, 1, 0, 0, ONVM_FLOW_BY_API, 0, 0, now) >= 0)
-            installed++;
-    }
-    for (uint32_t i = 0; i < lookups; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order[i] = (uint32_t)(x % entries);
-    }
-    /* The keys to look up, laid out in lookup order as packets would bring them. */
-    struct onvm_flow_key *seqkeys = malloc(sizeof *seqkeys * (lookups ? lookups : 1));
-    if (seqkeys)
-        for (uint32_t i = 0; i < lookups; i++)
-            seqkeys[i] = keys[order[i]];
-    int32_t out[32];
-    uint64_t t0 = onvm_now_ns();
-    for (uint32_t i = 0; seqkeys && i < lookups; i += 32) {
-        uint32_t m = lookups - i < 32 ? lookups - i : 32;
-        if (bulk) {
-            onvm_flow_lookup_bulk(&self->r, &seqkeys[i], m, out);
-        } else {
-            for (uint32_t j = 0; j < m; j++) /* one at a time: each miss waits for the last */
-                onvm_flow_lookup_bulk(&self->r, &seqkeys[i + j], 1, &out[j]);
-        }
-        for (uint32_t j = 0; j < m; j++)
-            found += out[j] >= 0;
-    }
-    free(seqkeys);
-    secs = (double)(onvm_now_ns() - t0) / 1e9;
-    Py_END_ALLOW_THREADS PyMem_Free(keys);
-    PyMem_Free(order);
-    return Py_BuildValue("{s:I,s:K,s:I,s:K,s:d,s:d,s:i}", "entries", entries, "installed",
-                         (unsigned long long)installed, "lookups", lookups, "found", (unsigned long long)found,
-                         "seconds", secs, "mpps", secs > 0 ? lookups / secs / 1e6 : 0.0, "bulk", bulk);
 }

@@ -1,21 +1,16 @@
 /* harness.c - put packets into an NF's ring and take them out of rings, in
  * process: what the manager's RX and TX workers do, for tests of NFs that run
- * the real native loop without a manager (onvm.testing). */
-#include "onvm_packet.h"
-#include "onvm_flow.h"
+ * the real native loop without a manager (onvm.testing).  Part of the hooks
+ * module (hooks.c). */
+#include "onvm_hooks.h"
 
 #include <string.h>
 
-#include "onvm_parse.h"
-
 static int region_nf(PyObject *region, unsigned nf_id, struct onvm_region **out) {
-    if (!PyObject_TypeCheck(region, &RegionType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Region");
+    struct onvm_region *r = onvm_core->region(region);
+    if (!r)
         return -1;
-    }
-    struct onvm_region *r = &((RegionObject *)region)->r;
-    if (!r->base || nf_id == 0 || nf_id >= ONVM_MAX_NFS ||
-        atomic_load(&r->nfs[nf_id].state) == ONVM_NFS_FREE) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS || atomic_load(&r->nfs[nf_id].state) == ONVM_NFS_FREE) {
         PyErr_Format(PyExc_ValueError, "NF %u is not active in an open region", nf_id);
         return -1;
     }
@@ -43,17 +38,17 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), &b, PyBUF_SIMPLE) < 0)
             break;
         uint32_t s;
-        if ((size_t)b.len > onvm_slot_room(r) || onvm_pool_alloc_burst(r, &s, 1, ONVM_OWNER_MGR) != 1) {
+        if ((size_t)b.len > onvm_slot_room(r) || onvm_core->pool_alloc_burst(r, &s, 1, ONVM_OWNER_MGR) != 1) {
             PyBuffer_Release(&b);
             PyErr_Format(PyExc_ValueError, "packet %zd: too long or the pool is empty", i);
             break;
         }
-        onvm_slot_reset(r, s);
+        onvm_core->slot_reset(r, s);
         struct onvm_meta *m = &r->meta[s];
         memcpy(onvm_slot_data(r, s), b.buf, (size_t)b.len);
         PyBuffer_Release(&b);
         m->len = (uint32_t)b.len;
-        onvm_parse(m, onvm_slot_data(r, s), m->len);
+        onvm_core->parse(m, onvm_slot_data(r, s), m->len);
         m->rx_ns = onvm_now_ns();
         m->in_port = (uint16_t)in_port;
         m->chain_id = (uint16_t)chain;
@@ -62,7 +57,7 @@ static PyObject *mod_deliver(PyObject *mod, PyObject *args) {
         m->dest = r->nfs[nf_id].service;
         uint32_t pos;
         if (onvm_ring_mp_reserve(rx, r->ring_mask, 1, 1, &pos, NULL, 0) != 1) {
-            onvm_pool_free_burst(r, &s, 1);
+            onvm_core->pool_free_burst(r, &s, 1);
             PyErr_Format(PyExc_ValueError, "NF %u's RX ring is full", nf_id);
             break;
         }
@@ -97,7 +92,7 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
     uint16_t mask = tx ? 0xffffu : ONVM_TRANSIT_TO;
     uint16_t want = tx ? ONVM_OWNER_TRANSIT(nf_id, ONVM_OWNER_MGR) : ONVM_OWNER_TRANSIT(0, nf_id);
     while (out && onvm_ring_count(ring, r->ring_mask)) {
-        n = onvm_take(r, ring, &head, buf, 64, mask, want, ONVM_OWNER_MGR, &bad, &bad);
+        n = onvm_core->take(r, ring, &head, buf, 64, mask, want, ONVM_OWNER_MGR, &bad, &bad);
         for (uint32_t i = 0; i < n && out; i++) {
             struct onvm_meta *m = &r->meta[buf[i]];
             PyObject *t = Py_BuildValue("(y#IIII)", (const char *)onvm_slot_data(r, buf[i]), (Py_ssize_t)m->len,
@@ -107,7 +102,7 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
                 Py_CLEAR(out);
             Py_XDECREF(t);
         }
-        onvm_pool_free_burst(r, buf, n);
+        onvm_core->pool_free_burst(r, buf, n);
     }
     onvm_bp_drained(r, ring); /* the consumer: producers waiting for the ring go on */
     return out;
@@ -116,16 +111,7 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
 /* ===== what a hostile NF can do (tests of the manager's defences) ========= */
 
 static struct onvm_region *open_region(PyObject *region) {
-    if (!PyObject_TypeCheck(region, &RegionType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Region");
-        return NULL;
-    }
-    struct onvm_region *r = &((RegionObject *)region)->r;
-    if (!r->base) {
-        PyErr_SetString(PyExc_ValueError, "region is closed");
-        return NULL;
-    }
-    return r;
+    return onvm_core->region(region);
 }
 
 /* layout(region) -> offsets of what a test writes over, as a hostile NF could. */
@@ -279,6 +265,10 @@ static PyObject *mod_reserve_only(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef harness_functions[] = {
+    {"deliver", mod_deliver, METH_VARARGS,
+     "deliver(region, nf_id, packets, in_port=0, chain=0) -> count: as RX would, into the NF's RX ring"},
+    {"drain", mod_drain, METH_VARARGS,
+     "drain(region, nf_id, tx) -> [(bytes, action, dest, in_port, src_nf)]: empty a ring, free its slots"},
     {"layout", mod_layout, METH_O, "layout(region) -> offsets of rings, records and tables (tests)"},
     {"poke", mod_poke, METH_VARARGS, "poke(region, offset, data): write into the mapping (tests)"},
     {"peek", mod_peek, METH_VARARGS, "peek(region, offset, n) -> bytes of the mapping (tests)"},
@@ -286,10 +276,6 @@ static PyMethodDef harness_functions[] = {
      "hostile_writes(region, nf_id, slots, count, seed) -> seed: random writes where NF nf_id may write"},
     {"reserve_only", mod_reserve_only, METH_VARARGS,
      "reserve_only(region, target_nf, n, as_nf) -> position: a ring reservation never completed"},
-    {"deliver", mod_deliver, METH_VARARGS,
-     "deliver(region, nf_id, packets, in_port=0, chain=0) -> count: as RX would, into the NF's RX ring"},
-    {"drain", mod_drain, METH_VARARGS,
-     "drain(region, nf_id, tx) -> [(bytes, action, dest, in_port, src_nf)]: empty a ring, free its slots"},
     {NULL}};
 
 int onvm_harness_register(PyObject *module) { return PyModule_AddFunctions(module, harness_functions); }

@@ -17,17 +17,22 @@
 #include "onvm_parse.h"
 #include "onvm_sched.h"
 
-PyObject *onvm_RegionError;
-int onvm_latency_register(PyObject *m); /* latency.c */
+PyObject *onvm_RegionError; /* onvm.errors.RegionError */
+int onvm_latency_register(PyObject *m);   /* latency.c */
+int onvm_constants_register(PyObject *m); /* constants.c */
 PyObject *onvm_mod_packet_key(PyObject *mod, PyObject *args); /* flowbind.c */
-int onvm_bpstress_register(PyObject *m); /* bpstress.c */
 
+/* RegionError(message, errno=err): the slow path's -errno and message, as Python sees them. */
 static PyObject *raise_region(int err, const char *msg) {
-    PyObject *v = Py_BuildValue("(is)", err < 0 ? -err : err, msg);
-    if (v) {
-        PyErr_SetObject(onvm_RegionError, v);
-        Py_DECREF(v);
+    PyObject *args = Py_BuildValue("(s)", msg);
+    PyObject *kw = Py_BuildValue("{s:i}", "errno", err < 0 ? -err : err);
+    PyObject *exc = args && kw ? PyObject_Call(onvm_RegionError, args, kw) : NULL;
+    if (exc) {
+        PyErr_SetObject(onvm_RegionError, exc);
+        Py_DECREF(exc);
     }
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
     return NULL;
 }
 
@@ -644,6 +649,8 @@ static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (id >= ONVM_MAX_PORTS)
         return PyErr_Format(PyExc_ValueError, "port %u is out of range (0..%d)", id, ONVM_MAX_PORTS - 1);
+    if (kind == ONVM_PORT_UNUSED || kind >= ONVM_PORT_KIND_END)
+        return PyErr_Format(PyExc_ValueError, "port kind %u is out of range (1..%d)", kind, ONVM_PORT_KIND_END - 1);
     struct onvm_port_info *p = &self->r.ports[id];
     p->in_use = 1;
     p->kind = kind;
@@ -700,6 +707,8 @@ static PyObject *Region_set_service(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (svc >= ONVM_MAX_SERVICES)
         return PyErr_Format(PyExc_ValueError, "service %u is out of range (0..%d)", svc, ONVM_MAX_SERVICES - 1);
+    if (policy >= ONVM_POLICY_COUNT)
+        return PyErr_Format(PyExc_ValueError, "policy %u is out of range (0..%d)", policy, ONVM_POLICY_COUNT - 1);
     PyObject *fast = PySequence_Fast(members, "members must be a sequence of (nf_id, instance)");
     if (!fast)
         return NULL;
@@ -841,10 +850,7 @@ static PyMethodDef Region_methods[] = {
     {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},
     {"set_rules", (PyCFunction)Region_set_rules, METH_VARARGS, "set_rules(rules, bump=()): replace the rules."},
     {"rule_hits", (PyCFunction)Region_rule_hits, METH_NOARGS, "{rule id: hits}."},
-    {"classify", (PyCFunction)Region_classify, METH_VARARGS, "classify(slot) -> chain id (as RX would)."},
     {"flow_key", (PyCFunction)Region_flow_key, METH_VARARGS, "flow_key(slot) -> key tuple or None."},
-    {"bench_lookup", (PyCFunction)(void (*)(void))Region_bench_lookup, METH_VARARGS | METH_KEYWORDS,
-     "bench_lookup(entries, lookups, bulk=True): time the packet path's flow lookup."},
     {NULL}};
 
 static PyGetSetDef Region_getset[] = {{"path", (getter)Region_getpath, NULL, "region file", NULL}, {NULL}};
@@ -1271,206 +1277,7 @@ static PyTypeObject ManagerType = {
     .tp_new = Manager_new,
 };
 
-/* ===== Ring (a private ring for tests and models) ========================= */
-
-typedef struct {
-    PyObject_HEAD struct onvm_ring *ring;
-    uint32_t mask; /* the geometry is ours, as every user of a shared ring keeps its own */
-    uint32_t head; /* the consumer's position */
-} RingObject;
-
-static int Ring_build(RingObject *self, PyObject *args) {
-    unsigned size;
-    if (!PyArg_ParseTuple(args, "I", &size))
-        return -1;
-    if (!onvm_ring_size_ok(size)) {
-        PyErr_Format(PyExc_ValueError, "ring size %u is not a power of two in 2..2^24", size);
-        return -1;
-    }
-    if (posix_memalign((void **)&self->ring, 64, onvm_ring_bytes(size)) != 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    onvm_ring_init(self->ring, size, 0);
-    self->mask = size - 1;
-    self->head = 0;
-    return 0;
-}
-
-static void Ring_dealloc(RingObject *self) {
-    free(self->ring);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"items", "mp", "bulk", "bp", NULL};
-    PyObject *items;
-    int mp = 0, bulk = 0, bp = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ppp", kwlist, &items, &mp, &bulk, &bp))
-        return NULL;
-    PyObject *fast = PySequence_Fast(items, "items must be a sequence of ints");
-    if (!fast)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
-    if (!buf) {
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        buf[i] = (uint32_t)v;
-        if (PyErr_Occurred() || v > UINT32_MAX) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "ring entries are 32 bits");
-            PyMem_Free(buf);
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
-    Py_DECREF(fast);
-    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, self->mask, buf, (uint32_t)n, bulk, NULL, 0)
-                       : onvm_ring_enqueue_sp(self->ring, self->mask, buf, (uint32_t)n, bulk);
-    if (bp)
-        onvm_bp_pushed(NULL, self->ring);
-    PyMem_Free(buf);
-    return PyLong_FromUnsignedLong(done);
-}
-
-static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"n", "bulk", "bp", NULL};
-    unsigned n;
-    int bulk = 0, bp = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|pp", kwlist, &n, &bulk, &bp))
-        return NULL;
-    if (n > self->mask) {
-        if (bulk)
-            return PyList_New(0);
-        n = self->mask;
-    }
-    uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
-    if (!buf)
-        return PyErr_NoMemory();
-    uint32_t got = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, n, bulk);
-    if (bp)
-        onvm_bp_drained(NULL, self->ring);
-    PyObject *l = list_from_slots(buf, got);
-    PyMem_Free(buf);
-    return l;
-}
-
-static PyObject *Ring_count(RingObject *self, PyObject *u) {
-    (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring, self->mask));
-}
-static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
-    (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring, self->mask));
-}
-static PyObject *Ring_capacity(RingObject *self, void *c) {
-    (void)c;
-    return PyLong_FromUnsignedLong(self->mask);
-}
-static PyObject *Ring_watermarks(RingObject *self, void *c) {
-    (void)c;
-    return Py_BuildValue("(II)", self->ring->high, self->ring->low);
-}
-static PyObject *Ring_congested(RingObject *self, void *c) {
-    (void)c;
-    return PyBool_FromLong(onvm_bp_congested(self->ring));
-}
-
-struct stress_arg {
-    struct onvm_ring *ring;
-    uint32_t mask, producer, count, burst;
-};
-
-static void *stress_producer(void *p) {
-    struct stress_arg *a = p;
-    uint32_t buf[ONVM_BURST_MAX], sent = 0;
-    while (sent < a->count) {
-        uint32_t k = a->count - sent < a->burst ? a->count - sent : a->burst;
-        for (uint32_t i = 0; i < k; i++)
-            buf[i] = a->producer << 24 | (sent + i);
-        uint32_t done = onvm_ring_enqueue_mp(a->ring, a->mask, buf, k, 0, NULL, 0);
-        sent += done;
-        if (!done)
-            sched_yield();
-    }
-    return NULL;
-}
-
-/* stress(producers, per_producer, burst): MP producers in threads, one
- * consumer here; checks every item arrives once and in per-producer order. */
-static PyObject *Ring_stress(RingObject *self, PyObject *args) {
-    unsigned np, per, burst;
-    if (!PyArg_ParseTuple(args, "III", &np, &per, &burst))
-        return NULL;
-    if (np < 1 || np > 8 || per >= (1u << 24) || burst < 1 || burst > ONVM_BURST_MAX)
-        return PyErr_Format(PyExc_ValueError, "1-8 producers, < 2^24 items each, burst 1..%d", ONVM_BURST_MAX);
-    pthread_t th[8];
-    struct stress_arg a[8];
-    uint32_t next[8] = {0}, errors = 0, got_total = 0;
-    Py_BEGIN_ALLOW_THREADS for (unsigned i = 0; i < np; i++) {
-        a[i] = (struct stress_arg){self->ring, self->mask, i, per, burst};
-        pthread_create(&th[i], NULL, stress_producer, &a[i]);
-    }
-    uint32_t buf[ONVM_BURST_MAX];
-    while (got_total < np * per) {
-        uint32_t k = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, burst, 0);
-        if (!k)
-            sched_yield();
-        for (uint32_t i = 0; i < k; i++) {
-            uint32_t prod = buf[i] >> 24, seq = buf[i] & 0xffffff;
-            if (prod >= np || seq != next[prod])
-                errors++;
-            else
-                next[prod]++;
-        }
-        got_total += k;
-    }
-    for (unsigned i = 0; i < np; i++)
-        pthread_join(th[i], NULL);
-    Py_END_ALLOW_THREADS return Py_BuildValue("{s:I,s:I,s:I}", "received", got_total, "errors", errors,
-                                              "left", onvm_ring_count(self->ring, self->mask));
-}
-
-static PyMethodDef Ring_methods[] = {
-    {"enqueue", (PyCFunction)(void (*)(void))Ring_enqueue, METH_VARARGS | METH_KEYWORDS,
-     "enqueue(items, mp=False, bulk=False, bp=False) -> count enqueued; bp: as a producer sets the watermark flag"},
-    {"dequeue", (PyCFunction)(void (*)(void))Ring_dequeue, METH_VARARGS | METH_KEYWORDS,
-     "dequeue(n, bulk=False, bp=False) -> list; bp: as the consumer clears the watermark flag"},
-    {"count", (PyCFunction)Ring_count, METH_NOARGS, ""},
-    {"free_count", (PyCFunction)Ring_free_count, METH_NOARGS, ""},
-    {"stress", (PyCFunction)Ring_stress, METH_VARARGS, "stress(producers, per_producer, burst)"},
-    {NULL}};
-
-static PyGetSetDef Ring_getset[] = {{"capacity", (getter)Ring_capacity, NULL, "usable entries", NULL},
-                                     {"watermarks", (getter)Ring_watermarks, NULL, "(high, low)", NULL},
-                                     {"congested", (getter)Ring_congested, NULL, "past high, not yet drained to low", NULL},
-                                    {NULL}};
-
-/* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */
-static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    (void)kw;
-    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
-    if (self && Ring_build(self, args) < 0)
-        Py_CLEAR(self);
-    return (PyObject *)self;
-}
-
-static PyTypeObject RingType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "onvm._native.Ring",
-    .tp_basicsize = sizeof(RingObject),
-    .tp_dealloc = (destructor)Ring_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ring(size): a process-private ring with the shared ring's code, for tests.",
-    .tp_methods = Ring_methods,
-    .tp_getset = Ring_getset,
-    .tp_new = Ring_new,
-};
-
-/* ===== C API for driver modules (onvm_capi.h) ============================== */
+/* ===== C API for the modules built apart: drivers, hooks (onvm_capi.h) ===== */
 
 static struct onvm_region *capi_region(PyObject *obj) {
     if (!PyObject_TypeCheck(obj, &RegionType)) {
@@ -1513,6 +1320,14 @@ static const struct onvm_capi capi = {
     .pool_alloc_burst = onvm_pool_alloc_burst,
     .pool_free_burst = onvm_pool_free_burst,
     .port_reclaim = onvm_port_reclaim,
+    .slot_reset = onvm_slot_reset,
+    .parse = onvm_parse,
+    .classify = onvm_classify,
+    .flow_put = onvm_flow_put,
+    .flow_lookup_bulk = onvm_flow_lookup_bulk,
+    .fix_l4_csum = onvm_fix_l4_csum,
+    .lat_hist_dict = onvm_lat_hist_dict,
+    .take = onvm_take,
 };
 
 /* ===== module functions ==================================================== */
@@ -1537,41 +1352,7 @@ static PyObject *mod_flow_hash(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLong(onvm_flow_hash(a, b, (uint16_t)pa, (uint16_t)pb, (uint8_t)proto));
 }
 
-static PyObject *mod_afpacket_blast(PyObject *m, PyObject *args) {
-    (void)m;
-    const char *ifname;
-    Py_buffer frame;
-    double seconds;
-    if (!PyArg_ParseTuple(args, "sy*d", &ifname, &frame, &seconds))
-        return NULL;
-    uint64_t sent = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = onvm_afpacket_blast(ifname, frame.buf, (uint32_t)frame.len, seconds, &sent);
-    Py_END_ALLOW_THREADS PyBuffer_Release(&frame);
-    if (rc)
-        return raise_region(rc, "afpacket_blast");
-    return PyLong_FromUnsignedLongLong(sent);
-}
-
-static PyObject *mod_fix_l4_csum(PyObject *m, PyObject *arg) {
-    (void)m;
-    Py_buffer in;
-    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) != 0)
-        return NULL;
-    PyObject *out = PyBytes_FromStringAndSize(in.buf, in.len);
-    PyBuffer_Release(&in);
-    if (out && onvm_fix_l4_csum((uint8_t *)PyBytes_AS_STRING(out), (uint32_t)PyBytes_GET_SIZE(out)) != 0) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
-    return out;
-}
-
 static PyMethodDef module_methods[] = {
-    {"fix_l4_csum", mod_fix_l4_csum, METH_O,
-     "fix_l4_csum(frame) -> the frame with its TCP/UDP checksum computed, or None"},
-    {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
-     "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
     {"parse", mod_parse, METH_O, "parse(data) -> the metadata RX would compute"},
     {"packet_key", onvm_mod_packet_key, METH_VARARGS,
      "packet_key(data, in_port=0) -> the flow key RX classification would use, or None (not IP)"},
@@ -1585,7 +1366,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
-    PyTypeObject *types[] = {&RegionType, &ManagerType, &RingType, &NFContextType, &PacketType, &MetaType,
+    PyTypeObject *types[] = {&RegionType, &ManagerType, &NFContextType, &PacketType, &MetaType,
                              &HeaderType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
@@ -1593,32 +1374,19 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_INCREF(types[i]);
         PyModule_AddObject(m, strrchr(types[i]->tp_name, '.') + 1, (PyObject *)types[i]);
     }
-    PyModule_AddObject(m, "_C_API", PyCapsule_New((void *)&capi, ONVM_CAPI_NAME, NULL));
-    onvm_RegionError = PyErr_NewException("onvm._native.RegionError", PyExc_OSError, NULL);
-    PyModule_AddObject(m, "RegionError", onvm_RegionError);
-    PyModule_AddIntConstant(m, "LAYOUT_VERSION", ONVM_LAYOUT_VERSION);
-    PyModule_AddIntConstant(m, "MAX_NFS", ONVM_MAX_NFS);
-    PyModule_AddIntConstant(m, "MAX_SERVICES", ONVM_MAX_SERVICES);
-    PyModule_AddIntConstant(m, "MAX_PORTS", ONVM_MAX_PORTS);
-    PyModule_AddIntConstant(m, "MAX_WORKERS", ONVM_MAX_WORKERS);
-    PyModule_AddIntConstant(m, "MAX_HOPS", ONVM_MAX_HOPS);
-    PyModule_AddIntConstant(m, "MAX_RULES", ONVM_MAX_RULES);
-    PyModule_AddIntConstant(m, "MAX_CHAINS", ONVM_MAX_CHAINS);
-    PyModule_AddIntConstant(m, "MAX_INSTANCES", ONVM_MAX_INSTANCES);
-    PyModule_AddIntConstant(m, "BURST_MAX", ONVM_BURST_MAX);
-    PyModule_AddIntConstant(m, "HEADROOM", ONVM_HEADROOM);
-    PyModule_AddIntConstant(m, "OWNER_FREE", ONVM_OWNER_FREE);
-    PyModule_AddIntConstant(m, "OWNER_PORT_BASE", ONVM_OWNER_PORT_BASE);
-#ifdef ONVM_HAVE_AFXDP
-    PyModule_AddIntConstant(m, "HAVE_AFXDP", 1);
-#else
-    PyModule_AddIntConstant(m, "HAVE_AFXDP", 0);
-#endif
-    PyModule_AddIntConstant(m, "DROP_COUNT", ONVM_DROP_COUNT);
-    PyModule_AddIntConstant(m, "DROP_INVALID", ONVM_DROP_INVALID);
-    if (onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 || onvm_lpm_register(m) < 0 ||
-        onvm_harness_register(m) < 0 || onvm_latency_register(m) < 0 ||
-        onvm_bpstress_register(m) < 0)
+    /* One RegionError: the package's own (onvm.errors), raised here with errno and message. */
+    PyObject *errors = PyImport_ImportModule("onvm.errors");
+    onvm_RegionError = errors ? PyObject_GetAttrString(errors, "RegionError") : NULL;
+    Py_XDECREF(errors);
+    if (!onvm_RegionError || PyModule_AddObjectRef(m, "RegionError", onvm_RegionError) < 0)
+        return NULL;
+    PyObject *capsule = PyCapsule_New((void *)&capi, ONVM_CAPI_NAME, NULL);
+    if (!capsule || PyModule_AddObject(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
+        return NULL;
+    }
+    if (onvm_constants_register(m) < 0 || onvm_packet_register(m) < 0 || onvm_gather_register(m) < 0 ||
+        onvm_lpm_register(m) < 0 || onvm_latency_register(m) < 0)
         return NULL;
     return m;
 }

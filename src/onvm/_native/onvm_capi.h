@@ -1,6 +1,7 @@
-/* onvm_capi.h - what the core module (onvm._native) lends to optional driver
- * modules built apart from it (onvm._dpdk, which links DPDK and is loaded only
- * by a manager that opens a dpdk: port).
+/* onvm_capi.h - what the core module (onvm._native) lends to the modules built
+ * apart from it: optional drivers (onvm._dpdk, which links DPDK and is loaded
+ * only by a manager that opens a dpdk: port) and the test and benchmark hooks
+ * (onvm._hooks, which the package never loads at run time).
  *
  * The core exports one capsule, onvm._native._C_API, holding a struct
  * onvm_capi.  A driver module checks the versions below (both modules come from
@@ -13,10 +14,12 @@
 
 #include <Python.h>
 
+#include "onvm_flow.h"
+#include "onvm_latency.h"
 #include "onvm_mgr.h"
 
 #define ONVM_CAPI_NAME "onvm._native._C_API"
-#define ONVM_CAPI_VERSION 1u
+#define ONVM_CAPI_VERSION 3u
 
 struct onvm_capi {
     uint32_t version;        /* ONVM_CAPI_VERSION */
@@ -37,6 +40,21 @@ struct onvm_capi {
     uint32_t (*pool_alloc_burst)(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner);
     void (*pool_free_burst)(struct onvm_region *r, const uint32_t *idx, uint32_t n);
     long (*port_reclaim)(struct onvm_region *r, unsigned port);
+    /* for the hooks: the RX path's steps one at a time, and the latency histogram's dict */
+    void (*slot_reset)(struct onvm_region *r, uint32_t idx);
+    void (*parse)(struct onvm_meta *m, const uint8_t *p, uint32_t len);
+    void (*classify)(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
+    int (*flow_put)(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
+                    uint32_t hard_ms, uint8_t origin, uint16_t rule, uint32_t rule_gen, uint64_t now);
+    void (*flow_lookup_bulk)(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out);
+    int (*fix_l4_csum)(uint8_t *frame, uint32_t len);
+    PyObject *(*lat_hist_dict)(const struct onvm_lat_hist *h);
+    /* validated takes from a ring (onvm_region.h) */
+    uint32_t (*take)(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
+                     uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
 };
+
+/* latency.c: a histogram as {count, sum_ns, max_ns, buckets} */
+PyObject *onvm_lat_hist_dict(const struct onvm_lat_hist *h);
 
 #endif

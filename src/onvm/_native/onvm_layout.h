@@ -69,31 +69,45 @@
 #define ONVM_IS_TRANSIT(o) (((o) & 0xf000u) == 0x8000u)
 #define ONVM_SLOT_NIL 0xffffffffu
 
+/* Actions and drop reasons (and port kinds in onvm_port.h, policies in
+ * onvm_region.h) are listed once, as X-macros: X(ID, "name").  The enum and the
+ * table the module exports to Python (constants.c, onvm.constants) are both made
+ * from the list, so C and Python cannot disagree.  Add an entry here, nowhere else;
+ * the order gives the values. */
+#define ONVM_ACTIONS(X)                                                                            \
+    X(DROP, "drop")                                                                                \
+    X(NEXT, "next") /* the next hop of the packet's chain */                                       \
+    X(TONF, "tonf") /* to a service (dest = service id) */                                         \
+    X(OUT, "out")   /* out of a port (dest = port id) */
+
 enum onvm_action {
-    ONVM_ACT_DROP = 0,
-    ONVM_ACT_NEXT = 1,
-    ONVM_ACT_TONF = 2,
-    ONVM_ACT_OUT = 3,
+#define ONVM_X_ENUM(id, name) ONVM_ACT_##id,
+    ONVM_ACTIONS(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
     ONVM_ACT_COUNT
 };
 
 /* A handler's "keep this packet": never routed; the packet stays with its NF (ONVM_MF_HELD). */
 #define ONVM_ACT_HOLD 0xfeu
 
+#define ONVM_DROP_REASONS(X)                                                                       \
+    X(ACTION, "action")         /* a handler or chain hop said DROP */                             \
+    X(RING_FULL, "ring_full")   /* the next NF's RX ring (or a TX ring) was full */                \
+    X(NO_DEST, "no_dest")       /* service without a running instance, or no such port */         \
+    X(BAD_ACTION, "bad_action") /* action or destination out of range */                           \
+    X(CHAIN_END, "chain_end")   /* NEXT past the last hop of the chain */                          \
+    X(NO_SLOT, "no_slot")       /* the pool was empty */                                           \
+    X(PORT, "port")             /* the port could not take it (error, too big) */                  \
+    X(KERNEL, "kernel")         /* the kernel's ring for an AF_PACKET/TAP port was full */         \
+    X(MISSED, "missed")         /* left in the port: a paced gen port, a full device RX ring */    \
+    X(EARLY, "early")           /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */ \
+    X(INVALID, "invalid")       /* failed validation: a ring entry naming no slot handed to the reader, \
+                                 * a record outside its slot, a table left half written */
+
 enum onvm_drop_reason {
-    ONVM_DROP_ACTION = 0,  /* a handler or chain hop said DROP */
-    ONVM_DROP_RING_FULL,   /* the next NF's RX ring (or a TX ring) was full */
-    ONVM_DROP_NO_DEST,     /* service without a running instance, or no such port */
-    ONVM_DROP_BAD_ACTION,  /* action or destination out of range */
-    ONVM_DROP_CHAIN_END,   /* NEXT past the last hop of the chain */
-    ONVM_DROP_NO_SLOT,     /* the pool was empty */
-    ONVM_DROP_PORT,        /* the port could not take it (error, too big) */
-    ONVM_DROP_KERNEL,      /* the kernel's ring for an AF_PACKET/TAP port was full */
-    ONVM_DROP_MISSED,      /* left in the port: a paced gen port could not deliver it, a device's RX ring was full (rx_missed) */
-    ONVM_DROP_EARLY,       /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */
-    ONVM_DROP_INVALID,     /* failed validation: a ring entry naming no slot of the pool or a
-                            * slot not handed over to the reader, a packet record whose length
-                            * or offset lies outside its slot, a table left half written */
+#define ONVM_X_ENUM(id, name) ONVM_DROP_##id,
+    ONVM_DROP_REASONS(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
     ONVM_DROP_COUNT
 };
 

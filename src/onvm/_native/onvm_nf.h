@@ -44,9 +44,7 @@ PyObject *Region_flow_expire(RegionObject *self, PyObject *args);
 PyObject *Region_flow_flush(RegionObject *self, PyObject *args);
 PyObject *Region_set_rules(RegionObject *self, PyObject *args);
 PyObject *Region_rule_hits(RegionObject *self, PyObject *unused);
-PyObject *Region_classify(RegionObject *self, PyObject *args);
 PyObject *Region_flow_key(RegionObject *self, PyObject *args);
 PyObject *Region_chains(RegionObject *self, PyObject *unused);
-PyObject *Region_bench_lookup(RegionObject *self, PyObject *args, PyObject *kw);
 
 #endif

@@ -64,6 +64,5 @@ void onvm_held_free(struct onvm_held *h);
 int onvm_packet_register(PyObject *module);
 int onvm_lpm_register(PyObject *module);
 int onvm_gather_register(PyObject *module);
-int onvm_harness_register(PyObject *module);
 
 #endif

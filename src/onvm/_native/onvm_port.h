@@ -14,15 +14,24 @@
 
 #include "onvm_region.h"
 
+/* Port kinds, listed once (see ONVM_ACTIONS in onvm_layout.h); the names are the
+ * URI schemes.  Kind 0 marks an unused port. */
+#define ONVM_PORT_KINDS(X)                                                                         \
+    X(NULL, "null")                                                                                \
+    X(GEN, "gen")                                                                                  \
+    X(PCAP_IN, "pcap")                                                                             \
+    X(PCAP_OUT, "pcap-out")                                                                        \
+    X(AFPACKET, "afpacket")                                                                        \
+    X(TAP, "tap")                                                                                  \
+    X(AFXDP, "afxdp")                                                                              \
+    X(DPDK, "dpdk") /* dpdk.c, in the optional module onvm._dpdk */
+
 enum onvm_port_kind {
-    ONVM_PORT_NULL = 1,
-    ONVM_PORT_GEN = 2,
-    ONVM_PORT_PCAP_IN = 3,
-    ONVM_PORT_PCAP_OUT = 4,
-    ONVM_PORT_AFPACKET = 5,
-    ONVM_PORT_TAP = 6,
-    ONVM_PORT_AFXDP = 7,
-    ONVM_PORT_DPDK = 8, /* dpdk.c, in the optional module onvm._dpdk */
+    ONVM_PORT_UNUSED = 0,
+#define ONVM_X_ENUM(id, name) ONVM_PORT_##id,
+    ONVM_PORT_KINDS(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
+    ONVM_PORT_KIND_END
 };
 
 #define ONVM_PORT_MAX_QUEUES ONVM_MAX_WORKERS
@@ -162,9 +171,6 @@ void onvm_port_close(struct onvm_port *p);
  * counts what its queue could not keep (missed) and a gen port with a count
  * ends once all of it was made or missed. */
 void onvm_port_held(struct onvm_port *p, uint64_t now);
-/* Sends copies of one frame on an interface for `seconds` (benchmarks); -errno on failure. */
-int onvm_afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
-                        uint64_t *sent);
 
 /* ---- slots lent to a device ------------------------------------------------
  *

@@ -231,10 +231,17 @@ static inline void onvm_slot_reset(struct onvm_region *r, uint32_t idx) {
 /* ---- services and chains (manager writes, everyone reads) ---- */
 void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, const uint16_t *inst,
                       unsigned count, unsigned policy);
+/* Load-balancing policies, listed once (see ONVM_ACTIONS in onvm_layout.h). */
+#define ONVM_POLICIES(X)                                                                           \
+    X(HASH, "hash")          /* rendezvous hashing of the symmetric flow hash: flow affinity */    \
+    X(RR, "round-robin")     /* round-robin, per producer (*rr is the producer's counter) */       \
+    X(LEAST, "least-loaded") /* the instance whose RX ring holds the fewest packets */
+
 enum onvm_policy {
-    ONVM_POLICY_HASH = 0,  /* rendezvous hashing of the symmetric flow hash: flow affinity */
-    ONVM_POLICY_RR = 1,    /* round-robin, per producer (*rr is the producer's counter) */
-    ONVM_POLICY_LEAST = 2, /* the instance whose RX ring holds the fewest packets */
+#define ONVM_X_ENUM(id, name) ONVM_POLICY_##id,
+    ONVM_POLICIES(ONVM_X_ENUM)
+#undef ONVM_X_ENUM
+    ONVM_POLICY_COUNT
 };
 /* Returns an NF id for a packet of the service, 0 if the service has none. */
 /* An instance of svc for a flow (0: none); *count_out, when given, gets the number of
@@ -267,29 +274,12 @@ void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state);
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id);
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
 
-/* Where a packet-path thread takes packets: ring, for consumer me, validated as
- * onvm_ring_take_sc (what fails counts in *bad_slot); a slot handed over properly
- * but with a record outside its slot is freed and counts in *bad_rec.  n is at
- * most ONVM_BURST_MAX. */
-static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out,
-                                 uint32_t n, uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot,
-                                 uint32_t *bad_rec) {
-    uint32_t k = onvm_ring_take_sc(ring, r->ring_mask, head, out, n, r->meta, r->pool_count, want_mask, want,
-                                   me, bad_slot);
-    uint32_t j = 0, nb = 0, drop[ONVM_BURST_MAX];
-    for (uint32_t i = 0; i < k; i++) {
-        const struct onvm_meta *m = &r->meta[out[i]];
-        if (onvm_meta_sane(r, m->data_off, m->len))
-            out[j++] = out[i];
-        else if (nb < ONVM_BURST_MAX)
-            drop[nb++] = out[i];
-    }
-    if (nb) {
-        *bad_rec += nb;
-        onvm_pool_free_burst(r, drop, nb);
-    }
-    return j;
-}
+/* Where a packet-path thread takes packets: up to n (at most ONVM_BURST_MAX) from
+ * ring for consumer me, from position *head, validated as onvm_ring_take_sc (what
+ * fails counts in *bad_slot); a slot handed over properly but with a record outside
+ * its slot is freed and counts in *bad_rec.  Returns how many went into out. */
+uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
+                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
 
 /* fence.c: the manager's packet path found what NF nf_id handed over invalid (why:
  * enum onvm_fault): count it, remember why, and take nothing more from it.  The

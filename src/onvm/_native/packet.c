@@ -1038,6 +1038,5 @@ int onvm_packet_register(PyObject *module) {
         Py_INCREF(types[i]);
         PyModule_AddObject(module, strrchr(types[i]->tp_name, '.') + 1, (PyObject *)types[i]);
     }
-    PyModule_AddIntConstant(module, "ACT_HOLD", ONVM_ACT_HOLD);
     return PyModule_AddFunctions(module, packet_functions);
 }

@@ -14,6 +14,8 @@ EPILOG = """examples:
   onvm manager --port gen:size=64,flows=64 --port null --default-chain 1,out:1
   onvm nf simple_forward --service 1 --dest 2
   onvm nf --list
+  onvm nf path/to/my_nf.py --service 3
+  onvm nf new my_nf
   onvm status --json
   onvm top
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
@@ -107,32 +109,6 @@ def cmd_manager(args: argparse.Namespace) -> int:
     mgr = Manager(cfg)
     mgr.start()
     return mgr.run()
-
-
-def cmd_nf(argv: list[str]) -> int:
-    from onvm import nfs
-    from onvm.nf._nf import add_common_arguments
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: onvm nf NAME [--name MANAGER] [--service S] [NF options]\n"
-              "       onvm nf --list\n\nrun 'onvm nf --list' to see the NFs")
-        return 0
-    if argv[0] == "--list":
-        for name in nfs.NAMES:
-            print(f"{name:<16} {nfs.load(name).SUMMARY}")
-        return 0
-    try:
-        mod = nfs.load(argv[0])
-    except KeyError:
-        raise OnvmError(f"no NF named '{argv[0]}' (see 'onvm nf --list')", code="not_found") from None
-    p = argparse.ArgumentParser(prog=f"onvm nf {argv[0]}", description=mod.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, service=mod.SERVICE)
-    mod.add_arguments(p)
-    args = p.parse_args(argv[1:])
-    nf = mod.make(args)
-    nf.run()
-    return 0
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -353,33 +329,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from onvm.bench import nf_start, run_scenario
-
-    if args.scenario == "nf-start":
-        result = nf_start(args.isolation, starts=args.starts, verbose=False, cold=args.cold)
-    elif args.scenario in ("overload", "paper"):
-        from onvm import _bench_overload
-
-        if args.scenario == "overload":
-            result = _bench_overload.overload(args.nfs or 5, args.seconds, verbose=not args.json)
-        else:
-            result = _bench_overload.paper(args.seconds, verbose=not args.json)
-    elif args.scenario == "latency":
-        from onvm.bench import run_latency
-
-        result = run_latency(nfs=args.nfs or 1, seconds=args.seconds, rate=args.rate, verbose=not args.json,
-                             pack_below=args.pack_below)
-    else:
-        result = run_scenario(args.scenario, seconds=args.seconds, verbose=not args.json,
-                              handler=args.handler)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(" ".join(f"{k}={v}" for k, v in result.items()))
-    return 0
-
-
 def _quote_rule(argv: list[str]) -> list[str]:
     """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
     opts, words, rest = [], [], argv[2:]
@@ -451,13 +400,16 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onvm.bench import scenario_names
-
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from onvm import __version__
+
+    p.add_argument("--version", action="version", version=f"pyonvm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _manager_parser(sub)
-    sub.add_parser("nf", help="run an example NF (onvm nf --list)", add_help=False)
+    sub.add_parser("nf", help="run an NF: an example, a file or an installed one (onvm nf --list)",
+                   add_help=False)
+    sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
     s.add_argument("--name", default="onvm")
     s.add_argument("--json", action="store_true")
@@ -538,22 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--runtime", choices=("podman", "docker"), default="podman")
     ib.add_argument("--tag", default="localhost/onvm-nf:latest")
     ib.add_argument("--json", action="store_true")
-    b = sub.add_parser("bench", help="run a benchmark scenario")
-    b.add_argument("scenario", choices=sorted([*scenario_names(), "nf-start", "latency", "overload",
-                                               "paper"]))
-    b.add_argument("--nfs", type=int, default=None, help="latency, overload: NFs in the chain (default 1, 5)")
-    b.add_argument("--rate", type=int, default=10000, help="latency: packets/s offered (default 10000)")
-    b.add_argument("--pack-below", type=float, default=None, metavar="CPUS",
-                   help="latency: the manager's --pack-below (0 keeps the pipeline spread)")
-    b.add_argument("--seconds", type=float, default=5.0)
-    b.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    b.add_argument("--isolation", choices=("process", "namespace", "podman", "docker"), default="process",
-                   help="nf-start: how the NF is isolated (default process)")
-    b.add_argument("--starts", type=int, default=10, help="nf-start: NF starts to take the median of")
-    b.add_argument("--cold", action="store_true",
-                   help="nf-start: a new interpreter for every process NF, not the fork server")
-    b.add_argument("--handler", choices=("batch", "packet"), default="batch",
-                   help="handler kind, for scenarios that have both (firewall)")
     return p
 
 
@@ -561,7 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":
-            return cmd_nf(argv[1:])
+            from onvm.nfs._cli import main as nf_main
+
+            return nf_main(argv[1:])
+        if argv and argv[0] == "bench":
+            from onvm.bench._cli import main as bench_main
+
+            return bench_main(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
         parser = build_parser()
@@ -569,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop, "bench": cmd_bench,
+        handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
                    "image": cmd_image, "top": cmd_top}

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onvm.actions import Action
+from onvm.constants import MAX_HOPS, MAX_PORTS, MAX_SERVICES, Action
 from onvm.errors import ConfigError
-
-MAX_HOPS = 16
-MAX_SERVICES = 64
-MAX_PORTS = 16
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, parse_chain
 from onvm.manager.packing import PackSettings

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import DropReason
+from onvm.constants import PORT_KINDS, drop_counts
 from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.manager.placement import NumaTopology, format_cpus, numa_plan
 from onvm.manager.region_path import region_path
@@ -36,9 +36,8 @@ from onvm.manager.registry import NFRecord, ServiceImage
 from onvm.ports.dpdk import DpdkPorts
 from onvm.ports.uri import PortSpec
 
-__all__ = ["GRACE_TIMEOUT", "DRAIN_TIMEOUT", "PORT_KINDS", "DataPlane", "Retired", "drops_by_reason"]
+__all__ = ["GRACE_TIMEOUT", "DRAIN_TIMEOUT", "DataPlane", "Retired"]
 
-PORT_KINDS = {"null": 1, "gen": 2, "pcap": 3, "pcap-out": 4, "afpacket": 5, "tap": 6, "afxdp": 7, "dpdk": 8}
 GRACE_TIMEOUT = 0.5  # at most this long for the others to pass a loop iteration
 DRAIN_TIMEOUT = 1.0  # at most this long for a leaving NF's TX ring to drain
 
@@ -69,11 +68,6 @@ class Retired:
     drained: bool  # its TX ring emptied in time
 
 
-def drops_by_reason(values: Sequence[int]) -> dict[str, int]:
-    """Native drop counters by reason name, the zero ones left out."""
-    return {DropReason(i).name.lower(): int(v) for i, v in enumerate(values) if v}
-
-
 class DataPlane:
     """The region, the native manager and the ports of one manager (see the module docstring)."""
 
@@ -98,11 +92,11 @@ class DataPlane:
         try:
             region = _native.Region.create(path, layout.name, layout.pool_size, layout.slot_size,
                                            layout.ring_size, layout.flow_table_size)
-        except _native.RegionError as e:
-            if e.errno == errno.EBUSY:
+        except RegionError as e:
+            if e.errno == errno.EBUSY:  # the lock of a live manager
                 raise OnvmError(f"a manager named '{layout.name}' is already running (region {path})",
                                 code="busy") from None
-            raise RegionError(e.strerror or str(e)) from None
+            raise
         if region.info()["replaced"]:
             log(f"replaced a stale region at {path} left by a manager that is gone")
         native = _native.Manager(region, layout.rx_workers, layout.tx_workers, layout.burst)
@@ -141,8 +135,8 @@ class DataPlane:
                     native.add_tap(pid, spec.path)
                 elif spec.kind == "dpdk":
                     self._add_dpdk(pid, spec)
-            except _native.RegionError as e:
-                raise ConfigError(f"port {pid} '{spec.uri}': {e.strerror or e}") from None
+            except RegionError as e:
+                raise ConfigError(f"port {pid} '{spec.uri}': {e.message}") from None
             self.region.set_port_info(pid, PORT_KINDS[spec.kind], spec.uri)
             if notice := (native.port_state(pid) or {}).get("notice"):  # a stale XDP program replaced
                 self.log(f"port {pid} '{spec.uri}': {notice}")
@@ -261,7 +255,7 @@ class DataPlane:
                 "id": pid, "uri": spec.uri, "kind": spec.kind,
                 "rx": info["rx"], "rx_bytes": info["rx_bytes"],
                 "tx": info["tx"], "tx_bytes": info["tx_bytes"],
-                "drops": drops_by_reason(info["drops"]),
+                "drops": drop_counts(info["drops"]),
                 "rx_by_worker": list(info["rx_by_worker"][: self.layout.rx_workers]),
                 "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),

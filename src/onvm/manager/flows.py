@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey

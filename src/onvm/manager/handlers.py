@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.control import ops
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.errors import ConfigError, OnvmError

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from onvm.actions import DropReason
+from onvm.constants import DropReason
 from onvm.control import ops
 from onvm.control.server import ControlServer
 from onvm.flows.chain import format_chain
@@ -228,7 +228,7 @@ class Manager:
                 self.log(finding.text)
         with self.lock:
             for rec in self.registry.live():  # NFs refusing what another NF sent them
-                refused = dp.nf_info(rec.nf_id)["drops"][DropReason.INVALID]
+                refused = dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
                 told = self._refused.get(rec.nf_id, 0)
                 if refused > told:
                     self.log(f"{rec.describe()} refused {refused - told} invalid packets handed to it "

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from onvm.constants import MAX_INSTANCES
+from onvm.constants import POLICIES as NATIVE_POLICIES
 from onvm.errors import ConfigError, OnvmError
 from onvm.manager.registry import NFRecord, Registry
 
-POLICIES = {"hash": 0, "rr": 1, "round-robin": 1, "least-loaded": 2, "least": 2}
-POLICY_NAMES = {0: "hash", 1: "round-robin", 2: "least-loaded"}
-MAX_INSTANCES = 16
+# the native policies by name, and two short spellings
+POLICY_NAMES = {v: k for k, v in NATIVE_POLICIES.items()}
+POLICIES = {**NATIVE_POLICIES, "rr": NATIVE_POLICIES["round-robin"], "least": NATIVE_POLICIES["least-loaded"]}
 
 
 def parse_policy(text: str) -> int:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action
+from onvm.constants import Action, drop_counts
 from onvm.control.protocol import PROTOCOL_VERSION
-from onvm.manager.dataplane import DataPlane, drops_by_reason
+from onvm.manager.dataplane import DataPlane
 from onvm.manager.events import EventLog
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.packing import Packing
@@ -101,7 +101,7 @@ def nf_status(rec: NFRecord, info: dict[str, Any]) -> dict[str, Any]:
         "rx_ring": info.get("rx_ring", 0),
         "tx_ring": info.get("tx_ring", 0),
         "actions": {a.name.lower(): acts[a] for a in Action},
-        "drops": drops_by_reason(info.get("drops", ())),
+        "drops": drop_counts(info.get("drops", ())),
         # Overload (onvm_bp.h): dropped at RX before any NF because this NF was congested,
         # and handled by this NF and then dropped (the next ring full or gone).
         "early": info.get("early", 0),

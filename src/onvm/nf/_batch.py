@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
 
 _FIELDS = (

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native, latency
-from onvm.actions import Action, DropReason
+from onvm.constants import DROP_REASON_NAMES, Action, drop_counts
 from onvm.control.client import Client
-from onvm.errors import ConfigError, OnvmError, RegionError
+from onvm.errors import ConfigError, OnvmError
 from onvm.flows.keys import FlowKey
 from onvm.nf._batch import Batch, check_fields
 
@@ -293,10 +293,7 @@ class NF:
             self.nf_id = int(reply["nf_id"])
             self.service = int(reply["service"])
             self.instance = int(reply["instance"])
-            try:
-                self._region = _native.Region.attach(reply["region"])
-            except _native.RegionError as e:
-                raise RegionError(e.strerror or str(e)) from None
+            self._region = _native.Region.attach(reply["region"])
             self._ctx = _native.NFContext(self._region, self.nf_id)
             watch = self._watch = _ManagerWatch(self, client.fileno())
             return self._loop(client)
@@ -421,9 +418,7 @@ class NF:
         st = self.stats
         secs = max(time.monotonic() - self._started, 1e-9)
         drops = sum(st.get("drops", ()))
-        by_reason = ", ".join(
-            f"{DropReason(i).name.lower()} {v}" for i, v in enumerate(st.get("drops", ())) if v
-        )
+        by_reason = ", ".join(f"{k} {v}" for k, v in drop_counts(st.get("drops", ())).items())
         print(
             f"NF {self.name} (id {self.nf_id}, service {self.service}, instance {self.instance}): "
             f"{st.get('rx', 0)} in, {st.get('tx', 0)} onward, {drops} dropped"
@@ -451,7 +446,7 @@ class NF:
         drops = st.get("drops", (0,) * _native.DROP_COUNT)
         row["dropped"] = sum(drops)
         for i, v in enumerate(drops):
-            row[f"drop_{DropReason(i).name.lower()}"] = v
+            row[f"drop_{DROP_REASON_NAMES[i]}"] = v
         for k in ("p50_us", "p99_us", "max_us", "mean_us"):
             row[f"latency_{k}"] = lat[k]
         row["stopped"] = self.stop_reason
@@ -586,8 +581,8 @@ def _compile(fn: Handler) -> Handler:
     return numba.njit(cache=False)(fn)  # type: ignore[no-any-return]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
-    """The options every NF takes on the command line."""
+def common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
+    """Add the options every NF takes on the command line (``--name``, ``--service``, ...) to ``parser``."""
     g = parser.add_argument_group("NF options")
     g.add_argument("--name", default="onvm", help="manager to join (default: onvm)")
     g.add_argument("--service", type=int, default=service, help=f"service id (default: {service})")
@@ -602,8 +597,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: int | None = 
                    help="append this NF's summary (counters, latency) to a CSV file at exit")
 
 
-def nf_from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
-    """Build an NF from the common options."""
+def from_args(name: str, args: argparse.Namespace, **kw: Any) -> NF:
+    """An NF named ``name`` built from the common options in ``args`` (see :func:`common_arguments`);
+    ``kw`` are further :class:`NF` arguments."""
     return NF(
         name,
         args.service,

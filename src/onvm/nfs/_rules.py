@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 from onvm.nfs._aes import NONCE, add_key_argument, cipher_kit, parse_key, replace_payload, udp_payload
 
 SUMMARY = "decrypts UDP payloads encrypted by aes_encrypt"
@@ -26,7 +25,7 @@ def make(args: argparse.Namespace) -> NF:
     Cipher, algorithms, modes = cipher_kit()
     algo = algorithms.AES(parse_key(args.key))
     port = args.port
-    nf = nf_from_args("aes_decrypt", args)
+    nf = from_args("aes_decrypt", args)
 
     @nf.packet
     def decrypt(pkt, meta):  # type: ignore[no-untyped-def]

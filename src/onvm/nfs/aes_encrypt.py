@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 from onvm.nfs._aes import NONCE, add_key_argument, cipher_kit, parse_key, replace_payload, udp_payload
 
 SUMMARY = "encrypts UDP payloads with AES-CTR (a nonce per packet)"
@@ -28,7 +27,7 @@ def make(args: argparse.Namespace) -> NF:
     Cipher, algorithms, modes = cipher_kit()
     algo = algorithms.AES(parse_key(args.key))
     port = args.port
-    nf = nf_from_args("aes_encrypt", args)
+    nf = from_args("aes_encrypt", args)
 
     @nf.packet
     def encrypt(pkt, meta):  # type: ignore[no-untyped-def]

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 
 from onvm.errors import ConfigError
-from onvm.nf import NF, ip4, mac
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args, ip4, mac
 
 SUMMARY = "answers ARP requests for its IPv4 addresses"
 SERVICE = 1
@@ -30,7 +29,7 @@ def make(args: argparse.Namespace) -> NF:
     if not ours:
         raise ConfigError("--ip: give at least one address")
     my_mac = mac(args.mac)
-    nf = nf_from_args("arp_response", args)
+    nf = from_args("arp_response", args)
     nf.state = {"answered": 0}
 
     @nf.packet

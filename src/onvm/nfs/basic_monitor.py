@@ -14,8 +14,7 @@ import time
 
 import numpy as np
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "counts packets, bytes and sizes and passes them along the chain"
 SERVICE = 1
@@ -51,7 +50,7 @@ class Monitor:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("basic_monitor", args)
+    nf = from_args("basic_monitor", args)
     mon = Monitor()
     t0 = time.monotonic()
 

@@ -12,10 +12,9 @@ import argparse
 
 import numpy as np
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import ConfigError
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "port 0 <-> port 1: a bump in the wire"
 SERVICE = 1
@@ -31,7 +30,7 @@ def make(args: argparse.Namespace) -> NF:
         a, b = (int(x) for x in args.ports.split(","))
     except ValueError:
         raise ConfigError(f"--ports {args.ports}: expected two port numbers like 0,1") from None
-    nf = nf_from_args("bridge", args)
+    nf = from_args("bridge", args)
     other = np.full(65536, NOWHERE, dtype=np.uint16)  # in_port -> out port
     other[a], other[b] = b, a
 

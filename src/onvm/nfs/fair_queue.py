@@ -17,9 +17,8 @@ import argparse
 import time
 from collections import deque
 
-from onvm.actions import Action
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.constants import Action
+from onvm.nf import NF, from_args
 
 SUMMARY = "per-flow queues released round-robin (holds and releases packets)"
 SERVICE = 2
@@ -70,7 +69,7 @@ class FairQueue:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("fair_queue", args)
+    nf = from_args("fair_queue", args)
     fq = nf.state = FairQueue(args.max_queue)
     rate = args.rate
     clock = {"credit": 0.0, "last": time.monotonic()}

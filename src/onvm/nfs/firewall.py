@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from onvm.errors import ConfigError
-from onvm.nf import NF, PrefixTable, prefix
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, PrefixTable, from_args, prefix
 from onvm.nfs._rules import load_rules, target
 
 SUMMARY = "drops or passes IPv4 packets by prefix rules (first match wins)"
@@ -86,7 +85,7 @@ class Rules:
 
 def make(args: argparse.Namespace) -> NF:
     rules = Rules(load_rules(args.rules), args.rules)
-    nf = nf_from_args("firewall", args)
+    nf = from_args("firewall", args)
     nf.state = rules
     acts, dests = rules.actions, rules.dests
     default_a, default_d = int(acts[-1]), int(dests[-1])

@@ -18,8 +18,7 @@ import time
 
 import numpy as np
 
-from onvm.nf import NF, ip4_str
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args, ip4_str
 
 SUMMARY = "per-flow packet and byte counts, busiest flows reported"
 SERVICE = 2
@@ -75,7 +74,7 @@ class FlowTable:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("flow_tracker", args)
+    nf = from_args("flow_tracker", args)
     table = nf.state = FlowTable()
     clock = time.monotonic
 

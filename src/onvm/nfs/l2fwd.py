@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "port pairs 0<->1, 2<->3, ... with DPDK l2fwd's MAC rewriting"
 SERVICE = 1
@@ -24,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("l2fwd", args)
+    nf = from_args("l2fwd", args)
     update = not args.no_mac_updating
     dst_mac = [bytes([2, 0, 0, 0, 0, p]) for p in range(MAX_PORT + 1)]
     src_mac = [bytes([2, 0, 0, 0, 1, p]) for p in range(MAX_PORT + 1)]

@@ -17,8 +17,7 @@ import itertools
 import random
 
 from onvm.errors import ConfigError
-from onvm.nf import NF, ip4
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args, ip4
 
 SUMMARY = "L4 load balancer: round-robin, random or weighted, with address rewriting"
 SERVICE = 2
@@ -87,7 +86,7 @@ def make(args: argparse.Namespace) -> NF:
     lb = Balancer(parse_backends(args.backend), args.policy, args.seed)
     vip, vport = ip4(args.vip), args.vport
     out = args.out
-    nf = nf_from_args("load_balancer", args)
+    nf = from_args("load_balancer", args)
     nf.state = lb
 
     @nf.packet

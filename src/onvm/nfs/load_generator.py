@@ -20,9 +20,8 @@ import time
 
 import numpy as np
 
-from onvm.actions import Action
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.constants import Action
+from onvm.nf import NF, from_args
 from onvm.nfs.speed_tester import udp_packet
 
 SUMMARY = "rate-controlled packet maker that measures round-trip latency"
@@ -57,7 +56,7 @@ class Latency:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("load_generator", args)
+    nf = from_args("load_generator", args)
     lat = nf.state = Latency()
     base = bytearray(udp_packet(args.size))
     templates = []

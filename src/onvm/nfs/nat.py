@@ -20,8 +20,7 @@ import time
 from collections import deque
 
 from onvm.errors import ConfigError
-from onvm.nf import NF, ip4, prefix
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args, ip4, prefix
 
 SUMMARY = "source NAT with a port pool, both directions"
 SERVICE = 2
@@ -89,7 +88,7 @@ def make(args: argparse.Namespace) -> NF:
     table = NatTable(lo, hi)
     to_out = ("out", args.outside_port) if args.outside_port is not None else ("next", 0)
     to_in = ("out", args.inside_port) if args.inside_port is not None else ("next", 0)
-    nf = nf_from_args("nat", args)
+    nf = from_args("nat", args)
     nf.state = table
     clock = time.monotonic
 

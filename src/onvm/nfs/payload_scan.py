@@ -13,8 +13,7 @@ import argparse
 import sys
 
 from onvm.errors import ConfigError
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "drops or counts packets whose payload contains a pattern"
 SERVICE = 2
@@ -39,7 +38,7 @@ def make(args: argparse.Namespace) -> NF:
     if fold:
         pattern = pattern.lower()
     drop = args.action == "drop"
-    nf = nf_from_args("payload_scan", args)
+    nf = from_args("payload_scan", args)
     counts = nf.state = {"scanned": 0, "hits": 0}
 
     @nf.packet

@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 from onvm.errors import ConfigError
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "token bucket: passes up to a rate (packets or bytes per second), drops the rest"
 SERVICE = 2
@@ -54,7 +53,7 @@ def make(args: argparse.Namespace) -> NF:
     burst = args.bucket if args.bucket is not None else max(args.rate / 10, 1.0)
     bucket = TokenBucket(args.rate, burst)
     by_bytes = args.bytes
-    nf = nf_from_args("rate_limiter", args)
+    nf = from_args("rate_limiter", args)
     nf.state = bucket
 
     @nf.batch

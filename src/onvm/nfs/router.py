@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 
 from onvm.errors import ConfigError
-from onvm.nf import NF, PrefixTable
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, PrefixTable, from_args
 from onvm.nfs._rules import load_rules, target
 
 SUMMARY = "longest-prefix-match routing of IPv4 to services or ports"
@@ -46,7 +45,7 @@ def make(args: argparse.Namespace) -> NF:
         hops.append((int(a), d))
     a, d = target(doc.get("default", "drop"), f"{args.routes}: default")
     hops.append((int(a), d))  # index -1
-    nf = nf_from_args("router", args)
+    nf = from_args("router", args)
     nf.state = table
     lookup = table._t.lookup
     ttl = not args.no_ttl

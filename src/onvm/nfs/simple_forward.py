@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "forwards every packet to a service (or the next hop of its chain)"
 SERVICE = 2
@@ -23,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("simple_forward", args)
+    nf = from_args("simple_forward", args)
     dest = args.dest
 
     @nf.batch

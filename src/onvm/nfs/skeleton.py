@@ -5,8 +5,9 @@ Modifies:  nothing.
 Actions:   NEXT.
 Options:   --verbose (print each packet's summary; slow).
 
-Copy this file to start an NF: keep the docstring's four headings up to date,
-register the name in onvm/nfs/__init__.py NAMES and it runs as ``onvm nf NAME``.
+Copy this file to start an NF (or let ``onvm nf new NAME`` write one, with its
+test): keep the docstring's four headings up to date; ``onvm nf path/to/NAME.py``
+runs it, and an installed package publishes it in the ``onvm.nfs`` entry points.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
 
 SUMMARY = "a template NF to copy: all hooks, passes every packet on"
 SERVICE = 1
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("skeleton", args)
+    nf = from_args("skeleton", args)
     nf.state = {"packets": 0}
     verbose = args.verbose
 

@@ -17,9 +17,8 @@ import struct
 import sys
 import time
 
-from onvm.actions import Action
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.constants import Action
+from onvm.nf import NF, from_args
 
 SUMMARY = "makes packets and loops them through services, printing Mpps"
 SERVICE = 1
@@ -49,7 +48,7 @@ def udp_packet(size: int) -> bytes:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("speed_tester", args)
+    nf = from_args("speed_tester", args)
     state: dict[str, float] = {"last": 0, "t": time.monotonic()}
     dest = int(args.dest if args.dest is not None else args.service)
 

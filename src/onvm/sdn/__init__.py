@@ -6,7 +6,11 @@ the port numbering and how flows map onto rules and chains.
 
 from __future__ import annotations
 
+from onvm.constants import MAX_SERVICES
 from onvm.errors import ConfigError
+
+#: where the packet_io NF runs: an output to CONTROLLER is a hop into it (the last service)
+CONTROLLER_SERVICE = MAX_SERVICES - 1
 
 
 def check_controllers(controllers: list[str], fail_mode: str) -> None:

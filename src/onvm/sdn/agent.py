@@ -67,10 +67,10 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from onvm import __version__ as onvm_version
 from onvm import _native
-from onvm.actions import Action
+from onvm.constants import MAX_PORTS, MAX_SERVICES, Action
 from onvm.control import ops
 from onvm.errors import ConfigError, OnvmError
-from onvm.flows.chain import MAX_PORTS, MAX_SERVICES, Hop
+from onvm.flows.chain import Hop
 from onvm.flows.rules import PacketFields, rule_matches
 from onvm.ports.uri import PortSpec
 from onvm.sdn import wire

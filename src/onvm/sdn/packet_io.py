@@ -20,13 +20,13 @@ import base64
 import sys
 from typing import Any
 
-from onvm.actions import Action
+from onvm.constants import Action
 from onvm.errors import OnvmError
-from onvm.nf import NF
-from onvm.nf._nf import nf_from_args
+from onvm.nf import NF, from_args
+from onvm.sdn import CONTROLLER_SERVICE
 
 SUMMARY = "PACKET_IN and PACKET_OUT between the datapath and OpenFlow controllers"
-SERVICE = 63
+SERVICE = CONTROLLER_SERVICE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> NF:
-    nf = nf_from_args("packet_io", args)
+    nf = from_args("packet_io", args)
     counts = nf.state = {"in": 0, "out": 0, "lost": 0}
 
     @nf.packet
@@ -60,13 +60,9 @@ def make(args: argparse.Namespace) -> NF:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onvm.nf._nf import add_common_arguments
+    from onvm.nfs import parser
 
-    p = argparse.ArgumentParser(prog="python -m onvm.sdn.packet_io", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, SERVICE)
-    add_arguments(p)
-    nf = make(p.parse_args(argv))
+    nf = make(parser(sys.modules[__name__], "python -m onvm.sdn.packet_io").parse_args(argv))
     nf.run()
     return 0
 

@@ -31,13 +31,13 @@ from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from onvm.actions import Action
-from onvm.flows.chain import MAX_HOPS, MAX_PORTS, MAX_SERVICES, Hop
+from onvm.constants import MAX_HOPS, MAX_PORTS, MAX_SERVICES, Action
+from onvm.flows.chain import Hop
 from onvm.flows.rules import ANY, Rule
+from onvm.sdn import CONTROLLER_SERVICE
 from onvm.sdn.wire import OFError
 
 SERVICE_PORT_BASE = 1000
-CONTROLLER_SERVICE = 63  # where packet_io runs: an output to CONTROLLER is a hop into it
 
 
 def of_port_of(port: int) -> int:

@@ -49,6 +49,9 @@ def _child(req: dict[str, object], fds: tuple[int, ...]) -> None:
     env = req.get("env") or {}
     assert isinstance(env, dict)
     os.environ.update({str(k): str(v) for k, v in env.items()})
+    # A new interpreter would put PYTHONPATH first on sys.path: an NF's own code (a file's
+    # directory, a user's package) is found as it would be.
+    sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
     code = 1
     try:

@@ -52,6 +52,7 @@ class Launch:
     name: str  # a unique name (container name)
     image: str = IMAGE
     python_paths: list[str] = field(default_factory=list)  # read-only, for the namespace backend
+    code_paths: list[str] = field(default_factory=list)  # the NF's own code (not in the image), read-only
 
 
 def python_paths() -> list[str]:
@@ -126,7 +127,7 @@ class NamespaceIsolation(Isolation):
             cmd += ["--ro-bind-try", f, f]
         # /tmp first: binds below it (a script's directory, a test's runtime dir) go on top.
         cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        for d in launch.python_paths or python_paths():
+        for d in [*(launch.python_paths or python_paths()), *launch.code_paths]:
             cmd += ["--ro-bind", d, d]
         for f in launch.shared:
             cmd += ["--bind", f, f]
@@ -176,6 +177,8 @@ class ContainerIsolation(Isolation):
                "--security-opt", "no-new-privileges"]
         for f in launch.shared:
             cmd += ["-v", f"{f}:{f}"]
+        for d in launch.code_paths:  # what is not in the image: an NF file's directory, a user's package
+            cmd += ["-v", f"{d}:{d}:ro"]
         for k, v in launch.env.items():
             cmd += ["-e", f"{k}={v}"]
         cmd += [launch.image, *launch.argv]

@@ -35,6 +35,7 @@ from onvm.errors import ConfigError, OnvmError
 from onvm.manager.config import ManagerConfig
 from onvm.manager.manager import Manager
 from onvm.manager.placement import check_available, format_cpus
+from onvm.nfs import find
 from onvm.paths import runtime_dir, socket_path
 from onvm.topology.isolation import (
     IMAGE,
@@ -110,12 +111,13 @@ def manager_config(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | 
 
 def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool) -> list[str]:
     """The command line of one NF instance (the same in every isolation mode)."""
-    if spec.is_script:
-        return [sys.executable, os.path.abspath(spec.program), *spec.argv_options()]
-    # -S: no site module.  The NF needs only onvm and numpy, whose directories
-    # nf_env() puts on PYTHONPATH; site's .pth processing costs tens of ms.
-    argv = [sys.executable, "-S", "-m", "onvm.cli.main", "nf", spec.program, "--name", manager,
-            "--service", str(service), "--instance", str(instance)]
+    # -S: no site module.  The NF needs onvm, numpy and its own code, whose directories
+    # PYTHONPATH names (nf_pythonpath(), Program.paths); site's .pth processing costs tens of ms.
+    program = find(spec.program)
+    argv = [sys.executable, "-S", "-m", "onvm.cli.main", "nf", program.command_target]
+    if program.is_script:  # it reads its manager, service and instance from the environment
+        return argv + spec.argv_options()
+    argv += ["--name", manager, "--service", str(service), "--instance", str(instance)]
     if spec.cpus:
         argv += ["--cpus", format_cpus(spec.cpus)]
     if quiet:
@@ -164,18 +166,18 @@ class Supervisor:
         for spec in topo.nfs:
             assert spec.service is not None  # filled in by validation
             iso = backend(spec.isolation)
-            extra_paths = [os.path.dirname(os.path.abspath(spec.program))] if spec.is_script else []
+            code = find(spec.program).paths  # where the NF's own code lives, outside the package
             for _ in range(spec.instances):
                 inst = next_instance.get(spec.service, 0)
                 next_instance[spec.service] = inst + 1
                 env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
                        "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
-                       "PYTHONPATH": nf_pythonpath(), **nf_threads()}
+                       "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
                 if spec.cpus:
                     env["ONVM_CPUS"] = format_cpus(spec.cpus)
                 launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), env, shared,
                                 f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
-                                paths + extra_paths)
+                                paths, code)
                 self.children.append(Child(spec, spec.service, inst, iso, launch))
 
     def log(self, text: str) -> None:
@@ -201,8 +203,7 @@ class Supervisor:
         # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent
         # ends a sandbox when the thread that started it exits, so no other thread may.
         try:
-            if use_forkserver() and any(c.spec.isolation == "process" and not c.spec.is_script
-                                        for c in self.children):
+            if use_forkserver() and any(c.spec.isolation == "process" for c in self.children):
                 self.forkserver = ForkServer({"ONVM_RUNTIME_DIR": runtime_dir(),
                                               "PYTHONPATH": nf_pythonpath()}, self.quiet)
             self._start_all()

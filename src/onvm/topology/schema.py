@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from onvm.actions import Action
+from onvm.constants import MAX_INSTANCES, MAX_PORTS, MAX_SERVICES, Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
 from onvm.flows.rules import parse_rule
@@ -38,7 +38,6 @@ ISOLATIONS = ("process", "namespace", "podman", "docker")
 RESTARTS = ("no", "on-failure", "always")
 # Fields the loader fills in, not the file.
 _INTERNAL = ("source", "port_specs", "default_chain", "named_chains")
-MAX_INSTANCES = 16
 # Options the runner sets itself from the NF's fields.
 RESERVED_OPTIONS = {"name": "manager.name", "service": "service", "instance": "instances",
                     "cpus": "cpus"}
@@ -108,9 +107,9 @@ class NFSpec(_Model):
     """One NF of the topology; ``instances`` copies of it share its service."""
 
     name: str | None = None  # label in logs and container names (default: the program)
-    program: str  # an example NF (onvm nf --list) or a path to an NF script (*.py)
+    program: str  # an example NF, a path to a Python file, an installed NF or a module (onvm nf --list)
     options: dict[str, Any] | list[str] = Field(default_factory=dict)
-    service: int | None = Field(None, ge=0, le=63)  # default: the program's own
+    service: int | None = Field(None, ge=0, le=MAX_SERVICES - 1)  # default: the program's own
     instances: int = Field(1, ge=1, le=MAX_INSTANCES)
     isolation: Literal["process", "namespace", "podman", "docker"] = "process"
     image: str | None = None  # podman/docker image (default: the one 'onvm image build' makes)
@@ -139,11 +138,11 @@ class NFSpec(_Model):
 
     @property
     def label(self) -> str:
-        return self.name or os.path.splitext(os.path.basename(self.program))[0]
-
-    @property
-    def is_script(self) -> bool:
-        return self.program.endswith(".py")
+        if self.name:
+            return self.name
+        if "/" in self.program or self.program.endswith(".py"):
+            return os.path.splitext(os.path.basename(self.program))[0]
+        return self.program.rsplit(":", 1)[-1].rsplit(".", 1)[-1]  # a module's last part
 
     def argv_options(self) -> list[str]:
         """The options as command-line arguments."""
@@ -172,7 +171,7 @@ class RuleMatch(_Model):
     proto: Literal["tcp", "udp", "icmp"] | int | None = None
     sport: int | None = Field(None, ge=0, le=65535)
     dport: int | None = Field(None, ge=0, le=65535)
-    in_port: int | None = Field(None, ge=0, le=15)
+    in_port: int | None = Field(None, ge=0, le=MAX_PORTS - 1)
 
 
 class RuleSpec(_Model):
@@ -204,7 +203,7 @@ class Topology(_Model):
     """A whole deployment: one manager, its ports, NFs, chains and rules."""
 
     manager: ManagerSpec = Field(default_factory=lambda: ManagerSpec.model_validate({}))
-    ports: list[str] = Field(default_factory=list, max_length=16)
+    ports: list[str] = Field(default_factory=list, max_length=MAX_PORTS)
     nfs: list[NFSpec] = Field(default_factory=list)
     chains: dict[str, list[int | str] | str] = Field(default_factory=dict)
     rules: list[RuleSpec] = Field(default_factory=list)
@@ -276,21 +275,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _check_program(nf: NFSpec) -> list[tuple[str, str]]:
     """Problems with an NF's program and options, as (field, message)."""
-    from onvm import nfs as examples
-    from onvm.nf._nf import add_common_arguments
+    from onvm import nfs
 
-    if nf.is_script:
-        if not os.path.isfile(nf.program):
-            return [("program", f"no such NF script '{nf.program}'")]
-        if nf.service is None:
-            return [("service", "an NF script needs a service")]
-        return []
     try:
-        mod = examples.load(nf.program)
-    except KeyError:
-        names = ", ".join(examples.NAMES)
-        return [("program", f"unknown NF program '{nf.program}' "
-                            f"(expected one of: {names}, or a path to an NF script *.py)")]
+        program = nfs.find(nf.program)
+    except ConfigError as e:
+        return [("program", e.message)]
+    if program.is_script:
+        return [] if nf.service is not None else [("service", "a plain NF script needs a service")]
     out: list[tuple[str, str]] = []
     if isinstance(nf.options, dict):
         for key in nf.options:
@@ -299,15 +291,17 @@ def _check_program(nf: NFSpec) -> list[tuple[str, str]]:
                 out.append((f"options.{key}", f"set by the topology: use {RESERVED_OPTIONS[k]} instead"))
     if out:
         return out
-    p = _Parser(prog=f"onvm nf {nf.program}", add_help=False)
-    add_common_arguments(p, service=mod.SERVICE)
-    mod.add_arguments(p)
+    try:
+        mod = program.load()
+    except ConfigError as e:
+        return [("program", e.message)]
+    p = nfs.parser(mod, f"onvm nf {nf.program}", cls=_Parser, add_help=False)
     try:
         p.parse_args(nf.argv_options())
     except _ArgError as e:
         out.append(("options", f"{nf.program}: {e}"))
     if nf.service is None:
-        nf.service = mod.SERVICE
+        nf.service = getattr(mod, "SERVICE", None)
         if nf.service is None:
             out.append(("service", f"{nf.program} has no default service: set one"))
     return out
@@ -357,9 +351,6 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topol
             add(("nfs", i, "name" if nf.name else "program"),
                 f"NF name '{nf.label}' is used by nfs[{labels[nf.label]}] too: give each a distinct name")
         labels.setdefault(nf.label, i)
-        if nf.isolation in ("podman", "docker") and nf.is_script:
-            add(("nfs", i, "isolation"), f"{nf.isolation} runs NFs from the package image only; "
-                                         "an NF script runs with process or namespace isolation")
     for svc, count in topo.services().items():
         if count > MAX_INSTANCES:
             first = next(i for i, nf in enumerate(topo.nfs) if nf.service == svc)

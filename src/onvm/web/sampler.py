@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from onvm.actions import Action
+from onvm.constants import Action
 
 HISTORY = 240  # samples kept for charts that open late
 

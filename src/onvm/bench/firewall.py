@@ -1,9 +1,10 @@
-"""The firewall benchmark's rules and its reference: the same firewall logic over dpkt and scapy.
+"""``firewall``: the firewall NF with 1,000 prefix rules, and the same logic over dpkt and scapy.
 
 The native scenario loops speed_tester's packets through ``onvm nf firewall``
-with 1,000 prefix rules.  The references run the same decision (parse the
-frame, take the IPv4 source, find the first matching rule) in this process,
-parsing each frame with dpkt or scapy instead of the native views.
+with 1,000 prefix rules (``--handler batch|packet``).  The references run the
+same decision (parse the frame, take the IPv4 source, find the first matching
+rule) in this process, parsing each frame with dpkt or scapy instead of the
+native views, after the NFs have stopped.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from typing import Any
+
+from onvm.bench._scenario import Option, Scenario
+from onvm.bench.pipeline import WARMUP, deployment, nf_rate, start_pipeline
 
 RULES = 1000
 SERVICE = 2
@@ -91,3 +97,31 @@ def references(tmp: str, seconds: float = 1.0) -> dict[str, Any]:
     except ImportError:
         pass
     return out
+
+
+def run(seconds: float, verbose: bool, handler: str = "batch") -> dict[str, Any]:
+    """The firewall NF's rate with ``handler``, then the dpkt and scapy references."""
+    tmp = tempfile.mkdtemp(prefix="onvm-bench-")
+    try:
+        write_rules(tmp)
+        dep = deployment(verbose=verbose)
+        try:
+            svc, rules = str(SERVICE), os.path.join(tmp, "rules.json")
+            start_pipeline(dep, [["speed_tester", "--service", "1", "--dest", svc, "--report", "0"],
+                                 ["firewall", "--service", svc, "--rules", rules, "--handler", handler]])
+            time.sleep(WARMUP)
+            result = {**nf_rate(dep, seconds, "firewall"), "handler": handler}
+        finally:
+            dep.stop()
+        return {**result, **references(tmp)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+SCENARIOS = [
+    Scenario("firewall", "firewall with 1,000 prefix rules looping speed_tester's packets; also dpkt_mpps "
+             "and scapy_mpps: the same decision parsing with dpkt and scapy in one process", key="mpps",
+             target=">= 8 Mpps", run=run,
+             options=(Option("--handler", "batch", "the firewall's handler kind",
+                             choices=("batch", "packet")),)),
+]

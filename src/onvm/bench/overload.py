@@ -1,4 +1,4 @@
-"""Open-loop benchmarks for ``onvm bench``: ``overload`` and ``paper``.
+"""Open-loop scenarios: ``overload`` and ``paper``.
 
 Closed-loop benchmarks (``loop``, ``chain3``) circle a fixed set of packets, so
 no queue ever overflows.  These offer traffic the way a port does, whether or
@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from onvm._deploy import Deployment
+from onvm.bench._scenario import Option, Scenario
+from onvm.bench.pipeline import deployment
+from onvm.constants import MAX_HOPS
 from onvm.errors import ConfigError
 
 WARMUP = 1.5
@@ -48,8 +49,8 @@ class Setup:
 
 
 def chain_setup(nfs: int) -> Setup:
-    if not 1 <= nfs <= 15:
-        raise ConfigError(f"--nfs {nfs}: expected 1..15")
+    if not 1 <= nfs < MAX_HOPS:  # the chain's last hop is the output port
+        raise ConfigError(f"--nfs {nfs}: expected 1..{MAX_HOPS - 1}")
     return Setup(nfs=tuple(("simple_forward", "--service", str(i)) for i in range(1, nfs + 1)),
                  chain=",".join(str(i) for i in range(1, nfs + 1)))
 
@@ -61,7 +62,7 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
     args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
         "--port", "null", "--default-chain", f"{setup.chain},out:{out}",
         "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers)]
-    dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", args, verbose)
+    dep = deployment(args, verbose)
     try:
         dep.start_manager()
         for argv in setup.nfs:
@@ -105,7 +106,7 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
     }
 
 
-def overload(nfs: int = 5, seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
+def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5) -> dict[str, Any]:
     """Delivered against offered rate through a chain of ``nfs`` NFs (see the module docstring)."""
     setup = chain_setup(nfs)
     first = measure(setup, seconds, None, verbose)
@@ -116,7 +117,6 @@ def overload(nfs: int = 5, seconds: float = 5.0, verbose: bool = False) -> dict[
     peak = max(p["delivered_mpps"] for p in points)
     unpaced = last["delivered_mpps"]
     return {
-        "scenario": "overload",
         "nfs": nfs,
         "peak_mpps": peak,
         "overload_mpps": unpaced,
@@ -138,7 +138,7 @@ def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
         "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2),
         "chain5": chain_setup(5),
     }
-    out: dict[str, Any] = {"scenario": "paper"}
+    out: dict[str, Any] = {}
     for name, setup in setups.items():
         r = measure(setup, seconds, None, verbose)
         out[f"{name}_mpps"] = r["delivered_mpps"]
@@ -149,3 +149,17 @@ def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
     out["mpps"] = out["chain5_mpps"]
     out["seconds"] = seconds
     return out
+
+
+SCENARIOS = [
+    Scenario("overload", "gen (HTTP mix) into a chain of --nfs simple_forward NFs at rising offered rates, "
+             "then unpaced: delivered against offered, and the work thrown away after an NF did it",
+             key="overload_ratio", target="delivered does not fall past the peak (overload_ratio near 1)",
+             run=overload, options=(Option("--nfs", 5, "NFs in the chain"),), default=False,
+             show=lambda r: (f"{r['overload_mpps']:.2f} Mpps unpaced, peak {r['peak_mpps']:.2f} Mpps "
+                             f"(ratio {r['overload_ratio']:.2f}, late {r['late_drop_ratio']:.4f})")),
+    Scenario("paper", "the OpenNetVM paper's Figure 2, unpaced: one NF, two replicas of a service, a chain "
+             "of five NFs", key="chain5_mpps", target="", run=paper, default=False,
+             show=lambda r: (f"one NF {r['one_nf_gbps']} Gbps, replicas {r['replicas_gbps']} Gbps, chain of "
+                             f"five {r['chain5_gbps']} Gbps (paper: {r['paper_gbps']})")),
+]

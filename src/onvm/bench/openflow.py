@@ -1,4 +1,4 @@
-"""``onvm bench flow-mod``: FLOW_MODs a manager applies per second from a controller on loopback.
+"""``flow-mod``: FLOW_MODs a manager applies per second from a controller on loopback.
 
 A bare controller (os-ken's encoders over a plain socket) listens on
 127.0.0.1, a manager with ``--controller`` connects, and for ``seconds`` the
@@ -13,10 +13,10 @@ from __future__ import annotations
 import socket
 import struct
 import time
-import uuid
 from typing import Any
 
-from onvm._deploy import Deployment
+from onvm.bench._scenario import Scenario
+from onvm.bench.pipeline import deployment
 
 BATCH = 100
 
@@ -29,8 +29,8 @@ def flow_mod_bench(seconds: float, verbose: bool = False) -> dict[str, Any]:
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    dep = Deployment(f"bench-{uuid.uuid4().hex[:8]}", ["--port", "null", "--default-chain", "out:0",
-                                                      "--controller", f"tcp:127.0.0.1:{port}"], verbose)
+    dep = deployment(["--port", "null", "--default-chain", "out:0", "--controller", f"tcp:127.0.0.1:{port}"],
+                     verbose)
     conn: socket.socket | None = None
     buf = b""
 
@@ -81,7 +81,7 @@ def flow_mod_bench(seconds: float, verbose: bool = False) -> dict[str, Any]:
             errors += read_until(xid)
             mods += 2 * BATCH
         dt = time.perf_counter() - t0
-        return {"scenario": "flow-mod", "flow_mods": mods, "seconds": round(dt, 3),
+        return {"flow_mods": mods, "seconds": round(dt, 3),
                 "flow_mods_per_second": round(mods / dt), "errors": errors, "batch": BATCH}
     finally:
         if conn is not None:
@@ -90,6 +90,9 @@ def flow_mod_bench(seconds: float, verbose: bool = False) -> dict[str, Any]:
         dep.stop()
 
 
-SCENARIOS = {
-    "flow-mod": (flow_mod_bench, "FLOW_MODs per second from an OpenFlow controller over loopback"),
-}
+SCENARIOS = [
+    Scenario("flow-mod", "FLOW_MODs a manager applies per second from an OpenFlow controller on loopback: "
+             f"rounds of {BATCH} ADDs and {BATCH} DELETE_STRICTs, each ended by a BARRIER",
+             key="flow_mods_per_second", target=">= 5,000 FLOW_MODs/s", run=flow_mod_bench,
+             show=lambda r: f"{r['flow_mods_per_second']:,} FLOW_MODs/s ({r['errors']} errors)"),
+]

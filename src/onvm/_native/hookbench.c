@@ -1,0 +1,273 @@
+/* hookbench.c - benchmark hooks (part of the hooks module, hooks.c): the flow
+ * table's lookup rate, an AF_PACKET sender, and how long a futex wake-up takes
+ * to reach a sleeping thread.  onvm.bench calls them. */
+#define _GNU_SOURCE
+#include "onvm_hooks.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* bench_lookup(region, entries, lookups, bulk=True) -> {"mpps", "seconds", "found", ...}
+ * Fills the table with `entries` distinct flows, then looks `lookups` of them
+ * up in random order with the packet path's lookup (bulk: 32 at a time). */
+static PyObject *mod_bench_lookup(PyObject *mod, PyObject *args, PyObject *kw) {
+    (void)mod;
+    static char *kwlist[] = {"region", "entries", "lookups", "bulk", NULL};
+    PyObject *region;
+    unsigned entries, lookups;
+    int bulk = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OII|p", kwlist, &region, &entries, &lookups, &bulk))
+        return NULL;
+    struct onvm_region *r = onvm_core->region(region);
+    if (!r)
+        return NULL;
+    if (!entries || entries > r->hdr->flow_count)
+        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", r->hdr->flow_count);
+    struct onvm_flow_key *keys = PyMem_Calloc(entries, sizeof *keys);
+    uint32_t *order = PyMem_Malloc(sizeof(uint32_t) * (lookups ? lookups : 1));
+    if (!keys || !order) {
+        PyMem_Free(keys);
+        PyMem_Free(order);
+        return PyErr_NoMemory();
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ull, now = onvm_now_ns(), installed = 0, found = 0;
+    double secs;
+    Py_BEGIN_ALLOW_THREADS for (uint32_t i = 0; i < entries; i++) {
+        struct onvm_flow_key *k = &keys[i];
+        uint32_t a = 0x0a000000u | (i >> 8), b = 0xc0a80000u | (i & 0xff);
+        memcpy(k->src, &a, 4);
+        memcpy(k->dst, &b, 4);
+        k->sport = (uint16_t)(1024 + i % 50000);
+        k->dport = 80;
+        k->proto = 6;
+        k->ipver = 4;
+        if (onvm_core->flow_put(r, k, 1, 0, 0, ONVM_FLOW_BY_API, 0, 0, now) >= 0)
+            installed++;
+    }
+    for (uint32_t i = 0; i < lookups; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order[i] = (uint32_t)(x % entries);
+    }
+    /* The keys to look up, laid out in lookup order as packets would bring them. */
+    struct onvm_flow_key *seqkeys = malloc(sizeof *seqkeys * (lookups ? lookups : 1));
+    if (seqkeys)
+        for (uint32_t i = 0; i < lookups; i++)
+            seqkeys[i] = keys[order[i]];
+    int32_t out[32];
+    uint64_t t0 = onvm_now_ns();
+    for (uint32_t i = 0; seqkeys && i < lookups; i += 32) {
+        uint32_t m = lookups - i < 32 ? lookups - i : 32;
+        if (bulk) {
+            onvm_core->flow_lookup_bulk(r, &seqkeys[i], m, out);
+        } else {
+            for (uint32_t j = 0; j < m; j++) /* one at a time: each miss waits for the last */
+                onvm_core->flow_lookup_bulk(r, &seqkeys[i + j], 1, &out[j]);
+        }
+        for (uint32_t j = 0; j < m; j++)
+            found += out[j] >= 0;
+    }
+    free(seqkeys);
+    secs = (double)(onvm_now_ns() - t0) / 1e9;
+    Py_END_ALLOW_THREADS PyMem_Free(keys);
+    PyMem_Free(order);
+    return Py_BuildValue("{s:I,s:K,s:I,s:K,s:d,s:d,s:i}", "entries", entries, "installed",
+                         (unsigned long long)installed, "lookups", lookups, "found", (unsigned long long)found,
+                         "seconds", secs, "mpps", secs > 0 ? lookups / secs / 1e6 : 0.0, "bulk", bulk);
+}
+
+/* ===== a sender: copies of one frame on an interface, as fast as it goes ===== */
+
+static int afpacket_blast(const char *ifname, const uint8_t *frame, uint32_t len, double seconds,
+                        uint64_t *sent_out) {
+    unsigned ifindex = if_nametoindex(ifname);
+    if (ifindex == 0)
+        return -ENODEV;
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = (int)ifindex};
+    int one = 1;
+    if (bind(fd, (struct sockaddr *)&sll, sizeof sll) != 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    enum { B = 64 };
+    struct mmsghdr msgs[B];
+    struct iovec iov[B];
+    for (int i = 0; i < B; i++) {
+        iov[i].iov_base = (void *)frame;
+        iov[i].iov_len = len;
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    uint64_t sent = 0, end = onvm_now_ns() + (uint64_t)(seconds * 1e9);
+    while (onvm_now_ns() < end) {
+        for (int k = 0; k < 16; k++) {
+            int rc = sendmmsg(fd, msgs, B, 0);
+            if (rc > 0)
+                sent += (uint64_t)rc;
+        }
+    }
+    close(fd);
+    *sent_out = sent;
+    return 0;
+}
+
+/* afpacket_blast(ifname, frame, seconds) -> frames sent */
+static PyObject *mod_afpacket_blast(PyObject *m, PyObject *args) {
+    (void)m;
+    const char *ifname;
+    Py_buffer frame;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "sy*d", &ifname, &frame, &seconds))
+        return NULL;
+    uint64_t sent = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = afpacket_blast(ifname, frame.buf, (uint32_t)frame.len, seconds, &sent);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&frame);
+    if (rc) {
+        errno = -rc;
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, ifname);
+    }
+    return PyLong_FromUnsignedLongLong(sent);
+}
+
+/* ===== futex wake-up latency ================================================
+ * A sleeper thread pinned to one CPU waits on a futex; a waker thread pinned to
+ * another (or the same) CPU sleeps gap_us, so the machine goes idle between
+ * rounds as it does between packets at a low rate, stamps the time and wakes
+ * it.  The sleeper stamps the time it runs again.  On one CPU the wake-up is a
+ * context switch on a CPU that is awake; on two, the sleeper's CPU is idle, and
+ * on a VM whose idle vCPUs halt that is the time the hypervisor takes to run it
+ * again: the figure behind packing (manager/packing.py). */
+
+struct wake_bench {
+    _Atomic uint32_t word;    /* 1 while the sleeper waits */
+    _Atomic uint64_t woke_at; /* the waker's stamp */
+    _Atomic int done;
+    int sleeper_cpu, waker_cpu, pin_failed;
+    long gap_us;
+    uint32_t rounds, got;
+    uint64_t *lat;
+};
+
+static int pin_self(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+static void wake_word(struct wake_bench *w) {
+    atomic_store(&w->word, 0); /* release: the sleeper's acquire load below sees the stamp */
+    syscall(SYS_futex, &w->word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static void *wake_sleeper(void *arg) {
+    struct wake_bench *w = arg;
+    if (pin_self(w->sleeper_cpu) != 0)
+        w->pin_failed = 1;
+    while (!atomic_load(&w->done)) {
+        atomic_store(&w->word, 1); /* pairs with the waker's load: it wakes only a waiting sleeper */
+        while (atomic_load(&w->word) == 1) /* pairs with wake_word()'s store */
+            syscall(SYS_futex, &w->word, FUTEX_WAIT, 1, NULL, NULL, 0);
+        uint64_t t = onvm_now_ns();
+        if (!atomic_load(&w->done) && w->got < w->rounds)
+            w->lat[w->got++] = t - atomic_load(&w->woke_at);
+    }
+    return NULL;
+}
+
+static void *wake_waker(void *arg) {
+    struct wake_bench *w = arg;
+    if (pin_self(w->waker_cpu) != 0)
+        w->pin_failed = 1;
+    for (uint32_t i = 0; i < w->rounds; i++) {
+        struct timespec gap = {w->gap_us / 1000000, (w->gap_us % 1000000) * 1000};
+        nanosleep(&gap, NULL);
+        while (atomic_load(&w->word) != 1) /* the sleeper is back on its futex */
+            sched_yield();
+        atomic_store(&w->woke_at, onvm_now_ns());
+        wake_word(w);
+    }
+    while (atomic_load(&w->word) != 1)
+        sched_yield();
+    atomic_store(&w->done, 1);
+    wake_word(w);
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* futex_wake(sleeper_cpu, waker_cpu, gap_us=100, rounds=5000) -> {p50_us, p99_us, ...} */
+static PyObject *mod_futex_wake(PyObject *m, PyObject *args, PyObject *kw) {
+    (void)m;
+    static char *kwlist[] = {"sleeper_cpu", "waker_cpu", "gap_us", "rounds", NULL};
+    struct wake_bench w = {.gap_us = 100, .rounds = 5000};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii|lI", kwlist, &w.sleeper_cpu, &w.waker_cpu, &w.gap_us,
+                                     &w.rounds))
+        return NULL;
+    if (w.rounds < 1 || w.rounds > 10000000 || w.gap_us < 0 || w.gap_us > 1000000 || w.sleeper_cpu < 0 ||
+        w.sleeper_cpu >= CPU_SETSIZE || w.waker_cpu < 0 || w.waker_cpu >= CPU_SETSIZE)
+        return PyErr_Format(PyExc_ValueError, "expected CPUs 0..%d, rounds 1..10^7, gap_us 0..10^6",
+                            CPU_SETSIZE - 1);
+    w.lat = PyMem_Calloc(w.rounds, sizeof *w.lat);
+    if (!w.lat)
+        return PyErr_NoMemory();
+    pthread_t ts, tw;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = pthread_create(&ts, NULL, wake_sleeper, &w);
+    if (rc == 0) {
+        rc = pthread_create(&tw, NULL, wake_waker, &w);
+        if (rc == 0) {
+            pthread_join(tw, NULL);
+        } else {
+            atomic_store(&w.done, 1);
+            wake_word(&w);
+        }
+        pthread_join(ts, NULL);
+    }
+    Py_END_ALLOW_THREADS PyObject *out = NULL;
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else if (w.pin_failed || w.got == 0) {
+        PyErr_Format(PyExc_ValueError, "cannot run on CPUs %d and %d", w.sleeper_cpu, w.waker_cpu);
+    } else {
+        qsort(w.lat, w.got, sizeof *w.lat, cmp_u64);
+        out = Py_BuildValue("{s:i,s:i,s:l,s:I,s:d,s:d}", "sleeper_cpu", w.sleeper_cpu, "waker_cpu", w.waker_cpu,
+                            "gap_us", w.gap_us, "rounds", w.got, "p50_us", w.lat[w.got / 2] / 1e3, "p99_us",
+                            w.lat[(size_t)w.got * 99 / 100] / 1e3);
+    }
+    PyMem_Free(w.lat);
+    return out;
+}
+
+static PyMethodDef hookbench_methods[] = {
+    {"bench_lookup", (PyCFunction)(void (*)(void))mod_bench_lookup, METH_VARARGS | METH_KEYWORDS,
+     "bench_lookup(region, entries, lookups, bulk=True): time the packet path's flow lookup"},
+    {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,
+     "afpacket_blast(ifname, frame, seconds) -> frames sent (a benchmark sender)"},
+    {"futex_wake", (PyCFunction)(void (*)(void))mod_futex_wake, METH_VARARGS | METH_KEYWORDS,
+     "futex_wake(sleeper_cpu, waker_cpu, gap_us=100, rounds=5000) -> wake-up latency percentiles"},
+    {NULL}};
+
+int onvm_hookbench_register(PyObject *module) { return PyModule_AddFunctions(module, hookbench_methods); }

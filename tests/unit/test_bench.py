@@ -1,0 +1,92 @@
+"""The benchmark scenarios' descriptions, and the three things made from them:
+``onvm bench``, ``benchmarks/run.py`` and RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onvm.bench import Option, Scenario, get, scenarios
+from onvm.bench._cli import main as bench_main
+from onvm.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_scenario_is_described_once_and_fully() -> None:
+    scs = scenarios()
+    assert list(scs) == sorted(scs)
+    for name, sc in scs.items():
+        assert sc.name == name and sc.what and sc.key, name
+        dests = [o.dest for o in sc.options]
+        assert len(dests) == len(set(dests)), name
+        assert set(sc.preset) <= set(dests), f"{name}: preset of options it does not take"
+        for o in sc.options:
+            assert o.choices is None or o.default in o.choices, f"{name} {o.flag}"
+    # what used to be described elsewhere is here
+    assert {"loop", "loop-packet", "chain3", "idle", "lb", "flow-setup", "firewall", "pcap-replay",
+            "veth-bridge", "flow-mod", "latency", "latency-3", "latency-spread", "wake", "nf-start",
+            "nf-start-process", "nf-start-namespace", "nf-start-podman"} <= set(scs)
+
+
+def fake(**kw: Any) -> Scenario:
+    def run(seconds: float, verbose: bool, size: int = 1, kind: str = "a") -> dict[str, Any]:
+        return {"scenario": "ignored", "mpps": seconds * size, "kind": kind}
+
+    return Scenario("fake", "a fake", key="mpps", target=">= 1 Mpps", run=run,
+                    options=(Option("--size", 1, "size"), Option("--kind", "a", "kind", choices=("a", "b"))),
+                    **kw)
+
+
+def test_execute_takes_defaults_presets_and_options_and_names_the_result() -> None:
+    assert fake().execute(seconds=2.0) == {"scenario": "fake", "mpps": 2.0, "kind": "a"}
+    assert fake(preset={"size": 3}).execute(seconds=2.0)["mpps"] == 6.0
+    assert fake().execute(seconds=1.0, size=5, kind="b") == {"scenario": "fake", "mpps": 5.0, "kind": "b"}
+    assert fake().line({"mpps": 1.234}) == "1.23 Mpps"
+    with pytest.raises(ConfigError, match="no option nfs"):
+        fake().execute(nfs=3)
+    with pytest.raises(ConfigError, match="--kind c: expected one of a, b"):
+        fake().execute(kind="c")
+
+
+def test_get_names_the_scenarios_when_there_is_no_such_one() -> None:
+    with pytest.raises(ConfigError, match="no benchmark scenario 'nope'.*loop"):
+        get("nope")
+
+
+def test_cli_is_made_from_the_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name, sc in scenarios().items():
+        assert f"  {name} " in out
+        with pytest.raises(SystemExit) as e:
+            bench_main([name, "--help"])
+        assert e.value.code == 0
+        usage = capsys.readouterr().out
+        for o in sc.options:
+            assert (f"[{o.flag}" in usage) == (o.dest not in sc.preset), f"{name} {o.flag}"
+    with pytest.raises(SystemExit) as e:  # an option of another scenario is refused
+        bench_main(["loop", "--nfs", "3"])
+    assert e.value.code == 2
+
+
+def test_onvm_bench_runs_a_scenario_and_run_py_records_it(tmp_path: Path) -> None:
+    """wake needs no manager: the whole path, CLI and run.py, in a second or two."""
+    r = subprocess.run([sys.executable, "-m", "onvm.cli.main", "bench", "wake", "--rounds", "200", "--json"],
+                       capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["scenario"] == "wake" and result["rounds"] == 200
+    assert 0 < result["same_cpu_p50_us"] < 10_000
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "wake", "--repeat", "3",
+                    "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    (best,) = doc["results"]
+    assert best["scenario"] == "wake" and len(best["runs"]) == 3
+    assert best["median"] == best["cross_cpu_p50_us"]
+    sc = get("wake")
+    assert f"| wake | {sc.line(best)} | {sc.target} |" in (tmp_path / "RESULTS.md").read_text()
