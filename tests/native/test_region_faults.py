@@ -266,3 +266,19 @@ r.close()
 """)
     assert "retired 3" in out  # its own stamps (one forged to its own id), and in transit from it
     assert "swept 5 1024" in out
+
+
+def test_a_congestion_flag_kept_up_for_nothing_is_cleared_and_its_nf_fenced() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "flagger")
+flag = L["rings"] + L["ring_bytes"] * 2 + L["congested"]
+_hooks.poke(r, flag, struct.pack("<I", 1))  # congested, and its ring is empty
+events = []
+audit_until("fault", events)
+print("events", [(e["kind"], e["nf"], e["why"]) for e in events])
+print("flag", struct.unpack("<I", _hooks.peek(r, flag, 4))[0], r.nf_info(1)["fenced"])
+r.close()
+""")
+    assert "events [('fault', 1, 'flag')]" in out
+    assert "flag 0 True" in out

@@ -26,6 +26,12 @@
  *    Entries of an abandoned reservation that were never written hold stale
  *    slot indices; consumers refuse them (their stamps do not match), so that
  *    costs nothing but those packets.
+ *  - Congestion flags.  A ring's consumer clears its congested flag once it has
+ *    drained the ring to the low watermark (onvm_bp.h), and the NFs that feed
+ *    it wait while it is set.  A flag still set on a ring at or below the low
+ *    watermark after ONVM_STALL_NS holds its producers up for nothing: the
+ *    audit clears it, which lets them go on, and fences the consumer unless
+ *    it waits for a congested ring itself (then it does not drain its own).
  *  - Tables.  A sequence word of a chain, a service or the rules left odd for
  *    ONVM_STALL_NS is made even again (readers give up on it after a bound
  *    anyway; this lets them read it again), and reported.
@@ -51,6 +57,7 @@
  * region, writes only the words named above and the manager's private view of
  * each NF (onvm_nf_view), which no NF can touch.
  */
+#include "onvm_bp.h"
 #include "onvm_flow.h"
 #include "onvm_mgr.h"
 
@@ -137,6 +144,22 @@ int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max) {
         if (atomic_load_explicit(&v->fenced, ONVM_RELAXED))
             continue; /* what it receives is reclaimed with it */
         struct onvm_ring *ring = onvm_nf_ring(r, id, 0);
+        if (!onvm_bp_congested(ring) || onvm_ring_count(ring, r->ring_mask) > r->ring_size / 4) {
+            v->flagged_since = 0;
+        } else if (!v->flagged_since) {
+            v->flagged_since = now;
+        } else if (now - v->flagged_since >= ONVM_STALL_NS) {
+            onvm_bp_clear(r, ring); /* its producers go on */
+            v->flagged_since = 0;
+            /* A consumer that waits for a congested ring itself does not drain its own
+             * (onvm_bp.h): clearing its flag is all there is to do. */
+            if (!atomic_load_explicit(&r->nfs[id].bp.blocked_on, ONVM_RELAXED)) {
+                onvm_fault(r, id, ONVM_FAULT_FLAG, 1);
+                v->told |= TOLD_FAULT;
+                emit(out, max, &k, ONVM_AUDIT_FAULT, id, 0, ONVM_FAULT_FLAG, 1);
+                continue;
+            }
+        }
         uint64_t t = atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE);
         uint64_t h = atomic_load_explicit(&ring->prod.head, ONVM_ACQUIRE);
         if (h == t) {

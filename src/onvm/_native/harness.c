@@ -122,13 +122,13 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         return NULL;
     struct onvm_header *h = r->hdr;
     return Py_BuildValue(
-        "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
+        "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
         "s:n,s:n,s:n,s:K}",
         "nfs", (unsigned long long)((uint8_t *)r->nfs - r->base), "nf_size", (Py_ssize_t)sizeof(struct onvm_nf),
         "rings", (unsigned long long)r->off_rings, "ring_bytes", (unsigned long long)r->ring_bytes,
         "prod_head", offsetof(struct onvm_ring, prod.head), "prod_tail", offsetof(struct onvm_ring, prod.tail),
         "cons_head", offsetof(struct onvm_ring, cons.head), "cons_tail", offsetof(struct onvm_ring, cons.tail),
-        "entries", offsetof(struct onvm_ring, entries), "meta", (unsigned long long)h->off_meta,
+        "entries", offsetof(struct onvm_ring, entries), "congested", offsetof(struct onvm_ring, congested), "meta", (unsigned long long)h->off_meta,
         "meta_size", (Py_ssize_t)sizeof(struct onvm_meta), "owner", offsetof(struct onvm_meta, owner),
         "len", offsetof(struct onvm_meta, len), "data_off", offsetof(struct onvm_meta, data_off), "action",
         offsetof(struct onvm_meta, action), "dest", offsetof(struct onvm_meta, dest), "slots", (unsigned long long)h->off_slots, "slot_size",

@@ -565,7 +565,7 @@ static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
 static const char *fault_name(unsigned why) {
     static const char *const names[ONVM_FAULT_COUNT] = {
         [ONVM_FAULT_NONE] = "", [ONVM_FAULT_SLOT] = "slot", [ONVM_FAULT_RECORD] = "record",
-        [ONVM_FAULT_STALL] = "stall"};
+        [ONVM_FAULT_STALL] = "stall", [ONVM_FAULT_FLAG] = "flag"};
     return why < ONVM_FAULT_COUNT ? names[why] : "";
 }
 

@@ -18,6 +18,7 @@ enum onvm_fault {
     ONVM_FAULT_SLOT,    /* its TX ring named no slot of the pool, or one not handed to the manager */
     ONVM_FAULT_RECORD,  /* a packet it sent has a length or offset outside its slot */
     ONVM_FAULT_STALL,   /* it held a ring reservation without completing it */
+    ONVM_FAULT_FLAG,    /* it kept its RX ring flagged congested while the ring was not */
     ONVM_FAULT_COUNT
 };
 
@@ -33,6 +34,7 @@ struct onvm_nf_view {
     _Atomic uint32_t fault_why; /* enum onvm_fault of the first */
     uint32_t told;              /* fence.c: what the audit has reported of it */
     uint64_t stuck_head, stuck_tail, stuck_since; /* fence.c: its RX ring, not moving since */
+    uint64_t flagged_since;                       /* fence.c: flagged congested while it was not */
 };
 
 /* A process's handle.  Everything an address or a bound is computed from is

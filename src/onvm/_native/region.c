@@ -548,6 +548,7 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
     v->tx_head = 0;
     v->told = 0;
     v->stuck_since = 0;
+    v->flagged_since = 0;
     atomic_store(&v->faults, 0);
     atomic_store(&v->fault_why, ONVM_FAULT_NONE);
     atomic_store(&v->fenced, 0);
