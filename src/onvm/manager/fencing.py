@@ -32,7 +32,7 @@ _FAULTS = {
     "slot": "its TX ring named slots it did not hand over (not in the pool, or not in transit from it)",
     "record": "it sent packets whose length or offset lies outside their slot",
     "stall": "it held a reservation of a ring for a second without completing it",
-    "flag": "it kept its RX ring flagged congested for a second while the ring was not (its producers waited)",
+    "flag": "it kept its RX ring flagged congested for a second while it was not (its producers waited)",
 }
 _TABLES = {"chain": "chain", "service": "service", "rules": "the rule table"}
 
