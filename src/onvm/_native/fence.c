@@ -202,17 +202,8 @@ static void mark_live_rings(const struct onvm_region *r, uint8_t *in_ring) {
     for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
         if (!nf_live(r, id))
             continue;
-        for (int tx = 0; tx < 2; tx++) {
-            struct onvm_ring *ring = onvm_nf_ring(r, id, tx);
-            uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
-            uint32_t t = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE));
-            uint32_t n = t - h <= r->ring_mask ? t - h : r->ring_mask;
-            for (uint32_t i = 0; i < n; i++) {
-                uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & r->ring_mask], ONVM_RELAXED);
-                if (v < r->pool_count)
-                    in_ring[v] = 1;
-            }
-        }
+        onvm_ring_mark(r, onvm_nf_ring(r, id, 0), in_ring);
+        onvm_ring_mark(r, onvm_nf_ring(r, id, 1), in_ring);
     }
 }
 

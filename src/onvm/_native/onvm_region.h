@@ -274,6 +274,9 @@ void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state);
  * from it that no live ring holds (an enqueue it left half done).  Nothing is read
  * from its rings or its record.  Returns the number of slots returned. */
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id);
+/* Mark in in_ring the slots a ring holds between its consumer's tail and its
+ * producers' published tail (at most a ring's worth, whatever the ring says). */
+void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring);
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
 
 /* Where a packet-path thread takes packets: up to n (at most ONVM_BURST_MAX) from

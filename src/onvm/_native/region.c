@@ -581,9 +581,7 @@ void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
     onvm_waiter_wake(&r->nfs[nf_id].wait);
 }
 
-/* Mark the slots a ring holds between its consumer's tail and its producers'
- * published tail (at most a ring's worth, whatever the ring says). */
-static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
+void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
     uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
     uint32_t t = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE));
     uint32_t n = t - h <= r->ring_mask ? t - h : r->ring_mask;
@@ -592,6 +590,25 @@ static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8
         if (v < r->pool_count)
             in_ring[v] = 1;
     }
+}
+
+/* Slots found by a scan, freed 256 at a time. */
+struct free_batch {
+    uint32_t slot[256];
+    uint32_t n;
+    long freed;
+};
+
+static void batch_flush(struct onvm_region *r, struct free_batch *b) {
+    onvm_pool_free_burst(r, b->slot, b->n);
+    b->freed += b->n;
+    b->n = 0;
+}
+
+static void batch_add(struct onvm_region *r, struct free_batch *b, uint32_t s) {
+    b->slot[b->n++] = s;
+    if (b->n == 256)
+        batch_flush(r, b);
 }
 
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
@@ -609,30 +626,22 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
         struct onvm_nf_view *v = &r->view[n];
         if (atomic_load_explicit(&v->state, ONVM_ACQUIRE) == ONVM_NFS_FREE || atomic_load(&v->fenced))
             continue;
-        mark_ring(r, onvm_nf_ring(r, n, n == nf_id), in_ring);
+        onvm_ring_mark(r, onvm_nf_ring(r, n, n == nf_id), in_ring);
     }
-    long returned = 0;
-    uint32_t batch[256], nb = 0;
+    struct free_batch b = {.n = 0, .freed = 0};
     for (uint32_t i = 0; i < r->pool_count; i++) {
         /* Acquire pairs with the release of cons.tail by a consumer that
          * restamped the slot: if it left a ring after our scan, we see its
          * new owner here. */
         uint16_t o = atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE);
         int transit = ONVM_IS_TRANSIT(o);
-        if (!(o == nf_id || (transit && (o & 63u) == nf_id) ||
-              (transit && ONVM_TRANSIT_FROM(o) == nf_id && !in_ring[i])))
-            continue;
-        batch[nb++] = i;
-        if (nb == 256) {
-            onvm_pool_free_burst(r, batch, nb);
-            returned += nb;
-            nb = 0;
-        }
+        if (o == nf_id || (transit && (o & 63u) == nf_id) ||
+            (transit && ONVM_TRANSIT_FROM(o) == nf_id && !in_ring[i]))
+            batch_add(r, &b, i);
     }
-    onvm_pool_free_burst(r, batch, nb);
-    returned += nb;
+    batch_flush(r, &b);
     free(in_ring);
-    return returned;
+    return b.freed;
 }
 
 uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
@@ -672,23 +681,14 @@ long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
     if (port >= ONVM_MAX_PORTS)
         return -EINVAL;
     uint16_t stamp = ONVM_OWNER_PORT(port);
-    uint32_t batch[256], nb = 0;
-    long returned = 0;
-    for (uint32_t i = 0; i < r->pool_count; i++) {
-        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) != stamp)
-            continue;
-        batch[nb++] = i;
-        if (nb == 256) {
-            onvm_pool_free_burst(r, batch, nb);
-            returned += nb;
-            nb = 0;
-        }
-    }
-    onvm_pool_free_burst(r, batch, nb);
-    returned += nb;
+    struct free_batch b = {.n = 0, .freed = 0};
+    for (uint32_t i = 0; i < r->pool_count; i++)
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) == stamp)
+            batch_add(r, &b, i);
+    batch_flush(r, &b);
     for (unsigned w = 0; w < ONVM_MAX_WORKERS; w++)
         r->ports[port].by_worker[w].lent = 0;
-    return returned;
+    return b.freed;
 }
 
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id) {
