@@ -280,3 +280,18 @@ def test_memif_with_testpmd_as_the_peer(manager: Any, tmp_path: Path, onvm_role:
     assert not port["drops"], port
     assert m.stop() == 0
     assert _summary_pool(m.text()) == (16384, 16384)
+
+
+def test_topology_file_with_dpdk_ports(runtime: str, tmp_path: Path) -> None:
+    """manager.dpdk_eal reaches the EAL (a log level it knows), and dpdk: ports run under onvm run."""
+    f = tmp_path / "t.yaml"
+    f.write_text(f"manager:\n  name: t{uuid.uuid4().hex[:8]}\n  stats: 0\n  duration: 2\n"
+                 "  dpdk_eal: \"--log-level=*:notice\"\n"
+                 "ports: ['dpdk:net_null0', 'dpdk:net_null1?rxq=0']\n"
+                 "nfs:\n  - program: simple_forward\n    service: 1\n"
+                 "chains:\n  default: [1, out:1]\n")
+    r = onvm("run", str(f), timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = re.search(r"port 1 dpdk:net_null1\?rxq=0: in 0 pkts / 0 B, out (\d+) pkts", r.stderr)
+    assert out and int(out.group(1)) > 10_000, r.stderr
+    assert _summary_pool(r.stderr) == (16384, 16384)

@@ -44,7 +44,7 @@ def test_sdist_builds_and_installs_in_a_fresh_venv(tmp_path: Path) -> None:
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     for need in ("LICENSE", "CHANGELOG.md", "README.md", "src/onvm/_native/onvm_layout.h",
-                 "src/onvm/_native/onvm_core_api.h", "src/onvm/_native/hooks.c", "src/onvm/_native.pyi",
+                 "src/onvm/_native/onvm_capi.h", "src/onvm/_native/hooks.c", "src/onvm/_native.pyi",
                  "src/onvm/py.typed", "src/onvm/web/static/app.js", "tests/unit/test_constants.py"):
         assert need in names, f"{need} is not in {sdist.name}"
     assert not [n for n in names if n.endswith((".so", ".pyc"))]

@@ -83,7 +83,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def test_builtin_names_come_first() -> None:
     p = nfs.find("simple-forward")
-    assert (p.kind, p.target, p.command_target) == ("builtin", "simple_forward", "simple_forward")
+    assert (p.kind, p.target) == ("builtin", "simple_forward")
     assert p.paths == []
     assert p.load().SERVICE == 2
 
@@ -93,7 +93,7 @@ def test_a_file_with_make_is_an_nf_module(tmp_path: Path) -> None:
     f.write_text(NF_FILE)
     p = nfs.find(str(f))
     assert p.kind == "file" and not p.is_script
-    assert p.command_target == str(f) and p.paths == [str(tmp_path)]
+    assert p.target == str(f) and p.paths == [str(tmp_path)]
     assert p.summary() == "count_nf: a user NF in a file."
     nf = make_nf(str(f), "--tag", "y", "--quiet")
     assert (nf.name, nf.service, nf.state) == ("count_nf", 5, "y")
@@ -113,9 +113,9 @@ def test_an_entry_point_is_found_and_runs_without_its_metadata(site: Path) -> No
     assert nfs.find("relay") == p
     assert (p.kind, p.target, p.origin) == ("entry-point", "usernfpkg.relay", "usernfpkg 1.0")
     # a new process gets the module to import and where it lives, not the entry point's name
-    assert p.command_target == "usernfpkg.relay" and p.paths == [str(site)]
+    assert p.paths == [str(site)]
     assert p.summary() == "passes packets on, from an installed package"
-    assert nfs.find(p.command_target).kind == "module"
+    assert nfs.find(p.target).kind == "module"
     assert make_nf("relay", "--service", "3", "--quiet").service == 3
 
 

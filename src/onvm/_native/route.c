@@ -83,13 +83,11 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
                 onvm_waiter_kick(w);
         }
         onvm_bp_pushed(r, ring);
-        if (c->self_nf) {
-            unsigned k = 0;
-            while (k < c->nfed && c->fed[k] != ring)
-                k++;
-            if (k == c->nfed && k < ONVM_ROUTE_FED)
-                c->fed[c->nfed++] = ring;
-        }
+        unsigned k = 0;
+        while (k < c->nfed && c->fed[k] != ring)
+            k++;
+        if (k == c->nfed && k < ONVM_ROUTE_FED)
+            c->fed[c->nfed++] = ring;
         for (uint32_t i = done; i < g->n; i++)
             drop(c, g->slots[i], ONVM_DROP_RING_FULL);
     } else {

@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import importlib.metadata
 import importlib.util
 import os
-import runpy
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -56,18 +54,15 @@ class Program:
 
     name: str  # as given (or the entry point's name)
     kind: str  # "builtin", "file", "script", "entry-point" or "module"
-    target: str  # a built-in's name, a file's absolute path, or "module[:attribute]"
+    # What loads it, and what a new process's 'onvm nf' is given (no package metadata needed):
+    # a built-in's name, a file's absolute path, or "module[:attribute]" (an entry point's value)
+    target: str
     origin: str = ""  # the distribution that publishes an entry point ("pkg 1.0")
 
     @property
     def is_script(self) -> bool:
         """A plain script: it builds and runs its NF itself, taking no common options."""
         return self.kind == "script"
-
-    @property
-    def command_target(self) -> str:
-        """What ``onvm nf`` is given to run it in a new process, without package metadata."""
-        return self.target
 
     @property
     def paths(self) -> list[str]:
@@ -115,10 +110,10 @@ class Program:
     def run(self, argv: list[str]) -> int:
         """What ``onvm nf PROGRAM ARGV`` does: build the NF from ARGV and run it."""
         if self.is_script:
-            directory = os.path.dirname(self.target)
-            if directory not in sys.path:
-                sys.path.insert(0, directory)
+            _first_on_path(os.path.dirname(self.target))
             sys.argv = [self.target, *argv]
+            import runpy
+
             runpy.run_path(self.target, run_name="__main__")
             return 0
         obj = self.load()
@@ -132,8 +127,8 @@ def parser(program: Any, prog: str, *, cls: type[argparse.ArgumentParser] = argp
     """The command line of an NF program (module or object): the common NF options and its own."""
     from onvm.nf import common_arguments
 
-    p = cls(prog=prog, description=program.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    p = cls(prog=prog, description=program.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw)
     common_arguments(p, service=getattr(program, "SERVICE", None))
     add = getattr(program, "add_arguments", None)
     if callable(add):
@@ -153,12 +148,16 @@ def _parse(path: str) -> ast.Module:
         raise ConfigError(f"NF program '{path}': {e}") from None
 
 
+def _first_on_path(directory: str) -> None:
+    """A file's directory first on sys.path, as ``python FILE`` would put it."""
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+
+
 def _load_file(path: str) -> ModuleType:
     """Import a Python file as a module named after it, its directory first on sys.path."""
     name = os.path.splitext(os.path.basename(path))[0]
-    directory = os.path.dirname(path)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
+    _first_on_path(os.path.dirname(path))
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"NF program '{path}' is not a Python file")
@@ -187,6 +186,8 @@ def _import_root(module: str) -> str:
 
 def installed() -> list[Program]:
     """The NFs installed packages publish in the ``onvm.nfs`` entry point group, by name."""
+    import importlib.metadata  # here: it costs an NF start that needs none of it ~14 ms
+
     out: dict[str, Program] = {}
     for ep in importlib.metadata.entry_points(group=GROUP):
         dist = getattr(ep, "dist", None)

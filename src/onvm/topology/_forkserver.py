@@ -33,6 +33,7 @@ def _preload() -> None:
     import onvm.cli.main  # noqa: F401
     import onvm.nf._batch  # noqa: F401
     import onvm.nf._nf  # noqa: F401
+    import onvm.nfs._cli  # noqa: F401
     from onvm import nfs
 
     for name in nfs.NAMES:

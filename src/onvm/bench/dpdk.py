@@ -1,0 +1,119 @@
+"""The ``dpdk`` scenario: pyonvm between two DPDK devices, and dpdk-testpmd on the same ones.
+
+pyonvm: ``dpdk:net_null0`` (input) -> ``simple_forward`` (a Python NF, batch
+handler) -> ``dpdk:net_null1`` (output only): 64-byte frames that DPDK's null
+driver makes and swallows at memory speed, through the RX worker, the NF's
+process and the TX worker.  ``mpps`` is what leaves net_null1 per second.  The
+pool is 4096 slots with rings of 1024, like testpmd's 8192 mbufs: a working set
+that stays in the caches.
+
+testpmd: io forwarding between the same two vdevs on the same CPUs (its main
+lcore and one forwarding lcore), in the same run.  testpmd forwards both ways
+(net_null0 -> net_null1 and back) on its one core; ``testpmd_mpps`` is what it
+sends out of net_null1 per second, the direction of pyonvm's figure, and
+``testpmd_total_mpps`` both ways.  ``ratio`` = mpps / testpmd_mpps.
+
+``direct_mpps``: the same ports with no NF (default chain ``out:1``): the RX
+worker parses, classifies and hands each burst to net_null1 itself, so the
+figure is DPDK's drivers, the slot mempool and the manager's RX path alone.
+
+The three alternate, ``rounds`` times each, pyonvm first; the medians are
+reported with each round's figures, and the CPU each used (in cores) and spent
+per packet forwarded (``ns_per_packet``): on a shared machine the rates follow
+the CPU each side gets, the costs per packet do not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from onvm import _testpmd
+from onvm._proc import cpu_seconds
+from onvm.bench._scenario import Option, Scenario
+from onvm.bench.pipeline import WARMUP, deployment
+from onvm.errors import ConfigError
+
+CPUS = "0-1"
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) or 0.0 for p in pids)
+
+
+def _pyonvm(seconds: float, verbose: bool, burst: int, nf: bool = True) -> tuple[float, float, float]:
+    """Mpps out of net_null1, CPU used (cores) and ns of CPU per packet; without the NF, the
+    RX worker hands each burst to net_null1 itself."""
+    dep = deployment(["--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
+                      "--default-chain", "1,out:1" if nf else "out:1", "--burst", str(burst),
+                      "--pool-size", "4096", "--ring-size", "1024"], verbose)
+    try:
+        dep.start_manager()
+        if nf:
+            dep.start_nf(["simple_forward", "--service", "1", "--burst", str(burst)])
+            dep.wait_running(1)
+        time.sleep(WARMUP)
+        pids = [p.pid for p in dep.procs]
+        t0, n0, c0 = time.monotonic(), dep.status()["ports"][1]["tx"], _cpu(pids)
+        time.sleep(seconds)
+        t1, n1, c1 = time.monotonic(), dep.status()["ports"][1]["tx"], _cpu(pids)
+    finally:
+        dep.stop()
+    n, dt = n1 - n0, t1 - t0
+    return n / dt / 1e6, (c1 - c0) / dt, (c1 - c0) / max(n, 1) * 1e9
+
+
+def _reference(seconds: float) -> tuple[float, float, float, float]:
+    """Mpps out of net_null1, out of both ports, CPU used (cores) and ns per packet forwarded."""
+    with _testpmd.Testpmd(["net_null0", "net_null1"], ["--forward-mode=io", "--nb-cores=1"], cpus=CPUS) as tp:
+        assert tp.proc is not None
+        tp.command("start")
+        time.sleep(WARMUP)
+        t0, k0, c0 = time.monotonic(), tp.counts(), _cpu([tp.proc.pid])
+        time.sleep(seconds)
+        t1, k1, c1 = time.monotonic(), tp.counts(), _cpu([tp.proc.pid])
+        tp.command("stop")
+    dt = t1 - t0
+    one = k1[1]["tx"] - k0[1]["tx"]
+    both = one + k1[0]["tx"] - k0[0]["tx"]
+    return one / dt / 1e6, both / dt / 1e6, (c1 - c0) / dt, (c1 - c0) / max(both, 1) * 1e9
+
+
+def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
+                    burst: int = 256) -> dict[str, Any]:
+    missing = _testpmd.available()
+    if missing:
+        raise ConfigError(f"bench dpdk: {missing}")
+    ours: list[tuple[float, float, float]] = []
+    direct: list[tuple[float, float, float]] = []
+    theirs: list[tuple[float, float, float, float]] = []
+    for _ in range(rounds):
+        ours.append(_pyonvm(seconds, verbose, burst))
+        theirs.append(_reference(seconds))
+        direct.append(_pyonvm(seconds, verbose, burst, nf=False))
+
+    def med(values: Sequence[tuple[float, ...]], i: int) -> float:
+        return round(statistics.median(v[i] for v in values), 3)
+
+    mpps, tp = med(ours, 0), med(theirs, 0)
+    return {"mpps": mpps, "testpmd_mpps": tp, "ratio": round(mpps / tp, 3) if tp else 0.0,
+            "testpmd_total_mpps": med(theirs, 1),
+            "cpu": med(ours, 1), "testpmd_cpu": med(theirs, 2),
+            "ns_per_packet": med(ours, 2), "testpmd_ns_per_packet": med(theirs, 3),
+            "direct_mpps": med(direct, 0), "direct_ns_per_packet": med(direct, 2),
+            "rounds_mpps": [round(v[0], 3) for v in ours],
+            "rounds_testpmd_mpps": [round(t[0], 3) for t in theirs],
+            "frame_bytes": 64, "burst": burst, "cpus": CPUS, "seconds": seconds}
+
+
+SCENARIOS = [
+    Scenario("dpdk", "dpdk:net_null0 -> simple_forward -> dpdk:net_null1 (64 B), and dpdk-testpmd io "
+             "forwarding between the same vdevs on the same CPUs, alternated in one run",
+             key="ratio", target=">= 0.5 of testpmd", run=dpdk_vs_testpmd,
+             show=lambda r: (f"{r['mpps']:.2f} Mpps vs testpmd {r['testpmd_mpps']:.2f} Mpps "
+                             f"(ratio {r['ratio']:.2f})"),
+             options=(Option("--rounds", 3, "pyonvm and testpmd runs each, alternated"),
+                      Option("--burst", 256, "the manager's and the NF's burst"))),
+]
