@@ -32,7 +32,7 @@
  *    watermark after ONVM_STALL_NS holds its producers up for nothing: the
  *    audit clears it, which lets them go on, and fences the consumer unless
  *    it waits for a congested ring itself (then it does not drain its own).
- *  - Tables.  A sequence word of a chain, a service or the rules left odd for
+ *  - Tables.  A sequence word of a chain or a service left odd for
  *    ONVM_STALL_NS is made even again (readers give up on it after a bound
  *    anyway; this lets them read it again), and reported.
  *  - The free stack's head naming no slot is reported (allocations get nothing
@@ -178,8 +178,6 @@ int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max) {
     for (unsigned s = 0; s < ONVM_MAX_SERVICES; s++)
         if (watch_seq(&r->services[s].seq, &m->seq_service[s], now))
             emit(out, max, &k, ONVM_AUDIT_TABLE, 0, s, 1, 1);
-    if (r->rules && watch_seq(&r->rules->seq, &m->seq_rules, now))
-        emit(out, max, &k, ONVM_AUDIT_TABLE, 0, 0, 2, 1);
     uint32_t top = (uint32_t)atomic_load_explicit(&r->hdr->free.head, ONVM_RELAXED);
     if (top != ONVM_SLOT_NIL && top >= r->pool_count) {
         if (!m->told_pool)

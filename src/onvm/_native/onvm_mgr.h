@@ -50,7 +50,7 @@ struct onvm_mgr {
     _Atomic int rx_paused; /* inputs wait (until the chain's NFs are up) */
     struct onvm_mgr_worker workers[ONVM_MAX_WORKERS];
     /* fence.c: the audit's memory of the tables' sequence words */
-    struct onvm_seq_watch seq_chain[ONVM_MAX_CHAINS], seq_service[ONVM_MAX_SERVICES], seq_rules;
+    struct onvm_seq_watch seq_chain[ONVM_MAX_CHAINS], seq_service[ONVM_MAX_SERVICES];
     int told_pool; /* the damaged free stack was reported */
 };
 
@@ -64,8 +64,8 @@ enum onvm_audit_kind {
     ONVM_AUDIT_FAULT = 1, /* NF nf handed over something invalid (why: enum onvm_fault): fence it */
     ONVM_AUDIT_STALL,     /* NF nf held a reservation of NF peer's RX ring a second or more: fence it */
     ONVM_AUDIT_RING,      /* NF peer's RX ring was held up a second or more: published again */
-    ONVM_AUDIT_TABLE,     /* a table's sequence word stayed odd a second or more: reset (nf: chain,
-                           * service or rules as why = 0, 1, 2; peer: which) */
+    ONVM_AUDIT_TABLE,     /* a table's sequence word stayed odd a second or more: reset (why: chain
+                           * 0 or service 1; peer: which) */
     ONVM_AUDIT_POOL,      /* the free stack's head names no slot: allocations get nothing */
 };
 

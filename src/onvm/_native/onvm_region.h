@@ -10,7 +10,6 @@
 
 struct onvm_flow;
 struct onvm_flow_data;
-struct onvm_rules;
 
 /* Why the manager fenced an NF off (fence.c). */
 enum onvm_fault {
@@ -56,7 +55,6 @@ struct onvm_region {
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
     struct onvm_flow *flows;
     struct onvm_flow_data *flow_data;
-    struct onvm_rules *rules;
     struct onvm_nf *nfs;
     struct onvm_service *services;
     struct onvm_chain *chains;
@@ -65,6 +63,12 @@ struct onvm_region {
     _Atomic uint64_t broken_links;  /* free-stack links found pointing nowhere or into slots in use */
     _Atomic uint64_t table_stalls;  /* table reads that gave up on a sequence left odd */
     struct onvm_nf_view view[ONVM_MAX_NFS];
+    /* The rule classifier (onvm_flow.h), where this process found it when it
+     * created or attached the region: readers bound what they read by these,
+     * never by what the region says now. */
+    uint64_t cls_ctl, cls_tuples, cls_images[2], cls_groups[2], cls_rules, cls_hits;
+    uint32_t cls_max_rules, cls_max_slots;
+    struct onvm_cls_writer *clsw; /* the manager's private side of the classifier */
     char errmsg[256];
 };
 
@@ -73,6 +77,7 @@ struct onvm_region_params {
     uint32_t slot_size;
     uint32_t ring_size;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
+    uint32_t max_rules;  /* rule slots reserved (0: ONVM_RULES_DEFAULT) */
     const char *name;
 };
 
@@ -143,7 +148,7 @@ long onvm_port_reclaim(struct onvm_region *r, unsigned port);
 int64_t onvm_port_lent(const struct onvm_region *r, unsigned port);
 int64_t onvm_pool_lent(const struct onvm_region *r);
 
-/* ---- seqlocks of the tables the manager writes (services, chains, rules) ----
+/* ---- seqlocks of the tables the manager writes (services, chains) ----
  *
  * An odd sequence is a write under way, normally for well under a microsecond.
  * A reader waits for it a bounded time (spins, then yields) and gives up after

@@ -25,10 +25,27 @@ static int fail(struct onvm_region *r, int err, const char *fmt, ...) {
     return -err;
 }
 
+/* Reserve and touch the first len bytes of the mapping. */
+static int populate(int fd, uint8_t *base, uint64_t len) {
+    if (fallocate(fd, 0, 0, (off_t)len) != 0 && errno != EOPNOTSUPP)
+        return -1;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    if (madvise(base, len, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    for (uint64_t off = 0; off < len; off += 4096) /* kernels before 5.14 */
+        ((volatile uint8_t *)base)[off] = 0;
+    return 0;
+}
+
 /* Where everything goes for these parameters: the one place the layout is decided.
  * attach recomputes it from the header's parameters and requires the header's
- * offsets to match, so no offset in the header can point anywhere else. */
-static int compute_layout(struct onvm_region *r, const struct onvm_region_params *p, struct onvm_header *tmp) {
+ * offsets to match, so no offset in the header can point anywhere else.  *eager:
+ * the bytes from the start that are resident from creation on (all but the
+ * classifier's reserve). */
+static int compute_layout(struct onvm_region *r, const struct onvm_region_params *p, struct onvm_header *tmp,
+                          uint64_t *eager) {
     if (p->pool_count < 64 || p->pool_count > (1u << 24))
         return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
     if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
@@ -49,8 +66,6 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
     off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
     tmp->off_workers = off;
     off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
-    tmp->off_rules = ALIGN_UP(off, 64);
-    off = tmp->off_rules + sizeof(struct onvm_rules);
     tmp->off_rings = ALIGN_UP(off, 4096);
     tmp->ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
     off = tmp->off_rings + tmp->ring_bytes * 2 * ONVM_MAX_NFS;
@@ -64,6 +79,14 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
     off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
     tmp->off_flow_data = ALIGN_UP(off, 4096);
     off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    /* The classifier reserves room for max_rules rules at the very end; only
+     * what the rules in place use is ever resident (classify.c). */
+    tmp->max_rules = p->max_rules ? p->max_rules : ONVM_RULES_DEFAULT;
+    if (tmp->max_rules > ONVM_RULES_LIMIT)
+        return fail(r, EINVAL, "at most %u rules", ONVM_RULES_LIMIT);
+    tmp->off_cls = ALIGN_UP(off, 4096);
+    *eager = tmp->off_cls + onvm_cls_eager_bytes(tmp->max_rules);
+    off = tmp->off_cls + onvm_cls_bytes(tmp->max_rules);
     tmp->total_size = ALIGN_UP(off, HUGE_ALIGN);
     tmp->pool_count = p->pool_count;
     tmp->slot_size = p->slot_size;
@@ -86,7 +109,6 @@ static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->flow_count = h->flow_count;
     r->flows = onvm_at(r, h->off_flows);
     r->flow_data = onvm_at(r, h->off_flow_data);
-    r->rules = onvm_at(r, h->off_rules);
     r->nfs = onvm_at(r, h->off_nfs);
     r->services = onvm_at(r, h->off_services);
     r->chains = onvm_at(r, h->off_chains);
@@ -163,7 +185,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     memset(r, 0, sizeof *r);
     r->fd = -1;
     struct onvm_header tmp;
-    int lrc = compute_layout(r, p, &tmp);
+    uint64_t eager;
+    int lrc = compute_layout(r, p, &tmp, &eager);
     if (lrc)
         return lrc;
     uint64_t total = tmp.total_size;
@@ -177,7 +200,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         unlink(path);
         return fail(r, e, "cannot size region file %s (out of memory in its file system?)", path);
     }
-    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
@@ -185,6 +208,16 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         return fail(r, e, "cannot map region file %s", path);
     }
     onvm_guard_map(base, total, fd);
+    /* Everything but the classifier's reserve is touched now (first touch
+     * places the pool's pages); a file system too small fails here. */
+    if (populate(fd, (uint8_t *)base, eager) != 0) {
+        int e = errno;
+        onvm_guard_unmap(base);
+        munmap(base, total);
+        close(fd);
+        unlink(path);
+        return fail(r, e, "cannot fill region file %s (out of memory in its file system?)", path);
+    }
     r->base = base;
     r->size = total;
     r->fd = fd;
@@ -204,9 +237,9 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_workers = ONVM_MAX_WORKERS;
     h->max_chains = ONVM_MAX_CHAINS;
     h->max_hops = ONVM_MAX_HOPS;
-    h->max_rules = ONVM_MAX_RULES;
     snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
     bind_tables(r, &tmp);
+    onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
     atomic_store(&h->free.count, 0);
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
@@ -257,7 +290,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         h.sizeof_nf != sizeof(struct onvm_nf) || h.sizeof_ring != sizeof(struct onvm_ring) ||
         h.max_nfs != ONVM_MAX_NFS || h.max_services != ONVM_MAX_SERVICES ||
         h.max_ports != ONVM_MAX_PORTS || h.max_workers != ONVM_MAX_WORKERS ||
-        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS || h.max_rules != ONVM_MAX_RULES) {
+        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS) {
         close(fd);
         return fail(r, EPROTO,
                     "%s has layout version %u; this build speaks version %u: rebuild the NF against "
@@ -266,13 +299,16 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
     /* The offsets must be exactly what the parameters give: a header that says
      * anything else (damaged, or written by someone) maps nothing. */
     struct onvm_region_params want = {.pool_count = h.pool_count, .slot_size = h.slot_size,
-                                      .ring_size = h.ring_size, .flow_count = h.flow_count};
+                                      .ring_size = h.ring_size, .flow_count = h.flow_count,
+                                      .max_rules = h.max_rules};
     struct onvm_header lay;
-    if (compute_layout(r, &want, &lay) != 0 || lay.total_size != h.total_size || lay.off_nfs != h.off_nfs ||
-        lay.off_services != h.off_services || lay.off_chains != h.off_chains || lay.off_ports != h.off_ports ||
-        lay.off_workers != h.off_workers || lay.off_rules != h.off_rules || lay.off_rings != h.off_rings ||
-        lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta || lay.off_slots != h.off_slots ||
-        lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data) {
+    uint64_t eager;
+    if (compute_layout(r, &want, &lay, &eager) != 0 || lay.max_rules != h.max_rules ||
+        lay.total_size != h.total_size || lay.off_nfs != h.off_nfs || lay.off_services != h.off_services ||
+        lay.off_chains != h.off_chains || lay.off_ports != h.off_ports || lay.off_workers != h.off_workers ||
+        lay.off_rings != h.off_rings || lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta ||
+        lay.off_slots != h.off_slots || lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data ||
+        lay.off_cls != h.off_cls) {
         close(fd);
         return fail(r, EPROTO, "region %s has a damaged header: its offsets do not follow from its sizes", path);
     }
@@ -293,10 +329,15 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
     r->fd = fd;
     r->hdr = base;
     bind_tables(r, &lay);
+    if (onvm_cls_bind(r) != 0) {
+        onvm_region_detach(r);
+        return fail(r, EPROTO, "region %s: its rule classifier lies outside the region", path);
+    }
     return 0;
 }
 
 void onvm_region_detach(struct onvm_region *r) {
+    onvm_cls_writer_free(r);
     if (r->base) {
         onvm_guard_unmap(r->base);
         munmap(r->base, r->size);

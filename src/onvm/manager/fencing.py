@@ -34,7 +34,7 @@ _FAULTS = {
     "stall": "it held a reservation of a ring for a second without completing it",
     "flag": "it kept its RX ring flagged congested for a second while it was not (its producers waited)",
 }
-_TABLES = {"chain": "chain", "service": "service", "rules": "the rule table"}
+_TABLES = {"chain": "chain", "service": "service"}
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,7 @@ def read_audit(events: list[dict[str, Any]]) -> list[Finding]:
                                f"published again ({count} entries)"))
         elif kind == "table":
             what = _TABLES.get(ev["why"], ev["why"])
-            name = f"{what} {peer}" if what != _TABLES["rules"] else what
-            out.append(Finding(f"{name} was left half written for a second: its sequence word was reset"))
+            out.append(Finding(f"{what} {peer} was left half written for a second: its sequence word was reset"))
         elif kind == "pool":
             out.append(Finding(f"the free stack's head names slot {count}, which is not in the pool: the "
                                "region was written over, and allocations find nothing"))

@@ -172,7 +172,7 @@ class NFs:
             return
         gone = self.dp.retire(rec.nf_id)
         self.registry.retired(rec.nf_id, gone.final, gone.reclaimed)
-        self._gone.notify_all()
+        self._changed.notify_all()
         self.log(f"{rec.describe()} stopped; {rec.reclaimed} slots returned to the pool")
 
     def stop_all(self, timeout: float) -> bool:
