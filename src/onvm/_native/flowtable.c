@@ -54,10 +54,6 @@ static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_k
            a->vlan == b->vlan;
 }
 
-static inline struct onvm_cls_ctl *cls_ctl(const struct onvm_region *r) {
-    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
-}
-
 /* The 32-bit millisecond clock of deadlines: compared by signed difference, so
  * it may wrap (every 49 days) as long as no timeout exceeds ONVM_TIMEOUT_MAX_MS. */
 static inline uint32_t ms32(uint64_t ns) { return (uint32_t)(ns / 1000000ull); }
@@ -181,7 +177,7 @@ static void take(struct onvm_region *r, struct onvm_flow *f, uint64_t now) {
 /* ---- what the rules say ----------------------------------------------------- */
 
 static inline uint16_t port_default(struct onvm_region *r, uint16_t in_port) {
-    uint16_t c = in_port < ONVM_MAX_PORTS ? cls_ctl(r)->port_chain[in_port] : 0;
+    uint16_t c = in_port < ONVM_MAX_PORTS ? onvm_cls(r)->port_chain[in_port] : 0;
     return c < ONVM_MAX_CHAINS ? c : 0;
 }
 
@@ -196,7 +192,7 @@ static int decide(struct onvm_region *r, const struct onvm_flow_key *key, struct
     struct onvm_cls_result res;
     if (onvm_cls_lookup(r, key, &res) < 0)
         return -1;
-    uint32_t idle_default = clamp_timeout(cls_ctl(r)->default_idle_ms);
+    uint32_t idle_default = clamp_timeout(onvm_cls(r)->default_idle_ms);
     d->version = res.version;
     if (res.slot >= 0) {
         d->origin = ONVM_FLOW_BY_RULE;
@@ -222,7 +218,7 @@ static inline int same_decision(const struct onvm_flow *f, const struct decision
 static int current(struct onvm_region *r, const struct onvm_flow *f) {
     if (!onvm_cached_origin(f->origin))
         return 1;
-    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+    uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
     if (f->version == v || onvm_cls_still_current(r, &f->key, f->origin, f->rule, f->version))
         return 1;
     struct decision d;
@@ -401,7 +397,7 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
             continue;
         int dead = expired(f, now);
         if (!dead && onvm_cached_origin(f->origin)) {
-            uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+            uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
             struct onvm_flow copy = *f;
             atomic_thread_fence(memory_order_acquire);
             if (copy.version == v || atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
@@ -460,7 +456,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
                          uint32_t hash, uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
     /* Acquire pairs with the writer's release of version: the log and images it names are there. */
-    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+    uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
     uint32_t seq;
     long room = -1;
     long i = find(r, key, hash, &seq, &room, now);
@@ -528,7 +524,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
-    struct onvm_cls_ctl *c = cls_ctl(r);
+    struct onvm_cls_ctl *c = onvm_cls(r);
     return !r->flow_count ||
            (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && c->rules == 0 && c->ports_set == 0);
 }

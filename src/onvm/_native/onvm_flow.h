@@ -255,8 +255,9 @@ int onvm_cls_still_current(struct onvm_region *r, const struct onvm_flow_key *ke
 /* Does rule u match key?  (The plain reference, used to check log records.) */
 int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k);
 
+/* Where this process found the classifier (onvm_cls_bind), never where the header says now. */
 static inline struct onvm_cls_ctl *onvm_cls(const struct onvm_region *r) {
-    return (struct onvm_cls_ctl *)onvm_at(r, r->hdr->off_cls);
+    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
 }
 static inline struct onvm_rule *onvm_rule_at(const struct onvm_region *r, uint32_t slot) {
     return (struct onvm_rule *)(r->base + r->cls_rules) + slot;

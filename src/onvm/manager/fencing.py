@@ -59,7 +59,8 @@ def read_audit(events: list[dict[str, Any]]) -> list[Finding]:
                                f"published again ({count} entries)"))
         elif kind == "table":
             what = _TABLES.get(ev["why"], ev["why"])
-            out.append(Finding(f"{what} {peer} was left half written for a second: its sequence word was reset"))
+            out.append(Finding(f"{what} {peer} was left half written for a second: "
+                               "its sequence word was reset"))
         elif kind == "pool":
             out.append(Finding(f"the free stack's head names slot {count}, which is not in the pool: the "
                                "region was written over, and allocations find nothing"))
