@@ -89,7 +89,7 @@ class Manager:
         self.web: Part | None = None  # the web endpoint, with --web
         self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
-        self._refused: dict[int, int] = {}  # invalid packets each NF refused, as last reported
+        self._invalid_told: dict[int, int] = {}  # invalid packets each NF refused, as last reported
         self.final_status: dict[str, Any] = {}  # the status when it stopped
         self._web_refused: Callable[[], dict[str, int]] | None = None
 
@@ -261,11 +261,11 @@ class Manager:
         with self.lock:
             for rec in self.registry.live():  # NFs refusing what another NF sent them
                 refused = dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
-                told = self._refused.get(rec.nf_id, 0)
+                told = self._invalid_told.get(rec.nf_id, 0)
                 if refused > told:
                     self.log(f"{rec.describe()} refused {refused - told} invalid packets handed to it "
                              "(slots not sent to it, or records outside their slots)")
-                    self._refused[rec.nf_id] = refused
+                    self._invalid_told[rec.nf_id] = refused
 
     def _fence(self, nf_id: int, why: str) -> None:
         """Out of its service at once; its process killed; then, only, its slots reclaimed."""
@@ -281,7 +281,7 @@ class Manager:
             conn.close()
         with self.lock:
             nfs.reclaim_fenced(rec, err)
-            self._refused.pop(nf_id, None)
+            self._invalid_told.pop(nf_id, None)
 
     def stop(self) -> None:
         """Ask NFs to stop, wait for them, stop the rest, flush the ports, print the summary."""
