@@ -226,6 +226,7 @@ def test_missing_dpdk_is_one_clear_line_and_starts_nothing(runtime: str) -> None
     ("dpdk:net_null0", "--bogus-option", "DPDK's EAL did not start"),
     ("dpdk:net null0", "", "expected dpdk:DEVICE"),
     ("dpdk:0000:99:00.0", "", "Cannot find device (0000:99:00.0)"),  # a PCI device that is not there
+    ("dpdk:net_null0", "--no-huge -m 4", "give DPDK more memory"),  # 16384 mbuf headers need more than 4 MB
 ])
 def test_bad_devargs_is_one_clear_line_and_starts_nothing(runtime: str, port: str, eal: str,
                                                             expect: str) -> None:
