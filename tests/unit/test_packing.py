@@ -9,7 +9,7 @@ import pytest
 from onvm._proc import cpu_busy_seconds, cpu_seconds
 from onvm.errors import ConfigError
 from onvm.manager.config import ManagerConfig
-from onvm.manager.packing import Packer, PackSettings, least_busy, summary
+from onvm.manager.packing import Balancer, Packer, PackSettings, balance, least_busy, peak, summary
 
 IDLE = {0: 0.0, 1: 0.0}
 
@@ -63,4 +63,42 @@ def test_summary_line() -> None:
     base = {"enabled": True, "load": 0.123, "below": 0.5, "above": 0.8}
     assert summary({**base, "packed_on": 1}) == "pipeline uses 0.12 CPU: packed onto CPU 1"
     assert summary({**base, "packed_on": None}) == "pipeline uses 0.12 CPU: spread (packs below 0.5 CPU)"
+    assert summary({**base, "packed_on": None, "balanced": [{"kind": "nf", "id": 1, "cpu": 0}]}) == \
+        "pipeline uses 0.12 CPU: spread by load (packs below 0.5 CPU)"
     assert summary({"enabled": False, "packed_on": None}) == ""
+
+
+def test_a_pipeline_that_meets_backpressure_is_not_light() -> None:
+    # Starved of CPU, a pipeline spends little time on bursts and looks light; waits say otherwise.
+    p = Packer(PackSettings(below=0.5, settle=1), [0, 1])
+    assert p.step(0.1, IDLE, waited=True) is None
+    assert p.step(0.1, IDLE) == 0
+    assert p.step(0.2, IDLE, waited=True) is None  # packed and waiting: spread again
+
+
+def test_balance_puts_the_heaviest_threads_apart() -> None:
+    loads = {("worker", 0): 0.6, ("worker", 1): 0.05, ("nf", 1): 0.2, ("nf", 2): 0.2, ("nf", 3): 0.2}
+    out = balance(loads, [0, 1])
+    per = {c: sum(v for t, v in loads.items() if out[t] == c) for c in (0, 1)}
+    assert sorted(per.values()) == pytest.approx([0.6, 0.65])  # not 0.8 / 0.45 by count
+    assert out[("worker", 0)] != out[("nf", 1)] == out[("nf", 2)]
+    # Among equally loaded CPUs a thread keeps the one it is on.
+    assert balance({("nf", 1): 0.3}, [0, 1], {("nf", 1): 1}) == {("nf", 1): 1}
+    assert peak(out, loads) == pytest.approx(0.65)
+
+
+def test_the_balancer_moves_threads_only_for_a_real_gain() -> None:
+    b = Balancer([0, 1], gain=0.2, settle=2)
+    even = {("nf", 1): 0.3, ("nf", 2): 0.3, ("worker", 0): 0.3, ("worker", 1): 0.3}
+    assert b.step(even) is None  # still measuring
+    first = b.step(even)
+    assert first is not None and peak(first, even) == pytest.approx(0.6)
+    assert b.step(even) is None  # nothing to gain
+    skew = {**even, ("nf", 1): 0.35}
+    assert b.step(skew) is None and b.step(skew) is None  # a small change moves nothing
+    heavy = {**even, ("worker", 0): 1.2}
+    moves = [b.step(heavy) for _ in range(3)]
+    new = next(m for m in moves if m is not None)  # the smoothed load catches up
+    assert [t for t, c in new.items() if c == new[("worker", 0)]] == [("worker", 0)]
+    b.step({**heavy, ("nf", 9): 0.1})  # a thread that joins is placed at once
+    assert ("nf", 9) in b.assignment

@@ -162,7 +162,9 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     uint64_t period_ns = period > 0 ? (uint64_t)(period * 1e9) : 1000000000ull;
     uint64_t next_periodic = start + period_ns, next_yield = start + 10000000ull;
     uint64_t handled = 0, blocked_since = 0;
-    unsigned idle = 0;
+    unsigned idle = 0, spin_budget = NF_SPIN_POLLS;
+    struct onvm_spin spin;
+    onvm_spin_init(&spin, NF_SPIN_POLLS);
     const char *reason = "stopped";
     int failed = 0;
     self->running = 1; /* a stop() that came before run() (a signal at start-up) ends it at once */
@@ -202,7 +204,10 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         onvm_grace_pass(r->hdr);
         uint64_t now;
         if (n == 0) {
-            if (++idle < (blocked ? NF_BLOCKED_POLLS : NF_SPIN_POLLS)) {
+            if (++idle == 1)
+                spin_budget = blocked ? NF_BLOCKED_POLLS
+                                      : onvm_spin_budget(&spin, onvm_now_ns(), st->busy_ns, NF_SPIN_POLLS);
+            if (idle < spin_budget) {
                 onvm_idle_poll(idle);
                 continue;
             }

@@ -12,9 +12,11 @@ struct onvm_mgr;
 
 /* RX: where a port's last burst went, to leave the port unread while that is congested. */
 struct onvm_rx_seen {
+    struct onvm_ring *ring[ONVM_ROUTE_FED]; /* first-hop rings it fed */
     uint16_t chain[ONVM_RX_SEEN];
+    uint8_t nring;
     uint8_t n;
-    uint8_t mixed; /* more chains than remembered: never held, early discard instead */
+    uint8_t mixed; /* more chains than remembered: not held for its chains, early discard instead */
     uint8_t held;  /* left unread in the last round */
 };
 

@@ -57,7 +57,7 @@ struct onvm_route_ctx {
     uint32_t freebuf[ONVM_BURST_MAX];
     uint32_t rr[ONVM_MAX_SERVICES]; /* round-robin position per service, this producer's own */
     uint64_t *late;                 /* NF: packets it handled that were then dropped (stats.late) */
-    struct onvm_ring *fed[ONVM_ROUTE_FED]; /* NF: rings fed since onvm_route_blocked last looked */
+    struct onvm_ring *fed[ONVM_ROUTE_FED]; /* rings fed since the owner last looked (backpressure) */
     unsigned nfed;
     struct onvm_route_tally tally[ONVM_ROUTE_TALLIES];
     unsigned ntally;

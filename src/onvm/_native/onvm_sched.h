@@ -34,6 +34,40 @@ static inline void onvm_idle_poll(unsigned idle) {
         onvm_pause();
 }
 
+/* How long a consumer spins before it sleeps follows its load.  Work arrives
+ * soon for a thread that was busy most of the last window: spinning saves a
+ * sleep and a wake-up.  A thread that was mostly idle would only spin away
+ * CPU time that the busy threads on its CPU need: it sleeps almost at once.
+ * So the CPU is shared by the work each thread has, not by how long each one
+ * polls an empty ring.  The window is ONVM_SPIN_WINDOW_NS of the thread's own
+ * clock; busy is its busy_ns counter (packing's load). */
+#define ONVM_SPIN_WINDOW_NS 10000000ull
+#define ONVM_SPIN_MIN 16
+
+struct onvm_spin {
+    uint64_t since;     /* start of the window */
+    uint64_t busy_then; /* busy_ns at its start */
+    unsigned polls;     /* the spin budget, in empty polls */
+};
+
+static inline void onvm_spin_init(struct onvm_spin *s, unsigned max) {
+    s->since = 0;
+    s->busy_then = 0;
+    s->polls = max;
+}
+
+/* The spin budget for an idle spell beginning now (max: a fully busy thread's). */
+static inline unsigned onvm_spin_budget(struct onvm_spin *s, uint64_t now, uint64_t busy_ns, unsigned max) {
+    if (now - s->since >= ONVM_SPIN_WINDOW_NS) {
+        uint64_t span = now - s->since, busy = busy_ns - s->busy_then;
+        unsigned polls = s->since ? (unsigned)((uint64_t)max * (busy < span ? busy : span) / span) : max;
+        s->polls = polls < ONVM_SPIN_MIN ? ONVM_SPIN_MIN : polls;
+        s->since = now;
+        s->busy_then = busy_ns;
+    }
+    return s->polls;
+}
+
 /* cpu_now when the kernel refused the CPU asked for (a container's cpuset). */
 #define ONVM_CPU_REFUSED UINT32_MAX
 

@@ -63,13 +63,11 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         if (done && ring->waiter_off)
             onvm_waiter_kick(onvm_at(c->r, ring->waiter_off));
         onvm_bp_pushed(c->r, ring);
-        if (c->self_nf) {
-            unsigned k = 0;
-            while (k < c->nfed && c->fed[k] != ring)
-                k++;
-            if (k == c->nfed && k < ONVM_ROUTE_FED)
-                c->fed[c->nfed++] = ring;
-        }
+        unsigned k = 0;
+        while (k < c->nfed && c->fed[k] != ring)
+            k++;
+        if (k == c->nfed && k < ONVM_ROUTE_FED)
+            c->fed[c->nfed++] = ring;
         for (uint32_t i = done; i < g->n; i++)
             drop(c, g->slots[i], ONVM_DROP_RING_FULL);
     } else {

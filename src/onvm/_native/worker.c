@@ -17,6 +17,7 @@
 #include <poll.h>
 
 #define SPIN_POLLS 256
+#define HELD_POLLS 16 /* every port held: a congested ring drains by a quarter before it clears */
 #define MAX_SLEEP_NS 1000000000L /* a kick (stop, pause, grace period) wakes it sooner */
 #define FD_SLEEP_NS 10000000L
 #define TIMED_SLEEP_NS 1000000L
@@ -37,14 +38,20 @@ static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id
     return id % w->mgr->nrx == w->index;
 }
 
-/* Is port id to be left unread: do all the chains its last burst took stop at
- * a congested hop (onvm_bp.h)?  With bit, looks afresh and registers bit on
- * the congested rings, before the worker sleeps; otherwise uses this round's
- * verdicts. */
+/* Is port id to be left unread (onvm_bp.h)?  When its last burst took one
+ * chain: while a first-hop ring it fed is congested (replicas: no packet is
+ * read for a full ring), or the chain is congested further on.  When it took
+ * several: only while all of them are congested; packets of the congested ones
+ * are dropped at RX instead (selective early discard), the others go on.  With
+ * bit, looks afresh and registers bit on the congested rings, before the worker
+ * sleeps; otherwise uses this round's verdicts. */
 static int rx_held(struct onvm_mgr_worker *w, unsigned id, uint64_t bit) {
     struct onvm_rx_seen *sn = &w->seen[id];
     if (sn->n == 0 || sn->mixed)
         return 0;
+    for (unsigned k = 0; sn->n == 1 && k < sn->nring; k++)
+        if (bit ? onvm_bp_wait_on(sn->ring[k], bit) : onvm_bp_congested(sn->ring[k]))
+            return 1;
     for (unsigned k = 0; k < sn->n; k++) {
         struct onvm_chain_verdict v;
         int state = bit ? onvm_chain_check(w->mgr->r, sn->chain[k], bit, &v)
@@ -153,6 +160,9 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
         uint64_t before[ONVM_DROP_COUNT];
         memcpy(before, w->drops, sizeof before);
         onvm_route_burst(&w->route, w->buf, n, ONVM_ROUTE_START);
+        memcpy(sn->ring, w->route.fed, w->route.nfed * sizeof *sn->ring);
+        sn->nring = (uint8_t)w->route.nfed;
+        w->route.nfed = 0;
         /* What the first hop refused counts against the input port. */
         for (int k = 0; k < ONVM_DROP_COUNT; k++)
             if (k != ONVM_DROP_PORT)
@@ -210,7 +220,9 @@ static void *worker_main(void *arg) {
     struct onvm_mgr_worker *w = arg;
     struct onvm_mgr *m = w->mgr;
     struct onvm_worker *shared = &m->r->workers[w->id];
-    unsigned idle = 0;
+    unsigned idle = 0, spin_budget = SPIN_POLLS;
+    struct onvm_spin spin;
+    onvm_spin_init(&spin, SPIN_POLLS);
     char name[16]; /* shown by top -H and in /proc/PID/task/TID/comm */
     snprintf(name, sizeof name, "onvm-%s%u", w->tx ? "tx" : "rx", w->index);
     pthread_setname_np(pthread_self(), name);
@@ -231,7 +243,9 @@ static void *worker_main(void *arg) {
             idle = 0;
             continue;
         }
-        if (++idle < SPIN_POLLS) {
+        if (++idle == 1)
+            spin_budget = held ? HELD_POLLS : onvm_spin_budget(&spin, t0, shared->busy_ns, SPIN_POLLS);
+        if (idle < spin_budget) {
             onvm_idle_poll(idle);
             continue;
         }

@@ -294,6 +294,16 @@ class DataPlane:
         """Time the workers and these NFs spent on bursts, in all (packing's load)."""
         return self.region.busy_ns(self.layout.rx_workers + self.layout.tx_workers, list(nf_ids))
 
+    def busy_each(self, workers: int, nf_ids: Sequence[int]) -> dict[tuple[str, int], int]:
+        """Busy ns of worker rows 0..workers-1 and of these NFs, each on its own (balancing)."""
+        out = {("worker", w): int(self.region.worker_info(w)["busy_ns"]) for w in range(workers)}
+        out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
+        return out
+
+    def held(self) -> int:
+        """Times the RX workers left a port unread because its chain was congested, in all."""
+        return sum(int(self.region.worker_info(w)["held"]) for w in range(self.layout.rx_workers))
+
     def set_cpu(self, kind: str, index: int, cpu: int) -> None:
         """Ask a worker or an NF to run on ``cpu`` (-1: where it started)."""
         self.region.set_cpu(kind, index, cpu)

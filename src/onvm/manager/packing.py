@@ -1,4 +1,5 @@
-"""Packing: the whole pipeline on one CPU while it is lightly loaded.
+"""Packing: the whole pipeline on one CPU while it is lightly loaded, and
+spread over its CPUs by load when it is not.
 
 Theory of operation
 -------------------
@@ -22,8 +23,29 @@ a thread on a CPU that is awake anyway.  When the load passes
 :attr:`PackSettings.above` (one CPU is nearly full) every thread goes back to
 where it was placed.
 
+A pipeline whose input meets backpressure (an RX worker leaves a port unread
+because its chain is congested: ``onvm_bp.h``) counts as loaded whatever its
+busy time: it is offered more than it handles, and starved of CPU it spends
+little time on bursts because it gets little CPU.  NFs that wait for each
+other do not count: packets circling a closed loop pile up in the slowest
+ring at any load.
+
 The pack CPU is the candidate that was least busy in the window before packing
 (from ``/proc/stat``), among the CPUs both the manager and its NFs may use.
+
+Balancing.  Spread, the threads share the CPUs by the work each one does, not
+by how many there are.  An NF is placed on the CPU with the fewest NFs when it
+registers, and the workers float; but an RX worker that makes packets may cost
+three NFs, and the CPU that holds it and two NFs is the pipeline's bottleneck
+while the other idles.  So every window the manager reads each movable
+thread's busy time (its load, in CPUs), and the :class:`Balancer` assigns the
+threads to the CPUs, heaviest first, each onto the CPU with the least load so
+far.  It moves threads only when that lowers the busiest CPU's load by a fifth
+or more, on loads smoothed over windows, so placement does not flap.  Within a
+CPU, threads that have no work sleep (``onvm_sched.h``: a thread spins before
+it sleeps only as long as its own load says work comes soon), and producers
+that meet a congested ring sleep until it drains: the CPU goes to the threads
+with work, in proportion to it.
 
 A request is a word in the region (``onvm_sched.h``) that each thread follows
 from its own loop, so NFs in containers move too.  A move the kernel refuses
@@ -51,6 +73,8 @@ from onvm.manager.registry import Registry
 
 WINDOW = 0.5  # seconds between decisions
 
+Thread = tuple[str, int]  # ("worker", row) or ("nf", id)
+
 
 @dataclass(frozen=True)
 class PackSettings:
@@ -73,20 +97,72 @@ class Packer:
         self.cpu: int | None = None  # the CPU the pipeline is packed onto; None: spread
         self._quiet = 0
 
-    def step(self, load: float, busy: Mapping[int, float]) -> int | None:
-        """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs).
+    def step(self, load: float, busy: Mapping[int, float], waited: bool = False) -> int | None:
+        """Feed one window: the pipeline's load and each CPU's busy fraction (both in CPUs),
+        and whether its input met backpressure (then it is not light, whatever its load
+        says: a starved pipeline spends little time on bursts because it gets little CPU).
 
         Returns where the pipeline should be: a CPU to pack onto, or None."""
         s = self.settings
         if not self.candidates or s.below <= 0:
             return None
         if self.cpu is None:
-            self._quiet = self._quiet + 1 if load < s.below else 0
+            self._quiet = self._quiet + 1 if load < s.below and not waited else 0
             if self._quiet >= s.settle:
                 self.cpu = least_busy(self.candidates, busy)
-        elif load > s.above:
+        elif load > s.above or waited:
             self.cpu, self._quiet = None, 0
         return self.cpu
+
+
+def balance(loads: Mapping[Thread, float], cpus: Sequence[int],
+            current: Mapping[Thread, int] | None = None) -> dict[Thread, int]:
+    """Threads onto CPUs, heaviest first, each onto the CPU with the least load so far
+    (among equals the one it is on, then the lowest number)."""
+    current = current or {}
+    total = dict.fromkeys(cpus, 0.0)
+    out: dict[Thread, int] = {}
+    for t in sorted(loads, key=lambda t: (-loads[t], t)):
+        cpu = min(cpus, key=lambda c: (total[c], c != current.get(t), c))
+        out[t] = cpu
+        total[cpu] += loads[t]
+    return out
+
+
+def peak(assignment: Mapping[Thread, int], loads: Mapping[Thread, float]) -> float:
+    """The load of the busiest CPU under an assignment."""
+    per: dict[int, float] = {}
+    for t, cpu in assignment.items():
+        per[cpu] = per.get(cpu, 0.0) + loads.get(t, 0.0)
+    return max(per.values(), default=0.0)
+
+
+class Balancer:
+    """Spread threads over CPUs by their load, one window at a time (see the module docstring)."""
+
+    def __init__(self, cpus: Sequence[int], gain: float = 0.2, settle: int = 2) -> None:
+        self.cpus = tuple(sorted(cpus))
+        self.gain = gain  # the part of the busiest CPU's load a move must save
+        self.settle = settle  # windows measured before the first assignment
+        self.assignment: dict[Thread, int] = {}
+        self._avg: dict[Thread, float] = {}
+        self._windows = 0
+
+    def reset(self) -> None:
+        self.assignment, self._avg, self._windows = {}, {}, 0
+
+    def step(self, loads: Mapping[Thread, float]) -> dict[Thread, int] | None:
+        """Feed one window's loads (CPUs per thread); returns a new assignment when one is worth it."""
+        self._avg = {t: (self._avg[t] + v) / 2 if t in self._avg else v for t, v in loads.items()}
+        self._windows += 1
+        if len(self.cpus) < 2 or self._windows < self.settle:
+            return None
+        now = {t: c for t, c in self.assignment.items() if t in self._avg}
+        best = balance(self._avg, self.cpus, now)
+        if set(now) == set(best) and peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg):
+            return None
+        self.assignment = best
+        return best
 
 
 class Packing:
@@ -105,10 +181,13 @@ class Packing:
         self.log = log
         self.move_workers = move_workers
         self.packer = Packer(settings, sorted(candidates) if len(candidates) > 1 else ())
+        self.balancer = Balancer(self.packer.candidates)
+        self._thread_busy: dict[Thread, int] = {}  # busy ns of each movable thread at the last window
         self.applied: dict[tuple[str, int, float], int] = {}  # asked of each thread (-1: home)
         self.load = 0.0
         self._t = 0.0
         self._work: int | None = None  # busy ns of the pipeline at the last window
+        self._waits: int | None = None  # ports held by RX workers (backpressure) at the last window
         self.workers = dataplane.layout.rx_workers + dataplane.layout.tx_workers
         self._busy: dict[int, float] = {}
 
@@ -130,6 +209,8 @@ class Packing:
             ids = self.registry.ids()
         work, last = self.dataplane.busy_ns(ids), self._work
         self._work = work
+        waits, last_waits = self.dataplane.held(), self._waits
+        self._waits = waits
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
             busy_now = cpu_busy_seconds()
@@ -139,39 +220,67 @@ class Packing:
             return  # the first window starts here
         self.load = max(work - last, 0) / 1e9 / dt
         before = self.packer.cpu
-        target = self.packer.step(self.load, busy)
+        waited = last_waits is not None and waits > last_waits
+        target = self.packer.step(self.load, busy, waited)
         if target == before:
+            if target is None and self._rebalance(dt):
+                self.apply()
             return  # NFs that join are placed by apply() as they register
+        self.balancer.reset()
         if target is None:
-            self.log(f"pipeline at {self.load:.2f} CPU: spread again over its CPUs")
+            why = "input held by backpressure" if waited and self.load <= self.packer.settings.above else \
+                f"at {self.load:.2f} CPU"
+            self.log(f"pipeline {why}: spread again over its CPUs")
         else:
             self.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")
         self.apply()
 
+    def _rebalance(self, dt: float) -> bool:
+        """One window of the Balancer over the movable threads; True when they should move."""
+        with self.lock:
+            nfs = [nf_id for nf_id, _ in self.registry.movable()]
+        now = self.dataplane.busy_each(self.workers if self.move_workers else 0, nfs)
+        last, self._thread_busy = self._thread_busy, now
+        loads = {t: max(ns - last[t], 0) / 1e9 / dt for t, ns in now.items() if t in last}
+        new = self.balancer.step(loads) if loads else None
+        if new:
+            where = ", ".join(f"{kind} {i}: CPU {cpu}" for (kind, i), cpu in sorted(new.items()))
+            self.log(f"threads spread by load ({where})")
+        return new is not None
+
     def apply(self) -> None:
-        """Ask every movable thread to be where the packer says (NFs that joined since included)."""
-        target = -1 if self.packer.cpu is None else self.packer.cpu
+        """Ask every movable thread to be where the packer (packed) or the balancer (spread)
+        says, NFs that joined since included."""
+        packed = self.packer.cpu
+
+        def target(t: Thread) -> int:
+            return packed if packed is not None else self.balancer.assignment.get(t, -1)
+
         with self.lock:
             want: dict[tuple[str, int, float], int] = {}
             if self.move_workers:
                 for w in range(self.workers):
-                    want[("worker", w, 0.0)] = target
+                    want[("worker", w, 0.0)] = target(("worker", w))
             for nf_id, registered_at in self.registry.movable():  # a new NF's slot starts at home
-                want[("nf", nf_id, registered_at)] = target
+                want[("nf", nf_id, registered_at)] = target(("nf", nf_id))
             for key, cpu in want.items():
                 if self.applied.get(key, -1) != cpu:
                     self.dataplane.set_cpu(key[0], key[1], cpu)
             self.applied = want
 
     def describe(self) -> dict[str, Any]:
+        balanced = {} if self.packer.cpu is not None else self.balancer.assignment
         return {"enabled": self.enabled, "packed_on": self.packer.cpu, "load": round(self.load, 3),
-                "below": self.packer.settings.below, "above": self.packer.settings.above}
+                "below": self.packer.settings.below, "above": self.packer.settings.above,
+                "balanced": [{"kind": kind, "id": i, "cpu": cpu}
+                             for (kind, i), cpu in sorted(balanced.items())]}
 
 
 def summary(packing: Mapping[str, Any]) -> str:
     """One line for people, from a status's ``manager.packing`` ("" when packing is off)."""
     if not packing.get("enabled"):
         return ""
+    how = " by load" if packing.get("balanced") else ""
     where = (f"packed onto CPU {packing['packed_on']}" if packing.get("packed_on") is not None
-             else f"spread (packs below {packing['below']:g} CPU)")
+             else f"spread{how} (packs below {packing['below']:g} CPU)")
     return f"pipeline uses {packing['load']:.2f} CPU: {where}"
