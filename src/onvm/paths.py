@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import re
 
+from onvm.env import DEFAULT_RUNTIME_DIR, runtime_dir
 from onvm.errors import ConfigError
 
 __all__ = ["DEFAULT_RUNTIME_DIR", "runtime_dir", "socket_path", "validate_name"]
-
-DEFAULT_RUNTIME_DIR = "/dev/shm"
 
 # The name becomes part of file names: keep it short and free of path syntax,
 # and refuse a leading '.' (hidden files, "..") or '-' (read as an option).
@@ -23,11 +22,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-
-
-def runtime_dir() -> str:
-    """The directory holding sockets and regions (``$ONVM_RUNTIME_DIR`` or /dev/shm)."""
-    return os.environ.get("ONVM_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR
 
 
 def validate_name(name: str) -> str:

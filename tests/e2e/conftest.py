@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -22,6 +23,21 @@ from tests.integration.conftest import deploy, runtime  # noqa: F401  (fixtures 
 MISSING = [t for t in ("ip", "ethtool", "ping") if shutil.which(t) is None]
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or bool(MISSING),
                                 reason=f"needs root and {', '.join(MISSING) or 'ip/ethtool/ping'}")
+
+
+@pytest.fixture
+def region_in_tmpfs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Regions in tmpfs, not in the runtime directory (/tmp may be a disk): an AF_XDP
+    UMEM must be memory the kernel can pin."""
+    request.getfixturevalue("runtime")  # first: it clears ONVM_REGION_DIR
+    d = tempfile.mkdtemp(prefix="onvm-t-", dir="/dev/shm")
+    monkeypatch.setenv("ONVM_REGION_DIR", d)
+    try:
+        yield
+    finally:
+        left = os.listdir(d)
+        shutil.rmtree(d, ignore_errors=True)
+        assert not left, f"region files left behind: {left}"
 
 
 @pytest.fixture

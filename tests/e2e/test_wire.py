@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from onvm import _native
 from onvm.testbed import Testbed
 from tests.e2e.conftest import needs_root
 from tests.integration.conftest import wait_for
@@ -172,16 +173,21 @@ def test_tap_removed_at_exit(deploy: Any) -> None:
     wait_for(lambda: not os.path.exists(f"/sys/class/net/{name}"), what="the TAP device to go")
 
 
-def test_afpacket_fanout_two_rx_workers(testbed: Testbed, deploy: Any) -> None:
-    """Two RX workers, each with its own socket of one fanout group, still deliver everything."""
-    deploy_args = ["--rx-workers", "2", "--port", testbed.ports[0], "--port", testbed.ports[1],
-                   "--default-chain", "1"]
-    dep = deploy(deploy_args)
+@pytest.mark.parametrize("kind", ["afpacket", pytest.param("afxdp", marks=pytest.mark.skipif(
+    not _native.HAVE_AFXDP, reason="built without AF_XDP"))])
+@pytest.mark.usefixtures("region_in_tmpfs")
+def test_two_rx_workers(kind: str, make_testbed: Any, deploy: Any) -> None:
+    """Links with two queues each way and two RX workers, each reading its own socket (of one
+    AF_PACKET fanout group, or the XSK of its queue), still deliver everything."""
+    testbed = make_testbed(kind=kind, queues=2)
+    assert testbed.ports[0].endswith("?queues=2")
+    dep = deploy(["--rx-workers", "2", "--port", testbed.ports[0], "--port", testbed.ports[1],
+                  "--default-chain", "1"])
     dep.start_nf(["bridge", "--service", "1"])
     dep.wait_running(1)
     _ping(testbed, "a", "b")
     _udp_echo(testbed, "b", "a", count=300)
-    # many flows: the kernel spreads them over both sockets, and each worker reads its own
+    # many flows: host A's veth spreads them over its two queues, the kernel over the sockets
     code = (
         "import socket\n"
         "for i in range(64):\n"

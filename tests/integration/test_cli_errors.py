@@ -20,7 +20,7 @@ from tests.integration.conftest import onvm, status, wait_for
     [
         (["--pool-size", "10"], "--pool-size 10: expected 64..16777216 slots"),
         (["--ring-size", "1000"], "--ring-size 1000: expected a power of two"),
-        (["--rx-workers", "0"], "must be at least 1"),
+        (["--rx-workers", "0"], "--rx-workers 0: expected 1..7"),
         (["--port", "gen:size=1"], "size=1 is out of range"),
         (["--default-chain", "1,zz"], "--default-chain 1,zz: hop 2 'zz'"),
         (["--default-chain", "out:0"], "port 0 is not an output port"),

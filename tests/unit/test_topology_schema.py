@@ -73,14 +73,14 @@ def test_yaml_lines_are_kept():
 BAD = [
     ("manager:\n  name: t\n  colour: red\n",
      "bad.yaml:3: manager.colour: unknown field (expected one of: name, pool_size, slot_size, ring_size, "
-     "rx_workers, tx_workers, burst, cpus, nf_cpus, pack_below, dpdk_eal, stats, duration, exit_when_done, "
-     "wait)"),
+     "rx_workers, tx_workers, burst, flow_table_size, stats, duration, exit_when_done, wait, quiet, cpus, "
+     "nf_cpus, pin, pack_below, web, controllers, fail_mode, policies, autoscale, dpdk_eal)"),
     ("manager:\n  pack_below: 0.9\n",
-     "bad.yaml:2: manager.pack_below: Input should be less than 0.8"),
+     "bad.yaml:2: manager.pack_below: expected 0 up to, not including, 0.8"),
     ("manager:\n  ring_size: 1000\n",
-     "bad.yaml:2: manager.ring_size: 1000 is not a power of two"),
+     "bad.yaml:2: manager.ring_size: expected a power of two in 64..1048576"),
     ("manager:\n  pool_size: 10\n",
-     "bad.yaml:2: manager.pool_size: Input should be greater than or equal to 64"),
+     "bad.yaml:2: manager.pool_size: expected 64..16777216 slots"),
     ("manager:\n  name: ../etc\n",
      "bad.yaml:2: manager.name: invalid manager name '../etc': expected 1-32 characters of "
      "A-Z a-z 0-9 _ . - not starting with '.' or '-'"),
@@ -131,8 +131,8 @@ BAD = [
      "bad.yaml:4: chains.default: hop 2 'drop' ends the chain but more hops follow it"),
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {src: 10.0.0.300}\n    chain: default\n",
-     "bad.yaml:6: rules[0].match: rule 'priority 0 src 10.0.0.300 -> chain default': "
-     "token 4 '10.0.0.300': expected an IPv4 or IPv6 address prefix"),
+     "bad.yaml:6: rules[0].match: rule 'src 10.0.0.300 -> chain default': "
+     "token 2 '10.0.0.300': expected an IPv4 or IPv6 address prefix"),
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {dport: 80}\n    chain: web\n",
      "bad.yaml:7: rules[0].chain: no chain named 'web'"),
@@ -191,16 +191,14 @@ def test_every_problem_is_reported_in_line_order():
 
 
 def test_named_chains_and_rules_reach_the_manager(tmp_path):
-    from onvm.topology.runner import manager_config
-
     text = ("ports: [gen:size=64, 'null']\n"
             "nfs:\n  - {program: simple_forward, service: 1}\n"
             "  - {program: simple_forward, service: 2, name: web}\n"
             "chains:\n  default: [1, out:1]\n  web: [2, out:1]\n"
             "rules:\n  - match: {proto: tcp, dport: 80, src: 10.0.0.0/8}\n    chain: web\n    priority: 5\n")
     topo = loads_topology(text, "ok.yaml")
-    cfg = manager_config(topo, quiet=True)
-    assert cfg.chains == ["web=2,out:1"]
+    cfg = topo.manager_config({"quiet": True})
+    assert cfg.chains == {"web": "2,out:1"} and cfg.default_chain == "1,out:1" and cfg.quiet
     assert cfg.rules == ["priority 5 tcp src 10.0.0.0/8 dst port 80 -> chain web"]
 
 

@@ -464,10 +464,9 @@ static void refill(struct onvm_port *p, struct axp *a, struct axq *q, struct onv
 }
 
 /* Kernel drop counters of a queue, folded into the calling worker's row. */
-static void read_stats(struct onvm_port *p, struct axq *q, struct onvm_port_stats *st) {
+static void read_stats(struct axq *q, struct onvm_port_stats *st) {
     struct xdp_statistics ks;
     socklen_t len = sizeof ks;
-    (void)p;
     if (getsockopt(q->fd, SOL_XDP, XDP_STATISTICS, &ks, &len) != 0)
         return;
     uint64_t drops = ks.rx_dropped + (len >= sizeof ks ? ks.rx_ring_full : 0);
@@ -487,7 +486,7 @@ static uint32_t axp_rxq(struct onvm_port *p, unsigned qi, struct onvm_region *r,
     struct axq *q = &a->q[qi];
     if (now - q->stats_ns > STATS_EVERY_NS) {
         q->stats_ns = now;
-        read_stats(p, q, st);
+        read_stats(q, st);
     }
     refill(p, a, q, r, st, now, next_due);
     uint32_t idx, got = xsk_ring_cons__peek(&q->rx, n, &idx), k = 0, bad = 0;
@@ -755,6 +754,31 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
         (rc = a->prog_fd = load_program(a->map_fd, a->owner_fd)) < 0)
         goto fail;
 
+    if (c->promisc) {
+        /* Held through an AF_PACKET membership: the kernel undoes it when the socket
+         * closes, crash or not. */
+        step = "promiscuous mode";
+        a->promisc_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+        struct packet_mreq mr = {.mr_ifindex = a->ifindex, .mr_type = PACKET_MR_PROMISC};
+        if (a->promisc_fd < 0 ||
+            setsockopt(a->promisc_fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) != 0) {
+            rc = -errno;
+            goto fail;
+        }
+    }
+    /* The program goes first: until the sockets are in its map it passes every frame. */
+    step = "attaching the XDP program";
+    uint32_t want = c->mode == ONVM_AFXDP_SKB ? XDP_FLAGS_SKB_MODE
+                    : c->mode == ONVM_AFXDP_AUTO ? 0
+                                                 : XDP_FLAGS_DRV_MODE;
+    rc = attach(a, (int)want, stale_fd, stale_mode);
+    if (rc != 0) {
+        if (rc == -EOPNOTSUPP && want == XDP_FLAGS_DRV_MODE)
+            hint = " (the driver has no native XDP: use mode=skb)";
+        else if (rc == -EBUSY || rc == -EEXIST)
+            hint = " (another XDP program was attached meanwhile)";
+        goto fail;
+    }
     /* The UMEM and the sockets. */
     pthread_mutex_lock(&umem_lock);
     a->u = umem_get(r, ifname, err, errlen);
@@ -791,30 +815,6 @@ struct onvm_port *onvm_port_open_afxdp(int id, struct onvm_region *r, const stru
         fill = FILL_BATCH;
     a->fill_target = fill;
 
-    if (c->promisc) {
-        /* Held through an AF_PACKET membership: the kernel undoes it when the socket
-         * closes, crash or not. */
-        step = "promiscuous mode";
-        a->promisc_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
-        struct packet_mreq mr = {.mr_ifindex = a->ifindex, .mr_type = PACKET_MR_PROMISC};
-        if (a->promisc_fd < 0 ||
-            setsockopt(a->promisc_fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) != 0) {
-            rc = -errno;
-            goto fail;
-        }
-    }
-    step = "attaching the XDP program";
-    uint32_t want = c->mode == ONVM_AFXDP_SKB ? XDP_FLAGS_SKB_MODE
-                    : c->mode == ONVM_AFXDP_AUTO ? 0
-                                                 : XDP_FLAGS_DRV_MODE;
-    rc = attach(a, (int)want, stale_fd, stale_mode);
-    if (rc != 0) {
-        if (rc == -EOPNOTSUPP && want == XDP_FLAGS_DRV_MODE)
-            hint = " (the driver has no native XDP: use mode=skb)";
-        else if (rc == -EBUSY || rc == -EEXIST)
-            hint = " (another XDP program was attached meanwhile)";
-        goto fail;
-    }
     if (stale_fd >= 0)
         close(stale_fd);
     snprintf(p->mode, sizeof p->mode, "%s", zc ? "zc" : a->xdp_flags == XDP_FLAGS_SKB_MODE ? "skb" : "copy");

@@ -185,17 +185,9 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "onvm._dpdk",
                                        module_methods};
 
 PyMODINIT_FUNC PyInit__dpdk(void) {
-    const struct onvm_capi *api = PyCapsule_Import(ONVM_CAPI_NAME, 0);
+    const struct onvm_capi *api = onvm_capi_import("onvm._dpdk");
     if (!api)
         return NULL;
-    if (api->version != ONVM_CAPI_VERSION || api->layout_version != ONVM_LAYOUT_VERSION ||
-        api->sizeof_port != sizeof(struct onvm_port) || api->sizeof_region != sizeof(struct onvm_region)) {
-        PyErr_Format(PyExc_ImportError,
-                     "onvm._dpdk was built with another onvm._native (C API %u, layout %u; the core has %u, %u): "
-                     "rebuild the package",
-                     ONVM_CAPI_VERSION, ONVM_LAYOUT_VERSION, api->version, api->layout_version);
-        return NULL;
-    }
     onvm_dpdk_api = api;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)

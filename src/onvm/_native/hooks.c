@@ -320,15 +320,9 @@ static struct PyModuleDef hooksdef = {PyModuleDef_HEAD_INIT, "onvm._hooks",
                                       hooks_methods};
 
 PyMODINIT_FUNC PyInit__hooks(void) {
-    const struct onvm_capi *api = PyCapsule_Import(ONVM_CAPI_NAME, 0);
+    const struct onvm_capi *api = onvm_capi_import("onvm._hooks");
     if (!api)
         return NULL;
-    if (api->version != ONVM_CAPI_VERSION || api->layout_version != ONVM_LAYOUT_VERSION) {
-        PyErr_Format(PyExc_ImportError,
-                     "onvm._hooks was built against another onvm._native (C API %u, layout %u; here %u, %u): "
-                     "rebuild both", api->version, api->layout_version, ONVM_CAPI_VERSION, ONVM_LAYOUT_VERSION);
-        return NULL;
-    }
     onvm_core = api;
     PyObject *m = PyModule_Create(&hooksdef);
     if (!m)

@@ -51,6 +51,21 @@ struct onvm_capi {
     PyObject *(*lat_hist_dict)(const struct onvm_lat_hist *h);
 };
 
+/* The core's table for module `name` (onvm._dpdk, onvm._hooks), or NULL with an
+ * ImportError when the two were built from other sources. */
+static inline const struct onvm_capi *onvm_capi_import(const char *name) {
+    const struct onvm_capi *api = PyCapsule_Import(ONVM_CAPI_NAME, 0);
+    if (api && (api->version != ONVM_CAPI_VERSION || api->layout_version != ONVM_LAYOUT_VERSION ||
+                api->sizeof_port != sizeof(struct onvm_port) || api->sizeof_region != sizeof(struct onvm_region))) {
+        PyErr_Format(PyExc_ImportError,
+                     "%s was built with another onvm._native (C API %u, layout %u; the core has %u, %u): "
+                     "rebuild the package",
+                     name, ONVM_CAPI_VERSION, ONVM_LAYOUT_VERSION, api->version, api->layout_version);
+        return NULL;
+    }
+    return api;
+}
+
 /* latency.c: a histogram as {count, sum_ns, max_ns, buckets} */
 PyObject *onvm_lat_hist_dict(const struct onvm_lat_hist *h);
 

@@ -549,6 +549,28 @@ static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8
     }
 }
 
+/* Frees every slot stamped `stamp` that `skip` (when given) does not mark, in
+ * index order; returns how many. */
+static long free_stamped(struct onvm_region *r, uint16_t stamp, const uint8_t *skip) {
+    uint32_t batch[256], nb = 0;
+    long returned = 0;
+    for (uint32_t i = 0; i < r->pool_count; i++) {
+        /* Acquire pairs with the release of cons.tail by a consumer that
+         * restamped the slot: if it left a ring after our scan, we see its
+         * new owner here. */
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE) != stamp || (skip && skip[i]))
+            continue;
+        batch[nb++] = i;
+        if (nb == 256) {
+            onvm_pool_free_burst(r, batch, nb);
+            returned += nb;
+            nb = 0;
+        }
+    }
+    onvm_pool_free_burst(r, batch, nb);
+    return returned + nb;
+}
+
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
@@ -576,22 +598,7 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
         mark_ring(r, onvm_nf_ring(r, n, 0), in_ring);
         mark_ring(r, onvm_nf_ring(r, n, 1), in_ring);
     }
-    uint32_t batch[256], nb = 0;
-    for (uint32_t i = 0; i < r->pool_count; i++) {
-        /* Acquire pairs with the release of cons.tail by a consumer that
-         * restamped the slot: if it left a ring after our scan, we see its
-         * new owner here. */
-        if (atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE) != nf_id || in_ring[i])
-            continue;
-        batch[nb++] = i;
-        if (nb == 256) {
-            onvm_pool_free_burst(r, batch, nb);
-            returned += nb;
-            nb = 0;
-        }
-    }
-    onvm_pool_free_burst(r, batch, nb);
-    returned += nb;
+    returned += free_stamped(r, (uint16_t)nf_id, in_ring);
     free(in_ring);
     return returned;
 }
@@ -613,21 +620,7 @@ int64_t onvm_pool_lent(const struct onvm_region *r) {
 long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
     if (port >= ONVM_MAX_PORTS)
         return -EINVAL;
-    uint16_t stamp = ONVM_OWNER_PORT(port);
-    uint32_t batch[256], nb = 0;
-    long returned = 0;
-    for (uint32_t i = 0; i < r->pool_count; i++) {
-        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) != stamp)
-            continue;
-        batch[nb++] = i;
-        if (nb == 256) {
-            onvm_pool_free_burst(r, batch, nb);
-            returned += nb;
-            nb = 0;
-        }
-    }
-    onvm_pool_free_burst(r, batch, nb);
-    returned += nb;
+    long returned = free_stamped(r, ONVM_OWNER_PORT(port), NULL);
     for (unsigned w = 0; w < ONVM_MAX_WORKERS; w++)
         r->ports[port].by_worker[w].lent = 0;
     return returned;

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from onvm import env
 from onvm.control import ops
 from onvm.errors import OnvmError
 
@@ -31,82 +32,21 @@ EPILOG = """examples:
 """
 
 
-def _manager_parser(sub: Any) -> None:
+def _manager_parser(sub: Any, flags: bool) -> None:
     p = sub.add_parser("manager", help="run an NF manager",
-                       description="Run an NF manager: shared region, ports, workers, control socket.")
-    p.add_argument("--name", default="onvm", help="manager name (default onvm)")
-    p.add_argument("--port", action="append", default=[], metavar="URI",
-                   help="a port: gen:..., pcap:FILE, pcap-out:FILE, null, afpacket:IF, afxdp:IF, tap:NAME "
-                        "(repeatable; ids from 0)")
-    p.add_argument("--default-chain", default="1", metavar="SPEC",
-                   help="hops for packets from ports, e.g. 1,2,out:0 (default: 1)")
-    p.add_argument("--pool-size", type=int, default=16384, help="packet slots (default 16384)")
-    p.add_argument("--slot-size", type=int, default=2048, help="bytes per slot (default 2048)")
-    p.add_argument("--ring-size", type=int, default=4096, help="entries per NF ring (default 4096)")
-    p.add_argument("--rx-workers", type=int, default=1, help="RX worker threads (default 1)")
-    p.add_argument("--tx-workers", type=int, default=1, help="TX worker threads (default 1)")
-    p.add_argument("--burst", type=int, default=64, help="worker burst size (default 64)")
-    p.add_argument("--stats", type=float, default=1.0, metavar="SECONDS",
-                   help="live stats interval, 0 = off (default 1)")
-    p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
-                   help="stop after this long (default: run until stopped)")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="stop once every input port is exhausted and the pipeline drained")
-    p.add_argument("--flow-table-size", type=int, default=65536,
-                   help="exact-match flow entries, a power of two (default 65536; 0 = none)")
-    p.add_argument("--chain", action="append", default=[], metavar="NAME=HOPS",
-                   help="a named chain made at start, e.g. web=1,2,out:0 (repeatable)")
-    p.add_argument("--rule", action="append", default=[], metavar="RULE",
-                   help="a rule added at start, e.g. 'tcp dst port 80 -> chain web' (repeatable)")
-    p.add_argument("--policy", action="append", default=[], metavar="SERVICE=POLICY",
-                   help="load balancing of a service's instances: hash (default), round-robin or "
-                   "least-loaded (repeatable)")
-    p.add_argument("--autoscale", action="append", default=[], metavar="SERVICE:MIN:MAX",
-                   help="add instances while the service's rings stay half full, remove them when idle")
-    p.add_argument("--no-wait", action="store_true",
-                   help="start input ports at once, not when the services of the chains run")
-    p.add_argument("--quiet", action="store_true", help="no log lines, stats or summary")
-    p.add_argument("--cpus", default=None, metavar="LIST",
-                   help="pin the manager and its workers to these CPUs, e.g. 0 or 0-1")
-    p.add_argument("--nf-cpus", default=None, metavar="LIST",
-                   help="CPUs NFs are placed on, least-loaded first (default: all allowed)")
-    p.add_argument("--no-pin", action="store_true",
-                   help="do not pin NFs to a CPU (unless an NF asks with --cpus): the scheduler "
-                   "moves them, which suits a machine shared with other work")
-    p.add_argument("--pack-below", type=float, default=0.5, metavar="CPUS",
-                   help="while the whole pipeline uses less CPU than this, run its workers and NFs "
-                   "on one CPU, where hand-offs are cheap; spread again above 0.8 (default 0.5; "
-                   "0 = never)")
-    p.add_argument("--web", default="", metavar="HOST:PORT",
-                   help="serve the dashboard, JSON API and /metrics there (HOST defaults to 127.0.0.1)")
-    p.add_argument("--controller", action="append", default=[], metavar="tcp:HOST:PORT",
-                   help="an OpenFlow 1.3 controller that programs the manager (repeatable; needs os-ken)")
-    p.add_argument("--fail-mode", default="secure", choices=["secure", "standalone"],
-                   help="with no controller: keep its flows (secure, default) or drop them (standalone)")
-    p.add_argument("--dpdk-eal", default="", metavar="ARGS",
-                   help="DPDK EAL options for dpdk: ports, e.g. \"--socket-mem 512\" (default: no hugepages, "
-                        "Debian's PMDs; see the README)")
+                       description="Run an NF manager: shared region, ports, workers, control socket. "
+                                   "Every option can also be said in a topology file (onvm run).")
+    if flags:  # made from the configuration model, whose import (pydantic) the other commands skip
+        from onvm.manager.config import add_flags
+
+        add_flags(p)
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from onvm.manager.config import ManagerConfig
+    from onvm.manager.config import from_flags
     from onvm.manager.manager import Manager
-    from onvm.manager.placement import parse_cpus
 
-    cfg = ManagerConfig(
-        name=args.name, ports=args.port, default_chain=args.default_chain,
-        pool_size=args.pool_size, slot_size=args.slot_size, ring_size=args.ring_size,
-        rx_workers=args.rx_workers, tx_workers=args.tx_workers, burst=args.burst,
-        stats_interval=0 if args.quiet else args.stats, duration=args.duration,
-        exit_when_done=args.exit_when_done, wait_for_chain=not args.no_wait, quiet=args.quiet,
-        flow_table_size=args.flow_table_size, chains=args.chain, rules=args.rule,
-        policies=args.policy, autoscale=args.autoscale,
-        cpus=parse_cpus(args.cpus) if args.cpus else None,
-        nf_cpus=parse_cpus(args.nf_cpus) if args.nf_cpus else None, pin_nfs=not args.no_pin,
-        pack_below=args.pack_below, web=args.web, controllers=args.controller, fail_mode=args.fail_mode,
-        dpdk_eal=args.dpdk_eal,
-    )
-    mgr = Manager(cfg)
+    mgr = Manager(from_flags(args))
     mgr.start()
     return mgr.run()
 
@@ -377,17 +317,27 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from onvm.manager.placement import parse_cpus
     from onvm.topology import load_topology
     from onvm.topology.runner import preflight, run
 
+    if args.schema:
+        from onvm.topology.schema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.file is None:
+        raise OnvmError("onvm run needs a topology file (FILE.yaml), or --schema", code="bad_request")
+    from onvm.manager.config import ManagerOptions
+
     topo = load_topology(args.file)
+    overrides = {k: v for k, v in vars(args).items() if k in ManagerOptions.model_fields}
     if args.check:
+        topo.manager_config(overrides)
         preflight(topo)
         print(f"{args.file}: ok ({len(topo.ports)} ports, {sum(n.instances for n in topo.nfs)} NF instances,"
               f" default chain {topo.default_chain_text()})")
         return 0
-    return run(topo, quiet=args.quiet, cpus=parse_cpus(args.cpus) if args.cpus else None)
+    return run(topo, overrides, as_json=args.json)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -399,33 +349,41 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default=env.manager_name(),
+                   help="the manager (default: $ONVM_MANAGER, else onvm)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; the manager's options are added to ``manager`` and ``run`` when
+    ``command`` is one of them (or None: every command whole)."""
+    flags = command in (None, "manager", "run")
     p = argparse.ArgumentParser(prog="onvm", description="pyonvm: NFV in Python over shared memory.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from onvm import __version__
 
     p.add_argument("--version", action="version", version=f"pyonvm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    _manager_parser(sub)
+    _manager_parser(sub, flags)
     sub.add_parser("nf", help="run an NF: an example, a file or an installed one (onvm nf --list)",
                    add_help=False)
     sub.add_parser("bench", help="run a benchmark scenario (onvm bench --list)", add_help=False)
     s = sub.add_parser("status", help="show a manager's ports, NFs and pool")
-    s.add_argument("--name", default="onvm")
+    _name_arg(s)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("top", help="a live full-screen view of a manager (Ctrl-C leaves)")
-    s.add_argument("--name", default="onvm")
+    _name_arg(s)
     s.add_argument("--interval", type=float, default=1.0, help="seconds between screens (default 1)")
     s.add_argument("--iterations", type=int, default=0, help="leave after this many screens (0: never)")
     s = sub.add_parser("stop", help="stop a manager and its NFs")
-    s.add_argument("--name", default="onvm")
+    _name_arg(s)
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
     c = sub.add_parser("chain", help="add, list or delete named chains",
                        description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
     c.add_argument("action", choices=["add", "list", "del"])
     c.add_argument("chain", nargs="?", help="chain name (add, del)")
     c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
-    c.add_argument("--name", default="onvm")
+    _name_arg(c)
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
                        description="Rules steer flows to chains, e.g. "
@@ -433,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
     r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
-    r.add_argument("--name", default="onvm")
+    _name_arg(r)
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
                        description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N] "
@@ -445,26 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
     f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")
     f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")
-    f.add_argument("--name", default="onvm")
+    _name_arg(f)
     f.add_argument("--json", action="store_true")
     sv = sub.add_parser("service", help="list services or set a service's load-balancing policy")
     sv.add_argument("action", choices=["list", "policy"])
     sv.add_argument("service", nargs="?", type=int)
     sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
-    sv.add_argument("--name", default="onvm")
+    _name_arg(sv)
     sv.add_argument("--json", action="store_true")
     sc = sub.add_parser("scale", help="start or stop instances of a service",
                         description="Start copies of a running instance, or stop the highest-numbered ones.")
     sc.add_argument("service", type=int)
     sc.add_argument("count", type=int)
-    sc.add_argument("--name", default="onvm")
+    _name_arg(sc)
     sc.add_argument("--json", action="store_true")
     m = sub.add_parser("send", help="send a message to an NF or to every instance of a service",
                        description="The NF's @nf.message hook receives it (JSON if DATA parses as JSON).")
     m.add_argument("data")
     m.add_argument("--nf", type=int, help="NF id")
     m.add_argument("--service", type=int, help="service id: every running instance")
-    m.add_argument("--name", default="onvm")
+    _name_arg(m)
     m.add_argument("--json", action="store_true")
     t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
     t.add_argument("action", choices=["up", "down"])
@@ -479,11 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a topology file: manager, ports, NFs, chains",
                        description="Validate a topology file, start everything it describes, supervise "
                                    "the NFs and stop it all on Ctrl-C.")
-    r.add_argument("file", metavar="FILE.yaml")
-    r.add_argument("--cpus", default=None, metavar="LIST",
-                   help="CPUs the NFs are placed on (overrides manager.nf_cpus), e.g. 0-1")
+    r.add_argument("file", metavar="FILE.yaml", nargs="?")
     r.add_argument("--check", action="store_true", help="validate the file and the runtimes, start nothing")
-    r.add_argument("--quiet", action="store_true", help="no log lines, stats or summaries")
+    r.add_argument("--json", action="store_true",
+                   help="at the end, print the final status and each NF's restarts and exits as one JSON "
+                        "object on stdout")
+    r.add_argument("--schema", action="store_true",
+                   help="print the topology file's JSON Schema (for editors) and exit")
+    if flags:
+        from onvm.manager.config import ManagerOptions, add_flags
+
+        o = r.add_argument_group("manager options", "override the file's manager: section (same meaning "
+                                                    "as in onvm manager)")
+        add_flags(o, ManagerOptions)
     i = sub.add_parser("image", help="build the NF container image (no registry needed)")
     isub = i.add_subparsers(dest="image_command", metavar="build", required=True)
     ib = isub.add_parser("build", help="build the image from this host's Python and the installed package")
@@ -506,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(argv[1:])
         if argv[:2] == ["rule", "add"]:
             argv = _quote_rule(argv)
-        parser = build_parser()
+        parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from onvm.control import ops
@@ -66,7 +67,7 @@ class Manager:
         workers = cfg.rx_workers + cfg.tx_workers
         self.registry = Registry(rx_workers=cfg.rx_workers, tx_workers=cfg.tx_workers, nf_cpus=self.nf_cpus,
                                  worker_cpus=[cfg.cpus[i % len(cfg.cpus)] for i in range(workers)]
-                                 if cfg.cpus else [], pin=cfg.pin_nfs)
+                                 if cfg.cpus else [], pin=cfg.pin)
         for svc, pol in cfg.policy_map.items():
             self.registry.set_policy(svc, pol)
         self.dp: DataPlane | None = None
@@ -80,6 +81,7 @@ class Manager:
         self.web: Any = None  # onvm.web.server.WebServer with --web
         self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent with --controller
         self.start_in_use = 0  # slots in use once started (nothing in flight)
+        self.final_status: dict[str, Any] = {}  # the status when it stopped
 
     # ---- start ------------------------------------------------------------------
     def start(self) -> None:
@@ -94,13 +96,12 @@ class Manager:
         try:
             self.flows = flows = FlowRegistry(dp.region, dp.is_output)
             flows.set_default(cfg.chain)
-            for c in cfg.chains:
-                name, _, spec = c.partition("=")
-                flows.add_chain(name.strip(), spec)
+            for name, hops in cfg.chains.items():
+                flows.add_chain(name, hops)
             for text in cfg.rules:
                 flows.add_rule(text)
             flows.start_sweeper()
-            packs = cfg.pin_nfs and cfg.pack_below > 0
+            packs = cfg.pin and cfg.pack_below > 0
             candidates = sorted(set(os.sched_getaffinity(0)) & set(self.nf_cpus)) if packs else []
             self.packing = packing = Packing(
                 PackSettings(below=cfg.pack_below), dataplane=dp, registry=self.registry, lock=self.lock,
@@ -117,7 +118,7 @@ class Manager:
             self.handlers = handlers = Handlers(
                 name=cfg.name, nfs=nfs, flows=flows, services=self.services, dataplane=dp, lock=self.lock,
                 log=self.log, status=view.status, stopping=self.stopping, default_chain=cfg.chain,
-                hold_input=cfg.wait_for_chain)
+                hold_input=cfg.wait)
             dp.start(hold_input=handlers.held)
             self.server = ControlServer(socket_path(cfg.name), handlers.on_request, handlers.on_close)
             self.server.start()
@@ -126,8 +127,8 @@ class Manager:
             raise
         self.start_in_use = dp.pool()["in_use"]
         self.log(f"running: {dp.summary_line()}, default chain {format_chain(cfg.chain)}")
-        if cfg.stats_interval > 0:
-            self.stats = StatsPrinter(self.locked_status, cfg.stats_interval)
+        if cfg.stats > 0 and not cfg.quiet:
+            self.stats = StatsPrinter(self.locked_status, cfg.stats)
             self.stats.start()
         self.services.start()
         if cfg.web:
@@ -144,7 +145,8 @@ class Manager:
                 return c.call(op)
 
         try:
-            self.web = WebServer(self.config.name, *self.config.web_addr, source=self._web_sample,
+            host, port = self.config.web_addr or ("127.0.0.1", 0)
+            self.web = WebServer(self.config.name, host, port, source=self._web_sample,
                                  log=self.log, control=control)
             self.web.start()
         except BaseException:
@@ -175,6 +177,17 @@ class Manager:
         """The status, as the ``status`` operation answers it."""
         assert self.handlers is not None
         return self.handlers.call(ops.Status())
+
+    def nf_running(self, service: int, instance: int) -> bool:
+        """Whether instance ``instance`` of ``service`` runs (a topology's supervisor asks)."""
+        with self.lock:
+            rec = self.registry.find(service, instance)
+            return rec is not None and rec.state.value == "running"
+
+    def wait_nfs(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()``, looking again whenever an NF registers, starts or leaves."""
+        assert self.handlers is not None
+        return self.handlers.nfs.wait(done, timeout)
 
     def _web_sample(self) -> dict[str, Any] | None:
         with self.lock:
@@ -229,10 +242,11 @@ class Manager:
         for line in dp.new_port_errors():
             self.log(line)
         dp.close_ports()
-        if not self.config.quiet and self.view is not None:
+        if self.view is not None:
             with self.lock:
-                st = self.view.status()
-            print(summary(st, time.monotonic() - self.view.started_at), file=sys.stderr, flush=True)
+                self.final_status = st = self.view.status()
+            if not self.config.quiet:
+                print(summary(st, time.monotonic() - self.view.started_at), file=sys.stderr, flush=True)
         self._teardown()
 
     def _teardown(self) -> None:

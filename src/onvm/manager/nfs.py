@@ -12,8 +12,9 @@ An NF is gone when its control connection closes, whether it stopped or died
 by any signal (the kernel closes the socket).  :meth:`NFs.closed` then takes it
 out of its service and has the data plane retire it (one native call: grace
 period, slots back to the pool, TX ring drained; see ``retire.c``), and the
-registry moves it to the NFs that left.  ``wait_gone`` lets shutdown wait for
-that, woken by each retirement.
+registry moves it to the NFs that left.  Each registration, start and
+retirement wakes whoever waits for the NFs (:meth:`NFs.wait`): shutdown,
+and a topology's supervisor starting NFs in order.
 
 Callers hold the control handlers' lock (``lock``) around every method.
 """
@@ -53,7 +54,7 @@ class NFs:
         self.on_register = on_register  # e.g. packing places the new NF at once
         self.conns: dict[int, Caller] = {}  # each NF's control connection
         self.inboxes: dict[int, Caller] = {}  # the connection that takes its messages
-        self._gone = threading.Condition(lock)  # notified at each retirement
+        self._changed = threading.Condition(lock)  # notified when an NF registers, starts or leaves
 
     def of(self, caller: Caller) -> NFRecord:
         """The NF registered on ``caller``'s connection."""
@@ -74,12 +75,14 @@ class NFs:
         self.conns[rec.nf_id] = caller
         caller.data["nf_id"] = rec.nf_id
         self.on_register()
+        self._changed.notify_all()
         self.log(f"{rec.describe()} registered (pid {pid}, CPU {rec.cpu})")
         return rec
 
     def start(self, caller: Caller) -> NFRecord:
         rec = self.of(caller)
         self.dp.publish(self.registry.start(rec.nf_id))
+        self._changed.notify_all()
         self.log(f"{rec.describe()} running")
         return rec
 
@@ -137,11 +140,16 @@ class NFs:
         self.dp.publish(image)
         gone = self.dp.retire(rec.nf_id)
         self.registry.retired(rec.nf_id, gone.final, gone.reclaimed)
-        self._gone.notify_all()
+        self._changed.notify_all()
         self.log(f"{rec.describe()} {how}; {rec.reclaimed} slots returned to the pool")
 
     def stop_all(self, timeout: float) -> bool:
         """Ask every live NF to stop and wait until all are retired; False on timeout."""
         for rec in self.registry.live():
             self.stop(rec)
-        return self._gone.wait_for(lambda: not self.registry.live(), timeout)
+        return self.wait(lambda: not self.registry.live(), timeout)
+
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` holds, looking again whenever an NF registers, starts or leaves."""
+        with self._changed:
+            return self._changed.wait_for(done, timeout)

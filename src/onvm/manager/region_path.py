@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from onvm import env
 from onvm.paths import runtime_dir, validate_name
 
 
@@ -28,7 +29,7 @@ def _free_huge_pages() -> int:
 
 def region_dir() -> str:
     """The directory for region files (``$ONVM_REGION_DIR`` overrides the choice)."""
-    forced = os.environ.get("ONVM_REGION_DIR")
+    forced = env.region_dir()
     if forced:
         return forced
     if _free_huge_pages() > 0:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from onvm import _native, latency
+from onvm import _native, env, latency
 from onvm.constants import DROP_REASON_NAMES, Action, drop_counts
 from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError
@@ -64,17 +64,17 @@ class NF:
         csv: str | None = None,
     ) -> None:
         # A topology runner starts NF scripts with these set (onvm run).
-        env = os.environ
+        env_service, env_instance, env_cpus = env.nf_placement()
         if manager is None:
-            manager = env.get("ONVM_MANAGER") or "onvm"
-        if service is None and env.get("ONVM_SERVICE", "").isdecimal():
-            service = int(env["ONVM_SERVICE"])
-        if instance is None and env.get("ONVM_INSTANCE", "").isdecimal():
-            instance = int(env["ONVM_INSTANCE"])
-        if cpus is None and env.get("ONVM_CPUS"):
+            manager = env.manager_name()
+        if service is None:
+            service = env_service
+        if instance is None:
+            instance = env_instance
+        if cpus is None and env_cpus:
             from onvm.manager.placement import parse_cpus
 
-            cpus = parse_cpus(env["ONVM_CPUS"])
+            cpus = parse_cpus(env_cpus)
         if service is not None and not 0 <= service < _native.MAX_SERVICES:
             raise ConfigError(f"service {service} is out of range (0..{_native.MAX_SERVICES - 1})")
         if not 1 <= burst <= _native.BURST_MAX:
@@ -516,7 +516,8 @@ def _compile(fn: Handler) -> Handler:
 def common_arguments(parser: argparse.ArgumentParser, service: int | None = None) -> None:
     """Add the options every NF takes on the command line (``--name``, ``--service``, ...) to ``parser``."""
     g = parser.add_argument_group("NF options")
-    g.add_argument("--name", default="onvm", help="manager to join (default: onvm)")
+    g.add_argument("--name", default=env.manager_name(),
+                   help="manager to join (default: $ONVM_MANAGER, else onvm)")
     g.add_argument("--service", type=int, default=service, help=f"service id (default: {service})")
     g.add_argument("--instance", type=int, default=None, help="instance number (default: next free)")
     g.add_argument("--ttl", type=float, default=0.0, help="seconds to run, 0 = until stopped")

@@ -11,6 +11,17 @@ from onvm.errors import ConfigError
 
 #: where the packet_io NF runs: an output to CONTROLLER is a hop into it (the last service)
 CONTROLLER_SERVICE = MAX_SERVICES - 1
+FAIL_MODES = ("secure", "standalone")
+
+
+def parse_controller(text: str) -> tuple[str, int]:
+    """``tcp:HOST:PORT`` (or ``HOST:PORT``) -> (host, port)."""
+    rest = text[4:] if text.startswith("tcp:") else text
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--controller {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:6653")
+    return host, int(port)
 
 
 def check_controllers(controllers: list[str], fail_mode: str) -> None:
@@ -19,8 +30,6 @@ def check_controllers(controllers: list[str], fail_mode: str) -> None:
         import os_ken  # noqa: F401
     except ImportError:
         raise ConfigError("--controller needs os-ken: pip install 'pyonvm[sdn]'") from None
-    from onvm.sdn.agent import FAIL_MODES, parse_controller
-
     for c in controllers:
         parse_controller(c)
     if fail_mode not in FAIL_MODES:

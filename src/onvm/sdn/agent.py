@@ -73,7 +73,7 @@ from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
 from onvm.flows.rules import PacketFields, rule_matches
 from onvm.ports.uri import PortSpec
-from onvm.sdn import wire
+from onvm.sdn import FAIL_MODES, parse_controller, wire
 from onvm.sdn.translate import (
     CONTROLLER_SERVICE,
     SERVICE_PORT_BASE,
@@ -92,18 +92,7 @@ BACKOFF_MAX = 5.0
 ECHO_INTERVAL = 5.0
 ECHO_DEAD = 15.0
 TIMER_INTERVAL = 0.2
-FAIL_MODES = ("secure", "standalone")
 ROLE_NAMES = {0: "nochange", 1: "equal", 2: "master", 3: "slave"}
-
-
-def parse_controller(text: str) -> tuple[str, int]:
-    """``tcp:HOST:PORT`` (or ``HOST:PORT``) -> (host, port)."""
-    rest = text[4:] if text.startswith("tcp:") else text
-    host, _, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--controller {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:6653")
-    return host, int(port)
 
 
 def datapath_id(name: str) -> int:

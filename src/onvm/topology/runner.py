@@ -24,17 +24,20 @@ for every NF process, ends any that hang and removes their containers.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from onvm import env
 from onvm.errors import ConfigError, OnvmError
-from onvm.manager.config import ManagerConfig
 from onvm.manager.manager import Manager
-from onvm.manager.placement import check_available, format_cpus
+from onvm.manager.placement import format_cpus
 from onvm.nfs import find
 from onvm.paths import runtime_dir, socket_path
 from onvm.topology.isolation import (
@@ -53,6 +56,7 @@ START_TIMEOUT = 20.0  # seconds for one NF entry's instances to run
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STOP_TIMEOUT = 5.0
+EXIT_LOOK = 0.1  # seconds between looks at NF processes that may have died before registering
 
 
 @dataclass
@@ -95,20 +99,6 @@ def preflight(topo: Topology) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def manager_config(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None) -> ManagerConfig:
-    m = topo.manager
-    return ManagerConfig(
-        name=m.name, ports=list(topo.ports), default_chain=topo.default_chain_text(),
-        pool_size=m.pool_size, slot_size=m.slot_size, ring_size=m.ring_size,
-        rx_workers=m.rx_workers, tx_workers=m.tx_workers, burst=m.burst,
-        stats_interval=0 if quiet else m.stats, duration=m.duration,
-        exit_when_done=m.exit_when_done, wait_for_chain=m.wait, quiet=quiet,
-        cpus=m.cpus, nf_cpus=cpus or m.nf_cpus, pack_below=m.pack_below, dpdk_eal=m.dpdk_eal,
-        chains=[f"{name}={hops}" for name, hops in topo.named_chains.items()],
-        rules=[r.to_text() for r in topo.rules],
-    )
-
-
 def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool) -> list[str]:
     """The command line of one NF instance (the same in every isolation mode)."""
     # -S: no site module.  The NF needs onvm, numpy and its own code, whose directories
@@ -127,7 +117,7 @@ def nf_argv(spec: NFSpec, manager: str, service: int, instance: int, quiet: bool
 
 def use_forkserver() -> bool:
     """Whether process-isolated example NFs are forked from a warm parent (ONVM_FORKSERVER=0: no)."""
-    return os.environ.get("ONVM_FORKSERVER", "1") != "0"
+    return env.forkserver()
 
 
 def nf_threads() -> dict[str, str]:
@@ -147,9 +137,14 @@ def nf_pythonpath() -> str:
 
 
 class Supervisor:
-    """Starts NFs in order and restarts them by policy while the manager runs."""
+    """Starts NFs in order and restarts them by policy while the manager runs.
 
-    def __init__(self, topo: Topology, manager: Manager, quiet: bool = False) -> None:
+    It sees the manager through ``manager``: its log, its ``stopping`` event,
+    whether an NF instance runs and a wait woken by the NFs' registrations,
+    starts and exits (``nf_running``, ``wait_nfs``).  ``shared`` are the files
+    every NF needs (the region and the control socket)."""
+
+    def __init__(self, topo: Topology, manager: Manager, shared: list[str], quiet: bool = False) -> None:
         self.topo = topo
         self.manager = manager
         self.quiet = quiet
@@ -158,9 +153,7 @@ class Supervisor:
         self.error: str = ""
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
-        name = topo.manager.name
-        assert manager.dp is not None
-        shared = [manager.dp.region.path, socket_path(name)]
+        name = manager.config.name
         paths = python_paths()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
@@ -170,12 +163,12 @@ class Supervisor:
             for _ in range(spec.instances):
                 inst = next_instance.get(spec.service, 0)
                 next_instance[spec.service] = inst + 1
-                env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
-                       "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
-                       "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
+                nf_env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
+                          "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
+                          "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
                 if spec.cpus:
-                    env["ONVM_CPUS"] = format_cpus(spec.cpus)
-                launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), env, shared,
+                    nf_env["ONVM_CPUS"] = format_cpus(spec.cpus)
+                launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), nf_env, shared,
                                 f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
                                 paths, code)
                 self.children.append(Child(spec, spec.service, inst, iso, launch))
@@ -195,9 +188,7 @@ class Supervisor:
                                   stdout=out, stderr=out, start_new_session=True)
 
     def _running(self, c: Child) -> bool:
-        with self.manager.lock:
-            rec = self.manager.registry.find(c.service, c.instance)
-            return rec is not None and rec.life.state.value == "running"
+        return self.manager.nf_running(c.service, c.instance)
 
     def _run(self) -> None:
         # This thread starts, watches and reaps every NF: bubblewrap's --die-with-parent
@@ -226,11 +217,15 @@ class Supervisor:
             for c in group:
                 self._spawn(c)
             deadline = t0 + START_TIMEOUT
-            while not all(self._running(c) or (c.proc is not None and c.proc.poll() is not None)
-                          for c in group):
-                if time.monotonic() > deadline or self.manager.stopping.is_set():
-                    break
-                time.sleep(0.005)
+
+            def up(group: list[Child] = group) -> bool:  # each instance runs, or its process is gone
+                return self.manager.stopping.is_set() or all(
+                    self._running(c) or (c.proc is not None and c.proc.poll() is not None) for c in group)
+
+            # Woken by each NF that registers, starts or leaves; a process that dies before
+            # it registers is noticed within EXIT_LOOK.
+            while not up() and time.monotonic() < deadline:
+                self.manager.wait_nfs(up, min(EXIT_LOOK, max(0.0, deadline - time.monotonic())))
             ready = sum(self._running(c) for c in group)
             spec = group[0].spec
             self.log(f"{spec.label}: {ready} of {len(group)} instances of service {spec.service} running"
@@ -304,32 +299,37 @@ class Supervisor:
                           "restarts": c.restarts, "exits": list(c.exits)} for c in self.children}
 
 
-def run(topo: Topology, quiet: bool = False, cpus: tuple[int, ...] | None = None) -> int:
-    """Run a validated topology until it is stopped; returns the exit status."""
-    if cpus:
-        check_available(cpus)
+def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: bool = False) -> int:
+    """Run a validated topology until it is stopped; returns the exit status.
+
+    ``overrides`` are manager options (``onvm run``'s flags) over the file's;
+    with ``as_json`` the final status and each NF instance's restarts and exits
+    are printed as one JSON object on stdout at the end."""
+    cfg = topo.manager_config(overrides)
     preflight(topo)
-    cfg = manager_config(topo, quiet, cpus)
     mgr = Manager(cfg)
     mgr.start()
     sup: Supervisor | None = None
     try:
-        sup = Supervisor(topo, mgr, quiet)
+        assert mgr.dp is not None
+        sup = Supervisor(topo, mgr, [mgr.dp.region.path, socket_path(cfg.name)], cfg.quiet)
         sup.start()
         rc = mgr.run()  # returns once stopped: Ctrl-C, SIGTERM, onvm stop, duration, inputs done
     finally:
         mgr.stop()
         if sup is not None:
             sup.stop()
-            if not quiet:
+            if not cfg.quiet:
                 restarted = {k: v["restarts"] for k, v in sup.summary().items() if v["restarts"]}
                 if restarted:
                     print(f"onvm[{cfg.name}]: restarts: "
                           + ", ".join(f"{k} {v}" for k, v in restarted.items()), file=sys.stderr)
+    if as_json:
+        print(json.dumps({"status": mgr.final_status, "nfs": sup.summary() if sup else {}}), flush=True)
     if sup is not None and sup.error:
         print(f"onvm: error: {sup.error}", file=sys.stderr)
         return 1
     return rc
 
 
-__all__ = ["Child", "Supervisor", "manager_config", "nf_argv", "preflight", "run"]
+__all__ = ["Child", "Supervisor", "nf_argv", "preflight", "run"]

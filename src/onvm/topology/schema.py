@@ -2,35 +2,47 @@
 
 A topology is one YAML file::
 
-    manager: {name: fw, pool_size: 8192}
+    manager: {name: fw, pool_size: 8192, web: 8080}
     ports: [gen:size=64,rate=100k, pcap-out:out.pcap]
     nfs:
       - {name: monitor, program: basic_monitor, service: 1, options: {interval: 0}}
       - {name: fwd, program: simple_forward, service: 2, instances: 2, isolation: namespace}
     chains:
       default: [1, 2, out:1]
+      web: [2, out:1]
+    rules:
+      - tcp dst port 80 -> chain web
+
+The ``manager:`` section is the manager's own configuration model
+(:class:`onvm.manager.config.ManagerOptions`: everything ``onvm manager`` takes
+but its ports, chains and rules, which a topology says at its top level), read
+as it is.  Rules are written as for ``onvm rule add`` (or as a ``match:``
+mapping), with the same defaults.
 
 :func:`load_topology` checks everything it can before anything starts (types,
 ranges, port URIs, NF programs and their options, chain hops against ports and
 services) and raises :class:`TopologyError` listing every problem as
-``FILE:LINE: FIELD: message``.
+``FILE:LINE: FIELD: message``.  :meth:`Topology.manager_config` is the whole
+manager's configuration, with the command line's overrides.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from onvm.constants import MAX_INSTANCES, MAX_PORTS, MAX_SERVICES, Action
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
-from onvm.flows.rules import parse_rule
+from onvm.flows.rules import DEFAULT_PRIORITY, parse_rule
+from onvm.manager.config import ManagerConfig, ManagerOptions, PortUri, RuleText, describe, from_flags
 from onvm.manager.placement import check_available, parse_cpus
 from onvm.paths import validate_name
-from onvm.ports.dpdk import check_available as check_dpdk
 from onvm.ports.uri import PortSpec, parse_port
 from onvm.topology import _yaml
 
@@ -64,43 +76,6 @@ def _cpus(v: Any) -> tuple[int, ...] | None:
     except ConfigError as e:
         raise ValueError(e.message) from None
     return cpus
-
-
-class ManagerSpec(_Model):
-    """The manager: its name, pool, rings and workers (the options of ``onvm manager``)."""
-
-    name: str = "onvm"
-    pool_size: int = Field(16384, ge=64, le=1 << 24)  # packet slots
-    slot_size: int = Field(2048, ge=384, le=65536, multiple_of=64)  # bytes per slot
-    ring_size: int = Field(4096, ge=64, le=1 << 20)  # entries per NF ring, a power of two
-    rx_workers: int = Field(1, ge=1)
-    tx_workers: int = Field(1, ge=1)
-    burst: int = Field(64, ge=1, le=512)
-    cpus: tuple[int, ...] | None = None  # pin the manager and its workers
-    nf_cpus: tuple[int, ...] | None = None  # CPUs NFs are placed on (default: all allowed)
-    pack_below: float = Field(0.5, ge=0, lt=0.8)  # one CPU for the pipeline below this load; 0 = never
-    dpdk_eal: str = Field("", max_length=4096)  # DPDK EAL options for dpdk: ports (onvm manager --dpdk-eal)
-    stats: float = Field(1.0, ge=0)  # live stats interval in seconds, 0 = off
-    duration: float = Field(0.0, ge=0)  # stop after this long, 0 = until stopped
-    exit_when_done: bool = False  # stop once every input port is exhausted
-    wait: bool = True  # hold input ports until the default chain's services run
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_name(v)
-        except ConfigError as e:
-            raise ValueError(e.message) from None
-
-    @field_validator("ring_size")
-    @classmethod
-    def _pow2(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"{v} is not a power of two")
-        return v
-
-    _cpu = field_validator("cpus", "nf_cpus", mode="before")(lambda cls, v: _cpus(v))
 
 
 class NFSpec(_Model):
@@ -163,61 +138,92 @@ class NFSpec(_Model):
         return out
 
 
-class RuleMatch(_Model):
-    """The fields a rule matches; absent ones match anything."""
+PortRange = Annotated[int | str, Field(description="a port or a range N-M")]
 
-    src: str | None = None
+
+class RuleMatch(_Model):
+    """The fields a rule matches; absent ones match anything (the words of ``onvm rule add``)."""
+
+    proto: Literal["tcp", "udp", "icmp", "icmp6", "sctp", "ip", "ip6", "any"] | None = None
+    src: str | None = None  # an IPv4 or IPv6 prefix
     dst: str | None = None
-    proto: Literal["tcp", "udp", "icmp"] | int | None = None
-    sport: int | None = Field(None, ge=0, le=65535)
-    dport: int | None = Field(None, ge=0, le=65535)
+    sport: PortRange | None = None
+    dport: PortRange | None = None
     in_port: int | None = Field(None, ge=0, le=MAX_PORTS - 1)
+    vlan: int | None = Field(None, ge=0, le=4095)
+
+    @field_validator("sport", "dport")
+    @classmethod
+    def _port(cls, v: int | str | None) -> int | str | None:
+        for part in str(v).split("-", 1) if v is not None else ():
+            if not part.isdecimal() or int(part) > 65535:
+                raise ValueError("Input should be less than or equal to 65535" if part.isdecimal()
+                                 else f"{v!r}: expected a port N or a range N-M")
+        return v
 
 
 class RuleSpec(_Model):
-    """A flow rule: packets that match go down ``chain``."""
+    """A flow rule as a mapping: packets that ``match`` go down ``chain``."""
 
-    match: RuleMatch
+    match: RuleMatch = Field(default_factory=lambda: RuleMatch.model_validate({}))
     chain: str
-    priority: int = Field(0, ge=0, le=65535)
+    priority: int = Field(DEFAULT_PRIORITY, ge=-1_000_000, le=1_000_000)  # as onvm rule add
+    idle: float | None = Field(None, ge=0)  # seconds: idle timeout of the entries it installs
+    hard: float | None = Field(None, ge=0)  # seconds: their hard timeout
 
     def to_text(self) -> str:
         """The rule in the manager's rule syntax (``onvm rule add``)."""
         m = self.match
-        words = [f"priority {self.priority}"]
-        if m.in_port is not None:
-            words.append(f"in-port {m.in_port}")
-        if m.proto is not None:
-            names = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp"}
-            words.append(m.proto if isinstance(m.proto, str) else names.get(m.proto, f"protocol-{m.proto}"))
-        for word, value in (("src", m.src), ("dst", m.dst)):
+        words = [f"priority {self.priority}"] if self.priority != DEFAULT_PRIORITY else []
+        for word, value in (("in-port", m.in_port), ("vlan", m.vlan), ("", m.proto), ("src", m.src),
+                            ("dst", m.dst), ("src port", m.sport), ("dst port", m.dport), ("idle", self.idle),
+                            ("hard", self.hard)):
             if value is not None:
-                words.append(f"{word} {value}")
-        for word, port in (("src port", m.sport), ("dst port", m.dport)):
-            if port is not None:
-                words.append(f"{word} {port}")
+                words.append(f"{word} {value}".strip())
         return " ".join([*words, "->", "chain", self.chain])
+
+
+def _rule_form(v: Any) -> str:
+    return "text" if isinstance(v, str) else "spec"
+
+
+#: A rule: its text as for ``onvm rule add``, or a RuleSpec mapping.
+RuleItem = Annotated[Annotated[RuleText, Tag("text")] | Annotated[RuleSpec, Tag("spec")],
+                     Discriminator(_rule_form)]
 
 
 class Topology(_Model):
     """A whole deployment: one manager, its ports, NFs, chains and rules."""
 
-    manager: ManagerSpec = Field(default_factory=lambda: ManagerSpec.model_validate({}))
-    ports: list[str] = Field(default_factory=list, max_length=MAX_PORTS)
+    manager: ManagerOptions = Field(default_factory=lambda: ManagerOptions.model_validate({}))
+    ports: list[PortUri] = Field(default_factory=list, max_length=MAX_PORTS)
     nfs: list[NFSpec] = Field(default_factory=list)
     chains: dict[str, list[int | str] | str] = Field(default_factory=dict)
-    rules: list[RuleSpec] = Field(default_factory=list)
+    rules: list[RuleItem] = Field(default_factory=list)
 
     # Filled by load_topology after the checks that need more than one field.
-    source: str = ""
-    port_specs: list[PortSpec] = Field(default_factory=list, exclude=True)
-    default_chain: list[Hop] = Field(default_factory=list, exclude=True)
-    named_chains: dict[str, str] = Field(default_factory=dict, exclude=True)  # name -> hops text
+    source: SkipJsonSchema[str] = ""
+    port_specs: SkipJsonSchema[list[PortSpec]] = Field(default_factory=list, exclude=True)
+    default_chain: SkipJsonSchema[list[Hop]] = Field(default_factory=list, exclude=True)
+    named_chains: SkipJsonSchema[dict[str, str]] = Field(default_factory=dict, exclude=True)  # name -> hops
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     def default_chain_text(self) -> str:
         return ",".join(str(h) for h in self.default_chain)
+
+    def rule_texts(self) -> list[str]:
+        return [r if isinstance(r, str) else r.to_text() for r in self.rules]
+
+    def manager_config(self, overrides: Mapping[str, Any] | None = None) -> ManagerConfig:
+        """The manager's whole configuration: the ``manager:`` section with ``overrides`` (flags of
+        ``onvm run``) over it, and the file's ports, chains and rules."""
+        options = self.manager.model_dump(include=set(ManagerOptions.model_fields), exclude_unset=True)
+        base = {**options, "ports": list(self.ports),
+                "default_chain": self.default_chain_text(), "chains": dict(self.named_chains),
+                "rules": self.rule_texts()}
+        config: ManagerConfig = from_flags(overrides or {}, ManagerConfig, base)
+        return config
 
     def services(self) -> dict[int, int]:
         """Instances per service."""
@@ -234,19 +240,21 @@ _FRIENDLY = {
 }
 
 
-def _message(err: Any, model_fields: list[str]) -> str:
+def _message(err: Any, loc: tuple[Any, ...], model_fields: list[str], model: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden" and model_fields:
         return f"unknown field (expected one of: {', '.join(model_fields)})"
     if kind in _FRIENDLY:
         return _FRIENDLY[kind]
+    if len(loc) == 2 and loc[0] == "manager":  # worded as the manager's own command line words it
+        return describe(err, model.model_fields["manager"].annotation.model_fields.get(loc[1]))
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+def _fields_at(loc: tuple[Any, ...], model: Any = None) -> list[str]:
     """The field names of the model an error location points into (for 'unknown field')."""
-    model: Any = Topology
+    model = model or Topology
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -307,8 +315,11 @@ def _check_program(nf: NFSpec) -> list[tuple[str, str]]:
     return out
 
 
-def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topology:
-    """Build a Topology from loaded YAML; raises TopologyError listing every problem."""
+def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str,
+             model: type[Topology] | None = None) -> Topology:
+    """Build a Topology (or ``model``, one with more options) from loaded YAML; raises TopologyError
+    listing every problem."""
+    model = model or Topology
     problems: list[tuple[int, str]] = []
 
     def add(path: tuple[Any, ...], message: str) -> None:
@@ -322,24 +333,29 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topol
                              f"chains and rules, got {type(data).__name__}"])
     for key in _INTERNAL:
         if key in data:
-            add((key,), f"unknown field (expected one of: {', '.join(_fields_at((key,)))})")
+            add((key,), f"unknown field (expected one of: {', '.join(_fields_at((key,), model))})")
     if problems:
         raise TopologyError([p for _, p in sorted(problems)])
     try:
-        topo = Topology.model_validate(data)
+        topo = model.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
-            loc = _data_path(data, err["loc"])
-            msg = _message(err, _fields_at(loc))
+            where = err["loc"]
+            if where[:1] == ("rules",) and len(where) > 2:  # drop the rule's form: text or mapping
+                where = where[:2] + where[3:]
+            loc = _data_path(data, where)
+            msg = _message(err, loc, _fields_at(loc, model), model)
             if loc[:1] == ("ports",) and len(loc) == 2 and data["ports"][loc[1]] is None:
                 msg = "expected a port URI (write the null port in quotes: 'null')"
             add(loc, msg)
         raise TopologyError([p for _, p in sorted(problems, key=lambda x: x[0])]) from None
     topo.source = source
 
+    from onvm.ports.dpdk import check_available as check_dpdk
+
     for i, uri in enumerate(topo.ports):
+        topo.port_specs.append(parse_port(uri))
         try:
-            topo.port_specs.append(parse_port(uri))
             check_dpdk(topo.port_specs[-1:])
         except ConfigError as e:
             add(("ports", i), e.message)
@@ -357,6 +373,11 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str) -> Topol
             add(("nfs", first, "instances"), f"service {svc} has {count} instances in all; at most "
                                              f"{MAX_INSTANCES}")
     _check_chains(topo, add)
+    if not problems:
+        try:  # what only the whole manager's configuration can check (a port's queues, say)
+            topo.manager_config()
+        except ConfigError as e:
+            add(("manager",), e.message)
     if problems:
         raise TopologyError([p for _, p in sorted(problems, key=lambda x: x[0])])
     return topo
@@ -409,14 +430,22 @@ def _check_chains(topo: Topology, add: Any) -> None:
         if 1 not in services and topo.port_specs and any(s.is_input for s in topo.port_specs):
             add(("chains",), "no default chain: packets from ports would go to service 1, which no NF "
                              "provides; add chains: {default: [...]}")
-    for i, rule in enumerate(topo.rules):
-        if rule.chain not in topo.chains:
-            add(("rules", i, "chain"), f"no chain named '{rule.chain}'")
-            continue
+    for i, (rule, text) in enumerate(zip(topo.rules, topo.rule_texts(), strict=True)):
         try:
-            parse_rule(rule.to_text())
+            target = parse_rule(text).chain
         except ConfigError as e:
-            add(("rules", i, "match"), e.message)
+            add(("rules", i) if isinstance(rule, str) else ("rules", i, "match"), e.message)
+            continue
+        if target not in topo.chains and target != "default":
+            where = ("rules", i) if isinstance(rule, str) else ("rules", i, "chain")
+            add(where, f"no chain named '{target}'")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a topology file, for editors (``onvm run --schema``)."""
+    schema: dict[str, Any] = Topology.model_json_schema(mode="validation")
+    schema["title"] = "pyonvm topology"
+    return schema
 
 
 def load_topology(path: str) -> Topology:
@@ -429,10 +458,10 @@ def load_topology(path: str) -> Topology:
     return loads_topology(text, path)
 
 
-def loads_topology(text: str, source: str = "<string>") -> Topology:
+def loads_topology(text: str, source: str = "<string>", model: type[Topology] | None = None) -> Topology:
     """Validate a topology given as text (tests, tools)."""
     try:
         data, lines = _yaml.load(text, source)
     except _yaml.YamlError as e:
         raise TopologyError([e.message]) from None
-    return validate(data, lines, source)
+    return validate(data, lines, source, model)
