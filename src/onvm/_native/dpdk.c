@@ -96,7 +96,6 @@ void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n
     onvm_dpdk_api->pool_free_burst(r, idx, n);
 }
 
-
 /* ---- DPDK's log ------------------------------------------------------------ */
 
 #define LOG_LINES 64
@@ -448,7 +447,7 @@ struct onvm_dpdk_pool *onvm_dpdk_pool_create(struct onvm_region *r, char *err, s
     }
     if (r->slot_size > UINT16_MAX) {
         onvm_set_err(err, errlen, "slots of %u bytes are too large for DPDK (at most 65535; see --slot-size)",
-                r->slot_size);
+                     r->slot_size);
         return NULL;
     }
     if (!ops_registered) {
@@ -503,9 +502,9 @@ struct onvm_dpdk_pool *onvm_dpdk_pool_create(struct onvm_region *r, char *err, s
         char why[256];
         log_first_error(mark, why, sizeof why);
         onvm_set_err(err, errlen,
-                "cannot make %u mbuf headers for the pool's slots: %s%s%s (give DPDK more memory: "
-                "-m in --dpdk-eal)",
-                r->pool_count, rte_strerror(-rc), why[0] ? ": " : "", why);
+                     "cannot make %u mbuf headers for the pool's slots: %s%s%s (give DPDK more memory: "
+                     "-m in --dpdk-eal)",
+                     r->pool_count, rte_strerror(-rc), why[0] ? ": " : "", why);
         pool_destroy(pool);
         return NULL;
     }
@@ -804,7 +803,7 @@ static int setup_queues(struct dport *d, const struct rte_eth_dev_info *info, in
         rc = rte_eth_rx_queue_setup(d->port_id, (uint16_t)q, nrxd, (unsigned)socket, NULL, d->pool->mp);
         if (rc < 0) {
             onvm_set_err(err, errlen, "cannot set up RX queue %u: %s (a slot holds %u bytes of packet; see --slot-size)",
-                    q, rte_strerror(-rc), d->pool->slot_size - RTE_PKTMBUF_HEADROOM);
+                         q, rte_strerror(-rc), d->pool->slot_size - RTE_PKTMBUF_HEADROOM);
             return rc;
         }
     }
