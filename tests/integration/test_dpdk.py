@@ -160,7 +160,8 @@ def test_nf_killed_under_traffic_leaves_the_pool_whole(manager: Any) -> None:
     wait_for(lambda: m.status()["ports"][1]["tx"] > 100_000, timeout=15, what="traffic out of port 1")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=5)
-    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=15, what="the dead NF retired")
+    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=15,
+             what="the dead NF retired")
     st = m.status()
     assert st["left"][-1]["state"] == "failed"
     # net_null keeps offering 64-byte frames; with service 1 gone the RX worker drops them as it reads
