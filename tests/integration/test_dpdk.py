@@ -8,6 +8,7 @@ dpdk and dpdk-dev, and the build makes the module where pkg-config finds DPDK).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -159,7 +160,8 @@ def test_nf_killed_under_traffic_leaves_the_pool_whole(manager: Any) -> None:
     wait_for(lambda: m.status()["ports"][1]["tx"] > 100_000, timeout=15, what="traffic out of port 1")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=5)
-    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=3, what="the dead NF retired")
+    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=15,
+             what="the dead NF retired")
     st = m.status()
     assert st["left"][-1]["state"] == "failed"
     # net_null keeps offering 64-byte frames; with service 1 gone the RX worker drops them as it reads
@@ -226,6 +228,7 @@ def test_missing_dpdk_is_one_clear_line_and_starts_nothing(runtime: str) -> None
     ("dpdk:net_null0", "--bogus-option", "DPDK's EAL did not start"),
     ("dpdk:net null0", "", "expected dpdk:DEVICE"),
     ("dpdk:0000:99:00.0", "", "Cannot find device (0000:99:00.0)"),  # a PCI device that is not there
+    ("dpdk:net_null0", "--no-huge -m 4", "give DPDK more memory"),  # 16384 mbuf headers need more than 4 MB
 ])
 def test_bad_devargs_is_one_clear_line_and_starts_nothing(runtime: str, port: str, eal: str,
                                                             expect: str) -> None:
@@ -295,3 +298,17 @@ def test_topology_file_with_dpdk_ports(runtime: str, tmp_path: Path) -> None:
     out = re.search(r"port 1 dpdk:net_null1\?rxq=0: in 0 pkts / 0 B, out (\d+) pkts", r.stderr)
     assert out and int(out.group(1)) > 10_000, r.stderr
     assert _summary_pool(r.stderr) == (16384, 16384)
+
+
+@pytest.mark.skipif(bool(_testpmd.available()), reason=_testpmd.available() or "testpmd is here")
+def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
+    """onvm bench dpdk, shortened: pyonvm (with and without the NF) and testpmd each
+    forward frames between the null devices, and ratio is pyonvm's rate over testpmd's."""
+    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--json", timeout=180)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["mpps"] > 0 and out["testpmd_mpps"] > 0 and out["direct_mpps"] > 0, out
+    assert out["rounds_mpps"] == [out["mpps"]] and out["rounds_testpmd_mpps"] == [out["testpmd_mpps"]]
+    assert out["ratio"] == pytest.approx(out["mpps"] / out["testpmd_mpps"], abs=1e-3)
+    assert out["testpmd_total_mpps"] >= out["testpmd_mpps"]
+    assert out["ns_per_packet"] > 0 and out["testpmd_ns_per_packet"] > 0 and out["direct_ns_per_packet"] > 0

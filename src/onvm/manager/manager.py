@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from onvm.control import ops
 from onvm.control.server import ControlServer
@@ -53,6 +53,12 @@ __all__ = ["Manager", "ManagerConfig"]
 
 DRAIN_AT_STOP = 1.0  # seconds for what is in flight to reach its end
 NF_STOP_WAIT = 3.0  # seconds for the NFs to leave
+
+
+class Part(Protocol):
+    """A part the manager starts last and stops first (the web endpoint, the OpenFlow agent)."""
+
+    def stop(self) -> None: ...
 
 
 class Manager:
@@ -78,8 +84,8 @@ class Manager:
         self.services: Services | None = None
         self.packing: Packing | None = None
         self.stats: StatsPrinter | None = None
-        self.web: Any = None  # onvm.web.server.WebServer with --web
-        self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent with --controller
+        self.web: Part | None = None  # the web endpoint, with --web
+        self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
         self.final_status: dict[str, Any] = {}  # the status when it stopped
 
@@ -146,27 +152,27 @@ class Manager:
 
         try:
             host, port = self.config.web_addr or ("127.0.0.1", 0)
-            self.web = WebServer(self.config.name, host, port, source=self._web_sample,
-                                 log=self.log, control=control)
-            self.web.start()
+            web = WebServer(self.config.name, host, port, source=self._web_sample, log=self.log,
+                            control=control)
+            web.start()
         except BaseException:
-            self.web = None
             self.stop()
             raise
+        self.web = web
         assert self.view is not None
-        self.view.web_url = self.web.url
-        self.log(f"web dashboard and API at {self.web.url}; changes need the token in {self.web.token_path}")
+        self.view.web_url = web.url
+        self.log(f"web dashboard and API at {web.url}; changes need the token in {web.token_path}")
         # Not in the event log: anyone who can read the API can read that.
-        print(f"onvm[{self.config.name}]: web token: {self.web.token}", file=sys.stderr, flush=True)
+        print(f"onvm[{self.config.name}]: web token: {web.token}", file=sys.stderr, flush=True)
 
     def _start_sdn(self) -> None:
         from onvm.sdn.agent import OpenFlowAgent
 
         cfg = self.config
         assert self.handlers is not None and self.view is not None and self.dp is not None
-        self.sdn = sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
-                                       ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
-                                       log=self.log)
+        sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
+                            ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts, log=self.log)
+        self.sdn = sdn
         self.handlers.packet_in_sink = sdn.packet_in
         self.view.extra["openflow"] = sdn.describe
         sdn.start()
