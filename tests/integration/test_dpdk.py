@@ -312,3 +312,20 @@ def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
     assert out["ratio"] == pytest.approx(out["mpps"] / out["testpmd_mpps"], abs=1e-3)
     assert out["testpmd_total_mpps"] >= out["testpmd_mpps"]
     assert out["ns_per_packet"] > 0 and out["testpmd_ns_per_packet"] > 0 and out["direct_ns_per_packet"] > 0
+    assert 0 <= out["nf_blocked_share"] <= 1.05 and out["pack_below"] is None, out  # a share of the time
+
+
+def test_one_rx_queue_per_rx_worker(manager: Any) -> None:
+    """With two RX workers a device gets two RX queues, each polled by its own worker, and a
+    TX queue per worker; what the NF forwards leaves through the other device, and the pool
+    balances once the packets stop."""
+    m = manager("--rx-workers", "2", "--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
+                "--default-chain", "1,out:1", "--pool-size", "8192")
+    m.nf("simple_forward", "--service", "1")
+    m.running(1)
+    port = wait_for(lambda: (p := m.status()["ports"][0])["rx"] > 100_000 and min(p["rx_by_worker"]) > 0
+                    and p, timeout=20, what="both RX queues read")
+    assert len(port["rx_by_worker"]) == 2, port
+    assert m.status()["ports"][1]["tx"] > 0
+    assert m.stop() == 0
+    assert _summary_pool(m.text()) == (8192, 8192)
