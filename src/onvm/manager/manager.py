@@ -97,15 +97,16 @@ class Manager:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: self.stopping.set())
         layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.dpdk_eal)
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, dpdk_eal=cfg.dpdk_eal,
+                        max_rules=cfg.max_rules)
         self.dp = dp = DataPlane.open(layout, cfg.port_specs, self.log)
         try:
             self.flows = flows = FlowRegistry(dp.region, dp.is_output)
             flows.set_default(cfg.chain)
             for name, hops in cfg.chains.items():
                 flows.add_chain(name, hops)
-            for text in cfg.rules:
-                flows.add_rule(text)
+            flows.set_flow_idle(cfg.flow_idle)
+            flows.add_rules(cfg.rules)
             flows.start_sweeper()
             packs = cfg.pin and cfg.pack_below > 0
             candidates = sorted(set(os.sched_getaffinity(0)) & set(self.nf_cpus)) if packs else []
@@ -171,7 +172,8 @@ class Manager:
         cfg = self.config
         assert self.handlers is not None and self.view is not None and self.dp is not None
         sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
-                            ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts, log=self.log)
+                            ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
+                            rule_of=self.dp.rule_of, log=self.log)
         self.sdn = sdn
         self.handlers.packet_in_sink = sdn.packet_in
         self.view.extra["openflow"] = sdn.describe
