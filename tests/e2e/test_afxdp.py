@@ -241,6 +241,7 @@ def test_topology_file_with_afxdp_ports(make_testbed: Callable[..., Testbed], tm
     assert m and m.group(1) == m.group(2), err
     assert _xdp_prog(tb.port_if("a")) == _xdp_prog(tb.port_if("b")) == ""
 
+
 # ---- crashes --------------------------------------------------------------------------
 
 def test_nf_killed_under_traffic_pool_whole(afxdp_testbed: Testbed, managers: Callable[..., Manager]) -> None:

@@ -316,9 +316,8 @@ def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
 
 
 def test_one_rx_queue_per_rx_worker(manager: Any) -> None:
-    """With two RX workers a device gets two RX queues, each polled by its own worker, and a
-    TX queue per worker; what the NF forwards leaves through the other device, and the pool
-    balances once the packets stop."""
+    """With two RX workers a device gets two RX queues, each polled by its own worker; what the
+    NF forwards leaves through the other device, and the pool is whole once the manager stops."""
     m = manager("--rx-workers", "2", "--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
                 "--default-chain", "1,out:1", "--pool-size", "8192")
     m.nf("simple_forward", "--service", "1")
