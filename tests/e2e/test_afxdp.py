@@ -242,6 +242,26 @@ def test_topology_file_with_afxdp_ports(make_testbed: Callable[..., Testbed], tm
     assert _xdp_prog(tb.port_if("a")) == _xdp_prog(tb.port_if("b")) == ""
 
 
+def test_kernel_drops_are_counted(afxdp_testbed: Testbed, deploy: Any) -> None:
+    """Input held (no NF yet): the socket's RX ring fills, and what the kernel drops for want
+    of room shows in the port's drops as kernel; an idle port sleeps, and a frame wakes it."""
+    from onvm.bench.ports import mac_of, send_and_count, udp_frame
+
+    tb = afxdp_testbed
+    dep = deploy(["--port", f"{tb.ports[0]}?ring=256", "--port", tb.ports[1], "--default-chain", "1"])
+    frame = udp_frame(mac_of(tb.ns("a"), "eth0"), mac_of(tb.ns("b"), "eth0"), tb.addr("a"), tb.addr("b"))
+    sent = send_and_count(tb, frame, 0.3)[0] * 0.3e6
+    dep.start_nf(["bridge", "--service", "1"])
+    dep.wait_running(1)
+    port = wait_for(lambda: (p := dep.status()["ports"][0])["drops"].get("kernel") and p, timeout=30,
+                    what="kernel drops on port 0")
+    assert sent > 2000 and port["rx"] < 1000, (sent, port)  # the RX ring held 256 of them
+    assert port["rx"] + port["drops"]["kernel"] <= sent + 100, (sent, port)
+    cpu0 = cpu_seconds(dep.procs[0].pid) or 0.0
+    time.sleep(2.0)
+    assert (cpu_seconds(dep.procs[0].pid) or 0.0) - cpu0 < 0.2, "the idle manager spins"
+    _ping(tb, "a", "b")
+
 # ---- crashes --------------------------------------------------------------------------
 
 def test_nf_killed_under_traffic_pool_whole(afxdp_testbed: Testbed, managers: Callable[..., Manager]) -> None:
