@@ -131,8 +131,10 @@ struct onvm_ring *onvm_route_blocked(struct onvm_route_ctx *c) {
         if (owner == c->self_nf)
             continue; /* its own RX ring: only it can drain that */
         /* seq_cst: the loop check below, or that of an NF closing the loop
-         * with us, sees this store (onvm_bp_cycle). */
-        atomic_store(&self->bp.blocked_on, owner);
+         * with us, sees this store (onvm_bp_cycle); a value already there was
+         * stored so before an earlier check. */
+        if (atomic_load_explicit(&self->bp.blocked_on, ONVM_RELAXED) != owner)
+            atomic_store(&self->bp.blocked_on, owner);
         if (owner && onvm_bp_cycle(r, c->self_nf, owner))
             continue;
         return ring;

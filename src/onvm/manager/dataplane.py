@@ -311,9 +311,12 @@ class DataPlane:
         out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
         return out
 
-    def held(self) -> int:
-        """Times the RX workers left a port unread because its chain was congested, in all."""
-        return sum(int(self.region.worker_info(w)["held"]) for w in range(self.layout.rx_workers))
+    def rx_pressure(self) -> tuple[int, int, int]:
+        """The RX workers' loops, the loops that found packets, and the times they left a port
+        unread because its chain was congested: each summed over the RX workers."""
+        infos = [self.region.worker_info(w) for w in range(self.layout.rx_workers)]
+        return (sum(int(i["loops"]) for i in infos), sum(int(i["busy_loops"]) for i in infos),
+                sum(int(i["held"]) for i in infos))
 
     def set_cpu(self, kind: str, index: int, cpu: int) -> None:
         """Ask a worker or an NF to run on ``cpu`` (-1: where it started)."""
