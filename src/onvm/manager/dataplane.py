@@ -193,11 +193,28 @@ class DataPlane:
         self.region.nf_request_stop(nf_id)
 
     def retire(self, nf_id: int) -> Retired:
-        """Take an NF that left its service out of the packet path and free its slot."""
+        """Take an NF that left its service out of the packet path and free its slot.
+
+        Its slots come back by their stamps; those it held under stamps it wrote over
+        name nobody, and the sweep that follows finds them (see fence.c)."""
         res = self.native.retire(nf_id, grace=GRACE_TIMEOUT, drain=DRAIN_TIMEOUT)
         final = self.nf_info(nf_id)
         self.region.nf_release(nf_id)
-        return Retired(int(res["reclaimed"]), final, bool(res["grace_ok"]), bool(res["drained"]))
+        swept = self.native.sweep(GRACE_TIMEOUT)
+        return Retired(int(res["reclaimed"]) + swept, final, bool(res["grace_ok"]), bool(res["drained"]))
+
+    def damaged(self) -> bool:
+        """The region's file was cut short under us (a SIGBUS caught, see mapguard.c)."""
+        return bool(self.region.damaged())
+
+    def audit(self) -> list[dict[str, Any]]:
+        """What the packet path could not settle itself: NFs to fence, repairs made (fence.c)."""
+        events: list[dict[str, Any]] = self.native.audit()
+        return events
+
+    def fence(self, nf_id: int) -> None:
+        """Take nothing more from the NF and send it nothing more (its process is stopped apart)."""
+        self.native.fence(nf_id)
 
     def drain(self, timeout: float) -> bool:
         """Wait until no NF ring holds packets; False if the timeout came first."""
