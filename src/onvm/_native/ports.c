@@ -175,7 +175,7 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
     }
     uint32_t largest = c->mix == ONVM_MIX_FIXED ? c->size : 1518; /* frame bytes with FCS */
     if (largest - 4 + ONVM_HEADROOM > c->slot_size) {
-        set_err(err, errlen,
+        onvm_set_err(err, errlen,
                 "gen: a %u-byte frame (%u bytes without the FCS) does not fit a %u-byte slot, whose "
                 "first %u bytes are headroom; start the manager with --slot-size %u or more",
                 largest, largest - 4, c->slot_size, ONVM_HEADROOM,
