@@ -158,7 +158,8 @@ def test_classify_bench_runs(runtime):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0
-    for key in ("established_mpps", "established_mpps_0", "new_flow_mpps", "new_flow_mpps_0"):
+    for key in ("established_mpps", "established_mpps_0", "established_mpps_1",
+                "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1"):
         assert res[key] > 0, key
     r = onvm("bench", "classify", "--rules", "-1")
     assert r.returncode == 2 and "--rules" in r.stderr
