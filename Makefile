@@ -11,12 +11,13 @@ ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 .PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean FORCE
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
-# tests), bubblewrap and podman with runc (NF isolation), headless Chromium and its
+# tests), tcpdump (reads what onvm capture writes), bubblewrap and podman with runc (NF isolation), headless Chromium and its
 # driver (the dashboard test), and DPDK's PMDs and dpdk-testpmd (dpdk: ports and their
 # peer).  Installed only when missing, and only as root; the tests that need them skip
 # otherwise.
 DEB_TOOLS := ip:iproute2 ethtool:ethtool ping:iputils-ping bwrap:bubblewrap podman:podman runc:runc \
-	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev
+	chromium:chromium chromedriver:chromium-driver pkg-config:pkgconf dpdk-devbind.py:dpdk dpdk-testpmd:dpdk-dev \
+	tcpdump:tcpdump
 # Headers the native build uses when they are there (the afxdp port: libxdp and libbpf;
 # the dpdk port, in the optional module onvm._dpdk: DPDK 22.11, found by pkg-config).
 DEB_HEADERS := xdp/xsk.h:libxdp-dev bpf/libbpf.h:libbpf-dev dpdk/rte_ethdev.h:libdpdk-dev
@@ -71,7 +72,8 @@ test-sanitize: $(STAMP)
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/integration/test_pipeline.py \
-	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_packing.py \
+	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_replay.py \
+  ../../tests/integration/test_packing.py \
 	  ../../tests/integration/test_overload.py ../../tests/integration/test_dpdk.py ../../tests/e2e
 
 bench: $(STAMP)

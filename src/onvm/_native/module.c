@@ -926,12 +926,12 @@ static PyObject *Manager_add_gen(ManagerObject *self, PyObject *args, PyObject *
 }
 
 static PyObject *Manager_add_pcap_in(ManagerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"port", "path", "loops", "rate", "timing", "speed", NULL};
+    static char *kwlist[] = {"port", "path", "loops", "rate", "timing", "speed", "loss", NULL};
     struct onvm_pcap_conf c = {.speed = 1.0};
     unsigned id;
     unsigned long long loops = 1, rate = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|KKpd", kwlist, &id, &c.path, &loops, &rate,
-                                     &c.timing, &c.speed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Is|KKpdp", kwlist, &id, &c.path, &loops, &rate,
+                                     &c.timing, &c.speed, &c.loss))
         return NULL;
     if (!port_slot_ok(self, id))
         return NULL;
@@ -1099,9 +1099,11 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
+    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
                                 atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                                 (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
+                                "runt", (unsigned long long)p->runt, "no_ethertype",
+                                (unsigned long long)p->no_ethertype,
                                 "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
                                 (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
     if (d && p->has_devstats) {
@@ -1139,7 +1141,7 @@ static PyMethodDef Manager_methods[] = {
     {"add_gen", (PyCFunction)(void (*)(void))Manager_add_gen, METH_VARARGS | METH_KEYWORDS,
      "add_gen(port, size, mix, flows, proto, rate, count, seed, src_ip, dst_ip, sport, dport)"},
     {"add_pcap_in", (PyCFunction)(void (*)(void))Manager_add_pcap_in, METH_VARARGS | METH_KEYWORDS,
-     "add_pcap_in(port, path, loops=1, rate=0, timing=False, speed=1.0)"},
+     "add_pcap_in(port, path, loops=1, rate=0, timing=False, speed=1.0, loss=False)"},
     {"add_pcap_out", (PyCFunction)(void (*)(void))Manager_add_pcap_out, METH_VARARGS | METH_KEYWORDS,
      "add_pcap_out(port, path, snaplen=65535)"},
     {"add_afpacket", (PyCFunction)(void (*)(void))Manager_add_afpacket, METH_VARARGS | METH_KEYWORDS,

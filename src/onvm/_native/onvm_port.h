@@ -57,6 +57,7 @@ struct onvm_pcap_conf {
     uint32_t snaplen;  /* pcap-out only */
     int timing;        /* pcap in: 1 = replay at the capture's own pace */
     double speed;      /* with timing: 2.0 replays twice as fast */
+    int loss;          /* pcap in: 1 = drop like a wire when the chain is full, never wait */
 };
 
 /* Counters a device keeps itself (DPDK's rte_eth_stats), as last read by the
@@ -110,7 +111,11 @@ struct onvm_port {
     uint64_t pos;
     int swapped, nsec;
     uint64_t loops_left, records_in_file;
-    uint64_t skipped; /* frames that did not fit a slot (afpacket, tap) */
+    uint64_t skipped; /* frames that did not fit a slot (afpacket, tap, pcap: oversize) */
+    /* An input that is a file, not a wire (pcap without rate or loss): the RX
+     * worker leaves it unread while any chain it feeds is congested and never
+     * drops its packets early, so every packet reaches the chain. */
+    int keep_all;
     /* pcap out */
     uint32_t snaplen;
     uint64_t lost; /* packets counted as sent whose bytes never reached the file */
@@ -129,6 +134,9 @@ struct onvm_port {
     /* pcap in: format and timing */
     int pcapng;
     uint32_t file_snaplen;
+    uint32_t linktype;      /* classic pcap's; pcapng keeps one per interface */
+    uint64_t runt;          /* records skipped: empty, or shorter than their link header */
+    uint64_t no_ethertype;  /* records skipped: cooked or raw-IP, with nothing to make an EtherType of */
     int timing;
     double speed;
     uint64_t first_ts_ns, base_ns; /* capture time of the first packet, when it was sent */

@@ -280,12 +280,92 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
  * packet blocks; other blocks are skipped) are read.  Anything that does not
  * add up stops the port with an error naming the file and the byte offset of
  * the bad record, after the packets before it have been sent.
+ *
+ * Records that are valid but cannot be sent are skipped, counted by reason, and
+ * the port goes on: an empty record or one shorter than its link header (runt),
+ * a frame larger than a slot (oversize: not even read), a cooked or raw-IP
+ * record with no EtherType to give it (no_ethertype).
+ *
+ * Link types: Ethernet is sent as it is.  Linux cooked captures (SLL, 113;
+ * SLL2, 276) and raw IP (101; IPv4 228; IPv6 229) become Ethernet frames: the
+ * cooked header, or nothing, is replaced by 14 bytes of Ethernet with the
+ * EtherType of the record (SLL's protocol field; 0x0800 or 0x86dd by the IP
+ * version of a raw packet), the source MAC of the cooked header when it holds
+ * an Ethernet address (else 02:00:00:00:00:01), and 02:00:00:00:00:02 as the
+ * destination (ff:ff:ff:ff:ff:ff for a cooked broadcast), the MACs gen uses.
  */
+
+enum { LT_EN10MB = 1, LT_RAW = 101, LT_LINUX_SLL = 113, LT_IPV4 = 228, LT_IPV6 = 229, LT_LINUX_SLL2 = 276 };
+
+static int linktype_ok(uint32_t lt) {
+    return lt == LT_EN10MB || lt == LT_RAW || lt == LT_LINUX_SLL || lt == LT_IPV4 || lt == LT_IPV6 ||
+           lt == LT_LINUX_SLL2;
+}
+
+/* Bytes the record's link header has beyond (<0) or short of (>0) Ethernet's 14. */
+static int link_delta(uint32_t lt) {
+    switch (lt) {
+    case LT_LINUX_SLL:
+        return 14 - 16;
+    case LT_LINUX_SLL2:
+        return 14 - 20;
+    case LT_RAW:
+    case LT_IPV4:
+    case LT_IPV6:
+        return 14;
+    default:
+        return 0;
+    }
+}
+
+enum { SKIP_RUNT = -1, SKIP_NO_ETHERTYPE = -2 };
+
+/* Writes the Ethernet frame of a record of link type lt (len > 0 bytes at d)
+ * to out, which has room for len + link_delta(lt); returns its length, or a
+ * SKIP_ reason. */
+static int64_t pcap_frame(uint32_t lt, const uint8_t *d, uint32_t len, uint8_t *out) {
+    static const uint8_t dmac[6] = {0x02, 0, 0, 0, 0, 0x02}, smac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    if (lt == LT_EN10MB) {
+        memcpy(out, d, len);
+        return len;
+    }
+    const uint8_t *src = smac, *dst = dmac;
+    uint16_t ethertype;
+    uint32_t hdr = (uint32_t)(14 - link_delta(lt));
+    if (len <= hdr && lt != LT_RAW && lt != LT_IPV4 && lt != LT_IPV6)
+        return SKIP_RUNT;
+    if (lt == LT_LINUX_SLL || lt == LT_LINUX_SLL2) {
+        int sll2 = lt == LT_LINUX_SLL2;
+        uint16_t pkttype = sll2 ? d[10] : (uint16_t)(d[0] << 8 | d[1]);
+        uint16_t hatype = (uint16_t)(sll2 ? d[8] << 8 | d[9] : d[2] << 8 | d[3]);
+        unsigned halen = sll2 ? d[11] : (unsigned)(d[4] << 8 | d[5]);
+        ethertype = (uint16_t)(sll2 ? d[0] << 8 | d[1] : d[14] << 8 | d[15]);
+        if (ethertype < 0x0600) /* Novell 802.3, 802.2 LLC, CAN: not an Ethernet II payload */
+            return SKIP_NO_ETHERTYPE;
+        if ((hatype == 1 || hatype == 772) && halen == 6) /* ARPHRD_ETHER, ARPHRD_LOOPBACK */
+            src = d + (sll2 ? 12 : 6);
+        if (pkttype == 1) /* PACKET_BROADCAST */
+            dst = bcast;
+    } else {
+        unsigned ver = d[0] >> 4;
+        if (lt == LT_IPV4 ? ver != 4 : lt == LT_IPV6 ? ver != 6 : ver != 4 && ver != 6)
+            return SKIP_NO_ETHERTYPE;
+        ethertype = ver == 4 ? 0x0800 : 0x86dd;
+    }
+    memcpy(out, dst, 6);
+    memcpy(out + 6, src, 6);
+    out[12] = (uint8_t)(ethertype >> 8);
+    out[13] = (uint8_t)ethertype;
+    memcpy(out + 14, d + hdr, len - hdr);
+    return 14 + (int64_t)(len - hdr);
+}
 
 #define PCAPNG_MAX_IFS 64
 
 struct pcapng_if {
     uint32_t snaplen;
+    uint32_t linktype;
     uint64_t units; /* timestamp units per second */
 };
 
@@ -358,29 +438,22 @@ static const uint8_t *pcap_at(struct onvm_port *p, uint64_t off, size_t len) {
     return ps->buf;
 }
 
-/* Checks a captured length against the file's snaplen and the slot; 0 if fine. */
+/* Checks a captured length against the file's snaplen: -1 (the port stops) if
+ * it is past it; 1 if the record is to be skipped unread (empty, or its frame
+ * would not fit a slot); 0 to read it. */
 static int pcap_check_len(struct onvm_port *p, uint64_t at, uint32_t caplen, uint32_t snaplen,
-                          uint32_t room) {
-    if (caplen == 0) {
-        pcap_fail(p, "zero-length record%.0llu%.0llu", at, 0, 0);
-        return -1;
-    }
+                          uint32_t room, uint32_t lt) {
     if (snaplen && caplen > snaplen) {
         pcap_fail(p, "captured length %llu exceeds the snaplen %llu", at, caplen, snaplen);
         return -1;
     }
-    if (caplen > room) {
-        pcap_fail(p, "a %llu-byte record does not fit a slot (%llu bytes of room; see --slot-size)",
-                  at, caplen, room);
-        return -1;
-    }
-    return 0;
+    return caplen == 0 || (int64_t)caplen + link_delta(lt) > (int64_t)room;
 }
 
 /* pcapng: walks blocks from p->pos to the next packet.  Returns 1 with the
  * packet, 0 at the end of the file, -1 after an error. */
 static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
-                       uint64_t *ts_ns, uint64_t *next) {
+                       uint64_t *ts_ns, uint64_t *next, uint32_t *lt) {
     struct pcap_state *ps = p->drv;
     uint64_t pos = p->pos;
     for (;;) {
@@ -420,7 +493,9 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
                       p->file_len - pos);
             return -1;
         }
-        int whole = type == 1 || type == 3 || type == 6; /* blocks read whole; others only framed */
+        /* Interface blocks are read whole, packet blocks up to their data
+         * (read below, when the frame fits a slot), others only framed. */
+        int whole = type == 1;
         if (whole && blen > PCAP_BUF) {
             pcap_fail(p, "a %llu-byte block of type %llu is longer than this reader takes", pos, blen, type);
             return -1;
@@ -430,6 +505,8 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
             return -1;
         uint32_t trailer = rd32le(tail, p->swapped);
         if (whole && !(b = pcap_at(p, pos, blen)))
+            return -1;
+        if ((type == 3 || type == 6) && !(b = pcap_at(p, pos, blen < 32 ? blen : 32)))
             return -1;
         if (trailer != blen) {
             pcap_fail(p, "corrupt block: trailing length differs from %llu%.0llu", pos, blen, 0);
@@ -443,8 +520,9 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
                 return -1;
             }
             uint16_t link = rd16(b + 8, p->swapped);
-            if (link != 1) {
-                pcap_fail(p, "interface %llu has link type %llu, not Ethernet", at, ps->nifs, link);
+            if (!linktype_ok(link)) {
+                pcap_fail(p, "interface %llu has link type %llu (read: Ethernet, Linux cooked, raw IP)", at,
+                          ps->nifs, link);
                 return -1;
             }
             if (ps->nifs == PCAPNG_MAX_IFS) {
@@ -453,6 +531,7 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
             }
             struct pcapng_if *f = &ps->ifs[ps->nifs++];
             f->snaplen = rd32le(b + 12, p->swapped);
+            f->linktype = link;
             f->units = 1000000;
             for (size_t o = 16; o + 4 <= blen - 4;) { /* options */
                 uint16_t code = rd16(b + o, p->swapped), olen = rd16(b + o + 2, p->swapped);
@@ -500,11 +579,15 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
                 pcap_fail(p, "captured length %llu runs past its block of %llu bytes", at, cap, blen);
                 return -1;
             }
-            if (pcap_check_len(p, at, cap, snap, room))
+            *lt = ps->ifs[ifid].linktype;
+            int skip = pcap_check_len(p, at, cap, snap, room, *lt);
+            if (skip < 0)
+                return -1;
+            if (!skip && !(b = pcap_at(p, at, hdr + cap))) /* hdr + cap < room + 32 <= PCAP_BUF */
                 return -1;
             uint64_t units = ps->ifs[ifid].units;
             *ts_ns = units == 1000000000ull ? ts : (uint64_t)((__uint128_t)ts * 1000000000ull / units);
-            *data = b + hdr;
+            *data = skip ? NULL : b + hdr;
             *caplen = cap;
             *next = pos;
             return 1;
@@ -515,7 +598,7 @@ static int pcapng_next(struct onvm_port *p, uint32_t room, const uint8_t **data,
 
 /* Classic pcap: the record at p->pos.  Same returns as pcapng_next. */
 static int classic_next(struct onvm_port *p, uint32_t room, const uint8_t **data, uint32_t *caplen,
-                        uint64_t *ts_ns, uint64_t *next) {
+                        uint64_t *ts_ns, uint64_t *next, uint32_t *lt) {
     uint64_t pos = p->pos;
     if (pos == p->file_len)
         return 0;
@@ -536,19 +619,23 @@ static int classic_next(struct onvm_port *p, uint32_t room, const uint8_t **data
                   p->file_len - pos - 16);
         return -1;
     }
-    if (pcap_check_len(p, pos, incl, p->file_snaplen, room))
+    *lt = p->linktype;
+    int skip = pcap_check_len(p, pos, incl, p->file_snaplen, room, *lt);
+    if (skip < 0)
         return -1;
-    if (!(h = pcap_at(p, pos, 16 + (size_t)incl))) /* room < PCAP_BUF: the record fits */
+    if (!skip && !(h = pcap_at(p, pos, 16 + (size_t)incl))) /* room < PCAP_BUF: the record fits */
         return -1;
     uint64_t sec = rd32le(h, p->swapped), frac = rd32le(h + 4, p->swapped);
     *ts_ns = sec * 1000000000ull + (p->nsec ? frac : frac * 1000);
-    *data = h + 16;
+    *data = skip ? NULL : h + 16;
     *caplen = incl;
     *next = pos + 16 + incl;
     return 1;
 }
 
 static int pcap_rewind(struct onvm_port *p);
+
+#define PCAP_SKIPS 4096 /* records skipped in one call at most: a worker never spins on a file */
 
 static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
                         uint64_t now, uint64_t *next_due) {
@@ -563,13 +650,13 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
         pool_empty(r, p, 0, now, next_due);
         return 0;
     }
-    uint32_t room = onvm_slot_room(r), k = 0;
-    while (k < got) {
+    uint32_t room = onvm_slot_room(r), k = 0, skipped = 0;
+    while (k < got && skipped < PCAP_SKIPS) {
         const uint8_t *data;
-        uint32_t caplen;
+        uint32_t caplen, lt;
         uint64_t ts, next;
-        int rc = p->pcapng ? pcapng_next(p, room, &data, &caplen, &ts, &next)
-                           : classic_next(p, room, &data, &caplen, &ts, &next);
+        int rc = p->pcapng ? pcapng_next(p, room, &data, &caplen, &ts, &next, &lt)
+                           : classic_next(p, room, &data, &caplen, &ts, &next, &lt);
         if (rc < 0)
             break;
         if (rc == 0) {
@@ -598,11 +685,22 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
             p->last_ts_ns = ts > p->last_ts_ns ? ts : p->last_ts_ns;
         }
         p->pos = next;
-        p->records_in_file++;
-        uint32_t s = slots[k++];
+        uint32_t s = slots[k];
         onvm_slot_reset(r, s);
-        memcpy(onvm_slot_data(r, s), data, caplen);
-        r->meta[s].len = caplen;
+        int64_t len = data ? pcap_frame(lt, data, caplen, onvm_slot_data(r, s)) : 0;
+        if (len <= 0) { /* skipped unread (empty or oversize), or not made a frame */
+            skipped++;
+            if (len == SKIP_NO_ETHERTYPE)
+                p->no_ethertype++;
+            else if (len == SKIP_RUNT || caplen == 0)
+                p->runt++;
+            else
+                p->skipped++;
+            continue;
+        }
+        p->records_in_file++;
+        k++;
+        r->meta[s].len = (uint32_t)len;
         r->meta[s].rx_ns = now;
         r->meta[s].in_port = (uint16_t)p->id;
     }
@@ -674,14 +772,16 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
                      c->path, magic);
         return NULL;
     }
-    uint32_t snaplen = 0;
+    uint32_t snaplen = 0, linktype = LT_EN10MB;
     if (!ng) {
-        uint32_t linktype = rd32le(head + 20, swapped) & 0x0fffffff;
+        linktype = rd32le(head + 20, swapped) & 0x0fffffff;
         snaplen = rd32le(head + 16, swapped);
-        if (linktype != 1) {
+        if (!linktype_ok(linktype)) {
             close(fd);
             if (err)
-                snprintf(err, errlen, "pcap %.160s: link type %u at byte 20 is not Ethernet (1)",
+                snprintf(err, errlen,
+                         "pcap %.160s: link type %u at byte 20 is not one this port reads (Ethernet 1, Linux "
+                         "cooked 113 and 276, raw IP 101, 228 and 229)",
                          c->path, linktype);
             return NULL;
         }
@@ -711,6 +811,8 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     p->rate_pps = c->timing ? 0 : c->rate_pps;
     p->timing = c->timing;
     p->speed = c->speed > 0 ? c->speed : 1.0;
+    p->linktype = linktype;
+    p->keep_all = !c->loss && !c->rate_pps && !c->timing;
     return p;
 }
 

@@ -42,24 +42,29 @@ static int rx_serves(struct onvm_mgr_worker *w, struct onvm_port *p, unsigned id
  * chain: while a first-hop ring it fed is congested (replicas: no packet is
  * read for a full ring), or the chain is congested further on.  When it took
  * several: only while all of them are congested; packets of the congested ones
- * are dropped at RX instead (selective early discard), the others go on.  With
+ * are dropped at RX instead (selective early discard), the others go on.  A
+ * port that keeps every packet (a file, port->keep_all) is left unread while any
+ * chain it fed is congested, and its packets are never discarded early.  With
  * bit, looks afresh and registers bit on the congested rings, before the worker
  * sleeps; otherwise uses this round's verdicts. */
 static int rx_held(struct onvm_mgr_worker *w, unsigned id, uint64_t bit) {
     struct onvm_rx_seen *sn = &w->seen[id];
-    if (sn->n == 0 || sn->mixed)
+    int keep_all = w->mgr->ports[id]->keep_all; /* a file: held while any of its chains is congested */
+    if (sn->n == 0 || (sn->mixed && !keep_all))
         return 0;
-    for (unsigned k = 0; sn->n == 1 && k < sn->nring; k++)
+    for (unsigned k = 0; (sn->n == 1 || keep_all) && k < sn->nring; k++)
         if (bit ? onvm_bp_wait_on(sn->ring[k], bit) : onvm_bp_congested(sn->ring[k]))
             return 1;
     for (unsigned k = 0; k < sn->n; k++) {
         struct onvm_chain_verdict v;
         int state = bit ? onvm_chain_check(w->mgr->r, sn->chain[k], bit, &v)
                         : onvm_route_verdict(&w->route, sn->chain[k])->state;
-        if (state != ONVM_CHAIN_CONGESTED)
+        if (keep_all && state == ONVM_CHAIN_CONGESTED)
+            return 1;
+        if (!keep_all && state != ONVM_CHAIN_CONGESTED)
             return 0;
     }
-    return 1;
+    return !keep_all;
 }
 
 /* Remember the chains of a burst (onvm_rx_seen). */
@@ -159,6 +164,7 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
         st->rx_bytes += bytes;
         uint64_t before[ONVM_DROP_COUNT];
         memcpy(before, w->drops, sizeof before);
+        w->route.early_discard = !p->keep_all; /* a file's packets wait instead (rx_held) */
         onvm_route_burst(&w->route, w->buf, n, ONVM_ROUTE_START);
         memcpy(sn->ring, w->route.fed, w->route.nfed * sizeof *sn->ring);
         sn->nring = (uint8_t)w->route.nfed;

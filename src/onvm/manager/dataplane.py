@@ -122,7 +122,8 @@ class DataPlane:
                                    src_ip=o["src"], dst_ip=o["dst"], sport=o["sport"], dport=o["dport"])
                 elif spec.kind == "pcap":
                     native.add_pcap_in(pid, spec.path, loops=o["loop"], rate=o["rate"],
-                                       timing=bool(o["timing"]), speed=o["speed_milli"] / 1000)
+                                       timing=bool(o["timing"]), speed=o["speed_milli"] / 1000,
+                                       loss=bool(o["loss"]))
                 elif spec.kind == "pcap-out":
                     native.add_pcap_out(pid, spec.path, snaplen=o["snaplen"])
                 elif spec.kind == "afpacket":
@@ -245,6 +246,10 @@ class DataPlane:
                 "done": bool(state.get("done")), "error": state.get("error", ""),
                 "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
                 "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
+                # records or frames left out, by reason: empty or cut (runt), larger than a slot
+                # (oversize), cooked or raw-IP with no EtherType to give them (no_ethertype)
+                "skipped": {k: state[s] for k, s in (("runt", "runt"), ("oversize", "skipped"),
+                                                     ("no_ethertype", "no_ethertype")) if state.get(s)},
                 "latency": latency.summary(_native.port_latency(self.region, pid)),
                 **({"device": state["device"]} if "device" in state else {}),  # its own counters
             })

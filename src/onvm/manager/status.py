@@ -127,6 +127,7 @@ def summary(st: dict[str, Any], seconds: float) -> str:
             f"  port {p['id']} {p['uri']}: in {p['rx']} pkts / {p['rx_bytes']} B, "
             f"out {p['tx']} pkts / {p['tx_bytes']} B, dropped {sum(p['drops'].values())}"
             + (f" {p['drops']}" if p["drops"] else "")
+            + (f"; skipped {p['skipped']}" if p.get("skipped") else "")
             + (f"; error: {p['error']}" if p["error"] else "")
             + (f"; {p['lost']} packets lost after being counted as sent" if p.get("lost") else "")
         )

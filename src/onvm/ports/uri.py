@@ -20,7 +20,10 @@ addresses; flow i comes from src + i), ``sport`` (flow i uses sport + i) and ``d
 ``pcap`` options: ``loop`` (times through the file, 0 = forever, default 1),
 ``rate`` (packets per second, default as fast as possible, or ``capture`` to
 replay at the capture's own timing), ``speed`` (with ``rate=capture``: 2 replays
-twice as fast, 0.5 at half speed).  Classic pcap and pcapng are both read.
+twice as fast, 0.5 at half speed), ``loss`` (1: drop like a wire when the chain is
+full; default 0: without a rate the file waits for room and every packet reaches the
+chain).  Classic pcap and pcapng are both read, with Ethernet, Linux cooked (SLL,
+SLL2) and raw-IP (101, 228, 229) link types.
 ``afpacket`` options: ``queues`` (RX sockets in one fanout group; default: one
 per RX worker), ``promisc`` (1/0, default 1), ``bypass`` (PACKET_QDISC_BYPASS on
 TX, 1/0, default 1), ``blocks`` and ``block_size`` (the TPACKET_V3 ring).
@@ -54,7 +57,7 @@ MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
 
 _GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed", "src", "dst", "sport", "dport"}
-_PCAP_KEYS = {"loop", "rate", "speed"}
+_PCAP_KEYS = {"loop", "rate", "speed", "loss"}
 _AFPACKET_KEYS = {"queues", "promisc", "bypass", "blocks", "block_size"}
 _AFXDP_KEYS = {"queues", "mode", "ring", "fill", "promisc"}
 AFXDP_MISSING = ("afxdp ports need a build of pyonvm with libxdp and libbpf: install their headers "
@@ -205,6 +208,7 @@ def parse_port(uri: str) -> PortSpec:
                 "rate": 0 if capture else _number(uri, "rate", rate, 0, 10**10),
                 "timing": int(capture),
                 "speed_milli": round(speed_f * 1000),
+                "loss": _number(uri, "loss", raw.get("loss", "0"), 0, 1),
             }
         else:
             raw = _pairs(uri, query, "&", _PCAP_OUT_KEYS)
