@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 
-SLOT_SKIP = 0xFFFFFFFE  # ring entries at or above this are reserved
+ENTRY_MAX = 0xFFFFFFFF  # ring entries are 32 bits: any value may travel (readers validate)
 OWNER_FREE = 0xFFFF
 OWNER_PORT_BASE = 0xFF00  # + port id: the slot is lent to that port's device
 FREE_BURST = 256  # Region.free pushes at most this many slots per stack push
@@ -64,8 +64,8 @@ class RingModel:
         """Append up to len(items) (burst) or all of them or none (bulk); return how many."""
         del mp  # one thread cannot tell single- from multi-producer enqueue apart
         for v in items:
-            if not 0 <= v < SLOT_SKIP:
-                raise ValueError("ring entries must be below 0xfffffffe")
+            if not 0 <= v <= ENTRY_MAX:
+                raise ValueError("ring entries are 32 bits")
         room = self.free_count()
         n = len(items)
         if n > room:

@@ -42,8 +42,9 @@ static void set_err(char *err, size_t len, const char *fmt, ...) {
 #define PACE_QUEUE 4096
 
 /* How many packets pacing allows now; sets *next_due when it allows none.
- * Packets leave in small bursts (up to 100 us worth, at most 32) rather than
- * one at a time, so a paced port costs a wake-up per burst, not per packet.
+ * Packets leave in bursts (up to 100 us worth, at most 256) rather than
+ * one at a time, so a paced port costs a wake-up per burst, not per packet,
+ * and the NFs behind it get bursts big enough to pay for a handler call.
  * taken counts what was delivered plus what was missed, so that for a gen
  * port delivered + missed = what the rate asked for, less at most PACE_QUEUE
  * still waiting. */
@@ -65,8 +66,8 @@ static uint32_t pace(struct onvm_port *p, uint32_t want, uint64_t now, uint64_t 
     uint64_t batch = p->rate_pps / 10000;
     if (batch < 1)
         batch = 1;
-    if (batch > 32)
-        batch = 32;
+    if (batch > 256)
+        batch = 256;
     uint64_t target = p->taken + batch < cap ? p->taken + batch : cap;
     if (due < target) {
         uint64_t at = p->budget_start + (uint64_t)((__uint128_t)target * 1000000000ull / p->rate_pps);

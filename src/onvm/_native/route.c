@@ -1,7 +1,13 @@
-/* route.c - resolve actions and deliver bursts, grouped per destination. */
+/* route.c - resolve actions and deliver bursts, grouped per destination.
+ *
+ * A packet put into a ring is stamped in transit from this producer to the
+ * ring's consumer before the ring publishes it (onvm_layout.h): the consumer
+ * takes nothing else.  The manager decides whether an NF may receive from its
+ * own view of the NF (onvm_nf_view), an NF from the NF's record in the region. */
 #include "onvm_route.h"
 #include "onvm_latency.h"
 
+#include <errno.h>
 #include <limits.h>
 
 enum { GROUP_RING = 1, GROUP_PORT = 2 };
@@ -54,15 +60,29 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
     if (g->n == 0)
         return;
     if (g->kind == GROUP_RING) {
+        struct onvm_region *r = c->r;
         struct onvm_ring *ring = g->target;
-        uint32_t ring_off = (uint32_t)((uint8_t *)ring - c->r->base);
-        if (ring == c->tx_ring)
-            done = onvm_ring_enqueue_sp(ring, g->slots, g->n, 0);
-        else
-            done = onvm_ring_enqueue_mp(ring, g->slots, g->n, 0, c->rec, ring_off);
-        if (done && ring->waiter_off)
-            onvm_waiter_kick(onvm_at(c->r, ring->waiter_off));
-        onvm_bp_pushed(c->r, ring);
+        uint32_t pos, mask = r->ring_mask;
+        int sp = ring == c->tx_ring;
+        done = sp ? onvm_ring_sp_reserve(ring, mask, g->n, 0, &pos)
+                  : onvm_ring_mp_reserve(ring, mask, g->n, 0, &pos, c->rec, (uint32_t)((uint8_t *)ring - r->base));
+        uint16_t stamp = ONVM_OWNER_TRANSIT(c->self_nf, g->to);
+        for (uint32_t i = 0; i < done; i++) {
+            /* Before the commit's release: the consumer sees the stamp with the entry. */
+            atomic_store_explicit(&r->meta[g->slots[i]].owner, stamp, ONVM_RELAXED);
+            onvm_ring_put(ring, mask, pos + i, g->slots[i]);
+        }
+        if (done) {
+            if (sp)
+                onvm_ring_sp_commit(ring, pos, done);
+            else
+                onvm_ring_mp_commit(ring, c->rec);
+            /* The consumer's waiter from what we know of it, never from the ring. */
+            struct onvm_waiter *w = g->to ? &r->nfs[g->to].wait : c->tx_waiter;
+            if (w)
+                onvm_waiter_kick(w);
+        }
+        onvm_bp_pushed(r, ring);
         unsigned k = 0;
         while (k < c->nfed && c->fed[k] != ring)
             k++;
@@ -131,8 +151,10 @@ struct onvm_ring *onvm_route_blocked(struct onvm_route_ctx *c) {
         if (owner == c->self_nf)
             continue; /* its own RX ring: only it can drain that */
         /* seq_cst: the loop check below, or that of an NF closing the loop
-         * with us, sees this store (onvm_bp_cycle). */
-        atomic_store(&self->bp.blocked_on, owner);
+         * with us, sees this store (onvm_bp_cycle); a value already there was
+         * stored so before an earlier check. */
+        if (atomic_load_explicit(&self->bp.blocked_on, ONVM_RELAXED) != owner)
+            atomic_store(&self->bp.blocked_on, owner);
         if (owner && onvm_bp_cycle(r, c->self_nf, owner))
             continue;
         return ring;
@@ -178,7 +200,7 @@ int onvm_chain_check(struct onvm_region *r, unsigned chain, uint64_t bit, struct
     return v->state;
 }
 
-static inline void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot) {
+static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot) {
     struct onvm_route_group *g = NULL;
     for (unsigned i = 0; i < c->ngroups; i++) {
         if (c->groups[i].target == target) {
@@ -195,6 +217,7 @@ static inline void add(struct onvm_route_ctx *c, int kind, void *target, uint32_
         g = &c->groups[c->ngroups++];
         g->kind = kind;
         g->target = target;
+        g->to = (uint16_t)to;
         g->n = 0;
     }
     g->slots[g->n++] = slot;
@@ -210,13 +233,14 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
      * every loop.  A service that changes during the burst is seen from the next
      * one on; an NF that leaves is reclaimed only after a grace period, which
      * waits for this loop iteration to end (Manager._grace). */
-    unsigned one_dest = UINT_MAX;
+    unsigned one_dest = UINT_MAX, one_nf = 0;
     struct onvm_ring *one_ring = NULL;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = slots[i];
         struct onvm_meta *m = &r->meta[s];
         unsigned action, dest;
-        if (mode == ONVM_ROUTE_META && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
+        /* Only an NF holds packets; in the manager a HOLD is a bad action (default below). */
+        if (mode == ONVM_ROUTE_META && c->self_nf && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
             m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
             continue;
         }
@@ -234,8 +258,9 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;
             if (mode == ONVM_ROUTE_META)
                 c->act[ONVM_ACT_NEXT]++;
-            if (onvm_chain_hop(r, m->chain_id, idx, &hop) != 0) {
-                drop(c, s, ONVM_DROP_CHAIN_END);
+            int rc = onvm_chain_hop(r, m->chain_id, idx, &hop);
+            if (rc != 0) {
+                drop(c, s, rc == -EAGAIN ? ONVM_DROP_INVALID : ONVM_DROP_CHAIN_END);
                 continue;
             }
             m->chain_idx = (uint8_t)idx;
@@ -259,10 +284,19 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             break;
         case ONVM_ACT_TONF: {
             struct onvm_ring *ring = one_ring;
+            unsigned nf = one_nf;
             if (dest != one_dest) {
                 unsigned count = 0;
-                unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
-                if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
+                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
+                if (nf == ONVM_PICK_STUCK) {
+                    drop(c, s, ONVM_DROP_INVALID);
+                    break;
+                }
+                /* The manager asks its own view (and never sends to a fenced NF). */
+                int active = c->self_nf ? atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) == ONVM_NFS_ACTIVE
+                                        : atomic_load_explicit(&r->view[nf].state, ONVM_ACQUIRE) == ONVM_NFS_ACTIVE &&
+                                              !atomic_load_explicit(&r->view[nf].fenced, ONVM_RELAXED);
+                if (nf == 0 || !active) {
                     drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
                     break;
                 }
@@ -270,11 +304,12 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
                 if (count == 1) { /* every flow picks it */
                     one_dest = dest;
                     one_ring = ring;
+                    one_nf = nf;
                 }
             }
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
-            add(c, GROUP_RING, ring, s);
+            add(c, GROUP_RING, ring, nf, s);
             break;
         }
         case ONVM_ACT_OUT:
@@ -285,11 +320,11 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->action = ONVM_ACT_OUT;
             m->dest = (uint16_t)dest;
             if (c->self_nf) {
-                add(c, GROUP_RING, c->tx_ring, s); /* the manager owns ports */
+                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {
                 drop(c, s, ONVM_DROP_NO_DEST);
             } else {
-                add(c, GROUP_PORT, c->ports[dest], s);
+                add(c, GROUP_PORT, c->ports[dest], 0, s);
             }
             break;
         default:

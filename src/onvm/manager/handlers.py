@@ -69,6 +69,9 @@ class _Internal:
     def send_event(self, name: str, data: dict[str, Any] | None = None) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
 
 INTERNAL: Caller = _Internal()
 
