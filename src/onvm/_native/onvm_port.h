@@ -10,6 +10,7 @@
 #define ONVM_PORT_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 
 #include "onvm_region.h"
@@ -214,6 +215,17 @@ static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_s
     for (uint32_t i = 0; i < n; i++)
         atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
     st->lent -= n;
+}
+
+/* A driver's error message, formatted into err when there is one. */
+static inline void onvm_set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline void onvm_set_err(char *err, size_t len, const char *fmt, ...) {
+    if (!err)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
 }
 
 /* Shared by the drivers (ports.c). */

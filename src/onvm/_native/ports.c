@@ -25,16 +25,6 @@ struct onvm_port *onvm_port_new(int id, int kind) {
     return p;
 }
 
-static void set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
-
 /* A paced input keeps what falls due and is not read yet, up to this many
  * packets, as a NIC keeps frames in its RX descriptor ring.  Beyond that a gen
  * port counts them missed (they were never made: no CPU spent on them) and a
@@ -216,15 +206,15 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
 
 struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char *err, size_t errlen) {
     if (c->flows == 0 || c->flows > (1u << 20)) {
-        set_err(err, errlen, "gen: flows must be between 1 and 1048576 (got %u)", c->flows);
+        onvm_set_err(err, errlen, "gen: flows must be between 1 and 1048576 (got %u)", c->flows);
         return NULL;
     }
     if (c->mix == ONVM_MIX_FIXED && (c->size < 64 || c->size > 9018)) {
-        set_err(err, errlen, "gen: size must be between 64 and 9018 (got %u)", c->size);
+        onvm_set_err(err, errlen, "gen: size must be between 64 and 9018 (got %u)", c->size);
         return NULL;
     }
     if (c->proto != 17 && c->proto != 6) {
-        set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
+        onvm_set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
         return NULL;
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
