@@ -118,7 +118,7 @@ def _rules_option(text: str) -> int:
 
 
 SCENARIOS = [
-    Scenario("classify", "gen -> simple_forward -> null with N rules (one in 100 matching): established flows "
+    Scenario("classify", "gen -> simple_forward -> null with N rules (1 in 100 matching): established flows "
              "(4,096, cached) and new flows (1M, 1 ms idle), each with no rules, one and N more, and the "
              "rule set's load time", key="established_ratio_1",
              target="established_mpps >= 0.9 x established_mpps_1 and _0; new_flow_mpps >= 1; "
