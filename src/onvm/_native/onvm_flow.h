@@ -301,9 +301,11 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
 int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm_flow_key *key);
 uint32_t onvm_flow_key_hash(const struct onvm_flow_key *key);
 
-/* RX: set m->chain_id for the packet (flow table, then rules, then the default). */
+/* RX: set m->chain_id for the packet (flow table, then rules, then the default); m as
+ * onvm_parse left it for data. */
 void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
-/* The same for a burst, with the table's cache misses overlapped. */
+/* The same for a burst, with the table's cache misses overlapped; each m[i] as
+ * onvm_parse left it for data[i] (its flow hash is reused). */
 void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
                          uint32_t n, uint64_t now);
 
