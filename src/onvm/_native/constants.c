@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "onvm_capture.h"
 #include "onvm_latency.h"
 #include "onvm_port.h"
 
@@ -66,6 +67,7 @@ static const struct named limits[] = {
     {"MAX_CHAINS", ONVM_MAX_CHAINS},
     {"MAX_RULES", ONVM_MAX_RULES},
     {"MAX_HOPS", ONVM_MAX_HOPS},
+    {"MAX_CAPTURES", ONVM_MAX_CAPTURES},
     {"BURST_MAX", ONVM_BURST_MAX},
     {"HEADROOM", ONVM_HEADROOM},
     {"OWNER_FREE", ONVM_OWNER_FREE},

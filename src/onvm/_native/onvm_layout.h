@@ -7,6 +7,7 @@
  * never by pointers, because each process maps it at a different address.
  *
  *   header | free stack | NF table | services | chains | ports | workers | rings | meta[] | slots[]
+ *   | flow table | captures (onvm_capture.h)
  *
  * A packet is named by its slot index.  meta[i] is its 64-byte record and
  * slots[i] its buffer (headroom + data).  Only indices travel through rings.
@@ -33,7 +34,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 6u
+#define ONVM_LAYOUT_VERSION 7u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -227,6 +228,7 @@ struct onvm_nf {
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t want; /* 1 + CPU the manager asks for; 0: home */
         _Atomic uint32_t now;                           /* what the NF applied (onvm_sched.h) */
+        _Atomic uint32_t tap; /* captures watching it (onvm_capture.h); on a line its loop reads anyway */
     } cpu;
     struct { /* backpressure (onvm_bp.h); written rarely, by several parties */
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t blocked_on; /* NF id it waits for, 0: none */
@@ -337,6 +339,10 @@ struct onvm_header {
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t waiting;
     } grace;
+    /* Captures (onvm_capture.h): the table, then each one's records. */
+    alignas(ONVM_CACHE_LINE) uint64_t off_captures;
+    uint32_t cap_records;  /* records per capture, a power of two */
+    uint32_t cap_rec_size; /* bytes per record, header included */
 };
 static_assert(offsetof(struct onvm_header, grace) % ONVM_CACHE_LINE == 0, "grace word on its own line");
 

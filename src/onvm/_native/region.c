@@ -4,6 +4,7 @@
 #include "onvm_region.h"
 #include "onvm_bp.h"
 #include "onvm_flow.h"
+#include "onvm_capture.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -142,6 +143,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     off = tmp.off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
     tmp.off_flow_data = ALIGN_UP(off, 4096);
     off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    off = onvm_cap_layout(&tmp, ALIGN_UP(off, 4096), p->slot_size);
     uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
         return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
@@ -195,6 +197,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
         onvm_ring_init(onvm_nf_ring(r, n, 1), p->ring_size, 0);
     }
+    onvm_cap_init(r);
     /* Push slots in reverse so that slot 0 is handed out first. */
     uint32_t batch[256];
     for (uint32_t top = p->pool_count; top > 0;) {

@@ -1,5 +1,6 @@
 /* route.c - resolve actions and deliver bursts, grouped per destination. */
 #include "onvm_route.h"
+#include "onvm_capture.h"
 #include "onvm_latency.h"
 
 #include <limits.h>
@@ -76,6 +77,9 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         /* before tx: the port frees the slots it sent */
         onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
+        uint32_t tap = atomic_load_explicit(&p->tap, ONVM_RELAXED) >> ONVM_CAP_TX_SHIFT;
+        if (tap) /* a capture watches what the port sends */
+            onvm_cap_burst(c->r, tap, g->slots, g->n, 0);
         if (p->tx_mt) {
             done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
         } else {

@@ -166,6 +166,8 @@ class Client:
     service_policy = method(ops.ServicePolicy)
     scale = method(ops.Scale)
     packet_in = method(ops.PacketIn)
+    capture_start = method(ops.CaptureStart)
+    capture_stop = method(ops.CaptureStop)
 
     def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -237,6 +237,24 @@ def parse_rule(text: str) -> Rule:
     return rule
 
 
+def parse_filter(text: str) -> Rule:
+    """A packet filter in the rule syntax without the arrow (``tcp dst port 80 src 10.0.0.0/8``;
+    empty: every packet).  Priorities and timeouts have no meaning there and are refused."""
+    words = text.lower().replace("->", " -> ").split()
+    for bad in ("->", "priority", "idle", "hard"):
+        if bad in words:
+            raise ConfigError(f"filter '{text}': '{bad}' has no place in a filter (only what a packet is "
+                              "matched on)")
+    if not words or words in (["any"], ["all"]):
+        return Rule(chain="", text=text.strip())
+    try:
+        rule = parse_rule(f"{text} -> default")
+    except ConfigError as e:
+        raise ConfigError(e.message.replace("rule '", "filter '").replace(" -> default'", "'", 1)) from None
+    rule.text = text.strip()
+    return rule
+
+
 def parse_rules(lines: Iterable[str]) -> list[Rule]:
     """Parse rules, one per line; blank lines and ``#`` comments are skipped."""
     out = []

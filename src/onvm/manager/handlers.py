@@ -35,6 +35,7 @@ from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
 from onvm.flows.keys import FlowKey
+from onvm.manager.captures import Captures
 from onvm.manager.dataplane import DataPlane
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.nfs import Caller, NFs
@@ -94,6 +95,7 @@ class Handlers:
         self.packet_in_sink: Callable[[bytes, int, int], bool] | None = None  # the OpenFlow agent's
         self.default_chain = default_chain
         self.held = hold_input and bool(self._chain_services())
+        self.captures = Captures(dataplane, lambda s: [r.nf_id for r in nfs.registry.running(s)], lock, log)
 
     def call(self, op: ops.Op, caller: Caller = INTERNAL) -> dict[str, Any]:
         """Run one operation for ``caller``."""
@@ -110,6 +112,7 @@ class Handlers:
         return self.call(ops.decode(req.op, req.args), conn)
 
     def on_close(self, conn: Caller) -> None:
+        self.captures.closed(conn)
         with self.lock:
             self.nfs.closed(conn)
 
@@ -233,6 +236,15 @@ class Handlers:
     @handles(ops.FlowStats)
     def flow_stats(self, caller: Caller, req: ops.FlowStats) -> dict[str, Any]:
         return self.flows.stats()
+
+    # ---- captures ---------------------------------------------------------------
+    @handles(ops.CaptureStart)
+    def capture_start(self, caller: Caller, req: ops.CaptureStart) -> dict[str, Any]:
+        return self.captures.start(caller, req)
+
+    @handles(ops.CaptureStop)
+    def capture_stop(self, caller: Caller, req: ops.CaptureStop) -> dict[str, Any]:
+        return self.captures.stop(caller, req.id)
 
     # ---- OpenFlow --------------------------------------------------------------
     @handles(ops.PacketIn)
