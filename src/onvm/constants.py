@@ -26,7 +26,11 @@ MAX_INSTANCES = _native.MAX_INSTANCES  # instances of one service
 MAX_PORTS = _native.MAX_PORTS  # port ids 0..MAX_PORTS-1
 MAX_WORKERS = _native.MAX_WORKERS  # RX and TX workers together
 MAX_CHAINS = _native.MAX_CHAINS  # chain 0 is the default chain
-MAX_RULES = _native.MAX_RULES
+RULES_DEFAULT = _native.RULES_DEFAULT  # rule slots a manager reserves unless told otherwise
+RULES_LIMIT = _native.RULES_LIMIT  # the most it may reserve
+TUPLES_MAX = _native.TUPLES_MAX  # distinct masks (prefix lengths, fields, port prefixes) among the rules
+TIMEOUT_MAX_MS = _native.TIMEOUT_MAX_MS  # the longest flow timeout the table's 32-bit ms clock holds
+DEFAULT_IDLE_MS = _native.DEFAULT_IDLE_MS  # idle timeout of cached results whose rule names none
 MAX_HOPS = _native.MAX_HOPS  # hops of one chain
 BURST_MAX = _native.BURST_MAX
 LAYOUT_VERSION = _native.LAYOUT_VERSION
@@ -58,6 +62,9 @@ DropReason.__doc__ = "Why a packet was dropped; the values index the native drop
 PORT_KINDS: Mapping[str, int] = dict(_native.PORT_KINDS)
 #: policy name -> value: ``"hash"``, ``"round-robin"``, ``"least-loaded"``
 POLICIES: Mapping[str, int] = dict(_native.POLICIES)
+#: who made a flow entry -> value: ``"rule"`` and ``"default"`` are cached results of the
+#: classifier, ``"nf"`` (nf.steer) and ``"api"`` (onvm flow add) explicit entries
+FLOW_ORIGINS: Mapping[str, int] = dict(_native.FLOW_ORIGINS)
 #: value -> the lower-case name used in stats and JSON (``"ring_full"``)
 DROP_REASON_NAMES: Mapping[int, str] = {v: k for k, v in _native.DROP_REASONS.items()}
 

@@ -23,7 +23,7 @@ def test_rules_steer_flows_to_chains(deploy):
         "--port", "null",
         "--default-chain", "1,out:2", "--chain", "web=2,out:2",
         # Long enough to list the entries on a loaded machine before they expire.
-        "--rule", "tcp dst port 80 idle 3 -> chain web", "--ring-size", "8192",
+        "--rule", "tcp dst port 80 idle 3 -> chain web", "--ring-size", "8192", "--flow-idle", "2",
     ])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.start_nf(["simple_forward", "--service", "2"])
@@ -36,12 +36,16 @@ def test_rules_steer_flows_to_chains(deploy):
     web = [f for f in flows if f["chain"] == "web"]
     assert len(web) == 8 and sum(f["packets"] for f in web) == 2000
     assert all(f["origin"] == "rule" and f["flow"].endswith(":80 tcp") for f in web)
+    # what matched no rule is cached too, for the default chain, with the manager's idle timeout
+    dns = [f for f in flows if f["chain"] == "default"]
+    assert len(dns) == 4 and sum(f["packets"] for f in dns) == 1000
+    assert all(f["origin"] == "default" and f["idle_timeout"] == 2.0 for f in dns)
     rules = json.loads(onvm("rule", "list", "--name", dep.name, "--json").stdout)["rules"]
     assert rules[0]["hits"] == 8  # one per flow: later packets hit the cached entry
     # the idle timeout removes them once traffic has stopped
     wait_for(lambda: json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["used"] == 0,
              timeout=15, what="entries to expire")
-    assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["expired"] >= 8
+    assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["expired"] >= 12
 
 
 def test_chain_rule_flow_commands(deploy):

@@ -76,7 +76,7 @@ def test_read_endpoints(web):
     assert [p["kind"] for p in w.json("/api/ports")] == ["gen", "null"]
     assert w.json("/api/ports/1")["kind"] == "null"
     assert w.json("/api/chains")[0]["hops"] == [{"action": "tonf", "dest": 1}, {"action": "out", "dest": 1}]
-    assert w.json("/api/rules") == [] and w.json("/api/flows") == []
+    assert w.json("/api/rules") == {"rules": [], "total": 0, "offset": 0} and w.json("/api/flows") == []
     assert any("running" in e["text"] for e in w.json("/api/events"))
     assert all("token:" not in e["text"] for e in w.json("/api/events"))  # the token stays private
     assert isinstance(w.json("/api/history"), list)
@@ -258,8 +258,8 @@ def test_rules_and_flows_through_the_api(web):
                      ("rule_add", {"rule": "udp dst port 80 -> chain web"})):
         code, _, out = w.request("POST", f"/api/control/{op}", json.dumps(body).encode(), auth)
         assert code == 200, out
-    rules = wait_for(lambda: w.json("/api/rules"), what="the rule in the API")
-    assert rules[0]["rule"] == "udp dst port 80 -> chain web"
+    rules = w.json("/api/rules")
+    assert rules["total"] == 1 and rules["rules"][0]["rule"] == "udp dst port 80 -> chain web"
     flows = wait_for(lambda: w.json("/api/flows"), what="flows installed by the rule")
     assert {f["chain"] for f in flows} == {"web"} and all(f["origin"] == "rule" for f in flows)
     assert w.json("/api/flow_stats")["used"] == len(flows)

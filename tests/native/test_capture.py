@@ -18,12 +18,9 @@ from tests.native.test_rules import MAC_A, MAC_B, packets, rules
 from onvm import _hooks, _native
 from onvm.flows.rules import PacketFields, Rule, parse_filter, rule_matches
 
-MATCH_KEYS = ("src", "src_len", "dst", "dst_len", "proto", "ipver", "sport_lo", "sport_hi", "dport_lo",
-              "dport_hi", "in_port", "vlan")
-
 
 def native_filter(rule: Rule) -> dict[str, object]:
-    return {k: v for k, v in rule.native(0, 0).items() if k in MATCH_KEYS}
+    return rule.match_fields()
 
 
 def reference(rule: Rule, fields: PacketFields | None, in_port: int, vlan: int | None) -> bool:

@@ -31,6 +31,8 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "tx_workers": (["--tx-workers", "2"], 2),
     "burst": (["--burst", "32"], 32),
     "flow_table_size": (["--flow-table-size", "0"], 0),
+    "flow_idle": (["--flow-idle", "2.5"], 2.5),
+    "max_rules": (["--max-rules", "200000"], 200000),
     "stats": (["--stats", "0"], 0),
     "duration": (["--duration", "2.5"], 2.5),
     "exit_when_done": (["--exit-when-done"], True),

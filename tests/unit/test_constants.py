@@ -24,9 +24,11 @@ from onvm.ports.uri import KINDS
 NATIVE = Path(__file__).resolve().parents[2] / "src" / "onvm" / "_native"
 SRC = NATIVE.parent
 TABLES = {"ONVM_ACTIONS": ("ACTIONS", 0), "ONVM_DROP_REASONS": ("DROP_REASONS", 0),
-          "ONVM_PORT_KINDS": ("PORT_KINDS", 1), "ONVM_POLICIES": ("POLICIES", 0)}
+          "ONVM_PORT_KINDS": ("PORT_KINDS", 1), "ONVM_POLICIES": ("POLICIES", 0),
+          "ONVM_FLOW_ORIGINS": ("FLOW_ORIGINS", 0)}
 LIMITS = ("LAYOUT_VERSION", "MAX_NFS", "MAX_SERVICES", "MAX_INSTANCES", "MAX_PORTS", "MAX_WORKERS",
-          "MAX_CHAINS", "MAX_RULES", "MAX_HOPS", "BURST_MAX", "HEADROOM", "LAT_BUCKETS")
+          "MAX_CHAINS", "MAX_HOPS", "BURST_MAX", "HEADROOM", "LAT_BUCKETS", "RULES_DEFAULT", "RULES_LIMIT",
+          "TUPLES_MAX", "TIMEOUT_MAX_MS", "DEFAULT_IDLE_MS")
 
 
 def headers() -> str:
@@ -70,6 +72,7 @@ def test_python_tables_are_the_exported_ones() -> None:
     assert {r.name.lower(): int(r) for r in constants.DropReason} == _native.DROP_REASONS
     assert dict(constants.PORT_KINDS) == _native.PORT_KINDS
     assert dict(constants.POLICIES) == _native.POLICIES
+    assert dict(constants.FLOW_ORIGINS) == _native.FLOW_ORIGINS
     assert {services.parse_policy(n) for n in _native.POLICIES} == set(_native.POLICIES.values())
     assert services.POLICY_NAMES == {v: k for k, v in _native.POLICIES.items()}
     assert set(KINDS) == set(constants.PORT_KINDS)  # every URI scheme has a native driver, and back

@@ -19,6 +19,13 @@ def test_a_full_rule():
     assert parse_rule(r.to_text()).to_text() == r.to_text()
 
 
+def test_idle_timeouts_default_to_the_managers_unless_given():
+    assert parse_rule("tcp -> web").idle is None
+    assert parse_rule("tcp idle 0 -> web").idle == 0.0  # none: the entries stay until removed
+    assert parse_rule("tcp idle 0 -> web").to_text() == "tcp idle 0 -> chain web"
+    assert parse_rule("tcp idle 2000000 hard 2000000 -> web").hard == 2_000_000
+
+
 def test_short_forms():
     assert parse_rule("udp dport 53 -> dns").chain == "dns"
     r = parse_rule("ip6 dst 2001:db8::/32 -> default")
@@ -41,6 +48,10 @@ def test_short_forms():
         ("tcp -> chain a b", "token 5 'b': unexpected text after the target"),
         ("priority high -> c", "expected a priority"),
         ("idle -3 -> c", "expected an idle timeout in seconds"),
+        # The flow table's clock compares 32-bit milliseconds: 25 days would wrap and expire at once.
+        ("tcp idle 2160000 -> c", "token 3 '2160000': expected an idle timeout in seconds (0..2000000"),
+        ("tcp hard 1e7 -> c", "expected a hard timeout in seconds (0..2000000"),
+        ("tcp idle nan -> c", "expected an idle timeout in seconds (0..2000000"),
         ("src 10.0.0.0/8 src 11.0.0.0/8 -> c", "src given twice"),
     ],
 )

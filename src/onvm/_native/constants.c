@@ -8,6 +8,7 @@
 #include <Python.h>
 
 #include "onvm_capture.h"
+#include "onvm_flow.h"
 #include "onvm_latency.h"
 #include "onvm_port.h"
 
@@ -46,6 +47,11 @@ static const struct named port_kinds[] = {
     ONVM_PORT_KINDS(X)
 #undef X
 };
+static const struct named flow_origins[] = {
+#define X(id, name) {name, ONVM_FLOW_BY_##id},
+    ONVM_FLOW_ORIGINS(X)
+#undef X
+};
 static const struct named policies[] = {
 #define X(id, name) {name, ONVM_POLICY_##id},
     ONVM_POLICIES(X)
@@ -55,6 +61,7 @@ static_assert(sizeof actions / sizeof *actions == ONVM_ACT_COUNT, "one name per 
 static_assert(sizeof drop_reasons / sizeof *drop_reasons == ONVM_DROP_COUNT, "one name per drop reason");
 static_assert(sizeof port_kinds / sizeof *port_kinds == ONVM_PORT_KIND_END - 1, "one name per port kind");
 static_assert(sizeof policies / sizeof *policies == ONVM_POLICY_COUNT, "one name per policy");
+static_assert(sizeof flow_origins / sizeof *flow_origins == ONVM_FLOW_ORIGIN_COUNT, "one name per origin");
 
 /* limits, layout and build facts, as module ints */
 static const struct named limits[] = {
@@ -65,7 +72,12 @@ static const struct named limits[] = {
     {"MAX_PORTS", ONVM_MAX_PORTS},
     {"MAX_WORKERS", ONVM_MAX_WORKERS},
     {"MAX_CHAINS", ONVM_MAX_CHAINS},
-    {"MAX_RULES", ONVM_MAX_RULES},
+    {"RULES_DEFAULT", ONVM_RULES_DEFAULT},
+    {"RULES_LIMIT", ONVM_RULES_LIMIT},
+    {"TUPLES_MAX", ONVM_TUPLES_MAX},
+    {"IDLE_DEFAULT", ONVM_IDLE_DEFAULT},
+    {"TIMEOUT_MAX_MS", ONVM_TIMEOUT_MAX_MS},
+    {"DEFAULT_IDLE_MS", ONVM_DEFAULT_IDLE_MS},
     {"MAX_HOPS", ONVM_MAX_HOPS},
     {"MAX_CAPTURES", ONVM_MAX_CAPTURES},
     {"BURST_MAX", ONVM_BURST_MAX},
@@ -89,7 +101,8 @@ int onvm_constants_register(PyObject *m) {
     if (add_table(m, "ACTIONS", actions, sizeof actions / sizeof *actions) < 0 ||
         add_table(m, "DROP_REASONS", drop_reasons, sizeof drop_reasons / sizeof *drop_reasons) < 0 ||
         add_table(m, "PORT_KINDS", port_kinds, sizeof port_kinds / sizeof *port_kinds) < 0 ||
-        add_table(m, "POLICIES", policies, sizeof policies / sizeof *policies) < 0)
+        add_table(m, "POLICIES", policies, sizeof policies / sizeof *policies) < 0 ||
+        add_table(m, "FLOW_ORIGINS", flow_origins, sizeof flow_origins / sizeof *flow_origins) < 0)
         return -1;
     return 0;
 }

@@ -7,7 +7,7 @@
 
 /* key: (ipver, src bytes, dst bytes, proto, sport, dport, in_port[, vlan]); vlan is
  * 1 + the outer VLAN id, 0 (the default) for untagged packets. */
-static int key_from(PyObject *o, struct onvm_flow_key *k) {
+int onvm_key_from(PyObject *o, struct onvm_flow_key *k) {
     unsigned ipver, proto, sport, dport, in_port, vlan = 0;
     Py_buffer src, dst;
     memset(k, 0, sizeof *k);
@@ -46,12 +46,21 @@ static PyObject *key_tuple(const struct onvm_flow_key *k) {
 static PyObject *flow_dict(const struct onvm_flow_view *v, uint64_t now) {
     const struct onvm_flow *f = &v->f;
     const struct onvm_flow_data *d = &v->d;
-    return Py_BuildValue("{s:N,s:H,s:B,s:I,s:I,s:H,s:K,s:K,s:d,s:d}", "key", key_tuple(&f->key), "chain",
+    return Py_BuildValue("{s:N,s:H,s:B,s:I,s:I,s:l,s:K,s:K,s:d,s:d}", "key", key_tuple(&f->key), "chain",
                          f->chain, "origin", f->origin, "idle_ms", d->idle_ms, "hard_ms", d->hard_ms, "rule_slot",
-                         (uint16_t)(f->rule ? f->rule - 1 : 0xffff), "packets", (unsigned long long)d->packets,
+                         f->rule ? (long)f->rule - 1 : -1L, "packets", (unsigned long long)d->packets,
                          "bytes", (unsigned long long)d->bytes, "age_s",
                          (double)(now > d->created_ns ? now - d->created_ns : 0) / 1e9, "idle_s",
                          (double)(now > d->last_ns ? now - d->last_ns : 0) / 1e9);
+}
+
+static PyObject *region_error(int err, const char *msg) {
+    PyObject *v = Py_BuildValue("(is)", err, msg);
+    if (v) {
+        PyErr_SetObject(onvm_RegionError, v);
+        Py_DECREF(v);
+    }
+    return NULL;
 }
 
 #define OPEN_OR_FAIL(self)                                                                                   \
@@ -70,26 +79,33 @@ PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OI|III", kwlist, &ko, &chain, &idle, &hard, &origin))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     if (chain >= ONVM_MAX_CHAINS)
         return PyErr_Format(PyExc_ValueError, "chain %u is out of range (0..%d)", chain, ONVM_MAX_CHAINS - 1);
-    int rc = onvm_flow_put(&self->r, &k, (uint16_t)chain, idle, hard, (uint8_t)origin, 0, 0, onvm_now_ns());
+    if (origin != ONVM_FLOW_BY_NF && origin != ONVM_FLOW_BY_API)
+        return PyErr_Format(PyExc_ValueError, "origin %u: an explicit entry comes from an NF (1) or the API (2)",
+                            origin);
+    if (idle > ONVM_TIMEOUT_MAX_MS || hard > ONVM_TIMEOUT_MAX_MS)
+        return PyErr_Format(PyExc_ValueError, "timeouts are at most %u ms (%u s)", ONVM_TIMEOUT_MAX_MS,
+                            ONVM_TIMEOUT_MAX_MS / 1000);
+    int rc = onvm_flow_put(&self->r, &k, (uint16_t)chain, idle, hard, (uint8_t)origin, onvm_now_ns());
     if (rc == -ENOSPC)
-        return PyErr_Format(PyExc_MemoryError, "flow table is full near this flow (%u entries, %d probed)",
-                            self->r.hdr->flow_count, ONVM_FLOW_PROBE);
+        return PyErr_Format(PyExc_MemoryError,
+                            "flow table is full near this flow (%u entries, %d probed, none of them a cached "
+                            "result to replace)", self->r.hdr->flow_count, ONVM_FLOW_PROBE);
     Py_RETURN_NONE;
 }
 
 PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
     OPEN_OR_FAIL(self);
     struct onvm_flow_key k;
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     struct onvm_flow_view f;
     uint64_t now = onvm_now_ns();
     int rc;
-    while ((rc = onvm_flow_get(&self->r, &k, now, &f)) == -EAGAIN)
+    for (int tries = 0; (rc = onvm_flow_get(&self->r, &k, now, 0, &f)) == -EAGAIN && tries < 1000; tries++)
         ;
     if (rc != 0)
         Py_RETURN_NONE;
@@ -99,25 +115,25 @@ PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
 PyObject *Region_flow_del(RegionObject *self, PyObject *ko) {
     OPEN_OR_FAIL(self);
     struct onvm_flow_key k;
-    if (key_from(ko, &k) < 0)
+    if (onvm_key_from(ko, &k) < 0)
         return NULL;
     return PyBool_FromLong(onvm_flow_del(&self->r, &k) == 0);
 }
 
 PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"limit", "chain", NULL};
+    static char *kwlist[] = {"limit", "chain", "origin", NULL};
     unsigned limit = 1000;
-    int chain = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Ii", kwlist, &limit, &chain))
+    int chain = -1, origin = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Iii", kwlist, &limit, &chain, &origin))
         return NULL;
     OPEN_OR_FAIL(self);
     PyObject *l = PyList_New(0);
     uint64_t now = onvm_now_ns();
     for (uint32_t i = 0; l && i < self->r.hdr->flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
         struct onvm_flow_view copy;
-        if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, &copy) != 0)
+        if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
             continue;
-        if (chain >= 0 && copy.f.chain != chain)
+        if ((chain >= 0 && copy.f.chain != chain) || (origin >= 0 && copy.f.origin != origin))
             continue;
         PyObject *d = flow_dict(&copy, now);
         PyList_Append(l, d);
@@ -130,11 +146,15 @@ PyObject *Region_flow_stats(RegionObject *self, PyObject *u) {
     (void)u;
     OPEN_OR_FAIL(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K,s:I}", "size", h->flow_count, "used",
+    struct onvm_cls_ctl *c = onvm_cls(&self->r);
+    return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "size", h->flow_count, "used",
                          (long long)atomic_load(&h->flows_used), "installed",
                          (unsigned long long)atomic_load(&h->flows_installed), "expired",
                          (unsigned long long)atomic_load(&h->flows_expired), "full",
-                         (unsigned long long)atomic_load(&h->flows_full), "rules", onvm_rules(&self->r)->count);
+                         (unsigned long long)atomic_load(&h->flows_full), "evicted",
+                         (unsigned long long)atomic_load(&h->flows_evicted), "changed",
+                         (unsigned long long)atomic_load(&h->flows_changed), "rules", c->rules,
+                         "default_idle_ms", c->default_idle_ms);
 }
 
 PyObject *Region_flow_expire(RegionObject *self, PyObject *args) {
@@ -157,132 +177,181 @@ PyObject *Region_flow_flush(RegionObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS return PyLong_FromUnsignedLong(removed);
 }
 
-static int rule_from(PyObject *d, struct onvm_rule *u, uint16_t *slot) {
+/* A rule as Rule.native() gives it: (id, priority, chain, in_port, vlan, proto, ipver,
+ * src, src_len, dst, dst_len, sport_lo, sport_hi, dport_lo, dport_hi, idle_ms, hard_ms). */
+static int rule_from(PyObject *o, struct onvm_rule *u) {
+    unsigned id, chain, in_port, vlan, proto, ipver, src_len, dst_len, sp_lo, sp_hi, dp_lo, dp_hi, idle, hard;
+    int priority;
+    Py_buffer src, dst;
     memset(u, 0, sizeof *u);
-    if (!PyDict_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "each rule is a dict");
+    if (!PyArg_ParseTuple(o, "IiIIIIIy*Iy*IIIIIII;a rule is (id, priority, chain, in_port, vlan, proto, ipver, "
+                          "src, src_len, dst, dst_len, sport_lo, sport_hi, dport_lo, dport_hi, idle_ms, hard_ms)",
+                          &id, &priority, &chain, &in_port, &vlan, &proto, &ipver, &src, &src_len, &dst, &dst_len,
+                          &sp_lo, &sp_hi, &dp_lo, &dp_hi, &idle, &hard))
+        return -1;
+    int ok = src.len == 16 && dst.len == 16 && in_port <= 0xffff && vlan <= 0xffff && proto < 256 &&
+             ipver < 256 && src_len < 256 && dst_len < 256 && sp_lo <= 0xffff && sp_hi <= 0xffff &&
+             dp_lo <= 0xffff && dp_hi <= 0xffff;
+    if (ok) {
+        memcpy(u->src, src.buf, 16);
+        memcpy(u->dst, dst.buf, 16);
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "a rule's addresses are 16 bytes, its ports and ids 16 bits");
         return -1;
     }
-    static const char *ints[] = {"slot", "id", "priority", "chain", "in_port", "vlan", "proto", "ipver",
-                                 "src_len", "dst_len", "sport_lo", "sport_hi", "dport_lo", "dport_hi",
-                                 "idle_ms", "hard_ms"};
-    long long v[16];
-    for (int i = 0; i < 16; i++) {
-        PyObject *x = PyDict_GetItemString(d, ints[i]);
-        if (!x) {
-            PyErr_Format(PyExc_KeyError, "rule needs '%s'", ints[i]);
-            return -1;
-        }
-        v[i] = PyLong_AsLongLong(x);
-        if (PyErr_Occurred())
-            return -1;
-    }
-    if (v[0] < 0 || v[0] >= ONVM_MAX_RULES || v[3] < 0 || v[3] >= ONVM_MAX_CHAINS || v[8] > 128 || v[9] > 128) {
-        PyErr_SetString(PyExc_ValueError, "rule slot, chain or prefix length out of range");
-        return -1;
-    }
-    *slot = (uint16_t)v[0];
-    u->id = (uint32_t)v[1];
-    u->priority = (int32_t)v[2];
-    u->chain = (uint16_t)v[3];
-    u->in_port = (uint16_t)v[4];
-    u->vlan = (uint16_t)v[5];
-    u->proto = (uint8_t)v[6];
-    u->ipver = (uint8_t)v[7];
-    u->src_len = (uint8_t)v[8];
-    u->dst_len = (uint8_t)v[9];
-    u->sport_lo = (uint16_t)v[10];
-    u->sport_hi = (uint16_t)v[11];
-    u->dport_lo = (uint16_t)v[12];
-    u->dport_hi = (uint16_t)v[13];
-    u->idle_ms = (uint32_t)v[14];
-    u->hard_ms = (uint32_t)v[15];
-    const char *addr[] = {"src", "dst"};
-    uint8_t *dst[] = {u->src, u->dst};
-    for (int i = 0; i < 2; i++) {
-        PyObject *x = PyDict_GetItemString(d, addr[i]);
-        Py_buffer b;
-        if (!x || PyObject_GetBuffer(x, &b, PyBUF_SIMPLE) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_KeyError, "rule needs '%s'", addr[i]);
-            return -1;
-        }
-        if (b.len != 16) {
-            PyBuffer_Release(&b);
-            PyErr_Format(PyExc_ValueError, "rule '%s' must be 16 bytes", addr[i]);
-            return -1;
-        }
-        memcpy(dst[i], b.buf, 16);
-        PyBuffer_Release(&b);
-    }
+    u->id = id;
+    u->priority = priority;
+    u->chain = (uint16_t)chain;
+    u->in_port = (uint16_t)in_port;
+    u->vlan = (uint16_t)vlan;
+    u->proto = (uint8_t)proto;
+    u->ipver = (uint8_t)ipver;
+    u->src_len = (uint8_t)src_len;
+    u->dst_len = (uint8_t)dst_len;
+    u->sport_lo = (uint16_t)sp_lo;
+    u->sport_hi = (uint16_t)sp_hi;
+    u->dport_lo = (uint16_t)dp_lo;
+    u->dport_hi = (uint16_t)dp_hi;
+    u->idle_ms = idle;
+    u->hard_ms = hard;
     return 0;
 }
 
-/* set_rules(rules in priority order, bump=[slots]) */
-PyObject *Region_set_rules(RegionObject *self, PyObject *args) {
-    PyObject *rules, *bump = NULL;
-    if (!PyArg_ParseTuple(args, "O|O", &rules, &bump))
+/* rules_apply(adds=(), dels=(), ports=()) -> [slot of each rule added]
+ * One change, all or nothing, seen by the packet path at once. */
+PyObject *Region_rules_apply(RegionObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"adds", "dels", "ports", NULL};
+    PyObject *adds = NULL, *dels = NULL, *ports = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO", kwlist, &adds, &dels, &ports))
         return NULL;
     OPEN_OR_FAIL(self);
-    PyObject *fast = PySequence_Fast(rules, "rules must be a sequence of dicts");
-    if (!fast)
+    PyObject *empty = PyTuple_New(0), *fa = NULL, *fd = NULL, *fp = NULL, *out = NULL;
+    struct onvm_rule *buf = NULL;
+    uint32_t *slots = NULL, *del = NULL;
+    uint16_t port[ONVM_MAX_PORTS], chain[ONVM_MAX_PORTS];
+    Py_ssize_t na = 0, nd = 0, np = 0;
+    if (!empty)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > ONVM_MAX_RULES) {
-        Py_DECREF(fast);
-        return PyErr_Format(PyExc_ValueError, "at most %d rules", ONVM_MAX_RULES);
+    fa = PySequence_Fast(adds ? adds : empty, "adds must be a sequence of rules");
+    fd = fa ? PySequence_Fast(dels ? dels : empty, "dels must be a sequence of slots") : NULL;
+    fp = fd ? PySequence_Fast(ports ? ports : empty, "ports must be a sequence of (port, chain)") : NULL;
+    if (!fp)
+        goto done;
+    na = PySequence_Fast_GET_SIZE(fa);
+    nd = PySequence_Fast_GET_SIZE(fd);
+    np = PySequence_Fast_GET_SIZE(fp);
+    if (na > ONVM_RULES_LIMIT || nd > ONVM_RULES_LIMIT || np > ONVM_MAX_PORTS) {
+        PyErr_Format(PyExc_ValueError, "at most %u rules and %d ports in one change", ONVM_RULES_LIMIT,
+                     ONVM_MAX_PORTS);
+        goto done;
     }
-    struct onvm_rule *buf = PyMem_Calloc((size_t)(n ? n : 1), sizeof *buf);
-    uint16_t slots[ONVM_MAX_RULES], bumps[ONVM_MAX_RULES];
-    Py_ssize_t nb = 0;
-    if (!buf) {
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
+    buf = PyMem_Calloc((size_t)na + 1, sizeof *buf);
+    slots = PyMem_Calloc((size_t)na + 1, sizeof *slots);
+    del = PyMem_Calloc((size_t)nd + 1, sizeof *del);
+    if (!buf || !slots || !del) {
+        PyErr_NoMemory();
+        goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (rule_from(PySequence_Fast_GET_ITEM(fast, i), &buf[i], &slots[i]) < 0) {
-            PyMem_Free(buf);
-            Py_DECREF(fast);
-            return NULL;
-        }
+    for (Py_ssize_t i = 0; i < na; i++)
+        if (rule_from(PySequence_Fast_GET_ITEM(fa, i), &buf[i]) < 0)
+            goto done;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fd, i));
+        if (PyErr_Occurred())
+            goto done;
+        del[i] = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
     }
-    Py_DECREF(fast);
-    if (bump && bump != Py_None) {
-        PyObject *bf = PySequence_Fast(bump, "bump must be a sequence of slots");
-        if (!bf) {
-            PyMem_Free(buf);
-            return NULL;
-        }
-        nb = PySequence_Fast_GET_SIZE(bf);
-        for (Py_ssize_t i = 0; i < nb && i < ONVM_MAX_RULES; i++)
-            bumps[i] = (uint16_t)PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(bf, i));
-        Py_DECREF(bf);
-        if (nb > ONVM_MAX_RULES)
-            nb = ONVM_MAX_RULES;
-        if (PyErr_Occurred()) {
-            PyMem_Free(buf);
-            return NULL;
-        }
+    for (Py_ssize_t i = 0; i < np; i++) {
+        unsigned p, c;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fp, i), "II;each port is (port, chain)", &p, &c))
+            goto done;
+        port[i] = (uint16_t)(p > 0xffff ? 0xffff : p);
+        chain[i] = (uint16_t)(c > 0xffff ? 0xffff : c);
     }
-    onvm_rules_set(&self->r, buf, slots, (uint32_t)n, bumps, (uint32_t)nb);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = onvm_cls_apply(&self->r, del, (uint32_t)nd, buf, (uint32_t)na, slots, port, chain,
+                                               (uint32_t)np);
+    Py_END_ALLOW_THREADS if (rc < 0) {
+        if (rc == -ENOSPC)
+            PyErr_SetString(PyExc_MemoryError, self->r.errmsg);
+        else if (rc == -EINVAL || rc == -ENOENT)
+            PyErr_SetString(PyExc_ValueError, self->r.errmsg);
+        else
+            region_error(-rc, self->r.errmsg);
+        goto done;
+    }
+    out = PyList_New(na);
+    for (Py_ssize_t i = 0; out && i < na; i++)
+        PyList_SET_ITEM(out, i, PyLong_FromUnsignedLong(slots[i]));
+done:
+    Py_DECREF(empty);
+    Py_XDECREF(fa);
+    Py_XDECREF(fd);
+    Py_XDECREF(fp);
     PyMem_Free(buf);
-    Py_RETURN_NONE;
+    PyMem_Free(slots);
+    PyMem_Free(del);
+    return out;
 }
 
-PyObject *Region_rule_hits(RegionObject *self, PyObject *u) {
+/* rule_hits(slots) -> [packets that took each rule's decision at RX] */
+PyObject *Region_rule_hits(RegionObject *self, PyObject *slots) {
+    OPEN_OR_FAIL(self);
+    PyObject *f = PySequence_Fast(slots, "rule_hits takes a sequence of slots");
+    if (!f)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(f);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        unsigned long s = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(f, i));
+        if (PyErr_Occurred() || s >= self->r.cls_max_rules) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "rule slot %lu is out of range", s);
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, PyLong_FromUnsignedLongLong(atomic_load(&onvm_rule_hits(&self->r)[s])));
+    }
+    Py_DECREF(f);
+    return out;
+}
+
+/* rule_lookup(key) -> (slot or -1, version): the classifier alone, as RX asks it */
+PyObject *Region_rule_lookup(RegionObject *self, PyObject *ko) {
+    OPEN_OR_FAIL(self);
+    struct onvm_flow_key k;
+    if (onvm_key_from(ko, &k) < 0)
+        return NULL;
+    struct onvm_cls_result res;
+    if (onvm_cls_lookup(&self->r, &k, &res) < 0)
+        return region_error(EAGAIN, "the classifier kept changing under the lookup");
+    return Py_BuildValue("(lI)", res.slot, res.version);
+}
+
+PyObject *Region_rules_stats(RegionObject *self, PyObject *u) {
     (void)u;
     OPEN_OR_FAIL(self);
-    struct onvm_rules *rs = onvm_rules(&self->r);
-    PyObject *d = PyDict_New();
-    for (uint32_t k = 0; d && k < rs->count && k < ONVM_MAX_RULES; k++) {
-        struct onvm_rule *u2 = &rs->rule[rs->order[k]];
-        PyObject *key = PyLong_FromUnsignedLong(u2->id);
-        PyObject *val = PyLong_FromUnsignedLongLong(atomic_load(&u2->hits));
-        PyDict_SetItem(d, key, val);
-        Py_DECREF(key);
-        Py_DECREF(val);
-    }
-    return d;
+    struct onvm_cls_stats st;
+    onvm_cls_stats(&self->r, &st);
+    return Py_BuildValue("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:K,s:I}", "rules", st.rules, "max_rules", st.max_rules,
+                         "tuples", st.tuples, "groups", st.groups, "slots", st.slots, "tombs", st.tombs, "version",
+                         st.version, "rebuilds", st.rebuilds, "bytes", (unsigned long long)st.bytes,
+                         "tuples_max", ONVM_TUPLES_MAX);
+}
+
+/* set_flow_idle(ms): the idle timeout of cached results whose rule names none */
+PyObject *Region_set_flow_idle(RegionObject *self, PyObject *arg) {
+    OPEN_OR_FAIL(self);
+    unsigned long ms = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (ms > ONVM_TIMEOUT_MAX_MS)
+        return PyErr_Format(PyExc_ValueError, "timeouts are at most %u ms", ONVM_TIMEOUT_MAX_MS);
+    onvm_cls(&self->r)->default_idle_ms = (uint32_t)ms;
+    Py_RETURN_NONE;
 }
 
 /* flow_key(slot) -> the slot's key tuple, or None when it is not IP */

@@ -1,5 +1,5 @@
-/* flowtable.c - exact-match flow table, wildcard rules and RX classification.
- * See the theory of operation in onvm_flow.h. */
+/* flowtable.c - the exact-match flow table and RX classification.
+ * See the theory of operation in onvm_flow.h; the rules are in classify.c. */
 #include "onvm_flow.h"
 #include "onvm_parse.h"
 
@@ -54,20 +54,26 @@ static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_k
            a->vlan == b->vlan;
 }
 
-/* The 32-bit millisecond clock of deadlines: compared by signed difference,
- * so it may wrap (every 49 days) as long as no timeout exceeds 24 days. */
+static inline struct onvm_cls_ctl *cls_ctl(const struct onvm_region *r) {
+    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
+}
+
+/* The 32-bit millisecond clock of deadlines: compared by signed difference, so
+ * it may wrap (every 49 days) as long as no timeout exceeds ONVM_TIMEOUT_MAX_MS. */
 static inline uint32_t ms32(uint64_t ns) { return (uint32_t)(ns / 1000000ull); }
 
 static inline int expired(const struct onvm_flow *f, uint64_t now) {
     return f->deadline_ms && (int32_t)(ms32(now) - f->deadline_ms) >= 0;
 }
 
+static inline uint32_t clamp_timeout(uint32_t ms) { return ms > ONVM_TIMEOUT_MAX_MS ? ONVM_TIMEOUT_MAX_MS : ms; }
+
 static uint32_t deadline(const struct onvm_flow_data *d, uint64_t now) {
     uint64_t when = 0;
     if (d->idle_ms)
-        when = now + (uint64_t)d->idle_ms * 1000000ull;
+        when = now + (uint64_t)clamp_timeout(d->idle_ms) * 1000000ull;
     if (d->hard_ms) {
-        uint64_t hard = d->created_ns + (uint64_t)d->hard_ms * 1000000ull;
+        uint64_t hard = d->created_ns + (uint64_t)clamp_timeout(d->hard_ms) * 1000000ull;
         if (!when || hard < when)
             when = hard;
     }
@@ -77,15 +83,11 @@ static uint32_t deadline(const struct onvm_flow_data *d, uint64_t now) {
     return ms ? ms : 1;
 }
 
-static inline int stale(struct onvm_region *r, const struct onvm_flow *f) {
-    if (!f->rule)
-        return 0;
-    unsigned i = f->rule - 1u;
-    return i >= ONVM_MAX_RULES || onvm_rules(r)->rule[i].gen != f->rule_gen;
-}
-
-/* Find key's entry; returns its index or -1.  *seq gets the entry's sequence. */
-static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq) {
+/* Find key's entry (expired or not); returns its index or -1, *seq gets its
+ * sequence.  When room is given, *room gets the first entry of the window an
+ * insert could take (empty, deleted or expired), or stays -1. */
+static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq, long *room,
+                 uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
     uint32_t mask = r->hdr->flow_count - 1;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
@@ -99,50 +101,23 @@ static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_
                 continue;
             }
             uint32_t state = f->state;
-            int match = state == ONVM_FLOW_VALID && f->hash == hash && key_eq(&f->key, key);
+            int match = state == ONVM_FLOW_VALID && key_eq(&f->key, key);
+            int free_ = state != ONVM_FLOW_VALID || expired(f, now);
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
                 continue;
-            if (state == ONVM_FLOW_EMPTY)
-                return -1;
             if (match) {
                 *seq = s1;
                 return (long)i;
             }
+            if (free_ && room && *room < 0)
+                *room = (long)i;
+            if (state == ONVM_FLOW_EMPTY)
+                return -1;
             break;
         }
     }
     return -1;
-}
-
-int onvm_flow_read(struct onvm_region *r, uint32_t i, struct onvm_flow_view *out) {
-    struct onvm_flow *f = &onvm_flows(r)[i];
-    for (int tries = 0; tries < 8; tries++) {
-        uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
-        if (s1 & 1)
-            continue;
-        memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
-        out->d = onvm_flow_data(r)[i];
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
-            return out->f.state == ONVM_FLOW_VALID ? 0 : -ENOENT;
-    }
-    return -EAGAIN;
-}
-
-int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, struct onvm_flow_view *out) {
-    if (!r->hdr->flow_count)
-        return -ENOENT;
-    uint32_t seq;
-    long i = find(r, key, onvm_flow_key_hash(key), &seq);
-    if (i < 0)
-        return -ENOENT;
-    int rc = onvm_flow_read(r, (uint32_t)i, out);
-    if (rc != 0)
-        return rc;
-    if (!key_eq(&out->f.key, key) || expired(&out->f, now) || stale(r, &out->f))
-        return -ENOENT;
-    return 0;
 }
 
 static int claim(struct onvm_flow *f, uint32_t *seq) {
@@ -156,82 +131,15 @@ static int claim(struct onvm_flow *f, uint32_t *seq) {
     return 1;
 }
 
+/* Claim f only if it is still at sequence `seen` (nobody wrote it since we read it). */
+static int claim_at(struct onvm_flow *f, uint32_t seen) {
+    /* Acquire: as claim(). */
+    return atomic_compare_exchange_strong_explicit(&f->seq, &seen, seen + 1, ONVM_ACQUIRE, ONVM_RELAXED);
+}
+
 static void publish(struct onvm_flow *f, uint32_t seq) {
     /* Release publishes both parts of the entry to readers' acquire of seq. */
     atomic_store_explicit(&f->seq, seq + 1, ONVM_RELEASE);
-}
-
-static inline int live(struct onvm_region *r, const struct onvm_flow *f, uint64_t now) {
-    return f->state == ONVM_FLOW_VALID && !expired(f, now) && !stale(r, f);
-}
-
-int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
-                  uint32_t hard_ms, uint8_t origin, uint16_t rule, uint32_t rule_gen, uint64_t now) {
-    if (!r->hdr->flow_count)
-        return -ENOSPC;
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
-    uint32_t hash = onvm_flow_key_hash(key), mask = r->hdr->flow_count - 1, seq;
-    long i = find(r, key, hash, &seq);
-    int fresh = i < 0;
-    for (int attempt = 0; attempt < 8; attempt++) {
-        struct onvm_flow *f = NULL;
-        if (i >= 0) {
-            f = &t[i];
-            if (!claim(f, &seq))
-                f = NULL;
-            else if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) { /* changed under us */
-                publish(f, seq);
-                f = NULL;
-                i = -1;
-                fresh = 1;
-            }
-        }
-        for (uint32_t p = 0; !f && p < ONVM_FLOW_PROBE; p++) {
-            struct onvm_flow *c = &t[(hash + p) & mask];
-            if (live(r, c, now))
-                continue;
-            if (!claim(c, &seq))
-                continue;
-            if (live(r, c, now)) {
-                publish(c, seq);
-                continue;
-            }
-            if (c->state == ONVM_FLOW_VALID) { /* reusing a dead entry: it leaves now */
-                atomic_fetch_sub(&r->hdr->flows_used, 1);
-                atomic_fetch_add(&r->hdr->flows_expired, 1);
-            }
-            f = c;
-        }
-        if (!f) {
-            if (fresh)
-                continue;
-            break;
-        }
-        struct onvm_flow_data *d = &td[f - t];
-        if (fresh) {
-            f->key = *key;
-            f->hash = hash;
-            d->created_ns = now;
-            d->packets = 0;
-            d->bytes = 0;
-            atomic_fetch_add(&r->hdr->flows_used, 1);
-            atomic_fetch_add(&r->hdr->flows_installed, 1);
-        }
-        d->last_ns = now;
-        d->idle_ms = idle_ms;
-        d->hard_ms = hard_ms;
-        f->deadline_ms = deadline(d, now);
-        f->chain = chain;
-        f->origin = origin;
-        f->rule = rule;
-        f->rule_gen = rule_gen;
-        f->state = ONVM_FLOW_VALID;
-        publish(f, seq);
-        return (int)(f - t);
-    }
-    atomic_fetch_add(&r->hdr->flows_full, 1);
-    return -ENOSPC;
 }
 
 static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t seq) {
@@ -240,12 +148,234 @@ static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t se
     atomic_fetch_sub(&r->hdr->flows_used, 1);
 }
 
+/* Write a fresh entry into f (claimed), counters from zero. */
+static void fill(struct onvm_region *r, struct onvm_flow *f, const struct onvm_flow_key *key, uint16_t chain,
+                 uint8_t origin, uint32_t rule, uint32_t version, uint32_t idle_ms, uint32_t hard_ms, uint64_t now) {
+    struct onvm_flow_data *d = &onvm_flow_data(r)[f - onvm_flows(r)];
+    f->key = *key;
+    d->created_ns = now;
+    d->last_ns = now;
+    d->packets = 0;
+    d->bytes = 0;
+    d->idle_ms = idle_ms;
+    d->hard_ms = hard_ms;
+    f->deadline_ms = deadline(d, now);
+    f->chain = chain;
+    f->origin = origin;
+    f->rule = rule;
+    f->version = version;
+    f->state = ONVM_FLOW_VALID;
+}
+
+/* Take entry i (claimed) for a new flow: what it held leaves now. */
+static void take(struct onvm_region *r, struct onvm_flow *f, uint64_t now) {
+    if (f->state == ONVM_FLOW_VALID) {
+        if (expired(f, now))
+            atomic_fetch_add(&r->hdr->flows_expired, 1);
+    } else {
+        atomic_fetch_add(&r->hdr->flows_used, 1);
+    }
+    atomic_fetch_add(&r->hdr->flows_installed, 1);
+}
+
+/* ---- what the rules say ----------------------------------------------------- */
+
+static inline uint16_t port_default(struct onvm_region *r, uint16_t in_port) {
+    uint16_t c = in_port < ONVM_MAX_PORTS ? cls_ctl(r)->port_chain[in_port] : 0;
+    return c < ONVM_MAX_CHAINS ? c : 0;
+}
+
+/* A classifier answer as an entry would hold it. */
+struct decision {
+    uint16_t chain;
+    uint8_t origin;
+    uint32_t rule, version, idle_ms, hard_ms;
+};
+
+static int decide(struct onvm_region *r, const struct onvm_flow_key *key, struct decision *d) {
+    struct onvm_cls_result res;
+    if (onvm_cls_lookup(r, key, &res) < 0)
+        return -1;
+    uint32_t idle_default = clamp_timeout(cls_ctl(r)->default_idle_ms);
+    d->version = res.version;
+    if (res.slot >= 0) {
+        d->origin = ONVM_FLOW_BY_RULE;
+        d->rule = (uint32_t)res.slot + 1;
+        d->chain = res.chain < ONVM_MAX_CHAINS ? res.chain : 0;
+        d->idle_ms = res.idle_ms == ONVM_IDLE_DEFAULT ? idle_default : clamp_timeout(res.idle_ms);
+        d->hard_ms = clamp_timeout(res.hard_ms);
+    } else {
+        d->origin = ONVM_FLOW_BY_DEFAULT;
+        d->rule = 0;
+        d->chain = port_default(r, key->in_port);
+        d->idle_ms = idle_default;
+        d->hard_ms = 0;
+    }
+    return 0;
+}
+
+static inline int same_decision(const struct onvm_flow *f, const struct decision *d) {
+    return f->origin == d->origin && f->rule == d->rule && f->chain == d->chain;
+}
+
+/* Is entry f (a copy) what the rules say now?  Explicit entries always are. */
+static int current(struct onvm_region *r, const struct onvm_flow *f) {
+    if (!onvm_cached_origin(f->origin))
+        return 1;
+    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+    if (f->version == v || onvm_cls_still_current(r, &f->key, f->origin, f->rule, f->version))
+        return 1;
+    struct decision d;
+    return decide(r, &f->key, &d) == 0 && same_decision(f, &d);
+}
+
+/* Move f's version on to v if nobody wrote f since we read it at `seen`. */
+static void mark_current(struct onvm_flow *f, uint32_t seen, uint32_t v) {
+    if (claim_at(f, seen)) {
+        f->version = v;
+        publish(f, seen + 1);
+    }
+}
+
+/* ---- the API's side ----------------------------------------------------------- */
+
+int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_view *out) {
+    struct onvm_flow *f = &onvm_flows(r)[i];
+    for (int tries = 0; tries < 8; tries++) {
+        uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
+        if (s1 & 1)
+            continue;
+        memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
+        out->d = onvm_flow_data(r)[i];
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
+            return out->f.state == ONVM_FLOW_VALID && !expired(&out->f, now) && current(r, &out->f) ? 0
+                                                                                                  : -ENOENT;
+    }
+    return -EAGAIN;
+}
+
+int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, int defaults,
+                  struct onvm_flow_view *out) {
+    if (!r->hdr->flow_count)
+        return -ENOENT;
+    uint32_t seq;
+    long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, now);
+    if (i < 0)
+        return -ENOENT;
+    int rc = onvm_flow_read(r, (uint32_t)i, now, out);
+    if (rc != 0)
+        return rc;
+    if (!key_eq(&out->f.key, key) || (!defaults && out->f.origin == ONVM_FLOW_BY_DEFAULT))
+        return -ENOENT;
+    return 0;
+}
+
+/* The cached result in key's window idle longest, to make way for an explicit entry. */
+static long victim(struct onvm_region *r, uint32_t hash) {
+    struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_data *td = onvm_flow_data(r);
+    uint32_t mask = r->hdr->flow_count - 1;
+    long best = -1;
+    uint64_t oldest = UINT64_MAX;
+    for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
+        uint32_t i = (hash + p) & mask;
+        if (t[i].state == ONVM_FLOW_VALID && onvm_cached_origin(t[i].origin) && td[i].last_ns < oldest) {
+            oldest = td[i].last_ns;
+            best = (long)i;
+        }
+    }
+    return best;
+}
+
+/* Other entries of key in its window (two writers raced to insert it) go. */
+static void dedupe(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, long keep) {
+    struct onvm_flow *t = onvm_flows(r);
+    uint32_t mask = r->hdr->flow_count - 1, seq;
+    for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
+        struct onvm_flow *f = &t[(hash + p) & mask];
+        if (f - t == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
+            continue;
+        if (claim(f, &seq)) {
+            if (f->state == ONVM_FLOW_VALID && key_eq(&f->key, key))
+                remove_entry(r, f, seq);
+            else
+                publish(f, seq);
+        }
+    }
+}
+
+int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
+                  uint32_t hard_ms, uint8_t origin, uint64_t now) {
+    if (!r->hdr->flow_count)
+        return -ENOSPC;
+    if (idle_ms > ONVM_TIMEOUT_MAX_MS || hard_ms > ONVM_TIMEOUT_MAX_MS)
+        return -EINVAL;
+    struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_data *td = onvm_flow_data(r);
+    uint32_t hash = onvm_flow_key_hash(key), seq;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        long room = -1;
+        long i = find(r, key, hash, &seq, &room, now);
+        if (i >= 0) { /* the flow has an entry: it now says this */
+            struct onvm_flow *f = &t[i];
+            if (!claim(f, &seq))
+                continue;
+            if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
+                publish(f, seq);
+                continue;
+            }
+            if (expired(f, now) || onvm_cached_origin(f->origin)) {
+                atomic_fetch_add(&r->hdr->flows_installed, 1);
+                fill(r, f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
+            } else { /* an explicit entry changed: its counters stay */
+                struct onvm_flow_data *d = &td[i];
+                d->idle_ms = idle_ms;
+                d->hard_ms = hard_ms;
+                d->last_ns = now;
+                f->deadline_ms = deadline(d, now);
+                f->chain = chain;
+                f->origin = origin;
+            }
+            publish(f, seq);
+            dedupe(r, key, hash, i);
+            return (int)i;
+        }
+        int evict = 0;
+        if (room < 0) {
+            room = victim(r, hash);
+            evict = 1;
+        }
+        if (room < 0)
+            break;
+        struct onvm_flow *f = &t[room];
+        if (!claim(f, &seq))
+            continue;
+        int ok = evict ? f->state == ONVM_FLOW_VALID && onvm_cached_origin(f->origin)
+                       : f->state != ONVM_FLOW_VALID || expired(f, now);
+        if (!ok) {
+            publish(f, seq);
+            continue;
+        }
+        if (evict)
+            atomic_fetch_add(&r->hdr->flows_evicted, 1);
+        take(r, f, now);
+        fill(r, f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
+        publish(f, seq);
+        dedupe(r, key, hash, room);
+        return (int)room;
+    }
+    atomic_fetch_add(&r->hdr->flows_full, 1);
+    return -ENOSPC;
+}
+
 int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
     if (!r->hdr->flow_count)
         return -ENOENT;
+    uint64_t now = onvm_now_ns();
     for (int attempt = 0; attempt < 8; attempt++) {
         uint32_t seq;
-        long i = find(r, key, onvm_flow_key_hash(key), &seq);
+        long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, now);
         if (i < 0)
             return -ENOENT;
         struct onvm_flow *f = &onvm_flows(r)[i];
@@ -266,13 +396,27 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
     uint32_t count = r->hdr->flow_count, removed = 0, seq;
     for (uint32_t k = 0; k < n && count; k++) {
         struct onvm_flow *f = &t[(start + k) & (count - 1)];
-        if (f->state != ONVM_FLOW_VALID || !(expired(f, now) || stale(r, f)))
+        uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
+        if ((s1 & 1) || f->state != ONVM_FLOW_VALID)
             continue;
-        if (!claim(f, &seq))
+        int dead = expired(f, now);
+        if (!dead && onvm_cached_origin(f->origin)) {
+            uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+            struct onvm_flow copy = *f;
+            atomic_thread_fence(memory_order_acquire);
+            if (copy.version == v || atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
+                continue;
+            if (current(r, &copy)) { /* still right: later checks start from here */
+                mark_current(f, s1, v);
+                continue;
+            }
+            dead = 2;
+        }
+        if (!dead || !claim(f, &seq))
             continue;
-        if (f->state == ONVM_FLOW_VALID && (expired(f, now) || stale(r, f))) {
+        if (f->state == ONVM_FLOW_VALID && (seq == s1 + 1 || expired(f, now))) {
             remove_entry(r, f, seq);
-            atomic_fetch_add(&r->hdr->flows_expired, 1);
+            atomic_fetch_add(dead == 2 ? &r->hdr->flows_changed : &r->hdr->flows_expired, 1);
             removed++;
         } else {
             publish(f, seq);
@@ -300,92 +444,7 @@ uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
     return removed;
 }
 
-/* ---- rules ---------------------------------------------------------------- */
-
-static int prefix_match(const uint8_t *addr, const uint8_t *pfx, unsigned len) {
-    unsigned full = len / 8, rest = len % 8;
-    if (memcmp(addr, pfx, full) != 0)
-        return 0;
-    if (rest) {
-        uint8_t m = (uint8_t)(0xff << (8 - rest));
-        if ((addr[full] & m) != (pfx[full] & m))
-            return 0;
-    }
-    return 1;
-}
-
-static int rule_matches(const struct onvm_rule *u, const struct onvm_meta *m, const struct onvm_flow_key *k) {
-    if (u->in_port != 0xffff && u->in_port != k->in_port)
-        return 0;
-    if (u->vlan != 0xffff && (!m || !(m->flags & ONVM_MF_VLAN) || m->vlan != u->vlan))
-        return 0;
-    if (u->ipver && u->ipver != k->ipver)
-        return 0;
-    if (u->proto && u->proto != k->proto)
-        return 0;
-    if (u->src_len && !prefix_match(k->src, u->src, u->src_len))
-        return 0;
-    if (u->dst_len && !prefix_match(k->dst, u->dst, u->dst_len))
-        return 0;
-    if (k->sport < u->sport_lo || k->sport > u->sport_hi)
-        return 0;
-    if (k->dport < u->dport_lo || k->dport > u->dport_hi)
-        return 0;
-    return 1;
-}
-
-int onvm_rule_match(struct onvm_region *r, const struct onvm_meta *m, const struct onvm_flow_key *key,
-                    struct onvm_rule *out) {
-    struct onvm_rules *rs = onvm_rules(r);
-    for (;;) {
-        /* Seqlock reader: pairs with the manager's release of an even seq. */
-        uint32_t s1 = atomic_load_explicit(&rs->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
-        int found = -1;
-        uint32_t count = rs->count < ONVM_MAX_RULES ? rs->count : ONVM_MAX_RULES;
-        for (uint32_t k = 0; k < count; k++) {
-            unsigned slot = rs->order[k];
-            if (slot < ONVM_MAX_RULES && rule_matches(&rs->rule[slot], m, key)) {
-                memcpy((void *)out, &rs->rule[slot], offsetof(struct onvm_rule, hits));
-                found = (int)slot;
-                break;
-            }
-        }
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&rs->seq, ONVM_RELAXED) == s1) {
-            if (found >= 0)
-                atomic_fetch_add_explicit(&rs->rule[found].hits, 1, ONVM_RELAXED);
-            return found;
-        }
-    }
-}
-
-void onvm_rules_set(struct onvm_region *r, const struct onvm_rule *rules, const uint16_t *slots, uint32_t n,
-                    const uint16_t *bump, uint32_t nbump) {
-    struct onvm_rules *rs = onvm_rules(r);
-    uint32_t seq = atomic_load_explicit(&rs->seq, ONVM_RELAXED);
-    atomic_store_explicit(&rs->seq, seq + 1, ONVM_RELAXED);
-    /* Release fence: the odd seq is visible before any field below changes. */
-    atomic_thread_fence(memory_order_release);
-    for (uint32_t k = 0; k < nbump; k++)
-        if (bump[k] < ONVM_MAX_RULES)
-            rs->rule[bump[k]].gen++;
-    for (uint32_t k = 0; k < n && k < ONVM_MAX_RULES; k++) {
-        struct onvm_rule *dst = &rs->rule[slots[k]];
-        uint32_t gen = dst->gen;
-        uint64_t hits = dst->id == rules[k].id ? atomic_load(&dst->hits) : 0;
-        memcpy((void *)dst, &rules[k], offsetof(struct onvm_rule, hits));
-        dst->gen = gen;
-        atomic_store(&dst->hits, hits);
-        rs->order[k] = slots[k];
-    }
-    rs->count = n < ONVM_MAX_RULES ? n : ONVM_MAX_RULES;
-    /* Release pairs with readers' acquire of seq. */
-    atomic_store_explicit(&rs->seq, seq + 2, ONVM_RELEASE);
-}
+/* ---- RX ------------------------------------------------------------------------ */
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
 static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, uint64_t now) {
@@ -399,33 +458,79 @@ static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m,
 
 static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struct onvm_flow_key *key,
                          uint32_t hash, uint64_t now) {
+    struct onvm_flow *t = onvm_flows(r);
+    /* Acquire pairs with the writer's release of version: the log and images it names are there. */
+    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
     uint32_t seq;
-    long i = find(r, key, hash, &seq);
+    long room = -1;
+    long i = find(r, key, hash, &seq, &room, now);
+    int was_live = 0;
     if (i >= 0) {
-        struct onvm_flow *f = &onvm_flows(r)[i];
+        struct onvm_flow *f = &t[i];
         uint16_t chain = f->chain;
-        int dead = expired(f, now) || stale(r, f);
+        uint8_t origin = f->origin;
+        uint32_t rule = f->rule, ver = f->version;
+        int dead = expired(f, now);
         atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == seq && !dead) {
-            hit(r, i, m, now);
-            m->chain_id = chain;
-            return;
+        if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != seq) {
+            i = -1; /* changed under us: classify afresh, leave it be */
+        } else if (!dead) {
+            if (!onvm_cached_origin(origin) || ver == v || (int32_t)(ver - v) > 0) {
+                hit(r, i, m, now);
+                m->chain_id = chain;
+                return;
+            }
+            if (onvm_cls_still_current(r, key, origin, rule, ver)) {
+                mark_current(f, seq, v);
+                hit(r, i, m, now);
+                m->chain_id = chain;
+                return;
+            }
+            was_live = 1;
         }
     }
-    struct onvm_rule rule;
-    int idx = onvm_rule_match(r, m, key, &rule);
-    if (idx < 0)
+    struct decision d;
+    if (decide(r, key, &d) < 0)
+        return; /* the images would not hold still: the default chain, uncached */
+    m->chain_id = d.chain;
+    if (d.rule)
+        atomic_fetch_add_explicit(&onvm_rule_hits(r)[d.rule - 1], 1, ONVM_RELAXED);
+    long at = i >= 0 ? i : room;
+    if (at < 0) {
+        atomic_fetch_add_explicit(&r->hdr->flows_full, 1, ONVM_RELAXED);
         return;
-    m->chain_id = rule.chain;
-    int j = onvm_flow_put(r, key, rule.chain, rule.idle_ms, rule.hard_ms, ONVM_FLOW_BY_RULE,
-                          (uint16_t)(idx + 1), rule.gen, now);
-    if (j >= 0)
-        hit(r, j, m, now); /* count this first packet too */
+    }
+    struct onvm_flow *f = &t[at];
+    if (i >= 0 && was_live && same_decision(f, &d)) { /* the same answer: the entry and its counters stay */
+        mark_current(f, seq, d.version);
+        hit(r, at, m, now);
+        return;
+    }
+    uint32_t s;
+    if (i >= 0) { /* the flow's own entry, expired or outdated: rewritten */
+        if (!claim_at(f, seq))
+            return; /* someone else is writing it: the next packet tries again */
+        s = seq + 1;
+        atomic_fetch_add(was_live ? &r->hdr->flows_changed : &r->hdr->flows_expired, 1);
+        atomic_fetch_add(&r->hdr->flows_installed, 1);
+    } else {
+        if (!claim(f, &s))
+            return;
+        if (f->state == ONVM_FLOW_VALID && !expired(f, now)) {
+            publish(f, s); /* taken since we looked */
+            return;
+        }
+        take(r, f, now);
+    }
+    fill(r, f, key, d.chain, d.origin, d.rule, d.version, d.idle_ms, d.hard_ms, now);
+    publish(f, s);
+    hit(r, at, m, now); /* count this first packet too */
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
+    struct onvm_cls_ctl *c = cls_ctl(r);
     return !r->hdr->flow_count ||
-           (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_rules(r)->count == 0);
+           (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && c->rules == 0 && c->ports_set == 0);
 }
 
 void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
@@ -444,6 +549,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
     if (nothing_to_look_up(r))
         return;
     struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_data *td = onvm_flow_data(r);
     uint32_t mask = r->hdr->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
@@ -455,6 +561,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
             if (ok[i]) {
                 hash[i] = onvm_flow_key_hash(&keys[i]);
                 __builtin_prefetch(&t[hash[i] & mask]);
+                __builtin_prefetch(&td[hash[i] & mask], 1);
             }
         }
         for (uint32_t i = 0; i < k; i++)
@@ -467,10 +574,11 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
 
 /* Look up n keys at once: hash them all, prefetch every first probe, then
  * search.  The misses to memory overlap instead of queueing one after another.
- * out[i] is the chain of key i, or -1 when it has no live entry. */
+ * out[i] is the chain of key i, or -1 when it has no entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
     struct onvm_flow *t = onvm_flows(r);
     uint32_t mask = r->hdr->flow_count - 1, hash[64], seq;
+    uint64_t now = onvm_now_ns();
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < m; i++) {
@@ -478,7 +586,7 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
             __builtin_prefetch(&t[hash[i] & mask]);
         }
         for (uint32_t i = 0; i < m; i++) {
-            long j = find(r, &keys[base + i], hash[i], &seq);
+            long j = find(r, &keys[base + i], hash[i], &seq, NULL, now);
             out[base + i] = j < 0 ? -1 : t[j].chain;
         }
     }

@@ -52,7 +52,7 @@ static PyObject *mod_bench_lookup(PyObject *mod, PyObject *args, PyObject *kw) {
         k->dport = 80;
         k->proto = 6;
         k->ipver = 4;
-        if (onvm_core->flow_put(r, k, 1, 0, 0, ONVM_FLOW_BY_API, 0, 0, now) >= 0)
+        if (onvm_core->flow_put(r, k, 1, 0, 0, ONVM_FLOW_BY_API, now) >= 0)
             installed++;
     }
     for (uint32_t i = 0; i < lookups; i++) {
@@ -320,7 +320,57 @@ static PyObject *mod_futex_wake(PyObject *m, PyObject *args, PyObject *kw) {
     return out;
 }
 
+/* bench_rules(region, keys, lookups) -> {"mpps", "ns_per_lookup", "matched", "seconds", "lookups"}
+ * Looks the keys up in the rule classifier, cycling through them, as RX does for a new flow. */
+static PyObject *mod_bench_rules(PyObject *mod, PyObject *args, PyObject *kw) {
+    (void)mod;
+    static char *kwlist[] = {"region", "keys", "lookups", NULL};
+    PyObject *region, *ko;
+    unsigned lookups;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOI", kwlist, &region, &ko, &lookups))
+        return NULL;
+    struct onvm_region *r = onvm_core->region(region);
+    if (!r)
+        return NULL;
+    PyObject *f = PySequence_Fast(ko, "keys must be a sequence of key tuples");
+    if (!f)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(f);
+    struct onvm_flow_key *keys = PyMem_Calloc((size_t)n + 1, sizeof *keys);
+    if (!keys) {
+        Py_DECREF(f);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (onvm_core->key_from(PySequence_Fast_GET_ITEM(f, i), &keys[i]) < 0) {
+            Py_DECREF(f);
+            PyMem_Free(keys);
+            return NULL;
+        }
+    }
+    Py_DECREF(f);
+    if (n == 0 || lookups == 0) {
+        PyMem_Free(keys);
+        return PyErr_Format(PyExc_ValueError, "bench_rules needs keys and lookups");
+    }
+    uint64_t matched = 0, t0, t1;
+    Py_BEGIN_ALLOW_THREADS t0 = onvm_now_ns();
+    for (uint32_t i = 0; i < lookups; i++) {
+        struct onvm_cls_result res;
+        if (onvm_core->cls_lookup(r, &keys[i % (uint32_t)n], &res) == 0 && res.slot >= 0)
+            matched++;
+    }
+    t1 = onvm_now_ns();
+    Py_END_ALLOW_THREADS PyMem_Free(keys);
+    double secs = (double)(t1 - t0) / 1e9;
+    return Py_BuildValue("{s:I,s:K,s:d,s:d,s:d}", "lookups", lookups, "matched", (unsigned long long)matched,
+                         "seconds", secs, "mpps", secs > 0 ? lookups / secs / 1e6 : 0.0, "ns_per_lookup",
+                         (double)(t1 - t0) / lookups);
+}
+
 static PyMethodDef hookbench_methods[] = {
+    {"bench_rules", (PyCFunction)(void (*)(void))mod_bench_rules, METH_VARARGS | METH_KEYWORDS,
+     "bench_rules(region, keys, lookups): time the rule classifier on these keys, cycled"},
     {"bench_lookup", (PyCFunction)(void (*)(void))mod_bench_lookup, METH_VARARGS | METH_KEYWORDS,
      "bench_lookup(region, entries, lookups, bulk=True): time the packet path's flow lookup"},
     {"afpacket_blast", mod_afpacket_blast, METH_VARARGS,

@@ -276,19 +276,25 @@ static PyObject *mod_lat_bucket(PyObject *m, PyObject *arg) {
 
 /* ===== the RX path's decisions, one packet at a time ======================= */
 
-/* classify(region, slot) -> chain id, as the RX path would decide it (updates counters). */
+/* classify(region, slot, in_port=-1) -> chain id, as the RX path would decide it for
+ * the packet in slot arriving on in_port (updates counters and the flow table). */
 static PyObject *mod_classify(PyObject *m, PyObject *args) {
     (void)m;
     PyObject *region;
     unsigned long s;
-    if (!PyArg_ParseTuple(args, "Ok", &region, &s))
+    int in_port = -1;
+    if (!PyArg_ParseTuple(args, "Ok|i", &region, &s, &in_port))
         return NULL;
     struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return NULL;
     if (s >= r->pool_count)
         return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
+    if (in_port >= ONVM_MAX_PORTS)
+        return PyErr_Format(PyExc_ValueError, "port %d is out of range", in_port);
     struct onvm_meta *meta = &r->meta[s];
+    if (in_port >= 0)
+        meta->in_port = (uint16_t)in_port;
     onvm_core->classify(r, meta, onvm_slot_data(r, (uint32_t)s), onvm_now_ns());
     return PyLong_FromLong(meta->chain_id);
 }
@@ -371,7 +377,8 @@ static PyMethodDef hooks_methods[] = {
      "cap_match(filter, frame, in_port) -> whether a capture with this filter takes the frame"},
     {"lat_record", mod_lat_record, METH_VARARGS, "lat_record(rx_ns_list, now) -> histogram dict"},
     {"lat_bucket", mod_lat_bucket, METH_O, "lat_bucket(ns) -> bucket index"},
-    {"classify", mod_classify, METH_VARARGS, "classify(region, slot) -> chain id, as RX would decide it"},
+    {"classify", mod_classify, METH_VARARGS,
+     "classify(region, slot, in_port=-1) -> chain id, as RX would decide it"},
     {"fix_l4_csum", mod_fix_l4_csum, METH_O,
      "fix_l4_csum(frame) -> the frame with its TCP/UDP checksum computed, or None"},
     {NULL}};

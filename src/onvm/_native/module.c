@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 
 #include "onvm_capture.h"
+#include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
 #include "onvm_packet.h"
@@ -72,16 +73,18 @@ static void Region_dealloc(RegionObject *self) {
 }
 
 static PyObject *Region_create(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", NULL};
+    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", "max_rules", NULL};
     const char *path, *name = "onvm";
-    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows))
+    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536, max_rules = ONVM_RULES_DEFAULT;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows,
+                                     &max_rules))
         return NULL;
     RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
     struct onvm_region_params p = {
-        .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .name = name};
+        .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .max_rules = max_rules,
+        .name = name};
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = onvm_region_create(&self->r, path, &p);
     Py_END_ALLOW_THREADS if (rc != 0) {
@@ -797,12 +800,17 @@ static PyMethodDef Region_methods[] = {
     {"flow_get", (PyCFunction)Region_flow_get, METH_O, "flow_get(key) -> dict or None."},
     {"flow_del", (PyCFunction)Region_flow_del, METH_O, "flow_del(key) -> True if it was there."},
     {"flow_list", (PyCFunction)(void (*)(void))Region_flow_list, METH_VARARGS | METH_KEYWORDS,
-     "flow_list(limit=1000, chain=-1) -> [dict]."},
+     "flow_list(limit=1000, chain=-1, origin=-1) -> [dict] of live entries (of a chain, an origin)."},
     {"flow_stats", (PyCFunction)Region_flow_stats, METH_NOARGS, "Flow table counters."},
     {"flow_expire", (PyCFunction)Region_flow_expire, METH_VARARGS, "flow_expire(start, n) -> removed."},
     {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},
-    {"set_rules", (PyCFunction)Region_set_rules, METH_VARARGS, "set_rules(rules, bump=()): replace the rules."},
-    {"rule_hits", (PyCFunction)Region_rule_hits, METH_NOARGS, "{rule id: hits}."},
+    {"rules_apply", (PyCFunction)(void (*)(void))Region_rules_apply, METH_VARARGS | METH_KEYWORDS,
+     "rules_apply(adds=(), dels=(), ports=()) -> slots: one change of the rules, all or nothing (manager)."},
+    {"rule_hits", (PyCFunction)Region_rule_hits, METH_O, "rule_hits(slots) -> [new flows each rule decided]."},
+    {"rule_lookup", (PyCFunction)Region_rule_lookup, METH_O, "rule_lookup(key) -> (slot or -1, version)."},
+    {"rules_stats", (PyCFunction)Region_rules_stats, METH_NOARGS, "The classifier's sizes and counters."},
+    {"set_flow_idle", (PyCFunction)Region_set_flow_idle, METH_O,
+     "set_flow_idle(ms): idle timeout of cached results whose rule names none."},
     {"flow_key", (PyCFunction)Region_flow_key, METH_VARARGS, "flow_key(slot) -> key tuple or None."},
     {NULL}};
 
@@ -1359,6 +1367,8 @@ static const struct onvm_capi capi = {
     .parse = onvm_parse,
     .classify = onvm_classify,
     .flow_put = onvm_flow_put,
+    .cls_lookup = onvm_cls_lookup,
+    .key_from = onvm_key_from,
     .flow_lookup_bulk = onvm_flow_lookup_bulk,
     .fix_l4_csum = onvm_fix_l4_csum,
     .lat_hist_dict = onvm_lat_hist_dict,

@@ -19,7 +19,7 @@
 #include "onvm_mgr.h"
 
 #define ONVM_CAPI_NAME "onvm._native._C_API"
-#define ONVM_CAPI_VERSION 2u
+#define ONVM_CAPI_VERSION 3u
 
 struct onvm_capi {
     uint32_t version;        /* ONVM_CAPI_VERSION */
@@ -45,7 +45,9 @@ struct onvm_capi {
     void (*parse)(struct onvm_meta *m, const uint8_t *p, uint32_t len);
     void (*classify)(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
     int (*flow_put)(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
-                    uint32_t hard_ms, uint8_t origin, uint16_t rule, uint32_t rule_gen, uint64_t now);
+                    uint32_t hard_ms, uint8_t origin, uint64_t now);
+    int (*cls_lookup)(struct onvm_region *r, const struct onvm_flow_key *key, struct onvm_cls_result *out);
+    int (*key_from)(PyObject *o, struct onvm_flow_key *k); /* a key tuple, as Region.flow_get takes */
     void (*flow_lookup_bulk)(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out);
     int (*fix_l4_csum)(uint8_t *frame, uint32_t len);
     PyObject *(*lat_hist_dict)(const struct onvm_lat_hist *h);

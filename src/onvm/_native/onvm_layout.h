@@ -34,7 +34,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 7u
+#define ONVM_LAYOUT_VERSION 8u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -43,8 +43,6 @@
 #define ONVM_MAX_PORTS 16
 #define ONVM_MAX_WORKERS 8
 #define ONVM_MAX_CHAINS 64 /* chain 0 is the default chain */
-#define ONVM_MAX_RULES 8192
-#define ONVM_FLOW_PROBE 64 /* entries probed before a lookup misses or an insert gives up */
 #define ONVM_MAX_HOPS 16
 #define ONVM_BURST_MAX 512
 #define ONVM_HEADROOM 128
@@ -322,16 +320,18 @@ struct onvm_header {
     uint64_t ring_bytes; /* bytes per ring, header included */
     char name[40];
     struct onvm_freestack free;
-    /* flow table and rules (onvm_flow.h) */
+    /* flow table and rule classifier (onvm_flow.h) */
     alignas(ONVM_CACHE_LINE) uint64_t off_flows;
     uint64_t off_flow_data;
-    uint64_t off_rules;
+    uint64_t off_cls;
     uint32_t flow_count; /* entries, a power of two */
     uint32_t max_rules;
     _Atomic int64_t flows_used;
     _Atomic uint64_t flows_installed;
     _Atomic uint64_t flows_expired;
-    _Atomic uint64_t flows_full; /* installs that found no free entry within the probe limit */
+    _Atomic uint64_t flows_full;    /* results not cached: no free entry within the probe limit */
+    _Atomic uint64_t flows_evicted; /* cached results an explicit entry replaced */
+    _Atomic uint64_t flows_changed; /* cached results the rules changed, rewritten or removed */
     /* The manager waits for the packet path here (retire.c): it sets waiting and
      * sleeps on it; the next loop iteration of any NF or worker clears it and
      * wakes the manager to look again (onvm_grace_pass).  Its own line: every

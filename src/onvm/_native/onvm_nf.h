@@ -35,6 +35,9 @@ extern PyTypeObject HeaderType;
 extern PyObject *onvm_RegionError;
 
 /* flowbind.c */
+/* A flow key from (ipver, src, dst, proto, sport, dport, in_port[, vlan]); -1 with ValueError. */
+struct onvm_flow_key;
+int onvm_key_from(PyObject *o, struct onvm_flow_key *k);
 PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw);
 PyObject *Region_flow_get(RegionObject *self, PyObject *key);
 PyObject *Region_flow_del(RegionObject *self, PyObject *key);
@@ -42,8 +45,11 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw);
 PyObject *Region_flow_stats(RegionObject *self, PyObject *unused);
 PyObject *Region_flow_expire(RegionObject *self, PyObject *args);
 PyObject *Region_flow_flush(RegionObject *self, PyObject *args);
-PyObject *Region_set_rules(RegionObject *self, PyObject *args);
-PyObject *Region_rule_hits(RegionObject *self, PyObject *unused);
+PyObject *Region_rules_apply(RegionObject *self, PyObject *args, PyObject *kw);
+PyObject *Region_rule_hits(RegionObject *self, PyObject *slots);
+PyObject *Region_rule_lookup(RegionObject *self, PyObject *key);
+PyObject *Region_rules_stats(RegionObject *self, PyObject *unused);
+PyObject *Region_set_flow_idle(RegionObject *self, PyObject *ms);
 PyObject *Region_flow_key(RegionObject *self, PyObject *args);
 PyObject *Region_chains(RegionObject *self, PyObject *unused);
 

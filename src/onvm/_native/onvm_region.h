@@ -24,6 +24,12 @@ struct onvm_region {
     struct onvm_chain *chains;
     struct onvm_port_info *ports;
     struct onvm_worker *workers;
+    /* The rule classifier (onvm_flow.h), where this process found it when it
+     * created or attached the region: readers bound what they read by these,
+     * never by what the region says now. */
+    uint64_t cls_ctl, cls_tuples, cls_images[2], cls_groups[2], cls_rules, cls_hits;
+    uint32_t cls_max_rules, cls_max_slots;
+    struct onvm_cls_writer *clsw; /* the manager's private side of the classifier */
     char errmsg[256];
 };
 
@@ -32,6 +38,7 @@ struct onvm_region_params {
     uint32_t slot_size;
     uint32_t ring_size;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
+    uint32_t max_rules;  /* rule slots reserved (0: ONVM_RULES_DEFAULT) */
     const char *name;
 };
 

@@ -26,6 +26,20 @@ static int fail(struct onvm_region *r, int err, const char *fmt, ...) {
     return -err;
 }
 
+/* Reserve and touch the first len bytes of the mapping. */
+static int populate(int fd, uint8_t *base, uint64_t len) {
+    if (fallocate(fd, 0, 0, (off_t)len) != 0 && errno != EOPNOTSUPP)
+        return -1;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    if (madvise(base, len, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    for (uint64_t off = 0; off < len; off += 4096) /* kernels before 5.14 */
+        ((volatile uint8_t *)base)[off] = 0;
+    return 0;
+}
+
 static void bind_tables(struct onvm_region *r) {
     struct onvm_header *h = r->hdr;
     r->meta = onvm_at(r, h->off_meta);
@@ -128,8 +142,6 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
     tmp.off_workers = off;
     off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
-    tmp.off_rules = ALIGN_UP(off, 64);
-    off = tmp.off_rules + sizeof(struct onvm_rules);
     tmp.off_rings = ALIGN_UP(off, 4096);
     tmp.ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
     off = tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS;
@@ -144,11 +156,19 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     tmp.off_flow_data = ALIGN_UP(off, 4096);
     off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
     off = onvm_cap_layout(&tmp, ALIGN_UP(off, 4096), p->slot_size);
+    /* The classifier reserves room for max_rules rules at the very end; only
+     * what the rules in place use is ever resident (classify.c). */
+    tmp.max_rules = p->max_rules ? p->max_rules : ONVM_RULES_DEFAULT;
+    if (tmp.max_rules > ONVM_RULES_LIMIT)
+        return fail(r, EINVAL, "at most %u rules", ONVM_RULES_LIMIT);
+    tmp.off_cls = ALIGN_UP(off, 4096);
+    uint64_t eager = tmp.off_cls + onvm_cls_eager_bytes(tmp.max_rules);
+    off = tmp.off_cls + onvm_cls_bytes(tmp.max_rules);
     uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
     if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
         return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
 
-    int fd, rc = create_fresh(r, path, &fd);
+    int fd = -1, rc = create_fresh(r, path, &fd);
     if (rc)
         return rc;
     if (ftruncate(fd, (off_t)total) != 0) {
@@ -157,12 +177,21 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         unlink(path);
         return fail(r, e, "cannot size region file %s (out of memory in its file system?)", path);
     }
-    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
         unlink(path);
         return fail(r, e, "cannot map region file %s", path);
+    }
+    /* Everything but the classifier's reserve is touched now (first touch
+     * places the pool's pages); a file system too small fails here. */
+    if (populate(fd, (uint8_t *)base, eager) != 0) {
+        int e = errno;
+        munmap(base, total);
+        close(fd);
+        unlink(path);
+        return fail(r, e, "cannot fill region file %s (out of memory in its file system?)", path);
     }
     r->base = base;
     r->size = total;
@@ -187,9 +216,9 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_workers = ONVM_MAX_WORKERS;
     h->max_chains = ONVM_MAX_CHAINS;
     h->max_hops = ONVM_MAX_HOPS;
-    h->max_rules = ONVM_MAX_RULES;
     snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
     bind_tables(r);
+    onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
     atomic_store(&h->free.count, 0);
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
@@ -239,7 +268,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         h.sizeof_nf != sizeof(struct onvm_nf) || h.sizeof_ring != sizeof(struct onvm_ring) ||
         h.max_nfs != ONVM_MAX_NFS || h.max_services != ONVM_MAX_SERVICES ||
         h.max_ports != ONVM_MAX_PORTS || h.max_workers != ONVM_MAX_WORKERS ||
-        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS || h.max_rules != ONVM_MAX_RULES) {
+        h.max_chains != ONVM_MAX_CHAINS || h.max_hops != ONVM_MAX_HOPS) {
         close(fd);
         return fail(r, EPROTO,
                     "%s has layout version %u; this build speaks version %u: rebuild the NF against "
@@ -261,10 +290,15 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
     r->fd = fd;
     r->hdr = base;
     bind_tables(r);
+    if (onvm_cls_bind(r) != 0) {
+        onvm_region_detach(r);
+        return fail(r, EPROTO, "region %s: its rule classifier lies outside the region", path);
+    }
     return 0;
 }
 
 void onvm_region_detach(struct onvm_region *r) {
+    onvm_cls_writer_free(r);
     if (r->base)
         munmap(r->base, r->size);
     if (r->fd >= 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Any
@@ -169,7 +170,13 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.action in ("add", "del") and not args.chain or args.action == "add" and not args.hops:
         raise OnvmError(f"usage: onvm chain {args.action} NAME" + (" HOPS" if args.action == "add" else ""),
                         code="bad_request")
-    if args.action == "add":
+    if args.action == "port":
+        if not (args.chain or "").isdecimal() or not args.hops:
+            raise OnvmError("usage: onvm chain port PORT NAME (NAME default: the default chain again)",
+                            code="bad_request")
+        name = None if args.hops == "default" else args.hops
+        out = _call(args, ops.PortChain(int(args.chain), name))
+    elif args.action == "add":
         out = _call(args, ops.ChainAdd(args.chain, args.hops))
     elif args.action == "del":
         out = _call(args, ops.ChainDel(args.chain))
@@ -185,22 +192,27 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_rule(args: argparse.Namespace) -> int:
-    if args.action == "add" and args.file:
-        from onvm.flows.rules import parse_rules
+    from onvm.control.client import Client
 
-        with open(args.file, encoding="utf-8") as f:
-            lines = f.readlines()
-        parse_rules(lines)  # reject a bad file before sending any of it
-        texts = [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]
-        out = _call(args, ops.RuleAdd(rules=texts))
+    if args.action == "add" and args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise OnvmError(f"rule file {args.file}: {e}", code="bad_request") from None
+        with Client(args.name) as c:  # in parts, applied all together or not at all
+            out = c.load_rules(lines)
     elif args.action == "add":
         out = _call(args, ops.RuleAdd(rule=" ".join(args.rule)))
     elif args.action == "del":
-        if len(args.rule) != 1 or not args.rule[0].isdecimal():
-            raise OnvmError("onvm rule del takes one rule id (see onvm rule list)", code="bad_request")
-        out = _call(args, ops.RuleDel(int(args.rule[0])))
+        if not args.rule or not all(r.isdecimal() for r in args.rule):
+            raise OnvmError("onvm rule del takes rule ids (see onvm rule list)", code="bad_request")
+        ids = [int(r) for r in args.rule]
+        out = _call(args, ops.RuleDel(ids[0]) if len(ids) == 1 else ops.RuleChange(delete=ids))
     else:
-        out = _call(args, ops.RuleList())
+        with Client(args.name) as c:
+            rules = list(itertools.islice(c.rules(args.offset), args.limit))
+        out = {"rules": rules}
     if args.json:
         print(json.dumps(out))
     elif args.action == "list":
@@ -385,11 +397,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("stop", help="stop a manager and its NFs")
     _name_arg(s)
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to exit")
-    c = sub.add_parser("chain", help="add, list or delete named chains",
-                       description="Named chains of up to 16 hops: a service id, out:PORT or drop.")
-    c.add_argument("action", choices=["add", "list", "del"])
-    c.add_argument("chain", nargs="?", help="chain name (add, del)")
-    c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0")
+    c = sub.add_parser("chain", help="add, list or delete named chains; a port's default chain",
+                       description="Named chains of up to 16 hops: a service id, out:PORT or drop.  "
+                       "'onvm chain port 1 web': what arrives on port 1 and matches no rule takes chain "
+                       "web ('default': the default chain again).")
+    c.add_argument("action", choices=["add", "list", "del", "port"])
+    c.add_argument("chain", nargs="?", help="chain name (add, del); the port (port)")
+    c.add_argument("hops", nargs="?", help="hops for add, e.g. 1,2,out:0; the chain (port)")
     _name_arg(c)
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
@@ -397,7 +411,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
-    r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments); all or none")
+    r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments; any number of "
+                   "them); all or none")
+    r.add_argument("--offset", type=int, default=0, help="list from the rule at this position (default 0)")
+    r.add_argument("--limit", type=int, default=None, help="list at most this many rules (default: all)")
     _name_arg(r)
     r.add_argument("--json", action="store_true")
     f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",

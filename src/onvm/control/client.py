@@ -19,6 +19,7 @@ for its reply are queued and handed out by :meth:`Client.next_event`.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -26,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, Self
 
 from onvm.control import ops
@@ -155,8 +156,11 @@ class Client:
     chain_list = method(ops.ChainList)
     chain_del = method(ops.ChainDel)
     rule_add = method(ops.RuleAdd)
+    rule_load = method(ops.RuleLoad)
+    rule_change = method(ops.RuleChange)
     rule_list = method(ops.RuleList)
     rule_del = method(ops.RuleDel)
+    port_chain = method(ops.PortChain)
     flow_list = method(ops.FlowList)
     flow_add = method(ops.FlowAdd)
     flow_del = method(ops.FlowDel)
@@ -168,6 +172,38 @@ class Client:
     packet_in = method(ops.PacketIn)
     capture_start = method(ops.CaptureStart)
     capture_stop = method(ops.CaptureStop)
+
+    def load_rules(self, lines: Sequence[str], first_line: int = 1) -> dict[str, Any]:
+        """Add the rules of a rule file (its lines; blanks and ``#`` comments are skipped), however
+        many: sent in parts that each fit a message, applied together or not at all."""
+        budget = MAX_MESSAGE - 1024  # what the request's other fields may take
+        parts: list[tuple[int, list[str]]] = []
+        part: list[str] = []
+        size, start = 0, first_line
+        for i, text in enumerate(lines):
+            cost = len(json.dumps(text)) + 1
+            if cost > budget:
+                raise OnvmError(f"line {first_line + i}: {cost} bytes is too long for a rule",
+                                code="bad_request")
+            if part and size + cost > budget:
+                parts.append((start, part))
+                part, size, start = [], 0, first_line + i
+            part.append(text)
+            size += cost
+        parts.append((start, part))
+        result: dict[str, Any] = {}
+        for n, (line, texts) in enumerate(parts):
+            result = self.rule_load(texts, line=line, begin=n == 0, commit=n == len(parts) - 1)
+        return result
+
+    def rules(self, offset: int = 0, page: int = ops.RULE_PAGE) -> Iterator[dict[str, Any]]:
+        """The rules from position ``offset`` in the order they are tried, fetched a page at a time."""
+        while True:
+            got = self.rule_list(offset=offset, limit=page)["rules"]
+            yield from got
+            if len(got) < page:
+                return
+            offset += len(got)
 
     def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Union
 
 from onvm import _native
 from onvm.errors import ConfigError
+from onvm.flows.rules import check_timeouts
 
 __all__ = ["OPS", "Json", "Op", "decode"]
 
@@ -148,6 +149,10 @@ def decode(name: str, args: Mapping[str, Any]) -> Op:
 
 
 # ---- shared checks ----------------------------------------------------------
+
+#: Rules in one page of rule_list: the longest rule text (IPv6 prefixes and every
+#: field) and its listing stay under 300 bytes, so a page fits one message.
+RULE_PAGE = 200
 
 def check_service(service: int, what: str = "service") -> None:
     if not 0 <= service < _native.MAX_SERVICES:
@@ -253,14 +258,59 @@ class RuleAdd(Op, name="rule_add"):
             raise ConfigError("rule_add takes 'rule' (one rule) or 'rules' (a list of rule texts)")
 
 
+class RuleLoad(Op, name="rule_load"):
+    """A part of a rule set too large for one message (``onvm rule add -f``).
+
+    The parts are checked as they come and kept on this connection; the part
+    that says ``commit`` applies them all in one change, or none of them if any
+    is bad.  ``begin`` starts a new set (dropping one left unfinished);
+    ``line`` is the file's line number of ``rules[0]``, for errors."""
+
+    rules: list[str]
+    line: int = 1
+    begin: bool = False
+    commit: bool = False
+
+    def check(self) -> None:
+        if self.line < 1:
+            raise ConfigError(f"'line' {self.line} must be at least 1")
+
+
+class RuleChange(Op, name="rule_change"):
+    """Remove the rules ``delete`` (ids) and add ``add`` in one change: all or nothing."""
+
+    add: list[str] | None = None
+    delete: list[int] | None = None
+
+
 class RuleList(Op, name="rule_list"):
-    """The rules in the order they are tried, with their hits."""
+    """The rules in the order they are tried, with their hits, ``limit`` of them from ``offset``."""
+
+    offset: int = 0
+    limit: int = RULE_PAGE
+
+    def check(self) -> None:
+        if self.offset < 0:
+            raise ConfigError(f"'offset' {self.offset} cannot be negative")
+        if not 1 <= self.limit <= RULE_PAGE:
+            raise ConfigError(f"'limit' must be an integer in 1..{RULE_PAGE} (a page fits one message)")
 
 
 class RuleDel(Op, name="rule_del"):
     """Remove a rule by id."""
 
     id: int
+
+
+class PortChain(Op, name="port_chain"):
+    """Give input port ``port`` a default chain of its own (``chain`` null: the default chain again)."""
+
+    port: int
+    chain: str | None = None
+
+    def check(self) -> None:
+        if not 0 <= self.port < _native.MAX_PORTS:
+            raise ConfigError(f"port {self.port} is out of range (0..{_native.MAX_PORTS - 1})")
 
 
 class FlowList(Op, name="flow_list"):
@@ -283,8 +333,7 @@ class FlowAdd(Op, name="flow_add"):
     hard: float = 0.0  # seconds after which it expires anyway; 0: never
 
     def check(self) -> None:
-        if self.idle < 0 or self.hard < 0:
-            raise ConfigError("timeouts cannot be negative")
+        check_timeouts(self.idle, self.hard)
 
 
 class FlowDel(Op, name="flow_del"):

@@ -16,6 +16,7 @@ A rule is a list of conditions, an arrow and a target::
 ``vlan N``                  the outer VLAN id
 ``priority N``              higher wins (default 100); equal priorities: older first
 ``idle S`` ``hard S``       timeouts (seconds) of the exact entries the rule installs
+                            (without ``idle``: the manager's default, 10 s; ``idle 0``: none)
 ``-> chain NAME``           the target chain (``-> NAME`` also works; ``default`` is chain 0)
 ==========================  ===========================================================
 
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from onvm import _native
 from onvm.errors import ConfigError
 
 PROTOCOLS = {"tcp": (6, 0), "udp": (17, 0), "icmp": (1, 4), "icmp6": (58, 6), "ipv6-icmp": (58, 6),
@@ -37,6 +39,16 @@ PROTOCOLS = {"tcp": (6, 0), "udp": (17, 0), "icmp": (1, 4), "icmp6": (58, 6), "i
              "all": (0, 0)}
 ANY = 0xFFFF
 DEFAULT_PRIORITY = 100
+#: The longest timeout the flow table's 32-bit millisecond clock holds (23.1 days).
+MAX_TIMEOUT = _native.TIMEOUT_MAX_MS // 1000
+
+
+def check_timeouts(idle: float, hard: float) -> None:
+    """Flow entry timeouts in seconds, within what the flow table's clock holds; ConfigError otherwise."""
+    for name, value in (("idle", idle), ("hard", hard)):
+        if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
+            raise ConfigError(f"{name} timeout {value} s: expected 0..{MAX_TIMEOUT} s "
+                              "(what the flow table's clock holds)")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,7 +67,7 @@ class Rule:
     dport: tuple[int, int] = (0, 65535)
     in_port: int = ANY
     vlan: int = ANY
-    idle: float = 0.0
+    idle: float | None = None  # None: the manager's default idle timeout
     hard: float = 0.0
     text: str = ""
     id: int = 0
@@ -80,29 +92,37 @@ class Rule:
         for word, rng in (("src port", self.sport), ("dst port", self.dport)):
             if rng != (0, 65535):
                 out.append(f"{word} {rng[0]}" if rng[0] == rng[1] else f"{word} {rng[0]}-{rng[1]}")
-        if self.idle:
+        if self.idle is not None:
             out.append(f"idle {self.idle:g}")
         if self.hard:
             out.append(f"hard {self.hard:g}")
         return " ".join([*out, "->", "chain", self.chain])
 
-    def native(self, slot: int, chain_id: int) -> dict[str, Any]:
-        """The dict the region's set_rules() takes."""
+    def native(self, chain_id: int) -> tuple[Any, ...]:
+        """The tuple the region's rules_apply() takes."""
+        src, src_len = _packed(self.src)
+        dst, dst_len = _packed(self.dst)
+        idle = _native.IDLE_DEFAULT if self.idle is None else round(self.idle * 1000)
+        return (self.id, self.priority, chain_id, self.in_port, self.vlan, self.proto, self.ipver,
+                src, src_len, dst, dst_len, self.sport[0], self.sport[1], self.dport[0], self.dport[1],
+                idle, round(self.hard * 1000))
 
-        def packed(net: Network | None) -> tuple[bytes, int]:
-            if net is None:
-                return bytes(16), 0
-            raw = net.network_address.packed
-            return raw + bytes(16 - len(raw)), net.prefixlen
+    def match_fields(self) -> dict[str, Any]:
+        """What a packet is matched on, as a capture's filter takes it (``_native/capture.c``)."""
+        src, src_len = _packed(self.src)
+        dst, dst_len = _packed(self.dst)
+        return {"src": src, "src_len": src_len, "dst": dst, "dst_len": dst_len, "proto": self.proto,
+                "ipver": self.ipver, "sport_lo": self.sport[0], "sport_hi": self.sport[1],
+                "dport_lo": self.dport[0], "dport_hi": self.dport[1], "in_port": self.in_port,
+                "vlan": self.vlan}
 
-        src, src_len = packed(self.src)
-        dst, dst_len = packed(self.dst)
-        return {"slot": slot, "id": self.id, "priority": self.priority, "chain": chain_id,
-                "in_port": self.in_port, "vlan": self.vlan, "proto": self.proto, "ipver": self.ipver,
-                "src": src, "src_len": src_len, "dst": dst, "dst_len": dst_len,
-                "sport_lo": self.sport[0], "sport_hi": self.sport[1],
-                "dport_lo": self.dport[0], "dport_hi": self.dport[1],
-                "idle_ms": int(self.idle * 1000), "hard_ms": int(self.hard * 1000)}
+
+def _packed(net: Network | None) -> tuple[bytes, int]:
+    """An address prefix as 16 bytes and a length (IPv4 in the first 4)."""
+    if net is None:
+        return bytes(16), 0
+    raw = net.network_address.packed
+    return raw + bytes(16 - len(raw)), net.prefixlen
 
 
 class _Tokens:
@@ -141,8 +161,8 @@ def _seconds(t: _Tokens, what: str) -> float:
         value = float(tok)
     except ValueError:
         raise t.error(f"expected {what} in seconds") from None
-    if not 0 <= value <= 4_000_000:
-        raise t.error(f"expected {what} in seconds (0..4000000)")
+    if not 0 <= value <= MAX_TIMEOUT:  # NaN fails too
+        raise t.error(f"expected {what} in seconds (0..{MAX_TIMEOUT}, what the flow table's clock holds)")
     return value
 
 
@@ -255,10 +275,11 @@ def parse_filter(text: str) -> Rule:
     return rule
 
 
-def parse_rules(lines: Iterable[str]) -> list[Rule]:
-    """Parse rules, one per line; blank lines and ``#`` comments are skipped."""
+def parse_rules(lines: Iterable[str], first_line: int = 1) -> list[Rule]:
+    """Parse rules, one per line (the first is line ``first_line`` of its file); blank lines
+    and ``#`` comments are skipped."""
     out = []
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(lines, first_line):
         text = line.split("#", 1)[0].strip()
         if text:
             try:

@@ -76,9 +76,7 @@ class Captures:
         if req.port is not None and not (req.port < len(self.dp.ports)):
             raise OnvmError(f"there is no port {req.port}", code="not_found")
         rule = parse_filter(req.filter)
-        match = {k: v for k, v in rule.native(0, 0).items()
-                 if k in ("src", "src_len", "dst", "dst_len", "proto", "ipver", "sport_lo", "sport_hi",
-                          "dport_lo", "dport_hi", "in_port", "vlan")}
+        match = rule.match_fields()
         snaplen = min(req.snaplen, self.dp.layout.slot_size - _native.HEADROOM)
         with self._lock:
             now = time.monotonic()

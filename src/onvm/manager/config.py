@@ -53,10 +53,20 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from onvm import env
-from onvm.constants import BURST_MAX, MAX_INSTANCES, MAX_PORTS, MAX_SERVICES, MAX_WORKERS, Action
+from onvm.constants import (
+    BURST_MAX,
+    DEFAULT_IDLE_MS,
+    MAX_INSTANCES,
+    MAX_PORTS,
+    MAX_SERVICES,
+    MAX_WORKERS,
+    RULES_DEFAULT,
+    RULES_LIMIT,
+    Action,
+)
 from onvm.errors import ConfigError
 from onvm.flows.chain import Hop, format_chain, parse_chain
-from onvm.flows.rules import parse_rule
+from onvm.flows.rules import check_timeouts, parse_rule
 from onvm.manager.packing import PackSettings
 from onvm.manager.placement import check_available, parse_cpus
 from onvm.manager.services import POLICY_NAMES, AutoscaleSpec, parse_policy
@@ -197,6 +207,12 @@ class ManagerOptions(BaseModel):
     burst: int = Field(64, ge=1, le=BURST_MAX, description="packets per worker burst")
     flow_table_size: Annotated[int, AfterValidator(_power_of_two(1, 1 << 26, zero=True))] = Field(
         65536, description="exact-match flow entries, a power of two (0: no flow table)")
+    flow_idle: Annotated[float, Flag(metavar="SECONDS"),
+                         AfterValidator(_checked(lambda s: check_timeouts(s, 0) or s))] = Field(
+        DEFAULT_IDLE_MS / 1000, description="idle timeout in seconds of the flow entries that cache what the "
+                                            "rules (or the default chain) decided, when the rule names none")
+    max_rules: int = Field(RULES_DEFAULT, ge=1, le=RULES_LIMIT,
+                           description="rules the manager can hold (only the rules in place take memory)")
     stats: Annotated[float, Flag(metavar="SECONDS")] = Field(
         1.0, ge=0, description="live stats interval in seconds (0: off)")
     duration: Annotated[float, Flag(metavar="SECONDS")] = Field(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onvm import _native, latency
-from onvm.constants import PORT_KINDS, drop_counts
+from onvm.constants import FLOW_ORIGINS, PORT_KINDS, drop_counts
 from onvm.errors import ConfigError, OnvmError, RegionError
 from onvm.manager.placement import NumaTopology, format_cpus, numa_plan
 from onvm.manager.region_path import region_path
@@ -55,6 +55,7 @@ class Layout:
     tx_workers: int
     burst: int
     cpus: tuple[int, ...] | None = None  # pin the manager and its workers
+    max_rules: int = _native.RULES_DEFAULT  # rule slots reserved (only those in use are resident)
     dpdk_eal: str = ""  # DPDK EAL options for dpdk: ports (onvm.ports.dpdk.eal_args)
 
 
@@ -92,7 +93,7 @@ class DataPlane:
         path = region_path(layout.name)
         try:
             region = _native.Region.create(path, layout.name, layout.pool_size, layout.slot_size,
-                                           layout.ring_size, layout.flow_table_size)
+                                           layout.ring_size, layout.flow_table_size, layout.max_rules)
         except RegionError as e:
             if e.errno == errno.EBUSY:  # the lock of a live manager
                 raise OnvmError(f"a manager named '{layout.name}' is already running (region {path})",
@@ -293,7 +294,12 @@ class DataPlane:
         if not fs["used"] or not fs["size"]:
             return []
         return [(e["key"], e["rule_slot"], e["packets"], e["bytes"])
-                for e in self.region.flow_list(fs["size"], -1) if e["origin"] == 0]
+                for e in self.region.flow_list(fs["size"], -1, FLOW_ORIGINS["rule"])]
+
+    def rule_of(self, key: tuple[Any, ...]) -> int:
+        """The slot of the rule the classifier picks for a flow key (-1: none), as RX would."""
+        slot: int = self.region.rule_lookup(key)[0]
+        return slot
 
     def is_output(self, port: int) -> bool:
         return 0 <= port < len(self.ports) and self.ports[port].is_output

@@ -1,32 +1,35 @@
 """The manager's chains, rules and flow table: the authoritative copy and its region image.
 
-Chains have names; chain 0 is ``default``.  Rules keep one slot in the region for
-life; when a rule is added, removed or replaced, the slots whose cached flow
-entries may now be wrong get a new generation (see onvm_flow.h): the rule
-itself, and every rule of lower priority when a higher one arrives.  A sweep
-thread removes expired and stale entries a slice of the table at a time.
+Chains have names; chain 0 is ``default``.  A port may have a default chain of
+its own, taken by what arrives on it and matches no rule.  Rules live in the
+region's classifier (onvm_flow.h): each change (rules added, removed, or both
+at once, and port defaults) is one call that the packet path sees whole, at
+once, and that costs the same whatever the number of rules already in place.
+Cached flow entries whose result a change may affect are checked again at
+their flow's next packet, the others not at all.  A sweep thread removes
+expired and outdated entries a slice of the table at a time.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from onvm import _native
-from onvm.constants import Action
+from onvm.constants import FLOW_ORIGINS, Action
 from onvm.errors import ConfigError, OnvmError
-from onvm.flows.chain import Hop, format_chain, parse_chain
+from onvm.flows.chain import MAX_PORTS, Hop, format_chain, parse_chain
 from onvm.flows.keys import FlowKey
-from onvm.flows.rules import Rule, parse_rule
+from onvm.flows.rules import Rule, check_timeouts, parse_rule
 
 MAX_CHAINS = _native.MAX_CHAINS
-MAX_RULES = _native.MAX_RULES
 SWEEP_INTERVAL = 0.1  # timeouts are exact at lookup; the sweep only frees entries and counts them
 SWEEP_IDLE_INTERVAL = 1.0  # while the table is empty
 SWEEP_SLICE = 1 << 14
-ORIGINS = ("rule", "nf", "api")
+ORIGIN_NAMES = {v: k for k, v in FLOW_ORIGINS.items()}
 
 
 class FlowRegistry:
@@ -37,9 +40,9 @@ class FlowRegistry:
         self.port_ok = port_ok  # is this port an output?
         self.chains: dict[str, tuple[int, list[Hop]]] = {}
         self.rules: dict[int, tuple[Rule, int]] = {}  # id -> (rule, slot)
+        self.port_chains: dict[int, str] = {}  # input port -> its default chain
+        self.chain_rules: Counter[str] = Counter()  # chain name -> rules that use it
         self._order: list[tuple[int, int]] = []  # (-priority, id), the order rules are tried
-        self._native: dict[int, dict[str, Any]] = {}  # id -> what the region takes
-        self._free_slots = list(range(MAX_RULES - 1, -1, -1))
         self._next_rule = 1
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -77,9 +80,15 @@ class FlowRegistry:
             raise ConfigError("the default chain cannot be deleted")
         if name not in self.chains:
             raise OnvmError(f"no chain named '{name}'", code="not_found")
-        users = [r.id for r, _ in self.rules.values() if r.chain == name]
-        if users:
-            raise OnvmError(f"chain {name} is used by rule(s) {', '.join(map(str, users))}", code="busy")
+        if self.chain_rules[name]:
+            users = [r.id for r, _ in self.rules.values() if r.chain == name]
+            more = f" and {len(users) - 10} more" if len(users) > 10 else ""
+            shown = ", ".join(map(str, users[:10])) + more
+            raise OnvmError(f"chain {name} is used by rule(s) {shown}", code="busy")
+        ports = sorted(p for p, c in self.port_chains.items() if c == name)
+        if ports:
+            raise OnvmError(f"chain {name} is the default of port(s) {', '.join(map(str, ports))}",
+                            code="busy")
         cid, _ = self.chains.pop(name)
         flushed = self.region.flow_flush(cid)
         self.region.set_chain(cid, [], "")
@@ -103,53 +112,89 @@ class FlowRegistry:
         rule, slot = self.rules[rid]
         return self._rule_dict(rule, slot, 0)
 
-    def add_rules(self, texts: list[str]) -> list[dict[str, Any]]:
+    def add_rules(self, texts: Iterable[str | Rule]) -> list[dict[str, Any]]:
         """Add rules all together or none: every rule is checked before any is applied."""
-        parsed = [parse_rule(t) for t in texts]
+        return self.change(texts, [])
+
+    def parse(self, texts: Iterable[str | Rule]) -> list[Rule]:
+        """Rules from texts (or parsed already), each checked against the chains there are."""
+        parsed = [t if isinstance(t, Rule) else parse_rule(t) for t in texts]
         for rule in parsed:
             if rule.chain not in self.chains:
-                raise ConfigError(f"rule '{rule.text}': no chain named '{rule.chain}' "
+                raise ConfigError(f"rule '{rule.text or rule.to_text()}': no chain named '{rule.chain}' "
                                   "(add it with onvm chain add)")
-        if len(self.rules) + len(parsed) > MAX_RULES:
-            raise OnvmError(f"at most {MAX_RULES} rules ({len(self.rules)} in place)", code="busy")
-        if not parsed:
+        return parsed
+
+    def change(self, adds: Iterable[str | Rule], del_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Remove the rules del_ids and add adds in one change the packet path sees at once.
+
+        All or nothing: a bad rule, an unknown id or a full classifier applies nothing."""
+        parsed = self.parse(adds)
+        dels = list(dict.fromkeys(del_ids))
+        for rid in dels:
+            if rid not in self.rules:
+                raise OnvmError(f"no rule with id {rid}", code="not_found")
+        if not parsed and not dels:
             return []
-        top = max(r.priority for r in parsed)
-        # New rules may claim flows that lower rules cached: those entries go.
-        bump = [s for r, s in self.rules.values() if r.priority < top]
+        first = self._next_rule
+        for i, rule in enumerate(parsed):
+            rule.id = first + i
+        try:
+            slots = self.region.rules_apply(adds=[r.native(self.chain_id(r.chain)) for r in parsed],
+                                            dels=[self.rules[rid][1] for rid in dels])
+        except MemoryError as e:
+            raise OnvmError(str(e), code="busy") from None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self._next_rule = first + len(parsed)
+        for rid in dels:
+            rule, _ = self.rules.pop(rid)
+            self.chain_rules[rule.chain] -= 1
+            del self._order[bisect.bisect_left(self._order, (-rule.priority, rid))]
+        if len(parsed) > 64:
+            self._order = sorted(self._order + [(-r.priority, r.id) for r in parsed])
+        else:
+            for rule in parsed:
+                bisect.insort(self._order, (-rule.priority, rule.id))
         out = []
-        for rule in parsed:
-            slot = self._free_slots.pop()
-            rule.id = self._next_rule
-            self._next_rule += 1
+        for rule, slot in zip(parsed, slots, strict=True):
             self.rules[rule.id] = (rule, slot)
-            self._native[rule.id] = rule.native(slot, self.chain_id(rule.chain))
-            bisect.insort(self._order, (-rule.priority, rule.id))
-            bump.append(slot)
+            self.chain_rules[rule.chain] += 1
             out.append({"id": rule.id, "slot": slot})
-        self._publish_rules(bump)
         return out
 
     def del_rule(self, rule_id: int) -> dict[str, Any]:
-        if rule_id not in self.rules:
-            raise OnvmError(f"no rule with id {rule_id}", code="not_found")
-        rule, slot = self.rules.pop(rule_id)
-        self._order.remove((-rule.priority, rule_id))
-        del self._native[rule_id]
-        self._free_slots.append(slot)
-        self._publish_rules([slot])
-        return {"id": rule_id, "rule": rule.to_text()}
-
-    def _publish_rules(self, bump: list[int]) -> None:
-        self.region.set_rules([self._native[i] for _, i in self._order], bump)
+        text = self.rules[rule_id][0].to_text() if rule_id in self.rules else ""
+        self.change([], [rule_id])  # refuses an unknown id
+        return {"id": rule_id, "rule": text}
 
     def _rule_dict(self, rule: Rule, slot: int, hits: int) -> dict[str, Any]:
         return {"id": rule.id, "priority": rule.priority, "rule": rule.to_text(), "chain": rule.chain,
                 "slot": slot, "hits": hits}
 
-    def list_rules(self) -> list[dict[str, Any]]:
-        hits = self.region.rule_hits()
-        return [self._rule_dict(self.rules[i][0], self.rules[i][1], hits.get(i, 0)) for _, i in self._order]
+    def list_rules(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rules in the order they are tried, from ``offset``, at most ``limit`` of them."""
+        page = self._order[offset:None if limit is None else offset + limit]
+        entries = [self.rules[rid] for _, rid in page]
+        hits = self.region.rule_hits([slot for _, slot in entries])
+        return [self._rule_dict(rule, slot, h) for (rule, slot), h in zip(entries, hits, strict=True)]
+
+    def set_port_chain(self, port: int, chain: str | None) -> dict[str, Any]:
+        """Give input port ``port`` a default chain of its own (None: the default chain again)."""
+        if not 0 <= port < MAX_PORTS:
+            raise ConfigError(f"port {port} is out of range (0..{MAX_PORTS - 1})")
+        cid = 0 if chain is None else self.chain_id(chain)
+        self.region.rules_apply(ports=[(port, cid)])
+        if chain is None or cid == 0:
+            self.port_chains.pop(port, None)
+        else:
+            self.port_chains[port] = chain
+        return {"port": port, "chain": chain or "default"}
+
+    def set_flow_idle(self, seconds: float) -> None:
+        """The idle timeout of cached results whose rule names none (default 10 s)."""
+        check_timeouts(seconds, 0)
+        self.region.set_flow_idle(round(seconds * 1000))
 
     # ---- flows -------------------------------------------------------------
     def _chain_names(self) -> dict[int, str]:
@@ -162,16 +207,15 @@ class FlowRegistry:
         for f in self.region.flow_list(limit, cid):
             key = FlowKey.from_native(f["key"])
             out.append({"flow": str(key), "chain": names.get(f["chain"], str(f["chain"])),
-                        "origin": ORIGINS[f["origin"]] if f["origin"] < len(ORIGINS) else f["origin"],
+                        "origin": ORIGIN_NAMES.get(f["origin"], f["origin"]),
                         "packets": f["packets"], "bytes": f["bytes"], "age_s": round(f["age_s"], 3),
                         "idle_s": round(f["idle_s"], 3), "idle_timeout": f["idle_ms"] / 1000,
                         "hard_timeout": f["hard_ms"] / 1000})
         return out
 
     def add_flow(self, key: FlowKey, chain: str, idle: float = 0.0, hard: float = 0.0,
-                 origin: int = 2) -> dict[str, Any]:
-        if idle < 0 or hard < 0:
-            raise ConfigError("timeouts cannot be negative")
+                 origin: int = FLOW_ORIGINS["api"]) -> dict[str, Any]:
+        check_timeouts(idle, hard)
         try:
             self.region.flow_put(key.native(), self.chain_id(chain), int(idle * 1000), int(hard * 1000),
                                  origin)
@@ -187,6 +231,9 @@ class FlowRegistry:
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = self.region.flow_stats()
         st["chains"] = len(self.chains)
+        st["default_idle_s"] = st.pop("default_idle_ms") / 1000
+        cls = self.region.rules_stats()
+        st["classifier"] = {k: cls[k] for k in ("max_rules", "tuples", "groups", "slots", "version", "bytes")}
         return st
 
     # ---- expiry ------------------------------------------------------------

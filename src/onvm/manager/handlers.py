@@ -35,6 +35,7 @@ from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
 from onvm.flows.keys import FlowKey
+from onvm.flows.rules import Rule, parse_rules
 from onvm.manager.captures import Captures
 from onvm.manager.dataplane import DataPlane
 from onvm.manager.flows import FlowRegistry
@@ -213,9 +214,41 @@ class Handlers:
         assert req.rule is not None  # RuleAdd.check
         return self.flows.add_rule(req.rule)
 
+    @handles(ops.RuleLoad)
+    def rule_load(self, caller: Caller, req: ops.RuleLoad) -> dict[str, Any]:
+        """A part of a rule set kept on the caller's connection until the part that commits it."""
+        staged: list[Rule] | None = [] if req.begin else caller.data.get("rule_load")
+        if staged is None:
+            raise ConfigError("rule_load: no rule set is under way on this connection (begin one)")
+        caller.data["rule_load"] = staged
+        try:
+            staged += self.flows.parse(parse_rules(req.rules, req.line))
+            added = self.flows.add_rules(staged) if req.commit else None
+        except (ConfigError, OnvmError):
+            del caller.data["rule_load"]  # a bad part ends the set: nothing of it applies
+            raise
+        if added is None:
+            return {"staged": len(staged)}
+        del caller.data["rule_load"]
+        ids = [r["id"] for r in added]
+        return {"added": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+
+    @handles(ops.RuleChange)
+    def rule_change(self, caller: Caller, req: ops.RuleChange) -> dict[str, Any]:
+        added = self.flows.change(req.add or [], req.delete or [])
+        return {"ids": [r["id"] for r in added], "slots": [r["slot"] for r in added],
+                "removed": len(set(req.delete or []))}
+
     @handles(ops.RuleList)
     def rule_list(self, caller: Caller, req: ops.RuleList) -> dict[str, Any]:
-        return {"rules": self.flows.list_rules()}
+        return {"rules": self.flows.list_rules(req.offset, req.limit), "total": len(self.flows.rules),
+                "offset": req.offset}
+
+    @handles(ops.PortChain)
+    def port_chain(self, caller: Caller, req: ops.PortChain) -> dict[str, Any]:
+        if req.port >= len(self.dp.ports):
+            raise ConfigError(f"port {req.port}: the manager has {len(self.dp.ports)} ports")
+        return self.flows.set_port_chain(req.port, req.chain)
 
     @handles(ops.RuleDel)
     def rule_del(self, caller: Caller, req: ops.RuleDel) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from onvm.control import ops
 from onvm.control.server import ControlServer
@@ -53,6 +53,12 @@ __all__ = ["Manager", "ManagerConfig"]
 
 DRAIN_AT_STOP = 1.0  # seconds for what is in flight to reach its end
 NF_STOP_WAIT = 3.0  # seconds for the NFs to leave
+
+
+class Part(Protocol):
+    """A part the manager starts last and stops first (the web endpoint, the OpenFlow agent)."""
+
+    def stop(self) -> None: ...
 
 
 class Manager:
@@ -78,8 +84,8 @@ class Manager:
         self.services: Services | None = None
         self.packing: Packing | None = None
         self.stats: StatsPrinter | None = None
-        self.web: Any = None  # onvm.web.server.WebServer with --web
-        self.sdn: Any = None  # onvm.sdn.agent.OpenFlowAgent with --controller
+        self.web: Part | None = None  # the web endpoint, with --web
+        self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
         self.final_status: dict[str, Any] = {}  # the status when it stopped
 
@@ -91,15 +97,16 @@ class Manager:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: self.stopping.set())
         layout = Layout(cfg.name, cfg.pool_size, cfg.slot_size, cfg.ring_size, cfg.flow_table_size,
-                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, cfg.dpdk_eal)
+                        cfg.rx_workers, cfg.tx_workers, cfg.burst, cfg.cpus, dpdk_eal=cfg.dpdk_eal,
+                        max_rules=cfg.max_rules)
         self.dp = dp = DataPlane.open(layout, cfg.port_specs, self.log)
         try:
             self.flows = flows = FlowRegistry(dp.region, dp.is_output)
             flows.set_default(cfg.chain)
             for name, hops in cfg.chains.items():
                 flows.add_chain(name, hops)
-            for text in cfg.rules:
-                flows.add_rule(text)
+            flows.set_flow_idle(cfg.flow_idle)
+            flows.add_rules(cfg.rules)
             flows.start_sweeper()
             packs = cfg.pin and cfg.pack_below > 0
             candidates = sorted(set(os.sched_getaffinity(0)) & set(self.nf_cpus)) if packs else []
@@ -146,27 +153,28 @@ class Manager:
 
         try:
             host, port = self.config.web_addr or ("127.0.0.1", 0)
-            self.web = WebServer(self.config.name, host, port, source=self._web_sample,
-                                 log=self.log, control=control)
-            self.web.start()
+            web = WebServer(self.config.name, host, port, source=self._web_sample, log=self.log,
+                            control=control)
+            web.start()
         except BaseException:
-            self.web = None
             self.stop()
             raise
+        self.web = web
         assert self.view is not None
-        self.view.web_url = self.web.url
-        self.log(f"web dashboard and API at {self.web.url}; changes need the token in {self.web.token_path}")
+        self.view.web_url = web.url
+        self.log(f"web dashboard and API at {web.url}; changes need the token in {web.token_path}")
         # Not in the event log: anyone who can read the API can read that.
-        print(f"onvm[{self.config.name}]: web token: {self.web.token}", file=sys.stderr, flush=True)
+        print(f"onvm[{self.config.name}]: web token: {web.token}", file=sys.stderr, flush=True)
 
     def _start_sdn(self) -> None:
         from onvm.sdn.agent import OpenFlowAgent
 
         cfg = self.config
         assert self.handlers is not None and self.view is not None and self.dp is not None
-        self.sdn = sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
-                                       ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
-                                       log=self.log)
+        sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
+                            ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
+                            rule_of=self.dp.rule_of, log=self.log)
+        self.sdn = sdn
         self.handlers.packet_in_sink = sdn.packet_in
         self.view.extra["openflow"] = sdn.describe
         sdn.start()

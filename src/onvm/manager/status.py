@@ -27,6 +27,7 @@ from onvm.manager.services import Services
 __all__ = ["LEFT_SHOWN", "StatusView", "nf_status", "summary"]
 
 LEFT_SHOWN = 16  # NFs that left, in a status
+WEB_RULES = 100  # rules in each web sample (the first, by priority); /api/rules pages through the rest
 
 
 class StatusView:
@@ -78,7 +79,8 @@ class StatusView:
         """What the web sampler takes each time: the status, the chains as the region holds
         them, and the sections the web API serves besides."""
         return {"status": self.status(), "chains": self.dp.chains(),
-                "sections": {"rules": self.flows.list_rules(), "flows": self.flows.list_flows(200),
+                "sections": {"rules": self.flows.list_rules(0, WEB_RULES),
+                             "flows": self.flows.list_flows(200),
                              "flow_stats": self.flows.stats(), "chain_names": self.flows.list_chains()}}
 
 

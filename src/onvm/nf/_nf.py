@@ -28,10 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from onvm import _native, env, latency
-from onvm.constants import DROP_REASON_NAMES, Action, drop_counts
+from onvm.constants import DROP_REASON_NAMES, FLOW_ORIGINS, Action, drop_counts
 from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.keys import FlowKey
+from onvm.flows.rules import check_timeouts
 from onvm.nf._batch import Batch, check_fields
 
 Handler = Callable[..., Any]
@@ -224,10 +225,10 @@ class NF:
 
         The entry takes effect for the flow's next packets at RX; ``idle`` and
         ``hard`` are timeouts in seconds (0: none)."""
-        if idle < 0 or hard < 0:
-            raise ConfigError("timeouts cannot be negative")
+        check_timeouts(idle, hard)
         try:
-            self._region.flow_put(self._key(flow), self._chain(chain), int(idle * 1000), int(hard * 1000), 1)
+            self._region.flow_put(self._key(flow), self._chain(chain), round(idle * 1000), round(hard * 1000),
+                                  FLOW_ORIGINS["nf"])
         except MemoryError as e:
             raise OnvmError(str(e), code="busy") from None
 

@@ -50,6 +50,7 @@ Not supported: packet buffers, groups, meters and more than one table.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import queue
 import select
@@ -58,6 +59,7 @@ import struct
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +73,7 @@ from onvm.constants import MAX_PORTS, MAX_SERVICES, Action
 from onvm.control import ops
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
-from onvm.flows.rules import PacketFields, rule_matches
+from onvm.flows.rules import PacketFields
 from onvm.ports.uri import PortSpec
 from onvm.sdn import FAIL_MODES, parse_controller, wire
 from onvm.sdn.translate import (
@@ -114,49 +116,70 @@ class OFFlow:
     hops: list[Hop]
     instructions: list[Any]
     rule_id: int = 0
+    slot: int = -1  # its rule's slot in the region's classifier
     installed: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     last_packets: int = 0
     base_packets: int = 0
     base_bytes: int = 0
 
+    @property
+    def key(self) -> tuple[int, Match]:
+        """What tells flows apart in the table (OpenFlow's strict identity)."""
+        return self.priority, self.match
+
 
 Control = Callable[[ops.Op], dict[str, Any]]
 #: (key, rule slot, packets, bytes) of each flow-table entry a rule installed.
 FlowCounts = Callable[[], list[tuple[Any, int, int, int]]]
+#: The slot of the rule the manager's classifier picks for a flow key (-1: none).
+RuleOf = Callable[[tuple[Any, ...]], int]
 
 
 class FlowTable:
     """Table 0 on top of the manager's rules and chains.  Callers hold ``self.lock``.
 
     ``control`` runs an operation in the manager; ``ports`` are the manager's
-    ports; ``flow_counts`` reads the counters of the entries rules installed.
+    ports; ``flow_counts`` reads the counters of the entries rules installed;
+    ``rule_of`` asks the manager's classifier which rule a flow key takes.
+
+    A FLOW_MOD costs the same however many flows the table holds: flows are
+    found by their (priority, match) and by their rule's slot, an ADD or a
+    DELETE_STRICT is one rule operation, a MODIFY swaps a flow's rule for the
+    new one in one change, and a chain goes when the count of flows using it
+    falls to zero.  Only what OpenFlow defines as a scan (non-strict MODIFY and
+    DELETE, stats requests) looks at every flow.
 
     Lock order: the table's lock, then the manager's (``control`` takes it).
     Code that runs under the manager's lock (status, packet_in) must not take
     the table's."""
 
-    def __init__(self, control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts) -> None:
+    def __init__(self, control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts,
+                 rule_of: RuleOf | None = None) -> None:
         self.control = control
         self.ports = list(ports)
         self.flow_counts = flow_counts
+        self.rule_of = rule_of
         self.lock = threading.RLock()
-        self.flows: list[OFFlow] = []
-        self.chains: set[str] = set()  # chains this table made and believes exist
-        self.slots: dict[int, int] = {}  # rule slot in the region -> rule id, of this table's rules
+        self.flows: dict[tuple[int, Match], OFFlow] = {}  # by key, in the order they came
+        self.timed: dict[tuple[int, Match], OFFlow] = {}  # those with an idle or hard timeout
+        self.chains: Counter[str] = Counter()  # chains this table made -> its flows that use them
+        self.slots: dict[int, OFFlow] = {}  # rule slot in the region -> the flow whose rule it is
         self.seen: dict[Any, tuple[int, int, int]] = {}  # entry key -> (rule id, packets, bytes) last poll
         self.acc: dict[int, list[int]] = {}  # rule id -> [packets, bytes] counted so far
 
     def port_ok(self, port: int) -> bool:
         return 0 <= port < len(self.ports) and self.ports[port].is_output
 
-    def _install(self, fl: OFFlow) -> None:
+    def _install(self, fl: OFFlow, replacing: OFFlow | None = None) -> None:
+        """Give fl its rule; with ``replacing``, that flow's rule goes in the same change."""
         name = chain_name(fl.hops)
-        rule = ops.RuleAdd(rules=[fl.match.rule(name, fl.priority).to_text()])
+        text = fl.match.rule(name, fl.priority).to_text()
+        old = [replacing.rule_id] if replacing is not None and replacing.rule_id else []
+        rule: ops.Op = ops.RuleChange(add=[text], delete=old) if old else ops.RuleAdd(rules=[text])
         try:
             if name not in self.chains:
                 self.control(ops.ChainAdd(name, ",".join(str(h) for h in fl.hops)))
-                self.chains.add(name)
             try:
                 added = self.control(rule)
             except OnvmError as e:
@@ -166,30 +189,64 @@ class FlowTable:
                 self.control(ops.ChainAdd(name, ",".join(str(h) for h in fl.hops)))
                 added = self.control(rule)
         except OnvmError as e:
+            if not self.chains[name]:
+                self._drop_chain(name)
             code = ofp.OFPFMFC_TABLE_FULL if e.code == "busy" else ofp.OFPFMFC_UNKNOWN
             raise OFError(ofp.OFPET_FLOW_MOD_FAILED, code, str(e)) from None
-        fl.rule_id = added["ids"][0]
-        self.slots[added["slots"][0]] = fl.rule_id
+        fl.rule_id, fl.slot = added["ids"][0], added["slots"][0]
+        self.slots[fl.slot] = fl
+        self.chains[name] += 1
+        if replacing is not None:
+            self._forget(replacing)
 
-    def _uninstall(self, fl: OFFlow, hops: list[Hop] | None = None) -> None:
-        """Remove the flow's rule (made for ``hops``, by default its own), and its chain
-        once no other flow of the table uses it."""
-        rule_id, hops = fl.rule_id, fl.hops if hops is None else hops
-        if not rule_id:
+    def _uninstall(self, fl: OFFlow) -> None:
+        """Remove the flow's rule, and its chain once no other flow of the table uses it."""
+        if not fl.rule_id:
             return
-        fl.rule_id = 0
-        self.slots = {slot: rid for slot, rid in self.slots.items() if rid != rule_id}
         try:
-            self.control(ops.RuleDel(rule_id))
+            self.control(ops.RuleDel(fl.rule_id))
         except OnvmError:
             pass  # gone already (the manager is stopping, or someone removed it)
-        name = chain_name(hops)
-        if name in self.chains and not any(f.rule_id and chain_name(f.hops) == name for f in self.flows):
-            try:
-                self.control(ops.ChainDel(name))
-                self.chains.discard(name)
-            except OnvmError:
-                pass  # a rule of someone else's still uses it
+        self._forget(fl)
+
+    def _forget(self, fl: OFFlow) -> None:
+        """fl's rule is gone: forget its slot, and its chain if no flow of the table uses it."""
+        if self.slots.get(fl.slot) is fl:
+            del self.slots[fl.slot]
+        name = chain_name(fl.hops)
+        self.chains[name] -= 1
+        if self.chains[name] <= 0:
+            self._drop_chain(name)
+        fl.rule_id, fl.slot = 0, -1
+
+    def _drop_chain(self, name: str) -> None:
+        del self.chains[name]
+        try:
+            self.control(ops.ChainDel(name))
+        except OnvmError:
+            pass  # a rule of someone else's still uses it
+
+    def _enter(self, fl: OFFlow) -> None:
+        self.flows[fl.key] = fl
+        if fl.idle or fl.hard:
+            self.timed[fl.key] = fl
+        else:
+            self.timed.pop(fl.key, None)
+
+    def _leave(self, fl: OFFlow) -> None:
+        self.flows.pop(fl.key, None)
+        self.timed.pop(fl.key, None)
+
+    def match_packet(self, fields: PacketFields) -> OFFlow | None:
+        """The flow whose rule the manager's classifier picks for a packet (None: none of ours).
+
+        Runs under the manager's lock, without the table's: one dict read."""
+        if self.rule_of is None:
+            return None
+        ports = (fields.sport, fields.dport) if fields.proto in (6, 17) else (0, 0)
+        key = (fields.ipver, fields.src, fields.dst, fields.proto, *ports, fields.in_port,
+               0 if fields.vlan is None else fields.vlan + 1)
+        return self.slots.get(self.rule_of(key))
 
     def poll(self) -> None:
         """Fold what the exact entries counted since the last poll into their rules' totals.
@@ -201,9 +258,10 @@ class FlowTable:
             return
         seen: dict[Any, tuple[int, int, int]] = {}
         for key, slot, p, b in self.flow_counts():
-            rid = self.slots.get(slot)
-            if rid is None:
+            fl = self.slots.get(slot)
+            if fl is None:
                 continue
+            rid = fl.rule_id
             old = self.seen.get(key)
             dp, db = (p, b) if old is None or p < old[1] else (p - old[1], b - old[2])
             acc = self.acc.setdefault(rid, [0, 0])
@@ -246,9 +304,9 @@ class FlowTable:
         return []
 
     def add(self, fl: OFFlow) -> None:
-        old = next((f for f in self.flows if f.priority == fl.priority and f.match == fl.match), None)
+        old = self.flows.get(fl.key)
         if old is None and fl.flags & ofp.OFPFF_CHECK_OVERLAP:
-            for f in self.flows:
+            for f in self.flows.values():
                 if f.priority == fl.priority and (f.match.covers(fl.match) or fl.match.covers(f.match)):
                     raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP)
         if old is not None and old.hops == fl.hops:
@@ -261,21 +319,25 @@ class FlowTable:
             old.cookie, old.idle, old.hard, old.flags = fl.cookie, fl.idle, fl.hard, fl.flags
             old.of_match, old.instructions = fl.of_match, fl.instructions
             old.installed = old.last_active = time.monotonic()
+            self._enter(old)
             return
-        self._install(fl)
-        if old is not None:  # an identical match with other actions replaces it
+        if old is not None:  # an identical match with other actions replaces it, in one change
             self.poll()
             if not fl.flags & ofp.OFPFF_RESET_COUNTS:
                 fl.base_packets, fl.base_bytes = self.stats_of(old)
             self.acc.pop(old.rule_id, None)
-            self._uninstall(old)
-            self.flows.remove(old)
-        self.flows.append(fl)
+        self._install(fl, replacing=old)
+        self._enter(fl)
 
     def _selected(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
                   out_port: int = ofp.OFPP_ANY) -> list[OFFlow]:
+        if strict:
+            one = self.flows.get((priority, match))
+            candidates = [one] if one is not None else []
+        else:
+            candidates = list(self.flows.values())
         out = []
-        for f in self.flows:
+        for f in candidates:
             if mask and (f.cookie & mask) != (cookie & mask):
                 continue
             if strict:
@@ -295,20 +357,10 @@ class FlowTable:
             self.poll()
         for f in targets:
             p, b = self.stats_of(f) if not reset else (0, 0)
-            old_rule = f.rule_id
-            old_hops = f.hops
-            f.hops, f.instructions = hops, instructions
-            try:
-                self._install(f)
-            except OFError:
-                f.hops, f.rule_id = old_hops, old_rule
-                raise
-            new_rule = f.rule_id
-            f.rule_id = old_rule
-            self.acc.pop(old_rule, None)
-            self._uninstall(f, old_hops)
-            f.rule_id = new_rule
-            f.base_packets, f.base_bytes = p, b
+            self.acc.pop(f.rule_id, None)
+            new = dataclasses.replace(f, hops=hops, instructions=instructions, base_packets=p, base_bytes=b)
+            self._install(new, replacing=f)
+            self._enter(new)
 
     def delete(self, match: Match, priority: int, strict: bool, cookie: int, mask: int,
                out_port: int, reason: int = ofp.OFPRR_DELETE) -> list[tuple[OFFlow, int]]:
@@ -322,20 +374,20 @@ class FlowTable:
         for f in targets:
             self._retire_counts(f)
             self._uninstall(f)
-            self.flows.remove(f)
+            self._leave(f)
         return [(f, reason) for f in targets]
 
     def clear(self) -> None:
-        self.remove(list(self.flows), ofp.OFPRR_DELETE)
+        self.remove(list(self.flows.values()), ofp.OFPRR_DELETE)
 
     def expired(self) -> list[tuple[OFFlow, int]]:
-        """Poll the counters; remove and return the flows whose idle or hard timeout passed."""
-        if self.flows:
-            self.poll()
-        now = time.monotonic()
-        timed = [f for f in self.flows if f.idle or f.hard]
+        """Remove and return the flows whose idle or hard timeout passed (counters polled for idle ones)."""
+        timed = list(self.timed.values())
         if not timed:
             return []
+        if any(f.idle for f in timed):
+            self.poll()
+        now = time.monotonic()
         gone: list[tuple[OFFlow, int]] = []
         for f in timed:
             if f.idle:
@@ -526,11 +578,12 @@ class OpenFlowAgent:
     """The OpenFlow datapath of manager ``name`` (see the module docstring).
 
     ``control`` runs an operation in the manager, ``ports`` are its ports,
-    ``flow_counts`` reads the counters of the entries its rules installed."""
+    ``flow_counts`` reads the counters of the entries its rules installed,
+    ``rule_of`` asks its classifier which rule a flow key takes."""
 
     def __init__(self, name: str, controllers: list[str], fail_mode: str = "secure", *,
                  control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts,
-                 log: Callable[[str], None] = print) -> None:
+                 rule_of: RuleOf | None = None, log: Callable[[str], None] = print) -> None:
         if fail_mode not in FAIL_MODES:
             raise ConfigError(f"--fail-mode {fail_mode}: expected one of {', '.join(FAIL_MODES)}")
         self.name = name
@@ -538,7 +591,7 @@ class OpenFlowAgent:
         self._log = log
         self.fail_mode = fail_mode
         self.dpid = datapath_id(name)
-        self.table = FlowTable(control, ports, flow_counts)
+        self.table = FlowTable(control, ports, flow_counts, rule_of)
         self.stopping = threading.Event()
         self.sessions = [Session(self, *parse_controller(c)) for c in controllers]
         self.generation: int | None = None
@@ -623,13 +676,10 @@ class OpenFlowAgent:
         """Queue a PACKET_IN (called by the manager for packet_io; never blocks)."""
         fields = packet_fields(data, in_port)
         reason, cookie = ofp.OFPR_NO_MATCH, 0xFFFFFFFFFFFFFFFF
-        # A copy of the list, not the table's lock: this runs under the manager's lock.
-        order = sorted(list(self.table.flows), key=lambda f: -f.priority)
-        for f in order:
-            if fields is not None and rule_matches(f.match.rule("x", f.priority), fields):
-                miss = f.priority == 0 and f.match == Match()
-                reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
-                break
+        f = self.table.match_packet(fields) if fields is not None else None
+        if f is not None:
+            miss = f.priority == 0 and f.match == Match()
+            reason, cookie = (ofp.OFPR_NO_MATCH if miss else ofp.OFPR_ACTION), f.cookie
         msg = wire.packet_in(data=data, total_len=total_len, reason=reason, cookie=cookie,
                              in_port=of_port_of(in_port) if in_port < MAX_PORTS else ofp.OFPP_CONTROLLER)
         try:

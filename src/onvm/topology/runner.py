@@ -30,9 +30,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from onvm import env
 from onvm.errors import ConfigError, OnvmError
@@ -136,15 +136,26 @@ def nf_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys(dirs))
 
 
+class ManagerView(Protocol):
+    """What the supervisor sees of the manager its NFs join."""
+
+    stopping: threading.Event  # set when the manager stops (and by the supervisor when it fails)
+
+    def log(self, text: str) -> None: ...
+
+    def nf_running(self, service: int, instance: int) -> bool: ...
+
+    def wait_nfs(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()``, woken whenever an NF registers, starts or leaves."""
+
+
 class Supervisor:
-    """Starts NFs in order and restarts them by policy while the manager runs.
+    """Starts NFs in order and restarts them by policy while manager ``name`` runs.
 
-    It sees the manager through ``manager``: its log, its ``stopping`` event,
-    whether an NF instance runs and a wait woken by the NFs' registrations,
-    starts and exits (``nf_running``, ``wait_nfs``).  ``shared`` are the files
-    every NF needs (the region and the control socket)."""
+    ``shared`` are the files every NF needs (the region and the control socket)."""
 
-    def __init__(self, topo: Topology, manager: Manager, shared: list[str], quiet: bool = False) -> None:
+    def __init__(self, topo: Topology, name: str, manager: ManagerView, shared: list[str],
+                 quiet: bool = False) -> None:
         self.topo = topo
         self.manager = manager
         self.quiet = quiet
@@ -153,7 +164,6 @@ class Supervisor:
         self.error: str = ""
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
-        name = manager.config.name
         paths = python_paths()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
@@ -312,7 +322,7 @@ def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: boo
     sup: Supervisor | None = None
     try:
         assert mgr.dp is not None
-        sup = Supervisor(topo, mgr, [mgr.dp.region.path, socket_path(cfg.name)], cfg.quiet)
+        sup = Supervisor(topo, cfg.name, mgr, [mgr.dp.region.path, socket_path(cfg.name)], cfg.quiet)
         sup.start()
         rc = mgr.run()  # returns once stopped: Ctrl-C, SIGTERM, onvm stop, duration, inputs done
     finally:
@@ -332,4 +342,4 @@ def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: boo
     return rc
 
 
-__all__ = ["Child", "Supervisor", "nf_argv", "preflight", "run"]
+__all__ = ["Child", "ManagerView", "Supervisor", "nf_argv", "preflight", "run"]

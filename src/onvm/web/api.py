@@ -248,7 +248,12 @@ class Api:
 
         @route("GET", "/api/rules")
         def rules(req: Request) -> Response:
-            return ok(self._sample().get("rules", []))
+            """A page of the rules, asked of the manager (a rule set may be far too big to sample)."""
+            offset = _int_param(req.query.get("offset", "0"), "offset")
+            limit = _int_param(req.query.get("limit", str(ops.RULE_PAGE)), "limit")
+            if not 1 <= limit <= ops.RULE_PAGE:
+                raise HttpError(400, f"limit {limit} is out of range (1..{ops.RULE_PAGE})")
+            return ok(self.control(ops.RuleList(offset, limit)))
 
         @route("GET", "/api/flows")
         def flows(req: Request) -> Response:
