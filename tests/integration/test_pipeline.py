@@ -10,6 +10,7 @@ import time
 from scapy.all import IP, UDP, Ether, rdpcap, wrpcap  # type: ignore[import-untyped]
 
 from onvm._proc import cpu_seconds
+from onvm.paths import socket_path
 from tests.integration.conftest import onvm, pcap_records, status, wait_for
 
 # Explicit addresses: scapy would otherwise look the destination MAC up on the network.
@@ -58,6 +59,7 @@ def test_status_and_stop_commands(deploy):
     assert "simple_forward" in r.stdout and "gen:rate=10k" in r.stdout
     r = onvm("stop", "--name", dep.name)
     assert r.returncode == 0, r.stderr
+    assert not os.path.exists(socket_path(dep.name))  # it waited for the manager to stop
     assert dep.procs[0].wait(timeout=15) == 0
     assert dep.procs[1].wait(timeout=15) == 0
 

@@ -54,7 +54,8 @@ def test_pcap_uris(tmp_path):
     f.write_bytes(b"")
     p = parse_port(f"pcap:{f}?loop=3&rate=1k")
     assert (p.kind, p.path, p.options) == ("pcap", str(f), {"loop": 3, "rate": 1000, "timing": 0,
-                                                       "speed_milli": 1000})
+                                                       "speed_milli": 1000, "loss": 0})
+    assert parse_port(f"pcap:{f}?loss=1").options["loss"] == 1
     q = parse_port(f"pcap-out:{tmp_path}/o.pcap?snaplen=96")
     assert q.options == {"snaplen": 96} and q.is_output
 

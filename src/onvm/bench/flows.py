@@ -25,10 +25,10 @@ def flow_setup(seconds: float, verbose: bool) -> dict[str, Any]:
     try:
         dep.start_manager()
         with Client(dep.name) as c:
-            c.request("chain_add", name="c", hops="1")
+            c.chain_add("c", "1")
             t0 = time.monotonic()
             for i in range(0, RULES, BATCH):
-                c.request("rule_add", rules=rules[i:i + BATCH])
+                c.rule_add(rules=rules[i:i + BATCH])
             dt = time.monotonic() - t0
     finally:
         dep.stop()

@@ -68,7 +68,7 @@ def nf_start(seconds: float = 0.0, verbose: bool = False, isolation: str = "proc
                 try:
                     deadline = t0 + 30
                     while time.monotonic() < deadline:
-                        nfs = c.request("status")["nfs"]
+                        nfs = c.status()["nfs"]
                         hit = [n for n in nfs if n["rx"] > 0]
                         if hit:
                             times.append((time.monotonic() - t0) * 1000)
@@ -80,9 +80,9 @@ def nf_start(seconds: float = 0.0, verbose: bool = False, isolation: str = "proc
                         time.sleep(0.001)
                     else:
                         raise RuntimeError("the NF handled no packet within 30 s")
-                    c.request("stop_nf", nf_id=nf_id)
+                    c.stop_nf(nf_id)
                     proc.wait(timeout=30)
-                    while c.request("status")["nfs"]:
+                    while c.status()["nfs"]:
                         time.sleep(0.005)
                 finally:
                     if proc.poll() is None:

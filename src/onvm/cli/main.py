@@ -134,17 +134,14 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    import os
-    import time
-
     from onvm.control.client import Client
-    from onvm.paths import socket_path
 
     with Client(args.name) as c:
         c.shutdown()
-    deadline = time.monotonic() + args.timeout
-    while os.path.exists(socket_path(args.name)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        # The manager removes its socket, then closes every connection once its NFs are
+        # gone: wait for the end of this one (nothing else comes on it).
+        for _ in c.events(timeout=args.timeout):
+            pass
     return 0
 
 

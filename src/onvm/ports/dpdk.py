@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from onvm import _native
 from onvm.errors import ConfigError
 from onvm.ports.uri import PortSpec
 
@@ -118,7 +119,8 @@ def runtime_dir(args: Sequence[str]) -> str:
 class DpdkPorts:
     """The dpdk: ports of one manager: the EAL (once per process) and the mbuf pool over its region."""
 
-    def __init__(self, region: Any, name: str, extra: str, pool_size: int, specs: Sequence[PortSpec]) -> None:
+    def __init__(self, region: _native.Region, name: str, extra: str, pool_size: int,
+                 specs: Sequence[PortSpec]) -> None:
         mod, why = _module()
         if mod is None:
             raise ConfigError(f"dpdk: ports: {why}")
@@ -135,7 +137,7 @@ class DpdkPorts:
             mod.log()
             raise ConfigError(e.strerror or str(e)) from None
 
-    def add(self, native: Any, pid: int, spec: PortSpec) -> dict[str, Any]:
+    def add(self, native: _native.Manager, pid: int, spec: PortSpec) -> dict[str, Any]:
         """Probe the device, set its queues up over the pool, and make it the manager's port pid."""
         o = spec.options
         try:
