@@ -45,6 +45,9 @@ SAMPLES: dict[str, ops.Op] = {
     "packet_in": ops.PacketIn("AAAA", 1, 60),
     "capture_start": ops.CaptureStart(service=2, direction="rx", filter="tcp dst port 80", count=10),
     "capture_stop": ops.CaptureStop(1),
+    "trace_add": ops.TraceAdd(10, "udp"),
+    "trace_show": ops.TraceShow(),
+    "trace_clear": ops.TraceClear(),
 }
 
 

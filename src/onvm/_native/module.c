@@ -1248,6 +1248,57 @@ static PyObject *Manager_capture_stats(ManagerObject *self, PyObject *args) {
                          (unsigned long long)(atomic_load(&cp->head) - atomic_load(&cp->tail)));
 }
 
+/* trace_arm(filter, count): mark the next count packets RX takes by filter (count 0: disarm) */
+static PyObject *Manager_trace_arm(ManagerObject *self, PyObject *args) {
+    PyObject *fd;
+    unsigned count;
+    if (!PyArg_ParseTuple(args, "O!I", &PyDict_Type, &fd, &count) || capture_arg(self, 0) < 0)
+        return NULL;
+    struct onvm_cap_filter f;
+    if (onvm_cap_filter_from(fd, &f) < 0)
+        return NULL;
+    onvm_trace_arm(&self->region->r, &f, count);
+    Py_RETURN_NONE;
+}
+
+/* trace_read() -> [event dict], oldest first; trace_state() -> {armed, remaining, lost} */
+static PyObject *Manager_trace_read(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (capture_arg(self, 0) < 0)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    struct onvm_trace_event ev[64];
+    uint32_t n;
+    while (list && (n = onvm_trace_read(&self->region->r, ev, 64)) > 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            const struct onvm_trace_event *e = &ev[i];
+            PyObject *d = Py_BuildValue("{s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "rx_ns",
+                                        (unsigned long long)e->rx_ns, "t_ns", (unsigned long long)e->t_ns, "slot",
+                                        e->slot, "kind", e->kind, "action", e->action, "dest", e->dest, "by",
+                                        e->by, "nf", e->nf, "chain", e->chain, "hop", e->hop, "reason", e->reason,
+                                        "rule", e->rule, "flow_hash", e->flow_hash, "len", e->len);
+            if (!d || PyList_Append(list, d) < 0) {
+                Py_XDECREF(d);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(d);
+        }
+        if (n < 64)
+            break;
+    }
+    return list;
+}
+
+static PyObject *Manager_trace_state(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (capture_arg(self, 0) < 0)
+        return NULL;
+    struct onvm_trace *t = onvm_trace(&self->region->r);
+    return Py_BuildValue("{s:i,s:I,s:K}", "armed", (int)atomic_load(&t->armed), "remaining",
+                         (unsigned)atomic_load(&t->remaining), "lost", (unsigned long long)atomic_load(&t->lost));
+}
+
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
     (void)unused;
     PyObject *l = PyList_New(0);
@@ -1300,6 +1351,10 @@ static PyMethodDef Manager_methods[] = {
      "capture_wait(c, timeout): sleep until capture c has something to read"},
     {"capture_stats", (PyCFunction)Manager_capture_stats, METH_VARARGS,
      "capture_stats(c) -> {taken, drops, remaining, pending}"},
+    {"trace_arm", (PyCFunction)Manager_trace_arm, METH_VARARGS,
+     "trace_arm(filter, count): trace the next count packets the filter takes (0: disarm)"},
+    {"trace_read", (PyCFunction)Manager_trace_read, METH_NOARGS, "trace_read() -> [event], oldest first"},
+    {"trace_state", (PyCFunction)Manager_trace_state, METH_NOARGS, "trace_state() -> {armed, remaining, lost}"},
     {NULL}};
 
 /* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */

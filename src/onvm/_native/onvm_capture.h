@@ -1,4 +1,5 @@
-/* onvm_capture.h - copies of the packets that pass a tap point, for onvm capture.
+/* onvm_capture.h - copies of the packets that pass a tap point (onvm capture), and
+ * the hops of traced packets (onvm trace).
  *
  * Theory of operation
  * -------------------
@@ -75,6 +76,67 @@ struct onvm_cap_record {
     uint8_t data[];
 };
 static_assert(sizeof(struct onvm_cap_record) == ONVM_CAP_REC_HDR, "record header size");
+
+/* ---- trace ------------------------------------------------------------------
+ *
+ * Armed with a filter and a count, the RX worker marks the next packets that
+ * match (ONVM_MF_TRACED) and records how each was classified.  Routing
+ * (route.c) records an event for every marked packet it moves: at RX the first
+ * hop and the instance picked, after each NF its action and destination, the
+ * port it leaves by, or the drop and its reason, each with the time since RX.
+ * A packet is named by (rx_ns, slot): both stay with it through the chain.
+ * Unarmed, the RX worker loads one word a burst and routing tests a flag bit
+ * of the metadata line it reads anyway.  Events go into a ring like a
+ * capture's (a full ring counts them lost); the manager reads them. */
+#define ONVM_TRACE_EVENTS 4096 /* a power of two */
+enum { ONVM_TEV_RX = 1, ONVM_TEV_HOP = 2, ONVM_TEV_DROP = 3 };
+
+struct onvm_trace_event {
+    _Atomic uint64_t seq;
+    uint64_t rx_ns;   /* with slot: the packet */
+    uint64_t t_ns;    /* since RX */
+    uint32_t slot;
+    uint8_t kind;     /* ONVM_TEV_* */
+    uint8_t action;   /* HOP: the action taken */
+    uint16_t dest;    /* HOP: service or port */
+    uint16_t by;      /* the NF that routed it, 0: the manager */
+    uint16_t nf;      /* HOP to a service: the instance picked; RX: the input port */
+    uint16_t chain;
+    uint8_t hop;      /* the chain hop it is at */
+    uint8_t reason;   /* DROP: the drop reason; RX: how it was classified (ONVM_TCL_*) */
+    uint32_t rule;    /* RX: the slot + 1 of the rule that decided it, else 0 */
+    uint32_t flow_hash;
+    uint32_t len;
+    uint8_t pad[8];
+};
+static_assert(sizeof(struct onvm_trace_event) == 64, "a trace event is one line");
+/* RX: how the chain was found */
+enum { ONVM_TCL_DEFAULT = 0, ONVM_TCL_ENTRY = 1, ONVM_TCL_RULE = 2, ONVM_TCL_NOT_IP = 3 };
+
+struct onvm_trace {
+    alignas(ONVM_CACHE_LINE) _Atomic uint32_t armed; /* RX marks packets while set */
+    _Atomic uint32_t remaining;                      /* packets still to mark */
+    struct onvm_cap_filter filter;
+    alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
+    _Atomic uint64_t lost; /* events the ring had no room for */
+    alignas(ONVM_CACHE_LINE) _Atomic uint64_t tail; /* the manager's */
+    uint64_t stuck_since;                          /* the manager's clock for an event claimed, not published */
+    alignas(ONVM_CACHE_LINE) struct onvm_trace_event ev[ONVM_TRACE_EVENTS];
+};
+
+static inline struct onvm_trace *onvm_trace(const struct onvm_region *r) {
+    return (struct onvm_trace *)onvm_at(r, r->hdr->off_trace);
+}
+
+/* RX, after classification: mark and record the packets the armed trace takes. */
+void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uint64_t now);
+/* Routing: one event for a marked packet (kind HOP or DROP). */
+void onvm_trace_event(struct onvm_region *r, uint32_t slot, unsigned kind, unsigned by, unsigned nf,
+                      unsigned reason);
+/* Manager: arm (count > 0) or disarm (count 0) the trace; arming drops the events not read. */
+void onvm_trace_arm(struct onvm_region *r, const struct onvm_cap_filter *f, uint32_t count);
+/* Manager: up to max events in order; returns how many. */
+uint32_t onvm_trace_read(struct onvm_region *r, struct onvm_trace_event *out, uint32_t max);
 
 /* Region creation: lays the capture area out from off; returns the offset past it. */
 uint64_t onvm_cap_layout(struct onvm_header *h, uint64_t off, uint32_t slot_size);

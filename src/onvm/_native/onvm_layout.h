@@ -102,6 +102,7 @@ enum onvm_l3 { ONVM_L3_NONE = 0, ONVM_L3_IPV4 = 1, ONVM_L3_IPV6 = 2, ONVM_L3_ARP
 #define ONVM_MF_VLAN 0x01u
 #define ONVM_MF_TRUNC 0x02u /* a header was cut short: parsing stopped there */
 #define ONVM_MF_FRAG 0x04u
+#define ONVM_MF_TRACED 0x08u /* onvm trace follows it (onvm_capture.h) */
 #define ONVM_MF_RELEASING 0x40u /* held, released, routed at the end of the NF's burst */
 #define ONVM_MF_HELD 0x80u      /* held by the NF whose id the owner stamp names */
 
@@ -343,6 +344,7 @@ struct onvm_header {
     alignas(ONVM_CACHE_LINE) uint64_t off_captures;
     uint32_t cap_records;  /* records per capture, a power of two */
     uint32_t cap_rec_size; /* bytes per record, header included */
+    uint64_t off_trace;    /* the trace (onvm_capture.h) */
 };
 static_assert(offsetof(struct onvm_header, grace) % ONVM_CACHE_LINE == 0, "grace word on its own line");
 

@@ -37,6 +37,8 @@ static void tally(struct onvm_route_ctx *c, unsigned chain, unsigned hop, int la
 
 static void drop(struct onvm_route_ctx *c, uint32_t slot, int reason) {
     c->drops[reason]++;
+    if (c->r->meta[slot].flags & ONVM_MF_TRACED)
+        onvm_trace_event(c->r, slot, ONVM_TEV_DROP, c->self_nf, 0, (unsigned)reason);
     if (c->self_nf && (reason == ONVM_DROP_RING_FULL || reason == ONVM_DROP_NO_DEST)) {
         /* An NF handled it, and then it could not go on: work lost (a late drop). */
         struct onvm_meta *m = &c->r->meta[slot];
@@ -214,7 +216,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
      * every loop.  A service that changes during the burst is seen from the next
      * one on; an NF that leaves is reclaimed only after a grace period, which
      * waits for this loop iteration to end (Manager._grace). */
-    unsigned one_dest = UINT_MAX;
+    unsigned one_dest = UINT_MAX, one_nf = 0;
     struct onvm_ring *one_ring = NULL;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = slots[i];
@@ -263,6 +265,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             break;
         case ONVM_ACT_TONF: {
             struct onvm_ring *ring = one_ring;
+            unsigned picked = one_nf;
             if (dest != one_dest) {
                 unsigned count = 0;
                 unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
@@ -271,13 +274,17 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
                     break;
                 }
                 ring = onvm_nf_ring(r, nf, 0);
+                picked = nf;
                 if (count == 1) { /* every flow picks it */
                     one_dest = dest;
                     one_ring = ring;
+                    one_nf = nf;
                 }
             }
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
+            if (m->flags & ONVM_MF_TRACED) /* onvm trace: a flag of the line read above */
+                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, picked, 0);
             add(c, GROUP_RING, ring, s);
             break;
         }
@@ -288,6 +295,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             }
             m->action = ONVM_ACT_OUT;
             m->dest = (uint16_t)dest;
+            if (m->flags & ONVM_MF_TRACED)
+                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, 0, 0);
             if (c->self_nf) {
                 add(c, GROUP_RING, c->tx_ring, s); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {

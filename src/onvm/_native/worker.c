@@ -163,6 +163,9 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
         uint32_t tap = atomic_load_explicit(&p->tap, ONVM_RELAXED) & ONVM_CAP_RX_MASK;
         if (tap) /* a capture watches what the port receives (one load when none does) */
             onvm_cap_burst(r, tap, w->buf, n, 0);
+        /* Acquire pairs with onvm_trace_arm's release: the filter and count are written. */
+        if (atomic_load_explicit(&onvm_trace(r)->armed, ONVM_ACQUIRE))
+            onvm_trace_rx(r, w->buf, n, now); /* marks the packets it takes: routing records their hops */
         rx_note_chains(sn, metas, n);
         st->rx += n;
         st->rx_bytes += bytes;

@@ -111,3 +111,44 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"{end['captured']} packets captured\n{end['dropped']} packets dropped by the capture",
               file=sys.stderr)
     return 0
+
+
+def add_trace_parser(sub: Any, name_arg: Any) -> None:
+    t = sub.add_parser(
+        "trace", help="follow the next packets a filter takes through every hop",
+        description="trace add COUNT [FILTER]: the next COUNT packets the filter takes at RX are followed: "
+                    "how they were classified, each NF's action and destination with the time since RX, "
+                    "where they left or why they were dropped. trace show prints them, trace clear forgets.",
+        epilog="examples:\n  onvm trace add 5 tcp dst port 80\n  onvm trace show\n  onvm trace show --json\n"
+               "  onvm trace clear", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("action", choices=["add", "show", "clear"])
+    t.add_argument("words", nargs="*", metavar="COUNT [FILTER]",
+                   help="add: how many packets, then the filter")
+    t.add_argument("--json", action="store_true")
+    name_arg(t)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from onvm.control.client import Client
+    from onvm.manager.traces import render
+
+    if args.action == "add":
+        if not args.words or not args.words[0].isdecimal():
+            raise OnvmError("usage: onvm trace add COUNT [FILTER], e.g. onvm trace add 5 udp dst port 53",
+                            code="bad_request")
+        op: ops.Op = ops.TraceAdd(int(args.words[0]), " ".join(args.words[1:]))
+    elif args.words:
+        raise OnvmError(f"onvm trace {args.action} takes no arguments", code="bad_request")
+    else:
+        op = ops.TraceShow() if args.action == "show" else ops.TraceClear()
+    with Client(args.name) as client:
+        out = client.call(op)
+    if args.json:
+        print(json.dumps(out))
+    elif args.action == "show":
+        print(render(out["packets"], out))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0

@@ -424,6 +424,28 @@ class CaptureStop(Op, name="capture_stop"):
     id: int
 
 
+class TraceAdd(Op, name="trace_add"):
+    """Trace the next ``count`` packets that ``filter`` takes at RX, hop by hop (replaces the last trace)."""
+
+    count: int
+    filter: str = ""  # in the rule syntax, without the arrow
+
+    def check(self) -> None:
+        from onvm.flows.rules import parse_filter
+
+        if not 1 <= self.count <= 10_000:
+            raise ConfigError("'count' must be within 1..10000")
+        parse_filter(self.filter)
+
+
+class TraceShow(Op, name="trace_show"):
+    """The traced packets so far, each with its hops."""
+
+
+class TraceClear(Op, name="trace_clear"):
+    """Disarm the trace and forget what it recorded."""
+
+
 class PacketIn(Op, name="packet_in"):
     """A packet for the OpenFlow controllers (from the packet_io NF)."""
 
