@@ -1,11 +1,9 @@
-/* capture.c - tap points copy packets into capture rings; traced packets leave events (onvm_capture.h). */
+/* capture.c - tap points copy packets into capture rings (onvm_capture.h). */
 #include "onvm_capture.h"
-#include "onvm_flow.h"
 
 #include <string.h>
 #include <time.h>
 
-#define CAS_TRIES 16 /* a producer that loses the claim this often counts a drop instead */
 
 static uint32_t rec_size(const struct onvm_header *h) {
     return h->cap_rec_size;
@@ -114,30 +112,6 @@ static void give_back(struct onvm_capture *cp) {
         atomic_fetch_add_explicit(&cp->remaining, 1, ONVM_RELAXED);
 }
 
-/* Claim the record for the next position of a ring of n records of size bytes
- * at base, each starting with its seq word; NULL when the ring is full. */
-static void *claim(_Atomic uint64_t *head, uint8_t *base, uint32_t size, uint32_t n, uint64_t *pos_out) {
-    uint64_t pos = atomic_load_explicit(head, ONVM_RELAXED);
-    for (int tries = 0; tries < CAS_TRIES; tries++) {
-        _Atomic uint64_t *seqp = (_Atomic uint64_t *)(base + (pos & (n - 1)) * size);
-        /* Acquire pairs with the consumer's release of seq = pos (the record is free again). */
-        uint64_t seq = atomic_load_explicit(seqp, ONVM_ACQUIRE);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif < 0)
-            return NULL; /* the consumer has not freed it yet: full */
-        if (dif == 0) {
-            /* Relaxed CAS: the claim orders nothing; the record's seq does. */
-            if (atomic_compare_exchange_weak_explicit(head, &pos, pos + 1, ONVM_RELAXED, ONVM_RELAXED)) {
-                *pos_out = pos;
-                return (void *)seqp;
-            }
-        } else {
-            pos = atomic_load_explicit(head, ONVM_RELAXED);
-        }
-    }
-    return NULL;
-}
-
 void onvm_cap_burst(struct onvm_region *r, uint32_t taps, const uint32_t *slots, uint32_t n, int sent) {
     uint64_t now = 0;
     uint32_t room = onvm_slot_room(r), data_max = rec_size(r->hdr) - ONVM_CAP_REC_HDR;
@@ -164,7 +138,7 @@ void onvm_cap_burst(struct onvm_region *r, uint32_t taps, const uint32_t *slots,
             if (!onvm_cap_match(&f, m, data, len) || !take_one(cp))
                 continue;
             uint64_t pos;
-            struct onvm_cap_record *rec = claim(&cp->head, (uint8_t *)rec_at(r, c, 0), rec_size(r->hdr),
+            struct onvm_cap_record *rec = onvm_rec_claim(&cp->head, (uint8_t *)rec_at(r, c, 0), rec_size(r->hdr),
                                                 r->hdr->cap_records, &pos);
             if (!rec) {
                 give_back(cp);
@@ -253,135 +227,4 @@ size_t onvm_cap_read(struct onvm_region *r, unsigned c, uint8_t *out, size_t max
         atomic_store_explicit(&cp->tail, tail, ONVM_RELAXED);
     }
     return used;
-}
-
-/* ---- trace ---------------------------------------------------------------- */
-
-static void trace_put(struct onvm_region *r, const struct onvm_trace_event *e) {
-    struct onvm_trace *t = onvm_trace(r);
-    uint64_t pos;
-    struct onvm_trace_event *slot = claim(&t->head, (uint8_t *)t->ev, sizeof *e, ONVM_TRACE_EVENTS, &pos);
-    if (!slot) {
-        atomic_fetch_add_explicit(&t->lost, 1, ONVM_RELAXED); /* relaxed: a counter */
-        return;
-    }
-    memcpy((uint8_t *)slot + sizeof slot->seq, (const uint8_t *)e + sizeof e->seq, sizeof *e - sizeof e->seq);
-    /* Release pairs with the manager's acquire load of seq: the event is written. */
-    atomic_store_explicit(&slot->seq, pos + 1, ONVM_RELEASE);
-}
-
-static void event_of(struct onvm_region *r, uint32_t s, struct onvm_trace_event *e) {
-    const struct onvm_meta *m = &r->meta[s];
-    uint64_t now = onvm_now_ns();
-    memset(e, 0, sizeof *e);
-    e->rx_ns = m->rx_ns;
-    e->t_ns = now > m->rx_ns ? now - m->rx_ns : 0;
-    e->slot = s;
-    e->chain = m->chain_id;
-    e->hop = m->chain_idx;
-    e->flow_hash = m->flow_hash;
-    e->len = m->len;
-}
-
-void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uint64_t now) {
-    struct onvm_trace *t = onvm_trace(r);
-    struct onvm_cap_filter f = t->filter;
-    uint32_t room = onvm_slot_room(r);
-    for (uint32_t i = 0; i < n; i++) {
-        struct onvm_meta *m = &r->meta[slots[i]];
-        const uint8_t *data = onvm_slot_data(r, slots[i]);
-        if (!onvm_cap_match(&f, m, data, m->len < room ? m->len : room))
-            continue;
-        uint32_t left = atomic_load_explicit(&t->remaining, ONVM_RELAXED);
-        do { /* relaxed: a count; each packet takes one */
-            if (left == 0) {
-                atomic_store_explicit(&t->armed, 0, ONVM_RELAXED);
-                return;
-            }
-        } while (!atomic_compare_exchange_weak_explicit(&t->remaining, &left, left - 1, ONVM_RELAXED,
-                                                        ONVM_RELAXED));
-        m->flags |= ONVM_MF_TRACED;
-        struct onvm_trace_event e;
-        event_of(r, slots[i], &e);
-        e.kind = ONVM_TEV_RX;
-        e.nf = m->in_port;
-        struct onvm_flow_key key;
-        struct onvm_flow_view v;
-        if (onvm_flow_key_of(m, data, &key) != 0) {
-            e.reason = ONVM_TCL_NOT_IP;
-        } else if (onvm_flow_get(r, &key, now, 1, &v) == 0) {
-            /* Every result is cached: an entry made by this packet was decided now. */
-            int fresh = v.d.created_ns >= m->rx_ns;
-            e.reason = !fresh || !onvm_cached_origin(v.f.origin) ? ONVM_TCL_ENTRY
-                       : v.f.origin == ONVM_FLOW_BY_RULE ? ONVM_TCL_RULE : ONVM_TCL_DEFAULT;
-            e.rule = v.f.origin == ONVM_FLOW_BY_RULE ? v.f.rule : 0;
-        } else {
-            e.reason = ONVM_TCL_DEFAULT; /* not cached: the table was full, or nothing to classify by */
-        }
-        trace_put(r, &e);
-    }
-}
-
-void onvm_trace_event(struct onvm_region *r, uint32_t slot, unsigned kind, unsigned by, unsigned nf,
-                      unsigned reason) {
-    if (slot >= r->pool_count)
-        return;
-    const struct onvm_meta *m = &r->meta[slot];
-    struct onvm_trace_event e;
-    event_of(r, slot, &e);
-    e.kind = (uint8_t)kind;
-    e.action = m->action;
-    e.dest = m->dest;
-    e.by = (uint16_t)by;
-    e.nf = (uint16_t)nf;
-    e.reason = (uint8_t)reason;
-    trace_put(r, &e);
-}
-
-void onvm_trace_arm(struct onvm_region *r, const struct onvm_cap_filter *f, uint32_t count) {
-    struct onvm_trace *t = onvm_trace(r);
-    atomic_store_explicit(&t->armed, 0, ONVM_RELAXED);
-    if (!count)
-        return;
-    struct onvm_trace_event scratch[64]; /* what the last trace left unread is thrown away */
-    while (onvm_trace_read(r, scratch, 64) == 64) {
-    }
-    t->filter = *f;
-    atomic_store_explicit(&t->lost, 0, ONVM_RELAXED);
-    atomic_store_explicit(&t->remaining, count, ONVM_RELAXED);
-    /* Release pairs with the RX worker's acquire load of armed: filter and count are written. */
-    atomic_store_explicit(&t->armed, 1, ONVM_RELEASE);
-}
-
-uint32_t onvm_trace_read(struct onvm_region *r, struct onvm_trace_event *out, uint32_t max) {
-    struct onvm_trace *t = onvm_trace(r);
-    uint64_t tail = atomic_load_explicit(&t->tail, ONVM_RELAXED);
-    uint32_t got = 0;
-    while (got < max) {
-        struct onvm_trace_event *e = &t->ev[tail & (ONVM_TRACE_EVENTS - 1)];
-        /* Acquire pairs with trace_put's release: the event is written.  A claimed
-         * event not yet published is read next time. */
-        if (atomic_load_explicit(&e->seq, ONVM_ACQUIRE) != tail + 1) {
-            /* Claimed and not published: wait for it, unless it stays so (its NF died). */
-            uint64_t now = onvm_now_ns();
-            if ((int64_t)(atomic_load_explicit(&t->head, ONVM_RELAXED) - tail) <= 0) {
-                t->stuck_since = 0;
-                break;
-            }
-            if (!t->stuck_since)
-                t->stuck_since = now;
-            if (now - t->stuck_since < ONVM_CAP_STUCK_NS)
-                break;
-            atomic_fetch_add_explicit(&t->lost, 1, ONVM_RELAXED); /* relaxed: a counter */
-        } else {
-            memcpy(&out[got], e, sizeof *e);
-            got++;
-        }
-        t->stuck_since = 0;
-        /* Release pairs with a producer's acquire load in claim: we are done with it. */
-        atomic_store_explicit(&e->seq, tail + ONVM_TRACE_EVENTS, ONVM_RELEASE);
-        tail++;
-    }
-    atomic_store_explicit(&t->tail, tail, ONVM_RELAXED);
-    return got;
 }

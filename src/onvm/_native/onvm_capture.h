@@ -138,6 +138,32 @@ void onvm_trace_arm(struct onvm_region *r, const struct onvm_cap_filter *f, uint
 /* Manager: up to max events in order; returns how many. */
 uint32_t onvm_trace_read(struct onvm_region *r, struct onvm_trace_event *out, uint32_t max);
 
+#define ONVM_REC_CAS_TRIES 16 /* a producer that loses the claim this often counts a drop instead */
+
+/* Claim the record for the next position of a ring of n records of size bytes
+ * at base, each starting with its seq word; NULL when the ring is full. */
+static inline void *onvm_rec_claim(_Atomic uint64_t *head, uint8_t *base, uint32_t size, uint32_t n, uint64_t *pos_out) {
+    uint64_t pos = atomic_load_explicit(head, ONVM_RELAXED);
+    for (int tries = 0; tries < ONVM_REC_CAS_TRIES; tries++) {
+        _Atomic uint64_t *seqp = (_Atomic uint64_t *)(base + (pos & (n - 1)) * size);
+        /* Acquire pairs with the consumer's release of seq = pos (the record is free again). */
+        uint64_t seq = atomic_load_explicit(seqp, ONVM_ACQUIRE);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif < 0)
+            return NULL; /* the consumer has not freed it yet: full */
+        if (dif == 0) {
+            /* Relaxed CAS: the claim orders nothing; the record's seq does. */
+            if (atomic_compare_exchange_weak_explicit(head, &pos, pos + 1, ONVM_RELAXED, ONVM_RELAXED)) {
+                *pos_out = pos;
+                return (void *)seqp;
+            }
+        } else {
+            pos = atomic_load_explicit(head, ONVM_RELAXED);
+        }
+    }
+    return NULL;
+}
+
 /* Region creation: lays the capture area out from off; returns the offset past it. */
 uint64_t onvm_cap_layout(struct onvm_header *h, uint64_t off, uint32_t slot_size);
 /* Region creation: every record free for lap 0. */
