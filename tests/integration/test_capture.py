@@ -60,7 +60,7 @@ def chain(deploy, tmp_path):
     frames = [udp_frame(i) if i % 2 else udp_frame(i, 80, 6) for i in range(20000)]
     src = tmp_path / "in.pcap"
     src.write_bytes(classic(frames))
-    dep = deploy(["--port", f"pcap:{src}?rate=4000", "--port", "null", "--default-chain", "1,out:1"])
+    dep = deploy(["--port", f"pcap:{src}?rate=4000&loop=0", "--port", "null", "--default-chain", "1,out:1"])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.wait_running(1)
     wait_for(lambda: status(dep.name)["ports"][0]["rx"] > 0, what="traffic")
@@ -72,7 +72,7 @@ def in_order(got: list[bytes], frames: list[bytes]) -> bool:
     if not got:
         return False
     start = frames.index(got[0])
-    return got == frames[start:start + len(got)]
+    return got == (frames * 2)[start:start + len(got)]  # the file loops
 
 
 @pytest.mark.skipif(TCPDUMP is None, reason="tcpdump is not installed (make deps installs it)")
