@@ -23,6 +23,7 @@ from onvm import _native
 MAX_NFS = _native.MAX_NFS  # NF ids 1..MAX_NFS-1; 0 names the manager
 MAX_SERVICES = _native.MAX_SERVICES  # service ids 0..MAX_SERVICES-1
 MAX_INSTANCES = _native.MAX_INSTANCES  # instances of one service
+INSTANCE_MAX = _native.INSTANCE_MAX  # instance numbers 0..INSTANCE_MAX
 MAX_PORTS = _native.MAX_PORTS  # port ids 0..MAX_PORTS-1
 MAX_WORKERS = _native.MAX_WORKERS  # RX and TX workers together
 MAX_CHAINS = _native.MAX_CHAINS  # chain 0 is the default chain

@@ -23,7 +23,7 @@ import pytest
 from onvm._deploy import Deployment
 from onvm.control.client import Client
 from onvm.errors import OnvmError
-from onvm.topology.isolation import backend
+from onvm.topology.isolation import Launch, backend
 
 
 @pytest.fixture
@@ -111,6 +111,22 @@ def nf_image() -> Iterator[str]:
         yield str(json.loads(r.stdout.splitlines()[-1])["image"])
     finally:
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def probe_isolated(mode: str, image: str, code: str, args: list[str], shared: list[str]) -> dict[str, Any]:
+    """Run Python ``code`` (with ``args``) in isolation ``mode`` as an NF would run; the JSON
+    object it prints last."""
+    iso = backend(mode)
+    launch = Launch([sys.executable, "-S", "-c", code, *args], {}, shared,
+                    f"onvm-probe-{uuid.uuid4().hex[:8]}", image)
+    try:
+        r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        iso.cleanup(launch)
+    assert r.returncode == 0, r.stderr
+    seen: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
+    return seen
 
 
 def need(mode: str, request: pytest.FixtureRequest) -> str:

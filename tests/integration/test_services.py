@@ -74,7 +74,7 @@ def test_scale_up_and_down(deploy):
     r = onvm("scale", "1", "3", "--name", dep.name, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert (out["from"], out["to"], len(out["started_pids"])) == (1, 3, 2)
+    assert (out["from"], out["to"], out["launcher"], len(out["started"])) == (1, 3, "recipe", 2)
     wait_for(lambda: sorted(n["instance"] for n in status(dep.name)["nfs"]) == [0, 1, 2], timeout=15,
              what="three instances")
     wait_for(lambda: all(n["rx"] > 0 for n in status(dep.name)["nfs"]), timeout=5,

@@ -17,8 +17,8 @@ import pytest
 
 from onvm.control.client import Client
 from onvm.errors import OnvmError
-from onvm.topology.isolation import Launch, backend
-from tests.integration.conftest import need, onvm, pcap_records, wait_for
+from onvm.topology.isolation import backend
+from tests.integration.conftest import need, onvm, pcap_records, probe_isolated, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["process", "namespace", "podman"]
@@ -118,16 +118,7 @@ def test_isolated_nf_sees_only_its_mounts(tmp_path, request, mode):
     secret.write_text("host only")
     shared = tmp_path / "region"
     shared.write_text("shared")
-    iso = backend(mode)
-    launch = Launch([sys.executable, "-S", "-c", PROBE, str(secret), str(ROOT / "tests"), str(shared)], {},
-                    [str(shared)], f"onvm-probe-{uuid.uuid4().hex[:8]}", image)
-    try:
-        r = subprocess.run(iso.command(launch), env=iso.env(launch), capture_output=True, text=True,
-                           timeout=120)
-    finally:
-        iso.cleanup(launch)
-    assert r.returncode == 0, r.stderr
-    seen = json.loads(r.stdout.splitlines()[-1])
+    seen = probe_isolated(mode, image, PROBE, [str(secret), str(ROOT / "tests"), str(shared)], [str(shared)])
     # its own pid namespace: a handful of low pids, none of the host's processes
     assert len(seen["pids"]) <= 3 and all(int(p) < 10 for p in seen["pids"]), seen["pids"]
     assert not seen["secret"] and not seen["tests"]  # host files outside its mounts are absent

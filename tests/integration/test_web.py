@@ -6,12 +6,15 @@ import http.client
 import json
 import os
 import stat
+import subprocess
+import sys
 import urllib.parse
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from onvm.web.server import MAX_CONNECTIONS_PER_CLIENT, MAX_STREAMS_PER_CLIENT
 from tests.integration.conftest import status, wait_for
 
 TRAFFIC = ["--port", "gen:size=64,flows=32,rate=20k", "--port", "null", "--default-chain", "1,out:1",
@@ -199,11 +202,12 @@ def test_web_clients_do_not_hold_up_the_control_socket(web):
 
     dep, w = web
     streams = []
-    for _ in range(8):
+    for _ in range(MAX_STREAMS_PER_CLIENT):  # held open: a response let go closes its stream
         c = http.client.HTTPConnection(w.host, w.port, timeout=10)
         c.request("GET", "/api/stream")
-        assert c.getresponse().status == 200
-        streams.append(c)
+        r = c.getresponse()
+        assert r.status == 200
+        streams.append((c, r))
     errors: list[BaseException] = []
 
     def hammer() -> None:
@@ -224,8 +228,9 @@ def test_web_clients_do_not_hold_up_the_control_socket(web):
             answered += 1
     for t in threads:
         t.join()
-    for s in streams:
-        s.close()
+    for c, r in streams:
+        r.close()
+        c.close()
     assert not errors and answered > 0
     assert sum(sum(n["drops"].values()) for n in status(dep.name)["nfs"]) == 0
 
@@ -264,3 +269,51 @@ def test_rules_and_flows_through_the_api(web):
     assert {f["chain"] for f in flows} == {"web"} and all(f["origin"] == "rule" for f in flows)
     assert w.json("/api/flow_stats")["used"] == len(flows)
     assert [c["name"] for c in w.json("/api/chain_names")] == ["default", "web"]
+
+
+def _stream_as(w: Web, uid: int) -> int:
+    """The status a live stream request gets from another user on this machine."""
+    code = ("import encodings.idna, http.client, os, sys\n"
+            f"os.setgid({uid}); os.setuid({uid})\n"
+            f"c = http.client.HTTPConnection({w.host!r}, {w.port}, timeout=10)\n"
+            "c.request('GET', '/api/stream')\n"
+            "print(c.getresponse().status)")
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+def test_one_client_cannot_hold_every_stream_or_connection(web):
+    import socket
+
+    dep, w = web
+    streams = []  # (connection, response): a response let go closes its stream
+    try:
+        for _ in range(MAX_STREAMS_PER_CLIENT):
+            c = http.client.HTTPConnection(w.host, w.port, timeout=10)
+            c.request("GET", "/api/stream")
+            r = c.getresponse()
+            assert r.status == 200
+            streams.append((c, r))
+        code, _, body = w.request("GET", "/api/stream")
+        assert code == 503 and b"per client" in body
+        if os.geteuid() == 0:  # another user still gets a stream of its own
+            assert _stream_as(w, 65534) == 200
+        # idle connections (a slow client): the client's cap, then 503 at once; others still served
+        idle = [socket.create_connection((w.host, w.port), timeout=10)
+                for _ in range(MAX_CONNECTIONS_PER_CLIENT - len(streams))]
+        try:
+            extra = socket.create_connection((w.host, w.port), timeout=10)
+            reply = extra.recv(4096)
+            extra.close()
+            assert reply.startswith(b"HTTP/1.1 503") and b"per client" in reply, reply
+        finally:
+            for s in idle:
+                s.close()
+        wait_for(lambda: w.request("GET", "/api/status")[0] == 200, what="a place once the idle ones left")
+        refused = status(dep.name)["refused"]["web"]
+        assert refused["streams"] >= 1 and refused["connections"] >= 1
+    finally:
+        for c, r in streams:
+            r.close()
+            c.close()

@@ -166,3 +166,11 @@ def test_live_stats_show_port_drops_by_reason():
               "ports": [port], "nfs": []}
     text = StatsPrinter(None, 1.0).render(status)  # type: ignore[arg-type]
     assert "drops 9 (kernel 7, ring_full 2)" in text
+
+
+@pytest.mark.parametrize("uri", ["pcap:/tmp/a\udcffb.pcap", "pcap:/tmp/a\nb.pcap"])
+def test_a_port_uri_that_is_not_printable_text_is_refused(uri):
+    from onvm.ports.uri import parse_port
+
+    with pytest.raises(ConfigError, match="port"):
+        parse_port(uri)

@@ -684,3 +684,51 @@ def test_close_wakes_a_waiting_thread(make_server: Any, make_client: Any) -> Non
     finally:
         client.close()
         waiter.join(WAIT)
+
+
+# -- caps -----------------------------------------------------------------------------
+
+def test_connections_beyond_the_per_client_cap_are_refused_and_counted(make_server: Any, make_client: Any,
+                                                                       sock_path: str,
+                                                                       cleanup: list[Callable[[], object]]
+                                                                       ) -> None:
+    srv = ControlServer(sock_path, Recorder().on_request, lambda conn: None, max_per_client=3,
+                        max_connections=100)
+    cleanup.append(srv.stop)
+    srv.start()
+    clients = [make_client() for _ in range(3)]
+    for c in clients:
+        with pytest.raises(OnvmError, match="unknown op"):
+            c.request("x")  # answered: each is served
+    extra = make_client()
+    with pytest.raises(OnvmError) as info:
+        extra.request("echo")
+    assert info.value.code == "busy" and "has 3 connections open" in str(info.value)
+    assert srv.refused == 1
+    # another process still gets in, and a closed connection frees its place
+    child = subprocess.run([sys.executable, "-c", "from onvm.control.client import Client\n"
+                            f"c = Client('t', path={sock_path!r}, timeout=2)\n"
+                            "try:\n    c.request('x')\nexcept Exception as e:\n    print(e)"],
+                           capture_output=True, text=True, timeout=30)
+    assert "unknown op" in child.stdout, child.stdout + child.stderr
+    clients[0].close()
+    deadline = time.monotonic() + WAIT
+    while srv._per_pid.get(os.getpid()) != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    again = make_client()
+    with pytest.raises(OnvmError, match="unknown op"):
+        again.request("x")
+
+
+def test_connections_beyond_the_total_cap_are_refused(make_server: Any, make_client: Any, sock_path: str,
+                                                      cleanup: list[Callable[[], object]]) -> None:
+    srv = ControlServer(sock_path, Recorder().on_request, lambda conn: None, max_connections=2)
+    cleanup.append(srv.stop)
+    srv.start()
+    for c in (make_client(), make_client()):
+        with pytest.raises(OnvmError, match="unknown op"):
+            c.request("x")
+    with pytest.raises(OnvmError) as info:
+        make_client().request("x")
+    assert info.value.code == "busy" and "2 connections are open" in str(info.value)
+    assert srv.refused == 1

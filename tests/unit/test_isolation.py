@@ -34,8 +34,10 @@ def test_process_runs_the_command_as_is():
 def test_namespace_unshares_everything_and_shares_only_region_and_socket():
     cmd = NamespaceIsolation().command(LAUNCH)
     assert cmd[0] == "bwrap"
-    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent"):
+    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
+                 "--new-session"):
         assert flag in cmd
+    assert cmd[cmd.index("--cap-drop") + 1] == "ALL"
     assert cmd[cmd.index("--remount-ro") + 1] == "/"
     assert _pairs(cmd, "--bind") == [(f, f) for f in LAUNCH.shared]  # the only writable binds
     ro = dict(_pairs(cmd, "--ro-bind"))
@@ -49,6 +51,8 @@ def test_podman_uses_runc_limits_no_network_and_no_privileges():
     cmd = PodmanIsolation().command(LAUNCH)
     assert cmd[:3] == ["podman", "--runtime", "runc"] and cmd[3] == "run"
     assert "--privileged" not in cmd
+    assert cmd[cmd.index("--cap-drop") + 1] == "all"
+    assert cmd[cmd.index("--security-opt") + 1] == "no-new-privileges"
     assert ["--ulimit", "nofile=4096:4096"] == cmd[cmd.index("nofile=4096:4096") - 1:][:2]
     assert "nproc=4096:4096" in cmd
     assert cmd[cmd.index("--network") + 1] == "none" and "--read-only" in cmd

@@ -107,7 +107,7 @@ def test_optional_arguments_may_be_absent_or_null() -> None:
     ("status", {"verbose": True}, "unknown argument 'verbose' \\(expected: none\\)"),
     # check(): ranges and syntax, before any handler
     ("register", {"service": _native.MAX_SERVICES}, "service 64 is out of range"),
-    ("register", {"instance": -1}, "instance -1 must be a non-negative integer"),
+    ("register", {"instance": -1}, "instance -1 is out of range"),
     ("subscribe", {"nf_id": 0}, "NF id 0 is out of range"),
     ("rule_add", {}, "rule_add takes 'rule'"),
     ("rule_add", {"rule": "x", "rules": ["y"]}, "rule_add takes 'rule'"),
@@ -169,3 +169,20 @@ def test_a_class_outside_the_table_cannot_be_sent() -> None:
     h = Handlers.__new__(Handlers)
     with pytest.raises(ConfigError, match="unknown operation"):
         h.call(Stray())
+
+
+@pytest.mark.parametrize(("name", "args", "error"), [
+    ("register", {"instance": 65536}, "instance 65536 is out of range"),
+    ("register", {"name": "bad\udcffname"}, "bad.*name"),
+    ("register", {"name": "tab\there"}, "printable text"),
+    ("register", {"name": "x" * 300}, "at most 256 characters"),
+    ("stop_nf", {"nf_id": 0}, "NF id 0 is out of range"),
+    ("stop_nf", {"nf_id": 10**30}, "out of range"),
+    ("send", {"data": 1, "nf": 64}, "NF id 64 is out of range"),
+    ("send", {"data": 1, "service": 99}, "service 99 is out of range"),
+    ("packet_in", {"data": "", "in_port": 2**32}, "in_port"),
+    ("packet_in", {"data": "", "in_port": 1, "total_len": 70000}, "total_len"),
+])
+def test_numbers_and_text_are_checked_where_they_enter(name, args, error):
+    with pytest.raises(ConfigError, match=error):
+        ops.decode(name, args)

@@ -42,7 +42,7 @@ def test_register_refuses_what_does_not_fit() -> None:
     assert e.value.code == "busy"
     with pytest.raises(ConfigError, match="out of range"):
         reg.register("b", _native.MAX_SERVICES, 1)
-    with pytest.raises(ConfigError, match="non-negative"):
+    with pytest.raises(ConfigError, match="out of range"):
         reg.register("b", 1, 1, instance=-1)
     for _ in range(_native.MAX_INSTANCES):
         reg.register("x", 2, 1)
@@ -149,3 +149,16 @@ def test_the_clock_stamps_registration_and_history() -> None:
     now[0] = 105.0
     reg.start(rec.nf_id)
     assert rec.registered_at == 100.0 and rec.life.history[-1] == (105.0, NFState.RUNNING)
+
+
+def test_a_long_non_ascii_name_is_cut_on_a_character_boundary():
+    rec = Registry().register("é" * 40, 1, 100)
+    assert rec.name == "é" * 15 and len(rec.name.encode()) <= 31  # what the region's field holds
+
+
+def test_an_instance_number_beyond_the_service_table_is_refused():
+    reg = Registry()
+    reg.register("a", 1, 100, instance=0)
+    with pytest.raises(ConfigError, match="instance 65536 is out of range"):
+        reg.register("b", 1, 101, instance=_native.INSTANCE_MAX + 1)
+    assert len(reg) == 1

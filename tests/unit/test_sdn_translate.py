@@ -102,8 +102,9 @@ def test_switch_side_messages():
     assert len(replies) == 4 and all(len(r) <= 65535 for r in replies)
     flags = [struct.unpack_from("!HH", r, 8)[1] for r in replies]
     assert flags == [1, 1, 1, 0] and sum(len(r) - 16 for r in replies) == 200_000
-    assert parse_controller("tcp:127.0.0.1:6653") == ("127.0.0.1", 6653)
-    assert parse_controller("[::1]:6633") == ("::1", 6633)
+    assert parse_controller("tcp:127.0.0.1:6653") == ("tcp", "127.0.0.1", 6653)
+    assert parse_controller("ssl:127.0.0.1:6653") == ("ssl", "127.0.0.1", 6653)
+    assert parse_controller("[::1]:6633") == ("tcp", "::1", 6633)
     with pytest.raises(ConfigError):
         parse_controller("tcp:nowhere")
     assert datapath_id("a") != datapath_id("b") and datapath_id("a") < 1 << 48

@@ -74,8 +74,8 @@ BAD = [
     ("manager:\n  name: t\n  colour: red\n",
      "bad.yaml:3: manager.colour: unknown field (expected one of: name, pool_size, slot_size, ring_size, "
      "rx_workers, tx_workers, burst, flow_table_size, flow_idle, max_rules, stats, duration, exit_when_done, "
-     "wait, quiet, cpus, nf_cpus, pin, pack_below, web, controllers, fail_mode, policies, autoscale, "
-     "dpdk_eal)"),
+     "wait, quiet, cpus, nf_cpus, pin, pack_below, web, controllers, private_key, certificate, ca_cert, "
+     "fail_mode, policies, autoscale, dpdk_eal)"),
     ("manager:\n  pack_below: 0.9\n",
      "bad.yaml:2: manager.pack_below: expected 0 up to, not including, 0.8"),
     ("manager:\n  ring_size: 1000\n",

@@ -70,8 +70,8 @@ class FakeControl:
     def __call__(self, op: ops.Op) -> dict[str, Any]:
         args = op.args()
         self.calls.append((op.op_name, args))
-        if op.op_name == "stop_nf" and args["nf_id"] == 99:
-            raise OnvmError("no NF with id 99", code="no_such_nf")
+        if op.op_name == "stop_nf" and args["nf_id"] == 42:
+            raise OnvmError("no NF with id 42", code="no_such_nf")
         if op.op_name == "stop_nf" and args["nf_id"] == 7:
             raise LifecycleError("can't stop NF 7 in state STOPPED")
         return {"ok": op.op_name}
@@ -186,7 +186,8 @@ def test_changes_need_the_token(api):
 def test_stop_nf_with_the_token(api):
     code, data, _ = call(api, "POST", "/api/nfs/1/stop", token=TOKEN)
     assert code == 200 and api.control.calls == [("stop_nf", {"nf_id": 1})]
-    assert call(api, "POST", "/api/nfs/99/stop", token=TOKEN)[0] == 404
+    assert call(api, "POST", "/api/nfs/42/stop", token=TOKEN)[0] == 404
+    assert call(api, "POST", "/api/nfs/99/stop", token=TOKEN)[0] == 400  # no such NF id at all
     assert call(api, "POST", "/api/nfs/7/stop", token=TOKEN)[0] == 409
     assert call(api, "POST", "/api/nfs/abc/stop", token=TOKEN)[0] == 400
     assert call(api, "POST", "/api/nfs/1/stop", body=b"{not json", token=TOKEN)[0] == 400

@@ -397,6 +397,9 @@ static PyObject *Region_nf_activate(RegionObject *self, PyObject *args) {
         return NULL;
     if (txw >= ONVM_MAX_WORKERS)
         return PyErr_Format(PyExc_ValueError, "TX worker %u is out of range", txw);
+    if (svc >= ONVM_MAX_SERVICES || inst > ONVM_INSTANCE_MAX)
+        return PyErr_Format(PyExc_ValueError, "service %u instance %u is out of range (0..%d, 0..%u)", svc, inst,
+                            ONVM_MAX_SERVICES - 1, ONVM_INSTANCE_MAX);
     int rc = onvm_nf_activate(&self->r, id, svc, inst, pid, txw, name);
     if (rc)
         return raise_region(rc, "NF slot is in use");
@@ -612,7 +615,7 @@ static PyObject *Region_set_port_info(RegionObject *self, PyObject *args) {
     struct onvm_port_info *p = &self->r.ports[id];
     p->in_use = 1;
     p->kind = kind;
-    snprintf(p->uri, sizeof p->uri, "%s", uri);
+    onvm_set_text(p->uri, sizeof p->uri, uri);
     Py_RETURN_NONE;
 }
 

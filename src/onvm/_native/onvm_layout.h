@@ -40,6 +40,7 @@
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
 #define ONVM_MAX_SERVICES 64
 #define ONVM_MAX_INSTANCES 16
+#define ONVM_INSTANCE_MAX 0xffffu /* instance numbers: 16 bits in a service's table */
 #define ONVM_MAX_PORTS 16
 #define ONVM_MAX_WORKERS 8
 #define ONVM_MAX_CHAINS 64 /* chain 0 is the default chain */

@@ -4,6 +4,7 @@
 #define ONVM_REGION_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "onvm_layout.h"
 #include "onvm_ring.h"
@@ -45,6 +46,18 @@ struct onvm_region_params {
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p);
 int onvm_region_attach(struct onvm_region *r, const char *path);
 void onvm_region_detach(struct onvm_region *r);
+
+/* Text into a fixed field of the region: at most size - 1 bytes, cut before a UTF-8
+ * character that would not fit whole (a reader never sees half a character), the rest
+ * of the field zeroed.  Callers pass valid UTF-8 (Python's "s" format gives it). */
+static inline void onvm_set_text(char *dst, size_t size, const char *src) {
+    size_t n = strnlen(src, size - 1);
+    if (src[n] != '\0')
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) /* src[n] continues a character */
+            n--;
+    memcpy(dst, src, n);
+    memset(dst + n, 0, size - n);
+}
 
 static inline void *onvm_at(const struct onvm_region *r, uint64_t off) {
     return off ? (void *)(r->base + off) : NULL;

@@ -216,7 +216,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_workers = ONVM_MAX_WORKERS;
     h->max_chains = ONVM_MAX_CHAINS;
     h->max_hops = ONVM_MAX_HOPS;
-    snprintf(h->name, sizeof h->name, "%s", p->name ? p->name : "");
+    onvm_set_text(h->name, sizeof h->name, p->name ? p->name : "");
     bind_tables(r);
     onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
@@ -473,7 +473,7 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
     for (unsigned i = 0; i < n; i++)
         c->hops[i] = hops[i];
     c->count = (uint8_t)n;
-    snprintf(c->name, sizeof c->name, "%s", name ? name : "");
+    onvm_set_text(c->name, sizeof c->name, name ? name : "");
     atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
     for (unsigned i = 0; !same && i < ONVM_MAX_HOPS; i++) { /* counters of the chain as it is now */
         atomic_store_explicit(&c->drops[i].early, 0, ONVM_RELAXED);
@@ -528,7 +528,7 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
     atomic_store(&nf->stop, 0);
     atomic_store(&nf->epoch, 0);
     atomic_store(&nf->wait.sleeping, 0);
-    snprintf(nf->name, sizeof nf->name, "%s", name ? name : "");
+    onvm_set_text(nf->name, sizeof nf->name, name ? name : "");
     /* Release: an NF or worker that sees ACTIVE sees initialised rings. */
     atomic_store_explicit(&nf->state, ONVM_NFS_ACTIVE, ONVM_RELEASE);
     return 0;

@@ -440,7 +440,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _name_arg(sv)
     sv.add_argument("--json", action="store_true")
     sc = sub.add_parser("scale", help="start or stop instances of a service",
-                        description="Start copies of a running instance, or stop the highest-numbered ones.")
+                        description="Start new instances the way the first was started (by a topology's "
+                                    "supervisor, or from the command an NF started by hand gave), or stop "
+                                    "the highest-numbered ones.")
     sc.add_argument("service", type=int)
     sc.add_argument("count", type=int)
     _name_arg(sc)

@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Union
 from onvm import _native
 from onvm.errors import ConfigError
 from onvm.flows.rules import check_timeouts
+from onvm.text import check_text
 
 __all__ = ["OPS", "Json", "Op", "decode"]
 
@@ -164,6 +165,7 @@ def check_nf_id(nf_id: int) -> None:
         raise ConfigError(f"NF id {nf_id} is out of range (1..{_native.MAX_NFS - 1})")
 
 
+
 # ---- the operations ---------------------------------------------------------
 
 class Hello(Op, name="hello"):
@@ -181,14 +183,22 @@ class Register(Op, name="register"):
     instance: int | None = None  # default: the lowest free one
     pid: int = 0  # used when the connection carries no credentials
     cpus: list[int] | None = None  # CPUs it may be placed on
+    # How this process was started (argv, cwd, env): recorded for scaling only when the
+    # process holds the manager's own privileges (see onvm.manager.launch).
+    launch: Json = None
 
     def check(self) -> None:
+        check_text(self.name, "NF name")
         if self.service is not None:
             check_service(self.service)
-        if self.instance is not None and self.instance < 0:
-            raise ConfigError(f"instance {self.instance} must be a non-negative integer")
+        if self.instance is not None and not 0 <= self.instance <= _native.INSTANCE_MAX:
+            raise ConfigError(f"instance {self.instance} is out of range (0..{_native.INSTANCE_MAX})")
         if self.cpus is not None and any(c < 0 for c in self.cpus):
             raise ConfigError(f"cpus {list(self.cpus)}: CPU numbers cannot be negative")
+        if self.launch is not None:
+            from onvm.manager.launch import Recipe
+
+            Recipe.parse(self.launch)
 
 
 class Start(Op, name="start"):
@@ -228,6 +238,9 @@ class StopNF(Op, name="stop_nf"):
     """Ask one NF to stop."""
 
     nf_id: int
+
+    def check(self) -> None:
+        check_nf_id(self.nf_id)
 
 
 class ChainAdd(Op, name="chain_add"):
@@ -356,6 +369,10 @@ class Send(Op, name="send"):
     def check(self) -> None:
         if self.nf is None and self.service is None:
             raise ConfigError("'service' is required (or 'nf')")
+        if self.nf is not None:
+            check_nf_id(self.nf)
+        if self.service is not None:
+            check_service(self.service)
 
 
 class ServiceList(Op, name="service_list"):
@@ -453,3 +470,9 @@ class PacketIn(Op, name="packet_in"):
     data: str  # base64
     in_port: int
     total_len: int = 0  # the packet's length before it was cut (0: len(data))
+
+    def check(self) -> None:
+        if not 0 <= self.in_port <= 0xFFFFFFFF:
+            raise ConfigError(f"in_port {self.in_port} is out of range (0..{0xFFFFFFFF})")
+        if not 0 <= self.total_len <= 0xFFFF:
+            raise ConfigError(f"total_len {self.total_len} is out of range (0..65535)")

@@ -61,12 +61,16 @@ from onvm.control.protocol import (
 )
 from onvm.errors import ConfigError, OnvmError, ProtocolError
 
-__all__ = ["MAX_BACKLOG", "Connection", "ControlServer"]
+__all__ = ["MAX_BACKLOG", "MAX_CONNECTIONS", "MAX_PER_CLIENT", "Connection", "ControlServer"]
 
 log = logging.getLogger(__name__)
 
 #: Outgoing messages queued on one connection before the peer counts as stuck.
 MAX_BACKLOG = 1024
+#: Open connections at once, in all and per client process (an NF holds two, a CLI
+#: command one; the manager's own web server one per request it forwards).
+MAX_CONNECTIONS = 512
+MAX_PER_CLIENT = 32
 
 # Error texts are capped so that any error reply fits in one message, even
 # with every character escaped by the JSON encoder.
@@ -183,13 +187,19 @@ class ControlServer:
 
     ``on_request(conn, request)`` returns the reply's result dict or raises;
     ``on_close(conn)`` is called once per accepted connection when it closes.
-    Both run on the server thread.
+    Both run on the server thread.  A connection beyond ``max_connections``
+    open at once, or beyond ``max_per_client`` from one process, is refused
+    with a ``busy`` error and counted in :attr:`refused`.
     """
 
     def __init__(self, path: str,
                  on_request: Callable[[Connection, Request], dict[str, Any]],
-                 on_close: Callable[[Connection], None]) -> None:
+                 on_close: Callable[[Connection], None], *,
+                 max_connections: int = MAX_CONNECTIONS, max_per_client: int = MAX_PER_CLIENT) -> None:
         self.path = path
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.refused = 0  # connections refused for a cap
         self._on_request = on_request
         self._on_close = on_close
         # Root may always connect: it can read the region anyway.
@@ -198,6 +208,7 @@ class ControlServer:
         self._state = "new"  # -> "running" -> "stopped"
         self._pending: set[Connection] = set()
         self._conns: dict[int, Connection] = {}
+        self._per_pid: dict[int, int] = {}  # open connections of each client process
         self._wake_w = -1
         # Owned by the server thread once it runs.
         self._thread: threading.Thread | None = None
@@ -510,19 +521,33 @@ class ControlServer:
             return
         if uid not in self._allowed_uids:
             log.warning("control server: refused pid %d with uid %d", pid, uid)
-            refusal = make_error(0, "forbidden",
-                                 f"uid {uid} may not use this manager")
-            try:
-                sock.send(encode(refusal), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
-            sock.close()
+            self._refuse(sock, "forbidden", f"uid {uid} may not use this manager")
+            return
+        with self._lock:
+            total, mine = len(self._conns), self._per_pid.get(pid, 0)
+        if total >= self.max_connections or mine >= self.max_per_client:
+            self.refused += 1
+            if self.refused & (self.refused - 1) == 0:  # the 1st, 2nd, 4th, 8th... refusal
+                log.warning("control server: refused a connection of pid %d (%d refused so far)",
+                            pid, self.refused)
+            why = (f"{self.max_connections} connections are open" if total >= self.max_connections else
+                   f"process {pid} has {self.max_per_client} connections open")
+            self._refuse(sock, "busy", f"too many connections: {why}")
             return
         conn = Connection(self, sock, self._next_conn_id, pid, uid, gid)
         self._next_conn_id += 1
         with self._lock:
             self._conns[conn.conn_id] = conn
+            self._per_pid[pid] = mine + 1
         self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    @staticmethod
+    def _refuse(sock: socket.socket, code: str, text: str) -> None:
+        try:
+            sock.send(encode(make_error(0, code, text)), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        sock.close()
 
     def _read(self, conn: Connection) -> None:
         try:
@@ -594,7 +619,10 @@ class ControlServer:
                 pass
             conn._sock.close()
         with self._lock:
-            self._conns.pop(conn.conn_id, None)
+            if self._conns.pop(conn.conn_id, None) is not None:
+                left = self._per_pid.pop(conn.pid, 1) - 1
+                if left:
+                    self._per_pid[conn.pid] = left
             self._pending.discard(conn)
         try:
             self._on_close(conn)

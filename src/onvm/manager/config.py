@@ -37,7 +37,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -237,9 +237,16 @@ class ManagerOptions(BaseModel):
     web: Annotated[str | None, Flag(metavar="HOST:PORT")] = Field(
         None, description="serve the dashboard, the JSON API and /metrics there (PORT alone: on "
                           "127.0.0.1)")
-    controllers: Annotated[list[str], Flag("--controller", metavar="tcp:HOST:PORT")] = Field(
+    controllers: Annotated[list[str], Flag("--controller", metavar="tcp|ssl:HOST:PORT")] = Field(
         default_factory=list, description="OpenFlow 1.3 controllers that program the manager (repeatable; "
-                                          "needs os-ken)")
+                                          "needs os-ken); ssl: needs the three files below")
+    private_key: Annotated[str | None, Flag(metavar="FILE")] = Field(
+        None, description="for ssl: controllers, the manager's private key (PEM), as ovs-vswitchd takes it")
+    certificate: Annotated[str | None, Flag(metavar="FILE")] = Field(
+        None, description="for ssl: controllers, the manager's certificate (PEM)")
+    ca_cert: Annotated[str | None, Flag(metavar="FILE")] = Field(
+        None, description="for ssl: controllers, the CA certificate (PEM) a controller's certificate must be "
+                          "signed by")
     fail_mode: Literal["secure", "standalone"] = Field(
         "secure", description="with no controller connected: keep its flows (secure) or remove them "
                               "(standalone)")
@@ -287,6 +294,20 @@ class ManagerOptions(BaseModel):
 
             _checked(lambda c: check_controllers(c, "secure"))(v)
         return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> Self:
+        if any(c.startswith("ssl:") for c in self.controllers) or self.private_key or self.certificate \
+                or self.ca_cert:
+            from onvm.sdn import check_controllers
+
+            _checked(lambda c: check_controllers(c, self.fail_mode, self.tls_files))(self.controllers)
+        return self
+
+    @property
+    def tls_files(self) -> tuple[str | None, str | None, str | None]:
+        """(private key, certificate, CA certificate) for ssl: controllers."""
+        return self.private_key, self.certificate, self.ca_cert
 
     # ---- what the rest of the manager reads --------------------------------------
     @property
@@ -351,9 +372,9 @@ class ManagerConfig(ManagerOptions):
             return v  # the ports are refused already
         ports = [parse_port(u) for u in info.data["ports"]]
         for name, text in ([("", v)] if isinstance(v, str) else list(v.items())):
-            if name and (name == "default" or len(name) > 23
+            if name and (name == "default" or len(name) > 23 or not name.isascii()
                          or not name.replace("-", "").replace("_", "").isalnum()):
-                raise ValueError(f"chain name '{name}': 1-23 letters, digits, - or _, not 'default' "
+                raise ValueError(f"chain name '{name}': 1-23 ASCII letters, digits, - or _, not 'default' "
                                  "(that is the default chain)")
             for hop in parse_chain(text):
                 if hop.action == Action.OUT and (hop.dest >= len(ports) or not ports[hop.dest].is_output):

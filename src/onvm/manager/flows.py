@@ -52,8 +52,9 @@ class FlowRegistry:
         self._publish_chain(0, "default", hops)
 
     def add_chain(self, name: str, spec: str) -> dict[str, Any]:
-        if not name or len(name) > 23 or not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"chain name '{name}': 1-23 letters, digits, - or _")
+        if not name or len(name) > 23 or not name.isascii() \
+                or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"chain name '{name}': 1-23 ASCII letters, digits, - or _")
         try:
             hops = parse_chain(spec)
         except ConfigError as e:

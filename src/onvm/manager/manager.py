@@ -88,6 +88,7 @@ class Manager:
         self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
         self.final_status: dict[str, Any] = {}  # the status when it stopped
+        self._web_refused: Callable[[], dict[str, int]] | None = None
 
     # ---- start ------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +130,7 @@ class Manager:
             dp.start(hold_input=handlers.held)
             self.server = ControlServer(socket_path(cfg.name), handlers.on_request, handlers.on_close)
             self.server.start()
+            view.extra["refused"] = self._refused
         except BaseException:
             self._teardown()
             raise
@@ -160,6 +162,7 @@ class Manager:
             self.stop()
             raise
         self.web = web
+        self._web_refused = web.refused
         assert self.view is not None
         self.view.web_url = web.url
         self.log(f"web dashboard and API at {web.url}; changes need the token in {web.token_path}")
@@ -167,13 +170,16 @@ class Manager:
         print(f"onvm[{self.config.name}]: web token: {web.token}", file=sys.stderr, flush=True)
 
     def _start_sdn(self) -> None:
+        from onvm.sdn import tls_context
         from onvm.sdn.agent import OpenFlowAgent
 
         cfg = self.config
         assert self.handlers is not None and self.view is not None and self.dp is not None
+        key, cert, ca = cfg.tls_files
+        tls = tls_context(key, cert, ca) if key and cert and ca else None
         sdn = OpenFlowAgent(cfg.name, cfg.controllers, cfg.fail_mode, control=self.handlers.call,
                             ports=cfg.port_specs, flow_counts=self.dp.rule_flow_counts,
-                            rule_of=self.dp.rule_of, log=self.log)
+                            rule_of=self.dp.rule_of, log=self.log, tls=tls)
         self.sdn = sdn
         self.handlers.packet_in_sink = sdn.packet_in
         self.view.extra["openflow"] = sdn.describe
@@ -196,6 +202,11 @@ class Manager:
         """Wait until ``done()``, looking again whenever an NF registers, starts or leaves."""
         assert self.handlers is not None
         return self.handlers.nfs.wait(done, timeout)
+
+    def _refused(self) -> dict[str, Any]:
+        """Connections and streams refused for a cap (control socket, web)."""
+        return {"control": self.server.refused if self.server is not None else 0,
+                "web": self._web_refused() if self._web_refused is not None else {}}
 
     def _web_sample(self) -> dict[str, Any] | None:
         with self.lock:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from onvm.control import ops
 from onvm.errors import ConfigError, OnvmError
 from onvm.manager.dataplane import DataPlane
+from onvm.manager.launch import Recipe, same_privileges
 from onvm.manager.placement import check_available
 from onvm.manager.registry import NFRecord, Registry
 
@@ -74,6 +75,8 @@ class NFs:
         self.dp.activate(rec)
         self.conns[rec.nf_id] = caller
         caller.data["nf_id"] = rec.nf_id
+        if req.launch is not None and same_privileges(caller.pid):
+            rec.launch = Recipe.parse(req.launch)  # never from a sandbox: see launch.py
         self.on_register()
         self._changed.notify_all()
         self.log(f"{rec.describe()} registered (pid {pid}, CPU {rec.cpu})")

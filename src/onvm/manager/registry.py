@@ -33,7 +33,9 @@ from typing import Any
 from onvm import _native
 from onvm.errors import ConfigError, OnvmError
 from onvm.manager._lifecycle import Lifecycle, NFEvent, NFState
+from onvm.manager.launch import Recipe
 from onvm.manager.placement import cpu_load, least_loaded
+from onvm.text import fit_text
 
 __all__ = ["LIVE_STATES", "LEFT_KEPT", "NFRecord", "Registry", "ServiceImage"]
 
@@ -70,6 +72,7 @@ class NFRecord:
     final: dict[str, Any] = field(default_factory=dict)  # its counters when it left
     reclaimed: int = 0  # slots returned to the pool when it left
     messages_in: int = 0  # messages delivered to it
+    launch: Recipe | None = None  # how to start a copy (only for an NF with the manager's privileges)
 
     @property
     def state(self) -> NFState:
@@ -169,8 +172,8 @@ class Registry:
         taken = {r.instance for r in self._nfs.values() if r.service == service and not r.life.terminal}
         if instance is None:
             instance = next(i for i in range(len(taken) + 1) if i not in taken)
-        if instance < 0:
-            raise ConfigError(f"instance {instance!r} must be a non-negative integer")
+        if not 0 <= instance <= _native.INSTANCE_MAX:
+            raise ConfigError(f"instance {instance!r} is out of range (0..{_native.INSTANCE_MAX})")
         if instance in taken:
             raise OnvmError(f"service {service} already has an instance {instance}", code="busy")
         if len(taken) >= _native.MAX_INSTANCES:
@@ -179,7 +182,7 @@ class Registry:
         if not nf_id:
             raise OnvmError(f"all {_native.MAX_NFS - 1} NF slots are in use", code="busy")
         cpu = self._place(cpus)
-        rec = NFRecord(nf_id, (name or "nf")[:NAME_MAX], service, instance, pid,
+        rec = NFRecord(nf_id, fit_text(name or "nf", NAME_MAX), service, instance, pid,
                        self.rx_workers + nf_id % self.tx_workers, Lifecycle(nf_id, clock=self._clock),
                        cpu=cpu, placed=cpu is not None and not cpus, registered_at=self._clock())
         rec.life.apply(NFEvent.REGISTERED)

@@ -1,10 +1,12 @@
 """Services: load-balancing policy per service, scaling by starting or stopping NF
 processes, and an optional autoscaler.
 
-A new instance is a copy of a running one: the manager reads that NF's command
-line from /proc and starts it again without its ``--instance`` option, so the
-new process registers as the next free instance of the same service.  Scaling
-down asks the highest-numbered instances to stop; they leave as any NF does.
+A new instance is started by the service's launcher (see ``launch.py``):
+the topology's supervisor for the services of ``onvm run``, else the recipe
+recorded when an NF started by hand with the manager's own privileges
+registered.  Nothing an NF says later, and nothing read from /proc, decides
+what runs.  Scaling down tells the launchers which instances go for good,
+then asks the highest-numbered ones to stop; they leave as any NF does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +22,15 @@ from typing import Any
 from onvm.constants import MAX_INSTANCES
 from onvm.constants import POLICIES as NATIVE_POLICIES
 from onvm.errors import ConfigError, OnvmError
+from onvm.manager.launch import Launcher
 from onvm.manager.registry import NFRecord, Registry
 
 # the native policies by name, and two short spellings
 POLICY_NAMES = {v: k for k, v in NATIVE_POLICIES.items()}
 POLICIES = {**NATIVE_POLICIES, "rr": NATIVE_POLICIES["round-robin"], "least": NATIVE_POLICIES["least-loaded"]}
+
+
+HISTORY_KEPT = 32  # autoscaling decisions kept per service
 
 
 def parse_policy(text: str) -> int:
@@ -45,7 +52,7 @@ class AutoscaleSpec:
     busy_seen: int = 0
     idle_seen: int = 0
     last_rx: int = -1
-    history: list[str] = field(default_factory=list)
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))  # the last changes
 
     @classmethod
     def parse(cls, text: str) -> AutoscaleSpec:
@@ -56,27 +63,6 @@ class AutoscaleSpec:
         if not 1 <= low <= high <= MAX_INSTANCES:
             raise ConfigError(f"--autoscale {text}: expected 1 <= MIN <= MAX <= {MAX_INSTANCES}")
         return cls(svc, low, high)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode() for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def without_instance(argv: list[str]) -> list[str]:
-    """The command line without any ``--instance N`` / ``--instance=N``."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--instance":
-            skip = True
-        elif not a.startswith("--instance="):
-            out.append(a)
-    return out
 
 
 class Services:
@@ -99,6 +85,7 @@ class Services:
         self.lock = lock
         self.log = log
         self.spawned: list[subprocess.Popen[bytes]] = []
+        self.launchers: list[Launcher] = []  # in-process launchers (a topology's supervisor)
         self.autoscale = {a.service: a for a in autoscale}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,31 +109,55 @@ class Services:
         return out
 
     # ---- scaling --------------------------------------------------------------
+    def add_launcher(self, launcher: Launcher) -> None:
+        """``launcher`` starts new instances of the services it owns (before any recipe)."""
+        self.launchers.append(launcher)
+
     def scale(self, service: int, count: int) -> dict[str, Any]:
         if not 0 <= count <= MAX_INSTANCES:
             raise ConfigError(f"scale {service} to {count}: expected 0..{MAX_INSTANCES} instances")
         live = self.registry.instances(service)
-        started: list[int] = []
+        started: list[str] = []
         stopped: list[int] = []
+        by = ""
         if count > len(live):
-            if not live:
-                raise OnvmError(f"service {service} has no running NF to copy; start one first",
-                                code="not_found")
-            argv = without_instance(_cmdline(live[0].pid))
-            if not argv:
-                raise OnvmError(f"cannot read the command line of NF {live[0].nf_id}", code="internal")
-            for _ in range(count - len(live)):
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
-                self.spawned.append(proc)
-                started.append(proc.pid)
+            launcher = next((la for la in self.launchers if la.owns(service)), None)
+            if launcher is not None:
+                by = launcher.name
+                started = launcher.grow(service, count - len(live), {r.instance for r in live})
+            else:
+                by = "recipe"
+                started = self._from_recipe(service, live, count - len(live))
         elif count < len(live):
-            for rec in live[count:]:
+            going = live[count:]
+            for la in self.launchers:
+                la.shrink(service, [r.instance for r in going])
+            for rec in going:
                 self.stop_nf(rec)
                 stopped.append(rec.nf_id)
         if started or stopped:
-            self.log(f"service {service}: {len(live)} -> {count} instances")
-        return {"service": service, "from": len(live), "to": count, "started_pids": started,
+            self.log(f"service {service}: {len(live)} -> {count} instances"
+                     + (f" (started by the {by})" if by else ""))
+        return {"service": service, "from": len(live), "to": count, "started": started, "launcher": by,
                 "stopping_nfs": stopped}
+
+    def _from_recipe(self, service: int, live: list[NFRecord], count: int) -> list[str]:
+        """Copies of an NF started by hand, from the recipe recorded when it registered."""
+        rec = next((r for r in live if r.launch is not None), None)
+        if rec is None or rec.launch is None:
+            if not live:
+                raise OnvmError(f"service {service} has no running NF to copy; start one first",
+                                code="not_found")
+            raise OnvmError(f"service {service} cannot be scaled by the manager: its NFs run in a sandbox"
+                            " or with other privileges than the manager's, so it has no command of theirs"
+                            " it may run; start more instances the way the first was started (or run"
+                            " them from a topology with onvm run)", code="forbidden")
+        out = []
+        for _ in range(count):
+            proc = rec.launch.start()
+            self.spawned.append(proc)
+            out.append(f"pid {proc.pid}")
+        return out
 
     def reap(self) -> None:
         self.spawned = [p for p in self.spawned if p.poll() is None]

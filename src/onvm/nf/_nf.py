@@ -33,6 +33,7 @@ from onvm.control.client import Client
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import check_timeouts
+from onvm.manager.launch import Recipe
 from onvm.nf._batch import Batch, check_fields
 
 Handler = Callable[..., Any]
@@ -277,7 +278,7 @@ class NF:
         self._client = client
         try:
             reply = client.register(self.name, self.service, self.instance, os.getpid(),
-                                    list(self.cpus) if self.cpus else None)
+                                    list(self.cpus) if self.cpus else None, Recipe.of_this_process())
             self.cpu = reply.get("cpu")
             if self.cpu is not None:
                 try:

@@ -50,6 +50,7 @@ import re
 from dataclasses import dataclass, field
 
 from onvm.errors import ConfigError
+from onvm.text import check_text
 
 KINDS = ("gen", "pcap", "pcap-out", "null", "afpacket", "afxdp", "tap", "dpdk")
 AFXDP_MODES = {"auto": 0, "zc": 1, "copy": 2, "skb": 3}
@@ -153,6 +154,12 @@ def _afxdp(uri: str, name: str, query: str) -> PortSpec:
 
 def parse_port(uri: str) -> PortSpec:
     """Parse a port URI; errors name the URI and the bad part."""
+    spec = _parse_port(uri)
+    check_text(uri, "port", 4096)  # what the kinds' own checks let through: it is shown, and kept
+    return spec
+
+
+def _parse_port(uri: str) -> PortSpec:
     kind, _, rest = uri.partition(":")
     kind = kind.strip().lower()
     if kind == "null":

@@ -55,6 +55,7 @@ import hashlib
 import queue
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -406,10 +407,12 @@ class FlowTable:
 class Session(threading.Thread):
     """One controller connection, reconnected for ever until the agent stops."""
 
-    def __init__(self, agent: OpenFlowAgent, host: str, port: int) -> None:
+    def __init__(self, agent: OpenFlowAgent, scheme: str, host: str, port: int) -> None:
         super().__init__(name=f"onvm-of-{host}:{port}", daemon=True)
         self.agent = agent
-        self.host, self.port = host, port
+        self.scheme, self.host, self.port = scheme, host, port
+        self.tls_failures = 0  # TLS handshakes that failed (a controller without a certificate we trust)
+        self._last_tls_error = ""
         self.sock: socket.socket | None = None
         self.send_lock = threading.Lock()
         self.role = ofp.OFPCR_ROLE_EQUAL
@@ -421,7 +424,7 @@ class Session(threading.Thread):
 
     @property
     def target(self) -> str:
-        return f"tcp:{self.host}:{self.port}"
+        return f"{self.scheme}:{self.host}:{self.port}"
 
     # ---- connection ------------------------------------------------------------
     def run(self) -> None:
@@ -429,7 +432,7 @@ class Session(threading.Thread):
         stop = self.agent.stopping
         while not stop.is_set():
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=2.0)
+                sock = self._connect()
             except OSError:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -459,6 +462,23 @@ class Session(threading.Thread):
                 self.agent.session_lost()
                 stop.wait(backoff)
 
+    def _connect(self) -> socket.socket:
+        """A TCP connection to the controller; for ``ssl:``, TLS with its certificate checked."""
+        sock = socket.create_connection((self.host, self.port), timeout=2.0)
+        if self.scheme != "ssl":
+            return sock
+        assert self.agent.tls is not None  # OpenFlowAgent.__init__
+        try:
+            return self.agent.tls.wrap_socket(sock, server_hostname=self.host)
+        except OSError as e:  # ssl.SSLError included: not the controller we were told to trust
+            sock.close()
+            self.tls_failures += 1
+            text = str(getattr(e, "reason", None) or e)
+            if text != self._last_tls_error:  # logged once per kind of failure, counted always
+                self._last_tls_error = text
+                self.agent.log(f"OpenFlow: TLS with controller {self.target} failed: {text}")
+            raise
+
     def close(self) -> None:
         sock = self.sock
         if sock is not None:
@@ -478,11 +498,18 @@ class Session(threading.Thread):
         buf = bytearray()
         last_rx = time.monotonic()
         echo_sent = 0.0
+        tls = isinstance(sock, ssl.SSLSocket)
         while not self.agent.stopping.is_set():
-            ready, _, _ = select.select([sock], [], [], 0.5)
+            # TLS: what the last read decrypted beyond what it returned waits in the session,
+            # not in the socket, so select alone would not see it.
+            ready = (tls and sock.pending()) or select.select([sock], [], [], 0.5)[0]  # type: ignore[attr-defined]
             now = time.monotonic()
             if ready:
-                data = sock.recv(65536)
+                if tls:  # one TLS session is not used by two threads at once: reads and sends take turns
+                    with self.send_lock:
+                        data = sock.recv(65536)
+                else:
+                    data = sock.recv(65536)
                 if not data:
                     return
                 last_rx = now
@@ -583,7 +610,8 @@ class OpenFlowAgent:
 
     def __init__(self, name: str, controllers: list[str], fail_mode: str = "secure", *,
                  control: Control, ports: Sequence[PortSpec], flow_counts: FlowCounts,
-                 rule_of: RuleOf | None = None, log: Callable[[str], None] = print) -> None:
+                 rule_of: RuleOf | None = None, log: Callable[[str], None] = print,
+                 tls: ssl.SSLContext | None = None) -> None:
         if fail_mode not in FAIL_MODES:
             raise ConfigError(f"--fail-mode {fail_mode}: expected one of {', '.join(FAIL_MODES)}")
         self.name = name
@@ -593,7 +621,11 @@ class OpenFlowAgent:
         self.dpid = datapath_id(name)
         self.table = FlowTable(control, ports, flow_counts, rule_of)
         self.stopping = threading.Event()
+        self.tls = tls
         self.sessions = [Session(self, *parse_controller(c)) for c in controllers]
+        if any(s.scheme == "ssl" for s in self.sessions) and tls is None:
+            raise ConfigError("an ssl: controller needs the TLS context (--private-key, --certificate, "
+                              "--ca-cert)")
         self.generation: int | None = None
         self.errors = 0
         self.flow_mods = 0
@@ -637,7 +669,8 @@ class OpenFlowAgent:
                 "flow_mods": self.flow_mods, "errors": self.errors, "packet_ins": self.packet_ins,
                 "packet_ins_dropped": self.packet_ins_dropped, "packet_outs": self.packet_outs,
                 "controllers": [{"target": s.target, "connected": s.connected.is_set(),
-                                 "connects": s.connects, "role": ROLE_NAMES.get(s.role, "?")}
+                                 "connects": s.connects, "role": ROLE_NAMES.get(s.role, "?"),
+                                 "tls_failures": s.tls_failures}
                                 for s in self.sessions]}
 
     # ---- table changes ---------------------------------------------------------

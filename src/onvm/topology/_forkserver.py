@@ -59,6 +59,7 @@ def _child(req: dict[str, object], fds: tuple[int, ...]) -> None:
         from onvm.cli.main import main
 
         sys.argv = ["onvm", *argv]
+        sys.orig_argv = [sys.executable, "-m", "onvm.cli.main", *argv]  # what a new interpreter would see
         code = main(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

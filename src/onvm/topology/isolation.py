@@ -8,13 +8,15 @@ knows how it is isolated.
 
 - ``process``: a plain child process.
 - ``namespace``: bubblewrap with new pid, mount, ipc, uts, network (and, where
-  possible, cgroup) namespaces; the root is an empty read-only tmpfs holding
+  possible, cgroup) namespaces, a session of its own, no capabilities and
+  ``no_new_privs`` (even when the manager runs as root); the root is an empty read-only tmpfs holding
   read-only binds of the system directories and the Python installation, a
   private /tmp, a fresh /proc and /dev, and the region and socket bound
   read-write.  Nothing else of the host is visible.
 - ``podman``: a container from the image ``onvm image build`` makes (no
   registry), run as root with runc, no network, explicit nofile/nproc limits,
-  a read-only root and the region and socket bind-mounted; never privileged.
+  a read-only root and the region and socket bind-mounted; never privileged:
+  every capability dropped and ``no-new-privileges``.
 - ``docker``: the same container with ``docker run``.
 
 A runtime that is not installed is reported by name with the package that
@@ -116,8 +118,11 @@ class NamespaceIsolation(Isolation):
     ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf")
 
     def command(self, launch: Launch) -> list[str]:
+        # No capabilities (bwrap also sets no_new_privs), and a session of its own: an NF
+        # cannot push keystrokes into the terminal it was started from (TIOCSTI).
         cmd = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
-               "--unshare-cgroup-try", "--die-with-parent", "--hostname", "onvm-nf"]
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+               "--hostname", "onvm-nf"]
         for d in self.SYSTEM:
             if os.path.islink(d):
                 cmd += ["--symlink", os.readlink(d), d]
@@ -174,7 +179,7 @@ class ContainerIsolation(Isolation):
     def command(self, launch: Launch) -> list[str]:
         cmd = [self.program or "", *self.extra, "run", "--rm", "--name", launch.name,
                "--network", "none", "--read-only", "--tmpfs", "/tmp", *ULIMITS,
-               "--security-opt", "no-new-privileges"]
+               "--cap-drop", "all", "--security-opt", "no-new-privileges"]
         for f in launch.shared:
             cmd += ["-v", f"{f}:{f}"]
         for d in launch.code_paths:  # what is not in the image: an NF file's directory, a user's package

@@ -13,8 +13,13 @@ services run, so no packet meets a missing NF).
 
 The supervisor watches every NF process.  One that exits while the manager
 runs is restarted by its policy (``no``, ``on-failure``: a non-zero exit or a
-signal, ``always``) with a growing delay, at most ``max_restarts`` times, under
-the same instance number, so the same flows reach it again.  The manager has
+signal, ``always``) under the same instance number, so the same flows reach it
+again.  The budget is a rate: at most ``max_restarts`` restarts within any
+``restart_window`` seconds; one more and the supervisor gives up on it.  The
+delay before a restart doubles with each exit that follows a short run and
+goes back to the first one after a healthy run (:data:`HEALTHY_RUN`), so an
+NF that crashes once a day is restarted at once for ever, and one that
+crashes at start is held back.  The manager has
 already returned the dead NF's slots to the pool when its socket closed.
 
 Ctrl-C (or SIGTERM, the duration, exhausted inputs) stops the manager, which
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +61,8 @@ from onvm.topology.schema import NFSpec, Topology
 START_TIMEOUT = 20.0  # seconds for one NF entry's instances to run
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+HEALTHY_RUN = 10.0  # seconds an NF must run for its next restart to come at once again
+EXITS_KEPT = 32  # exit statuses kept per NF instance (its total restarts are counted apart)
 STOP_TIMEOUT = 5.0
 EXIT_LOOK = 0.1  # seconds between looks at NF processes that may have died before registering
 
@@ -69,14 +77,35 @@ class Child:
     iso: Isolation
     launch: Launch
     proc: subprocess.Popen[bytes] | ForkedProcess | None = None
-    restarts: int = 0
-    exits: list[int] = field(default_factory=list)
+    restarts: int = 0  # in all
+    exits: deque[int] = field(default_factory=lambda: deque(maxlen=EXITS_KEPT))  # the last statuses
+    recent: deque[float] = field(default_factory=deque)  # when it was restarted, within the window
+    quick_exits: int = 0  # exits in a row after a short run: the back-off's exponent
+    started_at: float = 0.0
     next_start: float = 0.0
-    done: bool = False  # exited for good (policy) or gave up
+    done: bool = False  # exited for good (policy), gave up or scaled away
+    fresh: bool = False  # added by scaling: its first start is not a restart
 
     @property
     def label(self) -> str:
         return f"{self.spec.label}.{self.instance}"
+
+
+def restart_delay(c: Child, now: float) -> float | None:
+    """After ``c`` exited at ``now``: seconds before its restart, or None when it had
+    ``max_restarts`` restarts within the last ``restart_window`` seconds already.
+
+    The delay doubles with each exit after a run shorter than :data:`HEALTHY_RUN`
+    (up to :data:`BACKOFF_MAX`) and is back to :data:`BACKOFF_FIRST` after a healthy run."""
+    while c.recent and c.recent[0] <= now - c.spec.restart_window:
+        c.recent.popleft()
+    if len(c.recent) >= c.spec.max_restarts:
+        return None
+    if now - c.started_at >= HEALTHY_RUN:
+        c.quick_exits = 0
+    delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(c.quick_exits, 16))
+    c.quick_exits += 1
+    return delay
 
 
 def preflight(topo: Topology) -> None:
@@ -164,30 +193,97 @@ class Supervisor:
         self.error: str = ""
         self.forkserver: ForkServer | None = None
         self._thread = threading.Thread(target=self._run, name="onvm-supervisor", daemon=True)
-        paths = python_paths()
+        self.manager_name = name
+        self._paths = python_paths()
+        self._shared = shared
+        # Scaling asks from the control thread; the supervisor's own thread starts and
+        # retires (bubblewrap's --die-with-parent follows the thread that started it).
+        self._asked = threading.Lock()
+        self._new: list[Child] = []
+        self._retiring: set[tuple[int, int]] = set()
         next_instance: dict[int, int] = {}
         for spec in topo.nfs:
             assert spec.service is not None  # filled in by validation
-            iso = backend(spec.isolation)
-            code = find(spec.program).paths  # where the NF's own code lives, outside the package
             for _ in range(spec.instances):
                 inst = next_instance.get(spec.service, 0)
                 next_instance[spec.service] = inst + 1
-                nf_env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
-                          "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
-                          "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
-                if spec.cpus:
-                    nf_env["ONVM_CPUS"] = format_cpus(spec.cpus)
-                launch = Launch(nf_argv(spec, name, spec.service, inst, quiet), nf_env, shared,
-                                f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
-                                paths, code)
-                self.children.append(Child(spec, spec.service, inst, iso, launch))
+                self.children.append(self._child(spec, inst))
+
+    def _child(self, spec: NFSpec, inst: int) -> Child:
+        """Instance ``inst`` of a topology entry, as the file says to start it."""
+        assert spec.service is not None
+        name = self.manager_name
+        code = find(spec.program).paths  # where the NF's own code lives, outside the package
+        nf_env = {"ONVM_RUNTIME_DIR": runtime_dir(), "ONVM_MANAGER": name,
+                  "ONVM_SERVICE": str(spec.service), "ONVM_INSTANCE": str(inst),
+                  "PYTHONPATH": os.pathsep.join([*code, nf_pythonpath()]), **nf_threads()}
+        if spec.cpus:
+            nf_env["ONVM_CPUS"] = format_cpus(spec.cpus)
+        launch = Launch(nf_argv(spec, name, spec.service, inst, self.quiet), nf_env, self._shared,
+                        f"onvm-{name}-{spec.label}-{inst}-{os.getpid()}", spec.image or IMAGE,
+                        self._paths, code)
+        return Child(spec, spec.service, inst, backend(spec.isolation), launch)
+
+    # ---- the launcher of the topology's services (see onvm.manager.launch) ----
+    name = "topology"
+
+    def owns(self, service: int) -> bool:
+        return any(spec.service == service for spec in self.topo.nfs)
+
+    def grow(self, service: int, count: int, taken: set[int]) -> list[str]:
+        """``count`` more instances of the service's (last) topology entry, started and
+        supervised by this supervisor's thread like the first ones."""
+        spec = [s for s in self.topo.nfs if s.service == service][-1]
+        with self._asked:
+            held = taken | {c.instance for c in [*self.children, *self._new]
+                            if c.service == service and not c.done
+                            and (service, c.instance) not in self._retiring}
+            out = []
+            for _ in range(count):
+                inst = next(i for i in range(len(held) + 1) if i not in held)
+                held.add(inst)
+                self._retiring.discard((service, inst))
+                child = self._child(spec, inst)
+                self._new.append(child)
+                out.append(child.label)
+        return out
+
+    def shrink(self, service: int, instances: list[int]) -> None:
+        with self._asked:
+            self._retiring.update((service, i) for i in instances)
+
+    def _take_asked(self) -> None:
+        """Apply what scaling asked for: new children to start, instances not to restart."""
+        with self._asked:
+            new, self._new = self._new, []
+            retiring = set(self._retiring)
+        for c in self.children:
+            if (c.service, c.instance) in retiring and not c.done:
+                c.done = True
+                if c.proc is None:
+                    with self._asked:
+                        self._retiring.discard((c.service, c.instance))
+        later = []
+        for child in new:
+            key = (child.service, child.instance)
+            old = next((c for c in self.children if (c.service, c.instance) == key), None)
+            if old is None:
+                child.fresh = True
+                self.children.append(child)
+            elif old.proc is None:  # an instance scaled away and back: the same record
+                old.done, old.next_start, old.fresh = False, 0.0, True
+            else:
+                later.append(child)  # its previous process is still leaving
+        if later:
+            with self._asked:
+                self._new[:0] = later
 
     def log(self, text: str) -> None:
         self.manager.log(text)
 
     # ---- starting -------------------------------------------------------------
     def _spawn(self, c: Child) -> None:
+        c.started_at = time.monotonic()
         if self.forkserver is not None and c.spec.isolation == "process" \
                 and self.forkserver.handles(c.launch.argv):
             c.proc = self.forkserver.spawn(c.launch.argv, c.launch.env)
@@ -244,15 +340,21 @@ class Supervisor:
     # ---- watching --------------------------------------------------------------
     def _watch(self) -> None:
         while not self.manager.stopping.wait(0.05):
+            self._take_asked()
             now = time.monotonic()
             for c in self.children:
-                if c.done:
-                    continue
                 if c.proc is None:
-                    if now >= c.next_start and not self.manager.stopping.is_set():
+                    if c.done or now < c.next_start or self.manager.stopping.is_set():
+                        continue
+                    if c.fresh:
+                        c.fresh = False
+                        self.log(f"starting {c.label} (scaled up)")
+                    else:
                         c.restarts += 1
-                        self.log(f"restarting {c.label} (restart {c.restarts} of {c.spec.max_restarts})")
-                        self._spawn(c)
+                        c.recent.append(now)
+                        self.log(f"restarting {c.label} (restart {c.restarts}; {len(c.recent)} of "
+                                 f"{c.spec.max_restarts} within {c.spec.restart_window:g} s)")
+                    self._spawn(c)
                     continue
                 rc = c.proc.poll()
                 if rc is None:
@@ -262,14 +364,18 @@ class Supervisor:
                 c.iso.cleanup(c.launch)
                 how = f"signal {-rc}" if rc < 0 else f"status {rc}"
                 policy = c.spec.restart
-                if policy == "no" or (policy == "on-failure" and rc == 0):
+                if c.done:  # scaled away
+                    with self._asked:
+                        self._retiring.discard((c.service, c.instance))
+                    self.log(f"{c.label} exited with {how}; scaled away")
+                elif policy == "no" or (policy == "on-failure" and rc == 0):
                     self.log(f"{c.label} exited with {how}; restart policy '{policy}': left stopped")
                     c.done = True
-                elif c.restarts >= c.spec.max_restarts:
-                    self.log(f"{c.label} exited with {how}; gave up after {c.restarts} restarts")
+                elif (delay := restart_delay(c, now)) is None:
+                    self.log(f"{c.label} exited with {how}; gave up: {len(c.recent)} restarts within "
+                             f"{c.spec.restart_window:g} s ({c.restarts} in all)")
                     c.done = True
                 else:
-                    delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** c.restarts))
                     c.next_start = now + delay
                     self.log(f"{c.label} exited with {how}; restarting in {delay:.1f} s")
 
@@ -323,6 +429,8 @@ def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: boo
     try:
         assert mgr.dp is not None
         sup = Supervisor(topo, cfg.name, mgr, [mgr.dp.region.path, socket_path(cfg.name)], cfg.quiet)
+        if mgr.services is not None:
+            mgr.services.add_launcher(sup)  # scaling a topology's service goes through its supervisor
         sup.start()
         rc = mgr.run()  # returns once stopped: Ctrl-C, SIGTERM, onvm stop, duration, inputs done
     finally:
@@ -342,4 +450,4 @@ def run(topo: Topology, overrides: Mapping[str, Any] | None = None, as_json: boo
     return rc
 
 
-__all__ = ["Child", "ManagerView", "Supervisor", "nf_argv", "preflight", "run"]
+__all__ = ["Child", "ManagerView", "Supervisor", "nf_argv", "preflight", "restart_delay", "run"]

@@ -89,7 +89,8 @@ class NFSpec(_Model):
     isolation: Literal["process", "namespace", "podman", "docker"] = "process"
     image: str | None = None  # podman/docker image (default: the one 'onvm image build' makes)
     restart: Literal["no", "on-failure", "always"] = "on-failure"
-    max_restarts: int = Field(5, ge=0)  # give up after this many restarts
+    max_restarts: int = Field(5, ge=0, le=1000)  # at most this many restarts within restart_window
+    restart_window: float = Field(60.0, ge=1.0, le=86400.0)  # seconds
     cpus: tuple[int, ...] | None = None  # place its instances on these CPUs
 
     _cpu = field_validator("cpus", mode="before")(lambda cls, v: _cpus(v))

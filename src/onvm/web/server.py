@@ -9,6 +9,13 @@ the GIL only while formatting answers; the packet path runs in native threads
 that never take it, and the control socket's thread is never blocked by a web
 client because reads never take the manager's lock.
 
+Caps: at most :data:`MAX_CONNECTIONS` connections and :data:`MAX_STREAMS`
+live streams at once, and a client at most a few of each (a client is its
+address; on a loopback address, the address and the user owning the peer's
+socket, as the kernel's socket diagnostics tell it), so one local user
+cannot take every place.  A connection over a cap gets ``503`` at once and is
+closed; the refusals are counted (``refused`` in the status).
+
 Files: the change token lives in ``<runtime dir>/onvm-<name>.web-token``
 (mode 0600, removed at exit); the dashboard's files are in ``static/``.
 """
@@ -21,6 +28,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +42,10 @@ from onvm.paths import runtime_dir
 from onvm.web.api import MAX_BODY, Api, Request, Response, error, sse_frame
 from onvm.web.sampler import EventSource, Sampler
 
-MAX_STREAMS = 16
+MAX_STREAMS = 16  # live streams at once, in all
+MAX_STREAMS_PER_CLIENT = 4
+MAX_CONNECTIONS = 128  # open HTTP connections at once, in all
+MAX_CONNECTIONS_PER_CLIENT = 16
 HEARTBEAT = 15.0
 STATIC = {  # path -> (file, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -76,6 +87,81 @@ def _write_token(path: str, token: str) -> None:
         f.write(token + "\n")
 
 
+_SOCK_DIAG_BY_FAMILY = 20
+_NETLINK_SOCK_DIAG = 4
+_NO_COOKIE = 0xFFFFFFFF
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The user owning the other end of a loopback TCP connection, as the kernel records it
+    (one exact sock_diag lookup of the peer's socket); None when it cannot be told."""
+    ours, theirs = sock.getsockname(), sock.getpeername()
+
+    def addr(text: str) -> bytes:
+        b = ipaddress.ip_address(text.split("%")[0]).packed
+        return b + bytes(16 - len(b))
+
+    sockid = struct.pack("!HH16s16s", theirs[1], ours[1], addr(theirs[0]), addr(ours[0])) \
+        + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    req = struct.pack("=BBBBI", sock.family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, 1, 1, 0) + req  # NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(msg)
+            data = nl.recv(8192)
+    except OSError:
+        return None
+    # nlmsghdr (16), then inet_diag_msg: 4 bytes, the socket id (48), expires, rqueue, wqueue, uid
+    if len(data) < 16 + 4 + 48 + 16 or struct.unpack_from("=H", data, 4)[0] != _SOCK_DIAG_BY_FAMILY:
+        return None
+    uid: int = struct.unpack_from("=I", data, 16 + 4 + 48 + 12)[0]
+    return uid
+
+
+def client_key(sock: socket.socket, address: Any) -> str:
+    """Who a connection is, for the caps: its address, and on loopback its user too."""
+    host = str(address[0]) if isinstance(address, tuple) and address else "?"
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        uid = _peer_uid(sock)
+        return f"{host} uid {uid if uid is not None else '?'}"
+    return host
+
+
+class _Caps:
+    """Counts of something (connections, streams) in all and per client, under caps."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.refused = 0
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, key: str) -> str:
+        """'' when one more is allowed (and taken), else why not."""
+        with self._lock:
+            mine = self._held.get(key, 0)
+            if sum(self._held.values()) >= self.total:
+                why = f"at most {self.total} at once"
+            elif mine >= self.per_client:
+                why = f"at most {self.per_client} per client"
+            else:
+                self._held[key] = mine + 1
+                return ""
+            self.refused += 1
+            return why
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            left = self._held.pop(key, 1) - 1
+            if left > 0:
+                self._held[key] = left
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -83,6 +169,27 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a browser that went away mid-answer is not worth a traceback
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, within the connection caps (else 503 at once)."""
+        key = client_key(request, client_address)
+        why = self.web.connections.enter(key)
+        if why:
+            text = f"too many connections: {why}\n".encode()
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._serve, args=(request, client_address, key), daemon=True,
+                         name="onvm-web-conn").start()
+
+    def _serve(self, request: Any, client_address: Any, key: str) -> None:
+        self.web.local.client = key  # the handler's streams count against this client
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self.web.connections.leave(key)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,8 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is not None:
             self._send(refused)
             return
-        if not web.enter_stream():
-            self._send(error(503, f"at most {MAX_STREAMS} live streams at once"))
+        client = getattr(web.local, "client", "?")
+        why = web.streams.enter(client)
+        if why:
+            self._send(error(503, f"too many live streams: {why}"))
             return
         try:
             self.send_response(200)
@@ -183,7 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             pass
         finally:
-            web.leave_stream()
+            web.streams.leave(client)
             self.close_connection = True
 
 
@@ -200,8 +309,9 @@ class WebServer:
         self.token = secrets.token_urlsafe(32)
         self.token_path = token_path(name)
         self.sampler = Sampler(source, log, interval)
-        self._streams = 0
-        self._streams_lock = threading.Lock()
+        self.connections = _Caps(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT)
+        self.streams = _Caps(MAX_STREAMS, MAX_STREAMS_PER_CLIENT)
+        self.local = threading.local()
         self._static: dict[str, bytes] = {}
         server_cls = type("_Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host
                                                   else socket.AF_INET})
@@ -237,16 +347,9 @@ class WebServer:
             self._static[name] = resources.files("onvm.web").joinpath("static", name).read_bytes()
         return self._static[name]
 
-    def enter_stream(self) -> bool:
-        with self._streams_lock:
-            if self._streams >= MAX_STREAMS:
-                return False
-            self._streams += 1
-            return True
-
-    def leave_stream(self) -> None:
-        with self._streams_lock:
-            self._streams -= 1
+    def refused(self) -> dict[str, int]:
+        """Connections and streams refused for a cap so far."""
+        return {"connections": self.connections.refused, "streams": self.streams.refused}
 
     def start(self) -> None:
         _write_token(self.token_path, self.token)
