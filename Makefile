@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 NATIVE := $(wildcard src/onvm/_native/*.c src/onvm/_native/*.h)
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so 2>/dev/null)
 
-.PHONY: demo demo-topology deps test test-fast test-sanitize lint bench clean FORCE
+.PHONY: demo demo-topology deps docs test test-fast test-sanitize lint bench clean FORCE
 
 # Debian tools the tests drive: network namespaces, veth offloads and ping (end-to-end
 # tests), tcpdump (reads what onvm capture writes), bubblewrap and podman with runc (NF isolation), headless Chromium and its
@@ -71,11 +71,16 @@ test-sanitize: $(STAMP)
 	cp build/asan/lib/onvm/_*.so build/asan/onvm/
 	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
-	  ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/integration/test_pipeline.py \
+	  ONVM_FUZZ_SECONDS=60 ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/fuzz \
+	  ../../tests/integration/test_pipeline.py ../../tests/integration/test_lifecycle_faults.py \
 	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_replay.py ../../tests/integration/test_capture.py \
 	  ../../tests/integration/test_trace.py \
 	  ../../tests/integration/test_packing.py \
 	  ../../tests/integration/test_overload.py ../../tests/integration/test_dpdk.py ../../tests/e2e
+
+# The command reference, made from the program's own parsers (a test checks it is current).
+docs: $(STAMP)
+	$(PY) -m onvm.cli.reference > docs/cli.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

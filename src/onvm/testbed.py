@@ -25,6 +25,7 @@ and is safe to run twice.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -35,6 +36,21 @@ from onvm.errors import ConfigError, OnvmError
 MAX_PREFIX = 13  # interface names have at most 15 characters: PREFIX + "-a"
 
 
+def _first_octets(subnet: str) -> str:
+    """'10.50.0.0/24' (or '10.50.0') -> '10.50.0'; anything but an IPv4 /24 is refused."""
+    text = subnet.strip()
+    if text.count(".") == 2 and "/" not in text:
+        text += ".0/24"
+    try:
+        net = ipaddress.IPv4Network(text)
+    except ValueError:
+        net = None
+    if net is None or net.prefixlen != 24:
+        raise ConfigError(f"testbed subnet '{subnet}': expected an IPv4 /24 such as 10.211.0.0/24 "
+                          "(or its first three octets, 10.211.0)")
+    return str(net.network_address).rsplit(".", 1)[0]
+
+
 @dataclass(frozen=True)
 class Testbed:
     """Names and addresses of one testbed; ``prefix`` keeps parallel testbeds apart."""
@@ -42,7 +58,7 @@ class Testbed:
     __test__ = False  # not a pytest class, whatever its name
 
     prefix: str = "onvm"
-    subnet: str = "10.211.0"  # hosts .1 (A) and .2 (B), /24
+    subnet: str = "10.211.0"  # the /24 of hosts .1 (A) and .2 (B): A.B.C.0/24 or A.B.C, kept as A.B.C
     managers: int = 1  # 2: a link between two managers (see the module docstring)
     kind: str = "afpacket"  # the port URIs' kind: afpacket or afxdp
     queues: int = 1  # queues of each link, and the ports' queues option when above 1
@@ -52,9 +68,7 @@ class Testbed:
         if not 1 <= len(self.prefix) <= MAX_PREFIX or not ok:
             raise ConfigError(f"testbed prefix '{self.prefix}': expected 1-{MAX_PREFIX} letters, "
                               "digits, '-' or '_'")
-        parts = self.subnet.split(".")
-        if len(parts) != 3 or not all(p.isdecimal() and 0 <= int(p) <= 255 for p in parts):
-            raise ConfigError(f"testbed subnet '{self.subnet}': expected three octets like 10.211.0")
+        object.__setattr__(self, "subnet", _first_octets(self.subnet))
         if self.managers not in (1, 2):
             raise ConfigError(f"testbed managers {self.managers}: expected 1 or 2")
         if self.kind not in ("afpacket", "afxdp"):

@@ -24,7 +24,7 @@ def _gone(tb: Testbed) -> bool:
 def test_up_and_down_from_the_command_line():
     tb = Testbed(f"t{uuid.uuid4().hex[:7]}", "10.215.0")
     try:
-        r = onvm("testbed", "up", "--prefix", tb.prefix, "--subnet", tb.subnet)
+        r = onvm("testbed", "up", "--prefix", tb.prefix, "--subnet", f"{tb.subnet}.0/24")  # as in the README
         assert r.returncode == 0, r.stderr
         assert f"afpacket:{tb.port_if('a')}" in r.stdout
         for side in "ab":
@@ -63,5 +63,13 @@ def test_bad_names():
         Testbed("a" * 14)
     with pytest.raises(ConfigError, match="prefix"):
         Testbed("bad name")
-    with pytest.raises(ConfigError, match="subnet"):
-        Testbed("ok", "10.0.0.0")
+    for bad in ("10.0.0.0", "10.0.0.0/16", "10.0.0.5/24", "10.0.0.300", "fd00::/64", "10.0"):
+        with pytest.raises(ConfigError, match=f"testbed subnet '{bad}': expected an IPv4 /24"):
+            Testbed("ok", bad)
+
+
+def test_the_subnet_is_a_24():
+    """--subnet takes the /24 as the README writes it, and its first three octets."""
+    for text in ("10.50.0.0/24", "10.50.0"):
+        tb = Testbed("ok", text)
+        assert (tb.subnet, tb.addr("a"), tb.addr("b")) == ("10.50.0", "10.50.0.1", "10.50.0.2")

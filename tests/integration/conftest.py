@@ -84,6 +84,28 @@ def pcap_records(path: Any) -> list[bytes]:
     return out
 
 
+def pcap_stamps(path: Any) -> list[float]:
+    """The timestamps (seconds) of a classic little-endian microsecond pcap file's records."""
+    out = []
+    with open(path, "rb") as f:
+        f.read(24)
+        while len(hdr := f.read(16)) == 16:
+            sec, usec, cap, _ = struct.unpack("<IIII", hdr)
+            f.read(cap)
+            out.append(sec + usec / 1e6)
+    return out
+
+
+def fitted_rate(stamps: list[float]) -> float:
+    """Packets per second from a least-squares line through the send times: one late
+    packet (a busy machine) moves it little, a schedule that loses time does."""
+    n = len(stamps)
+    mean_k, mean_t = (n - 1) / 2, sum(stamps) / n
+    slope = sum((k - mean_k) * (t - mean_t) for k, t in enumerate(stamps)) / sum(
+        (k - mean_k) ** 2 for k in range(n))
+    return 1 / slope
+
+
 def status(name: str) -> dict[str, Any]:
     with Client(name) as c:
         return c.request("status")

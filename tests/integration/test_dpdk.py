@@ -8,6 +8,7 @@ dpdk and dpdk-dev, and the build makes the module where pkg-config finds DPDK).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from onvm import _testpmd
+from onvm.errors import ManagerNotRunning
 from tests.integration.conftest import onvm, status, wait_for
 
 try:
@@ -159,7 +161,8 @@ def test_nf_killed_under_traffic_leaves_the_pool_whole(manager: Any) -> None:
     wait_for(lambda: m.status()["ports"][1]["tx"] > 100_000, timeout=15, what="traffic out of port 1")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=5)
-    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=3, what="the dead NF retired")
+    wait_for(lambda: all(n["service"] != 1 for n in m.status()["nfs"]), timeout=15,
+             what="the dead NF retired")
     st = m.status()
     assert st["left"][-1]["state"] == "failed"
     # net_null keeps offering 64-byte frames; with service 1 gone the RX worker drops them as it reads
@@ -226,6 +229,7 @@ def test_missing_dpdk_is_one_clear_line_and_starts_nothing(runtime: str) -> None
     ("dpdk:net_null0", "--bogus-option", "DPDK's EAL did not start"),
     ("dpdk:net null0", "", "expected dpdk:DEVICE"),
     ("dpdk:0000:99:00.0", "", "Cannot find device (0000:99:00.0)"),  # a PCI device that is not there
+    ("dpdk:net_null0", "--no-huge -m 4", "give DPDK more memory"),  # 16384 mbuf headers need more than 4 MB
 ])
 def test_bad_devargs_is_one_clear_line_and_starts_nothing(runtime: str, port: str, eal: str,
                                                             expect: str) -> None:
@@ -283,15 +287,60 @@ def test_memif_with_testpmd_as_the_peer(manager: Any, tmp_path: Path, onvm_role:
 
 
 def test_topology_file_with_dpdk_ports(runtime: str, tmp_path: Path) -> None:
-    """manager.dpdk_eal reaches the EAL (a log level it knows), and dpdk: ports run under onvm run."""
+    """manager.dpdk_eal reaches the EAL (a log level it knows), and dpdk: ports run under onvm run
+    until it is stopped (however long the NF takes to start on a busy machine)."""
+    name = f"t{uuid.uuid4().hex[:8]}"
     f = tmp_path / "t.yaml"
-    f.write_text(f"manager:\n  name: t{uuid.uuid4().hex[:8]}\n  stats: 0\n  duration: 2\n"
+    f.write_text(f"manager:\n  name: {name}\n  stats: 0\n"
                  "  dpdk_eal: \"--log-level=*:notice\"\n"
                  "ports: ['dpdk:net_null0', 'dpdk:net_null1?rxq=0']\n"
                  "nfs:\n  - program: simple_forward\n    service: 1\n"
                  "chains:\n  default: [1, out:1]\n")
-    r = onvm("run", str(f), timeout=60)
+    run = subprocess.Popen([sys.executable, "-m", "onvm.cli.main", "run", str(f)], stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        def flowing() -> bool:
+            assert run.poll() is None, run.communicate()[1]
+            try:
+                return bool(status(name)["ports"][1]["tx"] > 10_000)
+            except ManagerNotRunning:
+                return False
+        wait_for(flowing, timeout=60, what="packets out of net_null1")
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    out = re.search(r"port 1 dpdk:net_null1\?rxq=0: in 0 pkts / 0 B, out (\d+) pkts", err)
+    assert out and int(out.group(1)) > 10_000, err
+    assert _summary_pool(err) == (16384, 16384)
+
+
+@pytest.mark.skipif(bool(_testpmd.available()), reason=_testpmd.available() or "testpmd is here")
+def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
+    """onvm bench dpdk, shortened: pyonvm (with and without the NF) and testpmd each
+    forward frames between the null devices, and ratio is pyonvm's rate over testpmd's."""
+    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--json", timeout=180)
     assert r.returncode == 0, r.stderr
-    out = re.search(r"port 1 dpdk:net_null1\?rxq=0: in 0 pkts / 0 B, out (\d+) pkts", r.stderr)
-    assert out and int(out.group(1)) > 10_000, r.stderr
-    assert _summary_pool(r.stderr) == (16384, 16384)
+    out = json.loads(r.stdout)
+    assert out["mpps"] > 0 and out["testpmd_mpps"] > 0 and out["direct_mpps"] > 0, out
+    assert out["rounds_mpps"] == [out["mpps"]] and out["rounds_testpmd_mpps"] == [out["testpmd_mpps"]]
+    assert out["ratio"] == pytest.approx(out["mpps"] / out["testpmd_mpps"], abs=1e-3)
+    assert out["testpmd_total_mpps"] >= out["testpmd_mpps"]
+    assert out["ns_per_packet"] > 0 and out["testpmd_ns_per_packet"] > 0 and out["direct_ns_per_packet"] > 0
+    assert 0 <= out["nf_blocked_share"] <= 1.05 and out["pack_below"] is None, out  # a share of the time
+
+
+def test_one_rx_queue_per_rx_worker(manager: Any) -> None:
+    """With two RX workers a device gets two RX queues, each polled by its own worker; what the
+    NF forwards leaves through the other device, and the pool is whole once the manager stops."""
+    m = manager("--rx-workers", "2", "--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
+                "--default-chain", "1,out:1", "--pool-size", "8192")
+    m.nf("simple_forward", "--service", "1")
+    m.running(1)
+    port = wait_for(lambda: (p := m.status()["ports"][0])["rx"] > 100_000 and min(p["rx_by_worker"]) > 0
+                    and p, timeout=20, what="both RX queues read")
+    assert len(port["rx_by_worker"]) == 2, port
+    assert m.status()["ports"][1]["tx"] > 0
+    assert m.stop() == 0
+    assert _summary_pool(m.text()) == (8192, 8192)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.integration.conftest import onvm, status, wait_for
 
 
@@ -48,14 +50,29 @@ def test_rules_steer_flows_to_chains(deploy):
     assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["expired"] >= 12
 
 
-def test_chain_rule_flow_commands(deploy):
+def test_chain_rule_flow_commands(deploy, tmp_path):
     dep = deploy(["--port", "null"])
     n = ["--name", dep.name]
     r = onvm("chain", "add", "web", "2,3,out:0", *n, "--json")
     assert r.returncode == 0, r.stderr
+
     assert json.loads(r.stdout)["hops"] == "2,3,out:0"
     chains = json.loads(onvm("chain", "list", *n, "--json").stdout)["chains"]
     assert [c["name"] for c in chains] == ["default", "web"]
+    def bash(line: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", f"{sys.executable} -m onvm.cli.main {line} --name {dep.name}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    # the README's rule, pasted into bash as it is printed
+    r = bash("rule add tcp dst port 80 src 10.0.0.0/8 idle 30 to chain web")
+    assert r.returncode == 0 and list(tmp_path.iterdir()) == [], r.stderr
+    # an unquoted arrow: bash redirects into a file 'chain'; the error says what happened
+    r = bash("rule add udp dst port 53 -> chain web")
+    assert r.returncode == 1 and "took the '>' of '->' as a redirect" in r.stderr
+    (tmp_path / "chain").unlink()
+    readme_rule = json.loads(onvm("rule", "list", *n, "--json").stdout)["rules"][0]
+    assert readme_rule["rule"] == "tcp src 10.0.0.0/8 dst port 80 idle 30 -> chain web"
+    assert onvm("rule", "del", str(readme_rule["id"]), *n).returncode == 0
     r = onvm("rule", "add", "tcp", "dst", "port", "80x", "->", "chain", "web", *n)
     assert r.returncode == 1 and "token 4 '80x': expected a port as N or N-M" in r.stderr
     r = onvm("rule", "add", "udp", "->", "chain", "nowhere", *n)
@@ -79,6 +96,43 @@ def test_chain_rule_flow_commands(deploy):
     assert r.returncode == 1 and "hop 2 'out:0' ends the chain but more hops follow it" in r.stderr
     text = onvm("rule", "list", *n).stdout
     assert "(none)" in text
+
+
+def test_a_rule_file_of_100000_rules_loads_all_or_nothing_and_lists_in_pages(deploy, tmp_path):
+    dep = deploy(["--port", "null", "--chain", "web=1"])
+    n = ["--name", dep.name]
+    lines = ["# a firewall-sized rule set"] + [
+        f"udp src 172.{16 + (i >> 16)}.{i >> 8 & 255}.{i & 255}/32 dst port {1 + i % 60000} -> chain web"
+        for i in range(100_000)]
+    bad = tmp_path / "bad.rules"
+    bad.write_text("\n".join([*lines, "udp dst port 70000 -> chain web"]) + "\n")
+    r = onvm("rule", "add", "-f", str(bad), *n, timeout=120)
+    assert r.returncode == 1 and "line 100002" in r.stderr and "70000" in r.stderr, r.stderr
+    assert status(dep.name)["flows"]["rules"] == 0  # nothing of it applied
+    good = tmp_path / "good.rules"
+    good.write_text("\n".join(lines) + "\n")
+    r = onvm("rule", "add", "-f", str(good), *n, "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["added"] == 100_000 and status(dep.name)["flows"]["rules"] == 100_000
+    page = json.loads(onvm("rule", "list", "--offset", "99998", "--limit", "5", *n, "--json").stdout)["rules"]
+    assert [p["rule"] for p in page] == [f"udp src 172.17.134.{158 + k}/32 dst port {39999 + k} -> chain web"
+                                         for k in range(2)]
+
+
+def test_a_rule_set_larger_than_the_reservation_is_refused_as_it_comes(deploy):
+    from onvm.control.client import Client
+    from onvm.errors import OnvmError
+
+    dep = deploy(["--port", "null", "--max-rules", "100"])
+    with Client(dep.name) as c:
+        c.rule_add("udp dst port 1 -> chain default")
+        first = [f"udp dst port {i} -> chain default" for i in range(2, 60)]
+        assert c.rule_load(first, begin=True)["staged"] == 58
+        with pytest.raises(OnvmError, match="rule set: 116 rules so far, room for 99 more"):
+            c.rule_load([f"udp dst port {i} -> chain default" for i in range(60, 118)])
+        with pytest.raises(OnvmError, match="no rule set is under way"):  # the refused set is gone
+            c.rule_load(["udp -> chain default"], commit=True)
+        assert len(c.rule_list()["rules"]) == 1
 
 
 STEERER = textwrap.dedent('''
@@ -112,3 +166,15 @@ def test_nf_steers_its_flows(deploy, tmp_path):
     flows = json.loads(onvm("flow", "list", "--name", dep.name, "--json").stdout)["flows"]
     assert len(flows) == 4
     assert {f["origin"] for f in flows} == {"nf"} and {f["chain"] for f in flows} == {"alt"}
+
+
+def test_classify_bench_runs(runtime):
+    out = onvm("bench", "classify", "--rules", "300", "--seconds", "0.3", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0
+    for key in ("established_mpps", "established_mpps_0", "established_mpps_1",
+                "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1"):
+        assert res[key] > 0, key
+    r = onvm("bench", "classify", "--rules", "-1")
+    assert r.returncode == 2 and "--rules" in r.stderr

@@ -36,6 +36,11 @@ def test_status_top_and_nf_csv(deploy, tmp_path):
     assert row["name"] == "simple_forward" and int(row["rx"]) > 0 and row["rx"] == row["tx"]
     assert float(row["latency_p50_us"]) > 0 and float(row["latency_max_us"]) >= float(row["latency_p99_us"])
     assert row["stopped"] == "manager"
+    # the NF that left, with the slots taken back from it, in the plain status too
+    r = onvm("status", "--name", dep.name)
+    assert r.returncode == 0, r.stderr
+    left = r.stdout.split("NFs that left", 1)[1]
+    assert "simple_forward" in left and "stopped" in left and "slots reclaimed" in left
 
 
 def test_bench_latency_json(runtime):

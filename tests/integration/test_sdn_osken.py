@@ -76,7 +76,8 @@ def test_controller_steers_web_traffic_through_a_chain_and_survives_a_restart(de
         "--controller", f"tcp:127.0.0.1:{controller.port}",
     ])
     wait_for(lambda: controller.events("installed"), timeout=30, what="the controller's flows")
-    ports = controller.events("ports")[0]["ports"]
+    # the port list answers a request sent after the barrier's: it may come a moment later
+    ports = wait_for(lambda: controller.events("ports"), timeout=10, what="the port list")[0]["ports"]
     assert ports["1"] == "p0-gen" and ports["3"] == "p2-null" and ports["1002"] == "svc2"
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.start_nf(["simple_forward", "--service", "2"])

@@ -18,6 +18,11 @@ that says it, and nothing about how it does it:
   common extension headers, ARP, TCP, UDP and ICMP the way the RX path must,
   and computes the symmetric flow hash bit for bit.
 * ``pick_model`` is rendezvous hashing over a service's instances.
+* ``PacerModel`` is a paced gen port's schedule: packet k is due at
+  ``t0 + k / rate`` (exact fractions), t0 being the first time it is asked,
+  up to ``cap`` packets.  It releases packets once a burst of them is due
+  (100 us worth, 1 to 256), and counts as missed what lies more than
+  ``QUEUE`` packets behind.
 
 The hash functions read multi-byte words little endian, as the native code
 does on the little-endian machines pyonvm runs on.
@@ -25,13 +30,15 @@ does on the little-endian machines pyonvm runs on.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 
-SLOT_SKIP = 0xFFFFFFFE  # ring entries at or above this are reserved
+ENTRY_MAX = 0xFFFFFFFF  # ring entries are 32 bits: any value may travel (readers validate)
 OWNER_FREE = 0xFFFF
 OWNER_PORT_BASE = 0xFF00  # + port id: the slot is lent to that port's device
 FREE_BURST = 256  # Region.free pushes at most this many slots per stack push
@@ -64,8 +71,8 @@ class RingModel:
         """Append up to len(items) (burst) or all of them or none (bulk); return how many."""
         del mp  # one thread cannot tell single- from multi-producer enqueue apart
         for v in items:
-            if not 0 <= v < SLOT_SKIP:
-                raise ValueError("ring entries must be below 0xfffffffe")
+            if not 0 <= v <= ENTRY_MAX:
+                raise ValueError("ring entries are 32 bits")
         room = self.free_count()
         n = len(items)
         if n > room:
@@ -200,6 +207,49 @@ class PoolModel:
     def __repr__(self) -> str:
         top = list(reversed(self.stack[-8:]))
         return f"PoolModel(count={self.count}, free={self.free_count()}, top={top})"
+
+
+# ---- pacer ---------------------------------------------------------------------
+
+
+class PacerModel:
+    """When a gen port paced at ``rate`` packets per second (``cap`` in all) may send."""
+
+    QUEUE = 4096  # packets that may fall due unread before the oldest are missed
+
+    def __init__(self, rate: int, cap: int = 0) -> None:
+        self.rate = rate
+        self.cap = cap
+        self.t0: int | None = None
+        self.sent = 0  # packets of the schedule sent or missed
+        self.missed = 0
+        self.burst = min(256, max(1, rate // 10000))
+
+    def due_at(self, k: int) -> Fraction:
+        """When packet k of the schedule is due, in ns."""
+        assert self.t0 is not None
+        return self.t0 + Fraction(k * 10**9, self.rate)
+
+    def pace(self, now: int, want: int) -> tuple[int, int | None]:
+        """(packets allowed now, the ns when more will be, or None)."""
+        if self.t0 is None:
+            self.t0 = now
+        due = 0 if now < self.t0 else math.floor(Fraction(now - self.t0) * self.rate / 10**9) + 1
+        if self.cap:
+            due = min(due, self.cap)
+        if due - self.sent > self.QUEUE:
+            self.missed += due - self.sent - self.QUEUE
+            self.sent = due - self.QUEUE
+        if want == 0:
+            return 0, None
+        burst = min(self.burst, want)
+        can = due - self.sent
+        if can < burst:
+            return 0, math.ceil(self.due_at(self.sent + burst - 1))
+        return min(can, want), None
+
+    def took(self, n: int) -> None:
+        self.sent += n
 
 
 # ---- hashes --------------------------------------------------------------------

@@ -119,8 +119,6 @@ def test_what_the_nf_left_in_its_tx_ring_is_sent_before_it_is_released() -> None
         ctx = _native.NFContext(r, 1)
         assert ctx.inject(FRAME, int(Action.OUT), 0, count=20) == 20
         assert r.nf_info(1)["tx_ring"] == 20
-        res = m.retire(1, grace=0.1, drain=0.2)  # no TX worker runs: nothing drains it
-        assert not res["drained"] and r.nf_info(1)["tx_ring"] == 20
         m.start()
         try:
             res = m.retire(1, grace=5.0, drain=5.0)
@@ -128,6 +126,19 @@ def test_what_the_nf_left_in_its_tx_ring_is_sent_before_it_is_released() -> None
             assert r.port_info(0)["tx"] == 20 and r.free_count() == 256
         finally:
             m.close_ports()
+
+
+def test_what_no_tx_worker_drains_in_time_comes_back_to_the_pool() -> None:
+    with fresh_region(pool_size=256) as r:
+        m = _native.Manager(r, 1, 1)
+        m.add_null(0)
+        r.nf_activate(1, 1, 0, PID, 1, "leaving")
+        ctx = _native.NFContext(r, 1)
+        assert ctx.inject(FRAME, int(Action.OUT), 0, count=20) == 20
+        res = m.retire(1, grace=0.1, drain=0.2)  # no TX worker runs: nothing drains it
+        assert not res["drained"] and res["reclaimed"] == 20
+        assert r.free_count() == 256 and r.port_info(0)["tx"] == 0
+        m.close_ports()
 
 
 def test_drain_waits_for_every_ring_to_empty() -> None:

@@ -94,16 +94,16 @@ def test_invalid_size_is_rejected(size: int) -> None:
         models.RingModel(size)
 
 
-@pytest.mark.parametrize("bad", [models.SLOT_SKIP, models.SLOT_SKIP + 1])
-def test_reserved_entries_are_rejected_and_nothing_is_enqueued(bad: int) -> None:
+def test_entries_wider_than_32_bits_are_rejected_and_nothing_is_enqueued() -> None:
     ring = _hooks.Ring(16)
-    with pytest.raises(ValueError, match="below 0xfffffffe"):
+    bad = models.ENTRY_MAX + 1
+    with pytest.raises(ValueError, match="32 bits"):
         ring.enqueue([1, 2, bad], mp=False)
     with pytest.raises(ValueError):
         ring.enqueue([1, bad], mp=True)
     assert ring.count() == 0
-    assert ring.enqueue([models.SLOT_SKIP - 1]) == 1
-    assert ring.dequeue(1) == [models.SLOT_SKIP - 1]
+    assert ring.enqueue([models.ENTRY_MAX]) == 1  # any 32-bit value travels: readers validate
+    assert ring.dequeue(1) == [models.ENTRY_MAX]
 
 
 def test_negative_entries_are_rejected() -> None:

@@ -68,14 +68,17 @@ FW_RULES = {"default": "drop", "rules": [
 
 
 @pytest.mark.parametrize("handler", ["batch", "packet"])
-@pytest.mark.parametrize("fmt", ["json", "yaml"])
+@pytest.mark.parametrize("fmt", ["json", "yaml", "options"])
 def test_firewall_first_match_wins(tmp_path, handler, fmt):
     path = tmp_path / f"rules.{fmt}"
     if fmt == "json":
         path.write_text(json.dumps(FW_RULES))
-    else:
+    elif fmt == "yaml":
         import yaml
         path.write_text(yaml.safe_dump(FW_RULES))
+    given = ["--rules", str(path)] if fmt != "options" else [
+        *[a for r in FW_RULES["rules"] for a in ("--rule", f"{r['prefix']}={r['action']}")],
+        "--default", str(FW_RULES["default"])]
     pkts = {
         "10.6.1.1": frame(src="10.6.1.1"),        # first rule: pass
         "10.9.9.9": frame(src="10.9.9.9"),        # pass
@@ -84,8 +87,7 @@ def test_firewall_first_match_wins(tmp_path, handler, fmt):
         "172.16.0.1": frame(src="172.16.0.1"),    # default: drop
     }
     arp = Ether() / ARP(psrc="10.0.0.1")          # not IPv4: default
-    res = run_nf(build("firewall", "--rules", str(path), "--handler", handler),
-                 [*pkts.values(), arp], services=[5])
+    res = run_nf(build("firewall", *given, "--handler", handler), [*pkts.values(), arp], services=[5])
     assert res.out == {0: [bytes(pkts["10.6.1.1"]), bytes(pkts["10.9.9.9"])]}
     assert res.tonf == {5: [bytes(pkts["192.168.2.7"])]}
     assert res.drops == {"action": 3}
@@ -99,6 +101,17 @@ def test_firewall_rejects_bad_rules(tmp_path):
     path.write_text(json.dumps({"rules": [{"prefix": "10.0.0.0/8", "action": "explode"}]}))
     with pytest.raises(ConfigError, match="rule 1"):
         build("firewall", "--rules", str(path))
+
+
+def test_firewall_takes_its_rules_one_way():
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build("firewall")
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build("firewall", "--rules", "r.yaml", "--rule", "10.0.0.0/8=drop")
+    with pytest.raises(ConfigError, match="--rule 10.0.0.0/8: expected PREFIX=ACTION"):
+        build("firewall", "--rule", "10.0.0.0/8")
+    with pytest.raises(ConfigError, match="--rule: rule 1"):
+        build("firewall", "--rule", "10.0.0.0/8=explode")
 
 
 def test_firewall_with_many_rules_matches_a_python_reference(tmp_path):
@@ -357,3 +370,22 @@ def test_a_burst_spread_over_services_reaches_each_in_order():
     for svc in (2, 3, 4):
         assert res.tonf[svc] == [bytes(p) for p, d in zip(pkts, dests, strict=True) if d == svc]
     assert res.drops == {"no_dest": 1}
+
+
+def test_a_stop_before_the_loop_is_kept():
+    """A SIGTERM that lands after the NF registered but before its loop began (its handler
+    calls nf.stop(), as a setup hook does here) ends the loop at once; it used to be
+    forgotten when the loop started, and the NF ran on."""
+    nf = NF("early_stop", service=1)
+    seen = []
+
+    @nf.setup
+    def stop_early(nf: NF) -> None:
+        nf.stop()
+
+    @nf.packet
+    def handle(pkt, meta):
+        seen.append(pkt.len)
+
+    res = run_nf(nf, [frame() for _ in range(4)])
+    assert res.reason == "stopped" and seen == []

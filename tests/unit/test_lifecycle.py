@@ -31,6 +31,10 @@ EXPECTED = {
     (S.RUNNING, E.DIED): S.FAILED,
     (S.STOPPING, E.EXITED): S.STOPPED,
     (S.STOPPING, E.DIED): S.FAILED,
+    (S.STARTING, E.FENCED): S.FAILED,
+    (S.READY, E.FENCED): S.FAILED,
+    (S.RUNNING, E.FENCED): S.FAILED,
+    (S.STOPPING, E.FENCED): S.FAILED,
 }
 
 VERB = {
@@ -39,6 +43,7 @@ VERB = {
     E.STOP: "stop",
     E.EXITED: "finish",
     E.DIED: "fail",
+    E.FENCED: "fence",
 }
 
 # Events that lead from STARTING to each state, to set a Lifecycle up.
@@ -146,6 +151,7 @@ def test_every_live_state_can_die_or_stop() -> None:
     for state in S:
         if state not in TERMINAL_STATES:
             assert _TRANSITIONS[(state, E.DIED)] is S.FAILED
+            assert _TRANSITIONS[(state, E.FENCED)] is S.FAILED
             assert (state, E.STOP) in _TRANSITIONS or state is S.STOPPING
 
 

@@ -9,7 +9,16 @@ import pytest
 from onvm._proc import cpu_busy_seconds, cpu_seconds
 from onvm.errors import ConfigError
 from onvm.manager.config import ManagerConfig
-from onvm.manager.packing import Balancer, Packer, PackSettings, balance, least_busy, peak, summary
+from onvm.manager.packing import (
+    Balancer,
+    Packer,
+    PackSettings,
+    balance,
+    least_busy,
+    offered_more,
+    peak,
+    summary,
+)
 
 IDLE = {0: 0.0, 1: 0.0}
 
@@ -102,3 +111,11 @@ def test_the_balancer_moves_threads_only_for_a_real_gain() -> None:
     assert [t for t, c in new.items() if c == new[("worker", 0)]] == [("worker", 0)]
     b.step({**heavy, ("nf", 9): 0.1})  # a thread that joins is placed at once
     assert ("nf", 9) in b.assignment
+
+
+def test_offered_more_than_it_handles() -> None:
+    # (loops, busy loops, ports held), summed over the RX workers
+    assert offered_more((100, 50, 3), (200, 60, 4))  # it held a port
+    assert offered_more((100, 100, 0), (300, 298, 0))  # packets on nearly every loop: unpaced
+    assert not offered_more((100, 50, 0), (300, 100, 0))  # paced: it idles between bursts
+    assert not offered_more((100, 100, 0), (100, 100, 0))  # no RX loop at all

@@ -19,6 +19,15 @@ def test_a_full_rule():
     assert parse_rule(r.to_text()).to_text() == r.to_text()
 
 
+def test_the_arrow_as_a_word():
+    """'to' needs no quoting in a shell; it means what '->' means."""
+    base = parse_rule("tcp dst port 80 src 10.0.0.0/8 idle 30 -> chain web")
+    for text in ("tcp dst port 80 src 10.0.0.0/8 idle 30 to chain web",
+                 "tcp dst port 80 src 10.0.0.0/8 idle 30 TO web"):
+        assert parse_rule(text).to_text() == base.to_text()
+    assert parse_rule("udp to default").chain == "default"
+
+
 def test_idle_timeouts_default_to_the_managers_unless_given():
     assert parse_rule("tcp -> web").idle is None
     assert parse_rule("tcp idle 0 -> web").idle == 0.0  # none: the entries stay until removed
@@ -36,7 +45,9 @@ def test_short_forms():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("tcp dst port 80", "expected '-> chain NAME' at the end"),
+        ("tcp dst port 80", "expected 'to chain NAME' at the end"),
+        # '-> chain web' unquoted in bash: '>' redirects into a file 'chain', 'web' stays
+        ("tcp dst port 80 - web", "token 5 '-': a lone '-': a shell took the '>' of '->' as a redirect"),
         ("tcp dst port 80x -> chain web", "token 4 '80x': expected a port as N or N-M"),
         ("tcp dst port 90-80 -> c", "lower bound first"),
         ("tcp src 10.0.0.300 -> c", "token 3 '10.0.0.300': expected an IPv4 or IPv6 address prefix"),
@@ -68,8 +79,8 @@ def test_rule_files_name_the_line():
 
 
 WORDS = ["tcp", "udp", "icmp", "ip", "ip6", "any", "src", "dst", "port", "sport", "dport", "in-port", "vlan",
-         "priority", "idle", "hard", "->", "chain", "web", "10.0.0.0/8", "2001:db8::/64", "80", "1-100",
-         "65536", "-1", "x", "1.5", "::", "/", "-", ">", "chain-1"]
+         "priority", "idle", "hard", "->", "to", "-", "chain", "web", "10.0.0.0/8", "2001:db8::/64", "80",
+         "1-100", "65536", "-1", "x", "1.5", "::", "/", "-", ">", "chain-1"]
 
 
 @settings(max_examples=400, deadline=None)

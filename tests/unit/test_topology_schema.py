@@ -85,7 +85,7 @@ BAD = [
     ("manager:\n  name: ../etc\n",
      "bad.yaml:2: manager.name: invalid manager name '../etc': expected 1-32 characters of "
      "A-Z a-z 0-9 _ . - not starting with '.' or '-'"),
-    ("ports:\n  - gen:size=64\n  - null\n",
+    ("ports:\n  - gen:size=64\n  - null\nnfs: [{program: simple_forward, service: 1}]\n",
      "bad.yaml:3: ports[1]: expected a port URI (write the null port in quotes: 'null')"),
     ("ports:\n  - gen:size=10\n",
      "bad.yaml:2: ports[0]: port 'gen:size=10': size=10 is out of range (64..9018)"),
@@ -137,7 +137,8 @@ BAD = [
     ("nfs:\n  - {program: simple_forward, service: 1}\nchains:\n  default: [1]\n"
      "rules:\n  - match: {dport: 80}\n    chain: web\n",
      "bad.yaml:7: rules[0].chain: no chain named 'web'"),
-    ("nfs:\n  - {program: simple_forward, service: 1}\nrules:\n  - match: {dport: 70000}\n    chain: x\n",
+    ("nfs:\n  - {program: simple_forward, service: 1}\n"
+     "rules:\n  - match: {dport: 70000}\n    chain: default\n",
      "bad.yaml:4: rules[0].match.dport: Input should be less than or equal to 65535"),
     ("ports: [gen:size=64]\nnfs:\n  - {program: simple_forward, service: 2}\n",
      "bad.yaml:1: chains: no default chain: packets from ports would go to service 1, which no NF provides; "
@@ -188,7 +189,47 @@ def test_every_problem_is_reported_in_line_order():
         """)
     with pytest.raises(TopologyError) as ei:
         loads_topology(text, "many.yaml")
-    assert [p.split(":")[1] for p in ei.value.problems] == ["2", "5", "7"]
+    # and the two NFs' shared name (line 6), found once the other problems are set aside
+    assert [p.split(":")[1] for p in ei.value.problems] == ["2", "5", "6", "7"]
+
+
+def test_problems_in_every_section_are_reported_in_one_pass():
+    """A bad manager option, a bad port and a bad NF do not hide the checks that need
+    the other sections: an NF's options, its service against the chains, a rule's chain."""
+    text = textwrap.dedent("""\
+        manager:
+          ring_size: 1000
+        ports:
+          - gen:size=10
+          - "null"
+        nfs:
+          - program: simple_forward
+            service: 1
+            instances: 0
+          - program: basic_monitor
+            service: 2
+            options: {bogus: 3}
+        chains:
+          default: [1, 2, 3, out:1]
+          web: [2, out:5]
+        rules:
+          - tcp dst port 80 to chain web
+          - udp to chain nowhere
+          - tcp dst port 99999 to chain web
+        """)
+    with pytest.raises(TopologyError) as ei:
+        loads_topology(text, "bad.yaml")
+    assert ei.value.problems == [
+        "bad.yaml:2: manager.ring_size: expected a power of two in 64..1048576",
+        "bad.yaml:4: ports[0]: port 'gen:size=10': size=10 is out of range (64..9018)",
+        "bad.yaml:9: nfs[0].instances: Input should be greater than or equal to 1",
+        "bad.yaml:12: nfs[1].options: basic_monitor: unrecognized arguments: --bogus 3",
+        "bad.yaml:14: chains.default[2]: hop 3: no NF provides service 3",
+        "bad.yaml:15: chains.web[1]: hop 2 'out:5': there is no port 5 (2 ports)",
+        "bad.yaml:18: rules[1]: no chain named 'nowhere'",
+        "bad.yaml:19: rules[2]: rule 'tcp dst port 99999 to chain web': token 4 '99999': "
+        "expected a port in 0..65535 with the lower bound first",
+    ]
 
 
 def test_named_chains_and_rules_reach_the_manager(tmp_path):

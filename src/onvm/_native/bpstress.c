@@ -77,7 +77,7 @@ static void *stress_produce(void *arg) {
             k = s->items - sent;
         for (uint32_t i = 0; i < k; i++)
             buf[i] = (uint32_t)(t->id - 1) << 24 | (sent + i);
-        uint32_t done = onvm_ring_enqueue_mp(s->ring, buf, k, 0, NULL, 0);
+        uint32_t done = onvm_ring_enqueue_mp(s->ring, s->r->ring_mask, buf, k, 0, NULL, 0);
         if (done)
             onvm_waiter_kick(cw);
         onvm_bp_pushed(s->r, s->ring);
@@ -93,9 +93,10 @@ static void *stress_consume(void *arg) {
     struct stress *s = t->s;
     struct onvm_waiter *w = &s->r->nfs[s->consumer].wait;
     uint32_t buf[ONVM_BURST_MAX], next[ONVM_MAX_NFS] = {0}, total = s->producers * s->items;
+    uint32_t head = atomic_load_explicit(&s->ring->cons.head, ONVM_RELAXED);
     unsigned idle = 0;
     while (t->received < total && !atomic_load_explicit(&s->abandon, ONVM_RELAXED)) {
-        uint32_t k = onvm_ring_dequeue_sc(s->ring, buf, 1 + rnd(t, s->burst), 0, NULL, 0);
+        uint32_t k = onvm_ring_dequeue_sc(s->ring, s->r->ring_mask, &head, buf, 1 + rnd(t, s->burst), 0);
         onvm_bp_drained(s->r, s->ring);
         for (uint32_t i = 0; i < k; i++) {
             uint32_t p = buf[i] >> 24, seq = buf[i] & 0xffffff;
@@ -117,7 +118,7 @@ static void *stress_consume(void *arg) {
         idle = 0;
         onvm_waiter_prepare(w);
         onvm_bp_drained(s->r, s->ring);
-        if (onvm_ring_count(s->ring))
+        if (onvm_ring_count(s->ring, s->r->ring_mask))
             onvm_waiter_cancel(w);
         else
             stress_sleep(s, w);

@@ -4,16 +4,12 @@
 #include <string.h>
 #include <time.h>
 
-
-static uint32_t rec_size(const struct onvm_header *h) {
-    return h->cap_rec_size;
-}
-
+/* Everything below uses the geometry this process bound when it created or
+ * attached the region (region.c), never the header an NF can rewrite. */
 static struct onvm_cap_record *rec_at(const struct onvm_region *r, unsigned c, uint64_t pos) {
-    const struct onvm_header *h = r->hdr;
-    uint8_t *area = r->base + h->off_captures + ONVM_MAX_CAPTURES * sizeof(struct onvm_capture);
-    uint64_t i = pos & (h->cap_records - 1);
-    return (struct onvm_cap_record *)(area + ((uint64_t)c * h->cap_records + i) * rec_size(h));
+    uint8_t *area = (uint8_t *)(r->captures + ONVM_MAX_CAPTURES);
+    uint64_t i = pos & (r->cap_records - 1);
+    return (struct onvm_cap_record *)(area + ((uint64_t)c * r->cap_records + i) * r->cap_rec_size);
 }
 
 uint64_t onvm_cap_layout(struct onvm_header *h, uint64_t off, uint32_t slot_size) {
@@ -31,7 +27,7 @@ uint64_t onvm_cap_layout(struct onvm_header *h, uint64_t off, uint32_t slot_size
 
 void onvm_cap_init(struct onvm_region *r) {
     for (unsigned c = 0; c < ONVM_MAX_CAPTURES; c++)
-        for (uint64_t i = 0; i < r->hdr->cap_records; i++)
+        for (uint64_t i = 0; i < r->cap_records; i++)
             atomic_store_explicit(&rec_at(r, c, i)->seq, i, ONVM_RELAXED);
     struct onvm_trace *t = onvm_trace(r);
     for (uint64_t i = 0; i < ONVM_TRACE_EVENTS; i++)
@@ -114,7 +110,7 @@ static void give_back(struct onvm_capture *cp) {
 
 void onvm_cap_burst(struct onvm_region *r, uint32_t taps, const uint32_t *slots, uint32_t n, int sent) {
     uint64_t now = 0;
-    uint32_t room = onvm_slot_room(r), data_max = rec_size(r->hdr) - ONVM_CAP_REC_HDR;
+    uint32_t room = onvm_slot_room(r), data_max = r->cap_rec_size - ONVM_CAP_REC_HDR;
     for (unsigned c = 0; c < ONVM_MAX_CAPTURES; c++) {
         if (!(taps & (1u << c)))
             continue;
@@ -138,8 +134,8 @@ void onvm_cap_burst(struct onvm_region *r, uint32_t taps, const uint32_t *slots,
             if (!onvm_cap_match(&f, m, data, len) || !take_one(cp))
                 continue;
             uint64_t pos;
-            struct onvm_cap_record *rec = onvm_rec_claim(&cp->head, (uint8_t *)rec_at(r, c, 0), rec_size(r->hdr),
-                                                r->hdr->cap_records, &pos);
+            struct onvm_cap_record *rec = onvm_rec_claim(&cp->head, (uint8_t *)rec_at(r, c, 0), r->cap_rec_size,
+                                                r->cap_records, &pos);
             if (!rec) {
                 give_back(cp);
                 dropped++;
@@ -187,7 +183,7 @@ static void put32(uint8_t *p, uint32_t v) {
 
 size_t onvm_cap_read(struct onvm_region *r, unsigned c, uint8_t *out, size_t max, uint64_t *stuck_since) {
     struct onvm_capture *cp = onvm_cap(r, c);
-    uint32_t n = r->hdr->cap_records, data_max = rec_size(r->hdr) - ONVM_CAP_REC_HDR;
+    uint32_t n = r->cap_records, data_max = r->cap_rec_size - ONVM_CAP_REC_HDR;
     uint64_t tail = atomic_load_explicit(&cp->tail, ONVM_RELAXED);
     size_t used = 0;
     for (;;) {

@@ -10,7 +10,8 @@
  * pins its caller to the main lcore, and the manager's workers, created later,
  * would inherit that, so the caller's CPU affinity is restored afterwards.
  * DPDK logs into a stream of ours: a ring of recent lines that error messages
- * quote and that the manager reads (warnings and errors go to its log).
+ * quote and that the manager reads (what it warns of while ports run goes to
+ * the manager's log).
  *
  * Packet memory, zero copy.  One mempool per region, built by hand like
  * rte_pktmbuf_pool_create_extbuf() but with our own mempool ops.  Its objects
@@ -26,8 +27,11 @@
  *     packet into the slot that NFs read in place;
  *   - TX lends slots to the device (their mbuf header is rewritten from the
  *     slot's metadata, checked first: NFs write that) and the device enqueues
- *     them when it is done with them: they are taken back and freed.
+ *     them when it is done with them: they are taken back, and freed in one
+ *     push when our call into the device returns.
  * So there is one free list, no copy, and pool free + lent + in use = total.
+ * The region is registered with DPDK as external memory, and mapped for the
+ * DMA of a PCI device at the slots' virtual addresses (IOVA as VA).
  * Which port and which worker's stats row a mempool call is for is in
  * thread-local state that rx/tx set before calling into DPDK: the calls
  * happen inside rx_burst()/tx_burst(), on the caller's thread.  Setup and
@@ -54,7 +58,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -92,8 +95,6 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
     onvm_dpdk_api->pool_free_burst(r, idx, n);
 }
-
-static void set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* ---- DPDK's log ------------------------------------------------------------ */
 
@@ -215,7 +216,7 @@ int onvm_dpdk_eal_init(int argc, char **argv, char *err, size_t errlen) {
         cookie_io_functions_t io = {.write = log_write};
         stream = fopencookie(NULL, "w", io);
         if (!stream) {
-            set_err(err, errlen, "cannot open a log stream for DPDK: %s", strerror(errno));
+            onvm_set_err(err, errlen, "cannot open a log stream for DPDK: %s", strerror(errno));
             return -errno;
         }
         setvbuf(stream, NULL, _IOLBF, 0);
@@ -253,7 +254,7 @@ int onvm_dpdk_eal_init(int argc, char **argv, char *err, size_t errlen) {
         char why[256];
         log_first_error(mark, why, sizeof why);
         const char *best = said[0] ? said : why;
-        set_err(err, errlen, "DPDK's EAL did not start: %s%s%s", rte_strerror(e), best[0] ? ": " : "", best);
+        onvm_set_err(err, errlen, "DPDK's EAL did not start: %s%s%s", rte_strerror(e), best[0] ? ": " : "", best);
         return -(e ? e : EINVAL);
     }
     eal_ready = 1;
@@ -441,17 +442,17 @@ struct onvm_dpdk_pool *onvm_dpdk_pool_create(struct onvm_region *r, char *err, s
     static int ops_registered;
     static unsigned serial;
     if (!eal_ready) {
-        set_err(err, errlen, "DPDK's EAL is not initialised");
+        onvm_set_err(err, errlen, "DPDK's EAL is not initialised");
         return NULL;
     }
     if (r->slot_size > UINT16_MAX) {
-        set_err(err, errlen, "slots of %u bytes are too large for DPDK (at most 65535; see --slot-size)",
-                r->slot_size);
+        onvm_set_err(err, errlen, "slots of %u bytes are too large for DPDK (at most 65535; see --slot-size)",
+                     r->slot_size);
         return NULL;
     }
     if (!ops_registered) {
         if (rte_mempool_register_ops(&slot_ops) < 0) {
-            set_err(err, errlen, "cannot register the slot mempool with DPDK");
+            onvm_set_err(err, errlen, "cannot register the slot mempool with DPDK");
             return NULL;
         }
         ops_registered = 1;
@@ -459,7 +460,7 @@ struct onvm_dpdk_pool *onvm_dpdk_pool_create(struct onvm_region *r, char *err, s
     struct onvm_dpdk_pool *pool = calloc(1, sizeof *pool);
     if (!pool || !(pool->mbuf = calloc(r->pool_count, sizeof *pool->mbuf))) {
         free(pool);
-        set_err(err, errlen, "out of memory");
+        onvm_set_err(err, errlen, "out of memory");
         return NULL;
     }
     pool->r = r;
@@ -500,10 +501,10 @@ struct onvm_dpdk_pool *onvm_dpdk_pool_create(struct onvm_region *r, char *err, s
     if (rc < 0) {
         char why[256];
         log_first_error(mark, why, sizeof why);
-        set_err(err, errlen,
-                "cannot make %u mbuf headers for the pool's slots: %s%s%s (give DPDK more memory: "
-                "-m in --dpdk-eal)",
-                r->pool_count, rte_strerror(-rc), why[0] ? ": " : "", why);
+        onvm_set_err(err, errlen,
+                     "cannot make %u mbuf headers for the pool's slots: %s%s%s (give DPDK more memory: "
+                     "-m in --dpdk-eal)",
+                     r->pool_count, rte_strerror(-rc), why[0] ? ": " : "", why);
         pool_destroy(pool);
         return NULL;
     }
@@ -538,15 +539,6 @@ struct dport {
     char name[64];
     char driver[64];
 };
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
 
 /* Reads the device's counters into the caller's row (see the theory above). */
 static void read_stats(struct onvm_port *p, struct dport *d, struct onvm_port_stats *st, uint64_t now) {
@@ -799,7 +791,7 @@ static int setup_queues(struct dport *d, const struct rte_eth_dev_info *info, in
             log_forget(mark);
     }
     if (rc < 0) {
-        set_err(err, errlen, "cannot configure %u RX and %u TX queues: %s", d->nrxq, d->ntxq, rte_strerror(-rc));
+        onvm_set_err(err, errlen, "cannot configure %u RX and %u TX queues: %s", d->nrxq, d->ntxq, rte_strerror(-rc));
         return rc;
     }
     uint16_t nrxd = (uint16_t)rxd, ntxd = (uint16_t)txd;
@@ -810,15 +802,15 @@ static int setup_queues(struct dport *d, const struct rte_eth_dev_info *info, in
     for (unsigned q = 0; q < d->nrxq; q++) {
         rc = rte_eth_rx_queue_setup(d->port_id, (uint16_t)q, nrxd, (unsigned)socket, NULL, d->pool->mp);
         if (rc < 0) {
-            set_err(err, errlen, "cannot set up RX queue %u: %s (a slot holds %u bytes of packet; see --slot-size)",
-                    q, rte_strerror(-rc), d->pool->slot_size - RTE_PKTMBUF_HEADROOM);
+            onvm_set_err(err, errlen, "cannot set up RX queue %u: %s (a slot holds %u bytes of packet; see --slot-size)",
+                         q, rte_strerror(-rc), d->pool->slot_size - RTE_PKTMBUF_HEADROOM);
             return rc;
         }
     }
     for (unsigned q = 0; q < d->ntxq; q++) {
         rc = rte_eth_tx_queue_setup(d->port_id, (uint16_t)q, ntxd, (unsigned)socket, NULL);
         if (rc < 0) {
-            set_err(err, errlen, "cannot set up TX queue %u: %s", q, rte_strerror(-rc));
+            onvm_set_err(err, errlen, "cannot set up TX queue %u: %s", q, rte_strerror(-rc));
             return rc;
         }
     }
@@ -849,7 +841,7 @@ static int find_port(const char *devargs, uint16_t *port_id, int *probed, char *
         char why[256];
         log_first_error(mark, why, sizeof why);
         /* DPDK's own words when it said something (its error codes here can be odd: EFAULT for a bad name) */
-        set_err(err, errlen, "DPDK cannot probe '%s': %s", devargs, why[0] ? why : rte_strerror(-rc));
+        onvm_set_err(err, errlen, "DPDK cannot probe '%s': %s", devargs, why[0] ? why : rte_strerror(-rc));
         return rc;
     }
     RTE_ETH_FOREACH_MATCHING_DEV(pid, devargs, &it) {
@@ -867,23 +859,23 @@ static int find_port(const char *devargs, uint16_t *port_id, int *probed, char *
 #pragma GCC diagnostic pop
         }
     }
-    set_err(err, errlen, "'%s' is not a network device (no ethdev port matches it)", devargs);
+    onvm_set_err(err, errlen, "'%s' is not a network device (no ethdev port matches it)", devargs);
     return -ENODEV;
 }
 
 struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const struct onvm_dpdk_conf *c,
                                       char *err, size_t errlen) {
     if (!eal_ready) {
-        set_err(err, errlen, "DPDK's EAL is not initialised");
+        onvm_set_err(err, errlen, "DPDK's EAL is not initialised");
         return NULL;
     }
     if (c->workers < 1 || c->workers > ONVM_MAX_WORKERS || c->rx_workers < 1 || c->rx_workers > c->workers) {
-        set_err(err, errlen, "bad worker counts (%u RX of %u)", c->rx_workers, c->workers);
+        onvm_set_err(err, errlen, "bad worker counts (%u RX of %u)", c->rx_workers, c->workers);
         return NULL;
     }
     struct dport *d = calloc(1, sizeof *d);
     if (!d) {
-        set_err(err, errlen, "out of memory");
+        onvm_set_err(err, errlen, "out of memory");
         return NULL;
     }
     d->pool = pool;
@@ -972,7 +964,7 @@ struct onvm_port *onvm_dpdk_port_open(struct onvm_dpdk_pool *pool, int id, const
     return p;
 
 fail:
-    set_err(err, errlen, "%s", why);
+    onvm_set_err(err, errlen, "%s", why);
     release(d, id);
     return NULL;
 }

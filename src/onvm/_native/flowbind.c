@@ -93,7 +93,7 @@ PyObject *Region_flow_put(RegionObject *self, PyObject *args, PyObject *kw) {
     if (rc == -ENOSPC)
         return PyErr_Format(PyExc_MemoryError,
                             "flow table is full near this flow (%u entries, %d probed, none of them a cached "
-                            "result to replace)", self->r.hdr->flow_count, ONVM_FLOW_PROBE);
+                            "result to replace)", self->r.flow_count, ONVM_FLOW_PROBE);
     Py_RETURN_NONE;
 }
 
@@ -129,7 +129,7 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
     OPEN_OR_FAIL(self);
     PyObject *l = PyList_New(0);
     uint64_t now = onvm_now_ns();
-    for (uint32_t i = 0; l && i < self->r.hdr->flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
+    for (uint32_t i = 0; l && i < self->r.flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
         struct onvm_flow_view copy;
         if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
             continue;
@@ -360,10 +360,12 @@ PyObject *Region_flow_key(RegionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "k", &s))
         return NULL;
     OPEN_OR_FAIL(self);
-    if (s >= self->r.pool_count)
-        return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
+    struct onvm_meta m;
+    uint8_t *d;
+    if (!onvm_slot_view(&self->r, s, &m, &d))
+        return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
     struct onvm_flow_key k;
-    if (onvm_flow_key_of(&self->r.meta[s], onvm_slot_data(&self->r, (uint32_t)s), &k) != 0)
+    if (onvm_flow_key_of(&m, d, &k) != 0)
         Py_RETURN_NONE;
     return key_tuple(&k);
 }

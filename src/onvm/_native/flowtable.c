@@ -54,10 +54,6 @@ static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_k
            a->vlan == b->vlan;
 }
 
-static inline struct onvm_cls_ctl *cls_ctl(const struct onvm_region *r) {
-    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
-}
-
 /* The 32-bit millisecond clock of deadlines: compared by signed difference, so
  * it may wrap (every 49 days) as long as no timeout exceeds ONVM_TIMEOUT_MAX_MS. */
 static inline uint32_t ms32(uint64_t ns) { return (uint32_t)(ns / 1000000ull); }
@@ -89,7 +85,7 @@ static uint32_t deadline(const struct onvm_flow_data *d, uint64_t now) {
 static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq, long *room,
                  uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1;
+    uint32_t mask = r->flow_count - 1;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
         struct onvm_flow *f = &t[i];
@@ -181,7 +177,7 @@ static void take(struct onvm_region *r, struct onvm_flow *f, uint64_t now) {
 /* ---- what the rules say ----------------------------------------------------- */
 
 static inline uint16_t port_default(struct onvm_region *r, uint16_t in_port) {
-    uint16_t c = in_port < ONVM_MAX_PORTS ? cls_ctl(r)->port_chain[in_port] : 0;
+    uint16_t c = in_port < ONVM_MAX_PORTS ? onvm_cls(r)->port_chain[in_port] : 0;
     return c < ONVM_MAX_CHAINS ? c : 0;
 }
 
@@ -196,7 +192,7 @@ static int decide(struct onvm_region *r, const struct onvm_flow_key *key, struct
     struct onvm_cls_result res;
     if (onvm_cls_lookup(r, key, &res) < 0)
         return -1;
-    uint32_t idle_default = clamp_timeout(cls_ctl(r)->default_idle_ms);
+    uint32_t idle_default = clamp_timeout(onvm_cls(r)->default_idle_ms);
     d->version = res.version;
     if (res.slot >= 0) {
         d->origin = ONVM_FLOW_BY_RULE;
@@ -222,7 +218,7 @@ static inline int same_decision(const struct onvm_flow *f, const struct decision
 static int current(struct onvm_region *r, const struct onvm_flow *f) {
     if (!onvm_cached_origin(f->origin))
         return 1;
-    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+    uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
     if (f->version == v || onvm_cls_still_current(r, &f->key, f->origin, f->rule, f->version))
         return 1;
     struct decision d;
@@ -257,7 +253,7 @@ int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_
 
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, int defaults,
                   struct onvm_flow_view *out) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOENT;
     uint32_t seq;
     long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, now);
@@ -275,7 +271,7 @@ int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64
 static long victim(struct onvm_region *r, uint32_t hash) {
     struct onvm_flow *t = onvm_flows(r);
     struct onvm_flow_data *td = onvm_flow_data(r);
-    uint32_t mask = r->hdr->flow_count - 1;
+    uint32_t mask = r->flow_count - 1;
     long best = -1;
     uint64_t oldest = UINT64_MAX;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
@@ -291,7 +287,7 @@ static long victim(struct onvm_region *r, uint32_t hash) {
 /* Other entries of key in its window (two writers raced to insert it) go. */
 static void dedupe(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, long keep) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1, seq;
+    uint32_t mask = r->flow_count - 1, seq;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         struct onvm_flow *f = &t[(hash + p) & mask];
         if (f - t == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
@@ -307,7 +303,7 @@ static void dedupe(struct onvm_region *r, const struct onvm_flow_key *key, uint3
 
 int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
                   uint32_t hard_ms, uint8_t origin, uint64_t now) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOSPC;
     if (idle_ms > ONVM_TIMEOUT_MAX_MS || hard_ms > ONVM_TIMEOUT_MAX_MS)
         return -EINVAL;
@@ -370,7 +366,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
 }
 
 int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
-    if (!r->hdr->flow_count)
+    if (!r->flow_count)
         return -ENOENT;
     uint64_t now = onvm_now_ns();
     for (int attempt = 0; attempt < 8; attempt++) {
@@ -393,7 +389,7 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
 
 uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t count = r->hdr->flow_count, removed = 0, seq;
+    uint32_t count = r->flow_count, removed = 0, seq;
     for (uint32_t k = 0; k < n && count; k++) {
         struct onvm_flow *f = &t[(start + k) & (count - 1)];
         uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
@@ -401,7 +397,7 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
             continue;
         int dead = expired(f, now);
         if (!dead && onvm_cached_origin(f->origin)) {
-            uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+            uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
             struct onvm_flow copy = *f;
             atomic_thread_fence(memory_order_acquire);
             if (copy.version == v || atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
@@ -428,7 +424,7 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
 uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
     struct onvm_flow *t = onvm_flows(r);
     uint32_t removed = 0, seq;
-    for (uint32_t i = 0; i < r->hdr->flow_count; i++) {
+    for (uint32_t i = 0; i < r->flow_count; i++) {
         struct onvm_flow *f = &t[i];
         if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
             continue;
@@ -460,7 +456,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
                          uint32_t hash, uint64_t now) {
     struct onvm_flow *t = onvm_flows(r);
     /* Acquire pairs with the writer's release of version: the log and images it names are there. */
-    uint32_t v = atomic_load_explicit(&cls_ctl(r)->version, ONVM_ACQUIRE);
+    uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
     uint32_t seq;
     long room = -1;
     long i = find(r, key, hash, &seq, &room, now);
@@ -528,8 +524,8 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
-    struct onvm_cls_ctl *c = cls_ctl(r);
-    return !r->hdr->flow_count ||
+    struct onvm_cls_ctl *c = onvm_cls(r);
+    return !r->flow_count ||
            (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && c->rules == 0 && c->ports_set == 0);
 }
 
@@ -550,7 +546,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
         return;
     struct onvm_flow *t = onvm_flows(r);
     struct onvm_flow_data *td = onvm_flow_data(r);
-    uint32_t mask = r->hdr->flow_count - 1;
+    uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
     uint8_t ok[64];
@@ -577,7 +573,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
  * out[i] is the chain of key i, or -1 when it has no entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
     struct onvm_flow *t = onvm_flows(r);
-    uint32_t mask = r->hdr->flow_count - 1, hash[64], seq;
+    uint32_t mask = r->flow_count - 1, hash[64], seq;
     uint64_t now = onvm_now_ns();
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;

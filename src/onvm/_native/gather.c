@@ -182,13 +182,12 @@ static PyObject *Gather_call(GatherObject *g, PyObject *args, PyObject *kw) {
         return PyErr_Format(PyExc_ValueError, "burst %zd exceeds the arrays (%zd)", n, g->capacity);
     const uint32_t *slots = g->slots.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t s = slots[i];
-        if (s >= r->pool_count)
-            return PyErr_Format(PyExc_ValueError, "slot %u is not in the pool", s);
-        const struct onvm_meta *m = &r->meta[s];
-        const uint8_t *d = onvm_slot_data(r, s);
+        struct onvm_meta m; /* one copy: fields read from it agree with each other */
+        uint8_t *d;
+        if (!onvm_slot_view(r, slots[i], &m, &d))
+            return PyErr_Format(PyExc_ValueError, "slot %u is not a packet of the pool", slots[i]);
         for (int f = 0; f < g->n; f++)
-            gather_one(g->id[f], g->buf[f].buf, (uint32_t)i, m, d);
+            gather_one(g->id[f], g->buf[f].buf, (uint32_t)i, &m, d);
     }
     Py_RETURN_NONE;
 }
@@ -261,9 +260,10 @@ static PyObject *mod_write_field(PyObject *mod, PyObject *args) {
     }
     const uint32_t *slots = s.buf, *vals = v.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (slots[i] >= r->pool_count)
-            continue;
-        done += scatter_one(id, vals[i], &r->meta[slots[i]], onvm_slot_data(r, slots[i]));
+        struct onvm_meta m;
+        uint8_t *d;
+        if (onvm_slot_view(r, slots[i], &m, &d))
+            done += scatter_one(id, vals[i], &m, d);
     }
     PyBuffer_Release(&s);
     PyBuffer_Release(&v);

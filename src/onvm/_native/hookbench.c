@@ -32,8 +32,8 @@ static PyObject *mod_bench_lookup(PyObject *mod, PyObject *args, PyObject *kw) {
     struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return NULL;
-    if (!entries || entries > r->hdr->flow_count)
-        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", r->hdr->flow_count);
+    if (!entries || entries > r->flow_count)
+        return PyErr_Format(PyExc_ValueError, "entries must be 1..%u (the table size)", r->flow_count);
     struct onvm_flow_key *keys = PyMem_Calloc(entries, sizeof *keys);
     uint32_t *order = PyMem_Malloc(sizeof(uint32_t) * (lookups ? lookups : 1));
     if (!keys || !order) {

@@ -24,6 +24,8 @@ const struct onvm_capi *onvm_core;
 
 typedef struct {
     PyObject_HEAD struct onvm_ring *ring;
+    uint32_t mask; /* the geometry is ours, as every user of a shared ring keeps its own */
+    uint32_t head; /* the consumer's position */
 } RingObject;
 
 static PyObject *list_from_slots(const uint32_t *buf, uint32_t n) {
@@ -52,6 +54,8 @@ static int Ring_build(RingObject *self, PyObject *args) {
         return -1;
     }
     onvm_ring_init(self->ring, size, 0);
+    self->mask = size - 1;
+    self->head = 0;
     return 0;
 }
 
@@ -78,17 +82,17 @@ static PyObject *Ring_enqueue(RingObject *self, PyObject *args, PyObject *kw) {
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
         buf[i] = (uint32_t)v;
-        if (PyErr_Occurred() || v >= ONVM_SLOT_SKIP) {
+        if (PyErr_Occurred() || v > UINT32_MAX) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "ring entries must be below 0xfffffffe");
+                PyErr_SetString(PyExc_ValueError, "ring entries are 32 bits");
             PyMem_Free(buf);
             Py_DECREF(fast);
             return NULL;
         }
     }
     Py_DECREF(fast);
-    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, buf, (uint32_t)n, bulk, NULL, 0)
-                       : onvm_ring_enqueue_sp(self->ring, buf, (uint32_t)n, bulk);
+    uint32_t done = mp ? onvm_ring_enqueue_mp(self->ring, self->mask, buf, (uint32_t)n, bulk, NULL, 0)
+                       : onvm_ring_enqueue_sp(self->ring, self->mask, buf, (uint32_t)n, bulk);
     if (bp)
         onvm_bp_pushed(NULL, self->ring);
     PyMem_Free(buf);
@@ -101,15 +105,15 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
     int bulk = 0, bp = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "I|pp", kwlist, &n, &bulk, &bp))
         return NULL;
-    if (n > self->ring->capacity) {
+    if (n > self->mask) {
         if (bulk)
             return PyList_New(0);
-        n = self->ring->capacity;
+        n = self->mask;
     }
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
     if (!buf)
         return PyErr_NoMemory();
-    uint32_t got = onvm_ring_dequeue_sc(self->ring, buf, n, bulk, NULL, 0);
+    uint32_t got = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, n, bulk);
     if (bp)
         onvm_bp_drained(NULL, self->ring);
     PyObject *l = list_from_slots(buf, got);
@@ -119,15 +123,15 @@ static PyObject *Ring_dequeue(RingObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *Ring_count(RingObject *self, PyObject *u) {
     (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring));
+    return PyLong_FromUnsignedLong(onvm_ring_count(self->ring, self->mask));
 }
 static PyObject *Ring_free_count(RingObject *self, PyObject *u) {
     (void)u;
-    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring));
+    return PyLong_FromUnsignedLong(onvm_ring_free_count(self->ring, self->mask));
 }
 static PyObject *Ring_capacity(RingObject *self, void *c) {
     (void)c;
-    return PyLong_FromUnsignedLong(self->ring->capacity);
+    return PyLong_FromUnsignedLong(self->mask);
 }
 static PyObject *Ring_watermarks(RingObject *self, void *c) {
     (void)c;
@@ -140,7 +144,7 @@ static PyObject *Ring_congested(RingObject *self, void *c) {
 
 struct stress_arg {
     struct onvm_ring *ring;
-    uint32_t producer, count, burst;
+    uint32_t mask, producer, count, burst;
 };
 
 static void *stress_producer(void *p) {
@@ -150,7 +154,7 @@ static void *stress_producer(void *p) {
         uint32_t k = a->count - sent < a->burst ? a->count - sent : a->burst;
         for (uint32_t i = 0; i < k; i++)
             buf[i] = a->producer << 24 | (sent + i);
-        uint32_t done = onvm_ring_enqueue_mp(a->ring, buf, k, 0, NULL, 0);
+        uint32_t done = onvm_ring_enqueue_mp(a->ring, a->mask, buf, k, 0, NULL, 0);
         sent += done;
         if (!done)
             sched_yield();
@@ -170,12 +174,12 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
     struct stress_arg a[8];
     uint32_t next[8] = {0}, errors = 0, got_total = 0;
     Py_BEGIN_ALLOW_THREADS for (unsigned i = 0; i < np; i++) {
-        a[i] = (struct stress_arg){self->ring, i, per, burst};
+        a[i] = (struct stress_arg){self->ring, self->mask, i, per, burst};
         pthread_create(&th[i], NULL, stress_producer, &a[i]);
     }
     uint32_t buf[ONVM_BURST_MAX];
     while (got_total < np * per) {
-        uint32_t k = onvm_ring_dequeue_sc(self->ring, buf, burst, 0, NULL, 0);
+        uint32_t k = onvm_ring_dequeue_sc(self->ring, self->mask, &self->head, buf, burst, 0);
         if (!k)
             sched_yield();
         for (uint32_t i = 0; i < k; i++) {
@@ -190,7 +194,7 @@ static PyObject *Ring_stress(RingObject *self, PyObject *args) {
     for (unsigned i = 0; i < np; i++)
         pthread_join(th[i], NULL);
     Py_END_ALLOW_THREADS return Py_BuildValue("{s:I,s:I,s:I}", "received", got_total, "errors", errors,
-                                              "left", onvm_ring_count(self->ring));
+                                              "left", onvm_ring_count(self->ring, self->mask));
 }
 
 static PyMethodDef Ring_methods[] = {
@@ -288,15 +292,18 @@ static PyObject *mod_classify(PyObject *m, PyObject *args) {
     struct onvm_region *r = onvm_core->region(region);
     if (!r)
         return NULL;
-    if (s >= r->pool_count)
-        return PyErr_Format(PyExc_ValueError, "slot %lu is outside the pool", s);
     if (in_port >= ONVM_MAX_PORTS)
         return PyErr_Format(PyExc_ValueError, "port %d is out of range", in_port);
-    struct onvm_meta *meta = &r->meta[s];
+    struct onvm_meta meta; /* one copy: another process may write the slot's record */
+    uint8_t *d;
+    if (!onvm_slot_view(r, s, &meta, &d))
+        return PyErr_Format(PyExc_ValueError, "slot %lu is not a packet of the pool", s);
     if (in_port >= 0)
-        meta->in_port = (uint16_t)in_port;
-    onvm_core->classify(r, meta, onvm_slot_data(r, (uint32_t)s), onvm_now_ns());
-    return PyLong_FromLong(meta->chain_id);
+        meta.in_port = (uint16_t)in_port;
+    onvm_core->classify(r, &meta, d, onvm_now_ns());
+    r->meta[s].in_port = meta.in_port;
+    r->meta[s].chain_id = meta.chain_id;
+    return PyLong_FromLong(meta.chain_id);
 }
 
 /* fix_l4_csum(frame) -> the frame with its TCP/UDP checksum completed, or None */

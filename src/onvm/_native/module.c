@@ -51,6 +51,7 @@ static void region_close(RegionObject *self) {
         self->kept_base = self->r.base;
         self->kept_size = self->r.size;
         self->r.base = NULL; /* closed for every other use */
+        onvm_guard_file_closed(self->kept_base);
         if (self->r.fd >= 0)
             close(self->r.fd);
         self->r.fd = -1;
@@ -61,6 +62,7 @@ static void region_close(RegionObject *self) {
 
 void onvm_region_export_done(RegionObject *self) {
     if (--self->exports == 0 && self->kept_base) {
+        onvm_guard_unmap(self->kept_base);
         munmap(self->kept_base, self->kept_size);
         self->kept_base = NULL;
     }
@@ -125,17 +127,42 @@ static PyObject *Region_close(RegionObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h);
+
 static PyObject *Region_info(RegionObject *self, PyObject *unused) {
     (void)unused;
     REGION_OPEN(self);
     struct onvm_header *h = self->r.hdr;
-    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I}", "path", self->path, "name",
+    PyObject *d = region_info_dict(self, h);
+    /* What this process found damaged in the shared tables (each counted where it was met). */
+    PyObject *c = d ? Py_BuildValue("{s:K,s:K}", "broken_links",
+                                    (unsigned long long)atomic_load(&self->r.broken_links), "table_stalls",
+                                    (unsigned long long)atomic_load(&self->r.table_stalls))
+                    : NULL;
+    if (!c || PyDict_Update(d, c) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(c);
+    return d;
+}
+
+static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h) {
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I,s:K,s:K}", "path", self->path, "name",
                          onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
                          "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
-                         self->r.owner, "replaced", self->r.replaced, "capture_records", h->cap_records);
+                         self->r.owner, "replaced", self->r.replaced, "capture_records", self->r.cap_records,
+                         "capture_offset", (unsigned long long)((uint8_t *)self->r.captures - self->r.base),
+                         "trace_offset", (unsigned long long)((uint8_t *)self->r.trace - self->r.base));
+}
+
+/* damaged() -> True once the region's file was cut short under this process's mapping
+ * (see mapguard.c): what it holds past the cut reads as zeros, and nothing can go on. */
+static PyObject *Region_damaged(RegionObject *self, PyObject *unused) {
+    (void)unused;
+    REGION_OPEN(self);
+    return PyBool_FromLong(onvm_region_damaged(&self->r));
 }
 
 static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
@@ -234,6 +261,8 @@ static PyObject *Region_free(RegionObject *self, PyObject *seq) {
         }
         atomic_store(&self->r.meta[buf[i]].owner, ONVM_OWNER_FREE);
     }
+    for (Py_ssize_t i = 0; i < n; i++) /* checked: the free below stamps them itself */
+        atomic_store(&self->r.meta[buf[i]].owner, saved[i]);
     PyMem_Free(saved);
     for (Py_ssize_t i = 0; i < n; i += 256)
         onvm_pool_free_burst(&self->r, buf + i, (uint32_t)(n - i > 256 ? 256 : n - i));
@@ -280,9 +309,11 @@ static PyObject *Region_read(RegionObject *self, PyObject *args) {
     REGION_OPEN(self);
     if (check_slot(self, s) < 0)
         return NULL;
-    struct onvm_meta *m = &self->r.meta[s];
-    uint32_t len = m->len <= onvm_slot_room(&self->r) ? m->len : 0;
-    return PyBytes_FromStringAndSize((const char *)onvm_slot_data(&self->r, (uint32_t)s), len);
+    struct onvm_meta m;
+    uint8_t *d;
+    if (!onvm_slot_view(&self->r, s, &m, &d))
+        return PyBytes_FromStringAndSize("", 0); /* a record that names no bytes of its slot */
+    return PyBytes_FromStringAndSize((const char *)d, m.len);
 }
 
 static PyObject *meta_dict(const struct onvm_meta *m) {
@@ -540,6 +571,13 @@ static PyObject *Region_set_cpu(RegionObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static const char *fault_name(unsigned why) {
+    static const char *const names[ONVM_FAULT_COUNT] = {
+        [ONVM_FAULT_NONE] = "", [ONVM_FAULT_SLOT] = "slot", [ONVM_FAULT_RECORD] = "record",
+        [ONVM_FAULT_STALL] = "stall", [ONVM_FAULT_FLAG] = "flag"};
+    return why < ONVM_FAULT_COUNT ? names[why] : "";
+}
+
 static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -552,8 +590,8 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
     PyObject *d = Py_BuildValue(
         "{s:I,s:H,s:H,s:i,s:N,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:N,s:N,s:K,s:I,s:I,s:K}", "state",
         atomic_load(&nf->state), "service", nf->service, "instance", nf->instance, "pid", nf->pid,
-        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0)),
-        "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1)), "rx",
+        "name", onvm_text(nf->name, sizeof nf->name), "epoch", atomic_load(&nf->epoch), "rx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 0), self->r.ring_mask),
+        "tx_ring", onvm_ring_count(onvm_nf_ring(&self->r, id, 1), self->r.ring_mask), "rx",
         (unsigned long long)st.rx, "tx", (unsigned long long)st.tx, "rx_bytes",
         (unsigned long long)st.rx_bytes, "bursts", (unsigned long long)st.bursts, "actions",
         u64_tuple(st.act, ONVM_ACT_COUNT), "drops", u64_tuple(st.drops, ONVM_DROP_COUNT),
@@ -569,6 +607,16 @@ static PyObject *Region_nf_info(RegionObject *self, PyObject *args) {
         put_u64(d, "rx_congested", onvm_bp_congested(rx)) < 0 ||
         put_cpu(d, &nf->cpu.want, &nf->cpu.now) < 0)
         Py_CLEAR(d);
+    /* The manager's own view of it (what the NF cannot write): fenced, and why. */
+    struct onvm_nf_view *v = &self->r.view[id];
+    PyObject *view = d ? Py_BuildValue("{s:O,s:K,s:s}", "fenced",
+                                       atomic_load(&v->fenced) ? Py_True : Py_False, "faults",
+                                       (unsigned long long)atomic_load(&v->faults), "fault",
+                                       fault_name(atomic_load(&v->fault_why)))
+                       : NULL;
+    if (!view || PyDict_Update(d, view) < 0)
+        Py_CLEAR(d);
+    Py_XDECREF(view);
     return d;
 }
 
@@ -767,6 +815,8 @@ static PyMethodDef Region_methods[] = {
     {"close", (PyCFunction)Region_close, METH_NOARGS, "Unmap; the creator also removes the file."},
     {"info", (PyCFunction)Region_info, METH_NOARGS, "Header facts as a dict."},
     {"free_count", (PyCFunction)Region_free_count, METH_NOARGS, "Free slots in the pool."},
+    {"damaged", (PyCFunction)Region_damaged, METH_NOARGS,
+     "True once the region's file was cut short under this mapping (it reads zeros past the cut)."},
     {"alloc", (PyCFunction)Region_alloc, METH_VARARGS, "alloc(n, owner=0) -> list of slot indices."},
     {"free", (PyCFunction)Region_free, METH_O, "free(slots): return slots to the pool."},
     {"write", (PyCFunction)Region_write, METH_VARARGS, "write(slot, data): set a slot's packet."},
@@ -924,6 +974,7 @@ static PyObject *Manager_add_gen(ManagerObject *self, PyObject *args, PyObject *
     c.rate_pps = rate;
     c.count = count;
     c.seed = seed;
+    c.slot_size = self->m->r->slot_size;
     c.sport = (uint16_t)sport;
     c.dport = (uint16_t)dport;
     char err[256] = "";
@@ -1097,6 +1148,57 @@ static PyObject *Manager_drain(ManagerObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS return PyBool_FromLong(ok);
 }
 
+/* audit() -> [event]: one look for what the packet path cannot settle itself (fence.c). */
+static PyObject *Manager_audit(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    static const char *const kinds[] = {[ONVM_AUDIT_FAULT] = "fault", [ONVM_AUDIT_STALL] = "stall",
+                                        [ONVM_AUDIT_RING] = "ring", [ONVM_AUDIT_TABLE] = "table",
+                                        [ONVM_AUDIT_POOL] = "pool"};
+    static const char *const tables[] = {"chain", "service"};
+    struct onvm_audit_event ev[2 * ONVM_MAX_NFS + ONVM_MAX_CHAINS + ONVM_MAX_SERVICES + 2];
+    int n = onvm_mgr_audit(self->m, ev, (int)(sizeof ev / sizeof *ev));
+    PyObject *l = PyList_New(0);
+    for (int i = 0; l && i < n; i++) {
+        const char *why = ev[i].kind == ONVM_AUDIT_TABLE ? tables[ev[i].why < 2 ? ev[i].why : 0]
+                                                         : fault_name(ev[i].why);
+        PyObject *d = Py_BuildValue("{s:s,s:I,s:I,s:s,s:K}", "kind", kinds[ev[i].kind], "nf", ev[i].nf, "peer",
+                                    ev[i].peer, "why", why, "count", (unsigned long long)ev[i].count);
+        if (!d || PyList_Append(l, d) < 0)
+            Py_CLEAR(l);
+        Py_XDECREF(d);
+    }
+    return l;
+}
+
+/* sweep(grace=0.5) -> slots returned: those nobody can free any more (see fence.c). */
+static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"grace", NULL};
+    double grace = 0.5;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|d", kwlist, &grace))
+        return NULL;
+    if (!(grace >= 0 && grace <= 60))
+        return PyErr_Format(PyExc_ValueError, "grace is 0..60 seconds");
+    if (!self->region->r.base)
+        return raise_region(EBADF, "region is closed");
+    long n;
+    Py_BEGIN_ALLOW_THREADS n = onvm_mgr_sweep(self->m, (uint64_t)(grace * 1e9));
+    Py_END_ALLOW_THREADS if (n < 0) return raise_region((int)n, "sweep failed");
+    return PyLong_FromLong(n);
+}
+
+/* fence(nf_id): take nothing more from the NF and send it nothing more (see fence.c). */
+static PyObject *Manager_fence(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    if (check_nf(id) < 0)
+        return NULL;
+    atomic_store(&self->region->r.view[id].fenced, 1);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -1206,9 +1308,9 @@ static PyObject *Manager_capture_read(ManagerObject *self, PyObject *args) {
     unsigned c, max = 65536;
     if (!PyArg_ParseTuple(args, "I|I", &c, &max) || capture_arg(self, c) < 0)
         return NULL;
-    if (max < 16 + self->region->r.hdr->cap_rec_size || max > (64u << 20))
+    if (max < 16 + self->region->r.cap_rec_size || max > (64u << 20))
         return PyErr_Format(PyExc_ValueError, "max must hold a record: %u..%u bytes",
-                            16 + self->region->r.hdr->cap_rec_size, 64u << 20);
+                            16 + self->region->r.cap_rec_size, 64u << 20);
     PyObject *out = PyBytes_FromStringAndSize(NULL, max);
     if (!out)
         return NULL;
@@ -1340,6 +1442,12 @@ static PyMethodDef Manager_methods[] = {
     {"retire", (PyCFunction)(void (*)(void))Manager_retire, METH_VARARGS | METH_KEYWORDS,
      "retire(nf_id, grace=0.5, drain=1.0): take a leaving NF out of the packet path (see retire.c)."},
     {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
+    {"audit", (PyCFunction)Manager_audit, METH_NOARGS,
+     "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
+    {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
+     "sweep(grace=0.5) -> slots returned that nobody could free any more (see fence.c)."},
+    {"fence", (PyCFunction)Manager_fence, METH_VARARGS,
+     "fence(nf_id): take nothing more from the NF and send it nothing more."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
@@ -1430,6 +1538,7 @@ static const struct onvm_capi capi = {
     .flow_lookup_bulk = onvm_flow_lookup_bulk,
     .fix_l4_csum = onvm_fix_l4_csum,
     .lat_hist_dict = onvm_lat_hist_dict,
+    .take = onvm_take,
 };
 
 /* ===== module functions ==================================================== */

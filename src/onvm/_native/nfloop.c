@@ -62,6 +62,9 @@ static int NFContext_build(NFContextObject *self, PyObject *args) {
     self->route->self_nf = id;
     self->route->rec = (struct onvm_enq_record *)&nf->enq;
     self->route->tx_ring = onvm_nf_ring(&ro->r, id, 1);
+    /* Read once: the record is ours to write, and a wrong row must not lead anywhere. */
+    uint32_t txw = nf->tx_worker;
+    self->route->tx_waiter = txw < ONVM_MAX_WORKERS ? &ro->r.workers[txw].wait : NULL;
     self->route->act = nf->stats.act;
     self->route->drops = nf->stats.drops;
     self->route->tx = &nf->stats.tx;
@@ -158,6 +161,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
     struct onvm_nf *nf = &r->nfs[self->nf_id];
     struct onvm_nf_stats *st = &nf->stats;
     struct onvm_ring *rx = onvm_nf_ring(r, self->nf_id, 0);
+    uint32_t rx_head = atomic_load_explicit(&rx->cons.head, ONVM_RELAXED);
     uint64_t start = onvm_now_ns();
     uint64_t ttl_ns = ttl > 0 ? (uint64_t)(ttl * 1e9) : 0;
     uint64_t period_ns = period > 0 ? (uint64_t)(period * 1e9) : 1000000000ull;
@@ -176,6 +180,10 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
         onvm_cpu_follow(&cpu, &nf->cpu.want, &nf->cpu.now);
         if (atomic_load_explicit(&nf->stop, ONVM_RELAXED)) {
             reason = "manager";
+            break;
+        }
+        if (atomic_load_explicit(&onvm_guard_tripped, ONVM_RELAXED)) {
+            reason = "region"; /* its file was cut short (mapguard.c): nothing here is real now */
             break;
         }
         if (self->local_stop)
@@ -197,7 +205,11 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             uint32_t want = burst;
             if (limit && limit - handled < want)
                 want = (uint32_t)(limit - handled);
-            n = onvm_ring_dequeue_sc(rx, self->buf, want, 0, r->meta, (uint16_t)self->nf_id);
+            uint32_t bad_slot = 0, bad_rec = 0;
+            n = onvm_take(r, rx, &rx_head, self->buf, want, ONVM_TRANSIT_TO, ONVM_OWNER_TRANSIT(0, self->nf_id),
+                          (uint16_t)self->nf_id, &bad_slot, &bad_rec);
+            if (bad_slot | bad_rec)
+                st->drops[ONVM_DROP_INVALID] += bad_slot + bad_rec; /* what another NF sent wrongly */
             onvm_bp_drained(r, rx);
         }
         /* seq_cst pairs with the manager's store in onvm_grace_pass's protocol. */
@@ -229,7 +241,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 if (!blocked)
                     onvm_bp_drained(r, rx); /* after the fence: a flag set as we drained is seen */
                 if (atomic_load(&nf->stop) || atomic_load(&self->msg_flag) ||
-                    (blocked ? !onvm_bp_wait_on(blocked, 1ull << self->nf_id) : onvm_ring_count(rx) != 0)) {
+                    (blocked ? !onvm_bp_wait_on(blocked, 1ull << self->nf_id) : onvm_ring_count(rx, r->ring_mask) != 0)) {
                     onvm_waiter_cancel(&nf->wait);
                 } else {
                     Py_BEGIN_ALLOW_THREADS onvm_waiter_sleep(&nf->wait, sleep_ns);
@@ -252,6 +264,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 uint8_t *a_act = bb.b[4].buf;
                 for (uint32_t i = 0; i < n; i++) {
                     struct onvm_meta *m = &r->meta[self->buf[i]];
+                    m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING); /* nobody holds what arrives */
                     a_slot[i] = self->buf[i];
                     a_len[i] = m->len;
                     bytes += m->len;
@@ -280,6 +293,7 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 for (uint32_t i = 0; i < n; i++) {
                     uint32_t s = self->buf[i];
                     struct onvm_meta *m = &r->meta[s];
+                    m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING); /* nobody holds what arrives */
                     m->action = (uint8_t)def_action;
                     m->dest = (uint16_t)def_dest;
                     bytes += m->len;

@@ -76,23 +76,40 @@ static inline void onvm_bp_clear(struct onvm_region *r, struct onvm_ring *ring) 
         onvm_bp_wake(r, mask);
 }
 
+/* A ring's geometry and watermarks: a region's rings from the process's own copy
+ * of the layout (an NF may write anything into its rings), a private ring (r NULL,
+ * tests) from the ring itself. */
+struct onvm_bp_marks {
+    uint32_t mask, high, low;
+};
+
+static inline struct onvm_bp_marks onvm_bp_marks(const struct onvm_region *r, const struct onvm_ring *ring) {
+    if (r)
+        return (struct onvm_bp_marks){r->ring_mask, r->ring_size / 2, r->ring_size / 4};
+    return (struct onvm_bp_marks){ring->mask, ring->high, ring->low};
+}
+
 /* Producer, after an enqueue into ring: congested at or above high. */
 static inline void onvm_bp_pushed(struct onvm_region *r, struct onvm_ring *ring) {
-    if (onvm_bp_congested(ring) || onvm_ring_count(ring) < ring->high)
+    struct onvm_bp_marks k = onvm_bp_marks(r, ring);
+    if (onvm_bp_congested(ring) || onvm_ring_count(ring, k.mask) < k.high)
         return;
     /* seq_cst, then a full fence: the consumer's position read below is
      * newer than our flag, pairing with the fence before the consumer's check
      * of the flag (onvm_bp_drained after onvm_waiter_prepare). */
     atomic_exchange(&ring->congested, 1);
     atomic_thread_fence(memory_order_seq_cst);
-    if (onvm_ring_count(ring) <= ring->low) /* it drained before our flag was visible */
+    if (onvm_ring_count(ring, k.mask) <= k.low) /* it drained before our flag was visible */
         onvm_bp_clear(r, ring);
 }
 
 /* Consumer, after a dequeue or an empty poll of its ring. */
 static inline void onvm_bp_drained(struct onvm_region *r, struct onvm_ring *ring) {
-    if (onvm_bp_congested(ring) && onvm_ring_count(ring) <= ring->low)
-        onvm_bp_clear(r, ring);
+    if (onvm_bp_congested(ring)) {
+        struct onvm_bp_marks k = onvm_bp_marks(r, ring);
+        if (onvm_ring_count(ring, k.mask) <= k.low)
+            onvm_bp_clear(r, ring);
+    }
 }
 
 /* Producer about to sleep (after onvm_waiter_prepare): register bit on ring;
@@ -107,9 +124,9 @@ static inline int onvm_bp_wait_on(struct onvm_ring *ring, uint64_t bit) {
  * or anything that is not an NF ring). */
 static inline unsigned onvm_ring_consumer_nf(const struct onvm_region *r, const struct onvm_ring *ring) {
     uint64_t off = (uint64_t)((const uint8_t *)ring - r->base);
-    if (off < r->hdr->off_rings)
+    if (off < r->off_rings)
         return 0;
-    uint64_t k = (off - r->hdr->off_rings) / r->hdr->ring_bytes;
+    uint64_t k = (off - r->off_rings) / r->ring_bytes;
     return (k & 1) || k / 2 >= ONVM_MAX_NFS ? 0 : (unsigned)(k / 2);
 }
 

@@ -51,6 +51,9 @@ struct onvm_capi {
     void (*flow_lookup_bulk)(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out);
     int (*fix_l4_csum)(uint8_t *frame, uint32_t len);
     PyObject *(*lat_hist_dict)(const struct onvm_lat_hist *h);
+    /* validated takes from a ring (onvm_region.h) */
+    uint32_t (*take)(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
+                     uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
 };
 
 /* The core's table for module `name` (onvm._dpdk, onvm._hooks), or NULL with an

@@ -125,7 +125,7 @@ struct onvm_trace {
 };
 
 static inline struct onvm_trace *onvm_trace(const struct onvm_region *r) {
-    return (struct onvm_trace *)onvm_at(r, r->hdr->off_trace);
+    return r->trace;
 }
 
 /* RX, after classification: mark and record the packets the armed trace takes. */
@@ -170,7 +170,7 @@ uint64_t onvm_cap_layout(struct onvm_header *h, uint64_t off, uint32_t slot_size
 void onvm_cap_init(struct onvm_region *r);
 
 static inline struct onvm_capture *onvm_cap(const struct onvm_region *r, unsigned c) {
-    return (struct onvm_capture *)onvm_at(r, r->hdr->off_captures) + c;
+    return r->captures + c;
 }
 
 /* Producer: copy the packets of slots[0..n) that the captures in taps (bits)

@@ -255,8 +255,9 @@ int onvm_cls_still_current(struct onvm_region *r, const struct onvm_flow_key *ke
 /* Does rule u match key?  (The plain reference, used to check log records.) */
 int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k);
 
+/* Where this process found the classifier (onvm_cls_bind), never where the header says now. */
 static inline struct onvm_cls_ctl *onvm_cls(const struct onvm_region *r) {
-    return (struct onvm_cls_ctl *)onvm_at(r, r->hdr->off_cls);
+    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
 }
 static inline struct onvm_rule *onvm_rule_at(const struct onvm_region *r, uint32_t slot) {
     return (struct onvm_rule *)(r->base + r->cls_rules) + slot;
@@ -285,11 +286,12 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out);
 
 /* ---- the flow table ----------------------------------------------------------- */
 
+/* From the process's own copy of the layout (onvm_region.h), never from the header. */
 static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
-    return (struct onvm_flow *)onvm_at(r, r->hdr->off_flows);
+    return r->flows;
 }
 static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
-    return (struct onvm_flow_data *)onvm_at(r, r->hdr->off_flow_data);
+    return r->flow_data;
 }
 
 /* Look n keys up together (prefetching); out[i] = chain or -1. */

@@ -7,17 +7,24 @@
  * never by pointers, because each process maps it at a different address.
  *
  *   header | free stack | NF table | services | chains | ports | workers | rings | meta[] | slots[]
- *   | flow table | captures (onvm_capture.h)
+ *   | flow table | captures and trace (onvm_capture.h) | rule classifier (onvm_flow.h)
  *
  * A packet is named by its slot index.  meta[i] is its 64-byte record and
  * slots[i] its buffer (headroom + data).  Only indices travel through rings.
  *
- * Ownership stamps: meta[i].owner names who is responsible for slot i.  A
- * consumer stamps slots with its own id while dequeuing (before it publishes
- * the dequeue), an allocator stamps what it allocates, and whoever frees a slot
- * stamps it ONVM_OWNER_FREE before pushing it.  When an NF dies, the slots still
- * stamped with its id that sit in no ring are exactly the ones it held: the
- * manager returns them to the free stack (see onvm_region_reclaim()).
+ * Ownership stamps: meta[i].owner names who is responsible for slot i: an NF
+ * id or the manager (0) while one holds it, ONVM_OWNER_FREE in the free stack,
+ * ONVM_OWNER_PORT(p) while a port's device has it, and ONVM_OWNER_TRANSIT(p, c)
+ * from the moment producer p puts it into a ring that consumer c reads until c
+ * takes it out.  A producer stamps what it enqueues before it publishes it; a
+ * consumer takes an entry only if the slot it names is in the pool and stamped
+ * in transit to it, and stamps it with its own id; whoever frees a slot stamps
+ * it free, and only slots stamped free are handed out.  So a ring can hand a consumer only
+ * what some producer gave it, once, whatever anyone wrote into the ring: a
+ * wrong index, a slot twice, a slot the writer does not hold.  When an NF
+ * leaves, the slots stamped with its id, or in transit to it, or in transit from
+ * it but in no live ring, are exactly the ones that would be lost: the manager
+ * returns them to the free stack (see onvm_region_reclaim()).
  *
  * Counters are written only by their owner: an NF writes its own entry's
  * stats, each manager worker writes its own row of the port stats.
@@ -34,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 8u
+#define ONVM_LAYOUT_VERSION 9u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -54,8 +61,13 @@
  * stamped ONVM_OWNER_PORT(p) until the device gives them back (onvm_port.h). */
 #define ONVM_OWNER_PORT_BASE 0xff00u
 #define ONVM_OWNER_PORT(p) ((uint16_t)(ONVM_OWNER_PORT_BASE + (p)))
+/* A slot producer p has put (or is putting) into a ring that consumer c reads; c
+ * checks the flag and its own id (the bits ONVM_TRANSIT_TO keeps) before taking it. */
+#define ONVM_OWNER_TRANSIT(p, c) ((uint16_t)(0x8000u | (unsigned)(p) << 6 | (unsigned)(c)))
+#define ONVM_TRANSIT_TO 0xf03fu
+#define ONVM_TRANSIT_FROM(o) (((unsigned)(o) >> 6) & 63u)
+#define ONVM_IS_TRANSIT(o) (((o) & 0xf000u) == 0x8000u)
 #define ONVM_SLOT_NIL 0xffffffffu
-#define ONVM_SLOT_SKIP 0xfffffffeu /* ring entry voided by crash repair */
 
 /* Actions and drop reasons (and port kinds in onvm_port.h, policies in
  * onvm_region.h) are listed once, as X-macros: X(ID, "name").  The enum and the
@@ -88,7 +100,9 @@ enum onvm_action {
     X(PORT, "port")             /* the port could not take it (error, too big) */                  \
     X(KERNEL, "kernel")         /* the kernel's ring for an AF_PACKET/TAP port was full */         \
     X(MISSED, "missed")         /* left in the port: a paced gen port, a full device RX ring */    \
-    X(EARLY, "early")           /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */
+    X(EARLY, "early")           /* dropped at RX, before any NF: its chain was congested (onvm_bp.h) */ \
+    X(INVALID, "invalid")       /* failed validation: a ring entry naming no slot handed to the reader, \
+                                 * a record outside its slot, a table left half written */
 
 enum onvm_drop_reason {
 #define ONVM_X_ENUM(id, name) ONVM_DROP_##id,
@@ -133,6 +147,8 @@ struct onvm_meta {
 static_assert(sizeof(struct onvm_meta) == 64, "meta must be one cache line");
 static_assert(ONVM_OWNER_PORT_BASE >= ONVM_MAX_NFS && ONVM_OWNER_PORT(ONVM_MAX_PORTS) <= ONVM_OWNER_FREE,
               "port owner stamps collide with NF ids or the free stamp");
+static_assert(ONVM_MAX_NFS <= 64 && ONVM_OWNER_TRANSIT(ONVM_MAX_NFS - 1, ONVM_MAX_NFS - 1) < ONVM_OWNER_PORT_BASE,
+              "transit stamps hold two NF ids of 6 bits below the port stamps");
 
 /* A futex word a consumer sleeps on; a producer wakes it only when it is flagged. */
 struct onvm_waiter {
@@ -143,8 +159,12 @@ struct onvm_waiter {
 };
 
 /* Lock-free ring of slot indices: power-of-two size, head/tail on separate lines.
- * The first line is read on every operation and written rarely: the watermark
- * state (onvm_bp.h) changes once per fill and drain, not per burst. */
+ * The producer side packs {position, count of reservations} into 64 bits (see
+ * onvm_ring.h).  size, mask, capacity, waiter_off and the watermarks are written
+ * once, for dumps: a ring's users take its geometry from their own copy of the
+ * header, never from a ring that its consumer or a producer may have scribbled on.
+ * The first line is read rarely and written rarely: the watermark state
+ * (onvm_bp.h) changes once per fill and drain, not per burst. */
 struct onvm_ring {
     alignas(ONVM_CACHE_LINE) uint32_t size;
     uint32_t mask;
@@ -155,8 +175,8 @@ struct onvm_ring {
     uint32_t pad0;
     _Atomic uint64_t waiting;    /* producers asleep until it clears: bit = NF id, bit 0 = RX workers */
     struct {
-        alignas(ONVM_CACHE_LINE) _Atomic uint32_t head;
-        _Atomic uint32_t tail;
+        alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
+        _Atomic uint64_t tail;
     } prod;
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t head;

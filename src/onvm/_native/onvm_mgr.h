@@ -35,6 +35,12 @@ struct onvm_mgr_worker {
     struct onvm_rx_seen seen[ONVM_MAX_PORTS];
 };
 
+/* A sequence word of a table the audit watches (fence.c): its value and since when. */
+struct onvm_seq_watch {
+    uint32_t seen;
+    uint64_t since;
+};
+
 struct onvm_mgr {
     struct onvm_region *r;
     struct onvm_port *ports[ONVM_MAX_PORTS];
@@ -43,12 +49,44 @@ struct onvm_mgr {
     _Atomic int stop;
     _Atomic int rx_paused; /* inputs wait (until the chain's NFs are up) */
     struct onvm_mgr_worker workers[ONVM_MAX_WORKERS];
+    /* fence.c: the audit's memory of the tables' sequence words */
+    struct onvm_seq_watch seq_chain[ONVM_MAX_CHAINS], seq_service[ONVM_MAX_SERVICES];
+    int told_pool; /* the damaged free stack was reported */
 };
 
 int onvm_mgr_start(struct onvm_mgr *m);
 void onvm_mgr_stop(struct onvm_mgr *m);
 /* Wake every worker (after a port or NF change). */
 void onvm_mgr_kick(struct onvm_mgr *m);
+
+/* fence.c: what the manager's audit found, for its Python side to act on. */
+enum onvm_audit_kind {
+    ONVM_AUDIT_FAULT = 1, /* NF nf handed over something invalid (why: enum onvm_fault): fence it */
+    ONVM_AUDIT_STALL,     /* NF nf held a reservation of NF peer's RX ring a second or more: fence it */
+    ONVM_AUDIT_RING,      /* NF peer's RX ring was held up a second or more: published again */
+    ONVM_AUDIT_TABLE,     /* a table's sequence word stayed odd a second or more: reset (why: chain
+                           * 0 or service 1; peer: which) */
+    ONVM_AUDIT_POOL,      /* the free stack's head names no slot: allocations get nothing */
+};
+
+struct onvm_audit_event {
+    uint32_t kind;
+    uint32_t nf;
+    uint32_t peer;
+    uint32_t why;
+    uint64_t count;
+};
+
+/* One look at the region for what the packet path cannot fix itself; at most max
+ * events go to out.  Call it from one thread, often (the manager does twice a
+ * second): a stall is acted on once it has lasted ONVM_STALL_NS. */
+#define ONVM_STALL_NS 1000000000ull
+int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max);
+/* Return to the pool the slots nobody can free any more: their stamp names no live
+ * holder, or says free while the free stack does not hold them (an NF wrote over the
+ * stamps of slots it held, then was fenced off).  Takes two grace periods of at most
+ * grace_ns.  Returns how many came back, or -errno. */
+long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns);
 
 /* retire.c: an NF that left its service, taken out of the packet path. */
 struct onvm_retire_result {
@@ -63,6 +101,10 @@ struct onvm_retire_result {
  * out of its service first and releases its slot (onvm_nf_release) after. */
 int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, uint64_t drain_ns,
                        struct onvm_retire_result *out);
+/* A grace period: wait until every active NF but skip_nf and every running worker has
+ * passed a loop iteration or sleeps (at most timeout_ns); 1 if they all did, 0 if not,
+ * -errno.  *pending, when given, gets how many had not. */
+int onvm_mgr_grace(struct onvm_mgr *m, unsigned skip_nf, uint64_t timeout_ns, unsigned *pending);
 /* Wait until every NF ring is empty; 1 if it happened within timeout_ns. */
 int onvm_mgr_wait_drained(struct onvm_mgr *m, uint64_t timeout_ns);
 

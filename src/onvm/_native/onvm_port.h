@@ -10,8 +10,10 @@
 #define ONVM_PORT_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 
+#include "onvm_pace.h"
 #include "onvm_region.h"
 
 /* Port kinds, listed once (see ONVM_ACTIONS in onvm_layout.h); the names are the
@@ -48,6 +50,7 @@ struct onvm_gen_conf {
     uint32_t src_ip, dst_ip;
     uint16_t sport, dport;
     uint64_t seed;
+    uint32_t slot_size; /* the pool's: a frame that does not fit is refused at open */
 };
 
 struct onvm_pcap_conf {
@@ -94,11 +97,8 @@ struct onvm_port {
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
-    /* pacing (ports.c: pace) */
-    uint64_t rate_pps, budget_start;
-    uint64_t taken;          /* packets delivered or missed since budget_start */
-    uint64_t missed;         /* gen with a rate: due but never made (the port's queue was full) */
-    uint64_t missed_counted; /* how much of missed the RX worker has put in the port's stats */
+    struct onvm_pacer pace;
+    uint64_t missed_counted; /* how much of pace.missed the RX worker has put in the port's stats */
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -215,6 +215,17 @@ static inline void onvm_port_took_back(struct onvm_region *r, struct onvm_port_s
     for (uint32_t i = 0; i < n; i++)
         atomic_store_explicit(&r->meta[slots[i]].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
     st->lent -= n;
+}
+
+/* A driver's error message, formatted into err when there is one. */
+static inline void onvm_set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline void onvm_set_err(char *err, size_t len, const char *fmt, ...) {
+    if (!err)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
 }
 
 /* Shared by the drivers (ports.c). */

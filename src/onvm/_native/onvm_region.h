@@ -9,6 +9,37 @@
 #include "onvm_layout.h"
 #include "onvm_ring.h"
 
+struct onvm_flow;
+struct onvm_flow_data;
+
+/* Why the manager fenced an NF off (fence.c). */
+enum onvm_fault {
+    ONVM_FAULT_NONE = 0,
+    ONVM_FAULT_SLOT,    /* its TX ring named no slot of the pool, or one not handed to the manager */
+    ONVM_FAULT_RECORD,  /* a packet it sent has a length or offset outside its slot */
+    ONVM_FAULT_STALL,   /* it held a ring reservation without completing it */
+    ONVM_FAULT_FLAG,    /* it kept its RX ring flagged congested while the ring was not */
+    ONVM_FAULT_COUNT
+};
+
+/* The manager's own view of an NF slot, in its private memory: no NF can change
+ * it.  The manager's packet path and its reclaim read this, never the NF's record
+ * in the region (which the NF may have overwritten).  Unused in an NF process. */
+struct onvm_nf_view {
+    _Atomic uint32_t state;     /* enum onvm_nf_slot_state, as the manager set it */
+    _Atomic uint32_t fenced;    /* broke the rules: nothing more is taken from or sent to it */
+    uint32_t tx_worker;         /* row of the TX worker that drains its TX ring */
+    uint32_t tx_head;           /* that worker's read position in the NF's TX ring */
+    _Atomic uint64_t faults;    /* entries or records of it that failed validation */
+    _Atomic uint32_t fault_why; /* enum onvm_fault of the first */
+    uint32_t told;              /* fence.c: what the audit has reported of it */
+    uint64_t stuck_head, stuck_tail, stuck_since; /* fence.c: its RX ring, not moving since */
+    uint64_t flagged_since;                       /* fence.c: flagged congested while it was not */
+};
+
+/* A process's handle.  Everything an address or a bound is computed from is
+ * copied here from the header when the region is made or mapped, and checked:
+ * nothing in the region can change it afterwards. */
 struct onvm_region {
     uint8_t *base;
     size_t size;
@@ -20,11 +51,22 @@ struct onvm_region {
     uint8_t *slots;
     uint32_t slot_size;
     uint32_t pool_count;
+    uint32_t ring_size, ring_mask;
+    uint64_t off_rings, ring_bytes;
+    uint32_t flow_count; /* flow table entries: 0 or a power of two */
+    struct onvm_flow *flows;
+    struct onvm_flow_data *flow_data;
     struct onvm_nf *nfs;
     struct onvm_service *services;
     struct onvm_chain *chains;
     struct onvm_port_info *ports;
     struct onvm_worker *workers;
+    struct onvm_capture *captures; /* the capture table, then each one's records (onvm_capture.h) */
+    uint32_t cap_records, cap_rec_size;
+    struct onvm_trace *trace;
+    _Atomic uint64_t broken_links;  /* free-stack links found pointing nowhere or into slots in use */
+    _Atomic uint64_t table_stalls;  /* table reads that gave up on a sequence left odd */
+    struct onvm_nf_view view[ONVM_MAX_NFS];
     /* The rule classifier (onvm_flow.h), where this process found it when it
      * created or attached the region: readers bound what they read by these,
      * never by what the region says now. */
@@ -44,6 +86,13 @@ struct onvm_region_params {
 };
 
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p);
+/* mapguard.c: a SIGBUS in a registered mapping (its file was cut short) puts zero
+ * pages over the part past the file's end instead of killing the process. */
+void onvm_guard_map(void *base, size_t size, int fd);
+void onvm_guard_file_closed(void *base); /* the mapping stays, its file descriptor is gone */
+void onvm_guard_unmap(void *base);       /* call before munmap */
+int onvm_region_damaged(const struct onvm_region *r);
+extern _Atomic int onvm_guard_tripped; /* some mapping of this process was damaged */
 int onvm_region_attach(struct onvm_region *r, const char *path);
 void onvm_region_detach(struct onvm_region *r);
 
@@ -67,14 +116,32 @@ static inline uint8_t *onvm_slot_data(const struct onvm_region *r, uint32_t idx)
     return r->slots + (size_t)idx * r->slot_size + r->meta[idx].data_off;
 }
 
+/* A packet record whose bytes lie inside its slot: all a reader needs to trust it
+ * (header offsets are checked against len where they are used). */
+static inline int onvm_meta_sane(const struct onvm_region *r, uint32_t data_off, uint32_t len) {
+    return data_off <= r->slot_size && len <= r->slot_size - data_off;
+}
+
+/* Slot idx's record copied once, if idx is in the pool and the record is sane; the
+ * bytes are then at *data.  For readers of slots another process may write. */
+static inline int onvm_slot_view(const struct onvm_region *r, uint64_t idx, struct onvm_meta *m,
+                                 uint8_t **data) {
+    if (idx >= r->pool_count)
+        return 0;
+    memcpy((void *)m, (const void *)&r->meta[idx], sizeof *m);
+    if (!onvm_meta_sane(r, m->data_off, m->len))
+        return 0;
+    *data = r->slots + (size_t)idx * r->slot_size + m->data_off;
+    return 1;
+}
+
 static inline uint32_t onvm_slot_room(const struct onvm_region *r) {
     return r->slot_size - ONVM_HEADROOM;
 }
 
-/* NF ring k (0 = rx, 1 = tx) of NF id */
 /* Where NF nf_id's RX (tx == 0) or TX ring lives: inline, the packet path asks per packet. */
 static inline uint32_t onvm_nf_ring_off(const struct onvm_region *r, unsigned nf_id, int tx) {
-    return (uint32_t)(r->hdr->off_rings + r->hdr->ring_bytes * (2u * nf_id + (tx ? 1u : 0u)));
+    return (uint32_t)(r->off_rings + r->ring_bytes * (2u * nf_id + (tx ? 1u : 0u)));
 }
 
 static inline struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsigned nf_id, int tx) {
@@ -82,8 +149,13 @@ static inline struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsign
 }
 
 /* ---- pool ---- */
+/* Up to n free slots, stamped owner.  Bounded whatever the free stack holds: a link
+ * out of the pool ends the stack, a slot not stamped free is not handed out. */
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner);
+/* Stamps the slots (which the caller holds) free and pushes them. */
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
+/* Pushes slots stamped free already, linked in the order given (n >= 1). */
+void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n);
 /* Once port's device holds nothing any more (its queues and rings are gone):
  * frees every slot still stamped as lent to the port and zeroes the port's
  * lent counts (onvm_port.h).  Returns how many slots came back. */
@@ -91,6 +163,69 @@ long onvm_port_reclaim(struct onvm_region *r, unsigned port);
 /* Slots lent to port's device now, and to every port's (sums of the workers' rows). */
 int64_t onvm_port_lent(const struct onvm_region *r, unsigned port);
 int64_t onvm_pool_lent(const struct onvm_region *r);
+
+/* ---- seqlocks of the tables the manager writes (services, chains) ----
+ *
+ * An odd sequence is a write under way, normally for well under a microsecond.
+ * A reader waits for it a bounded time (spins, then yields) and gives up after
+ * ONVM_SEQ_WAIT_NS, so a sequence left odd (a writer gone, or anything that maps
+ * the region writing over it) costs a drop, never a stuck thread.  A writer
+ * starts from the next even value, so its write heals a sequence left odd. */
+#define ONVM_SEQ_SPINS 128u
+#define ONVM_SEQ_WAIT_NS 2000000ull
+
+struct onvm_seq_read {
+    unsigned tries;
+    uint64_t since;
+};
+
+/* Returns 1 with the even sequence in *s1, or 0: give up. */
+static inline int onvm_seq_begin(_Atomic uint32_t *seq, uint32_t *s1, struct onvm_seq_read *rd) {
+    for (;;) {
+        if (rd->tries >= ONVM_SEQ_SPINS) { /* past the spins, every look is timed */
+            uint64_t now = onvm_now_ns();
+            if (!rd->since)
+                rd->since = now;
+            else if (now - rd->since > ONVM_SEQ_WAIT_NS)
+                return 0;
+        }
+        /* Acquire pairs with the writer's release store of the even sequence. */
+        uint32_t s = atomic_load_explicit(seq, ONVM_ACQUIRE);
+        if (!(s & 1)) {
+            *s1 = s;
+            return 1;
+        }
+        if (++rd->tries < ONVM_SEQ_SPINS)
+            onvm_pause();
+        else
+            sched_yield();
+    }
+}
+
+/* 1 if nothing was written while the caller read (its copy holds). */
+static inline int onvm_seq_end(_Atomic uint32_t *seq, uint32_t s1, struct onvm_seq_read *rd) {
+    /* Acquire fence: the reads before complete before we look at seq again. */
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(seq, ONVM_RELAXED) == s1)
+        return 1;
+    rd->tries++;
+    return 0;
+}
+
+/* Writer: the odd value to store first (the next even value after seq, plus one). */
+static inline uint32_t onvm_seq_write_begin(_Atomic uint32_t *seq) {
+    uint32_t s = atomic_load_explicit(seq, ONVM_RELAXED);
+    s += s & 1;
+    atomic_store_explicit(seq, s + 1, ONVM_RELAXED);
+    /* Release fence orders the odd seq before the writes that follow. */
+    atomic_thread_fence(memory_order_release);
+    return s + 1;
+}
+
+static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
+    /* Release pairs with the readers' acquire of seq. */
+    atomic_store_explicit(seq, odd + 1, ONVM_RELEASE);
+}
 
 static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
     return atomic_load_explicit(&r->hdr->free.count, ONVM_RELAXED);
@@ -136,10 +271,15 @@ enum onvm_policy {
  * instances the pick saw (1: every flow gets the same one). */
 unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
                            unsigned *count_out);
+/* onvm_service_pick's answer when the service could not be read in time (a sequence
+ * left odd): no NF id, and not 0 either, so that it is told from "no instance". */
+#define ONVM_PICK_STUCK 0xffffu
 /* The NF ids of svc's instances (a consistent copy, up to ONVM_MAX_INSTANCES); returns how many. */
 unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf);
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
                    const char *name);
+/* 0 with hop idx of chain; -ENOENT past its end; -EINVAL for no such chain; -EAGAIN when the
+ * chain was being written for too long to read (a sequence left odd). */
 int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, struct onvm_hop *out);
 
 /* ---- NF slots (manager only) ---- */
@@ -148,9 +288,28 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
 /* It receives nothing more; producers waiting on its RX ring are released. */
 void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id);
 void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id);
-/* After an NF is gone: repair a half-done enqueue it left, drain its RX ring,
- * return the slots it held.  Returns the number of slots returned. */
+/* Both the region's record and the manager's view. */
+void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state);
+/* After an NF is gone (out of its service, a grace period passed): return to the
+ * pool every slot it held, every slot in transit to it, and every slot in transit
+ * from it that no live ring holds (an enqueue it left half done).  Nothing is read
+ * from its rings or its record.  Returns the number of slots returned. */
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id);
+/* Mark in in_ring the slots a ring holds between its consumer's tail and its
+ * producers' published tail (at most a ring's worth, whatever the ring says). */
+void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring);
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
+
+/* Where a packet-path thread takes packets: up to n (at most ONVM_BURST_MAX) from
+ * ring for consumer me, from position *head, validated as onvm_ring_take_sc (what
+ * fails counts in *bad_slot); a slot handed over properly but with a record outside
+ * its slot is freed and counts in *bad_rec.  Returns how many went into out. */
+uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
+                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
+
+/* fence.c: the manager's packet path found what NF nf_id handed over invalid (why:
+ * enum onvm_fault): count it, remember why, and take nothing more from it.  The
+ * manager's audit then stops the NF and reclaims what it held. */
+void onvm_fault(struct onvm_region *r, unsigned nf_id, unsigned why, uint64_t count);
 
 #endif

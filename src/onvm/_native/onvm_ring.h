@@ -5,8 +5,23 @@
  * fails: it returns how many entries it moved.
  *
  * Indices run freely over uint32_t and wrap; entries[i & mask] holds index i.
- * Usable capacity is size - 1 so that a full ring differs from an empty one at
- * a glance in a dump, as in DPDK.
+ * Usable capacity is size - 1 (= mask) so that a full ring differs from an
+ * empty one at a glance in a dump, as in DPDK.
+ *
+ * Every function takes the ring's mask from its caller: a process uses its own
+ * copy of the geometry, never the one in the ring, which the ring's consumer
+ * (any NF, for its own rings) could have overwritten.  For the same reason every
+ * position read from the ring is bounded by the mask before it is trusted.
+ *
+ * Multi-producer enqueue (DPDK's "relaxed tail sync"): a producer reserves
+ * room with a CAS on prod.head = {position, count of reservations}, fills its
+ * entries, then counts itself done with a CAS on prod.tail = {position, count
+ * of completions}; whoever completes the last outstanding reservation moves the
+ * tail's position to the head's.  Producers never wait for each other, so one
+ * that stops half way (SIGSTOP, a debugger, a crash) cannot freeze the others:
+ * its ring just stops delivering until the manager repairs it (fence.c).  A
+ * reservation is also recorded, when the caller gives a record, so that the
+ * manager can tell who holds a ring up.
  */
 #ifndef ONVM_RING_H
 #define ONVM_RING_H
@@ -36,6 +51,13 @@
 #define ONVM_ACQUIRE memory_order_acquire
 #define ONVM_RELEASE memory_order_release
 
+#define ONVM_RING_POS(v) ((uint32_t)(v))
+#define ONVM_RING_CNT(v) ((uint32_t)((v) >> 32))
+#define ONVM_RING_PACK(pos, cnt) ((uint64_t)(cnt) << 32 | (uint32_t)(pos))
+/* CAS attempts before a producer gives up on a ring (only a ring that something
+ * scribbles on takes that many; an honest one settles within a few). */
+#define ONVM_RING_TRIES 256u
+
 static inline size_t onvm_ring_bytes(uint32_t size) {
     return sizeof(struct onvm_ring) + (size_t)size * sizeof(uint32_t);
 }
@@ -56,48 +78,51 @@ static inline void onvm_ring_init(struct onvm_ring *r, uint32_t size, uint32_t w
     r->low = size / 4;
 }
 
-static inline uint32_t onvm_ring_count(const struct onvm_ring *r) {
-    uint32_t t = atomic_load_explicit(&((struct onvm_ring *)r)->prod.tail, ONVM_ACQUIRE);
-    uint32_t h = atomic_load_explicit(&((struct onvm_ring *)r)->cons.tail, ONVM_ACQUIRE);
+/* Entries published and not yet consumed (at most mask, whatever the ring says). */
+static inline uint32_t onvm_ring_count(const struct onvm_ring *r, uint32_t mask) {
+    struct onvm_ring *w = (struct onvm_ring *)r;
+    uint32_t t = ONVM_RING_POS(atomic_load_explicit(&w->prod.tail, ONVM_ACQUIRE));
+    uint32_t h = atomic_load_explicit(&w->cons.tail, ONVM_ACQUIRE);
     uint32_t c = t - h;
-    return c > r->capacity ? r->capacity : c;
+    return c > mask ? mask : c;
 }
 
-static inline uint32_t onvm_ring_free_count(const struct onvm_ring *r) {
-    return r->capacity - onvm_ring_count(r);
+static inline uint32_t onvm_ring_free_count(const struct onvm_ring *r, uint32_t mask) {
+    return mask - onvm_ring_count(r, mask);
 }
 
-static inline void onvm_ring_copy_in(struct onvm_ring *r, uint32_t head, const uint32_t *obj,
-                                     uint32_t n) {
-    for (uint32_t i = 0; i < n; i++)
-        atomic_store_explicit(&r->entries[(head + i) & r->mask], obj[i], ONVM_RELAXED);
-}
-
-/* Single producer.  bulk != 0: all n or nothing. */
-static inline uint32_t onvm_ring_enqueue_sp(struct onvm_ring *r, const uint32_t *obj, uint32_t n,
-                                            int bulk) {
-    uint32_t head = atomic_load_explicit(&r->prod.head, ONVM_RELAXED);
-    /* Acquire pairs with the consumer's release store of cons.tail: the slots
+/* Room after the producer position head: 0 when the consumer's tail makes no sense. */
+static inline uint32_t onvm_ring_room(struct onvm_ring *r, uint32_t mask, uint32_t head) {
+    /* Acquire pairs with the consumer's release store of cons.tail: the entries
      * it freed are no longer read once we see them free. */
-    uint32_t cons_tail = atomic_load_explicit(&r->cons.tail, ONVM_ACQUIRE);
-    uint32_t free_entries = r->capacity + cons_tail - head;
-    if (n > free_entries) {
-        if (bulk)
-            return 0;
-        n = free_entries;
-    }
-    if (n == 0)
-        return 0;
-    onvm_ring_copy_in(r, head, obj, n);
-    atomic_store_explicit(&r->prod.head, head + n, ONVM_RELAXED);
-    /* Release publishes the entries written above to the consumer's acquire
-     * load of prod.tail. */
-    atomic_store_explicit(&r->prod.tail, head + n, ONVM_RELEASE);
+    uint32_t free_entries = mask + atomic_load_explicit(&r->cons.tail, ONVM_ACQUIRE) - head;
+    return free_entries <= mask ? free_entries : 0;
+}
+
+static inline void onvm_ring_put(struct onvm_ring *r, uint32_t mask, uint32_t pos, uint32_t v) {
+    atomic_store_explicit(&r->entries[pos & mask], v, ONVM_RELAXED);
+}
+
+/* ---- single producer: reserve, put, commit ---- */
+
+static inline uint32_t onvm_ring_sp_reserve(struct onvm_ring *r, uint32_t mask, uint32_t n, int bulk,
+                                            uint32_t *pos) {
+    uint32_t head = ONVM_RING_POS(atomic_load_explicit(&r->prod.head, ONVM_RELAXED));
+    uint32_t room = onvm_ring_room(r, mask, head);
+    if (n > room)
+        n = bulk ? 0 : room;
+    *pos = head;
     return n;
 }
 
+static inline void onvm_ring_sp_commit(struct onvm_ring *r, uint32_t pos, uint32_t n) {
+    atomic_store_explicit(&r->prod.head, ONVM_RING_PACK(pos + n, 0), ONVM_RELAXED);
+    /* Release publishes the entries put before to the consumer's acquire load of prod.tail. */
+    atomic_store_explicit(&r->prod.tail, ONVM_RING_PACK(pos + n, 0), ONVM_RELEASE);
+}
+
 /* Where a multi-producer enqueue records its reservation, so that the manager
- * can finish it if the producer dies half-way (see onvm_region_reclaim). */
+ * can tell who holds a ring up (fence.c). */
 struct onvm_enq_record {
     _Atomic uint32_t ring_off;
     _Atomic uint32_t start;
@@ -105,94 +130,134 @@ struct onvm_enq_record {
     _Atomic uint32_t reserved;
 };
 
-/* Multi producer: reserve with a CAS on prod.head, fill, then publish in
- * reservation order. */
-static inline uint32_t onvm_ring_enqueue_mp(struct onvm_ring *r, const uint32_t *obj, uint32_t n,
-                                            int bulk, struct onvm_enq_record *rec,
-                                            uint32_t ring_off) {
-    uint32_t head, next;
+/* ---- multi producer: reserve, put, commit ---- */
+
+static inline uint32_t onvm_ring_mp_reserve(struct onvm_ring *r, uint32_t mask, uint32_t n, int bulk,
+                                            uint32_t *pos, struct onvm_enq_record *rec, uint32_t ring_off) {
+    uint64_t oh = atomic_load_explicit(&r->prod.head, ONVM_RELAXED);
     if (rec)
         atomic_store_explicit(&rec->ring_off, ring_off, ONVM_RELAXED);
-    head = atomic_load_explicit(&r->prod.head, ONVM_RELAXED);
-    for (;;) {
-        /* Acquire pairs with the consumer's release of cons.tail (as in _sp). */
-        uint32_t cons_tail = atomic_load_explicit(&r->cons.tail, ONVM_ACQUIRE);
-        uint32_t free_entries = r->capacity + cons_tail - head;
-        uint32_t want = n;
-        if (want > free_entries) {
-            if (bulk) {
-                want = 0;
-            } else {
-                want = free_entries;
-            }
-        }
-        if (want == 0) {
-            if (rec)
-                atomic_store_explicit(&rec->ring_off, 0, ONVM_RELAXED);
-            return 0;
-        }
-        next = head + want;
-        /* Relaxed CAS: the reservation itself publishes nothing; the tail
-         * store below does. */
-        if (atomic_compare_exchange_weak_explicit(&r->prod.head, &head, next, ONVM_RELAXED,
-                                                  ONVM_RELAXED)) {
-            n = want;
+    for (unsigned tries = 0; tries < ONVM_RING_TRIES; tries++) {
+        uint32_t room = onvm_ring_room(r, mask, ONVM_RING_POS(oh));
+        uint32_t want = n > room ? (bulk ? 0 : room) : n;
+        if (want == 0)
             break;
+        uint64_t nh = ONVM_RING_PACK(ONVM_RING_POS(oh) + want, ONVM_RING_CNT(oh) + 1);
+        /* Relaxed CAS: the reservation publishes nothing; the commit does. */
+        if (atomic_compare_exchange_weak_explicit(&r->prod.head, &oh, nh, ONVM_RELAXED, ONVM_RELAXED)) {
+            if (rec) {
+                atomic_store_explicit(&rec->start, ONVM_RING_POS(oh), ONVM_RELAXED);
+                atomic_store_explicit(&rec->n, want, ONVM_RELAXED);
+                atomic_store_explicit(&rec->reserved, 1, ONVM_RELAXED);
+            }
+            *pos = ONVM_RING_POS(oh);
+            return want;
         }
     }
-    if (rec) {
-        atomic_store_explicit(&rec->start, head, ONVM_RELAXED);
-        atomic_store_explicit(&rec->n, n, ONVM_RELAXED);
-        atomic_store_explicit(&rec->reserved, 1, ONVM_RELEASE);
+    if (rec)
+        atomic_store_explicit(&rec->ring_off, 0, ONVM_RELAXED);
+    return 0;
+}
+
+static inline void onvm_ring_mp_commit(struct onvm_ring *r, struct onvm_enq_record *rec) {
+    uint64_t ot = atomic_load_explicit(&r->prod.tail, ONVM_ACQUIRE);
+    for (unsigned tries = 0; tries < 16 * ONVM_RING_TRIES; tries++) {
+        uint64_t h = atomic_load_explicit(&r->prod.head, ONVM_RELAXED);
+        uint32_t cnt = ONVM_RING_CNT(ot) + 1;
+        uint64_t nt = ONVM_RING_PACK(cnt == ONVM_RING_CNT(h) ? ONVM_RING_POS(h) : ONVM_RING_POS(ot), cnt);
+        /* Release publishes our entries to the consumer's acquire of prod.tail, and
+         * (a release sequence of RMWs) the entries of completions before ours;
+         * acquire on failure re-reads a tail that other completions published. */
+        if (atomic_compare_exchange_weak_explicit(&r->prod.tail, &ot, nt, ONVM_RELEASE, ONVM_ACQUIRE))
+            break;
     }
-    onvm_ring_copy_in(r, head, obj, n);
-    /* Earlier reservations publish first.  A preempted producer ahead of us
-     * would make us spin for a whole time slice on a busy machine: yield. */
-    unsigned spins = 0;
-    while (atomic_load_explicit(&r->prod.tail, ONVM_RELAXED) != head) {
-        if (++spins < 64)
-            onvm_pause();
-        else
-            sched_yield();
-    }
-    /* Release publishes our entries to the consumer's acquire of prod.tail. */
-    atomic_store_explicit(&r->prod.tail, next, ONVM_RELEASE);
+    /* Given up only on a ring that something scribbles on: the slots we put there are
+     * stamped in transit to its consumer, and come back when it is reclaimed. */
     if (rec) {
         atomic_store_explicit(&rec->reserved, 0, ONVM_RELAXED);
         atomic_store_explicit(&rec->ring_off, 0, ONVM_RELEASE);
     }
+}
+
+/* All in one, for callers that stamp nothing (tests, a private ring). */
+static inline uint32_t onvm_ring_enqueue_sp(struct onvm_ring *r, uint32_t mask, const uint32_t *obj, uint32_t n,
+                                            int bulk) {
+    uint32_t pos;
+    n = onvm_ring_sp_reserve(r, mask, n, bulk, &pos);
+    for (uint32_t i = 0; i < n; i++)
+        onvm_ring_put(r, mask, pos + i, obj[i]);
+    if (n)
+        onvm_ring_sp_commit(r, pos, n);
     return n;
 }
 
-/* Single consumer.  When meta is given, each dequeued slot is stamped with
- * owner before the dequeue is published (the reclaim scan relies on it).
- * Entries voided by crash repair (ONVM_SLOT_SKIP) are dropped silently. */
-static inline uint32_t onvm_ring_dequeue_sc(struct onvm_ring *r, uint32_t *out, uint32_t n, int bulk,
-                                            struct onvm_meta *meta, uint16_t owner) {
-    uint32_t head = atomic_load_explicit(&r->cons.head, ONVM_RELAXED);
-    /* Acquire pairs with the producer's release store of prod.tail. */
-    uint32_t prod_tail = atomic_load_explicit(&r->prod.tail, ONVM_ACQUIRE);
-    uint32_t avail = prod_tail - head;
-    if (n > avail) {
-        if (bulk)
-            return 0;
-        n = avail;
+static inline uint32_t onvm_ring_enqueue_mp(struct onvm_ring *r, uint32_t mask, const uint32_t *obj, uint32_t n,
+                                            int bulk, struct onvm_enq_record *rec, uint32_t ring_off) {
+    uint32_t pos;
+    n = onvm_ring_mp_reserve(r, mask, n, bulk, &pos, rec, ring_off);
+    for (uint32_t i = 0; i < n; i++)
+        onvm_ring_put(r, mask, pos + i, obj[i]);
+    if (n)
+        onvm_ring_mp_commit(r, rec);
+    return n;
+}
+
+/* ---- single consumer ---- */
+
+/* Up to n entries from position *head, as they are (a private ring of tests). */
+static inline uint32_t onvm_ring_dequeue_sc(struct onvm_ring *r, uint32_t mask, uint32_t *head, uint32_t *out,
+                                            uint32_t n, int bulk) {
+    uint32_t h = *head;
+    /* Acquire pairs with the producers' release of prod.tail. */
+    uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&r->prod.tail, ONVM_ACQUIRE)) - h;
+    if (avail > mask)
+        avail = mask; /* a producer that wrote nonsense: a ring's worth at most */
+    if (n > avail)
+        n = bulk ? 0 : avail;
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = atomic_load_explicit(&r->entries[(h + i) & mask], ONVM_RELAXED);
+    if (n) {
+        *head = h + n;
+        atomic_store_explicit(&r->cons.head, h + n, ONVM_RELAXED);
+        /* Release: our reads of the entries happen before producers (acquire of
+         * cons.tail) may overwrite them. */
+        atomic_store_explicit(&r->cons.tail, h + n, ONVM_RELEASE);
     }
+    return n;
+}
+
+/* Up to n slots from position *head for consumer `me`: an entry counts only if it
+ * names a slot of the pool whose stamp is in transit to want (under want_mask, see
+ * onvm_layout.h); the slot is stamped me before the dequeue is published.  The
+ * rest are left alone and counted in *bad.  Returns how many went into out. */
+static inline uint32_t onvm_ring_take_sc(struct onvm_ring *r, uint32_t mask, uint32_t *head, uint32_t *out,
+                                         uint32_t n, struct onvm_meta *meta, uint32_t pool_count,
+                                         uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad) {
+    uint32_t h = *head;
+    /* Acquire pairs with the producers' release of prod.tail: their entries and stamps. */
+    uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&r->prod.tail, ONVM_ACQUIRE)) - h;
+    if (avail > mask)
+        avail = mask;
+    if (n > avail)
+        n = avail;
     if (n == 0)
         return 0;
     uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t v = atomic_load_explicit(&r->entries[(head + i) & r->mask], ONVM_RELAXED);
-        if (v == ONVM_SLOT_SKIP)
+        uint32_t v = atomic_load_explicit(&r->entries[(h + i) & mask], ONVM_RELAXED);
+        if (v >= pool_count ||
+            (atomic_load_explicit(&meta[v].owner, ONVM_RELAXED) & want_mask) != want) {
+            (*bad)++;
             continue;
-        if (meta)
-            atomic_store_explicit(&meta[v].owner, owner, ONVM_RELAXED);
+        }
+        atomic_store_explicit(&meta[v].owner, me, ONVM_RELAXED);
         out[k++] = v;
     }
-    atomic_store_explicit(&r->cons.head, head + n, ONVM_RELAXED);
-    /* Release: our stamps and our reads of the entries happen before the
-     * producers (acquire of cons.tail) may overwrite them. */
-    atomic_store_explicit(&r->cons.tail, head + n, ONVM_RELEASE);
+    *head = h + n;
+    atomic_store_explicit(&r->cons.head, h + n, ONVM_RELAXED);
+    /* Release: our stamps and our reads of the entries happen before producers
+     * (acquire of cons.tail) may overwrite them, and before the reclaim scan reads stamps. */
+    atomic_store_explicit(&r->cons.tail, h + n, ONVM_RELEASE);
     return k;
 }
 

@@ -20,6 +20,7 @@ enum onvm_route_mode {
 struct onvm_route_group {
     int kind; /* 1 ring, 2 port */
     void *target;
+    uint16_t to; /* a ring's consumer: an NF id, or the manager (0) for an NF's TX ring */
     uint32_t n;
     uint32_t slots[ONVM_BURST_MAX];
 };
@@ -46,6 +47,7 @@ struct onvm_route_ctx {
     unsigned self_nf;               /* 0 for the manager */
     struct onvm_enq_record *rec;    /* the NF's enqueue record, NULL in the manager */
     struct onvm_ring *tx_ring;      /* NF: where OUT packets go (the manager sends them) */
+    struct onvm_waiter *tx_waiter;  /* NF: the TX worker that drains it */
     struct onvm_port **ports;       /* manager: the port table */
     unsigned worker;                /* manager: this worker's row in port stats */
     uint64_t *act;                  /* [ONVM_ACT_COUNT] actions taken */

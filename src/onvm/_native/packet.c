@@ -1010,9 +1010,12 @@ static PyObject *mod_update_checksums(PyObject *mod, PyObject *args, PyObject *k
     }
     const uint32_t *slots = s.buf;
     long done = 0;
-    for (Py_ssize_t i = 0; i < s.len / 4; i++)
-        if (slots[i] < r->pool_count)
-            done += fix_checksums(&r->meta[slots[i]], onvm_slot_data(r, slots[i]), l4);
+    for (Py_ssize_t i = 0; i < s.len / 4; i++) {
+        struct onvm_meta m;
+        uint8_t *d;
+        if (onvm_slot_view(r, slots[i], &m, &d))
+            done += fix_checksums(&m, d, l4);
+    }
     PyBuffer_Release(&s);
     return PyLong_FromLong(done);
 }

@@ -25,64 +25,11 @@ struct onvm_port *onvm_port_new(int id, int kind) {
     return p;
 }
 
-static void set_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
-
-/* A paced input keeps what falls due and is not read yet, up to this many
- * packets, as a NIC keeps frames in its RX descriptor ring.  Beyond that a gen
- * port counts them missed (they were never made: no CPU spent on them) and a
- * file simply waits. */
-#define PACE_QUEUE 4096
-
-/* How many packets pacing allows now; sets *next_due when it allows none.
- * Packets leave in small bursts (up to 100 us worth, at most 32) rather than
- * one at a time, so a paced port costs a wake-up per burst, not per packet.
- * taken counts what was delivered plus what was missed, so that for a gen
- * port delivered + missed = what the rate asked for, less at most PACE_QUEUE
- * still waiting. */
-static uint32_t pace(struct onvm_port *p, uint32_t want, uint64_t now, uint64_t *next_due) {
-    if (!p->rate_pps)
-        return want;
-    if (p->budget_start == 0)
-        p->budget_start = now;
-    uint64_t cap = p->kind == ONVM_PORT_GEN && p->gen.count ? p->gen.count : UINT64_MAX;
-    uint64_t due = (uint64_t)((__uint128_t)(now - p->budget_start) * p->rate_pps / 1000000000ull);
-    if (due > cap)
-        due = cap;
-    if (due - p->taken > PACE_QUEUE) {
-        uint64_t lost = due - p->taken - PACE_QUEUE;
-        p->taken += lost;
-        if (p->kind == ONVM_PORT_GEN)
-            p->missed += lost;
-    }
-    uint64_t batch = p->rate_pps / 10000;
-    if (batch < 1)
-        batch = 1;
-    if (batch > 32)
-        batch = 32;
-    uint64_t target = p->taken + batch < cap ? p->taken + batch : cap;
-    if (due < target) {
-        uint64_t at = p->budget_start + (uint64_t)((__uint128_t)target * 1000000000ull / p->rate_pps);
-        if (next_due && at < *next_due)
-            *next_due = at;
-        return 0;
-    }
-    uint64_t can = due - p->taken;
-    return can < want ? (uint32_t)can : want;
-}
-
+/* A port its RX worker leaves unread (a congested chain): its schedule goes on
+ * (onvm_pace.h), and a gen port whose count is all sent or missed is done. */
 void onvm_port_held(struct onvm_port *p, uint64_t now) {
-    if (!p->rate_pps)
-        return;
-    pace(p, 0, now, NULL); /* moves what overflowed its queue to missed */
-    if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->missed >= p->gen.count)
+    onvm_pace(&p->pace, 0, now, NULL); /* moves what overflowed its queue to missed */
+    if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->pace.missed >= p->gen.count)
         atomic_store(&p->rx_done, 1);
 }
 
@@ -171,7 +118,7 @@ static uint32_t gen_size(struct onvm_port *p) {
 static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slots, uint32_t n,
                        uint64_t now, uint64_t *next_due) {
     if (p->gen.count) {
-        uint64_t left = p->gen.count - p->produced - p->missed;
+        uint64_t left = p->gen.count - p->produced - p->pace.missed;
         if (left == 0) {
             atomic_store(&p->rx_done, 1);
             return 0;
@@ -179,7 +126,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         if (n > left)
             n = (uint32_t)left;
     }
-    n = pace(p, n, now, next_due);
+    n = onvm_pace(&p->pace, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -193,7 +140,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         uint8_t *d = onvm_slot_data(r, s);
         uint32_t flow = (uint32_t)(p->flow_next++ % p->gen.flows);
         uint32_t len = gen_size(p) - 4; /* the NIC would strip the FCS */
-        if (len > room)
+        if (len > room) /* refused at open; kept so a slot is never overrun */
             len = room;
         if (len < p->hdr_len)
             len = p->hdr_len;
@@ -209,21 +156,30 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         m->in_port = (uint16_t)p->id;
     }
     p->produced += got;
-    p->taken += got;
+    onvm_pace_sent(&p->pace, got);
     return got;
 }
 
 struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char *err, size_t errlen) {
     if (c->flows == 0 || c->flows > (1u << 20)) {
-        set_err(err, errlen, "gen: flows must be between 1 and 1048576 (got %u)", c->flows);
+        onvm_set_err(err, errlen, "gen: flows must be between 1 and 1048576 (got %u)", c->flows);
         return NULL;
     }
     if (c->mix == ONVM_MIX_FIXED && (c->size < 64 || c->size > 9018)) {
-        set_err(err, errlen, "gen: size must be between 64 and 9018 (got %u)", c->size);
+        onvm_set_err(err, errlen, "gen: size must be between 64 and 9018 (got %u)", c->size);
         return NULL;
     }
     if (c->proto != 17 && c->proto != 6) {
-        set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
+        onvm_set_err(err, errlen, "gen: proto must be udp or tcp (got %u)", c->proto);
+        return NULL;
+    }
+    uint32_t largest = c->mix == ONVM_MIX_FIXED ? c->size : 1518; /* frame bytes with FCS */
+    if (largest - 4 + ONVM_HEADROOM > c->slot_size) {
+        onvm_set_err(err, errlen,
+                "gen: a %u-byte frame (%u bytes without the FCS) does not fit a %u-byte slot, whose "
+                "first %u bytes are headroom; start the manager with --slot-size %u or more",
+                largest, largest - 4, c->slot_size, ONVM_HEADROOM,
+                (largest - 4 + ONVM_HEADROOM + 63) / 64 * 64);
         return NULL;
     }
     struct onvm_port *p = onvm_port_new(id, ONVM_PORT_GEN);
@@ -231,7 +187,9 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
         return NULL;
     p->gen = *c;
     p->rx = gen_rx;
-    p->rate_pps = c->rate_pps;
+    p->pace.rate_pps = c->rate_pps;
+    p->pace.cap = c->count;
+    p->pace.lossy = 1;
     p->rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
     p->hdr_len = c->proto == 17 ? 42 : 54;
     p->templates = calloc(c->flows, 64);
@@ -641,7 +599,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
                         uint64_t now, uint64_t *next_due) {
     if (atomic_load_explicit(&p->rx_done, memory_order_relaxed))
         return 0;
-    n = pace(p, n, now, next_due);
+    n = onvm_pace(&p->pace, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -706,7 +664,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
     }
     if (k < got)
         onvm_pool_free_burst(r, slots + k, got - k);
-    p->taken += k;
+    onvm_pace_sent(&p->pace, k);
     return k;
 }
 
@@ -808,7 +766,7 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     p->nsec = nsec;
     p->file_snaplen = snaplen;
     p->loops_left = c->loops;
-    p->rate_pps = c->timing ? 0 : c->rate_pps;
+    p->pace.rate_pps = c->timing ? 0 : c->rate_pps;
     p->timing = c->timing;
     p->speed = c->speed > 0 ? c->speed : 1.0;
     p->linktype = linktype;

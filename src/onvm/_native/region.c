@@ -1,5 +1,5 @@
 /* region.c - create and attach the shared region; the packet pool; services,
- * chains and NF slots; reclaiming what a dead NF held. */
+ * chains and NF slots; reclaiming what an NF that left held. */
 #define _GNU_SOURCE
 #include "onvm_region.h"
 #include "onvm_bp.h"
@@ -40,17 +40,86 @@ static int populate(int fd, uint8_t *base, uint64_t len) {
     return 0;
 }
 
-static void bind_tables(struct onvm_region *r) {
-    struct onvm_header *h = r->hdr;
+/* Where everything goes for these parameters: the one place the layout is decided.
+ * attach recomputes it from the header's parameters and requires the header's
+ * offsets to match, so no offset in the header can point anywhere else.  *eager:
+ * the bytes from the start that are resident from creation on (all but the
+ * classifier's reserve). */
+static int compute_layout(struct onvm_region *r, const struct onvm_region_params *p, struct onvm_header *tmp,
+                          uint64_t *eager) {
+    if (p->pool_count < 64 || p->pool_count > (1u << 24))
+        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
+    if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
+        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536");
+    if (!onvm_ring_size_ok(p->ring_size))
+        return fail(r, EINVAL, "ring size must be a power of two");
+    if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
+        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
+    memset(tmp, 0, sizeof *tmp);
+    uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
+    tmp->off_nfs = off;
+    off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
+    tmp->off_services = off;
+    off += ALIGN_UP(sizeof(struct onvm_service) * ONVM_MAX_SERVICES, 64);
+    tmp->off_chains = off;
+    off += ALIGN_UP(sizeof(struct onvm_chain) * ONVM_MAX_CHAINS, 64);
+    tmp->off_ports = off;
+    off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
+    tmp->off_workers = off;
+    off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
+    tmp->off_rings = ALIGN_UP(off, 4096);
+    tmp->ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
+    off = tmp->off_rings + tmp->ring_bytes * 2 * ONVM_MAX_NFS;
+    tmp->off_meta = ALIGN_UP(off, 4096);
+    off = tmp->off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
+    tmp->off_slots = ALIGN_UP(off, 4096);
+    off = tmp->off_slots + (uint64_t)p->pool_count * p->slot_size;
+    /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
+    tmp->off_flows = ALIGN_UP(off, 4096);
+    tmp->flow_count = p->flow_count;
+    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
+    tmp->off_flow_data = ALIGN_UP(off, 4096);
+    off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    off = onvm_cap_layout(tmp, ALIGN_UP(off, 4096), p->slot_size);
+    /* The classifier reserves room for max_rules rules at the very end; only
+     * what the rules in place use is ever resident (classify.c). */
+    tmp->max_rules = p->max_rules ? p->max_rules : ONVM_RULES_DEFAULT;
+    if (tmp->max_rules > ONVM_RULES_LIMIT)
+        return fail(r, EINVAL, "at most %u rules", ONVM_RULES_LIMIT);
+    tmp->off_cls = ALIGN_UP(off, 4096);
+    *eager = tmp->off_cls + onvm_cls_eager_bytes(tmp->max_rules);
+    off = tmp->off_cls + onvm_cls_bytes(tmp->max_rules);
+    tmp->total_size = ALIGN_UP(off, HUGE_ALIGN);
+    tmp->pool_count = p->pool_count;
+    tmp->slot_size = p->slot_size;
+    tmp->ring_size = p->ring_size;
+    if (tmp->off_rings + tmp->ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
+        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
+    return 0;
+}
+
+/* The process's own copy of the geometry; everything after this uses it, not the header. */
+static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->meta = onvm_at(r, h->off_meta);
     r->slots = onvm_at(r, h->off_slots);
     r->slot_size = h->slot_size;
     r->pool_count = h->pool_count;
+    r->ring_size = h->ring_size;
+    r->ring_mask = h->ring_size - 1;
+    r->off_rings = h->off_rings;
+    r->ring_bytes = h->ring_bytes;
+    r->flow_count = h->flow_count;
+    r->flows = onvm_at(r, h->off_flows);
+    r->flow_data = onvm_at(r, h->off_flow_data);
     r->nfs = onvm_at(r, h->off_nfs);
     r->services = onvm_at(r, h->off_services);
     r->chains = onvm_at(r, h->off_chains);
     r->ports = onvm_at(r, h->off_ports);
     r->workers = onvm_at(r, h->off_workers);
+    r->captures = onvm_at(r, h->off_captures);
+    r->cap_records = h->cap_records;
+    r->cap_rec_size = h->cap_rec_size;
+    r->trace = onvm_at(r, h->off_trace);
 }
 
 /* Does fd still have the name path? */
@@ -121,52 +190,12 @@ static int create_fresh(struct onvm_region *r, const char *path, int *fd_out) {
 int onvm_region_create(struct onvm_region *r, const char *path, const struct onvm_region_params *p) {
     memset(r, 0, sizeof *r);
     r->fd = -1;
-    if (p->pool_count < 64 || p->pool_count > (1u << 24))
-        return fail(r, EINVAL, "pool size must be between 64 and 16777216 slots");
-    if (p->slot_size < 256 + ONVM_HEADROOM || p->slot_size > 65536 || p->slot_size % 64)
-        return fail(r, EINVAL, "slot size must be a multiple of 64 between 384 and 65536");
-    if (!onvm_ring_size_ok(p->ring_size))
-        return fail(r, EINVAL, "ring size must be a power of two");
-    if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
-        return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
-
-    struct onvm_header tmp = {0};
-    uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
-    tmp.off_nfs = off;
-    off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
-    tmp.off_services = off;
-    off += ALIGN_UP(sizeof(struct onvm_service) * ONVM_MAX_SERVICES, 64);
-    tmp.off_chains = off;
-    off += ALIGN_UP(sizeof(struct onvm_chain) * ONVM_MAX_CHAINS, 64);
-    tmp.off_ports = off;
-    off += ALIGN_UP(sizeof(struct onvm_port_info) * ONVM_MAX_PORTS, 64);
-    tmp.off_workers = off;
-    off += ALIGN_UP(sizeof(struct onvm_worker) * ONVM_MAX_WORKERS, 64);
-    tmp.off_rings = ALIGN_UP(off, 4096);
-    tmp.ring_bytes = ALIGN_UP(onvm_ring_bytes(p->ring_size), 64);
-    off = tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS;
-    tmp.off_meta = ALIGN_UP(off, 4096);
-    off = tmp.off_meta + (uint64_t)p->pool_count * sizeof(struct onvm_meta);
-    tmp.off_slots = ALIGN_UP(off, 4096);
-    off = tmp.off_slots + (uint64_t)p->pool_count * p->slot_size;
-    /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
-    tmp.off_flows = ALIGN_UP(off, 4096);
-    tmp.flow_count = p->flow_count;
-    off = tmp.off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
-    tmp.off_flow_data = ALIGN_UP(off, 4096);
-    off = tmp.off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
-    off = onvm_cap_layout(&tmp, ALIGN_UP(off, 4096), p->slot_size);
-    /* The classifier reserves room for max_rules rules at the very end; only
-     * what the rules in place use is ever resident (classify.c). */
-    tmp.max_rules = p->max_rules ? p->max_rules : ONVM_RULES_DEFAULT;
-    if (tmp.max_rules > ONVM_RULES_LIMIT)
-        return fail(r, EINVAL, "at most %u rules", ONVM_RULES_LIMIT);
-    tmp.off_cls = ALIGN_UP(off, 4096);
-    uint64_t eager = tmp.off_cls + onvm_cls_eager_bytes(tmp.max_rules);
-    off = tmp.off_cls + onvm_cls_bytes(tmp.max_rules);
-    uint64_t total = ALIGN_UP(off, HUGE_ALIGN);
-    if (tmp.off_rings + tmp.ring_bytes * 2 * ONVM_MAX_NFS > UINT32_MAX)
-        return fail(r, EINVAL, "rings do not fit below 4 GiB; use a smaller ring size");
+    struct onvm_header tmp;
+    uint64_t eager;
+    int lrc = compute_layout(r, p, &tmp, &eager);
+    if (lrc)
+        return lrc;
+    uint64_t total = tmp.total_size;
 
     int fd = -1, rc = create_fresh(r, path, &fd);
     if (rc)
@@ -184,10 +213,12 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
         unlink(path);
         return fail(r, e, "cannot map region file %s", path);
     }
+    onvm_guard_map(base, total, fd);
     /* Everything but the classifier's reserve is touched now (first touch
      * places the pool's pages); a file system too small fails here. */
     if (populate(fd, (uint8_t *)base, eager) != 0) {
         int e = errno;
+        onvm_guard_unmap(base);
         munmap(base, total);
         close(fd);
         unlink(path);
@@ -202,11 +233,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     struct onvm_header *h = r->hdr;
     h->version = ONVM_LAYOUT_VERSION;
     h->header_size = sizeof(struct onvm_header);
-    h->total_size = total;
     h->mgr_pid = getpid();
-    h->pool_count = p->pool_count;
-    h->slot_size = p->slot_size;
-    h->ring_size = p->ring_size;
     h->sizeof_meta = sizeof(struct onvm_meta);
     h->sizeof_nf = sizeof(struct onvm_nf);
     h->sizeof_ring = sizeof(struct onvm_ring);
@@ -217,7 +244,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     h->max_chains = ONVM_MAX_CHAINS;
     h->max_hops = ONVM_MAX_HOPS;
     onvm_set_text(h->name, sizeof h->name, p->name ? p->name : "");
-    bind_tables(r);
+    bind_tables(r, &tmp);
     onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
     atomic_store(&h->free.count, 0);
@@ -226,6 +253,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
         onvm_ring_init(onvm_nf_ring(r, n, 1), p->ring_size, 0);
     }
+    for (uint32_t i = 0; i < p->pool_count; i++) /* not free yet: the pushes below make them so */
+        atomic_store_explicit(&r->meta[i].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
     onvm_cap_init(r);
     /* Push slots in reverse so that slot 0 is handed out first. */
     uint32_t batch[256];
@@ -274,6 +303,23 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
                     "%s has layout version %u; this build speaks version %u: rebuild the NF against "
                     "the manager's pyonvm", path, h.version, ONVM_LAYOUT_VERSION);
     }
+    /* The offsets must be exactly what the parameters give: a header that says
+     * anything else (damaged, or written by someone) maps nothing. */
+    struct onvm_region_params want = {.pool_count = h.pool_count, .slot_size = h.slot_size,
+                                      .ring_size = h.ring_size, .flow_count = h.flow_count,
+                                      .max_rules = h.max_rules};
+    struct onvm_header lay;
+    uint64_t eager;
+    if (compute_layout(r, &want, &lay, &eager) != 0 || lay.max_rules != h.max_rules ||
+        lay.total_size != h.total_size || lay.off_nfs != h.off_nfs || lay.off_services != h.off_services ||
+        lay.off_chains != h.off_chains || lay.off_ports != h.off_ports || lay.off_workers != h.off_workers ||
+        lay.off_rings != h.off_rings || lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta ||
+        lay.off_slots != h.off_slots || lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data ||
+        lay.off_cls != h.off_cls || lay.off_captures != h.off_captures || lay.cap_records != h.cap_records ||
+        lay.cap_rec_size != h.cap_rec_size || lay.off_trace != h.off_trace) {
+        close(fd);
+        return fail(r, EPROTO, "region %s has a damaged header: its offsets do not follow from its sizes", path);
+    }
     struct stat st;
     if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < h.total_size) {
         close(fd);
@@ -285,11 +331,12 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         close(fd);
         return fail(r, e, "cannot map region %s", path);
     }
+    onvm_guard_map(base, h.total_size, fd);
     r->base = base;
     r->size = h.total_size;
     r->fd = fd;
     r->hdr = base;
-    bind_tables(r);
+    bind_tables(r, &lay);
     if (onvm_cls_bind(r) != 0) {
         onvm_region_detach(r);
         return fail(r, EPROTO, "region %s: its rule classifier lies outside the region", path);
@@ -299,8 +346,10 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
 
 void onvm_region_detach(struct onvm_region *r) {
     onvm_cls_writer_free(r);
-    if (r->base)
+    if (r->base) {
+        onvm_guard_unmap(r->base);
         munmap(r->base, r->size);
+    }
     if (r->fd >= 0)
         close(r->fd);
     r->base = NULL;
@@ -309,56 +358,85 @@ void onvm_region_detach(struct onvm_region *r) {
 
 /* ---- pool ---------------------------------------------------------------- */
 
+/* The free stack is in the region, so anything that maps it may have damaged it.
+ * alloc walks at most n links and trusts a link only if it names a slot of the
+ * pool: one that does not ends the stack there (the CAS that takes the prefix
+ * cuts it off, so nobody walks into it again).  After the CAS, a slot not stamped
+ * free (a link into a slot in use, or a cycle) is not handed out.  Every loop is
+ * bounded; an allocation that cannot get anything returns 0. */
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
     struct onvm_freestack *fs = &r->hdr->free;
     /* Acquire pairs with the release CAS in onvm_pool_free_burst: the links
      * we walk were written before the push that published them. */
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
-    for (;;) {
-        uint32_t cur = (uint32_t)old;
-        uint32_t k = 0;
-        int torn = 0;
+    for (unsigned tries = 0; tries < ONVM_RING_TRIES; tries++) {
+        uint32_t cur = (uint32_t)old, k = 0;
+        int broken = 0;
         while (cur != ONVM_SLOT_NIL && k < n) {
-            if (cur >= r->pool_count) { /* link read from a slot popped under us */
-                torn = 1;
+            if (cur >= r->pool_count) {
+                broken = 1;
                 break;
             }
             out[k++] = cur;
             cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
         }
-        if (k == 0 && !torn)
+        if (k == 0 && !broken)
             return 0;
-        uint64_t next = ((old >> 32) + 1) << 32 | (torn ? ONVM_SLOT_NIL : cur);
-        if (!torn && atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE,
-                                                           ONVM_ACQUIRE)) {
-            atomic_fetch_sub_explicit(&fs->count, k, ONVM_RELAXED);
-            for (uint32_t i = 0; i < k; i++)
-                atomic_store_explicit(&r->meta[out[i]].owner, owner, ONVM_RELAXED);
-            return k;
+        uint64_t next = ((old >> 32) + 1) << 32 | (broken ? ONVM_SLOT_NIL : cur);
+        /* If head (and its tag) did not move, nobody pushed or popped meanwhile, so
+         * the links we read were stable: a broken one is damage, not a race. */
+        if (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE))
+            continue;
+        if (broken)
+            atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+        uint32_t got = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            _Atomic uint16_t *o = &r->meta[out[i]].owner;
+            if (atomic_load_explicit(o, ONVM_RELAXED) != ONVM_OWNER_FREE) {
+                atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+                continue; /* in use (a link into it was damage), or met twice */
+            }
+            atomic_store_explicit(o, owner, ONVM_RELAXED);
+            out[got++] = out[i];
         }
-        if (torn)
-            old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+        atomic_fetch_sub_explicit(&fs->count, got, ONVM_RELAXED);
+        if (got)
+            return got;
+        /* Nothing free in what we took: the stack runs through slots in use (a cycle).
+         * Cut it; what is free beyond the cut comes back with the manager's sweep. */
+        old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+        if (!broken && (uint32_t)old != ONVM_SLOT_NIL &&
+            atomic_compare_exchange_strong_explicit(&fs->head, &old, ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL,
+                                                    ONVM_ACQUIRE, ONVM_ACQUIRE))
+            atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
+        return 0;
     }
+    return 0;
 }
 
-void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
-    if (n == 0)
-        return;
+void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
     struct onvm_freestack *fs = &r->hdr->free;
-    for (uint32_t i = 0; i < n; i++) {
-        atomic_store_explicit(&r->meta[idx[i]].owner, ONVM_OWNER_FREE, ONVM_RELAXED);
-        if (i + 1 < n)
-            atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
-    }
+    for (uint32_t i = 0; i + 1 < n; i++)
+        atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_RELAXED);
     uint64_t next;
     do {
         atomic_store_explicit(&r->meta[idx[n - 1]].next_free, (uint32_t)old, ONVM_RELAXED);
         next = ((old >> 32) + 1) << 32 | idx[0];
         /* Release publishes the links above to the acquire in alloc. */
-    } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE,
-                                                    ONVM_RELAXED));
+    } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE, ONVM_RELAXED));
     atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
+}
+
+void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
+    /* The caller holds these slots (it took them validated, or the reclaim scan picked
+     * them by stamp), whatever their stamp says now: an NF may have written over the
+     * stamp of a slot it held.  A slot pushed twice all the same is handed out once
+     * (see onvm_pool_alloc_burst). */
+    for (uint32_t i = 0; i < n; i++)
+        atomic_store_explicit(&r->meta[idx[i]].owner, ONVM_OWNER_FREE, ONVM_RELAXED);
+    if (n)
+        onvm_pool_push(r, idx, n);
 }
 
 /* ---- services and chains -------------------------------------------------- */
@@ -368,10 +446,7 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     if (svc >= ONVM_MAX_SERVICES)
         return;
     struct onvm_service *s = &r->services[svc];
-    uint32_t seq = atomic_load_explicit(&s->seq, ONVM_RELAXED);
-    atomic_store_explicit(&s->seq, seq + 1, ONVM_RELAXED);
-    /* Release fence orders the odd seq before the writes below (seqlock writer). */
-    atomic_thread_fence(memory_order_release);
+    uint32_t odd = onvm_seq_write_begin(&s->seq);
     if (count > ONVM_MAX_INSTANCES)
         count = ONVM_MAX_INSTANCES;
     for (unsigned i = 0; i < count; i++) {
@@ -380,27 +455,23 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
     }
     s->count = (uint16_t)count;
     s->policy = (uint16_t)policy;
-    /* Release pairs with the reader's acquire of seq in onvm_service_pick. */
-    atomic_store_explicit(&s->seq, seq + 2, ONVM_RELEASE);
+    onvm_seq_write_end(&s->seq, odd);
 }
 
 unsigned onvm_service_members(const struct onvm_region *r, unsigned svc, uint16_t *nf) {
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
-    for (;;) {
-        /* Acquire pairs with the writer's release store of seq (onvm_service_set). */
-        uint32_t s1 = atomic_load_explicit(&s->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&s->seq, &s1, &rd)) {
         unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES;
         memcpy(nf, s->nf, count * sizeof *nf);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1)
+        if (onvm_seq_end(&s->seq, s1, &rd))
             return count;
     }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return 0; /* unreadable in time: no instance, as far as this reader can tell */
 }
 
 static inline uint32_t mix32(uint32_t x) {
@@ -417,13 +488,9 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
-    for (;;) {
-        /* Acquire pairs with the writer's release store of seq. */
-        uint32_t s1 = atomic_load_explicit(&s->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&s->seq, &s1, &rd)) {
         unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES, pick = 0;
         if (count == 1) {
             pick = s->nf[0];
@@ -432,7 +499,8 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
         } else if (count > 1 && s->policy == ONVM_POLICY_LEAST) {
             uint32_t best = UINT32_MAX;
             for (unsigned i = 0; i < count; i++) {
-                uint32_t load = s->nf[i] < ONVM_MAX_NFS ? onvm_ring_count(onvm_nf_ring(r, s->nf[i], 0)) : UINT32_MAX;
+                uint32_t load = s->nf[i] < ONVM_MAX_NFS ? onvm_ring_count(onvm_nf_ring(r, s->nf[i], 0), r->ring_mask)
+                                                        : UINT32_MAX;
                 if (load < best) {
                     best = load;
                     pick = s->nf[i];
@@ -451,14 +519,14 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
                 }
             }
         }
-        /* Acquire fence: the reads above complete before we recheck seq. */
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->seq, ONVM_RELAXED) == s1) {
+        if (onvm_seq_end(&s->seq, s1, &rd)) {
             if (count_out)
                 *count_out = count;
-            return pick;
+            return pick < ONVM_MAX_NFS ? pick : 0; /* a table written over names no NF */
         }
     }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return ONVM_PICK_STUCK;
 }
 
 int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop *hops, unsigned n,
@@ -467,14 +535,12 @@ int onvm_chain_set(struct onvm_region *r, unsigned chain, const struct onvm_hop 
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
     int same = c->count == n && memcmp(c->hops, hops, n * sizeof *hops) == 0;
-    uint32_t seq = atomic_load_explicit(&c->seq, ONVM_RELAXED);
-    atomic_store_explicit(&c->seq, seq + 1, ONVM_RELAXED);
-    atomic_thread_fence(memory_order_release);
+    uint32_t odd = onvm_seq_write_begin(&c->seq);
     for (unsigned i = 0; i < n; i++)
         c->hops[i] = hops[i];
     c->count = (uint8_t)n;
     onvm_set_text(c->name, sizeof c->name, name ? name : "");
-    atomic_store_explicit(&c->seq, seq + 2, ONVM_RELEASE);
+    onvm_seq_write_end(&c->seq, odd);
     for (unsigned i = 0; !same && i < ONVM_MAX_HOPS; i++) { /* counters of the chain as it is now */
         atomic_store_explicit(&c->drops[i].early, 0, ONVM_RELAXED);
         atomic_store_explicit(&c->drops[i].late, 0, ONVM_RELAXED);
@@ -486,35 +552,33 @@ int onvm_chain_hop(const struct onvm_region *r, unsigned chain, unsigned idx, st
     if (chain >= ONVM_MAX_CHAINS)
         return -EINVAL;
     struct onvm_chain *c = &r->chains[chain];
-    for (;;) {
-        uint32_t s1 = atomic_load_explicit(&c->seq, ONVM_ACQUIRE);
-        if (s1 & 1) {
-            onvm_pause();
-            continue;
-        }
-        int found = idx < c->count;
+    struct onvm_seq_read rd = {0};
+    uint32_t s1;
+    while (onvm_seq_begin(&c->seq, &s1, &rd)) {
+        int found = idx < c->count && idx < ONVM_MAX_HOPS;
         if (found)
             *out = c->hops[idx];
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&c->seq, ONVM_RELAXED) == s1)
+        if (onvm_seq_end(&c->seq, s1, &rd))
             return found ? 0 : -ENOENT;
     }
+    atomic_fetch_add_explicit(&((struct onvm_region *)r)->table_stalls, 1, ONVM_RELAXED);
+    return -EAGAIN;
 }
 
 /* ---- NF slots ------------------------------------------------------------- */
 
 int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, unsigned instance,
                      int pid, unsigned tx_worker, const char *name) {
-    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS || tx_worker >= ONVM_MAX_WORKERS)
         return -EINVAL;
     struct onvm_nf *nf = &r->nfs[nf_id];
-    if (atomic_load(&nf->state) != ONVM_NFS_FREE)
+    struct onvm_nf_view *v = &r->view[nf_id];
+    if (atomic_load(&v->state) != ONVM_NFS_FREE)
         return -EBUSY;
     uint32_t rx_off = onvm_nf_ring_off(r, nf_id, 0), tx_off = onvm_nf_ring_off(r, nf_id, 1);
     struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0), *tx = onvm_nf_ring(r, nf_id, 1);
-    onvm_ring_init(rx, r->hdr->ring_size, (uint32_t)((uint8_t *)&nf->wait - r->base));
-    onvm_ring_init(tx, r->hdr->ring_size,
-                   (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
+    onvm_ring_init(rx, r->ring_size, (uint32_t)((uint8_t *)&nf->wait - r->base));
+    onvm_ring_init(tx, r->ring_size, (uint32_t)((uint8_t *)&r->workers[tx_worker].wait - r->base));
     memset(&nf->stats, 0, sizeof nf->stats);
     memset((void *)&nf->enq, 0, sizeof nf->enq);
     atomic_store(&nf->cpu.want, 0);
@@ -529,16 +593,30 @@ int onvm_nf_activate(struct onvm_region *r, unsigned nf_id, unsigned service, un
     atomic_store(&nf->epoch, 0);
     atomic_store(&nf->wait.sleeping, 0);
     onvm_set_text(nf->name, sizeof nf->name, name ? name : "");
-    /* Release: an NF or worker that sees ACTIVE sees initialised rings. */
-    atomic_store_explicit(&nf->state, ONVM_NFS_ACTIVE, ONVM_RELEASE);
+    v->tx_worker = tx_worker;
+    v->tx_head = 0;
+    v->told = 0;
+    v->stuck_since = 0;
+    v->flagged_since = 0;
+    atomic_store(&v->faults, 0);
+    atomic_store(&v->fault_why, ONVM_FAULT_NONE);
+    atomic_store(&v->fenced, 0);
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_ACTIVE);
     return 0;
+}
+
+void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state) {
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return;
+    /* Release: whoever sees the state sees what was set up before (rings, the view). */
+    atomic_store_explicit(&r->view[nf_id].state, state, ONVM_RELEASE);
+    atomic_store_explicit(&r->nfs[nf_id].state, state, ONVM_RELEASE);
 }
 
 void onvm_nf_set_draining(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return;
-    /* Release (seq_cst): a TX worker that sees DRAINING also sees the service without it. */
-    atomic_store(&r->nfs[nf_id].state, ONVM_NFS_DRAINING);
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_DRAINING);
     /* Producers waiting for it must not wait for an NF that will not drain
      * its ring: they go on, and the chain's packets go to the instances left
      * or are dropped at RX (no instance). */
@@ -552,92 +630,86 @@ void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
     onvm_waiter_wake(&r->nfs[nf_id].wait);
 }
 
-static void repair_enqueue(struct onvm_region *r, struct onvm_nf *nf) {
-    uint32_t ring_off = atomic_load(&nf->enq.ring_off);
-    if (!ring_off || !atomic_load(&nf->enq.reserved))
-        return;
-    struct onvm_ring *ring = onvm_at(r, ring_off);
-    uint32_t start = atomic_load(&nf->enq.start), n = atomic_load(&nf->enq.n);
-    if ((uint64_t)ring_off < r->hdr->off_rings || n > ring->capacity)
-        return;
-    for (uint32_t i = 0; i < n; i++)
-        atomic_store_explicit(&ring->entries[(start + i) & ring->mask], ONVM_SLOT_SKIP,
-                              ONVM_RELAXED);
-    /* Producers ahead of the dead one publish first; then we publish its
-     * voided reservation so the producers behind it can go on. */
-    uint64_t deadline = onvm_now_ns() + 200000000ull;
-    while (atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE) != start) {
-        if (onvm_now_ns() > deadline)
-            return;
-        sched_yield();
-    }
-    atomic_store_explicit(&ring->prod.tail, start + n, ONVM_RELEASE);
-    atomic_store(&nf->enq.reserved, 0);
-    atomic_store(&nf->enq.ring_off, 0);
-}
-
-static void mark_ring(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
+void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
     uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
-    uint32_t t = atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE);
-    for (uint32_t i = h; i != t && (uint32_t)(i - h) <= ring->capacity; i++) {
-        uint32_t v = atomic_load_explicit(&ring->entries[i & ring->mask], ONVM_RELAXED);
+    uint32_t t = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE));
+    uint32_t n = t - h <= r->ring_mask ? t - h : r->ring_mask;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & r->ring_mask], ONVM_RELAXED);
         if (v < r->pool_count)
             in_ring[v] = 1;
     }
 }
 
-/* Frees every slot stamped `stamp` that `skip` (when given) does not mark, in
- * index order; returns how many. */
-static long free_stamped(struct onvm_region *r, uint16_t stamp, const uint8_t *skip) {
-    uint32_t batch[256], nb = 0;
-    long returned = 0;
-    for (uint32_t i = 0; i < r->pool_count; i++) {
-        /* Acquire pairs with the release of cons.tail by a consumer that
-         * restamped the slot: if it left a ring after our scan, we see its
-         * new owner here. */
-        if (atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE) != stamp || (skip && skip[i]))
-            continue;
-        batch[nb++] = i;
-        if (nb == 256) {
-            onvm_pool_free_burst(r, batch, nb);
-            returned += nb;
-            nb = 0;
-        }
-    }
-    onvm_pool_free_burst(r, batch, nb);
-    return returned + nb;
+/* Slots found by a scan, freed 256 at a time. */
+struct free_batch {
+    uint32_t slot[256];
+    uint32_t n;
+    long freed;
+};
+
+static void batch_flush(struct onvm_region *r, struct free_batch *b) {
+    onvm_pool_free_burst(r, b->slot, b->n);
+    b->freed += b->n;
+    b->n = 0;
+}
+
+static void batch_add(struct onvm_region *r, struct free_batch *b, uint32_t s) {
+    b->slot[b->n++] = s;
+    if (b->n == 256)
+        batch_flush(r, b);
 }
 
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
         return -EINVAL;
-    struct onvm_nf *nf = &r->nfs[nf_id];
-    long returned = 0;
-    repair_enqueue(r, nf);
-
-    /* Its RX ring: nobody will read it again. */
-    struct onvm_ring *rx = onvm_nf_ring(r, nf_id, 0);
-    uint32_t buf[256], k;
-    while ((k = onvm_ring_dequeue_sc(rx, buf, 256, 0, r->meta, ONVM_OWNER_MGR)) > 0) {
-        onvm_pool_free_burst(r, buf, k);
-        returned += k;
-    }
-    onvm_bp_clear(r, rx); /* whoever still waits on it goes on */
-    atomic_store(&nf->bp.blocked_on, 0);
-
-    /* Slots still stamped with its id that no ring holds were in its hands. */
+    /* Whoever still waits on its RX ring goes on (onvm_bp.h). */
+    onvm_bp_clear(r, onvm_nf_ring(r, nf_id, 0));
+    atomic_store(&r->nfs[nf_id].bp.blocked_on, 0);
     uint8_t *in_ring = calloc(r->pool_count, 1);
     if (!in_ring)
         return -ENOMEM;
+    /* Rings someone will still read: the RX rings of the other live NFs, and this
+     * NF's TX ring while the manager drains it (it left without being fenced). */
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
-        if (atomic_load(&r->nfs[n].state) == ONVM_NFS_FREE)
+        struct onvm_nf_view *v = &r->view[n];
+        if (atomic_load_explicit(&v->state, ONVM_ACQUIRE) == ONVM_NFS_FREE || atomic_load(&v->fenced))
             continue;
-        mark_ring(r, onvm_nf_ring(r, n, 0), in_ring);
-        mark_ring(r, onvm_nf_ring(r, n, 1), in_ring);
+        onvm_ring_mark(r, onvm_nf_ring(r, n, n == nf_id), in_ring);
     }
-    returned += free_stamped(r, (uint16_t)nf_id, in_ring);
+    struct free_batch b = {.n = 0, .freed = 0};
+    for (uint32_t i = 0; i < r->pool_count; i++) {
+        /* Acquire pairs with the release of cons.tail by a consumer that
+         * restamped the slot: if it left a ring after our scan, we see its
+         * new owner here. */
+        uint16_t o = atomic_load_explicit(&r->meta[i].owner, ONVM_ACQUIRE);
+        int transit = ONVM_IS_TRANSIT(o);
+        if (o == nf_id || (transit && (o & 63u) == nf_id) ||
+            (transit && ONVM_TRANSIT_FROM(o) == nf_id && !in_ring[i]))
+            batch_add(r, &b, i);
+    }
+    batch_flush(r, &b);
     free(in_ring);
-    return returned;
+    return b.freed;
+}
+
+uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
+                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec) {
+    uint32_t k = onvm_ring_take_sc(ring, r->ring_mask, head, out, n, r->meta, r->pool_count, want_mask, want,
+                                   me, bad_slot);
+    uint32_t j = 0, nb = 0, drop[ONVM_BURST_MAX];
+    for (uint32_t i = 0; i < k; i++) {
+        const struct onvm_meta *m = &r->meta[out[i]];
+        if (onvm_meta_sane(r, m->data_off, m->len))
+            out[j++] = out[i];
+        else if (nb < ONVM_BURST_MAX)
+            drop[nb++] = out[i];
+    }
+    if (nb) {
+        *bad_rec += nb;
+        onvm_pool_free_burst(r, drop, nb);
+    }
+    return j;
 }
 
 int64_t onvm_port_lent(const struct onvm_region *r, unsigned port) {
@@ -657,14 +729,17 @@ int64_t onvm_pool_lent(const struct onvm_region *r) {
 long onvm_port_reclaim(struct onvm_region *r, unsigned port) {
     if (port >= ONVM_MAX_PORTS)
         return -EINVAL;
-    long returned = free_stamped(r, ONVM_OWNER_PORT(port), NULL);
+    uint16_t stamp = ONVM_OWNER_PORT(port);
+    struct free_batch b = {.n = 0, .freed = 0};
+    for (uint32_t i = 0; i < r->pool_count; i++)
+        if (atomic_load_explicit(&r->meta[i].owner, ONVM_RELAXED) == stamp)
+            batch_add(r, &b, i);
+    batch_flush(r, &b);
     for (unsigned w = 0; w < ONVM_MAX_WORKERS; w++)
         r->ports[port].by_worker[w].lent = 0;
-    return returned;
+    return b.freed;
 }
 
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id) {
-    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
-        return;
-    atomic_store_explicit(&r->nfs[nf_id].state, ONVM_NFS_FREE, ONVM_RELEASE);
+    onvm_nf_set_state(r, nf_id, ONVM_NFS_FREE);
 }

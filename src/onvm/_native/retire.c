@@ -64,7 +64,7 @@ static int grace_done(void *arg) {
     unsigned k = 0;
     for (unsigned i = 0; i < p->nf_count; i++) {
         struct onvm_nf *nf = &r->nfs[p->nf[i]];
-        int passed = atomic_load_explicit(&nf->state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE ||
+        int passed = atomic_load_explicit(&r->view[p->nf[i]].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE ||
                      atomic_load_explicit(&nf->epoch, memory_order_seq_cst) != p->nf_epoch[i] ||
                      atomic_load_explicit(&nf->wait.sleeping, ONVM_RELAXED);
         if (!passed) {
@@ -89,40 +89,38 @@ static int grace_done(void *arg) {
 
 struct tx_ring {
     struct onvm_ring *ring;
+    uint32_t mask;
 };
 
 static int tx_empty(void *arg) {
-    return onvm_ring_count(((struct tx_ring *)arg)->ring) == 0;
+    struct tx_ring *t = arg;
+    return onvm_ring_count(t->ring, t->mask) == 0;
 }
 
+/* The rings of the NFs the manager still serves (a fenced NF's are not drained: they are reclaimed). */
 static int rings_empty(void *arg) {
     struct onvm_region *r = arg;
     for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
-        if (atomic_load_explicit(&r->nfs[id].state, ONVM_ACQUIRE) == ONVM_NFS_FREE)
+        if (atomic_load_explicit(&r->view[id].state, ONVM_ACQUIRE) == ONVM_NFS_FREE ||
+            atomic_load_explicit(&r->view[id].fenced, ONVM_RELAXED))
             continue;
-        if (onvm_ring_count(onvm_nf_ring(r, id, 0)) || onvm_ring_count(onvm_nf_ring(r, id, 1)))
+        if (onvm_ring_count(onvm_nf_ring(r, id, 0), r->ring_mask) ||
+            onvm_ring_count(onvm_nf_ring(r, id, 1), r->ring_mask))
             return 0;
     }
     return 1;
 }
 
-int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, uint64_t drain_ns,
-                       struct onvm_retire_result *out) {
+int onvm_mgr_grace(struct onvm_mgr *m, unsigned skip_nf, uint64_t timeout_ns, unsigned *pending) {
     struct onvm_region *r = m->r;
-    memset(out, 0, sizeof *out);
-    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
-        return -EINVAL;
-    uint64_t t0 = onvm_now_ns();
-    onvm_nf_set_draining(r, nf_id); /* and producers waiting for it go on (onvm_bp.h) */
-
     struct pending *p = calloc(1, sizeof *p);
     if (!p)
         return -ENOMEM;
     p->r = r;
-    /* The snapshot comes after the service was republished: an iteration that
+    /* The snapshot comes after the change the caller made: an iteration that
      * ends after it began after the change or was under way during it. */
     for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
-        if (id == nf_id || atomic_load_explicit(&r->nfs[id].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE)
+        if (id == skip_nf || atomic_load_explicit(&r->view[id].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE)
             continue;
         p->nf[p->nf_count] = (uint16_t)id;
         p->nf_epoch[p->nf_count++] = atomic_load_explicit(&r->nfs[id].epoch, memory_order_seq_cst);
@@ -133,9 +131,30 @@ int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, ui
         p->worker[p->worker_count] = (uint16_t)w;
         p->worker_epoch[p->worker_count++] = atomic_load_explicit(&r->workers[w].epoch, memory_order_seq_cst);
     }
-    out->grace_ok = wait_until(r, grace_done, p, t0 + grace_ns);
-    out->pending = p->nf_count + p->worker_count;
+    int ok = wait_until(r, grace_done, p, onvm_now_ns() + timeout_ns);
+    if (pending)
+        *pending = p->nf_count + p->worker_count;
     free(p);
+    return ok;
+}
+
+int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, uint64_t drain_ns,
+                       struct onvm_retire_result *out) {
+    struct onvm_region *r = m->r;
+    memset(out, 0, sizeof *out);
+    if (nf_id == 0 || nf_id >= ONVM_MAX_NFS)
+        return -EINVAL;
+    uint64_t t0 = onvm_now_ns();
+    /* Release: a TX worker that sees DRAINING also sees the service without it;
+     * producers waiting for it go on (onvm_bp.h). */
+    onvm_nf_set_draining(r, nf_id);
+
+    unsigned pending = 0;
+    int ok = onvm_mgr_grace(m, nf_id, grace_ns, &pending);
+    if (ok < 0)
+        return ok;
+    out->grace_ok = ok;
+    out->pending = pending;
     out->grace_ns = onvm_now_ns() - t0;
 
     long n = onvm_region_reclaim(r, nf_id);
@@ -143,10 +162,21 @@ int onvm_mgr_retire_nf(struct onvm_mgr *m, unsigned nf_id, uint64_t grace_ns, ui
         return (int)n;
     out->reclaimed = n;
 
-    /* Its TX worker drains what it left in its TX ring (DRAINING is still served). */
-    struct tx_ring tx = {onvm_nf_ring(r, nf_id, 1)};
+    /* Its TX worker drains what it left in its TX ring (DRAINING is still served);
+     * a fenced NF's TX ring is not read, and what it held there was reclaimed. */
+    if (atomic_load_explicit(&r->view[nf_id].fenced, ONVM_RELAXED)) {
+        out->drained = 1;
+        return 0;
+    }
+    struct tx_ring tx = {onvm_nf_ring(r, nf_id, 1), r->ring_mask};
     onvm_mgr_kick(m);
     out->drained = wait_until(r, tx_empty, &tx, onvm_now_ns() + drain_ns);
+    if (!out->drained) {
+        /* Not sent in time (no TX worker runs): stop reading it, and take back what is left. */
+        atomic_store_explicit(&r->view[nf_id].fenced, 1, ONVM_RELAXED);
+        n = onvm_region_reclaim(r, nf_id);
+        out->reclaimed += n > 0 ? n : 0;
+    }
     return 0;
 }
 

@@ -1,8 +1,14 @@
-/* route.c - resolve actions and deliver bursts, grouped per destination. */
+/* route.c - resolve actions and deliver bursts, grouped per destination.
+ *
+ * A packet put into a ring is stamped in transit from this producer to the
+ * ring's consumer before the ring publishes it (onvm_layout.h): the consumer
+ * takes nothing else.  The manager decides whether an NF may receive from its
+ * own view of the NF (onvm_nf_view), an NF from the NF's record in the region. */
 #include "onvm_route.h"
 #include "onvm_capture.h"
 #include "onvm_latency.h"
 
+#include <errno.h>
 #include <limits.h>
 
 enum { GROUP_RING = 1, GROUP_PORT = 2 };
@@ -57,15 +63,29 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
     if (g->n == 0)
         return;
     if (g->kind == GROUP_RING) {
+        struct onvm_region *r = c->r;
         struct onvm_ring *ring = g->target;
-        uint32_t ring_off = (uint32_t)((uint8_t *)ring - c->r->base);
-        if (ring == c->tx_ring)
-            done = onvm_ring_enqueue_sp(ring, g->slots, g->n, 0);
-        else
-            done = onvm_ring_enqueue_mp(ring, g->slots, g->n, 0, c->rec, ring_off);
-        if (done && ring->waiter_off)
-            onvm_waiter_kick(onvm_at(c->r, ring->waiter_off));
-        onvm_bp_pushed(c->r, ring);
+        uint32_t pos, mask = r->ring_mask;
+        int sp = ring == c->tx_ring;
+        done = sp ? onvm_ring_sp_reserve(ring, mask, g->n, 0, &pos)
+                  : onvm_ring_mp_reserve(ring, mask, g->n, 0, &pos, c->rec, (uint32_t)((uint8_t *)ring - r->base));
+        uint16_t stamp = ONVM_OWNER_TRANSIT(c->self_nf, g->to);
+        for (uint32_t i = 0; i < done; i++) {
+            /* Before the commit's release: the consumer sees the stamp with the entry. */
+            atomic_store_explicit(&r->meta[g->slots[i]].owner, stamp, ONVM_RELAXED);
+            onvm_ring_put(ring, mask, pos + i, g->slots[i]);
+        }
+        if (done) {
+            if (sp)
+                onvm_ring_sp_commit(ring, pos, done);
+            else
+                onvm_ring_mp_commit(ring, c->rec);
+            /* The consumer's waiter from what we know of it, never from the ring. */
+            struct onvm_waiter *w = g->to ? &r->nfs[g->to].wait : c->tx_waiter;
+            if (w)
+                onvm_waiter_kick(w);
+        }
+        onvm_bp_pushed(r, ring);
         unsigned k = 0;
         while (k < c->nfed && c->fed[k] != ring)
             k++;
@@ -137,8 +157,10 @@ struct onvm_ring *onvm_route_blocked(struct onvm_route_ctx *c) {
         if (owner == c->self_nf)
             continue; /* its own RX ring: only it can drain that */
         /* seq_cst: the loop check below, or that of an NF closing the loop
-         * with us, sees this store (onvm_bp_cycle). */
-        atomic_store(&self->bp.blocked_on, owner);
+         * with us, sees this store (onvm_bp_cycle); a value already there was
+         * stored so before an earlier check. */
+        if (atomic_load_explicit(&self->bp.blocked_on, ONVM_RELAXED) != owner)
+            atomic_store(&self->bp.blocked_on, owner);
         if (owner && onvm_bp_cycle(r, c->self_nf, owner))
             continue;
         return ring;
@@ -184,7 +206,7 @@ int onvm_chain_check(struct onvm_region *r, unsigned chain, uint64_t bit, struct
     return v->state;
 }
 
-static inline void add(struct onvm_route_ctx *c, int kind, void *target, uint32_t slot) {
+static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot) {
     struct onvm_route_group *g = NULL;
     for (unsigned i = 0; i < c->ngroups; i++) {
         if (c->groups[i].target == target) {
@@ -201,6 +223,7 @@ static inline void add(struct onvm_route_ctx *c, int kind, void *target, uint32_
         g = &c->groups[c->ngroups++];
         g->kind = kind;
         g->target = target;
+        g->to = (uint16_t)to;
         g->n = 0;
     }
     g->slots[g->n++] = slot;
@@ -222,7 +245,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
         uint32_t s = slots[i];
         struct onvm_meta *m = &r->meta[s];
         unsigned action, dest;
-        if (mode == ONVM_ROUTE_META && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
+        /* Only an NF holds packets; in the manager a HOLD is a bad action (default below). */
+        if (mode == ONVM_ROUTE_META && c->self_nf && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
             m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
             continue;
         }
@@ -240,8 +264,9 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;
             if (mode == ONVM_ROUTE_META)
                 c->act[ONVM_ACT_NEXT]++;
-            if (onvm_chain_hop(r, m->chain_id, idx, &hop) != 0) {
-                drop(c, s, ONVM_DROP_CHAIN_END);
+            int rc = onvm_chain_hop(r, m->chain_id, idx, &hop);
+            if (rc != 0) {
+                drop(c, s, rc == -EAGAIN ? ONVM_DROP_INVALID : ONVM_DROP_CHAIN_END);
                 continue;
             }
             m->chain_idx = (uint8_t)idx;
@@ -265,16 +290,23 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             break;
         case ONVM_ACT_TONF: {
             struct onvm_ring *ring = one_ring;
-            unsigned picked = one_nf;
+            unsigned nf = one_nf;
             if (dest != one_dest) {
                 unsigned count = 0;
-                unsigned nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
-                if (nf == 0 || atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) != ONVM_NFS_ACTIVE) {
+                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
+                if (nf == ONVM_PICK_STUCK) {
+                    drop(c, s, ONVM_DROP_INVALID);
+                    break;
+                }
+                /* The manager asks its own view (and never sends to a fenced NF). */
+                int active = c->self_nf ? atomic_load_explicit(&r->nfs[nf].state, ONVM_ACQUIRE) == ONVM_NFS_ACTIVE
+                                        : atomic_load_explicit(&r->view[nf].state, ONVM_ACQUIRE) == ONVM_NFS_ACTIVE &&
+                                              !atomic_load_explicit(&r->view[nf].fenced, ONVM_RELAXED);
+                if (nf == 0 || !active) {
                     drop(c, s, dest < ONVM_MAX_SERVICES ? ONVM_DROP_NO_DEST : ONVM_DROP_BAD_ACTION);
                     break;
                 }
                 ring = onvm_nf_ring(r, nf, 0);
-                picked = nf;
                 if (count == 1) { /* every flow picks it */
                     one_dest = dest;
                     one_ring = ring;
@@ -284,8 +316,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
             if (m->flags & ONVM_MF_TRACED) /* onvm trace: a flag of the line read above */
-                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, picked, 0);
-            add(c, GROUP_RING, ring, s);
+                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, nf, 0);
+            add(c, GROUP_RING, ring, nf, s);
             break;
         }
         case ONVM_ACT_OUT:
@@ -298,11 +330,11 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             if (m->flags & ONVM_MF_TRACED)
                 onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, 0, 0);
             if (c->self_nf) {
-                add(c, GROUP_RING, c->tx_ring, s); /* the manager owns ports */
+                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {
                 drop(c, s, ONVM_DROP_NO_DEST);
             } else {
-                add(c, GROUP_PORT, c->ports[dest], s);
+                add(c, GROUP_PORT, c->ports[dest], 0, s);
             }
             break;
         default:

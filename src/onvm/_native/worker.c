@@ -91,9 +91,9 @@ static void rx_note_chains(struct onvm_rx_seen *sn, struct onvm_meta **metas, ui
 
 /* What a paced port missed goes into the port's drops, in this worker's row. */
 static void rx_count_missed(struct onvm_port *p, struct onvm_port_stats *st) {
-    if (p->missed != p->missed_counted) {
-        st->drops[ONVM_DROP_MISSED] += p->missed - p->missed_counted;
-        p->missed_counted = p->missed;
+    if (p->pace.missed != p->missed_counted) {
+        st->drops[ONVM_DROP_MISSED] += p->pace.missed - p->missed_counted;
+        p->missed_counted = p->pace.missed;
     }
 }
 
@@ -134,7 +134,7 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
             if (!sn->held)
                 r->workers[w->id].held++;
             sn->held = 1;
-            *held |= p->rate_pps ? 2 : 1;
+            *held |= p->pace.rate_pps ? 2 : 1;
             onvm_port_held(p, now);
             rx_count_missed(p, st);
             if (atomic_load_explicit(&p->rx_done, ONVM_RELAXED))
@@ -184,17 +184,30 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
     return busy;
 }
 
+/* The NFs whose TX ring worker w drains, by the manager's own view (an NF's
+ * record in the region says what the NF wrote, not what the manager decided). */
+static inline int tx_serves(struct onvm_mgr_worker *w, const struct onvm_nf_view *v) {
+    return atomic_load_explicit(&v->state, ONVM_ACQUIRE) != ONVM_NFS_FREE &&
+           !atomic_load_explicit(&v->fenced, ONVM_RELAXED) && v->tx_worker == w->id;
+}
+
 static int tx_poll(struct onvm_mgr_worker *w) {
     struct onvm_mgr *m = w->mgr;
     struct onvm_region *r = m->r;
     int busy = 0;
     for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
-        struct onvm_nf *nf = &r->nfs[id];
-        if (atomic_load_explicit(&nf->state, ONVM_ACQUIRE) == ONVM_NFS_FREE ||
-            nf->tx_worker != w->id)
+        struct onvm_nf_view *v = &r->view[id];
+        if (!tx_serves(w, v))
             continue;
+        /* Only what the NF handed to the manager: slots in transit from it to us. */
         struct onvm_ring *ring = onvm_nf_ring(r, id, 1);
-        uint32_t n = onvm_ring_dequeue_sc(ring, w->buf, m->burst, 0, r->meta, ONVM_OWNER_MGR);
+        uint32_t bad_slot = 0, bad_rec = 0;
+        uint32_t n = onvm_take(r, ring, &v->tx_head, w->buf, m->burst, 0xffffu,
+                               ONVM_OWNER_TRANSIT(id, ONVM_OWNER_MGR), ONVM_OWNER_MGR, &bad_slot, &bad_rec);
+        if (bad_slot | bad_rec) {
+            w->drops[ONVM_DROP_INVALID] += bad_slot + bad_rec;
+            onvm_fault(r, id, bad_slot ? ONVM_FAULT_SLOT : ONVM_FAULT_RECORD, bad_slot + bad_rec);
+        }
         onvm_bp_drained(r, ring); /* the NF may wait for its TX ring to drain */
         if (n == 0)
             continue;
@@ -209,12 +222,11 @@ static int tx_poll(struct onvm_mgr_worker *w) {
 static int tx_pending(struct onvm_mgr_worker *w) {
     struct onvm_region *r = w->mgr->r;
     for (unsigned id = 1; id < ONVM_MAX_NFS; id++) {
-        struct onvm_nf *nf = &r->nfs[id];
-        if (atomic_load_explicit(&nf->state, ONVM_ACQUIRE) == ONVM_NFS_FREE || nf->tx_worker != w->id)
+        if (!tx_serves(w, &r->view[id]))
             continue;
         struct onvm_ring *ring = onvm_nf_ring(r, id, 1);
         onvm_bp_drained(r, ring);
-        if (onvm_ring_count(ring))
+        if (onvm_ring_count(ring, r->ring_mask))
             return 1;
     }
     return 0;

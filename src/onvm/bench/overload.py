@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from onvm._proc import cpu_seconds
 from onvm.bench._scenario import Option, Scenario
 from onvm.bench.pipeline import deployment
 from onvm.constants import MAX_HOPS
@@ -69,9 +70,11 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
             dep.start_nf(list(argv))
         dep.wait_running(len(setup.nfs))
         time.sleep(WARMUP)
-        s0, t0 = dep.status(), time.monotonic()
+        s0 = dep.status()
+        pids = [s0["manager"]["pid"], *(n["pid"] for n in s0["nfs"])]
+        c0, t0 = cpu_of(pids), time.monotonic()
         time.sleep(seconds)
-        s1, dt = dep.status(), time.monotonic() - t0
+        s1, c1, dt = dep.status(), cpu_of(pids), time.monotonic() - t0
     finally:
         dep.stop()
 
@@ -95,6 +98,10 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
         "paced": bool(rate),
         "delivered_mpps": round(port_delta("tx", range(out, out + 1)) / dt / 1e6, 3),
         "delivered_gbps": round(port_delta("tx_bytes", range(out, out + 1)) * 8 / dt / 1e9, 2),
+        # CPUs the manager and the NFs got: on a shared machine a pipeline of more threads gets
+        # more of it, so compare configurations by delivered per CPU as well.
+        "cpu": round((c1 - c0) / dt, 2),
+        "mpps_per_cpu": round(port_delta("tx", range(out, out + 1)) / 1e6 / max(c1 - c0, 1e-9), 3),
         "read_mpps": round(made / dt / 1e6, 3),  # what RX took from the input ports
         "missed": drops_delta("missed", inputs),
         "early_drops": early,
@@ -104,6 +111,11 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
         "seconds": round(dt, 3),
         "load": round(os.getloadavg()[0], 2),
     }
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of these processes, all their threads."""
+    return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
 def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5) -> dict[str, Any]:
@@ -144,6 +156,8 @@ def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
         out[f"{name}_mpps"] = r["delivered_mpps"]
         out[f"{name}_gbps"] = r["delivered_gbps"]
         out[f"{name}_late_drops"] = r["late_drops"]
+        out[f"{name}_cpu"] = r["cpu"]
+        out[f"{name}_mpps_per_cpu"] = r["mpps_per_cpu"]
         out[f"{name}_load"] = r["load"]
     out["paper_gbps"] = PAPER_GBPS
     out["mpps"] = out["chain5_mpps"]

@@ -23,7 +23,7 @@ EPILOG = """examples:
   onvm manager --port gen:rate=100k --port null --default-chain 1,out:1 --web 127.0.0.1:8080
   onvm bench loop --seconds 5 --json
   onvm chain add web 2,3,out:1
-  onvm rule add tcp dst port 80 -> chain web
+  onvm rule add tcp dst port 80 to chain web
   onvm flow list
   onvm capture --service 2 -w - | tcpdump -nr -
   onvm trace add 5 tcp dst port 80 && onvm trace show
@@ -86,6 +86,12 @@ def _print_status(st: dict[str, Any]) -> None:
               f" drops {drops}" + _overload(n)
               + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
     _print_chain_drops(st)
+    if st.get("left"):
+        print("NFs that left (latest last):")
+        for n in st["left"]:
+            print(f"  {n['id']:<3} {n['name']:<16} svc {n['service']}.{n['instance']:<3} {n['state']:<9}"
+                  f" pid {n['pid']:<8} rx {n['rx']:<12} tx {n['tx']:<12} drops {sum(n['drops'].values())}"
+                  f"  {n['reclaimed']} slots reclaimed")
     _print_latency(st)
 
 
@@ -281,7 +287,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _quote_rule(argv: list[str]) -> list[str]:
-    """``onvm rule add tcp ... -> chain web``: the rule's words (with '->') as one argument."""
+    """``onvm rule add tcp ... to chain web``: the rule's words as one argument."""
     opts, words, rest = [], [], argv[2:]
     while rest:
         tok = rest.pop(0)
@@ -412,7 +418,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     r = sub.add_parser("rule", help="add, list or delete flow rules",
                        description="Rules steer flows to chains, e.g. "
-                       "onvm rule add tcp dst port 80 src 10.0.0.0/8 -> chain web")
+                       "onvm rule add tcp dst port 80 src 10.0.0.0/8 to chain web "
+                       "(an arrow, '-> chain web', works too when quoted)")
     r.add_argument("action", choices=["add", "list", "del"])
     r.add_argument("rule", nargs="*", help="the rule text (add) or its id (del)")
     r.add_argument("--file", "-f", help="add every rule of a file (one per line, # comments; any number of "
@@ -457,7 +464,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("testbed", help="create or remove two namespaces linked to manager ports")
     t.add_argument("action", choices=["up", "down"])
     t.add_argument("--prefix", default="onvm", help="names of the namespaces and links (default onvm)")
-    t.add_argument("--subnet", default="10.211.0", help="first three octets of the hosts' /24")
+    t.add_argument("--subnet", default="10.211.0.0/24",
+                   help="the hosts' /24: host A is .1, host B .2 (default 10.211.0.0/24)")
     t.add_argument("--managers", type=int, default=1, choices=[1, 2],
                    help="2: host A on manager 1, host B on manager 2, and a link between the managers")
     t.add_argument("--kind", default="afpacket", choices=["afpacket", "afxdp"],
@@ -495,6 +503,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from onvm._streams import guard_output
+
+    guard_output()  # a reader that goes away (| head) does not take a manager down
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "nf":

@@ -1,10 +1,13 @@
 """Flow rules: a readable syntax shared by the CLI, the API and files, and a plain matcher.
 
-A rule is a list of conditions, an arrow and a target::
+A rule is a list of conditions, ``to`` (or an arrow, ``->``) and a target::
 
-    tcp dst port 80 src 10.0.0.0/8 -> chain web
+    tcp dst port 80 src 10.0.0.0/8 to chain web
     priority 50 udp dst port 53 idle 30 -> chain dns
-    in-port 1 vlan 7 ip6 src 2001:db8::/32 dst port 1000-2000 -> default
+    in-port 1 vlan 7 ip6 src 2001:db8::/32 dst port 1000-2000 to default
+
+A shell reads the ``>`` of an unquoted arrow as a redirect, so command lines
+write ``to``; a lone ``-`` where the arrow was gets an error that says so.
 
 ==========================  ===========================================================
 ``tcp`` ``udp`` ``icmp``    protocol (``icmp6``/``ipv6-icmp`` for ICMPv6);
@@ -17,7 +20,8 @@ A rule is a list of conditions, an arrow and a target::
 ``priority N``              higher wins (default 100); equal priorities: older first
 ``idle S`` ``hard S``       timeouts (seconds) of the exact entries the rule installs
                             (without ``idle``: the manager's default, 10 s; ``idle 0``: none)
-``-> chain NAME``           the target chain (``-> NAME`` also works; ``default`` is chain 0)
+``to chain NAME``           the target chain (``to NAME``, ``-> chain NAME`` and ``-> NAME``
+                            also work; ``default`` is chain 0)
 ==========================  ===========================================================
 
 Errors name the bad token.  :func:`match_rules` is the plain reference the
@@ -187,11 +191,14 @@ def parse_rule(text: str) -> Rule:
         tok = t.peek()
         if tok is None:
             t.pos += 1
-            raise t.error("expected '-> chain NAME' at the end")
+            raise t.error("expected 'to chain NAME' at the end")
         t.pos += 1
         word = tok.lower()
-        if word == "->":
+        if word in ("->", "to"):
             break
+        if word == "-":
+            raise t.error("a lone '-': a shell took the '>' of '->' as a redirect (and wrote the rest "
+                          "into a file); write 'to chain NAME', or quote the rule")
         if word in PROTOCOLS:
             if proto_set:
                 raise t.error("a rule names one protocol")
@@ -244,7 +251,7 @@ def parse_rule(text: str) -> Rule:
             setattr(rule, word, _seconds(t, f"an {word} timeout" if word == "idle" else "a hard timeout"))
             continue
         raise t.error("unknown word (expected a protocol, src, dst, src port, dst port, in-port, vlan, "
-                      "priority, idle, hard or '->')")
+                      "priority, idle, hard or 'to')")
     target = t.next("a chain name")
     if target.lower() == "chain":
         target = t.next("a chain name")

@@ -11,24 +11,26 @@ leaving the state untouched.  There is no other branching on states.
 
 ::
 
-    state \ event  REGISTERED  STARTED   STOP       EXITED    DIED
-    STARTING       READY       -         STOPPING   -         FAILED
-    READY          -           RUNNING   STOPPING   -         FAILED
-    RUNNING        -           -         STOPPING   -         FAILED
-    STOPPING       -           -         -          STOPPED   FAILED
-    STOPPED        -           -         -          -         -
-    FAILED         -           -         -          -         -
+    state \ event  REGISTERED  STARTED   STOP       EXITED    DIED     FENCED
+    STARTING       READY       -         STOPPING   -         FAILED   FAILED
+    READY          -           RUNNING   STOPPING   -         FAILED   FAILED
+    RUNNING        -           -         STOPPING   -         FAILED   FAILED
+    STOPPING       -           -         -          STOPPED   FAILED   FAILED
+    STOPPED        -           -         -          -         -        -
+    FAILED         -           -         -          -         -        -
 
     STARTING --REGISTERED--> READY --STARTED--> RUNNING
         |                      |                   |
         +--------STOP----------+-------STOP--------+--> STOPPING --EXITED--> STOPPED
-    any non-terminal state --DIED--> FAILED
+    any non-terminal state --DIED or FENCED--> FAILED
 
 STARTING is an NF launched but not yet registered; READY has its rings and
 id; RUNNING has entered its packet loop.  STOP is a request (from a client,
 from the NF itself at end of its time-to-live, or from manager shutdown);
 EXITED is the NF closing its control connection after a STOP.  Losing the
 connection in any other state is DIED: the process crashed or was killed.
+FENCED is the manager stopping an NF that broke the rules of the shared region
+(what it handed over failed validation, or it held a ring up).
 STOPPED and FAILED are terminal; the registry then reclaims the NF's slots.
 """
 
@@ -62,6 +64,7 @@ class NFEvent(enum.Enum):
     STOP = "stop"              # someone asked the NF to stop
     EXITED = "exited"          # the NF went away after being asked to stop
     DIED = "died"              # the NF went away without being asked
+    FENCED = "fenced"          # the manager stopped it: it broke the rules of the region
 
 
 _S, _E = NFState, NFEvent
@@ -77,6 +80,10 @@ _TRANSITIONS: dict[tuple[NFState, NFEvent], NFState] = {
     (_S.READY, _E.DIED): _S.FAILED,
     (_S.RUNNING, _E.DIED): _S.FAILED,
     (_S.STOPPING, _E.DIED): _S.FAILED,
+    (_S.STARTING, _E.FENCED): _S.FAILED,
+    (_S.READY, _E.FENCED): _S.FAILED,
+    (_S.RUNNING, _E.FENCED): _S.FAILED,
+    (_S.STOPPING, _E.FENCED): _S.FAILED,
 }
 
 # The verb of each event, for "can't <verb> NF <id> in state <STATE>".
@@ -86,6 +93,7 @@ _VERBS: dict[NFEvent, str] = {
     _E.STOP: "stop",
     _E.EXITED: "finish",
     _E.DIED: "fail",
+    _E.FENCED: "fence",
 }
 
 TERMINAL_STATES: frozenset[NFState] = frozenset({_S.STOPPED, _S.FAILED})

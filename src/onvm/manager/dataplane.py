@@ -196,11 +196,28 @@ class DataPlane:
         self.region.nf_request_stop(nf_id)
 
     def retire(self, nf_id: int) -> Retired:
-        """Take an NF that left its service out of the packet path and free its slot."""
+        """Take an NF that left its service out of the packet path and free its slot.
+
+        Its slots come back by their stamps; those it held under stamps it wrote over
+        name nobody, and the sweep that follows finds them (see fence.c)."""
         res = self.native.retire(nf_id, grace=GRACE_TIMEOUT, drain=DRAIN_TIMEOUT)
         final = self.nf_info(nf_id)
         self.region.nf_release(nf_id)
-        return Retired(int(res["reclaimed"]), final, bool(res["grace_ok"]), bool(res["drained"]))
+        swept = self.native.sweep(GRACE_TIMEOUT)
+        return Retired(int(res["reclaimed"]) + swept, final, bool(res["grace_ok"]), bool(res["drained"]))
+
+    def damaged(self) -> bool:
+        """The region's file was cut short under us (a SIGBUS caught, see mapguard.c)."""
+        return bool(self.region.damaged())
+
+    def audit(self) -> list[dict[str, Any]]:
+        """What the packet path could not settle itself: NFs to fence, repairs made (fence.c)."""
+        events: list[dict[str, Any]] = self.native.audit()
+        return events
+
+    def fence(self, nf_id: int) -> None:
+        """Take nothing more from the NF and send it nothing more (its process is stopped apart)."""
+        self.native.fence(nf_id)
 
     def drain(self, timeout: float) -> bool:
         """Wait until no NF ring holds packets; False if the timeout came first."""
@@ -314,9 +331,12 @@ class DataPlane:
         out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
         return out
 
-    def held(self) -> int:
-        """Times the RX workers left a port unread because its chain was congested, in all."""
-        return sum(int(self.region.worker_info(w)["held"]) for w in range(self.layout.rx_workers))
+    def rx_pressure(self) -> tuple[int, int, int]:
+        """The RX workers' loops, the loops that found packets, and the times they left a port
+        unread because its chain was congested: each summed over the RX workers."""
+        infos = [self.region.worker_info(w) for w in range(self.layout.rx_workers)]
+        return (sum(int(i["loops"]) for i in infos), sum(int(i["busy_loops"]) for i in infos),
+                sum(int(i["held"]) for i in infos))
 
     def set_cpu(self, kind: str, index: int, cpu: int) -> None:
         """Ask a worker or an NF to run on ``cpu`` (-1: where it started)."""

@@ -117,6 +117,10 @@ class FlowRegistry:
         """Add rules all together or none: every rule is checked before any is applied."""
         return self.change(texts, [])
 
+    def room(self) -> int:
+        """How many more rules fit (the region reserves room for ``--max-rules``)."""
+        return int(self.region.rules_stats()["max_rules"]) - len(self.rules)
+
     def parse(self, texts: Iterable[str | Rule]) -> list[Rule]:
         """Rules from texts (or parsed already), each checked against the chains there are."""
         parsed = [t if isinstance(t, Rule) else parse_rule(t) for t in texts]

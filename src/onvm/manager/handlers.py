@@ -71,6 +71,9 @@ class _Internal:
     def send_event(self, name: str, data: dict[str, Any] | None = None) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
 
 INTERNAL: Caller = _Internal()
 
@@ -226,6 +229,10 @@ class Handlers:
         caller.data["rule_load"] = staged
         try:
             staged += self.flows.parse(parse_rules(req.rules, req.line))
+            room = self.flows.room()
+            if len(staged) > room:  # refused as it comes: a client cannot pile up what cannot fit
+                raise OnvmError(f"rule set: {len(staged)} rules so far, room for {room} more (--max-rules)",
+                                code="busy")
             added = self.flows.add_rules(staged) if req.commit else None
         except (ConfigError, OnvmError):
             del caller.data["rule_load"]  # a bad part ends the set: nothing of it applies

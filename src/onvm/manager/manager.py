@@ -32,12 +32,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from onvm.constants import DropReason
 from onvm.control import ops
 from onvm.control.server import ControlServer
 from onvm.flows.chain import format_chain
 from onvm.manager.config import ManagerConfig
 from onvm.manager.dataplane import DataPlane, Layout
 from onvm.manager.events import EventLog
+from onvm.manager.fencing import kill_process, read_audit
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.handlers import Handlers
 from onvm.manager.nfs import NFs
@@ -87,6 +89,7 @@ class Manager:
         self.web: Part | None = None  # the web endpoint, with --web
         self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
+        self._invalid_told: dict[int, int] = {}  # invalid packets each NF refused, as last reported
         self.final_status: dict[str, Any] = {}  # the status when it stopped
         self._web_refused: Callable[[], dict[str, int]] | None = None
 
@@ -226,8 +229,14 @@ class Manager:
         while not self.stopping.is_set():
             left = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
             self.stopping.wait(left)
+            if dp.damaged():
+                self.log(f"the region file {dp.region.path} was cut short by another process: "
+                         "what it held is gone; stopping")
+                self.stop()
+                return 1
             for line in dp.new_port_errors():
                 self.log(line)
+            self._audit()
             self.packing.tick()
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {cfg.duration:g} s")
@@ -237,6 +246,42 @@ class Manager:
                 break
         self.stop()
         return 0
+
+    # ---- fencing (see fencing.py) ----------------------------------------------
+    def _audit(self) -> None:
+        """Fence the NFs that broke the rules of the region; log the repairs the audit made."""
+        dp, handlers = self.dp, self.handlers
+        if dp is None or handlers is None or not dp.is_open:
+            return
+        for finding in read_audit(dp.audit()):
+            if finding.fence:
+                self._fence(finding.fence, finding.text)
+            else:
+                self.log(finding.text)
+        with self.lock:
+            for rec in self.registry.live():  # NFs refusing what another NF sent them
+                refused = dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
+                told = self._invalid_told.get(rec.nf_id, 0)
+                if refused > told:
+                    self.log(f"{rec.describe()} refused {refused - told} invalid packets handed to it "
+                             "(slots not sent to it, or records outside their slots)")
+                    self._invalid_told[rec.nf_id] = refused
+
+    def _fence(self, nf_id: int, why: str) -> None:
+        """Out of its service at once; its process killed; then, only, its slots reclaimed."""
+        assert self.handlers is not None
+        nfs = self.handlers.nfs
+        with self.lock:
+            fenced = nfs.fenced(nf_id, why)
+        if fenced is None:
+            return
+        rec, pid, conns = fenced
+        err = kill_process(pid)  # outside the lock: it may take a moment
+        for conn in conns:
+            conn.close()
+        with self.lock:
+            nfs.reclaim_fenced(rec, err)
+            self._invalid_told.pop(nf_id, None)
 
     def stop(self) -> None:
         """Ask NFs to stop, wait for them, stop the rest, flush the ports, print the summary."""

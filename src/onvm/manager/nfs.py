@@ -16,6 +16,10 @@ registry moves it to the NFs that left.  Each registration, start and
 retirement wakes whoever waits for the NFs (:meth:`NFs.wait`): shutdown,
 and a topology's supervisor starting NFs in order.
 
+An NF that breaks the rules of the region is fenced off (``fenced`` and
+``reclaim_fenced``, see ``fencing.py``): it leaves its service at once, the
+manager kills its process (outside the lock) and only then retires it.
+
 Callers hold the control handlers' lock (``lock``) around every method.
 """
 
@@ -42,6 +46,8 @@ class Caller(Protocol):
     data: dict[str, Any]  # per connection: the NF it registered ("nf_id")
 
     def send_event(self, name: str, data: dict[str, Any] | None = None) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class NFs:
@@ -145,6 +151,32 @@ class NFs:
         self.registry.retired(rec.nf_id, gone.final, gone.reclaimed)
         self._changed.notify_all()
         self.log(f"{rec.describe()} {how}; {rec.reclaimed} slots returned to the pool")
+
+    def fenced(self, nf_id: int, why: str) -> tuple[NFRecord, int, list[Caller]] | None:
+        """NF ``nf_id`` broke the rules of the region: nothing more is taken from it or sent
+        to it, it leaves its service.  Returns its record, the kernel's pid of its control
+        connection (the one to kill) and its connections (to close once it is dead); None
+        when it is gone already."""
+        self.dp.fence(nf_id)
+        fenced = self.registry.fenced(nf_id)
+        if fenced is None:
+            return None
+        rec, image = fenced
+        self.dp.publish(image)
+        conn, inbox = self.conns.pop(nf_id, None), self.inboxes.pop(nf_id, None)
+        self.log(f"{rec.describe()} fenced off: {why}")
+        return rec, conn.pid if conn is not None else 0, [c for c in (conn, inbox) if c is not None]
+
+    def reclaim_fenced(self, rec: NFRecord, kill_error: str) -> None:
+        """Its process is gone (``kill_error`` empty): retire it.  Otherwise it stays fenced,
+        its slots in its hands: reclaiming them while it may still write would hand them out."""
+        if kill_error:
+            self.log(f"{rec.describe()} stays fenced and its slots are not reclaimed: {kill_error}")
+            return
+        gone = self.dp.retire(rec.nf_id)
+        self.registry.retired(rec.nf_id, gone.final, gone.reclaimed)
+        self._changed.notify_all()
+        self.log(f"{rec.describe()} stopped; {rec.reclaimed} slots returned to the pool")
 
     def stop_all(self, timeout: float) -> bool:
         """Ask every live NF to stop and wait until all are retired; False on timeout."""

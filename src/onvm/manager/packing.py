@@ -23,12 +23,12 @@ a thread on a CPU that is awake anyway.  When the load passes
 :attr:`PackSettings.above` (one CPU is nearly full) every thread goes back to
 where it was placed.
 
-A pipeline whose input meets backpressure (an RX worker leaves a port unread
-because its chain is congested: ``onvm_bp.h``) counts as loaded whatever its
-busy time: it is offered more than it handles, and starved of CPU it spends
-little time on bursts because it gets little CPU.  NFs that wait for each
-other do not count: packets circling a closed loop pile up in the slowest
-ring at any load.
+A pipeline that is offered more than it handles counts as loaded whatever its
+busy time: starved of CPU, it spends little time on bursts because it gets
+little CPU.  Its RX workers say so: they leave a port unread because its chain
+is congested (``onvm_bp.h``), or find packets on nearly every loop (an unpaced
+source never runs dry).  NFs that wait for each other do not count: packets
+circling a closed loop pile up in the slowest ring at any load.
 
 The pack CPU is the candidate that was least busy in the window before packing
 (from ``/proc/stat``), among the CPUs both the manager and its NFs may use.
@@ -72,6 +72,7 @@ from onvm.manager.dataplane import DataPlane
 from onvm.manager.registry import Registry
 
 WINDOW = 0.5  # seconds between decisions
+SATURATED = 0.95  # RX loops that found packets: above this share, the input never runs dry
 
 Thread = tuple[str, int]  # ("worker", row) or ("nf", id)
 
@@ -86,6 +87,15 @@ class PackSettings:
 def least_busy(candidates: Sequence[int], busy: Mapping[int, float]) -> int:
     """The candidate CPU with the least busy time; ties go to the lowest number."""
     return min(candidates, key=lambda c: (busy.get(c, 0.0), c))
+
+
+def offered_more(before: Sequence[int], now: Sequence[int]) -> bool:
+    """Was the pipeline offered more than it handled over a window?  Its RX workers held
+    ports (backpressure), or found packets on nearly every loop (an unpaced source:
+    there is always more, and the CPU they got, not the traffic, set their busy time).
+    Each argument is (loops, busy loops, ports held), summed over the RX workers."""
+    loops, busy, held = (b - a for a, b in zip(before, now, strict=True))
+    return held > 0 or (loops > 0 and busy >= SATURATED * loops)
 
 
 class Packer:
@@ -187,7 +197,7 @@ class Packing:
         self.load = 0.0
         self._t = 0.0
         self._work: int | None = None  # busy ns of the pipeline at the last window
-        self._waits: int | None = None  # ports held by RX workers (backpressure) at the last window
+        self._rx: tuple[int, int, int] | None = None  # RX loops, busy loops, ports held at the last window
         self.workers = dataplane.layout.rx_workers + dataplane.layout.tx_workers
         self._busy: dict[int, float] = {}
 
@@ -209,8 +219,8 @@ class Packing:
             ids = self.registry.ids()
         work, last = self.dataplane.busy_ns(ids), self._work
         self._work = work
-        waits, last_waits = self.dataplane.held(), self._waits
-        self._waits = waits
+        rx, last_rx = self.dataplane.rx_pressure(), self._rx
+        self._rx = rx
         busy: dict[int, float] = {}
         if self.packer.cpu is None:  # only a spread pipeline needs a CPU to pack onto
             busy_now = cpu_busy_seconds()
@@ -220,7 +230,7 @@ class Packing:
             return  # the first window starts here
         self.load = max(work - last, 0) / 1e9 / dt
         before = self.packer.cpu
-        waited = last_waits is not None and waits > last_waits
+        waited = last_rx is not None and offered_more(last_rx, rx)
         target = self.packer.step(self.load, busy, waited)
         if target == before:
             if target is None and self._rebalance(dt):
@@ -228,8 +238,8 @@ class Packing:
             return  # NFs that join are placed by apply() as they register
         self.balancer.reset()
         if target is None:
-            why = "input held by backpressure" if waited and self.load <= self.packer.settings.above else \
-                f"at {self.load:.2f} CPU"
+            why = "offered more than it handles" if waited and self.load <= self.packer.settings.above \
+                else f"at {self.load:.2f} CPU"
             self.log(f"pipeline {why}: spread again over its CPUs")
         else:
             self.log(f"pipeline at {self.load:.2f} CPU: packed onto CPU {target}")

@@ -229,6 +229,15 @@ class Registry:
             how = "died"
         return rec, how, self.image(rec.service)
 
+    def fenced(self, nf_id: int) -> tuple[NFRecord, ServiceImage] | None:
+        """The manager fenced the NF off (it broke the rules of the region): it fails and
+        leaves its service at once.  None when it is unknown or gone already."""
+        rec = self._nfs.get(nf_id)
+        if rec is None or rec.life.terminal:
+            return None
+        rec.life.apply(NFEvent.FENCED)
+        return rec, self.image(rec.service)
+
     def retired(self, nf_id: int, final: dict[str, Any], reclaimed: int) -> NFRecord:
         """The data plane took the NF out of the packet path: its id is free again."""
         rec = self._nfs.pop(nf_id)

@@ -114,6 +114,8 @@ def nf_status(rec: NFRecord, info: dict[str, Any]) -> dict[str, Any]:
         "blocked_on": info.get("blocked_on", 0),  # the NF it waits for now (0: none)
         "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
         "reclaimed": rec.reclaimed,
+        "fenced": bool(info.get("fenced")),  # broke the rules of the region (see fencing.py)
+        "faults": info.get("faults", 0),  # what it handed over that failed validation
         "messages": rec.messages_in,
         "latency": latency.summary(info.get("latency")),
     }

@@ -11,15 +11,20 @@ the Python handler once per burst (``@nf.batch``) or once per packet
 on SIGINT/SIGTERM, at the time-to-live or the packet limit; the NF then says it
 is stopping, runs its teardown hook, prints its summary and closes the socket.
 Closing the socket is what tells the manager the NF is gone, so an NF killed
-by any signal is noticed at once.
+by any signal is noticed at once.  The other way round, a watcher thread sees
+the socket hang up the moment the manager dies, whatever killed it, and ends
+the NF (see :class:`_ManagerWatch`): an NF never outlives its manager by more
+than a second or so.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import collections
 import inspect
 import os
+import select
 import signal
 import sys
 import threading
@@ -114,6 +119,7 @@ class NF:
         self._chain_ids: dict[str, int] = {}
         self._on_message: Handler | None = None
         self._inbox: collections.deque[tuple[dict[str, Any], Any]] = collections.deque()
+        self._watch: _ManagerWatch | None = None  # ends the NF if its manager dies (while running)
         self.messages_dropped = 0  # messages lost because the inbox was full
 
     # ---- decorators -----------------------------------------------------
@@ -276,6 +282,7 @@ class NF:
             raise ConfigError(f"NF {self.name} has no handler: decorate one with @nf.packet or @nf.batch")
         client = Client(self.manager)
         self._client = client
+        watch: _ManagerWatch | None = None
         try:
             reply = client.register(self.name, self.service, self.instance, os.getpid(),
                                     list(self.cpus) if self.cpus else None, Recipe.of_this_process())
@@ -290,8 +297,12 @@ class NF:
             self.instance = int(reply["instance"])
             self._region = _native.Region.attach(reply["region"])
             self._ctx = _native.NFContext(self._region, self.nf_id)
+            watch = self._watch = _ManagerWatch(self, client.fileno())
             return self._loop(client)
         finally:
+            if watch is not None:
+                watch.close()
+                self._watch = None
             self._ctx = None
             client.close()
             if self._region is not None:
@@ -312,6 +323,8 @@ class NF:
             client.start()
             self._run_native(messages=self._deliver if inbox is not None else None)
         finally:
+            if self._watch is not None:
+                self._watch.ended.set()
             for s, h in previous.items():
                 signal.signal(s, h)
             if inbox is not None:
@@ -381,6 +394,8 @@ class NF:
         for fn in self._setup:
             fn(self)
         self._started = time.monotonic()
+        if self.stop_reason == MANAGER_GONE:
+            return self.stop_reason  # it went during setup: no loop to run
         reason = self._ctx.run(
             handler,
             batch=batch is not None,
@@ -397,6 +412,8 @@ class NF:
         if self.stop_reason:
             reason = self.stop_reason
         self.stop_reason = reason
+        if reason == "region":
+            print(f"NF {self.name}: the region's file was cut short under it: stopping", file=sys.stderr)
         return reason
 
     def _print_summary(self) -> None:
@@ -469,6 +486,57 @@ def write_csv_row(path: str, row: dict[str, Any]) -> None:
             w.writerow(row)
     except OSError as e:
         print(f"NF {row['name']}: cannot write the summary to {path}: {e.strerror}", file=sys.stderr)
+
+
+MANAGER_GONE = "manager gone"
+GONE_EXIT = 3.0  # seconds an NF whose manager died may take to leave before it exits hard
+
+
+class _ManagerWatch:
+    """Ends the NF when its manager dies: the control socket hangs up at once, however it died.
+
+    A thread polls the socket for hang-up only (it never reads: replies stay for
+    the main thread).  On a hang-up it stops the loop; if the loop has not ended a
+    second later (a handler that does not return) it interrupts the main thread
+    as Ctrl-C would, and if the NF is still there after GONE_EXIT seconds it exits
+    hard: an NF never outlives its manager, whose region may be reused.
+    """
+
+    def __init__(self, nf: NF, fd: int) -> None:
+        self.nf = nf
+        self.fd = fd
+        self.ended = threading.Event()  # the packet loop has returned
+        self.left = threading.Event()  # the NF is leaving: nothing to watch
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self.thread = threading.Thread(target=self._watch, name="onvm-nf-watch", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, 0)  # POLLHUP and POLLERR are always reported
+        poller.register(self._wake_r, select.POLLIN)
+        while not any(fd == self.fd for fd, _ in poller.poll()):
+            if self.left.is_set():
+                return
+        if self.left.is_set():
+            return
+        nf = self.nf
+        nf.stop_reason = MANAGER_GONE
+        nf.stop()
+        if not self.ended.wait(1.0):
+            _thread.interrupt_main()  # the loop did not end: a handler that does not return
+        if self.left.wait(GONE_EXIT - 1.0):
+            return
+        print(f"NF {nf.name}: its manager is gone and it did not stop within {GONE_EXIT:g} s: exiting",
+              file=sys.stderr, flush=True)
+        os._exit(75)
+
+    def close(self) -> None:
+        self.left.set()
+        os.write(self._wake_w, b"\0")
+        self.thread.join(timeout=1.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 class _Inbox:

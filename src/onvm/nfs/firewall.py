@@ -3,7 +3,13 @@
 Expects:   any packet; rules apply to IPv4, everything else takes the default action.
 Modifies:  nothing.
 Actions:   per rule: DROP, NEXT ("pass"), TONF or OUT; unmatched packets take ``default``.
-Options:   --rules FILE (YAML or JSON, below), --handler batch|packet (default batch).
+Options:   --rules FILE (YAML or JSON, below), or the rules themselves: --rule
+           PREFIX=ACTION (repeatable, in order), --default ACTION, --match src|dst;
+           --handler batch|packet (default batch).
+
+In a topology file the rules can sit in the NF's options::
+
+    options: {rule: [10.0.0.0/28=drop, 10.0.0.0/8=pass], default: drop}
 
 The rules file::
 
@@ -35,8 +41,31 @@ SERVICE = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rules", required=True, help="rules file (YAML or JSON)")
+    p.add_argument("--rules", help="rules file (YAML or JSON)")
+    p.add_argument("--rule", action="append", default=[], metavar="PREFIX=ACTION",
+                   help="a rule without a file, e.g. 10.0.0.0/8=drop (repeatable; first match wins)")
+    p.add_argument("--default", default=None, metavar="ACTION",
+                   help="with --rule: what unmatched packets get (default pass)")
+    p.add_argument("--match", choices=("src", "dst"), default=None,
+                   help="with --rule: the address the rules match (default src)")
     p.add_argument("--handler", choices=("batch", "packet"), default="batch", help="handler kind")
+
+
+def rules_doc(args: argparse.Namespace) -> tuple[Any, str]:
+    """The rules document (as a rules file holds it) and where it came from."""
+    inline = args.rule or args.default is not None or args.match is not None
+    if bool(args.rules) == bool(inline):
+        raise ConfigError("firewall: give the rules in a file (--rules FILE) or as --rule "
+                          "PREFIX=ACTION options, not both and not neither")
+    if args.rules:
+        return load_rules(args.rules), args.rules
+    rules = []
+    for text in args.rule:
+        pfx, eq, action = text.partition("=")
+        if not eq:
+            raise ConfigError(f"--rule {text}: expected PREFIX=ACTION, e.g. 10.0.0.0/8=drop")
+        rules.append({"prefix": pfx.strip(), "action": action.strip()})
+    return {"rules": rules, "default": args.default or "pass", "match": args.match or "src"}, "--rule"
 
 
 class Rules:
@@ -84,7 +113,7 @@ class Rules:
 
 
 def make(args: argparse.Namespace) -> NF:
-    rules = Rules(load_rules(args.rules), args.rules)
+    rules = Rules(*rules_doc(args))
     nf = from_args("firewall", args)
     nf.state = rules
     acts, dests = rules.actions, rules.dests

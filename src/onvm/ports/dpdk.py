@@ -126,15 +126,17 @@ class DpdkPorts:
             raise ConfigError(f"dpdk: ports: {why}")
         self._mod = mod
         self._runtime_dir = ""
+        self.pool: Any = None
         self.eal = eal_args(name, extra, sorted(os.sched_getaffinity(0)), pool_size, specs, mod.PMD_DIR)
         try:
             if not mod.eal_ready():
                 mod.eal_init(self.eal)
                 self._runtime_dir = runtime_dir(self.eal)
-            self.pool: Any = mod.Pool(region)
+            self.pool = mod.Pool(region)
             mod.log()  # what DPDK says while it starts fine is noise; failures quote it
         except mod.DpdkError as e:
             mod.log()
+            self.close()
             raise ConfigError(e.strerror or str(e)) from None
 
     def add(self, native: _native.Manager, pid: int, spec: PortSpec) -> dict[str, Any]:

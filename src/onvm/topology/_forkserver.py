@@ -44,8 +44,10 @@ def _child(req: dict[str, object], fds: tuple[int, ...]) -> None:
     for fd in fds:
         os.close(fd)
     signal.set_wakeup_fd(-1)
-    for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+    for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
+    # as in a new interpreter: a closed pipe is an error to handle (onvm._streams), not death
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     os.setsid()
     env = req.get("env") or {}
     assert isinstance(env, dict)

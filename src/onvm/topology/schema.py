@@ -29,6 +29,7 @@ manager's configuration, with the command line's overrides.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -340,6 +341,7 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str,
     try:
         topo = model.model_validate(data)
     except ValidationError as e:
+        failed = []
         for err in e.errors():
             where = err["loc"]
             if where[:1] == ("rules",) and len(where) > 2:  # drop the rule's form: text or mapping
@@ -349,7 +351,15 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str,
             if loc[:1] == ("ports",) and len(loc) == 2 and data["ports"][loc[1]] is None:
                 msg = "expected a port URI (write the null port in quotes: 'null')"
             add(loc, msg)
-        raise TopologyError([p for _, p in sorted(problems, key=lambda x: x[0])]) from None
+            failed.append(loc)
+        # Go on with what is left, so the checks across sections report in this same pass.
+        rest = _without(data, failed)
+        try:
+            if rest is None:
+                raise ValueError("a whole section is unusable")
+            topo = model.model_validate(rest)
+        except (ValueError, ValidationError):
+            raise TopologyError([p for _, p in sorted(problems, key=lambda x: x[0])]) from None
     topo.source = source
 
     from onvm.ports.dpdk import check_available as check_dpdk
@@ -382,6 +392,31 @@ def validate(data: Any, lines: dict[tuple[Any, ...], int], source: str,
     if problems:
         raise TopologyError([p for _, p in sorted(problems, key=lambda x: x[0])])
     return topo
+
+
+_STAND_INS = {"ports": "null", "rules": "any to default", "nfs": {"program": "skeleton"}}
+
+
+def _without(data: dict[str, Any], failed: list[tuple[Any, ...]]) -> dict[str, Any] | None:
+    """The file with every value that failed taken out: a field dropped (its default applies),
+    a port or a text rule replaced by one that checks nothing (``null``, ``any to default``),
+    a chain by ``drop``; None when a whole section is of the wrong kind."""
+    rest = copy.deepcopy(data)
+    for loc in failed:
+        if len(loc) < 2 or not isinstance(rest.get(loc[0]), dict | list):
+            return None
+        node = rest[loc[0]]
+        if loc[0] == "chains":
+            node[loc[1]] = "drop"
+        elif isinstance(node, dict):  # manager
+            node.pop(loc[1], None)
+        elif isinstance(node[loc[1]], dict) and len(loc) > 2:
+            node[loc[1]].pop(loc[2], None)
+            if loc[0] == "nfs" and "program" not in node[loc[1]]:
+                node[loc[1]]["program"] = "skeleton"
+        else:
+            node[loc[1]] = copy.deepcopy(_STAND_INS.get(loc[0]))
+    return rest
 
 
 def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:

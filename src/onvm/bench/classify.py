@@ -1,0 +1,133 @@
+"""``classify``: what a rule set costs the packet path, for established and for new flows.
+
+Two managers, one after the other, each ``gen -> simple_forward -> null``:
+
+* established: gen sends 4,096 flows, every one of them cached after its first
+  packet; the rules can only cost something through the cache;
+* new flows: gen cycles over 1,048,576 flows with a 1 ms idle timeout for what
+  the classifier caches, so every flow has expired by the time gen comes back to
+  it and each packet is looked up, missed, classified and cached again (in a
+  table of 2M entries, so it is never more than half full).
+
+Each manager is measured with no rules (``_0``: with nothing to classify by,
+RX does not even look the flow table up), with one rule that matches nothing
+(``_1``: every packet looked up in the flow table, new flows classified), and
+after ``--rules N`` more are loaded in one rule set (``rule_load_s``, as
+``onvm rule add -f`` sends them): delivered packets per second at the null
+port, over ``seconds`` each.  ``established_ratio_1`` (N rules against one)
+is what the rules cost established flows; ``established_ratio`` (against
+none) adds the flow table's own lookup.  Of the N rules, one in a hundred matches some of gen's flows (to
+a chain with the same hops as the default); the rest match nothing gen sends
+and have a firewall's variety of masks: source prefixes of /16 to /32, each
+with no port, one port or a port range (16 masks in all; ``tuples`` in the
+result).  A range that is no single prefix adds a mask per prefix it takes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from onvm.bench._scenario import Option, Scenario
+from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
+
+GEN = "gen:size=64,src=10.0.0.1,dst=10.1.0.1,sport=1024,dport=80"
+ESTABLISHED_FLOWS = 4096
+NEW_FLOWS = 1 << 20
+
+
+def rule_set(n: int, seed: int = 1) -> list[str]:
+    """``n`` rule texts: one in a hundred matches part of gen's traffic, the rest none of it."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 100 == 99:  # gen's sources are 10.0.0.1 + flow
+            out.append(f"udp src 10.0.{rng.randrange(16)}.{rng.randrange(256)}/32 priority 200 -> chain same")
+            continue
+        plen = rng.choice((16, 20, 24, 28, 32))
+        net = (172 << 24 | 16 << 16 | rng.getrandbits(16)) & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+        src = f"{net >> 24}.{net >> 16 & 255}.{net >> 8 & 255}.{net & 255}/{plen}"
+        port = rng.choice(("", f" dst port {rng.randrange(1, 65536)}", " dst port 1024-2047"))
+        out.append(f"udp src {src}{port} priority {rng.randrange(1, 1000)} -> chain default")
+    return out
+
+
+def _delivered(dep: Any, seconds: float) -> float:
+    """Packets per second out of the null port (port 1) over ``seconds``, in millions."""
+    t0, n0 = time.monotonic(), dep.status()["ports"][1]["tx"]
+    time.sleep(seconds)
+    t1, n1 = time.monotonic(), dep.status()["ports"][1]["tx"]
+    return round((n1 - n0) / (t1 - t0) / 1e6, 3)
+
+
+ONE_RULE = "udp src 192.0.2.1/32 -> chain default"  # matches nothing gen sends
+
+
+def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules: list[str]) -> dict[str, Any]:
+    """The rate with no rules, with one (the flow table in use), and with ``rules`` added to it."""
+    from onvm.control.client import Client
+
+    dep = deployment(["--port", f"{GEN},flows={flows}", "--port", "null", "--default-chain", "1,out:1",
+                      "--chain", "same=1,out:1", *extra], verbose)
+    try:
+        start_pipeline(dep, [["simple_forward", "--service", "1"]])
+        time.sleep(WARMUP)
+        none = _delivered(dep, seconds)
+        with Client(dep.name, timeout=120) as c:
+            c.rule_add(ONE_RULE)
+            time.sleep(WARMUP)
+            one = _delivered(dep, seconds)
+            t0 = time.monotonic()
+            added = c.load_rules(rules)["added"] if rules else 0
+            load_s = time.monotonic() - t0
+        time.sleep(WARMUP)
+        many = _delivered(dep, seconds)
+        st = dep.status()["flows"]
+        return {"mpps_0": none, "mpps_1": one, "mpps": many, "rule_load_s": round(load_s, 3), "added": added,
+                "tuples": st["classifier"]["tuples"], "uncached": st["full"]}
+    finally:
+        dep.stop()
+
+
+def run(seconds: float, verbose: bool, rules: int = 10000) -> dict[str, Any]:
+    """Established and new-flow rates with no rules, one rule and ``rules`` more, and the load time."""
+    texts = rule_set(rules)
+    est = _measure(verbose, seconds, ESTABLISHED_FLOWS, [], texts)
+    new_args = ["--flow-idle", "0.001", "--flow-table-size", str(2 * NEW_FLOWS)]  # half full at most
+    new = _measure(verbose, seconds, NEW_FLOWS, new_args, texts)
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 3) if b else None
+
+    return {"mpps": est["mpps"], "rules": rules, "rules_added": est["added"], "tuples": est["tuples"],
+            "established_mpps": est["mpps"], "established_mpps_0": est["mpps_0"],
+            "established_mpps_1": est["mpps_1"],
+            "new_flow_mpps": new["mpps"], "new_flow_mpps_0": new["mpps_0"], "new_flow_mpps_1": new["mpps_1"],
+            "rule_load_s": est["rule_load_s"], "rule_load_s_new": new["rule_load_s"],
+            "new_flows_uncached": new["uncached"],
+            "established_ratio": ratio(est["mpps"], est["mpps_0"]),
+            "established_ratio_1": ratio(est["mpps"], est["mpps_1"]), "seconds": seconds}
+
+
+def _rules_option(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 1_000_000:
+        raise ValueError(f"--rules {n}: expected 0..1000000")
+    return n
+
+
+SCENARIOS = [
+    Scenario("classify", "gen -> simple_forward -> null with N rules (1 in 100 matching): established flows "
+             "(4,096, cached) and new flows (1M, 1 ms idle), each with no rules, one and N more, and the "
+             "rule set's load time", key="established_ratio_1",
+             target="established_mpps >= 0.9 x established_mpps_1 and _0; new_flow_mpps >= 1; "
+                    "rule_load_s < 2 for 10,000 rules", run=run,
+             show=lambda r: (f"{r['rules']:,} rules: established {r['established_mpps']:.2f} Mpps "
+                             f"({r['established_mpps_1']:.2f} with one, "
+                             f"{r['established_mpps_0']:.2f} with none), "
+                             f"new flows {r['new_flow_mpps']:.2f} Mpps ({r['new_flow_mpps_1']:.2f}, "
+                             f"{r['new_flow_mpps_0']:.2f}), loaded in {r['rule_load_s']:.2f} s"),
+             options=(Option("--rules", 10000, "rules loaded (up to 1,000,000; the manager holds "
+                             "--max-rules, 262,144 by default)", type=_rules_option),)),
+]

@@ -1,0 +1,284 @@
+"""The region under attack, in process: what a hostile NF or a local user writes or cuts.
+
+Each case that used to kill the process runs in a child interpreter, so a
+regression is a failed test with the child's exit status.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_child(code: str, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh interpreter; return its stdout, fail on any crash, error or hang."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"child hung for {timeout} s:\n{e.stdout!r}\n{e.stderr!r}") from None
+    assert proc.returncode == 0, f"child exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+PRELUDE = """
+import os, tempfile
+from onvm import _hooks, _native
+d = tempfile.mkdtemp()
+path = os.path.join(d, "r")
+"""
+
+
+def test_region_file_cut_short_reads_zeros_instead_of_killing_the_process() -> None:
+    out = run_child(PRELUDE + """
+r = _native.Region.create(path, "cut", pool_size=1024, slot_size=2048, ring_size=64)
+s = r.alloc(1)[-1]
+r.write(s, b"x" * 100)
+print("before", r.damaged(), len(r.read(s)))
+os.truncate(path, 4096)  # the header's page is all that is left
+print("after", r.damaged(), len(r.read(s)), r.damaged())
+other = _native.Region.create(os.path.join(d, "o"), "other", pool_size=64, slot_size=512, ring_size=64)
+print("other", other.damaged())
+r.close()
+other.close()
+os.rmdir(d)
+""")
+    assert "before False 100" in out
+    assert "after False 0 True" in out  # the slot's meta reads as zeros: an empty packet
+    assert "other False" in out
+
+
+def test_a_sigbus_elsewhere_still_kills_the_process() -> None:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PRELUDE + """
+import mmap, signal
+r = _native.Region.create(path, "cut", pool_size=64, slot_size=512, ring_size=64)
+f = os.path.join(d, "plain")
+with open(f, "wb") as fh:
+    fh.write(b"\\0" * 8192)
+fd = os.open(f, os.O_RDWR)
+m = mmap.mmap(fd, 8192)
+os.truncate(f, 0)
+try:
+    m[5000]
+finally:
+    r.close()
+""")], capture_output=True, text=True, timeout=60)
+    # Killed by SIGBUS, as without the guard (or by SIGABRT: AddressSanitizer reports it first).
+    assert proc.returncode in (-7, -6), (proc.returncode, proc.stderr)
+
+
+# A manager's packet path in process, and the writes a hostile NF can make.
+HOSTILE = PRELUDE + """
+import struct, threading, time
+r = _native.Region.create(path, "h", pool_size=1024, slot_size=512, ring_size=64)
+L = _hooks.layout(r)
+PID = os.getpid()
+FRAME = bytes.fromhex("020000000002020000000001080045000020000000004011") + bytes(22)
+
+def ring(nf, tx):
+    return L["rings"] + L["ring_bytes"] * (2 * nf + tx)
+
+def nf_rec(nf):
+    return L["nfs"] + L["nf_size"] * nf
+
+def meta(s, field):
+    return L["meta"] + s * L["meta_size"] + L[field]
+
+def u16(off, v): _hooks.poke(r, off, struct.pack("<H", v))
+def u32(off, v): _hooks.poke(r, off, struct.pack("<I", v))
+def u64(off, v): _hooks.poke(r, off, struct.pack("<Q", v))
+
+def transit(p, c):
+    return 0x8000 | p << 6 | c
+
+def publish(nf, tx, entries):
+    base = ring(nf, tx)
+    for i, v in enumerate(entries):
+        u32(base + L["entries"] + 4 * i, v)
+    u64(base + L["prod_head"], len(entries))
+    u64(base + L["prod_tail"], len(entries))
+
+def wait(cond, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.01)
+
+def audit_until(kind, events, timeout=5.0):
+    wait(lambda: events.extend(m.audit()) or any(e["kind"] == kind for e in events), "an audit event " + kind,
+         timeout)
+
+def timed_stop(m):
+    t0 = time.monotonic()
+    m.close_ports()
+    return time.monotonic() - t0
+"""
+
+
+def test_out_of_range_slot_in_a_tx_ring_is_refused_and_its_nf_fenced() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+m.add_null(0)
+r.nf_activate(1, 1, 0, PID, 1, "hostile")
+m.start()
+publish(1, 1, [10**9, 0xffffffff, 5])  # out of the pool, out of any pool, a free slot
+wait(lambda: r.nf_info(1)["fenced"], "the NF to be fenced")
+print("faults", r.nf_info(1)["faults"], r.nf_info(1)["fault"])
+print("audit", [(e["kind"], e["nf"], e["why"]) for e in m.audit()])
+print("stop", timed_stop(m) < 5, r.free_count())
+r.close()
+""")
+    assert "faults 3 slot" in out
+    assert "audit [('fault', 1, 'slot')]" in out
+    assert "stop True 1024" in out
+
+
+def test_garbage_reservation_record_of_a_leaving_nf_is_never_followed() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "leaving")
+r.nf_activate(2, 2, 0, PID, 1, "other")
+held = r.alloc(10, 1)
+for ring_off, start, n in ((0x7ffffff0, 12345, 0xffffffff), (ring(2, 0), 7, 0xffffffff), (8, 0, 64)):
+    enq = nf_rec(1) + L["enq"]
+    u32(enq, ring_off); u32(enq + 4, start); u32(enq + 8, n); u32(enq + 12, 1)
+res = m.retire(1, grace=0.2, drain=0.2)
+print("reclaimed", res["reclaimed"], r.free_count(), r.nf_info(2)["rx_ring"])
+r.nf_release(1)
+r.close()
+""")
+    assert "reclaimed 10 1024 0" in out
+
+
+def test_a_slot_named_twice_in_a_tx_ring_is_taken_once_and_the_pool_stays_whole() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+m.add_null(0)
+r.nf_activate(1, 1, 0, PID, 1, "twice")
+m.start()
+s = r.alloc(1, 1)[0]  # the NF holds it, and may stamp it handed over
+r.write(s, FRAME)
+_hooks.poke(r, meta(s, "action"), bytes([3]))  # OUT
+u16(meta(s, "dest"), 0)
+u16(meta(s, "owner"), transit(1, 0))
+publish(1, 1, [s, s])
+wait(lambda: r.port_info(0)["tx"] == 1 and r.nf_info(1)["fenced"], "one packet out, the NF fenced")
+print("free", r.free_count(), "faults", r.nf_info(1)["faults"])
+got = r.alloc(1024)
+print("unique", len(got), len(set(got)))
+r.free(got)
+timed_stop(m)
+r.close()
+""")
+    assert "free 1024 faults 1" in out
+    assert "unique 1024 1024" in out
+
+
+def test_a_chain_left_half_written_costs_drops_not_a_stuck_worker() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+m.add_gen(0, rate=20000)
+m.add_null(1)
+r.set_chain(0, [(3, 1)])  # out of port 1
+u32(L["chains"], 1)  # chain 0's sequence word: odd, and nobody will finish writing it
+m.start()
+wait(lambda: r.port_info(0)["drops"][8] > 0, "packets dropped as invalid")
+print("out", r.port_info(1)["tx"])
+events = []
+audit_until("table", events)
+print("table", [(e["why"], e["peer"]) for e in events if e["kind"] == "table"])
+wait(lambda: r.port_info(1)["tx"] > 0, "packets through the chain again")
+print("stop", timed_stop(m) < 5)
+r.close()
+""")
+    assert "out 0" in out
+    assert "table [('chain', 0)]" in out
+    assert "stop True" in out
+
+
+def test_a_free_stack_head_naming_no_slot_costs_allocations_not_a_stuck_worker() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+m.add_gen(0, rate=20000)
+m.add_null(1)
+r.set_chain(0, [(3, 1)])
+u64(L["free_head"], 7 << 32 | 0x7fffffff)
+m.start()
+time.sleep(0.3)
+print("rx", r.port_info(0)["rx"], "broken", r.info()["broken_links"] > 0)
+print("stop", timed_stop(m) < 5)
+r.close()
+""")
+    assert "rx 0 broken True" in out
+    assert "stop True" in out
+
+
+def test_a_producer_stopped_half_way_holds_up_nobody_and_is_fenced() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+m.add_gen(0, rate=20000)
+m.add_null(1)
+r.nf_activate(1, 1, 0, PID, 1, "victim")
+r.nf_activate(2, 2, 0, PID, 1, "stopped")
+r.set_service(1, [(1, 0)])
+r.set_chain(0, [(2, 1), (3, 1)])  # service 1, then out of port 1
+ctx = _native.NFContext(r, 1)
+t = threading.Thread(target=ctx.run, args=(lambda pkt, meta: None,), kwargs={"batch": False, "ttl": 20})
+t.start()
+_hooks.reserve_only(r, 1, 4, 2)  # NF 2 reserved room in NF 1's ring and will never complete it
+m.start()
+wait(lambda: r.port_info(0)["rx"] > 2000, "the RX worker to go on")
+held = r.nf_info(1)["rx"]
+time.sleep(0.3)
+print("held up", r.nf_info(1)["rx"] == held, "rx moving", r.port_info(0)["rx"] > 2000)
+events = []
+audit_until("ring", events)
+print("events", sorted((e["kind"], e["nf"], e["peer"]) for e in events))
+print("fenced", r.nf_info(2)["fenced"], r.nf_info(2)["fault"])
+wait(lambda: r.nf_info(1)["rx"] > held + 100, "the victim to receive again")
+ctx.stop()
+t.join()
+print("stop", timed_stop(m) < 5)
+r.close()
+""")
+    assert "held up True rx moving True" in out
+    assert "events [('ring', 0, 1), ('stall', 2, 1)]" in out
+    assert "fenced True stall" in out
+    assert "stop True" in out
+
+
+def test_slots_an_nf_held_under_stamps_it_wrote_over_come_back_when_it_leaves() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "forger")
+r.nf_activate(2, 2, 0, PID, 1, "bystander")
+held = r.alloc(8, 1)
+# Free without being in the free stack; the manager's; gone NF 9; a port that lends nothing;
+# no stamp at all; in transit to the bystander, in no ring; itself; and one left alone.
+for s, stamp in zip(held, (0xffff, 0, 9, 0xff03, 0x7777, transit(1, 2), 1)):
+    u16(meta(s, "owner"), stamp)
+res = m.retire(1, grace=0.2, drain=0.2)
+r.nf_release(1)
+print("retired", res["reclaimed"])
+print("swept", m.sweep(0.2), r.free_count())
+r.close()
+""")
+    assert "retired 3" in out  # its own stamps (one forged to its own id), and in transit from it
+    assert "swept 5 1024" in out
+
+
+def test_a_congestion_flag_kept_up_for_nothing_is_cleared_and_its_nf_fenced() -> None:
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "flagger")
+flag = L["rings"] + L["ring_bytes"] * 2 + L["congested"]
+_hooks.poke(r, flag, struct.pack("<I", 1))  # congested, and its ring is empty
+events = []
+audit_until("fault", events)
+print("events", [(e["kind"], e["nf"], e["why"]) for e in events])
+print("flag", struct.unpack("<I", _hooks.peek(r, flag, 4))[0], r.nf_info(1)["fenced"])
+r.close()
+""")
+    assert "events [('fault', 1, 'flag')]" in out
+    assert "flag 0 True" in out
