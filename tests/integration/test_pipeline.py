@@ -65,6 +65,23 @@ def test_status_and_stop_commands(deploy):
     assert dep.procs[1].wait(timeout=15) == 0
 
 
+def test_stop_returns_once_the_manager_has_stopped(deploy):
+    # A frozen NF holds the manager's stop for its NF wait (3 s): onvm stop waits that out too.
+    dep = deploy(["--port", "null", "--default-chain", "1,out:0"])
+    nf = dep.start_nf(["simple_forward", "--service", "1"])
+    dep.wait_running(1)
+    os.kill(nf.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = onvm("stop", "--name", dep.name)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(nf.pid, signal.SIGCONT)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(socket_path(dep.name)) and took > 2.5, took
+    assert dep.procs[0].wait(timeout=15) == 0
+
+
 def _pool(name):
     st = status(name)
     return st["pool"]["free"], st["pool"]["total"]
