@@ -467,7 +467,7 @@ def test_attach_wrong_layout_version(path: str) -> None:
 
 
 @pytest.mark.parametrize("field", ["capture_offset", "trace_offset"])
-def test_attach_refuses_capture_and_trace_offsets_that_do_not_follow_from_the_sizes(path: str, field: str) -> None:
+def test_attach_refuses_capture_and_trace_offsets_not_following_from_sizes(path: str, field: str) -> None:
     with fresh_region(path, pool_size=64) as region:
         value = struct.pack("<Q", region.info()[field])
         with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
