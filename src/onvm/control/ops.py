@@ -355,6 +355,18 @@ class FlowDel(Op, name="flow_del"):
     flow: str
 
 
+class FlowExplain(Op, name="flow_explain"):
+    """What the manager would do with packets of ``flow`` now, and why: the exact entry or
+    the rule that decides (and the rules above it that do not), the chain, each hop's instance."""
+
+    flow: str  # SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N]
+
+    def check(self) -> None:
+        from onvm.flows.keys import FlowKey
+
+        FlowKey.parse(self.flow)
+
+
 class FlowStats(Op, name="flow_stats"):
     """Flow table size, use and counters."""
 
