@@ -147,7 +147,7 @@ def test_operations_are_frozen_values() -> None:
 
 def test_web_and_nf_only_marks() -> None:
     assert {n for n, c in ops.OPS.items() if not c.from_web} == {
-        "hello", "register", "start", "stopping", "subscribe", "packet_in"}
+        "hello", "register", "start", "stopping", "subscribe", "packet_in", "capture_start", "capture_stop"}
     assert {n for n, c in ops.OPS.items() if c.nf_only} == {"start", "stopping"}
 
 

@@ -417,8 +417,10 @@ class Scale(Op, name="scale"):
 
 class CaptureStart(Op, name="capture_start"):
     """Copy what passes a tap point (a port, an NF, a service's instances) to this connection as
-    ``capture`` events of pcap records, then a ``capture_end`` event."""
+    ``capture`` events of pcap records, then a ``capture_end`` event.  The web takes captures
+    through ``POST /api/capture`` (a download), not on a connection of its own."""
 
+    from_web = False
     port: int | None = None
     nf: int | None = None
     service: int | None = None
@@ -450,6 +452,7 @@ class CaptureStart(Op, name="capture_start"):
 class CaptureStop(Op, name="capture_stop"):
     """End a capture this connection started; its counts."""
 
+    from_web = False
     id: int
 
 
