@@ -181,7 +181,8 @@ def render(e: dict[str, Any]) -> str:
     lines = [f"flow {e['flow']} (flow hash {e['flow_hash']:#010x})"]
     if e["entry"] is not None:
         en = e["entry"]
-        lines.append(f"  exact entry: chain {en['chain']}, made by {en['origin']}, "
+        kind = "exact entry" if en["origin"] in EXPLICIT_ORIGINS else "cached entry (the rules' answer, kept)"
+        lines.append(f"  {kind}: chain {en['chain']}, made by {en['origin']}, "
                      f"{en.get('packets', 0)} packets so far")
     for m in e["missed"]:
         lines.append(f"  rule {m['id']} '{m['rule']}': no ({m['why']})")

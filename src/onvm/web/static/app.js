@@ -196,7 +196,7 @@ function traceText(t) {
 
 function explainText(e) {
   const lines = [`flow ${e.flow}`];
-  if (e.entry) lines.push(`  exact entry: chain ${e.entry.chain}, made by ${e.entry.origin}`);
+  if (e.entry) lines.push(`  ${["nf", "api"].includes(e.entry.origin) ? "exact" : "cached"} entry: chain ${e.entry.chain}, made by ${e.entry.origin}`);
   for (const m of e.missed) lines.push(`  rule ${m.id} '${m.rule}': no (${m.why})`);
   if (e.missed_total > e.missed.length) lines.push(`  ... and ${e.missed_total - e.missed.length} more rules above`);
   if (e.rule) lines.push(`  rule ${e.rule.id} '${e.rule.rule}': matches`);
