@@ -19,7 +19,7 @@
  * if the sequence moved.  Deleted entries become tombstones that keep probe
  * chains intact and are reused by inserts.
  *
- * An entry is two cache lines side by side: the key, chain and deadline that a
+ * An entry is two cache lines in two arrays: the key, chain and deadline that a
  * lookup reads, and the counters and times that a hit updates.  The RX worker
  * that owns a flow (a flow arrives on one port, served by one RX worker)
  * updates its counters, last-seen time and deadline.  A lookup treats an
@@ -291,27 +291,12 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out);
 
 /* ---- the flow table ----------------------------------------------------------- */
 
-/* An entry's two lines side by side: a lookup and the hit that follows it touch
- * one page (one TLB entry, where two arrays took two), and the second line is the
- * one a CPU's adjacent-line prefetch brings along. */
-struct onvm_flow_entry {
-    struct onvm_flow f;
-    struct onvm_flow_data d;
-};
-static_assert(sizeof(struct onvm_flow_entry) == 2 * ONVM_CACHE_LINE, "an entry is two cache lines");
-
 /* From the process's own copy of the layout (onvm_region.h), never from the header. */
-static inline struct onvm_flow_entry *onvm_flow_entries(const struct onvm_region *r) {
-    return (struct onvm_flow_entry *)(void *)r->flows;
+static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
+    return r->flows;
 }
-static inline struct onvm_flow *onvm_flow_at(const struct onvm_region *r, uint32_t i) {
-    return &onvm_flow_entries(r)[i].f;
-}
-static inline struct onvm_flow_data *onvm_flow_data_at(const struct onvm_region *r, uint32_t i) {
-    return &onvm_flow_entries(r)[i].d;
-}
-static inline uint32_t onvm_flow_index(const struct onvm_region *r, const struct onvm_flow *f) {
-    return (uint32_t)((const struct onvm_flow_entry *)(const void *)f - onvm_flow_entries(r));
+static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
+    return r->flow_data;
 }
 
 /* Look n keys up together (prefetching); out[i] = chain or -1. */
