@@ -298,11 +298,60 @@ void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
 
 /* Where a packet-path thread takes packets: up to n (at most ONVM_BURST_MAX) from
- * ring for consumer me, from position *head, validated as onvm_ring_take_sc (what
- * fails counts in *bad_slot); a slot handed over properly but with a record outside
- * its slot is freed and counts in *bad_rec.  Returns how many went into out. */
-uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
-                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
+ * ring for consumer me, from position *head.  An entry counts only if it names a
+ * slot of the pool whose stamp is in transit to want (under want_mask, see
+ * onvm_layout.h); the rest are left alone and count in *bad_slot.  A slot handed
+ * over properly is stamped me before the dequeue is published; if its record lies
+ * outside its slot it is freed and counts in *bad_rec.  Returns how many went into
+ * out.  One pass over the entries and their records (each record's line is read
+ * once), inline, so that the consumer's constants fold into the loop. */
+static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out,
+                                 uint32_t n, uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot,
+                                 uint32_t *bad_rec) {
+    const uint32_t mask = r->ring_mask, pool = r->pool_count;
+    struct onvm_meta *meta = r->meta;
+    uint32_t h = *head;
+    /* Acquire pairs with the producers' release of prod.tail: their entries and stamps. */
+    uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE)) - h;
+    if (avail > mask)
+        avail = mask; /* a producer that wrote nonsense: a ring's worth at most */
+    if (n > ONVM_BURST_MAX)
+        n = ONVM_BURST_MAX;
+    if (n > avail)
+        n = avail;
+    if (n == 0)
+        return 0;
+    uint32_t k = 0, nb = 0, refused = 0, drop[ONVM_BURST_MAX];
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & mask], ONVM_RELAXED);
+        if (ONVM_UNLIKELY(v >= pool)) {
+            refused++;
+            continue;
+        }
+        struct onvm_meta *m = &meta[v];
+        if (ONVM_UNLIKELY((atomic_load_explicit(&m->owner, ONVM_RELAXED) & want_mask) != want)) {
+            refused++;
+            continue;
+        }
+        atomic_store_explicit(&m->owner, me, ONVM_RELAXED);
+        if (ONVM_LIKELY(onvm_meta_sane(r, m->data_off, m->len)))
+            out[k++] = v;
+        else
+            drop[nb++] = v;
+    }
+    *head = h + n;
+    atomic_store_explicit(&ring->cons.head, h + n, ONVM_RELAXED);
+    /* Release: our stamps and our reads of the entries happen before producers
+     * (acquire of cons.tail) may overwrite them, and before the reclaim scan reads stamps. */
+    atomic_store_explicit(&ring->cons.tail, h + n, ONVM_RELEASE);
+    if (ONVM_UNLIKELY(refused | nb)) {
+        *bad_slot += refused;
+        *bad_rec += nb;
+        if (nb)
+            onvm_pool_free_burst(r, drop, nb);
+    }
+    return k;
+}
 
 /* fence.c: the manager's packet path found what NF nf_id handed over invalid (why:
  * enum onvm_fault): count it, remember why, and take nothing more from it.  The
