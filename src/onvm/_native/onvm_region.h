@@ -115,8 +115,12 @@ static inline uint8_t *onvm_slot_data(const struct onvm_region *r, uint32_t idx)
 
 /* A packet record whose bytes lie inside its slot: all a reader needs to trust it
  * (header offsets are checked against len where they are used). */
+static inline int onvm_meta_fits(uint32_t slot_size, uint32_t data_off, uint32_t len) {
+    return (uint64_t)data_off + len <= slot_size; /* a sum of two 32-bit values cannot wrap */
+}
+
 static inline int onvm_meta_sane(const struct onvm_region *r, uint32_t data_off, uint32_t len) {
-    return data_off <= r->slot_size && len <= r->slot_size - data_off;
+    return onvm_meta_fits(r->slot_size, data_off, len);
 }
 
 /* Slot idx's record copied once, if idx is in the pool and the record is sane; the
@@ -308,8 +312,11 @@ void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
 static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out,
                                  uint32_t n, uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot,
                                  uint32_t *bad_rec) {
-    const uint32_t mask = r->ring_mask, pool = r->pool_count;
-    struct onvm_meta *meta = r->meta;
+    /* In locals: the build does not assume strict aliasing, so each store below would
+     * otherwise reload them from the region's descriptor, per packet. */
+    const uint32_t mask = r->ring_mask, pool = r->pool_count, slot_size = r->slot_size;
+    struct onvm_meta *const meta = r->meta;
+    _Atomic uint32_t *const entries = ring->entries;
     uint32_t h = *head;
     /* Acquire pairs with the producers' release of prod.tail: their entries and stamps. */
     uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE)) - h;
@@ -323,7 +330,7 @@ static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, 
         return 0;
     uint32_t k = 0, nb = 0, refused = 0, drop[ONVM_BURST_MAX];
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & mask], ONVM_RELAXED);
+        uint32_t v = atomic_load_explicit(&entries[(h + i) & mask], ONVM_RELAXED);
         if (ONVM_UNLIKELY(v >= pool)) {
             refused++;
             continue;
@@ -334,7 +341,7 @@ static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, 
             continue;
         }
         atomic_store_explicit(&m->owner, me, ONVM_RELAXED);
-        if (ONVM_LIKELY(onvm_meta_sane(r, m->data_off, m->len)))
+        if (ONVM_LIKELY(onvm_meta_fits(slot_size, m->data_off, m->len)))
             out[k++] = v;
         else
             drop[nb++] = v;
