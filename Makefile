@@ -73,7 +73,8 @@ test-sanitize: $(STAMP)
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=. \
 	  ONVM_FUZZ_SECONDS=60 ../../$(PY) -m pytest -q -p no:cacheprovider ../../tests/native ../../tests/nfs ../../tests/fuzz \
 	  ../../tests/integration/test_pipeline.py ../../tests/integration/test_lifecycle_faults.py \
-	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_replay.py \
+	  ../../tests/integration/test_pcap_files.py ../../tests/integration/test_replay.py ../../tests/integration/test_capture.py \
+	  ../../tests/integration/test_trace.py \
 	  ../../tests/integration/test_packing.py \
 	  ../../tests/integration/test_overload.py ../../tests/integration/test_dpdk.py ../../tests/e2e
 

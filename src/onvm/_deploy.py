@@ -17,6 +17,10 @@ from onvm.errors import ManagerNotRunning, OnvmError
 class Deployment:
     """A manager and NFs started as child processes; always torn down."""
 
+    # How long the manager and NFs get to come up: generous, a loaded machine or a
+    # sanitizer build can take several seconds where an idle one takes a fraction.
+    start_timeout = 30.0
+
     def __init__(self, name: str, manager_args: list[str], verbose: bool = False) -> None:
         self.name = name
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -35,7 +39,7 @@ class Deployment:
         if not self.verbose:
             args += ["--quiet", "--stats", "0"]
         proc = self._spawn(args)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise OnvmError(f"the manager exited with status {proc.returncode}")
@@ -45,7 +49,7 @@ class Deployment:
                 return proc
             except ManagerNotRunning:
                 time.sleep(0.02)
-        raise OnvmError("the manager did not come up within 10 s")
+        raise OnvmError(f"the manager did not come up within {self.start_timeout:g} s")
 
     def start_nf(self, argv: list[str]) -> subprocess.Popen[bytes]:
         args = ["nf", argv[0], "--name", self.name, *argv[1:]]
@@ -53,7 +57,8 @@ class Deployment:
             args.append("--quiet")
         return self._spawn(args)
 
-    def wait_running(self, count: int, timeout: float = 10.0) -> None:
+    def wait_running(self, count: int, timeout: float | None = None) -> None:
+        timeout = self.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status()

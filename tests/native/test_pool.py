@@ -466,6 +466,26 @@ def test_attach_wrong_layout_version(path: str) -> None:
         other.close()
 
 
+@pytest.mark.parametrize("field", ["capture_offset", "trace_offset"])
+def test_attach_refuses_capture_and_trace_offsets_not_following_from_sizes(path: str, field: str) -> None:
+    with fresh_region(path, pool_size=64) as region:
+        value = struct.pack("<Q", region.info()[field])
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+            at = mm.find(value)
+            assert at > 0 and mm.find(value, at + 1) == -1, "the offset is in the header once"
+            mm[at : at + 8] = struct.pack("<Q", 64)  # the header itself: an NF could aim copies there
+            try:
+                with pytest.raises(_native.RegionError) as e:
+                    _native.Region.attach(path)
+                assert e.value.errno == errno.EPROTO
+                assert "damaged header" in str(e.value)
+            finally:
+                mm[at : at + 8] = value
+        other = _native.Region.attach(path)
+        assert other.info()[field] == region.info()[field]
+        other.close()
+
+
 def test_attach_region_shorter_than_its_header(path: str) -> None:
     with fresh_region(pool_size=64) as region, open(region.path, "rb") as f:
         head = f.read(4096)  # a good header, but the file ends after it

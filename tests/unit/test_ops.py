@@ -43,6 +43,11 @@ SAMPLES: dict[str, ops.Op] = {
     "service_policy": ops.ServicePolicy(2, "round-robin"),
     "scale": ops.Scale(3, 2),
     "packet_in": ops.PacketIn("AAAA", 1, 60),
+    "capture_start": ops.CaptureStart(service=2, direction="rx", filter="tcp dst port 80", count=10),
+    "capture_stop": ops.CaptureStop(1),
+    "trace_add": ops.TraceAdd(10, "udp"),
+    "trace_show": ops.TraceShow(),
+    "trace_clear": ops.TraceClear(),
 }
 
 
@@ -114,6 +119,14 @@ def test_optional_arguments_may_be_absent_or_null() -> None:
     ("rule_load", {"rules": [], "line": 0}, "'line' 0 must be at least 1"),
     ("port_chain", {"port": 16}, "port 16 is out of range"),
     ("send", {"data": 1}, "'service' is required"),
+    ("capture_start", {}, "capture one tap point: 'port', 'nf' or 'service'"),
+    ("capture_start", {"port": 0, "nf": 1}, "capture one tap point"),
+    ("capture_start", {"nf": 0}, "NF id 0 is out of range"),
+    ("capture_start", {"port": 0, "direction": "up"}, "direction 'up' must be rx, tx or both"),
+    ("capture_start", {"port": 0, "snaplen": 0}, "'snaplen' must be within 1..262144"),
+    ("capture_start", {"port": 0, "filter": "tcp dst port 80 -> chain x"}, "'->' has no place in a filter"),
+    ("capture_start", {"port": 0, "filter": "tcp dst port 99999"},
+     "filter 'tcp dst port 99999': token 4 '99999': expected a port"),
     ("service_policy", {"service": 1, "policy": "fastest"}, "policy 'fastest'"),
     ("service_policy", {"service": -1, "policy": "hash"}, "service -1 is out of range"),
     ("scale", {"count": 1, "service": 99}, "service 99 is out of range"),

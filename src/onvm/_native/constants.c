@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "onvm_capture.h"
 #include "onvm_flow.h"
 #include "onvm_latency.h"
 #include "onvm_port.h"
@@ -79,6 +80,7 @@ static const struct named limits[] = {
     {"TIMEOUT_MAX_MS", ONVM_TIMEOUT_MAX_MS},
     {"DEFAULT_IDLE_MS", ONVM_DEFAULT_IDLE_MS},
     {"MAX_HOPS", ONVM_MAX_HOPS},
+    {"MAX_CAPTURES", ONVM_MAX_CAPTURES},
     {"BURST_MAX", ONVM_BURST_MAX},
     {"HEADROOM", ONVM_HEADROOM},
     {"OWNER_FREE", ONVM_OWNER_FREE},

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "onvm_bp.h"
+#include "onvm_capture.h"
 #include "onvm_latency.h"
 
 const struct onvm_capi *onvm_core;
@@ -320,7 +321,67 @@ static PyObject *mod_fix_l4_csum(PyObject *m, PyObject *arg) {
     return out;
 }
 
+/* cap_match(filter, frame, in_port) -> does a capture with this filter take the frame (parsed as RX would)? */
+static PyObject *mod_cap_match(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *fd;
+    Py_buffer b;
+    unsigned in_port;
+    if (!PyArg_ParseTuple(args, "O!y*I", &PyDict_Type, &fd, &b, &in_port))
+        return NULL;
+    struct onvm_cap_filter f;
+    if (onvm_cap_filter_from(fd, &f) < 0 || b.len > 65535) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a frame is at most 65535 bytes");
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    struct onvm_meta meta = {0};
+    onvm_core->parse(&meta, b.buf, (uint32_t)b.len);
+    meta.len = (uint32_t)b.len;
+    meta.in_port = (uint16_t)in_port;
+    int hit = onvm_cap_match(&f, &meta, b.buf, (uint32_t)b.len);
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(hit);
+}
+
+/* cap_burst(region, taps, slots, actions=None): the packet path's copy of a burst into captures;
+ * with actions (one per slot, set first), as an NF copies what it hands on */
+static PyObject *mod_cap_burst(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *reg, *list, *actions = Py_None;
+    unsigned taps;
+    if (!PyArg_ParseTuple(args, "OIO!|O", &reg, &taps, &PyList_Type, &list, &actions))
+        return NULL;
+    int sent = actions != Py_None;
+    if (sent && (!PyList_Check(actions) || PyList_GET_SIZE(actions) != PyList_GET_SIZE(list)))
+        return PyErr_Format(PyExc_ValueError, "actions must be a list as long as slots");
+    struct onvm_region *r = onvm_core->region(reg);
+    if (!r)
+        return NULL;
+    uint32_t slots[ONVM_BURST_MAX];
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n > ONVM_BURST_MAX)
+        return PyErr_Format(PyExc_ValueError, "at most %d slots", ONVM_BURST_MAX);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long s = PyLong_AsUnsignedLong(PyList_GET_ITEM(list, i));
+        if (PyErr_Occurred())
+            return NULL;
+        slots[i] = (uint32_t)s;
+        if (sent && s < r->pool_count)
+            r->meta[s].action = (uint8_t)PyLong_AsUnsignedLong(PyList_GET_ITEM(actions, i));
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    onvm_cap_burst(r, taps, slots, (uint32_t)n, sent);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef hooks_methods[] = {
+    {"cap_burst", mod_cap_burst, METH_VARARGS,
+     "cap_burst(region, taps, slots, actions=None): copy into captures (with actions: what an NF hands on)"},
+    {"cap_match", mod_cap_match, METH_VARARGS,
+     "cap_match(filter, frame, in_port) -> whether a capture with this filter takes the frame"},
     {"lat_record", mod_lat_record, METH_VARARGS, "lat_record(rx_ns_list, now) -> histogram dict"},
     {"lat_bucket", mod_lat_bucket, METH_O, "lat_bucket(ns) -> bucket index"},
     {"classify", mod_classify, METH_VARARGS,

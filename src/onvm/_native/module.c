@@ -11,6 +11,7 @@
 #include "onvm_capi.h"
 #include <sys/mman.h>
 
+#include "onvm_capture.h"
 #include "onvm_flow.h"
 #include "onvm_mgr.h"
 #include "onvm_nf.h"
@@ -145,13 +146,15 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
 }
 
 static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h) {
-    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i}", "path", self->path, "name",
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I,s:K,s:K}", "path", self->path, "name",
                          onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
                          "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
-                         self->r.owner, "replaced", self->r.replaced);
+                         self->r.owner, "replaced", self->r.replaced, "capture_records", self->r.cap_records,
+                         "capture_offset", (unsigned long long)((uint8_t *)self->r.captures - self->r.base),
+                         "trace_offset", (unsigned long long)((uint8_t *)self->r.trace - self->r.base));
 }
 
 /* damaged() -> True once the region's file was cut short under this process's mapping
@@ -882,6 +885,7 @@ typedef struct {
     PyObject_HEAD RegionObject *region;
     struct onvm_mgr *m;
     int running;
+    uint64_t cap_stuck[ONVM_MAX_CAPTURES]; /* onvm_cap_read's clock per capture */
 } ManagerObject;
 
 static int Manager_build(ManagerObject *self, PyObject *args, PyObject *kw) {
@@ -1224,6 +1228,182 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     return d;
 }
 
+/* ---- captures (onvm_capture.h) ---- */
+
+static int capture_arg(ManagerObject *self, unsigned c) {
+    if (c >= ONVM_MAX_CAPTURES) {
+        PyErr_Format(PyExc_ValueError, "capture %u is out of range (0..%d)", c, ONVM_MAX_CAPTURES - 1);
+        return -1;
+    }
+    if (!self->region->r.base) {
+        raise_region(EBADF, "region is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* capture_start(c, filter, snaplen, count): the filter is a dict of Rule.native()'s match fields. */
+static PyObject *Manager_capture_start(ManagerObject *self, PyObject *args) {
+    unsigned c, snaplen;
+    unsigned long long count;
+    PyObject *fd;
+    if (!PyArg_ParseTuple(args, "IO!IK", &c, &PyDict_Type, &fd, &snaplen, &count) || capture_arg(self, c) < 0)
+        return NULL;
+    struct onvm_cap_filter f;
+    if (onvm_cap_filter_from(fd, &f) < 0)
+        return NULL;
+    struct onvm_region *r = &self->region->r;
+    uint8_t scratch[4096]; /* what a capture that used this one before left: thrown away */
+    self->cap_stuck[c] = 0;
+    while (onvm_cap_read(r, c, scratch, sizeof scratch, &self->cap_stuck[c]) > 0) {
+    }
+    onvm_cap_start(r, c, &f, snaplen, count);
+    Py_RETURN_NONE;
+}
+
+/* capture_tap(c, port=-1, nf=0, rx=True, tx=False, on=True): watch (or stop watching) a tap point. */
+static PyObject *Manager_capture_tap(ManagerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"c", "port", "nf", "rx", "tx", "on", NULL};
+    unsigned c, nf = 0;
+    int port = -1, rx = 1, tx = 0, on = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "I|iIppp", kwlist, &c, &port, &nf, &rx, &tx, &on) ||
+        capture_arg(self, c) < 0)
+        return NULL;
+    _Atomic uint32_t *word;
+    if (port >= 0) {
+        if (port >= ONVM_MAX_PORTS || !self->m->ports[port])
+            return PyErr_Format(PyExc_ValueError, "no port %d", port);
+        word = &self->m->ports[port]->tap;
+    } else {
+        if (nf == 0 || nf >= ONVM_MAX_NFS)
+            return PyErr_Format(PyExc_ValueError, "NF id %u is out of range", nf);
+        word = &self->region->r.nfs[nf].cpu.tap;
+    }
+    uint32_t bits = (rx ? 1u << c : 0) | (tx ? 1u << (ONVM_CAP_TX_SHIFT + c) : 0);
+    /* Relaxed: the capture's active flag (release in onvm_cap_start) orders its settings. */
+    if (on)
+        atomic_fetch_or_explicit(word, bits, ONVM_RELAXED);
+    else
+        atomic_fetch_and_explicit(word, ~bits, ONVM_RELAXED);
+    Py_RETURN_NONE;
+}
+
+/* capture_stop(c): clears c's bits on every port and NF, then ends it. */
+static PyObject *Manager_capture_stop(ManagerObject *self, PyObject *args) {
+    unsigned c;
+    if (!PyArg_ParseTuple(args, "I", &c) || capture_arg(self, c) < 0)
+        return NULL;
+    uint32_t keep = ~((1u << c) | (1u << (ONVM_CAP_TX_SHIFT + c)));
+    for (unsigned p = 0; p < ONVM_MAX_PORTS; p++)
+        if (self->m->ports[p])
+            atomic_fetch_and_explicit(&self->m->ports[p]->tap, keep, ONVM_RELAXED); /* relaxed: see capture_tap */
+    for (unsigned n = 1; n < ONVM_MAX_NFS; n++)
+        atomic_fetch_and_explicit(&self->region->r.nfs[n].cpu.tap, keep, ONVM_RELAXED);
+    onvm_cap_stop(&self->region->r, c);
+    Py_RETURN_NONE;
+}
+
+/* capture_read(c, max=65536) -> bytes: pcap records (nanosecond stamps), oldest first. */
+static PyObject *Manager_capture_read(ManagerObject *self, PyObject *args) {
+    unsigned c, max = 65536;
+    if (!PyArg_ParseTuple(args, "I|I", &c, &max) || capture_arg(self, c) < 0)
+        return NULL;
+    if (max < 16 + self->region->r.cap_rec_size || max > (64u << 20))
+        return PyErr_Format(PyExc_ValueError, "max must hold a record: %u..%u bytes",
+                            16 + self->region->r.cap_rec_size, 64u << 20);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, max);
+    if (!out)
+        return NULL;
+    size_t n = onvm_cap_read(&self->region->r, c, (uint8_t *)PyBytes_AS_STRING(out), max, &self->cap_stuck[c]);
+    if (_PyBytes_Resize(&out, (Py_ssize_t)n) < 0)
+        return NULL;
+    return out;
+}
+
+/* capture_wait(c, timeout): sleep until capture c has a record (or timeout seconds pass). */
+static PyObject *Manager_capture_wait(ManagerObject *self, PyObject *args) {
+    unsigned c;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Id", &c, &timeout) || capture_arg(self, c) < 0)
+        return NULL;
+    if (!(timeout >= 0 && timeout <= 60))
+        return PyErr_Format(PyExc_ValueError, "timeout is 0..60 seconds");
+    struct onvm_capture *cp = onvm_cap(&self->region->r, c);
+    Py_BEGIN_ALLOW_THREADS onvm_waiter_prepare(&cp->wait);
+    /* After the fence in prepare: a record published before it is seen here, a later one kicks us. */
+    if (atomic_load(&cp->head) != atomic_load_explicit(&cp->tail, ONVM_RELAXED))
+        onvm_waiter_cancel(&cp->wait);
+    else
+        onvm_waiter_sleep(&cp->wait, (long)(timeout * 1e9));
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* capture_stats(c) -> {taken, drops, remaining (None: no count), pending} */
+static PyObject *Manager_capture_stats(ManagerObject *self, PyObject *args) {
+    unsigned c;
+    if (!PyArg_ParseTuple(args, "I", &c) || capture_arg(self, c) < 0)
+        return NULL;
+    struct onvm_capture *cp = onvm_cap(&self->region->r, c);
+    uint64_t left = atomic_load(&cp->remaining);
+    PyObject *rem = left == ONVM_CAP_FOREVER ? Py_NewRef(Py_None) : PyLong_FromUnsignedLongLong(left);
+    if (!rem)
+        return NULL;
+    return Py_BuildValue("{s:K,s:K,s:N,s:K}", "taken", (unsigned long long)atomic_load(&cp->taken), "drops",
+                         (unsigned long long)atomic_load(&cp->drops), "remaining", rem, "pending",
+                         (unsigned long long)(atomic_load(&cp->head) - atomic_load(&cp->tail)));
+}
+
+/* trace_arm(filter, count): mark the next count packets RX takes by filter (count 0: disarm) */
+static PyObject *Manager_trace_arm(ManagerObject *self, PyObject *args) {
+    PyObject *fd;
+    unsigned count;
+    if (!PyArg_ParseTuple(args, "O!I", &PyDict_Type, &fd, &count) || capture_arg(self, 0) < 0)
+        return NULL;
+    struct onvm_cap_filter f;
+    if (onvm_cap_filter_from(fd, &f) < 0)
+        return NULL;
+    onvm_trace_arm(&self->region->r, &f, count);
+    Py_RETURN_NONE;
+}
+
+/* trace_read() -> [event dict], oldest first; trace_state() -> {armed, remaining, lost} */
+static PyObject *Manager_trace_read(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (capture_arg(self, 0) < 0)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    struct onvm_trace_event ev[64];
+    uint32_t n;
+    while (list && (n = onvm_trace_read(&self->region->r, ev, 64)) > 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            const struct onvm_trace_event *e = &ev[i];
+            PyObject *d = Py_BuildValue("{s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "rx_ns",
+                                        (unsigned long long)e->rx_ns, "t_ns", (unsigned long long)e->t_ns, "slot",
+                                        e->slot, "kind", e->kind, "action", e->action, "dest", e->dest, "by",
+                                        e->by, "nf", e->nf, "chain", e->chain, "hop", e->hop, "reason", e->reason,
+                                        "rule", e->rule, "flow_hash", e->flow_hash, "len", e->len);
+            if (!d || PyList_Append(list, d) < 0) {
+                Py_XDECREF(d);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(d);
+        }
+        if (n < 64)
+            break;
+    }
+    return list;
+}
+
+static PyObject *Manager_trace_state(ManagerObject *self, PyObject *unused) {
+    (void)unused;
+    if (capture_arg(self, 0) < 0)
+        return NULL;
+    struct onvm_trace *t = onvm_trace(&self->region->r);
+    return Py_BuildValue("{s:i,s:I,s:K}", "armed", (int)atomic_load(&t->armed), "remaining",
+                         (unsigned)atomic_load(&t->remaining), "lost", (unsigned long long)atomic_load(&t->lost));
+}
+
 static PyObject *Manager_worker_stats(ManagerObject *self, PyObject *unused) {
     (void)unused;
     PyObject *l = PyList_New(0);
@@ -1271,6 +1451,21 @@ static PyMethodDef Manager_methods[] = {
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
+    {"capture_start", (PyCFunction)Manager_capture_start, METH_VARARGS,
+     "capture_start(c, filter, snaplen, count): capture c takes what its filter (a dict of rule fields) takes"},
+    {"capture_tap", (PyCFunction)(void (*)(void))Manager_capture_tap, METH_VARARGS | METH_KEYWORDS,
+     "capture_tap(c, port=-1, nf=0, rx=True, tx=False, on=True): watch a port or an NF"},
+    {"capture_stop", (PyCFunction)Manager_capture_stop, METH_VARARGS, "capture_stop(c): end capture c"},
+    {"capture_read", (PyCFunction)Manager_capture_read, METH_VARARGS,
+     "capture_read(c, max=65536) -> bytes of pcap records (nanosecond stamps)"},
+    {"capture_wait", (PyCFunction)Manager_capture_wait, METH_VARARGS,
+     "capture_wait(c, timeout): sleep until capture c has something to read"},
+    {"capture_stats", (PyCFunction)Manager_capture_stats, METH_VARARGS,
+     "capture_stats(c) -> {taken, drops, remaining, pending}"},
+    {"trace_arm", (PyCFunction)Manager_trace_arm, METH_VARARGS,
+     "trace_arm(filter, count): trace the next count packets the filter takes (0: disarm)"},
+    {"trace_read", (PyCFunction)Manager_trace_read, METH_NOARGS, "trace_read() -> [event], oldest first"},
+    {"trace_state", (PyCFunction)Manager_trace_state, METH_NOARGS, "trace_state() -> {armed, remaining, lost}"},
     {NULL}};
 
 /* Built whole by tp_new: there is no __init__ to call again, and no half-made object. */

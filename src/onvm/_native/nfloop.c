@@ -12,6 +12,7 @@
 
 
 #include "onvm_packet.h"
+#include "onvm_capture.h"
 #include "onvm_latency.h"
 #include "onvm_sched.h"
 #include "onvm_nf.h"
@@ -252,6 +253,9 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             idle = 0;
             st->rx += n;
             st->bursts++;
+            uint32_t tap = atomic_load_explicit(&nf->cpu.tap, ONVM_RELAXED); /* onvm_capture.h */
+            if (tap & ONVM_CAP_RX_MASK)
+                onvm_cap_burst(r, tap & ONVM_CAP_RX_MASK, self->buf, n, 0);
             uint64_t t0 = onvm_now_ns(), bytes = 0;
             uint32_t routed = n;
             if (batch) {
@@ -321,6 +325,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
             st->handler_ns += now - t0;
             onvm_lat_sample_burst(&st->lat, r->meta, self->buf, routed, now);
             st->rx_bytes += bytes;
+            if ((tap = atomic_load_explicit(&nf->cpu.tap, ONVM_RELAXED) >> ONVM_CAP_TX_SHIFT))
+                onvm_cap_burst(r, tap, self->buf, routed, 1); /* what it hands on */
             onvm_route_burst(self->route, self->buf, routed, ONVM_ROUTE_META); /* held packets stay */
             if (routed < n)
                 free_slots(self, self->buf + routed, n - routed);

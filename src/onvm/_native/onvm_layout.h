@@ -7,6 +7,7 @@
  * never by pointers, because each process maps it at a different address.
  *
  *   header | free stack | NF table | services | chains | ports | workers | rings | meta[] | slots[]
+ *   | flow table | captures and trace (onvm_capture.h) | rule classifier (onvm_flow.h)
  *
  * A packet is named by its slot index.  meta[i] is its 64-byte record and
  * slots[i] its buffer (headroom + data).  Only indices travel through rings.
@@ -40,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 8u
+#define ONVM_LAYOUT_VERSION 9u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -116,6 +117,7 @@ enum onvm_l3 { ONVM_L3_NONE = 0, ONVM_L3_IPV4 = 1, ONVM_L3_IPV6 = 2, ONVM_L3_ARP
 #define ONVM_MF_VLAN 0x01u
 #define ONVM_MF_TRUNC 0x02u /* a header was cut short: parsing stopped there */
 #define ONVM_MF_FRAG 0x04u
+#define ONVM_MF_TRACED 0x08u /* onvm trace follows it (onvm_capture.h) */
 #define ONVM_MF_RELEASING 0x40u /* held, released, routed at the end of the NF's burst */
 #define ONVM_MF_HELD 0x80u      /* held by the NF whose id the owner stamp names */
 
@@ -246,6 +248,7 @@ struct onvm_nf {
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t want; /* 1 + CPU the manager asks for; 0: home */
         _Atomic uint32_t now;                           /* what the NF applied (onvm_sched.h) */
+        _Atomic uint32_t tap; /* captures watching it (onvm_capture.h); on a line its loop reads anyway */
     } cpu;
     struct { /* backpressure (onvm_bp.h); written rarely, by several parties */
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t blocked_on; /* NF id it waits for, 0: none */
@@ -358,6 +361,11 @@ struct onvm_header {
     struct {
         alignas(ONVM_CACHE_LINE) _Atomic uint32_t waiting;
     } grace;
+    /* Captures (onvm_capture.h): the table, then each one's records. */
+    alignas(ONVM_CACHE_LINE) uint64_t off_captures;
+    uint32_t cap_records;  /* records per capture, a power of two */
+    uint32_t cap_rec_size; /* bytes per record, header included */
+    uint64_t off_trace;    /* the trace (onvm_capture.h) */
 };
 static_assert(offsetof(struct onvm_header, grace) % ONVM_CACHE_LINE == 0, "grace word on its own line");
 

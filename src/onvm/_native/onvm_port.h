@@ -116,6 +116,7 @@ struct onvm_port {
      * worker leaves it unread while any chain it feeds is congested and never
      * drops its packets early, so every packet reaches the chain. */
     int keep_all;
+    _Atomic uint32_t tap; /* captures watching it: RX bits, TX bits (onvm_capture.h) */
     /* pcap out */
     uint32_t snaplen;
     uint64_t lost; /* packets counted as sent whose bytes never reached the file */

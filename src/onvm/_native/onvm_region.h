@@ -61,6 +61,9 @@ struct onvm_region {
     struct onvm_chain *chains;
     struct onvm_port_info *ports;
     struct onvm_worker *workers;
+    struct onvm_capture *captures; /* the capture table, then each one's records (onvm_capture.h) */
+    uint32_t cap_records, cap_rec_size;
+    struct onvm_trace *trace;
     _Atomic uint64_t broken_links;  /* free-stack links found pointing nowhere or into slots in use */
     _Atomic uint64_t table_stalls;  /* table reads that gave up on a sequence left odd */
     struct onvm_nf_view view[ONVM_MAX_NFS];

@@ -4,6 +4,7 @@
 #include "onvm_region.h"
 #include "onvm_bp.h"
 #include "onvm_flow.h"
+#include "onvm_capture.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -79,6 +80,7 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
     off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
     tmp->off_flow_data = ALIGN_UP(off, 4096);
     off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    off = onvm_cap_layout(tmp, ALIGN_UP(off, 4096), p->slot_size);
     /* The classifier reserves room for max_rules rules at the very end; only
      * what the rules in place use is ever resident (classify.c). */
     tmp->max_rules = p->max_rules ? p->max_rules : ONVM_RULES_DEFAULT;
@@ -114,6 +116,10 @@ static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->chains = onvm_at(r, h->off_chains);
     r->ports = onvm_at(r, h->off_ports);
     r->workers = onvm_at(r, h->off_workers);
+    r->captures = onvm_at(r, h->off_captures);
+    r->cap_records = h->cap_records;
+    r->cap_rec_size = h->cap_rec_size;
+    r->trace = onvm_at(r, h->off_trace);
 }
 
 /* Does fd still have the name path? */
@@ -249,6 +255,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     }
     for (uint32_t i = 0; i < p->pool_count; i++) /* not free yet: the pushes below make them so */
         atomic_store_explicit(&r->meta[i].owner, ONVM_OWNER_MGR, ONVM_RELAXED);
+    onvm_cap_init(r);
     /* Push slots in reverse so that slot 0 is handed out first. */
     uint32_t batch[256];
     for (uint32_t top = p->pool_count; top > 0;) {
@@ -308,7 +315,8 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         lay.off_chains != h.off_chains || lay.off_ports != h.off_ports || lay.off_workers != h.off_workers ||
         lay.off_rings != h.off_rings || lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta ||
         lay.off_slots != h.off_slots || lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data ||
-        lay.off_cls != h.off_cls) {
+        lay.off_cls != h.off_cls || lay.off_captures != h.off_captures || lay.cap_records != h.cap_records ||
+        lay.cap_rec_size != h.cap_rec_size || lay.off_trace != h.off_trace) {
         close(fd);
         return fail(r, EPROTO, "region %s has a damaged header: its offsets do not follow from its sizes", path);
     }

@@ -5,6 +5,7 @@
  * takes nothing else.  The manager decides whether an NF may receive from its
  * own view of the NF (onvm_nf_view), an NF from the NF's record in the region. */
 #include "onvm_route.h"
+#include "onvm_capture.h"
 #include "onvm_latency.h"
 
 #include <errno.h>
@@ -42,6 +43,8 @@ static void tally(struct onvm_route_ctx *c, unsigned chain, unsigned hop, int la
 
 static void drop(struct onvm_route_ctx *c, uint32_t slot, int reason) {
     c->drops[reason]++;
+    if (c->r->meta[slot].flags & ONVM_MF_TRACED)
+        onvm_trace_event(c->r, slot, ONVM_TEV_DROP, c->self_nf, 0, (unsigned)reason);
     if (c->self_nf && (reason == ONVM_DROP_RING_FULL || reason == ONVM_DROP_NO_DEST)) {
         /* An NF handled it, and then it could not go on: work lost (a late drop). */
         struct onvm_meta *m = &c->r->meta[slot];
@@ -93,6 +96,9 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         struct onvm_port_stats *st = &c->r->ports[p->id].by_worker[c->worker];
         /* before tx: the port frees the slots it sent */
         onvm_lat_sample_burst(&st->lat, c->r->meta, g->slots, g->n, onvm_now_ns());
+        uint32_t tap = atomic_load_explicit(&p->tap, ONVM_RELAXED) >> ONVM_CAP_TX_SHIFT;
+        if (tap) /* a capture watches what the port sends */
+            onvm_cap_burst(c->r, tap, g->slots, g->n, 0);
         if (p->tx_mt) {
             done = p->tx(p, c->r, g->slots, g->n, &bytes, st);
         } else {
@@ -322,6 +328,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             }
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
+            if (m->flags & ONVM_MF_TRACED) /* onvm trace: a flag of the line read above */
+                onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, nf, 0);
             add(c, GROUP_RING, ring, nf, s, m);
             break;
         }
@@ -332,6 +340,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             }
             m->action = ONVM_ACT_OUT;
             m->dest = (uint16_t)dest;
+            if (m->flags & ONVM_MF_TRACED)
+                onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, 0, 0);
             if (c->self_nf) {
                 add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s, m); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {

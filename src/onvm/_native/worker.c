@@ -8,6 +8,7 @@
  * Both poll while there is work and sleep on their futex when there is none.
  */
 #define _GNU_SOURCE
+#include "onvm_capture.h"
 #include "onvm_flow.h"
 #include "onvm_latency.h"
 #include "onvm_mgr.h"
@@ -159,6 +160,12 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
             bytes += metas[i]->len;
         }
         onvm_classify_burst(r, metas, datas, n, now); /* flow table, rules, default chain */
+        uint32_t tap = atomic_load_explicit(&p->tap, ONVM_RELAXED) & ONVM_CAP_RX_MASK;
+        if (tap) /* a capture watches what the port receives (one load when none does) */
+            onvm_cap_burst(r, tap, w->buf, n, 0);
+        /* Acquire pairs with onvm_trace_arm's release: the filter and count are written. */
+        if (atomic_load_explicit(&onvm_trace(r)->armed, ONVM_ACQUIRE))
+            onvm_trace_rx(r, w->buf, n, now); /* marks the packets it takes: routing records their hops */
         rx_note_chains(sn, metas, n);
         st->rx += n;
         st->rx_bytes += bytes;

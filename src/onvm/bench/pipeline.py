@@ -10,6 +10,9 @@ of the chain.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,7 +20,7 @@ from typing import Any
 
 from onvm._deploy import Deployment
 from onvm._proc import cpu_seconds
-from onvm.bench._scenario import Scenario
+from onvm.bench._scenario import Option, Scenario
 
 WARMUP = 1.0
 
@@ -55,11 +58,25 @@ def nf_rate(dep: Deployment, seconds: float, nf_name: str) -> dict[str, Any]:
             "drops": int(d1 - d0)}
 
 
-def run_loop(seconds: float, verbose: bool, nfs: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Rate of the first NF of a closed loop of NFs."""
+def run_loop(seconds: float, verbose: bool, nfs: Sequence[Sequence[str]],
+             capture: str = "none") -> dict[str, Any]:
+    """Rate of the first NF of a closed loop of NFs.  With ``capture``: while a capture runs on
+    another NF (``other``, an NF of service 9 that receives nothing), or on every NF of the loop
+    with a filter no packet matches (``unmatched``: each burst is filtered, nothing is copied)."""
     dep = deployment(verbose=verbose)
+    extra = [["simple_forward", "--service", "9"]] if capture == "other" else []
     try:
-        start_pipeline(dep, nfs)
+        start_pipeline(dep, [*nfs, *extra])
+        if capture == "other":
+            taps = [["--service", "9"]]
+        elif capture == "unmatched":
+            taps = [["--nf", str(n["id"]), "in-port", "15"] for n in dep.status()["nfs"]]
+        else:
+            taps = []
+        for tap in taps:  # the manager's stop ends them (their connections close)
+            argv = [sys.executable, "-m", "onvm.cli.main", "capture", "--name", dep.name, "-w", os.devnull,
+                    *tap]
+            dep.procs.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
         time.sleep(WARMUP)
         return nf_rate(dep, seconds, nfs[0][0])
     finally:
@@ -111,20 +128,27 @@ def run_lb(seconds: float, verbose: bool) -> dict[str, Any]:
         dep.stop()
 
 
+CAPTURE = Option("--capture", "none", "measure while a capture runs: on another NF (other), or on each NF "
+                 "of the loop with a filter nothing matches (unmatched)",
+                 choices=("none", "other", "unmatched"))
+
 SCENARIOS = [
     Scenario("loop", "one speed_tester sending to its own service, batch handler", key="mpps",
              target=">= 10 Mpps",
-             run=lambda seconds, verbose: run_loop(seconds, verbose, [["speed_tester", "--service", "1"]])),
+             run=lambda seconds, verbose, capture: run_loop(
+                 seconds, verbose, [["speed_tester", "--service", "1"]], capture),
+             options=(CAPTURE,)),
     Scenario("loop-packet", "the same with a per-packet handler that reads each packet's IPv4 5-tuple",
              key="mpps", target=">= 1 Mpps",
              run=lambda seconds, verbose: run_loop(seconds, verbose,
                                                    [["speed_tester", "--service", "1", "--per-packet"]])),
     Scenario("chain3", "speed_tester -> simple_forward -> simple_forward -> back to speed_tester", key="mpps",
              target=">= 3 Mpps",
-             run=lambda seconds, verbose: run_loop(seconds, verbose, [
+             run=lambda seconds, verbose, capture: run_loop(seconds, verbose, [
                  ["speed_tester", "--service", "1", "--dest", "2"],
                  ["simple_forward", "--service", "2", "--dest", "3"],
-                 ["simple_forward", "--service", "3", "--dest", "1"]])),
+                 ["simple_forward", "--service", "3", "--dest", "1"]], capture),
+             options=(CAPTURE,)),
     Scenario("idle", "a manager and three NFs with no traffic; CPU of one core, all processes together",
              key="cpu_percent", target="< 2 % CPU", run=run_idle,
              show=lambda r: f"{r['cpu_percent']:.2f} % of one core"),

@@ -25,6 +25,8 @@ EPILOG = """examples:
   onvm chain add web 2,3,out:1
   onvm rule add tcp dst port 80 to chain web
   onvm flow list
+  onvm capture --service 2 -w - | tcpdump -nr -
+  onvm trace add 5 tcp dst port 80 && onvm trace show
   onvm service policy 2 round-robin
   onvm scale 2 3
   onvm stop
@@ -355,6 +357,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(topo, overrides, as_json=args.json)
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from onvm.cli.capture import cmd_capture as run
+
+    return run(args)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from onvm.cli.capture import cmd_trace as run
+
+    return run(args)
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from onvm.topology.image import build
 
@@ -474,6 +488,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         o = r.add_argument_group("manager options", "override the file's manager: section (same meaning "
                                                     "as in onvm manager)")
         add_flags(o, ManagerOptions)
+    from onvm.cli.capture import add_parser as capture_parser
+    from onvm.cli.capture import add_trace_parser
+
+    capture_parser(sub, _name_arg)
+    add_trace_parser(sub, _name_arg)
     i = sub.add_parser("image", help="build the NF container image (no registry needed)")
     isub = i.add_subparsers(dest="image_command", metavar="build", required=True)
     ib = isub.add_parser("build", help="build the image from this host's Python and the installed package")
@@ -507,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
                    "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
-                   "image": cmd_image, "top": cmd_top}
+                   "image": cmd_image, "top": cmd_top, "capture": cmd_capture, "trace": cmd_trace}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

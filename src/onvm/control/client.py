@@ -170,6 +170,11 @@ class Client:
     service_policy = method(ops.ServicePolicy)
     scale = method(ops.Scale)
     packet_in = method(ops.PacketIn)
+    capture_start = method(ops.CaptureStart)
+    capture_stop = method(ops.CaptureStop)
+    trace_add = method(ops.TraceAdd)
+    trace_show = method(ops.TraceShow)
+    trace_clear = method(ops.TraceClear)
 
     def load_rules(self, lines: Sequence[str], first_line: int = 1) -> dict[str, Any]:
         """Add the rules of a rule file (its lines; blanks and ``#`` comments are skipped), however

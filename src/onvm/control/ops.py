@@ -403,6 +403,66 @@ class Scale(Op, name="scale"):
             check_service(self.service)
 
 
+class CaptureStart(Op, name="capture_start"):
+    """Copy what passes a tap point (a port, an NF, a service's instances) to this connection as
+    ``capture`` events of pcap records, then a ``capture_end`` event."""
+
+    port: int | None = None
+    nf: int | None = None
+    service: int | None = None
+    direction: str = "both"  # rx (what it receives), tx (what it sends) or both
+    filter: str = ""  # in the rule syntax, without the arrow: ``tcp dst port 80 src 10.0.0.0/8``
+    count: int = 0  # packets, then it ends; 0: until stopped
+    snaplen: int = 262144  # bytes kept of each packet (at most a slot's room)
+
+    def check(self) -> None:
+        from onvm.flows.rules import parse_filter
+
+        if sum(x is not None for x in (self.port, self.nf, self.service)) != 1:
+            raise ConfigError("capture one tap point: 'port', 'nf' or 'service'")
+        if self.port is not None and not 0 <= self.port < _native.MAX_PORTS:
+            raise ConfigError(f"port {self.port} is out of range (0..{_native.MAX_PORTS - 1})")
+        if self.nf is not None:
+            check_nf_id(self.nf)
+        if self.service is not None:
+            check_service(self.service)
+        if self.direction not in ("rx", "tx", "both"):
+            raise ConfigError(f"direction '{self.direction}' must be rx, tx or both")
+        if not 0 <= self.count <= 1 << 62:
+            raise ConfigError("'count' must be a non-negative integer")
+        if not 1 <= self.snaplen <= 262144:
+            raise ConfigError("'snaplen' must be within 1..262144")
+        parse_filter(self.filter)
+
+
+class CaptureStop(Op, name="capture_stop"):
+    """End a capture this connection started; its counts."""
+
+    id: int
+
+
+class TraceAdd(Op, name="trace_add"):
+    """Trace the next ``count`` packets that ``filter`` takes at RX, hop by hop (replaces the last trace)."""
+
+    count: int
+    filter: str = ""  # in the rule syntax, without the arrow
+
+    def check(self) -> None:
+        from onvm.flows.rules import parse_filter
+
+        if not 1 <= self.count <= 10_000:
+            raise ConfigError("'count' must be within 1..10000")
+        parse_filter(self.filter)
+
+
+class TraceShow(Op, name="trace_show"):
+    """The traced packets so far, each with its hops."""
+
+
+class TraceClear(Op, name="trace_clear"):
+    """Disarm the trace and forget what it recorded."""
+
+
 class PacketIn(Op, name="packet_in"):
     """A packet for the OpenFlow controllers (from the packet_io NF)."""
 

@@ -124,6 +124,11 @@ class Connection:
         """
         return self._send(encode(make_event(name, data)))
 
+    def backlog(self) -> int:
+        """Messages queued for the peer and not sent yet."""
+        with self._lock:
+            return len(self._outbox)
+
     def close(self) -> None:
         """Disconnect the peer; ``on_close`` follows on the server thread."""
         with self._lock:

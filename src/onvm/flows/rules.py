@@ -104,19 +104,29 @@ class Rule:
 
     def native(self, chain_id: int) -> tuple[Any, ...]:
         """The tuple the region's rules_apply() takes."""
-
-        def packed(net: Network | None) -> tuple[bytes, int]:
-            if net is None:
-                return bytes(16), 0
-            raw = net.network_address.packed
-            return raw + bytes(16 - len(raw)), net.prefixlen
-
-        src, src_len = packed(self.src)
-        dst, dst_len = packed(self.dst)
+        src, src_len = _packed(self.src)
+        dst, dst_len = _packed(self.dst)
         idle = _native.IDLE_DEFAULT if self.idle is None else round(self.idle * 1000)
         return (self.id, self.priority, chain_id, self.in_port, self.vlan, self.proto, self.ipver,
                 src, src_len, dst, dst_len, self.sport[0], self.sport[1], self.dport[0], self.dport[1],
                 idle, round(self.hard * 1000))
+
+    def match_fields(self) -> dict[str, Any]:
+        """What a packet is matched on, as a capture's filter takes it (``_native/capture.c``)."""
+        src, src_len = _packed(self.src)
+        dst, dst_len = _packed(self.dst)
+        return {"src": src, "src_len": src_len, "dst": dst, "dst_len": dst_len, "proto": self.proto,
+                "ipver": self.ipver, "sport_lo": self.sport[0], "sport_hi": self.sport[1],
+                "dport_lo": self.dport[0], "dport_hi": self.dport[1], "in_port": self.in_port,
+                "vlan": self.vlan}
+
+
+def _packed(net: Network | None) -> tuple[bytes, int]:
+    """An address prefix as 16 bytes and a length (IPv4 in the first 4)."""
+    if net is None:
+        return bytes(16), 0
+    raw = net.network_address.packed
+    return raw + bytes(16 - len(raw)), net.prefixlen
 
 
 class _Tokens:
@@ -251,6 +261,24 @@ def parse_rule(text: str) -> Rule:
         t.pos += 1
         raise t.error("unexpected text after the target")
     rule.chain = target
+    return rule
+
+
+def parse_filter(text: str) -> Rule:
+    """A packet filter in the rule syntax without the arrow (``tcp dst port 80 src 10.0.0.0/8``;
+    empty: every packet).  Priorities and timeouts have no meaning there and are refused."""
+    words = text.lower().replace("->", " -> ").split()
+    for bad in ("->", "priority", "idle", "hard"):
+        if bad in words:
+            raise ConfigError(f"filter '{text}': '{bad}' has no place in a filter (only what a packet is "
+                              "matched on)")
+    if not words or words in (["any"], ["all"]):
+        return Rule(chain="", text=text.strip())
+    try:
+        rule = parse_rule(f"{text} -> default")
+    except ConfigError as e:
+        raise ConfigError(e.message.replace("rule '", "filter '").replace(" -> default'", "'", 1)) from None
+    rule.text = text.strip()
     return rule
 
 

@@ -83,6 +83,7 @@ class DataPlane:
         self._port_state: dict[int, dict[str, Any]] = {}  # last driver state, kept past close
         self._port_errors: set[int] = set()  # ports whose error was logged
         self.dpdk: DpdkPorts | None = None  # the EAL and the mbuf pool, once a dpdk: port opens
+        self.before_close: list[Callable[[], None]] = []  # what must end before the region goes (captures)
 
     # ---- opening and closing ------------------------------------------------
     @classmethod
@@ -172,6 +173,8 @@ class DataPlane:
         """Close the ports and the region (which removes its file); safe to call twice."""
         if not self.is_open:
             return
+        for end in self.before_close:
+            end()
         self.is_open = False
         self.native.close_ports()
         if self.dpdk is not None:

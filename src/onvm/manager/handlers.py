@@ -36,10 +36,12 @@ from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import Rule, parse_rules
+from onvm.manager.captures import Captures
 from onvm.manager.dataplane import DataPlane
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.nfs import Caller, NFs
 from onvm.manager.services import POLICY_NAMES, Services, parse_policy
+from onvm.manager.traces import Names, Traces
 
 __all__ = ["HANDLERS", "INTERNAL", "Handlers", "handles"]
 
@@ -98,6 +100,9 @@ class Handlers:
         self.packet_in_sink: Callable[[bytes, int, int], bool] | None = None  # the OpenFlow agent's
         self.default_chain = default_chain
         self.held = hold_input and bool(self._chain_services())
+        self.captures = Captures(dataplane, lambda s: [r.nf_id for r in nfs.registry.running(s)], lock, log)
+        names = Names(rule=self._rule_text, chain=self._chain_name, nf=self._nf_name)
+        self.traces = Traces(dataplane.native, names)
 
     def call(self, op: ops.Op, caller: Caller = INTERNAL) -> dict[str, Any]:
         """Run one operation for ``caller``."""
@@ -114,6 +119,7 @@ class Handlers:
         return self.call(ops.decode(req.op, req.args), conn)
 
     def on_close(self, conn: Caller) -> None:
+        self.captures.closed(conn)
         with self.lock:
             self.nfs.closed(conn)
 
@@ -273,6 +279,36 @@ class Handlers:
     @handles(ops.FlowStats)
     def flow_stats(self, caller: Caller, req: ops.FlowStats) -> dict[str, Any]:
         return self.flows.stats()
+
+    # ---- captures ---------------------------------------------------------------
+    @handles(ops.CaptureStart)
+    def capture_start(self, caller: Caller, req: ops.CaptureStart) -> dict[str, Any]:
+        return self.captures.start(caller, req)
+
+    @handles(ops.CaptureStop)
+    def capture_stop(self, caller: Caller, req: ops.CaptureStop) -> dict[str, Any]:
+        return self.captures.stop(caller, req.id)
+
+    @handles(ops.TraceAdd)
+    def trace_add(self, caller: Caller, req: ops.TraceAdd) -> dict[str, Any]:
+        return self.traces.add(req.count, req.filter)
+
+    @handles(ops.TraceShow)
+    def trace_show(self, caller: Caller, req: ops.TraceShow) -> dict[str, Any]:
+        return self.traces.show()
+
+    @handles(ops.TraceClear)
+    def trace_clear(self, caller: Caller, req: ops.TraceClear) -> dict[str, Any]:
+        return self.traces.clear()
+
+    def _rule_text(self, slot: int) -> str | None:
+        return next((r.to_text() for r, s in self.flows.rules.values() if s == slot), None)
+
+    def _chain_name(self, chain_id: int) -> str:
+        return next((name for name, (cid, _) in self.flows.chains.items() if cid == chain_id), str(chain_id))
+
+    def _nf_name(self, nf_id: int) -> str:
+        return self.nfs.registry.get(nf_id).name if nf_id in self.nfs.registry else "gone"
 
     # ---- OpenFlow --------------------------------------------------------------
     @handles(ops.PacketIn)
