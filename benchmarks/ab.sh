@@ -11,8 +11,10 @@
 # `src` first on PYTHONPATH.  Each round runs every scenario (default: loop
 # chain3) with A then B, the next round B then A, so that neither build always
 # goes first on a machine whose load drifts.  Prints each run, then per
-# scenario the median of the key figure (`mpps`) for A and for B and the
-# median of the per-round ratios B/A.
+# scenario the medians for A and for B and the median of the per-round ratios
+# B/A of two figures: Mpps as the benchmark reports it, and packets per CPU
+# second of every process of the run (start-up included), which holds still
+# when other work on the machine takes CPU time from one run and not another.
 #
 # Example (what the threat-model checks cost the closed loops):
 #   benchmarks/ab.sh -n 6 -s 4 58e3f67 main loop chain3
@@ -25,7 +27,7 @@ while getopts "n:s:o:h" opt; do
     n) repeats=$OPTARG ;;
     s) seconds=$OPTARG ;;
     o) out=$OPTARG ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -78,8 +80,16 @@ trap 'rm -f "$results"' EXIT
 # run SIDE TREE SCENARIO ROUND: one benchmark, its JSON line appended to $results.
 run() {
     local line
-    if ! line=$(cd "$2" && PYTHONPATH=$2/src "$py" -m onvm.cli.main bench "$3" --seconds "$seconds" --json \
-        2>>"$root/bench.log" | tail -1); then
+    # The bench's JSON line, with the CPU seconds that it and every process it started used
+    # (they are all its descendants, reaped by it): packets per CPU second do not depend on
+    # how much of the machine the run got, which other users of a shared machine decide.
+    if ! line=$(cd "$2" && PYTHONPATH=$2/src "$py" -c '
+import json, resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True, check=True).stdout
+r = json.loads(out.strip().splitlines()[-1])
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+r["cpu_seconds"] = round(u.ru_utime + u.ru_stime, 3)
+print(json.dumps(r))' "$py" -m onvm.cli.main bench "$3" --seconds "$seconds" --json 2>>"$root/bench.log"); then
         echo "ab.sh: onvm bench $3 failed in $2 (see $root/bench.log)" >&2
         return 1
     fi
@@ -106,13 +116,14 @@ runs = {}
 for row in open(sys.argv[1]):
     side, sc, rnd, line = row.rstrip("\n").split("\t", 3)
     r = json.loads(line)
-    runs.setdefault(sc, {}).setdefault(int(rnd), {})[side] = float(r.get("mpps", 0.0))
-print(f"\n{'scenario':10} {'A median':>9} {'B median':>9} {'B/A (median of rounds)':>24}  ratios")
-for sc, rounds in runs.items():
-    a = [v["A"] for v in rounds.values() if "A" in v]
-    b = [v["B"] for v in rounds.values() if "B" in v]
-    ratios = [v["B"] / v["A"] for v in rounds.values() if v.get("A") and "B" in v]
-    med = statistics.median(ratios) if ratios else float("nan")
-    print(f"{sc:10} {statistics.median(a):9.3f} {statistics.median(b):9.3f} {med:24.3f}  "
-          + " ".join(f"{x:.3f}" for x in ratios))
+    per_cpu = r.get("packets", 0) / r["cpu_seconds"] / 1e6 if r.get("cpu_seconds") else 0.0
+    runs.setdefault(sc, {}).setdefault(int(rnd), {})[side] = (float(r.get("mpps", 0.0)), per_cpu)
+for k, what in ((0, "Mpps"), (1, "M packets per CPU second (all processes of the run)")):
+    print(f"\n{what}\n{'scenario':10} {'A median':>9} {'B median':>9} {'B/A (median of rounds)':>24}  ratios")
+    for sc, rounds in runs.items():
+        pairs = [(v["A"][k], v["B"][k]) for v in rounds.values() if "A" in v and "B" in v]
+        ratios = [b / a for a, b in pairs if a]
+        med = statistics.median(ratios) if ratios else float("nan")
+        print(f"{sc:10} {statistics.median(a for a, _ in pairs):9.3f} {statistics.median(b for _, b in pairs):9.3f} "
+              f"{med:24.3f}  " + " ".join(f"{x:.3f}" for x in ratios))
 EOF
