@@ -170,3 +170,24 @@ def test_bad_requests_name_what_is_wrong(chain):
         p = capture(dep, *args)
         _, err = p.communicate(timeout=20)
         assert p.returncode == 1 and message in err.decode(), err
+
+
+def test_packets_an_nf_makes_are_captured_and_traced(deploy):
+    """What an NF injects is what it sends: a capture of its service copies it, a trace follows it."""
+    from tests.integration.test_trace import trace
+
+    dep = deploy(["--port", "null", "--port", "null", "--default-chain", "drop"])
+    dep.start_nf(["load_generator", "--service", "5", "--out", "1", "--rate", "2000", "--size", "100"])
+    dep.wait_running(1)
+    made = capture(dep, "--service", "5", "--direction", "tx", "-c", "30", "-w", "-",
+                   "udp", "dst", "port", "5678")
+    trace(dep, "add", "4", "udp")
+    blob, err = finish(made)
+    magic, got = records(blob)
+    assert len(got) == 30 and all(len(f) == 100 and f[36:38] == (5678).to_bytes(2, "big") for f in got), err
+    shown = wait_for(lambda: (t := trace(dep, "show")) and len(t["packets"]) == 4
+                     and all(p["end"] != "in flight" for p in t["packets"]) and t, what="four traced packets")
+    nf = status(dep.name)["nfs"][0]["id"]
+    for p in shown["packets"]:
+        assert p["classified"] == "injected" and p["in_port"] is None and p["end"] == "out port 1", p
+        assert p["hops"][0]["by"].startswith(f"NF {nf} ") and p["hops"][0]["what"] == "injected, out", p

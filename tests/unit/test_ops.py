@@ -38,6 +38,7 @@ SAMPLES: dict[str, ops.Op] = {
     "flow_add": ops.FlowAdd("10.0.0.1:5 10.0.0.2:80 tcp", "web", 1.5, 30.0),
     "flow_del": ops.FlowDel("10.0.0.1:5 10.0.0.2:80 tcp"),
     "flow_stats": ops.FlowStats(),
+    "flow_explain": ops.FlowExplain("10.0.0.1:5 10.0.0.2:80 tcp in-port 0"),
     "send": ops.Send({"reload": [1, 2]}, service=3),
     "service_list": ops.ServiceList(),
     "service_policy": ops.ServicePolicy(2, "round-robin"),
@@ -146,7 +147,7 @@ def test_operations_are_frozen_values() -> None:
 
 def test_web_and_nf_only_marks() -> None:
     assert {n for n, c in ops.OPS.items() if not c.from_web} == {
-        "hello", "register", "start", "stopping", "subscribe", "packet_in"}
+        "hello", "register", "start", "stopping", "subscribe", "packet_in", "capture_start", "capture_stop"}
     assert {n for n, c in ops.OPS.items() if c.nf_only} == {"start", "stopping"}
 
 

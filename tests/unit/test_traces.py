@@ -42,3 +42,12 @@ def test_a_drop_ends_the_packet_and_a_reused_slot_is_another_packet():
     assert first["end"] == "dropped by NF 3: action" and first["classified"] == "default chain"
     assert second["end"] == "dropped by manager: no_dest"
     assert describe([ev(2, 10, by=2, action=2, dest=1, nf=4)], NAMES)[0]["end"] == "in flight"
+
+
+def test_a_packet_an_nf_made_starts_at_that_nf():
+    events = [ev(1, 0, by=4, nf=0xFFFF, reason=4, action=3, dest=1, chain=0),  # NF 4 injected it, OUT 1
+              ev(2, 300, by=4, action=3, dest=1), ev(2, 2000, by=0, action=3, dest=1)]
+    (p,) = describe(events, NAMES)
+    assert p["classified"] == "injected" and p["in_port"] is None and p["end"] == "out port 1"
+    assert p["hops"][0]["by"] == "NF 4 (nf4)" and p["hops"][0]["what"] == "injected, out"
+    assert "made by an NF" in render([p], {"remaining": 0, "lost": 0})

@@ -236,3 +236,34 @@ def test_extra_routes_can_be_added(api):
         return ok({"thing": thing})
 
     assert call(api, "GET", "/api/things/x")[1] == {"thing": "x"}
+
+
+def test_a_capture_is_a_pcap_download_that_needs_the_token():
+    asked: list[tuple[ops.CaptureStart, float]] = []
+
+    def capture(op: ops.CaptureStart, seconds: float) -> tuple[bytes, dict[str, Any]]:
+        asked.append((op, seconds))
+        return b"\xd4\xc3\xb2\xa1pcap", {"captured": 3, "dropped": 1}
+
+    api = Api(FakeSource(), FakeControl(), TOKEN, {HOST}, capture)
+    body = b'{"service": 2, "direction": "tx", "filter": "udp", "count": 3, "seconds": 2}'
+    assert call(api, "POST", "/api/capture", body=body)[0] == 401 and asked == []
+    auth = {"host": HOST, "authorization": f"Bearer {TOKEN}"}
+    r = api.handle(Request("POST", "/api/capture", {}, auth, body))
+    assert r.status == 200 and r.body == b"\xd4\xc3\xb2\xa1pcap"
+    assert r.content_type == "application/vnd.tcpdump.pcap"
+    assert r.headers["X-Onvm-Captured"] == "3" and r.headers["X-Onvm-Dropped"] == "1"
+    assert "attachment" in r.headers["Content-Disposition"]
+    assert asked == [(ops.CaptureStart(service=2, direction="tx", filter="udp", count=3), 2.0)]
+    for bad, message in ((b'{"service": 2, "seconds": 0}', "'seconds' must be a number"),
+                         (b'{"service": 2, "seconds": 61}', "'seconds' must be a number"),
+                         (b'{"service": 2, "seconds": "5"}', "'seconds' must be a number"),
+                         (b'{"service": 2, "port": 1}', "capture one tap point"),
+                         (b'{"service": 2, "filter": "tcp dst port x"}', "expected a port")):
+        code, data, _ = call(api, "POST", "/api/capture", body=bad, token=TOKEN)
+        assert code == 400 and message in data["error"], (bad, data)
+    assert len(asked) == 1
+    # A capture streams to the connection that asked: not a plain control operation of the web.
+    assert call(api, "POST", "/api/control/capture_start", body=b'{"service": 2}', token=TOKEN)[0] == 400
+    assert call(Api(FakeSource(), FakeControl(), TOKEN, {HOST}), "POST", "/api/capture", body=body,
+                token=TOKEN)[0] == 404

@@ -432,6 +432,10 @@ static PyObject *NFContext_inject(NFContextObject *self, PyObject *args, PyObjec
             m->chain_id = (uint16_t)chain;
             m->chain_idx = 0;
         }
+        /* Acquire pairs with onvm_trace_arm's release: the filter and count are written. */
+        if (atomic_load_explicit(&onvm_trace(r)->armed, ONVM_ACQUIRE))
+            onvm_trace_injected(r, buf, got, self->nf_id);
+        onvm_cap_nf_sent(r, self->nf_id, buf, got); /* what it sends, as what it hands on */
         onvm_route_burst(self->route, buf, got, ONVM_ROUTE_META);
         sent += got;
     }

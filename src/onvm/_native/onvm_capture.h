@@ -110,8 +110,8 @@ struct onvm_trace_event {
     uint8_t pad[8];
 };
 static_assert(sizeof(struct onvm_trace_event) == 64, "a trace event is one line");
-/* RX: how the chain was found */
-enum { ONVM_TCL_DEFAULT = 0, ONVM_TCL_ENTRY = 1, ONVM_TCL_RULE = 2, ONVM_TCL_NOT_IP = 3 };
+/* RX: how the chain was found; INJECTED: an NF made the packet (by names it) */
+enum { ONVM_TCL_DEFAULT = 0, ONVM_TCL_ENTRY = 1, ONVM_TCL_RULE = 2, ONVM_TCL_NOT_IP = 3, ONVM_TCL_INJECTED = 4 };
 
 struct onvm_trace {
     alignas(ONVM_CACHE_LINE) _Atomic uint32_t armed; /* RX marks packets while set */
@@ -130,6 +130,8 @@ static inline struct onvm_trace *onvm_trace(const struct onvm_region *r) {
 
 /* RX, after classification: mark and record the packets the armed trace takes. */
 void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uint64_t now);
+/* An NF, before it routes packets it made (inject): mark and record those the armed trace takes. */
+void onvm_trace_injected(struct onvm_region *r, const uint32_t *slots, uint32_t n, unsigned nf_id);
 /* Routing: one event for a marked packet (kind HOP or DROP). */
 void onvm_trace_event(struct onvm_region *r, uint32_t slot, unsigned kind, unsigned by, unsigned nf,
                       unsigned reason);
@@ -176,6 +178,14 @@ static inline struct onvm_capture *onvm_cap(const struct onvm_region *r, unsigne
 /* Producer: copy the packets of slots[0..n) that the captures in taps (bits)
  * take.  sent: only packets an NF hands on (not dropped, not held). */
 void onvm_cap_burst(struct onvm_region *r, uint32_t taps, const uint32_t *slots, uint32_t n, int sent);
+
+/* An NF, before it routes what it sends (packets it made or released): a copy to the captures
+ * watching its TX side.  One load when none does. */
+static inline void onvm_cap_nf_sent(struct onvm_region *r, unsigned nf_id, const uint32_t *slots, uint32_t n) {
+    uint32_t tap = atomic_load_explicit(&r->nfs[nf_id % ONVM_MAX_NFS].cpu.tap, ONVM_RELAXED) >> ONVM_CAP_TX_SHIFT;
+    if (tap)
+        onvm_cap_burst(r, tap, slots, n, 1);
+}
 
 /* Manager: capture c starts with this filter, snaplen and count (0: none). */
 void onvm_cap_start(struct onvm_region *r, unsigned c, const struct onvm_cap_filter *f, uint32_t snaplen,

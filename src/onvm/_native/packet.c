@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "onvm_parse.h"
+#include "onvm_capture.h"
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t rd32(const uint8_t *p) {
@@ -948,12 +949,15 @@ void onvm_held_flush(struct onvm_route_ctx *c, struct onvm_held *h) {
         m->dest = h->dest[i];
         buf[k++] = h->slot[i];
         if (k == 64) {
+            onvm_cap_nf_sent(c->r, c->self_nf, buf, k); /* sent late, copied as it goes */
             onvm_route_burst(c, buf, k, ONVM_ROUTE_META);
             k = 0;
         }
     }
-    if (k)
+    if (k) {
+        onvm_cap_nf_sent(c->r, c->self_nf, buf, k);
         onvm_route_burst(c, buf, k, ONVM_ROUTE_META);
+    }
     h->n = 0;
 }
 

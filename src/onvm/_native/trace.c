@@ -30,6 +30,21 @@ static void event_of(struct onvm_region *r, uint32_t s, struct onvm_trace_event 
     e->len = m->len;
 }
 
+/* Does the armed trace take this packet?  Takes one from its count; the last one disarms it. */
+static int take(struct onvm_trace *t, const struct onvm_cap_filter *f, const struct onvm_meta *m,
+                const uint8_t *data, uint32_t len) {
+    if (!onvm_cap_match(f, m, data, len))
+        return 0;
+    uint32_t left = atomic_load_explicit(&t->remaining, ONVM_RELAXED);
+    do { /* relaxed: a count; each packet takes one */
+        if (left == 0) {
+            atomic_store_explicit(&t->armed, 0, ONVM_RELAXED);
+            return 0;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&t->remaining, &left, left - 1, ONVM_RELAXED, ONVM_RELAXED));
+    return 1;
+}
+
 void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uint64_t now) {
     struct onvm_trace *t = onvm_trace(r);
     struct onvm_cap_filter f = t->filter;
@@ -37,16 +52,8 @@ void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uin
     for (uint32_t i = 0; i < n; i++) {
         struct onvm_meta *m = &r->meta[slots[i]];
         const uint8_t *data = onvm_slot_data(r, slots[i]);
-        if (!onvm_cap_match(&f, m, data, m->len < room ? m->len : room))
+        if (!take(t, &f, m, data, m->len < room ? m->len : room))
             continue;
-        uint32_t left = atomic_load_explicit(&t->remaining, ONVM_RELAXED);
-        do { /* relaxed: a count; each packet takes one */
-            if (left == 0) {
-                atomic_store_explicit(&t->armed, 0, ONVM_RELAXED);
-                return;
-            }
-        } while (!atomic_compare_exchange_weak_explicit(&t->remaining, &left, left - 1, ONVM_RELAXED,
-                                                        ONVM_RELAXED));
         m->flags |= ONVM_MF_TRACED;
         struct onvm_trace_event e;
         event_of(r, slots[i], &e);
@@ -65,6 +72,26 @@ void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uin
         } else {
             e.reason = ONVM_TCL_DEFAULT; /* not cached: the table was full, or nothing to classify by */
         }
+        trace_put(r, &e);
+    }
+}
+
+void onvm_trace_injected(struct onvm_region *r, const uint32_t *slots, uint32_t n, unsigned nf_id) {
+    struct onvm_trace *t = onvm_trace(r);
+    struct onvm_cap_filter f = t->filter;
+    uint32_t room = onvm_slot_room(r);
+    for (uint32_t i = 0; i < n; i++) {
+        struct onvm_meta *m = &r->meta[slots[i]];
+        if (!take(t, &f, m, onvm_slot_data(r, slots[i]), m->len < room ? m->len : room))
+            continue;
+        m->flags |= ONVM_MF_TRACED;
+        struct onvm_trace_event e;
+        event_of(r, slots[i], &e);
+        e.kind = ONVM_TEV_RX;
+        e.nf = m->in_port;
+        e.by = (uint16_t)nf_id;
+        e.action = m->action;
+        e.reason = ONVM_TCL_INJECTED;
         trace_put(r, &e);
     }
 }

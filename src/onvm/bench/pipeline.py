@@ -62,7 +62,8 @@ def run_loop(seconds: float, verbose: bool, nfs: Sequence[Sequence[str]],
              capture: str = "none") -> dict[str, Any]:
     """Rate of the first NF of a closed loop of NFs.  With ``capture``: while a capture runs on
     another NF (``other``, an NF of service 9 that receives nothing), or on every NF of the loop
-    with a filter no packet matches (``unmatched``: each burst is filtered, nothing is copied)."""
+    with a filter no packet matches (``unmatched``: each burst is filtered, nothing is copied),
+    or while a trace is armed that no packet matches (``trace``)."""
     dep = deployment(verbose=verbose)
     extra = [["simple_forward", "--service", "9"]] if capture == "other" else []
     try:
@@ -73,6 +74,9 @@ def run_loop(seconds: float, verbose: bool, nfs: Sequence[Sequence[str]],
             taps = [["--nf", str(n["id"]), "in-port", "15"] for n in dep.status()["nfs"]]
         else:
             taps = []
+        if capture == "trace":
+            subprocess.run([sys.executable, "-m", "onvm.cli.main", "trace", "add", "10000", "in-port", "15",
+                            "--name", dep.name], check=True, stdout=subprocess.DEVNULL)
         for tap in taps:  # the manager's stop ends them (their connections close)
             argv = [sys.executable, "-m", "onvm.cli.main", "capture", "--name", dep.name, "-w", os.devnull,
                     *tap]
@@ -129,8 +133,8 @@ def run_lb(seconds: float, verbose: bool) -> dict[str, Any]:
 
 
 CAPTURE = Option("--capture", "none", "measure while a capture runs: on another NF (other), or on each NF "
-                 "of the loop with a filter nothing matches (unmatched)",
-                 choices=("none", "other", "unmatched"))
+                 "of the loop with a filter nothing matches (unmatched); or while a trace that nothing "
+                 "matches is armed (trace)", choices=("none", "other", "unmatched", "trace"))
 
 SCENARIOS = [
     Scenario("loop", "one speed_tester sending to its own service, batch handler", key="mpps",

@@ -12,8 +12,6 @@ from typing import IO, Any
 from onvm.control import ops
 from onvm.errors import OnvmError
 
-PCAP_NS_MAGIC = 0xA1B23C4D  # classic pcap with nanosecond stamps
-
 EXAMPLES = """examples:
   onvm capture --service 2 -w - | tcpdump -nr -
   onvm capture --port 0 --direction rx -c 100 -w in.pcap tcp dst port 80 src 10.0.0.0/8
@@ -61,6 +59,7 @@ def _records(blob: bytes) -> list[tuple[int, bytes, int]]:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from onvm.control.capture import pcap_header, stream
     from onvm.control.client import Client
 
     op = ops.CaptureStart(port=args.port, nf=args.nf, service=args.service, direction=args.direction,
@@ -79,24 +78,20 @@ def cmd_capture(args: argparse.Namespace) -> int:
         cid = started["id"]
         try:
             if out is not None:
-                out.write(struct.pack("<IHHiIII", PCAP_NS_MAGIC, 2, 4, 0, 0, started["snaplen"], 1))
+                out.write(pcap_header(started["snaplen"]))
                 out.flush()
-            while True:
-                ev = client.next_event(None)
-                if ev is None:
-                    print("onvm capture: the manager closed the connection", file=sys.stderr)
+            for item in stream(client, cid):
+                if isinstance(item, dict):
+                    end = item
                     break
-                if ev.name == "capture" and ev.data.get("id") == cid:
-                    blob = base64.b64decode(ev.data["data"])
-                    if out is not None:
-                        out.write(blob)
-                        out.flush()
-                    else:
-                        for ts, data, orig in _records(blob):
-                            print(_summary(ts, data, orig), flush=True)
-                elif ev.name == "capture_end" and ev.data.get("id") == cid:
-                    end = ev.data
-                    break
+                if out is not None:
+                    out.write(item)
+                    out.flush()
+                else:
+                    for ts, data, orig in _records(item):
+                        print(_summary(ts, data, orig), flush=True)
+            else:
+                print("onvm capture: the manager closed the connection", file=sys.stderr)
         except (KeyboardInterrupt, BrokenPipeError) as e:
             end = client.call(ops.CaptureStop(cid))
             while out is not None and not isinstance(e, BrokenPipeError) and (ev := client.next_event(0)):

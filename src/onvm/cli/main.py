@@ -25,6 +25,7 @@ EPILOG = """examples:
   onvm chain add web 2,3,out:1
   onvm rule add tcp dst port 80 to chain web
   onvm flow list
+  onvm flow explain 10.0.0.1:5 10.0.0.2:80 tcp in-port 0
   onvm capture --service 2 -w - | tcpdump -nr -
   onvm trace add 5 tcp dst port 80 && onvm trace show
   onvm service policy 2 round-robin
@@ -232,6 +233,13 @@ def cmd_flow(args: argparse.Namespace) -> int:
         out = _call(args, ops.FlowList(args.limit, args.chain or None))
     elif args.action == "stats":
         out = _call(args, ops.FlowStats())
+    elif args.action == "explain":
+        out = _call(args, ops.FlowExplain(flow))
+        if not args.json:
+            from onvm.flows.explain import render
+
+            print(render(out))
+            return 0
     elif args.action == "add":
         if not args.chain:
             raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
@@ -428,12 +436,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, help="list at most this many rules (default: all)")
     _name_arg(r)
     r.add_argument("--json", action="store_true")
-    f = sub.add_parser("flow", help="list, add, delete flow entries; flow table stats",
+    f = sub.add_parser("flow", help="list, add, delete, explain flow entries; flow table stats",
                        description="Flows are written SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N] "
                        "(without vlan: untagged packets), "
-                       "e.g. 10.0.0.1:1234 10.0.0.2:80 tcp")
-    f.add_argument("action", choices=["list", "add", "del", "stats"])
-    f.add_argument("flow", nargs="*", help="the flow (add, del)")
+                       "e.g. 10.0.0.1:1234 10.0.0.2:80 tcp.  'explain' says what the manager would do "
+                       "with such packets now and why: the exact entry or the rule that decides (and the "
+                       "rules above it that do not), the chain, and the instance each hop's policy picks.")
+    f.add_argument("action", choices=["list", "add", "del", "stats", "explain"])
+    f.add_argument("flow", nargs="*", help="the flow (add, del, explain)")
     f.add_argument("--chain", help="chain (add; list filter)")
     f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
     f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")

@@ -165,6 +165,7 @@ class Client:
     flow_add = method(ops.FlowAdd)
     flow_del = method(ops.FlowDel)
     flow_stats = method(ops.FlowStats)
+    flow_explain = method(ops.FlowExplain)
     send = method(ops.Send)
     service_list = method(ops.ServiceList)
     service_policy = method(ops.ServicePolicy)

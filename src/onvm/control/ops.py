@@ -355,6 +355,18 @@ class FlowDel(Op, name="flow_del"):
     flow: str
 
 
+class FlowExplain(Op, name="flow_explain"):
+    """What the manager would do with packets of ``flow`` now, and why: the exact entry or
+    the rule that decides (and the rules above it that do not), the chain, each hop's instance."""
+
+    flow: str  # SRC[:PORT] DST[:PORT] PROTO [in-port N] [vlan N]
+
+    def check(self) -> None:
+        from onvm.flows.keys import FlowKey
+
+        FlowKey.parse(self.flow)
+
+
 class FlowStats(Op, name="flow_stats"):
     """Flow table size, use and counters."""
 
@@ -405,8 +417,10 @@ class Scale(Op, name="scale"):
 
 class CaptureStart(Op, name="capture_start"):
     """Copy what passes a tap point (a port, an NF, a service's instances) to this connection as
-    ``capture`` events of pcap records, then a ``capture_end`` event."""
+    ``capture`` events of pcap records, then a ``capture_end`` event.  The web takes captures
+    through ``POST /api/capture`` (a download), not on a connection of its own."""
 
+    from_web = False
     port: int | None = None
     nf: int | None = None
     service: int | None = None
@@ -438,6 +452,7 @@ class CaptureStart(Op, name="capture_start"):
 class CaptureStop(Op, name="capture_stop"):
     """End a capture this connection started; its counts."""
 
+    from_web = False
     id: int
 
 

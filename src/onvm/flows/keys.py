@@ -84,7 +84,7 @@ class FlowKey:
                 self.in_port, 0 if self.vlan is None else self.vlan + 1)
 
     @classmethod
-    def from_native(cls, t: tuple[int, ...]) -> FlowKey:
+    def from_native(cls, t: tuple[Any, ...]) -> FlowKey:
         vlan = t[7] - 1 if len(t) > 7 and t[7] else None
         return cls(ipaddress.ip_address(t[1]), ipaddress.ip_address(t[2]), t[3], t[4], t[5], t[6], vlan)
 

@@ -313,24 +313,27 @@ class PacketFields:
     vlan: int | None = None
 
 
-def rule_matches(rule: Rule, p: PacketFields) -> bool:
+def rule_mismatch(rule: Rule, p: PacketFields) -> str | None:
+    """Why ``rule`` does not take the packet (the first condition it fails), None when it does."""
     if rule.in_port != ANY and rule.in_port != p.in_port:
-        return False
+        return f"in-port {rule.in_port}, not {p.in_port}"
     if rule.vlan != ANY and rule.vlan != p.vlan:
-        return False
+        return f"vlan {rule.vlan}, not {'untagged' if p.vlan is None else p.vlan}"
     if rule.ipver and rule.ipver != p.ipver:
-        return False
+        return f"IPv{rule.ipver}, not IPv{p.ipver}"
     if rule.proto and rule.proto != p.proto:
-        return False
-    for net, raw in ((rule.src, p.src), (rule.dst, p.dst)):
-        if net is not None:
-            if net.version != p.ipver:
-                return False
-            if ipaddress.ip_address(raw) not in net:
-                return False
-    if not rule.sport[0] <= p.sport <= rule.sport[1]:
-        return False
-    return rule.dport[0] <= p.dport <= rule.dport[1]
+        return f"protocol {rule.proto}, not {p.proto}"
+    for word, net, raw in (("src", rule.src, p.src), ("dst", rule.dst, p.dst)):
+        if net is not None and (net.version != p.ipver or ipaddress.ip_address(raw) not in net):
+            return f"{word} {net}, not {ipaddress.ip_address(raw)}"
+    for word, (lo, hi), port in (("src port", rule.sport, p.sport), ("dst port", rule.dport, p.dport)):
+        if not lo <= port <= hi:
+            return f"{word} {lo if lo == hi else f'{lo}-{hi}'}, not {port}"
+    return None
+
+
+def rule_matches(rule: Rule, p: PacketFields) -> bool:
+    return rule_mismatch(rule, p) is None
 
 
 def ordered(rules: Sequence[Rule]) -> list[Rule]:

@@ -22,6 +22,7 @@ from onvm import _native
 from onvm.constants import FLOW_ORIGINS, Action
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import MAX_PORTS, Hop, format_chain, parse_chain
+from onvm.flows.explain import ServiceView, Situation
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import Rule, check_timeouts, parse_rule
 
@@ -232,6 +233,20 @@ class FlowRegistry:
         if not self.region.flow_del(key.native()):
             raise OnvmError(f"no flow {key}", code="not_found")
         return {"flow": str(key)}
+
+    def situation(self, key: FlowKey, service: Callable[[int, int], ServiceView]) -> Situation:
+        """What decides the path of ``key``'s packets now (``onvm flow explain``)."""
+        entry = self.region.flow_get(key.native())
+        if entry is not None:
+            entry["origin"] = ORIGIN_NAMES.get(entry["origin"], str(entry["origin"]))
+        return Situation(rules=[self.rules[rid][0] for _, rid in self._order],
+                         chains={cid: (name, hops) for name, (cid, hops) in self.chains.items()},
+                         port_chains={p: self.chains[c][0] for p, c in self.port_chains.items()},
+                         entry=entry, service=service)
+
+    def rule_slot(self, rule_id: int) -> int:
+        """Where rule ``rule_id`` sits in the region's classifier."""
+        return self.rules[rule_id][1]
 
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = self.region.flow_stats()

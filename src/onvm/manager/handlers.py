@@ -34,6 +34,7 @@ from onvm.control import ops
 from onvm.control.protocol import PROTOCOL_VERSION, Request
 from onvm.errors import ConfigError, OnvmError
 from onvm.flows.chain import Hop
+from onvm.flows.explain import Instance, ServiceView, explain, packet_of
 from onvm.flows.keys import FlowKey
 from onvm.flows.rules import Rule, parse_rules
 from onvm.manager.captures import Captures
@@ -275,6 +276,27 @@ class Handlers:
     @handles(ops.FlowDel)
     def flow_del(self, caller: Caller, req: ops.FlowDel) -> dict[str, Any]:
         return self.flows.del_flow(FlowKey.parse(req.flow))
+
+    @handles(ops.FlowExplain)
+    def flow_explain(self, caller: Caller, req: ops.FlowExplain) -> dict[str, Any]:
+        key, flow_hash = packet_of(FlowKey.parse(req.flow))
+        out = explain(key, flow_hash, self.flows.situation(key, self._service_view))
+        if out["decided_by"] != "flow entry":  # the classifier itself must agree with the reference
+            slot, _ = self.dp.region.rule_lookup(key.native())
+            ours = self.flows.rule_slot(out["rule"]["id"]) if out["rule"] else -1
+            if slot != ours:
+                out["warning"] = (f"the region's classifier answers rule slot {slot}, the rules here slot "
+                                  f"{ours}: packets follow the classifier")
+        return out
+
+    def _service_view(self, service: int, flow_hash: int) -> ServiceView:
+        registry = self.nfs.registry
+        policy = POLICY_NAMES[registry.policy_of(service)]
+        running = [Instance(r.nf_id, r.instance, r.name) for r in registry.running(service)]
+        pick = None
+        if running and policy != "round-robin":
+            pick = self.dp.region.pick(service, flow_hash) or None
+        return ServiceView(policy, running, pick)
 
     @handles(ops.FlowStats)
     def flow_stats(self, caller: Caller, req: ops.FlowStats) -> dict[str, Any]:

@@ -149,7 +149,9 @@ class Manager:
             self._start_sdn()
 
     def _start_web(self) -> None:
+        from onvm.control.capture import collect
         from onvm.control.client import Client
+        from onvm.web.api import MAX_CAPTURE_BYTES
         from onvm.web.server import WebServer
 
         def control(op: ops.Op) -> dict[str, Any]:  # as a client, on the socket, like every other
@@ -159,7 +161,8 @@ class Manager:
         try:
             host, port = self.config.web_addr or ("127.0.0.1", 0)
             web = WebServer(self.config.name, host, port, source=self._web_sample, log=self.log,
-                            control=control)
+                            control=control, capture=lambda op, seconds: collect(
+                                self.config.name, op, seconds, MAX_CAPTURE_BYTES))
             web.start()
         except BaseException:
             self.stop()

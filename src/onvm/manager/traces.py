@@ -27,8 +27,10 @@ __all__ = ["Names", "Traces", "describe", "render"]
 
 MAX_PACKETS = 10_000  # packets kept for show; count is capped at this
 KIND_RX, KIND_HOP, KIND_DROP = 1, 2, 3
-CLASSIFIED = {0: "default chain", 1: "flow entry", 2: "rule", 3: "not IP: default chain"}
+CLASSIFIED = {0: "default chain", 1: "flow entry", 2: "rule", 3: "not IP: default chain", 4: "injected"}
+INJECTED = 4
 ACTION_NAMES = {0: "drop", 1: "next", 2: "tonf", 3: "out"}
+ACTION_NEXT = 1
 
 
 @dataclass
@@ -60,20 +62,23 @@ def describe(events: Iterable[dict[str, Any]], names: Names) -> list[dict[str, A
         hops: list[dict[str, Any]] = []
         desc: dict[str, Any] = {"packet": n, "rx_ns": p.rx_ns, "hops": hops, "end": "in flight"}
         for e in sorted(p.events, key=lambda e: (e["t_ns"], e["kind"] != KIND_RX)):
-            by = "RX" if e["kind"] == KIND_RX else f"NF {e['by']}" if e["by"] else "manager"
+            injected = e["kind"] == KIND_RX and e["reason"] == INJECTED  # an NF made it: no port, no RX
+            by = "RX" if e["kind"] == KIND_RX and not injected else f"NF {e['by']}" if e["by"] else "manager"
             hop: dict[str, Any] = {"by": by, "t_us": round(e["t_ns"] / 1000, 3),
                                    "chain": names.chain(e["chain"]), "hop": e["hop"]}
             if e["kind"] == KIND_RX:
                 how = CLASSIFIED.get(e["reason"], "?")
-                desc.update(len=e["len"], in_port=e["nf"], flow_hash=e["flow_hash"], classified=how,
-                            chain=names.chain(e["chain"]))
-                hop["what"] = f"in port {e['nf']}, {how}"
+                desc.update(len=e["len"], in_port=None if injected else e["nf"], flow_hash=e["flow_hash"],
+                            classified=how, chain=names.chain(e["chain"]))
+                hop["what"] = f"injected, {ACTION_NAMES.get(e['action'], '?')}" if injected \
+                    else f"in port {e['nf']}, {how}"
                 if e["rule"]:
                     text = names.rule(e["rule"] - 1)
                     desc["rule"] = text
                     made = " made by rule" if e["reason"] == 1 else ""
                     hop["what"] += f"{made} '{text}'" if text else f"{made} (slot {e['rule'] - 1})"
-                hop["what"] += f" -> chain {names.chain(e['chain'])}"
+                if not injected or e["action"] == ACTION_NEXT:
+                    hop["what"] += f" -> chain {names.chain(e['chain'])}"
             elif e["kind"] == KIND_DROP:
                 reason = DROP_REASON_NAMES.get(e["reason"], str(e["reason"]))
                 hop["what"] = f"drop ({reason})"
@@ -102,7 +107,8 @@ def render(packets: list[dict[str, Any]], state: dict[str, Any]) -> str:
             + (f", {state['lost']} events lost (the event ring was full)" if state.get("lost") else ""))
     lines = [head]
     for p in packets:
-        lines.append(f"packet {p['packet']}: {p.get('len', '?')} B, in port {p.get('in_port', '?')}, "
+        origin = "made by an NF" if p.get("classified") == "injected" else f"in port {p.get('in_port', '?')}"
+        lines.append(f"packet {p['packet']}: {p.get('len', '?')} B, {origin}, "
                      f"{p.get('classified', '?')}, chain {p.get('chain', '?')}: {p['end']}")
         for h in p["hops"]:
             lines.append(f"  {h['t_us']:>10.3f} us  {h['by']:<24} hop {h['hop']:<2} {h['what']}")

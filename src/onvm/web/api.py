@@ -37,6 +37,9 @@ from onvm.errors import ConfigError, OnvmError
 from onvm.web import metrics
 
 MAX_BODY = 64 * 1024
+MAX_CAPTURE_SECONDS = 60.0  # a capture downloaded from the web runs at most this long
+MAX_CAPTURE_BYTES = 32 << 20  # and brings at most about this much
+Capturer = Callable[[ops.CaptureStart, float], tuple[bytes, dict[str, Any]]]
 
 _STATUS_BY_CODE = {
     "bad_request": 400,
@@ -115,12 +118,14 @@ def _int_param(value: str, what: str) -> int:
 
 
 class Api:
-    """Routes and handlers; ``source`` is a Sampler, ``control(op)`` runs an operation on the manager."""
+    """Routes and handlers; ``source`` is a Sampler, ``control(op)`` runs an operation on the manager,
+    ``capture(op, seconds)`` runs a capture as one pcap file and its counts."""
 
     def __init__(self, source: Any, control: Callable[[ops.Op], dict[str, Any]], token: str,
-                 allowed_hosts: set[str] | None = None) -> None:
+                 allowed_hosts: set[str] | None = None, capture: Capturer | None = None) -> None:
         self.source = source
         self.control = control
+        self.capture = capture
         self.token = token
         self.allowed_hosts = allowed_hosts  # None: any Host (bound to a wildcard address)
         self.routes: list[Route] = []
@@ -292,6 +297,25 @@ class Api:
         def shutdown(req: Request) -> Response:
             req.json()
             return ok(self.control(ops.Shutdown()))
+
+        @route("POST", "/api/capture", change=True)
+        def capture(req: Request) -> Response:
+            """A capture as a pcap download: the body is capture_start's arguments and ``seconds``
+            (default 5, at most 60); it ends at its count, its time or about 32 MiB.  Packet
+            contents are not for everyone: it needs the token like a change."""
+            if self.capture is None:
+                raise HttpError(404, "this server takes no captures")
+            body = req.json()
+            seconds = body.pop("seconds", 5.0)
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                    or not 0 < seconds <= MAX_CAPTURE_SECONDS:
+                raise HttpError(400, f"'seconds' must be a number in (0, {MAX_CAPTURE_SECONDS:g}]")
+            op = ops.decode("capture_start", body)
+            assert isinstance(op, ops.CaptureStart)  # decode made it from its name
+            data, counts = self.capture(op, float(seconds))
+            return Response(200, data, "application/vnd.tcpdump.pcap", {
+                "Content-Disposition": 'attachment; filename="onvm-capture.pcap"',
+                "X-Onvm-Captured": str(counts["captured"]), "X-Onvm-Dropped": str(counts["dropped"])})
 
         @route("POST", "/api/control/{op}", change=True)
         def control(req: Request, op: str) -> Response:

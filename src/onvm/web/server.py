@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 from onvm.control.ops import Op
 from onvm.errors import ConfigError
 from onvm.paths import runtime_dir
-from onvm.web.api import MAX_BODY, Api, Request, Response, error, sse_frame
+from onvm.web.api import MAX_BODY, Api, Capturer, Request, Response, error, sse_frame
 from onvm.web.sampler import EventSource, Sampler
 
 MAX_STREAMS = 16  # live streams at once, in all
@@ -300,11 +300,13 @@ class WebServer:
     """The web endpoint of manager ``name`` (see the module docstring).
 
     ``source`` and ``log`` feed the sampler (see sampler.py); ``control`` runs
-    an operation as a client of the manager (the typed client on its socket)."""
+    an operation as a client of the manager (the typed client on its socket); ``capture`` runs
+    a capture for download (see ``POST /api/capture``)."""
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *,
                  source: Callable[[], dict[str, Any] | None], log: EventSource,
-                 control: Callable[[Op], dict[str, Any]], interval: float = 0.5) -> None:
+                 control: Callable[[Op], dict[str, Any]], capture: Capturer | None = None,
+                 interval: float = 0.5) -> None:
         self.host = host
         self.token = secrets.token_urlsafe(32)
         self.token_path = token_path(name)
@@ -322,7 +324,7 @@ class WebServer:
             raise ConfigError(f"--web {host}:{port}: the address {what}") from None
         self.httpd.web = self
         self.port = self.httpd.server_address[1]
-        self.api = Api(self.sampler, control, self.token, self._allowed_hosts())
+        self.api = Api(self.sampler, control, self.token, self._allowed_hosts(), capture)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="onvm-web", daemon=True)
         self._started = False

@@ -171,6 +171,70 @@ function stopButton(nf) {
   return b;
 }
 
+// ---- capture, trace, explain ------------------------------------------------
+async function post(path, body) {
+  const token = sessionStorage.getItem("onvm-token") || "";
+  if (!token) throw new Error("enter the token printed by the manager first");
+  const r = await fetch(path, { method: "POST", body: JSON.stringify(body),
+    headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" } });
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
+  return r;
+}
+
+function show(text) { $("inside-out").textContent = text; }
+
+function traceText(t) {
+  const lines = [`trace '${t.filter}': ${t.packets.length} packets, ${t.remaining} still to take` +
+    (t.lost ? `, ${t.lost} events lost` : "")];
+  for (const p of t.packets) {
+    const from = p.classified === "injected" ? "made by an NF" : `in port ${p.in_port}`;
+    lines.push(`packet ${p.packet}: ${p.len} B, ${from}, ${p.classified}, chain ${p.chain}: ${p.end}`);
+    for (const h of p.hops) lines.push(`  ${h.t_us.toFixed(3).padStart(10)} us  ${h.by.padEnd(24)} hop ${h.hop}  ${h.what}`);
+  }
+  return lines.join("\n");
+}
+
+function explainText(e) {
+  const lines = [`flow ${e.flow}`];
+  if (e.entry) lines.push(`  ${["nf", "api"].includes(e.entry.origin) ? "exact" : "cached"} entry: chain ${e.entry.chain}, made by ${e.entry.origin}`);
+  for (const m of e.missed) lines.push(`  rule ${m.id} '${m.rule}': no (${m.why})`);
+  if (e.missed_total > e.missed.length) lines.push(`  ... and ${e.missed_total - e.missed.length} more rules above`);
+  if (e.rule) lines.push(`  rule ${e.rule.id} '${e.rule.rule}': matches`);
+  lines.push(`  -> chain ${e.chain} (${e.decided_by}: ${e.why})`);
+  for (const h of e.hops) lines.push(`  hop ${h.hop}: ${h.what}`);
+  if (e.warning) lines.push(`  warning: ${e.warning}`);
+  return lines.join("\n");
+}
+
+function inside() {
+  const guard = (fn) => async (ev) => {
+    ev.preventDefault();
+    try { await fn(); } catch (e) { show(String(e.message || e)); }
+  };
+  $("capture-form").addEventListener("submit", guard(async () => {
+    const body = { [$("cap-tap").value]: Number($("cap-id").value), direction: $("cap-dir").value,
+      filter: $("cap-filter").value, count: Number($("cap-count").value), seconds: Number($("cap-seconds").value) };
+    show("capturing…");
+    const r = await post("/api/capture", body);
+    const blob = await r.blob();
+    const a = el("a", { href: URL.createObjectURL(blob), download: "onvm-capture.pcap" });
+    document.body.appendChild(a); a.click(); a.remove();
+    show(`${r.headers.get("X-Onvm-Captured")} packets captured, ${r.headers.get("X-Onvm-Dropped")} dropped by the capture`);
+  }));
+  $("trace-form").addEventListener("submit", guard(async () => {
+    const t = await (await post("/api/control/trace_add", { count: Number($("trace-count").value),
+      filter: $("trace-filter").value })).json();
+    show(`trace armed: the next ${t.count} packets '${t.filter}'; press show`);
+  }));
+  $("trace-show").addEventListener("click", guard(async () => show(traceText(await (await post("/api/control/trace_show", {})).json()))));
+  $("trace-clear").addEventListener("click", guard(async () => {
+    show(`${(await (await post("/api/control/trace_clear", {})).json()).cleared} events cleared`);
+  }));
+  $("explain-form").addEventListener("submit", guard(async () => {
+    show(explainText(await (await post("/api/control/flow_explain", { flow: $("explain-flow").value })).json()));
+  }));
+}
+
 function drawTables(st) {
   const ringSize = st.manager.ring_size || 4096;
   const nb = $("nfs").tBodies[0];
@@ -249,6 +313,7 @@ function onSample(s) {
 }
 
 async function start() {
+  inside();
   const saved = sessionStorage.getItem("onvm-token");
   if (saved) $("token").value = saved;
   $("token-form").addEventListener("submit", (e) => {
