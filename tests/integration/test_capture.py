@@ -126,12 +126,13 @@ def test_a_capture_that_cannot_keep_up_counts_drops_and_the_chain_loses_nothing(
     dep = deploy(["--port", f"pcap:{src}?loop=0", "--port", "null", "--default-chain", "1,out:1"])
     dep.start_nf(["simple_forward", "--service", "1"])
     dep.wait_running(1)
-    reader = capture(dep, "--service", "1", "-w", "-")  # its output is not read: the pipe fills
+    reader = capture(dep, "--service", "1", "-w", "-")  # past its header, not read: the pipe fills
+    assert reader.stdout is not None
+    head = reader.stdout.read(24)  # written once the capture runs: a signal now ends a capture, not a start
     wait_for(lambda: reader.poll() is None and status(dep.name)["nfs"][0]["rx"] > 100_000, timeout=20,
              what="traffic")
     time.sleep(1.0)
     reader.send_signal(signal.SIGINT)
-    head = reader.stdout.read(24) if reader.stdout else b""  # drain so that it can leave
     rest, err = reader.communicate(timeout=20)
     assert head[:4] == struct.pack("<I", 0xA1B23C4D)
     captured = int(err.decode().split(" packets captured")[0].split()[-1])

@@ -317,3 +317,34 @@ def test_one_client_cannot_hold_every_stream_or_connection(web):
         for c, r in streams:
             r.close()
             c.close()
+
+
+def test_capture_trace_and_explain_from_the_web(web):
+    """What the dashboard's buttons ask: a capture as a pcap download, a trace, an explanation."""
+    from tests.integration.test_capture import records
+
+    dep, w = web
+    auth = {"Authorization": f"Bearer {w.token}", "Content-Type": "application/json"}
+    body = json.dumps({"port": 0, "direction": "rx", "count": 10, "snaplen": 34, "seconds": 10}).encode()
+    assert w.request("POST", "/api/capture", body=body)[0] == 401
+    code, headers, pcap = w.request("POST", "/api/capture", body=body, headers=auth)
+    assert code == 200 and headers["content-type"] == "application/vnd.tcpdump.pcap", pcap[:200]
+    magic, frames = records(pcap)
+    assert magic == 0xA1B23C4D and len(frames) == 10 and all(len(f) == 34 for f in frames)
+    assert headers["x-onvm-captured"] == "10" and headers["x-onvm-dropped"] == "0"
+    code, headers, pcap = w.request("POST", "/api/capture", headers=auth, body=json.dumps(
+        {"port": 0, "filter": "tcp dst port 1", "seconds": 0.5}).encode())  # nothing matches: time ends it
+    assert code == 200 and records(pcap)[1] == [] and headers["x-onvm-captured"] == "0"
+
+    def control(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        code, _, out = w.request("POST", f"/api/control/{op}", body=json.dumps(args).encode(), headers=auth)
+        assert code == 200, out
+        return json.loads(out)
+
+    assert control("trace_add", {"count": 2, "filter": "udp"})["count"] == 2
+    shown = wait_for(lambda: (t := control("trace_show", {})) and len(t["packets"]) == 2 and t,
+                     what="two traced packets")
+    assert all(p["chain"] == "default" for p in shown["packets"])
+    e = control("flow_explain", {"flow": "10.0.0.1:1024 10.1.0.1:80 udp"})
+    assert e["chain"] == "default" and e["decided_by"] == "default chain" and e["hops"][0]["service"] == 1
+    assert e["hops"][0]["nf"] == status(dep.name)["nfs"][0]["id"]

@@ -30,10 +30,13 @@ static void event_of(struct onvm_region *r, uint32_t s, struct onvm_trace_event 
     e->len = m->len;
 }
 
-/* Does the armed trace take this packet?  Takes one from its count; the last one disarms it. */
-static int take(struct onvm_trace *t, const struct onvm_cap_filter *f, const struct onvm_meta *m,
-                const uint8_t *data, uint32_t len) {
-    if (!onvm_cap_match(f, m, data, len))
+/* Does the armed trace take this packet?  Takes one from its count (the last one disarms
+ * it), marks the packet and starts its RX event in *e. */
+static int mark(struct onvm_region *r, struct onvm_trace *t, const struct onvm_cap_filter *f, uint32_t slot,
+                struct onvm_trace_event *e) {
+    struct onvm_meta *m = &r->meta[slot];
+    uint32_t room = onvm_slot_room(r);
+    if (!onvm_cap_match(f, m, onvm_slot_data(r, slot), m->len < room ? m->len : room))
         return 0;
     uint32_t left = atomic_load_explicit(&t->remaining, ONVM_RELAXED);
     do { /* relaxed: a count; each packet takes one */
@@ -42,26 +45,24 @@ static int take(struct onvm_trace *t, const struct onvm_cap_filter *f, const str
             return 0;
         }
     } while (!atomic_compare_exchange_weak_explicit(&t->remaining, &left, left - 1, ONVM_RELAXED, ONVM_RELAXED));
+    m->flags |= ONVM_MF_TRACED;
+    event_of(r, slot, e);
+    e->kind = ONVM_TEV_RX;
+    e->nf = m->in_port;
     return 1;
 }
 
 void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uint64_t now) {
     struct onvm_trace *t = onvm_trace(r);
     struct onvm_cap_filter f = t->filter;
-    uint32_t room = onvm_slot_room(r);
     for (uint32_t i = 0; i < n; i++) {
-        struct onvm_meta *m = &r->meta[slots[i]];
-        const uint8_t *data = onvm_slot_data(r, slots[i]);
-        if (!take(t, &f, m, data, m->len < room ? m->len : room))
-            continue;
-        m->flags |= ONVM_MF_TRACED;
         struct onvm_trace_event e;
-        event_of(r, slots[i], &e);
-        e.kind = ONVM_TEV_RX;
-        e.nf = m->in_port;
+        if (!mark(r, t, &f, slots[i], &e))
+            continue;
+        const struct onvm_meta *m = &r->meta[slots[i]];
         struct onvm_flow_key key;
         struct onvm_flow_view v;
-        if (onvm_flow_key_of(m, data, &key) != 0) {
+        if (onvm_flow_key_of(m, onvm_slot_data(r, slots[i]), &key) != 0) {
             e.reason = ONVM_TCL_NOT_IP;
         } else if (onvm_flow_get(r, &key, now, 1, &v) == 0) {
             /* Every result is cached: an entry made by this packet was decided now. */
@@ -79,18 +80,12 @@ void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uin
 void onvm_trace_injected(struct onvm_region *r, const uint32_t *slots, uint32_t n, unsigned nf_id) {
     struct onvm_trace *t = onvm_trace(r);
     struct onvm_cap_filter f = t->filter;
-    uint32_t room = onvm_slot_room(r);
     for (uint32_t i = 0; i < n; i++) {
-        struct onvm_meta *m = &r->meta[slots[i]];
-        if (!take(t, &f, m, onvm_slot_data(r, slots[i]), m->len < room ? m->len : room))
-            continue;
-        m->flags |= ONVM_MF_TRACED;
         struct onvm_trace_event e;
-        event_of(r, slots[i], &e);
-        e.kind = ONVM_TEV_RX;
-        e.nf = m->in_port;
+        if (!mark(r, t, &f, slots[i], &e))
+            continue;
         e.by = (uint16_t)nf_id;
-        e.action = m->action;
+        e.action = r->meta[slots[i]].action;
         e.reason = ONVM_TCL_INJECTED;
         trace_put(r, &e);
     }

@@ -17,6 +17,7 @@ from typing import Any
 
 from onvm.control import ops
 from onvm.control.client import Client
+from onvm.errors import OnvmError
 
 __all__ = ["PCAP_NS_MAGIC", "collect", "pcap_header", "stream"]
 
@@ -61,9 +62,17 @@ def collect(name: str, op: ops.CaptureStart, seconds: float, max_bytes: int) -> 
             if size >= max_bytes:
                 break
         if end is None:  # time or room ran out first
-            end = client.call(ops.CaptureStop(cid))
+            try:
+                end = client.call(ops.CaptureStop(cid))
+            except OnvmError as e:
+                if e.code != "not_found":
+                    raise
+                # It ended by itself meanwhile: its end event is on the way.
             for item in stream(client, cid, time.monotonic() + 0.5):  # copied before it stopped
-                if isinstance(item, bytes) and size < max_bytes:
+                if isinstance(item, dict):
+                    end = item
+                elif size < max_bytes:
                     out.append(item)
                     size += len(item)
+        end = end or {}
         return b"".join(out), {"captured": end.get("captured", 0), "dropped": end.get("dropped", 0)}
