@@ -6,6 +6,7 @@ parser's, and each hop's instance is the reference pick (models.pick_model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 from hypothesis import HealthCheck, given, settings
@@ -79,6 +80,11 @@ def test_explain_agrees_with_classification_and_the_reference(rule_list, pkts, p
                                                    region.pick(svc, h) or None))
             e = explain(key, flow_hash, situation)
             log = (model.log, str(key), render(e))
+            # As the manager asks: the classifier names the first rule that matches, explain the rest.
+            slot_got, _ = region.rule_lookup(key.native())
+            order = ordered([r for r, _ in model.rules.values()])
+            first = next((i for i, r in enumerate(order) if model.rules[r.id][1] == slot_got), -1)
+            assert explain(key, flow_hash, dataclasses.replace(situation, first=first)) == e, log
             assert e["chain_id"] == chain, log  # where the packet path really sends it
             want = match_rules([r for r, _ in model.rules.values()], fields)
             if e["decided_by"] == "flow entry":

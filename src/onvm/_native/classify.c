@@ -37,7 +37,8 @@ static uint32_t max_slots_for(uint32_t max_rules) {
 
 #define ALIGN_PAGE(x) (((x) + 4095u) & ~(uint64_t)4095u)
 
-/* ctl | tuples | image 0 | image 1 | rules | hits | groups 0 | groups 1 (offsets relative to ctl). */
+/* ctl | tuples | image 0 | image 1 | rules | hits | groups 0, tags 0 | groups 1, tags 1 (offsets
+ * relative to ctl).  An image's tags follow its groups: one 16-bit tag per group entry. */
 struct cls_layout {
     uint64_t tuples, images[2], rules, hits, groups[2], total, eager;
 };
@@ -58,7 +59,7 @@ static struct cls_layout layout_of(uint32_t max_rules) {
     off = ALIGN_PAGE(off + sizeof(uint64_t) * (uint64_t)max_rules);
     for (int i = 0; i < 2; i++) {
         l.groups[i] = off;
-        off = ALIGN_PAGE(off + sizeof(struct onvm_cls_group) * (uint64_t)max_slots_for(max_rules));
+        off = ALIGN_PAGE(off + (sizeof(struct onvm_cls_group) + sizeof(uint16_t)) * (uint64_t)max_slots_for(max_rules));
     }
     l.total = off;
     return l;
@@ -116,6 +117,10 @@ static inline struct onvm_cls_image *image(const struct onvm_region *r, unsigned
 static inline struct onvm_cls_group *groups(const struct onvm_region *r, unsigned i) {
     return (struct onvm_cls_group *)(r->base + r->cls_groups[i & 1]);
 }
+/* Image i's tags, after its max_slots group entries. */
+static inline uint16_t *tags(const struct onvm_region *r, unsigned i) {
+    return (uint16_t *)(r->base + r->cls_groups[i & 1] + (uint64_t)r->cls_max_slots * sizeof(struct onvm_cls_group));
+}
 static inline struct onvm_tuple *tuples(const struct onvm_region *r) {
     return (struct onvm_tuple *)(r->base + r->cls_tuples);
 }
@@ -128,13 +133,29 @@ static inline void widen(const struct onvm_flow_key *k, struct onvm_cls_key *out
     out->w[5] = k->vlan;
 }
 
+/* Each word through its own odd multiplier (the six products do not wait for
+ * each other), summed with the tuple's, then mixed whole (murmur3's finalizer):
+ * a tuple costs a few cycles, not a chain of six dependent rounds. */
 static inline uint64_t cls_hash(const struct onvm_cls_key *k, uint32_t tuple) {
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)tuple << 40);
-    for (int i = 0; i < 6; i++) {
-        h = (h ^ k->w[i]) * 0xff51afd7ed558ccdull;
-        h ^= h >> 29;
-    }
-    return h ^ (h >> 32);
+    uint64_t h = (k->w[0] + 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull +
+                 (k->w[1] + 0x94d049bb133111ebull) * 0xd6e8feb86659fd93ull +
+                 (k->w[2] + 0xff51afd7ed558ccdull) * 0xc4ceb9fe1a85ec53ull +
+                 (k->w[3] + 0x2545f4914f6cdd1dull) * 0x9e3779b97f4a7c15ull +
+                 (k->w[4] + 0xbf58476d1ce4e5b9ull) * 0x94d049bb133111ebull +
+                 (k->w[5] + 0xd6e8feb86659fd93ull) * 0xff51afd7ed558ccdull + (uint64_t)tuple * 0x2545f4914f6cdd1dull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
+/* A group entry's tag: 0 empty, 1 deleted, else 16 bits of its hash (never 0 or 1). */
+#define TAG_EMPTY 0u
+#define TAG_TOMB 1u
+static inline uint16_t tag_of(uint64_t h) {
+    uint16_t t = (uint16_t)(h >> 48);
+    return t > TAG_TOMB ? t : (uint16_t)(t + 2);
 }
 
 static inline int cls_key_eq(const struct onvm_cls_key *a, const struct onvm_cls_key *b) {
@@ -187,6 +208,7 @@ int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, stru
         uint32_t g = atomic_load_explicit(&c->gen, ONVM_ACQUIRE);
         const struct onvm_cls_image *im = image(r, g);
         const struct onvm_cls_group *gt = groups(r, g);
+        const uint16_t *tg = tags(r, g);
         uint32_t v = im->version, n = im->ntuples, slots = im->slots, maxp = im->max_probe;
         if (n > ONVM_TUPLES_MAX || slots > r->cls_max_slots || (slots & (slots - 1)) || !slots)
             n = 0; /* torn (we will look again) or written by someone hostile */
@@ -196,11 +218,15 @@ int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, stru
         int32_t bp = 0;
         uint32_t bid = 0, brule = 0;
         /* Tuples in batches: hash a batch and prefetch its first probes, then
-         * probe them in order, so the cache misses of a batch overlap. */
+         * probe them in order, so the cache misses of a batch overlap.  A probe
+         * reads the tags (two bytes an entry, so they stay in the cache) and
+         * reads an entry only when its tag is the key's: a tuple that holds no
+         * group for the key costs one tag line, not a group entry. */
         for (uint32_t base = 0; base < n; base += LOOKUP_BATCH) {
             uint32_t m = n - base < LOOKUP_BATCH ? n - base : LOOKUP_BATCH;
             struct onvm_cls_key mk[LOOKUP_BATCH];
             uint64_t hh[LOOKUP_BATCH];
+            uint16_t want[LOOKUP_BATCH];
             struct onvm_cls_order ob[LOOKUP_BATCH];
             for (uint32_t i = 0; i < m; i++) {
                 struct onvm_cls_order o = ob[i] = im->order[base + i];
@@ -210,14 +236,12 @@ int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, stru
                 const struct onvm_tuple *t = &tt[o.tuple];
                 if (t->ipver && t->ipver != key->ipver)
                     continue;
-                uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)o.tuple << 40);
-                for (int w = 0; w < 6; w++) { /* mask and hash in one pass, as cls_hash() */
+                for (int w = 0; w < 6; w++)
                     mk[i].w[w] = k.w[w] & t->mask.w[w];
-                    h = (h ^ mk[i].w[w]) * 0xff51afd7ed558ccdull;
-                    h ^= h >> 29;
-                }
-                hh[i] = (h ^ (h >> 32)) & (slots - 1);
-                __builtin_prefetch(&gt[hh[i]]);
+                uint64_t h = cls_hash(&mk[i], o.tuple);
+                hh[i] = h & (slots - 1);
+                want[i] = tag_of(h);
+                __builtin_prefetch(&tg[hh[i]]);
             }
             for (uint32_t i = 0; i < m; i++) {
                 if (best && bp > ob[i].max_priority) {
@@ -227,11 +251,14 @@ int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, stru
                 if (hh[i] == UINT64_MAX)
                     continue;
                 for (uint32_t p = 0; p <= maxp; p++) {
-                    const struct onvm_cls_group *e = &gt[(hh[i] + p) & (slots - 1)];
-                    uint32_t et = e->tuple;
-                    if (et == 0)
+                    uint64_t j = (hh[i] + p) & (slots - 1);
+                    uint16_t t = tg[j];
+                    if (t == TAG_EMPTY)
                         break;
-                    if (et == ob[i].tuple + 1 && cls_key_eq(&e->key, &mk[i])) {
+                    if (t != want[i])
+                        continue;
+                    const struct onvm_cls_group *e = &gt[j];
+                    if (e->tuple == ob[i].tuple + 1 && cls_key_eq(&e->key, &mk[i])) {
                         if (!best || e->priority > bp || (e->priority == bp && e->id < bid)) {
                             best = e;
                             bp = e->priority;
@@ -735,7 +762,8 @@ static uint32_t build_order(struct onvm_cls_writer *w, struct onvm_cls_order *or
     return n;
 }
 
-static void write_entry(struct onvm_cls_group *e, const struct wgroup *g) {
+static void write_entry(struct onvm_cls_group *e, uint16_t *tag, const struct wgroup *g, uint64_t h) {
+    *tag = tag_of(h);
     e->key = g->key;
     e->rule = g->m[0].slot;
     e->priority = g->m[0].priority;
@@ -746,17 +774,19 @@ static void write_entry(struct onvm_cls_group *e, const struct wgroup *g) {
 /* Write every group into image i afresh (it is not in use). */
 static void rebuild(struct onvm_region *r, struct onvm_cls_writer *w, unsigned i, uint32_t slots) {
     struct onvm_cls_group *gt = groups(r, i);
+    uint16_t *tg = tags(r, i);
     uint32_t maxp = 0;
     memset(gt, 0, (size_t)slots * sizeof *gt);
+    memset(tg, 0, (size_t)slots * sizeof *tg);
     for (uint32_t k = 0; k < w->ng; k++) {
         struct wgroup *g = &w->g[k];
         if (g->tuple == UINT32_MAX || g->n == 0)
             continue;
         uint64_t h = cls_hash(&g->key, g->tuple);
         for (uint32_t p = 0; p < slots; p++) {
-            struct onvm_cls_group *e = &gt[(h + p) & (slots - 1)];
-            if (e->tuple == 0) {
-                write_entry(e, g);
+            uint64_t j = (h + p) & (slots - 1);
+            if (gt[j].tuple == 0) {
+                write_entry(&gt[j], &tg[j], g, h);
                 if (p > maxp)
                     maxp = p;
                 break;
@@ -773,44 +803,42 @@ static void rebuild(struct onvm_region *r, struct onvm_cls_writer *w, unsigned i
 static int update(struct onvm_region *r, struct onvm_cls_writer *w, unsigned i) {
     struct onvm_cls_image *im = image(r, i);
     struct onvm_cls_group *gt = groups(r, i);
+    uint16_t *tg = tags(r, i);
     uint32_t mask = im->slots - 1;
     for (uint32_t k = 0; k < w->nchanged; k++) {
         struct wgroup *g = &w->g[w->changed[k]];
         uint64_t h = cls_hash(&g->key, g->tuple);
-        struct onvm_cls_group *found = NULL, *room = NULL;
+        long found = -1, room = -1;
         uint32_t room_p = 0;
-        for (uint32_t p = 0; p <= im->max_probe || (!room && p < ONVM_CLS_PROBE); p++) {
-            struct onvm_cls_group *e = &gt[(h + p) & mask];
-            if (e->tuple == 0) {
-                if (!room) {
-                    room = e;
+        for (uint32_t p = 0; p <= im->max_probe || (room < 0 && p < ONVM_CLS_PROBE); p++) {
+            long j = (long)((h + p) & mask);
+            const struct onvm_cls_group *e = &gt[j];
+            if (e->tuple == 0 || e->tuple == ONVM_CLS_TOMB) {
+                if (room < 0) {
+                    room = j;
                     room_p = p;
                 }
-                break;
-            }
-            if (e->tuple == ONVM_CLS_TOMB) {
-                if (!room) {
-                    room = e;
-                    room_p = p;
-                }
+                if (e->tuple == 0)
+                    break;
                 continue;
             }
             if (e->tuple == g->tuple + 1 && cls_key_eq(&e->key, &g->key)) {
-                found = e;
+                found = j;
                 break;
             }
         }
         if (g->n == 0) {
-            if (found) {
-                found->tuple = ONVM_CLS_TOMB;
+            if (found >= 0) {
+                gt[found].tuple = ONVM_CLS_TOMB;
+                tg[found] = TAG_TOMB;
                 w->tombs[i & 1]++;
             }
-        } else if (found) {
-            write_entry(found, g);
-        } else if (room) {
-            if (room->tuple == ONVM_CLS_TOMB)
+        } else if (found >= 0) {
+            write_entry(&gt[found], &tg[found], g, h);
+        } else if (room >= 0) {
+            if (gt[room].tuple == ONVM_CLS_TOMB)
                 w->tombs[i & 1]--;
-            write_entry(room, g);
+            write_entry(&gt[room], &tg[room], g, h);
             if (room_p > im->max_probe)
                 im->max_probe = room_p;
         } else {
@@ -945,6 +973,8 @@ static int apply_locked(struct onvm_region *r, struct onvm_cls_writer *w, const 
     if (rebuild_slots > w->resident_slots) {
         for (unsigned i = 0; i < 2; i++) {
             int rc = make_resident(r, r->cls_groups[i], (uint64_t)rebuild_slots * sizeof(struct onvm_cls_group));
+            if (rc == 0)
+                rc = make_resident(r, (uint64_t)((uint8_t *)tags(r, i) - r->base), (uint64_t)rebuild_slots * 2);
             if (rc < 0)
                 return wfail(r, -rc, "cannot make room for the classifier in the region (file system full?)");
         }
@@ -1108,7 +1138,7 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out) {
     out->slots = image(r, atomic_load(&c->gen))->slots;
     out->tombs = w->tombs[atomic_load(&c->gen) & 1];
     out->rebuilds = w->rebuilds;
-    out->bytes = (uint64_t)w->resident_slots * sizeof(struct onvm_cls_group) * 2 +
+    out->bytes = (uint64_t)w->resident_slots * (sizeof(struct onvm_cls_group) + sizeof(uint16_t)) * 2 +
                  (uint64_t)w->resident * (sizeof(struct onvm_rule) + 8);
     pthread_mutex_unlock(&w->lock);
 }

@@ -131,7 +131,7 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
     uint64_t now = onvm_now_ns();
     for (uint32_t i = 0; l && i < self->r.flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
         struct onvm_flow_view copy;
-        if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
+        if (onvm_flow_at(&self->r, i)->state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
             continue;
         if ((chain >= 0 && copy.f.chain != chain) || (origin >= 0 && copy.f.origin != origin))
             continue;

@@ -39,56 +39,68 @@ static uint32_t fold(const uint8_t *a, int ipver) {
     return x;
 }
 
-/* The same symmetric hash for both directions of a flow, so a flow and its
- * reply sit near each other; the key itself stays directional. */
-uint32_t onvm_flow_key_hash(const struct onvm_flow_key *k) {
-    uint32_t h = onvm_flow_hash(fold(k->src, k->ipver), fold(k->dst, k->ipver), k->sport, k->dport, k->proto);
+static inline uint32_t with_port(uint32_t h, const struct onvm_flow_key *k) {
     return h ^ (uint32_t)k->in_port * 0x85ebca6bu ^ (uint32_t)k->vlan * 0xc2b2ae35u;
 }
 
+/* The same symmetric hash for both directions of a flow, so a flow and its
+ * reply sit near each other; the key itself stays directional.  For IPv4 it is
+ * the packet's own flow hash (onvm_parse) mixed with the in-port and VLAN, so
+ * RX does not compute it twice (onvm_classify_burst). */
+uint32_t onvm_flow_key_hash(const struct onvm_flow_key *k) {
+    return with_port(onvm_flow_hash(fold(k->src, k->ipver), fold(k->dst, k->ipver), k->sport, k->dport, k->proto),
+                     k);
+}
+
+static inline uint64_t word(const struct onvm_flow_key *k, unsigned i) {
+    uint64_t w;
+    memcpy(&w, (const uint8_t *)k + 8 * i, 8);
+    return w;
+}
+
+/* Word by word, in registers: the key is 42 bytes, five words and the VLAN. */
 static inline int key_eq(const struct onvm_flow_key *a, const struct onvm_flow_key *b) {
-    uint64_t x[5], y[5];
-    memcpy(x, a, sizeof x);
-    memcpy(y, b, sizeof y);
-    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0 &&
-           a->vlan == b->vlan;
+    return ((word(a, 0) ^ word(b, 0)) | (word(a, 1) ^ word(b, 1)) | (word(a, 2) ^ word(b, 2)) |
+            (word(a, 3) ^ word(b, 3)) | (word(a, 4) ^ word(b, 4)) | (uint64_t)(a->vlan ^ b->vlan)) == 0;
 }
 
 /* The 32-bit millisecond clock of deadlines: compared by signed difference, so
  * it may wrap (every 49 days) as long as no timeout exceeds ONVM_TIMEOUT_MAX_MS. */
 static inline uint32_t ms32(uint64_t ns) { return (uint32_t)(ns / 1000000ull); }
 
-static inline int expired(const struct onvm_flow *f, uint64_t now) {
-    return f->deadline_ms && (int32_t)(ms32(now) - f->deadline_ms) >= 0;
+static inline int expired_at(const struct onvm_flow *f, uint32_t now_ms) {
+    return f->deadline_ms && (int32_t)(now_ms - f->deadline_ms) >= 0;
 }
+
+static inline int expired(const struct onvm_flow *f, uint64_t now) { return expired_at(f, ms32(now)); }
 
 static inline uint32_t clamp_timeout(uint32_t ms) { return ms > ONVM_TIMEOUT_MAX_MS ? ONVM_TIMEOUT_MAX_MS : ms; }
 
-static uint32_t deadline(const struct onvm_flow_data *d, uint64_t now) {
-    uint64_t when = 0;
-    if (d->idle_ms)
-        when = now + (uint64_t)clamp_timeout(d->idle_ms) * 1000000ull;
+/* The earlier of the idle and the hard deadline, in milliseconds (ms32 of a time
+ * plus whole milliseconds is ms32 of the time plus those milliseconds, so this is
+ * exact); 0: none.  The two are compared by signed difference: while the entry
+ * lives, they lie within ONVM_TIMEOUT_MAX_MS of each other. */
+static inline uint32_t deadline(const struct onvm_flow_data *d, uint32_t now_ms) {
+    uint32_t when = d->idle_ms ? now_ms + clamp_timeout(d->idle_ms) : 0;
     if (d->hard_ms) {
-        uint64_t hard = d->created_ns + (uint64_t)clamp_timeout(d->hard_ms) * 1000000ull;
-        if (!when || hard < when)
+        uint32_t hard = ms32(d->created_ns) + clamp_timeout(d->hard_ms);
+        if (!d->idle_ms || (int32_t)(hard - when) < 0)
             when = hard;
-    }
-    if (!when)
+    } else if (!d->idle_ms) {
         return 0;
-    uint32_t ms = ms32(when);
-    return ms ? ms : 1;
+    }
+    return when ? when : 1;
 }
 
 /* Find key's entry (expired or not); returns its index or -1, *seq gets its
  * sequence.  When room is given, *room gets the first entry of the window an
  * insert could take (empty, deleted or expired), or stays -1. */
 static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq, long *room,
-                 uint64_t now) {
-    struct onvm_flow *t = onvm_flows(r);
+                 uint32_t now_ms) {
     uint32_t mask = r->flow_count - 1;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, i);
         for (int tries = 0; tries < 4; tries++) {
             /* Acquire pairs with the writer's release of the even sequence. */
             uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
@@ -98,7 +110,7 @@ static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_
             }
             uint32_t state = f->state;
             int match = state == ONVM_FLOW_VALID && key_eq(&f->key, key);
-            int free_ = state != ONVM_FLOW_VALID || expired(f, now);
+            int free_ = state != ONVM_FLOW_VALID || expired_at(f, now_ms);
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
                 continue;
@@ -147,7 +159,7 @@ static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t se
 /* Write a fresh entry into f (claimed), counters from zero. */
 static void fill(struct onvm_region *r, struct onvm_flow *f, const struct onvm_flow_key *key, uint16_t chain,
                  uint8_t origin, uint32_t rule, uint32_t version, uint32_t idle_ms, uint32_t hard_ms, uint64_t now) {
-    struct onvm_flow_data *d = &onvm_flow_data(r)[f - onvm_flows(r)];
+    struct onvm_flow_data *d = onvm_flow_data_at(r, onvm_flow_index(r, f));
     f->key = *key;
     d->created_ns = now;
     d->last_ns = now;
@@ -155,7 +167,7 @@ static void fill(struct onvm_region *r, struct onvm_flow *f, const struct onvm_f
     d->bytes = 0;
     d->idle_ms = idle_ms;
     d->hard_ms = hard_ms;
-    f->deadline_ms = deadline(d, now);
+    f->deadline_ms = deadline(d, ms32(now));
     f->chain = chain;
     f->origin = origin;
     f->rule = rule;
@@ -236,13 +248,13 @@ static void mark_current(struct onvm_flow *f, uint32_t seen, uint32_t v) {
 /* ---- the API's side ----------------------------------------------------------- */
 
 int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_view *out) {
-    struct onvm_flow *f = &onvm_flows(r)[i];
+    struct onvm_flow *f = onvm_flow_at(r, i);
     for (int tries = 0; tries < 8; tries++) {
         uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
         if (s1 & 1)
             continue;
         memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
-        out->d = onvm_flow_data(r)[i];
+        out->d = *onvm_flow_data_at(r, i);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
             return out->f.state == ONVM_FLOW_VALID && !expired(&out->f, now) && current(r, &out->f) ? 0
@@ -256,7 +268,7 @@ int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64
     if (!r->flow_count)
         return -ENOENT;
     uint32_t seq;
-    long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, now);
+    long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, ms32(now));
     if (i < 0)
         return -ENOENT;
     int rc = onvm_flow_read(r, (uint32_t)i, now, out);
@@ -269,15 +281,14 @@ int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64
 
 /* The cached result in key's window idle longest, to make way for an explicit entry. */
 static long victim(struct onvm_region *r, uint32_t hash) {
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
+    struct onvm_flow_entry *t = onvm_flow_entries(r);
     uint32_t mask = r->flow_count - 1;
     long best = -1;
     uint64_t oldest = UINT64_MAX;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
-        if (t[i].state == ONVM_FLOW_VALID && onvm_cached_origin(t[i].origin) && td[i].last_ns < oldest) {
-            oldest = td[i].last_ns;
+        if (t[i].f.state == ONVM_FLOW_VALID && onvm_cached_origin(t[i].f.origin) && t[i].d.last_ns < oldest) {
+            oldest = t[i].d.last_ns;
             best = (long)i;
         }
     }
@@ -286,11 +297,11 @@ static long victim(struct onvm_region *r, uint32_t hash) {
 
 /* Other entries of key in its window (two writers raced to insert it) go. */
 static void dedupe(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, long keep) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t mask = r->flow_count - 1, seq;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
-        struct onvm_flow *f = &t[(hash + p) & mask];
-        if (f - t == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
+        uint32_t i = (hash + p) & mask;
+        struct onvm_flow *f = onvm_flow_at(r, i);
+        if ((long)i == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
             continue;
         if (claim(f, &seq)) {
             if (f->state == ONVM_FLOW_VALID && key_eq(&f->key, key))
@@ -307,14 +318,12 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         return -ENOSPC;
     if (idle_ms > ONVM_TIMEOUT_MAX_MS || hard_ms > ONVM_TIMEOUT_MAX_MS)
         return -EINVAL;
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
     uint32_t hash = onvm_flow_key_hash(key), seq;
     for (int attempt = 0; attempt < 8; attempt++) {
         long room = -1;
-        long i = find(r, key, hash, &seq, &room, now);
+        long i = find(r, key, hash, &seq, &room, ms32(now));
         if (i >= 0) { /* the flow has an entry: it now says this */
-            struct onvm_flow *f = &t[i];
+            struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
             if (!claim(f, &seq))
                 continue;
             if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
@@ -325,11 +334,11 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
                 atomic_fetch_add(&r->hdr->flows_installed, 1);
                 fill(r, f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
             } else { /* an explicit entry changed: its counters stay */
-                struct onvm_flow_data *d = &td[i];
+                struct onvm_flow_data *d = onvm_flow_data_at(r, (uint32_t)i);
                 d->idle_ms = idle_ms;
                 d->hard_ms = hard_ms;
                 d->last_ns = now;
-                f->deadline_ms = deadline(d, now);
+                f->deadline_ms = deadline(d, ms32(now));
                 f->chain = chain;
                 f->origin = origin;
             }
@@ -344,7 +353,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         }
         if (room < 0)
             break;
-        struct onvm_flow *f = &t[room];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)room);
         if (!claim(f, &seq))
             continue;
         int ok = evict ? f->state == ONVM_FLOW_VALID && onvm_cached_origin(f->origin)
@@ -371,10 +380,10 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
     uint64_t now = onvm_now_ns();
     for (int attempt = 0; attempt < 8; attempt++) {
         uint32_t seq;
-        long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, now);
+        long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, ms32(now));
         if (i < 0)
             return -ENOENT;
-        struct onvm_flow *f = &onvm_flows(r)[i];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
         if (!claim(f, &seq))
             continue;
         if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
@@ -388,10 +397,9 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
 }
 
 uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t count = r->flow_count, removed = 0, seq;
     for (uint32_t k = 0; k < n && count; k++) {
-        struct onvm_flow *f = &t[(start + k) & (count - 1)];
+        struct onvm_flow *f = onvm_flow_at(r, (start + k) & (count - 1));
         uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
         if ((s1 & 1) || f->state != ONVM_FLOW_VALID)
             continue;
@@ -422,10 +430,9 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
 }
 
 uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t removed = 0, seq;
     for (uint32_t i = 0; i < r->flow_count; i++) {
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, i);
         if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
             continue;
         if (!claim(f, &seq))
@@ -442,43 +449,76 @@ uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
 
 /* ---- RX ------------------------------------------------------------------------ */
 
+/* What RX reads once a burst, and the header counters it adds to once a burst:
+ * those lines are shared with the sweep and the API, so they are not touched
+ * per packet. */
+struct rx_burst {
+    uint64_t now;
+    uint32_t now_ms;
+    uint32_t version; /* the rules' version at the start of the burst */
+    int32_t used;
+    uint32_t installed, expired, changed, full;
+};
+
+static inline void rx_begin(struct onvm_region *r, struct rx_burst *b, uint64_t now) {
+    *b = (struct rx_burst){.now = now, .now_ms = ms32(now)};
+    /* Acquire pairs with the writer's release of version: the log and images it names are there. */
+    b->version = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
+}
+
+static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
+    struct onvm_header *h = r->hdr;
+    /* Relaxed: statistics; flows_used only decides whether RX looks anything up at all. */
+    if (b->used)
+        atomic_fetch_add_explicit(&h->flows_used, b->used, ONVM_RELAXED);
+    if (b->installed)
+        atomic_fetch_add_explicit(&h->flows_installed, b->installed, ONVM_RELAXED);
+    if (b->expired)
+        atomic_fetch_add_explicit(&h->flows_expired, b->expired, ONVM_RELAXED);
+    if (b->changed)
+        atomic_fetch_add_explicit(&h->flows_changed, b->changed, ONVM_RELAXED);
+    if (b->full)
+        atomic_fetch_add_explicit(&h->flows_full, b->full, ONVM_RELAXED);
+}
+
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
-static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, uint64_t now) {
-    struct onvm_flow_data *d = &onvm_flow_data(r)[i];
+static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, const struct rx_burst *b) {
+    struct onvm_flow_data *d = onvm_flow_data_at(r, (uint32_t)i);
     d->packets++;
     d->bytes += m->len;
-    d->last_ns = now;
-    if (d->idle_ms)
-        onvm_flows(r)[i].deadline_ms = deadline(d, now);
+    d->last_ns = b->now;
+    if (d->idle_ms) {
+        uint32_t when = deadline(d, b->now_ms);
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
+        if (f->deadline_ms != when) /* it moves once a millisecond: no store the rest of the time */
+            f->deadline_ms = when;
+    }
 }
 
 static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struct onvm_flow_key *key,
-                         uint32_t hash, uint64_t now) {
-    struct onvm_flow *t = onvm_flows(r);
-    /* Acquire pairs with the writer's release of version: the log and images it names are there. */
-    uint32_t v = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
-    uint32_t seq;
+                         uint32_t hash, struct rx_burst *b) {
+    uint32_t v = b->version, seq;
     long room = -1;
-    long i = find(r, key, hash, &seq, &room, now);
+    long i = find(r, key, hash, &seq, &room, b->now_ms);
     int was_live = 0;
     if (i >= 0) {
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
         uint16_t chain = f->chain;
         uint8_t origin = f->origin;
         uint32_t rule = f->rule, ver = f->version;
-        int dead = expired(f, now);
+        int dead = expired_at(f, b->now_ms);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != seq) {
             i = -1; /* changed under us: classify afresh, leave it be */
         } else if (!dead) {
             if (!onvm_cached_origin(origin) || ver == v || (int32_t)(ver - v) > 0) {
-                hit(r, i, m, now);
+                hit(r, i, m, b);
                 m->chain_id = chain;
                 return;
             }
             if (onvm_cls_still_current(r, key, origin, rule, ver)) {
                 mark_current(f, seq, v);
-                hit(r, i, m, now);
+                hit(r, i, m, b);
                 m->chain_id = chain;
                 return;
             }
@@ -493,13 +533,13 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
         atomic_fetch_add_explicit(&onvm_rule_hits(r)[d.rule - 1], 1, ONVM_RELAXED);
     long at = i >= 0 ? i : room;
     if (at < 0) {
-        atomic_fetch_add_explicit(&r->hdr->flows_full, 1, ONVM_RELAXED);
+        b->full++;
         return;
     }
-    struct onvm_flow *f = &t[at];
+    struct onvm_flow *f = onvm_flow_at(r, (uint32_t)at);
     if (i >= 0 && was_live && same_decision(f, &d)) { /* the same answer: the entry and its counters stay */
         mark_current(f, seq, d.version);
-        hit(r, at, m, now);
+        hit(r, at, m, b);
         return;
     }
     uint32_t s;
@@ -507,20 +547,26 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
         if (!claim_at(f, seq))
             return; /* someone else is writing it: the next packet tries again */
         s = seq + 1;
-        atomic_fetch_add(was_live ? &r->hdr->flows_changed : &r->hdr->flows_expired, 1);
-        atomic_fetch_add(&r->hdr->flows_installed, 1);
+        if (was_live)
+            b->changed++;
+        else
+            b->expired++;
     } else {
         if (!claim(f, &s))
             return;
-        if (f->state == ONVM_FLOW_VALID && !expired(f, now)) {
+        if (f->state == ONVM_FLOW_VALID && !expired_at(f, b->now_ms)) {
             publish(f, s); /* taken since we looked */
             return;
         }
-        take(r, f, now);
+        if (f->state == ONVM_FLOW_VALID)
+            b->expired++;
+        else
+            b->used++;
     }
-    fill(r, f, key, d.chain, d.origin, d.rule, d.version, d.idle_ms, d.hard_ms, now);
+    b->installed++;
+    fill(r, f, key, d.chain, d.origin, d.rule, d.version, d.idle_ms, d.hard_ms, b->now);
     publish(f, s);
-    hit(r, at, m, now); /* count this first packet too */
+    hit(r, at, m, b); /* count this first packet too */
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
@@ -529,41 +575,41 @@ static inline int nothing_to_look_up(struct onvm_region *r) {
            (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && c->rules == 0 && c->ports_set == 0);
 }
 
-void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
-    m->chain_id = 0;
-    if (nothing_to_look_up(r))
-        return;
-    struct onvm_flow_key key;
-    if (onvm_flow_key_of(m, data, &key) == 0)
-        classify_key(r, m, &key, onvm_flow_key_hash(&key), now);
-}
-
 void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
                          uint32_t n, uint64_t now) {
     for (uint32_t i = 0; i < n; i++)
         m[i]->chain_id = 0;
     if (nothing_to_look_up(r))
         return;
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
+    struct onvm_flow_entry *t = onvm_flow_entries(r);
     uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
     uint8_t ok[64];
+    struct rx_burst b;
+    rx_begin(r, &b, now);
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t k = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < k; i++) {
-            ok[i] = onvm_flow_key_of(m[base + i], data[base + i], &keys[i]) == 0;
+            const struct onvm_meta *mi = m[base + i];
+            ok[i] = onvm_flow_key_of(mi, data[base + i], &keys[i]) == 0;
             if (ok[i]) {
-                hash[i] = onvm_flow_key_hash(&keys[i]);
-                __builtin_prefetch(&t[hash[i] & mask]);
-                __builtin_prefetch(&td[hash[i] & mask], 1);
+                /* An IPv4 packet's flow hash (onvm_parse) is the key's hash before the port's share. */
+                hash[i] = keys[i].ipver == 4 && mi->flow_hash ? with_port(mi->flow_hash, &keys[i])
+                                                              : onvm_flow_key_hash(&keys[i]);
+                __builtin_prefetch(&t[hash[i] & mask].f);
+                __builtin_prefetch(&t[hash[i] & mask].d, 1);
             }
         }
         for (uint32_t i = 0; i < k; i++)
             if (ok[i])
-                classify_key(r, m[base + i], &keys[i], hash[i], now);
+                classify_key(r, m[base + i], &keys[i], hash[i], &b);
     }
+    rx_end(r, &b);
+}
+
+void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now) {
+    onvm_classify_burst(r, &m, &data, 1, now); /* one path, so that the tests of one packet test RX */
 }
 
 /* ---- bulk lookup ----------------------------------------------------------- */
@@ -572,9 +618,9 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
  * search.  The misses to memory overlap instead of queueing one after another.
  * out[i] is the chain of key i, or -1 when it has no entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
-    struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_entry *t = onvm_flow_entries(r);
     uint32_t mask = r->flow_count - 1, hash[64], seq;
-    uint64_t now = onvm_now_ns();
+    uint32_t now_ms = ms32(onvm_now_ns());
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < m; i++) {
@@ -582,8 +628,8 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
             __builtin_prefetch(&t[hash[i] & mask]);
         }
         for (uint32_t i = 0; i < m; i++) {
-            long j = find(r, &keys[base + i], hash[i], &seq, NULL, now);
-            out[base + i] = j < 0 ? -1 : t[j].chain;
+            long j = find(r, &keys[base + i], hash[i], &seq, NULL, now_ms);
+            out[base + i] = j < 0 ? -1 : t[j].f.chain;
         }
     }
 }

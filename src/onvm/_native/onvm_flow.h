@@ -19,7 +19,7 @@
  * if the sequence moved.  Deleted entries become tombstones that keep probe
  * chains intact and are reused by inserts.
  *
- * An entry is two cache lines in two arrays: the key, chain and deadline that a
+ * An entry is two cache lines side by side: the key, chain and deadline that a
  * lookup reads, and the counters and times that a hit updates.  The RX worker
  * that owns a flow (a flow arrives on one port, served by one RX worker)
  * updates its counters, last-seen time and deadline.  A lookup treats an
@@ -46,7 +46,12 @@
  * every tuple left.  A port range that is not a single prefix becomes several
  * prefixes (at most 30 per range), each in its tuple: one rule, several
  * groups.  A group is one (tuple, masked key) and names the best rule of all
- * rules that share it.
+ * rules that share it.  Beside each image's group table lies a 16-bit tag per
+ * entry (empty, deleted, or 16 bits of the entry's hash): a probe reads the
+ * tags and opens a group entry only when its tag is the key's, so a tuple
+ * that holds nothing for the key (the usual case: traffic that matches no
+ * rule visits every tuple) costs one line of a table 32 times smaller than
+ * the groups', which stays in the cache.
  *
  * Two images, swapped: the groups and the tuple order exist twice.  Readers use
  * image (gen & 1), and check after the lookup that gen did not move (else they
@@ -286,12 +291,27 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out);
 
 /* ---- the flow table ----------------------------------------------------------- */
 
+/* An entry's two lines side by side: a lookup and the hit that follows it touch
+ * one page (one TLB entry, where two arrays took two), and the second line is the
+ * one a CPU's adjacent-line prefetch brings along. */
+struct onvm_flow_entry {
+    struct onvm_flow f;
+    struct onvm_flow_data d;
+};
+static_assert(sizeof(struct onvm_flow_entry) == 2 * ONVM_CACHE_LINE, "an entry is two cache lines");
+
 /* From the process's own copy of the layout (onvm_region.h), never from the header. */
-static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
-    return r->flows;
+static inline struct onvm_flow_entry *onvm_flow_entries(const struct onvm_region *r) {
+    return (struct onvm_flow_entry *)(void *)r->flows;
 }
-static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
-    return r->flow_data;
+static inline struct onvm_flow *onvm_flow_at(const struct onvm_region *r, uint32_t i) {
+    return &onvm_flow_entries(r)[i].f;
+}
+static inline struct onvm_flow_data *onvm_flow_data_at(const struct onvm_region *r, uint32_t i) {
+    return &onvm_flow_entries(r)[i].d;
+}
+static inline uint32_t onvm_flow_index(const struct onvm_region *r, const struct onvm_flow *f) {
+    return (uint32_t)((const struct onvm_flow_entry *)(const void *)f - onvm_flow_entries(r));
 }
 
 /* Look n keys up together (prefetching); out[i] = chain or -1. */
@@ -301,9 +321,11 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
 int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm_flow_key *key);
 uint32_t onvm_flow_key_hash(const struct onvm_flow_key *key);
 
-/* RX: set m->chain_id for the packet (flow table, then rules, then the default). */
+/* RX: set m->chain_id for the packet (flow table, then rules, then the default); m as
+ * onvm_parse left it for data. */
 void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
-/* The same for a burst, with the table's cache misses overlapped. */
+/* The same for a burst, with the table's cache misses overlapped; each m[i] as
+ * onvm_parse left it for data[i] (its flow hash is reused). */
 void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
                          uint32_t n, uint64_t now);
 

@@ -77,9 +77,8 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
     /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
     tmp->off_flows = ALIGN_UP(off, 4096);
     tmp->flow_count = p->flow_count;
-    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
-    tmp->off_flow_data = ALIGN_UP(off, 4096);
-    off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    tmp->off_flow_data = tmp->off_flows + sizeof(struct onvm_flow); /* each entry's second line */
+    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow_entry);
     off = onvm_cap_layout(tmp, ALIGN_UP(off, 4096), p->slot_size);
     /* The classifier reserves room for max_rules rules at the very end; only
      * what the rules in place use is ever resident (classify.c). */

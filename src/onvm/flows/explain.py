@@ -71,6 +71,9 @@ class Situation:
     port_chains: Mapping[int, int] = field(default_factory=dict)  # input port -> chain id
     entry: Mapping[str, Any] | None = None  # the flow's exact entry: chain, origin (a name), counters
     service: Callable[[int, int], ServiceView] = lambda svc, flow_hash: ServiceView("hash")
+    # Where in ``rules`` the first rule that matches is, as the region's classifier answers
+    # (-1: none), so that a large rule set is not walked; None: found here, by the reference.
+    first: int | None = None
 
 
 def frame_of(key: FlowKey) -> bytes:
@@ -144,16 +147,17 @@ def explain(key: FlowKey, flow_hash: int, s: Situation) -> dict[str, Any]:
         out["decided_by"] = "flow entry"
         out["why"] = f"an exact flow entry (made by {'an NF' if entry['origin'] == 'nf' else 'the API'})"
     else:
-        hit = None
-        for rule in s.rules:
+        first = s.first if s.first is not None else next(
+            (i for i, r in enumerate(s.rules) if rule_mismatch(r, p) is None), -1)
+        hit = s.rules[first] if first >= 0 else None
+        out["missed_total"] = first if first >= 0 else len(s.rules)  # every rule above the first match
+        for rule in s.rules[: min(out["missed_total"], SHOWN_MISSES)]:
             why = rule_mismatch(rule, p)
-            if why is None:
-                hit = rule
-                break
-            if len(out["missed"]) < SHOWN_MISSES:
-                out["missed"].append({"id": rule.id, "priority": rule.priority, "rule": rule.to_text(),
-                                      "why": why})
-            out["missed_total"] += 1
+            out["missed"].append({"id": rule.id, "priority": rule.priority, "rule": rule.to_text(),
+                                  "why": why or "matches by the reference matcher, not by the classifier"})
+        if hit is not None and rule_mismatch(hit, p) is not None:
+            out["warning"] = (f"the classifier answers rule {hit.id}, which the reference matcher finds "
+                              "does not match: packets follow the classifier")
         if hit is not None:
             chain = next((cid for cid, (name, _) in s.chains.items() if name == hit.chain), 0)
             out["decided_by"] = "rule"

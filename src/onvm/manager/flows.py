@@ -15,8 +15,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, overload
 
 from onvm import _native
 from onvm.constants import FLOW_ORIGINS, Action
@@ -31,6 +31,26 @@ SWEEP_INTERVAL = 0.1  # timeouts are exact at lookup; the sweep only frees entri
 SWEEP_IDLE_INTERVAL = 1.0  # while the table is empty
 SWEEP_SLICE = 1 << 14
 ORIGIN_NAMES = {v: k for k, v in FLOW_ORIGINS.items()}
+
+
+class _OrderView(Sequence[Rule]):
+    """The rules in the order they are tried, read where asked (a large set is not copied)."""
+
+    def __init__(self, rules: dict[int, tuple[Rule, int]], order: list[tuple[int, int]]) -> None:
+        self._rules, self._order = rules, order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @overload
+    def __getitem__(self, i: int) -> Rule: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Rule]: ...
+
+    def __getitem__(self, i: int | slice) -> Rule | list[Rule]:
+        if isinstance(i, slice):
+            return [self._rules[rid][0] for _, rid in self._order[i]]
+        return self._rules[self._order[i][1]][0]
 
 
 class FlowRegistry:
@@ -239,14 +259,15 @@ class FlowRegistry:
         entry = self.region.flow_get(key.native())
         if entry is not None:
             entry["origin"] = ORIGIN_NAMES.get(entry["origin"], str(entry["origin"]))
-        return Situation(rules=[self.rules[rid][0] for _, rid in self._order],
+        # The classifier finds the first rule that matches (a walk of millions of rules in Python
+        # would hold the manager's lock for seconds); its place in the order is a bisection.
+        slot, _ = self.region.rule_lookup(key.native())
+        rid = next((i for i, (_, s) in self.rules.items() if s == slot), None) if slot >= 0 else None
+        first = -1 if rid is None else bisect.bisect_left(self._order, (-self.rules[rid][0].priority, rid))
+        return Situation(rules=_OrderView(self.rules, self._order),
                          chains={cid: (name, hops) for name, (cid, hops) in self.chains.items()},
                          port_chains={p: self.chains[c][0] for p, c in self.port_chains.items()},
-                         entry=entry, service=service)
-
-    def rule_slot(self, rule_id: int) -> int:
-        """Where rule ``rule_id`` sits in the region's classifier."""
-        return self.rules[rule_id][1]
+                         entry=entry, service=service, first=first)
 
     def stats(self) -> dict[str, Any]:
         st: dict[str, Any] = self.region.flow_stats()

@@ -280,14 +280,7 @@ class Handlers:
     @handles(ops.FlowExplain)
     def flow_explain(self, caller: Caller, req: ops.FlowExplain) -> dict[str, Any]:
         key, flow_hash = packet_of(FlowKey.parse(req.flow))
-        out = explain(key, flow_hash, self.flows.situation(key, self._service_view))
-        if out["decided_by"] != "flow entry":  # the classifier itself must agree with the reference
-            slot, _ = self.dp.region.rule_lookup(key.native())
-            ours = self.flows.rule_slot(out["rule"]["id"]) if out["rule"] else -1
-            if slot != ours:
-                out["warning"] = (f"the region's classifier answers rule slot {slot}, the rules here slot "
-                                  f"{ours}: packets follow the classifier")
-        return out
+        return explain(key, flow_hash, self.flows.situation(key, self._service_view))
 
     def _service_view(self, service: int, flow_hash: int) -> ServiceView:
         registry = self.nfs.registry
