@@ -262,9 +262,10 @@ class Sandbox:
     def wait(self, bg: Background, cond: Any, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            ended = bg.proc.poll() is not None  # before cond: a process that ends in between is seen
             if cond():
                 return
-            if bg.proc.poll() is not None:
+            if ended:
                 break
             time.sleep(0.05)
         raise ExampleFailed(f"`{bg.line}`: no {what} (exit status {bg.proc.poll()}):\n{bg.output()}")

@@ -169,7 +169,8 @@ def test_nf_steers_its_flows(deploy, tmp_path):
 
 
 def test_classify_bench_runs(runtime):
-    out = onvm("bench", "classify", "--rules", "300", "--seconds", "0.3", "--json", timeout=120)
+    # Windows of a second: on a busy machine a 0.3 s window once saw no packet at all.
+    out = onvm("bench", "classify", "--rules", "300", "--seconds", "1", "--json", timeout=180)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0

@@ -262,18 +262,29 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 uint32_t *a_slot = bb.b[0].buf, *a_len = bb.b[1].buf, *a_hash = bb.b[2].buf;
                 uint16_t *a_port = bb.b[3].buf, *a_dest = bb.b[5].buf;
                 uint8_t *a_act = bb.b[4].buf;
+                const uint8_t act0 = (uint8_t)def_action;
+                const uint16_t dest0 = (uint16_t)def_dest;
+                uint64_t trunc = 0;
+                /* Each field read once into a register, counters summed in registers:
+                 * the region's counters could alias the arrays, and a per-packet add
+                 * to one would chain every iteration through memory. */
                 for (uint32_t i = 0; i < n; i++) {
-                    struct onvm_meta *m = &r->meta[self->buf[i]];
-                    m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING); /* nobody holds what arrives */
-                    a_slot[i] = self->buf[i];
-                    a_len[i] = m->len;
-                    bytes += m->len;
-                    st->parse_errors += (m->flags & ONVM_MF_TRUNC) != 0;
+                    uint32_t s = self->buf[i];
+                    struct onvm_meta *m = &r->meta[s];
+                    uint8_t flags = m->flags;
+                    uint32_t len = m->len;
+                    if (ONVM_UNLIKELY(flags & (ONVM_MF_HELD | ONVM_MF_RELEASING)))
+                        m->flags = (uint8_t)(flags & ~(ONVM_MF_HELD | ONVM_MF_RELEASING)); /* nobody holds what arrives */
+                    a_slot[i] = s;
+                    a_len[i] = len;
+                    bytes += len;
+                    trunc += (flags & ONVM_MF_TRUNC) != 0;
                     a_hash[i] = m->flow_hash;
                     a_port[i] = m->in_port;
-                    a_act[i] = (uint8_t)def_action;
-                    a_dest[i] = (uint16_t)def_dest;
+                    a_act[i] = act0;
+                    a_dest[i] = dest0;
                 }
+                st->parse_errors += trunc;
                 PyObject *nobj = PyLong_FromUnsignedLong(n);
                 PyObject *ret = nobj ? PyObject_CallOneArg(handler, nobj) : NULL;
                 Py_XDECREF(nobj);
@@ -293,7 +304,8 @@ static PyObject *NFContext_run(NFContextObject *self, PyObject *args, PyObject *
                 for (uint32_t i = 0; i < n; i++) {
                     uint32_t s = self->buf[i];
                     struct onvm_meta *m = &r->meta[s];
-                    m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING); /* nobody holds what arrives */
+                    if (ONVM_UNLIKELY(m->flags & (ONVM_MF_HELD | ONVM_MF_RELEASING)))
+                        m->flags &= (uint8_t)~(ONVM_MF_HELD | ONVM_MF_RELEASING); /* nobody holds what arrives */
                     m->action = (uint8_t)def_action;
                     m->dest = (uint16_t)def_dest;
                     bytes += m->len;

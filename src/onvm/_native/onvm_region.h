@@ -118,8 +118,12 @@ static inline uint8_t *onvm_slot_data(const struct onvm_region *r, uint32_t idx)
 
 /* A packet record whose bytes lie inside its slot: all a reader needs to trust it
  * (header offsets are checked against len where they are used). */
+static inline int onvm_meta_fits(uint32_t slot_size, uint32_t data_off, uint32_t len) {
+    return (uint64_t)data_off + len <= slot_size; /* a sum of two 32-bit values cannot wrap */
+}
+
 static inline int onvm_meta_sane(const struct onvm_region *r, uint32_t data_off, uint32_t len) {
-    return data_off <= r->slot_size && len <= r->slot_size - data_off;
+    return onvm_meta_fits(r->slot_size, data_off, len);
 }
 
 /* Slot idx's record copied once, if idx is in the pool and the record is sane; the
@@ -301,11 +305,63 @@ void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t
 void onvm_nf_release(struct onvm_region *r, unsigned nf_id);
 
 /* Where a packet-path thread takes packets: up to n (at most ONVM_BURST_MAX) from
- * ring for consumer me, from position *head, validated as onvm_ring_take_sc (what
- * fails counts in *bad_slot); a slot handed over properly but with a record outside
- * its slot is freed and counts in *bad_rec.  Returns how many went into out. */
-uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
-                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec);
+ * ring for consumer me, from position *head.  An entry counts only if it names a
+ * slot of the pool whose stamp is in transit to want (under want_mask, see
+ * onvm_layout.h); the rest are left alone and count in *bad_slot.  A slot handed
+ * over properly is stamped me before the dequeue is published; if its record lies
+ * outside its slot it is freed and counts in *bad_rec.  Returns how many went into
+ * out.  One pass over the entries and their records (each record's line is read
+ * once), inline, so that the consumer's constants fold into the loop. */
+static inline uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out,
+                                 uint32_t n, uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot,
+                                 uint32_t *bad_rec) {
+    /* In locals: the build does not assume strict aliasing, so each store below would
+     * otherwise reload them from the region's descriptor, per packet. */
+    const uint32_t mask = r->ring_mask, pool = r->pool_count, slot_size = r->slot_size;
+    struct onvm_meta *const meta = r->meta;
+    _Atomic uint32_t *const entries = ring->entries;
+    uint32_t h = *head;
+    /* Acquire pairs with the producers' release of prod.tail: their entries and stamps. */
+    uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&ring->prod.tail, ONVM_ACQUIRE)) - h;
+    if (avail > mask)
+        avail = mask; /* a producer that wrote nonsense: a ring's worth at most */
+    if (n > ONVM_BURST_MAX)
+        n = ONVM_BURST_MAX;
+    if (n > avail)
+        n = avail;
+    if (n == 0)
+        return 0;
+    uint32_t k = 0, nb = 0, refused = 0, drop[ONVM_BURST_MAX];
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = atomic_load_explicit(&entries[(h + i) & mask], ONVM_RELAXED);
+        if (ONVM_UNLIKELY(v >= pool)) {
+            refused++;
+            continue;
+        }
+        struct onvm_meta *m = &meta[v];
+        if (ONVM_UNLIKELY((atomic_load_explicit(&m->owner, ONVM_RELAXED) & want_mask) != want)) {
+            refused++;
+            continue;
+        }
+        atomic_store_explicit(&m->owner, me, ONVM_RELAXED);
+        if (ONVM_LIKELY(onvm_meta_fits(slot_size, m->data_off, m->len)))
+            out[k++] = v;
+        else
+            drop[nb++] = v;
+    }
+    *head = h + n;
+    atomic_store_explicit(&ring->cons.head, h + n, ONVM_RELAXED);
+    /* Release: our stamps and our reads of the entries happen before producers
+     * (acquire of cons.tail) may overwrite them, and before the reclaim scan reads stamps. */
+    atomic_store_explicit(&ring->cons.tail, h + n, ONVM_RELEASE);
+    if (ONVM_UNLIKELY(refused | nb)) {
+        *bad_slot += refused;
+        *bad_rec += nb;
+        if (nb)
+            onvm_pool_free_burst(r, drop, nb);
+    }
+    return k;
+}
 
 /* fence.c: the manager's packet path found what NF nf_id handed over invalid (why:
  * enum onvm_fault): count it, remember why, and take nothing more from it.  The

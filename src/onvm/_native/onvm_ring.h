@@ -47,6 +47,10 @@
 #define onvm_pause() ((void)0)
 #endif
 
+/* Branch hints for the packet path: what an honest peer never does is unlikely. */
+#define ONVM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define ONVM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
 #define ONVM_RELAXED memory_order_relaxed
 #define ONVM_ACQUIRE memory_order_acquire
 #define ONVM_RELEASE memory_order_release
@@ -224,41 +228,6 @@ static inline uint32_t onvm_ring_dequeue_sc(struct onvm_ring *r, uint32_t mask, 
         atomic_store_explicit(&r->cons.tail, h + n, ONVM_RELEASE);
     }
     return n;
-}
-
-/* Up to n slots from position *head for consumer `me`: an entry counts only if it
- * names a slot of the pool whose stamp is in transit to want (under want_mask, see
- * onvm_layout.h); the slot is stamped me before the dequeue is published.  The
- * rest are left alone and counted in *bad.  Returns how many went into out. */
-static inline uint32_t onvm_ring_take_sc(struct onvm_ring *r, uint32_t mask, uint32_t *head, uint32_t *out,
-                                         uint32_t n, struct onvm_meta *meta, uint32_t pool_count,
-                                         uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad) {
-    uint32_t h = *head;
-    /* Acquire pairs with the producers' release of prod.tail: their entries and stamps. */
-    uint32_t avail = ONVM_RING_POS(atomic_load_explicit(&r->prod.tail, ONVM_ACQUIRE)) - h;
-    if (avail > mask)
-        avail = mask;
-    if (n > avail)
-        n = avail;
-    if (n == 0)
-        return 0;
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t v = atomic_load_explicit(&r->entries[(h + i) & mask], ONVM_RELAXED);
-        if (v >= pool_count ||
-            (atomic_load_explicit(&meta[v].owner, ONVM_RELAXED) & want_mask) != want) {
-            (*bad)++;
-            continue;
-        }
-        atomic_store_explicit(&meta[v].owner, me, ONVM_RELAXED);
-        out[k++] = v;
-    }
-    *head = h + n;
-    atomic_store_explicit(&r->cons.head, h + n, ONVM_RELAXED);
-    /* Release: our stamps and our reads of the entries happen before producers
-     * (acquire of cons.tail) may overwrite them, and before the reclaim scan reads stamps. */
-    atomic_store_explicit(&r->cons.tail, h + n, ONVM_RELEASE);
-    return k;
 }
 
 /* ---- sleeping and waking ------------------------------------------------ */

@@ -20,7 +20,8 @@ enum onvm_route_mode {
 struct onvm_route_group {
     int kind; /* 1 ring, 2 port */
     void *target;
-    uint16_t to; /* a ring's consumer: an NF id, or the manager (0) for an NF's TX ring */
+    uint16_t to;    /* a ring's consumer: an NF id, or the manager (0) for an NF's TX ring */
+    uint16_t stamp; /* a ring's: its slots are in transit from this producer to `to` */
     uint32_t n;
     uint32_t slots[ONVM_BURST_MAX];
 };

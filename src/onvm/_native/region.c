@@ -693,25 +693,6 @@ long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id) {
     return b.freed;
 }
 
-uint32_t onvm_take(struct onvm_region *r, struct onvm_ring *ring, uint32_t *head, uint32_t *out, uint32_t n,
-                   uint16_t want_mask, uint16_t want, uint16_t me, uint32_t *bad_slot, uint32_t *bad_rec) {
-    uint32_t k = onvm_ring_take_sc(ring, r->ring_mask, head, out, n, r->meta, r->pool_count, want_mask, want,
-                                   me, bad_slot);
-    uint32_t j = 0, nb = 0, drop[ONVM_BURST_MAX];
-    for (uint32_t i = 0; i < k; i++) {
-        const struct onvm_meta *m = &r->meta[out[i]];
-        if (onvm_meta_sane(r, m->data_off, m->len))
-            out[j++] = out[i];
-        else if (nb < ONVM_BURST_MAX)
-            drop[nb++] = out[i];
-    }
-    if (nb) {
-        *bad_rec += nb;
-        onvm_pool_free_burst(r, drop, nb);
-    }
-    return j;
-}
-
 int64_t onvm_port_lent(const struct onvm_region *r, unsigned port) {
     int64_t lent = 0;
     for (unsigned w = 0; port < ONVM_MAX_PORTS && w < ONVM_MAX_WORKERS; w++)

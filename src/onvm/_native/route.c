@@ -69,12 +69,9 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         int sp = ring == c->tx_ring;
         done = sp ? onvm_ring_sp_reserve(ring, mask, g->n, 0, &pos)
                   : onvm_ring_mp_reserve(ring, mask, g->n, 0, &pos, c->rec, (uint32_t)((uint8_t *)ring - r->base));
-        uint16_t stamp = ONVM_OWNER_TRANSIT(c->self_nf, g->to);
-        for (uint32_t i = 0; i < done; i++) {
-            /* Before the commit's release: the consumer sees the stamp with the entry. */
-            atomic_store_explicit(&r->meta[g->slots[i]].owner, stamp, ONVM_RELAXED);
+        /* The slots were stamped in transit when they joined the group (add). */
+        for (uint32_t i = 0; i < done; i++)
             onvm_ring_put(ring, mask, pos + i, g->slots[i]);
-        }
         if (done) {
             if (sp)
                 onvm_ring_sp_commit(ring, pos, done);
@@ -206,7 +203,8 @@ int onvm_chain_check(struct onvm_region *r, unsigned chain, uint64_t bit, struct
     return v->state;
 }
 
-static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot) {
+static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot,
+                       struct onvm_meta *m) {
     struct onvm_route_group *g = NULL;
     for (unsigned i = 0; i < c->ngroups; i++) {
         if (c->groups[i].target == target) {
@@ -224,7 +222,16 @@ static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigne
         g->kind = kind;
         g->target = target;
         g->to = (uint16_t)to;
+        g->stamp = ONVM_OWNER_TRANSIT(c->self_nf, to);
         g->n = 0;
+    }
+    if (kind == GROUP_RING) {
+        /* In transit to the ring's consumer from here on: stamped now, while the
+         * routing pass has the record's line at hand, rather than in a second pass
+         * at the enqueue.  Before the enqueue's release, so the consumer sees it with
+         * the entry; a slot the ring cannot take is freed (restamped) in this same
+         * burst, before any grace period could let the consumer's slots be reclaimed. */
+        atomic_store_explicit(&m->owner, g->stamp, ONVM_RELAXED);
     }
     g->slots[g->n++] = slot;
     if (g->n == ONVM_BURST_MAX)
@@ -241,12 +248,18 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
      * waits for this loop iteration to end (Manager._grace). */
     unsigned one_dest = UINT_MAX, one_nf = 0;
     struct onvm_ring *one_ring = NULL;
+    /* Loop invariants in locals and the action counts on the stack: the build does
+     * not assume strict aliasing, so every store into a record or a counter of the
+     * region would otherwise reload them, per packet. */
+    struct onvm_meta *const meta = r->meta;
+    const unsigned self_nf = c->self_nf;
+    uint64_t act[ONVM_ACT_COUNT] = {0};
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = slots[i];
-        struct onvm_meta *m = &r->meta[s];
+        struct onvm_meta *m = &meta[s];
         unsigned action, dest;
         /* Only an NF holds packets; in the manager a HOLD is a bad action (default below). */
-        if (mode == ONVM_ROUTE_META && c->self_nf && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
+        if (mode == ONVM_ROUTE_META && self_nf && (m->action == ONVM_ACT_HOLD || (m->flags & ONVM_MF_HELD))) {
             m->flags |= ONVM_MF_HELD; /* held by the NF: it sends the packet on later */
             continue;
         }
@@ -263,7 +276,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             struct onvm_hop hop;
             unsigned idx = mode == ONVM_ROUTE_START ? 0u : m->chain_idx + 1u;
             if (mode == ONVM_ROUTE_META)
-                c->act[ONVM_ACT_NEXT]++;
+                act[ONVM_ACT_NEXT]++;
             int rc = onvm_chain_hop(r, m->chain_id, idx, &hop);
             if (rc != 0) {
                 drop(c, s, rc == -EAGAIN ? ONVM_DROP_INVALID : ONVM_DROP_CHAIN_END);
@@ -280,10 +293,10 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             action = m->action;
             dest = m->dest;
             if (action < ONVM_ACT_COUNT)
-                c->act[action]++;
+                act[action]++;
         }
-        if (c->self_nf)
-            m->src_nf = (uint16_t)c->self_nf;
+        if (self_nf)
+            m->src_nf = (uint16_t)self_nf;
         switch (action) {
         case ONVM_ACT_DROP:
             drop(c, s, ONVM_DROP_ACTION);
@@ -316,8 +329,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->action = ONVM_ACT_TONF;
             m->dest = (uint16_t)dest;
             if (m->flags & ONVM_MF_TRACED) /* onvm trace: a flag of the line read above */
-                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, nf, 0);
-            add(c, GROUP_RING, ring, nf, s);
+                onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, nf, 0);
+            add(c, GROUP_RING, ring, nf, s, m);
             break;
         }
         case ONVM_ACT_OUT:
@@ -328,18 +341,21 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->action = ONVM_ACT_OUT;
             m->dest = (uint16_t)dest;
             if (m->flags & ONVM_MF_TRACED)
-                onvm_trace_event(r, s, ONVM_TEV_HOP, c->self_nf, 0, 0);
+                onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, 0, 0);
             if (c->self_nf) {
-                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s); /* the manager owns ports */
+                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s, m); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {
                 drop(c, s, ONVM_DROP_NO_DEST);
             } else {
-                add(c, GROUP_PORT, c->ports[dest], 0, s);
+                add(c, GROUP_PORT, c->ports[dest], 0, s, m);
             }
             break;
         default:
             drop(c, s, ONVM_DROP_BAD_ACTION);
         }
     }
+    if (mode == ONVM_ROUTE_META)
+        for (unsigned a = 0; a < ONVM_ACT_COUNT; a++)
+            c->act[a] += act[a];
     flush_all(c);
 }
