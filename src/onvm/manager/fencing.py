@@ -15,6 +15,8 @@ slot somebody else was given.  An NF whose process cannot be killed stays
 fenced and is not reclaimed.
 
 The interpretation is pure and unit-tested; the kill is the only I/O here.
+:class:`Warden` is the manager's part that does the above on each look (and
+reports, once per increase, the invalid packets each NF refused from others).
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ import errno
 import os
 import select
 import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Finding", "kill_process", "read_audit"]
+from onvm.constants import DropReason
+from onvm.manager.dataplane import DataPlane
+from onvm.manager.nfs import NFs
+from onvm.manager.registry import Registry
+
+__all__ = ["Finding", "Warden", "kill_process", "read_audit"]
 
 _FAULTS = {
     "slot": "its TX ring named slots it did not hand over (not in the pool, or not in transit from it)",
@@ -97,3 +106,44 @@ def kill_process(pid: int, timeout: float = 2.0) -> str:
         return f"process {pid}: {os.strerror(e.errno or errno.EIO)}"
     finally:
         os.close(fd)
+
+
+class Warden:
+    """Fences the NFs the data plane's audit names; logs its repairs and each NF's refusals."""
+
+    def __init__(self, dataplane: DataPlane, registry: Registry, nfs: NFs, lock: threading.RLock,
+                 log: Callable[[str], None]) -> None:
+        self.dp, self.registry, self.nfs, self.lock, self.log = dataplane, registry, nfs, lock, log
+        self._invalid_told: dict[int, int] = {}  # invalid packets each NF refused, as last reported
+
+    def look(self) -> None:
+        """Fence the NFs that broke the rules of the region; log the repairs the audit made."""
+        if not self.dp.is_open:
+            return
+        for finding in read_audit(self.dp.audit()):
+            if finding.fence:
+                self.fence(finding.fence, finding.text)
+            else:
+                self.log(finding.text)
+        with self.lock:
+            for rec in self.registry.live():  # NFs refusing what another NF sent them
+                refused = self.dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
+                told = self._invalid_told.get(rec.nf_id, 0)
+                if refused > told:
+                    self.log(f"{rec.describe()} refused {refused - told} invalid packets handed to it "
+                             "(slots not sent to it, or records outside their slots)")
+                    self._invalid_told[rec.nf_id] = refused
+
+    def fence(self, nf_id: int, why: str) -> None:
+        """Out of its service at once; its process killed; then, only, its slots reclaimed."""
+        with self.lock:
+            fenced = self.nfs.fenced(nf_id, why)
+        if fenced is None:
+            return
+        rec, pid, conns = fenced
+        err = kill_process(pid)  # outside the lock: it may take a moment
+        for conn in conns:
+            conn.close()
+        with self.lock:
+            self.nfs.reclaim_fenced(rec, err)
+            self._invalid_told.pop(nf_id, None)

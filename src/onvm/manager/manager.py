@@ -32,14 +32,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from onvm.constants import DropReason
 from onvm.control import ops
 from onvm.control.server import ControlServer
 from onvm.flows.chain import format_chain
 from onvm.manager.config import ManagerConfig
 from onvm.manager.dataplane import DataPlane, Layout
 from onvm.manager.events import EventLog
-from onvm.manager.fencing import kill_process, read_audit
+from onvm.manager.fencing import Warden
 from onvm.manager.flows import FlowRegistry
 from onvm.manager.handlers import Handlers
 from onvm.manager.nfs import NFs
@@ -89,7 +88,7 @@ class Manager:
         self.web: Part | None = None  # the web endpoint, with --web
         self.sdn: Part | None = None  # the OpenFlow agent, with --controller (needs os-ken)
         self.start_in_use = 0  # slots in use once started (nothing in flight)
-        self._invalid_told: dict[int, int] = {}  # invalid packets each NF refused, as last reported
+        self.warden: Warden | None = None  # fences NFs that broke the region's rules
         self.final_status: dict[str, Any] = {}  # the status when it stopped
         self._web_refused: Callable[[], dict[str, int]] | None = None
 
@@ -118,6 +117,7 @@ class Manager:
                 PackSettings(below=cfg.pack_below), dataplane=dp, registry=self.registry, lock=self.lock,
                 log=self.log, candidates=candidates, move_workers=not cfg.cpus)
             nfs = NFs(self.registry, dp, self.lock, self.log, on_register=packing.apply)
+            self.warden = Warden(dp, self.registry, nfs, self.lock, self.log)
             self.services = Services(self.registry, cfg.autoscale_specs, stop_nf=nfs.stop, nf_info=dp.nf_info,
                                      ring_size=cfg.ring_size, lock=self.lock, log=self.log)
             self.view = view = StatusView(
@@ -224,7 +224,7 @@ class Manager:
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, ``onvm stop``, the duration or exhausted inputs."""
         cfg, dp = self.config, self.dp
-        assert dp is not None and self.packing is not None
+        assert dp is not None and self.packing is not None and self.warden is not None
         started = time.monotonic()
         deadline = started + cfg.duration if cfg.duration else None
         # A wake-up costs CPU even on an idle machine: wake often only to watch the inputs end.
@@ -239,7 +239,7 @@ class Manager:
                 return 1
             for line in dp.new_port_errors():
                 self.log(line)
-            self._audit()
+            self.warden.look()
             self.packing.tick()
             if deadline and time.monotonic() >= deadline:
                 self.log(f"ran for {cfg.duration:g} s")
@@ -249,42 +249,6 @@ class Manager:
                 break
         self.stop()
         return 0
-
-    # ---- fencing (see fencing.py) ----------------------------------------------
-    def _audit(self) -> None:
-        """Fence the NFs that broke the rules of the region; log the repairs the audit made."""
-        dp, handlers = self.dp, self.handlers
-        if dp is None or handlers is None or not dp.is_open:
-            return
-        for finding in read_audit(dp.audit()):
-            if finding.fence:
-                self._fence(finding.fence, finding.text)
-            else:
-                self.log(finding.text)
-        with self.lock:
-            for rec in self.registry.live():  # NFs refusing what another NF sent them
-                refused = dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
-                told = self._invalid_told.get(rec.nf_id, 0)
-                if refused > told:
-                    self.log(f"{rec.describe()} refused {refused - told} invalid packets handed to it "
-                             "(slots not sent to it, or records outside their slots)")
-                    self._invalid_told[rec.nf_id] = refused
-
-    def _fence(self, nf_id: int, why: str) -> None:
-        """Out of its service at once; its process killed; then, only, its slots reclaimed."""
-        assert self.handlers is not None
-        nfs = self.handlers.nfs
-        with self.lock:
-            fenced = nfs.fenced(nf_id, why)
-        if fenced is None:
-            return
-        rec, pid, conns = fenced
-        err = kill_process(pid)  # outside the lock: it may take a moment
-        for conn in conns:
-            conn.close()
-        with self.lock:
-            nfs.reclaim_fenced(rec, err)
-            self._invalid_told.pop(nf_id, None)
 
     def stop(self) -> None:
         """Ask NFs to stop, wait for them, stop the rest, flush the ports, print the summary."""
