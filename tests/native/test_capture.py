@@ -12,7 +12,7 @@ from collections import deque
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.all import ARP, Ether  # type: ignore[import-untyped]
+from scapy.all import ARP, IP, UDP, Ether  # type: ignore[import-untyped]
 from tests.native.test_rules import MAC_A, MAC_B, packets, rules
 
 from onvm import _hooks, _native
@@ -172,6 +172,25 @@ def test_a_stopped_capture_takes_nothing_and_a_new_one_starts_empty(mgr):
     assert manager.capture_stats(2)["taken"] == 4
     manager.capture_start(2, {}, 65535, 0)  # what the last one left unread is thrown away
     assert read_all(manager, 2) == [] and manager.capture_stats(2)["pending"] == 0
+    region.free(slots)
+
+
+def test_a_prefix_length_an_nf_wrote_into_the_filter_matches_nothing(mgr):
+    # The filter lives in the region: an NF can write a prefix length past any address (read
+    # past the packet's address before; the sanitizer build reports that).
+    region, manager = mgr
+    manager.capture_start(0, parse_filter("src 10.0.0.0/8").match_fields(), 65535, 0)
+    slots = region.alloc(2)
+    for s in slots:
+        region.write(s, bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP()))
+    src_len = _hooks.layout(region)["captures"] + _hooks.layout(region)["cap_src_len"]
+    for bad in (33, 129, 255):
+        _hooks.poke(region, src_len, bytes([bad]))
+        _hooks.cap_burst(region, 1, slots)
+    assert manager.capture_stats(0)["taken"] == 0
+    _hooks.poke(region, src_len, bytes([8]))  # the right place: a sane length takes them again
+    _hooks.cap_burst(region, 1, slots)
+    assert manager.capture_stats(0)["taken"] == 2
     region.free(slots)
 
 

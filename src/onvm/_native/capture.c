@@ -1,5 +1,6 @@
 /* capture.c - tap points copy packets into capture rings (onvm_capture.h). */
 #include "onvm_capture.h"
+#include "onvm_flow.h"
 
 #include <string.h>
 #include <time.h>
@@ -34,22 +35,6 @@ void onvm_cap_init(struct onvm_region *r) {
         atomic_store_explicit(&t->ev[i].seq, i, ONVM_RELAXED);
 }
 
-static int prefix_match(const uint8_t *addr, const uint8_t *pfx, unsigned len) {
-    unsigned full = len / 8, rest = len % 8;
-    if (memcmp(addr, pfx, full) != 0)
-        return 0;
-    if (rest) {
-        uint8_t m = (uint8_t)(0xff << (8 - rest));
-        if ((addr[full] & m) != (pfx[full] & m))
-            return 0;
-    }
-    return 1;
-}
-
-static uint16_t rd16(const uint8_t *p) {
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
 int onvm_cap_match(const struct onvm_cap_filter *f, const struct onvm_meta *m, const uint8_t *data, uint32_t len) {
     if (f->in_port != 0xffff && f->in_port != m->in_port)
         return 0;
@@ -59,29 +44,20 @@ int onvm_cap_match(const struct onvm_cap_filter *f, const struct onvm_meta *m, c
                    f->sport_hi != 0xffff || f->dport_hi != 0xffff;
     if (!needs_ip)
         return 1;
-    /* The offsets are the parser's, but an NF may have written them: each is checked. */
-    unsigned ipver = m->l3_type == ONVM_L3_IPV4 ? 4 : m->l3_type == ONVM_L3_IPV6 ? 6 : 0;
-    if (!ipver || (uint32_t)m->l3_off + (ipver == 4 ? 20 : 40) > len)
+    /* The offsets are the parser's, but an NF may have written them, and the filter too. */
+    struct onvm_flow_key k;
+    if (onvm_flow_key_within(m, data, len, &k) != 0)
         return 0;
-    const uint8_t *ip = data + m->l3_off;
-    uint8_t src[16] = {0}, dst[16] = {0};
-    memcpy(src, ip + (ipver == 4 ? 12 : 8), ipver == 4 ? 4 : 16);
-    memcpy(dst, ip + (ipver == 4 ? 16 : 24), ipver == 4 ? 4 : 16);
-    uint16_t sport = 0, dport = 0;
-    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG) &&
-        (uint32_t)m->l4_off + 4 <= len) {
-        sport = rd16(data + m->l4_off);
-        dport = rd16(data + m->l4_off + 2);
-    }
-    if (f->ipver && f->ipver != ipver)
+    if (f->ipver && f->ipver != k.ipver)
         return 0;
-    if (f->proto && f->proto != m->l4_proto)
+    if (f->proto && f->proto != k.proto)
         return 0;
-    if (f->src_len && !prefix_match(src, f->src, f->src_len))
+    unsigned bits = k.ipver == 4 ? 32 : 128;
+    if (f->src_len && (f->src_len > bits || !onvm_prefix_match(k.src, f->src, f->src_len)))
         return 0;
-    if (f->dst_len && !prefix_match(dst, f->dst, f->dst_len))
+    if (f->dst_len && (f->dst_len > bits || !onvm_prefix_match(k.dst, f->dst, f->dst_len)))
         return 0;
-    return sport >= f->sport_lo && sport <= f->sport_hi && dport >= f->dport_lo && dport <= f->dport_hi;
+    return k.sport >= f->sport_lo && k.sport <= f->sport_hi && k.dport >= f->dport_lo && k.dport <= f->dport_hi;
 }
 
 static uint64_t wall_ns(void) {

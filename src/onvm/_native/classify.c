@@ -163,18 +163,6 @@ static inline int cls_key_eq(const struct onvm_cls_key *a, const struct onvm_cls
             (a->w[4] ^ b->w[4]) | (a->w[5] ^ b->w[5])) == 0;
 }
 
-static int prefix_match(const uint8_t *addr, const uint8_t *pfx, unsigned len) {
-    unsigned full = len / 8, rest = len % 8;
-    if (memcmp(addr, pfx, full) != 0)
-        return 0;
-    if (rest) {
-        uint8_t m = (uint8_t)(0xff << (8 - rest));
-        if ((addr[full] & m) != (pfx[full] & m))
-            return 0;
-    }
-    return 1;
-}
-
 int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k) {
     if (u->in_port != ONVM_ANY16 && u->in_port != k->in_port)
         return 0;
@@ -185,9 +173,9 @@ int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k) 
     if (u->proto && u->proto != k->proto)
         return 0;
     unsigned bits = k->ipver == 4 ? 32 : 128;
-    if (u->src_len && (u->src_len > bits || !prefix_match(k->src, u->src, u->src_len)))
+    if (u->src_len && (u->src_len > bits || !onvm_prefix_match(k->src, u->src, u->src_len)))
         return 0;
-    if (u->dst_len && (u->dst_len > bits || !prefix_match(k->dst, u->dst, u->dst_len)))
+    if (u->dst_len && (u->dst_len > bits || !onvm_prefix_match(k->dst, u->dst, u->dst_len)))
         return 0;
     return k->sport >= u->sport_lo && k->sport <= u->sport_hi && k->dport >= u->dport_lo &&
            k->dport <= u->dport_hi;

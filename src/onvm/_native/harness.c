@@ -3,6 +3,7 @@
  * the real native loop without a manager (onvm.testing).  Part of the hooks
  * module (hooks.c). */
 #include "onvm_hooks.h"
+#include "onvm_capture.h"
 
 #include <string.h>
 
@@ -163,7 +164,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
     struct onvm_header *h = r->hdr;
     return Py_BuildValue(
         "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
-        "s:n,s:n}",
+        "s:n,s:n,s:K,s:n,s:n}",
         "nfs", (unsigned long long)((uint8_t *)r->nfs - r->base), "nf_size", (Py_ssize_t)sizeof(struct onvm_nf),
         "rings", (unsigned long long)r->off_rings, "ring_bytes", (unsigned long long)r->ring_bytes,
         "prod_head", offsetof(struct onvm_ring, prod.head), "prod_tail", offsetof(struct onvm_ring, prod.tail),
@@ -175,7 +176,9 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         r->slot_size, "pool_size", r->pool_count, "enq", offsetof(struct onvm_nf, enq), "state",
         offsetof(struct onvm_nf, state), "chains", (unsigned long long)h->off_chains, "chain_size",
         (Py_ssize_t)sizeof(struct onvm_chain), "services", (unsigned long long)h->off_services, "service_size",
-        (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head));
+        (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head),
+        "captures", (unsigned long long)((uint8_t *)r->captures - r->base), "capture_size",
+        (Py_ssize_t)sizeof(struct onvm_capture), "cap_src_len", offsetof(struct onvm_capture, filter.src_len));
 }
 
 /* poke(region, offset, data): write bytes into the mapping (anything mapping it can). */

@@ -304,6 +304,48 @@ void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *ke
 
 /* Fill key from a parsed packet; returns 0, or -1 if it is not IP. */
 int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm_flow_key *key);
+/* The same for a record an NF may have written: reads only within data[0, len); -1 if the IP
+ * header lies beyond, ports 0 if the transport header does.  Inline: the capture taps of the
+ * hooks module use it too. */
+static inline int onvm_flow_key_within(const struct onvm_meta *m, const uint8_t *data, uint32_t len,
+                                       struct onvm_flow_key *key) {
+    memset(key, 0, sizeof *key);
+    key->in_port = m->in_port;
+    key->vlan = (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
+    const uint8_t *ip = data + m->l3_off;
+    if (m->l3_type == ONVM_L3_IPV4 && (uint64_t)m->l3_off + 20 <= len) {
+        memcpy(key->src, ip + 12, 4);
+        memcpy(key->dst, ip + 16, 4);
+        key->ipver = 4;
+    } else if (m->l3_type == ONVM_L3_IPV6 && (uint64_t)m->l3_off + 40 <= len) {
+        memcpy(key->src, ip + 8, 16);
+        memcpy(key->dst, ip + 24, 16);
+        key->ipver = 6;
+    } else {
+        return -1;
+    }
+    key->proto = m->l4_proto;
+    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG) &&
+        (uint64_t)m->l4_off + 4 <= len) {
+        const uint8_t *l4 = data + m->l4_off;
+        key->sport = (uint16_t)(l4[0] << 8 | l4[1]);
+        key->dport = (uint16_t)(l4[2] << 8 | l4[3]);
+    }
+    return 0;
+}
+
+/* Whether the first len bits of addr and pfx agree (len at most 128: the caller checks). */
+static inline int onvm_prefix_match(const uint8_t *addr, const uint8_t *pfx, unsigned len) {
+    unsigned full = len / 8, rest = len % 8;
+    if (memcmp(addr, pfx, full) != 0)
+        return 0;
+    if (rest) {
+        uint8_t m = (uint8_t)(0xff << (8 - rest));
+        if ((addr[full] & m) != (pfx[full] & m))
+            return 0;
+    }
+    return 1;
+}
 uint32_t onvm_flow_key_hash(const struct onvm_flow_key *key);
 
 /* RX: set m->chain_id for the packet (flow table, then rules, then the default); m as
