@@ -282,3 +282,49 @@ r.close()
 """)
     assert "events [('fault', 1, 'flag')]" in out
     assert "flag 0 True" in out
+
+
+def test_a_free_stack_cut_by_a_stale_link_is_counted_once_when_the_sweep_brings_it_back() -> None:
+    # An NF writes into a slot it held after it let it go: the link of a slot in the free
+    # stack now names no slot.  An allocation stops there and cuts the stack; the slots past
+    # the cut are free but nobody can reach them, until the sweep puts them back.  The free
+    # count must then say what the stack holds, not count them a second time.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+held = r.alloc(1024, 1)
+for s in reversed(held):
+    r.free([s])  # the stack now runs in the order of held
+u32(meta(held[10], "next_free"), 0x7fffffff)
+got = r.alloc(32, 1)
+print("got", len(got), "broken", r.info()["broken_links"])
+r.free(got)
+print("swept", m.sweep(0.2), "free", r.free_count())
+print("all", len(r.alloc(2048, 1)), "free", r.free_count())
+r.close()
+""")
+    assert "got 11 broken 1" in out
+    assert "swept 1013 free 1024" in out
+    assert "all 1024 free 0" in out
+
+
+def test_a_slot_pushed_twice_is_handed_out_once_and_the_sweep_makes_the_count_exact() -> None:
+    # Pushed twice, a slot links to itself: allocations take it once, then cut the stack,
+    # and what lay under it comes back with the sweep.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "holder")
+held = r.alloc(1024, 1)
+r.free(held)
+s = r.alloc(1, 1)
+r.free(s)
+u16(meta(s[0], "owner"), 1)  # an NF's write over the stamp of a slot it let go
+r.free(s)  # in the stack twice
+got = r.alloc(2048, 1)
+print("got", got == s)
+print("swept", m.sweep(0.2), "free", r.free_count())
+print("all", len(set(r.alloc(2048, 1))), "free", r.free_count())
+r.close()
+""")
+    assert "got True" in out
+    assert "swept 1023 free 1023" in out
+    assert "all 1023 free 0" in out

@@ -228,15 +228,19 @@ struct chain {
 /* Take the free stack whole (repeatedly, for what is pushed meanwhile), mark what it
  * holds, and keep the walked slots in c to put back.  A link out of the pool, into a
  * slot not stamped free or into one met already ends a walk (what follows is lost to
- * the stack: the sweep brings back what of it is free). */
-static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c) {
+ * the stack: the sweep brings back what of it is free).  flip: the first take also
+ * starts a new epoch of the free count; returns the epoch the stack was taken in. */
+static unsigned take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c, int flip) {
     struct onvm_freestack *fs = &r->hdr->free;
+    unsigned epoch = 0;
     for (int round = 0; round < 8; round++) {
-        uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
+        uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE), next;
         /* Acquire pairs with the pushes' release: the links below were written before. */
-        while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL,
-                                                      ONVM_ACQUIRE, ONVM_ACQUIRE))
-            ;
+        do
+            next = round == 0 && flip ? ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL : onvm_free_head(old, ONVM_SLOT_NIL);
+        while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE));
+        if (round == 0)
+            epoch = (unsigned)(old >> 32) & 1u;
         uint32_t cur = (uint32_t)old, walked = 0;
         if (cur == ONVM_SLOT_NIL)
             break;
@@ -248,8 +252,31 @@ static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c
             cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
         }
         /* Pushed back below: count them out now, the push counts them in again. */
-        atomic_fetch_sub_explicit(&fs->count, walked, ONVM_RELAXED);
+        atomic_fetch_sub_explicit(onvm_free_counter(fs, old), walked, ONVM_RELAXED);
     }
+    return epoch;
+}
+
+/* Make the free count exact again.  Damage to the stack (a link out of the pool, a
+ * cycle) cuts it, and the count still has what was cut off; the sweep puts back what
+ * of that is free and counts it a second time.  So: take the stack whole, starting a
+ * new epoch in the same CAS, and put back what the walk found (counted in the new
+ * epoch).  Once every NF and worker has passed the top of its loop, whatever anyone
+ * did under the old epoch is in its counter, and the stack it counted is the walk:
+ * the counter says nothing more, and is zeroed.  A participant that does not pass
+ * within grace_ns (stopped, or spinning in its handler) is almost surely not between
+ * the CAS and the count of a push or an allocation; if it is, its count lands in the
+ * zeroed counter later, an error of one burst until the recount after next zeroes
+ * that counter in its turn, against a whole cut-off stack counted twice. */
+static void recount(struct onvm_mgr *m, uint64_t grace_ns, uint8_t *mark, struct chain *c) {
+    struct onvm_freestack *fs = &m->r->hdr->free;
+    memset(mark, 0, m->r->pool_count);
+    c->n = 0;
+    unsigned old = take_stack(m->r, mark, c, 1);
+    if (c->n)
+        onvm_pool_push(m->r, c->slot, c->n);
+    (void)onvm_mgr_grace(m, 0, grace_ns, NULL);
+    atomic_store_explicit(&fs->count[old], 0, ONVM_RELAXED);
 }
 
 long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
@@ -277,7 +304,7 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     }
     /* Slots stamped free that the stack does not hold. */
     memset(mark, 0, n);
-    take_stack(r, mark, &back);
+    take_stack(r, mark, &back, 0);
     if (back.n)
         onvm_pool_push(r, back.slot, back.n);
     uint32_t nf = 0, *freed = back.slot; /* reused: the walk is pushed back already */
@@ -302,7 +329,7 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     /* A free under way at the first look is in the stack now: look again. */
     memset(mark, 0, n);
     struct chain again = {(uint32_t *)rx, 0}; /* rx is done with: n u64 hold n u32 */
-    take_stack(r, mark, &again);
+    take_stack(r, mark, &again, 0);
     if (again.n)
         onvm_pool_push(r, again.slot, again.n);
     for (uint32_t i = 0; i < nf; i++)
@@ -311,6 +338,8 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     if (k)
         onvm_pool_free_burst(r, cand, k);
     found = k;
+    struct chain last = {cand, 0}; /* cand is done with */
+    recount(m, grace_ns, mark, &last);
 out:
     free(mark);
     free(cand);

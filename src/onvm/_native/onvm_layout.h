@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 10u
+#define ONVM_LAYOUT_VERSION 11u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -186,10 +186,13 @@ struct onvm_ring {
 };
 static_assert(sizeof(struct onvm_ring) == 3 * ONVM_CACHE_LINE, "ring header is three lines");
 
-/* Treiber stack of free slots; the head packs (tag << 32 | index) against ABA. */
+/* Treiber stack of free slots; the head packs (tag << 32 | index) against ABA.
+ * The tag's low bit is an epoch: pushes and allocations add 2 to the tag and count
+ * what they did in count[epoch]; only the sweep's recount flips it (fence.c).  The
+ * free count is count[0] + count[1]. */
 struct onvm_freestack {
     alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
-    _Atomic int64_t count;
+    _Atomic int64_t count[2];
 };
 
 /* Latency histogram: 4 sub-buckets per power of two of nanoseconds (values

@@ -232,7 +232,16 @@ static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
 }
 
 static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
-    return atomic_load_explicit(&r->hdr->free.count, ONVM_RELAXED);
+    const struct onvm_freestack *fs = &r->hdr->free;
+    return atomic_load_explicit(&fs->count[0], ONVM_RELAXED) + atomic_load_explicit(&fs->count[1], ONVM_RELAXED);
+}
+
+/* The free stack's head after old: the tag moves on, its epoch (the low bit) stays. */
+static inline uint64_t onvm_free_head(uint64_t old, uint32_t top) { return ((old >> 32) + 2) << 32 | top; }
+
+/* The counter of the epoch a head value belongs to. */
+static inline _Atomic int64_t *onvm_free_counter(struct onvm_freestack *fs, uint64_t head) {
+    return &fs->count[(head >> 32) & 1u];
 }
 
 /* A fresh packet's metadata: inline, RX drivers call it per packet. */

@@ -247,7 +247,8 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     bind_tables(r, &tmp);
     onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
-    atomic_store(&h->free.count, 0);
+    atomic_store(&h->free.count[0], 0);
+    atomic_store(&h->free.count[1], 0);
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
         onvm_ring_init(onvm_nf_ring(r, n, 0), p->ring_size,
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
@@ -382,7 +383,7 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
         }
         if (k == 0 && !broken)
             return 0;
-        uint64_t next = ((old >> 32) + 1) << 32 | (broken ? ONVM_SLOT_NIL : cur);
+        uint64_t next = onvm_free_head(old, broken ? ONVM_SLOT_NIL : cur);
         /* If head (and its tag) did not move, nobody pushed or popped meanwhile, so
          * the links we read were stable: a broken one is damage, not a race. */
         if (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE))
@@ -399,14 +400,14 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
             atomic_store_explicit(o, owner, ONVM_RELAXED);
             out[got++] = out[i];
         }
-        atomic_fetch_sub_explicit(&fs->count, got, ONVM_RELAXED);
+        atomic_fetch_sub_explicit(onvm_free_counter(fs, old), got, ONVM_RELAXED);
         if (got)
             return got;
         /* Nothing free in what we took: the stack runs through slots in use (a cycle).
          * Cut it; what is free beyond the cut comes back with the manager's sweep. */
         old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
         if (!broken && (uint32_t)old != ONVM_SLOT_NIL &&
-            atomic_compare_exchange_strong_explicit(&fs->head, &old, ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL,
+            atomic_compare_exchange_strong_explicit(&fs->head, &old, onvm_free_head(old, ONVM_SLOT_NIL),
                                                     ONVM_ACQUIRE, ONVM_ACQUIRE))
             atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
         return 0;
@@ -422,10 +423,10 @@ void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
     uint64_t next;
     do {
         atomic_store_explicit(&r->meta[idx[n - 1]].next_free, (uint32_t)old, ONVM_RELAXED);
-        next = ((old >> 32) + 1) << 32 | idx[0];
+        next = onvm_free_head(old, idx[0]);
         /* Release publishes the links above to the acquire in alloc. */
     } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE, ONVM_RELAXED));
-    atomic_fetch_add_explicit(&fs->count, n, ONVM_RELAXED);
+    atomic_fetch_add_explicit(onvm_free_counter(fs, old), n, ONVM_RELAXED);
 }
 
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
