@@ -328,3 +328,41 @@ r.close()
     assert "got True" in out
     assert "swept 1023 free 1023" in out
     assert "all 1023 free 0" in out
+
+
+def test_a_run_an_nf_wrote_over_is_checked_like_a_link_and_the_sweep_mends_what_it_cut() -> None:
+    # A push of many slots writes the indices of each 64 it links (a run) into the data of the
+    # last of them, a shortcut for allocations.  An NF that writes into a slot it let go may
+    # change them.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "holder")
+def run_entry(s, j):
+    return L["slots"] + s * L["slot_size"] + 4 * j
+def pushed():
+    held = r.alloc(1024, 1)
+    r.free(held[:64])  # one run: the indices of held[:64] in held[63]'s data
+    return held, held[:64]
+held, run = pushed()
+u32(run_entry(run[-1], 5), 0x7fffffff)  # out of the pool: the run is not taken, the links are
+print("out of pool", r.alloc(64, 1) == run)
+r.free(held)
+held, run = pushed()
+u32(run_entry(run[-1], 0), run[7])  # not the slot at that place: not taken from there
+print("first", r.alloc(64, 1) == run)
+r.free(held)
+held, run = pushed()
+busy = held[100]  # held, not free
+u32(run_entry(run[-1], 10), busy)  # run[10] replaced by a slot in use: refused after the take
+got = r.alloc(64, 2)
+o = r.owners()
+print("busy", busy not in got, len(got), (o.get(1), o.get(2)), run[10] not in got)
+r.free(got)
+r.free([s for s in held if s not in run])
+print("swept", m.sweep(0.2), "free", r.free_count(), "all", len(set(r.alloc(2048, 1))))
+r.close()
+""")
+    assert "out of pool True" in out
+    assert "first True" in out
+    assert "busy True 63 (960, 63) True" in out
+    assert "swept 1 free 1024 all 1024" in out  # run[10], cut off, comes back

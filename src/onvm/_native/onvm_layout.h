@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 11u
+#define ONVM_LAYOUT_VERSION 12u
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -142,7 +142,9 @@ struct onvm_meta {
     _Atomic uint32_t next_free; /* free stack link */
     uint32_t data_off;          /* packet start within the slot */
     uint16_t vlan;              /* outer VLAN id when ONVM_MF_VLAN is set */
-    uint8_t reserved[18];
+    uint16_t spare;
+    _Atomic uint64_t run; /* free: where the indices of the slots its push linked with it are (onvm_pool_push) */
+    uint8_t reserved[8];
 };
 static_assert(sizeof(struct onvm_meta) == 64, "meta must be one cache line");
 static_assert(ONVM_OWNER_PORT_BASE >= ONVM_MAX_NFS && ONVM_OWNER_PORT(ONVM_MAX_PORTS) <= ONVM_OWNER_FREE,

@@ -359,6 +359,49 @@ void onvm_region_detach(struct onvm_region *r) {
 
 /* ---- pool ---------------------------------------------------------------- */
 
+/* Runs.  Walking the stack link by link is a chain of dependent loads, each of a
+ * line that the CPU which freed the slot last wrote: with RX and TX workers on
+ * different CPUs it was most of what an allocation cost.  So a push also writes
+ * the indices of every RUN_MAX slots it links (a run) into the data of the run's
+ * last slot, which leaves the stack last, and gives each slot of the run its place
+ * in it (meta run: the last slot, the position, the run's length).  An allocation
+ * at any slot of a run reads the indices that follow it there, loads that do not
+ * wait on each other, then the link of the last one it takes.  A run is checked
+ * like a link (its indices name slots of the pool; at the slot's position stands
+ * the slot, after it the slot's own link) and is only a shortcut: the links are
+ * there too, and the sweep and the fence walk those. */
+#define RUN_MAX 64u /* 256 bytes of indices, within the smallest slot */
+
+static inline uint32_t *run_of(const struct onvm_region *r, uint32_t slot) {
+    return (uint32_t *)(r->slots + (size_t)slot * r->slot_size);
+}
+
+static inline uint64_t run_word(uint32_t last, uint32_t pos, uint32_t len) {
+    return (uint64_t)last | (uint64_t)pos << 32 | (uint64_t)len << 48;
+}
+
+/* Up to want slots of the run cur stands in, from cur on, into out; 0 if there is
+ * no run to take (fewer than two slots) or it does not hold. */
+static inline uint32_t take_run(const struct onvm_region *r, uint32_t cur, uint32_t want, uint32_t *out) {
+    uint64_t w = atomic_load_explicit(&r->meta[cur].run, ONVM_RELAXED);
+    uint32_t last = (uint32_t)w, pos = (uint32_t)(w >> 32) & 0xffffu, len = (uint32_t)(w >> 48);
+    if (len > RUN_MAX || pos + 1 >= len || last >= r->pool_count)
+        return 0;
+    uint32_t take = len - pos < want ? len - pos : want;
+    if (take < 2)
+        return 0;
+    const uint32_t *a = run_of(r, last) + pos;
+    if (a[0] != cur || a[1] != atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED))
+        return 0;
+    for (uint32_t j = 0; j < take; j++) {
+        uint32_t v = a[j];
+        if (v >= r->pool_count)
+            return 0;
+        out[j] = v;
+    }
+    return take;
+}
+
 /* The free stack is in the region, so anything that maps it may have damaged it.
  * alloc walks at most n links and trusts a link only if it names a slot of the
  * pool: one that does not ends the stack there (the CAS that takes the prefix
@@ -377,6 +420,12 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
             if (cur >= r->pool_count) {
                 broken = 1;
                 break;
+            }
+            uint32_t took = take_run(r, cur, n - k, out + k);
+            if (took) {
+                k += took;
+                cur = atomic_load_explicit(&r->meta[out[k - 1]].next_free, ONVM_RELAXED);
+                continue;
             }
             out[k++] = cur;
             cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
@@ -417,8 +466,16 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
 
 void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
     struct onvm_freestack *fs = &r->hdr->free;
-    for (uint32_t i = 0; i + 1 < n; i++)
-        atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
+    for (uint32_t c = 0; c < n; c += RUN_MAX) { /* runs: see above */
+        uint32_t len = n - c < RUN_MAX ? n - c : RUN_MAX, last = idx[c + len - 1];
+        if (len > 1)
+            memcpy(run_of(r, last), idx + c, len * sizeof *idx);
+        for (uint32_t i = c; i < c + len; i++) {
+            atomic_store_explicit(&r->meta[idx[i]].run, len > 1 ? run_word(last, i - c, len) : 0, ONVM_RELAXED);
+            if (i + 1 < n)
+                atomic_store_explicit(&r->meta[idx[i]].next_free, idx[i + 1], ONVM_RELAXED);
+        }
+    }
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_RELAXED);
     uint64_t next;
     do {
