@@ -94,12 +94,15 @@ def test_a_hostile_nf_costs_the_manager_and_the_other_nfs_nothing(deploy):  # no
     rounds = fenced = 0
     while rounds == 0 or time.monotonic() < deadline:
         seed = FIRST_SEED + rounds
-        before = forwarded(dep)
-        fenced += run_round(dep, seed)
-        assert dep.procs[0].poll() is None, f"the manager died (seed {seed})"
-        assert a.poll() is None and b.poll() is None, f"a well-behaved NF died (seed {seed})"
-        wait_for(lambda before=before: forwarded(dep) > before + 100,
-                 what=f"A and B to keep forwarding (seed {seed})")
+        try:
+            before = forwarded(dep)
+            fenced += run_round(dep, seed)
+            assert dep.procs[0].poll() is None, "the manager died"
+            assert a.poll() is None and b.poll() is None, "a well-behaved NF died"
+            wait_for(lambda before=before: forwarded(dep) > before + 100, what="A and B to keep forwarding")
+        except AssertionError as e:
+            e.add_note(f"in the round of seed {seed} (ONVM_FUZZ_SEED={seed} starts there)")
+            raise
         rounds += 1
     print(f"{rounds} rounds, {fenced} hostile NFs fenced off")
     events = [e["text"] for e in dep.status()["events"]]
