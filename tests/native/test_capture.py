@@ -183,7 +183,8 @@ def test_a_prefix_length_an_nf_wrote_into_the_filter_matches_nothing(mgr):
     slots = region.alloc(2)
     for s in slots:
         region.write(s, bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP()))
-    src_len = _hooks.layout(region)["captures"] + _hooks.layout(region)["cap_src_len"]
+    layout = _hooks.layout(region)
+    src_len = layout["captures"] + layout["cap_src_len"]
     for bad in (33, 129, 255):
         _hooks.poke(region, src_len, bytes([bad]))
         _hooks.cap_burst(region, 1, slots)

@@ -257,28 +257,6 @@ static unsigned take_stack(struct onvm_region *r, uint8_t *in_stack, struct chai
     return epoch;
 }
 
-/* Make the free count exact again.  Damage to the stack (a link out of the pool, a
- * cycle) cuts it, and the count still has what was cut off; the sweep puts back what
- * of that is free and counts it a second time.  So: take the stack whole, starting a
- * new epoch in the same CAS, and put back what the walk found (counted in the new
- * epoch).  Once every NF and worker has passed the top of its loop, whatever anyone
- * did under the old epoch is in its counter, and the stack it counted is the walk:
- * the counter says nothing more, and is zeroed.  A participant that does not pass
- * within grace_ns (stopped, or spinning in its handler) is almost surely not between
- * the CAS and the count of a push or an allocation; if it is, its count lands in the
- * zeroed counter later, an error of one burst until the recount after next zeroes
- * that counter in its turn, against a whole cut-off stack counted twice. */
-static void recount(struct onvm_mgr *m, uint64_t grace_ns, uint8_t *mark, struct chain *c) {
-    struct onvm_freestack *fs = &m->r->hdr->free;
-    memset(mark, 0, m->r->pool_count);
-    c->n = 0;
-    unsigned old = take_stack(m->r, mark, c, 1);
-    if (c->n)
-        onvm_pool_push(m->r, c->slot, c->n);
-    (void)onvm_mgr_grace(m, 0, grace_ns, NULL);
-    atomic_store_explicit(&fs->count[old], 0, ONVM_RELAXED);
-}
-
 long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     struct onvm_region *r = m->r;
     uint32_t n = r->pool_count;
@@ -326,10 +304,21 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
         if (o == stamp[i] && r->meta[s].rx_ns == rx[i] && suspect(r, o, mark[s]))
             cand[k++] = s;
     }
-    /* A free under way at the first look is in the stack now: look again. */
+    /* A free under way at the first look is in the stack now: look again.  This look
+     * also makes the free count exact again.  Damage to the stack (a link out of the
+     * pool, a cycle) cuts it, and the count still has what was cut off, which the
+     * free below counts a second time.  So the take starts a new epoch of the count in
+     * its CAS, and what it walked is pushed back (counted in the new epoch).  Once
+     * every NF and worker has passed the top of its loop, whatever anyone did under the
+     * old epoch is in its counter, and the stack it counted is the walk: the counter
+     * says nothing more, and is zeroed.  A participant that does not pass within
+     * grace_ns (stopped, or spinning in its handler) is almost surely not between the
+     * CAS and the count of a push or an allocation; if it is, its count lands in the
+     * zeroed counter later, an error of one burst until the sweep after next zeroes that
+     * counter in its turn, against a whole cut-off stack counted twice. */
     memset(mark, 0, n);
     struct chain again = {(uint32_t *)rx, 0}; /* rx is done with: n u64 hold n u32 */
-    take_stack(r, mark, &again, 0);
+    unsigned epoch = take_stack(r, mark, &again, 1);
     if (again.n)
         onvm_pool_push(r, again.slot, again.n);
     for (uint32_t i = 0; i < nf; i++)
@@ -338,8 +327,8 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     if (k)
         onvm_pool_free_burst(r, cand, k);
     found = k;
-    struct chain last = {cand, 0}; /* cand is done with */
-    recount(m, grace_ns, mark, &last);
+    (void)onvm_mgr_grace(m, 0, grace_ns, NULL);
+    atomic_store_explicit(&r->hdr->free.count[epoch], 0, ONVM_RELAXED);
 out:
     free(mark);
     free(cand);
