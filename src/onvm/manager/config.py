@@ -258,7 +258,8 @@ class ManagerOptions(BaseModel):
     autoscale: Annotated[dict[ServiceId, AutoscaleBounds], BeforeValidator(_autoscale_items),
                          Flag(metavar="SERVICE:MIN:MAX")] = Field(
         default_factory=dict, description="keep MIN to MAX instances of a service: add one while its "
-                                          "rings stay half full, remove one when idle (repeatable)")
+                                          "rings stay a fifth full or congested, remove one when idle "
+                                          "(repeatable)")
     dpdk_eal: str = Field("", max_length=4096, description="DPDK EAL options for dpdk: ports, added to "
                                                             "(or replacing) the defaults")
 

@@ -46,7 +46,7 @@ class AutoscaleSpec:
     service: int
     low: int
     high: int
-    busy_fill: float = 0.5  # mean RX ring fill above which an instance is added (or: all congested)
+    busy_fill: float = 0.2  # mean RX ring fill above which an instance is added (or: all congested)
     busy_checks: int = 4  # consecutive busy checks (of CHECK_EVERY s) before adding
     idle_checks: int = 20  # consecutive checks without packets before removing one
     busy_seen: int = 0
@@ -211,8 +211,9 @@ class Services:
         rx = sum(i["rx"] for i in infos)
         moved = spec.last_rx >= 0 and rx != spec.last_rx
         spec.last_rx = rx
-        # Backpressure holds a ring near its high watermark (half of it) while the
-        # service cannot keep up: congested counts as full.
+        # While the service cannot keep up, backpressure keeps its rings between the
+        # low and the high watermark (a quarter and half of them, onvm_bp.h): a look
+        # finds one there, congested or not.  A ring that keeps up stays near empty.
         busy = fill > spec.busy_fill or all(i.get("rx_congested") for i in infos)
         spec.busy_seen = spec.busy_seen + 1 if busy else 0
         spec.idle_seen = 0 if moved else spec.idle_seen + 1
