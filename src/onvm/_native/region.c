@@ -442,11 +442,13 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
         uint32_t got = 0;
         for (uint32_t i = 0; i < k; i++) {
             _Atomic uint16_t *o = &r->meta[out[i]].owner;
-            if (atomic_load_explicit(o, ONVM_RELAXED) != ONVM_OWNER_FREE) {
+            /* A CAS, not a load and a store: a slot in the stack twice (damage) can be in
+             * what two allocators took at once, and only one of them may have it. */
+            uint16_t free_ = ONVM_OWNER_FREE;
+            if (!atomic_compare_exchange_strong_explicit(o, &free_, owner, ONVM_RELAXED, ONVM_RELAXED)) {
                 atomic_fetch_add_explicit(&r->broken_links, 1, ONVM_RELAXED);
                 continue; /* in use (a link into it was damage), or met twice */
             }
-            atomic_store_explicit(o, owner, ONVM_RELAXED);
             out[got++] = out[i];
         }
         atomic_fetch_sub_explicit(onvm_free_counter(fs, old), got, ONVM_RELAXED);
