@@ -586,6 +586,24 @@ def test_registry_pages_and_changes_atomically(region):
     reg.del_chain("web")
 
 
+def test_the_registry_names_the_rule_in_each_slot_through_changes(region):
+    # Traces and the classifier name a rule by its slot; slots are reused once freed.
+    from onvm.manager.flows import FlowRegistry
+
+    reg = FlowRegistry(region, lambda port: True)
+    reg.add_chain("web", "1")
+    added = reg.add_rules([f"udp dst port {i + 1} -> web" for i in range(200)])
+    gone = {a["slot"] for a in added[:50]}
+    reg.change(["tcp dst port 8080 -> web"], [a["id"] for a in added[:50]])
+    for a in added[50:]:
+        rule = reg.rule_in_slot(a["slot"])
+        assert rule is not None and rule.id == a["id"]
+    new = next(r for r, _ in reg.rules.values() if r.proto == 6)
+    assert reg.rule_in_slot(reg.rules[new.id][1]) is new
+    assert all(reg.rule_in_slot(s) is None for s in gone - {reg.rules[new.id][1]})
+    assert reg.rule_in_slot(-1) is None
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(packets(), min_size=1, max_size=8))
 def test_rx_places_entries_where_the_api_looks_them_up(pkts):

@@ -61,6 +61,7 @@ class FlowRegistry:
         self.port_ok = port_ok  # is this port an output?
         self.chains: dict[str, tuple[int, list[Hop]]] = {}
         self.rules: dict[int, tuple[Rule, int]] = {}  # id -> (rule, slot)
+        self._by_slot: dict[int, int] = {}  # slot -> id: what the packet path names, back to its rule
         self.port_chains: dict[int, str] = {}  # input port -> its default chain
         self.chain_rules: Counter[str] = Counter()  # chain name -> rules that use it
         self._order: list[tuple[int, int]] = []  # (-priority, id), the order rules are tried
@@ -174,7 +175,8 @@ class FlowRegistry:
             raise ConfigError(str(e)) from None
         self._next_rule = first + len(parsed)
         for rid in dels:
-            rule, _ = self.rules.pop(rid)
+            rule, slot = self.rules.pop(rid)
+            del self._by_slot[slot]
             self.chain_rules[rule.chain] -= 1
             del self._order[bisect.bisect_left(self._order, (-rule.priority, rid))]
         if len(parsed) > 64:
@@ -185,9 +187,15 @@ class FlowRegistry:
         out = []
         for rule, slot in zip(parsed, slots, strict=True):
             self.rules[rule.id] = (rule, slot)
+            self._by_slot[slot] = rule.id
             self.chain_rules[rule.chain] += 1
             out.append({"id": rule.id, "slot": slot})
         return out
+
+    def rule_in_slot(self, slot: int) -> Rule | None:
+        """The rule the classifier keeps in ``slot`` (traces and the classifier name rules so)."""
+        rid = self._by_slot.get(slot)
+        return None if rid is None else self.rules[rid][0]
 
     def del_rule(self, rule_id: int) -> dict[str, Any]:
         text = self.rules[rule_id][0].to_text() if rule_id in self.rules else ""
@@ -262,8 +270,8 @@ class FlowRegistry:
         # The classifier finds the first rule that matches (a walk of millions of rules in Python
         # would hold the manager's lock for seconds); its place in the order is a bisection.
         slot, _ = self.region.rule_lookup(key.native())
-        rid = next((i for i, (_, s) in self.rules.items() if s == slot), None) if slot >= 0 else None
-        first = -1 if rid is None else bisect.bisect_left(self._order, (-self.rules[rid][0].priority, rid))
+        rule = self.rule_in_slot(slot)
+        first = -1 if rule is None else bisect.bisect_left(self._order, (-rule.priority, rule.id))
         return Situation(rules=_OrderView(self.rules, self._order),
                          chains={cid: (name, hops) for name, (cid, hops) in self.chains.items()},
                          port_chains={p: self.chains[c][0] for p, c in self.port_chains.items()},

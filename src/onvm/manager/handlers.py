@@ -317,7 +317,8 @@ class Handlers:
         return self.traces.clear()
 
     def _rule_text(self, slot: int) -> str | None:
-        return next((r.to_text() for r, s in self.flows.rules.values() if s == slot), None)
+        rule = self.flows.rule_in_slot(slot)
+        return None if rule is None else rule.to_text()
 
     def _chain_name(self, chain_id: int) -> str:
         return next((name for name, (cid, _) in self.flows.chains.items() if cid == chain_id), str(chain_id))
