@@ -512,7 +512,7 @@ def _child_env() -> dict[str, str]:
 
 _OWNER_SCRIPT = """
 import sys, time
-from onvm import _hooks, _native
+from onvm import _native
 r = _native.Region.create(sys.argv[1], pool_size=64, slot_size=512, ring_size=64)
 r.alloc(10, 4)
 print("ready", flush=True)
