@@ -10,7 +10,7 @@ SOURCES = ["module.c", "constants.c", "nfloop.c", "region.c", "parse.c", "route.
            "latency.c", "retire.c", "mapguard.c", "fence.c", "capture.c", "trace.c"]
 # Test and benchmark entry points: a second module, which the package never imports at run
 # time; it calls the core through the function table onvm._native exports (onvm_capi.h).
-HOOKS = ["hooks.c", "harness.c", "hookbench.c", "bpstress.c", "capture.c"]
+HOOKS = ["hooks.c", "harness.c", "hookbench.c", "bpstress.c", "poolrace.c", "capture.c"]
 extra = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
          "-Wno-cast-function-type", "-fno-strict-aliasing",
          # Only a module's PyInit leaves it: calls between its files bind directly, not

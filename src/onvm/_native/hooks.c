@@ -404,7 +404,7 @@ PyMODINIT_FUNC PyInit__hooks(void) {
         return NULL;
     if (PyType_Ready(&RingType) < 0 || PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
         onvm_harness_register(m) < 0 || onvm_hookbench_register(m) < 0 ||
-        onvm_bpstress_register(m) < 0) {
+        onvm_bpstress_register(m) < 0 || onvm_poolrace_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -13,5 +13,6 @@ extern const struct onvm_capi *onvm_core; /* hooks.c, set when the module loads 
 int onvm_harness_register(PyObject *module);   /* harness.c */
 int onvm_hookbench_register(PyObject *module); /* hookbench.c */
 int onvm_bpstress_register(PyObject *module);  /* bpstress.c */
+int onvm_poolrace_register(PyObject *module);  /* poolrace.c */
 
 #endif
