@@ -75,6 +75,37 @@ def test_cli_is_made_from_the_descriptions(capsys: pytest.CaptureFixture[str]) -
     assert e.value.code == 2
 
 
+def test_open_loop_scenarios_give_the_manager_their_ring_size(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ring-size`` of ``paper`` and ``overload`` is the manager's: it sets how many slots are in
+    flight under backpressure.  Its default is the manager's own; a bad size is refused in one line."""
+    from onvm.bench import overload
+    from onvm.manager.config import ManagerConfig
+
+    class Started(Exception):
+        pass
+
+    seen: list[list[str]] = []
+
+    def deployment(args: list[str], verbose: bool = False) -> Any:
+        seen.append(list(args))
+        raise Started
+
+    monkeypatch.setattr(overload, "deployment", deployment)
+    with pytest.raises(Started):
+        get("paper").execute(seconds=0.1, ring_size=1024)
+    assert seen[-1][seen[-1].index("--ring-size") + 1] == "1024"
+    with pytest.raises(Started):
+        get("overload").execute(seconds=0.1, nfs=2)
+    assert seen[-1][seen[-1].index("--ring-size") + 1] == str(ManagerConfig.model_fields["ring_size"].default)
+    for bad in ("1000", "32", "x"):
+        with pytest.raises(SystemExit) as e:
+            bench_main(["paper", "--ring-size", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].endswith(f"argument --ring-size: expected a power of two in 64..1048576, got '{bad}'")
+
+
 def test_onvm_bench_runs_a_scenario_and_run_py_records_it(tmp_path: Path) -> None:
     """wake needs no manager: the whole path, CLI and run.py, in a second or two."""
     r = subprocess.run([sys.executable, "-m", "onvm.cli.main", "bench", "wake", "--rounds", "200", "--json"],

@@ -25,6 +25,7 @@ result).  A range that is no single prefix adds a mask per prefix it takes.
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from typing import Any
@@ -111,9 +112,9 @@ def run(seconds: float, verbose: bool, rules: int = 10000) -> dict[str, Any]:
 
 
 def _rules_option(text: str) -> int:
-    n = int(text)
+    n = int(text) if text.isdecimal() else -1
     if not 0 <= n <= 1_000_000:
-        raise ValueError(f"--rules {n}: expected 0..1000000")
+        raise argparse.ArgumentTypeError(f"expected a number of rules in 0..1000000, got '{text}'")
     return n
 
 

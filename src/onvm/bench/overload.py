@@ -22,6 +22,7 @@ the machine: on a shared machine, compare figures from one run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ from onvm.bench._scenario import Option, Scenario
 from onvm.bench.pipeline import deployment
 from onvm.constants import MAX_HOPS
 from onvm.errors import ConfigError
+from onvm.manager.config import ManagerConfig, check_ring_size
 
 WARMUP = 1.5
 SWEEP = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # offered rates, times what an unpaced run delivered
 PAPER_GBPS = {"one_nf": 48, "replicas": 68, "chain5": 40}  # Figure 2, 10/40G NICs, many cores
 HTTP = "gen:mix=http,flows=1024"
+RING_SIZE: int = ManagerConfig.model_fields["ring_size"].default  # the manager's own default
 
 
 @dataclass
@@ -47,13 +50,14 @@ class Setup:
     nfs: tuple[tuple[str, ...], ...] = (("simple_forward", "--service", "1"),)
     chain: str = "1"
     workers: int = 1  # RX and TX workers each
+    ring_size: int = RING_SIZE  # entries per NF ring (the manager's --ring-size)
 
 
-def chain_setup(nfs: int) -> Setup:
+def chain_setup(nfs: int, ring_size: int = RING_SIZE) -> Setup:
     if not 1 <= nfs < MAX_HOPS:  # the chain's last hop is the output port
         raise ConfigError(f"--nfs {nfs}: expected 1..{MAX_HOPS - 1}")
     return Setup(nfs=tuple(("simple_forward", "--service", str(i)) for i in range(1, nfs + 1)),
-                 chain=",".join(str(i) for i in range(1, nfs + 1)))
+                 chain=",".join(str(i) for i in range(1, nfs + 1)), ring_size=ring_size)
 
 
 def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bool = False) -> dict[str, Any]:
@@ -62,7 +66,8 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
     out = setup.inputs  # the null port comes after the inputs
     args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
         "--port", "null", "--default-chain", f"{setup.chain},out:{out}",
-        "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers)]
+        "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers),
+        "--ring-size", str(setup.ring_size)]
     dep = deployment(args, verbose)
     try:
         dep.start_manager()
@@ -118,9 +123,10 @@ def cpu_of(pids: list[int]) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
-def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5) -> dict[str, Any]:
+def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5,
+             ring_size: int = RING_SIZE) -> dict[str, Any]:
     """Delivered against offered rate through a chain of ``nfs`` NFs (see the module docstring)."""
-    setup = chain_setup(nfs)
+    setup = chain_setup(nfs, ring_size)
     first = measure(setup, seconds, None, verbose)
     base = max(first["delivered_mpps"], 0.01) * 1e6
     points = [measure(setup, seconds, f * base, verbose) for f in SWEEP]
@@ -138,17 +144,19 @@ def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5) -> dict[
         "unpaced_read_mpps": last["read_mpps"],
         "points": points,
         "mpps": unpaced,
+        "ring_size": ring_size,
         "seconds": seconds,
         "load": round(os.getloadavg()[0], 2),
     }
 
 
-def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
+def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZE) -> dict[str, Any]:
     """The paper's Figure 2 configurations, unpaced (see the module docstring)."""
     setups = {
-        "one_nf": Setup(),
-        "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2),
-        "chain5": chain_setup(5),
+        "one_nf": Setup(ring_size=ring_size),
+        "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2,
+                          ring_size=ring_size),
+        "chain5": chain_setup(5, ring_size),
     }
     out: dict[str, Any] = {}
     for name, setup in setups.items():
@@ -161,19 +169,30 @@ def paper(seconds: float = 5.0, verbose: bool = False) -> dict[str, Any]:
         out[f"{name}_load"] = r["load"]
     out["paper_gbps"] = PAPER_GBPS
     out["mpps"] = out["chain5_mpps"]
+    out["ring_size"] = ring_size
     out["seconds"] = seconds
     return out
 
+
+def _ring_size(text: str) -> int:
+    try:
+        return int(check_ring_size(int(text) if text.isdecimal() else 0))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, got '{text}'") from None
+
+
+RING_OPTION = Option("--ring-size", RING_SIZE, "entries per NF ring, as the manager's --ring-size "
+                     "(in flight: up to half a ring per NF under backpressure)", type=_ring_size)
 
 SCENARIOS = [
     Scenario("overload", "gen (HTTP mix) into a chain of --nfs simple_forward NFs at rising offered rates, "
              "then unpaced: delivered against offered, and the work thrown away after an NF did it",
              key="overload_ratio", target="delivered does not fall past the peak (overload_ratio near 1)",
-             run=overload, options=(Option("--nfs", 5, "NFs in the chain"),), default=False,
+             run=overload, options=(Option("--nfs", 5, "NFs in the chain"), RING_OPTION), default=False,
              show=lambda r: (f"{r['overload_mpps']:.2f} Mpps unpaced, peak {r['peak_mpps']:.2f} Mpps "
                              f"(ratio {r['overload_ratio']:.2f}, late {r['late_drop_ratio']:.4f})")),
     Scenario("paper", "the OpenNetVM paper's Figure 2, unpaced: one NF, two replicas of a service, a chain "
-             "of five NFs", key="chain5_mpps", target="", run=paper, default=False,
+             "of five NFs", key="chain5_mpps", target="", run=paper, default=False, options=(RING_OPTION,),
              show=lambda r: (f"one NF {r['one_nf_gbps']} Gbps, replicas {r['replicas_gbps']} Gbps, chain of "
                              f"five {r['chain5_gbps']} Gbps (paper: {r['paper_gbps']})")),
 ]

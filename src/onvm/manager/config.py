@@ -121,6 +121,9 @@ def _power_of_two(lo: int, hi: int, zero: bool = False) -> Any:
     return check
 
 
+check_ring_size = _power_of_two(64, 1 << 20)  # the manager's --ring-size, and the benchmarks' that set it
+
+
 def _items(sep: str, what: str) -> Any:
     """``["K=V", ...]`` (the command line's repeated flag) as a mapping; a mapping passes."""
 
@@ -200,7 +203,7 @@ class ManagerOptions(BaseModel):
                            "hot slots are reused first", json_schema_extra={"unit": "slots"})
     slot_size: int = Field(2048, ge=384, le=65536, multiple_of=64, description="bytes per slot, 128 of them "
                            "headroom", json_schema_extra={"unit": "bytes"})
-    ring_size: Annotated[int, AfterValidator(_power_of_two(64, 1 << 20))] = Field(
+    ring_size: Annotated[int, AfterValidator(check_ring_size)] = Field(
         4096, description="entries per NF RX/TX ring, a power of two")
     rx_workers: int = Field(1, ge=1, le=MAX_WORKERS - 1, description="RX worker threads")
     tx_workers: int = Field(1, ge=1, le=MAX_WORKERS - 1, description="TX worker threads")
