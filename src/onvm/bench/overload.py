@@ -176,7 +176,7 @@ def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZ
 
 def _ring_size(text: str) -> int:
     try:
-        return int(check_ring_size(int(text) if text.isdecimal() else 0))
+        return check_ring_size(int(text) if text.isdecimal() else 0)  # not a number: no ring size either
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}, got '{text}'") from None
 

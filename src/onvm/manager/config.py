@@ -34,7 +34,7 @@ port's queues and the RX workers) sit with the later field.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -112,7 +112,7 @@ def _hops(value: Any) -> Any:
     return value
 
 
-def _power_of_two(lo: int, hi: int, zero: bool = False) -> Any:
+def _power_of_two(lo: int, hi: int, zero: bool = False) -> Callable[[int], int]:
     def check(n: int) -> int:
         if not (zero and n == 0) and (n < lo or n > hi or n & (n - 1)):
             raise ValueError(f"expected {'0 or ' if zero else ''}a power of two in {lo}..{hi}")
