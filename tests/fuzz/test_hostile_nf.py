@@ -67,6 +67,14 @@ def whole(dep: Any) -> bool:
     return all(p["done"] for p in st["ports"][:2]) and st["pool"]["free"] == st["pool"]["total"]
 
 
+def last_events(dep: Any) -> list[str]:
+    """The manager's last events (which NF it fenced off and why), for a failure's message."""
+    try:
+        return [e["text"] for e in dep.status()["events"]]
+    except Exception as e:  # noqa: BLE001 - the manager itself may be what failed
+        return [f"(the manager did not answer: {e!r})"]
+
+
 def stamps(dep: Any) -> dict[int, int]:
     """The pool's ownership stamps and how many slots carry each (for a failure's message)."""
     from onvm import _native
@@ -104,6 +112,7 @@ def test_a_hostile_nf_costs_the_manager_and_the_other_nfs_nothing(deploy):  # no
             wait_for(lambda before=before: forwarded(dep) > before + 100, what="A and B to keep forwarding")
         except AssertionError as e:
             e.add_note(f"in the round of seed {seed} (ONVM_FUZZ_SEED={seed} starts there)")
+            e.add_note("the manager's last events:\n  " + "\n  ".join(last_events(dep)))
             raise
         rounds += 1
     print(f"{rounds} rounds, {fenced} hostile NFs fenced off")
