@@ -248,6 +248,31 @@ r.close()
     assert "stop True" in out
 
 
+def test_a_reservation_made_after_a_ring_stalled_is_not_blamed_for_the_stall() -> None:
+    # NF 2 stopped half way through an enqueue into NF 1's ring; a second on, the audit
+    # fences it.  NF 3 reserves room in the same ring just as the audit looks: its
+    # reservation begins at the head the audit saw, after the stall began, so it cannot be
+    # what holds the ring up, and NF 3 goes on.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "victim")
+r.nf_activate(2, 2, 0, PID, 1, "stopped")
+r.nf_activate(3, 3, 0, PID, 1, "latecomer")
+pos = _hooks.reserve_only(r, 1, 4, 2)
+events = []
+m.audit()  # the stall's snapshot: the head is 4 entries past the tail
+time.sleep(1.1)
+rec = nf_rec(3) + L["enq"]  # NF 3's reservation record: ring, start, n, reserved
+_hooks.poke(r, rec, struct.pack("<IIII", ring(1, 0), pos + 4, 1, 1))
+audit_until("ring", events)
+print("events", sorted((e["kind"], e["nf"], e["peer"]) for e in events))
+print("fenced", r.nf_info(2)["fenced"], r.nf_info(3)["fenced"])
+r.close()
+""")
+    assert "events [('ring', 0, 1), ('stall', 2, 1)]" in out
+    assert "fenced True False" in out
+
+
 def test_slots_an_nf_held_under_stamps_it_wrote_over_come_back_when_it_leaves() -> None:
     out = run_child(HOSTILE + """
 m = _native.Manager(r, 1, 1)
@@ -282,6 +307,38 @@ r.close()
 """)
     assert "events [('fault', 1, 'flag')]" in out
     assert "flag 0 True" in out
+
+
+def test_an_nf_waiting_for_its_own_tx_ring_is_not_blamed_for_its_rx_flag() -> None:
+    # The NF's TX ring is congested (nobody drains it: the manager's workers are not
+    # started), so the NF waits for it and does not drain its own RX ring.  A flag left
+    # up on its RX ring meanwhile is cleared, and the NF, which waits as it must, goes on.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "waiter")
+r.set_service(1, [(1, 0)])
+ctx = _native.NFContext(r, 1)
+t = threading.Thread(target=ctx.run, args=(lambda pkt, meta: meta.out(0),),
+                     kwargs={"batch": False, "ttl": 20})
+t.start()
+print("delivered", _hooks.deliver(r, 1, [FRAME] * 40))  # TX congested at 32 of 64
+wait(lambda: r.nf_info(1)["rx"] == 40 and r.nf_info(1)["blocked"] == 1, "the NF to wait for its TX ring")
+flag = ring(1, 0) + L["congested"]
+_hooks.poke(r, flag, struct.pack("<I", 1))  # its RX ring flagged, and empty
+events = []
+deadline = time.monotonic() + 2.5
+while time.monotonic() < deadline:
+    events.extend(m.audit())
+    time.sleep(0.05)
+print("events", [(e["kind"], e["nf"], e["why"]) for e in events])
+print("flag", struct.unpack("<I", _hooks.peek(r, flag, 4))[0], "fenced", r.nf_info(1)["fenced"])
+ctx.stop()
+t.join()
+r.close()
+""")
+    assert "delivered 40" in out
+    assert "events []" in out
+    assert "flag 0 fenced False" in out
 
 
 def test_a_free_stack_cut_by_a_stale_link_is_counted_once_when_the_sweep_brings_it_back() -> None:

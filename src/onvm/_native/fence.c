@@ -20,8 +20,9 @@
  *    ring must be published again.  When both of a ring's producer words have
  *    not moved for ONVM_STALL_NS while they differ, every reservation made
  *    before has had that long to complete, and the ones still open never will:
- *    the audit fences the NFs whose reservation record names the ring, and
- *    moves the ring's tail to its head with one CAS.  A reservation made after
+ *    the audit fences the NFs whose reservation record names the ring and a
+ *    start between those two words, and moves the ring's tail to its head with
+ *    one CAS.  A reservation made after
  *    that snapshot completes as usual: the tail's count then matches the head's.
  *    Entries of an abandoned reservation that were never written hold stale
  *    slot indices; consumers refuse them (their stamps do not match), so that
@@ -31,7 +32,8 @@
  *    it wait while it is set.  A flag still set on a ring at or below the low
  *    watermark after ONVM_STALL_NS holds its producers up for nothing: the
  *    audit clears it, which lets them go on, and fences the consumer unless
- *    it waits for a congested ring itself (then it does not drain its own).
+ *    it waits for a congested ring itself (another NF's, or its own TX ring:
+ *    then it does not drain its own).
  *  - Tables.  A sequence word of a chain or a service left odd for
  *    ONVM_STALL_NS is made even again (readers give up on it after a bound
  *    anyway; this lets them read it again), and reported.
@@ -101,15 +103,21 @@ static void emit(struct onvm_audit_event *out, int max, int *k, uint32_t kind, u
         out[(*k)++] = (struct onvm_audit_event){kind, nf, peer, why, count};
 }
 
-/* NF id's RX ring has not moved: fence whoever holds a reservation of it, publish it again. */
+/* NF id's RX ring has not moved: fence whoever holds a reservation of it, publish it again.
+ * Only a reservation between the tail and the head seen a stall ago holds the ring up: one
+ * that begins at that head or past it was made since (a producer reserving just as we
+ * look), and completes as usual. */
 static void unstick(struct onvm_region *r, unsigned id, struct onvm_audit_event *out, int max, int *k) {
     struct onvm_nf_view *v = &r->view[id];
     uint32_t ring_off = onvm_nf_ring_off(r, id, 0);
+    uint32_t t0 = ONVM_RING_POS(v->stuck_tail), held = ONVM_RING_POS(v->stuck_head) - t0;
     for (unsigned p = 1; p < ONVM_MAX_NFS; p++) {
         struct onvm_nf *nf = &r->nfs[p];
         if (atomic_load_explicit(&r->view[p].state, ONVM_ACQUIRE) == ONVM_NFS_FREE ||
             atomic_load_explicit(&nf->enq.ring_off, ONVM_RELAXED) != ring_off ||
-            !atomic_load_explicit(&nf->enq.reserved, ONVM_RELAXED))
+            /* Acquire pairs with onvm_ring_mp_reserve's release: start is this reservation's. */
+            !atomic_load_explicit(&nf->enq.reserved, ONVM_ACQUIRE) ||
+            atomic_load_explicit(&nf->enq.start, ONVM_RELAXED) - t0 >= held)
             continue;
         if (!atomic_load_explicit(&r->view[p].fenced, ONVM_RELAXED))
             emit(out, max, k, ONVM_AUDIT_STALL, p, id, ONVM_FAULT_STALL, 1);
@@ -152,8 +160,10 @@ int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max) {
             onvm_bp_clear(r, ring); /* its producers go on */
             v->flagged_since = 0;
             /* A consumer that waits for a congested ring itself does not drain its own
-             * (onvm_bp.h): clearing its flag is all there is to do. */
-            if (!atomic_load_explicit(&r->nfs[id].bp.blocked_on, ONVM_RELAXED)) {
+             * (onvm_bp.h): clearing its flag is all there is to do.  It names the NF it
+             * waits for; waiting for its TX ring (the manager), it names none. */
+            if (!atomic_load_explicit(&r->nfs[id].bp.blocked_on, ONVM_RELAXED) &&
+                !onvm_bp_congested(onvm_nf_ring(r, id, 1))) {
                 onvm_fault(r, id, ONVM_FAULT_FLAG, 1);
                 v->told |= TOLD_FAULT;
                 emit(out, max, &k, ONVM_AUDIT_FAULT, id, 0, ONVM_FAULT_FLAG, 1);

@@ -152,7 +152,8 @@ static inline uint32_t onvm_ring_mp_reserve(struct onvm_ring *r, uint32_t mask, 
             if (rec) {
                 atomic_store_explicit(&rec->start, ONVM_RING_POS(oh), ONVM_RELAXED);
                 atomic_store_explicit(&rec->n, want, ONVM_RELAXED);
-                atomic_store_explicit(&rec->reserved, 1, ONVM_RELAXED);
+                /* Release: the audit that reads reserved reads this start (fence.c). */
+                atomic_store_explicit(&rec->reserved, 1, ONVM_RELEASE);
             }
             *pos = ONVM_RING_POS(oh);
             return want;
