@@ -341,6 +341,28 @@ r.close()
     assert "flag 0 fenced False" in out
 
 
+def test_a_count_held_up_across_a_sweep_does_not_land_in_the_free_count() -> None:
+    # A push takes the free stack in one epoch and is held up before it counts what it
+    # pushed (preempted, or an NF whose loop words said it had moved on when it had not).
+    # The sweep's walk counted those slots already, in the epoch it began: the late
+    # count must not add them a second time, and the count stays exact.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+def epoch():  # the free stack's head: the low bit of its tag
+    return struct.unpack("<Q", _hooks.peek(r, L["free_head"], 8))[0] >> 32 & 1
+before = epoch()
+print("swept", m.sweep(0.05), "epoch moved", epoch() != before, "free", r.free_count())
+_hooks.late_count(r, before, 5)  # a push of 5 slots made before the sweep's walk
+_hooks.late_count(r, before, -3)  # and an allocation of 3
+print("free after", r.free_count())
+print("swept again", m.sweep(0.05), "free", r.free_count())
+r.close()
+""")
+    assert "swept 0 epoch moved True free 1024" in out
+    assert "free after 1024" in out
+    assert "swept again 0 free 1024" in out
+
+
 def test_a_free_stack_cut_by_a_stale_link_is_counted_once_when_the_sweep_brings_it_back() -> None:
     # An NF writes into a slot it held after it let it go: the link of a slot in the free
     # stack now names no slot.  An allocation stops there and cuts the stack; the slots past

@@ -239,18 +239,22 @@ struct chain {
  * holds, and keep the walked slots in c to put back.  A link out of the pool, into a
  * slot not stamped free or into one met already ends a walk (what follows is lost to
  * the stack: the sweep brings back what of it is free).  flip: the first take also
- * starts a new epoch of the free count; returns the epoch the stack was taken in. */
-static unsigned take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c, int flip) {
+ * starts a new epoch of the free count and closes the old one (onvm_layout.h). */
+static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c, int flip) {
     struct onvm_freestack *fs = &r->hdr->free;
-    unsigned epoch = 0;
     for (int round = 0; round < 8; round++) {
         uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE), next;
+        unsigned epoch = (unsigned)(old >> 32) & 1u; /* only the sweep changes it */
+        if (round == 0 && flip) /* nobody counts in the new epoch before the CAS below */
+            atomic_store_explicit(&fs->count[epoch ^ 1u], 0, ONVM_RELAXED);
         /* Acquire pairs with the pushes' release: the links below were written before. */
         do
             next = round == 0 && flip ? ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL : onvm_free_head(old, ONVM_SLOT_NIL);
         while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE));
-        if (round == 0)
-            epoch = (unsigned)(old >> 32) & 1u;
+        /* Whatever was done in the old epoch, counted or not yet, is in the stack we
+         * hold now or out of it for good: the walk below counts it in the new epoch. */
+        if (round == 0 && flip)
+            atomic_store_explicit(&fs->count[epoch], ONVM_FREE_CLOSED, ONVM_RELAXED);
         uint32_t cur = (uint32_t)old, walked = 0;
         if (cur == ONVM_SLOT_NIL)
             break;
@@ -262,9 +266,8 @@ static unsigned take_stack(struct onvm_region *r, uint8_t *in_stack, struct chai
             cur = atomic_load_explicit(&r->meta[cur].next_free, ONVM_RELAXED);
         }
         /* Pushed back below: count them out now, the push counts them in again. */
-        atomic_fetch_sub_explicit(onvm_free_counter(fs, old), walked, ONVM_RELAXED);
+        onvm_free_count_add(fs, old, -(int64_t)walked);
     }
-    return epoch;
 }
 
 long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
@@ -318,17 +321,14 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
      * also makes the free count exact again.  Damage to the stack (a link out of the
      * pool, a cycle) cuts it, and the count still has what was cut off, which the
      * free below counts a second time.  So the take starts a new epoch of the count in
-     * its CAS, and what it walked is pushed back (counted in the new epoch).  Once
-     * every NF and worker has passed the top of its loop, whatever anyone did under the
-     * old epoch is in its counter, and the stack it counted is the walk: the counter
-     * says nothing more, and is zeroed.  A participant that does not pass within
-     * grace_ns (stopped, or spinning in its handler) is almost surely not between the
-     * CAS and the count of a push or an allocation; if it is, its count lands in the
-     * zeroed counter later, an error of one burst until the sweep after next zeroes that
-     * counter in its turn, against a whole cut-off stack counted twice. */
+     * its CAS and closes the old one: what anyone did under the old epoch is in the
+     * stack the take holds, or out of it for good, whether it was counted yet or not.
+     * The walk is pushed back, counted in the new epoch; a count that arrives later
+     * for the old epoch (a push or an allocation held up between its CAS and its
+     * count, however long, by preemption or by an NF that stopped there) is dropped. */
     memset(mark, 0, n);
     struct chain again = {(uint32_t *)rx, 0}; /* rx is done with: n u64 hold n u32 */
-    unsigned epoch = take_stack(r, mark, &again, 1);
+    take_stack(r, mark, &again, 1);
     if (again.n)
         onvm_pool_push(r, again.slot, again.n);
     for (uint32_t i = 0; i < nf; i++)
@@ -337,8 +337,6 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
     if (k)
         onvm_pool_free_burst(r, cand, k);
     found = k;
-    (void)onvm_mgr_grace(m, 0, grace_ns, NULL);
-    atomic_store_explicit(&r->hdr->free.count[epoch], 0, ONVM_RELAXED);
 out:
     free(mark);
     free(cand);

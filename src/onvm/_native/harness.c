@@ -307,6 +307,22 @@ static PyObject *mod_reserve_only(PyObject *mod, PyObject *args) {
     return PyLong_FromUnsignedLong(pos);
 }
 
+/* late_count(region, epoch, n): count n freed slots under free-count epoch `epoch` (0 or 1)
+ * now, as a push that took the free stack in that epoch and was held up before it counted. */
+static PyObject *mod_late_count(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *region;
+    unsigned epoch;
+    long long n;
+    if (!PyArg_ParseTuple(args, "OIL", &region, &epoch, &n))
+        return NULL;
+    struct onvm_region *r = open_region(region);
+    if (!r)
+        return NULL;
+    onvm_free_count_add(&r->hdr->free, (uint64_t)(epoch & 1u) << 32, n);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef harness_functions[] = {
     {"deliver", mod_deliver, METH_VARARGS,
      "deliver(region, nf_id, packets, in_port=0, chain=0) -> count: as RX would, into the NF's RX ring"},
@@ -319,6 +335,8 @@ static PyMethodDef harness_functions[] = {
     {"peek", mod_peek, METH_VARARGS, "peek(region, offset, n) -> bytes of the mapping (tests)"},
     {"hostile_writes", mod_hostile_writes, METH_VARARGS,
      "hostile_writes(region, nf_id, slots, count, seed) -> seed: random writes where NF nf_id may write"},
+    {"late_count", mod_late_count, METH_VARARGS,
+     "late_count(region, epoch, n): a push of n slots that took the free stack in epoch, counted now"},
     {"reserve_only", mod_reserve_only, METH_VARARGS,
      "reserve_only(region, target_nf, n, as_nf) -> position: a ring reservation never completed"},
     {NULL}};

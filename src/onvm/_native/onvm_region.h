@@ -231,9 +231,16 @@ static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
     atomic_store_explicit(seq, odd + 1, ONVM_RELEASE);
 }
 
+/* A free-count epoch the sweep has closed (onvm_layout.h): counts no more, and counts
+ * that arrive for it are dropped. */
+#define ONVM_FREE_CLOSED INT64_MIN
+
+static inline int64_t onvm_free_count_of(int64_t v) { return v == ONVM_FREE_CLOSED ? 0 : v; }
+
 static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
     const struct onvm_freestack *fs = &r->hdr->free;
-    return atomic_load_explicit(&fs->count[0], ONVM_RELAXED) + atomic_load_explicit(&fs->count[1], ONVM_RELAXED);
+    return onvm_free_count_of(atomic_load_explicit(&fs->count[0], ONVM_RELAXED)) +
+           onvm_free_count_of(atomic_load_explicit(&fs->count[1], ONVM_RELAXED));
 }
 
 /* The free stack's head after old: the tag moves on, its epoch (the low bit) stays. */
@@ -242,6 +249,18 @@ static inline uint64_t onvm_free_head(uint64_t old, uint32_t top) { return ((old
 /* The counter of the epoch a head value belongs to. */
 static inline _Atomic int64_t *onvm_free_counter(struct onvm_freestack *fs, uint64_t head) {
     return &fs->count[(head >> 32) & 1u];
+}
+
+/* Count n slots in (out, when negative) under the epoch of head, the head value the
+ * caller's CAS replaced; nothing if the sweep closed that epoch meanwhile (its walk
+ * counted the stack as it found it, this change included). */
+static inline void onvm_free_count_add(struct onvm_freestack *fs, uint64_t head, int64_t n) {
+    _Atomic int64_t *c = onvm_free_counter(fs, head);
+    int64_t v = atomic_load_explicit(c, ONVM_RELAXED);
+    do
+        if (v == ONVM_FREE_CLOSED)
+            return;
+    while (!atomic_compare_exchange_weak_explicit(c, &v, v + n, ONVM_RELAXED, ONVM_RELAXED));
 }
 
 /* A fresh packet's metadata: inline, RX drivers call it per packet. */

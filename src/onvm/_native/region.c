@@ -248,7 +248,7 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     onvm_cls_init(r, h->off_cls, h->max_rules);
     atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
     atomic_store(&h->free.count[0], 0);
-    atomic_store(&h->free.count[1], 0);
+    atomic_store(&h->free.count[1], ONVM_FREE_CLOSED); /* the sweep opens it (fence.c) */
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
         onvm_ring_init(onvm_nf_ring(r, n, 0), p->ring_size,
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
@@ -451,7 +451,7 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
             }
             out[got++] = out[i];
         }
-        atomic_fetch_sub_explicit(onvm_free_counter(fs, old), got, ONVM_RELAXED);
+        onvm_free_count_add(fs, old, -(int64_t)got);
         if (got)
             return got;
         /* Nothing free in what we took: the stack runs through slots in use (a cycle).
@@ -485,7 +485,7 @@ void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
         next = onvm_free_head(old, idx[0]);
         /* Release publishes the links above to the acquire in alloc. */
     } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE, ONVM_RELAXED));
-    atomic_fetch_add_explicit(onvm_free_counter(fs, old), n, ONVM_RELAXED);
+    onvm_free_count_add(fs, old, n);
 }
 
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
