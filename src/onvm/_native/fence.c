@@ -22,8 +22,8 @@
  *    before has had that long to complete, and the ones still open never will:
  *    the audit fences the NFs whose reservation record names the ring and a
  *    start between those two words, and moves the ring's tail to its head with
- *    one CAS.  A reservation made after
- *    that snapshot completes as usual: the tail's count then matches the head's.
+ *    one CAS.  A reservation made after that snapshot completes as usual: the
+ *    tail's count then matches the head's.
  *    Entries of an abandoned reservation that were never written hold stale
  *    slot indices; consumers refuse them (their stamps do not match), so that
  *    costs nothing but those packets.
