@@ -244,16 +244,17 @@ static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c
     struct onvm_freestack *fs = &r->hdr->free;
     for (int round = 0; round < 8; round++) {
         uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE), next;
+        const int flipping = round == 0 && flip;
         unsigned epoch = (unsigned)(old >> 32) & 1u; /* only the sweep changes it */
-        if (round == 0 && flip) /* nobody counts in the new epoch before the CAS below */
+        if (flipping) /* nobody counts in the new epoch before the CAS below */
             atomic_store_explicit(&fs->count[epoch ^ 1u], 0, ONVM_RELAXED);
         /* Acquire pairs with the pushes' release: the links below were written before. */
         do
-            next = round == 0 && flip ? ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL : onvm_free_head(old, ONVM_SLOT_NIL);
+            next = flipping ? ((old >> 32) + 1) << 32 | ONVM_SLOT_NIL : onvm_free_head(old, ONVM_SLOT_NIL);
         while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_ACQUIRE, ONVM_ACQUIRE));
         /* Whatever was done in the old epoch, counted or not yet, is in the stack we
          * hold now or out of it for good: the walk below counts it in the new epoch. */
-        if (round == 0 && flip)
+        if (flipping)
             atomic_store_explicit(&fs->count[epoch], ONVM_FREE_CLOSED, ONVM_RELAXED);
         uint32_t cur = (uint32_t)old, walked = 0;
         if (cur == ONVM_SLOT_NIL)
@@ -325,7 +326,7 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
      * stack the take holds, or out of it for good, whether it was counted yet or not.
      * The walk is pushed back, counted in the new epoch; a count that arrives later
      * for the old epoch (a push or an allocation held up between its CAS and its
-     * count, however long, by preemption or by an NF that stopped there) is dropped. */
+     * count, however long, by preemption or by an NF that stopped there) goes unread. */
     memset(mark, 0, n);
     struct chain again = {(uint32_t *)rx, 0}; /* rx is done with: n u64 hold n u32 */
     take_stack(r, mark, &again, 1);

@@ -191,8 +191,8 @@ static_assert(sizeof(struct onvm_ring) == 3 * ONVM_CACHE_LINE, "ring header is t
 /* Treiber stack of free slots; the head packs (tag << 32 | index) against ABA.
  * The tag's low bit is an epoch: pushes and allocations add 2 to the tag and count
  * what they did in count[epoch]; only the sweep flips it (fence.c), and closes the
- * old epoch's counter (ONVM_FREE_CLOSED: late counts for it are dropped).  The free
- * count is what the open counter says. */
+ * old epoch's counter (ONVM_FREE_CLOSED: late counts for it land there unread).  The
+ * free count is what the open counter says. */
 struct onvm_freestack {
     alignas(ONVM_CACHE_LINE) _Atomic uint64_t head;
     _Atomic int64_t count[2];

@@ -231,11 +231,13 @@ static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
     atomic_store_explicit(seq, odd + 1, ONVM_RELEASE);
 }
 
-/* A free-count epoch the sweep has closed (onvm_layout.h): counts no more, and counts
- * that arrive for it are dropped. */
-#define ONVM_FREE_CLOSED INT64_MIN
+/* What the sweep stores in the counter of the epoch it closes (onvm_layout.h).  Counts
+ * that arrive for that epoch later still land there (pushes and allocations keep their
+ * one fetch-add), but a few bursts move it nowhere near a real count: anything below
+ * half of it reads as nothing. */
+#define ONVM_FREE_CLOSED (INT64_MIN / 2)
 
-static inline int64_t onvm_free_count_of(int64_t v) { return v == ONVM_FREE_CLOSED ? 0 : v; }
+static inline int64_t onvm_free_count_of(int64_t v) { return v < ONVM_FREE_CLOSED / 2 ? 0 : v; }
 
 static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
     const struct onvm_freestack *fs = &r->hdr->free;
@@ -252,15 +254,10 @@ static inline _Atomic int64_t *onvm_free_counter(struct onvm_freestack *fs, uint
 }
 
 /* Count n slots in (out, when negative) under the epoch of head, the head value the
- * caller's CAS replaced; nothing if the sweep closed that epoch meanwhile (its walk
- * counted the stack as it found it, this change included). */
+ * caller's CAS replaced.  If the sweep closed that epoch meanwhile, its walk counted the
+ * stack as it found it, this change included, and the count lands where nobody reads it. */
 static inline void onvm_free_count_add(struct onvm_freestack *fs, uint64_t head, int64_t n) {
-    _Atomic int64_t *c = onvm_free_counter(fs, head);
-    int64_t v = atomic_load_explicit(c, ONVM_RELAXED);
-    do
-        if (v == ONVM_FREE_CLOSED)
-            return;
-    while (!atomic_compare_exchange_weak_explicit(c, &v, v + n, ONVM_RELAXED, ONVM_RELAXED));
+    atomic_fetch_add_explicit(onvm_free_counter(fs, head), n, ONVM_RELAXED);
 }
 
 /* A fresh packet's metadata: inline, RX drivers call it per packet. */
