@@ -43,7 +43,7 @@ static PyObject *key_tuple(const struct onvm_flow_key *k) {
                          k->sport, k->dport, k->in_port, k->vlan);
 }
 
-static PyObject *flow_dict(const struct onvm_flow_view *v, uint64_t now) {
+static PyObject *flow_dict(const struct onvm_flow_entry *v, uint64_t now) {
     const struct onvm_flow *f = &v->f;
     const struct onvm_flow_data *d = &v->d;
     return Py_BuildValue("{s:N,s:H,s:B,s:I,s:I,s:l,s:K,s:K,s:d,s:d}", "key", key_tuple(&f->key), "chain",
@@ -102,7 +102,7 @@ PyObject *Region_flow_get(RegionObject *self, PyObject *ko) {
     struct onvm_flow_key k;
     if (onvm_key_from(ko, &k) < 0)
         return NULL;
-    struct onvm_flow_view f;
+    struct onvm_flow_entry f;
     uint64_t now = onvm_now_ns();
     int rc;
     for (int tries = 0; (rc = onvm_flow_get(&self->r, &k, now, 0, &f)) == -EAGAIN && tries < 1000; tries++)
@@ -130,8 +130,8 @@ PyObject *Region_flow_list(RegionObject *self, PyObject *args, PyObject *kw) {
     PyObject *l = PyList_New(0);
     uint64_t now = onvm_now_ns();
     for (uint32_t i = 0; l && i < self->r.flow_count && (uint32_t)PyList_GET_SIZE(l) < limit; i++) {
-        struct onvm_flow_view copy;
-        if (onvm_flows(&self->r)[i].state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
+        struct onvm_flow_entry copy;
+        if (onvm_flow_at(&self->r, i)->state != ONVM_FLOW_VALID || onvm_flow_read(&self->r, i, now, &copy) != 0)
             continue;
         if ((chain >= 0 && copy.f.chain != chain) || (origin >= 0 && copy.f.origin != origin))
             continue;

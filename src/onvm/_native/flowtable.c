@@ -74,11 +74,10 @@ static inline uint32_t deadline(const struct onvm_flow_data *d, uint32_t now_ms)
  * insert could take (empty, deleted or expired), or stays -1. */
 static long find(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, uint32_t *seq, long *room,
                  uint32_t now_ms) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t mask = r->flow_count - 1;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, i);
         for (int tries = 0; tries < 4; tries++) {
             /* Acquire pairs with the writer's release of the even sequence. */
             uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
@@ -135,9 +134,9 @@ static void remove_entry(struct onvm_region *r, struct onvm_flow *f, uint32_t se
 }
 
 /* Write a fresh entry into f (claimed), counters from zero. */
-static void fill(struct onvm_region *r, struct onvm_flow *f, const struct onvm_flow_key *key, uint16_t chain,
+static void fill(struct onvm_flow *f, const struct onvm_flow_key *key, uint16_t chain,
                  uint8_t origin, uint32_t rule, uint32_t version, uint32_t idle_ms, uint32_t hard_ms, uint64_t now) {
-    struct onvm_flow_data *d = &onvm_flow_data(r)[f - onvm_flows(r)];
+    struct onvm_flow_data *d = onvm_flow_data_of(f);
     f->key = *key;
     d->created_ns = now;
     d->last_ns = now;
@@ -225,14 +224,14 @@ static void mark_current(struct onvm_flow *f, uint32_t seen, uint32_t v) {
 
 /* ---- the API's side ----------------------------------------------------------- */
 
-int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_view *out) {
-    struct onvm_flow *f = &onvm_flows(r)[i];
+int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_entry *out) {
+    struct onvm_flow *f = onvm_flow_at(r, i);
     for (int tries = 0; tries < 8; tries++) {
         uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
         if (s1 & 1)
             continue;
         memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
-        out->d = onvm_flow_data(r)[i];
+        out->d = *onvm_flow_data_at(r, i);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
             return out->f.state == ONVM_FLOW_VALID && !expired(&out->f, now) && current(r, &out->f) ? 0
@@ -242,7 +241,7 @@ int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_
 }
 
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, int defaults,
-                  struct onvm_flow_view *out) {
+                  struct onvm_flow_entry *out) {
     if (!r->flow_count)
         return -ENOENT;
     uint32_t seq;
@@ -259,15 +258,14 @@ int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64
 
 /* The cached result in key's window idle longest, to make way for an explicit entry. */
 static long victim(struct onvm_region *r, uint32_t hash) {
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
     uint32_t mask = r->flow_count - 1;
     long best = -1;
     uint64_t oldest = UINT64_MAX;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
-        if (t[i].state == ONVM_FLOW_VALID && onvm_cached_origin(t[i].origin) && td[i].last_ns < oldest) {
-            oldest = td[i].last_ns;
+        const struct onvm_flow_entry *e = &r->flows[i];
+        if (e->f.state == ONVM_FLOW_VALID && onvm_cached_origin(e->f.origin) && e->d.last_ns < oldest) {
+            oldest = e->d.last_ns;
             best = (long)i;
         }
     }
@@ -276,11 +274,11 @@ static long victim(struct onvm_region *r, uint32_t hash) {
 
 /* Other entries of key in its window (two writers raced to insert it) go. */
 static void dedupe(struct onvm_region *r, const struct onvm_flow_key *key, uint32_t hash, long keep) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t mask = r->flow_count - 1, seq;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
-        struct onvm_flow *f = &t[(hash + p) & mask];
-        if (f - t == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
+        uint32_t i = (hash + p) & mask;
+        struct onvm_flow *f = onvm_flow_at(r, i);
+        if (i == keep || f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key))
             continue;
         if (claim(f, &seq)) {
             if (f->state == ONVM_FLOW_VALID && key_eq(&f->key, key))
@@ -297,14 +295,12 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         return -ENOSPC;
     if (idle_ms > ONVM_TIMEOUT_MAX_MS || hard_ms > ONVM_TIMEOUT_MAX_MS)
         return -EINVAL;
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
     uint32_t hash = onvm_flow_key_hash(key), seq;
     for (int attempt = 0; attempt < 8; attempt++) {
         long room = -1;
         long i = find(r, key, hash, &seq, &room, ms32(now));
         if (i >= 0) { /* the flow has an entry: it now says this */
-            struct onvm_flow *f = &t[i];
+            struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
             if (!claim(f, &seq))
                 continue;
             if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
@@ -313,9 +309,9 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
             }
             if (expired(f, now) || onvm_cached_origin(f->origin)) {
                 atomic_fetch_add(&r->hdr->flows_installed, 1);
-                fill(r, f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
+                fill(f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
             } else { /* an explicit entry changed: its counters stay */
-                struct onvm_flow_data *d = &td[i];
+                struct onvm_flow_data *d = onvm_flow_data_of(f);
                 d->idle_ms = idle_ms;
                 d->hard_ms = hard_ms;
                 d->last_ns = now;
@@ -334,7 +330,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         }
         if (room < 0)
             break;
-        struct onvm_flow *f = &t[room];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)room);
         if (!claim(f, &seq))
             continue;
         int ok = evict ? f->state == ONVM_FLOW_VALID && onvm_cached_origin(f->origin)
@@ -346,7 +342,7 @@ int onvm_flow_put(struct onvm_region *r, const struct onvm_flow_key *key, uint16
         if (evict)
             atomic_fetch_add(&r->hdr->flows_evicted, 1);
         take(r, f, now);
-        fill(r, f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
+        fill(f, key, chain, origin, 0, 0, idle_ms, hard_ms, now);
         publish(f, seq);
         dedupe(r, key, hash, room);
         return (int)room;
@@ -364,7 +360,7 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
         long i = find(r, key, onvm_flow_key_hash(key), &seq, NULL, ms32(now));
         if (i < 0)
             return -ENOENT;
-        struct onvm_flow *f = &onvm_flows(r)[i];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
         if (!claim(f, &seq))
             continue;
         if (f->state != ONVM_FLOW_VALID || !key_eq(&f->key, key)) {
@@ -378,10 +374,9 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key) {
 }
 
 uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t count = r->flow_count, removed = 0, seq;
     for (uint32_t k = 0; k < n && count; k++) {
-        struct onvm_flow *f = &t[(start + k) & (count - 1)];
+        struct onvm_flow *f = onvm_flow_at(r, (start + k) & (count - 1));
         uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
         if ((s1 & 1) || f->state != ONVM_FLOW_VALID)
             continue;
@@ -412,10 +407,9 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
 }
 
 uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t removed = 0, seq;
     for (uint32_t i = 0; i < r->flow_count; i++) {
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, i);
         if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
             continue;
         if (!claim(f, &seq))
@@ -466,13 +460,14 @@ static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
 static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, const struct rx_burst *b) {
-    struct onvm_flow_data *d = &onvm_flow_data(r)[i];
+    struct onvm_flow_entry *e = &r->flows[i];
+    struct onvm_flow_data *d = &e->d;
     d->packets++;
     d->bytes += m->len;
     d->last_ns = b->now;
     if (d->idle_ms) {
         uint32_t when = deadline(d, b->now_ms);
-        struct onvm_flow *f = &onvm_flows(r)[i];
+        struct onvm_flow *f = &e->f;
         if (f->deadline_ms != when) /* it moves once a millisecond: no store the rest of the time */
             f->deadline_ms = when;
     }
@@ -480,13 +475,12 @@ static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m,
 
 static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struct onvm_flow_key *key,
                          uint32_t hash, struct rx_burst *b) {
-    struct onvm_flow *t = onvm_flows(r);
     uint32_t v = b->version, seq;
     long room = -1;
     long i = find(r, key, hash, &seq, &room, b->now_ms);
     int was_live = 0;
     if (i >= 0) {
-        struct onvm_flow *f = &t[i];
+        struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
         uint16_t chain = f->chain;
         uint8_t origin = f->origin;
         uint32_t rule = f->rule, ver = f->version;
@@ -520,7 +514,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
         b->full++;
         return;
     }
-    struct onvm_flow *f = &t[at];
+    struct onvm_flow *f = onvm_flow_at(r, (uint32_t)at);
     if (i >= 0 && was_live && same_decision(f, &d)) { /* the same answer: the entry and its counters stay */
         mark_current(f, seq, d.version);
         hit(r, at, m, b);
@@ -548,7 +542,7 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
             b->used++;
     }
     b->installed++;
-    fill(r, f, key, d.chain, d.origin, d.rule, d.version, d.idle_ms, d.hard_ms, b->now);
+    fill(f, key, d.chain, d.origin, d.rule, d.version, d.idle_ms, d.hard_ms, b->now);
     publish(f, s);
     hit(r, at, m, b); /* count this first packet too */
 }
@@ -565,8 +559,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
         m[i]->chain_id = 0;
     if (nothing_to_look_up(r))
         return;
-    struct onvm_flow *t = onvm_flows(r);
-    struct onvm_flow_data *td = onvm_flow_data(r);
+    struct onvm_flow_entry *t = r->flows;
     uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
@@ -582,8 +575,8 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
                 /* An IPv4 packet's flow hash (onvm_parse) is the key's hash before the port's share. */
                 hash[i] = keys[i].ipver == 4 && mi->flow_hash ? with_port(mi->flow_hash, &keys[i])
                                                               : onvm_flow_key_hash(&keys[i]);
-                __builtin_prefetch(&t[hash[i] & mask]);
-                __builtin_prefetch(&td[hash[i] & mask], 1);
+                __builtin_prefetch(&t[hash[i] & mask].f);
+                __builtin_prefetch(&t[hash[i] & mask].d, 1);
             }
         }
         for (uint32_t i = 0; i < k; i++)
@@ -603,18 +596,18 @@ void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *da
  * search.  The misses to memory overlap instead of queueing one after another.
  * out[i] is the chain of key i, or -1 when it has no entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
-    struct onvm_flow *t = onvm_flows(r);
+    struct onvm_flow_entry *t = r->flows;
     uint32_t mask = r->flow_count - 1, hash[64], seq;
     uint32_t now_ms = ms32(onvm_now_ns());
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < m; i++) {
             hash[i] = onvm_flow_key_hash(&keys[base + i]);
-            __builtin_prefetch(&t[hash[i] & mask]);
+            __builtin_prefetch(&t[hash[i] & mask].f);
         }
         for (uint32_t i = 0; i < m; i++) {
             long j = find(r, &keys[base + i], hash[i], &seq, NULL, now_ms);
-            out[base + i] = j < 0 ? -1 : t[j].chain;
+            out[base + i] = j < 0 ? -1 : t[j].f.chain;
         }
     }
 }

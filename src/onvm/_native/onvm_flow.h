@@ -141,11 +141,14 @@ struct onvm_flow_data {
 };
 static_assert(sizeof(struct onvm_flow_data) == 64, "an entry's counters are one cache line");
 
-/* A consistent copy of both parts, for the API. */
-struct onvm_flow_view {
+/* An entry is its two lines side by side: a hit reads the first and counts in the
+ * second, and the two share a page (one TLB entry for both) and an aligned pair of
+ * lines, which the cache fetches together.  The API copies one whole. */
+struct onvm_flow_entry {
     struct onvm_flow f;
     struct onvm_flow_data d;
 };
+static_assert(sizeof(struct onvm_flow_entry) == 2 * ONVM_CACHE_LINE, "an entry is two lines");
 
 /* ---- rules and the classifier ------------------------------------------------ */
 
@@ -292,11 +295,18 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out);
 /* ---- the flow table ----------------------------------------------------------- */
 
 /* From the process's own copy of the layout (onvm_region.h), never from the header. */
-static inline struct onvm_flow *onvm_flows(const struct onvm_region *r) {
-    return r->flows;
+static inline struct onvm_flow *onvm_flow_at(const struct onvm_region *r, uint32_t i) {
+    return &r->flows[i].f;
 }
-static inline struct onvm_flow_data *onvm_flow_data(const struct onvm_region *r) {
-    return r->flow_data;
+static inline struct onvm_flow_data *onvm_flow_data_at(const struct onvm_region *r, uint32_t i) {
+    return &r->flows[i].d;
+}
+/* The counters of the entry whose lookup line f is. */
+static inline struct onvm_flow_data *onvm_flow_data_of(struct onvm_flow *f) {
+    return &((struct onvm_flow_entry *)f)->d;
+}
+static inline uint32_t onvm_flow_index(const struct onvm_region *r, const struct onvm_flow *f) {
+    return (uint32_t)((const struct onvm_flow_entry *)f - r->flows);
 }
 
 /* Look n keys up together (prefetching); out[i] = chain or -1. */
@@ -360,9 +370,9 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
  * results the rules have since changed, are not found; neither are cached
  * default-chain results unless `defaults`. */
 int onvm_flow_get(struct onvm_region *r, const struct onvm_flow_key *key, uint64_t now, int defaults,
-                  struct onvm_flow_view *out);
+                  struct onvm_flow_entry *out);
 /* A consistent copy of entry i if it is live and current; 0 if so. */
-int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_view *out);
+int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_flow_entry *out);
 /* Insert or replace an explicit entry (origin NF or API); returns the entry's
  * index, -ENOSPC when its window holds only explicit entries, -EINVAL for a
  * timeout above ONVM_TIMEOUT_MAX_MS. */

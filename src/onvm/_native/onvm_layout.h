@@ -350,7 +350,6 @@ struct onvm_header {
     struct onvm_freestack free;
     /* flow table and rule classifier (onvm_flow.h) */
     alignas(ONVM_CACHE_LINE) uint64_t off_flows;
-    uint64_t off_flow_data;
     uint64_t off_cls;
     uint32_t flow_count; /* entries, a power of two */
     uint32_t max_rules;

@@ -10,7 +10,7 @@
 #include "onvm_ring.h"
 
 struct onvm_flow;
-struct onvm_flow_data;
+struct onvm_flow_entry;
 
 /* Why the manager fenced an NF off (fence.c). */
 enum onvm_fault {
@@ -54,8 +54,7 @@ struct onvm_region {
     uint32_t ring_size, ring_mask;
     uint64_t off_rings, ring_bytes;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
-    struct onvm_flow *flows;
-    struct onvm_flow_data *flow_data;
+    struct onvm_flow_entry *flows;
     struct onvm_nf *nfs;
     struct onvm_service *services;
     struct onvm_chain *chains;

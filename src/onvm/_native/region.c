@@ -77,9 +77,7 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
     /* The flow table goes last: it may be large, and nothing names it by a 32-bit offset. */
     tmp->off_flows = ALIGN_UP(off, 4096);
     tmp->flow_count = p->flow_count;
-    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow);
-    tmp->off_flow_data = ALIGN_UP(off, 4096);
-    off = tmp->off_flow_data + (uint64_t)p->flow_count * sizeof(struct onvm_flow_data);
+    off = tmp->off_flows + (uint64_t)p->flow_count * sizeof(struct onvm_flow_entry);
     off = onvm_cap_layout(tmp, ALIGN_UP(off, 4096), p->slot_size);
     /* The classifier reserves room for max_rules rules at the very end; only
      * what the rules in place use is ever resident (classify.c). */
@@ -110,7 +108,6 @@ static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->ring_bytes = h->ring_bytes;
     r->flow_count = h->flow_count;
     r->flows = onvm_at(r, h->off_flows);
-    r->flow_data = onvm_at(r, h->off_flow_data);
     r->nfs = onvm_at(r, h->off_nfs);
     r->services = onvm_at(r, h->off_services);
     r->chains = onvm_at(r, h->off_chains);
@@ -315,7 +312,7 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
         lay.total_size != h.total_size || lay.off_nfs != h.off_nfs || lay.off_services != h.off_services ||
         lay.off_chains != h.off_chains || lay.off_ports != h.off_ports || lay.off_workers != h.off_workers ||
         lay.off_rings != h.off_rings || lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta ||
-        lay.off_slots != h.off_slots || lay.off_flows != h.off_flows || lay.off_flow_data != h.off_flow_data ||
+        lay.off_slots != h.off_slots || lay.off_flows != h.off_flows ||
         lay.off_cls != h.off_cls || lay.off_captures != h.off_captures || lay.cap_records != h.cap_records ||
         lay.cap_rec_size != h.cap_rec_size || lay.off_trace != h.off_trace) {
         close(fd);

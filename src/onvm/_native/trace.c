@@ -61,7 +61,7 @@ void onvm_trace_rx(struct onvm_region *r, const uint32_t *slots, uint32_t n, uin
             continue;
         const struct onvm_meta *m = &r->meta[slots[i]];
         struct onvm_flow_key key;
-        struct onvm_flow_view v;
+        struct onvm_flow_entry v;
         if (onvm_flow_key_of(m, onvm_slot_data(r, slots[i]), &key) != 0) {
             e.reason = ONVM_TCL_NOT_IP;
         } else if (onvm_flow_get(r, &key, now, 1, &v) == 0) {
