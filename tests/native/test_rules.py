@@ -477,6 +477,28 @@ def test_a_full_table_keeps_its_flows_and_classifies_the_rest_uncached():
         r.close()
 
 
+@pytest.mark.parametrize(("size", "flows"), [(1, 1), (8, 8), (32, 32), (64, 64), (4096, 300)])
+def test_every_entry_counts_its_own_packets_whatever_the_table_size(size, flows):
+    # An entry's counters lie beside its lookup line: every entry must count its own
+    # packets and bytes, in a table of one entry as in a large one, and with every
+    # entry of a small table in use.
+    r, _ = make_region(flows=size)
+    try:
+        one_rule(r, "tcp dst port 80 -> chain web", 1, 1)
+        slot = r.alloc(1)[0]
+        for i in range(flows):
+            r.write(slot, frame(sport=1000 + i, dport=80) + bytes(i))  # each flow's packets have their own length
+            for _ in range(i + 1):
+                assert _hooks.classify(r, slot) == 1
+        assert r.flow_stats()["used"] == flows
+        seen = {FlowKey.from_native(f["key"]).sport - 1000: (f["packets"], f["bytes"]) for f in r.flow_list()}
+        base = len(frame())
+        assert seen == {i: (i + 1, (i + 1) * (base + i)) for i in range(flows)}
+        r.free([slot])
+    finally:
+        r.close()
+
+
 def test_explicit_entries_are_refused_only_when_their_window_holds_no_cached_result():
     r, _ = make_region(flows=32)
     try:
