@@ -487,7 +487,7 @@ def test_every_entry_counts_its_own_packets_whatever_the_table_size(size, flows)
         one_rule(r, "tcp dst port 80 -> chain web", 1, 1)
         slot = r.alloc(1)[0]
         for i in range(flows):
-            r.write(slot, frame(sport=1000 + i, dport=80) + bytes(i))  # each flow's packets have their own length
+            r.write(slot, frame(sport=1000 + i, dport=80) + bytes(i))  # a length of its own
             for _ in range(i + 1):
                 assert _hooks.classify(r, slot) == 1
         assert r.flow_stats()["used"] == flows
