@@ -231,7 +231,7 @@ int onvm_flow_read(struct onvm_region *r, uint32_t i, uint64_t now, struct onvm_
         if (s1 & 1)
             continue;
         memcpy((uint8_t *)&out->f + sizeof f->seq, (uint8_t *)f + sizeof f->seq, sizeof *f - sizeof f->seq);
-        out->d = *onvm_flow_data_at(r, i);
+        out->d = *onvm_flow_data_of(f);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) == s1)
             return out->f.state == ONVM_FLOW_VALID && !expired(&out->f, now) && current(r, &out->f) ? 0
@@ -263,9 +263,9 @@ static long victim(struct onvm_region *r, uint32_t hash) {
     uint64_t oldest = UINT64_MAX;
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
-        const struct onvm_flow_entry *e = &r->flows[i];
-        if (e->f.state == ONVM_FLOW_VALID && onvm_cached_origin(e->f.origin) && e->d.last_ns < oldest) {
-            oldest = e->d.last_ns;
+        struct onvm_flow *f = onvm_flow_at(r, i);
+        if (f->state == ONVM_FLOW_VALID && onvm_cached_origin(f->origin) && onvm_flow_data_of(f)->last_ns < oldest) {
+            oldest = onvm_flow_data_of(f)->last_ns;
             best = (long)i;
         }
     }
@@ -460,14 +460,13 @@ static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
 static inline void hit(struct onvm_region *r, long i, const struct onvm_meta *m, const struct rx_burst *b) {
-    struct onvm_flow_entry *e = &r->flows[i];
-    struct onvm_flow_data *d = &e->d;
+    struct onvm_flow *f = onvm_flow_at(r, (uint32_t)i);
+    struct onvm_flow_data *d = onvm_flow_data_of(f);
     d->packets++;
     d->bytes += m->len;
     d->last_ns = b->now;
     if (d->idle_ms) {
         uint32_t when = deadline(d, b->now_ms);
-        struct onvm_flow *f = &e->f;
         if (f->deadline_ms != when) /* it moves once a millisecond: no store the rest of the time */
             f->deadline_ms = when;
     }
@@ -559,7 +558,6 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
         m[i]->chain_id = 0;
     if (nothing_to_look_up(r))
         return;
-    struct onvm_flow_entry *t = r->flows;
     uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
     uint32_t hash[64];
@@ -575,8 +573,9 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
                 /* An IPv4 packet's flow hash (onvm_parse) is the key's hash before the port's share. */
                 hash[i] = keys[i].ipver == 4 && mi->flow_hash ? with_port(mi->flow_hash, &keys[i])
                                                               : onvm_flow_key_hash(&keys[i]);
-                __builtin_prefetch(&t[hash[i] & mask].f);
-                __builtin_prefetch(&t[hash[i] & mask].d, 1);
+                struct onvm_flow *f = onvm_flow_at(r, hash[i] & mask);
+                __builtin_prefetch(f);
+                __builtin_prefetch(onvm_flow_data_of(f), 1);
             }
         }
         for (uint32_t i = 0; i < k; i++)
@@ -596,18 +595,17 @@ void onvm_classify(struct onvm_region *r, struct onvm_meta *m, const uint8_t *da
  * search.  The misses to memory overlap instead of queueing one after another.
  * out[i] is the chain of key i, or -1 when it has no entry. */
 void onvm_flow_lookup_bulk(struct onvm_region *r, const struct onvm_flow_key *keys, uint32_t n, int32_t *out) {
-    struct onvm_flow_entry *t = r->flows;
     uint32_t mask = r->flow_count - 1, hash[64], seq;
     uint32_t now_ms = ms32(onvm_now_ns());
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t m = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < m; i++) {
             hash[i] = onvm_flow_key_hash(&keys[base + i]);
-            __builtin_prefetch(&t[hash[i] & mask].f);
+            __builtin_prefetch(onvm_flow_at(r, hash[i] & mask));
         }
         for (uint32_t i = 0; i < m; i++) {
             long j = find(r, &keys[base + i], hash[i], &seq, NULL, now_ms);
-            out[base + i] = j < 0 ? -1 : t[j].f.chain;
+            out[base + i] = j < 0 ? -1 : onvm_flow_at(r, (uint32_t)j)->chain;
         }
     }
 }

@@ -298,15 +298,9 @@ void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out);
 static inline struct onvm_flow *onvm_flow_at(const struct onvm_region *r, uint32_t i) {
     return &r->flows[i].f;
 }
-static inline struct onvm_flow_data *onvm_flow_data_at(const struct onvm_region *r, uint32_t i) {
-    return &r->flows[i].d;
-}
 /* The counters of the entry whose lookup line f is. */
 static inline struct onvm_flow_data *onvm_flow_data_of(struct onvm_flow *f) {
     return &((struct onvm_flow_entry *)f)->d;
-}
-static inline uint32_t onvm_flow_index(const struct onvm_region *r, const struct onvm_flow *f) {
-    return (uint32_t)((const struct onvm_flow_entry *)f - r->flows);
 }
 
 /* Look n keys up together (prefetching); out[i] = chain or -1. */

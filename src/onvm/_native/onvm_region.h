@@ -9,7 +9,6 @@
 #include "onvm_layout.h"
 #include "onvm_ring.h"
 
-struct onvm_flow;
 struct onvm_flow_entry;
 
 /* Why the manager fenced an NF off (fence.c). */
