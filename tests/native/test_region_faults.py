@@ -445,3 +445,49 @@ r.close()
     assert "first True" in out
     assert "busy True 63 (960, 63) True" in out
     assert "swept 1 free 1024 all 1024" in out  # run[10], cut off, comes back
+
+
+def test_a_stale_ring_entry_never_gets_its_nf_a_slot_the_ring_had_no_room_for() -> None:
+    # NF 1 handled packets, so its RX ring's entries still name their slots; then it wrote
+    # over its ring's head and the audit published the ring up to it: NF 1, in a process of
+    # its own, reads those stale entries again and again.  NF 2 sends to NF 1 bursts for
+    # which the ring has no room; their slots come from the top of the free stack, the very
+    # slots the stale entries name (NF 1 also clears the congestion flag its full ring
+    # raises, so NF 2 keeps sending).  NF 2's routing drops and frees them; NF 1 must never
+    # take one meanwhile (the slot would be freed twice: more free slots than the pool has).
+    out = run_child(HOSTILE + """
+import subprocess, sys
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "victim")
+r.nf_activate(2, 2, 0, PID, 1, "sender")
+r.set_service(1, [(1, 0)])
+assert _hooks.deliver(r, 1, [FRAME] * 60) == 60
+_native.NFContext(r, 1).run(lambda p, mt: None, batch=False, limit=60, default_action=0)
+u64(ring(1, 0) + L["prod_head"], 0x9dfe2001)
+events = m.audit()
+time.sleep(1.05)
+events += m.audit()
+print("republished", len([e for e in events if e["kind"] == "ring"]))
+code = ("from onvm import _native; r = _native.Region.attach(%r); "
+        "_native.NFContext(r, 1).run(lambda p, mt: None, batch=False, ttl=4.0, default_action=0)" % path)
+victim = subprocess.Popen([sys.executable, "-c", code])
+ctx = _native.NFContext(r, 2)
+def forward(p, mt):
+    mt.tonf(1)
+most = sent = 0
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    u32(ring(1, 0) + L["congested"], 0)  # NF 1 clears the flag its full ring raised: NF 2 sends again
+    n = _hooks.deliver(r, 2, [FRAME] * 60)
+    ctx.run(forward, batch=False, limit=n, ttl=5.0)
+    sent += n
+    most = max(most, r.free_count())
+victim.wait(10)
+# Once NF 1 has read its way up to the head it wrote, the ring has room again and NF 2's
+# packets reach it for real: those it may take, and nothing else.
+enqueued = sent - sum(r.nf_info(2)["drops"])
+print("sent", sent > 0, "taken beyond", r.nf_info(1)["rx"] - 60 - enqueued, "most free", most, "of", 1024)
+r.close()
+""")
+    assert "republished 1" in out
+    assert "sent True taken beyond 0 most free 1024 of 1024" in out
