@@ -69,9 +69,15 @@ static void flush_group(struct onvm_route_ctx *c, struct onvm_route_group *g) {
         int sp = ring == c->tx_ring;
         done = sp ? onvm_ring_sp_reserve(ring, mask, g->n, 0, &pos)
                   : onvm_ring_mp_reserve(ring, mask, g->n, 0, &pos, c->rec, (uint32_t)((uint8_t *)ring - r->base));
-        /* The slots were stamped in transit when they joined the group (add). */
-        for (uint32_t i = 0; i < done; i++)
+        /* In transit to the ring's consumer: only the slots the ring has room for, and
+         * before the commit's release, so the consumer sees the stamp with the entry.  A
+         * slot the ring cannot take keeps its sender's stamp until it is freed below, so
+         * a consumer reading a stale entry that names it (a ring whose positions were
+         * written over) is refused it. */
+        for (uint32_t i = 0; i < done; i++) {
+            atomic_store_explicit(&r->meta[g->slots[i]].owner, g->stamp, ONVM_RELAXED);
             onvm_ring_put(ring, mask, pos + i, g->slots[i]);
+        }
         if (done) {
             if (sp)
                 onvm_ring_sp_commit(ring, pos, done);
@@ -203,8 +209,7 @@ int onvm_chain_check(struct onvm_region *r, unsigned chain, uint64_t bit, struct
     return v->state;
 }
 
-static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot,
-                       struct onvm_meta *m) {
+static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigned to, uint32_t slot) {
     struct onvm_route_group *g = NULL;
     for (unsigned i = 0; i < c->ngroups; i++) {
         if (c->groups[i].target == target) {
@@ -224,14 +229,6 @@ static inline void add(struct onvm_route_ctx *c, int kind, void *target, unsigne
         g->to = (uint16_t)to;
         g->stamp = ONVM_OWNER_TRANSIT(c->self_nf, to);
         g->n = 0;
-    }
-    if (kind == GROUP_RING) {
-        /* In transit to the ring's consumer from here on: stamped now, while the
-         * routing pass has the record's line at hand, rather than in a second pass
-         * at the enqueue.  Before the enqueue's release, so the consumer sees it with
-         * the entry; a slot the ring cannot take is freed (restamped) in this same
-         * burst, before any grace period could let the consumer's slots be reclaimed. */
-        atomic_store_explicit(&m->owner, g->stamp, ONVM_RELAXED);
     }
     g->slots[g->n++] = slot;
     if (g->n == ONVM_BURST_MAX)
@@ -330,7 +327,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             m->dest = (uint16_t)dest;
             if (m->flags & ONVM_MF_TRACED) /* onvm trace: a flag of the line read above */
                 onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, nf, 0);
-            add(c, GROUP_RING, ring, nf, s, m);
+            add(c, GROUP_RING, ring, nf, s);
             break;
         }
         case ONVM_ACT_OUT:
@@ -343,11 +340,11 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             if (m->flags & ONVM_MF_TRACED)
                 onvm_trace_event(r, s, ONVM_TEV_HOP, self_nf, 0, 0);
             if (c->self_nf) {
-                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s, m); /* the manager owns ports */
+                add(c, GROUP_RING, c->tx_ring, ONVM_OWNER_MGR, s); /* the manager owns ports */
             } else if (!c->ports || !c->ports[dest] || !c->ports[dest]->tx) {
                 drop(c, s, ONVM_DROP_NO_DEST);
             } else {
-                add(c, GROUP_PORT, c->ports[dest], 0, s, m);
+                add(c, GROUP_PORT, c->ports[dest], 0, s);
             }
             break;
         default:
