@@ -164,7 +164,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
     struct onvm_header *h = r->hdr;
     return Py_BuildValue(
         "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
-        "s:n,s:n,s:K,s:n,s:n,s:n}",
+        "s:n,s:n,s:K,s:n,s:n,s:n,s:n}",
         "nfs", (unsigned long long)((uint8_t *)r->nfs - r->base), "nf_size", (Py_ssize_t)sizeof(struct onvm_nf),
         "rings", (unsigned long long)r->off_rings, "ring_bytes", (unsigned long long)r->ring_bytes,
         "prod_head", offsetof(struct onvm_ring, prod.head), "prod_tail", offsetof(struct onvm_ring, prod.tail),
@@ -179,7 +179,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head),
         "captures", (unsigned long long)((uint8_t *)r->captures - r->base), "capture_size",
         (Py_ssize_t)sizeof(struct onvm_capture), "cap_src_len", offsetof(struct onvm_capture, filter.src_len),
-        "next_free", offsetof(struct onvm_meta, next_free));
+        "next_free", offsetof(struct onvm_meta, next_free), "flows_used", offsetof(struct onvm_header, flows_used));
 }
 
 /* poke(region, offset, data): write bytes into the mapping (anything mapping it can). */
