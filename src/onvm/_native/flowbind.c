@@ -168,12 +168,12 @@ PyObject *Region_flow_expire(RegionObject *self, PyObject *args) {
 }
 
 PyObject *Region_flow_flush(RegionObject *self, PyObject *args) {
-    int chain = -1;
-    if (!PyArg_ParseTuple(args, "|i", &chain))
+    int chain = -1, cached_only = 0;
+    if (!PyArg_ParseTuple(args, "|ip", &chain, &cached_only))
         return NULL;
     OPEN_OR_FAIL(self);
     uint32_t removed;
-    Py_BEGIN_ALLOW_THREADS removed = onvm_flow_flush(&self->r, chain);
+    Py_BEGIN_ALLOW_THREADS removed = onvm_flow_flush(&self->r, chain, cached_only);
     Py_END_ALLOW_THREADS return PyLong_FromUnsignedLong(removed);
 }
 

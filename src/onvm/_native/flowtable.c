@@ -406,15 +406,20 @@ uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uin
     return removed;
 }
 
-uint32_t onvm_flow_flush(struct onvm_region *r, int chain) {
+static inline int flushed(const struct onvm_flow *f, int chain, int cached_only) {
+    return f->state == ONVM_FLOW_VALID && (chain < 0 || f->chain == chain) &&
+           (!cached_only || onvm_cached_origin(f->origin));
+}
+
+uint32_t onvm_flow_flush(struct onvm_region *r, int chain, int cached_only) {
     uint32_t removed = 0, seq;
     for (uint32_t i = 0; i < r->flow_count; i++) {
         struct onvm_flow *f = onvm_flow_at(r, i);
-        if (f->state != ONVM_FLOW_VALID || (chain >= 0 && f->chain != chain))
+        if (!flushed(f, chain, cached_only))
             continue;
         if (!claim(f, &seq))
             continue;
-        if (f->state == ONVM_FLOW_VALID && (chain < 0 || f->chain == chain)) {
+        if (flushed(f, chain, cached_only)) {
             remove_entry(r, f, seq);
             removed++;
         } else {
@@ -433,6 +438,7 @@ struct rx_burst {
     uint64_t now;
     uint32_t now_ms;
     uint32_t version; /* the rules' version at the start of the burst */
+    int caching;      /* 0: no rules and no port defaults, so every flow takes the default chain */
     int32_t used;
     uint32_t installed, expired, changed, full;
 };
@@ -441,6 +447,8 @@ static inline void rx_begin(struct onvm_region *r, struct rx_burst *b, uint64_t 
     *b = (struct rx_burst){.now = now, .now_ms = ms32(now)};
     /* Acquire pairs with the writer's release of version: the log and images it names are there. */
     b->version = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
+    struct onvm_cls_ctl *c = onvm_cls(r);
+    b->caching = c->rules != 0 || c->ports_set != 0; /* as new as that version, at least */
 }
 
 static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
@@ -487,6 +495,13 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&f->seq, ONVM_RELAXED) != seq) {
             i = -1; /* changed under us: classify afresh, leave it be */
+        } else if (!b->caching && onvm_cached_origin(origin)) {
+            /* No rules and no port defaults: the answer is the default chain (chain_id is
+             * 0 already), and an entry saying so would only keep RX looking the table up
+             * (nothing_to_look_up): it goes. */
+            if (claim_at(f, seq))
+                remove_entry(r, f, seq + 1);
+            return;
         } else if (!dead) {
             if (!onvm_cached_origin(origin) || ver == v || (int32_t)(ver - v) > 0) {
                 hit(r, i, m, b);
@@ -502,6 +517,8 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
             was_live = 1;
         }
     }
+    if (!b->caching)
+        return; /* the default chain (chain_id is 0 already), uncached */
     struct decision d;
     if (decide(r, key, &d) < 0)
         return; /* the images would not hold still: the default chain, uncached */

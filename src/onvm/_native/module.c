@@ -856,7 +856,7 @@ static PyMethodDef Region_methods[] = {
      "flow_list(limit=1000, chain=-1, origin=-1) -> [dict] of live entries (of a chain, an origin)."},
     {"flow_stats", (PyCFunction)Region_flow_stats, METH_NOARGS, "Flow table counters."},
     {"flow_expire", (PyCFunction)Region_flow_expire, METH_VARARGS, "flow_expire(start, n) -> removed."},
-    {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1) -> removed."},
+    {"flow_flush", (PyCFunction)Region_flow_flush, METH_VARARGS, "flow_flush(chain=-1, cached_only=False) -> removed."},
     {"rules_apply", (PyCFunction)(void (*)(void))Region_rules_apply, METH_VARARGS | METH_KEYWORDS,
      "rules_apply(adds=(), dels=(), ports=()) -> slots: one change of the rules, all or nothing (manager)."},
     {"rule_hits", (PyCFunction)Region_rule_hits, METH_O, "rule_hits(slots) -> [new flows each rule decided]."},

@@ -376,7 +376,8 @@ int onvm_flow_del(struct onvm_region *r, const struct onvm_flow_key *key);
 /* Among [start, start+n): remove expired entries and cached results the rules
  * have changed, and mark the others current; returns how many were removed. */
 uint32_t onvm_flow_expire(struct onvm_region *r, uint32_t start, uint32_t n, uint64_t now);
-/* Remove every entry (chain < 0) or every entry using a chain; returns how many. */
-uint32_t onvm_flow_flush(struct onvm_region *r, int chain);
+/* Remove every entry (chain < 0) or every entry using a chain, or only the cached
+ * results among them (cached_only: origin rule or default); returns how many. */
+uint32_t onvm_flow_flush(struct onvm_region *r, int chain, int cached_only);
 
 #endif
