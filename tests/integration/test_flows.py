@@ -170,12 +170,16 @@ def test_nf_steers_its_flows(deploy, tmp_path):
 
 def test_classify_bench_runs(runtime):
     # Windows of a second: on a busy machine a 0.3 s window once saw no packet at all.
-    out = onvm("bench", "classify", "--rules", "300", "--seconds", "1", "--json", timeout=180)
+    out = onvm("bench", "classify", "--rules", "300", "--seconds", "1", "--rounds", "2", "--json", timeout=240)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0
     for key in ("established_mpps", "established_mpps_0", "established_mpps_1",
                 "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1"):
         assert res[key] > 0, key
-    r = onvm("bench", "classify", "--rules", "-1")
-    assert r.returncode == 2 and "--rules" in r.stderr
+    # Three windows (none, one, N rules) in each of the two rounds.
+    assert len(res["rounds_established"]) == len(res["rounds_new_flow"]) == 2
+    assert all(len(w) == 3 and min(w) > 0 for w in res["rounds_established"] + res["rounds_new_flow"])
+    for flag, value in (("--rules", "-1"), ("--rounds", "0")):
+        r = onvm("bench", "classify", flag, value)
+        assert r.returncode == 2 and flag in r.stderr

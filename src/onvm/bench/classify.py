@@ -14,9 +14,14 @@ RX does not even look the flow table up), with one rule that matches nothing
 (``_1``: every packet looked up in the flow table, new flows classified), and
 after ``--rules N`` more are loaded in one rule set (``rule_load_s``, as
 ``onvm rule add -f`` sends them): delivered packets per second at the null
-port, over ``seconds`` each.  ``established_ratio_1`` (N rules against one)
-is what the rules cost established flows; ``established_ratio`` (against
-none) adds the flow table's own lookup.  Of the N rules, one in a hundred matches some of gen's flows (to
+port, over ``seconds`` each.  The three windows are a round; then every rule is
+deleted (which takes the cached results with it) and the next round starts from
+no rules again, ``--rounds`` times (3), so that each ratio compares windows
+seconds apart, not minutes, on a machine whose load drifts.  The figures are the
+medians over the rounds, the ratios the medians of each round's ratio.
+``established_ratio_1`` (N rules against one) is what the rules cost
+established flows; ``established_ratio`` (against none) adds the flow table's
+own lookup.  Of the N rules, one in a hundred matches some of gen's flows (to
 a chain with the same hops as the default); the rest match nothing gen sends
 and have a firewall's variety of masks: source prefixes of /16 to /32, each
 with no port, one port or a port range (16 masks in all; ``tuples`` in the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from typing import Any
 
@@ -36,6 +42,7 @@ from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
 GEN = "gen:size=64,src=10.0.0.1,dst=10.1.0.1,sport=1024,dport=80"
 ESTABLISHED_FLOWS = 4096
 NEW_FLOWS = 1 << 20
+DELETE_PART = 4000  # rule ids per change: a part fits one message
 
 
 def rule_set(n: int, seed: int = 1) -> list[str]:
@@ -65,56 +72,89 @@ def _delivered(dep: Any, seconds: float) -> float:
 ONE_RULE = "udp src 192.0.2.1/32 -> chain default"  # matches nothing gen sends
 
 
-def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules: list[str]) -> dict[str, Any]:
-    """The rate with no rules, with one (the flow table in use), and with ``rules`` added to it."""
+def _delete_all(c: Any, ids: list[int]) -> None:
+    """Delete the rules ``ids``, in changes that each fit a message."""
+    for i in range(0, len(ids), DELETE_PART):
+        c.rule_change(delete=ids[i:i + DELETE_PART])
+
+
+def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules: list[str],
+             rounds: int) -> dict[str, Any]:
+    """Rounds of: the rate with no rules, with one (the flow table in use), and with ``rules``
+    added to it; then every rule deleted again."""
     from onvm.control.client import Client
 
     dep = deployment(["--port", f"{GEN},flows={flows}", "--port", "null", "--default-chain", "1,out:1",
                       "--chain", "same=1,out:1", *extra], verbose)
+    none, one, many, load_s = [], [], [], []
+    added = 0
     try:
         start_pipeline(dep, [["simple_forward", "--service", "1"]])
-        time.sleep(WARMUP)
-        none = _delivered(dep, seconds)
         with Client(dep.name, timeout=120) as c:
-            c.rule_add(ONE_RULE)
-            time.sleep(WARMUP)
-            one = _delivered(dep, seconds)
-            t0 = time.monotonic()
-            added = c.load_rules(rules)["added"] if rules else 0
-            load_s = time.monotonic() - t0
-        time.sleep(WARMUP)
-        many = _delivered(dep, seconds)
-        st = dep.status()["flows"]
-        return {"mpps_0": none, "mpps_1": one, "mpps": many, "rule_load_s": round(load_s, 3), "added": added,
+            for _ in range(rounds):
+                time.sleep(WARMUP)
+                none.append(_delivered(dep, seconds))
+                ids = [c.rule_add(ONE_RULE)["id"]]
+                time.sleep(WARMUP)
+                one.append(_delivered(dep, seconds))
+                t0 = time.monotonic()
+                if rules:
+                    res = c.load_rules(rules)
+                    added = res["added"]
+                    ids += list(range(res["first_id"], res["last_id"] + 1))
+                    if len(ids) != added + 1:
+                        raise RuntimeError(f"rule ids {res['first_id']}..{res['last_id']} for {added} rules")
+                load_s.append(time.monotonic() - t0)
+                time.sleep(WARMUP)
+                many.append(_delivered(dep, seconds))
+                st = dep.status()["flows"]
+                _delete_all(c, ids)
+        return {"mpps_0": none, "mpps_1": one, "mpps": many, "rule_load_s": load_s, "added": added,
                 "tuples": st["classifier"]["tuples"], "uncached": st["full"]}
     finally:
         dep.stop()
 
 
-def run(seconds: float, verbose: bool, rules: int = 10000) -> dict[str, Any]:
+def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3) -> dict[str, Any]:
     """Established and new-flow rates with no rules, one rule and ``rules`` more, and the load time."""
     texts = rule_set(rules)
-    est = _measure(verbose, seconds, ESTABLISHED_FLOWS, [], texts)
+    est = _measure(verbose, seconds, ESTABLISHED_FLOWS, [], texts, rounds)
     new_args = ["--flow-idle", "0.001", "--flow-table-size", str(2 * NEW_FLOWS)]  # half full at most
-    new = _measure(verbose, seconds, NEW_FLOWS, new_args, texts)
+    new = _measure(verbose, seconds, NEW_FLOWS, new_args, texts, rounds)
 
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 3) if b else None
+    def ratio(a: list[float], b: list[float]) -> float | None:
+        return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3) if all(b) else None
 
-    return {"mpps": est["mpps"], "rules": rules, "rules_added": est["added"], "tuples": est["tuples"],
-            "established_mpps": est["mpps"], "established_mpps_0": est["mpps_0"],
-            "established_mpps_1": est["mpps_1"],
-            "new_flow_mpps": new["mpps"], "new_flow_mpps_0": new["mpps_0"], "new_flow_mpps_1": new["mpps_1"],
-            "rule_load_s": est["rule_load_s"], "rule_load_s_new": new["rule_load_s"],
+    def med(v: list[float]) -> float:
+        return round(statistics.median(v), 3)
+
+    def per_round(m: dict[str, Any]) -> list[list[float]]:  # [none, one, many] Mpps of each round
+        return [list(t) for t in zip(m["mpps_0"], m["mpps_1"], m["mpps"], strict=True)]
+
+    return {"mpps": med(est["mpps"]), "rules": rules, "rules_added": est["added"], "tuples": est["tuples"],
+            "established_mpps": med(est["mpps"]), "established_mpps_0": med(est["mpps_0"]),
+            "established_mpps_1": med(est["mpps_1"]),
+            "new_flow_mpps": med(new["mpps"]), "new_flow_mpps_0": med(new["mpps_0"]),
+            "new_flow_mpps_1": med(new["mpps_1"]),
+            "rule_load_s": med(est["rule_load_s"]), "rule_load_s_new": med(new["rule_load_s"]),
             "new_flows_uncached": new["uncached"],
             "established_ratio": ratio(est["mpps"], est["mpps_0"]),
-            "established_ratio_1": ratio(est["mpps"], est["mpps_1"]), "seconds": seconds}
+            "established_ratio_1": ratio(est["mpps"], est["mpps_1"]),
+            "rounds": rounds, "seconds": seconds,
+            "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
 
 
 def _rules_option(text: str) -> int:
     n = int(text) if text.isdecimal() else -1
     if not 0 <= n <= 1_000_000:
         raise argparse.ArgumentTypeError(f"expected a number of rules in 0..1000000, got '{text}'")
+    return n
+
+
+def _rounds_option(text: str) -> int:
+    n = int(text) if text.isdecimal() else 0
+    if not 1 <= n <= 20:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds in 1..20, got '{text}'")
     return n
 
 
@@ -130,5 +170,7 @@ SCENARIOS = [
                              f"new flows {r['new_flow_mpps']:.2f} Mpps ({r['new_flow_mpps_1']:.2f}, "
                              f"{r['new_flow_mpps_0']:.2f}), loaded in {r['rule_load_s']:.2f} s"),
              options=(Option("--rules", 10000, "rules loaded (up to 1,000,000; the manager holds "
-                             "--max-rules, 262,144 by default)", type=_rules_option),)),
+                             "--max-rules, 262,144 by default)", type=_rules_option),
+                      Option("--rounds", 3, "rounds of the three windows, the rules deleted between them "
+                             "(1..20)", type=_rounds_option))),
 ]
