@@ -87,6 +87,18 @@ def test_chain_rule_flow_commands(deploy, tmp_path):
     flows = json.loads(onvm("flow", "list", *n, "--json").stdout)["flows"]
     assert [(f["flow"], f["chain"], f["origin"], f["idle_timeout"]) for f in flows] == [
         ("10.0.0.1:5 10.0.0.2:80 tcp", "web", "api", 30.0)]
+    # flush: cached results only (there are none: no traffic), then --all, one chain's
+    assert json.loads(onvm("flow", "flush", *n, "--json").stdout) == {"removed": 0}
+    r = onvm("flow", "flush", "--all", "--chain", "default", *n, "--json")
+    assert json.loads(r.stdout) == {"removed": 0}, r.stderr
+    assert len(json.loads(onvm("flow", "list", *n, "--json").stdout)["flows"]) == 1
+    r = onvm("flow", "flush", "--chain", "nowhere", *n)
+    assert r.returncode == 1 and "no chain named 'nowhere'" in r.stderr
+    r = onvm("flow", "flush", "10.0.0.1:5", *n)
+    assert r.returncode == 1 and "takes no flow" in r.stderr
+    assert onvm("flow", "flush", "--all", "--chain", "web", *n).stdout.strip() == "removed=1"
+    assert json.loads(onvm("flow", "list", *n, "--json").stdout)["flows"] == []
+    assert onvm("flow", "add", "10.0.0.1:5 10.0.0.2:80", "tcp", "--chain", "web", *n).returncode == 0
     assert onvm("flow", "del", "10.0.0.1:5", "10.0.0.2:80", "tcp", *n).returncode == 0
     r = onvm("flow", "del", "10.0.0.1:5", "10.0.0.2:80", "tcp", *n)
     assert r.returncode == 1 and "no flow 10.0.0.1:5 10.0.0.2:80 tcp" in r.stderr
@@ -170,7 +182,8 @@ def test_nf_steers_its_flows(deploy, tmp_path):
 
 def test_classify_bench_runs(runtime):
     # Windows of a second: on a busy machine a 0.3 s window once saw no packet at all.
-    out = onvm("bench", "classify", "--rules", "300", "--seconds", "1", "--rounds", "2", "--json", timeout=240)
+    out = onvm("bench", "classify", "--rules", "300", "--seconds", "1", "--rounds", "2", "--json",
+               timeout=240)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0

@@ -368,7 +368,8 @@ def test_without_rules_or_port_defaults_nothing_is_cached(region):
 
 
 def test_without_rules_explicit_entries_still_steer_and_the_rest_is_not_cached(region):
-    region.flow_put(key_of(PacketFields(4, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6, 999, 80, 0, None)), 5)
+    frame_key = PacketFields(4, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6, 999, 80, 0, None)  # frame()'s
+    region.flow_put(key_of(frame_key), 5)
     slots = region.alloc(2)
     region.write(slots[0], frame())
     region.write(slots[1], frame(dport=22))
@@ -378,6 +379,23 @@ def test_without_rules_explicit_entries_still_steer_and_the_rest_is_not_cached(r
     assert entry["chain"] == 5 and entry["packets"] == 3 and region.flow_stats()["used"] == 1
     one_rule(region, "udp -> chain c")  # a rule again: the default chain's flows are cached again
     assert _hooks.classify(region, slots[1]) == 0
+    assert region.flow_stats()["used"] == 2
+    region.free(slots)
+
+
+def test_a_flush_of_cached_results_keeps_the_explicit_entries(region):
+    one_rule(region, "tcp dst port 80 -> chain web", 1, 1)
+    region.flow_put(key_of(PacketFields(4, bytes([10, 0, 0, 9]), bytes([10, 0, 0, 2]), 6, 1, 2, 0, None)), 5)
+    slots = region.alloc(2)
+    region.write(slots[0], frame())
+    region.write(slots[1], frame(dport=22))
+    assert [_hooks.classify(region, s) for s in slots] == [1, 0]
+    assert region.flow_stats()["used"] == 3
+    assert region.flow_flush(1, True) == 1  # chain 1's cached result
+    assert region.flow_flush(-1, True) == 1  # the default chain's
+    assert [(e["chain"], e["origin"]) for e in region.flow_list()] == [(5, 2)]
+    assert region.flow_flush(-1, False) == 1 and region.flow_stats()["used"] == 0
+    assert [_hooks.classify(region, s) for s in slots] == [1, 0]  # classified afresh, cached again
     assert region.flow_stats()["used"] == 2
     region.free(slots)
 

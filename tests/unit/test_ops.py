@@ -37,6 +37,7 @@ SAMPLES: dict[str, ops.Op] = {
     "flow_list": ops.FlowList(10, "web"),
     "flow_add": ops.FlowAdd("10.0.0.1:5 10.0.0.2:80 tcp", "web", 1.5, 30.0),
     "flow_del": ops.FlowDel("10.0.0.1:5 10.0.0.2:80 tcp"),
+    "flow_flush": ops.FlowFlush("web", cached_only=False),
     "flow_stats": ops.FlowStats(),
     "flow_explain": ops.FlowExplain("10.0.0.1:5 10.0.0.2:80 tcp in-port 0"),
     "send": ops.Send({"reload": [1, 2]}, service=3),

@@ -446,8 +446,8 @@ struct rx_burst {
 static inline void rx_begin(struct onvm_region *r, struct rx_burst *b, uint64_t now) {
     *b = (struct rx_burst){.now = now, .now_ms = ms32(now)};
     /* Acquire pairs with the writer's release of version: the log and images it names are there. */
-    b->version = atomic_load_explicit(&onvm_cls(r)->version, ONVM_ACQUIRE);
     struct onvm_cls_ctl *c = onvm_cls(r);
+    b->version = atomic_load_explicit(&c->version, ONVM_ACQUIRE);
     b->caching = c->rules != 0 || c->ports_set != 0; /* as new as that version, at least */
 }
 

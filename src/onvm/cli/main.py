@@ -240,6 +240,11 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
             print(render(out))
             return 0
+    elif args.action == "flush":
+        if flow:
+            raise OnvmError("onvm flow flush takes no flow: it flushes them all (--chain NAME: one chain's)",
+                            code="bad_request")
+        out = _call(args, ops.FlowFlush(args.chain or None, not args.all))
     elif args.action == "add":
         if not args.chain:
             raise OnvmError("onvm flow add needs --chain NAME", code="bad_request")
@@ -441,10 +446,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "(without vlan: untagged packets), "
                        "e.g. 10.0.0.1:1234 10.0.0.2:80 tcp.  'explain' says what the manager would do "
                        "with such packets now and why: the exact entry or the rule that decides (and the "
-                       "rules above it that do not), the chain, and the instance each hop's policy picks.")
-    f.add_argument("action", choices=["list", "add", "del", "stats", "explain"])
+                       "rules above it that do not), the chain, and the instance each hop's policy picks.  "
+                       "'flush' removes the cached classification results (--all: every entry), so that "
+                       "their flows are classified afresh; --chain limits it to one chain's entries.")
+    f.add_argument("action", choices=["list", "add", "del", "flush", "stats", "explain"])
     f.add_argument("flow", nargs="*", help="the flow (add, del, explain)")
-    f.add_argument("--chain", help="chain (add; list filter)")
+    f.add_argument("--chain", help="chain (add; list and flush filter)")
+    f.add_argument("--all", action="store_true",
+                   help="flush: the explicit entries too (flow add, NFs, OpenFlow), not only cached results")
     f.add_argument("--idle", type=float, default=0.0, help="idle timeout in seconds (add)")
     f.add_argument("--hard", type=float, default=0.0, help="hard timeout in seconds (add)")
     f.add_argument("--limit", type=int, default=1000, help="entries to list (default 1000)")

@@ -164,6 +164,7 @@ class Client:
     flow_list = method(ops.FlowList)
     flow_add = method(ops.FlowAdd)
     flow_del = method(ops.FlowDel)
+    flow_flush = method(ops.FlowFlush)
     flow_stats = method(ops.FlowStats)
     flow_explain = method(ops.FlowExplain)
     send = method(ops.Send)

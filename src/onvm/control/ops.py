@@ -355,6 +355,14 @@ class FlowDel(Op, name="flow_del"):
     flow: str
 
 
+class FlowFlush(Op, name="flow_flush"):
+    """Remove the cached classification results (of one chain): their flows' next packets are
+    classified afresh.  ``cached_only`` false: the explicit entries (``flow add``, NFs, OpenFlow) too."""
+
+    chain: str | None = None
+    cached_only: bool = True
+
+
 class FlowExplain(Op, name="flow_explain"):
     """What the manager would do with packets of ``flow`` now, and why: the exact entry or
     the rule that decides (and the rules above it that do not), the chain, each hop's instance."""

@@ -262,6 +262,11 @@ class FlowRegistry:
             raise OnvmError(f"no flow {key}", code="not_found")
         return {"flow": str(key)}
 
+    def flush_flows(self, chain: str | None = None, cached_only: bool = True) -> dict[str, Any]:
+        """Remove the cached results (``cached_only``) or every entry, of ``chain`` or of all chains."""
+        removed = self.region.flow_flush(-1 if chain is None else self.chain_id(chain), cached_only)
+        return {"removed": removed}
+
     def situation(self, key: FlowKey, service: Callable[[int, int], ServiceView]) -> Situation:
         """What decides the path of ``key``'s packets now (``onvm flow explain``)."""
         entry = self.region.flow_get(key.native())

@@ -277,6 +277,10 @@ class Handlers:
     def flow_del(self, caller: Caller, req: ops.FlowDel) -> dict[str, Any]:
         return self.flows.del_flow(FlowKey.parse(req.flow))
 
+    @handles(ops.FlowFlush)
+    def flow_flush(self, caller: Caller, req: ops.FlowFlush) -> dict[str, Any]:
+        return self.flows.flush_flows(req.chain, req.cached_only)
+
     @handles(ops.FlowExplain)
     def flow_explain(self, caller: Caller, req: ops.FlowExplain) -> dict[str, Any]:
         key, flow_hash = packet_of(FlowKey.parse(req.flow))
