@@ -193,6 +193,6 @@ def test_classify_bench_runs(runtime):
     # Three windows (none, one, N rules) in each of the two rounds.
     assert len(res["rounds_established"]) == len(res["rounds_new_flow"]) == 2
     assert all(len(w) == 3 and min(w) > 0 for w in res["rounds_established"] + res["rounds_new_flow"])
-    for flag, value in (("--rules", "-1"), ("--rounds", "0")):
+    for flag, value in (("--rules", "-1"), ("--rounds", "0"), ("--flows", "2000000")):
         r = onvm("bench", "classify", flag, value)
         assert r.returncode == 2 and flag in r.stderr

@@ -2,8 +2,9 @@
 
 Two managers, one after the other, each ``gen -> simple_forward -> null``:
 
-* established: gen sends 4,096 flows, every one of them cached after its first
-  packet; the rules can only cost something through the cache;
+* established: gen sends 4,096 flows (``--flows``, in a table of at least twice as
+  many entries), every one of them cached after its first packet; the rules can
+  only cost something through the cache;
 * new flows: gen cycles over 1,048,576 flows with a 1 ms idle timeout for what
   the classifier caches, so every flow has expired by the time gen comes back to
   it and each packet is looked up, missed, classified and cached again (in a
@@ -41,6 +42,7 @@ from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
 
 GEN = "gen:size=64,src=10.0.0.1,dst=10.1.0.1,sport=1024,dport=80"
 ESTABLISHED_FLOWS = 4096
+DEFAULT_TABLE = 65536  # the manager's --flow-table-size
 NEW_FLOWS = 1 << 20
 DELETE_PART = 4000  # rule ids per change: a part fits one message
 
@@ -115,10 +117,12 @@ def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules:
         dep.stop()
 
 
-def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3) -> dict[str, Any]:
+def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
+        flows: int = ESTABLISHED_FLOWS) -> dict[str, Any]:
     """Established and new-flow rates with no rules, one rule and ``rules`` more, and the load time."""
     texts = rule_set(rules)
-    est = _measure(verbose, seconds, ESTABLISHED_FLOWS, [], texts, rounds)
+    table = max(DEFAULT_TABLE, 1 << (2 * flows - 1).bit_length())  # at least twice the flows
+    est = _measure(verbose, seconds, flows, ["--flow-table-size", str(table)], texts, rounds)
     new_args = ["--flow-idle", "0.001", "--flow-table-size", str(2 * NEW_FLOWS)]  # half full at most
     new = _measure(verbose, seconds, NEW_FLOWS, new_args, texts, rounds)
 
@@ -132,6 +136,7 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3) -> d
         return [list(t) for t in zip(m["mpps_0"], m["mpps_1"], m["mpps"], strict=True)]
 
     return {"mpps": med(est["mpps"]), "rules": rules, "rules_added": est["added"], "tuples": est["tuples"],
+            "flows": flows, "flow_table_size": table,
             "established_mpps": med(est["mpps"]), "established_mpps_0": med(est["mpps_0"]),
             "established_mpps_1": med(est["mpps_1"]),
             "new_flow_mpps": med(new["mpps"]), "new_flow_mpps_0": med(new["mpps_0"]),
@@ -151,6 +156,13 @@ def _rules_option(text: str) -> int:
     return n
 
 
+def _flows_option(text: str) -> int:
+    n = int(text) if text.isdecimal() else 0
+    if not 1 <= n <= NEW_FLOWS:
+        raise argparse.ArgumentTypeError(f"expected a number of flows in 1..{NEW_FLOWS}, got '{text}'")
+    return n
+
+
 def _rounds_option(text: str) -> int:
     n = int(text) if text.isdecimal() else 0
     if not 1 <= n <= 20:
@@ -160,8 +172,8 @@ def _rounds_option(text: str) -> int:
 
 SCENARIOS = [
     Scenario("classify", "gen -> simple_forward -> null with N rules (1 in 100 matching): established flows "
-             "(4,096, cached) and new flows (1M, 1 ms idle), each with no rules, one and N more, and the "
-             "rule set's load time", key="established_ratio_1",
+             "(4,096 or --flows, cached) and new flows (1M, 1 ms idle), each with no rules, one and N more, "
+             "and the rule set's load time", key="established_ratio_1",
              target="established_mpps >= 0.9 x established_mpps_1 and _0; new_flow_mpps >= 1; "
                     "rule_load_s < 2 for 10,000 rules", run=run,
              show=lambda r: (f"{r['rules']:,} rules: established {r['established_mpps']:.2f} Mpps "
@@ -172,5 +184,7 @@ SCENARIOS = [
              options=(Option("--rules", 10000, "rules loaded (up to 1,000,000; the manager holds "
                              "--max-rules, 262,144 by default)", type=_rules_option),
                       Option("--rounds", 3, "rounds of the three windows, the rules deleted between them "
-                             "(1..20)", type=_rounds_option))),
+                             "(1..20)", type=_rounds_option),
+                      Option("--flows", ESTABLISHED_FLOWS, "established flows (1..1048576), in a flow table "
+                             "of at least twice as many entries", type=_flows_option))),
 ]
