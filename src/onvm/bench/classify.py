@@ -35,14 +35,16 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from onvm.bench._scenario import Option, Scenario
 from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
+from onvm.manager.config import ManagerConfig
 
 GEN = "gen:size=64,src=10.0.0.1,dst=10.1.0.1,sport=1024,dport=80"
 ESTABLISHED_FLOWS = 4096
-DEFAULT_TABLE = 65536  # the manager's --flow-table-size
+DEFAULT_TABLE: int = ManagerConfig.model_fields["flow_table_size"].default  # the manager's own default
 NEW_FLOWS = 1 << 20
 DELETE_PART = 4000  # rule ids per change: a part fits one message
 
@@ -149,25 +151,16 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
             "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
 
 
-def _rules_option(text: str) -> int:
-    n = int(text) if text.isdecimal() else -1
-    if not 0 <= n <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected a number of rules in 0..1000000, got '{text}'")
-    return n
+def _count(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An option's converter: a whole number of ``what`` in lo..hi, else one line that says so."""
 
+    def convert(text: str) -> int:
+        n = int(text) if text.isdecimal() else -1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number of {what} in {lo}..{hi}, got '{text}'")
+        return n
 
-def _flows_option(text: str) -> int:
-    n = int(text) if text.isdecimal() else 0
-    if not 1 <= n <= NEW_FLOWS:
-        raise argparse.ArgumentTypeError(f"expected a number of flows in 1..{NEW_FLOWS}, got '{text}'")
-    return n
-
-
-def _rounds_option(text: str) -> int:
-    n = int(text) if text.isdecimal() else 0
-    if not 1 <= n <= 20:
-        raise argparse.ArgumentTypeError(f"expected a number of rounds in 1..20, got '{text}'")
-    return n
+    return convert
 
 
 SCENARIOS = [
@@ -182,9 +175,9 @@ SCENARIOS = [
                              f"new flows {r['new_flow_mpps']:.2f} Mpps ({r['new_flow_mpps_1']:.2f}, "
                              f"{r['new_flow_mpps_0']:.2f}), loaded in {r['rule_load_s']:.2f} s"),
              options=(Option("--rules", 10000, "rules loaded (up to 1,000,000; the manager holds "
-                             "--max-rules, 262,144 by default)", type=_rules_option),
+                             "--max-rules, 262,144 by default)", type=_count("rules", 0, 1_000_000)),
                       Option("--rounds", 3, "rounds of the three windows, the rules deleted between them "
-                             "(1..20)", type=_rounds_option),
+                             "(1..20)", type=_count("rounds", 1, 20)),
                       Option("--flows", ESTABLISHED_FLOWS, "established flows (1..1048576), in a flow table "
-                             "of at least twice as many entries", type=_flows_option))),
+                             "of at least twice as many entries", type=_count("flows", 1, NEW_FLOWS)))),
 ]
