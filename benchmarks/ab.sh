@@ -116,12 +116,16 @@ runs = {}
 for row in open(sys.argv[1]):
     side, sc, rnd, line = row.rstrip("\n").split("\t", 3)
     r = json.loads(line)
-    per_cpu = r.get("packets", 0) / r["cpu_seconds"] / 1e6 if r.get("cpu_seconds") else 0.0
+    # None: the scenario reports no packet count (classify measures several windows)
+    per_cpu = r["packets"] / r["cpu_seconds"] / 1e6 if r.get("cpu_seconds") and "packets" in r else None
     runs.setdefault(sc, {}).setdefault(int(rnd), {})[side] = (float(r.get("mpps", 0.0)), per_cpu)
 for k, what in ((0, "Mpps"), (1, "M packets per CPU second (all processes of the run)")):
     print(f"\n{what}\n{'scenario':10} {'A median':>9} {'B median':>9} {'B/A (median of rounds)':>24}  ratios")
     for sc, rounds in runs.items():
         pairs = [(v["A"][k], v["B"][k]) for v in rounds.values() if "A" in v and "B" in v]
+        if not pairs or any(x is None for pair in pairs for x in pair):
+            print(f"{sc:10} (no packet count in its figures)")
+            continue
         ratios = [b / a for a, b in pairs if a]
         med = statistics.median(ratios) if ratios else float("nan")
         print(f"{sc:10} {statistics.median(a for a, _ in pairs):9.3f} {statistics.median(b for _, b in pairs):9.3f} "
