@@ -6,8 +6,10 @@ regression is a failed test with the child's exit status.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 
@@ -23,9 +25,10 @@ def run_child(code: str, timeout: float = 60) -> str:
 
 
 PRELUDE = """
-import os, tempfile
+import atexit, os, shutil, tempfile
 from onvm import _hooks, _native
-d = tempfile.mkdtemp()
+d = tempfile.mkdtemp(prefix="onvm-test-")
+atexit.register(shutil.rmtree, d, True)  # a region's close removes its file; this, the directory
 path = os.path.join(d, "r")
 """
 
@@ -52,6 +55,7 @@ os.rmdir(d)
 def test_a_sigbus_elsewhere_still_kills_the_process() -> None:
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PRELUDE + """
 import mmap, signal
+print(d, flush=True)  # killed, the child cleans nothing up: the parent removes this
 r = _native.Region.create(path, "cut", pool_size=64, slot_size=512, ring_size=64)
 f = os.path.join(d, "plain")
 with open(f, "wb") as fh:
@@ -64,6 +68,9 @@ try:
 finally:
     r.close()
 """)], capture_output=True, text=True, timeout=60)
+    left = proc.stdout.split("\n", 1)[0]
+    if left.startswith(tempfile.gettempdir()):
+        shutil.rmtree(left, ignore_errors=True)
     # Killed by SIGBUS, as without the guard (or by SIGABRT: AddressSanitizer reports it first).
     assert proc.returncode in (-7, -6), (proc.returncode, proc.stderr)
 
