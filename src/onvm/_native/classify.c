@@ -1104,8 +1104,7 @@ int onvm_cls_apply(struct onvm_region *r, const uint32_t *dels, uint32_t ndel, c
         return wfail(r, ENOMEM, "out of memory");
     pthread_mutex_lock(&w->lock);
     int rc = apply_locked(r, w, dels, ndel, adds, nadd, slots_out, ports, chains, nports);
-    struct onvm_cls_ctl *c = ctl(r);
-    int none = rc >= 0 && c->rules == 0 && c->ports_set == 0;
+    int none = rc >= 0 && onvm_cls_empty(ctl(r));
     pthread_mutex_unlock(&w->lock);
     /* Nothing left to classify by: every flow takes the default chain, and RX neither
      * caches that (flowtable.c) nor needs the results cached so far.  Removing them

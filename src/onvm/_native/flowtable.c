@@ -264,8 +264,11 @@ static long victim(struct onvm_region *r, uint32_t hash) {
     for (uint32_t p = 0; p < ONVM_FLOW_PROBE; p++) {
         uint32_t i = (hash + p) & mask;
         struct onvm_flow *f = onvm_flow_at(r, i);
-        if (f->state == ONVM_FLOW_VALID && onvm_cached_origin(f->origin) && onvm_flow_data_of(f)->last_ns < oldest) {
-            oldest = onvm_flow_data_of(f)->last_ns;
+        if (f->state != ONVM_FLOW_VALID || !onvm_cached_origin(f->origin))
+            continue;
+        uint64_t last = onvm_flow_data_of(f)->last_ns; /* the counter line: only a cached result's */
+        if (last < oldest) {
+            oldest = last;
             best = (long)i;
         }
     }
@@ -448,7 +451,7 @@ static inline void rx_begin(struct onvm_region *r, struct rx_burst *b, uint64_t 
     /* Acquire pairs with the writer's release of version: the log and images it names are there. */
     struct onvm_cls_ctl *c = onvm_cls(r);
     b->version = atomic_load_explicit(&c->version, ONVM_ACQUIRE);
-    b->caching = c->rules != 0 || c->ports_set != 0; /* as new as that version, at least */
+    b->caching = !onvm_cls_empty(c); /* as new as that version, at least */
 }
 
 static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
@@ -564,9 +567,8 @@ static void classify_key(struct onvm_region *r, struct onvm_meta *m, const struc
 }
 
 static inline int nothing_to_look_up(struct onvm_region *r) {
-    struct onvm_cls_ctl *c = onvm_cls(r);
     return !r->flow_count ||
-           (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && c->rules == 0 && c->ports_set == 0);
+           (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_cls_empty(onvm_cls(r)));
 }
 
 void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,

@@ -267,6 +267,11 @@ int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k);
 static inline struct onvm_cls_ctl *onvm_cls(const struct onvm_region *r) {
     return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
 }
+/* Nothing to classify by: no rules and no port defaults, so every flow takes the default
+ * chain and no result is worth caching (RX, and the rules' writer when it empties them). */
+static inline int onvm_cls_empty(const struct onvm_cls_ctl *c) {
+    return c->rules == 0 && c->ports_set == 0;
+}
 static inline struct onvm_rule *onvm_rule_at(const struct onvm_region *r, uint32_t slot) {
     return (struct onvm_rule *)(r->base + r->cls_rules) + slot;
 }
