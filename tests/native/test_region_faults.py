@@ -498,3 +498,34 @@ r.close()
 """)
     assert "republished 1" in out
     assert "sent True taken beyond 0 most free 1024 of 1024" in out
+
+
+def test_what_a_leaving_nf_sent_behind_another_producers_reservation_still_reaches_its_consumer() -> None:
+    # NF 3 reserved room in NF 2's RX ring and has not completed it yet (a producer preempted
+    # half way); NF 1 then sends 10 packets to NF 2, behind that reservation, and leaves.  Its
+    # entries are written, but the ring publishes nothing past an open reservation: they are
+    # not yet between the ring's tail and its consumer.  NF 1's reclaim must not take them back:
+    # once NF 3 completes, NF 2 takes them, and a slot freed by both would be freed twice.
+    out = run_child(HOSTILE + """
+m = _native.Manager(r, 1, 1)
+r.nf_activate(1, 1, 0, PID, 1, "leaving")
+r.nf_activate(2, 2, 0, PID, 1, "consumer")
+r.nf_activate(3, 3, 0, PID, 1, "preempted")
+r.set_service(2, [(2, 0)])
+_hooks.reserve_only(r, 2, 4, 3)
+assert _hooks.deliver(r, 1, [FRAME] * 10) == 10
+def forward(p, mt):
+    mt.tonf(2)
+_native.NFContext(r, 1).run(forward, batch=False, limit=10)
+res = m.retire(1, grace=0.2, drain=0.2)
+r.nf_release(1)
+print("reclaimed", res["reclaimed"], "free", r.free_count())
+head = _hooks.peek(r, ring(2, 0) + L["prod_head"], 8)
+_hooks.poke(r, ring(2, 0) + L["prod_tail"], head)  # NF 3 completes: the last one out publishes all
+_native.NFContext(r, 2).run(lambda p, mt: None, batch=False, limit=10, ttl=1.0, default_action=0)
+info = r.nf_info(2)
+print("taken", info["rx"], "free", r.free_count())
+r.close()
+""")
+    assert "reclaimed 0 free 1014" in out
+    assert "taken 10 free 1024" in out
