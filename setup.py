@@ -57,23 +57,19 @@ def dpdk_extension() -> list[Extension]:
     pmd_dir = pmds[-1] if pmds else ""
     # DPDK's headers as system headers: our warnings are for our code.
     flags = [f"-isystem{f[2:]}" if f.startswith("-I") else f for f in cflags]
-    return [
-        Extension(
-            "onvm._dpdk",
-            sources=[f"src/onvm/_native/{s}" for s in ("dpdkmod.c", "dpdk.c")],
-            include_dirs=["src/onvm/_native"],
-            define_macros=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')],
-            extra_compile_args=extra + flags,
-            extra_link_args=["-lpthread", *SANITIZE_LINK, *libs],
-        )
-    ]
+    return [extension("onvm._dpdk", ["dpdkmod.c", "dpdk.c"], cflags=extra + flags,
+                      ldflags=["-lpthread", *SANITIZE_LINK, *libs],
+                      defines=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')])]
 
 
-
-def extension(name: str, sources: list[str]) -> Extension:
-    return Extension(name, sources=[f"src/onvm/_native/{s}" for s in sources], include_dirs=["src/onvm/_native"],
-                     depends=glob.glob("src/onvm/_native/*.h"), extra_compile_args=extra, extra_link_args=link,
-                     define_macros=macros)
+def extension(name: str, sources: list[str], cflags: list[str] | None = None,
+              ldflags: list[str] | None = None, defines: list[tuple[str, str]] | None = None) -> Extension:
+    """A module of the core's sources: each is rebuilt when a header changes (they share the layout)."""
+    return Extension(name, sources=[f"src/onvm/_native/{s}" for s in sources],
+                     include_dirs=["src/onvm/_native"], depends=glob.glob("src/onvm/_native/*.h"),
+                     extra_compile_args=extra if cflags is None else cflags,
+                     extra_link_args=link if ldflags is None else ldflags,
+                     define_macros=macros if defines is None else defines)
 
 
 setup(ext_modules=[extension("onvm._native", SOURCES), extension("onvm._hooks", HOOKS), *dpdk_extension()])
