@@ -108,9 +108,6 @@ int onvm_cls_bind(struct onvm_region *r) {
     return 0;
 }
 
-static inline struct onvm_cls_ctl *ctl(const struct onvm_region *r) {
-    return (struct onvm_cls_ctl *)(r->base + r->cls_ctl);
-}
 static inline struct onvm_cls_image *image(const struct onvm_region *r, unsigned i) {
     return (struct onvm_cls_image *)(r->base + r->cls_images[i & 1]);
 }
@@ -187,7 +184,7 @@ int onvm_rule_matches(const struct onvm_rule *u, const struct onvm_flow_key *k) 
 #define LOOKUP_BATCH 8 /* tuples whose first probes are in flight together */
 
 int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, struct onvm_cls_result *out) {
-    struct onvm_cls_ctl *c = ctl(r);
+    struct onvm_cls_ctl *c = onvm_cls(r);
     const struct onvm_tuple *tt = tuples(r);
     struct onvm_cls_key k;
     widen(key, &k);
@@ -278,7 +275,7 @@ int onvm_cls_lookup(struct onvm_region *r, const struct onvm_flow_key *key, stru
 
 int onvm_cls_still_current(struct onvm_region *r, const struct onvm_flow_key *key, unsigned origin,
                            uint32_t rule, uint32_t from) {
-    struct onvm_cls_ctl *c = ctl(r);
+    struct onvm_cls_ctl *c = onvm_cls(r);
     /* Acquire pairs with the writer's release of log_head: the records below it are written. */
     uint64_t head = atomic_load_explicit(&c->log_head, ONVM_ACQUIRE);
     uint64_t lo = head > ONVM_CLS_LOG ? head - ONVM_CLS_LOG : 0, j = head;
@@ -880,7 +877,7 @@ static void log_append(struct onvm_cls_ctl *c, uint64_t *head, uint32_t v, unsig
 static int apply_locked(struct onvm_region *r, struct onvm_cls_writer *w, const uint32_t *dels, uint32_t ndel,
                         const struct onvm_rule *adds, uint32_t nadd, uint32_t *slots_out, const uint16_t *ports,
                         const uint16_t *chains, uint32_t nports) {
-    struct onvm_cls_ctl *c = ctl(r);
+    struct onvm_cls_ctl *c = onvm_cls(r);
     /* ---- check everything before changing anything ---- */
     for (uint32_t i = 0; i < ndel; i++) {
         uint32_t d = dels[i];
@@ -1104,7 +1101,7 @@ int onvm_cls_apply(struct onvm_region *r, const uint32_t *dels, uint32_t ndel, c
         return wfail(r, ENOMEM, "out of memory");
     pthread_mutex_lock(&w->lock);
     int rc = apply_locked(r, w, dels, ndel, adds, nadd, slots_out, ports, chains, nports);
-    int none = rc >= 0 && onvm_cls_empty(ctl(r));
+    int none = rc >= 0 && onvm_cls_empty(onvm_cls(r));
     pthread_mutex_unlock(&w->lock);
     /* Nothing left to classify by: every flow takes the default chain, and RX neither
      * caches that (flowtable.c) nor needs the results cached so far.  Removing them
@@ -1116,7 +1113,7 @@ int onvm_cls_apply(struct onvm_region *r, const uint32_t *dels, uint32_t ndel, c
 
 void onvm_cls_stats(struct onvm_region *r, struct onvm_cls_stats *out) {
     memset(out, 0, sizeof *out);
-    struct onvm_cls_ctl *c = ctl(r);
+    struct onvm_cls_ctl *c = onvm_cls(r);
     out->max_rules = r->cls_max_rules;
     out->version = atomic_load_explicit(&c->version, ONVM_RELAXED);
     out->rules = c->rules;
