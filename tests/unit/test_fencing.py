@@ -45,3 +45,24 @@ def test_kill_process_of_nobody_says_why() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert kill_process(proc.pid) == ""  # gone already: nothing to do
+
+
+def test_a_fault_found_by_an_audit_fences_no_nf_that_took_the_id_since() -> None:
+    """The audit runs outside the manager's lock: between it and the fence, the NF it names may
+    have left and a new NF registered under its id (its view in the region starts unfenced).
+    The new NF did nothing: only an NF the region still marks fenced is fenced off."""
+    import threading
+    from types import SimpleNamespace
+
+    from onvm.manager.fencing import Warden
+
+    fenced_now = {3: False, 4: True}  # NF 3's id was taken again since the audit; NF 4 is the same NF
+    asked: list[int] = []
+    found = [ev("fault", nf=3, why="slot", count=1), ev("fault", nf=4, why="slot", count=1)]
+    dp = SimpleNamespace(is_open=True, audit=lambda: found,
+                         nf_info=lambda nf_id: {"fenced": fenced_now[nf_id], "drops": {}})
+    nfs = SimpleNamespace(fenced=lambda nf_id, why: asked.append(nf_id))  # None: as if gone (nothing to kill)
+    registry = SimpleNamespace(live=lambda: [])
+    logged: list[str] = []
+    Warden(dp, registry, nfs, threading.RLock(), logged.append).look()  # type: ignore[arg-type]
+    assert asked == [4]
