@@ -137,6 +137,10 @@ class Warden:
     def fence(self, nf_id: int, why: str) -> None:
         """Out of its service at once; its process killed; then, only, its slots reclaimed."""
         with self.lock:
+            # The audit ran outside the lock: the NF it named may have left since and a new
+            # one registered under its id (activation clears the region's fence of an id).
+            if not self.dp.nf_info(nf_id)["fenced"]:
+                return
             fenced = self.nfs.fenced(nf_id, why)
         if fenced is None:
             return
