@@ -319,8 +319,10 @@ def test_topology_file_with_dpdk_ports(runtime: str, tmp_path: Path) -> None:
 @pytest.mark.skipif(bool(_testpmd.available()), reason=_testpmd.available() or "testpmd is here")
 def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
     """onvm bench dpdk, shortened: pyonvm (with and without the NF) and testpmd each
-    forward frames between the null devices, and ratio is pyonvm's rate over testpmd's."""
-    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--json", timeout=180)
+    forward frames between the null devices, and ratio is pyonvm's rate over testpmd's; the
+    manager's pool and rings are the sizes asked for."""
+    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--pool-size", "8192", "--ring-size", "2048",
+             "--json", timeout=180)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["mpps"] > 0 and out["testpmd_mpps"] > 0 and out["direct_mpps"] > 0, out
@@ -329,6 +331,7 @@ def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
     assert out["testpmd_total_mpps"] >= out["testpmd_mpps"]
     assert out["ns_per_packet"] > 0 and out["testpmd_ns_per_packet"] > 0 and out["direct_ns_per_packet"] > 0
     assert 0 <= out["nf_blocked_share"] <= 1.05 and out["pack_below"] is None, out  # a share of the time
+    assert (out["pool_size"], out["ring_size"]) == (8192, 2048)
 
 
 def test_one_rx_queue_per_rx_worker(manager: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -30,6 +31,18 @@ class Option:
 
     def convert(self) -> Callable[[str], Any]:
         return self.type or (type(self.default) if self.default is not None else str)
+
+
+def whole_number(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An option's converter: a whole number of ``what`` in lo..hi, else one line that says so."""
+
+    def convert(text: str) -> int:
+        n = int(text) if text.isdecimal() else -1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number of {what} in {lo}..{hi}, got '{text}'")
+        return n
+
+    return convert
 
 
 def _figure(key: str) -> Callable[[dict[str, Any]], str]:

@@ -31,14 +31,12 @@ result).  A range that is no single prefix adds a mask per prefix it takes.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
-from onvm.bench._scenario import Option, Scenario
+from onvm.bench._scenario import Option, Scenario, whole_number
 from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
 from onvm.manager.config import ManagerConfig
 
@@ -151,18 +149,6 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
             "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
 
 
-def _count(what: str, lo: int, hi: int) -> Callable[[str], int]:
-    """An option's converter: a whole number of ``what`` in lo..hi, else one line that says so."""
-
-    def convert(text: str) -> int:
-        n = int(text) if text.isdecimal() else -1
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"expected a number of {what} in {lo}..{hi}, got '{text}'")
-        return n
-
-    return convert
-
-
 SCENARIOS = [
     Scenario("classify", "gen -> simple_forward -> null with N rules (1 in 100 matching): established flows "
              "(4,096 or --flows, cached) and new flows (1M, 1 ms idle), each with no rules, one and N more, "
@@ -175,9 +161,10 @@ SCENARIOS = [
                              f"new flows {r['new_flow_mpps']:.2f} Mpps ({r['new_flow_mpps_1']:.2f}, "
                              f"{r['new_flow_mpps_0']:.2f}), loaded in {r['rule_load_s']:.2f} s"),
              options=(Option("--rules", 10000, "rules loaded (up to 1,000,000; the manager holds "
-                             "--max-rules, 262,144 by default)", type=_count("rules", 0, 1_000_000)),
+                             "--max-rules, 262,144 by default)", type=whole_number("rules", 0, 1_000_000)),
                       Option("--rounds", 3, "rounds of the three windows, the rules deleted between them "
-                             "(1..20)", type=_count("rounds", 1, 20)),
+                             "(1..20)", type=whole_number("rounds", 1, 20)),
                       Option("--flows", ESTABLISHED_FLOWS, "established flows (1..1048576), in a flow table "
-                             "of at least eight times as many entries", type=_count("flows", 1, NEW_FLOWS)))),
+                             "of at least eight times as many entries",
+                             type=whole_number("flows", 1, NEW_FLOWS)))),
 ]

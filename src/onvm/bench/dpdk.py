@@ -4,8 +4,8 @@ pyonvm: ``dpdk:net_null0`` (input) -> ``simple_forward`` (a Python NF, batch
 handler) -> ``dpdk:net_null1`` (output only): 64-byte frames that DPDK's null
 driver makes and swallows at memory speed, through the RX worker, the NF's
 process and the TX worker.  ``mpps`` is what leaves net_null1 per second.  The
-pool is 4096 slots with rings of 1024, like testpmd's 8192 mbufs: a working set
-that stays in the caches.
+pool is 4096 slots with rings of 1024 (``--pool-size``, ``--ring-size``), like
+testpmd's 8192 mbufs: a working set that stays in the caches.
 
 testpmd: io forwarding between the same two vdevs on the same CPUs (its main
 lcore and one forwarding lcore), in the same run.  testpmd forwards both ways
@@ -35,7 +35,8 @@ from typing import Any
 
 from onvm import _testpmd
 from onvm._proc import cpu_seconds
-from onvm.bench._scenario import Option, Scenario
+from onvm.bench._scenario import Option, Scenario, whole_number
+from onvm.bench.overload import ring_size_option
 from onvm.bench.pipeline import WARMUP, deployment
 from onvm.errors import ConfigError
 
@@ -50,14 +51,17 @@ def _blocked_ms(st: dict[str, Any]) -> float:
     return float(sum(n["blocked_ms"] for n in st["nfs"]))
 
 
-def _pyonvm(seconds: float, verbose: bool, burst: int, nf: bool = True,
-            pack_below: float | None = None) -> tuple[float, float, float, float]:
+POOL_SIZE, RING_SIZE = 4096, 1024
+
+
+def _pyonvm(seconds: float, verbose: bool, burst: int, nf: bool = True, pack_below: float | None = None,
+            pool_size: int = POOL_SIZE, ring_size: int = RING_SIZE) -> tuple[float, float, float, float]:
     """Mpps out of net_null1, CPU used (cores), ns of CPU per packet, and the share of the time
     the NF waited for room in the ring it feeds (the TX worker's); without the NF, the RX worker
     hands each burst to net_null1 itself."""
     dep = deployment(["--port", "dpdk:net_null0", "--port", "dpdk:net_null1?rxq=0",
                       "--default-chain", "1,out:1" if nf else "out:1", "--burst", str(burst),
-                      "--pool-size", "4096", "--ring-size", "1024",
+                      "--pool-size", str(pool_size), "--ring-size", str(ring_size),
                       *(["--pack-below", str(pack_below)] if pack_below is not None else [])], verbose)
     try:
         dep.start_manager()
@@ -92,8 +96,9 @@ def _reference(seconds: float) -> tuple[float, float, float, float]:
     return one / dt / 1e6, both / dt / 1e6, (c1 - c0) / dt, (c1 - c0) / max(both, 1) * 1e9
 
 
-def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
-                    burst: int = 256, pack_below: float | None = None) -> dict[str, Any]:
+def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3, burst: int = 256,
+                    pack_below: float | None = None, pool_size: int = POOL_SIZE,
+                    ring_size: int = RING_SIZE) -> dict[str, Any]:
     missing = _testpmd.available()
     if missing:
         raise ConfigError(f"bench dpdk: {missing}")
@@ -101,9 +106,9 @@ def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
     direct: list[tuple[float, float, float, float]] = []
     theirs: list[tuple[float, float, float, float]] = []
     for _ in range(rounds):
-        ours.append(_pyonvm(seconds, verbose, burst, pack_below=pack_below))
+        ours.append(_pyonvm(seconds, verbose, burst, True, pack_below, pool_size, ring_size))
         theirs.append(_reference(seconds))
-        direct.append(_pyonvm(seconds, verbose, burst, nf=False, pack_below=pack_below))
+        direct.append(_pyonvm(seconds, verbose, burst, False, pack_below, pool_size, ring_size))
 
     def med(values: Sequence[tuple[float, ...]], i: int) -> float:
         return round(statistics.median(v[i] for v in values), 3)
@@ -117,7 +122,8 @@ def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3,
             "direct_mpps": med(direct, 0), "direct_ns_per_packet": med(direct, 2),
             "rounds_mpps": [round(v[0], 3) for v in ours],
             "rounds_testpmd_mpps": [round(t[0], 3) for t in theirs],
-            "frame_bytes": 64, "burst": burst, "cpus": CPUS, "seconds": seconds, "pack_below": pack_below}
+            "frame_bytes": 64, "burst": burst, "cpus": CPUS, "seconds": seconds, "pack_below": pack_below,
+            "pool_size": pool_size, "ring_size": ring_size}
 
 
 SCENARIOS = [
@@ -129,5 +135,8 @@ SCENARIOS = [
              options=(Option("--rounds", 3, "pyonvm and testpmd runs each, alternated"),
                       Option("--burst", 256, "the manager's and the NF's burst"),
                       Option("--pack-below", None, "the manager's --pack-below (0 keeps the pipeline spread "
-                             "over both CPUs)", type=float))),
+                             "over both CPUs)", type=float),
+                      Option("--pool-size", POOL_SIZE, "the manager's --pool-size (slots)",
+                             type=whole_number("slots", 64, 1 << 24)),
+                      ring_size_option(RING_SIZE))),
 ]

@@ -181,8 +181,13 @@ def _ring_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{e}, got '{text}'") from None
 
 
-RING_OPTION = Option("--ring-size", RING_SIZE, "entries per NF ring, as the manager's --ring-size "
-                     "(in flight: up to half a ring per NF under backpressure)", type=_ring_size)
+def ring_size_option(default: int = RING_SIZE) -> Option:
+    """``--ring-size``: a scenario's NF rings, as the manager's option."""
+    return Option("--ring-size", default, "entries per NF ring, as the manager's --ring-size "
+                  "(in flight: up to half a ring per NF under backpressure)", type=_ring_size)
+
+
+RING_OPTION = ring_size_option()
 
 SCENARIOS = [
     Scenario("overload", "gen (HTTP mix) into a chain of --nfs simple_forward NFs at rising offered rates, "
