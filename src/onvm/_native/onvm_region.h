@@ -319,8 +319,8 @@ void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id);
 void onvm_nf_set_state(struct onvm_region *r, unsigned nf_id, unsigned state);
 /* After an NF is gone (out of its service, a grace period passed): return to the
  * pool every slot it held, every slot in transit to it, and every slot in transit
- * from it that no live ring holds (an enqueue it left before writing its entry).  Nothing is read
- * from its rings or its record.  Returns the number of slots returned. */
+ * from it that no live ring holds (an enqueue it left before writing its entry).
+ * Nothing is read from its rings or its record.  Returns the number of slots returned. */
 long onvm_region_reclaim(struct onvm_region *r, unsigned nf_id);
 /* Mark in in_ring the slots a ring holds between its consumer's tail and its
  * producers' head: published, or written and waiting for a reservation before
