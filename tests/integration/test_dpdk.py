@@ -321,8 +321,8 @@ def test_bench_dpdk_runs_both_sides(runtime: str) -> None:
     """onvm bench dpdk, shortened: pyonvm (with and without the NF) and testpmd each
     forward frames between the null devices, and ratio is pyonvm's rate over testpmd's; the
     manager's pool and rings are the sizes asked for."""
-    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--pool-size", "8192", "--ring-size", "2048",
-             "--json", timeout=180)
+    r = onvm("bench", "dpdk", "--seconds", "0.5", "--rounds", "1", "--pool-size", "8192",
+             "--ring-size", "2048", "--json", timeout=180)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["mpps"] > 0 and out["testpmd_mpps"] > 0 and out["direct_mpps"] > 0, out
