@@ -2,6 +2,7 @@
 import glob
 import os
 import subprocess
+from typing import Any
 
 from setuptools import Extension, setup
 
@@ -57,19 +58,17 @@ def dpdk_extension() -> list[Extension]:
     pmd_dir = pmds[-1] if pmds else ""
     # DPDK's headers as system headers: our warnings are for our code.
     flags = [f"-isystem{f[2:]}" if f.startswith("-I") else f for f in cflags]
-    return [extension("onvm._dpdk", ["dpdkmod.c", "dpdk.c"], cflags=extra + flags,
-                      ldflags=["-lpthread", *SANITIZE_LINK, *libs],
-                      defines=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')])]
+    return [extension("onvm._dpdk", ["dpdkmod.c", "dpdk.c"], extra_compile_args=extra + flags,
+                      extra_link_args=["-lpthread", *SANITIZE_LINK, *libs],
+                      define_macros=[("ONVM_DPDK_PMD_DIR", f'"{pmd_dir}"')])]
 
 
-def extension(name: str, sources: list[str], cflags: list[str] | None = None,
-              ldflags: list[str] | None = None, defines: list[tuple[str, str]] | None = None) -> Extension:
-    """A module of the core's sources: each is rebuilt when a header changes (they share the layout)."""
+def extension(name: str, sources: list[str], **options: Any) -> Extension:
+    """A module of the core's sources: each is rebuilt when a header changes (they share the
+    layout).  ``options`` replace the core's compile, link and macro arguments."""
+    options = {"extra_compile_args": extra, "extra_link_args": link, "define_macros": macros, **options}
     return Extension(name, sources=[f"src/onvm/_native/{s}" for s in sources],
-                     include_dirs=["src/onvm/_native"], depends=glob.glob("src/onvm/_native/*.h"),
-                     extra_compile_args=extra if cflags is None else cflags,
-                     extra_link_args=link if ldflags is None else ldflags,
-                     define_macros=macros if defines is None else defines)
+                     include_dirs=["src/onvm/_native"], depends=glob.glob("src/onvm/_native/*.h"), **options)
 
 
 setup(ext_modules=[extension("onvm._native", SOURCES), extension("onvm._hooks", HOOKS), *dpdk_extension()])
