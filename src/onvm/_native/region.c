@@ -688,15 +688,15 @@ void onvm_nf_request_stop(struct onvm_region *r, unsigned nf_id) {
 }
 
 void onvm_ring_mark(const struct onvm_region *r, struct onvm_ring *ring, uint8_t *in_ring) {
-    uint32_t h = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
+    uint32_t from = atomic_load_explicit(&ring->cons.tail, ONVM_ACQUIRE);
     /* Up to the head, not the tail: a completed reservation behind one still open is
      * written but not yet published, and its consumer takes it once the open one
      * completes (or the audit publishes the ring).  Entries of reservations not yet
      * written hold stale indices: marking them only keeps a slot out of a reclaim. */
-    uint32_t t = ONVM_RING_POS(atomic_load_explicit(&ring->prod.head, ONVM_ACQUIRE));
-    uint32_t n = t - h <= r->ring_mask ? t - h : r->ring_mask;
+    uint32_t to = ONVM_RING_POS(atomic_load_explicit(&ring->prod.head, ONVM_ACQUIRE));
+    uint32_t n = to - from <= r->ring_mask ? to - from : r->ring_mask;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t v = atomic_load_explicit(&ring->entries[(h + i) & r->ring_mask], ONVM_RELAXED);
+        uint32_t v = atomic_load_explicit(&ring->entries[(from + i) & r->ring_mask], ONVM_RELAXED);
         if (v < r->pool_count)
             in_ring[v] = 1;
     }
