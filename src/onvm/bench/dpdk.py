@@ -28,6 +28,7 @@ testpmd, which never sleeps, keeps its share of a CPU.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from onvm.bench.pipeline import WARMUP, deployment
 from onvm.errors import ConfigError
 
 CPUS = "0-1"
+POOL_SIZE, RING_SIZE = 4096, 1024  # the manager's pool and NF rings for pyonvm's side
 
 
 def _cpu(pids: list[int]) -> float:
@@ -49,9 +51,6 @@ def _cpu(pids: list[int]) -> float:
 
 def _blocked_ms(st: dict[str, Any]) -> float:
     return float(sum(n["blocked_ms"] for n in st["nfs"]))
-
-
-POOL_SIZE, RING_SIZE = 4096, 1024
 
 
 def _pyonvm(seconds: float, verbose: bool, burst: int, nf: bool = True, pack_below: float | None = None,
@@ -105,10 +104,12 @@ def dpdk_vs_testpmd(seconds: float, verbose: bool = False, rounds: int = 3, burs
     ours: list[tuple[float, float, float, float]] = []
     direct: list[tuple[float, float, float, float]] = []
     theirs: list[tuple[float, float, float, float]] = []
+    pyonvm = functools.partial(_pyonvm, seconds, verbose, burst, pack_below=pack_below, pool_size=pool_size,
+                               ring_size=ring_size)
     for _ in range(rounds):
-        ours.append(_pyonvm(seconds, verbose, burst, True, pack_below, pool_size, ring_size))
+        ours.append(pyonvm(nf=True))
         theirs.append(_reference(seconds))
-        direct.append(_pyonvm(seconds, verbose, burst, False, pack_below, pool_size, ring_size))
+        direct.append(pyonvm(nf=False))
 
     def med(values: Sequence[tuple[float, ...]], i: int) -> float:
         return round(statistics.median(v[i] for v in values), 3)
