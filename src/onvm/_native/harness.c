@@ -164,7 +164,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
     struct onvm_header *h = r->hdr;
     return Py_BuildValue(
         "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
-        "s:n,s:n,s:K,s:n,s:n,s:n,s:n}",
+        "s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n}",
         "nfs", (unsigned long long)((uint8_t *)r->nfs - r->base), "nf_size", (Py_ssize_t)sizeof(struct onvm_nf),
         "rings", (unsigned long long)r->off_rings, "ring_bytes", (unsigned long long)r->ring_bytes,
         "prod_head", offsetof(struct onvm_ring, prod.head), "prod_tail", offsetof(struct onvm_ring, prod.tail),
@@ -174,7 +174,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         "len", offsetof(struct onvm_meta, len), "data_off", offsetof(struct onvm_meta, data_off), "action",
         offsetof(struct onvm_meta, action), "dest", offsetof(struct onvm_meta, dest), "slots", (unsigned long long)h->off_slots, "slot_size",
         r->slot_size, "pool_size", r->pool_count, "enq", offsetof(struct onvm_nf, enq), "state",
-        offsetof(struct onvm_nf, state), "chains", (unsigned long long)h->off_chains, "chain_size",
+        offsetof(struct onvm_nf, state), "epoch", offsetof(struct onvm_nf, epoch), "chains", (unsigned long long)h->off_chains, "chain_size",
         (Py_ssize_t)sizeof(struct onvm_chain), "services", (unsigned long long)h->off_services, "service_size",
         (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head),
         "captures", (unsigned long long)((uint8_t *)r->captures - r->base), "capture_size",
