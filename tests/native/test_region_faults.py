@@ -99,6 +99,9 @@ def u64(off, v): _hooks.poke(r, off, struct.pack("<Q", v))
 def transit(p, c):
     return 0x8000 | p << 6 | c
 
+def asleep(nf):  # an NF that waits for packets holds nothing: grace periods go on without it
+    u32(nf_rec(nf) + L["sleeping"], 1)
+
 def publish(nf, tx, entries):
     base = ring(nf, tx)
     for i, v in enumerate(entries):
@@ -285,6 +288,7 @@ def test_slots_an_nf_held_under_stamps_it_wrote_over_come_back_when_it_leaves() 
 m = _native.Manager(r, 1, 1)
 r.nf_activate(1, 1, 0, PID, 1, "forger")
 r.nf_activate(2, 2, 0, PID, 1, "bystander")
+asleep(2)
 held = r.alloc(8, 1)
 # Free without being in the free stack; the manager's; gone NF 9; a port that lends nothing;
 # no stamp at all; in transit to the bystander, in no ring; itself; and one left alone.
@@ -316,7 +320,7 @@ print("swept", m.sweep(0.1), "free", r.free_count())
 for s in held:  # NF 1 goes on and pushes them (r.free stamps them first, and refuses a free slot)
     u16(meta(s, "owner"), 1)
 r.free(held)
-u32(nf_rec(1) + L["epoch"], 1)  # and its loop iteration ends
+asleep(1)  # and then waits for packets
 print("swept", m.sweep(0.1), "free", r.free_count())
 print("all", len(set(r.alloc(2048, 2))), "free", r.free_count())
 r.close()
@@ -425,6 +429,7 @@ def test_a_slot_pushed_twice_is_handed_out_once_and_the_sweep_makes_the_count_ex
     out = run_child(HOSTILE + """
 m = _native.Manager(r, 1, 1)
 r.nf_activate(1, 1, 0, PID, 1, "holder")
+asleep(1)
 held = r.alloc(1024, 1)
 r.free(held)
 s = r.alloc(1, 1)
@@ -449,6 +454,7 @@ def test_a_run_an_nf_wrote_over_is_checked_like_a_link_and_the_sweep_mends_what_
     out = run_child(HOSTILE + """
 m = _native.Manager(r, 1, 1)
 r.nf_activate(1, 1, 0, PID, 1, "holder")
+asleep(1)
 def run_entry(s, j):
     return L["slots"] + s * L["slot_size"] + 4 * j
 def pushed():

@@ -59,10 +59,42 @@ def test_a_fault_found_by_an_audit_fences_no_nf_that_took_the_id_since() -> None
     fenced_now = {3: False, 4: True}  # NF 3's id was taken again since the audit; NF 4 is the same NF
     asked: list[int] = []
     found = [ev("fault", nf=3, why="slot", count=1), ev("fault", nf=4, why="slot", count=1)]
-    dp = SimpleNamespace(is_open=True, audit=lambda: found,
+    dp = SimpleNamespace(is_open=True, sweep_due=False, audit=lambda: found,
                          nf_info=lambda nf_id: {"fenced": fenced_now[nf_id], "drops": {}})
     nfs = SimpleNamespace(fenced=lambda nf_id, why: asked.append(nf_id))  # None: as if gone (nothing to kill)
     registry = SimpleNamespace(live=lambda: [])
     logged: list[str] = []
     Warden(dp, registry, nfs, threading.RLock(), logged.append).look()  # type: ignore[arg-type]
     assert asked == [4]
+
+
+def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
+    """A sweep frees nothing while the packet path is held up (DataPlane.sweep): the warden's
+    looks sweep again, under the manager's lock, until one runs."""
+    import threading
+    from types import SimpleNamespace
+
+    from onvm.manager.dataplane import DataPlane
+    from onvm.manager.fencing import Warden
+
+    results = [None, None, 5]  # the native sweep: put off twice, then 5 slots back
+    lock = threading.RLock()
+    held: list[bool] = []
+
+    def native_sweep(grace: float) -> int | None:
+        held.append(lock._is_owned())  # type: ignore[attr-defined]
+        return results.pop(0)
+
+    dp = DataPlane.__new__(DataPlane)
+    dp.native = SimpleNamespace(sweep=native_sweep)  # type: ignore[assignment]
+    dp.is_open, dp.sweep_due = True, False
+    dp.audit = lambda: []  # type: ignore[method-assign]
+    assert dp.sweep(0.5) == 0 and dp.sweep_due  # as when an NF left
+    logged: list[str] = []
+    warden = Warden(dp, SimpleNamespace(live=lambda: []), SimpleNamespace(), lock, logged.append)  # type: ignore[arg-type]
+    warden.look()
+    assert dp.sweep_due and logged == []
+    warden.look()
+    assert not dp.sweep_due and logged == ["5 slots that nobody could free any more returned to the pool"]
+    warden.look()  # nothing due: no sweep
+    assert results == [] and held == [False, True, True]

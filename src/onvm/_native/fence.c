@@ -51,7 +51,8 @@
  * stack whole (one CAS: it is ours while we walk it; allocations find it empty
  * meanwhile), walking it and putting it back, twice, a grace period apart, so
  * that a free under way at the first look is in the stack at the second.  The
- * sweep runs after a fence, on the manager's thread; a slot freed by mistake
+ * sweep runs after a fence, on the manager's thread, and frees nothing when the
+ * grace period does not complete in time (it is tried again later); a slot freed by mistake
  * would in any case be refused by the consumer it was in transit to (its stamp
  * no longer matches), and the allocator hands out only slots stamped free.
  *
@@ -304,9 +305,13 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
         if (!mark[s] && atomic_load_explicit(&r->meta[s].owner, ONVM_RELAXED) == ONVM_OWNER_FREE)
             freed[nf++] = s;
 
+    /* Unchanged after a grace period, and only then: a participant that has not
+     * passed a loop iteration may be half way through a free of the slots stamped
+     * free, or about to publish a slot stamped in transit.  Taken now, such a slot
+     * would be pushed twice.  Nothing is freed; the caller sweeps again later. */
     int ok = onvm_mgr_grace(m, 0, grace_ns, NULL);
-    if (ok < 0) {
-        found = ok;
+    if (ok <= 0) {
+        found = ok < 0 ? ok : -EAGAIN;
         goto out;
     }
 

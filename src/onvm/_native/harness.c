@@ -174,7 +174,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         "len", offsetof(struct onvm_meta, len), "data_off", offsetof(struct onvm_meta, data_off), "action",
         offsetof(struct onvm_meta, action), "dest", offsetof(struct onvm_meta, dest), "slots", (unsigned long long)h->off_slots, "slot_size",
         r->slot_size, "pool_size", r->pool_count, "enq", offsetof(struct onvm_nf, enq), "state",
-        offsetof(struct onvm_nf, state), "epoch", offsetof(struct onvm_nf, epoch), "chains", (unsigned long long)h->off_chains, "chain_size",
+        offsetof(struct onvm_nf, state), "sleeping", offsetof(struct onvm_nf, wait.sleeping), "chains", (unsigned long long)h->off_chains, "chain_size",
         (Py_ssize_t)sizeof(struct onvm_chain), "services", (unsigned long long)h->off_services, "service_size",
         (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head),
         "captures", (unsigned long long)((uint8_t *)r->captures - r->base), "capture_size",

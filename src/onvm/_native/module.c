@@ -1172,7 +1172,8 @@ static PyObject *Manager_audit(ManagerObject *self, PyObject *unused) {
     return l;
 }
 
-/* sweep(grace=0.5) -> slots returned: those nobody can free any more (see fence.c). */
+/* sweep(grace=0.5) -> slots returned: those nobody can free any more (see fence.c);
+ * None when the grace period did not complete in time, and nothing was freed. */
 static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"grace", NULL};
     double grace = 0.5;
@@ -1184,7 +1185,9 @@ static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw
         return raise_region(EBADF, "region is closed");
     long n;
     Py_BEGIN_ALLOW_THREADS n = onvm_mgr_sweep(self->m, (uint64_t)(grace * 1e9));
-    Py_END_ALLOW_THREADS if (n < 0) return raise_region((int)n, "sweep failed");
+    Py_END_ALLOW_THREADS if (n == -EAGAIN) Py_RETURN_NONE;
+    if (n < 0)
+        return raise_region((int)n, "sweep failed");
     return PyLong_FromLong(n);
 }
 
@@ -1445,7 +1448,8 @@ static PyMethodDef Manager_methods[] = {
     {"audit", (PyCFunction)Manager_audit, METH_NOARGS,
      "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
     {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
-     "sweep(grace=0.5) -> slots returned that nobody could free any more (see fence.c)."},
+     "sweep(grace=0.5) -> slots returned that nobody could free any more (see fence.c), or None when "
+     "the grace period did not complete in time: nothing was freed, sweep again later."},
     {"fence", (PyCFunction)Manager_fence, METH_VARARGS,
      "fence(nf_id): take nothing more from the NF and send it nothing more."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},

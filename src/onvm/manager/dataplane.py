@@ -84,6 +84,7 @@ class DataPlane:
         self._port_errors: set[int] = set()  # ports whose error was logged
         self.dpdk: DpdkPorts | None = None  # the EAL and the mbuf pool, once a dpdk: port opens
         self.before_close: list[Callable[[], None]] = []  # what must end before the region goes (captures)
+        self.sweep_due = False  # a sweep found the packet path held up and freed nothing: sweep again
 
     # ---- opening and closing ------------------------------------------------
     @classmethod
@@ -203,8 +204,19 @@ class DataPlane:
         res = self.native.retire(nf_id, grace=GRACE_TIMEOUT, drain=DRAIN_TIMEOUT)
         final = self.nf_info(nf_id)
         self.region.nf_release(nf_id)
-        swept = self.native.sweep(GRACE_TIMEOUT)
+        swept = self.sweep(GRACE_TIMEOUT)
         return Retired(int(res["reclaimed"]) + swept, final, bool(res["grace_ok"]), bool(res["drained"]))
+
+    def sweep(self, grace: float) -> int:
+        """Return to the pool the slots nobody can free any more (fence.c); how many.
+
+        Only after a grace period: while an NF or a worker has not passed a loop iteration
+        (stopped in a debugger, its vCPU preempted) it may still free or send the slots that
+        look lost, so nothing is freed and :attr:`sweep_due` says to sweep again later (the
+        warden does, on the manager's lock: two sweeps must not overlap)."""
+        n = self.native.sweep(grace)
+        self.sweep_due = n is None
+        return n or 0
 
     def damaged(self) -> bool:
         """The region's file was cut short under us (a SIGBUS caught, see mapguard.c)."""

@@ -14,6 +14,11 @@ only then are its slots reclaimed, so nothing it still writes can land in a
 slot somebody else was given.  An NF whose process cannot be killed stays
 fenced and is not reclaimed.
 
+When an NF leaves, a sweep returns the slots nobody can free any more.  It
+frees nothing while some NF or worker has not passed a loop iteration (one
+stopped in a debugger may still be half way through a free); the warden then
+sweeps again on each look until it can.
+
 The interpretation is pure and unit-tested; the kill is the only I/O here.
 :class:`Warden` is the manager's part that does the above on each look (and
 reports, once per increase, the invalid packets each NF refused from others).
@@ -44,6 +49,7 @@ _FAULTS = {
     "flag": "it kept its RX ring flagged congested for a second while it was not (its producers waited)",
 }
 _TABLES = {"chain": "chain", "service": "service"}
+SWEEP_AGAIN_GRACE = 0.1  # seconds a look waits for the packet path when a sweep was put off
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,10 @@ class Warden:
             else:
                 self.log(finding.text)
         with self.lock:
+            if self.dp.sweep_due:  # put off when an NF left: the packet path was held up then
+                swept = self.dp.sweep(SWEEP_AGAIN_GRACE)
+                if swept:
+                    self.log(f"{swept} slots that nobody could free any more returned to the pool")
             for rec in self.registry.live():  # NFs refusing what another NF sent them
                 refused = self.dp.nf_info(rec.nf_id)["drops"][DropReason["INVALID"]]
                 told = self._invalid_told.get(rec.nf_id, 0)
