@@ -85,16 +85,19 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
         held.append(lock._is_owned())  # type: ignore[attr-defined]
         return results.pop(0)
 
+    logged: list[str] = []
     dp = DataPlane.__new__(DataPlane)
     dp.native = SimpleNamespace(sweep=native_sweep)  # type: ignore[assignment]
-    dp.is_open, dp.sweep_due = True, False
+    dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
     dp.audit = lambda: []  # type: ignore[method-assign]
     assert dp.sweep(0.5) == 0 and dp.sweep_due  # as when an NF left
-    logged: list[str] = []
+    assert logged == ["the pool's sweep is put off: an NF or a worker has not passed a loop iteration "
+                      "within 0.5 s (stopped?); it is tried again twice a second"]
     warden = Warden(dp, SimpleNamespace(live=lambda: []), SimpleNamespace(), lock, logged.append)  # type: ignore[arg-type]
     warden.look()
-    assert dp.sweep_due and logged == []
+    assert dp.sweep_due and len(logged) == 1  # said once
     warden.look()
-    assert not dp.sweep_due and logged == ["5 slots that nobody could free any more returned to the pool"]
+    assert not dp.sweep_due and logged[1:] == ["the pool's sweep ran",
+                                               "5 slots that nobody could free any more returned to the pool"]
     warden.look()  # nothing due: no sweep
     assert results == [] and held == [False, True, True]

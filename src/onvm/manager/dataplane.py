@@ -215,6 +215,10 @@ class DataPlane:
         look lost, so nothing is freed and :attr:`sweep_due` says to sweep again later (the
         warden does, on the manager's lock: two sweeps must not overlap)."""
         n = self.native.sweep(grace)
+        if (n is None) != self.sweep_due:
+            self.log("the pool's sweep is put off: an NF or a worker has not passed a loop iteration "
+                     f"within {grace:g} s (stopped?); it is tried again twice a second" if n is None
+                     else "the pool's sweep ran")
         self.sweep_due = n is None
         return n or 0
 
