@@ -52,9 +52,10 @@
  * meanwhile), walking it and putting it back, twice, a grace period apart, so
  * that a free under way at the first look is in the stack at the second.  The
  * sweep runs after a fence, on the manager's thread, and frees nothing when the
- * grace period does not complete in time (it is tried again later); a slot freed by mistake
- * would in any case be refused by the consumer it was in transit to (its stamp
- * no longer matches), and the allocator hands out only slots stamped free.
+ * grace period does not complete in time (the manager sweeps again later); a
+ * slot freed by mistake would in any case be refused by the consumer it was in
+ * transit to (its stamp no longer matches), and the allocator hands out only
+ * slots stamped free.
  *
  * The audit runs on the manager's own thread, twice a second; it reads the
  * region, writes only the words named above and the manager's private view of
