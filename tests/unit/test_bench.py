@@ -106,6 +106,31 @@ def test_open_loop_scenarios_give_the_manager_their_ring_size(monkeypatch: pytes
         assert err[-1].endswith(f"argument --ring-size: expected a power of two in 64..1048576, got '{bad}'")
 
 
+def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas' rate swings from one manager to the next: ``paper`` runs the three in turn,
+    round after round, and reports medians and the median of each round's replicas/one NF."""
+    from onvm.bench import overload
+
+    # Mpps by setup (1: one NF, 2: the replicas, 5: the chain), round by round; ratios 0.9, 0.5, 0.9375
+    rates = {1: iter([10.0, 20.0, 16.0]), 2: iter([9.0, 10.0, 15.0]), 5: iter([5.0] * 3)}
+    order: list[int] = []
+
+    def measure(setup: overload.Setup, seconds: float, rate: float | None = None,
+                verbose: bool = False) -> dict[str, Any]:
+        order.append(len(setup.nfs) if setup.workers == 1 else 2)
+        mpps = next(rates[order[-1]])
+        return {"delivered_mpps": mpps, "delivered_gbps": mpps * 5, "late_drops": 0, "cpu": 2.0,
+                "mpps_per_cpu": mpps / 2, "load": 1.0}
+
+    monkeypatch.setattr(overload, "measure", measure)
+    r = overload.paper(seconds=0.1, rounds=3)
+    assert order == [1, 2, 5] * 3
+    assert r["rounds_one_nf_mpps"] == [10.0, 20.0, 16.0] and r["rounds_replicas_mpps"] == [9.0, 10.0, 15.0]
+    assert (r["one_nf_mpps"], r["replicas_mpps"], r["chain5_mpps"]) == (16.0, 10.0, 5.0)
+    assert r["replicas_ratio"] == 0.9  # not 10 / 16, the ratio of the medians
+    assert r["rounds"] == 3
+
+
 def test_onvm_bench_runs_a_scenario_and_run_py_records_it(tmp_path: Path) -> None:
     """wake needs no manager: the whole path, CLI and run.py, in a second or two."""
     r = subprocess.run([sys.executable, "-m", "onvm.cli.main", "bench", "wake", "--rounds", "200", "--json"],

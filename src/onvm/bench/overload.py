@@ -14,7 +14,10 @@ after an NF had done it (``late_drop_ratio``).
 
 ``paper`` runs the three configurations of the OpenNetVM paper's Figure 2,
 unpaced: one NF with one RX and one TX worker, two replicas of one service
-with two RX and two TX workers (one gen port each), a chain of five NFs.
+with two RX and two TX workers (one gen port each), a chain of five NFs; the
+three in turn, ``--rounds`` times (3), reporting medians.  The replicas' rate
+swings from one manager to the next on a shared machine (half or all of one
+NF's), so ``replicas_ratio`` is the median of each round's ratio.
 
 Every point starts its own manager and NFs, and reports the load average of
 the machine: on a shared machine, compare figures from one run.
@@ -24,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from onvm._proc import cpu_seconds
-from onvm.bench._scenario import Option, Scenario
+from onvm.bench._scenario import Option, Scenario, whole_number
 from onvm.bench.pipeline import deployment
 from onvm.constants import MAX_HOPS
 from onvm.errors import ConfigError
@@ -38,6 +42,8 @@ from onvm.manager.config import ManagerConfig, check_ring_size
 WARMUP = 1.5
 SWEEP = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # offered rates, times what an unpaced run delivered
 PAPER_GBPS = {"one_nf": 48, "replicas": 68, "chain5": 40}  # Figure 2, 10/40G NICs, many cores
+PAPER_FIELDS = (("mpps", "delivered_mpps"), ("gbps", "delivered_gbps"), ("late_drops", "late_drops"),
+                ("cpu", "cpu"), ("mpps_per_cpu", "mpps_per_cpu"), ("load", "load"))  # paper's: measure()'s
 HTTP = "gen:mix=http,flows=1024"
 RING_SIZE: int = ManagerConfig.model_fields["ring_size"].default  # the manager's own default
 
@@ -150,26 +156,33 @@ def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5,
     }
 
 
-def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZE) -> dict[str, Any]:
-    """The paper's Figure 2 configurations, unpaced (see the module docstring)."""
+def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZE,
+          rounds: int = 3) -> dict[str, Any]:
+    """The paper's Figure 2 configurations, unpaced (see the module docstring): the three in
+    turn, ``rounds`` times, so that each round compares runs a minute apart.  The figures are
+    medians over the rounds; ``replicas_ratio`` is the median of each round's replicas/one NF."""
     setups = {
         "one_nf": Setup(ring_size=ring_size),
         "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2,
                           ring_size=ring_size),
         "chain5": chain_setup(5, ring_size),
     }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            runs[name].append(measure(setup, seconds, None, verbose))
     out: dict[str, Any] = {}
-    for name, setup in setups.items():
-        r = measure(setup, seconds, None, verbose)
-        out[f"{name}_mpps"] = r["delivered_mpps"]
-        out[f"{name}_gbps"] = r["delivered_gbps"]
-        out[f"{name}_late_drops"] = r["late_drops"]
-        out[f"{name}_cpu"] = r["cpu"]
-        out[f"{name}_mpps_per_cpu"] = r["mpps_per_cpu"]
-        out[f"{name}_load"] = r["load"]
+    for name, results in runs.items():
+        for key, field in PAPER_FIELDS:
+            out[f"{name}_{key}"] = round(statistics.median(r[field] for r in results), 3)
+        out[f"rounds_{name}_mpps"] = [r["delivered_mpps"] for r in results]
+    out["replicas_ratio"] = round(statistics.median(
+        r["delivered_mpps"] / max(o["delivered_mpps"], 1e-9)
+        for r, o in zip(runs["replicas"], runs["one_nf"], strict=True)), 3)
     out["paper_gbps"] = PAPER_GBPS
     out["mpps"] = out["chain5_mpps"]
     out["ring_size"] = ring_size
+    out["rounds"] = rounds
     out["seconds"] = seconds
     return out
 
@@ -197,7 +210,10 @@ SCENARIOS = [
              show=lambda r: (f"{r['overload_mpps']:.2f} Mpps unpaced, peak {r['peak_mpps']:.2f} Mpps "
                              f"(ratio {r['overload_ratio']:.2f}, late {r['late_drop_ratio']:.4f})")),
     Scenario("paper", "the OpenNetVM paper's Figure 2, unpaced: one NF, two replicas of a service, a chain "
-             "of five NFs", key="chain5_mpps", target="", run=paper, default=False, options=(RING_OPTION,),
-             show=lambda r: (f"one NF {r['one_nf_gbps']} Gbps, replicas {r['replicas_gbps']} Gbps, chain of "
-                             f"five {r['chain5_gbps']} Gbps (paper: {r['paper_gbps']})")),
+             "of five NFs, in turn, --rounds times", key="chain5_mpps", target="", run=paper, default=False,
+             options=(RING_OPTION, Option("--rounds", 3, "rounds of the three configurations (1..20)",
+                                          type=whole_number("rounds", 1, 20))),
+             show=lambda r: (f"one NF {r['one_nf_gbps']} Gbps, replicas {r['replicas_gbps']} Gbps "
+                             f"({r['replicas_ratio']:.2f} of one NF), chain of five {r['chain5_gbps']} Gbps "
+                             f"(paper: {r['paper_gbps']})")),
 ]
