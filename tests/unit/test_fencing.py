@@ -80,9 +80,11 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
     results = [None, None, 5]  # the native sweep: put off twice, then 5 slots back
     lock = threading.RLock()
     held: list[bool] = []
+    settled: list[bool] = []
 
-    def native_sweep(grace: float) -> int | None:
+    def native_sweep(grace: float, settle: bool) -> int | None:
         held.append(lock._is_owned())  # type: ignore[attr-defined]
+        settled.append(settle)
         return results.pop(0)
 
     logged: list[str] = []
@@ -101,3 +103,4 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
                                                "5 slots that nobody could free any more returned to the pool"]
     warden.look()  # nothing due: no sweep
     assert results == [] and held == [False, True, True]
+    assert settled == [False, True, True]  # tried again: the packet path first

@@ -273,7 +273,16 @@ static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c
     }
 }
 
-long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns) {
+long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns, int settle) {
+    /* Tried again after one was put off: only once the packet path has moved on.
+     * The first look takes the free stack whole (allocations find it empty while
+     * we walk it); taking it twice a second for as long as a stall lasts, only to
+     * free nothing, would cost the packet path for nothing. */
+    if (settle) {
+        int ok = onvm_mgr_grace(m, 0, grace_ns, NULL);
+        if (ok <= 0)
+            return ok < 0 ? ok : -EAGAIN;
+    }
     struct onvm_region *r = m->r;
     uint32_t n = r->pool_count;
     uint8_t *mark = calloc(n, 1);

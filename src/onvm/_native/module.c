@@ -1172,19 +1172,20 @@ static PyObject *Manager_audit(ManagerObject *self, PyObject *unused) {
     return l;
 }
 
-/* sweep(grace=0.5) -> slots returned: those nobody can free any more (see fence.c);
- * None when the grace period did not complete in time, and nothing was freed. */
+/* sweep(grace=0.5, settle=False) -> slots returned: those nobody can free any more (see
+ * fence.c); None when the grace period did not complete in time, and nothing was freed. */
 static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"grace", NULL};
+    static char *kwlist[] = {"grace", "settle", NULL};
     double grace = 0.5;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|d", kwlist, &grace))
+    int settle = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|dp", kwlist, &grace, &settle))
         return NULL;
     if (!(grace >= 0 && grace <= 60))
         return PyErr_Format(PyExc_ValueError, "grace is 0..60 seconds");
     if (!self->region->r.base)
         return raise_region(EBADF, "region is closed");
     long n;
-    Py_BEGIN_ALLOW_THREADS n = onvm_mgr_sweep(self->m, (uint64_t)(grace * 1e9));
+    Py_BEGIN_ALLOW_THREADS n = onvm_mgr_sweep(self->m, (uint64_t)(grace * 1e9), settle);
     Py_END_ALLOW_THREADS if (n == -EAGAIN) Py_RETURN_NONE;
     if (n < 0)
         return raise_region((int)n, "sweep failed");
@@ -1448,8 +1449,9 @@ static PyMethodDef Manager_methods[] = {
     {"audit", (PyCFunction)Manager_audit, METH_NOARGS,
      "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
     {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
-     "sweep(grace=0.5) -> slots returned that nobody could free any more (see fence.c), or None when "
-     "the grace period did not complete in time: nothing was freed, sweep again later."},
+     "sweep(grace=0.5, settle=False) -> slots returned that nobody could free any more (see fence.c), "
+     "or None when the grace period did not complete in time: nothing was freed, sweep again later "
+     "(settle=True: only once the packet path has moved on, without looking at the pool first)."},
     {"fence", (PyCFunction)Manager_fence, METH_VARARGS,
      "fence(nf_id): take nothing more from the NF and send it nothing more."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},

@@ -85,9 +85,10 @@ int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max);
 /* Return to the pool the slots nobody can free any more: their stamp names no live
  * holder, or says free while the free stack does not hold them (an NF wrote over the
  * stamps of slots it held, then was fenced off).  Takes a grace period of at most
- * grace_ns.  Returns how many came back; -EAGAIN, with nothing freed, when the grace
- * period did not complete in time; or -errno. */
-long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns);
+ * grace_ns (settle: one more first, and nothing looked at unless it completes; for a
+ * sweep tried again).  Returns how many came back; -EAGAIN, with nothing freed, when
+ * the grace period did not complete in time; or -errno. */
+long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns, int settle);
 
 /* retire.c: an NF that left its service, taken out of the packet path. */
 struct onvm_retire_result {

@@ -213,12 +213,14 @@ class DataPlane:
         Only after a grace period: while an NF or a worker has not passed a loop iteration
         (stopped in a debugger, its vCPU preempted) it may still free or send the slots that
         look lost, so nothing is freed and :attr:`sweep_due` says to sweep again later (the
-        warden does, on the manager's lock: two sweeps must not overlap)."""
-        n = self.native.sweep(grace)
-        if (n is None) != self.sweep_due:
+        warden does, on the manager's lock: two sweeps must not overlap).  Tried again, it
+        looks at the pool only once the packet path has moved on (``settle``)."""
+        n = self.native.sweep(grace, settle=self.sweep_due)
+        if n is None and not self.sweep_due:
             self.log("the pool's sweep is put off: an NF or a worker has not passed a loop iteration "
-                     f"within {grace:g} s (stopped?); it is tried again twice a second" if n is None
-                     else "the pool's sweep ran")
+                     f"within {grace:g} s (stopped?); it is tried again twice a second")
+        elif n is not None and self.sweep_due:
+            self.log("the pool's sweep ran")
         self.sweep_due = n is None
         return n or 0
 
