@@ -43,7 +43,7 @@ WARMUP = 1.5
 SWEEP = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # offered rates, times what an unpaced run delivered
 PAPER_GBPS = {"one_nf": 48, "replicas": 68, "chain5": 40}  # Figure 2, 10/40G NICs, many cores
 PAPER_FIELDS = (("mpps", "delivered_mpps"), ("gbps", "delivered_gbps"), ("late_drops", "late_drops"),
-                ("cpu", "cpu"), ("mpps_per_cpu", "mpps_per_cpu"), ("load", "load"))  # paper's: measure()'s
+                ("cpu", "cpu"), ("mpps_per_cpu", "mpps_per_cpu"), ("load", "load"))  # (paper's, measure()'s)
 HTTP = "gen:mix=http,flows=1024"
 RING_SIZE: int = ManagerConfig.model_fields["ring_size"].default  # the manager's own default
 
