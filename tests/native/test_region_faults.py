@@ -317,6 +317,7 @@ held = r.alloc(8, 1)
 for s in held:
     u16(meta(s, "owner"), 0xffff)  # stamped free, not yet pushed
 print("swept", m.sweep(0.1), "free", r.free_count())
+print("stalled", m.stalled())  # who held it up, for the manager's log
 head = _hooks.peek(r, L["free_head"], 8)
 print("settled", m.sweep(0.1, settle=True), "stack taken", _hooks.peek(r, L["free_head"], 8) != head)
 for s in held:  # NF 1 goes on and pushes them (r.free stamps them first, and refuses a free slot)
@@ -324,10 +325,13 @@ for s in held:  # NF 1 goes on and pushes them (r.free stamps them first, and re
 r.free(held)
 asleep(1)  # and then waits for packets
 print("swept", m.sweep(0.1), "free", r.free_count())
+print("then stalled", m.stalled())
 print("all", len(set(r.alloc(2048, 2))), "free", r.free_count())
 r.close()
 """)
     assert "swept None free 1016" in out  # the grace period did not complete: put off
+    assert "stalled {'nfs': [1], 'workers': [], 'nfs_total': 1, 'workers_total': 0}" in out
+    assert "then stalled {'nfs': [], 'workers': [], 'nfs_total': 0, 'workers_total': 0}" in out
     assert "settled None stack taken False" in out  # tried again while held up: the pool is not touched
     assert "swept 0 free 1024" in out
     assert "all 1024 free 0" in out

@@ -89,12 +89,14 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
 
     logged: list[str] = []
     dp = DataPlane.__new__(DataPlane)
-    dp.native = SimpleNamespace(sweep=native_sweep)  # type: ignore[assignment]
+    stalled = {"nfs": [3], "workers": ["tx0"], "nfs_total": 1, "workers_total": 10}
+    dp.native = SimpleNamespace(sweep=native_sweep, stalled=lambda: stalled)  # type: ignore[assignment]
+    dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nat{nf_id}"})  # type: ignore[assignment]
     dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
     dp.audit = lambda: []  # type: ignore[method-assign]
     assert dp.sweep(0.5) == 0 and dp.sweep_due  # as when an NF left
-    assert logged == ["the pool's sweep is put off: an NF or a worker has not passed a loop iteration "
-                      "within 0.5 s (stopped?); it is tried again twice a second"]
+    assert logged == ["the pool's sweep is put off: NF 3 (nat3), the TX worker 0, 9 more did not pass a "
+                      "loop iteration within 0.5 s (stopped?); it is tried again twice a second"]
     warden = Warden(dp, SimpleNamespace(live=lambda: []), SimpleNamespace(), lock, logged.append)  # type: ignore[arg-type]
     warden.look()
     assert dp.sweep_due and len(logged) == 1  # said once

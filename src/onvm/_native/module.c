@@ -1192,6 +1192,38 @@ static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw
     return PyLong_FromLong(n);
 }
 
+/* stalled() -> who had not passed a loop iteration when the last grace period timed out (retire.c):
+ * {"nfs": [ids], "workers": ["rx0", "tx1", ...], "nfs_total": n, "workers_total": n}; all empty after
+ * one that completed.  Call it from the thread that ran the sweep or the retire. */
+static PyObject *Manager_stalled(ManagerObject *self, PyObject *Py_UNUSED(ignored)) {
+    const struct onvm_grace_stall *st = &self->m->stalled;
+    unsigned nn = st->nfs < ONVM_STALL_NAMED ? st->nfs : ONVM_STALL_NAMED;
+    unsigned nw = st->workers < ONVM_STALL_NAMED ? st->workers : ONVM_STALL_NAMED;
+    PyObject *nfs = PyList_New(nn), *workers = PyList_New(nw);
+    if (!nfs || !workers)
+        goto fail;
+    for (unsigned i = 0; i < nn; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(st->nf[i]);
+        if (!v)
+            goto fail;
+        PyList_SET_ITEM(nfs, i, v);
+    }
+    for (unsigned i = 0; i < nw; i++) {
+        unsigned w = st->worker[i];
+        PyObject *v = w < self->m->nrx ? PyUnicode_FromFormat("rx%u", w)
+                                       : PyUnicode_FromFormat("tx%u", w - self->m->nrx);
+        if (!v)
+            goto fail;
+        PyList_SET_ITEM(workers, i, v);
+    }
+    return Py_BuildValue("{s:N,s:N,s:I,s:I}", "nfs", nfs, "workers", workers, "nfs_total", st->nfs,
+                         "workers_total", st->workers);
+fail:
+    Py_XDECREF(nfs);
+    Py_XDECREF(workers);
+    return NULL;
+}
+
 /* fence(nf_id): take nothing more from the NF and send it nothing more (see fence.c). */
 static PyObject *Manager_fence(ManagerObject *self, PyObject *args) {
     unsigned id;
@@ -1448,6 +1480,9 @@ static PyMethodDef Manager_methods[] = {
     {"drain", (PyCFunction)Manager_drain, METH_O, "drain(timeout) -> True once every NF ring is empty."},
     {"audit", (PyCFunction)Manager_audit, METH_NOARGS,
      "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
+    {"stalled", (PyCFunction)Manager_stalled, METH_NOARGS,
+     "stalled() -> who had not passed a loop iteration when the last grace period timed out: "
+     "{'nfs': [ids], 'workers': ['rx0', ...], 'nfs_total', 'workers_total'} (the first 8 of each named)"},
     {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
      "sweep(grace=0.5, settle=False) -> slots returned that nobody could free any more (see fence.c), "
      "or None when the grace period did not complete in time: nothing was freed, sweep again later "

@@ -134,6 +134,12 @@ int onvm_mgr_grace(struct onvm_mgr *m, unsigned skip_nf, uint64_t timeout_ns, un
     int ok = wait_until(r, grace_done, p, onvm_now_ns() + timeout_ns);
     if (pending)
         *pending = p->nf_count + p->worker_count;
+    struct onvm_grace_stall *st = &m->stalled; /* what the manager's log names */
+    *st = (struct onvm_grace_stall){.nfs = p->nf_count, .workers = p->worker_count};
+    for (unsigned i = 0; i < p->nf_count && i < ONVM_STALL_NAMED; i++)
+        st->nf[i] = p->nf[i];
+    for (unsigned i = 0; i < p->worker_count && i < ONVM_STALL_NAMED; i++)
+        st->worker[i] = p->worker[i];
     free(p);
     return ok;
 }

@@ -217,12 +217,22 @@ class DataPlane:
         looks at the pool only once the packet path has moved on (``settle``)."""
         n = self.native.sweep(grace, settle=self.sweep_due)
         if n is None and not self.sweep_due:
-            self.log("the pool's sweep is put off: an NF or a worker has not passed a loop iteration "
+            self.log(f"the pool's sweep is put off: {self._stalled()} did not pass a loop iteration "
                      f"within {grace:g} s (stopped?); it is tried again twice a second")
         elif n is not None and self.sweep_due:
             self.log("the pool's sweep ran")
         self.sweep_due = n is None
         return n or 0
+
+    def _stalled(self) -> str:
+        """Who held up the grace period that just timed out: "NF 3 (nat), the TX worker 0"."""
+        st = self.native.stalled()
+        who = [f"NF {i} ({self.region.nf_info(i)['name'] or 'unnamed'})" for i in st["nfs"]]
+        who += [f"the {w[:2].upper()} worker {w[2:]}" for w in st["workers"]]
+        more = st["nfs_total"] + st["workers_total"] - len(who)
+        if more > 0:
+            who.append(f"{more} more")
+        return ", ".join(who) or "an NF or a worker"
 
     def damaged(self) -> bool:
         """The region's file was cut short under us (a SIGBUS caught, see mapguard.c)."""
