@@ -89,9 +89,10 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
 
     logged: list[str] = []
     dp = DataPlane.__new__(DataPlane)
-    stalled = {"nfs": [3], "workers": ["tx0"], "nfs_total": 1, "workers_total": 10}
+    stalled = {"nfs": [3], "workers": [1], "nfs_total": 1, "workers_total": 10}  # row 1: the first TX worker
     dp.native = SimpleNamespace(sweep=native_sweep, stalled=lambda: stalled)  # type: ignore[assignment]
     dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nat{nf_id}"})  # type: ignore[assignment]
+    dp.layout = SimpleNamespace(rx_workers=1)  # type: ignore[assignment]
     dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
     dp.audit = lambda: []  # type: ignore[method-assign]
     assert dp.sweep(0.5) == 0 and dp.sweep_due  # as when an NF left

@@ -171,7 +171,8 @@ static PyObject *Region_free_count(RegionObject *self, PyObject *unused) {
     return PyLong_FromLongLong(onvm_pool_free_count(&self->r));
 }
 
-static PyObject *list_from_slots(const uint32_t *s, uint32_t n) {
+/* A list of n numbers (slot indices, ids). */
+static PyObject *list_of_u32(const uint32_t *s, uint32_t n) {
     PyObject *l = PyList_New(n);
     if (!l)
         return NULL;
@@ -231,7 +232,7 @@ static PyObject *Region_alloc(RegionObject *self, PyObject *args) {
     }
     for (uint32_t i = 0; i < got; i++)
         onvm_slot_reset(&self->r, buf[i]);
-    PyObject *l = list_from_slots(buf, got);
+    PyObject *l = list_of_u32(buf, got);
     PyMem_Free(buf);
     return l;
 }
@@ -373,7 +374,7 @@ static PyObject *Region_lend(RegionObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "lend at most 4096 slots at a time (not %u)", n);
     uint32_t buf[4096];
     uint32_t got = onvm_port_lend_alloc(&self->r, st, port, buf, n);
-    return list_from_slots(buf, got);
+    return list_of_u32(buf, got);
 }
 
 static PyObject *Region_took_back(RegionObject *self, PyObject *args) {
@@ -1193,35 +1194,14 @@ static PyObject *Manager_sweep(ManagerObject *self, PyObject *args, PyObject *kw
 }
 
 /* stalled() -> who had not passed a loop iteration when the last grace period timed out (retire.c):
- * {"nfs": [ids], "workers": ["rx0", "tx1", ...], "nfs_total": n, "workers_total": n}; all empty after
- * one that completed.  Call it from the thread that ran the sweep or the retire. */
+ * {"nfs": [ids], "workers": [rows, RX workers first], "nfs_total": n, "workers_total": n}; all empty
+ * after one that completed. */
 static PyObject *Manager_stalled(ManagerObject *self, PyObject *Py_UNUSED(ignored)) {
     const struct onvm_grace_stall *st = &self->m->stalled;
     unsigned nn = st->nfs < ONVM_STALL_NAMED ? st->nfs : ONVM_STALL_NAMED;
     unsigned nw = st->workers < ONVM_STALL_NAMED ? st->workers : ONVM_STALL_NAMED;
-    PyObject *nfs = PyList_New(nn), *workers = PyList_New(nw);
-    if (!nfs || !workers)
-        goto fail;
-    for (unsigned i = 0; i < nn; i++) {
-        PyObject *v = PyLong_FromUnsignedLong(st->nf[i]);
-        if (!v)
-            goto fail;
-        PyList_SET_ITEM(nfs, i, v);
-    }
-    for (unsigned i = 0; i < nw; i++) {
-        unsigned w = st->worker[i];
-        PyObject *v = w < self->m->nrx ? PyUnicode_FromFormat("rx%u", w)
-                                       : PyUnicode_FromFormat("tx%u", w - self->m->nrx);
-        if (!v)
-            goto fail;
-        PyList_SET_ITEM(workers, i, v);
-    }
-    return Py_BuildValue("{s:N,s:N,s:I,s:I}", "nfs", nfs, "workers", workers, "nfs_total", st->nfs,
-                         "workers_total", st->workers);
-fail:
-    Py_XDECREF(nfs);
-    Py_XDECREF(workers);
-    return NULL;
+    return Py_BuildValue("{s:N,s:N,s:I,s:I}", "nfs", list_of_u32(st->nf, nn), "workers",
+                         list_of_u32(st->worker, nw), "nfs_total", st->nfs, "workers_total", st->workers);
 }
 
 /* fence(nf_id): take nothing more from the NF and send it nothing more (see fence.c). */
@@ -1482,7 +1462,8 @@ static PyMethodDef Manager_methods[] = {
      "audit() -> [{kind, nf, peer, why, count}]: faults, stalls, repairs found in the region (fence.c)."},
     {"stalled", (PyCFunction)Manager_stalled, METH_NOARGS,
      "stalled() -> who had not passed a loop iteration when the last grace period timed out: "
-     "{'nfs': [ids], 'workers': ['rx0', ...], 'nfs_total', 'workers_total'} (the first 8 of each named)"},
+     "{'nfs': [ids], 'workers': [rows, RX workers first], 'nfs_total', 'workers_total'} (the first 8 of "
+     "each named)"},
     {"sweep", (PyCFunction)(void (*)(void))Manager_sweep, METH_VARARGS | METH_KEYWORDS,
      "sweep(grace=0.5, settle=False) -> slots returned that nobody could free any more (see fence.c), "
      "or None when the grace period did not complete in time: nothing was freed, sweep again later "

@@ -43,11 +43,11 @@ struct onvm_seq_watch {
 
 /* Who had not passed a loop iteration when a grace period last timed out
  * (onvm_mgr_grace; emptied when one completes): how many NFs and workers, and
- * the first ONVM_STALL_NAMED of each (NF ids; worker indices, RX workers first). */
+ * the first ONVM_STALL_NAMED of each (NF ids; worker rows, RX workers first). */
 #define ONVM_STALL_NAMED 8
 struct onvm_grace_stall {
     unsigned nfs, workers;
-    uint16_t nf[ONVM_STALL_NAMED], worker[ONVM_STALL_NAMED];
+    uint32_t nf[ONVM_STALL_NAMED], worker[ONVM_STALL_NAMED];
 };
 
 struct onvm_mgr {
@@ -61,7 +61,7 @@ struct onvm_mgr {
     /* fence.c: the audit's memory of the tables' sequence words */
     struct onvm_seq_watch seq_chain[ONVM_MAX_CHAINS], seq_service[ONVM_MAX_SERVICES];
     int told_pool; /* the damaged free stack was reported */
-    struct onvm_grace_stall stalled; /* retire.c; read by the thread that waited */
+    struct onvm_grace_stall stalled; /* retire.c: written and read under the manager's control lock */
 };
 
 int onvm_mgr_start(struct onvm_mgr *m);

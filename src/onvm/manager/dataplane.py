@@ -228,7 +228,8 @@ class DataPlane:
         """Who held up the grace period that just timed out: "NF 3 (nat), the TX worker 0"."""
         st = self.native.stalled()
         who = [f"NF {i} ({self.region.nf_info(i)['name'] or 'unnamed'})" for i in st["nfs"]]
-        who += [f"the {w[:2].upper()} worker {w[2:]}" for w in st["workers"]]
+        rx = self.layout.rx_workers  # worker rows: the RX workers', then the TX workers'
+        who += [f"the RX worker {w}" if w < rx else f"the TX worker {w - rx}" for w in st["workers"]]
         more = st["nfs_total"] + st["workers_total"] - len(who)
         if more > 0:
             who.append(f"{more} more")
