@@ -196,3 +196,38 @@ def test_a_loop_of_congested_rings_keeps_moving(deploy):
     for _ in range(4):
         moved = rate(dep.name, lambda s: sum(n["rx"] for n in s["nfs"]), 0.5)
         assert moved > 10000, f"the loop stalled ({moved:.0f} packets/s): {status(dep.name)['nfs']}"
+
+
+def test_a_running_port_changes_its_rate_at_once(deploy):
+    """`onvm port rate` paces a running gen port anew: the new rate holds from the change
+    on (a worker asleep until its next packet was due is woken), 'unpaced' lets it run
+    free, nothing is missed on the way; a port that cannot be paced is refused by name."""
+    dep = deploy(["--port", "gen:size=64,flows=8,rate=1", "--port", "null", "--default-chain", "out:1"])
+
+    def sent(st: dict[str, Any]) -> int:
+        return int(st["ports"][1]["tx"])
+
+    def set_rate(pps: str) -> str:
+        r = onvm("port", "rate", "0", pps, "--name", dep.name)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    wait_for(lambda: sent(status(dep.name)) >= 1, what="the first packet")
+    assert set_rate("50k") == "port 0: 50000 packets/s"
+    t0, n0 = time.monotonic(), sent(status(dep.name))
+    wait_for(lambda: sent(status(dep.name)) - n0 >= 5000, timeout=2.0, what="50k packets/s at once")
+    assert time.monotonic() - t0 < 0.5  # not after the 1 s sleep the old rate set
+    assert 35_000 < rate(dep.name, sent) < 65_000
+    st = status(dep.name)["ports"][0]
+    assert st["rate_pps"] == 50_000 and "missed" not in st["drops"], st
+    assert set_rate("unpaced") == "port 0: unpaced"
+    assert rate(dep.name, sent, 0.5) > 500_000
+    assert set_rate("2k") == "port 0: 2000 packets/s"
+    assert 1_000 < rate(dep.name, sent) < 3_000
+    assert "missed" not in status(dep.name)["ports"][0]["drops"]
+    for args, said in ((("1", "1k"), "port 1 'null': port 1 cannot be paced"),
+                       (("7", "1k"), "port 7: the manager has 2 ports"),
+                       (("0", "fast"), "rate fast is not a number"),
+                       (("0", "99G"), "rate 99G is out of range")):
+        r = onvm("port", "rate", *args, "--name", dep.name)
+        assert r.returncode != 0 and said in r.stderr, (args, r.stderr)

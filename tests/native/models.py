@@ -213,7 +213,8 @@ class PoolModel:
 
 
 class PacerModel:
-    """When a gen port paced at ``rate`` packets per second (``cap`` in all) may send."""
+    """When a gen port paced at ``rate`` packets per second (``cap`` in all) may send;
+    ``rate`` 0: unpaced, and :meth:`set_rate` changes it on the way."""
 
     QUEUE = 4096  # packets that may fall due unread before the oldest are missed
 
@@ -221,22 +222,34 @@ class PacerModel:
         self.rate = rate
         self.cap = cap
         self.t0: int | None = None
+        self.base = 0  # packets of the schedule before the grid that starts at t0
         self.sent = 0  # packets of the schedule sent or missed
         self.missed = 0
-        self.burst = min(256, max(1, rate // 10000))
+
+    @property
+    def burst(self) -> int:
+        return min(256, max(1, self.rate // 10000))
 
     def due_at(self, k: int) -> Fraction:
         """When packet k of the schedule is due, in ns."""
         assert self.t0 is not None
-        return self.t0 + Fraction(k * 10**9, self.rate)
+        return self.t0 + Fraction((k - self.base) * 10**9, self.rate)
+
+    def due_by(self, now: int) -> int:
+        """How many packets of the schedule are due by now."""
+        assert self.t0 is not None
+        if now < self.t0:
+            return self.base
+        due = self.base + math.floor(Fraction(now - self.t0) * self.rate / 10**9) + 1
+        return min(due, self.cap) if self.cap else due
 
     def pace(self, now: int, want: int) -> tuple[int, int | None]:
         """(packets allowed now, the ns when more will be, or None)."""
+        if not self.rate:
+            return want, None
         if self.t0 is None:
             self.t0 = now
-        due = 0 if now < self.t0 else math.floor(Fraction(now - self.t0) * self.rate / 10**9) + 1
-        if self.cap:
-            due = min(due, self.cap)
+        due = self.due_by(now)
         if due - self.sent > self.QUEUE:
             self.missed += due - self.sent - self.QUEUE
             self.sent = due - self.QUEUE
@@ -250,6 +263,15 @@ class PacerModel:
 
     def took(self, n: int) -> None:
         self.sent += n
+
+    def set_rate(self, now: int, rate: int) -> None:
+        """From now on, ``rate`` a second: what fell due and waits still waits, and the
+        next packet is due at once."""
+        base = self.sent
+        if self.rate and self.t0 is not None:
+            self.pace(now, 0)
+            base = self.due_by(now)
+        self.rate, self.base, self.t0 = rate, base, now
 
 
 # ---- hashes --------------------------------------------------------------------

@@ -32,34 +32,41 @@ WANT = 64  # the RX worker's burst
 class Run:
     rate: int
     cap: int
-    steps: list[tuple[int, int, int]] = field(default_factory=list)  # (now, want, taken)
+    steps: list[tuple[int, ...]] = field(default_factory=list)  # (now, want, taken[, new rate])
     answers: list[tuple[int, int]] = field(default_factory=list)  # (granted, next_due or 0)
     sent_at: list[int] = field(default_factory=list)  # the clock reading each packet left at
     model: models.PacerModel | None = None
 
 
 def simulate(rate: int, seconds: float, seed: int, late_ns: int = 20_000, short: float = 0.0,
-             stall: tuple[float, float] | None = None, held: float = 0.0, cap: int = 0) -> Run:
+             stall: tuple[float, float] | None = None, held: float = 0.0, cap: int = 0,
+             changes: tuple[tuple[float, int], ...] = ()) -> Run:
     """A worker polling a paced gen port (cap: its count): woken up to late_ns after the
     due time; with probability short the pool has room for fewer packets than granted,
     with probability held the worker leaves the port unread (backpressure) for a poll;
-    stall=(at, for) holds the worker for a while (in seconds from the start)."""
+    stall=(at, for) holds the worker for a while (in seconds from the start); changes
+    are (at, rate): the port's rate is set to rate (0: unpaced) at the first poll from then."""
     rng = random.Random(seed)
     model = models.PacerModel(rate, cap)
     run = Run(rate, cap, model=model)
     start = now = NS + rng.randrange(10**12)  # anywhere on the clock
     stalled = False
+    pending = sorted(changes)
     while now < start + seconds * NS and not (cap and model.sent >= cap):  # a gen port is done
+        change: tuple[int, ...] = ()
+        if pending and now >= start + pending[0][0] * NS:
+            change = (pending.pop(0)[1],)
+            model.set_rate(now, change[0])
         if rng.random() < held:
             model.pace(now, 0)
-            run.steps.append((now, 0, 0))
+            run.steps.append((now, 0, 0, *change))
             run.answers.append((0, 0))
             now += rng.randrange(1_000, 200_000)
             continue
         granted, due = model.pace(now, WANT)
         taken = granted if rng.random() >= short else rng.randrange(granted + 1)
         model.took(taken)
-        run.steps.append((now, WANT, taken))
+        run.steps.append((now, WANT, taken, *change))
         run.answers.append((granted, due or 0))
         run.sent_at += [now] * taken
         if stall and not stalled and now >= start + stall[0] * NS:
@@ -70,6 +77,8 @@ def simulate(rate: int, seconds: float, seed: int, late_ns: int = 20_000, short:
         else:
             assert due is not None and due > now
             now = due + rng.randrange(late_ns + 1)
+            if pending:  # the manager kicks a sleeping worker when it changes the rate
+                now = min(now, start + int(pending[0][0] * NS))
     return run
 
 
@@ -130,6 +139,46 @@ def test_a_stall_keeps_the_grid():
     t0 = run.model.t0
     after = [at for at in run.sent_at if at > t0 + 3 * NS]
     assert after and all((at - t0) * rate % NS < NS // 100 for at in after), "off the grid"
+
+
+@pytest.mark.parametrize("rates", [(1000, 100_000), (100_000, 1000), (0, 5000), (5000, 0, 20_000),
+                                   (3, 10**9, 7)])
+def test_native_pacer_follows_the_model_through_rate_changes(rates):
+    first, *later = rates
+    changes = tuple((0.3 * (i + 1), r) for i, r in enumerate(later))
+    for seed in range(3):
+        check_native(simulate(first, 0.3 * len(rates), seed, changes=changes))
+        check_native(simulate(first, 0.3 * len(rates), seed, late_ns=3_000_000, short=0.2, held=0.1,
+                              changes=changes))
+
+
+@pytest.mark.parametrize("before,after", [(2000, 50_000), (50_000, 2000), (0, 20_000)])
+def test_a_rate_change_takes_effect_at_once_and_loses_nothing(before, after):
+    """After a change the port sends at the new rate from the change on (counted over any
+    tenth of a second, to a burst), and nothing is missed by a worker that keeps up."""
+    run = simulate(before, 1.5, seed=before, late_ns=0, changes=((0.5, after),))
+    check_native(run)
+    assert run.model is not None and run.model.missed == 0
+    changed = next(s[0] for s in run.steps if len(s) == 4)
+    burst = min(256, max(1, after // 10000))
+    tenth = NS // 10
+    for start in range(changed, run.sent_at[-1] - tenth, tenth // 3):
+        n = bisect.bisect_left(run.sent_at, start + tenth) - bisect.bisect_left(run.sent_at, start)
+        assert abs(n - after // 10) <= burst + 1, ((start - changed) / NS, n)
+
+
+def test_a_change_keeps_what_was_waiting():
+    """Packets that fell due under the old rate and wait unread (a stalled worker) are
+    still sent after a change, not dropped and not counted missed."""
+    rate = 10_000
+    run = simulate(rate, 1.0, seed=3, late_ns=0, stall=(0.2, 0.1), changes=((0.3, 1000),))
+    check_native(run)
+    assert run.model is not None and run.model.missed == 0
+    changed = next(s[0] for s in run.steps if len(s) == 4)
+    # 0.1 s of 10,000 a second waited through the stall; the new rate adds one a millisecond
+    first_ms = (bisect.bisect_left(run.sent_at, changed + NS // 1000)
+                - bisect.bisect_left(run.sent_at, changed))
+    assert 995 <= first_ms <= 1010, first_ms
 
 
 def test_a_count_ends_the_schedule():

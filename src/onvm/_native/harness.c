@@ -5,6 +5,7 @@
 #include "onvm_hooks.h"
 #include "onvm_capture.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include "onvm_pace.h"
@@ -116,7 +117,8 @@ static PyObject *mod_drain(PyObject *mod, PyObject *args) {
  * is (now, want, taken): the pacer is asked for up to want packets at now,
  * and the caller then sends taken of those granted (fewer when the pool ran
  * dry; want 0: a port its RX worker left unread).  next_due is 0 when
- * the pacer set no wake-up time. */
+ * the pacer set no wake-up time.  A step of four, (now, want, taken, rate),
+ * first changes the rate at now (onvm_pace_rate; 0: unpaced). */
 static PyObject *mod_pace_run(PyObject *mod, PyObject *args) {
     (void)mod;
     unsigned long long rate, cap = 0;
@@ -129,12 +131,14 @@ static PyObject *mod_pace_run(PyObject *mod, PyObject *args) {
     struct onvm_pacer pc = {.rate_pps = rate, .cap = cap, .lossy = 1};
     PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out && i < PySequence_Fast_GET_SIZE(fast); i++) {
-        unsigned long long now;
+        unsigned long long now, new_rate = ULLONG_MAX;
         unsigned want, taken;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "KII", &now, &want, &taken)) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "KII|K", &now, &want, &taken, &new_rate)) {
             Py_CLEAR(out);
             break;
         }
+        if (new_rate != ULLONG_MAX)
+            onvm_pace_rate(&pc, new_rate, now);
         uint64_t due = UINT64_MAX;
         uint32_t granted = onvm_pace(&pc, want, now, &due);
         onvm_pace_sent(&pc, taken < granted ? taken : granted);
@@ -330,7 +334,8 @@ static PyMethodDef harness_functions[] = {
     {"drain", mod_drain, METH_VARARGS,
      "drain(region, nf_id, tx) -> [(bytes, action, dest, in_port, src_nf)]: empty a ring, free its slots"},
     {"pace_run", mod_pace_run, METH_VARARGS,
-     "pace_run(rate, steps, cap=0) -> ([(granted, next_due)], missed): a gen port's pacer, made-up clock"},
+     "pace_run(rate, steps, cap=0) -> ([(granted, next_due)], missed): a gen port's pacer, made-up clock; "
+     "a step (now, want, taken, rate) changes the rate first"},
     {"layout", mod_layout, METH_O, "layout(region) -> offsets of rings, records and tables (tests)"},
     {"poke", mod_poke, METH_VARARGS, "poke(region, offset, data): write into the mapping (tests)"},
     {"peek", mod_peek, METH_VARARGS, "peek(region, offset, n) -> bytes of the mapping (tests)"},

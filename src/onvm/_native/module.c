@@ -1215,6 +1215,20 @@ static PyObject *Manager_fence(ManagerObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Manager_set_rate(ManagerObject *self, PyObject *args) {
+    unsigned id;
+    unsigned long long rate;
+    if (!PyArg_ParseTuple(args, "IK", &id, &rate))
+        return NULL;
+    if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
+        return PyErr_Format(PyExc_ValueError, "there is no port %u", id);
+    if (onvm_port_set_rate(self->m->ports[id], rate) < 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "port %u cannot be paced (gen ports and pcap inputs without rate=capture can)", id);
+    onvm_mgr_kick(self->m); /* a worker asleep until its next packet was due looks again */
+    Py_RETURN_NONE;
+}
+
 static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     unsigned id;
     if (!PyArg_ParseTuple(args, "I", &id))
@@ -1222,13 +1236,14 @@ static PyObject *Manager_port_state(ManagerObject *self, PyObject *args) {
     if (id >= ONVM_MAX_PORTS || !self->m->ports[id])
         Py_RETURN_NONE;
     struct onvm_port *p = self->m->ports[id];
-    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:K,s:K,s:i,s:i,s:K,s:s,s:s}", "kind", p->kind, "done",
+    PyObject *d = Py_BuildValue("{s:i,s:i,s:s,s:K,s:K,s:K,s:K,s:i,s:i,s:K,s:s,s:s,s:i,s:K}", "kind", p->kind, "done",
                                 atomic_load(&p->rx_done), "error", p->error, "pool_empty",
                                 (unsigned long long)p->no_slot, "skipped", (unsigned long long)p->skipped,
                                 "runt", (unsigned long long)p->runt, "no_ethertype",
                                 (unsigned long long)p->no_ethertype,
                                 "rx", p->rx != NULL || p->rxq != NULL, "tx", p->tx != NULL, "lost",
-                                (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice);
+                                (unsigned long long)p->lost, "mode", p->mode, "notice", p->notice, "pacable",
+                                p->pacable, "rate", (unsigned long long)atomic_load(&p->rate_want));
     if (d && p->has_devstats) {
         const struct onvm_port_devstats *s = &p->devstats;
         PyObject *dev = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "ipackets",
@@ -1472,6 +1487,8 @@ static PyMethodDef Manager_methods[] = {
      "fence(nf_id): take nothing more from the NF and send it nothing more."},
     {"pause_input", (PyCFunction)Manager_pause_input, METH_O, "pause_input(flag): hold or release input ports."},
     {"port_state", (PyCFunction)Manager_port_state, METH_VARARGS, "Driver state of a port."},
+    {"set_rate", (PyCFunction)Manager_set_rate, METH_VARARGS,
+     "set_rate(port, pps): a paced input's rate from now on (0: unpaced)."},
     {"worker_stats", (PyCFunction)Manager_worker_stats, METH_NOARGS, ""},
     {"capture_start", (PyCFunction)Manager_capture_start, METH_VARARGS,
      "capture_start(c, filter, snaplen, count): capture c takes what its filter (a dict of rule fields) takes"},

@@ -97,8 +97,10 @@ struct onvm_port {
     _Atomic int rx_done;
     char error[256]; /* why the port stopped early, "" if it did not */
     uint64_t no_slot; /* packets a generator could not make: the pool was empty */
-    struct onvm_pacer pace;
+    struct onvm_pacer pace;  /* the RX worker's own */
     uint64_t missed_counted; /* how much of pace.missed the RX worker has put in the port's stats */
+    int pacable;             /* a gen port, or a pcap input without timing: its rate may change */
+    _Atomic uint64_t rate_want; /* the rate asked for (0: unpaced); the RX worker moves pace to it */
     /* gen */
     struct onvm_gen_conf gen;
     uint8_t *templates; /* flows * 64 bytes of headers */
@@ -180,6 +182,19 @@ void onvm_port_close(struct onvm_port *p);
  * counts what its queue could not keep (missed) and a gen port with a count
  * ends once all of it was made or missed. */
 void onvm_port_held(struct onvm_port *p, uint64_t now);
+/* From now on, a paced port sends rate packets a second (0: unpaced); -1 if
+ * the port cannot be paced.  Any thread: the port's RX worker applies it at
+ * its next look at the port (onvm_port_pace); the caller kicks the workers. */
+int onvm_port_set_rate(struct onvm_port *p, uint64_t rate);
+
+/* The pacer as the port's RX worker asks it (onvm_pace), once it has moved to
+ * the rate last asked for. */
+static inline uint32_t onvm_port_pace(struct onvm_port *p, uint32_t n, uint64_t now, uint64_t *next_due) {
+    uint64_t want = atomic_load_explicit(&p->rate_want, memory_order_relaxed);
+    if (want != p->pace.rate_pps)
+        onvm_pace_rate(&p->pace, want, now);
+    return onvm_pace(&p->pace, n, now, next_due);
+}
 
 /* ---- slots lent to a device ------------------------------------------------
  *

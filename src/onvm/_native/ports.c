@@ -28,9 +28,16 @@ struct onvm_port *onvm_port_new(int id, int kind) {
 /* A port its RX worker leaves unread (a congested chain): its schedule goes on
  * (onvm_pace.h), and a gen port whose count is all sent or missed is done. */
 void onvm_port_held(struct onvm_port *p, uint64_t now) {
-    onvm_pace(&p->pace, 0, now, NULL); /* moves what overflowed its queue to missed */
+    onvm_port_pace(p, 0, now, NULL); /* moves what overflowed its queue to missed */
     if (p->kind == ONVM_PORT_GEN && p->gen.count && p->produced + p->pace.missed >= p->gen.count)
         atomic_store(&p->rx_done, 1);
+}
+
+int onvm_port_set_rate(struct onvm_port *p, uint64_t rate) {
+    if (!p->pacable)
+        return -1;
+    atomic_store_explicit(&p->rate_want, rate, memory_order_relaxed);
+    return 0;
 }
 
 /* The pool ran dry: note it and come back shortly instead of sleeping long. */
@@ -126,7 +133,7 @@ static uint32_t gen_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *slo
         if (n > left)
             n = (uint32_t)left;
     }
-    n = onvm_pace(&p->pace, n, now, next_due);
+    n = onvm_port_pace(p, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -190,6 +197,8 @@ struct onvm_port *onvm_port_open_gen(int id, const struct onvm_gen_conf *c, char
     p->pace.rate_pps = c->rate_pps;
     p->pace.cap = c->count;
     p->pace.lossy = 1;
+    p->pacable = 1;
+    p->rate_want = c->rate_pps;
     p->rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
     p->hdr_len = c->proto == 17 ? 42 : 54;
     p->templates = calloc(c->flows, 64);
@@ -599,7 +608,7 @@ static uint32_t pcap_rx(struct onvm_port *p, struct onvm_region *r, uint32_t *sl
                         uint64_t now, uint64_t *next_due) {
     if (atomic_load_explicit(&p->rx_done, memory_order_relaxed))
         return 0;
-    n = onvm_pace(&p->pace, n, now, next_due);
+    n = onvm_port_pace(p, n, now, next_due);
     if (n == 0)
         return 0;
     uint32_t got = onvm_pool_alloc_burst(r, slots, n, ONVM_OWNER_MGR);
@@ -767,6 +776,8 @@ struct onvm_port *onvm_port_open_pcap_in(int id, const struct onvm_pcap_conf *c,
     p->file_snaplen = snaplen;
     p->loops_left = c->loops;
     p->pace.rate_pps = c->timing ? 0 : c->rate_pps;
+    p->pacable = !c->timing;
+    p->rate_want = p->pace.rate_pps;
     p->timing = c->timing;
     p->speed = c->speed > 0 ? c->speed : 1.0;
     p->linktype = linktype;

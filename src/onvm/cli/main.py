@@ -281,6 +281,17 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_port(args: argparse.Namespace) -> int:
+    from onvm.ports.uri import MAX_RATE, number
+
+    text = args.pps.strip().lower()
+    pps = 0 if text in ("unpaced", "0") else number(args.pps, 1, MAX_RATE, f"rate {args.pps}")
+    out = _call(args, ops.PortRate(args.port, pps))
+    rate = f"{out['pps']} packets/s" if out["pps"] else "unpaced"
+    print(json.dumps(out) if args.json else f"port {out['port']}: {rate}")
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     if (args.nf is None) == (args.service is None):
         raise OnvmError("onvm send needs exactly one of --nf ID or --service S", code="bad_request")
@@ -465,6 +476,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
     _name_arg(sv)
     sv.add_argument("--json", action="store_true")
+    pt = sub.add_parser("port", help="change a running input port's rate",
+                        description="'onvm port rate 0 2M': input port 0 (a gen port, or a pcap input "
+                        "without rate=capture) sends 2,000,000 packets a second from now on; 'unpaced' "
+                        "(or 0): as fast as the chain takes them.  Packets already due stay due.")
+    pt.add_argument("action", choices=["rate"])
+    pt.add_argument("port", type=int)
+    pt.add_argument("pps", help="packets a second (k, M, G suffixes), or unpaced")
+    _name_arg(pt)
+    pt.add_argument("--json", action="store_true")
     sc = sub.add_parser("scale", help="start or stop instances of a service",
                         description="Start new instances the way the first was started (by a topology's "
                                     "supervisor, or from the command an NF started by hand gave), or stop "
@@ -544,8 +564,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         handler = {"manager": cmd_manager, "status": cmd_status, "stop": cmd_stop,
                    "chain": cmd_chain, "rule": cmd_rule, "flow": cmd_flow, "service": cmd_service,
-                   "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed, "run": cmd_run,
-                   "image": cmd_image, "top": cmd_top, "capture": cmd_capture, "trace": cmd_trace}
+                   "port": cmd_port, "scale": cmd_scale, "send": cmd_send, "testbed": cmd_testbed,
+                   "run": cmd_run, "image": cmd_image, "top": cmd_top, "capture": cmd_capture,
+                   "trace": cmd_trace}
         return handler[args.command](args)
     except OnvmError as e:
         print(f"onvm: error: {e}", file=sys.stderr)

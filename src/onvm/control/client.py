@@ -161,6 +161,7 @@ class Client:
     rule_list = method(ops.RuleList)
     rule_del = method(ops.RuleDel)
     port_chain = method(ops.PortChain)
+    port_rate = method(ops.PortRate)
     flow_list = method(ops.FlowList)
     flow_add = method(ops.FlowAdd)
     flow_del = method(ops.FlowDel)

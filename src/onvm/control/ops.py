@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Union
 from onvm import _native
 from onvm.errors import ConfigError
 from onvm.flows.rules import check_timeouts
+from onvm.ports.uri import MAX_RATE
 from onvm.text import check_text
 
 __all__ = ["OPS", "Json", "Op", "decode"]
@@ -324,6 +325,20 @@ class PortChain(Op, name="port_chain"):
     def check(self) -> None:
         if not 0 <= self.port < _native.MAX_PORTS:
             raise ConfigError(f"port {self.port} is out of range (0..{_native.MAX_PORTS - 1})")
+
+
+class PortRate(Op, name="port_rate"):
+    """Pace input port ``port`` at ``pps`` packets a second from now on (0: unpaced):
+    a gen port, or a pcap input replayed without ``rate=capture``."""
+
+    port: int
+    pps: int
+
+    def check(self) -> None:
+        if not 0 <= self.port < _native.MAX_PORTS:
+            raise ConfigError(f"port {self.port} is out of range (0..{_native.MAX_PORTS - 1})")
+        if not 0 <= self.pps <= MAX_RATE:
+            raise ConfigError(f"'pps' {self.pps} is out of range (0..{MAX_RATE}; 0: unpaced)")
 
 
 class FlowList(Op, name="flow_list"):

@@ -161,6 +161,16 @@ class DataPlane:
     def pause_input(self, paused: bool) -> None:
         self.native.pause_input(paused)
 
+    def set_port_rate(self, port: int, pps: int) -> dict[str, Any]:
+        """Pace an input port at pps packets a second from now on (0: unpaced)."""
+        if port >= len(self.ports):
+            raise ConfigError(f"port {port}: the manager has {len(self.ports)} ports")
+        try:
+            self.native.set_rate(port, pps)
+        except ValueError as e:
+            raise ConfigError(f"port {port} '{self.ports[port].uri}': {e}") from None
+        return {"port": port, "pps": pps}
+
     def flush_ports(self) -> None:
         """Stop the workers and have output ports write what they hold (errors show in port_states)."""
         self.native.flush_ports()
@@ -294,6 +304,7 @@ class DataPlane:
                 "lent": info["lent"],  # slots the port's device holds (fill and TX rings)
                 "done": bool(state.get("done")), "error": state.get("error", ""),
                 "mode": state.get("mode", ""),  # how the driver runs (afxdp: zc, copy or skb)
+                **({"rate_pps": state["rate"]} if state.get("pacable") else {}),  # 0: unpaced
                 "lost": state.get("lost", 0),  # counted as sent, never reached the file (pcap-out)
                 # records or frames left out, by reason: empty or cut (runt), larger than a slot
                 # (oversize), cooked or raw-IP with no EtherType to give them (no_ethertype)

@@ -261,6 +261,12 @@ class Handlers:
             raise ConfigError(f"port {req.port}: the manager has {len(self.dp.ports)} ports")
         return self.flows.set_port_chain(req.port, req.chain)
 
+    @handles(ops.PortRate)
+    def port_rate(self, caller: Caller, req: ops.PortRate) -> dict[str, Any]:
+        out = self.dp.set_port_rate(req.port, req.pps)
+        self.log(f"port {req.port}: " + (f"{req.pps} packets/s" if req.pps else "unpaced"))
+        return out
+
     @handles(ops.RuleDel)
     def rule_del(self, caller: Caller, req: ops.RuleDel) -> dict[str, Any]:
         return self.flows.del_rule(req.id)

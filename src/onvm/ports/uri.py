@@ -57,6 +57,7 @@ AFXDP_MODES = {"auto": 0, "zc": 1, "copy": 2, "skb": 3}
 MIXES = {"fixed": 0, "http": 1, "imix": 2}
 PROTOS = {"udp": 17, "tcp": 6}
 
+MAX_RATE = 10**10  # packets a second a paced port may be asked for
 _GEN_KEYS = {"size", "mix", "flows", "proto", "rate", "count", "seed", "src", "dst", "sport", "dport"}
 _PCAP_KEYS = {"loop", "rate", "speed", "loss"}
 _AFPACKET_KEYS = {"queues", "promisc", "bypass", "blocks", "block_size"}
@@ -98,7 +99,9 @@ class PortSpec:
         return self.kind == "dpdk" and _PCI_ADDR.fullmatch(self.path.partition(",")[0]) is not None
 
 
-def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
+def number(text: str, lo: int, hi: int, what: str) -> int:
+    """A count with an optional ``k``, ``M`` or ``G`` suffix (``2.5M``), in lo..hi;
+    ``what`` names it in the error."""
     scale = {"k": 10**3, "m": 10**6, "g": 10**9}
     t = text.strip().lower()
     mult = 1
@@ -107,10 +110,14 @@ def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
     try:
         value = int(float(t) * mult) if "." in t else int(t) * mult
     except ValueError:
-        raise ConfigError(f"port '{uri}': {key}={text} is not a number") from None
+        raise ConfigError(f"{what} is not a number") from None
     if not lo <= value <= hi:
-        raise ConfigError(f"port '{uri}': {key}={text} is out of range ({lo}..{hi})")
+        raise ConfigError(f"{what} is out of range ({lo}..{hi})")
     return value
+
+
+def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
+    return number(text, lo, hi, f"port '{uri}': {key}={text}")
 
 
 def _pairs(uri: str, text: str, sep: str, allowed: set[str]) -> dict[str, str]:
@@ -171,7 +178,7 @@ def _parse_port(uri: str) -> PortSpec:
         opts: dict[str, int] = {
             "size": _number(uri, "size", raw.get("size", "64"), 64, 9018),
             "flows": _number(uri, "flows", raw.get("flows", "1"), 1, 1 << 20),
-            "rate": _number(uri, "rate", raw.get("rate", "0"), 0, 10**10),
+            "rate": _number(uri, "rate", raw.get("rate", "0"), 0, MAX_RATE),
             "count": _number(uri, "count", raw.get("count", "0"), 0, 1 << 62),
             "seed": _number(uri, "seed", raw.get("seed", "0"), 0, (1 << 63) - 1),
             "sport": _number(uri, "sport", raw.get("sport", "1024"), 0, 65535),
@@ -212,7 +219,7 @@ def _parse_port(uri: str) -> PortSpec:
                 raise ConfigError(f"port '{uri}': speed applies to rate=capture only")
             opts = {
                 "loop": _number(uri, "loop", raw.get("loop", "1"), 0, 1 << 40),
-                "rate": 0 if capture else _number(uri, "rate", rate, 0, 10**10),
+                "rate": 0 if capture else _number(uri, "rate", rate, 0, MAX_RATE),
                 "timing": int(capture),
                 "speed_milli": round(speed_f * 1000),
                 "loss": _number(uri, "loss", raw.get("loss", "0"), 0, 1),
