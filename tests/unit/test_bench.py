@@ -131,6 +131,44 @@ def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: py
     assert r["rounds"] == 3
 
 
+def test_overload_sweeps_one_running_chain_round_after_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``overload`` starts one manager, changes its port's rate between windows, visits every
+    point once a round, and reports each point's median: a window of a slow spell weighs no
+    more than one of a fast spell, wherever in the sweep it falls."""
+    import contextlib
+
+    from onvm.bench import overload
+
+    started: list[int] = []
+    paced: list[float | None] = []
+    spell = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,  # the first window and round one
+                  0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,  # round two: the machine slows down
+                  1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # round three and the last window
+
+    @contextlib.contextmanager
+    def running(setup: overload.Setup, rate: float | None = None, verbose: bool = False) -> Any:
+        started.append(len(setup.nfs))
+        yield "dep"
+
+    def window(dep: Any, setup: overload.Setup, seconds: float, rate: float | None) -> dict[str, Any]:
+        capacity = 8e6 * next(spell)
+        mpps = min(rate or capacity, capacity) / 1e6 * (0.9 if rate is None else 1.0)  # unpaced: 0.9
+        return {"offered_mpps": (rate or capacity) / 1e6, "delivered_mpps": mpps, "read_mpps": mpps,
+                "late_drops": 1, "first_nf_packets": 1000}
+
+    monkeypatch.setattr(overload, "running", running)
+    monkeypatch.setattr(overload, "pace", lambda dep, setup, rate: paced.append(rate))
+    monkeypatch.setattr(overload, "window", window)
+    r = overload.overload(seconds=0.1, nfs=5, rounds=3)
+    sweep = [f * 7.2e6 for f in overload.SWEEP]  # the first window delivered 7.2 Mpps
+    assert started == [5]
+    assert paced == [*sweep, None, *sweep, None, *sweep, None]
+    assert [len(p["windows"]) for p in r["points"]] == [3] * len(sweep) + [4]
+    assert r["peak_mpps"] == 8.0 and r["overload_mpps"] == 7.2 and r["overload_ratio"] == 0.9
+    assert r["curve"][0] == [1.8, 1.8] and r["curve"][-1] == [8.0, 7.2]
+    assert r["late_drop_ratio"] == 0.001
+
+
 def test_onvm_bench_runs_a_scenario_and_run_py_records_it(tmp_path: Path) -> None:
     """wake needs no manager: the whole path, CLI and run.py, in a second or two."""
     r = subprocess.run([sys.executable, "-m", "onvm.cli.main", "bench", "wake", "--rounds", "200", "--json"],

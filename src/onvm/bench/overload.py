@@ -19,19 +19,27 @@ three in turn, ``--rounds`` times (3), reporting medians.  The replicas' rate
 swings from one manager to the next on a shared machine (half or all of one
 NF's), so ``replicas_ratio`` is the median of each round's ratio.
 
-Every point starts its own manager and NFs, and reports the load average of
-the machine: on a shared machine, compare figures from one run.
+``overload`` runs its whole sweep in one manager with one set of NFs, changing
+the input port's rate between windows (as ``onvm port rate`` does), so the
+curve shows what the offered rate does to one running chain and nothing else:
+two managers on a shared machine differ by more than the curve would (where
+their threads land, what shares a cache).  Each configuration of ``paper``
+starts its own manager.  Every window reports the load average of the machine:
+compare figures from one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from onvm._deploy import Deployment
 from onvm._proc import cpu_seconds
 from onvm.bench._scenario import Option, Scenario, whole_number
 from onvm.bench.pipeline import deployment
@@ -66,12 +74,12 @@ def chain_setup(nfs: int, ring_size: int = RING_SIZE) -> Setup:
                  chain=",".join(str(i) for i in range(1, nfs + 1)), ring_size=ring_size)
 
 
-def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bool = False) -> dict[str, Any]:
-    """Run a setup once; ``rate`` packets/s per input port (None: unpaced)."""
+@contextlib.contextmanager
+def running(setup: Setup, rate: float | None = None, verbose: bool = False) -> Iterator[Deployment]:
+    """A manager and the setup's NFs, running; ``rate`` packets/s per input port (None: unpaced)."""
     port = HTTP + (f",rate={int(rate)}" if rate else "")
-    out = setup.inputs  # the null port comes after the inputs
     args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
-        "--port", "null", "--default-chain", f"{setup.chain},out:{out}",
+        "--port", "null", "--default-chain", f"{setup.chain},out:{setup.inputs}",  # null after the inputs
         "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers),
         "--ring-size", str(setup.ring_size)]
     dep = deployment(args, verbose)
@@ -80,14 +88,30 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
         for argv in setup.nfs:
             dep.start_nf(list(argv))
         dep.wait_running(len(setup.nfs))
-        time.sleep(WARMUP)
-        s0 = dep.status()
-        pids = [s0["manager"]["pid"], *(n["pid"] for n in s0["nfs"])]
-        c0, t0 = cpu_of(pids), time.monotonic()
-        time.sleep(seconds)
-        s1, c1, dt = dep.status(), cpu_of(pids), time.monotonic() - t0
+        yield dep
     finally:
         dep.stop()
+
+
+def pace(dep: Deployment, setup: Setup, rate: float | None) -> None:
+    """Every input port at ``rate`` packets/s from now on (None: unpaced), as ``onvm port rate``."""
+    from onvm.control.client import Client
+
+    with Client(dep.name) as c:
+        for port in range(setup.inputs):
+            c.port_rate(port, int(rate or 0))
+
+
+def window(dep: Deployment, setup: Setup, seconds: float, rate: float | None) -> dict[str, Any]:
+    """After a warm-up, what a running setup delivered over ``seconds``; ``rate`` is what its
+    input ports are paced at (None: unpaced)."""
+    time.sleep(WARMUP)
+    s0 = dep.status()
+    pids = [s0["manager"]["pid"], *(n["pid"] for n in s0["nfs"])]
+    c0, t0 = cpu_of(pids), time.monotonic()
+    time.sleep(seconds)
+    s1, c1, dt = dep.status(), cpu_of(pids), time.monotonic() - t0
+    out = setup.inputs
 
     def port_delta(key: str, ids: range) -> int:
         return sum(s1["ports"][i][key] - s0["ports"][i][key] for i in ids)
@@ -124,33 +148,56 @@ def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bo
     }
 
 
+def measure(setup: Setup, seconds: float, rate: float | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run a setup once, in a manager of its own; ``rate`` packets/s per input port (None: unpaced)."""
+    with running(setup, rate, verbose) as dep:
+        return window(dep, setup, seconds, rate)
+
+
 def cpu_of(pids: list[int]) -> float:
     """CPU seconds of these processes, all their threads."""
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
-def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5,
-             ring_size: int = RING_SIZE) -> dict[str, Any]:
+def overload(seconds: float = 5.0, verbose: bool = False, nfs: int = 5, ring_size: int = RING_SIZE,
+             rounds: int = 3) -> dict[str, Any]:
     """Delivered against offered rate through a chain of ``nfs`` NFs (see the module docstring)."""
     setup = chain_setup(nfs, ring_size)
-    first = measure(setup, seconds, None, verbose)
-    base = max(first["delivered_mpps"], 0.01) * 1e6
-    points = [measure(setup, seconds, f * base, verbose) for f in SWEEP]
-    last = measure(setup, seconds, None, verbose)
-    points += [first, last]
-    peak = max(p["delivered_mpps"] for p in points)
-    unpaced = last["delivered_mpps"]
+    with running(setup, None, verbose) as dep:
+        first = window(dep, setup, seconds, None)
+        base = max(first["delivered_mpps"], 0.01) * 1e6
+        plan: list[float | None] = [None, *(f * base for f in SWEEP)]  # a round; unpaced once more at the end
+        seen: list[list[dict[str, Any]]] = [[first]] + [[] for _ in SWEEP]
+        for r in range(rounds):
+            for i, rate in enumerate(plan):
+                if r or i:
+                    pace(dep, setup, rate)
+                    seen[i].append(window(dep, setup, seconds, rate))
+        pace(dep, setup, None)
+        seen[0].append(window(dep, setup, seconds, None))
+
+    def med(ws: list[dict[str, Any]], key: str) -> float:
+        return round(statistics.median(w[key] for w in ws), 3)
+
+    order = seen[1:] + seen[:1]  # the sweep, then unpaced
+    curve = [[med(ws, "offered_mpps"), med(ws, "delivered_mpps")] for ws in order]
+    points = [{"offered_mpps": c[0], "delivered_mpps": c[1], "windows": ws}
+              for c, ws in zip(curve, order, strict=True)]
+    peak = max(c[1] for c in curve)
+    unpaced = seen[0]
     return {
         "nfs": nfs,
         "peak_mpps": peak,
-        "overload_mpps": unpaced,
-        "overload_ratio": round(unpaced / peak, 3) if peak else 0.0,
-        "late_drop_ratio": round(last["late_drops"] / max(last["first_nf_packets"], 1), 6),
-        "curve": [[p["offered_mpps"], p["delivered_mpps"]] for p in points],
-        "unpaced_read_mpps": last["read_mpps"],
+        "overload_mpps": med(unpaced, "delivered_mpps"),
+        "overload_ratio": round(med(unpaced, "delivered_mpps") / peak, 3) if peak else 0.0,
+        "late_drop_ratio": round(sum(w["late_drops"] for w in unpaced)
+                                 / max(sum(w["first_nf_packets"] for w in unpaced), 1), 6),
+        "curve": curve,
+        "unpaced_read_mpps": med(unpaced, "read_mpps"),
         "points": points,
-        "mpps": unpaced,
+        "mpps": med(unpaced, "delivered_mpps"),
         "ring_size": ring_size,
+        "rounds": rounds,
         "seconds": seconds,
         "load": round(os.getloadavg()[0], 2),
     }
@@ -201,18 +248,20 @@ def ring_size_option(default: int = RING_SIZE) -> Option:
 
 
 RING_OPTION = ring_size_option()
+ROUNDS_OPTION = Option("--rounds", 3, "rounds (1..20): each point, or each configuration, is measured "
+                       "once a round and reported as the median", type=whole_number("rounds", 1, 20))
 
 SCENARIOS = [
     Scenario("overload", "gen (HTTP mix) into a chain of --nfs simple_forward NFs at rising offered rates, "
              "then unpaced: delivered against offered, and the work thrown away after an NF did it",
              key="overload_ratio", target="delivered does not fall past the peak (overload_ratio near 1)",
-             run=overload, options=(Option("--nfs", 5, "NFs in the chain"), RING_OPTION), default=False,
+             run=overload, default=False,
+             options=(Option("--nfs", 5, "NFs in the chain"), RING_OPTION, ROUNDS_OPTION),
              show=lambda r: (f"{r['overload_mpps']:.2f} Mpps unpaced, peak {r['peak_mpps']:.2f} Mpps "
                              f"(ratio {r['overload_ratio']:.2f}, late {r['late_drop_ratio']:.4f})")),
     Scenario("paper", "the OpenNetVM paper's Figure 2, unpaced: one NF, two replicas of a service, a chain "
              "of five NFs, in turn, --rounds times", key="chain5_mpps", target="", run=paper, default=False,
-             options=(RING_OPTION, Option("--rounds", 3, "rounds of the three configurations (1..20)",
-                                          type=whole_number("rounds", 1, 20))),
+             options=(RING_OPTION, ROUNDS_OPTION),
              show=lambda r: (f"one NF {r['one_nf_gbps']} Gbps, replicas {r['replicas_gbps']} Gbps "
                              f"({r['replicas_ratio']:.2f} of one NF), chain of five {r['chain5_gbps']} Gbps "
                              f"(paper: {r['paper_gbps']})")),
