@@ -1224,7 +1224,7 @@ static PyObject *Manager_set_rate(ManagerObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "there is no port %u", id);
     if (onvm_port_set_rate(self->m->ports[id], rate) < 0)
         return PyErr_Format(PyExc_ValueError,
-                            "port %u cannot be paced (gen ports and pcap inputs without rate=capture can)", id);
+                            "cannot be paced: only gen ports and pcap inputs without rate=capture can");
     onvm_mgr_kick(self->m); /* a worker asleep until its next packet was due looks again */
     Py_RETURN_NONE;
 }

@@ -79,7 +79,7 @@ def running(setup: Setup, rate: float | None = None, verbose: bool = False) -> I
     """A manager and the setup's NFs, running; ``rate`` packets/s per input port (None: unpaced)."""
     port = HTTP + (f",rate={int(rate)}" if rate else "")
     args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
-        "--port", "null", "--default-chain", f"{setup.chain},out:{setup.inputs}",  # null after the inputs
+        "--port", "null", "--default-chain", f"{setup.chain},out:{setup.inputs}",
         "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers),
         "--ring-size", str(setup.ring_size)]
     dep = deployment(args, verbose)
@@ -111,7 +111,7 @@ def window(dep: Deployment, setup: Setup, seconds: float, rate: float | None) ->
     c0, t0 = cpu_of(pids), time.monotonic()
     time.sleep(seconds)
     s1, c1, dt = dep.status(), cpu_of(pids), time.monotonic() - t0
-    out = setup.inputs
+    out = setup.inputs  # the null port comes after the inputs
 
     def port_delta(key: str, ids: range) -> int:
         return sum(s1["ports"][i][key] - s0["ports"][i][key] for i in ids)
