@@ -220,7 +220,14 @@ def test_a_running_port_changes_its_rate_at_once(deploy):
     assert 35_000 < rate(dep.name, sent) < 65_000
     st = status(dep.name)["ports"][0]
     assert st["rate_pps"] == 50_000 and "missed" not in st["drops"], st
+
+    def status_line() -> str:
+        out = onvm("status", "--name", dep.name).stdout
+        return next(line for line in out.splitlines() if line.strip().startswith("0 "))
+
+    assert status_line().endswith("  rate 50000/s"), status_line()
     assert set_rate("unpaced") == "port 0: unpaced"
+    assert status_line().endswith("  unpaced"), status_line()
     assert rate(dep.name, sent, 0.5) > 500_000
     assert set_rate("2k") == "port 0: 2000 packets/s"
     assert 1_000 < rate(dep.name, sent) < 3_000

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from onvm.manager.fencing import Finding, kill_process, read_audit
 
 
@@ -107,3 +109,32 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
     warden.look()  # nothing due: no sweep
     assert results == [] and held == [False, True, True]
     assert settled == [False, True, True]  # tried again: the packet path first
+
+
+def test_a_retirement_whose_grace_period_timed_out_names_who_held_it_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retiring an NF waits for every other NF and worker to pass a loop iteration; when one
+    does not in time, the log names it, as the sweep's put-off does (and says nothing otherwise)."""
+    from types import SimpleNamespace
+
+    from onvm.manager import dataplane
+    from onvm.manager.dataplane import DataPlane
+
+    grace_ok = [False, True]
+    logged: list[str] = []
+    dp = DataPlane.__new__(DataPlane)
+    stalled = {"nfs": [3], "workers": [0], "nfs_total": 1, "workers_total": 1}  # row 0: the RX worker
+    dp.native = SimpleNamespace(  # type: ignore[assignment]
+        retire=lambda nf_id, grace, drain: {"reclaimed": 2, "grace_ok": grace_ok.pop(0), "drained": True},
+        stalled=lambda: stalled, sweep=lambda grace, settle: 0)
+    dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nf{nf_id}"},  # type: ignore[assignment]
+                                nf_release=lambda nf_id: None)
+    dp.layout = SimpleNamespace(rx_workers=1)  # type: ignore[assignment]
+    dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
+    dp.audit = lambda: []  # type: ignore[method-assign]
+    monkeypatch.setattr(dataplane._native, "nf_latency", lambda region, nf_id: [])
+    gone = dp.retire(4)
+    assert not gone.grace_ok and gone.reclaimed == 2
+    assert logged == ["NF 4 (nf4) was retired without a full grace period: NF 3 (nf3), the RX worker 0 "
+                      "did not pass a loop iteration within 0.5 s (stopped?)"]
+    assert dp.retire(5).grace_ok and len(logged) == 1

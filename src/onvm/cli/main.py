@@ -74,6 +74,7 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
               + (f" ({why})" if why else "")
               + (f"  mode {p['mode']}" if p.get("mode") else "")
+              + (f"  rate {p['rate_pps']}/s" if p.get("rate_pps") else "  unpaced" if "rate_pps" in p else "")
               + (f"  lent {p['lent']}" if p.get("lent") else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else "")
               + (f"  lost {p['lost']}" if p.get("lost") else ""))

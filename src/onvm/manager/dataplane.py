@@ -213,6 +213,9 @@ class DataPlane:
         name nobody, and the sweep that follows finds them (see fence.c)."""
         res = self.native.retire(nf_id, grace=GRACE_TIMEOUT, drain=DRAIN_TIMEOUT)
         final = self.nf_info(nf_id)
+        if not res["grace_ok"]:  # named now: the sweep's grace period below records its own
+            self.log(f"NF {nf_id} ({final['name'] or 'unnamed'}) was retired without a full grace period: "
+                     f"{self._stalled()} did not pass a loop iteration within {GRACE_TIMEOUT:g} s (stopped?)")
         self.region.nf_release(nf_id)
         swept = self.sweep(GRACE_TIMEOUT)
         return Retired(int(res["reclaimed"]) + swept, final, bool(res["grace_ok"]), bool(res["drained"]))
