@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -70,13 +71,28 @@ def test_a_fault_found_by_an_audit_fences_no_nf_that_took_the_id_since() -> None
     assert asked == [4]
 
 
+def fake_dataplane(native: Any, logged: list[str]) -> Any:
+    """A DataPlane over a stand-in for its native manager, logging into ``logged``: NF n is
+    named "nfN"; worker row 0 is the one RX worker, the rows after it TX workers."""
+    from types import SimpleNamespace
+
+    from onvm.manager.dataplane import DataPlane
+
+    dp = DataPlane.__new__(DataPlane)
+    dp.native = native
+    dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nf{nf_id}"}, nf_release=lambda nf_id: None)
+    dp.layout = SimpleNamespace(rx_workers=1)
+    dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
+    dp.audit = lambda: []
+    return dp
+
+
 def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
     """A sweep frees nothing while the packet path is held up (DataPlane.sweep): the warden's
     looks sweep again, under the manager's lock, until one runs."""
     import threading
     from types import SimpleNamespace
 
-    from onvm.manager.dataplane import DataPlane
     from onvm.manager.fencing import Warden
 
     results = [None, None, 5]  # the native sweep: put off twice, then 5 slots back
@@ -90,15 +106,10 @@ def test_a_sweep_put_off_is_tried_again_on_each_look_until_it_runs() -> None:
         return results.pop(0)
 
     logged: list[str] = []
-    dp = DataPlane.__new__(DataPlane)
     stalled = {"nfs": [3], "workers": [1], "nfs_total": 1, "workers_total": 10}  # row 1: the first TX worker
-    dp.native = SimpleNamespace(sweep=native_sweep, stalled=lambda: stalled)  # type: ignore[assignment]
-    dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nat{nf_id}"})  # type: ignore[assignment]
-    dp.layout = SimpleNamespace(rx_workers=1)  # type: ignore[assignment]
-    dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
-    dp.audit = lambda: []  # type: ignore[method-assign]
+    dp = fake_dataplane(SimpleNamespace(sweep=native_sweep, stalled=lambda: stalled), logged)
     assert dp.sweep(0.5) == 0 and dp.sweep_due  # as when an NF left
-    assert logged == ["the pool's sweep is put off: NF 3 (nat3), the TX worker 0, 9 more did not pass a "
+    assert logged == ["the pool's sweep is put off: NF 3 (nf3), the TX worker 0, 9 more did not pass a "
                       "loop iteration within 0.5 s (stopped?); it is tried again twice a second"]
     warden = Warden(dp, SimpleNamespace(live=lambda: []), SimpleNamespace(), lock, logged.append)  # type: ignore[arg-type]
     warden.look()
@@ -118,20 +129,13 @@ def test_a_retirement_whose_grace_period_timed_out_names_who_held_it_up(
     from types import SimpleNamespace
 
     from onvm.manager import dataplane
-    from onvm.manager.dataplane import DataPlane
 
     grace_ok = [False, True]
     logged: list[str] = []
-    dp = DataPlane.__new__(DataPlane)
     stalled = {"nfs": [3], "workers": [0], "nfs_total": 1, "workers_total": 1}  # row 0: the RX worker
-    dp.native = SimpleNamespace(  # type: ignore[assignment]
+    dp = fake_dataplane(SimpleNamespace(
         retire=lambda nf_id, grace, drain: {"reclaimed": 2, "grace_ok": grace_ok.pop(0), "drained": True},
-        stalled=lambda: stalled, sweep=lambda grace, settle: 0)
-    dp.region = SimpleNamespace(nf_info=lambda nf_id: {"name": f"nf{nf_id}"},  # type: ignore[assignment]
-                                nf_release=lambda nf_id: None)
-    dp.layout = SimpleNamespace(rx_workers=1)  # type: ignore[assignment]
-    dp.is_open, dp.sweep_due, dp.log = True, False, logged.append
-    dp.audit = lambda: []  # type: ignore[method-assign]
+        stalled=lambda: stalled, sweep=lambda grace, settle: 0), logged)
     monkeypatch.setattr(dataplane._native, "nf_latency", lambda region, nf_id: [])
     gone = dp.retire(4)
     assert not gone.grace_ok and gone.reclaimed == 2
