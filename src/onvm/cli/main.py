@@ -283,13 +283,10 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_port(args: argparse.Namespace) -> int:
-    from onvm.ports.uri import MAX_RATE, number
+    from onvm.ports.uri import parse_rate, rate_text
 
-    unpaced = args.pps.strip().lower() == "unpaced"
-    pps = 0 if unpaced else number(args.pps, 0, MAX_RATE, f"rate {args.pps}")
-    out = _call(args, ops.PortRate(args.port, pps))
-    rate = f"{out['pps']} packets/s" if out["pps"] else "unpaced"
-    print(json.dumps(out) if args.json else f"port {out['port']}: {rate}")
+    out = _call(args, ops.PortRate(args.port, parse_rate(args.pps)))
+    print(json.dumps(out) if args.json else f"port {out['port']}: {rate_text(out['pps'])}")
     return 0
 
 

@@ -43,6 +43,7 @@ from onvm.manager.flows import FlowRegistry
 from onvm.manager.nfs import Caller, NFs
 from onvm.manager.services import POLICY_NAMES, Services, parse_policy
 from onvm.manager.traces import Names, Traces
+from onvm.ports.uri import rate_text
 
 __all__ = ["HANDLERS", "INTERNAL", "Handlers", "handles"]
 
@@ -264,7 +265,7 @@ class Handlers:
     @handles(ops.PortRate)
     def port_rate(self, caller: Caller, req: ops.PortRate) -> dict[str, Any]:
         out = self.dp.set_port_rate(req.port, req.pps)
-        self.log(f"port {req.port}: " + (f"{req.pps} packets/s" if req.pps else "unpaced"))
+        self.log(f"port {req.port}: {rate_text(req.pps)}")
         return out
 
     @handles(ops.RuleDel)

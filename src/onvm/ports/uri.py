@@ -116,6 +116,17 @@ def number(text: str, lo: int, hi: int, what: str) -> int:
     return value
 
 
+def parse_rate(text: str) -> int:
+    """A paced port's rate as an operator writes it: packets a second (``k``, ``M``, ``G``
+    suffixes), or ``unpaced`` (0)."""
+    return 0 if text.strip().lower() == "unpaced" else number(text, 0, MAX_RATE, f"rate {text}")
+
+
+def rate_text(pps: int) -> str:
+    """A paced port's rate as the manager says it: ``2000000 packets/s``, or ``unpaced`` for 0."""
+    return f"{pps} packets/s" if pps else "unpaced"
+
+
 def _number(uri: str, key: str, text: str, lo: int, hi: int) -> int:
     return number(text, lo, hi, f"port '{uri}': {key}={text}")
 
