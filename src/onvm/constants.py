@@ -61,7 +61,7 @@ DropReason.__doc__ = "Why a packet was dropped; the values index the native drop
 
 #: URI scheme -> port kind value, e.g. ``"pcap-out"`` -> 4
 PORT_KINDS: Mapping[str, int] = dict(_native.PORT_KINDS)
-#: policy name -> value: ``"hash"``, ``"round-robin"``, ``"least-loaded"``
+#: policy name -> value: ``"hash"``, ``"round-robin"``, ``"least-loaded"``, ``"local"``
 POLICIES: Mapping[str, int] = dict(_native.POLICIES)
 #: who made a flow entry -> value: ``"rule"`` and ``"default"`` are cached results of the
 #: classifier, ``"nf"`` (nf.steer) and ``"api"`` (onvm flow add) explicit entries

@@ -9,11 +9,15 @@ that says it, and nothing about how it does it:
   dequeue moves as many entries as fit (up to n); a bulk one moves all n or
   nothing.  Single- and multi-producer enqueues mean the same thing to a
   single thread.
-* ``PoolModel`` is the packet pool's LIFO free stack with ownership stamps.
+* ``PoolModel`` is the packet pool's LIFO free stacks with ownership stamps.
   A fresh pool hands out slots 0, 1, 2, ...; ``free(slots)`` puts the given
   slots on top in the order given, so an ``alloc`` right after it returns
   them in that same order.  The binding frees in bursts of ``FREE_BURST``
   slots, each burst landing on top of the one before: that is modelled too.
+  With several stacks, the pool is cut into that many spans of consecutive
+  slots; a freed slot goes to its span's stack (each stack gets its part of a
+  burst on top, in the order given), and an allocation takes from its home
+  stack first, then from the next ones in turn.
 * ``parse_model`` reads Ethernet, up to two VLAN tags, IPv4, IPv6 with its
   common extension headers, ARP, TCP, UDP and ICMP the way the RX path must,
   and computes the symmetric flow hash bit for bit.
@@ -132,21 +136,36 @@ class WatermarkModel:
 
 
 class PoolModel:
-    """The packet pool: a LIFO free stack of slot indices with owner stamps."""
+    """The packet pool: LIFO free stacks of slot indices with owner stamps."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, stacks: int = 1) -> None:
         self.count = count
-        self.stack = list(range(count - 1, -1, -1))  # top of the stack at the end
-        self.owner = [OWNER_FREE] * count
+        self.span = -(-count // stacks)  # slots per stack's span
+        self.stacks: list[list[int]] = [[] for _ in range(stacks)]  # top of each at the end
+        self.owner = [0] * count
         self.lent: dict[tuple[int, int], int] = {}
+        for top in range(count, 0, -FREE_BURST):  # as the region is filled: slot 0 on top
+            self.free(range(max(top - FREE_BURST, 0), top))
 
-    def alloc(self, n: int, owner: int = 0) -> list[int]:
-        """Pop up to n slots, most recently freed first, and stamp them with owner."""
-        k = min(n, len(self.stack))
-        out = [self.stack.pop() for _ in range(k)]
+    @property
+    def stack(self) -> list[int]:
+        """Every free slot, stack after stack."""
+        return [s for st in self.stacks for s in st]
+
+    def alloc(self, n: int, owner: int = 0, home: int = 0) -> list[int]:
+        """Pop up to n slots, most recently freed first, from stack home and then the
+        ones after it, and stamp them with owner."""
+        out: list[int] = []
+        for i in range(len(self.stacks)):
+            st = self.stacks[(home + i) % len(self.stacks)]
+            out += [st.pop() for _ in range(min(n - len(out), len(st)))]
         for s in out:
             self.owner[s] = owner & 0xFFFF
         return out
+
+    def _push(self, burst: Sequence[int]) -> None:
+        for k, st in enumerate(self.stacks):
+            st.extend(reversed([s for s in burst if s // self.span == k]))
 
     def free(self, slots: Iterable[int]) -> None:
         """Return held slots; the first slot of each burst ends on top."""
@@ -160,12 +179,12 @@ class PoolModel:
             raise ValueError("a slot is freed twice in one call")
         for i in range(0, len(slots), FREE_BURST):
             burst = slots[i : i + FREE_BURST]
-            self.stack.extend(reversed(burst))
+            self._push(burst)
             for s in burst:
                 self.owner[s] = OWNER_FREE
 
     def free_count(self) -> int:
-        return len(self.stack)
+        return sum(len(st) for st in self.stacks)
 
     def held(self) -> list[int]:
         """Slots currently allocated, in index order."""

@@ -48,16 +48,18 @@ def _unlink(path: str) -> None:
 
 
 def create(
-    path: str, pool_size: int, slot_size: int = SLOT_SIZE, ring_size: int = RING_SIZE
+    path: str, pool_size: int, slot_size: int = SLOT_SIZE, ring_size: int = RING_SIZE, free_stacks: int = 1
 ) -> _native.Region:
-    return _native.Region.create(path, pool_size=pool_size, slot_size=slot_size, ring_size=ring_size)
+    return _native.Region.create(path, pool_size=pool_size, slot_size=slot_size, ring_size=ring_size,
+                                 free_stacks=free_stacks)
 
 
 @contextlib.contextmanager
-def fresh_region(path: str | None = None, pool_size: int = 128) -> Iterator[_native.Region]:
+def fresh_region(path: str | None = None, pool_size: int = 128,
+                 free_stacks: int = 1) -> Iterator[_native.Region]:
     """A new region that is closed and unlinked however the block ends."""
     path = path or new_path()
-    region = create(path, pool_size)
+    region = create(path, pool_size, free_stacks=free_stacks)
     try:
         yield region
     finally:
@@ -105,21 +107,23 @@ def dump(region: _native.Region, model: models.PoolModel) -> str:
 # ---- pool against the model --------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [64, 100, 4096])
+@pytest.mark.parametrize(("count", "stacks"), [(64, 1), (100, 1), (4096, 1), (100, 3), (4096, 2), (4096, 8)])
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
-def test_alloc_free_sequences_match_model(count: int, data: st.DataObject) -> None:
-    model = models.PoolModel(count)
+def test_alloc_free_sequences_match_model(count: int, stacks: int, data: st.DataObject) -> None:
+    model = models.PoolModel(count, stacks)
     rnd = data.draw(st.randoms(use_true_random=False), label="rnd")
     steps = data.draw(st.integers(1, 25), label="steps")
-    with fresh_region(pool_size=count) as region:
+    with fresh_region(pool_size=count, free_stacks=stacks) as region:
+        assert region.info()["free_stacks"] == stacks
         for _ in range(steps):
             held = model.held()
             if not held or data.draw(st.booleans(), label="alloc?"):
                 n = data.draw(st.integers(0, count + 8), label="n")
                 owner = data.draw(st.integers(0, models.OWNER_FREE - 1), label="owner")
-                got = region.alloc(n, owner)
-                want = model.alloc(n, owner)
+                home = data.draw(st.integers(0, stacks - 1), label="home") if stacks > 1 else 0
+                got = region.alloc(n, owner, home)
+                want = model.alloc(n, owner, home)
                 assert got == want, f"alloc({n}) -> {got[:10]}, model {want[:10]}" + dump(region, model)
             elif model.free_count() and data.draw(st.integers(0, 5), label="bad?") == 0:
                 # A free naming a slot that is already free: refused whole by both.
@@ -164,6 +168,33 @@ def test_freed_slots_come_back_first(count: int) -> None:
         got = region.alloc(len(back))
         assert got == model.alloc(len(back)), dump(region, model)
         assert sorted(got) == sorted(back)
+
+
+def test_each_stack_gets_back_the_slots_of_its_span_whoever_took_them() -> None:
+    """Three stacks over 300 slots: 0-99, 100-199, 200-299.  A slot goes back to its span's
+    stack, however the burst that frees it mixes spans, and an allocation takes from its
+    home stack before it takes from the next ones."""
+    with fresh_region(pool_size=300, free_stacks=3) as region:
+        assert region.alloc(3, 0, 1) == [100, 101, 102]
+        assert region.alloc(2, 0, 2) == [200, 201]
+        everything = region.alloc(300, 0, 1)  # home 1 first, then 2, then 0
+        assert everything[:97] == list(range(103, 200)) and everything[97:195] == list(range(202, 300))
+        assert everything[195:] == list(range(100))
+        assert region.free_count() == 0
+        mixed = [250, 5, 150, 6, 251, 151]
+        region.free(mixed)
+        assert region.free_count() == 6
+        assert region.alloc(2, 0, 0) == [5, 6]  # its own span's, in the order freed
+        assert region.alloc(2, 0, 2) == [250, 251]
+        assert region.alloc(5, 0, 1) == [150, 151]  # and nothing else is free
+        with pytest.raises(ValueError, match="free stack 3: the region has 3"):
+            region.alloc(1, 0, 3)
+
+
+def test_a_thread_without_a_home_allocates_from_the_first_stack() -> None:
+    with fresh_region(pool_size=128, free_stacks=2) as region:
+        assert region.alloc(2) == [0, 1]
+        assert region.info()["pool_free"] == 126
 
 
 @pytest.mark.parametrize("count", [64, 100, 4096])
@@ -397,6 +428,7 @@ def test_closed_region_raises(path: str) -> None:
         {"slot_size": 1000},
         {"ring_size": 100},
         {"ring_size": 1},
+        {"free_stacks": 9},
     ],
 )
 def test_create_rejects_bad_parameters(path: str, kw: dict[str, int]) -> None:
@@ -483,6 +515,26 @@ def test_attach_refuses_capture_and_trace_offsets_not_following_from_sizes(path:
                 mm[at : at + 8] = value
         other = _native.Region.attach(path)
         assert other.info()[field] == region.info()[field]
+        other.close()
+
+
+@pytest.mark.parametrize("stacks", [0, 9])
+def test_attach_refuses_a_count_of_free_stacks_out_of_range(path: str, stacks: int) -> None:
+    with fresh_region(path, pool_size=64, free_stacks=2) as region:
+        at = _hooks.layout(region)["free_stacks"]
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+            original = mm[at : at + 4]
+            assert struct.unpack("<I", original)[0] == 2
+            mm[at : at + 4] = struct.pack("<I", stacks)
+            try:
+                with pytest.raises(_native.RegionError) as e:
+                    _native.Region.attach(path)
+                assert e.value.errno == errno.EPROTO
+                assert "damaged header" in str(e.value)
+            finally:
+                mm[at : at + 4] = original
+        other = _native.Region.attach(path)
+        assert other.info()["free_stacks"] == 2
         other.close()
 
 
@@ -649,6 +701,20 @@ def test_pick_spreads_evenly(region: _native.Region) -> None:
     assert set(counts) == {m[0] for m in members}
     for nf, c in counts.items():
         assert abs(c / len(HASHES) - 1 / 5) < 0.03, (nf, counts)
+
+
+def test_local_sends_each_rx_worker_to_its_own_instance_and_nfs_by_hash(region: _native.Region) -> None:
+    members = [(7, 0), (3, 1), (9, 2)]  # in instance order, as the manager writes them
+    region.set_service(2, members, _native.POLICIES["local"])
+    for rx in range(8):
+        assert {region.pick(2, h, rx) for h in HASHES} == {members[rx % 3][0]}, rx
+    by_hash = [models.pick_model(members, h) for h in HASHES]
+    assert [region.pick(2, h) for h in HASHES] == by_hash  # an NF sends on: no RX worker
+    assert [region.pick(2, h, -1) for h in HASHES] == by_hash
+    region.set_service(2, members[:1], _native.POLICIES["local"])
+    assert region.pick(2, HASHES[0], 5) == 7
+    with pytest.raises(ValueError, match="RX worker 8"):
+        region.pick(2, 0, 8)
 
 
 def test_adding_instances_keeps_flow_affinity(region: _native.Region) -> None:

@@ -568,3 +568,71 @@ r.close()
 """)
     assert "reclaimed 0 free 1014" in out
     assert "taken 10 free 1024" in out
+
+
+# The same region with two free stacks (slots 0-511 and 512-1023), as a manager with two RX workers has.
+TWO_STACKS = HOSTILE.replace("ring_size=64)\nL =", "ring_size=64, free_stacks=2)\nL =", 1)
+
+
+def test_the_sweep_brings_back_what_a_stale_link_cut_off_the_second_free_stack_and_counts_it_once() -> None:
+    out = run_child(TWO_STACKS + """
+m = _native.Manager(r, 2, 1)
+held = r.alloc(1024, 1)
+print("spans", held[:512] == list(range(512)), held[512:] == list(range(512, 1024)))
+for s in reversed(held):
+    r.free([s])  # each stack runs in index order: 0, 1, ... and 512, 513, ...
+u32(meta(522, "next_free"), 0x7fffffff)
+got = r.alloc(32, 1, 1)
+# 11 from its own stack up to the cut, the rest from the first stack
+print("got", got == list(range(512, 523)) + list(range(21)), "broken", r.info()["broken_links"])
+r.free(got)
+print("free", r.free_count())  # counted still: the 501 cut off are free, but nobody reaches them
+print("swept", m.sweep(0.2), "free", r.free_count())
+print("all", sorted(r.alloc(2048, 1, 1)) == list(range(1024)), "free", r.free_count())
+r.close()
+""")
+    assert "spans True True" in out
+    assert "got True broken 1" in out
+    assert "free 1024\n" in out
+    assert "swept 501 free 1024" in out
+    assert "all True free 0" in out
+
+
+def test_a_count_held_up_across_a_sweep_on_the_second_free_stack_does_not_land_in_the_free_count() -> None:
+    out = run_child(TWO_STACKS + """
+m = _native.Manager(r, 2, 1)
+def epoch(k):
+    return struct.unpack("<Q", _hooks.peek(r, L["free_head"] + k * L["free_stride"], 8))[0] >> 32 & 1
+before = [epoch(0), epoch(1)]
+print("swept", m.sweep(0.05), "moved", [epoch(k) != before[k] for k in (0, 1)], "free", r.free_count())
+_hooks.late_count(r, before[1], 5, 1)
+_hooks.late_count(r, before[1], -3, 1)
+print("free after", r.free_count())
+_hooks.late_count(r, 1 - before[1], 4, 1)  # the open epoch counts (the check is not vacuous)
+print("open", r.free_count())
+_hooks.late_count(r, 1 - before[1], -4, 1)
+try:
+    _hooks.late_count(r, 0, 1, 2)
+except ValueError as e:
+    print("refused", e)
+r.close()
+""")
+    assert "swept 0 moved [True, True] free 1024" in out
+    assert "free after 1024" in out
+    assert "open 1028" in out
+    assert "refused the region has 2 free stacks" in out
+
+
+def test_a_second_free_stack_naming_no_slot_is_reported_and_allocations_go_on_from_the_first() -> None:
+    out = run_child(TWO_STACKS + """
+m = _native.Manager(r, 2, 1)
+u64(L["free_head"] + L["free_stride"], 7 << 32 | 0x7fffffff)
+events = []
+audit_until("pool", events)
+print("pool", [(e["peer"], e["count"]) for e in events if e["kind"] == "pool"])
+got = r.alloc(600, 1, 1)
+print("got", got == list(range(512)), "broken", r.info()["broken_links"] > 0)
+r.close()
+""")
+    assert f"pool [(1, {0x7fffffff})]" in out
+    assert "got True broken True" in out

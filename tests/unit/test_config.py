@@ -164,7 +164,7 @@ def test_rules_in_a_file_read_as_the_command_line_reads_them() -> None:
 
 def test_a_service_policy_is_one_check_wherever_it_is_said() -> None:
     """The flag, the file and the control operation refuse a bad policy with the same words."""
-    words = "policy 'fastest': expected hash, round-robin or least-loaded"
+    words = "policy 'fastest': expected hash, round-robin, least-loaded or local"
     with pytest.raises(ConfigError, match=f"--policy 2=fastest: {words}"):
         _manager_flags(["--policy", "2=fastest"])
     with pytest.raises(TopologyError) as e:

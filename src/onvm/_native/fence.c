@@ -37,7 +37,7 @@
  *  - Tables.  A sequence word of a chain or a service left odd for
  *    ONVM_STALL_NS is made even again (readers give up on it after a bound
  *    anyway; this lets them read it again), and reported.
- *  - The free stack's head naming no slot is reported (allocations get nothing
+ *  - A free stack's head naming no slot is reported (allocations get nothing
  *    from such a stack; see onvm_pool_alloc_burst).
  *
  * Sweeping.  An NF may write over the ownership stamp of a slot it holds: free,
@@ -47,10 +47,10 @@
  * transit to a ring that does not hold it, the manager's (which holds a slot
  * for one loop iteration only) or with no stamp at all is a suspect; if it is
  * still one, unchanged (stamp and RX time), after a grace period, nobody holds
- * it.  A slot stamped free but not in the free stack is found by taking the
- * stack whole (one CAS: it is ours while we walk it; allocations find it empty
+ * it.  A slot stamped free but in no free stack is found by taking each stack
+ * whole (one CAS: it is ours while we walk it; allocations find it empty
  * meanwhile), walking it and putting it back, twice, a grace period apart, so
- * that a free under way at the first look is in the stack at the second.  The
+ * that a free under way at the first look is in a stack at the second.  The
  * sweep runs after a fence, on the manager's thread, and frees nothing when the
  * grace period does not complete in time (the manager sweeps again later); a
  * slot freed by mistake would in any case be refused by the consumer it was in
@@ -190,11 +190,13 @@ int onvm_mgr_audit(struct onvm_mgr *m, struct onvm_audit_event *out, int max) {
     for (unsigned s = 0; s < ONVM_MAX_SERVICES; s++)
         if (watch_seq(&r->services[s].seq, &m->seq_service[s], now))
             emit(out, max, &k, ONVM_AUDIT_TABLE, 0, s, 1, 1);
-    uint32_t top = (uint32_t)atomic_load_explicit(&r->hdr->free.head, ONVM_RELAXED);
-    if (top != ONVM_SLOT_NIL && top >= r->pool_count) {
-        if (!m->told_pool)
-            emit(out, max, &k, ONVM_AUDIT_POOL, 0, 0, 0, top);
-        m->told_pool = 1;
+    for (uint32_t i = 0; i < r->free_stacks; i++) {
+        uint32_t top = (uint32_t)atomic_load_explicit(&r->hdr->free[i].head, ONVM_RELAXED);
+        if (top != ONVM_SLOT_NIL && top >= r->pool_count) {
+            if (!m->told_pool)
+                emit(out, max, &k, ONVM_AUDIT_POOL, 0, i, 0, top);
+            m->told_pool = 1;
+        }
     }
     return k;
 }
@@ -242,8 +244,8 @@ struct chain {
  * slot not stamped free or into one met already ends a walk (what follows is lost to
  * the stack: the sweep brings back what of it is free).  flip: the first take also
  * starts a new epoch of the free count and closes the old one (onvm_layout.h). */
-static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c, int flip) {
-    struct onvm_freestack *fs = &r->hdr->free;
+static void take_stack(struct onvm_region *r, struct onvm_freestack *fs, uint8_t *in_stack, struct chain *c,
+                       int flip) {
     for (int round = 0; round < 8; round++) {
         uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE), next;
         const int flipping = round == 0 && flip;
@@ -271,6 +273,12 @@ static void take_stack(struct onvm_region *r, uint8_t *in_stack, struct chain *c
         /* Pushed back below: count them out now, the push counts them in again. */
         onvm_free_count_add(fs, old, -(int64_t)walked);
     }
+}
+
+/* Every free stack taken as above, into one c. */
+static void take_stacks(struct onvm_region *r, uint8_t *in_stack, struct chain *c, int flip) {
+    for (uint32_t i = 0; i < r->free_stacks; i++)
+        take_stack(r, &r->hdr->free[i], in_stack, c, flip);
 }
 
 long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns, int settle) {
@@ -307,7 +315,7 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns, int settle) {
     }
     /* Slots stamped free that the stack does not hold. */
     memset(mark, 0, n);
-    take_stack(r, mark, &back, 0);
+    take_stacks(r, mark, &back, 0);
     if (back.n)
         onvm_pool_push(r, back.slot, back.n);
     uint32_t nf = 0, *freed = back.slot; /* reused: the walk is pushed back already */
@@ -344,7 +352,7 @@ long onvm_mgr_sweep(struct onvm_mgr *m, uint64_t grace_ns, int settle) {
      * count, however long, by preemption or by an NF that stopped there) goes unread. */
     memset(mark, 0, n);
     struct chain again = {(uint32_t *)rx, 0}; /* rx is done with: n u64 hold n u32 */
-    take_stack(r, mark, &again, 1);
+    take_stacks(r, mark, &again, 1);
     if (again.n)
         onvm_pool_push(r, again.slot, again.n);
     for (uint32_t i = 0; i < nf; i++)

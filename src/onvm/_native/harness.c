@@ -168,7 +168,7 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
     struct onvm_header *h = r->hdr;
     return Py_BuildValue(
         "{s:K,s:n,s:K,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:K,s:I,s:I,s:n,s:n,s:K,s:n,s:K,"
-        "s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n}",
+        "s:n,s:n,s:K,s:n,s:n,s:n,s:n,s:n,s:n,s:n}",
         "nfs", (unsigned long long)((uint8_t *)r->nfs - r->base), "nf_size", (Py_ssize_t)sizeof(struct onvm_nf),
         "rings", (unsigned long long)r->off_rings, "ring_bytes", (unsigned long long)r->ring_bytes,
         "prod_head", offsetof(struct onvm_ring, prod.head), "prod_tail", offsetof(struct onvm_ring, prod.tail),
@@ -181,7 +181,9 @@ static PyObject *mod_layout(PyObject *mod, PyObject *region) {
         offsetof(struct onvm_nf, state), "sleeping", offsetof(struct onvm_nf, wait.sleeping), "chains",
         (unsigned long long)h->off_chains, "chain_size",
         (Py_ssize_t)sizeof(struct onvm_chain), "services", (unsigned long long)h->off_services, "service_size",
-        (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free.head),
+        (Py_ssize_t)sizeof(struct onvm_service), "free_head", offsetof(struct onvm_header, free[0].head),
+        "free_stride", (Py_ssize_t)sizeof(struct onvm_freestack), "free_stacks",
+        offsetof(struct onvm_header, free_stacks),
         "captures", (unsigned long long)((uint8_t *)r->captures - r->base), "capture_size",
         (Py_ssize_t)sizeof(struct onvm_capture), "cap_src_len", offsetof(struct onvm_capture, filter.src_len),
         "next_free", offsetof(struct onvm_meta, next_free), "flows_used", offsetof(struct onvm_header, flows_used));
@@ -312,19 +314,22 @@ static PyObject *mod_reserve_only(PyObject *mod, PyObject *args) {
     return PyLong_FromUnsignedLong(pos);
 }
 
-/* late_count(region, epoch, n): count n freed slots under free-count epoch `epoch` (0 or 1)
- * now, as a push that took the free stack in that epoch and was held up before it counted. */
+/* late_count(region, epoch, n, stack=0): count n freed slots under free-count epoch `epoch`
+ * (0 or 1) of a free stack now, as a push that took that stack in that epoch and was held
+ * up before it counted. */
 static PyObject *mod_late_count(PyObject *mod, PyObject *args) {
     (void)mod;
     PyObject *region;
-    unsigned epoch;
+    unsigned epoch, stack = 0;
     long long n;
-    if (!PyArg_ParseTuple(args, "OIL", &region, &epoch, &n))
+    if (!PyArg_ParseTuple(args, "OIL|I", &region, &epoch, &n, &stack))
         return NULL;
     struct onvm_region *r = open_region(region);
     if (!r)
         return NULL;
-    onvm_free_count_add(&r->hdr->free, (uint64_t)(epoch & 1u) << 32, n);
+    if (stack >= r->free_stacks)
+        return PyErr_Format(PyExc_ValueError, "the region has %u free stacks", r->free_stacks);
+    onvm_free_count_add(&r->hdr->free[stack], (uint64_t)(epoch & 1u) << 32, n);
     Py_RETURN_NONE;
 }
 

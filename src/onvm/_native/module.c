@@ -75,18 +75,19 @@ static void Region_dealloc(RegionObject *self) {
 }
 
 static PyObject *Region_create(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "name", "pool_size", "slot_size", "ring_size", "flow_size", "max_rules", NULL};
+    static char *kwlist[] = {"path",      "name",      "pool_size", "slot_size", "ring_size",
+                             "flow_size", "max_rules", "free_stacks", NULL};
     const char *path, *name = "onvm";
-    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536, max_rules = ONVM_RULES_DEFAULT;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows,
-                                     &max_rules))
+    unsigned int pool = 16384, slot = 2048, ring = 4096, flows = 65536, max_rules = ONVM_RULES_DEFAULT, stacks = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|sIIIIII", kwlist, &path, &name, &pool, &slot, &ring, &flows,
+                                     &max_rules, &stacks))
         return NULL;
     RegionObject *self = (RegionObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
     struct onvm_region_params p = {
         .pool_count = pool, .slot_size = slot, .ring_size = ring, .flow_count = flows, .max_rules = max_rules,
-        .name = name};
+        .free_stacks = stacks, .name = name};
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = onvm_region_create(&self->r, path, &p);
     Py_END_ALLOW_THREADS if (rc != 0) {
@@ -146,9 +147,9 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
 }
 
 static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h) {
-    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I,s:K,s:K}", "path", self->path, "name",
-                         onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
-                         "pool_size", h->pool_count, "slot_size", h->slot_size, "ring_size", h->ring_size,
+    return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I,s:K,s:K}", "path", self->path,
+                         "name", onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
+                         "pool_size", h->pool_count, "free_stacks", self->r.free_stacks, "slot_size", h->slot_size, "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",
@@ -210,19 +211,22 @@ static int slots_from_seq(RegionObject *self, PyObject *seq, uint32_t **out, Py_
 }
 
 static PyObject *Region_alloc(RegionObject *self, PyObject *args) {
-    unsigned int n, owner = ONVM_OWNER_MGR;
-    if (!PyArg_ParseTuple(args, "I|I", &n, &owner))
+    unsigned int n, owner = ONVM_OWNER_MGR, home = 0;
+    if (!PyArg_ParseTuple(args, "I|II", &n, &owner, &home))
         return NULL;
     REGION_OPEN(self);
     if (owner >= ONVM_OWNER_FREE)
         return PyErr_Format(PyExc_ValueError, "owner %u is not a valid stamp (0..%u)", owner,
                             ONVM_OWNER_FREE - 1);
+    if (home >= self->r.free_stacks)
+        return PyErr_Format(PyExc_ValueError, "free stack %u: the region has %u", home, self->r.free_stacks);
     if (n > self->r.pool_count)
         n = self->r.pool_count;
     uint32_t *buf = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
     if (!buf)
         return PyErr_NoMemory();
     uint32_t got = 0;
+    unsigned was = onvm_pool_set_home(home);
     while (got < n) {
         uint32_t k = onvm_pool_alloc_burst(&self->r, buf + got, n - got > 256 ? 256 : n - got,
                                            (uint16_t)owner);
@@ -230,6 +234,7 @@ static PyObject *Region_alloc(RegionObject *self, PyObject *args) {
             break;
         got += k;
     }
+    onvm_pool_set_home(was);
     for (uint32_t i = 0; i < got; i++)
         onvm_slot_reset(&self->r, buf[i]);
     PyObject *l = list_of_u32(buf, got);
@@ -744,11 +749,16 @@ static PyObject *Region_set_service(RegionObject *self, PyObject *args) {
 
 static PyObject *Region_pick(RegionObject *self, PyObject *args) {
     unsigned svc, hash;
-    if (!PyArg_ParseTuple(args, "II", &svc, &hash))
+    int rx = -1;
+    if (!PyArg_ParseTuple(args, "II|i", &svc, &hash, &rx))
         return NULL;
     REGION_OPEN(self);
+    if (rx < -1 || rx >= ONVM_MAX_WORKERS)
+        return PyErr_Format(PyExc_ValueError, "RX worker %d: expected 0..%d, or -1 for none", rx,
+                            ONVM_MAX_WORKERS - 1);
     static uint32_t rr[ONVM_MAX_SERVICES];
-    return PyLong_FromUnsignedLong(onvm_service_pick(&self->r, svc, hash, &rr[svc % ONVM_MAX_SERVICES], NULL));
+    return PyLong_FromUnsignedLong(
+        onvm_service_pick(&self->r, svc, hash, &rr[svc % ONVM_MAX_SERVICES], (unsigned)(rx + 1), NULL));
 }
 
 static PyObject *Region_set_chain(RegionObject *self, PyObject *args) {
@@ -818,7 +828,8 @@ static PyMethodDef Region_methods[] = {
     {"free_count", (PyCFunction)Region_free_count, METH_NOARGS, "Free slots in the pool."},
     {"damaged", (PyCFunction)Region_damaged, METH_NOARGS,
      "True once the region's file was cut short under this mapping (it reads zeros past the cut)."},
-    {"alloc", (PyCFunction)Region_alloc, METH_VARARGS, "alloc(n, owner=0) -> list of slot indices."},
+    {"alloc", (PyCFunction)Region_alloc, METH_VARARGS,
+     "alloc(n, owner=MGR, home=0) -> list of slot indices, from free stack home first."},
     {"free", (PyCFunction)Region_free, METH_O, "free(slots): return slots to the pool."},
     {"write", (PyCFunction)Region_write, METH_VARARGS, "write(slot, data): set a slot's packet."},
     {"read", (PyCFunction)Region_read, METH_VARARGS, "read(slot) -> bytes of the packet."},
@@ -845,7 +856,8 @@ static PyMethodDef Region_methods[] = {
     {"set_cpu", (PyCFunction)Region_set_cpu, METH_VARARGS,
      "set_cpu(kind, index, cpu): ask NF or worker index to run on cpu (-1: home)."},
     {"set_service", (PyCFunction)Region_set_service, METH_VARARGS, "set_service(svc, [(nf_id, instance)], policy=0)."},
-    {"pick", (PyCFunction)Region_pick, METH_VARARGS, "pick(svc, flow_hash) -> NF id or 0."},
+    {"pick", (PyCFunction)Region_pick, METH_VARARGS,
+     "pick(svc, flow_hash, rx_worker=-1) -> NF id or 0 (rx_worker: who asks, for the local policy)."},
     {"set_chain", (PyCFunction)Region_set_chain, METH_VARARGS, "set_chain(id, [(action, dest)])."},
     {"chain", (PyCFunction)Region_chain, METH_VARARGS, "chain(id) -> [(action, dest)]."},
     {"chains", (PyCFunction)Region_chains, METH_NOARGS, "chains() -> [(id, name, hops)] of named chains."},

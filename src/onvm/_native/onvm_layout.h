@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 13u /* 13: a flow entry's two lines side by side */
+#define ONVM_LAYOUT_VERSION 14u /* 14: a free stack per RX worker */
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -198,6 +198,12 @@ struct onvm_freestack {
     _Atomic int64_t count[2];
 };
 
+/* The pool is cut into free_stacks spans of consecutive slots, each with a free stack
+ * of its own, and a freed slot goes back to its span's stack: so an RX worker that
+ * allocates from its own stack (onvm_pool_set_home) writes slots no other RX worker
+ * writes, as a NIC queue with a mempool of its own does. */
+#define ONVM_FREE_STACKS ONVM_MAX_WORKERS
+
 /* Latency histogram: 4 sub-buckets per power of two of nanoseconds (values
  * 0-3 get a bucket each; see onvm_lat_bucket() in onvm_latency.h), the last
  * bucket also takes everything above 2^33 ns (8.6 s).  Written only by its owner. */
@@ -347,7 +353,8 @@ struct onvm_header {
     uint64_t off_meta, off_slots;
     uint64_t ring_bytes; /* bytes per ring, header included */
     char name[40];
-    struct onvm_freestack free;
+    uint32_t free_stacks; /* stacks in use, 1..ONVM_FREE_STACKS: the pool in as many spans */
+    struct onvm_freestack free[ONVM_FREE_STACKS];
     /* flow table and rule classifier (onvm_flow.h) */
     alignas(ONVM_CACHE_LINE) uint64_t off_flows;
     uint64_t off_cls;

@@ -50,6 +50,7 @@ struct onvm_region {
     uint8_t *slots;
     uint32_t slot_size;
     uint32_t pool_count;
+    uint32_t free_stacks, stack_span; /* the pool's free stacks and the slots each one's span holds */
     uint32_t ring_size, ring_mask;
     uint64_t off_rings, ring_bytes;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
@@ -80,6 +81,7 @@ struct onvm_region_params {
     uint32_t ring_size;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
     uint32_t max_rules;  /* rule slots reserved (0: ONVM_RULES_DEFAULT) */
+    uint32_t free_stacks; /* free stacks, one per RX worker (0: one) */
     const char *name;
 };
 
@@ -154,9 +156,14 @@ static inline struct onvm_ring *onvm_nf_ring(const struct onvm_region *r, unsign
 /* Up to n free slots, stamped owner.  Bounded whatever the free stack holds: a link
  * out of the pool ends the stack, a slot not stamped free is not handed out. */
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner);
+/* The calling thread's own free stack (0 until set; returns the one before): its
+ * allocations take from it first, then from the others in turn.  RX worker i sets i
+ * (onvm_layout.h). */
+unsigned onvm_pool_set_home(unsigned stack);
 /* Stamps the slots (which the caller holds) free and pushes them. */
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
-/* Pushes slots stamped free already, linked in the order given (n >= 1). */
+/* Pushes slots stamped free already, each to its span's stack, linked in the order
+ * given (n >= 1). */
 void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n);
 /* Once port's device holds nothing any more (its queues and rings are gone):
  * frees every slot still stamped as lent to the port and zeroes the port's
@@ -238,9 +245,18 @@ static inline void onvm_seq_write_end(_Atomic uint32_t *seq, uint32_t odd) {
 static inline int64_t onvm_free_count_of(int64_t v) { return v < ONVM_FREE_CLOSED / 2 ? 0 : v; }
 
 static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
-    const struct onvm_freestack *fs = &r->hdr->free;
-    return onvm_free_count_of(atomic_load_explicit(&fs->count[0], ONVM_RELAXED)) +
-           onvm_free_count_of(atomic_load_explicit(&fs->count[1], ONVM_RELAXED));
+    int64_t n = 0;
+    for (uint32_t i = 0; i < r->free_stacks; i++) {
+        const struct onvm_freestack *fs = &r->hdr->free[i];
+        n += onvm_free_count_of(atomic_load_explicit(&fs->count[0], ONVM_RELAXED)) +
+             onvm_free_count_of(atomic_load_explicit(&fs->count[1], ONVM_RELAXED));
+    }
+    return n;
+}
+
+/* The free stack a slot goes back to: the one of its span. */
+static inline struct onvm_freestack *onvm_pool_stack_of(struct onvm_region *r, uint32_t idx) {
+    return &r->hdr->free[idx / r->stack_span];
 }
 
 /* The free stack's head after old: the tag moves on, its epoch (the low bit) stays. */
@@ -285,7 +301,8 @@ void onvm_service_set(struct onvm_region *r, unsigned svc, const uint16_t *nf, c
 #define ONVM_POLICIES(X)                                                                           \
     X(HASH, "hash")          /* rendezvous hashing of the symmetric flow hash: flow affinity */    \
     X(RR, "round-robin")     /* round-robin, per producer (*rr is the producer's counter) */       \
-    X(LEAST, "least-loaded") /* the instance whose RX ring holds the fewest packets */
+    X(LEAST, "least-loaded") /* the instance whose RX ring holds the fewest packets */      \
+    X(LOCAL, "local")        /* RX worker i's packets to instance i % count (NFs': hash) */
 
 enum onvm_policy {
 #define ONVM_X_ENUM(id, name) ONVM_POLICY_##id,
@@ -293,10 +310,10 @@ enum onvm_policy {
 #undef ONVM_X_ENUM
     ONVM_POLICY_COUNT
 };
-/* Returns an NF id for a packet of the service, 0 if the service has none. */
 /* An instance of svc for a flow (0: none); *count_out, when given, gets the number of
- * instances the pick saw (1: every flow gets the same one). */
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
+ * instances the pick saw (1: every flow gets the same one).  rx: 1 + the index of the
+ * RX worker that asks (the local policy's answer depends on it), 0 for anyone else. */
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr, unsigned rx,
                            unsigned *count_out);
 /* onvm_service_pick's answer when the service could not be read in time (a sequence
  * left odd): no NF id, and not 0 either, so that it is told from "no instance". */

@@ -51,6 +51,7 @@ struct onvm_route_ctx {
     struct onvm_waiter *tx_waiter;  /* NF: the TX worker that drains it */
     struct onvm_port **ports;       /* manager: the port table */
     unsigned worker;                /* manager: this worker's row in port stats */
+    unsigned rx;                    /* RX worker i: i + 1 (service picks depend on it); 0 elsewhere */
     uint64_t *act;                  /* [ONVM_ACT_COUNT] actions taken */
     uint64_t *drops;                /* [ONVM_DROP_COUNT] */
     uint64_t *tx;                   /* packets handed onward */

@@ -60,7 +60,7 @@ static PyObject *mod_pool_race(PyObject *mod, PyObject *args) {
     pthread_t other;
     int started;
     Py_BEGIN_ALLOW_THREADS started = pthread_create(&other, NULL, race_other, &x) == 0;
-    struct onvm_freestack *fs = &r->hdr->free;
+    struct onvm_freestack *fs = &r->hdr->free[0]; /* this thread's home: it allocates from it */
     struct onvm_meta *m = &r->meta[x.slot];
     for (uint32_t round = 1; started && round <= rounds; round++) {
         for (uint32_t i = 0; i < burst - 1; i++) {

@@ -55,7 +55,10 @@ static int compute_layout(struct onvm_region *r, const struct onvm_region_params
         return fail(r, EINVAL, "ring size must be a power of two");
     if (p->flow_count && ((p->flow_count & (p->flow_count - 1)) || p->flow_count > (1u << 26)))
         return fail(r, EINVAL, "flow table size must be 0 or a power of two up to 2^26");
+    if (p->free_stacks > ONVM_FREE_STACKS)
+        return fail(r, EINVAL, "free stacks must be between 1 and %d", ONVM_FREE_STACKS);
     memset(tmp, 0, sizeof *tmp);
+    tmp->free_stacks = p->free_stacks ? p->free_stacks : 1;
     uint64_t off = ALIGN_UP(sizeof(struct onvm_header), 4096);
     tmp->off_nfs = off;
     off += ALIGN_UP(sizeof(struct onvm_nf) * ONVM_MAX_NFS, 64);
@@ -102,6 +105,8 @@ static void bind_tables(struct onvm_region *r, const struct onvm_header *h) {
     r->slots = onvm_at(r, h->off_slots);
     r->slot_size = h->slot_size;
     r->pool_count = h->pool_count;
+    r->free_stacks = h->free_stacks; /* 1..ONVM_FREE_STACKS: compute_layout checked it */
+    r->stack_span = (h->pool_count + h->free_stacks - 1) / h->free_stacks;
     r->ring_size = h->ring_size;
     r->ring_mask = h->ring_size - 1;
     r->off_rings = h->off_rings;
@@ -243,9 +248,11 @@ int onvm_region_create(struct onvm_region *r, const char *path, const struct onv
     onvm_set_text(h->name, sizeof h->name, p->name ? p->name : "");
     bind_tables(r, &tmp);
     onvm_cls_init(r, h->off_cls, h->max_rules);
-    atomic_store(&h->free.head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
-    atomic_store(&h->free.count[0], 0);
-    atomic_store(&h->free.count[1], ONVM_FREE_CLOSED); /* the sweep opens it (fence.c) */
+    for (unsigned i = 0; i < ONVM_FREE_STACKS; i++) {
+        atomic_store(&h->free[i].head, ((uint64_t)0 << 32) | ONVM_SLOT_NIL);
+        atomic_store(&h->free[i].count[0], 0);
+        atomic_store(&h->free[i].count[1], ONVM_FREE_CLOSED); /* the sweep opens it (fence.c) */
+    }
     for (unsigned n = 1; n < ONVM_MAX_NFS; n++) {
         onvm_ring_init(onvm_nf_ring(r, n, 0), p->ring_size,
                        (uint32_t)((uint8_t *)&r->nfs[n].wait - r->base));
@@ -305,10 +312,11 @@ int onvm_region_attach(struct onvm_region *r, const char *path) {
      * anything else (damaged, or written by someone) maps nothing. */
     struct onvm_region_params want = {.pool_count = h.pool_count, .slot_size = h.slot_size,
                                       .ring_size = h.ring_size, .flow_count = h.flow_count,
-                                      .max_rules = h.max_rules};
+                                      .max_rules = h.max_rules, .free_stacks = h.free_stacks};
     struct onvm_header lay;
     uint64_t eager;
     if (compute_layout(r, &want, &lay, &eager) != 0 || lay.max_rules != h.max_rules ||
+        lay.free_stacks != h.free_stacks ||
         lay.total_size != h.total_size || lay.off_nfs != h.off_nfs || lay.off_services != h.off_services ||
         lay.off_chains != h.off_chains || lay.off_ports != h.off_ports || lay.off_workers != h.off_workers ||
         lay.off_rings != h.off_rings || lay.ring_bytes != h.ring_bytes || lay.off_meta != h.off_meta ||
@@ -405,8 +413,8 @@ static inline uint32_t take_run(const struct onvm_region *r, uint32_t cur, uint3
  * cuts it off, so nobody walks into it again).  After the CAS, a slot not stamped
  * free (a link into a slot in use, or a cycle) is not handed out.  Every loop is
  * bounded; an allocation that cannot get anything returns 0. */
-uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
-    struct onvm_freestack *fs = &r->hdr->free;
+static uint32_t alloc_from(struct onvm_region *r, struct onvm_freestack *fs, uint32_t *out, uint32_t n,
+                           uint16_t owner) {
     /* Acquire pairs with the release CAS in onvm_pool_free_burst: the links
      * we walk were written before the push that published them. */
     uint64_t old = atomic_load_explicit(&fs->head, ONVM_ACQUIRE);
@@ -463,8 +471,24 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
     return 0;
 }
 
-void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
-    struct onvm_freestack *fs = &r->hdr->free;
+static _Thread_local unsigned pool_home;
+
+unsigned onvm_pool_set_home(unsigned stack) {
+    unsigned was = pool_home;
+    pool_home = stack;
+    return was;
+}
+
+uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
+    const uint32_t stacks = r->free_stacks, home = pool_home % stacks;
+    uint32_t got = alloc_from(r, &r->hdr->free[home], out, n, owner);
+    for (uint32_t i = 1; i < stacks && got < n; i++)
+        got += alloc_from(r, &r->hdr->free[(home + i) % stacks], out + got, n - got, owner);
+    return got;
+}
+
+/* n slots that all go to the stack fs, linked in the order given. */
+static void push_to(struct onvm_region *r, struct onvm_freestack *fs, const uint32_t *idx, uint32_t n) {
     for (uint32_t c = 0; c < n; c += RUN_MAX) { /* runs: see above */
         uint32_t len = n - c < RUN_MAX ? n - c : RUN_MAX, last = idx[c + len - 1];
         if (len > 1)
@@ -483,6 +507,38 @@ void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
         /* Release publishes the links above to the acquire in alloc. */
     } while (!atomic_compare_exchange_weak_explicit(&fs->head, &old, next, ONVM_RELEASE, ONVM_RELAXED));
     onvm_free_count_add(fs, old, n);
+}
+
+#define PUSH_PART 64 /* slots gathered per push, when a burst spans stacks */
+
+void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
+    const uint32_t span = r->stack_span;
+    struct onvm_freestack *first = onvm_pool_stack_of(r, idx[0]);
+    uint32_t i = 1;
+    while (i < n && onvm_pool_stack_of(r, idx[i]) == first)
+        i++;
+    if (i == n) { /* one stack: the common case (a burst that one RX worker allocated) */
+        push_to(r, first, idx, n);
+        return;
+    }
+    /* Each stack's slots in the order given, gathered from the end in parts, so that
+     * the part pushed last (on top) is the first: the stack ends up as if they had
+     * been pushed at once. */
+    uint32_t part[PUSH_PART];
+    for (uint32_t k = 0; k < r->free_stacks; k++) {
+        uint32_t len = 0;
+        for (i = n; i-- > 0;) {
+            if (idx[i] / span != k)
+                continue;
+            part[PUSH_PART - 1 - len++] = idx[i];
+            if (len == PUSH_PART) {
+                push_to(r, &r->hdr->free[k], part, PUSH_PART);
+                len = 0;
+            }
+        }
+        if (len)
+            push_to(r, &r->hdr->free[k], part + PUSH_PART - len, len);
+    }
 }
 
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
@@ -540,7 +596,7 @@ static inline uint32_t mix32(uint32_t x) {
     return x;
 }
 
-unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr,
+unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr, unsigned rx,
                            unsigned *count_out) {
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
@@ -553,6 +609,11 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
             pick = s->nf[0];
         } else if (count > 1 && s->policy == ONVM_POLICY_RR && rr) {
             pick = s->nf[(*rr)++ % count];
+        } else if (count > 1 && s->policy == ONVM_POLICY_LOCAL && rx) {
+            /* A flow stays with the RX worker that reads it (one port, or one queue of a
+             * port that spreads flows over queues by their hash, as RSS does), and so
+             * with one instance: the pipeline that worker feeds (onvm_layout.h). */
+            pick = s->nf[(rx - 1) % count];
         } else if (count > 1 && s->policy == ONVM_POLICY_LEAST) {
             uint32_t best = UINT32_MAX;
             for (unsigned i = 0; i < count; i++) {

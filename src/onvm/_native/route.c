@@ -303,7 +303,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             unsigned nf = one_nf;
             if (dest != one_dest) {
                 unsigned count = 0;
-                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], &count);
+                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], c->rx, &count);
                 if (nf == ONVM_PICK_STUCK) {
                     drop(c, s, ONVM_DROP_INVALID);
                     break;

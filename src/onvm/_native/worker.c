@@ -251,6 +251,7 @@ static void *worker_main(void *arg) {
     char name[16]; /* shown by top -H and in /proc/PID/task/TID/comm */
     snprintf(name, sizeof name, "onvm-%s%u", w->tx ? "tx" : "rx", w->index);
     pthread_setname_np(pthread_self(), name);
+    onvm_pool_set_home(w->tx ? 0 : w->index); /* RX worker i allocates from free stack i first */
     struct onvm_cpu_follow cpu;
     onvm_cpu_follow_init(&cpu, &shared->cpu_now);
     while (!atomic_load_explicit(&m->stop, ONVM_ACQUIRE)) {
@@ -342,6 +343,7 @@ int onvm_mgr_start(struct onvm_mgr *m) {
         w->route.r = m->r;
         w->route.ports = m->ports;
         w->route.worker = i;
+        w->route.rx = w->tx ? 0 : w->index + 1;
         w->route.act = w->act;
         w->route.drops = w->drops;
         w->route.tx = &w->handed;

@@ -264,7 +264,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
 def cmd_service(args: argparse.Namespace) -> int:
     if args.action == "policy":
         if args.service is None or not args.policy:
-            raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded",
+            raise OnvmError("usage: onvm service policy SERVICE hash|round-robin|least-loaded|local",
                             code="bad_request")
         out = _call(args, ops.ServicePolicy(args.service, args.policy))
     else:
@@ -471,7 +471,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sv = sub.add_parser("service", help="list services or set a service's load-balancing policy")
     sv.add_argument("action", choices=["list", "policy"])
     sv.add_argument("service", nargs="?", type=int)
-    sv.add_argument("policy", nargs="?", help="hash, round-robin or least-loaded")
+    sv.add_argument("policy", nargs="?", help="hash, round-robin, least-loaded or local")
     _name_arg(sv)
     sv.add_argument("--json", action="store_true")
     pt = sub.add_parser("port", help="change a running input port's rate",

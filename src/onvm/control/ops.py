@@ -418,7 +418,7 @@ class ServicePolicy(Op, name="service_policy"):
     """Set how a service spreads packets over its instances."""
 
     service: int
-    policy: str  # hash, round-robin or least-loaded
+    policy: str  # hash, round-robin, least-loaded or local
 
     def check(self) -> None:
         from onvm.manager.services import parse_policy

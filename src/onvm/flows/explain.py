@@ -15,7 +15,8 @@ Each hop of the chain is then a service, a port or a drop.  For a service,
 the instance is the policy's: with ``hash`` (rendezvous over the instances,
 by the packet's symmetric flow hash) and ``least-loaded`` the region's
 service table answers now; ``round-robin`` takes turns, so no one instance
-is the flow's.
+is the flow's; with ``local`` it is the one paired with the RX worker that
+reads the packet, which the flow key alone does not say.
 
 :func:`explain` decides from a :class:`Situation` (what the manager holds:
 rules in order, chains, port defaults, the flow's exact entry, and per
@@ -122,6 +123,10 @@ def _hop(i: int, hop: Hop, flow_hash: int, s: Situation) -> dict[str, Any]:
                instances=[{"nf": i.nf_id, "instance": i.instance, "name": i.name} for i in view.instances])
     if not view.instances:
         out["what"] = f"service {hop.dest}: no instance runs (the packet is dropped: no_dest)"
+    elif view.pick is None and view.policy == "local":
+        pairs = ", ".join(f"RX worker {k}: NF {i.nf_id}" for k, i in enumerate(view.instances))
+        out["what"] = (f"service {hop.dest}: local, the NF paired with the RX worker that read the packet "
+                       f"({pairs}, and so on in turn); from an NF, by hash")
     elif view.pick is None:
         ids = ", ".join(str(i.nf_id) for i in view.instances)
         out["what"] = f"service {hop.dest}: {view.policy} takes turns among NFs {ids}"

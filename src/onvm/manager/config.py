@@ -257,7 +257,7 @@ class ManagerOptions(BaseModel):
                         BeforeValidator(_items("=", "SERVICE=POLICY, e.g. 2=round-robin")),
                         Flag("--policy", metavar="SERVICE=POLICY")] = Field(
         default_factory=dict, description="how a service spreads packets over its instances: hash "
-                                          "(default), round-robin or least-loaded (repeatable)")
+                                          "(default), round-robin, least-loaded or local (repeatable)")
     autoscale: Annotated[dict[ServiceId, AutoscaleBounds], BeforeValidator(_autoscale_items),
                          Flag(metavar="SERVICE:MIN:MAX")] = Field(
         default_factory=dict, description="keep MIN to MAX instances of a service: add one while its "

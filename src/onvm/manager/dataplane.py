@@ -93,8 +93,10 @@ class DataPlane:
         _place_self(layout, ports, log)
         path = region_path(layout.name)
         try:
+            # A free stack per RX worker: each writes slots of its own (onvm_layout.h)
             region = _native.Region.create(path, layout.name, layout.pool_size, layout.slot_size,
-                                           layout.ring_size, layout.flow_table_size, layout.max_rules)
+                                           layout.ring_size, layout.flow_table_size, layout.max_rules,
+                                           layout.rx_workers)
         except RegionError as e:
             if e.errno == errno.EBUSY:  # the lock of a live manager
                 raise OnvmError(f"a manager named '{layout.name}' is already running (region {path})",

@@ -298,7 +298,7 @@ class Handlers:
         policy = POLICY_NAMES[registry.policy_of(service)]
         running = [Instance(r.nf_id, r.instance, r.name) for r in registry.running(service)]
         pick = None
-        if running and policy != "round-robin":
+        if running and policy not in ("round-robin", "local"):  # theirs depends on who sends
             pick = self.dp.region.pick(service, flow_hash) or None
         return ServiceView(policy, running, pick)
 

@@ -35,7 +35,7 @@ HISTORY_KEPT = 32  # autoscaling decisions kept per service
 
 def parse_policy(text: str) -> int:
     if text.lower() not in POLICIES:
-        raise ConfigError(f"policy '{text}': expected hash, round-robin or least-loaded")
+        raise ConfigError(f"policy '{text}': expected hash, round-robin, least-loaded or local")
     return POLICIES[text.lower()]
 
 
