@@ -13,11 +13,14 @@ from onvm.manager.packing import (
     Balancer,
     Packer,
     PackSettings,
+    Thread,
     balance,
     least_busy,
     offered_more,
     peak,
+    pipelines,
     summary,
+    units,
 )
 
 IDLE = {0: 0.0, 1: 0.0}
@@ -119,3 +122,74 @@ def test_offered_more_than_it_handles() -> None:
     assert offered_more((100, 100, 0), (300, 298, 0))  # packets on nearly every loop: unpaced
     assert not offered_more((100, 50, 0), (300, 100, 0))  # paced: it idles between bursts
     assert not offered_more((100, 100, 0), (100, 100, 0))  # no RX loop at all
+
+
+# Pipelines of the local policy.  Worker rows: RX workers first, then TX workers.
+def rx(w: int) -> Thread:
+    return ("worker", w)
+
+
+def nf(i: int) -> Thread:
+    return ("nf", i)
+
+
+tx = rx  # a TX worker is a worker row too; the name says which one is meant
+
+
+def test_each_rx_worker_goes_with_its_replica_and_the_tx_worker_that_drains_it() -> None:
+    # 2 RX workers (rows 0, 1), 2 TX workers (rows 2, 3); NF 3 is instance 0, NF 4 instance 1.
+    assert pipelines(2, {5: [(3, 0), (4, 1)]}, {3: 3, 4: 2}) == [
+        frozenset({rx(0), nf(3), tx(3)}), frozenset({rx(1), nf(4), tx(2)})]
+    assert pipelines(2, {5: []}, {}) == [] and pipelines(2, {}, {3: 3}) == []
+
+
+def test_pipelines_that_share_a_thread_merge() -> None:
+    # One TX worker drains both replicas: one pipeline of everything.
+    assert pipelines(2, {5: [(3, 0), (4, 1)]}, {3: 2, 4: 2}) == [
+        frozenset({rx(0), rx(1), nf(3), nf(4), tx(2)})]
+    # 3 RX workers, 2 replicas: RX workers 0 and 2 both feed instance 0.
+    assert pipelines(3, {5: [(3, 0), (4, 1)]}, {3: 4, 4: 3}) == [
+        frozenset({rx(0), rx(2), nf(3), tx(4)}), frozenset({rx(1), nf(4), tx(3)})]
+
+
+def test_a_thread_that_does_not_move_joins_no_pipeline() -> None:
+    local, tx_row = {5: [(3, 0), (4, 1)]}, {3: 2, 4: 2}
+    # The shared TX worker is pinned: it no longer ties the two pipelines together.
+    assert pipelines(2, local, tx_row, movable={rx(0), rx(1), nf(3), nf(4)}) == [
+        frozenset({rx(0), nf(3)}), frozenset({rx(1), nf(4)})]
+    assert pipelines(2, local, tx_row, movable={nf(3), nf(4)}) == []  # workers under --cpus
+
+
+# Two pipelines of equal weight; placed one by one, the TX worker of NF 3 would end
+# up away from it (all loads are sums of halves, so no rounding decides a tie).
+PAIR = {rx(0): 0.5, nf(3): 0.25, tx(3): 0.125, rx(1): 0.5, nf(4): 0.25, tx(2): 0.125}
+PAIR_GROUPS = [frozenset({rx(0), nf(3), tx(3)}), frozenset({rx(1), nf(4), tx(2)})]
+PAIR_TOGETHER = {rx(0): 0, nf(3): 0, tx(3): 0, rx(1): 1, nf(4): 1, tx(2): 1}
+
+
+def test_balance_keeps_each_pipeline_on_one_cpu() -> None:
+    apart = balance(PAIR, [0, 1])
+    assert apart[tx(3)] != apart[nf(3)]  # one by one
+    assert balance(PAIR, [0, 1], groups=PAIR_GROUPS) == PAIR_TOGETHER
+
+
+def test_balance_gives_a_heavy_pipeline_a_cpu_of_its_own() -> None:
+    loads = {rx(0): 0.5, nf(1): 0.25, tx(2): 0.25, nf(5): 0.25, nf(6): 0.25, nf(7): 0.25}
+    heavy = frozenset({rx(0), nf(1), tx(2)})
+    assert balance(loads, [0, 1], groups=[heavy]) == {
+        rx(0): 0, nf(1): 0, tx(2): 0, nf(5): 1, nf(6): 1, nf(7): 1}
+
+
+def test_balance_places_threads_alone_when_a_pipeline_would_cost_a_cpu() -> None:
+    # Everything in one pipeline (one TX worker): kept together it would leave CPU 1 idle.
+    everything = [frozenset(PAIR)]
+    assert units(PAIR, [0, 1], everything) == [frozenset({t}) for t in PAIR]
+    assert balance(PAIR, [0, 1], groups=everything) == balance(PAIR, [0, 1])
+    # A pipeline that would load its CPU far beyond what the threads alone load any CPU.
+    loads = {rx(0): 1.0, nf(1): 0.25, tx(2): 0.25, nf(5): 0.25}
+    out = balance(loads, [0, 1], groups=[frozenset({rx(0), nf(1), tx(2)})])
+    assert out == {rx(0): 0, nf(1): 1, tx(2): 1, nf(5): 1}  # peak 1.0, not 1.5
+    # Two pipelines on four CPUs would leave two of them idle.
+    assert units(PAIR, [0, 1, 2, 3], PAIR_GROUPS) == [frozenset({t}) for t in PAIR]
+    assert units(PAIR, [0, 1], PAIR_GROUPS) == PAIR_GROUPS
+

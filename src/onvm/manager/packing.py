@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,17 +125,91 @@ class Packer:
         return self.cpu
 
 
+def pipelines(rx_workers: int, local: Mapping[int, Sequence[tuple[int, int]]],
+              tx_row: Mapping[int, int], movable: Container[Thread] | None = None,
+              ) -> list[frozenset[Thread]]:
+    """The threads that must share a CPU for services with the ``local`` policy.
+
+    ``local`` maps each such service to its running members (nf_id, instance) in the
+    order the policy picks them; ``tx_row`` maps an NF to the row of the TX worker that
+    drains it.  RX worker w feeds member ``w % count``: the worker, that member and its
+    TX worker form a group, and groups that share a thread merge.  Threads not in
+    ``movable`` (when given) are left out before merging, so a pinned thread joins
+    nothing.  Only groups of two or more threads are returned, in a stable order."""
+    parent: dict[Thread, Thread] = {}
+
+    def root(t: Thread) -> Thread:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for members in local.values():
+        if not members:
+            continue
+        for w in range(rx_workers):
+            nf_id = members[w % len(members)][0]
+            chain: list[Thread] = [("worker", w), ("nf", nf_id)]
+            if nf_id in tx_row:
+                chain.append(("worker", tx_row[nf_id]))
+            kept = [t for t in chain if movable is None or t in movable]
+            for t in kept[1:]:
+                parent[root(t)] = root(kept[0])
+    groups: dict[Thread, set[Thread]] = {}
+    for t in parent:
+        groups.setdefault(root(t), set()).add(t)
+    return sorted((frozenset(g) for g in groups.values() if len(g) > 1), key=sorted)
+
+
+def units(loads: Mapping[Thread, float], cpus: Sequence[int],
+          groups: Iterable[Collection[Thread]] = ()) -> list[frozenset[Thread]]:
+    """What :func:`balance` places, each unit onto one CPU: each group's threads that have
+    a load, and every other thread alone.  A thread is in one group at most (the first
+    that names it).  When the groups would leave a CPU with nothing that the threads
+    placed singly would use, every thread is placed singly: a pipeline kept together
+    must not cost a CPU."""
+    taken: set[Thread] = set()
+    out: list[frozenset[Thread]] = []
+    for g in groups:
+        unit = frozenset(t for t in g if t in loads and t not in taken)
+        if len(unit) > 1:
+            out.append(unit)
+            taken |= unit
+    out += [frozenset((t,)) for t in loads if t not in taken]
+    if len(out) < min(len(loads), len(cpus)):
+        return [frozenset((t,)) for t in loads]
+    return out
+
+
 def balance(loads: Mapping[Thread, float], cpus: Sequence[int],
-            current: Mapping[Thread, int] | None = None) -> dict[Thread, int]:
+            current: Mapping[Thread, int] | None = None,
+            groups: Iterable[Collection[Thread]] = (), slack: float = 0.2) -> dict[Thread, int]:
     """Threads onto CPUs, heaviest first, each onto the CPU with the least load so far
-    (among equals the one it is on, then the lowest number)."""
+    (among equals the one it is on, then the lowest number).
+
+    A group (see :func:`units`) goes as one thread whose load is its threads' sum, all
+    of them onto one CPU (among equals the one most of them are on), unless placing
+    every thread singly lowers the busiest CPU's load by more than ``slack`` of it."""
     current = current or {}
+    todo = units(loads, cpus, groups)
+    grouped = _place(loads, cpus, current, todo)
+    if len(todo) == len(loads):  # no group: every thread alone
+        return grouped
+    single = _place(loads, cpus, current, [frozenset((t,)) for t in loads])
+    return single if peak(single, loads) < (1 - slack) * peak(grouped, loads) else grouped
+
+
+def _place(loads: Mapping[Thread, float], cpus: Sequence[int], current: Mapping[Thread, int],
+           todo: Iterable[frozenset[Thread]]) -> dict[Thread, int]:
+    """The greedy placement of :func:`balance`, a unit at a time."""
     total = dict.fromkeys(cpus, 0.0)
     out: dict[Thread, int] = {}
-    for t in sorted(loads, key=lambda t: (-loads[t], t)):
-        cpu = min(cpus, key=lambda c: (total[c], c != current.get(t), c))
-        out[t] = cpu
-        total[cpu] += loads[t]
+    weight = {u: sum(loads[t] for t in u) for u in todo}
+    for u in sorted(weight, key=lambda u: (-weight[u], sorted(u))):
+        cpu = min(cpus, key=lambda c: (total[c], -sum(current.get(t) == c for t in u), c))
+        out.update(dict.fromkeys(u, cpu))
+        total[cpu] += weight[u]
     return out
 
 
