@@ -193,3 +193,17 @@ def test_balance_places_threads_alone_when_a_pipeline_would_cost_a_cpu() -> None
     assert units(PAIR, [0, 1, 2, 3], PAIR_GROUPS) == [frozenset({t}) for t in PAIR]
     assert units(PAIR, [0, 1], PAIR_GROUPS) == PAIR_GROUPS
 
+
+def test_the_balancer_places_again_when_the_pipelines_change() -> None:
+    b = Balancer([0, 1], gain=0.2, settle=1)
+    apart = b.step(PAIR)
+    assert apart is not None and apart[tx(3)] != apart[nf(3)] and b.pipelines == []
+    assert b.step(PAIR) is None
+    # An instance joined a local service: nothing to gain by load, but the pipelines moved.
+    assert b.step(PAIR, PAIR_GROUPS) == PAIR_TOGETHER
+    assert b.pipelines == PAIR_GROUPS
+    assert b.step(PAIR, PAIR_GROUPS) is None  # the same pipelines: nothing to do
+    # The policy changed back: the threads already sit well, so nothing moves, and the
+    # assignment no longer claims pipelines.
+    assert b.step(PAIR, []) is None and b.assignment == PAIR_TOGETHER and b.pipelines == []
+

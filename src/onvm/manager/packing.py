@@ -229,23 +229,36 @@ class Balancer:
         self.gain = gain  # the part of the busiest CPU's load a move must save
         self.settle = settle  # windows measured before the first assignment
         self.assignment: dict[Thread, int] = {}
+        self.pipelines: list[frozenset[Thread]] = []  # the groups the assignment keeps on one CPU
+        self._groups: frozenset[frozenset[Thread]] = frozenset()  # the groups it was made for
         self._avg: dict[Thread, float] = {}
         self._windows = 0
 
     def reset(self) -> None:
-        self.assignment, self._avg, self._windows = {}, {}, 0
+        self.assignment, self.pipelines, self._groups, self._avg, self._windows = {}, [], frozenset(), {}, 0
 
-    def step(self, loads: Mapping[Thread, float]) -> dict[Thread, int] | None:
-        """Feed one window's loads (CPUs per thread); returns a new assignment when one is worth it."""
+    def step(self, loads: Mapping[Thread, float],
+             groups: Iterable[Collection[Thread]] = ()) -> dict[Thread, int] | None:
+        """Feed one window's loads (CPUs per thread) and the groups of threads that should
+        share a CPU (:func:`pipelines`); returns a new assignment when one is worth it.
+        A change of the groups is worth one."""
         self._avg = {t: (self._avg[t] + v) / 2 if t in self._avg else v for t, v in loads.items()}
         self._windows += 1
         if len(self.cpus) < 2 or self._windows < self.settle:
             return None
+        present = (frozenset(t for t in g if t in self._avg) for g in groups)
+        wanted = sorted((g for g in present if len(g) > 1), key=sorted)
         now = {t: c for t, c in self.assignment.items() if t in self._avg}
-        best = balance(self._avg, self.cpus, now)
-        if set(now) == set(best) and peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg):
-            return None
+        best = balance(self._avg, self.cpus, now, wanted, self.gain)
+        regrouped, self._groups = frozenset(wanted) != self._groups, frozenset(wanted)
+        if set(now) == set(best):
+            if regrouped and best == now:  # the new groups sit together already
+                self.pipelines = [g for g in wanted if len({best[t] for t in g}) == 1]
+                return None
+            if not regrouped and peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg):
+                return None
         self.assignment = best
+        self.pipelines = [g for g in wanted if len({best[t] for t in g}) == 1]
         return best
 
 
