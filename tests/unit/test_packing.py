@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from onvm._proc import cpu_busy_seconds, cpu_seconds
 from onvm.errors import ConfigError
+from onvm.manager import packing
 from onvm.manager.config import ManagerConfig
 from onvm.manager.packing import (
     Balancer,
     Packer,
+    Packing,
     PackSettings,
     Thread,
     balance,
@@ -22,6 +27,7 @@ from onvm.manager.packing import (
     summary,
     units,
 )
+from onvm.manager.registry import Registry
 
 IDLE = {0: 0.0, 1: 0.0}
 
@@ -207,3 +213,71 @@ def test_the_balancer_places_again_when_the_pipelines_change() -> None:
     # assignment no longer claims pipelines.
     assert b.step(PAIR, []) is None and b.assignment == PAIR_TOGETHER and b.pipelines == []
 
+
+class Plane:
+    """The part of a DataPlane that balancing reads: each thread's busy ns, growing by
+    ``loads`` (in CPUs) every half-second window."""
+
+    def __init__(self, loads: dict[Thread, float], tx_workers: int) -> None:
+        self.layout = SimpleNamespace(rx_workers=2, tx_workers=tx_workers)
+        self.loads, self.ns = loads, dict.fromkeys(loads, 0)
+
+    def window(self) -> None:
+        self.ns = {t: ns + int(self.loads[t] * 0.5e9) for t, ns in self.ns.items()}
+
+    def busy_each(self, workers: int, nf_ids: list[int]) -> dict[Thread, int]:
+        return {t: ns for t, ns in self.ns.items()
+                if (t[0] == "worker" and t[1] < workers) or (t[0] == "nf" and t[1] in nf_ids)}
+
+
+LOCAL = 7  # the local policy's number in these tests
+
+
+def local_replicas(monkeypatch: pytest.MonkeyPatch, move_workers: bool = True,
+                   tx_workers: int = 2) -> Packing:
+    """Two replicas of service 5 with the local policy (NFs 1 and 2) and NF 3 of service 6
+    with the flow hash, 2 RX workers and ``tx_workers`` TX workers, balanced over CPUs 0 and 1."""
+    monkeypatch.setattr(packing, "POLICIES", {**packing.POLICIES, "local": LOCAL})
+    reg = Registry(rx_workers=2, tx_workers=tx_workers, nf_cpus=(0, 1))
+    for name, service in (("a", 5), ("b", 5), ("c", 6)):
+        reg.start(reg.register(name, service, pid=100).nf_id)
+    reg.set_policy(5, LOCAL)
+    loads = {rx(0): 0.5, rx(1): 0.5, nf(1): 0.25, nf(2): 0.25, tx(2): 0.125, tx(3): 0.125, nf(3): 0.125}
+    return Packing(PackSettings(), dataplane=cast(Any, Plane(loads, tx_workers)), registry=reg,
+                   lock=threading.RLock(), log=lambda text: None, candidates=[0, 1],
+                   move_workers=move_workers)
+
+
+def spread_by_load(p: Packing) -> None:
+    plane = cast(Plane, p.dataplane)
+    for _ in range(p.balancer.settle + 1):  # one window to start from, then the balancer's
+        plane.window()
+        p._rebalance(0.5)
+
+
+def test_packing_keeps_each_local_replica_with_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NF 1 (instance 0) is drained by TX worker row 3, NF 2 (instance 1) by row 2.
+    p = local_replicas(monkeypatch)
+    spread_by_load(p)
+    assert p.balancer.assignment == {rx(0): 0, nf(1): 0, tx(3): 0, rx(1): 1, nf(2): 1, tx(2): 1, nf(3): 0}
+    assert p.describe()["pipelines"] == [
+        [{"kind": "nf", "id": 1}, {"kind": "worker", "id": 0}, {"kind": "worker", "id": 3}],
+        [{"kind": "nf", "id": 2}, {"kind": "worker", "id": 1}, {"kind": "worker", "id": 2}]]
+
+
+def test_packing_without_the_local_policy_or_movable_workers_keeps_no_pipeline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # One TX worker would tie both replicas into one pipeline, but the workers are pinned:
+    # the NFs go alone.
+    p = local_replicas(monkeypatch, move_workers=False, tx_workers=1)
+    cast(Plane, p.dataplane).loads[nf(3)] = 0.5  # NFs 1 and 2 on one CPU would cost nothing
+    spread_by_load(p)
+    assert set(p.balancer.assignment) == {nf(1), nf(2), nf(3)} and p.balancer.pipelines == []
+    p = local_replicas(monkeypatch)
+    monkeypatch.setattr(packing, "POLICIES", {"hash": 0})  # a data plane without the policy
+    spread_by_load(p)
+    assert p.balancer.pipelines == [] and p.describe()["pipelines"] == []
+    p = local_replicas(monkeypatch)
+    p.registry.set_policy(5, 0)  # the replicas go by the flow hash
+    spread_by_load(p)
+    assert p.balancer.pipelines == []
