@@ -73,7 +73,7 @@ def test_pack_below_zero_leaves_placement_alone(deploy):
     dep.wait_running(1)
     st = status(dep.name)
     assert st["manager"]["packing"] == {"enabled": False, "packed_on": None, "load": 0.0, "balanced": [],
-                                        "below": 0.0, "above": 0.8}
+                                        "pipelines": [], "below": 0.0, "above": 0.8}
     nf = st["nfs"][0]
     wait_for(lambda: status(dep.name)["ports"][1]["tx"] > 3000, what="traffic")  # > 1.5 s of it
     assert packed_on(dep.name) is None
