@@ -254,11 +254,6 @@ static inline int64_t onvm_pool_free_count(const struct onvm_region *r) {
     return n;
 }
 
-/* The free stack a slot goes back to: the one of its span. */
-static inline struct onvm_freestack *onvm_pool_stack_of(struct onvm_region *r, uint32_t idx) {
-    return &r->hdr->free[idx / r->stack_span];
-}
-
 /* The free stack's head after old: the tag moves on, its epoch (the low bit) stays. */
 static inline uint64_t onvm_free_head(uint64_t old, uint32_t top) { return ((old >> 32) + 2) << 32 | top; }
 

@@ -512,13 +512,12 @@ static void push_to(struct onvm_region *r, struct onvm_freestack *fs, const uint
 #define PUSH_PART 64 /* slots gathered per push, when a burst spans stacks */
 
 void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
-    const uint32_t span = r->stack_span;
-    struct onvm_freestack *first = onvm_pool_stack_of(r, idx[0]);
+    const uint32_t span = r->stack_span, home = idx[0] / span, lo = home * span;
     uint32_t i = 1;
-    while (i < n && onvm_pool_stack_of(r, idx[i]) == first)
+    while (i < n && idx[i] - lo < span) /* in the first slot's span (unsigned: below it wraps) */
         i++;
     if (i == n) { /* one stack: the common case (a burst that one RX worker allocated) */
-        push_to(r, first, idx, n);
+        push_to(r, &r->hdr->free[home], idx, n);
         return;
     }
     /* Each stack's slots in the order given, gathered from the end in parts, so that

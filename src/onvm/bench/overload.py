@@ -65,6 +65,7 @@ class Setup:
     chain: str = "1"
     workers: int = 1  # RX and TX workers each
     ring_size: int = RING_SIZE  # entries per NF ring (the manager's --ring-size)
+    policy: str = "hash"  # service 1's balancing policy (the manager's --policy 1=...)
 
 
 def chain_setup(nfs: int, ring_size: int = RING_SIZE) -> Setup:
@@ -81,7 +82,7 @@ def running(setup: Setup, rate: float | None = None, verbose: bool = False) -> I
     args = [a for _ in range(setup.inputs) for a in ("--port", port)] + [
         "--port", "null", "--default-chain", f"{setup.chain},out:{setup.inputs}",
         "--rx-workers", str(setup.workers), "--tx-workers", str(setup.workers),
-        "--ring-size", str(setup.ring_size)]
+        "--ring-size", str(setup.ring_size), "--policy", f"1={setup.policy}"]
     dep = deployment(args, verbose)
     try:
         dep.start_manager()
@@ -211,7 +212,7 @@ def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZ
     setups = {
         "one_nf": Setup(ring_size=ring_size),
         "replicas": Setup(inputs=2, nfs=(("simple_forward", "--service", "1"),) * 2, workers=2,
-                          ring_size=ring_size),
+                          ring_size=ring_size, policy="local"),
         "chain5": chain_setup(5, ring_size),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in setups}
