@@ -36,6 +36,35 @@ def test_round_robin_spreads_one_flow(deploy):
     assert [(s["service"], s["policy"], len(s["instances"])) for s in listing] == [(1, "hash", 2)]
 
 
+def test_local_sends_each_rx_worker_to_its_own_instance(deploy):
+    # Port 0 (RX worker 0) at 10k/s, port 1 (RX worker 1) at 30k/s, the same 64 flows on
+    # both: with local, instance i gets what RX worker i read; with hash, each flow goes to
+    # one instance whichever port it came in by, so the two see the same mix.
+    dep = deploy(["--port", "gen:flows=64,rate=10k", "--port", "gen:flows=64,rate=30k", "--port", "null",
+                  "--default-chain", "1,out:2", "--rx-workers", "2", "--tx-workers", "2",
+                  "--policy", "1=local"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.start_nf(["simple_forward", "--service", "1"])
+    dep.wait_running(2)
+    by_instance = {n["instance"]: n["id"] for n in status(dep.name)["nfs"]}
+    ids = sorted(by_instance.values())
+
+    def per_instance() -> list[int]:
+        got = dict(zip(ids, shares(dep.name, 1, 1.0), strict=True))
+        return [got[by_instance[0]], got[by_instance[1]]]
+
+    first, second = per_instance()
+    assert 6_000 < first < 14_000 and 2.2 * first < second, (first, second)
+    r = onvm("flow", "explain", "10.0.0.1:1 10.0.0.2:2 udp", "--name", dep.name)
+    assert r.returncode == 0, r.stderr
+    assert (f"local, the NF paired with the RX worker that read the packet (RX worker 0: NF {by_instance[0]}, "
+            f"RX worker 1: NF {by_instance[1]}") in r.stdout, r.stdout
+    assert onvm("service", "policy", "1", "hash", "--name", dep.name).returncode == 0
+    time.sleep(0.2)
+    first, second = per_instance()
+    assert first + second > 30_000 and abs(first - second) < 0.5 * (first + second), (first, second)
+
+
 SLOW = textwrap.dedent('''
     import sys, time
     from onvm import NF

@@ -10,8 +10,8 @@ from typing import Any, cast
 import pytest
 
 from onvm._proc import cpu_busy_seconds, cpu_seconds
+from onvm.constants import POLICIES
 from onvm.errors import ConfigError
-from onvm.manager import packing
 from onvm.manager.config import ManagerConfig
 from onvm.manager.packing import (
     Balancer,
@@ -230,14 +230,12 @@ class Plane:
                 if (t[0] == "worker" and t[1] < workers) or (t[0] == "nf" and t[1] in nf_ids)}
 
 
-LOCAL = 7  # the local policy's number in these tests
+LOCAL = POLICIES["local"]
 
 
-def local_replicas(monkeypatch: pytest.MonkeyPatch, move_workers: bool = True,
-                   tx_workers: int = 2) -> Packing:
+def local_replicas(move_workers: bool = True, tx_workers: int = 2) -> Packing:
     """Two replicas of service 5 with the local policy (NFs 1 and 2) and NF 3 of service 6
     with the flow hash, 2 RX workers and ``tx_workers`` TX workers, balanced over CPUs 0 and 1."""
-    monkeypatch.setattr(packing, "POLICIES", {**packing.POLICIES, "local": LOCAL})
     reg = Registry(rx_workers=2, tx_workers=tx_workers, nf_cpus=(0, 1))
     for name, service in (("a", 5), ("b", 5), ("c", 6)):
         reg.start(reg.register(name, service, pid=100).nf_id)
@@ -255,9 +253,9 @@ def spread_by_load(p: Packing) -> None:
         p._rebalance(0.5)
 
 
-def test_packing_keeps_each_local_replica_with_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packing_keeps_each_local_replica_with_its_workers() -> None:
     # NF 1 (instance 0) is drained by TX worker row 3, NF 2 (instance 1) by row 2.
-    p = local_replicas(monkeypatch)
+    p = local_replicas()
     spread_by_load(p)
     assert p.balancer.assignment == {rx(0): 0, nf(1): 0, tx(3): 0, rx(1): 1, nf(2): 1, tx(2): 1, nf(3): 0}
     assert p.describe()["pipelines"] == [
@@ -265,19 +263,14 @@ def test_packing_keeps_each_local_replica_with_its_workers(monkeypatch: pytest.M
         [{"kind": "nf", "id": 2}, {"kind": "worker", "id": 1}, {"kind": "worker", "id": 2}]]
 
 
-def test_packing_without_the_local_policy_or_movable_workers_keeps_no_pipeline(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packing_without_the_local_policy_or_movable_workers_keeps_no_pipeline() -> None:
     # One TX worker would tie both replicas into one pipeline, but the workers are pinned:
     # the NFs go alone.
-    p = local_replicas(monkeypatch, move_workers=False, tx_workers=1)
+    p = local_replicas(move_workers=False, tx_workers=1)
     cast(Plane, p.dataplane).loads[nf(3)] = 0.5  # NFs 1 and 2 on one CPU would cost nothing
     spread_by_load(p)
     assert set(p.balancer.assignment) == {nf(1), nf(2), nf(3)} and p.balancer.pipelines == []
-    p = local_replicas(monkeypatch)
-    monkeypatch.setattr(packing, "POLICIES", {"hash": 0})  # a data plane without the policy
+    p = local_replicas()
+    p.registry.set_policy(5, POLICIES["hash"])  # the replicas go by the flow hash
     spread_by_load(p)
     assert p.balancer.pipelines == [] and p.describe()["pipelines"] == []
-    p = local_replicas(monkeypatch)
-    p.registry.set_policy(5, 0)  # the replicas go by the flow hash
-    spread_by_load(p)
-    assert p.balancer.pipelines == []

@@ -371,11 +371,8 @@ class Packing:
     def _pipelines(self, movable: set[Thread]) -> list[frozenset[Thread]]:
         """The movable threads that the services with the ``local`` policy want on one CPU
         (see :func:`pipelines`), from the registry as it is now (under ``self.lock``)."""
-        local = POLICIES.get("local")
-        if local is None:  # a data plane without the policy: no service uses it
-            return []
         services = {svc: self.registry.image(svc).members for svc in self.registry.running_services()
-                    if self.registry.policy_of(svc) == local}
+                    if self.registry.policy_of(svc) == POLICIES["local"]}
         if not services:
             return []
         tx_row = {r.nf_id: r.tx_worker for r in self.registry}
