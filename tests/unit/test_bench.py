@@ -118,6 +118,7 @@ def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: py
     def measure(setup: overload.Setup, seconds: float, rate: float | None = None,
                 verbose: bool = False) -> dict[str, Any]:
         order.append(len(setup.nfs) if setup.workers == 1 else 2)
+        assert setup.policy == ("local" if setup.workers == 2 else "hash")
         mpps = next(rates[order[-1]])
         return {"delivered_mpps": mpps, "delivered_gbps": mpps * 5, "late_drops": 0, "cpu": 2.0,
                 "mpps_per_cpu": mpps / 2, "load": 1.0}
@@ -128,7 +129,7 @@ def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: py
     assert r["rounds_one_nf_mpps"] == [10.0, 20.0, 16.0] and r["rounds_replicas_mpps"] == [9.0, 10.0, 15.0]
     assert (r["one_nf_mpps"], r["replicas_mpps"], r["chain5_mpps"]) == (16.0, 10.0, 5.0)
     assert r["replicas_ratio"] == 0.9  # not 10 / 16, the ratio of the medians
-    assert r["rounds"] == 3
+    assert r["rounds"] == 3 and r["replicas_policy"] == "local"
 
 
 def test_overload_sweeps_one_running_chain_round_after_round(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,12 @@ after an NF had done it (``late_drop_ratio``).
 ``paper`` runs the three configurations of the OpenNetVM paper's Figure 2,
 unpaced: one NF with one RX and one TX worker, two replicas of one service
 with two RX and two TX workers (one gen port each), a chain of five NFs; the
-three in turn, ``--rounds`` times (3), reporting medians.  The replicas' rate
-swings from one manager to the next on a shared machine (half or all of one
-NF's), so ``replicas_ratio`` is the median of each round's ratio.
+three in turn, ``--rounds`` times (3), reporting medians.  The replicas are
+balanced by the ``local`` policy (``replicas_policy``): RX worker i feeds
+replica i, and each such pipeline runs on a CPU of its own, as a NIC's RSS
+queues would each feed a core.  The replicas' rate swings from one manager to
+the next on a shared machine, so ``replicas_ratio`` is the median of each
+round's ratio.
 
 ``overload`` runs its whole sweep in one manager with one set of NFs, changing
 the input port's rate between windows (as ``onvm port rate`` does), so the
@@ -227,6 +230,7 @@ def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZ
     out["replicas_ratio"] = round(statistics.median(
         r["delivered_mpps"] / max(o["delivered_mpps"], 1e-9)
         for r, o in zip(runs["replicas"], runs["one_nf"], strict=True)), 3)
+    out["replicas_policy"] = setups["replicas"].policy
     out["paper_gbps"] = PAPER_GBPS
     out["mpps"] = out["chain5_mpps"]
     out["ring_size"] = ring_size
