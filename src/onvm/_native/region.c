@@ -480,7 +480,10 @@ unsigned onvm_pool_set_home(unsigned stack) {
 }
 
 uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n, uint16_t owner) {
-    const uint32_t stacks = r->free_stacks, home = pool_home % stacks;
+    const uint32_t stacks = r->free_stacks;
+    if (stacks == 1)
+        return alloc_from(r, &r->hdr->free[0], out, n, owner);
+    const uint32_t home = pool_home < stacks ? pool_home : pool_home % stacks;
     uint32_t got = alloc_from(r, &r->hdr->free[home], out, n, owner);
     for (uint32_t i = 1; i < stacks && got < n; i++)
         got += alloc_from(r, &r->hdr->free[(home + i) % stacks], out + got, n - got, owner);
@@ -512,6 +515,10 @@ static void push_to(struct onvm_region *r, struct onvm_freestack *fs, const uint
 #define PUSH_PART 64 /* slots gathered per push, when a burst spans stacks */
 
 void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
+    if (r->free_stacks == 1) {
+        push_to(r, &r->hdr->free[0], idx, n);
+        return;
+    }
     const uint32_t span = r->stack_span, home = idx[0] / span, lo = home * span;
     uint32_t i = 1;
     while (i < n && idx[i] - lo < span) /* in the first slot's span (unsigned: below it wraps) */
