@@ -57,8 +57,8 @@ def test_local_sends_each_rx_worker_to_its_own_instance(deploy):
     assert 6_000 < first < 14_000 and 2.2 * first < second, (first, second)
     r = onvm("flow", "explain", "10.0.0.1:1 10.0.0.2:2 udp", "--name", dep.name)
     assert r.returncode == 0, r.stderr
-    assert (f"local, the NF paired with the RX worker that read the packet (RX worker 0: NF {by_instance[0]}, "
-            f"RX worker 1: NF {by_instance[1]}") in r.stdout, r.stdout
+    assert ("local, the NF paired with the RX worker that read the packet "
+            f"(RX worker 0: NF {by_instance[0]}, RX worker 1: NF {by_instance[1]}") in r.stdout, r.stdout
     assert onvm("service", "policy", "1", "hash", "--name", dep.name).returncode == 0
     time.sleep(0.2)
     first, second = per_instance()
