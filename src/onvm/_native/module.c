@@ -149,7 +149,8 @@ static PyObject *Region_info(RegionObject *self, PyObject *unused) {
 static PyObject *region_info_dict(RegionObject *self, struct onvm_header *h) {
     return Py_BuildValue("{s:O,s:N,s:K,s:I,s:I,s:I,s:I,s:I,s:i,s:L,s:L,s:I,s:i,s:i,s:I,s:K,s:K}", "path", self->path,
                          "name", onvm_text(h->name, sizeof h->name), "size", (unsigned long long)h->total_size,
-                         "pool_size", h->pool_count, "free_stacks", self->r.free_stacks, "slot_size", h->slot_size, "ring_size", h->ring_size,
+                         "pool_size", h->pool_count, "free_stacks", self->r.free_stacks, "slot_size", h->slot_size,
+                         "ring_size", h->ring_size,
                          "layout_version", h->version, "manager_pid", h->mgr_pid, "pool_free",
                          (long long)onvm_pool_free_count(&self->r), "pool_lent",
                          (long long)onvm_pool_lent(&self->r), "max_nfs", ONVM_MAX_NFS, "owner",

@@ -76,7 +76,7 @@ enum onvm_audit_kind {
     ONVM_AUDIT_RING,      /* NF peer's RX ring was held up a second or more: published again */
     ONVM_AUDIT_TABLE,     /* a table's sequence word stayed odd a second or more: reset (why: chain
                            * 0 or service 1; peer: which) */
-    ONVM_AUDIT_POOL,      /* the free stack's head names no slot: allocations get nothing */
+    ONVM_AUDIT_POOL,      /* a free stack's head (peer: which) names no slot: allocations get nothing from it */
 };
 
 struct onvm_audit_event {

@@ -77,8 +77,8 @@ def read_audit(events: list[dict[str, Any]]) -> list[Finding]:
             out.append(Finding(f"{what} {peer} was left half written for a second: "
                                "its sequence word was reset"))
         elif kind == "pool":
-            out.append(Finding(f"the free stack's head names slot {count}, which is not in the pool: the "
-                               "region was written over, and allocations find nothing"))
+            out.append(Finding(f"free stack {peer}'s head names slot {count}, which is not in the pool: "
+                               "the region was written over, and allocations find nothing in that stack"))
     return out
 
 
