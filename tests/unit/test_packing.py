@@ -83,6 +83,11 @@ def test_summary_line() -> None:
     assert summary({**base, "packed_on": None}) == "pipeline uses 0.12 CPU: spread (packs below 0.5 CPU)"
     assert summary({**base, "packed_on": None, "balanced": [{"kind": "nf", "id": 1, "cpu": 0}]}) == \
         "pipeline uses 0.12 CPU: spread by load (packs below 0.5 CPU)"
+    two = [[{"kind": "nf", "id": 1}, {"kind": "worker", "id": 0}],
+           [{"kind": "nf", "id": 2}, {"kind": "worker", "id": 1}]]
+    spread = {**base, "packed_on": None, "balanced": [{"kind": "nf", "id": 1, "cpu": 0}], "pipelines": two}
+    assert summary(spread) == ("pipeline uses 0.12 CPU: spread by load, 2 pipelines of the local policy "
+                               "on a CPU each (packs below 0.5 CPU)")
     assert summary({"enabled": False, "packed_on": None}) == ""
 
 

@@ -413,6 +413,9 @@ def summary(packing: Mapping[str, Any]) -> str:
     if not packing.get("enabled"):
         return ""
     how = " by load" if packing.get("balanced") else ""
+    kept = len(packing.get("pipelines") or ())
+    if kept:  # local replicas, each with its RX and TX worker
+        how += f", {kept} pipeline{'s' if kept > 1 else ''} of the local policy on a CPU each"
     where = (f"packed onto CPU {packing['packed_on']}" if packing.get("packed_on") is not None
              else f"spread{how} (packs below {packing['below']:g} CPU)")
     return f"pipeline uses {packing['load']:.2f} CPU: {where}"

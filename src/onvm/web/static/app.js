@@ -287,8 +287,9 @@ function addEvent(ev) {
 function packing(pk) {
   if (!pk.enabled) return "as placed";
   const load = `${(pk.load || 0).toFixed(2)} CPU busy`;
-  return pk.packed_on === null || pk.packed_on === undefined
-    ? `spread, ${load}` : `packed on CPU ${pk.packed_on}, ${load}`;
+  if (pk.packed_on !== null && pk.packed_on !== undefined) return `packed on CPU ${pk.packed_on}, ${load}`;
+  const kept = (pk.pipelines || []).length; // local replicas, each with its RX and TX worker
+  return kept ? `spread, ${kept} local pipeline${kept > 1 ? "s" : ""} on a CPU each, ${load}` : `spread, ${load}`;
 }
 
 // ---- updates --------------------------------------------------------------
