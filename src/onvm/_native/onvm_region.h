@@ -50,7 +50,6 @@ struct onvm_region {
     uint8_t *slots;
     uint32_t slot_size;
     uint32_t pool_count;
-    uint32_t free_stacks, stack_span; /* the pool's free stacks and the slots each one's span holds */
     uint32_t ring_size, ring_mask;
     uint64_t off_rings, ring_bytes;
     uint32_t flow_count; /* flow table entries: 0 or a power of two */
@@ -63,6 +62,7 @@ struct onvm_region {
     struct onvm_capture *captures; /* the capture table, then each one's records (onvm_capture.h) */
     uint32_t cap_records, cap_rec_size;
     struct onvm_trace *trace;
+    uint32_t free_stacks, stack_span; /* the pool's free stacks and the slots each one's span holds */
     _Atomic uint64_t broken_links;  /* free-stack links found pointing nowhere or into slots in use */
     _Atomic uint64_t table_stalls;  /* table reads that gave up on a sequence left odd */
     struct onvm_nf_view view[ONVM_MAX_NFS];

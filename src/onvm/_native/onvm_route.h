@@ -51,7 +51,6 @@ struct onvm_route_ctx {
     struct onvm_waiter *tx_waiter;  /* NF: the TX worker that drains it */
     struct onvm_port **ports;       /* manager: the port table */
     unsigned worker;                /* manager: this worker's row in port stats */
-    unsigned rx;                    /* RX worker i: i + 1 (service picks depend on it); 0 elsewhere */
     uint64_t *act;                  /* [ONVM_ACT_COUNT] actions taken */
     uint64_t *drops;                /* [ONVM_DROP_COUNT] */
     uint64_t *tx;                   /* packets handed onward */
@@ -68,6 +67,7 @@ struct onvm_route_ctx {
     int early_discard; /* RX: drop packets of congested chains before any NF (selective early discard) */
     uint32_t stamp;    /* RX: verdicts older than this are computed again */
     struct onvm_route_verdict verdict[ONVM_MAX_CHAINS];
+    unsigned rx; /* RX worker i: i + 1 (service picks depend on it); 0 elsewhere */
 };
 
 void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t n, int mode);
