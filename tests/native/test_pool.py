@@ -498,21 +498,32 @@ def test_attach_wrong_layout_version(path: str) -> None:
         other.close()
 
 
+def assert_attach_refuses(path: str, at: int, value: bytes) -> bytes:
+    """Write ``value`` at offset ``at`` of the region's header and check that attaching then
+    fails as a damaged header; the bytes are put back.  Returns what was there."""
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+        original = mm[at : at + len(value)]
+        mm[at : at + len(value)] = value
+        try:
+            with pytest.raises(_native.RegionError) as e:
+                _native.Region.attach(path)
+            assert e.value.errno == errno.EPROTO
+            assert "damaged header" in str(e.value)
+        finally:
+            mm[at : at + len(value)] = original
+    return original
+
+
 @pytest.mark.parametrize("field", ["capture_offset", "trace_offset"])
 def test_attach_refuses_capture_and_trace_offsets_not_following_from_sizes(path: str, field: str) -> None:
     with fresh_region(path, pool_size=64) as region:
         value = struct.pack("<Q", region.info()[field])
-        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
-            at = mm.find(value)
-            assert at > 0 and mm.find(value, at + 1) == -1, "the offset is in the header once"
-            mm[at : at + 8] = struct.pack("<Q", 64)  # the header itself: an NF could aim copies there
-            try:
-                with pytest.raises(_native.RegionError) as e:
-                    _native.Region.attach(path)
-                assert e.value.errno == errno.EPROTO
-                assert "damaged header" in str(e.value)
-            finally:
-                mm[at : at + 8] = value
+        with open(path, "rb") as f:
+            header = f.read(4096)
+        at = header.find(value)
+        assert at > 0 and header.find(value, at + 1) == -1, "the offset is in the header once"
+        # The header itself: an NF could aim copies there.
+        assert assert_attach_refuses(path, at, struct.pack("<Q", 64)) == value
         other = _native.Region.attach(path)
         assert other.info()[field] == region.info()[field]
         other.close()
@@ -522,17 +533,7 @@ def test_attach_refuses_capture_and_trace_offsets_not_following_from_sizes(path:
 def test_attach_refuses_a_count_of_free_stacks_out_of_range(path: str, stacks: int) -> None:
     with fresh_region(path, pool_size=64, free_stacks=2) as region:
         at = _hooks.layout(region)["free_stacks"]
-        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
-            original = mm[at : at + 4]
-            assert struct.unpack("<I", original)[0] == 2
-            mm[at : at + 4] = struct.pack("<I", stacks)
-            try:
-                with pytest.raises(_native.RegionError) as e:
-                    _native.Region.attach(path)
-                assert e.value.errno == errno.EPROTO
-                assert "damaged header" in str(e.value)
-            finally:
-                mm[at : at + 4] = original
+        assert assert_attach_refuses(path, at, struct.pack("<I", stacks)) == struct.pack("<I", 2)
         other = _native.Region.attach(path)
         assert other.info()["free_stacks"] == 2
         other.close()
