@@ -269,15 +269,15 @@ class Balancer:
         now = {t: c for t, c in self.assignment.items() if t in self._avg}
         best = balance(self._avg, self.cpus, now, wanted, self.gain)
         regrouped, self._groups = frozenset(wanted) != self._groups, frozenset(wanted)
-        if set(now) == set(best):
-            if regrouped and best == now:  # the new groups sit together already
-                self.pipelines = [g for g in wanted if len({best[t] for t in g}) == 1]
-                return None
-            if not regrouped and peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg):
-                return None
-        self.assignment = best
-        self.pipelines = [g for g in wanted if len({best[t] for t in g}) == 1]
-        return best
+        # Regrouped, a move is worth it unless the new groups sit together already;
+        # otherwise only when it relieves the busiest CPU enough.
+        stay = set(now) == set(best) and (best == now if regrouped else
+                                           peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg))
+        if not stay:
+            self.assignment = best
+        if regrouped or not stay:
+            self.pipelines = [g for g in wanted if len({best[t] for t in g}) == 1]
+        return None if stay else best
 
 
 class Packing:
