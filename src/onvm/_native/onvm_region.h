@@ -305,11 +305,12 @@ enum onvm_policy {
 #undef ONVM_X_ENUM
     ONVM_POLICY_COUNT
 };
-/* An instance of svc for a flow (0: none); *count_out, when given, gets the number of
- * instances the pick saw (1: every flow gets the same one).  rx: 1 + the index of the
- * RX worker that asks (the local policy's answer depends on it), 0 for anyone else. */
+/* An instance of svc for a flow (0: none); *same_out, when given, says whether every
+ * flow this caller asks about gets the same one now (one instance, or the local policy
+ * asked by an RX worker).  rx: 1 + the index of the RX worker that asks (the local
+ * policy's answer depends on it), 0 for anyone else. */
 unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr, unsigned rx,
-                           unsigned *count_out);
+                           int *same_out);
 /* onvm_service_pick's answer when the service could not be read in time (a sequence
  * left odd): no NF id, and not 0 either, so that it is told from "no instance". */
 #define ONVM_PICK_STUCK 0xffffu

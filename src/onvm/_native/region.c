@@ -603,7 +603,7 @@ static inline uint32_t mix32(uint32_t x) {
 }
 
 unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t hash, uint32_t *rr, unsigned rx,
-                           unsigned *count_out) {
+                           int *same_out) {
     if (svc >= ONVM_MAX_SERVICES)
         return 0;
     struct onvm_service *s = &r->services[svc];
@@ -611,6 +611,7 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
     uint32_t s1;
     while (onvm_seq_begin(&s->seq, &s1, &rd)) {
         unsigned count = s->count < ONVM_MAX_INSTANCES ? s->count : ONVM_MAX_INSTANCES, pick = 0;
+        int same = count == 1;
         if (count == 1) {
             pick = s->nf[0];
         } else if (count > 1 && s->policy == ONVM_POLICY_RR && rr) {
@@ -620,6 +621,7 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
              * port that spreads flows over queues by their hash, as RSS does), and so
              * with one instance: the pipeline that worker feeds (onvm_layout.h). */
             pick = s->nf[(rx - 1) % count];
+            same = 1;
         } else if (count > 1 && s->policy == ONVM_POLICY_LEAST) {
             uint32_t best = UINT32_MAX;
             for (unsigned i = 0; i < count; i++) {
@@ -644,8 +646,8 @@ unsigned onvm_service_pick(const struct onvm_region *r, unsigned svc, uint32_t h
             }
         }
         if (onvm_seq_end(&s->seq, s1, &rd)) {
-            if (count_out)
-                *count_out = count;
+            if (same_out)
+                *same_out = same;
             return pick < ONVM_MAX_NFS ? pick : 0; /* a table written over names no NF */
         }
     }

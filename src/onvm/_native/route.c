@@ -302,8 +302,8 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
             struct onvm_ring *ring = one_ring;
             unsigned nf = one_nf;
             if (dest != one_dest) {
-                unsigned count = 0;
-                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], c->rx, &count);
+                int same = 0;
+                nf = onvm_service_pick(r, dest, m->flow_hash, &c->rr[dest % ONVM_MAX_SERVICES], c->rx, &same);
                 if (nf == ONVM_PICK_STUCK) {
                     drop(c, s, ONVM_DROP_INVALID);
                     break;
@@ -317,7 +317,7 @@ void onvm_route_burst(struct onvm_route_ctx *c, const uint32_t *slots, uint32_t 
                     break;
                 }
                 ring = onvm_nf_ring(r, nf, 0);
-                if (count == 1) { /* every flow picks it */
+                if (same) { /* every flow picks it (for this producer): the rest of the burst asks no more */
                     one_dest = dest;
                     one_ring = ring;
                     one_nf = nf;
