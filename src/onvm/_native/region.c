@@ -532,9 +532,9 @@ void onvm_pool_push(struct onvm_region *r, const uint32_t *idx, uint32_t n) {
      * been pushed at once. */
     uint32_t part[PUSH_PART];
     for (uint32_t k = 0; k < r->free_stacks; k++) {
-        uint32_t len = 0;
+        uint32_t len = 0, from = k * span;
         for (i = n; i-- > 0;) {
-            if (idx[i] / span != k)
+            if (idx[i] - from >= span) /* not in stack k's span */
                 continue;
             part[PUSH_PART - 1 - len++] = idx[i];
             if (len == PUSH_PART) {
