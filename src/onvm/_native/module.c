@@ -1588,6 +1588,7 @@ static const struct onvm_capi capi = {
     .cls_lookup = onvm_cls_lookup,
     .key_from = onvm_key_from,
     .flow_lookup_bulk = onvm_flow_lookup_bulk,
+    .classify_burst = onvm_classify_burst,
     .fix_l4_csum = onvm_fix_l4_csum,
     .lat_hist_dict = onvm_lat_hist_dict,
     .take = onvm_take,

@@ -19,7 +19,7 @@
 #include "onvm_mgr.h"
 
 #define ONVM_CAPI_NAME "onvm._native._C_API"
-#define ONVM_CAPI_VERSION 3u
+#define ONVM_CAPI_VERSION 4u
 
 struct onvm_capi {
     uint32_t version;        /* ONVM_CAPI_VERSION */
@@ -44,6 +44,8 @@ struct onvm_capi {
     void (*slot_reset)(struct onvm_region *r, uint32_t idx);
     void (*parse)(struct onvm_meta *m, const uint8_t *p, uint32_t len);
     void (*classify)(struct onvm_region *r, struct onvm_meta *m, const uint8_t *data, uint64_t now);
+    void (*classify_burst)(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
+                           uint32_t n, uint64_t now);
     int (*flow_put)(struct onvm_region *r, const struct onvm_flow_key *key, uint16_t chain, uint32_t idle_ms,
                     uint32_t hard_ms, uint8_t origin, uint64_t now);
     int (*cls_lookup)(struct onvm_region *r, const struct onvm_flow_key *key, struct onvm_cls_result *out);

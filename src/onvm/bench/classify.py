@@ -27,6 +27,13 @@ a chain with the same hops as the default); the rest match nothing gen sends
 and have a firewall's variety of masks: source prefixes of /16 to /32, each
 with no port, one port or a port range (16 masks in all; ``tuples`` in the
 result).  A range that is no single prefix adds a mask per prefix it takes.
+
+Beside the pipeline, the same three phases are measured in one thread and nothing
+else (``rx_ns_per_packet_0``, ``_1`` and ``rx_ns_per_packet``, with ``rx_ratio`` the
+rule-less cost over the N-rule one): what an RX worker spends on parsing and
+classifying a packet of the established flows, in a region of its own.  Those
+figures move by a few percent from run to run; the pipeline's, which depend on where
+the scheduler puts three busy threads on the machine's CPUs, by tens.
 """
 
 from __future__ import annotations
@@ -117,6 +124,44 @@ def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules:
         dep.stop()
 
 
+RX_PACKETS = 20_000_000  # per window of the single-thread measurement (about half a second)
+
+
+def rx_cost(flows: int, table: int, rules: list[str], rounds: int,
+            packets: int = RX_PACKETS) -> dict[str, Any]:
+    """What RX's parse and classification cost per packet in one thread and nothing else
+    (``_hooks.bench_rx``, a region of its own): with no rules, one, and ``rules`` more, in rounds
+    like the pipeline's.  The scheduler and the other threads of the pipeline do not enter it,
+    so it moves by a few percent from run to run where the pipeline's rates move by tens."""
+    import os
+    import uuid
+
+    from onvm import _hooks, _native
+    from onvm.flows.rules import parse_rule
+    from onvm.manager.region_path import region_dir
+
+    native = [parse_rule(t).native(1) for t in (ONE_RULE, *rules)]  # the chain does not change the cost
+    path = os.path.join(region_dir(), f"onvm-bench-rx-{uuid.uuid4().hex[:8]}.region")
+    region = _native.Region.create(path, "bench-rx", 256, 2048, 64, table, max(len(native), 1))
+    ns: list[list[float]] = [[], [], []]
+    try:
+        for _ in range(rounds):
+            ns[0].append(_hooks.bench_rx(region, flows, packets)["ns_per_packet"])
+            slots = region.rules_apply(adds=native[:1])
+            ns[1].append(_hooks.bench_rx(region, flows, packets)["ns_per_packet"])
+            if len(native) > 1:
+                slots += region.rules_apply(adds=native[1:])
+            ns[2].append(_hooks.bench_rx(region, flows, packets)["ns_per_packet"])
+            region.rules_apply(dels=slots)
+    finally:
+        region.close()
+        if os.path.exists(path):
+            os.unlink(path)
+    med = [round(statistics.median(v), 2) for v in ns]
+    return {"rx_ns_per_packet_0": med[0], "rx_ns_per_packet_1": med[1], "rx_ns_per_packet": med[2],
+            "rx_ratio": round(statistics.median(a / c for a, c in zip(ns[0], ns[2], strict=True)), 3)}
+
+
 def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
         flows: int = ESTABLISHED_FLOWS) -> dict[str, Any]:
     """Established and new-flow rates with no rules, one rule and ``rules`` more, and the load time."""
@@ -125,6 +170,7 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
     est = _measure(verbose, seconds, flows, ["--flow-table-size", str(table)], texts, rounds)
     new_args = ["--flow-idle", "0.001", "--flow-table-size", str(2 * NEW_FLOWS)]  # half full at most
     new = _measure(verbose, seconds, NEW_FLOWS, new_args, texts, rounds)
+    rx = rx_cost(flows, table, texts, rounds)
 
     def ratio(a: list[float], b: list[float]) -> float | None:
         return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3) if all(b) else None
@@ -145,6 +191,7 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
             "new_flows_uncached": new["uncached"],
             "established_ratio": ratio(est["mpps"], est["mpps_0"]),
             "established_ratio_1": ratio(est["mpps"], est["mpps_1"]),
+            **rx,
             "rounds": rounds, "seconds": seconds,
             "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
 
