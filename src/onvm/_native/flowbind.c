@@ -147,13 +147,14 @@ PyObject *Region_flow_stats(RegionObject *self, PyObject *u) {
     OPEN_OR_FAIL(self);
     struct onvm_header *h = self->r.hdr;
     struct onvm_cls_ctl *c = onvm_cls(&self->r);
-    return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "size", h->flow_count, "used",
+    return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "size", h->flow_count, "used",
                          (long long)atomic_load(&h->flows_used), "installed",
                          (unsigned long long)atomic_load(&h->flows_installed), "expired",
                          (unsigned long long)atomic_load(&h->flows_expired), "full",
                          (unsigned long long)atomic_load(&h->flows_full), "evicted",
                          (unsigned long long)atomic_load(&h->flows_evicted), "changed",
-                         (unsigned long long)atomic_load(&h->flows_changed), "rules", c->rules,
+                         (unsigned long long)atomic_load(&h->flows_changed), "fast",
+                         (unsigned long long)atomic_load(&self->r.rx_fast), "rules", c->rules,
                          "default_idle_ms", c->default_idle_ms);
 }
 

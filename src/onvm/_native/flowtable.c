@@ -16,9 +16,11 @@ static uint32_t fold(const uint8_t *a, int ipver) {
     return x;
 }
 
-static inline uint32_t with_port(uint32_t h, const struct onvm_flow_key *k) {
-    return h ^ (uint32_t)k->in_port * 0x85ebca6bu ^ (uint32_t)k->vlan * 0xc2b2ae35u;
+static inline uint32_t mix_port(uint32_t h, uint16_t in_port, uint16_t vlan) {
+    return h ^ (uint32_t)in_port * 0x85ebca6bu ^ (uint32_t)vlan * 0xc2b2ae35u;
 }
+
+static inline uint32_t with_port(uint32_t h, const struct onvm_flow_key *k) { return mix_port(h, k->in_port, k->vlan); }
 
 /* The same symmetric hash for both directions of a flow, so a flow and its
  * reply sit near each other; the key itself stays directional.  For IPv4 it is
@@ -443,7 +445,7 @@ struct rx_burst {
     uint32_t version; /* the rules' version at the start of the burst */
     int caching;      /* 0: no rules and no port defaults, so every flow takes the default chain */
     int32_t used;
-    uint32_t installed, expired, changed, full;
+    uint32_t installed, expired, changed, full, fast;
 };
 
 static inline void rx_begin(struct onvm_region *r, struct rx_burst *b, uint64_t now) {
@@ -467,6 +469,8 @@ static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
         atomic_fetch_add_explicit(&h->flows_changed, b->changed, ONVM_RELAXED);
     if (b->full)
         atomic_fetch_add_explicit(&h->flows_full, b->full, ONVM_RELAXED);
+    if (b->fast)
+        atomic_fetch_add_explicit(&r->rx_fast, b->fast, ONVM_RELAXED);
 }
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */
@@ -571,6 +575,76 @@ static inline int nothing_to_look_up(struct onvm_region *r) {
            (atomic_load_explicit(&r->hdr->flows_used, ONVM_RELAXED) <= 0 && onvm_cls_empty(onvm_cls(r)));
 }
 
+/* ---- RX's fast path: an established IPv4 flow found where its hash points ---------
+ *
+ * Most packets belong to a flow whose entry sits at the first place of its probe window,
+ * is live and, if a cached result, as new as the rules.  For an IPv4 packet the words of
+ * its key are put together in registers from the parsed packet and compared with the
+ * entry's, instead of building the 42-byte key and searching the window; anything else
+ * (another place in the window, an expired, outdated or half-written entry, a miss)
+ * takes the full path (classify_key), which decides the same for those packets. */
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FAST_PATH 1
+#else
+#define FAST_PATH 0 /* the words below are laid out for a little-endian key */
+#endif
+static_assert(offsetof(struct onvm_flow_key, sport) == 32 && offsetof(struct onvm_flow_key, dport) == 34 &&
+                  offsetof(struct onvm_flow_key, in_port) == 36 && offsetof(struct onvm_flow_key, proto) == 38 &&
+                  offsetof(struct onvm_flow_key, ipver) == 39 && offsetof(struct onvm_flow_key, vlan) == 40,
+              "the fast path's key words");
+
+/* An IPv4 key as words 0, 2 and 4 of struct onvm_flow_key and its VLAN (words 1 and 3,
+ * the rest of the addresses, are zero), for what onvm_flow_key_of would build. */
+struct key4 {
+    uint64_t w0, w2, w4;
+    uint16_t vlan;
+};
+
+static inline int key4_of(const struct onvm_meta *m, const uint8_t *data, struct key4 *k) {
+    if (!FAST_PATH || m->l3_type != ONVM_L3_IPV4)
+        return 0;
+    const uint8_t *ip = data + m->l3_off;
+    uint32_t src, dst, sport = 0, dport = 0;
+    memcpy(&src, ip + 12, 4);
+    memcpy(&dst, ip + 16, 4);
+    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG)) {
+        const uint8_t *l4 = data + m->l4_off;
+        sport = (uint32_t)(l4[0] << 8 | l4[1]);
+        dport = (uint32_t)(l4[2] << 8 | l4[3]);
+    }
+    k->w0 = src;
+    k->w2 = dst;
+    k->w4 = sport | dport << 16 | (uint64_t)m->in_port << 32 | (uint64_t)m->l4_proto << 48 | (uint64_t)4 << 56;
+    k->vlan = (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
+    return 1;
+}
+
+static inline int key4_eq(const struct onvm_flow *f, const struct key4 *k) {
+    const struct onvm_flow_key *a = &f->key;
+    return ((word(a, 0) ^ k->w0) | word(a, 1) | (word(a, 2) ^ k->w2) | word(a, 3) | (word(a, 4) ^ k->w4) |
+            (uint64_t)(a->vlan ^ k->vlan)) == 0;
+}
+
+/* The packet's flow is live at the first place of its window and current: count it, take
+ * its chain.  0: the full path decides. */
+static inline int fast_hit(struct onvm_region *r, struct onvm_meta *m, const struct key4 *k, uint32_t hash,
+                           const struct rx_burst *b) {
+    uint32_t i = hash & (r->flow_count - 1);
+    struct onvm_flow *f = onvm_flow_at(r, i);
+    /* Acquire pairs with the writer's release of the even sequence, as in find(). */
+    uint32_t s1 = atomic_load_explicit(&f->seq, ONVM_ACQUIRE);
+    uint16_t chain = f->chain;
+    int ok = !(s1 & 1) && f->state == ONVM_FLOW_VALID && key4_eq(f, k) && !expired_at(f, b->now_ms) &&
+             (!onvm_cached_origin(f->origin) || (b->caching && f->version == b->version));
+    atomic_thread_fence(memory_order_acquire);
+    if (!ok || atomic_load_explicit(&f->seq, ONVM_RELAXED) != s1)
+        return 0;
+    hit(r, i, m, b);
+    m->chain_id = chain;
+    return 1;
+}
+
 void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, const uint8_t *const *data,
                          uint32_t n, uint64_t now) {
     for (uint32_t i = 0; i < n; i++)
@@ -579,27 +653,43 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
         return;
     uint32_t mask = r->flow_count - 1;
     struct onvm_flow_key keys[64];
+    struct key4 k4[64];
     uint32_t hash[64];
-    uint8_t ok[64];
+    uint8_t ok[64]; /* 1: keys[i] built; 2: k4[i] built (the fast path's); 0: not IP */
     struct rx_burst b;
     rx_begin(r, &b, now);
     for (uint32_t base = 0; base < n; base += 64) {
         uint32_t k = n - base < 64 ? n - base : 64;
         for (uint32_t i = 0; i < k; i++) {
             const struct onvm_meta *mi = m[base + i];
-            ok[i] = onvm_flow_key_of(mi, data[base + i], &keys[i]) == 0;
-            if (ok[i]) {
-                /* An IPv4 packet's flow hash (onvm_parse) is the key's hash before the port's share. */
+            /* An IPv4 packet's flow hash (onvm_parse) is the key's hash before the port's share. */
+            if (mi->flow_hash && key4_of(mi, data[base + i], &k4[i])) {
+                ok[i] = 2;
+                hash[i] = mix_port(mi->flow_hash, mi->in_port, k4[i].vlan);
+            } else if (onvm_flow_key_of(mi, data[base + i], &keys[i]) == 0) {
+                ok[i] = 1;
                 hash[i] = keys[i].ipver == 4 && mi->flow_hash ? with_port(mi->flow_hash, &keys[i])
                                                               : onvm_flow_key_hash(&keys[i]);
-                struct onvm_flow *f = onvm_flow_at(r, hash[i] & mask);
-                __builtin_prefetch(f);
-                __builtin_prefetch(onvm_flow_data_of(f), 1);
+            } else {
+                ok[i] = 0;
+                continue;
             }
+            struct onvm_flow *f = onvm_flow_at(r, hash[i] & mask);
+            __builtin_prefetch(f);
+            __builtin_prefetch(onvm_flow_data_of(f), 1);
         }
-        for (uint32_t i = 0; i < k; i++)
-            if (ok[i])
-                classify_key(r, m[base + i], &keys[i], hash[i], &b);
+        for (uint32_t i = 0; i < k; i++) {
+            if (ok[i] == 2) {
+                if (fast_hit(r, m[base + i], &k4[i], hash[i], &b)) {
+                    b.fast++;
+                    continue;
+                }
+                onvm_flow_key_of(m[base + i], data[base + i], &keys[i]); /* IPv4: it succeeds */
+            } else if (!ok[i]) {
+                continue;
+            }
+            classify_key(r, m[base + i], &keys[i], hash[i], &b);
+        }
     }
     rx_end(r, &b);
 }

@@ -73,6 +73,7 @@ struct onvm_region {
     uint32_t cls_max_rules, cls_max_slots;
     struct onvm_cls_writer *clsw; /* the manager's private side of the classifier */
     char errmsg[256];
+    _Atomic uint64_t rx_fast; /* packets RX found by the fast path (flowtable.c), in this process */
 };
 
 struct onvm_region_params {
