@@ -44,6 +44,8 @@ def test_rules_steer_flows_to_chains(deploy):
     assert all(f["origin"] == "default" and f["idle_timeout"] == 2.0 for f in dns)
     rules = json.loads(onvm("rule", "list", "--name", dep.name, "--json").stdout)["rules"]
     assert rules[0]["hits"] == 8  # one per flow: later packets hit the cached entry
+    # and most of them took RX's fast path (all but each flow's first, short of a rare collision)
+    assert json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["fast"] >= 2500
     # the idle timeout removes them once traffic has stopped
     wait_for(lambda: json.loads(onvm("flow", "stats", "--name", dep.name, "--json").stdout)["used"] == 0,
              timeout=15, what="entries to expire")
@@ -188,7 +190,8 @@ def test_classify_bench_runs(runtime):
     res = json.loads(out.stdout)
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0
     for key in ("established_mpps", "established_mpps_0", "established_mpps_1",
-                "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1"):
+                "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1",
+                "rx_ns_per_packet_0", "rx_ns_per_packet_1", "rx_ns_per_packet", "rx_ratio"):
         assert res[key] > 0, key
     # Three windows (none, one, N rules) in each of the two rounds.
     assert len(res["rounds_established"]) == len(res["rounds_new_flow"]) == 2
