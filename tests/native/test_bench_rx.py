@@ -57,3 +57,16 @@ def test_rx_cost_reports_the_three_phases():
     got = rx_cost(64, 1024, rule_set(200), rounds=1, packets=10_000)
     assert set(got) == {"rx_ns_per_packet_0", "rx_ns_per_packet_1", "rx_ns_per_packet", "rx_ratio"}
     assert all(v > 0 for v in got.values())
+
+
+def test_more_flows_than_buffers_are_still_that_many_flows():
+    path = f"/dev/shm/onvm-test-{uuid.uuid4()}"
+    r = _native.Region.create(path, "t", 256, 2048, 64, 65536, 64)
+    try:
+        r.rules_apply(adds=[parse_rule(ONE_RULE).native(1)])
+        got = _hooks.bench_rx(r, 20000, 40000)  # 16,384 buffers, each rewritten for the flow it carries
+        assert got["flows_used"] == 20000
+    finally:
+        r.close()
+        if os.path.exists(path):
+            os.unlink(path)

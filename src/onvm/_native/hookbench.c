@@ -372,8 +372,10 @@ static PyObject *mod_bench_rules(PyObject *mod, PyObject *args, PyObject *kw) {
  * What an RX worker does to a burst between reading it and routing it, in one thread
  * and nothing else: parse each packet and classify the burst (flow table, rules).
  * `flows` UDP flows of 64-byte IPv4 packets (10.0.0.1 + i -> 10.1.0.1, ports 1024 -> 80,
- * in-port 0), each packet in a 2 KiB buffer of its own as in the pool, come in bursts
- * of 64 in turn, so that a flow's packets are `flows` packets apart. */
+ * in-port 0) come in bursts of 64 in turn, so that a flow's packets are `flows` packets
+ * apart.  As gen does, each packet is written into a 2 KiB buffer before it is parsed
+ * (its source address; the rest stays), the buffers taken in turn from as many as
+ * the manager's default pool holds, or one per flow if fewer. */
 static PyObject *mod_bench_rx(PyObject *mod, PyObject *args, PyObject *kw) {
     (void)mod;
     static char *kwlist[] = {"region", "flows", "packets", NULL};
@@ -386,41 +388,44 @@ static PyObject *mod_bench_rx(PyObject *mod, PyObject *args, PyObject *kw) {
         return NULL;
     if (flows == 0 || flows > (1u << 20) || packets == 0)
         return PyErr_Format(PyExc_ValueError, "bench_rx needs 1..1048576 flows and some packets");
-    enum { BUF = 2048, LEN = 64, BURST = 64 };
-    uint8_t *bufs = PyMem_Calloc(flows, BUF);
-    struct onvm_meta *metas = PyMem_Calloc(flows, sizeof *metas);
+    enum { BUF = 2048, LEN = 64, BURST = 64, POOL = 16384 };
+    uint32_t nbuf = flows < POOL ? flows : POOL;
+    uint8_t *bufs = PyMem_Calloc(nbuf, BUF);
+    struct onvm_meta *metas = PyMem_Calloc(nbuf, sizeof *metas);
     if (!bufs || !metas) {
         PyMem_Free(bufs);
         PyMem_Free(metas);
         return PyErr_NoMemory();
     }
-    for (uint32_t i = 0; i < flows; i++) {
+    for (uint32_t i = 0; i < nbuf; i++) {
         uint8_t *eth = bufs + (size_t)i * BUF, *ip = eth + 14, *udp = ip + 20;
-        uint32_t src = 0x0a000001u + i;
         eth[12] = 0x08; /* IPv4 */
         ip[0] = 0x45;
         ip[3] = LEN - 14;
         ip[8] = 64;
         ip[9] = 17;
-        for (int k = 0; k < 4; k++)
-            ip[12 + k] = (uint8_t)(src >> (24 - 8 * k));
         ip[16] = 10, ip[17] = 1, ip[18] = 0, ip[19] = 1;
         udp[0] = 1024 >> 8, udp[1] = 1024 & 0xff, udp[3] = 80, udp[5] = LEN - 34;
     }
     struct onvm_meta *m[BURST];
     const uint8_t *d[BURST];
     uint64_t t0, t1, now;
-    uint32_t next = 0, done = 0;
+    uint32_t flow = 0, buf = 0, done = 0;
     Py_BEGIN_ALLOW_THREADS t0 = now = onvm_now_ns();
     while (done < packets) {
         uint32_t n = packets - done < BURST ? packets - done : BURST;
         for (uint32_t j = 0; j < n; j++) {
-            m[j] = &metas[next];
-            d[j] = bufs + (size_t)next * BUF;
+            uint8_t *p = bufs + (size_t)buf * BUF;
+            uint32_t src = 0x0a000001u + flow;
+            for (int k = 0; k < 4; k++)
+                p[14 + 12 + k] = (uint8_t)(src >> (24 - 8 * k));
+            m[j] = &metas[buf];
+            d[j] = p;
             memset(m[j], 0, sizeof *m[j]);
             m[j]->len = LEN;
-            onvm_core->parse(m[j], d[j], LEN);
-            next = next + 1 == flows ? 0 : next + 1;
+            onvm_core->parse(m[j], p, LEN);
+            flow = flow + 1 == flows ? 0 : flow + 1;
+            buf = buf + 1 == nbuf ? 0 : buf + 1;
         }
         if ((done & 1023) < BURST) /* the clock once every 16 bursts: RX reads it once a round */
             now = onvm_now_ns();

@@ -142,7 +142,7 @@ def rx_cost(flows: int, table: int, rules: list[str], rounds: int,
 
     native = [parse_rule(t).native(1) for t in (ONE_RULE, *rules)]  # the chain does not change the cost
     path = os.path.join(region_dir(), f"onvm-bench-rx-{uuid.uuid4().hex[:8]}.region")
-    region = _native.Region.create(path, "bench-rx", 256, 2048, 64, table, max(len(native), 1))
+    region = _native.Region.create(path, "bench-rx", 256, 2048, 64, table, len(native))
     ns: list[list[float]] = [[], [], []]
     try:
         for _ in range(rounds):
