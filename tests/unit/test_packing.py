@@ -127,6 +127,13 @@ def test_the_balancer_moves_threads_only_for_a_real_gain() -> None:
     assert ("nf", 9) in b.assignment
 
 
+def test_an_idle_pipeline_is_not_placed_again_each_window() -> None:
+    b = Balancer([0, 1], gain=0.2, settle=1)
+    idle = {("nf", 1): 0.0, ("worker", 0): 0.0, ("worker", 1): 0.0}
+    assert b.step(idle) is not None  # the first assignment
+    assert [b.step(idle) for _ in range(5)] == [None] * 5  # the same one again is no move
+
+
 def test_offered_more_than_it_handles() -> None:
     # (loops, busy loops, ports held), summed over the RX workers
     assert offered_more((100, 50, 3), (200, 60, 4))  # it held a port

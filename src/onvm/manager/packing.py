@@ -269,9 +269,10 @@ class Balancer:
         now = {t: c for t, c in self.assignment.items() if t in self._avg}
         best = balance(self._avg, self.cpus, now, wanted, self.gain)
         regrouped, self._groups = frozenset(wanted) != self._groups, frozenset(wanted)
-        # Regrouped, a move is worth it unless the new groups sit together already;
-        # otherwise only when it relieves the busiest CPU enough.
-        stay = set(now) == set(best) and (best == now if regrouped else
+        # The same assignment again is no move.  Regrouped, a move is worth it unless the
+        # new groups sit together already; otherwise only when it relieves the busiest CPU
+        # enough (with no load at all, nothing does).
+        stay = set(now) == set(best) and (best == now or not regrouped and
                                            peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg))
         if not stay:
             self.assignment = best
