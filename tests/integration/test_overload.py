@@ -225,7 +225,7 @@ def test_a_running_port_changes_its_rate_at_once(deploy):
         out = onvm("status", "--name", dep.name).stdout
         return next(line for line in out.splitlines() if line.strip().startswith("0 "))
 
-    assert status_line().endswith("  rate 50000/s"), status_line()
+    assert status_line().endswith("  rate 50000 packets/s"), status_line()
     assert set_rate("unpaced") == "port 0: unpaced"
     assert status_line().endswith("  unpaced"), status_line()
     assert rate(dep.name, sent, 0.5) > 500_000

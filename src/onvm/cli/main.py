@@ -55,6 +55,13 @@ def cmd_manager(args: argparse.Namespace) -> int:
     return mgr.run()
 
 
+def _rate_shown(pps: int) -> str:
+    """A paced port's rate in ``onvm status``, worded as ``onvm port rate`` says it."""
+    from onvm.ports.uri import rate_text
+
+    return ("rate " if pps else "") + rate_text(pps)
+
+
 def _print_status(st: dict[str, Any]) -> None:
     m, pool = st["manager"], st["pool"]
     print(f"manager {m['name']} (pid {m['pid']}), up {m['uptime']:.1f} s, region {m['region']}")
@@ -74,7 +81,7 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  {p['id']:<3} {p['uri']:<40} rx {p['rx']:<12} tx {p['tx']:<12} drops {drops}"
               + (f" ({why})" if why else "")
               + (f"  mode {p['mode']}" if p.get("mode") else "")
-              + (f"  rate {p['rate_pps']}/s" if p.get("rate_pps") else "  unpaced" if "rate_pps" in p else "")
+              + (f"  {_rate_shown(p['rate_pps'])}" if "rate_pps" in p else "")
               + (f"  lent {p['lent']}" if p.get("lent") else "")
               + ("  done" if p["done"] else "") + (f"  error: {p['error']}" if p["error"] else "")
               + (f"  lost {p['lost']}" if p.get("lost") else ""))
