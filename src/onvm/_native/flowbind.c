@@ -147,6 +147,9 @@ PyObject *Region_flow_stats(RegionObject *self, PyObject *u) {
     OPEN_OR_FAIL(self);
     struct onvm_header *h = self->r.hdr;
     struct onvm_cls_ctl *c = onvm_cls(&self->r);
+    uint64_t fast = 0;
+    for (unsigned i = 0; i < ONVM_FREE_STACKS; i++)
+        fast += atomic_load_explicit(&self->r.rx_fast[i].n, ONVM_RELAXED);
     return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I}", "size", h->flow_count, "used",
                          (long long)atomic_load(&h->flows_used), "installed",
                          (unsigned long long)atomic_load(&h->flows_installed), "expired",
@@ -154,7 +157,7 @@ PyObject *Region_flow_stats(RegionObject *self, PyObject *u) {
                          (unsigned long long)atomic_load(&h->flows_full), "evicted",
                          (unsigned long long)atomic_load(&h->flows_evicted), "changed",
                          (unsigned long long)atomic_load(&h->flows_changed), "fast",
-                         (unsigned long long)atomic_load(&self->r.rx_fast), "rules", c->rules,
+                         (unsigned long long)fast, "rules", c->rules,
                          "default_idle_ms", c->default_idle_ms);
 }
 

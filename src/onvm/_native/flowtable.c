@@ -470,7 +470,7 @@ static void rx_end(struct onvm_region *r, const struct rx_burst *b) {
     if (b->full)
         atomic_fetch_add_explicit(&h->flows_full, b->full, ONVM_RELAXED);
     if (b->fast)
-        atomic_fetch_add_explicit(&r->rx_fast, b->fast, ONVM_RELAXED);
+        atomic_fetch_add_explicit(&r->rx_fast[onvm_pool_home() % ONVM_FREE_STACKS].n, b->fast, ONVM_RELAXED);
 }
 
 /* A hit: count the packet and move an idle deadline on (the RX worker owns the flow). */

@@ -73,7 +73,12 @@ struct onvm_region {
     uint32_t cls_max_rules, cls_max_slots;
     struct onvm_cls_writer *clsw; /* the manager's private side of the classifier */
     char errmsg[256];
-    _Atomic uint64_t rx_fast; /* packets RX found by the fast path (flowtable.c), in this process */
+    /* Packets RX found by the fast path (flowtable.c), in this process: a line for each
+     * RX worker (by its pool home), so that no two of them add to one. */
+    struct {
+        _Atomic uint64_t n;
+        uint64_t pad[7];
+    } rx_fast[ONVM_FREE_STACKS];
 };
 
 struct onvm_region_params {
@@ -161,6 +166,7 @@ uint32_t onvm_pool_alloc_burst(struct onvm_region *r, uint32_t *out, uint32_t n,
  * allocations take from it first, then from the others in turn.  RX worker i sets i
  * (onvm_layout.h). */
 unsigned onvm_pool_set_home(unsigned stack);
+unsigned onvm_pool_home(void); /* this thread's (0 unless set) */
 /* Stamps the slots (which the caller holds) free and pushes them. */
 void onvm_pool_free_burst(struct onvm_region *r, const uint32_t *idx, uint32_t n);
 /* Pushes slots stamped free already, each to its span's stack, linked in the order

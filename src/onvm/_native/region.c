@@ -473,6 +473,8 @@ static uint32_t alloc_from(struct onvm_region *r, struct onvm_freestack *fs, uin
 
 static _Thread_local unsigned pool_home;
 
+unsigned onvm_pool_home(void) { return pool_home; }
+
 unsigned onvm_pool_set_home(unsigned stack) {
     unsigned was = pool_home;
     pool_home = stack;
