@@ -605,19 +605,24 @@ static inline int key4_of(const struct onvm_meta *m, const uint8_t *data, struct
     if (!FAST_PATH || m->l3_type != ONVM_L3_IPV4)
         return 0;
     const uint8_t *ip = data + m->l3_off;
-    uint32_t src, dst, sport = 0, dport = 0;
+    uint32_t src, dst;
+    uint16_t sport, dport;
     memcpy(&src, ip + 12, 4);
     memcpy(&dst, ip + 16, 4);
-    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG)) {
-        const uint8_t *l4 = data + m->l4_off;
-        sport = (uint32_t)(l4[0] << 8 | l4[1]);
-        dport = (uint32_t)(l4[2] << 8 | l4[3]);
-    }
+    onvm_flow_ports(m, data, UINT32_MAX, &sport, &dport); /* the parser's own record, as onvm_flow_key_of */
     k->w0 = src;
     k->w2 = dst;
-    k->w4 = sport | dport << 16 | (uint64_t)m->in_port << 32 | (uint64_t)m->l4_proto << 48 | (uint64_t)4 << 56;
-    k->vlan = (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
+    k->w4 = sport | (uint64_t)dport << 16 | (uint64_t)m->in_port << 32 | (uint64_t)m->l4_proto << 48 |
+            (uint64_t)4 << 56;
+    k->vlan = onvm_flow_vlan(m);
     return 1;
+}
+
+/* The whole key, for the full path: the words in place, without reading the packet again. */
+static inline void key4_full(const struct key4 *k, struct onvm_flow_key *key) {
+    const uint64_t w[5] = {k->w0, 0, k->w2, 0, k->w4};
+    memcpy(key, w, sizeof w);
+    key->vlan = k->vlan;
 }
 
 static inline int key4_eq(const struct onvm_flow *f, const struct key4 *k) {
@@ -684,7 +689,7 @@ void onvm_classify_burst(struct onvm_region *r, struct onvm_meta *const *m, cons
                     b.fast++;
                     continue;
                 }
-                onvm_flow_key_of(m[base + i], data[base + i], &keys[i]); /* IPv4: it succeeds */
+                key4_full(&k4[i], &keys[i]);
             } else if (!ok[i]) {
                 continue;
             }

@@ -316,11 +316,29 @@ int onvm_flow_key_of(const struct onvm_meta *m, const uint8_t *data, struct onvm
 /* The same for a record an NF may have written: reads only within data[0, len); -1 if the IP
  * header lies beyond, ports 0 if the transport header does.  Inline: the capture taps of the
  * hooks module use it too. */
+/* A parsed packet's VLAN as a flow key holds it: 1 + the outer VLAN id, 0 untagged. */
+static inline uint16_t onvm_flow_vlan(const struct onvm_meta *m) {
+    return (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
+}
+
+/* A parsed packet's ports as a flow key holds them: TCP and UDP that are not fragments,
+ * when the header lies within data[0, len); else both 0. */
+static inline void onvm_flow_ports(const struct onvm_meta *m, const uint8_t *data, uint32_t len, uint16_t *sport,
+                                   uint16_t *dport) {
+    *sport = *dport = 0;
+    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG) &&
+        (uint64_t)m->l4_off + 4 <= len) {
+        const uint8_t *l4 = data + m->l4_off;
+        *sport = (uint16_t)(l4[0] << 8 | l4[1]);
+        *dport = (uint16_t)(l4[2] << 8 | l4[3]);
+    }
+}
+
 static inline int onvm_flow_key_within(const struct onvm_meta *m, const uint8_t *data, uint32_t len,
                                        struct onvm_flow_key *key) {
     memset(key, 0, sizeof *key);
     key->in_port = m->in_port;
-    key->vlan = (m->flags & ONVM_MF_VLAN) ? (uint16_t)(m->vlan + 1u) : 0;
+    key->vlan = onvm_flow_vlan(m);
     const uint8_t *ip = data + m->l3_off;
     if (m->l3_type == ONVM_L3_IPV4 && (uint64_t)m->l3_off + 20 <= len) {
         memcpy(key->src, ip + 12, 4);
@@ -334,12 +352,7 @@ static inline int onvm_flow_key_within(const struct onvm_meta *m, const uint8_t 
         return -1;
     }
     key->proto = m->l4_proto;
-    if (m->l4_off && (m->l4_proto == 6 || m->l4_proto == 17) && !(m->flags & ONVM_MF_FRAG) &&
-        (uint64_t)m->l4_off + 4 <= len) {
-        const uint8_t *l4 = data + m->l4_off;
-        key->sport = (uint16_t)(l4[0] << 8 | l4[1]);
-        key->dport = (uint16_t)(l4[2] << 8 | l4[3]);
-    }
+    onvm_flow_ports(m, data, len, &key->sport, &key->dport);
     return 0;
 }
 
