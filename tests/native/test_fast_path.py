@@ -6,11 +6,9 @@ goes the full way."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6  # type: ignore[import-untyped]
+from tests.native.test_rules import make_region
 
 from onvm import _hooks, _native
 from onvm.flows.keys import FlowKey
@@ -21,15 +19,12 @@ NOTHING = "udp src 192.0.2.1/32 -> chain default"  # matches none of the packets
 
 @pytest.fixture
 def region():
-    path = f"/dev/shm/onvm-test-{uuid.uuid4()}"
-    r = _native.Region.create(path, "t", 256, 2048, 64, 1024, 64)
+    r, _ = make_region(max_rules=64)
     try:
         r.rules_apply(adds=[parse_rule(NOTHING).native(1)])
         yield r
     finally:
-        r.close()
-        if os.path.exists(path):
-            os.unlink(path)
+        r.close()  # its creator's close removes the file
 
 
 def classify(region, frame, in_port=0) -> tuple[int, int]:
