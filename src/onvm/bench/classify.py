@@ -38,9 +38,11 @@ the scheduler puts three busy threads on the machine's CPUs, by tens.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
+import uuid
 from typing import Any
 
 from onvm.bench._scenario import Option, Scenario, whole_number
@@ -133,9 +135,6 @@ def rx_cost(flows: int, table: int, rules: list[str], rounds: int,
     (``_hooks.bench_rx``, a region of its own): with no rules, one, and ``rules`` more, in rounds
     like the pipeline's.  The scheduler and the other threads of the pipeline do not enter it,
     so it moves by a few percent from run to run where the pipeline's rates move by tens."""
-    import os
-    import uuid
-
     from onvm import _hooks, _native
     from onvm.flows.rules import parse_rule
     from onvm.manager.region_path import region_dir

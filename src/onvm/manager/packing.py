@@ -272,8 +272,8 @@ class Balancer:
         # The same assignment again is no move.  Regrouped, a move is worth it unless the
         # new groups sit together already; otherwise only when it relieves the busiest CPU
         # enough (with no load at all, nothing does).
-        stay = set(now) == set(best) and (best == now or (not regrouped and
-                                           peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg)))
+        stay = best == now or (not regrouped and set(now) == set(best) and
+                               peak(best, self._avg) > (1 - self.gain) * peak(now, self._avg))
         if not stay:
             self.assignment = best
         if regrouped or not stay:
