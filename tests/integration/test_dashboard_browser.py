@@ -78,6 +78,11 @@ def test_dashboard_shows_nfs_and_moving_counters(deploy, browser):
     if packed is not None:
         wait.until(ec.text_to_be_present_in_element((By.ID, "mgr-packing"), f"packed on CPU {packed}"))
         wait.until(ec.text_to_be_present_in_element((By.ID, f"nf-{ids['simple_forward']}-cpu"), str(packed)))
+    # Where the time goes: the RX worker spends time on every packet, so its cost per packet
+    # shows once two samples are apart; so does each NF's.
+    wait.until(lambda d: d.find_element(By.ID, "worker-0-ns").text.isdigit())
+    wait.until(lambda d: d.find_element(By.ID, f"nf-{ids['simple_forward']}-ns").text.isdigit())
+    assert browser.find_element(By.ID, "worker-1").text.startswith("1 TX 0")
     time.sleep(2.5)  # let the charts draw a few points before the picture
     wait.until(lambda d: browser.find_element(By.ID, f"nf-{ids['simple_forward']}-lat").text != "–")
     ARTIFACTS.mkdir(exist_ok=True)

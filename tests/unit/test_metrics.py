@@ -41,6 +41,11 @@ def test_metrics_parse_and_carry_the_counters():
     assert count == [100] and abs(total[0] - (90 * 5e-6 + 10 * 1e-3)) < 1e-9
     assert "onvm_port_latency_seconds" in fams
     assert fams["onvm_up"].samples[0].value == 1
+    busy = {(s.labels["worker"], s.labels["role"]): s.value for s in fams["onvm_worker_busy_seconds"].samples}
+    assert busy == {("0", "rx"): 300 * 30 / 1e9, ("1", "tx"): 300 * 30 / 1e9}
+    assert [s.value for s in fams["onvm_worker_packets"].samples] == [300, 300]
+    assert {s.labels["nf"]: s.value for s in fams["onvm_nf_busy_seconds"].samples} == {"1": 300 * 50 / 1e9,
+                                                                                      "2": 150 * 50 / 1e9}
 
 
 def test_metrics_carry_early_and_late_drops_per_nf_and_chain_hop():

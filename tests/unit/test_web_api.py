@@ -21,7 +21,12 @@ def nf(i: int, name: str, service: int, rx: int) -> dict[str, Any]:
     return {"id": i, "name": name, "service": service, "instance": 0, "pid": 100 + i, "state": "running",
             "rx": rx, "tx": rx, "rx_ring": 3, "tx_ring": 0,
             "actions": {"drop": 0, "next": rx, "tonf": 0, "out": 0}, "drops": {"ring_full": 2},
-            "reclaimed": 0, "latency": latency.summary(None)}
+            "reclaimed": 0, "busy_ns": rx * 50, "latency": latency.summary(None)}
+
+
+def worker(i: int, role: str, packets: int) -> dict[str, Any]:
+    return {"id": i, "role": role, "index": 0, "cpu": None, "packets": packets, "busy_ns": packets * 30,
+            "sleeps": 0}
 
 
 def port(i: int, kind: str, rx: int, tx: int) -> dict[str, Any]:
@@ -35,6 +40,7 @@ def make_status(rx: int) -> dict[str, Any]:
                     "protocol": 1, "default_chain": "1,out:1", "ring_size": 4096, "web": ""},
         "pool": {"free": 10, "total": 64, "slot_size": 2048},
         "ports": [port(0, "gen", rx, 0), port(1, "null", 0, rx)],
+        "workers": [worker(0, "rx", rx), worker(1, "tx", rx)],
         "nfs": [nf(1, "fwd", 1, rx), nf(2, "mon", 1, rx // 2)],
         "left": [],
         "events": [],

@@ -34,6 +34,26 @@ def test_rates_follow_the_counters_and_skip_a_replaced_nf():
     assert after["nfs"][0]["drops_total"] == 2
 
 
+def test_busy_share_and_cost_per_packet_of_each_worker_and_nf():
+    before = make_status(100)
+    add_rates(before, None, 0)
+    assert before["workers"][0]["busy"] == 0.0 and before["workers"][0]["ns_per_packet"] is None
+    after = make_status(300)
+    after["nfs"][1]["pid"] = 999  # another process: nothing to compare with
+    after["workers"][1]["busy_ns"] = 3 * 10**9  # a share over 1 (two clocks) is shown as 1
+    add_rates(after, before, 2e-6)  # 2 us: 200 packets at 30 ns each is 6 us of work, 3 x the time
+    rx, tx = after["workers"]
+    assert rx["pps"] == 100e6 and rx["ns_per_packet"] == 30.0 and rx["busy"] == 1.0
+    assert tx["busy"] == 1.0
+    assert after["nfs"][0]["ns_per_packet"] == 50.0 and after["nfs"][1]["ns_per_packet"] is None
+    later = make_status(400)
+    later["workers"][0]["busy_ns"] = 0  # a counter that went back (a new manager under the name)
+    later["nfs"][0]["busy_ns"] = 300 * 50 + 5000  # 100 packets, 5 us of work in 10 us
+    add_rates(later, after, 1e-5)
+    assert later["workers"][0]["busy"] == 0.0 and later["workers"][0]["ns_per_packet"] is None
+    assert later["nfs"][0]["busy"] == 0.5 and later["nfs"][0]["ns_per_packet"] == 50.0
+
+
 def test_services_group_instances():
     st = make_status(10)
     add_rates(st, None, 0)

@@ -687,7 +687,8 @@ static PyObject *Region_worker_info(RegionObject *self, PyObject *args) {
                                 (unsigned long long)w->busy_loops, "sleeps",
                                 (unsigned long long)w->wait.sleeps, "wakeups",
                                 (unsigned long long)w->wait.wakeups, "busy_ns", (unsigned long long)w->busy_ns);
-    if (put_u64(d, "held", w->held) < 0 || put_cpu(d, &w->cpu_want, &w->cpu_now) < 0)
+    if (put_u64(d, "held", w->held) < 0 || put_u64(d, "packets", w->packets) < 0 ||
+        put_cpu(d, &w->cpu_want, &w->cpu_now) < 0)
         Py_CLEAR(d);
     return d;
 }

@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #define ONVM_MAGIC 0x314d564e4f595000ULL /* "\0PYONVM1" little endian */
-#define ONVM_LAYOUT_VERSION 14u /* 14: a free stack per RX worker */
+#define ONVM_LAYOUT_VERSION 15u /* 15: a worker's packet count */
 #define ONVM_CACHE_LINE 64
 
 #define ONVM_MAX_NFS 64 /* NF ids 1..63; 0 names the manager */
@@ -332,6 +332,7 @@ struct onvm_worker {
     _Atomic uint32_t cpu_now;  /* what the worker applied */
     uint64_t busy_ns;          /* time spent in loops that found work (packing's load) */
     uint64_t held;             /* RX: times it left a port unread because its chain was congested */
+    uint64_t packets;          /* RX: read from its ports; TX: taken from the NFs' TX rings */
     struct onvm_waiter wait;
 };
 

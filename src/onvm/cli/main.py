@@ -94,6 +94,7 @@ def _print_status(st: dict[str, Any]) -> None:
               f" pid {n['pid']:<8} cpu {cpu!s:<4} rx {n['rx']:<12} tx {n['tx']:<12}"
               f" drops {drops}" + _overload(n)
               + ("  (the kernel refused to move it)" if n.get("cpu_refused") else ""))
+    _print_work(st)
     _print_chain_drops(st)
     if st.get("left"):
         print("NFs that left (latest last):")
@@ -110,6 +111,22 @@ def _overload(n: dict[str, Any]) -> str:
     if n.get("blocked"):
         out += f"  waited {n['blocked']}x ({n['blocked_ms']:.0f} ms)"
     return out + ("  congested" if n.get("rx_congested") else "")
+
+
+def _print_work(st: dict[str, Any]) -> None:
+    """Each worker's and NF's time on bursts since it started: what a packet cost it, and for the
+    workers the share of the manager's uptime (``onvm top`` shows both for the last interval)."""
+    up_ns = st["manager"]["uptime"] * 1e9
+    rows = [(f"{w['role'].upper()} worker {w['index']}", w["packets"], w["busy_ns"],
+             f"busy {100 * min(w['busy_ns'] / up_ns, 1.0):3.0f}%" if up_ns > 0 else "")
+            for w in st.get("workers", [])]
+    rows += [(f"NF {n['id']} {n['name']}", n["rx"], n.get("busy_ns", 0), "") for n in st["nfs"]]
+    if not any(packets for _, packets, _, _ in rows):
+        return
+    print("time on bursts since start (a thread near 100% busy is what limits the rate):")
+    for what, packets, busy_ns, share in rows:
+        each = f"{busy_ns / packets:.1f} ns a packet" if packets else "-"
+        print(f"  {what:<26} packets {packets:<12} {each:<18} {share}".rstrip())
 
 
 def _print_chain_drops(st: dict[str, Any]) -> None:

@@ -28,6 +28,12 @@ def _lat(lat: dict[str, Any]) -> str:
     return "/".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in values)
 
 
+def _busy(t: dict[str, Any]) -> tuple[str, str]:
+    """A thread's busy share and cost per packet as top shows them."""
+    ns = t.get("ns_per_packet")
+    return f"{100 * t.get('busy', 0.0):.0f}%", "-" if ns is None else f"{ns:.0f}"
+
+
 def render(st: dict[str, Any]) -> Any:
     """The screen for one status (with rates) as a rich renderable."""
     from rich.console import Group
@@ -52,22 +58,31 @@ def render(st: dict[str, Any]) -> Any:
         ports.add_row(str(p["id"]), p["uri"], _si(p.get("rx_pps", 0)), _si(p.get("tx_pps", 0)),
                       str(p["rx"]), str(p["tx"]), Text(str(drops), style="red" if drops else ""),
                       _lat(p.get("latency", {})))
+    # Busy: the share of the last interval a thread spent on bursts (its polling left out); a
+    # thread near 100% is where the chain's rate is decided.  ns/pkt: what each packet cost it.
+    workers = Table(title="workers", expand=True, title_justify="left")
+    for col in ("id", "role", "cpu", "pkts/s", "busy", "ns/pkt"):
+        workers.add_column(col, justify="left" if col == "role" else "right")
+    for w in st.get("workers", []):
+        workers.add_row(str(w["id"]), f"{w['role'].upper()} {w['index']}",
+                        "-" if w.get("cpu") is None else str(w["cpu"]), _si(w.get("pps", 0)), *_busy(w))
     nfs = Table(title="NFs", expand=True, title_justify="left")
     ring_size = m.get("ring_size", 0) or 1
-    for col in ("id", "name", "svc", "state", "cpu", "rx/s", "tx/s", "rx", "drops", "ring", "p50/p99/max us"):
+    for col in ("id", "name", "svc", "state", "cpu", "rx/s", "tx/s", "rx", "drops", "ring", "busy", "ns/pkt",
+                "p50/p99/max us"):
         nfs.add_column(col, justify="left" if col in ("name", "state") else "right")
     for n in st["nfs"]:
         drops = sum(n["drops"].values())
         ring = f"{n['rx_ring']} ({100 * n['rx_ring'] / ring_size:.0f}%)"
         nfs.add_row(str(n["id"]), n["name"], f"{n['service']}.{n['instance']}", n["state"],
                     str(n.get("cpu_now", n.get("cpu"))), _si(n.get("rx_pps", 0)), _si(n.get("tx_pps", 0)),
-                    str(n["rx"]),
-                    Text(str(drops), style="red" if drops else ""), ring, _lat(n.get("latency", {})))
+                    str(n["rx"]), Text(str(drops), style="red" if drops else ""), ring, *_busy(n),
+                    _lat(n.get("latency", {})))
     if not st["nfs"]:
-        nfs.add_row("", "(none)", "", "", "", "", "", "", "", "", "")
+        nfs.add_row("", "(none)", *[""] * 11)
     events = Text("\n".join(time.strftime("%H:%M:%S ", time.localtime(e["time"])) + e["text"]
                             for e in st.get("events", [])[-8:]) or "(none)")
-    return Group(Panel(head), ports, nfs, Panel(events, title="events", title_align="left"))
+    return Group(Panel(head), ports, workers, nfs, Panel(events, title="events", title_align="left"))
 
 
 def run_top(name: str, interval: float = 1.0, iterations: int = 0) -> int:

@@ -376,6 +376,21 @@ class DataPlane:
         out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
         return out
 
+    def worker_status(self) -> list[dict[str, Any]]:
+        """The manager's RX and TX workers as ``onvm status`` shows them: where each runs, the
+        packets it handled and the time it spent on bursts (``add_rates`` makes these a busy share
+        and a cost per packet)."""
+        out = []
+        for w in range(self.layout.rx_workers + self.layout.tx_workers):
+            info = self.region.worker_info(w)
+            rx = w < self.layout.rx_workers
+            out.append({"id": w, "role": "rx" if rx else "tx",
+                        "index": w if rx else w - self.layout.rx_workers,
+                        "cpu": info["cpu_now"] if info["cpu_now"] >= 0 else None,  # None: where it started
+                        "packets": info["packets"], "busy_ns": info["busy_ns"],
+                        "sleeps": info["sleeps"], **({"held": info["held"]} if rx else {})})
+        return out
+
     def rx_pressure(self) -> tuple[int, int, int]:
         """The RX workers' loops, the loops that found packets, and the times they left a port
         unread because its chain was congested: each summed over the RX workers."""

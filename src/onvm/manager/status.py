@@ -66,6 +66,7 @@ class StatusView:
             },
             "pool": dp.pool(),
             "ports": dp.port_status(),
+            "workers": dp.worker_status(),
             "nfs": [nf_status(r, dp.nf_info(r.nf_id)) for r in self.registry],
             "chains": self.flows.list_chains(),
             "services": self.services.describe(),
@@ -112,6 +113,7 @@ def nf_status(rec: NFRecord, info: dict[str, Any]) -> dict[str, Any]:
         "blocked": info.get("blocked", 0),  # times it stopped taking packets (a ring it feeds congested)
         "blocked_ms": round(info.get("blocked_ns", 0) / 1e6, 3),
         "blocked_on": info.get("blocked_on", 0),  # the NF it waits for now (0: none)
+        "busy_ns": info.get("busy_ns", 0),  # time spent on bursts (add_rates: busy share, ns per packet)
         "parse_errors": info.get("parse_errors", 0),  # malformed packets the NF was handed
         "reclaimed": rec.reclaimed,
         "fenced": bool(info.get("fenced")),  # broke the rules of the region (see fencing.py)

@@ -90,8 +90,16 @@ def render(sample: dict[str, Any]) -> str:
     for p in st["ports"]:
         _drops(out, "onvm_port_drops", "packets dropped at the port, by reason",
                {"port": p["id"]}, p["drops"])
+    for w in st.get("workers", []):
+        lab = {"worker": w["id"], "role": w["role"]}
+        out.add("onvm_worker_packets", "counter", "packets the manager's worker handled (RX: read from "
+                "its ports; TX: taken from the NFs' TX rings)", lab, w["packets"], "_total")
+        out.add("onvm_worker_busy_seconds", "counter", "time the worker spent on bursts", lab,
+                w["busy_ns"] / 1e9, "_total")
     for n in st["nfs"]:
         lab = {"nf": n["id"], "name": n["name"], "service": n["service"], "instance": n["instance"]}
+        out.add("onvm_nf_busy_seconds", "counter", "time the NF spent on bursts", lab,
+                n.get("busy_ns", 0) / 1e9, "_total")
         out.add("onvm_nf_rx_packets", "counter", "packets the NF received", lab, n["rx"], "_total")
         out.add("onvm_nf_tx_packets", "counter", "packets the NF handed onward", lab, n["tx"], "_total")
         out.add("onvm_nf_rx_ring_entries", "gauge", "packets waiting in the NF's RX ring", lab, n["rx_ring"])

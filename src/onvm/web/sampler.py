@@ -33,14 +33,35 @@ def _rate(now: int, before: int | None, dt: float) -> float:
     return round((now - before) / dt, 1)
 
 
+def _busy(t: dict[str, Any], b: dict[str, Any], packets: str, dt: float) -> None:
+    """A thread's share of the last ``dt`` seconds spent on bursts, and what each packet cost
+    it (None: no packets, or no earlier sample of the same thread)."""
+    t["busy"], t["ns_per_packet"] = 0.0, None
+    if not b or dt <= 0:
+        return
+    spent, done = t.get("busy_ns", 0) - b.get("busy_ns", 0), t[packets] - b[packets]
+    if spent < 0 or done < 0:  # counters that went back
+        return
+    t["busy"] = round(min(spent / (dt * 1e9), 1.0), 3)  # two clocks: a share a hair over 1 is 1
+    if done:
+        t["ns_per_packet"] = round(spent / done, 1)
+
+
 def add_rates(status: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> None:
-    """Give every port and NF of ``status`` rates per second against ``prev``."""
+    """Give every port, worker and NF of ``status`` rates per second against ``prev``, and each
+    worker and NF its busy share and cost per packet."""
     before: dict[tuple[Any, ...], dict[str, Any]] = {}
     if prev is not None:
         for p in prev["ports"]:
             before[("p", p["id"])] = p
+        for w in prev.get("workers", []):
+            before[("w", w["id"])] = w
         for n in prev["nfs"]:
             before[("n", n["id"], n["pid"])] = n
+    for w in status.get("workers", []):
+        b = before.get(("w", w["id"]), {})
+        w["pps"] = _rate(w["packets"], b.get("packets"), dt)
+        _busy(w, b, "packets", dt)
     for p in status["ports"]:
         b = before.get(("p", p["id"]), {})
         p["drops_total"] = sum(p["drops"].values())
@@ -55,6 +76,7 @@ def add_rates(status: dict[str, Any], prev: dict[str, Any] | None, dt: float) ->
         n["rx_pps"] = _rate(n["rx"], b.get("rx"), dt)
         n["tx_pps"] = _rate(n["tx"], b.get("tx"), dt)
         n["drops_ps"] = _rate(n["drops_total"], b.get("drops_total"), dt)
+        _busy(n, b, "rx", dt)
 
 
 def services(status: dict[str, Any]) -> list[dict[str, Any]]:

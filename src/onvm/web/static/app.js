@@ -235,6 +235,11 @@ function inside() {
   }));
 }
 
+function busyCells(tr, t, id) {
+  cell(tr, `${Math.round(100 * (t.busy || 0))}%`, "num", `${id}-busy`);
+  cell(tr, t.ns_per_packet == null ? "–" : Math.round(t.ns_per_packet), "num", `${id}-ns`);
+}
+
 function drawTables(st) {
   const ringSize = st.manager.ring_size || 4096;
   const nb = $("nfs").tBodies[0];
@@ -254,9 +259,22 @@ function drawTables(st) {
     const bar = el("span", { class: "bar" }); const fill = el("i");
     fill.style.width = Math.min(100, 100 * n.rx_ring / ringSize) + "%";
     bar.appendChild(fill); ring.appendChild(bar); ring.appendChild(document.createTextNode(String(n.rx_ring)));
+    busyCells(tr, n, `nf-${n.id}`);
     cell(tr, lat(n.latency), "num", `nf-${n.id}-lat`);
     cell(tr, "").appendChild(stopButton(n));
     nb.appendChild(tr);
+  }
+  const wb = $("workers").tBodies[0];
+  wb.textContent = "";
+  for (const w of st.workers || []) {
+    const tr = el("tr", { id: `worker-${w.id}` });
+    cell(tr, w.id);
+    cell(tr, `${w.role.toUpperCase()} ${w.index}`);
+    cell(tr, w.cpu ?? "–", "num");
+    cell(tr, w.packets, "num", `worker-${w.id}-packets`);
+    cell(tr, fmt(w.pps || 0), "num");
+    busyCells(tr, w, `worker-${w.id}`);
+    wb.appendChild(tr);
   }
   const pb = $("ports").tBodies[0];
   pb.textContent = "";
