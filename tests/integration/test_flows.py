@@ -191,8 +191,12 @@ def test_classify_bench_runs(runtime):
     assert res["rules_added"] == 300 and res["tuples"] >= 10 and res["rule_load_s"] > 0
     for key in ("established_mpps", "established_mpps_0", "established_mpps_1",
                 "new_flow_mpps", "new_flow_mpps_0", "new_flow_mpps_1",
-                "rx_ns_per_packet_0", "rx_ns_per_packet_1", "rx_ns_per_packet", "rx_ratio"):
+                "rx_ns_per_packet_0", "rx_ns_per_packet_1", "rx_ns_per_packet", "rx_ratio",
+                "rx_busy_ns_per_packet_0", "rx_busy_ns_per_packet_1", "rx_busy_ns_per_packet",
+                "new_flow_rx_busy_ns_per_packet"):
         assert res[key] > 0, key
+    # a new flow is classified and cached: it costs the RX worker more than an established one
+    assert res["new_flow_rx_busy_ns_per_packet"] > res["rx_busy_ns_per_packet"]
     # Three windows (none, one, N rules) in each of the two rounds.
     assert len(res["rounds_established"]) == len(res["rounds_new_flow"]) == 2
     assert all(len(w) == 3 and min(w) > 0 for w in res["rounds_established"] + res["rounds_new_flow"])

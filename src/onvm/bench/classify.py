@@ -28,6 +28,11 @@ and have a firewall's variety of masks: source prefixes of /16 to /32, each
 with no port, one port or a port range (16 masks in all; ``tuples`` in the
 result).  A range that is no single prefix adds a mask per prefix it takes.
 
+In the same windows the pipeline's RX worker's time on bursts per packet it read
+(``rx_busy_ns_per_packet_0``, ``_1``, ``rx_busy_ns_per_packet``, and
+``new_flow_rx_busy_ns_per_packet``; ``onvm top``'s ns/pkt) says what the rules cost
+the thread that classifies, apart from what the NF and the TX worker did meanwhile.
+
 Beside the pipeline, the same three phases are measured in one thread and nothing
 else (``rx_ns_per_packet_0``, ``_1`` and ``rx_ns_per_packet``, with ``rx_ratio`` the
 rule-less cost over the N-rule one): what an RX worker spends on parsing and
@@ -72,12 +77,18 @@ def rule_set(n: int, seed: int = 1) -> list[str]:
     return out
 
 
-def _delivered(dep: Any, seconds: float) -> float:
-    """Packets per second out of the null port (port 1) over ``seconds``, in millions."""
-    t0, n0 = time.monotonic(), dep.status()["ports"][1]["tx"]
+def _window(dep: Any, seconds: float) -> tuple[float, float]:
+    """Over ``seconds``: packets per second out of the null port (port 1), in millions, and the
+    RX worker's time on bursts per packet it read, in ns (``onvm top``'s ns/pkt)."""
+    def read() -> tuple[float, int, int, int]:
+        st = dep.status()
+        rx = st["workers"][0]
+        return time.monotonic(), st["ports"][1]["tx"], rx["packets"], rx["busy_ns"]
+
+    t0, n0, p0, b0 = read()
     time.sleep(seconds)
-    t1, n1 = time.monotonic(), dep.status()["ports"][1]["tx"]
-    return round((n1 - n0) / (t1 - t0) / 1e6, 3)
+    t1, n1, p1, b1 = read()
+    return round((n1 - n0) / (t1 - t0) / 1e6, 3), round((b1 - b0) / max(p1 - p0, 1), 1)
 
 
 ONE_RULE = "udp src 192.0.2.1/32 -> chain default"  # matches nothing gen sends
@@ -97,17 +108,24 @@ def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules:
 
     dep = deployment(["--port", f"{GEN},flows={flows}", "--port", "null", "--default-chain", "1,out:1",
                       "--chain", "same=1,out:1", *extra], verbose)
-    none, one, many, load_s = [], [], [], []
+    rates: list[list[float]] = [[], [], []]  # none, one, many: Mpps of each round
+    rx_ns: list[list[float]] = [[], [], []]  # the RX worker's ns per packet, the same windows
+    load_s = []
+
+    def window(phase: int) -> None:
+        time.sleep(WARMUP)
+        mpps, ns = _window(dep, seconds)
+        rates[phase].append(mpps)
+        rx_ns[phase].append(ns)
+
     added = 0
     try:
         start_pipeline(dep, [["simple_forward", "--service", "1"]])
         with Client(dep.name, timeout=120) as c:
             for _ in range(rounds):
-                time.sleep(WARMUP)
-                none.append(_delivered(dep, seconds))
+                window(0)
                 ids = [c.rule_add(ONE_RULE)["id"]]
-                time.sleep(WARMUP)
-                one.append(_delivered(dep, seconds))
+                window(1)
                 t0 = time.monotonic()
                 if rules:
                     res = c.load_rules(rules)
@@ -116,11 +134,11 @@ def _measure(verbose: bool, seconds: float, flows: int, extra: list[str], rules:
                     if len(ids) != added + 1:
                         raise RuntimeError(f"rule ids {res['first_id']}..{res['last_id']} for {added} rules")
                 load_s.append(time.monotonic() - t0)
-                time.sleep(WARMUP)
-                many.append(_delivered(dep, seconds))
+                window(2)
                 st = dep.status()["flows"]
                 _delete_all(c, ids)
-        return {"mpps_0": none, "mpps_1": one, "mpps": many, "rule_load_s": load_s, "added": added,
+        return {"mpps_0": rates[0], "mpps_1": rates[1], "mpps": rates[2], "rx_ns": rx_ns,
+                "rule_load_s": load_s, "added": added,
                 "tuples": st["classifier"]["tuples"], "uncached": st["full"]}
     finally:
         dep.stop()
@@ -190,6 +208,9 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
             "new_flows_uncached": new["uncached"],
             "established_ratio": ratio(est["mpps"], est["mpps_0"]),
             "established_ratio_1": ratio(est["mpps"], est["mpps_1"]),
+            # the pipeline's RX worker, the same windows: what a packet cost it (time on bursts)
+            "rx_busy_ns_per_packet_0": med(est["rx_ns"][0]), "rx_busy_ns_per_packet_1": med(est["rx_ns"][1]),
+            "rx_busy_ns_per_packet": med(est["rx_ns"][2]), "new_flow_rx_busy_ns_per_packet": med(new["rx_ns"][2]),
             **rx,
             "rounds": rounds, "seconds": seconds,
             "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
