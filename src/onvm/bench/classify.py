@@ -210,7 +210,8 @@ def run(seconds: float, verbose: bool, rules: int = 10000, rounds: int = 3,
             "established_ratio_1": ratio(est["mpps"], est["mpps_1"]),
             # the pipeline's RX worker, the same windows: what a packet cost it (time on bursts)
             "rx_busy_ns_per_packet_0": med(est["rx_ns"][0]), "rx_busy_ns_per_packet_1": med(est["rx_ns"][1]),
-            "rx_busy_ns_per_packet": med(est["rx_ns"][2]), "new_flow_rx_busy_ns_per_packet": med(new["rx_ns"][2]),
+            "rx_busy_ns_per_packet": med(est["rx_ns"][2]),
+            "new_flow_rx_busy_ns_per_packet": med(new["rx_ns"][2]),
             **rx,
             "rounds": rounds, "seconds": seconds,
             "rounds_established": per_round(est), "rounds_new_flow": per_round(new)}
