@@ -121,7 +121,7 @@ def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: py
         assert setup.policy == ("local" if setup.workers == 2 else "hash")
         mpps = next(rates[order[-1]])
         return {"delivered_mpps": mpps, "delivered_gbps": mpps * 5, "late_drops": 0, "cpu": 2.0,
-                "mpps_per_cpu": mpps / 2, "load": 1.0}
+                "mpps_per_cpu": mpps / 2, "load": 1.0, "threads": [{"thread": "RX 0", "busy": mpps / 20}]}
 
     monkeypatch.setattr(overload, "measure", measure)
     r = overload.paper(seconds=0.1, rounds=3)
@@ -130,6 +130,21 @@ def test_paper_alternates_its_setups_and_takes_each_rounds_ratio(monkeypatch: py
     assert (r["one_nf_mpps"], r["replicas_mpps"], r["chain5_mpps"]) == (16.0, 10.0, 5.0)
     assert r["replicas_ratio"] == 0.9  # not 10 / 16, the ratio of the medians
     assert r["rounds"] == 3 and r["replicas_policy"] == "local"
+    # where the time went: the round of the median rate (16 of 10, 20, 16 Mpps for one NF)
+    assert r["one_nf_threads"] == [{"thread": "RX 0", "busy": 0.8}] and r["chain5_threads"][0]["busy"] == 0.25
+
+
+def test_threads_names_each_worker_and_nf_with_its_busy_share_and_cost() -> None:
+    from onvm.bench.pipeline import threads
+    from tests.unit.test_web_api import make_status
+
+    before, after = make_status(100), make_status(300)
+    got = threads(before, after, 1e-5)  # 200 packets in 10 us
+    assert got == [{"thread": "RX 0", "busy": 0.6, "ns_per_packet": 30.0},
+                   {"thread": "TX 0", "busy": 0.6, "ns_per_packet": 30.0},
+                   {"thread": "NF 1 fwd", "busy": 1.0, "ns_per_packet": 50.0},
+                   {"thread": "NF 2 mon", "busy": 0.5, "ns_per_packet": 50.0}]
+    assert "busy" not in after["workers"][0]  # the statuses it was given are left as they were
 
 
 def test_overload_sweeps_one_running_chain_round_after_round(monkeypatch: pytest.MonkeyPatch) -> None:

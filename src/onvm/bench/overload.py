@@ -45,7 +45,7 @@ from typing import Any
 from onvm._deploy import Deployment
 from onvm._proc import cpu_seconds
 from onvm.bench._scenario import Option, Scenario, whole_number
-from onvm.bench.pipeline import deployment
+from onvm.bench.pipeline import deployment, threads
 from onvm.constants import MAX_HOPS
 from onvm.errors import ConfigError
 from onvm.manager.config import ManagerConfig, check_ring_size
@@ -149,6 +149,7 @@ def window(dep: Deployment, setup: Setup, seconds: float, rate: float | None) ->
         "blocked": nf_delta("blocked"),
         "seconds": round(dt, 3),
         "load": round(os.getloadavg()[0], 2),
+        "threads": threads(s0, s1, dt),  # where the time went: the thread near busy 1.0 limited the rate
     }
 
 
@@ -227,6 +228,8 @@ def paper(seconds: float = 5.0, verbose: bool = False, ring_size: int = RING_SIZ
         for key, field in PAPER_FIELDS:
             out[f"{name}_{key}"] = round(statistics.median(r[field] for r in results), 3)
         out[f"rounds_{name}_mpps"] = [r["delivered_mpps"] for r in results]
+        middle = sorted(results, key=lambda r: r["delivered_mpps"])[len(results) // 2]
+        out[f"{name}_threads"] = middle["threads"]  # where the time went in the round of the median rate
     out["replicas_ratio"] = round(statistics.median(
         r["delivered_mpps"] / max(o["delivered_mpps"], 1e-9)
         for r, o in zip(runs["replicas"], runs["one_nf"], strict=True)), 3)

@@ -10,6 +10,7 @@ of the chain.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from onvm._deploy import Deployment
 from onvm._proc import cpu_seconds
 from onvm.bench._scenario import Option, Scenario
+from onvm.web.sampler import add_rates
 
 WARMUP = 1.0
 
@@ -41,21 +43,33 @@ def start_pipeline(dep: Deployment, nfs: Sequence[Sequence[str]]) -> None:
     dep.wait_running(len(nfs))
 
 
-def nf_rate(dep: Deployment, seconds: float, nf_name: str) -> dict[str, Any]:
-    """Packets the NF named ``nf_name`` received per second over ``seconds``, and the drops."""
+def threads(before: dict[str, Any], after: dict[str, Any], dt: float) -> list[dict[str, Any]]:
+    """Each worker's and NF's share of ``dt`` seconds spent on bursts and what a packet cost it,
+    between two statuses (``onvm top``'s busy and ns/pkt): the thread near 1.0 is the one that
+    limited the rate."""
+    st = copy.deepcopy(after)  # add_rates writes its figures into the status it is given
+    add_rates(st, before, dt)
+    rows = [(f"{w['role'].upper()} {w['index']}", w) for w in st.get("workers", [])]
+    rows += [(f"NF {n['id']} {n['name']}", n) for n in st["nfs"]]
+    return [{"thread": name, "busy": t["busy"], "ns_per_packet": t["ns_per_packet"]} for name, t in rows]
 
-    def read() -> tuple[float, float]:
+
+def nf_rate(dep: Deployment, seconds: float, nf_name: str) -> dict[str, Any]:
+    """Packets the NF named ``nf_name`` received per second over ``seconds``, the drops, and
+    where the time went (``threads``)."""
+
+    def read() -> tuple[dict[str, Any], float, float]:
         st = dep.status()
         named = [n for n in st["nfs"] if n.get("name") == nf_name]
         first = named[0] if named else min(st["nfs"], key=lambda n: n["id"])
-        return float(first["rx"]), float(sum(sum(n["drops"].values()) for n in st["nfs"]))
+        return st, float(first["rx"]), float(sum(sum(n["drops"].values()) for n in st["nfs"]))
 
-    t0, (v0, d0) = time.monotonic(), read()
+    t0, (s0, v0, d0) = time.monotonic(), read()
     time.sleep(seconds)
-    t1, (v1, d1) = time.monotonic(), read()
+    t1, (s1, v1, d1) = time.monotonic(), read()
     dt = t1 - t0
     return {"mpps": round((v1 - v0) / dt / 1e6, 3), "packets": int(v1 - v0), "seconds": round(dt, 3),
-            "drops": int(d1 - d0)}
+            "drops": int(d1 - d0), "threads": threads(s0, s1, dt)}
 
 
 def run_loop(seconds: float, verbose: bool, nfs: Sequence[Sequence[str]],
