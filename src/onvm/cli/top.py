@@ -28,10 +28,16 @@ def _lat(lat: dict[str, Any]) -> str:
     return "/".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in values)
 
 
-def _busy(t: dict[str, Any]) -> tuple[str, str]:
+SATURATED = 0.9  # a thread this busy is what limits the chain's rate: top shows it in bold
+
+
+def _busy(t: dict[str, Any]) -> tuple[Any, str]:
     """A thread's busy share and cost per packet as top shows them."""
-    ns = t.get("ns_per_packet")
-    return f"{100 * t.get('busy', 0.0):.0f}%", "-" if ns is None else f"{ns:.0f}"
+    from rich.text import Text
+
+    ns, busy = t.get("ns_per_packet"), t.get("busy", 0.0)
+    return (Text(f"{100 * busy:.0f}%", style="bold yellow" if busy >= SATURATED else ""),
+            "-" if ns is None else f"{ns:.0f}")
 
 
 def render(st: dict[str, Any]) -> Any:
