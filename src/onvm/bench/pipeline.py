@@ -22,7 +22,7 @@ from typing import Any
 from onvm._deploy import Deployment
 from onvm._proc import cpu_seconds
 from onvm.bench._scenario import Option, Scenario
-from onvm.web.sampler import add_rates
+from onvm.web.sampler import add_rates, worker_name
 
 WARMUP = 1.0
 
@@ -49,7 +49,7 @@ def threads(before: dict[str, Any], after: dict[str, Any], dt: float) -> list[di
     limited the rate."""
     st = copy.deepcopy(after)  # add_rates writes its figures into the status it is given
     add_rates(st, before, dt)
-    rows = [(f"{w['role'].upper()} {w['index']}", w) for w in st.get("workers", [])]
+    rows = [(worker_name(w), w) for w in st.get("workers", [])]
     rows += [(f"NF {n['id']} {n['name']}", n) for n in st["nfs"]]
     return [{"thread": name, "busy": t["busy"], "ns_per_packet": t["ns_per_packet"]} for name, t in rows]
 

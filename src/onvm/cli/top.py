@@ -11,7 +11,7 @@ from typing import Any
 
 from onvm.control.client import Client
 from onvm.errors import OnvmError
-from onvm.web.sampler import add_rates
+from onvm.web.sampler import add_rates, worker_name
 
 
 def _si(v: float) -> str:
@@ -70,7 +70,7 @@ def render(st: dict[str, Any]) -> Any:
     for col in ("id", "role", "cpu", "pkts/s", "busy", "ns/pkt"):
         workers.add_column(col, justify="left" if col == "role" else "right")
     for w in st.get("workers", []):
-        workers.add_row(str(w["id"]), f"{w['role'].upper()} {w['index']}",
+        workers.add_row(str(w["id"]), worker_name(w),
                         "-" if w.get("cpu") is None else str(w["cpu"]), _si(w.get("pps", 0)), *_busy(w))
     nfs = Table(title="NFs", expand=True, title_justify="left")
     ring_size = m.get("ring_size", 0) or 1

@@ -33,6 +33,11 @@ def _rate(now: int, before: int | None, dt: float) -> float:
     return round((now - before) / dt, 1)
 
 
+def worker_name(w: dict[str, Any]) -> str:
+    """A worker of a status as top and the benchmarks name it: ``RX 0``, ``TX 1``."""
+    return f"{w['role'].upper()} {w['index']}"
+
+
 def _busy(t: dict[str, Any], b: dict[str, Any], packets: str, dt: float) -> None:
     """A thread's share of the last ``dt`` seconds spent on bursts, and what each packet cost
     it (None: no packets, or no earlier sample of the same thread)."""
