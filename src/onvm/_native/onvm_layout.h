@@ -332,7 +332,7 @@ struct onvm_worker {
     _Atomic uint32_t cpu_now;  /* what the worker applied */
     uint64_t busy_ns;          /* time spent in loops that found work (packing's load) */
     uint64_t held;             /* RX: times it left a port unread because its chain was congested */
-    uint64_t packets;          /* RX: read from its ports; TX: taken from the NFs' TX rings */
+    uint64_t packets;          /* TX: taken from the NFs' TX rings (RX: the ports' by_worker rx) */
     struct onvm_waiter wait;
 };
 

@@ -167,7 +167,6 @@ static int rx_poll(struct onvm_mgr_worker *w, uint64_t now, uint64_t *next_due, 
         if (atomic_load_explicit(&onvm_trace(r)->armed, ONVM_ACQUIRE))
             onvm_trace_rx(r, w->buf, n, now); /* marks the packets it takes: routing records their hops */
         rx_note_chains(sn, metas, n);
-        r->workers[w->id].packets += n;
         st->rx += n;
         st->rx_bytes += bytes;
         uint64_t before[ONVM_DROP_COUNT];

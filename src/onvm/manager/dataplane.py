@@ -376,10 +376,11 @@ class DataPlane:
         out.update({("nf", i): int(self.region.nf_info(i)["busy_ns"]) for i in nf_ids})
         return out
 
-    def worker_status(self) -> list[dict[str, Any]]:
+    def worker_status(self, ports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The manager's RX and TX workers as ``onvm status`` shows them: where each runs, the
         packets it handled and the time it spent on bursts (``add_rates`` makes these a busy share
-        and a cost per packet)."""
+        and a cost per packet).  An RX worker's packets are what it read from ``ports`` (as
+        ``port_status`` gives them: its share of each port's rx); a TX worker counts its own."""
         out = []
         for w in range(self.layout.rx_workers + self.layout.tx_workers):
             info = self.region.worker_info(w)
@@ -387,7 +388,8 @@ class DataPlane:
             out.append({"id": w, "role": "rx" if rx else "tx",
                         "index": w if rx else w - self.layout.rx_workers,
                         "cpu": info["cpu_now"] if info["cpu_now"] >= 0 else None,  # None: where it started
-                        "packets": info["packets"], "busy_ns": info["busy_ns"],
+                        "packets": sum(p["rx_by_worker"][w] for p in ports) if rx else info["packets"],
+                        "busy_ns": info["busy_ns"],
                         "sleeps": info["sleeps"], **({"held": info["held"]} if rx else {})})
         return out
 

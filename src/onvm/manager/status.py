@@ -52,6 +52,7 @@ class StatusView:
 
     def status(self) -> dict[str, Any]:
         dp = self.dp
+        ports = dp.port_status()
         return {
             "manager": {
                 "name": self.name,
@@ -65,8 +66,8 @@ class StatusView:
                 "packing": self.packing.describe(),
             },
             "pool": dp.pool(),
-            "ports": dp.port_status(),
-            "workers": dp.worker_status(),
+            "ports": ports,
+            "workers": dp.worker_status(ports),
             "nfs": [nf_status(r, dp.nf_info(r.nf_id)) for r in self.registry],
             "chains": self.flows.list_chains(),
             "services": self.services.describe(),
