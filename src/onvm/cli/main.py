@@ -116,17 +116,23 @@ def _overload(n: dict[str, Any]) -> str:
 def _print_work(st: dict[str, Any]) -> None:
     """Each worker's and NF's time on bursts since it started: what a packet cost it, and for the
     workers the share of the manager's uptime (``onvm top`` shows both for the last interval)."""
-    up_ns = st["manager"]["uptime"] * 1e9
-    rows = [(f"{w['role'].upper()} worker {w['index']}", w["packets"], w["busy_ns"],
-             f"busy {100 * min(w['busy_ns'] / up_ns, 1.0):3.0f}%" if up_ns > 0 else "")
-            for w in st.get("workers", [])]
-    rows += [(f"NF {n['id']} {n['name']}", n["rx"], n.get("busy_ns", 0), "") for n in st["nfs"]]
+    from onvm.web.sampler import busy_figures
+
+    up = st["manager"]["uptime"]
+    rows: list[tuple[str, int, float | None, str]] = []
+    for w in st.get("workers", []):
+        busy, each = busy_figures(w["busy_ns"], w["packets"], up)
+        name = f"{w['role'].upper()} worker {w['index']}"
+        rows.append((name, w["packets"], each, f"busy {100 * busy:3.0f}%"))
+    for n in st["nfs"]:  # a cost only: the status does not say when an NF started
+        each = busy_figures(n.get("busy_ns", 0), n["rx"], up)[1]
+        rows.append((f"NF {n['id']} {n['name']}", n["rx"], each, ""))
     if not any(packets for _, packets, _, _ in rows):
         return
     print("time on bursts since start (a thread near 100% busy is what limits the rate):")
-    for what, packets, busy_ns, share in rows:
-        each = f"{busy_ns / packets:.1f} ns a packet" if packets else "-"
-        print(f"  {what:<26} packets {packets:<12} {each:<18} {share}".rstrip())
+    for what, packets, each, share in rows:
+        cost = "-" if each is None else f"{each:.1f} ns a packet"
+        print(f"  {what:<26} packets {packets:<12} {cost:<18} {share}".rstrip())
 
 
 def _print_chain_drops(st: dict[str, Any]) -> None:

@@ -38,18 +38,20 @@ def worker_name(w: dict[str, Any]) -> str:
     return f"{w['role'].upper()} {w['index']}"
 
 
+def busy_figures(spent_ns: int, packets: int, seconds: float) -> tuple[float, float | None]:
+    """A thread's share of ``seconds`` spent on bursts and what each of ``packets`` cost it
+    (None: no packet); (0, None) for counters that went back."""
+    if seconds <= 0 or spent_ns < 0 or packets < 0:
+        return 0.0, None
+    share = round(min(spent_ns / (seconds * 1e9), 1.0), 3)  # two clocks: a share a hair over 1 is 1
+    return share, round(spent_ns / packets, 1) if packets else None
+
+
 def _busy(t: dict[str, Any], b: dict[str, Any], packets: str, dt: float) -> None:
-    """A thread's share of the last ``dt`` seconds spent on bursts, and what each packet cost
-    it (None: no packets, or no earlier sample of the same thread)."""
-    t["busy"], t["ns_per_packet"] = 0.0, None
-    if not b or dt <= 0:
-        return
-    spent, done = t.get("busy_ns", 0) - b.get("busy_ns", 0), t[packets] - b[packets]
-    if spent < 0 or done < 0:  # counters that went back
-        return
-    t["busy"] = round(min(spent / (dt * 1e9), 1.0), 3)  # two clocks: a share a hair over 1 is 1
-    if done:
-        t["ns_per_packet"] = round(spent / done, 1)
+    """A thread's busy share and cost per packet over the last ``dt`` seconds (none without an
+    earlier sample of the same thread)."""
+    t["busy"], t["ns_per_packet"] = (busy_figures(t.get("busy_ns", 0) - b.get("busy_ns", 0),
+                                                  t[packets] - b[packets], dt) if b else (0.0, None))
 
 
 def add_rates(status: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> None:
