@@ -51,7 +51,7 @@ import uuid
 from typing import Any
 
 from onvm.bench._scenario import Option, Scenario, whole_number
-from onvm.bench.pipeline import WARMUP, deployment, start_pipeline
+from onvm.bench.pipeline import WARMUP, deployment, start_pipeline, threads
 from onvm.manager.config import ManagerConfig
 
 GEN = "gen:size=64,src=10.0.0.1,dst=10.1.0.1,sport=1024,dport=80"
@@ -79,16 +79,13 @@ def rule_set(n: int, seed: int = 1) -> list[str]:
 
 def _window(dep: Any, seconds: float) -> tuple[float, float]:
     """Over ``seconds``: packets per second out of the null port (port 1), in millions, and the
-    RX worker's time on bursts per packet it read, in ns (``onvm top``'s ns/pkt)."""
-    def read() -> tuple[float, int, int, int]:
-        st = dep.status()
-        rx = st["workers"][0]
-        return time.monotonic(), st["ports"][1]["tx"], rx["packets"], rx["busy_ns"]
-
-    t0, n0, p0, b0 = read()
+    RX worker's time on bursts per packet it read, in ns (``onvm top``'s ns/pkt; 0 if it read none)."""
+    t0, s0 = time.monotonic(), dep.status()
     time.sleep(seconds)
-    t1, n1, p1, b1 = read()
-    return round((n1 - n0) / (t1 - t0) / 1e6, 3), round((b1 - b0) / max(p1 - p0, 1), 1)
+    t1, s1 = time.monotonic(), dep.status()
+    rx = next(t for t in threads(s0, s1, t1 - t0) if t["thread"] == "RX 0")
+    mpps = (s1["ports"][1]["tx"] - s0["ports"][1]["tx"]) / (t1 - t0) / 1e6
+    return round(mpps, 3), rx["ns_per_packet"] or 0.0
 
 
 ONE_RULE = "udp src 192.0.2.1/32 -> chain default"  # matches nothing gen sends
